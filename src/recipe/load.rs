@@ -1,0 +1,386 @@
+//! Raw recipe → checked [`Recipe`]: serde errors get their position, then every
+//! semantic check runs and all problems are reported together.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::schema::*;
+use super::spans::{Position, SpanIndex};
+use super::vars::substitute;
+use super::*;
+
+/// What the command line adds to a recipe.
+#[derive(Debug, Default, Clone)]
+pub struct LoadOptions {
+    /// `--set name=value`, applied over `vars:`.
+    pub sets: Vec<(String, String)>,
+}
+
+const ARCHES: &[&str] = &["amd64", "arm64", "armhf", "i386", "ppc64el", "riscv64", "s390x"];
+const VARIANTS: &[&str] = &["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"];
+const STAGE_KINDS: &str = "debootstrap, tarball, packages, files, run";
+
+/// Read and check the recipe at `file`.
+pub fn load(file: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
+    let source = std::fs::read_to_string(file).map_err(|error| {
+        Diagnostics(vec![Diagnostic::new(file, "", Position { line: 1, column: 1 }, format!("cannot read recipe: {error}"))])
+    })?;
+    load_str(file, &source, options)
+}
+
+/// Check recipe text as if it were read from `file` (relative paths resolve
+/// against `file`'s directory).
+pub fn load_str(file: &Path, source: &str, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
+    let spans = SpanIndex::build(source);
+    let raw: RawRecipe = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![serde_diagnostic(file, source, &error)]))?;
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { std::path::PathBuf::from(".") } else { dir };
+    let mut checker = Checker { file, source, spans: &spans, dir: &dir, problems: Vec::new(), vars: raw.vars.clone() };
+    let recipe = checker.check(raw, options);
+    if checker.problems.is_empty() {
+        let mut recipe = recipe;
+        recipe.spans = spans;
+        Ok(recipe)
+    } else {
+        Err(Diagnostics(checker.problems))
+    }
+}
+
+fn serde_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error) -> Diagnostic {
+    let position = error.location().map(|location| Position { line: location.line(), column: location.column() }).unwrap_or(Position { line: 1, column: 1 });
+    // serde_yaml appends " at line L column C"; the diagnostic shows that itself.
+    let mut message = error.to_string();
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    let hint = if message.contains("unknown field") {
+        if message.contains("`debootstrap`") {
+            format!("a stage is `name:` plus one of: {STAGE_KINDS}")
+        } else {
+            "check the spelling; docs/recipe.md lists every key".to_string()
+        }
+    } else if message.contains("missing field") {
+        "add the field; docs/recipe.md says what it takes".to_string()
+    } else if message.contains("invalid type") {
+        "docs/recipe.md gives the type of every key".to_string()
+    } else {
+        "the recipe must be valid YAML".to_string()
+    };
+    Diagnostic::new(file, source, position, message).with_hint(hint)
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    source: &'a str,
+    spans: &'a SpanIndex,
+    dir: &'a Path,
+    problems: Vec<Diagnostic>,
+    vars: BTreeMap<String, String>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, position: Position, message: impl Into<String>, hint: impl Into<String>) {
+        self.problems.push(Diagnostic::new(self.file, self.source, position, message).with_hint(hint));
+    }
+
+    fn at_value(&mut self, path: &str, message: impl Into<String>, hint: impl Into<String>) {
+        let position = self.spans.value(path);
+        self.problem(position, message, hint);
+    }
+
+    fn at_key(&mut self, path: &str, message: impl Into<String>, hint: impl Into<String>) {
+        let position = self.spans.key(path);
+        self.problem(position, message, hint);
+    }
+
+    fn check(&mut self, raw: RawRecipe, options: &LoadOptions) -> Recipe {
+        if raw.rootsmith != SCHEMA_VERSION {
+            self.at_value("rootsmith", format!("unsupported recipe schema version {}", raw.rootsmith), format!("this rootsmith reads `rootsmith: {SCHEMA_VERSION}`"));
+        }
+        if !valid_name(&raw.name) {
+            self.at_value("name", format!("invalid recipe name `{}`", raw.name), "use lower-case letters, digits, `.`, `_` and `-`, starting with a letter or digit");
+        }
+        if let Err(why) = check_version(&raw.version) {
+            self.at_value("version", format!("invalid version `{}`: {why}", raw.version), "use a semver-like version such as 1.2.0 or 1.2.0-rc1");
+        }
+        let arch = raw.arch.clone().unwrap_or_else(|| "amd64".to_string());
+        if !ARCHES.contains(&arch.as_str()) {
+            self.at_value("arch", format!("unknown architecture `{arch}`"), format!("use one of: {}", ARCHES.join(", ")));
+        }
+        for (name, value) in &options.sets {
+            if self.vars.contains_key(name) {
+                self.vars.insert(name.clone(), value.clone());
+            } else {
+                self.at_key("vars", format!("--set names `{name}`, which `vars:` does not define"), "declare the variable with a default under `vars:`");
+            }
+        }
+        if raw.stages.is_empty() {
+            self.at_key("stages", "the recipe has no stages", "start with a base stage: debootstrap or tarball");
+        }
+        let mut stages = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut kind_counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (index, raw_stage) in raw.stages.into_iter().enumerate() {
+            let path = format!("stages[{index}]");
+            let name_given = raw_stage.name.clone();
+            let Some(kind) = self.check_stage(&path, raw_stage) else { continue };
+            if kind.is_base() && index > 0 {
+                self.at_key(&format!("{path}.{}", kind.kind_name()), format!("base stage `{}` must be the first stage", kind.kind_name()), "a recipe has one base (debootstrap or tarball) and it comes first");
+            } else if !kind.is_base() && index == 0 {
+                self.at_key(&format!("{path}.{}", kind.kind_name()), format!("the first stage is `{}`, not a base stage", kind.kind_name()), "start with a base stage: debootstrap or tarball");
+            }
+            *kind_counts.entry(kind.kind_name()).or_default() += 1;
+            let name = match name_given {
+                Some(name) => {
+                    if !valid_name(&name) {
+                        self.at_value(&format!("{path}.name"), format!("invalid stage name `{name}`"), "use lower-case letters, digits, `.`, `_` and `-`");
+                    }
+                    name
+                }
+                None if kind_counts[kind.kind_name()] == 1 => kind.kind_name().to_string(),
+                None => format!("{}-{}", kind.kind_name(), index + 1),
+            };
+            if !names.insert(name.clone()) {
+                self.at_value(&format!("{path}.name"), format!("two stages are named `{name}`"), "stage names must be unique: give this one a `name:`");
+            }
+            stages.push(Stage { name, kind });
+        }
+        let outputs = self.check_outputs(raw.outputs);
+        Recipe {
+            file: self.file.to_path_buf(),
+            dir: self.dir.to_path_buf(),
+            name: raw.name,
+            version: raw.version,
+            arch,
+            source_date_epoch: raw.source_date_epoch,
+            vars: self.vars.clone(),
+            stages,
+            outputs,
+            source: self.source.to_string(),
+            spans: SpanIndex::default(),
+        }
+    }
+
+    /// `${var}` substitution with the error placed on the value.
+    fn subst(&mut self, path: &str, text: &str) -> String {
+        match substitute(text, &self.vars) {
+            Ok(value) => value,
+            Err(name) => {
+                let defined: Vec<&str> = self.vars.keys().map(String::as_str).collect();
+                let hint = if defined.is_empty() { "define it under `vars:`".to_string() } else { format!("defined variables: {}", defined.join(", ")) };
+                self.at_value(path, format!("undefined variable `{name}`"), hint);
+                text.to_string()
+            }
+        }
+    }
+
+    fn subst_list(&mut self, path: &str, items: Vec<String>) -> Vec<String> {
+        items.into_iter().enumerate().map(|(index, item)| self.subst(&format!("{path}[{index}]"), &item)).collect()
+    }
+
+    fn check_stage(&mut self, path: &str, raw: RawStage) -> Option<StageKind> {
+        let mut kinds = Vec::new();
+        if let Some(value) = raw.debootstrap {
+            kinds.push(("debootstrap", self.check_debootstrap(&format!("{path}.debootstrap"), value)));
+        }
+        if let Some(value) = raw.tarball {
+            let field = format!("{path}.tarball.path");
+            let written = self.subst(&field, &value.path);
+            let path = self.local_file(&field, &written, false);
+            kinds.push(("tarball", path.map(|path| StageKind::Tarball(Tarball { path }))));
+        }
+        if let Some(value) = raw.packages {
+            let field = format!("{path}.packages");
+            let install = self.subst_list(&format!("{field}.install"), value.install);
+            let remove = self.subst_list(&format!("{field}.remove"), value.remove);
+            if install.is_empty() && remove.is_empty() {
+                self.at_key(&field, "a packages stage needs `install` or `remove`", "list packages, e.g. `install: [curl]`");
+            }
+            kinds.push(("packages", Some(StageKind::Packages(Packages { install, remove }))));
+        }
+        if let Some(value) = raw.files {
+            kinds.push(("files", self.check_files(&format!("{path}.files"), value)));
+        }
+        if let Some(value) = raw.run {
+            kinds.push(("run", self.check_run(&format!("{path}.run"), value)));
+        }
+        match kinds.len() {
+            0 => {
+                self.at_key(&format!("{path}.name"), "this stage has no kind", format!("a stage is `name:` plus one of: {STAGE_KINDS}"));
+                None
+            }
+            1 => kinds.pop().and_then(|(_, kind)| kind),
+            _ => {
+                let second = kinds[1].0;
+                self.at_key(&format!("{path}.{second}"), format!("a stage has one kind, this one has `{}` and `{second}`", kinds[0].0), "split it into two stages, one per list item");
+                None
+            }
+        }
+    }
+
+    fn check_debootstrap(&mut self, path: &str, raw: RawDebootstrap) -> Option<StageKind> {
+        let suite = self.subst(&format!("{path}.suite"), &raw.suite);
+        let variant = raw.variant.map(|value| self.subst(&format!("{path}.variant"), &value)).unwrap_or_else(|| "minbase".to_string());
+        if !VARIANTS.contains(&variant.as_str()) {
+            self.at_value(&format!("{path}.variant"), format!("unknown variant `{variant}`"), format!("use one of: {}", VARIANTS.join(", ")));
+        }
+        let mut components = self.subst_list(&format!("{path}.components"), raw.components);
+        if components.is_empty() {
+            components.push("main".to_string());
+        }
+        let include = self.subst_list(&format!("{path}.include"), raw.include);
+        let mirror = raw.mirror.map(|value| self.subst(&format!("{path}.mirror"), &value));
+        if let Some(mirror) = &mirror {
+            if !(mirror.starts_with("http://") || mirror.starts_with("https://") || mirror.starts_with("file://")) {
+                self.at_value(&format!("{path}.mirror"), format!("mirror `{mirror}` is not a URL"), "write it as http://HOST/PATH, https://… or file:///PATH");
+            }
+        }
+        Some(StageKind::Debootstrap(Debootstrap { suite, variant, components, include, mirror }))
+    }
+
+    fn check_files(&mut self, path: &str, raw: RawFiles) -> Option<StageKind> {
+        let written = self.subst(&format!("{path}.src"), &raw.src);
+        let src = self.local_file(&format!("{path}.src"), &written, true);
+        let dest = raw.dest.map(|value| self.subst(&format!("{path}.dest"), &value)).unwrap_or_else(|| "/".to_string());
+        if !dest.starts_with('/') || dest.split('/').any(|part| part == "..") {
+            self.at_value(&format!("{path}.dest"), format!("`dest` must be an absolute path inside the tree, not `{dest}`"), "write it like /etc/myapp");
+        }
+        let (uid, gid) = match raw.owner.as_deref() {
+            None => (0, 0),
+            Some(owner) => match owner.split_once(':').and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?))) {
+                Some(pair) => pair,
+                None => {
+                    self.at_value(&format!("{path}.owner"), format!("owner `{owner}` is not UID:GID"), "write numeric ids, e.g. `owner: \"1000:1000\"`");
+                    (0, 0)
+                }
+            },
+        };
+        let mut modes = BTreeMap::new();
+        for (file, mode) in raw.modes {
+            let field = format!("{path}.modes.{file}");
+            match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
+                Ok(value) if value <= 0o7777 => {
+                    if let Some(src) = &src {
+                        if std::fs::symlink_metadata(src.resolved.join(&file)).is_err() {
+                            self.at_key(&field, format!("`modes` names `{file}`, which is not in `{}`", src.written), "paths in `modes` are relative to `src`");
+                        }
+                    }
+                    modes.insert(file, value);
+                }
+                _ => self.at_value(&field, format!("mode `{mode}` is not an octal mode"), "quote it as a string, e.g. \"0600\""),
+            }
+        }
+        let src = src?;
+        Some(StageKind::Files(Files { src, dest, uid, gid, modes }))
+    }
+
+    fn check_run(&mut self, path: &str, raw: RawRun) -> Option<StageKind> {
+        let env: BTreeMap<String, String> = raw.env.into_iter().map(|(key, value)| {
+            let value = self.subst(&format!("{path}.env.{key}"), &value);
+            (key, value)
+        }).collect();
+        let script = match (raw.sh, raw.script) {
+            (Some(text), None) => Script::Inline(text),
+            (None, Some(file)) => {
+                let written = self.subst(&format!("{path}.script"), &file);
+                Script::File(self.local_file(&format!("{path}.script"), &written, false)?)
+            }
+            (Some(_), Some(_)) => {
+                self.at_key(&format!("{path}.script"), "a run stage takes `sh` or `script`, not both", "keep one of them");
+                return None;
+            }
+            (None, None) => {
+                self.at_key(path, "a run stage needs `sh` or `script`", "inline commands with `sh: |` or name a file with `script:`");
+                return None;
+            }
+        };
+        Some(StageKind::Run(Run { script, env }))
+    }
+
+    /// A file (or directory when `directory`) the recipe refers to, which must exist.
+    fn local_file(&mut self, field: &str, written: &str, directory: bool) -> Option<LocalPath> {
+        let resolved = self.dir.join(written);
+        let what = if directory { "directory" } else { "file" };
+        match std::fs::metadata(&resolved) {
+            Ok(metadata) if metadata.is_dir() == directory => Some(LocalPath { written: written.to_string(), resolved }),
+            Ok(_) => {
+                self.at_value(field, format!("`{written}` is not a {what}"), format!("`{}` must name a {what}", field.rsplit('.').next().unwrap_or(field)));
+                None
+            }
+            Err(_) => {
+                self.at_value(field, format!("{what} `{written}` does not exist"), format!("paths are relative to the recipe's directory, {}", self.dir.display()));
+                None
+            }
+        }
+    }
+
+    fn check_outputs(&mut self, raw: RawOutputs) -> Outputs {
+        let squashfs = raw.rootfs.and_then(|rootfs| rootfs.squashfs);
+        let squashfs = self.check_compression("outputs.rootfs.squashfs", squashfs, Algorithm::Zstd, 15, &["zstd", "gzip", "xz", "lz4", "lzo"]);
+        let tarball = self.check_compression("outputs.tarball", raw.tarball, Algorithm::Zstd, 9, &["zstd", "gzip", "xz", "none"]);
+        Outputs { squashfs, tarball }
+    }
+
+    fn check_compression(&mut self, path: &str, raw: Option<RawCompression>, default: Algorithm, default_level: i32, allowed: &[&str]) -> Compression {
+        let raw = raw.unwrap_or(RawCompression { compression: None, level: None });
+        let algorithm = match raw.compression.as_deref() {
+            None => default,
+            Some(name) if allowed.contains(&name) => algorithm_named(name),
+            Some(name) => {
+                self.at_value(&format!("{path}.compression"), format!("unknown compression `{name}`"), format!("use one of: {}", allowed.join(", ")));
+                default
+            }
+        };
+        let range = match algorithm {
+            Algorithm::Zstd => Some((1, 22)),
+            Algorithm::Gzip => Some((1, 9)),
+            Algorithm::Xz if !path.contains("squashfs") => Some((0, 9)),
+            _ => None,
+        };
+        let level = match (range, raw.level) {
+            (Some((low, high)), Some(level)) if level < low || level > high => {
+                self.at_value(&format!("{path}.level"), format!("{} level {level} is out of range", algorithm.name()), format!("use {low}..={high}"));
+                Some(default_level.clamp(low, high))
+            }
+            (Some(_), Some(level)) => Some(level),
+            (Some((low, high)), None) => Some(if algorithm == default { default_level } else { default_level.clamp(low, high) }),
+            (None, Some(_)) => {
+                self.at_value(&format!("{path}.level"), format!("{} takes no level here", algorithm.name()), "remove `level`");
+                None
+            }
+            (None, None) => None,
+        };
+        Compression { algorithm, level }
+    }
+}
+
+fn algorithm_named(name: &str) -> Algorithm {
+    match name {
+        "gzip" => Algorithm::Gzip,
+        "xz" => Algorithm::Xz,
+        "lz4" => Algorithm::Lz4,
+        "lzo" => Algorithm::Lzo,
+        "none" => Algorithm::None,
+        _ => Algorithm::Zstd,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Versions name directories and artifacts: semver-like, no `/`.
+pub fn check_version(version: &str) -> Result<(), &'static str> {
+    if version.is_empty() {
+        return Err("it is empty");
+    }
+    if !version.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err("it must start with a digit");
+    }
+    if !version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '~' | '_')) {
+        return Err("only letters, digits, `.`, `-`, `+`, `~` and `_` are allowed");
+    }
+    Ok(())
+}

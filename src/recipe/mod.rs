@@ -1,0 +1,177 @@
+//! Recipes: the YAML a user writes, parsed with positions and checked before
+//! anything runs. `schema.rs` holds the raw serde types, `load.rs` turns them
+//! into the [`Recipe`] below, `diagnostic.rs` renders errors with file:line:col.
+
+mod diagnostic;
+mod load;
+mod schema;
+pub mod spans;
+mod vars;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use load::{load, load_str, LoadOptions};
+use spans::SpanIndex;
+
+/// The only schema version this rootsmith reads. Bump it when a recipe that
+/// parsed before would now mean something else.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A checked recipe: every referenced file exists, every stage has one kind, the
+/// base stage comes first, variables are substituted.
+#[derive(Debug)]
+pub struct Recipe {
+    pub file: PathBuf,
+    /// The directory relative paths in the recipe are resolved against.
+    pub dir: PathBuf,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub source_date_epoch: Option<i64>,
+    pub vars: BTreeMap<String, String>,
+    pub stages: Vec<Stage>,
+    pub outputs: Outputs,
+    /// The recipe text, for diagnostics raised after loading (`--rebuild`).
+    pub source: String,
+    pub spans: SpanIndex,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Given with `name:`, or the kind (with its position when a kind repeats).
+    pub name: String,
+    pub kind: StageKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum StageKind {
+    Debootstrap(Debootstrap),
+    Tarball(Tarball),
+    Packages(Packages),
+    Files(Files),
+    Run(Run),
+}
+
+impl StageKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StageKind::Debootstrap(_) => "debootstrap",
+            StageKind::Tarball(_) => "tarball",
+            StageKind::Packages(_) => "packages",
+            StageKind::Files(_) => "files",
+            StageKind::Run(_) => "run",
+        }
+    }
+
+    /// Base stages create the tree; every other stage changes the one before it.
+    pub fn is_base(&self) -> bool {
+        matches!(self, StageKind::Debootstrap(_) | StageKind::Tarball(_))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Debootstrap {
+    pub suite: String,
+    pub variant: String,
+    pub components: Vec<String>,
+    pub include: Vec<String>,
+    /// `None`: the mirror the host's apt sources name, found at plan time.
+    pub mirror: Option<String>,
+}
+
+/// A local file, with the path as the recipe wrote it (for keys and messages)
+/// and resolved against the recipe's directory (for reading).
+#[derive(Debug, Clone)]
+pub struct LocalPath {
+    pub written: String,
+    pub resolved: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tarball {
+    pub path: LocalPath,
+}
+
+#[derive(Debug, Clone)]
+pub struct Packages {
+    pub install: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub src: LocalPath,
+    /// Absolute path inside the tree.
+    pub dest: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Mode overrides, by path relative to `src`.
+    pub modes: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Script {
+    Inline(String),
+    File(LocalPath),
+}
+
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub script: Script,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    Zstd,
+    Gzip,
+    Xz,
+    Lz4,
+    Lzo,
+    None,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Zstd => "zstd",
+            Algorithm::Gzip => "gzip",
+            Algorithm::Xz => "xz",
+            Algorithm::Lz4 => "lz4",
+            Algorithm::Lzo => "lzo",
+            Algorithm::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Compression {
+    pub algorithm: Algorithm,
+    /// `None` where the algorithm has no level (xz in squashfs, lz4, lzo, none).
+    pub level: Option<i32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub squashfs: Compression,
+    pub tarball: Compression,
+}
+
+impl Recipe {
+    /// The index of the stage called `name`, or a diagnostic pointing at `stages:`
+    /// that lists the names there are.
+    pub fn stage_index(&self, name: &str, option: &str) -> Result<usize, Diagnostic> {
+        if let Some(index) = self.stages.iter().position(|stage| stage.name == name) {
+            return Ok(index);
+        }
+        let names: Vec<&str> = self.stages.iter().map(|stage| stage.name.as_str()).collect();
+        Err(Diagnostic::new(&self.file, &self.source, self.spans.key("stages"), format!("{option} names stage `{name}`, which this recipe does not have"))
+            .with_hint(format!("the stages are: {}", names.join(", "))))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+//! The recipe as the user wrote it (schema 1): serde types, unknown keys refused.
+//!
+//! These types mirror the YAML one to one. `load.rs` turns them into the checked
+//! [`super::Recipe`]; nothing here touches the disk.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecipe {
+    pub rootsmith: u32,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub arch: Option<String>,
+    #[serde(default)]
+    pub source_date_epoch: Option<i64>,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    pub stages: Vec<RawStage>,
+    #[serde(default)]
+    pub outputs: RawOutputs,
+}
+
+/// One item of `stages:`: an optional `name` and exactly one kind key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub debootstrap: Option<RawDebootstrap>,
+    #[serde(default)]
+    pub tarball: Option<RawTarball>,
+    #[serde(default)]
+    pub packages: Option<RawPackages>,
+    #[serde(default)]
+    pub files: Option<RawFiles>,
+    #[serde(default)]
+    pub run: Option<RawRun>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDebootstrap {
+    pub suite: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub components: Vec<String>,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarball {
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPackages {
+    #[serde(default)]
+    pub install: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub src: String,
+    #[serde(default)]
+    pub dest: Option<String>,
+    /// `UID:GID` for everything copied; root when absent.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Octal modes for individual paths, relative to `src`.
+    #[serde(default)]
+    pub modes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRun {
+    #[serde(default)]
+    pub sh: Option<String>,
+    #[serde(default)]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutputs {
+    #[serde(default)]
+    pub rootfs: Option<RawRootfsOutput>,
+    #[serde(default)]
+    pub tarball: Option<RawCompression>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRootfsOutput {
+    #[serde(default)]
+    pub squashfs: Option<RawCompression>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    #[serde(default)]
+    pub compression: Option<String>,
+    #[serde(default)]
+    pub level: Option<i32>,
+}

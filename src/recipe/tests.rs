@@ -1,0 +1,135 @@
+//! A table of bad recipes and the line:column each error must point at.
+
+use std::path::Path;
+
+use super::*;
+
+/// A recipe directory with the files the good parts of the table refer to.
+fn fixture_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("overlay")).unwrap();
+    std::fs::write(dir.path().join("overlay/motd"), "hi\n").unwrap();
+    std::fs::write(dir.path().join("configure.sh"), "true\n").unwrap();
+    std::fs::write(dir.path().join("base.tar"), "").unwrap();
+    dir
+}
+
+fn errors_of(source: &str) -> Vec<(usize, usize, String)> {
+    let dir = fixture_dir();
+    let file = dir.path().join("recipe.yaml");
+    match load_str(&file, source, &LoadOptions::default()) {
+        Ok(_) => Vec::new(),
+        Err(Diagnostics(list)) => list.iter().map(|d| (d.position.line, d.position.column, d.message.clone())).collect(),
+    }
+}
+
+const HEAD: &str = "rootsmith: 1\nname: demo\nversion: 1.0.0\n";
+
+#[test]
+fn good_recipe_loads() {
+    let dir = fixture_dir();
+    let source = format!(
+        "{HEAD}vars: {{ suite: bookworm }}\nstages:\n  - debootstrap: {{ suite: \"${{suite}}\", include: [systemd-sysv] }}\n    name: base\n  - packages: {{ install: [curl] }}\n  - files: {{ src: overlay, dest: /etc, modes: {{ motd: \"0600\" }} }}\n  - run: {{ script: configure.sh }}\n  - run: {{ sh: echo $HOME }}\n"
+    );
+    let options = LoadOptions { sets: vec![("suite".into(), "trixie".into())] };
+    let recipe = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap();
+    let names: Vec<&str> = recipe.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["base", "packages", "files", "run", "run-5"]);
+    match &recipe.stages[0].kind {
+        StageKind::Debootstrap(d) => assert_eq!((d.suite.as_str(), d.variant.as_str()), ("trixie", "minbase")),
+        other => panic!("{other:?}"),
+    }
+    match &recipe.stages[2].kind {
+        StageKind::Files(f) => assert_eq!(f.modes["motd"], 0o600),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(recipe.outputs.squashfs, Compression { algorithm: Algorithm::Zstd, level: Some(15) });
+    let error = recipe.stage_index("nope", "--rebuild").unwrap_err();
+    assert_eq!(error.line_column(), (5, 1));
+    assert!(error.hint.unwrap().contains("base, packages, files, run, run-5"));
+}
+
+/// (recipe body after the common head, expected line, column, part of the message)
+const BAD: &[(&str, usize, usize, &str)] = &[
+    // unknown keys
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - packages: { instal: [curl] }\n", 6, 17, "unknown field `instal`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - packagez: { install: [curl] }\n", 6, 5, "unknown field `packagez`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\nextra: 1\n", 6, 1, "unknown field `extra`"),
+    // wrong types
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - packages: { install: curl }\n", 6, 26, "invalid type"),
+    ("stages: {}\n", 4, 9, "invalid type"),
+    ("arch: [amd64]\nstages: []\n", 4, 7, "invalid type"),
+    // missing fields
+    ("stages:\n  - debootstrap: { variant: minbase }\n", 5, 18, "missing field `suite`"),
+    // referenced files missing
+    ("stages:\n  - tarball: { path: missing.tar.zst }\n", 5, 22, "file `missing.tar.zst` does not exist"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: nothere/ }\n", 6, 19, "directory `nothere/` does not exist"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: configure.sh }\n", 6, 19, "is not a directory"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - run: { script: gone.sh }\n", 6, 20, "file `gone.sh` does not exist"),
+    // base stage placement
+    ("stages:\n  - packages: { install: [curl] }\n", 5, 5, "the first stage is `packages`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - tarball: { path: base.tar }\n", 6, 5, "base stage `tarball` must be the first stage"),
+    // stage shape
+    ("stages:\n  - debootstrap: { suite: bookworm }\n    tarball: { path: base.tar }\n", 6, 5, "a stage has one kind"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - name: lonely\n", 6, 5, "this stage has no kind"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - run: { sh: x }\n    name: a\n  - run: { sh: y }\n    name: a\n", 9, 11, "two stages are named `a`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - run: {}\n", 6, 5, "needs `sh` or `script`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - run: { sh: x, script: configure.sh }\n", 6, 19, "not both"),
+    // values
+    ("stages:\n  - debootstrap: { suite: \"${suit}\" }\n", 5, 27, "undefined variable `suit`"),
+    ("stages:\n  - debootstrap: { suite: bookworm, variant: tiny }\n", 5, 46, "unknown variant `tiny`"),
+    ("stages:\n  - debootstrap: { suite: bookworm, mirror: ftp.example }\n", 5, 45, "is not a URL"),
+    ("arch: sparc\nstages:\n  - debootstrap: { suite: bookworm }\n", 4, 7, "unknown architecture"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, dest: etc }\n", 6, 34, "must be an absolute path"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, owner: root }\n", 6, 35, "is not UID:GID"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, modes: { motd: \"999\" } }\n", 6, 43, "not an octal mode"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, modes: { gone: \"0600\" } }\n", 6, 37, "`modes` names `gone`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - packages: {}\n", 6, 5, "needs `install` or `remove`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  rootfs: { squashfs: { compression: brotli } }\n", 7, 38, "unknown compression `brotli`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  tarball: { level: 40 }\n", 7, 21, "level 40 is out of range"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  rootfs: { squashfs: { compression: xz, level: 3 } }\n", 7, 49, "takes no level"),
+];
+
+#[test]
+fn bad_recipes_point_at_the_right_place() {
+    let mut failures = Vec::new();
+    for (body, line, column, message) in BAD {
+        let errors = errors_of(&format!("{HEAD}{body}"));
+        let found = errors.iter().any(|(l, c, m)| (*l, *c) == (*line, *column) && m.contains(message));
+        if !found {
+            failures.push(format!("{body:?}\n  want {line}:{column} {message:?}\n  got  {errors:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn header_errors_point_at_their_values() {
+    let cases: &[(&str, usize, usize, &str)] = &[
+        ("rootsmith: 2\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x }\n", 1, 12, "schema version 2"),
+        ("rootsmith: 1\nname: Demo!\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x }\n", 2, 7, "invalid recipe name"),
+        ("rootsmith: 1\nname: demo\nversion: 1/0\nstages:\n  - debootstrap: { suite: x }\n", 3, 10, "invalid version"),
+        ("rootsmith: 1\nversion: 1.0.0\nstages: []\n", 1, 1, "missing field `name`"),
+        ("rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x\n", 6, 1, "did not find expected"),
+    ];
+    for (source, line, column, message) in cases {
+        let errors = errors_of(source);
+        assert!(errors.iter().any(|(l, c, m)| (*l, *c) == (*line, *column) && m.contains(message)), "{source:?}: {errors:?}");
+    }
+}
+
+#[test]
+fn set_of_an_undeclared_variable_is_an_error() {
+    let dir = fixture_dir();
+    let source = format!("{HEAD}vars: {{ suite: bookworm }}\nstages:\n  - debootstrap: {{ suite: \"${{suite}}\" }}\n");
+    let options = LoadOptions { sets: vec![("suit".into(), "trixie".into())] };
+    let Diagnostics(errors) = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap_err();
+    assert_eq!(errors[0].line_column(), (4, 1));
+    assert!(errors[0].message.contains("`suit`"));
+}
+
+#[test]
+fn missing_recipe_file_is_a_diagnostic() {
+    let Diagnostics(errors) = load(Path::new("/nonexistent/recipe.yaml"), &LoadOptions::default()).unwrap_err();
+    assert!(errors[0].message.contains("cannot read recipe"));
+}
