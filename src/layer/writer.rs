@@ -1,0 +1,158 @@
+//! Tree entries → a deterministic tar: the caller gives paths in sorted order,
+//! mtimes are clamped to `SOURCE_DATE_EPOCH`, owners are numeric, names empty,
+//! xattrs go in PAX records (`SCHILY.xattr.*`), and a second path to an inode
+//! already written becomes a hard link.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use tar::{EntryType, Header};
+
+use super::WHITEOUT_PREFIX;
+
+pub struct TreeTarWriter<W: Write> {
+    builder: tar::Builder<W>,
+    epoch: i64,
+    written_inodes: HashMap<(u64, u64), PathBuf>,
+}
+
+impl<W: Write> TreeTarWriter<W> {
+    /// `epoch`: the `SOURCE_DATE_EPOCH` every later mtime is clamped to.
+    pub fn new(writer: W, epoch: i64) -> Self {
+        let mut builder = tar::Builder::new(writer);
+        builder.follow_symlinks(false);
+        TreeTarWriter { builder, epoch, written_inodes: HashMap::new() }
+    }
+
+    /// Append `root/relative` as the entry `relative`. Sockets are skipped (tar
+    /// cannot hold them; they only exist while a program runs).
+    pub fn append(&mut self, root: &Path, relative: &Path) -> std::io::Result<()> {
+        let full = root.join(relative);
+        let metadata = std::fs::symlink_metadata(&full).map_err(|error| with_path(error, &full))?;
+        let file_type = metadata.file_type();
+        if file_type.is_socket() {
+            return Ok(());
+        }
+        let mut header = Header::new_gnu();
+        header.set_mode(metadata.mode() & 0o7777);
+        header.set_uid(metadata.uid() as u64);
+        header.set_gid(metadata.gid() as u64);
+        header.set_mtime(metadata.mtime().clamp(0, self.epoch) as u64);
+        header.set_size(0);
+        self.append_xattrs(&full, relative)?;
+
+        if !metadata.is_dir() && metadata.nlink() > 1 {
+            let inode = (metadata.dev(), metadata.ino());
+            if let Some(first) = self.written_inodes.get(&inode) {
+                header.set_entry_type(EntryType::Link);
+                let first = first.clone();
+                return self.builder.append_link(&mut header, relative, first);
+            }
+            self.written_inodes.insert(inode, relative.to_path_buf());
+        }
+        if file_type.is_dir() {
+            header.set_entry_type(EntryType::Directory);
+            self.builder.append_data(&mut header, relative, std::io::empty())
+        } else if file_type.is_symlink() {
+            header.set_entry_type(EntryType::Symlink);
+            let target = std::fs::read_link(&full).map_err(|error| with_path(error, &full))?;
+            self.builder.append_link(&mut header, relative, target)
+        } else if file_type.is_file() {
+            header.set_entry_type(EntryType::Regular);
+            header.set_size(metadata.len());
+            let file = std::fs::File::open(&full).map_err(|error| with_path(error, &full))?;
+            self.builder.append_data(&mut header, relative, file)
+        } else {
+            let kind = if file_type.is_char_device() {
+                EntryType::Char
+            } else if file_type.is_block_device() {
+                EntryType::Block
+            } else {
+                EntryType::Fifo
+            };
+            header.set_entry_type(kind);
+            let rdev = metadata.rdev();
+            header.set_device_major(libc::major(rdev))?;
+            header.set_device_minor(libc::minor(rdev))?;
+            self.builder.append_data(&mut header, relative, std::io::empty())
+        }
+    }
+
+    /// Append a whiteout that deletes `relative` when the layer is applied.
+    pub fn append_whiteout(&mut self, relative: &Path) -> std::io::Result<()> {
+        let name = relative.file_name().expect("a deleted path has a name").to_string_lossy();
+        let whiteout = relative.with_file_name(format!("{WHITEOUT_PREFIX}{name}"));
+        let mut header = Header::new_gnu();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(0);
+        header.set_mtime(self.epoch.max(0) as u64);
+        self.builder.append_data(&mut header, whiteout, std::io::empty())
+    }
+
+    fn append_xattrs(&mut self, full: &Path, relative: &Path) -> std::io::Result<()> {
+        let Ok(names) = xattr::list(full) else { return Ok(()) };
+        let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+        for name in names {
+            let name_text = name.to_string_lossy().into_owned();
+            if let Ok(Some(value)) = xattr::get(full, &name) {
+                records.push((format!("SCHILY.xattr.{name_text}"), value));
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        records.sort();
+        let data = pax_data(&records);
+        let mut header = Header::new_ustar();
+        let name = format!("PaxHeaders/{}", relative.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+        let name: String = name.chars().take(99).collect();
+        header.set_path(name)?;
+        header.set_entry_type(EntryType::XHeader);
+        header.set_mode(0o644);
+        header.set_mtime(self.epoch.max(0) as u64);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        self.builder.append(&header, data.as_slice())
+    }
+
+    /// Write the end-of-archive marker and give back the writer.
+    pub fn finish(self) -> std::io::Result<W> {
+        self.builder.into_inner()
+    }
+}
+
+/// PAX records: `LEN KEY=VALUE\n`, where LEN counts the whole record, itself included.
+fn pax_data(records: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        let body_len = 1 + key.len() + 1 + value.len() + 1;
+        let mut total = body_len + body_len.to_string().len();
+        if total.to_string().len() != body_len.to_string().len() {
+            total = body_len + total.to_string().len();
+        }
+        data.extend_from_slice(format!("{total} {key}=").as_bytes());
+        data.extend_from_slice(value);
+        data.push(b'\n');
+    }
+    data
+}
+
+fn with_path(error: std::io::Error, path: &Path) -> std::io::Error {
+    std::io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_lengths_count_themselves() {
+        let data = pax_data(&[("SCHILY.xattr.user.a".to_string(), b"v".to_vec())]);
+        let text = String::from_utf8(data).unwrap();
+        let (length, _) = text.split_once(' ').unwrap();
+        assert_eq!(length.parse::<usize>().unwrap(), text.len());
+    }
+}
