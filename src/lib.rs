@@ -1,5 +1,11 @@
 //! rootsmith: build Linux root filesystems and netboot release bundles from
 //! declarative YAML recipes, with every stage cached by the digest of its inputs.
 
+pub mod cache;
+pub mod host;
 pub mod layer;
+pub mod mirror;
+pub mod plan;
+pub mod stage;
+pub mod tools;
 pub mod recipe;

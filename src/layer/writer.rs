@@ -29,16 +29,24 @@ impl<W: Write> TreeTarWriter<W> {
     /// Append `root/relative` as the entry `relative`. Sockets are skipped (tar
     /// cannot hold them; they only exist while a program runs).
     pub fn append(&mut self, root: &Path, relative: &Path) -> std::io::Result<()> {
+        self.append_with(root, relative, relative, None, None)
+    }
+
+    /// Append `root/relative` under the entry name `name`, with the owner and mode
+    /// replaced where given (the `files` stage copies a tree this way).
+    pub fn append_with(&mut self, root: &Path, relative: &Path, name: &Path, owner: Option<(u32, u32)>, mode: Option<u32>) -> std::io::Result<()> {
         let full = root.join(relative);
+        let relative = name;
         let metadata = std::fs::symlink_metadata(&full).map_err(|error| with_path(error, &full))?;
         let file_type = metadata.file_type();
         if file_type.is_socket() {
             return Ok(());
         }
         let mut header = Header::new_gnu();
-        header.set_mode(metadata.mode() & 0o7777);
-        header.set_uid(metadata.uid() as u64);
-        header.set_gid(metadata.gid() as u64);
+        header.set_mode(mode.unwrap_or(metadata.mode() & 0o7777));
+        let (uid, gid) = owner.unwrap_or((metadata.uid(), metadata.gid()));
+        header.set_uid(uid as u64);
+        header.set_gid(gid as u64);
         header.set_mtime(metadata.mtime().clamp(0, self.epoch) as u64);
         header.set_size(0);
         self.append_xattrs(&full, relative)?;

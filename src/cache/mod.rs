@@ -1,0 +1,24 @@
+//! The content-addressed stage cache.
+//!
+//! On-disk layout, under the cache directory (`v1` is [`key::CACHE_FORMAT`]):
+//!
+//! ```text
+//! v1/blobs/sha256/HEX      layer blobs (zstd tar), named by the SHA-256 of their bytes
+//! v1/stages/KEY.json       stage key → layer digest, tree id and the key's inputs
+//! v1/outputs/KEY/          assembled outputs (squashfs, rootfs.img, tarball) by output key
+//! v1/history/RECIPE/STAGE.json  the inputs of the last build of a stage (`plan --explain`)
+//! v1/locks/KEY.lock        one build of a key at a time, across processes
+//! v1/apt/archives/         the apt package cache shared by every build
+//! v1/tmp/                  work trees and partial writes; stale ones are swept
+//! ```
+//!
+//! Every file is written to `tmp/` and renamed into place, so a reader sees a
+//! whole file or none; blobs are hashed again when read.
+
+pub mod key;
+mod maintenance;
+mod store;
+
+pub use key::{sha256_hex, tree_id, FileDigest, KeyInputs, CACHE_FORMAT};
+pub use maintenance::{CacheEntry, GcOptions, GcReport, VerifyReport};
+pub use store::{BuildLock, OutputRecord, StageRecord, Store, WorkDir};

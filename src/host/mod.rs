@@ -1,0 +1,136 @@
+//! Running commands for stages: chrooted into a tree inside a private mount
+//! namespace, so every mount dies with the command, whatever way it ends.
+//!
+//! [`chroot_mounts`] is pure: the list of mounts a chrooted command gets.
+//! [`Host`] runs commands; [`RealHost`] does it with unshare/mount/chroot,
+//! [`RecordingHost`] records what would run, for tests without root.
+
+mod real;
+mod recording;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use real::RealHost;
+pub use recording::RecordingHost;
+
+/// One mount, with its target inside the tree (an absolute path in the chroot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: Option<PathBuf>,
+    pub target: PathBuf,
+    pub fstype: Option<&'static str>,
+    pub kind: MountKind,
+    pub data: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    /// A new filesystem of `fstype`.
+    Fresh { read_only: bool },
+    /// A recursive bind of a host path.
+    Bind,
+}
+
+/// The mounts a chrooted command gets, in order (the recursive `/dev` bind
+/// brings `/dev/pts` and `/dev/shm` along). `resolv_conf` is the host's
+/// resolver file to bind in (skipped when `None`), `apt_archives` the shared apt
+/// package cache.
+pub fn chroot_mounts(resolv_conf: Option<&Path>, apt_archives: Option<&Path>) -> Vec<Mount> {
+    let fresh = |fstype: &'static str, target: &str, read_only: bool, data: Option<&'static str>| Mount {
+        source: Some(PathBuf::from(fstype)),
+        target: PathBuf::from(target),
+        fstype: Some(fstype),
+        kind: MountKind::Fresh { read_only },
+        data,
+    };
+    let bind = |source: &Path, target: &str| Mount { source: Some(source.to_path_buf()), target: PathBuf::from(target), fstype: None, kind: MountKind::Bind, data: None };
+    let mut mounts = vec![
+        fresh("proc", "/proc", false, None),
+        fresh("sysfs", "/sys", true, None),
+        bind(Path::new("/dev"), "/dev"),
+        fresh("tmpfs", "/run", false, Some("mode=0755")),
+    ];
+    if let Some(resolv_conf) = resolv_conf {
+        mounts.push(bind(resolv_conf, "/etc/resolv.conf"));
+    }
+    if let Some(archives) = apt_archives {
+        mounts.push(bind(archives, "/var/cache/apt/archives"));
+    }
+    mounts
+}
+
+/// The environment of every chrooted command: nothing from the caller's.
+pub fn clean_environment(source_date_epoch: i64, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::from([
+        ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        ("HOME".to_string(), "/root".to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("LC_ALL".to_string(), "C.UTF-8".to_string()),
+        ("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string()),
+        ("DEBCONF_NONINTERACTIVE_SEEN".to_string(), "true".to_string()),
+        ("SOURCE_DATE_EPOCH".to_string(), source_date_epoch.to_string()),
+    ]);
+    env.extend(extra.clone());
+    env
+}
+
+/// A command to run: chrooted into `root` with `mounts`, or on the host (in a
+/// private mount namespace) when `root` is `None`.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub root: Option<PathBuf>,
+    pub mounts: Vec<Mount>,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+    /// Bytes written to the command's stdin.
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// A command that ran and failed: its argv, exit status and the tail of its output.
+#[derive(Debug, thiserror::Error)]
+#[error("`{argv}` failed with {status}\n--- last lines of its output ({log}) ---\n{tail}")]
+pub struct CommandError {
+    pub argv: String,
+    pub status: String,
+    pub tail: String,
+    pub log: String,
+}
+
+pub trait Host {
+    /// Run the command to completion; an unsuccessful exit is a [`CommandError`].
+    fn run(&self, command: &Command) -> anyhow::Result<()>;
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chroot_gets_the_pseudo_filesystems_then_resolver_and_apt_cache() {
+        let mounts = chroot_mounts(Some(Path::new("/etc/resolv.conf")), Some(Path::new("/cache/apt")));
+        let targets: Vec<&str> = mounts.iter().map(|m| m.target.to_str().unwrap()).collect();
+        assert_eq!(targets, ["/proc", "/sys", "/dev", "/run", "/etc/resolv.conf", "/var/cache/apt/archives"]);
+        assert_eq!(mounts[1].kind, MountKind::Fresh { read_only: true });
+        assert_eq!(mounts[5].source.as_deref(), Some(Path::new("/cache/apt")));
+        assert_eq!(chroot_mounts(None, None).len(), 4);
+    }
+
+    #[test]
+    fn environment_is_clean_and_noninteractive() {
+        let env = clean_environment(42, &BTreeMap::from([("X".to_string(), "1".to_string())]));
+        assert_eq!(env["DEBIAN_FRONTEND"], "noninteractive");
+        assert_eq!(env["SOURCE_DATE_EPOCH"], "42");
+        assert_eq!(env["X"], "1");
+        assert!(!env.contains_key("USER"));
+    }
+}

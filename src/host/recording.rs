@@ -1,0 +1,17 @@
+//! A host that records commands instead of running them, for tests without root.
+
+use std::sync::Mutex;
+
+use super::{Command, Host};
+
+#[derive(Default)]
+pub struct RecordingHost {
+    pub commands: Mutex<Vec<Command>>,
+}
+
+impl Host for RecordingHost {
+    fn run(&self, command: &Command) -> anyhow::Result<()> {
+        self.commands.lock().unwrap().push(command.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Recipe → plan: the stages that will run, each with every input of its cache
+//! key resolved (local files digested, the mirror's `InRelease` fetched). Nothing
+//! is built here; [`Plan::statuses`] only asks the cache what it already has.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::cache::{sha256_hex, FileDigest, KeyInputs, StageRecord, Store, CACHE_FORMAT};
+use crate::recipe::{Recipe, Script, StageKind};
+
+/// Versions of each stage kind's implementation: bump one when the same inputs
+/// would now give a different tree, so old cached layers stop matching.
+fn kind_version(kind: &StageKind) -> u32 {
+    match kind {
+        StageKind::Debootstrap(_) => 1,
+        StageKind::Tarball(_) => 1,
+        StageKind::Packages(_) => 1,
+        StageKind::Files(_) => 1,
+        StageKind::Run(_) => 1,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub name: String,
+    pub kind: StageKind,
+    pub params: serde_json::Value,
+    pub files: Vec<FileDigest>,
+    pub remote: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub recipe: String,
+    pub version: String,
+    pub arch: String,
+    pub source_date_epoch: i64,
+    /// The mirror apt stages use (`None` for a tarball base).
+    pub mirror: Option<String>,
+    pub stages: Vec<PlannedStage>,
+    /// SHA-256 of the recipe text.
+    pub recipe_digest: String,
+}
+
+/// Where a stage stands in the cache.
+#[derive(Debug, Clone)]
+pub enum StageStatus {
+    Hit(StageRecord),
+    Miss { key: String, inputs: KeyInputs },
+    /// After a miss: the key depends on a tree not built yet.
+    Pending,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PlanOptions {
+    /// `SOURCE_DATE_EPOCH` from the environment; wins over the recipe's.
+    pub epoch_from_env: Option<i64>,
+    /// The host's apt configuration directory (`/etc/apt`), for the default mirror.
+    pub apt_dir: std::path::PathBuf,
+}
+
+impl PlanOptions {
+    pub fn from_environment() -> Result<PlanOptions> {
+        let epoch_from_env = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(value) => Some(value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"))?),
+            Err(_) => None,
+        };
+        Ok(PlanOptions { epoch_from_env, apt_dir: "/etc/apt".into() })
+    }
+}
+
+pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
+    let source_date_epoch = options.epoch_from_env.or(recipe.source_date_epoch).unwrap_or(0);
+    let mut mirror = None;
+    let mut apt_remote = BTreeMap::new();
+    if let Some(StageKind::Debootstrap(base)) = recipe.stages.first().map(|s| &s.kind) {
+        let url = match &base.mirror {
+            Some(url) => url.clone(),
+            None => crate::mirror::host_mirror(&options.apt_dir)?,
+        };
+        let digest = crate::mirror::in_release_digest(&url, &base.suite).with_context(|| format!("resolving the mirror's release file for suite `{}`", base.suite))?;
+        apt_remote.insert(format!("{url}/dists/{}/InRelease", base.suite), digest);
+        mirror = Some(url);
+    }
+    let mut stages = Vec::new();
+    for stage in &recipe.stages {
+        let (params, files, remote) = match &stage.kind {
+            StageKind::Debootstrap(d) => (
+                json!({ "suite": d.suite, "variant": d.variant, "components": d.components, "include": d.include, "mirror": mirror }),
+                Vec::new(),
+                apt_remote.clone(),
+            ),
+            StageKind::Tarball(t) => (json!({ "path": t.path.written }), vec![file_digest(&t.path.resolved, &t.path.written)?], BTreeMap::new()),
+            StageKind::Packages(p) => (json!({ "install": p.install, "remove": p.remove }), Vec::new(), apt_remote.clone()),
+            StageKind::Files(f) => (
+                json!({ "src": f.src.written, "dest": f.dest, "uid": f.uid, "gid": f.gid, "modes": f.modes }),
+                tree_digests(&f.src.resolved)?,
+                BTreeMap::new(),
+            ),
+            StageKind::Run(r) => match &r.script {
+                Script::Inline(text) => (json!({ "sh": text, "env": r.env }), Vec::new(), BTreeMap::new()),
+                Script::File(path) => (json!({ "script": path.written, "env": r.env }), vec![file_digest(&path.resolved, &path.written)?], BTreeMap::new()),
+            },
+        };
+        stages.push(PlannedStage { name: stage.name.clone(), kind: stage.kind.clone(), params, files, remote });
+    }
+    Ok(Plan {
+        recipe: recipe.name.clone(),
+        version: recipe.version.clone(),
+        arch: recipe.arch.clone(),
+        source_date_epoch,
+        mirror,
+        stages,
+        recipe_digest: sha256_hex(recipe.source.as_bytes()),
+    })
+}
+
+impl Plan {
+    /// The key inputs of stage `index` given the tree id of the stage before it.
+    pub fn inputs(&self, index: usize, parent_tree: Option<&str>) -> KeyInputs {
+        let stage = &self.stages[index];
+        KeyInputs {
+            format: CACHE_FORMAT,
+            kind: stage.kind.kind_name().to_string(),
+            kind_version: kind_version(&stage.kind),
+            arch: self.arch.clone(),
+            source_date_epoch: self.source_date_epoch,
+            parent: parent_tree.map(str::to_string),
+            params: stage.params.clone(),
+            files: stage.files.clone(),
+            remote: stage.remote.clone(),
+        }
+    }
+
+    /// Hit or miss for each stage, walking the chain of tree ids from the base.
+    /// `force_from`: stages from this index on count as misses (`--rebuild`).
+    pub fn statuses(&self, store: &Store, force_from: Option<usize>) -> Vec<StageStatus> {
+        let mut statuses = Vec::new();
+        let mut parent: Option<String> = None;
+        let mut missed = false;
+        for index in 0..self.stages.len() {
+            if missed {
+                statuses.push(StageStatus::Pending);
+                continue;
+            }
+            let inputs = self.inputs(index, parent.as_deref());
+            let key = inputs.key();
+            let forced = force_from.is_some_and(|from| index >= from);
+            match store.stage(&key).filter(|_| !forced) {
+                Some(record) => {
+                    parent = Some(record.tree.clone());
+                    statuses.push(StageStatus::Hit(record));
+                }
+                None => {
+                    missed = true;
+                    statuses.push(StageStatus::Miss { key, inputs });
+                }
+            }
+        }
+        statuses
+    }
+}
+
+/// A local file's digest, under the name the recipe gave it.
+fn file_digest(path: &Path, written: &str) -> Result<FileDigest> {
+    let metadata = fs_err::metadata(path)?;
+    Ok(FileDigest {
+        path: written.to_string(),
+        kind: "file".into(),
+        mode: metadata.permissions().mode() & 0o7777,
+        sha256: crate::cache::key::sha256_hex(&fs_err::read(path)?),
+    })
+}
+
+/// Digests of every entry under `root`, by path relative to it, sorted.
+fn tree_digests(root: &Path) -> Result<Vec<FileDigest>> {
+    let mut digests = Vec::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("reading {}", root.display()))?;
+        let metadata = entry.path().symlink_metadata().with_context(|| format!("reading {}", entry.path().display()))?;
+        let relative = entry.path().strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+        let (kind, sha256) = if metadata.is_dir() {
+            ("dir", String::new())
+        } else if metadata.file_type().is_symlink() {
+            ("symlink", sha256_hex(std::fs::read_link(entry.path())?.as_os_str().as_encoded_bytes()))
+        } else {
+            ("file", sha256_hex(&fs_err::read(entry.path())?))
+        };
+        digests.push(FileDigest { path: relative, kind: kind.into(), mode: metadata.permissions().mode() & 0o7777, sha256 });
+    }
+    Ok(digests)
+}

@@ -1,0 +1,61 @@
+//! `debootstrap` base stage: mmdebstrap, or debootstrap when mmdebstrap is absent.
+//! Both download into the shared apt cache, so a package is fetched once.
+
+use anyhow::{Context, Result};
+
+use super::StageContext;
+use crate::host::Command;
+use crate::recipe::Debootstrap;
+
+pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
+    let mirror = context.mirror.context("no mirror was resolved for the debootstrap stage")?;
+    let tree = context.tree.display().to_string();
+    let archives = context.apt_archives.display().to_string();
+    let argv: Vec<String> = if let Some(mmdebstrap) = crate::tools::find("mmdebstrap") {
+        let mut argv = vec![
+            mmdebstrap.display().to_string(),
+            "--mode=root".into(),
+            format!("--variant={}", stage.variant),
+            format!("--architectures={}", context.arch),
+            format!("--components={}", stage.components.join(",")),
+            // The shared package cache, bound in for downloads and taken out
+            // again before mmdebstrap's cleanup would empty it.
+            format!("--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" && mount --bind '{archives}' \"$1/var/cache/apt/archives\""),
+            "--customize-hook=umount \"$1/var/cache/apt/archives\"".into(),
+        ];
+        if !stage.include.is_empty() {
+            argv.push(format!("--include={}", stage.include.join(",")));
+        }
+        argv.extend([stage.suite.clone(), tree, mirror.to_string()]);
+        argv
+    } else {
+        let debootstrap = crate::tools::require("debootstrap", "for the debootstrap stage (or install mmdebstrap)")?;
+        let mut argv = vec![
+            debootstrap.display().to_string(),
+            format!("--variant={}", stage.variant),
+            format!("--arch={}", context.arch),
+            format!("--components={}", stage.components.join(",")),
+            format!("--cache-dir={archives}"),
+        ];
+        if !stage.include.is_empty() {
+            argv.push(format!("--include={}", stage.include.join(",")));
+        }
+        argv.extend([stage.suite.clone(), tree, mirror.to_string()]);
+        argv
+    };
+    let env = [
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        ("SOURCE_DATE_EPOCH", context.source_date_epoch.to_string()),
+        ("LC_ALL", "C.UTF-8".to_string()),
+        ("TMPDIR", context.scratch.display().to_string()),
+    ];
+    let command = Command {
+        argv,
+        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        root: None,
+        mounts: Vec::new(),
+        log: context.log.clone(),
+        stdin: None,
+    };
+    context.host.run(&command)
+}

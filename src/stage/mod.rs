@@ -1,0 +1,43 @@
+//! Stage kinds: each turns the tree it is given into the tree after it.
+//! Base stages (`debootstrap`, `tarball`) start from an empty tree.
+
+mod chroot;
+mod debootstrap;
+mod files;
+mod packages;
+mod run;
+mod tarball;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::host::Host;
+use crate::recipe::StageKind;
+
+pub use chroot::run_chrooted;
+
+/// What a stage needs from the build around it.
+pub struct StageContext<'a> {
+    pub host: &'a dyn Host,
+    pub tree: &'a Path,
+    /// The stage's log file (the output of every command it runs).
+    pub log: PathBuf,
+    pub arch: &'a str,
+    pub source_date_epoch: i64,
+    pub mirror: Option<&'a str>,
+    /// The shared apt package cache.
+    pub apt_archives: &'a Path,
+    /// Scratch space outside the tree.
+    pub scratch: &'a Path,
+}
+
+pub fn run_stage(kind: &StageKind, context: &StageContext<'_>) -> Result<()> {
+    match kind {
+        StageKind::Debootstrap(stage) => debootstrap::run(stage, context),
+        StageKind::Tarball(stage) => tarball::run(stage, context),
+        StageKind::Packages(stage) => packages::run(stage, context),
+        StageKind::Files(stage) => files::run(stage, context),
+        StageKind::Run(stage) => run::run(stage, context),
+    }
+}
