@@ -1,11 +1,16 @@
 //! rootsmith: build Linux root filesystems and netboot release bundles from
 //! declarative YAML recipes, with every stage cached by the digest of its inputs.
 
+pub mod artifact;
+pub mod build;
 pub mod cache;
+pub mod cli;
+pub mod commands;
 pub mod host;
 pub mod layer;
 pub mod mirror;
 pub mod plan;
+pub mod progress;
 pub mod stage;
 pub mod tools;
 pub mod recipe;

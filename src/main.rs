@@ -1,1 +1,33 @@
-fn main(){}
+//! The rootsmith command line.
+
+use clap::Parser;
+use rootsmith::cli::{Cli, Command};
+use rootsmith::commands::{self, RecipeError, EXIT_FAILURE, EXIT_RECIPE};
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, json } => commands::build::run(
+            recipe,
+            cache,
+            commands::build::Settings { out: out.clone(), version: version.clone(), rebuild: rebuild.clone(), fast: *fast, cache_only: *cache_only, json: *json },
+        ),
+        Command::Check { recipe } => commands::check::run(recipe),
+        Command::Plan { recipe, cache, explain, json } => commands::plan::run(recipe, cache, *explain, *json),
+        Command::Shell { recipe, cache, stage, command } => commands::shell::run(recipe, cache, stage.as_deref(), command),
+        Command::Cache { cache, action } => commands::cache::run(cache, action),
+    };
+    if let Err(error) = result {
+        if let Some(RecipeError(diagnostics)) = error.downcast_ref::<RecipeError>() {
+            for diagnostic in &diagnostics.0 {
+                eprintln!("error: {diagnostic}\n");
+            }
+            std::process::exit(EXIT_RECIPE);
+        }
+        eprintln!("error: {error}");
+        for cause in error.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(EXIT_FAILURE);
+    }
+}

@@ -44,6 +44,7 @@ pub struct Plan {
     pub stages: Vec<PlannedStage>,
     /// SHA-256 of the recipe text.
     pub recipe_digest: String,
+    pub outputs: crate::recipe::Outputs,
 }
 
 /// Where a stage stands in the cache.
@@ -116,6 +117,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
         mirror,
         stages,
         recipe_digest: sha256_hex(recipe.source.as_bytes()),
+        outputs: recipe.outputs.clone(),
     })
 }
 

@@ -17,8 +17,8 @@
 
 pub mod key;
 mod maintenance;
-mod store;
+pub mod store;
 
 pub use key::{sha256_hex, tree_id, FileDigest, KeyInputs, CACHE_FORMAT};
 pub use maintenance::{CacheEntry, GcOptions, GcReport, VerifyReport};
-pub use store::{BuildLock, OutputRecord, StageRecord, Store, WorkDir};
+pub use store::{now_seconds as store_now, BuildLock, OutputRecord, StageRecord, Store, WorkDir};

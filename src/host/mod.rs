@@ -87,6 +87,8 @@ pub struct Command {
     pub log: PathBuf,
     /// Bytes written to the command's stdin.
     pub stdin: Option<Vec<u8>>,
+    /// Keep the caller's terminal (stdin, stdout, stderr) instead of the log.
+    pub interactive: bool,
 }
 
 /// A command that ran and failed: its argv, exit status and the tail of its output.
@@ -100,8 +102,19 @@ pub struct CommandError {
 }
 
 pub trait Host {
-    /// Run the command to completion; an unsuccessful exit is a [`CommandError`].
-    fn run(&self, command: &Command) -> anyhow::Result<()>;
+    /// Run the command to completion and return its exit code (128 + N when
+    /// signal N killed it).
+    fn status(&self, command: &Command) -> anyhow::Result<i32>;
+
+    /// Run the command; an unsuccessful exit is a [`CommandError`].
+    fn run(&self, command: &Command) -> anyhow::Result<()> {
+        let code = self.status(command)?;
+        if code == 0 {
+            return Ok(());
+        }
+        let status = if code > 128 { format!("signal {}", code - 128) } else { format!("exit status {code}") };
+        Err(CommandError { argv: command.argv.join(" "), status, tail: log_tail(&command.log, 25), log: command.log.display().to_string() }.into())
+    }
 }
 
 /// The last `lines` lines of a log file.

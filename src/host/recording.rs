@@ -10,8 +10,8 @@ pub struct RecordingHost {
 }
 
 impl Host for RecordingHost {
-    fn run(&self, command: &Command) -> anyhow::Result<()> {
+    fn status(&self, command: &Command) -> anyhow::Result<i32> {
         self.commands.lock().unwrap().push(command.clone());
-        Ok(())
+        Ok(0)
     }
 }

@@ -76,6 +76,20 @@ fn check_mount_point(tree: &Path, target: &Path, directory: bool, scaffolding: &
 
 /// Run `argv` inside `context.tree`.
 pub fn run_chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<String, String>) -> Result<()> {
+    chrooted(context, argv, extra_env, false).map(|_| ())
+}
+
+/// Run `argv` inside `context.tree` on the caller's terminal; returns its exit code.
+pub fn run_interactive(context: &StageContext<'_>, argv: &[&str]) -> Result<i32> {
+    let mut env = BTreeMap::new();
+    if let Ok(term) = std::env::var("TERM") {
+        env.insert("TERM".to_string(), term);
+    }
+    env.insert("PS1".to_string(), "(rootsmith) \\w# ".to_string());
+    chrooted(context, argv, &env, true)
+}
+
+fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<String, String>, interactive: bool) -> Result<i32> {
     let tree = context.tree;
     let mut scaffolding = Scaffolding { created: Vec::new(), directory_times: Vec::new() };
     let result = (|| {
@@ -102,8 +116,13 @@ pub fn run_chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTree
             mounts,
             log: context.log.clone(),
             stdin: None,
+            interactive,
         };
-        context.host.run(&command)
+        if interactive {
+            context.host.status(&command)
+        } else {
+            context.host.run(&command).map(|()| 0)
+        }
     })();
     scaffolding.tear_down();
     result

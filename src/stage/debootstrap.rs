@@ -56,6 +56,7 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
         mounts: Vec::new(),
         log: context.log.clone(),
         stdin: None,
+        interactive: false,
     };
     context.host.run(&command)
 }

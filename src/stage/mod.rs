@@ -15,7 +15,7 @@ use anyhow::Result;
 use crate::host::Host;
 use crate::recipe::StageKind;
 
-pub use chroot::run_chrooted;
+pub use chroot::{run_chrooted, run_interactive};
 
 /// What a stage needs from the build around it.
 pub struct StageContext<'a> {

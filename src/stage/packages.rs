@@ -25,7 +25,8 @@ fn script(stage: &Packages) -> String {
         lines.push(format!("{apt} purge {}", quote(&stage.remove)));
         lines.push(format!("{apt} autoremove --purge"));
     }
-    lines.push("rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin".to_string());
+    // Keep apt's own `lock` and `partial/`; drop the downloaded lists.
+    lines.push("find /var/lib/apt/lists -type f ! -name lock -delete; rm -f /var/cache/apt/*.bin".to_string());
     lines.join("\n") + "\n"
 }
 
@@ -38,6 +39,6 @@ mod tests {
         let text = script(&Packages { install: vec!["curl".into(), "it's".into()], remove: vec!["nano".into()] });
         assert!(text.contains("install 'curl' 'it'\\''s'"), "{text}");
         assert!(text.contains("purge 'nano'"), "{text}");
-        assert!(text.trim_end().ends_with("rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin"), "{text}");
+        assert!(text.trim_end().ends_with("find /var/lib/apt/lists -type f ! -name lock -delete; rm -f /var/cache/apt/*.bin"), "{text}");
     }
 }

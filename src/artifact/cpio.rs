@@ -1,0 +1,54 @@
+//! The rootfs image: an uncompressed newc cpio holding `root.squashfs` first and
+//! the cookie after it (the format is fixed in the init crate's contract).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use rootsmith_init::contract::{ROOTFS_COOKIE, ROOTFS_SQUASHFS};
+
+pub fn write_rootfs_image(squashfs: &Path, cookie: &str, output: &Path, epoch: i64) -> Result<()> {
+    let size = fs_err::metadata(squashfs)?.len();
+    if size > u32::MAX as u64 {
+        bail!("{} is {size} bytes; a newc cpio entry holds at most 4 GiB", squashfs.display());
+    }
+    let mtime = epoch.clamp(0, u32::MAX as i64) as u32;
+    let mut out = std::io::BufWriter::new(fs_err::File::create(output)?);
+    let mut source = fs_err::File::open(squashfs)?;
+    let mut entry = cpio::newc::Builder::new(ROOTFS_SQUASHFS).ino(1).mode(0o100644).nlink(1).mtime(mtime).write(&mut out, size as u32);
+    std::io::copy(&mut source, &mut entry)?;
+    entry.finish()?;
+    let cookie_line = format!("{cookie}\n");
+    let mut entry = cpio::newc::Builder::new(ROOTFS_COOKIE).ino(2).mode(0o100644).nlink(1).mtime(mtime).write(&mut out, cookie_line.len() as u32);
+    entry.write_all(cookie_line.as_bytes())?;
+    entry.finish()?;
+    let mut out = cpio::newc::trailer(out)?;
+    out.flush()?;
+    drop(out);
+    // newc pads every entry to 4 bytes, so the image already ends aligned.
+    let length = fs_err::metadata(output)?.len();
+    if length % 4 != 0 {
+        bail!("internal error: rootfs image is {length} bytes, not a multiple of 4");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rootsmith_init::contract::{SQUASHFS_MAGIC, SQUASHFS_MAGIC_OFFSET};
+
+    #[test]
+    fn squashfs_data_starts_at_the_contract_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let squashfs = dir.path().join("s");
+        std::fs::write(&squashfs, b"hsqs and the rest").unwrap();
+        let image = dir.path().join("img");
+        write_rootfs_image(&squashfs, "c0ffee", &image, 5).unwrap();
+        let bytes = std::fs::read(&image).unwrap();
+        assert_eq!(&bytes[SQUASHFS_MAGIC_OFFSET..SQUASHFS_MAGIC_OFFSET + 4], SQUASHFS_MAGIC);
+        assert_eq!(bytes.len() % 4, 0);
+        let reader = cpio::NewcReader::new(bytes.as_slice()).unwrap();
+        assert_eq!(reader.entry().name(), ROOTFS_SQUASHFS);
+    }
+}

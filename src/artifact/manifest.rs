@@ -1,0 +1,54 @@
+//! `manifest.json` and `SHA256SUMS`. The manifest holds only what the inputs
+//! decide (no build time, no host name), so identical inputs give identical bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the manifest's layout; bump on any incompatible change.
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub manifest_version: u32,
+    pub tool: String,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub recipe_sha256: String,
+    pub source_date_epoch: i64,
+    /// Built with `--fast` (low compression): never a release.
+    pub fast: bool,
+    pub stages: Vec<ManifestStage>,
+    pub rootfs: ManifestRootfs,
+    pub artifacts: Vec<ManifestArtifact>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestStage {
+    pub name: String,
+    pub kind: String,
+    pub key: String,
+    pub layer: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestRootfs {
+    pub cookie: String,
+    pub squashfs_writer: String,
+    pub squashfs_compression: String,
+    pub squashfs_entries: u64,
+    pub contract_version: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestArtifact {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// `sha256sum -c` format: `HEX  NAME` lines, sorted by name.
+pub fn sha256sums(artifacts: &[ManifestArtifact]) -> String {
+    let mut sorted: Vec<&ManifestArtifact> = artifacts.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted.iter().map(|artifact| format!("{}  {}\n", artifact.sha256, artifact.name)).collect()
+}

@@ -1,0 +1,390 @@
+//! A build: walk the plan, reuse the longest cached prefix of stages, build the
+//! rest one at a time (each under its key's lock), assemble the outputs (cached
+//! too) and publish the bundle whole or not at all.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::artifact::manifest::{sha256sums, Manifest, ManifestArtifact, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
+use crate::artifact::{self, squashfs, tarball};
+use crate::cache::{sha256_hex, tree_id, OutputRecord, StageRecord, Store, WorkDir, CACHE_FORMAT};
+use crate::host::Host;
+use crate::layer::{apply_layer, Change, Snapshot, TreeTarWriter};
+use crate::plan::Plan;
+use crate::progress::Progress;
+use crate::recipe::{Algorithm, Compression, Recipe};
+use crate::stage::{run_stage, StageContext};
+
+pub const TOOL: &str = concat!("rootsmith ", env!("CARGO_PKG_VERSION"));
+
+/// zstd level of stored layers: fast, they are rewritten as outputs anyway.
+const LAYER_ZSTD_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub cache_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub version: String,
+    /// Stages from this index on are rebuilt even when cached.
+    pub rebuild_from: Option<usize>,
+    pub fast: bool,
+    pub cache_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageOutcome {
+    pub name: String,
+    pub kind: String,
+    pub key: String,
+    pub state: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildSummary {
+    pub name: String,
+    pub version: String,
+    pub bundle: PathBuf,
+    pub stages: Vec<StageOutcome>,
+    pub outputs: StageOutcome,
+    /// The version already existed with exactly these contents.
+    pub up_to_date: bool,
+    pub seconds: f64,
+}
+
+/// The work tree: the state after `stages_applied` stages.
+struct Work {
+    dir: WorkDir,
+    stages_applied: usize,
+}
+
+impl Work {
+    fn tree(&self) -> PathBuf {
+        self.dir.path().join("tree")
+    }
+}
+
+struct Builder<'a> {
+    plan: &'a Plan,
+    options: &'a BuildOptions,
+    store: Store,
+    host: &'a dyn Host,
+    progress: &'a dyn Progress,
+    records: Vec<StageRecord>,
+    work: Option<Work>,
+}
+
+pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Host, progress: &dyn Progress) -> Result<BuildSummary> {
+    let started = Instant::now();
+    crate::recipe::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
+    let store = Store::open(&options.cache_dir)?;
+    let mut builder = Builder { plan, options, store, host, progress, records: Vec::new(), work: None };
+    let mut stages = Vec::new();
+    for index in 0..plan.stages.len() {
+        stages.push(builder.stage(index)?);
+    }
+    let (outputs, record) = builder.outputs()?;
+    let (bundle, up_to_date) = builder.publish(recipe, &record)?;
+    Ok(BuildSummary { name: plan.recipe.clone(), version: options.version.clone(), bundle, stages, outputs, up_to_date, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Bring the tree after the first `stages` stages into a work dir (building
+/// what is missing) and call `use_tree` with a context for it; the tree is
+/// thrown away afterwards.
+pub fn materialize<T>(
+    plan: &Plan,
+    cache_dir: &Path,
+    stages: usize,
+    host: &dyn Host,
+    progress: &dyn Progress,
+    use_tree: impl FnOnce(&StageContext<'_>) -> Result<T>,
+) -> Result<T> {
+    let options = BuildOptions { cache_dir: cache_dir.to_path_buf(), out_dir: PathBuf::new(), version: plan.version.clone(), rebuild_from: None, fast: false, cache_only: false };
+    let store = Store::open(cache_dir)?;
+    let mut builder = Builder { plan, options: &options, store, host, progress, records: Vec::new(), work: None };
+    for index in 0..stages {
+        builder.stage(index)?;
+    }
+    builder.prepare_tree(stages)?;
+    let work = builder.work.as_ref().expect("prepared above");
+    let tree = work.tree();
+    let scratch = work.dir.path().join("scratch");
+    fs_err::create_dir_all(&scratch)?;
+    let archives = builder.store.apt_archives();
+    let context = StageContext {
+        host,
+        tree: &tree,
+        log: work.dir.path().join("shell.log"),
+        arch: &plan.arch,
+        source_date_epoch: plan.source_date_epoch,
+        mirror: plan.mirror.as_deref(),
+        apt_archives: &archives,
+        scratch: &scratch,
+    };
+    use_tree(&context)
+}
+
+impl Builder<'_> {
+    fn parent_tree(&self) -> Option<&str> {
+        self.records.last().map(|record| record.tree.as_str())
+    }
+
+    fn stage(&mut self, index: usize) -> Result<StageOutcome> {
+        let planned = &self.plan.stages[index];
+        let label = format!("{} ({})", planned.name, planned.kind.kind_name());
+        let started = Instant::now();
+        let inputs = self.plan.inputs(index, self.parent_tree());
+        let key = inputs.key();
+        let forced = self.options.rebuild_from.is_some_and(|from| index >= from);
+        let outcome = |state: &str, seconds: f64| StageOutcome { name: planned.name.clone(), kind: planned.kind.kind_name().into(), key: key.clone(), state: state.into(), seconds };
+        if !forced {
+            if let Some(record) = self.store.stage(&key) {
+                self.records.push(record);
+                self.progress.done(&label, "cached", 0.0);
+                return Ok(outcome("cached", started.elapsed().as_secs_f64()));
+            }
+        }
+        if self.options.cache_only {
+            bail!("stage `{}` is not in the cache (key {key}) and --cache-only forbids building it", planned.name);
+        }
+        self.progress.start(&label, if forced { "rebuilding (--rebuild)" } else { "building" });
+        let _lock = self.store.lock(&key)?;
+        if !forced {
+            // A build running beside this one may have made it while we waited.
+            if let Some(record) = self.store.stage(&key) {
+                self.records.push(record);
+                self.progress.done(&label, "cached", started.elapsed().as_secs_f64());
+                return Ok(outcome("cached", started.elapsed().as_secs_f64()));
+            }
+        }
+        self.prepare_tree(index)?;
+        let work = self.work.as_ref().expect("prepared above");
+        let tree = work.tree();
+        let is_base = planned.kind.is_base();
+        let before = if is_base { Snapshot::default() } else { Snapshot::take(&tree)? };
+        let log = work.dir.path().join(format!("{}.log", planned.name));
+        let scratch = work.dir.path().join("scratch");
+        fs_err::create_dir_all(&scratch)?;
+        let context = StageContext {
+            host: self.host,
+            tree: &tree,
+            log: log.clone(),
+            arch: &self.plan.arch,
+            source_date_epoch: self.plan.source_date_epoch,
+            mirror: self.plan.mirror.as_deref(),
+            apt_archives: &self.store.apt_archives(),
+            scratch: &scratch,
+        };
+        run_stage(&planned.kind, &context).with_context(|| format!("stage `{}` ({}) failed", planned.name, planned.kind.kind_name()))?;
+        if is_base {
+            set_root_mode(&tree)?;
+        }
+        let after = Snapshot::take(&tree)?;
+        let (layer, layer_size) = self.write_layer(&tree, &before, &after)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let record = StageRecord {
+            key: key.clone(),
+            recipe: self.plan.recipe.clone(),
+            stage: planned.name.clone(),
+            kind: planned.kind.kind_name().into(),
+            tree: tree_id(self.parent_tree(), &layer),
+            layer,
+            layer_size,
+            inputs,
+            seconds,
+            created: crate::cache::store_now(),
+        };
+        self.store.put_stage(&record)?;
+        self.records.push(record);
+        self.work.as_mut().expect("prepared above").stages_applied = index + 1;
+        self.progress.done(&label, "built", seconds);
+        Ok(outcome("built", seconds))
+    }
+
+    /// Make the work tree hold the state after the first `index` stages: reuse
+    /// it when it does, otherwise restore it from the cached layers.
+    fn prepare_tree(&mut self, index: usize) -> Result<()> {
+        if self.work.as_ref().is_some_and(|work| work.stages_applied == index) {
+            return Ok(());
+        }
+        self.work = None;
+        let dir = self.store.work_dir(&self.plan.recipe)?;
+        let tree = dir.path().join("tree");
+        fs_err::create_dir(&tree)?;
+        set_root_mode(&tree)?;
+        for record in &self.records[..index] {
+            let blob = self.store.open_blob(&record.layer)?;
+            let decoder = zstd::Decoder::new(blob)?;
+            apply_layer(decoder, &tree, &format!("{} ({})", record.stage, &record.layer[..12]))?;
+        }
+        self.work = Some(Work { dir, stages_applied: index });
+        Ok(())
+    }
+
+    /// Store what changed between `before` and `after` as a layer blob.
+    fn write_layer(&self, tree: &Path, before: &Snapshot, after: &Snapshot) -> Result<(String, u64)> {
+        let temp = self.store.temp_file()?;
+        {
+            let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(temp.as_file()), LAYER_ZSTD_LEVEL)?;
+            encoder.multithread(std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))?;
+            let mut writer = TreeTarWriter::new(encoder, self.plan.source_date_epoch);
+            for change in before.changes(after) {
+                match change {
+                    Change::Write(path) => writer.append(tree, &path)?,
+                    Change::Delete(path) => writer.append_whiteout(&path)?,
+                }
+            }
+            writer.finish()?.finish()?;
+        }
+        self.store.put_blob(temp)
+    }
+
+    fn output_compressions(&self) -> (Compression, Compression) {
+        let outputs = &self.plan.outputs;
+        if self.options.fast {
+            // The developer loop: same tree, cheap compression.
+            (Compression { algorithm: Algorithm::Zstd, level: Some(3) }, Compression { algorithm: Algorithm::Zstd, level: Some(1) })
+        } else {
+            (outputs.squashfs, outputs.tarball)
+        }
+    }
+
+    fn outputs(&mut self) -> Result<(StageOutcome, OutputRecord)> {
+        let started = Instant::now();
+        let (squashfs_compression, tarball_compression) = self.output_compressions();
+        let final_tree = self.parent_tree().expect("a recipe has stages").to_string();
+        let key_inputs = serde_json::json!({
+            "format": CACHE_FORMAT,
+            "tree": final_tree,
+            "squashfs": squashfs_compression,
+            "tarball": tarball_compression,
+            "source_date_epoch": self.plan.source_date_epoch,
+            "squashfs_writer": squashfs::writer_name(),
+            "contract": rootsmith_init::contract::CONTRACT_VERSION,
+        });
+        let key = sha256_hex(&serde_json::to_vec(&key_inputs)?);
+        let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
+        if let Some(record) = self.store.output(&key) {
+            self.progress.done("outputs", "cached", 0.0);
+            return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
+        }
+        if self.options.cache_only {
+            bail!("the outputs are not in the cache (key {key}) and --cache-only forbids building them");
+        }
+        self.progress.start("outputs", "squashfs, rootfs image, tarball");
+        let _lock = self.store.lock(&key)?;
+        if let Some(record) = self.store.output(&key) {
+            return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
+        }
+        let stages = self.plan.stages.len();
+        self.prepare_tree(stages)?;
+        let work = self.work.as_ref().expect("prepared above");
+        let tree = work.tree();
+        artifact::clamp_mtimes(&tree, self.plan.source_date_epoch)?;
+        let staged = work.dir.path().join("outputs");
+        fs_err::create_dir(&staged)?;
+        let squashfs_path = work.dir.path().join("root.squashfs");
+        squashfs::write(&tree, &squashfs_path, squashfs_compression, self.plan.source_date_epoch, &work.dir.path().join("mksquashfs.log"))?;
+        let check = squashfs::verify(&squashfs_path, &tree)?;
+        let squashfs_digest = crate::cache::store::hash_file(&squashfs_path)?;
+        let cookie = rootsmith_init::contract::cookie_for(&squashfs_digest);
+        artifact::cpio::write_rootfs_image(&squashfs_path, &cookie, &staged.join("rootfs.img"), self.plan.source_date_epoch)?;
+        fs_err::remove_file(&squashfs_path)?;
+        tarball::write_rootfs_tarball(&tree, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, self.plan.source_date_epoch)?;
+        fs_err::write(staged.join("packages.txt"), artifact::packages::installed(&tree))?;
+        let mut files = std::collections::BTreeMap::new();
+        for entry in fs_err::read_dir(&staged)? {
+            let entry = entry?;
+            files.insert(entry.file_name().to_string_lossy().into_owned(), crate::cache::store::hash_file(&entry.path())?);
+        }
+        let record = OutputRecord { key: key.clone(), files, cookie, squashfs_entries: check.entries, created: crate::cache::store_now() };
+        self.store.put_output(&key, &staged, &record)?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.progress.done("outputs", "built", seconds);
+        Ok((outcome("built", seconds), record))
+    }
+
+    /// Write `OUT/NAME/VERSION` aside and rename it into place. An existing
+    /// version is never overwritten: identical contents are "up to date",
+    /// anything else is an error.
+    fn publish(&self, recipe: &Recipe, record: &OutputRecord) -> Result<(PathBuf, bool)> {
+        let name = &self.plan.recipe;
+        let version = &self.options.version;
+        let parent = self.options.out_dir.join(name);
+        fs_err::create_dir_all(&parent)?;
+        let bundle = parent.join(version);
+        let staging = tempfile::Builder::new().prefix(&format!(".{version}.partial-")).tempdir_in(&parent)?;
+        let source = self.store.output_dir(&record.key);
+        let mut artifacts = Vec::new();
+        for (file, digest) in &record.files {
+            let target = if file == "packages.txt" { file.clone() } else { format!("{name}-{version}-{file}") };
+            fs_err::copy(source.join(file), staging.path().join(&target))?;
+            let actual = crate::cache::store::hash_file(&staging.path().join(&target))?;
+            if &actual != digest {
+                bail!("cached output {file} ({}) is corrupt; run `rootsmith cache verify`", &record.key[..12]);
+            }
+            artifacts.push(ManifestArtifact { size: fs_err::metadata(staging.path().join(&target))?.len(), name: target, sha256: actual });
+        }
+        artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+        let (squashfs_compression, _) = self.output_compressions();
+        let manifest = Manifest {
+            manifest_version: MANIFEST_VERSION,
+            tool: TOOL.into(),
+            name: name.clone(),
+            version: version.clone(),
+            arch: self.plan.arch.clone(),
+            recipe_sha256: sha256_hex(recipe.source.as_bytes()),
+            source_date_epoch: self.plan.source_date_epoch,
+            fast: self.options.fast,
+            stages: self.records.iter().map(|r| ManifestStage { name: r.stage.clone(), kind: r.kind.clone(), key: r.key.clone(), layer: r.layer.clone() }).collect(),
+            rootfs: ManifestRootfs {
+                cookie: record.cookie.clone(),
+                squashfs_writer: squashfs::writer_name(),
+                squashfs_compression: match squashfs_compression.level {
+                    Some(level) => format!("{} {level}", squashfs_compression.algorithm.name()),
+                    None => squashfs_compression.algorithm.name().into(),
+                },
+                squashfs_entries: record.squashfs_entries,
+                contract_version: rootsmith_init::contract::CONTRACT_VERSION,
+            },
+            artifacts: artifacts.clone(),
+        };
+        let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
+        fs_err::write(staging.path().join("manifest.json"), &manifest_bytes)?;
+        artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: manifest_bytes.len() as u64, sha256: sha256_hex(&manifest_bytes) });
+        fs_err::write(staging.path().join("SHA256SUMS"), sha256sums(&artifacts))?;
+        if bundle.exists() {
+            return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
+        }
+        let staging = staging.keep();
+        if let Err(error) = std::fs::rename(&staging, &bundle) {
+            let _ = std::fs::remove_dir_all(&staging);
+            if bundle.exists() {
+                return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
+            }
+            return Err(error).with_context(|| format!("moving the bundle into {}", bundle.display()));
+        }
+        Ok((bundle, false))
+    }
+}
+
+fn same_bundle(bundle: &Path, manifest: &[u8]) -> Result<()> {
+    let existing = std::fs::read(bundle.join("manifest.json")).unwrap_or_default();
+    if existing == manifest {
+        return Ok(());
+    }
+    bail!(
+        "{} already exists with different contents, and a published version is never overwritten\nhint: build another version with `--version`, or remove that directory if it was never released",
+        bundle.display()
+    )
+}
+
+/// The root of a root filesystem is 0755 root:root whatever made it.
+fn set_root_mode(tree: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::set_permissions(tree, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Command-line types (clap only; the commands live in `commands/`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "rootsmith", version, about = "Build Linux root filesystems and netboot bundles from YAML recipes")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RecipeArgs {
+    /// The recipe file
+    pub recipe: PathBuf,
+    /// Override a recipe variable (repeatable)
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+    pub sets: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CacheArgs {
+    /// The stage cache directory [default: $XDG_CACHE_HOME/rootsmith]
+    #[arg(long = "cache", env = "ROOTSMITH_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a recipe into OUT/NAME/VERSION
+    Build {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// Where bundles go
+        #[arg(long = "out", env = "ROOTSMITH_OUT", value_name = "DIR", default_value = "out")]
+        out: PathBuf,
+        /// The bundle's version [default: the recipe's]
+        #[arg(long = "version", value_name = "V")]
+        version: Option<String>,
+        /// Rebuild this stage and every stage after it, even when cached
+        #[arg(long, value_name = "STAGE")]
+        rebuild: Option<String>,
+        /// Developer loop: low compression (recorded in the manifest)
+        #[arg(long)]
+        fast: bool,
+        /// Fail instead of building a stage that is not cached
+        #[arg(long)]
+        cache_only: bool,
+        /// Print a JSON summary on stdout instead of progress
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a recipe without running anything
+    Check {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+    /// Show each stage's key and whether the cache has it
+    Plan {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// For each miss, name the input that changed since its last build
+        #[arg(long)]
+        explain: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a shell in the tree as it is after a stage (changes are thrown away)
+    Shell {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// The stage whose result to enter [default: the last]
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
+        /// Run this command instead of an interactive shell
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Inspect and maintain the stage cache
+    Cache {
+        #[command(flatten)]
+        cache: CacheArgs,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// List cached stages and outputs
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove old entries and unreferenced layers
+    Gc {
+        /// Keep at most this much (e.g. 20G, 500M)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        keep_size: Option<u64>,
+        /// Remove entries older than this (e.g. 30d, 12h)
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<u64>,
+    },
+    /// Check every layer, record and output against its digest
+    Verify,
+}
+
+fn parse_set(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
+}
+
+/// `500M`, `20G`, `1024` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.trim().split_at(text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(text.trim().len()));
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size like 500M or 20G"))?;
+    let factor = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use K, M, G or T)")),
+    };
+    Ok(number * factor)
+}
+
+/// `30d`, `12h`, `15m`, `90s`, in seconds.
+pub fn parse_age(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not an age like 30d or 12h"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("`{text}`: unknown unit (use s, m, h, d or w)")),
+    };
+    Ok(number * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_parse() {
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("10").unwrap(), 10);
+        assert!(parse_size("ten").is_err());
+        assert_eq!(parse_age("30d").unwrap(), 30 * 86_400);
+        assert!(parse_age("3y").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

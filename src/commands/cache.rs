@@ -1,0 +1,59 @@
+//! `rootsmith cache ls | gc | verify`.
+
+use anyhow::{bail, Result};
+
+use super::short;
+use crate::cache::{GcOptions, Store};
+use crate::cli::{CacheAction, CacheArgs};
+
+pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
+    let store = Store::open(&super::cache_dir(args))?;
+    match action {
+        CacheAction::Ls { json } => {
+            let entries = store.list();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                println!("{:<12} {:<12} {:<20} {:<20} {:>10}", "KEY", "KIND", "RECIPE", "STAGE", "SIZE");
+                for entry in &entries {
+                    println!("{:<12} {:<12} {:<20} {:<20} {:>10}", short(&entry.key), entry.kind, entry.recipe, entry.stage, human_size(entry.size));
+                }
+                println!("{} entries, {}", entries.len(), human_size(entries.iter().map(|e| e.size).sum()));
+            }
+        }
+        CacheAction::Gc { keep_size, older_than } => {
+            let report = store.gc(&GcOptions { keep_size: *keep_size, older_than: *older_than })?;
+            println!(
+                "removed {} stages, {} outputs, {} layers; freed {}, {} kept",
+                report.removed_stages,
+                report.removed_outputs,
+                report.removed_blobs,
+                human_size(report.freed_bytes),
+                human_size(report.kept_bytes)
+            );
+        }
+        CacheAction::Verify => {
+            let report = store.verify()?;
+            println!("checked {} layers, {} stage records, {} outputs", report.checked_blobs, report.checked_stages, report.checked_outputs);
+            for problem in &report.problems {
+                println!("problem: {problem}");
+            }
+            if !report.problems.is_empty() {
+                bail!("the cache has {} problems; `rootsmith cache gc` drops what no record needs, a rebuild replaces the rest", report.problems.len());
+            }
+            println!("cache is consistent");
+        }
+    }
+    Ok(())
+}
+
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}

@@ -1,0 +1,42 @@
+//! One module per command: resolve settings, call the library, print.
+
+pub mod build;
+pub mod cache;
+pub mod check;
+pub mod plan;
+pub mod shell;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::cli::{CacheArgs, RecipeArgs};
+use crate::recipe::{Diagnostics, LoadOptions, Recipe};
+
+/// Exit codes (documented in docs/commands.md).
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_RECIPE: i32 = 2;
+
+/// A recipe error: printed as diagnostics, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RecipeError(pub Diagnostics);
+
+pub fn load_recipe(args: &RecipeArgs) -> Result<Recipe> {
+    crate::recipe::load(&args.recipe, &LoadOptions { sets: args.sets.clone() }).map_err(|diagnostics| RecipeError(diagnostics).into())
+}
+
+pub fn cache_dir(args: &CacheArgs) -> PathBuf {
+    if let Some(dir) = &args.cache {
+        return dir.clone();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("rootsmith")
+}
+
+pub fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}

@@ -1,0 +1,61 @@
+//! `rootsmith plan RECIPE [--explain]`: each stage's key and cache state.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::short;
+use crate::cache::Store;
+use crate::cli::{CacheArgs, RecipeArgs};
+use crate::plan::{plan, PlanOptions, StageStatus};
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    kind: String,
+    key: Option<String>,
+    state: &'static str,
+    changed: Vec<String>,
+}
+
+pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, json: bool) -> Result<()> {
+    let recipe = super::load_recipe(recipe_args)?;
+    let plan = plan(&recipe, &PlanOptions::from_environment()?)?;
+    let store = Store::open(&super::cache_dir(cache_args))?;
+    let mut rows = Vec::new();
+    for (stage, status) in plan.stages.iter().zip(plan.statuses(&store, None)) {
+        let (key, state, changed) = match status {
+            StageStatus::Hit(record) => (Some(record.key), "hit", Vec::new()),
+            StageStatus::Miss { key, inputs } => {
+                let changed = match store.last_inputs(&plan.recipe, &stage.name) {
+                    None => vec!["never built".to_string()],
+                    Some(previous) => {
+                        let lines: Vec<String> = inputs
+                            .differences(&previous)
+                            .into_iter()
+                            .map(|line| if line.starts_with("parent:") { "parent: an earlier stage's output changed".to_string() } else { line })
+                            .collect();
+                        if lines.is_empty() { vec!["same inputs as its last build, whose layer is no longer cached".to_string()] } else { lines }
+                    }
+                };
+                (Some(key), "miss", changed)
+            }
+            StageStatus::Pending => (None, "pending", vec!["waits for an earlier stage to be built".to_string()]),
+        };
+        rows.push(Row { name: stage.name.clone(), kind: stage.kind.kind_name().into(), key, state, changed });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{} {} ({}, SOURCE_DATE_EPOCH={})", plan.recipe, plan.version, plan.arch, plan.source_date_epoch);
+    for row in &rows {
+        let key = row.key.as_deref().map(short).unwrap_or("-");
+        println!("  {:<20} {:<12} {:<12} {}", row.name, row.kind, key, row.state);
+        if explain && row.state != "hit" {
+            for line in &row.changed {
+                println!("      {line}");
+            }
+        }
+    }
+    Ok(())
+}

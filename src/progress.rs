@@ -1,0 +1,79 @@
+//! Progress of a build: a spinner line per stage on a terminal, plain
+//! timestamped lines otherwise (CI logs), nothing at all with `--json`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+pub trait Progress: Sync {
+    /// A stage (or the outputs step) starts; `what` says how.
+    fn start(&self, label: &str, what: &str);
+    /// It ended: `state` is `cached` or `built`.
+    fn done(&self, label: &str, state: &str, seconds: f64);
+    fn note(&self, message: &str);
+}
+
+pub fn for_terminal(quiet: bool) -> Box<dyn Progress> {
+    if quiet {
+        Box::new(Silent)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(Bars { multi: MultiProgress::new(), bars: std::sync::Mutex::new(Vec::new()) })
+    } else {
+        Box::new(Lines)
+    }
+}
+
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: &str, _: &str) {}
+    fn done(&self, _: &str, _: &str, _: f64) {}
+    fn note(&self, _: &str) {}
+}
+
+/// `[HH:MM:SS] label: message` lines on stderr.
+pub struct Lines;
+
+fn clock() -> String {
+    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) % 86_400;
+    format!("{:02}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
+impl Progress for Lines {
+    fn start(&self, label: &str, what: &str) {
+        eprintln!("[{}] {label}: {what}", clock());
+    }
+    fn done(&self, label: &str, state: &str, seconds: f64) {
+        eprintln!("[{}] {label}: {state} in {seconds:.1}s", clock());
+    }
+    fn note(&self, message: &str) {
+        eprintln!("[{}] {message}", clock());
+    }
+}
+
+struct Bars {
+    multi: MultiProgress,
+    bars: std::sync::Mutex<Vec<(String, ProgressBar)>>,
+}
+
+impl Progress for Bars {
+    fn start(&self, label: &str, what: &str) {
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_style(ProgressStyle::with_template("{spinner} {prefix:<24} {msg} {elapsed:>4}").expect("valid template"));
+        bar.set_prefix(label.to_string());
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bars.lock().unwrap().push((label.to_string(), bar));
+    }
+    fn done(&self, label: &str, state: &str, seconds: f64) {
+        let bars = self.bars.lock().unwrap();
+        if let Some((_, bar)) = bars.iter().rev().find(|(name, _)| name == label) {
+            bar.set_style(ProgressStyle::with_template("✓ {prefix:<24} {msg}").expect("valid template"));
+            bar.finish_with_message(format!("{state} in {seconds:.1}s"));
+        }
+    }
+    fn note(&self, message: &str) {
+        let _ = self.multi.println(message);
+    }
+}
