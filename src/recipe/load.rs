@@ -123,12 +123,17 @@ impl Checker<'_> {
         for (index, raw_stage) in raw.stages.into_iter().enumerate() {
             let path = format!("stages[{index}]");
             let name_given = raw_stage.name.clone();
-            let Some(kind) = self.check_stage(&path, raw_stage) else { continue };
-            if kind.is_base() && index > 0 {
-                self.at_key(&format!("{path}.{}", kind.kind_name()), format!("base stage `{}` must be the first stage", kind.kind_name()), "a recipe has one base (debootstrap or tarball) and it comes first");
-            } else if !kind.is_base() && index == 0 {
-                self.at_key(&format!("{path}.{}", kind.kind_name()), format!("the first stage is `{}`, not a base stage", kind.kind_name()), "start with a base stage: debootstrap or tarball");
+            // Placement depends only on which kind key is there, so it is checked
+            // even when the stage's own fields have problems.
+            if let [kind_name] = raw_stage.kind_names().as_slice() {
+                let is_base = matches!(*kind_name, "debootstrap" | "tarball");
+                if is_base && index > 0 {
+                    self.at_key(&format!("{path}.{kind_name}"), format!("base stage `{kind_name}` must be the first stage"), "a recipe has one base (debootstrap or tarball) and it comes first");
+                } else if !is_base && index == 0 {
+                    self.at_key(&format!("{path}.{kind_name}"), format!("the first stage is `{kind_name}`, not a base stage"), "start with a base stage: debootstrap or tarball");
+                }
             }
+            let Some(kind) = self.check_stage(&path, raw_stage) else { continue };
             *kind_counts.entry(kind.kind_name()).or_default() += 1;
             let name = match name_given {
                 Some(name) => {

@@ -42,6 +42,20 @@ pub struct RawStage {
     pub run: Option<RawRun>,
 }
 
+impl RawStage {
+    /// The kind keys present, in schema order.
+    pub fn kind_names(&self) -> Vec<&'static str> {
+        let present = [
+            ("debootstrap", self.debootstrap.is_some()),
+            ("tarball", self.tarball.is_some()),
+            ("packages", self.packages.is_some()),
+            ("files", self.files.is_some()),
+            ("run", self.run.is_some()),
+        ];
+        present.into_iter().filter(|(_, here)| *here).map(|(name, _)| name).collect()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDebootstrap {

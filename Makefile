@@ -1,0 +1,44 @@
+# rootsmith: `make demo` builds and shows the default recipe, `make test` runs
+# every test. Both install what they need first (Debian 12, as root).
+
+CARGO       ?= cargo
+RECIPE      ?= recipes/debian-minimal.yaml
+OUT         ?= out
+# Host tools the builds and the tests run.
+APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
+               ca-certificates util-linux debian-archive-keyring
+SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: all deps build demo test bench clean
+
+all: build
+
+# Install the missing apt packages only, so a second run costs nothing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup or apt-get install cargo)"; exit 1; }
+
+build:
+	$(CARGO) build --release --locked
+
+demo: deps build
+	$(SUDO) ./target/release/rootsmith build $(RECIPE) --out $(OUT)
+	@echo
+	@echo "The bundle is in $(OUT)/$$(sed -n 's/^name: *//p' $(RECIPE))/$$(sed -n 's/^version: *//p' $(RECIPE))/"
+
+test: deps
+	$(CARGO) test --locked --workspace
+
+bench: deps build
+	bench/run.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT)

@@ -1,0 +1,59 @@
+//! The command line's error reporting, run through the real binary (no root).
+
+mod common;
+
+use common::{repo, rootsmith, run};
+
+#[test]
+fn recipe_errors_print_file_line_column_caret_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("bad.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: bookworm }\n  - packages: { instal: [curl] }\n").unwrap();
+    let (code, _, stderr) = run(rootsmith().arg("check").arg(&recipe));
+    assert_eq!(code, 2, "{stderr}");
+    let location = format!("{}:6:17", recipe.display());
+    assert!(stderr.contains(&location), "{stderr}");
+    assert!(stderr.contains("6 |   - packages: { instal: [curl] }\n  |                 ^"), "{stderr}");
+    assert!(stderr.contains("hint: "), "{stderr}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("bad.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - run: { script: missing.sh }\n  - tarball: { path: gone.tar }\n").unwrap();
+    let (code, _, stderr) = run(rootsmith().arg("check").arg(&recipe));
+    assert_eq!(code, 2);
+    for expected in [":5:20", "file `missing.sh` does not exist", ":5:5", "not a base stage", ":6:22", "file `gone.tar` does not exist", ":6:5", "must be the first stage"] {
+        assert!(stderr.contains(expected), "missing {expected:?} in\n{stderr}");
+    }
+}
+
+#[test]
+fn unknown_rebuild_stage_points_at_the_stages() {
+    let recipe = repo().join("recipes/debian-minimal.yaml");
+    let cache = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(rootsmith().args(["build", "--rebuild", "nope", "--cache"]).arg(cache.path()).arg(&recipe));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--rebuild names stage `nope`"), "{stderr}");
+    assert!(stderr.contains("debian-minimal.yaml:10:1"), "{stderr}");
+    assert!(stderr.contains("hint: the stages are: base, tools, overlay, configure"), "{stderr}");
+}
+
+#[test]
+fn default_recipe_checks_clean() {
+    let (code, stdout, stderr) = run(rootsmith().arg("check").arg(repo().join("recipes/debian-minimal.yaml")));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("4 stages: base, tools, overlay, configure"), "{stdout}");
+}
+
+#[test]
+fn empty_cache_verifies_and_lists_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = run(rootsmith().args(["cache", "--cache"]).arg(cache.path()).arg("verify"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("cache is consistent"), "{stdout}");
+    let (code, stdout, _) = run(rootsmith().args(["cache", "--cache"]).arg(cache.path()).args(["ls", "--json"]));
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), "[]");
+}
