@@ -231,13 +231,27 @@ impl Builder<'_> {
             let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(temp.as_file()), LAYER_ZSTD_LEVEL)?;
             encoder.multithread(std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))?;
             let mut writer = TreeTarWriter::new(encoder, self.plan.source_date_epoch);
-            for change in before.changes(after) {
+            let changes = before.changes(after);
+            for change in &changes {
                 match change {
-                    Change::Write(path) => writer.append(tree, &path)?,
-                    Change::Delete(path) => writer.append_whiteout(&path)?,
+                    Change::Write(path) => writer.append(tree, path)?,
+                    Change::Delete(path) => writer.append_whiteout(path)?,
                 }
             }
             writer.finish()?.finish()?;
+            // Leave the work tree as a restore from layers would make it (mtimes
+            // clamped), so the next stage sees the same tree either way and
+            // captures the same layer bytes.
+            let epoch = filetime::FileTime::from_unix_time(self.plan.source_date_epoch, 0);
+            for change in changes {
+                if let Change::Write(path) = change {
+                    let full = tree.join(path);
+                    let metadata = fs_err::symlink_metadata(&full)?;
+                    if filetime::FileTime::from_last_modification_time(&metadata) > epoch {
+                        filetime::set_symlink_file_times(&full, epoch, epoch)?;
+                    }
+                }
+            }
         }
         self.store.put_blob(temp)
     }

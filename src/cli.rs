@@ -23,7 +23,7 @@ pub struct RecipeArgs {
 #[derive(Debug, Args, Clone)]
 pub struct CacheArgs {
     /// The stage cache directory [default: $XDG_CACHE_HOME/rootsmith]
-    #[arg(long = "cache", env = "ROOTSMITH_CACHE", value_name = "DIR")]
+    #[arg(long = "cache", env = "ROOTSMITH_CACHE", value_name = "DIR", global = true)]
     pub cache: Option<PathBuf>,
 }
 
