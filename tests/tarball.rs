@@ -1,0 +1,84 @@
+//! Tarball bases are untrusted input: a hostile archive given to a real build
+//! never writes outside the stage's tree. Needs root (device nodes, owners).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// A tar with raw entry names, written without the tar crate's own checks.
+fn hostile_tarball(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, link) in entries {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        let data: &[u8] = if *kind == tar::EntryType::Regular { b"pwned\n" } else { b"" };
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    }
+    let bytes = builder.into_inner().unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, &bytes).unwrap();
+    encoder.finish().unwrap();
+}
+
+fn build(dir: &Path, tarball: &Path) -> (i32, String) {
+    let recipe = dir.join("r.yaml");
+    std::fs::write(&recipe, format!("rootsmith: 1\nname: hostile\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n", tarball.display())).unwrap();
+    let (code, _, stderr) = run(rootsmith().args(["build", "--fast", "--cache"]).arg(dir.join("cache")).arg("--out").arg(dir.join("out")).arg(&recipe));
+    (code, stderr)
+}
+
+#[test]
+fn hostile_tarball_bases_never_write_outside_the_tree() {
+    if !needs_root("hostile_tarball_bases_never_write_outside_the_tree") {
+        return;
+    }
+    use tar::EntryType::*;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let outside_text = outside.to_str().unwrap();
+
+    // `..` in a path: refused, the error names the archive and the entry.
+    let dotdot = dir.path().join("dotdot.tar.gz");
+    hostile_tarball(&dotdot, &[("etc", Directory, ""), ("etc/../../outside/evil", Regular, "")]);
+    let (code, stderr) = build(dir.path(), &dotdot);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("entry `etc/../../outside/evil`: `..` in its path"), "{stderr}");
+    assert!(stderr.contains("dotdot.tar.gz"), "{stderr}");
+
+    // An absolute symlink to a host directory, then a file through it: the
+    // file lands inside the tree, under the link's target taken from the root.
+    let absolute = dir.path().join("absolute.tar.gz");
+    let through = format!("{}/evil", "escape");
+    hostile_tarball(&absolute, &[("etc", Directory, ""), ("escape", Symlink, outside_text), (&through, Regular, "")]);
+    let (code, stderr) = build(dir.path(), &absolute);
+    assert_eq!(code, 0, "{stderr}");
+
+    // A relative symlink climbing out of the tree: refused.
+    let climbing = dir.path().join("climbing.tar.gz");
+    hostile_tarball(&climbing, &[("up", Symlink, "../../../../../../.."), ("up/tmp/evil", Regular, "")]);
+    let (code, stderr) = build(dir.path(), &climbing);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("leaves the tree"), "{stderr}");
+
+    // A hard link to a host file: refused.
+    let link = dir.path().join("link.tar.gz");
+    hostile_tarball(&link, &[("passwd", Link, "/etc/passwd")]);
+    let (code, stderr) = build(dir.path(), &link);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("hard link target: absolute path"), "{stderr}");
+
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "something was written outside the tree");
+    let listing = std::process::Command::new("tar").args(["--quoting-style=literal", "-tf"]).arg(dir.path().join("out/hostile/1.0.0/hostile-1.0.0-rootfs.tar.zst")).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let inside = format!("{}/evil", outside_text.trim_start_matches('/'));
+    assert!(listing.lines().any(|line| line == inside), "the file written through the symlink is not inside the tree:\n{listing}");
+}
