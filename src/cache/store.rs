@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fs4::fs_std::FileExt;
@@ -40,6 +41,9 @@ pub struct OutputRecord {
 
 pub struct Store {
     root: PathBuf,
+    /// This process's own locked dir under `tmp/` for partial files, so a
+    /// sweep by another build never takes a file this one is still writing.
+    session: WorkDir,
 }
 
 /// An exclusive lock on one key; released when dropped.
@@ -96,9 +100,9 @@ impl Store {
         for sub in ["blobs/sha256", "stages", "outputs", "history", "locks", "apt/archives/partial", "tmp"] {
             fs_err::create_dir_all(root.join(sub))?;
         }
-        let store = Store { root };
-        store.sweep_stale_work_dirs()?;
-        Ok(store)
+        sweep_stale_work_dirs(&root.join("tmp"))?;
+        let session = new_work_dir(&root.join("tmp"), "session")?;
+        Ok(Store { root, session })
     }
 
     pub fn root(&self) -> &Path {
@@ -132,40 +136,12 @@ impl Store {
     /// A fresh directory under `tmp/`, on the cache's filesystem so results can
     /// be renamed into place.
     pub fn work_dir(&self, label: &str) -> Result<WorkDir> {
-        let tmp = self.root.join("tmp");
-        let path = tempfile::Builder::new().prefix(&format!("{label}-")).tempdir_in(&tmp)?.keep();
-        let lock_path = path.with_extension("lock");
-        let lock = fs_err::File::create(&lock_path)?.into_parts().0;
-        lock.lock_exclusive()?;
-        Ok(WorkDir { path, lock_path, _lock: lock })
-    }
-
-    fn sweep_stale_work_dirs(&self) -> Result<()> {
-        let tmp = self.root.join("tmp");
-        for entry in fs_err::read_dir(&tmp)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "lock") {
-                let Ok(file) = File::options().write(true).open(&path) else { continue };
-                if file.try_lock_exclusive().unwrap_or(false) {
-                    // Nobody holds it: its build died. Remove its dir, then the lock.
-                    let _ = remove_tree(&path.with_extension(""));
-                    let _ = std::fs::remove_file(&path);
-                }
-            } else if !path.with_extension("lock").exists() && path.extension().is_none_or(|e| e != "lock") {
-                // A partial file or dir without a lock: a dead writer's.
-                if std::fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
-                    let _ = remove_tree(&path);
-                } else {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        }
-        Ok(())
+        new_work_dir(&self.root.join("tmp"), label)
     }
 
     /// Write `bytes` to `path` atomically (temp file in the cache + rename).
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let mut temp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
+        let mut temp = tempfile::NamedTempFile::new_in(self.session.path())?;
         temp.write_all(bytes)?;
         temp.as_file().sync_all()?;
         temp.persist(path).with_context(|| format!("writing {}", path.display()))?;
@@ -174,7 +150,7 @@ impl Store {
 
     /// A temp file in the cache for a blob being written.
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
-        Ok(tempfile::NamedTempFile::new_in(self.root.join("tmp"))?)
+        Ok(tempfile::NamedTempFile::new_in(self.session.path())?)
     }
 
     /// Move a finished blob into the store under its digest; returns (digest, size).
@@ -252,6 +228,38 @@ impl Store {
     pub(super) fn outputs_dir(&self) -> PathBuf {
         self.root.join("outputs")
     }
+}
+
+fn new_work_dir(tmp: &Path, label: &str) -> Result<WorkDir> {
+    let path = tempfile::Builder::new().prefix(&format!("{label}-")).tempdir_in(tmp)?.keep();
+    let lock_path = path.with_extension("lock");
+    let lock = fs_err::File::create(&lock_path)?.into_parts().0;
+    lock.lock_exclusive()?;
+    Ok(WorkDir { path, lock_path, _lock: lock })
+}
+
+/// Leftovers without a lock are only taken once they are this old: a work dir
+/// exists for a moment before its lock file does.
+const ORPHAN_AGE: Duration = Duration::from_secs(86_400);
+
+/// Remove the work dirs of builds that died: their lock is held by nobody.
+fn sweep_stale_work_dirs(tmp: &Path) -> Result<()> {
+    for entry in fs_err::read_dir(tmp)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "lock") {
+            let Ok(file) = File::options().write(true).open(&path) else { continue };
+            if file.try_lock_exclusive().unwrap_or(false) {
+                let _ = remove_tree(&path.with_extension(""));
+                let _ = std::fs::remove_file(&path);
+            }
+        } else if !path.with_extension("lock").exists() {
+            let old = std::fs::symlink_metadata(&path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > ORPHAN_AGE);
+            if old {
+                let _ = remove_tree(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn hash_file(path: &Path) -> std::io::Result<String> {

@@ -47,6 +47,16 @@ impl Scaffolding {
     }
 }
 
+/// apt does not wait for the lock of its archive directory, so builds that
+/// share the cache's apt directory take turns while one of them has it mounted.
+pub fn apt_lock(archives: &Path) -> Result<std::fs::File> {
+    use fs4::fs_std::FileExt;
+    let path = archives.parent().unwrap_or(archives).join("apt.lock");
+    let file = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?.into_parts().0;
+    file.lock_exclusive()?;
+    Ok(file)
+}
+
 /// A mount point must be a real directory (or file) in the tree: mounting on a
 /// symlink would follow it.
 fn check_mount_point(tree: &Path, target: &Path, directory: bool, scaffolding: &mut Scaffolding) -> Result<bool> {
@@ -97,7 +107,13 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
             bail!("the tree has no /bin/sh to run commands with; is the base stage a root filesystem?");
         }
         let host_resolv = std::fs::canonicalize("/etc/resolv.conf").ok().filter(|p| p.is_file());
-        let archives = tree.join("var/cache/apt/archives").is_dir().then_some(context.apt_archives);
+        // The interactive shell keeps its downloads to itself, so an open
+        // shell never holds the shared apt lock.
+        let archives = (!interactive && tree.join("var/cache/apt/archives").is_dir()).then_some(context.apt_archives);
+        let _apt_lock = match archives {
+            Some(archives) => Some(apt_lock(archives)?),
+            None => None,
+        };
         let mut mounts = Vec::new();
         for mount in chroot_mounts(host_resolv.as_deref(), archives) {
             let directory = mount.target != Path::new("/etc/resolv.conf");
@@ -126,4 +142,74 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
     })();
     scaffolding.tear_down();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::host::RecordingHost;
+
+    fn context<'a>(host: &'a RecordingHost, tree: &'a Path, scratch: &'a Path, archives: &'a Path) -> StageContext<'a> {
+        std::fs::create_dir_all(archives).unwrap();
+        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch: 7, mirror: None, apt_archives: archives, scratch }
+    }
+
+    #[test]
+    fn chrooted_command_gets_mounts_policy_and_a_clean_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        for sub in ["bin", "usr/sbin", "etc", "var/cache/apt/archives", "proc"] {
+            std::fs::create_dir_all(tree.join(sub)).unwrap();
+        }
+        std::fs::write(tree.join("bin/sh"), "").unwrap();
+        let before = crate::layer::Snapshot::take(&tree).unwrap();
+        let host = RecordingHost::default();
+        let env = BTreeMap::from([("X".to_string(), "1".to_string())]);
+        let archives = dir.path().join("cache/apt/archives");
+        run_chrooted(&context(&host, &tree, dir.path(), &archives), &["/bin/sh", "-c", "true"], &env).unwrap();
+
+        let commands = host.commands.lock().unwrap();
+        let command = &commands[0];
+        assert_eq!(command.root.as_deref(), Some(tree.as_path()));
+        assert_eq!(command.argv, ["/bin/sh", "-c", "true"]);
+        assert_eq!(command.env["X"], "1");
+        assert_eq!(command.env["SOURCE_DATE_EPOCH"], "7");
+        let targets: Vec<&str> = command.mounts.iter().map(|m| m.target.to_str().unwrap()).collect();
+        assert!(targets.contains(&"/var/cache/apt/archives"), "{targets:?}");
+        assert!(dir.path().join("cache/apt/apt.lock").exists());
+        // Mount points that were missing were made as directories.
+        assert!(tree.join("sys").is_dir() && tree.join("run").is_dir() && tree.join("dev").is_dir());
+        // What rootsmith added for the run is gone again: policy-rc.d, the
+        // resolv.conf placeholder, and their directories' mtimes are restored.
+        assert!(!tree.join(POLICY_RC_D).exists());
+        assert!(!tree.join("etc/resolv.conf").exists());
+        let after = crate::layer::Snapshot::take(&tree).unwrap();
+        let changes: Vec<_> = before.changes(&after).into_iter().filter(|c| !matches!(c, crate::layer::Change::Write(p) if ["sys", "run", "dev"].contains(&p.to_str().unwrap()))).collect();
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn mounting_on_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("bin")).unwrap();
+        std::fs::write(tree.join("bin/sh"), "").unwrap();
+        std::os::unix::fs::symlink("/", tree.join("proc")).unwrap();
+        let host = RecordingHost::default();
+        let archives = dir.path().join("cache/apt/archives");
+        let error = run_chrooted(&context(&host, &tree, dir.path(), &archives), &["/bin/true"], &BTreeMap::new()).unwrap_err();
+        assert!(error.to_string().contains("/proc is a symlink"), "{error}");
+        assert!(host.commands.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_tree_without_a_shell_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RecordingHost::default();
+        let archives = dir.path().join("apt/archives");
+        let error = run_chrooted(&context(&host, dir.path(), dir.path(), &archives), &["/bin/true"], &BTreeMap::new()).unwrap_err();
+        assert!(error.to_string().contains("no /bin/sh"), "{error}");
+    }
 }

@@ -58,5 +58,6 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
         stdin: None,
         interactive: false,
     };
+    let _apt_lock = super::chroot::apt_lock(context.apt_archives)?;
     context.host.run(&command)
 }
