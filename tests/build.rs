@@ -99,6 +99,17 @@ fn default_recipe_lifecycle() {
     expect_states(&again, &[("base", "cached"), ("tools", "cached"), ("overlay", "cached"), ("configure", "cached"), ("outputs", "cached")]);
     assert_eq!(again["up_to_date"], true);
 
+    // --cache-only succeeds when everything is cached.
+    let only = lab.build(&lab.recipe(), &["--cache-only"]);
+    assert_eq!(only["up_to_date"], true);
+
+    // shell: a command in the tree after `tools` (before the overlay); what it
+    // changes is thrown away.
+    let (code, stdout, stderr) = run(lab.command(&["shell", "--stage", "tools"]).arg(lab.recipe()).args(["--", "/bin/sh", "-c", "test -e /etc/motd && grep -q rootsmith /etc/motd || echo no-overlay-yet; cat /etc/debian_version; touch /etc/shell-was-here"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("no-overlay-yet") && stdout.contains("12."), "{stdout}");
+    assert_eq!(mount_table(), mounts_before, "shell left mounts behind");
+
     // --rebuild forces one stage and what follows it.
     let rebuilt = lab.build(&lab.recipe(), &["--rebuild", "overlay", "--version", "0.1.1"]);
     expect_states(&rebuilt, &[("base", "cached"), ("tools", "cached"), ("overlay", "built"), ("configure", "built"), ("outputs", "cached")]);
@@ -109,10 +120,14 @@ fn default_recipe_lifecycle() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("configure") && stdout.contains("miss"), "{stdout}");
     assert!(stdout.contains("files[debian-minimal/configure.sh]"), "{stdout}");
+    let (code, _, stderr) = run(lab.command(&["build", "--cache-only", "--version", "0.2.0", "--out"]).arg(&lab.out).arg(lab.recipe()));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("stage `configure` is not in the cache") && stderr.contains("--cache-only"), "{stderr}");
     let changed = lab.build(&lab.recipe(), &["--version", "0.2.0"]);
     expect_states(&changed, &[("base", "cached"), ("tools", "cached"), ("overlay", "cached"), ("configure", "built"), ("outputs", "built")]);
     let tar_listing = tool_output("tar", &["--quoting-style=literal", "-tf", bundle_file(&changed, "rootfs.tar.zst").to_str().unwrap()]);
     assert!(tar_listing.lines().any(|l| l == "etc/rootsmith-test"), "the changed script's file is missing");
+    assert!(!tar_listing.lines().any(|l| l == "etc/shell-was-here"), "a change made in `shell` was kept");
 
     // The same version with other contents is refused, never overwritten.
     let (code, _, stderr) = run(lab.command(&["build", "--fast", "--version", "0.1.0", "--out"]).arg(&lab.out).arg(lab.recipe()));

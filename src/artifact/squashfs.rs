@@ -49,19 +49,22 @@ fn write_with_mksquashfs(mksquashfs: &Path, tree: &Path, output: &Path, compress
 
 /// Opens its file on first read, so a tree of thousands of files does not hold
 /// thousands of descriptors while backhand collects them.
-struct LazyFile {
-    path: PathBuf,
-    file: Option<std::fs::File>,
+enum LazyFile {
+    Unopened(PathBuf),
+    Open(std::fs::File),
+    /// Read to the end and closed again; further reads give end of file.
+    Done,
 }
 
 impl Read for LazyFile {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        if self.file.is_none() {
-            self.file = Some(std::fs::File::open(&self.path)?);
+        if let LazyFile::Unopened(path) = self {
+            *self = LazyFile::Open(std::fs::File::open(&*path)?);
         }
-        let read = self.file.as_mut().expect("opened above").read(buffer)?;
-        if read == 0 {
-            self.file = None;
+        let LazyFile::Open(file) = self else { return Ok(0) };
+        let read = file.read(buffer)?;
+        if read == 0 && !buffer.is_empty() {
+            *self = LazyFile::Done;
         }
         Ok(read)
     }
@@ -100,7 +103,7 @@ fn write_with_backhand(tree: &Path, output: &Path, compression: Compression, epo
         } else if kind.is_symlink() {
             writer.push_symlink(fs_err::read_link(entry.path())?, &path, header)?;
         } else if kind.is_file() {
-            writer.push_file(LazyFile { path: entry.path().to_path_buf(), file: None }, &path, header)?;
+            writer.push_file(LazyFile::Unopened(entry.path().to_path_buf()), &path, header)?;
         } else if kind.is_char_device() {
             writer.push_char_device(metadata.rdev() as u32, &path, header)?;
         } else if kind.is_block_device() {
@@ -150,4 +153,28 @@ pub fn verify(squashfs: &Path, tree: &Path) -> Result<Check> {
         sampled += 1;
     }
     Ok(Check { entries, sampled_files: sampled })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backhand_writer_output_reads_back_and_matches_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc/sub")).unwrap();
+        std::fs::write(tree.join("etc/motd"), "hello\n").unwrap();
+        std::fs::write(tree.join("etc/sub/big"), vec![7u8; 300_000]).unwrap();
+        std::os::unix::fs::symlink("motd", tree.join("etc/link")).unwrap();
+        let output = dir.path().join("root.squashfs");
+        write_with_backhand(&tree, &output, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_000).unwrap();
+        assert_eq!(&std::fs::read(&output).unwrap()[..4], rootsmith_init::contract::SQUASHFS_MAGIC);
+        let check = verify(&output, &tree).unwrap();
+        assert_eq!(check.entries, 6);
+        assert_eq!(check.sampled_files, 2);
+        // A tree that differs from the image is caught.
+        std::fs::write(tree.join("etc/motd"), "changed\n").unwrap();
+        assert!(verify(&output, &tree).unwrap_err().to_string().contains("differs from the tree"));
+    }
 }

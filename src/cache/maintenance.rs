@@ -18,12 +18,20 @@ pub struct CacheEntry {
     pub created: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GcOptions {
     /// Remove the oldest entries until the cache holds at most this many bytes.
     pub keep_size: Option<u64>,
     /// Remove entries created longer ago than this many seconds.
     pub older_than: Option<u64>,
+    /// Never remove entries younger than this: a build may be about to use them.
+    pub grace_seconds: u64,
+}
+
+impl GcOptions {
+    pub fn new(keep_size: Option<u64>, older_than: Option<u64>) -> GcOptions {
+        GcOptions { keep_size, older_than, grace_seconds: GC_GRACE_SECONDS }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -43,7 +51,7 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
-/// Entries younger than this are never collected: a build may be about to use them.
+/// Entries younger than this are never collected by default.
 const GC_GRACE_SECONDS: u64 = 60;
 
 impl Store {
@@ -92,7 +100,7 @@ impl Store {
         candidates.sort_by_key(|(created, ..)| *created);
         let mut total: u64 = candidates.iter().map(|(_, size, _)| size).sum();
         for (created, size, candidate) in candidates {
-            if now.saturating_sub(created) < GC_GRACE_SECONDS {
+            if now.saturating_sub(created) < options.grace_seconds {
                 continue;
             }
             let too_old = options.older_than.is_some_and(|limit| now.saturating_sub(created) > limit);
@@ -118,7 +126,7 @@ impl Store {
         for entry in std::fs::read_dir(self.blobs_dir())?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0);
-            if !referenced.contains(&name) && age >= GC_GRACE_SECONDS {
+            if !referenced.contains(&name) && age >= options.grace_seconds {
                 report.freed_bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
                 std::fs::remove_file(entry.path())?;
                 report.removed_blobs += 1;
@@ -181,4 +189,74 @@ fn json_files(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
 
 fn dir_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir).into_iter().flatten().filter_map(|entry| entry.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::cache::{KeyInputs, CACHE_FORMAT};
+
+    fn record(store: &Store, stage: &str, bytes: &[u8], created: u64) -> StageRecord {
+        let mut temp = store.temp_file().unwrap();
+        temp.write_all(bytes).unwrap();
+        let (layer, layer_size) = store.put_blob(temp).unwrap();
+        let inputs = KeyInputs {
+            format: CACHE_FORMAT,
+            kind: "run".into(),
+            kind_version: 1,
+            arch: "amd64".into(),
+            source_date_epoch: 0,
+            parent: None,
+            params: serde_json::json!({ "stage": stage }),
+            files: Vec::new(),
+            remote: Default::default(),
+        };
+        let record = StageRecord { key: inputs.key(), recipe: "r".into(), stage: stage.into(), kind: "run".into(), layer, layer_size, tree: "t".into(), inputs, seconds: 0.0, created };
+        store.put_stage(&record).unwrap();
+        record
+    }
+
+    #[test]
+    fn gc_removes_oldest_first_and_unreferenced_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = record(&store, "old", &[1u8; 1000], 100);
+        let new = record(&store, "new", &[2u8; 1000], 200);
+        let report = store.gc(&GcOptions { keep_size: Some(1500), older_than: None, grace_seconds: 0 }).unwrap();
+        assert_eq!(report.removed_stages, 1);
+        assert_eq!(report.removed_blobs, 1);
+        assert!(store.stage(&old.key).is_none());
+        assert!(store.stage(&new.key).is_some());
+        assert!(store.verify().unwrap().problems.is_empty());
+        let report = store.gc(&GcOptions { keep_size: None, older_than: Some(60), grace_seconds: 0 }).unwrap();
+        assert_eq!(report.removed_stages, 1);
+        assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn gc_spares_young_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fresh = record(&store, "fresh", b"x", now_seconds());
+        store.gc(&GcOptions::new(Some(0), None)).unwrap();
+        assert!(store.stage(&fresh.key).is_some());
+    }
+
+    #[test]
+    fn verify_finds_a_corrupt_layer_and_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let corrupt = record(&store, "corrupt", b"good bytes", 1);
+        let missing = record(&store, "missing", b"other bytes", 1);
+        std::fs::write(store.blobs_dir().join(&corrupt.layer), b"bad bytes").unwrap();
+        std::fs::remove_file(store.blobs_dir().join(&missing.layer)).unwrap();
+        let problems = store.verify().unwrap().problems;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("hash to")));
+        assert!(problems.iter().any(|p| p.contains("is missing")));
+        // A corrupt layer is never applied: opening it fails.
+        assert!(store.open_blob(&corrupt.layer).unwrap_err().to_string().contains("corrupt"));
+    }
 }

@@ -22,7 +22,7 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
             }
         }
         CacheAction::Gc { keep_size, older_than } => {
-            let report = store.gc(&GcOptions { keep_size: *keep_size, older_than: *older_than })?;
+            let report = store.gc(&GcOptions::new(*keep_size, *older_than))?;
             println!(
                 "removed {} stages, {} outputs, {} layers; freed {}, {} kept",
                 report.removed_stages,
