@@ -91,7 +91,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
     for stage in &recipe.stages {
         let (params, files, remote) = match &stage.kind {
             StageKind::Debootstrap(d) => (
-                json!({ "suite": d.suite, "variant": d.variant, "components": d.components, "include": d.include, "mirror": mirror }),
+                json!({ "suite": d.suite, "variant": d.variant, "components": d.components, "include": d.include, "mirror": mirror, "tool": crate::stage::debootstrap::resolve_tool(d.tool) }),
                 Vec::new(),
                 apt_remote.clone(),
             ),

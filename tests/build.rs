@@ -273,3 +273,25 @@ fn tarball_base_from_a_bundle(lab: &Lab, cold: &serde_json::Value) {
     let listing = tool_output("tar", &["--quoting-style=literal", "-tf", bundle_file(&summary, "rootfs.tar.zst").to_str().unwrap()]);
     assert!(listing.lines().any(|l| l == "etc/from-tarball"));
 }
+
+/// `tool: debootstrap` builds the base with debootstrap (the fallback when
+/// mmdebstrap is not installed), downloading into the shared apt cache.
+#[test]
+fn debootstrap_tool_builds_a_base() {
+    if !needs_root("debootstrap_tool_builds_a_base") {
+        return;
+    }
+    let lab = Lab::new();
+    let recipe = lab.recipes.join("debootstrap.yaml");
+    std::fs::write(
+        &recipe,
+        "rootsmith: 1\nname: with-debootstrap\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: bookworm, tool: debootstrap }\n  - run: { sh: \"grep -q '^12' /etc/debian_version && touch /etc/debootstrapped\" }\n",
+    )
+    .unwrap();
+    let summary = lab.build(&recipe, &[]);
+    expect_states(&summary, &[("debootstrap", "built"), ("run", "built"), ("outputs", "built")]);
+    let listing = tool_output("tar", &["--quoting-style=literal", "-tf", bundle_file(&summary, "rootfs.tar.zst").to_str().unwrap()]);
+    assert!(listing.lines().any(|l| l == "etc/debootstrapped"));
+    let cached = std::fs::read_dir(lab.cache.join("v1/apt/archives")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "deb")).count();
+    assert!(cached > 50, "debootstrap did not download into the shared apt cache ({cached} packages)");
+}

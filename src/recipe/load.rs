@@ -240,7 +240,16 @@ impl Checker<'_> {
                 self.at_value(&format!("{path}.mirror"), format!("mirror `{mirror}` is not a URL"), "write it as http://HOST/PATH, https://… or file:///PATH");
             }
         }
-        Some(StageKind::Debootstrap(Debootstrap { suite, variant, components, include, mirror }))
+        let tool = match raw.tool.as_deref() {
+            None | Some("auto") => BootstrapTool::Auto,
+            Some("mmdebstrap") => BootstrapTool::Mmdebstrap,
+            Some("debootstrap") => BootstrapTool::Debootstrap,
+            Some(other) => {
+                self.at_value(&format!("{path}.tool"), format!("unknown tool `{other}`"), "use auto (the default), mmdebstrap or debootstrap");
+                BootstrapTool::Auto
+            }
+        };
+        Some(StageKind::Debootstrap(Debootstrap { suite, variant, components, include, mirror, tool }))
     }
 
     fn check_files(&mut self, path: &str, raw: RawFiles) -> Option<StageKind> {

@@ -79,6 +79,16 @@ pub struct Debootstrap {
     pub include: Vec<String>,
     /// `None`: the mirror the host's apt sources name, found at plan time.
     pub mirror: Option<String>,
+    pub tool: BootstrapTool,
+}
+
+/// Which program makes a `debootstrap` base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapTool {
+    /// mmdebstrap when installed, else debootstrap.
+    Auto,
+    Mmdebstrap,
+    Debootstrap,
 }
 
 /// A local file, with the path as the recipe wrote it (for keys and messages)

@@ -68,6 +68,8 @@ pub struct RawDebootstrap {
     pub include: Vec<String>,
     #[serde(default)]
     pub mirror: Option<String>,
+    #[serde(default)]
+    pub tool: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

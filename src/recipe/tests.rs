@@ -79,6 +79,7 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: \"${suit}\" }\n", 5, 27, "undefined variable `suit`"),
     ("stages:\n  - debootstrap: { suite: bookworm, variant: tiny }\n", 5, 46, "unknown variant `tiny`"),
     ("stages:\n  - debootstrap: { suite: bookworm, mirror: ftp.example }\n", 5, 45, "is not a URL"),
+    ("stages:\n  - debootstrap: { suite: bookworm, tool: cdebootstrap }\n", 5, 43, "unknown tool `cdebootstrap`"),
     ("arch: sparc\nstages:\n  - debootstrap: { suite: bookworm }\n", 4, 7, "unknown architecture"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, dest: etc }\n", 6, 34, "must be an absolute path"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, owner: root }\n", 6, 35, "is not UID:GID"),

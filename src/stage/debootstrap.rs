@@ -5,13 +5,25 @@ use anyhow::{Context, Result};
 
 use super::StageContext;
 use crate::host::Command;
-use crate::recipe::Debootstrap;
+use crate::recipe::{BootstrapTool, Debootstrap};
+
+/// The program a stage will run: the recipe's choice, or for `auto`
+/// mmdebstrap when installed. The planner puts the answer in the stage's key.
+pub fn resolve_tool(tool: BootstrapTool) -> &'static str {
+    match tool {
+        BootstrapTool::Mmdebstrap => "mmdebstrap",
+        BootstrapTool::Debootstrap => "debootstrap",
+        BootstrapTool::Auto if crate::tools::find("mmdebstrap").is_some() => "mmdebstrap",
+        BootstrapTool::Auto => "debootstrap",
+    }
+}
 
 pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
     let mirror = context.mirror.context("no mirror was resolved for the debootstrap stage")?;
     let tree = context.tree.display().to_string();
     let archives = context.apt_archives.display().to_string();
-    let argv: Vec<String> = if let Some(mmdebstrap) = crate::tools::find("mmdebstrap") {
+    let argv: Vec<String> = if resolve_tool(stage.tool) == "mmdebstrap" {
+        let mmdebstrap = crate::tools::require("mmdebstrap", "for this debootstrap stage (`tool: mmdebstrap`)")?;
         let mut argv = vec![
             mmdebstrap.display().to_string(),
             "--mode=root".into(),
@@ -29,7 +41,7 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
         argv.extend([stage.suite.clone(), tree, mirror.to_string()]);
         argv
     } else {
-        let debootstrap = crate::tools::require("debootstrap", "for the debootstrap stage (or install mmdebstrap)")?;
+        let debootstrap = crate::tools::require("debootstrap", "for this debootstrap stage")?;
         let mut argv = vec![
             debootstrap.display().to_string(),
             format!("--variant={}", stage.variant),

@@ -2,7 +2,7 @@
 //! Base stages (`debootstrap`, `tarball`) start from an empty tree.
 
 mod chroot;
-mod debootstrap;
+pub mod debootstrap;
 mod files;
 mod packages;
 mod run;
