@@ -154,3 +154,22 @@ fn opaque_directory_hides_lower_entries_only() {
     assert_eq!(fs::read_to_string(root.path().join("d/upper")).unwrap(), "u");
     assert!(root.path().join("e").is_dir());
 }
+
+#[test]
+fn xattrs_survive_a_layer_round_trip() {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("ping"), "binary").unwrap();
+    // File capabilities need root; a user xattr shows the same path through the code.
+    let name = if nix::unistd::geteuid().is_root() { "security.capability" } else { "user.rootsmith" };
+    let value: &[u8] = if name == "security.capability" { &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] } else { b"kept" };
+    if xattr::set(source.join("ping"), name, value).is_err() {
+        panic!("the test directory's filesystem does not take xattrs; run the tests on one that does (ext4, xfs, tmpfs)");
+    }
+    let layer = capture(&source, &Snapshot::default());
+    let replica = work.path().join("replica");
+    fs::create_dir(&replica).unwrap();
+    apply_layer(layer.as_slice(), &replica, "xattrs").unwrap();
+    assert_eq!(xattr::get(replica.join("ping"), name).unwrap().as_deref(), Some(value));
+}

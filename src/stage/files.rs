@@ -28,3 +28,45 @@ pub fn run(stage: &Files, context: &StageContext<'_>) -> Result<()> {
     apply_layer(std::io::BufReader::new(archive), context.tree, &format!("files from {}", stage.src.written))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use super::*;
+    use crate::host::RecordingHost;
+    use crate::recipe::LocalPath;
+
+    #[test]
+    fn copies_a_tree_with_owner_and_mode_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("overlay");
+        std::fs::create_dir_all(src.join("etc/ssh")).unwrap();
+        std::fs::write(src.join("etc/ssh/key"), "secret").unwrap();
+        std::fs::write(src.join("etc/motd"), "hello").unwrap();
+        std::fs::set_permissions(src.join("etc/motd"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("opt")).unwrap();
+        let stage = Files {
+            src: LocalPath { written: "overlay".into(), resolved: src },
+            dest: "/opt/app".into(),
+            uid: 1000,
+            gid: 100,
+            modes: BTreeMap::from([("etc/ssh/key".to_string(), 0o600)]),
+        };
+        let host = RecordingHost::default();
+        let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 1_000, mirror: None, apt_archives: Path::new("/nonexistent"), scratch: dir.path() };
+        run(&stage, &context).unwrap();
+        let key = std::fs::metadata(tree.join("opt/app/etc/ssh/key")).unwrap();
+        assert_eq!(key.mode() & 0o7777, 0o600);
+        let motd = std::fs::metadata(tree.join("opt/app/etc/motd")).unwrap();
+        assert_eq!(motd.mode() & 0o7777, 0o640, "a mode without an override is kept");
+        assert_eq!(motd.mtime(), 1_000, "mtimes are clamped");
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!((key.uid(), key.gid()), (1000, 100));
+        }
+        assert!(host.commands.lock().unwrap().is_empty(), "files runs no command");
+    }
+}

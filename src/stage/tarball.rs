@@ -24,3 +24,49 @@ pub fn run(stage: &Tarball, context: &StageContext<'_>) -> Result<()> {
     crate::layer::apply_layer(decoded, context.tree, &stage.path.written).with_context(|| format!("unpacking {}", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::Path;
+
+    use super::*;
+    use crate::host::RecordingHost;
+    use crate::recipe::LocalPath;
+
+    fn sample_tar() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(3);
+        header.set_mode(0o600);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, "etc/hello", &b"hi\n"[..]).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    fn unpack(file: &Path) -> std::path::PathBuf {
+        let tree = std::path::PathBuf::from(format!("{}.tree", file.display()));
+        std::fs::create_dir(&tree).unwrap();
+        let host = RecordingHost::default();
+        let context = StageContext { host: &host, tree: &tree, log: file.with_extension("log"), arch: "amd64", source_date_epoch: 0, mirror: None, apt_archives: Path::new("/nonexistent"), scratch: file.parent().unwrap() };
+        run(&Tarball { path: LocalPath { written: "x".into(), resolved: file.to_path_buf() } }, &context).unwrap();
+        tree
+    }
+
+    #[test]
+    fn every_compression_is_recognised_by_its_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = sample_tar();
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(&tar).unwrap();
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(&tar).unwrap();
+        let variants = [("plain.tar", tar.clone()), ("a.tar.gz", gzip.finish().unwrap()), ("a.tar.zst", zstd::encode_all(tar.as_slice(), 3).unwrap()), ("a.tar.xz", xz.finish().unwrap())];
+        for (name, bytes) in variants {
+            let file = dir.path().join(name);
+            std::fs::write(&file, bytes).unwrap();
+            let tree = unpack(&file);
+            assert_eq!(std::fs::read_to_string(tree.join("etc/hello")).unwrap(), "hi\n", "{name}");
+        }
+    }
+}
