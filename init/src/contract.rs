@@ -50,6 +50,6 @@ mod tests {
     fn magic_offset_follows_from_the_newc_header() {
         let header = 110;
         let name = ROOTFS_SQUASHFS.len() + 1;
-        assert_eq!((header + name + 3) / 4 * 4, SQUASHFS_MAGIC_OFFSET);
+        assert_eq!((header + name).div_ceil(4) * 4, SQUASHFS_MAGIC_OFFSET);
     }
 }

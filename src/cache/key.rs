@@ -137,7 +137,8 @@ mod tests {
     #[test]
     fn every_input_changes_the_key() {
         let base = inputs().key();
-        let mutations: Vec<(&str, Box<dyn Fn(&mut KeyInputs)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut KeyInputs)>;
+        let mutations: Vec<(&str, Mutation)> = vec![
             ("format", Box::new(|i| i.format += 1)),
             ("kind", Box::new(|i| i.kind = "files".into())),
             ("kind_version", Box::new(|i| i.kind_version += 1)),
