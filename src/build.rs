@@ -257,29 +257,14 @@ impl Builder<'_> {
     }
 
     fn output_compressions(&self) -> (Compression, Compression) {
-        let outputs = &self.plan.outputs;
-        if self.options.fast {
-            // The developer loop: same tree, cheap compression.
-            (Compression { algorithm: Algorithm::Zstd, level: Some(3) }, Compression { algorithm: Algorithm::Zstd, level: Some(1) })
-        } else {
-            (outputs.squashfs, outputs.tarball)
-        }
+        output_compressions(self.plan, self.options.fast)
     }
 
     fn outputs(&mut self) -> Result<(StageOutcome, OutputRecord)> {
         let started = Instant::now();
         let (squashfs_compression, tarball_compression) = self.output_compressions();
         let final_tree = self.parent_tree().expect("a recipe has stages").to_string();
-        let key_inputs = serde_json::json!({
-            "format": CACHE_FORMAT,
-            "tree": final_tree,
-            "squashfs": squashfs_compression,
-            "tarball": tarball_compression,
-            "source_date_epoch": self.plan.source_date_epoch,
-            "squashfs_writer": squashfs::writer_name(),
-            "contract": rootsmith_init::contract::CONTRACT_VERSION,
-        });
-        let key = sha256_hex(&serde_json::to_vec(&key_inputs)?);
+        let key = output_key(self.plan, self.options.fast, &final_tree);
         let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
         if let Some(record) = self.store.output(&key) {
             self.progress.done("outputs", "cached", 0.0);
@@ -330,7 +315,17 @@ impl Builder<'_> {
         let parent = self.options.out_dir.join(name);
         fs_err::create_dir_all(&parent)?;
         let bundle = parent.join(version);
-        let staging = tempfile::Builder::new().prefix(&format!(".{version}.partial-")).tempdir_in(&parent)?;
+        // One publisher of this bundle at a time; whatever partial copy of it
+        // is left is from a build that died while publishing.
+        let _lock = self.store.lock(&format!("publish-{}", sha256_hex(bundle.as_os_str().as_encoded_bytes())))?;
+        let partial_prefix = format!(".{version}.partial-");
+        for entry in fs_err::read_dir(&parent)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(&partial_prefix) {
+                crate::cache::store::remove_tree(&entry.path())?;
+            }
+        }
+        let staging = tempfile::Builder::new().prefix(&partial_prefix).tempdir_in(&parent)?;
         let source = self.store.output_dir(&record.key);
         let mut artifacts = Vec::new();
         for (file, digest) in &record.files {
@@ -383,6 +378,32 @@ impl Builder<'_> {
         }
         Ok((bundle, false))
     }
+}
+
+/// Squashfs and tarball compression: the recipe's, or cheap ones for `--fast`.
+fn output_compressions(plan: &Plan, fast: bool) -> (Compression, Compression) {
+    if fast {
+        // The developer loop: same tree, cheap compression.
+        (Compression { algorithm: Algorithm::Zstd, level: Some(3) }, Compression { algorithm: Algorithm::Zstd, level: Some(1) })
+    } else {
+        (plan.outputs.squashfs, plan.outputs.tarball)
+    }
+}
+
+/// The cache key of the outputs of the tree `final_tree`: everything that
+/// decides their bytes.
+pub fn output_key(plan: &Plan, fast: bool, final_tree: &str) -> String {
+    let (squashfs_compression, tarball_compression) = output_compressions(plan, fast);
+    let inputs = serde_json::json!({
+        "format": CACHE_FORMAT,
+        "tree": final_tree,
+        "squashfs": squashfs_compression,
+        "tarball": tarball_compression,
+        "source_date_epoch": plan.source_date_epoch,
+        "squashfs_writer": squashfs::writer_name(),
+        "contract": rootsmith_init::contract::CONTRACT_VERSION,
+    });
+    sha256_hex(&serde_json::to_vec(&inputs).expect("output key inputs serialize"))
 }
 
 fn same_bundle(bundle: &Path, manifest: &[u8]) -> Result<()> {

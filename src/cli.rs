@@ -68,6 +68,9 @@ pub enum Command {
         /// For each miss, name the input that changed since its last build
         #[arg(long)]
         explain: bool,
+        /// Plan the outputs of a `build --fast`
+        #[arg(long)]
+        fast: bool,
         #[arg(long)]
         json: bool,
     },

@@ -13,7 +13,7 @@ fn main() {
             commands::build::Settings { out: out.clone(), version: version.clone(), rebuild: rebuild.clone(), fast: *fast, cache_only: *cache_only, json: *json },
         ),
         Command::Check { recipe } => commands::check::run(recipe),
-        Command::Plan { recipe, cache, explain, json } => commands::plan::run(recipe, cache, *explain, *json),
+        Command::Plan { recipe, cache, explain, fast, json } => commands::plan::run(recipe, cache, *explain, *fast, *json),
         Command::Shell { recipe, cache, stage, command } => commands::shell::run(recipe, cache, stage.as_deref(), command),
         Command::Cache { cache, action } => commands::cache::run(cache, action),
     };

@@ -94,10 +94,26 @@ fn default_recipe_lifecycle() {
     assert_eq!(mount_table(), mounts_before, "a build changed the host's mount table");
     check_artifacts(&cold);
 
+    // The packages stage downloaded into the cache's shared apt directory.
+    let debs: Vec<String> = std::fs::read_dir(lab.cache.join("v1/apt/archives")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(debs.iter().any(|name| name.starts_with("iproute2_")), "iproute2 is not in the shared apt cache");
+
+    // A partial bundle left by a build killed while publishing is swept.
+    let partial = lab.out.join("debian-minimal/.0.1.0.partial-dead");
+    std::fs::create_dir_all(&partial).unwrap();
+
     // No change: nothing is built, and the same version is accepted as identical.
     let again = lab.build(&lab.recipe(), &[]);
     expect_states(&again, &[("base", "cached"), ("tools", "cached"), ("overlay", "cached"), ("configure", "cached"), ("outputs", "cached")]);
     assert_eq!(again["up_to_date"], true);
+    assert!(!partial.exists(), "a stale partial bundle was left in place");
+
+    // plan agrees: every stage and the outputs of a --fast build are hits.
+    let (code, stdout, _) = run(lab.command(&["plan", "--fast", "--json"]).arg(lab.recipe()));
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let plan_states: Vec<&str> = rows.as_array().unwrap().iter().map(|row| row["state"].as_str().unwrap()).collect();
+    assert_eq!(plan_states, ["hit", "hit", "hit", "hit", "hit"]);
 
     // --cache-only succeeds when everything is cached.
     let only = lab.build(&lab.recipe(), &["--cache-only"]);
@@ -120,6 +136,7 @@ fn default_recipe_lifecycle() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("configure") && stdout.contains("miss"), "{stdout}");
     assert!(stdout.contains("files[debian-minimal/configure.sh]"), "{stdout}");
+    assert!(stdout.lines().any(|line| line.trim_start().starts_with("outputs") && line.ends_with("pending")), "{stdout}");
     let (code, _, stderr) = run(lab.command(&["build", "--cache-only", "--version", "0.2.0", "--out"]).arg(&lab.out).arg(lab.recipe()));
     assert_eq!(code, 1);
     assert!(stderr.contains("stage `configure` is not in the cache") && stderr.contains("--cache-only"), "{stderr}");

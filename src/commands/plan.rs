@@ -17,12 +17,17 @@ struct Row {
     changed: Vec<String>,
 }
 
-pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, json: bool) -> Result<()> {
+pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast: bool, json: bool) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
     let plan = plan(&recipe, &PlanOptions::from_environment()?)?;
     let store = Store::open(&super::cache_dir(cache_args))?;
     let mut rows = Vec::new();
-    for (stage, status) in plan.stages.iter().zip(plan.statuses(&store, None)) {
+    let statuses = plan.statuses(&store, None);
+    let final_tree = match statuses.last() {
+        Some(StageStatus::Hit(record)) => Some(record.tree.clone()),
+        _ => None,
+    };
+    for (stage, status) in plan.stages.iter().zip(statuses) {
         let (key, state, changed) = match status {
             StageStatus::Hit(record) => (Some(record.key), "hit", Vec::new()),
             StageStatus::Miss { key, inputs } => {
@@ -43,6 +48,15 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, json
         };
         rows.push(Row { name: stage.name.clone(), kind: stage.kind.kind_name().into(), key, state, changed });
     }
+    let (key, state, changed) = match final_tree {
+        Some(tree) => {
+            let key = crate::build::output_key(&plan, fast, &tree);
+            let state = if store.output(&key).is_some() { "hit" } else { "miss" };
+            (Some(key), state, vec!["the last stage's tree has no outputs with these settings yet".to_string()])
+        }
+        None => (None, "pending", vec!["waits for the stages to be built".to_string()]),
+    };
+    rows.push(Row { name: "outputs".into(), kind: "outputs".into(), key, state, changed });
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
