@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Kernel benchmark: a tinyconfig + fragment kernel from linux-source-6.1 built
+# by rootsmith (ccache, cached products) and by hand (apt-get download, unpack,
+# make tinyconfig, merge_config.sh, olddefconfig, make bindeb-pkg), side by
+# side. Prints its section of docs/benchmarks.md. Needs root and the archive.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bin=$root/target/release/rootsmith
+work=$(mktemp -d /var/tmp/rootsmith-kbench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+jobs=$(nproc)
+
+now() { date +%s.%N; }
+seconds() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
+timed() { local start; start=$(now); "$@" >"$work/last.log" 2>&1 || { cat "$work/last.log" >&2; exit 1; }; seconds "$start" "$(now)"; }
+
+# By hand, as the kernel's own documentation does it.
+by_hand() {
+  local dir=$work/hand
+  rm -rf "$dir" && mkdir -p "$dir/src" "$dir/build/obj"
+  (cd "$dir" && apt-get download -q linux-source-6.1)
+  dpkg-deb --fsys-tarfile "$dir"/linux-source-6.1_*.deb | tar -x -C "$dir" --wildcards './usr/src/*.tar.*'
+  tar -xf "$dir"/usr/src/linux-source-*.tar.* -C "$dir/src" --strip-components=1
+  hand_config "$root/fixtures/kernel/boot.config"
+  hand_make
+}
+hand_config() {
+  make -C "$work/hand/src" O="$work/hand/build/obj" ARCH=x86_64 tinyconfig
+  "$work/hand/src/scripts/kconfig/merge_config.sh" -m -O "$work/hand/build/obj" "$work/hand/build/obj/.config" "$@"
+  make -C "$work/hand/src" O="$work/hand/build/obj" ARCH=x86_64 olddefconfig
+}
+hand_make() {
+  make -C "$work/hand/src" O="$work/hand/build/obj" ARCH=x86_64 -j"$jobs" bindeb-pkg LOCALVERSION=-bench KBUILD_BUILD_TIMESTAMP="2023-11-14 22:13:20 UTC" KBUILD_BUILD_USER=rootsmith KBUILD_BUILD_HOST=rootsmith
+}
+hand_change() {
+  hand_config "$root/fixtures/kernel/boot.config" "$root/fixtures/kernel/ikconfig.config"
+  hand_make
+}
+
+mkdir -p "$work/base/etc" "$work/fragments"
+echo bench > "$work/base/etc/motd"
+tar -C "$work/base" -cf "$work/base.tar" .
+cp fixtures/kernel/*.config "$work/fragments/"
+recipe() {
+  cat > "$work/kernel.yaml" <<YAML
+rootsmith: 1
+name: kbench
+version: 1.0.0
+source_date_epoch: 1700000000
+stages:
+  - tarball: { path: base.tar }
+  - kernel:
+      name: tiny
+      source: { package: linux-source-6.1 }
+      config: { base: tinyconfig, fragments: [$1] }
+      localversion: -bench
+YAML
+}
+build() { "$bin" build --json --fast --cache "$work/cache" --out "$work/out" --version "$1" "$work/kernel.yaml"; }
+
+echo "by hand: cold" >&2;                     h_cold=$(timed by_hand)
+echo "by hand: config change (incremental make)" >&2; h_change=$(timed hand_change)
+recipe "fragments/boot.config"
+echo "rootsmith: cold" >&2;                   r_cold=$(timed build 1.0.0)
+recipe "fragments/boot.config, fragments/ikconfig.config"
+echo "rootsmith: config change (ccache)" >&2; r_change=$(timed build 1.1.0)
+echo "rootsmith: no change" >&2;              r_same=$(timed build 1.1.1)
+
+overhead=$(awk -v r="$r_cold" -v h="$h_cold" 'BEGIN{printf "%.1f", (r/h-1)*100}')
+speedup=$(awk -v c="$r_cold" -v w="$r_change" 'BEGIN{printf "%.1f", c/w}')
+verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN{ok=(op=="le")?(v<=t):(v>=t); print ok ? "met" : "missed"}'; }
+
+cat <<DOC
+## Kernel builds
+
+A tinyconfig kernel plus \`fixtures/kernel/boot.config\` from Debian's
+linux-source-6.1, built with \`make -j$jobs bindeb-pkg\`. By hand: \`apt-get
+download\`, unpack, \`make tinyconfig\`, \`merge_config.sh\`, \`olddefconfig\`,
+\`make bindeb-pkg\`; the config change then re-runs make in the same build
+directory. rootsmith: the same steps from an empty cache (ccache included),
+then the config change (\`fixtures/kernel/ikconfig.config\` added) in the
+stage's kept build directory, with ccache. $(gcc --version | head -n1), $(ccache --version | head -n1).
+
+| scenario | by hand | rootsmith | target | |
+|---|---:|---:|---|---|
+| cold build (download, unpack, config, compile, package) | ${h_cold} s | ${r_cold} s | ≤ 5 % over by hand (${overhead} %) | $(verdict "$overhead" 5 le) |
+| rebuild after a config change | ${h_change} s (incremental make) | ${r_change} s (ccache) | ≥ 4 × faster than cold (${speedup} ×) | $(verdict "$speedup" 4 ge) |
+| no-change rebuild | — | ${r_same} s | ≤ 1 s | $(verdict "$r_same" 1 le) |
+DOC
