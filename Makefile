@@ -6,22 +6,25 @@ RECIPE      ?= recipes/debian-minimal.yaml
 OUT         ?= out
 # Host tools the builds and the tests run.
 APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
-               ca-certificates util-linux debian-archive-keyring
+               ca-certificates util-linux debian-archive-keyring \
+               make gcc libc6-dev ccache bc bison flex perl dpkg-dev rsync kmod \
+               patch libelf-dev libssl-dev qemu-system-x86
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: all deps build demo test bench clean
 
 all: build
 
-# Install the missing apt packages only, so a second run costs nothing.
+# Install the missing apt packages only, so a second run costs nothing. Kernel
+# sources come from apt too, so the package lists must exist.
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
 	done; \
-	if [ -n "$$missing" ]; then \
+	if [ -n "$$missing" ] || ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -q && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  { [ -z "$$missing" ] || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup or apt-get install cargo)"; exit 1; }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::artifact::manifest::{sha256sums, Manifest, ManifestArtifact, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
+use crate::artifact::manifest::{sha256sums, Manifest, ManifestArtifact, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
 use crate::artifact::{self, squashfs, tarball};
 use crate::cache::{sha256_hex, tree_id, OutputRecord, StageRecord, Store, WorkDir, CACHE_FORMAT};
 use crate::host::Host;
@@ -114,6 +114,7 @@ pub fn materialize<T>(
     let scratch = work.dir.path().join("scratch");
     fs_err::create_dir_all(&scratch)?;
     let archives = builder.store.apt_archives();
+    let no_remote = std::collections::BTreeMap::new();
     let context = StageContext {
         host,
         tree: &tree,
@@ -123,6 +124,11 @@ pub fn materialize<T>(
         mirror: plan.mirror.as_deref(),
         apt_archives: &archives,
         scratch: &scratch,
+        cache_root: builder.store.root(),
+        recipe: &plan.recipe,
+        stage_name: "shell",
+        stage_key: "shell",
+        remote: &no_remote,
     };
     use_tree(&context)
 }
@@ -177,8 +183,17 @@ impl Builder<'_> {
             mirror: self.plan.mirror.as_deref(),
             apt_archives: &self.store.apt_archives(),
             scratch: &scratch,
+            cache_root: self.store.root(),
+            recipe: &self.plan.recipe,
+            stage_name: &planned.name,
+            stage_key: &key,
+            remote: &planned.remote,
         };
-        run_stage(&planned.kind, &context).with_context(|| format!("stage `{}` ({}) failed", planned.name, planned.kind.kind_name()))?;
+        let kernel = run_stage(&planned.kind, &context).with_context(|| format!("stage `{}` ({}) failed", planned.name, planned.kind.kind_name()))?;
+        if let Some(kernel) = &kernel {
+            let compiled = if kernel.compiled { format!("compiled, ccache {} hits / {} misses, {} in ccache", kernel.ccache_hits, kernel.ccache_misses, crate::commands::cache::human_size(kernel.ccache_size)) } else { "products already cached".to_string() };
+            self.progress.note(&format!("kernel {} ({compiled})", kernel.release));
+        }
         if is_base {
             set_root_mode(&tree)?;
         }
@@ -196,6 +211,7 @@ impl Builder<'_> {
             inputs,
             seconds,
             created: crate::cache::store_now(),
+            kernel,
         };
         self.store.put_stage(&record)?;
         self.records.push(record);
@@ -337,6 +353,29 @@ impl Builder<'_> {
             }
             artifacts.push(ManifestArtifact { size: fs_err::metadata(staging.path().join(&target))?.len(), name: target, sha256: actual });
         }
+        let mut kernels = Vec::new();
+        for kernel in self.records.iter().filter_map(|record| record.kernel.as_ref()) {
+            let products = crate::stage::kernel::build::products_dir(self.store.root(), &kernel.products);
+            let mut copy = |from: &str, to: String| -> Result<()> {
+                let target = staging.path().join(&to);
+                if let Some(parent) = target.parent() {
+                    fs_err::create_dir_all(parent)?;
+                }
+                fs_err::copy(products.join(from), &target).with_context(|| format!("kernel {} products are missing from the cache; rebuild with --rebuild {}", kernel.name, kernel.name))?;
+                artifacts.push(ManifestArtifact { size: fs_err::metadata(&target)?.len(), sha256: crate::cache::store::hash_file(&target)?, name: to });
+                Ok(())
+            };
+            let vmlinuz = format!("{name}-{version}-{}-vmlinuz", kernel.name);
+            copy("vmlinuz", vmlinuz.clone())?;
+            copy("config", format!("kernel/{}-config", kernel.name))?;
+            if products.join("System.map").is_file() {
+                copy("System.map", format!("kernel/{}-System.map", kernel.name))?;
+            }
+            for deb in &kernel.debs {
+                copy(deb, format!("kernel/{deb}"))?;
+            }
+            kernels.push(ManifestKernel { name: kernel.name.clone(), release: kernel.release.clone(), config_sha256: kernel.config_sha256.clone(), vmlinuz, debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect() });
+        }
         artifacts.sort_by(|a, b| a.name.cmp(&b.name));
         let (squashfs_compression, _) = self.output_compressions();
         let manifest = Manifest {
@@ -359,6 +398,7 @@ impl Builder<'_> {
                 squashfs_entries: record.squashfs_entries,
                 contract_version: rootsmith_init::contract::CONTRACT_VERSION,
             },
+            kernels,
             artifacts: artifacts.clone(),
         };
         let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;

@@ -2,6 +2,7 @@
 //! declarative YAML recipes, with every stage cached by the digest of its inputs.
 
 pub mod artifact;
+pub mod boot;
 pub mod build;
 pub mod cache;
 pub mod cli;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::cache::{sha256_hex, FileDigest, KeyInputs, StageRecord, Store, CACHE_FORMAT};
-use crate::recipe::{Recipe, Script, StageKind};
+use crate::recipe::{ConfigBase, Kernel, KernelSource, Recipe, Script, StageKind};
 
 /// Versions of each stage kind's implementation: bump one when the same inputs
 /// would now give a different tree, so old cached layers stop matching.
@@ -21,6 +21,7 @@ fn kind_version(kind: &StageKind) -> u32 {
         StageKind::Packages(_) => 1,
         StageKind::Files(_) => 1,
         StageKind::Run(_) => 1,
+        StageKind::Kernel(_) => 1,
     }
 }
 
@@ -50,7 +51,7 @@ pub struct Plan {
 /// Where a stage stands in the cache.
 #[derive(Debug, Clone)]
 pub enum StageStatus {
-    Hit(StageRecord),
+    Hit(Box<StageRecord>),
     Miss { key: String, inputs: KeyInputs },
     /// After a miss: the key depends on a tree not built yet.
     Pending,
@@ -102,6 +103,46 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
                 tree_digests(&f.src.resolved)?,
                 BTreeMap::new(),
             ),
+            StageKind::Kernel(Kernel::Package { package }) => (json!({ "package": package }), Vec::new(), apt_remote.clone()),
+            StageKind::Kernel(Kernel::Build(k)) => {
+                let mut remote = BTreeMap::new();
+                let source = match &k.source {
+                    KernelSource::Package(package) => {
+                        let (version, sha256) = crate::stage::kernel::source::resolve_package(package)?;
+                        remote.insert(crate::stage::kernel::SOURCE_REMOTE.to_string(), format!("{version} {sha256}"));
+                        json!({ "package": package })
+                    }
+                    KernelSource::Tarball { location, sha256, .. } => {
+                        remote.insert(crate::stage::kernel::SOURCE_REMOTE.to_string(), sha256.clone());
+                        json!({ "tarball": location })
+                    }
+                };
+                let mut files = Vec::new();
+                for patch in &k.patches {
+                    files.push(file_digest(&patch.resolved, &patch.written)?);
+                }
+                let base = match &k.base {
+                    ConfigBase::Target(target) => json!(target),
+                    ConfigBase::File(file) => {
+                        files.push(file_digest(&file.resolved, &file.written)?);
+                        json!({ "file": file.written })
+                    }
+                };
+                for fragment in &k.fragments {
+                    files.push(file_digest(&fragment.resolved, &fragment.written)?);
+                }
+                let params = json!({
+                    "source": source,
+                    "patches": k.patches.iter().map(|p| &p.written).collect::<Vec<_>>(),
+                    "base": base,
+                    "fragments": k.fragments.iter().map(|f| &f.written).collect::<Vec<_>>(),
+                    "localversion": k.localversion,
+                    "install": k.install,
+                    "headers": k.headers,
+                    "compiler": crate::stage::kernel::build::compiler_version(),
+                });
+                (params, files, remote)
+            }
             StageKind::Run(r) => match &r.script {
                 Script::Inline(text) => (json!({ "sh": text, "env": r.env }), Vec::new(), BTreeMap::new()),
                 Script::File(path) => (json!({ "script": path.written, "env": r.env }), vec![file_digest(&path.resolved, &path.written)?], BTreeMap::new()),
@@ -155,7 +196,7 @@ impl Plan {
             match store.stage(&key).filter(|_| !forced) {
                 Some(record) => {
                     parent = Some(record.tree.clone());
-                    statuses.push(StageStatus::Hit(record));
+                    statuses.push(StageStatus::Hit(Box::new(record)));
                 }
                 None => {
                     missed = true;

@@ -57,3 +57,17 @@ fn empty_cache_verifies_and_lists_nothing() {
     assert_eq!(code, 0);
     assert_eq!(stdout.trim(), "[]");
 }
+
+#[test]
+fn every_example_recipe_checks_clean() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("recipes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, _, stderr) = run(rootsmith().arg("check").arg(&path));
+            assert_eq!(code, 0, "{}: {stderr}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "only {checked} recipes found");
+}

@@ -19,7 +19,20 @@ pub struct Manifest {
     pub fast: bool,
     pub stages: Vec<ManifestStage>,
     pub rootfs: ManifestRootfs,
+    /// One entry per kernel stage, in stage order.
+    #[serde(default)]
+    pub kernels: Vec<ManifestKernel>,
     pub artifacts: Vec<ManifestArtifact>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestKernel {
+    pub name: String,
+    /// `uname -r`
+    pub release: String,
+    pub config_sha256: String,
+    pub vmlinuz: String,
+    pub debs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

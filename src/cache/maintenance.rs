@@ -39,6 +39,7 @@ pub struct GcReport {
     pub removed_stages: usize,
     pub removed_outputs: usize,
     pub removed_blobs: usize,
+    pub removed_kernels: usize,
     pub freed_bytes: u64,
     pub kept_bytes: u64,
 }
@@ -132,6 +133,19 @@ impl Store {
                 report.removed_blobs += 1;
             }
         }
+        // Kernel products no stage record refers to any more.
+        let kernels: BTreeSet<String> = self.stage_records().into_iter().filter_map(|record| record.kernel.map(|kernel| kernel.products)).collect();
+        if let Ok(entries) = std::fs::read_dir(self.root().join("kernels")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0);
+                if !kernels.contains(&name) && age >= options.grace_seconds {
+                    report.freed_bytes += dir_size(&entry.path());
+                    remove_tree(&entry.path())?;
+                    report.removed_kernels += 1;
+                }
+            }
+        }
         report.kept_bytes = self.list().iter().map(|entry| entry.size).sum();
         Ok(report)
     }
@@ -158,6 +172,11 @@ impl Store {
             };
             if !self.blobs_dir().join(&record.layer).is_file() {
                 report.problems.push(format!("stage {} ({}): layer {} is missing", record.stage, &record.key[..12], record.layer));
+            }
+            if let Some(kernel) = &record.kernel {
+                if !self.root().join("kernels").join(&kernel.products).join("vmlinuz").is_file() {
+                    report.problems.push(format!("stage {} ({}): the products of kernel {} are missing", record.stage, &record.key[..12], kernel.release));
+                }
             }
             if record.inputs.key() != record.key {
                 report.problems.push(format!("stage {} ({}): its recorded inputs hash to another key", record.stage, &record.key[..12]));
@@ -213,7 +232,7 @@ mod tests {
             files: Vec::new(),
             remote: Default::default(),
         };
-        let record = StageRecord { key: inputs.key(), recipe: "r".into(), stage: stage.into(), kind: "run".into(), layer, layer_size, tree: "t".into(), inputs, seconds: 0.0, created };
+        let record = StageRecord { key: inputs.key(), recipe: "r".into(), stage: stage.into(), kind: "run".into(), layer, layer_size, tree: "t".into(), inputs, seconds: 0.0, created, kernel: None };
         store.put_stage(&record).unwrap();
         record
     }

@@ -9,6 +9,9 @@
 //! v1/history/RECIPE/STAGE.json  the inputs of the last build of a stage (`plan --explain`)
 //! v1/locks/KEY.lock        one build of a key at a time, across processes
 //! v1/apt/archives/         the apt package cache shared by every build
+//! v1/kernels/KEY/          kernel products (vmlinuz, debs, config, System.map)
+//! v1/kernel/src/ID/        unpacked kernel sources; v1/kernel/build/ their builds
+//! v1/ccache/               the compiler cache of kernel builds
 //! v1/tmp/                  work trees and partial writes; stale ones are swept
 //! ```
 //!
@@ -21,4 +24,4 @@ pub mod store;
 
 pub use key::{sha256_hex, tree_id, FileDigest, KeyInputs, CACHE_FORMAT};
 pub use maintenance::{CacheEntry, GcOptions, GcReport, VerifyReport};
-pub use store::{now_seconds as store_now, BuildLock, OutputRecord, StageRecord, Store, WorkDir};
+pub use store::{now_seconds as store_now, BuildLock, KernelProducts, OutputRecord, StageRecord, Store, WorkDir};

@@ -26,6 +26,30 @@ pub struct StageRecord {
     pub inputs: KeyInputs,
     pub seconds: f64,
     pub created: u64,
+    /// A kernel stage's kernel: its products live in `v1/kernels/PRODUCTS/`.
+    #[serde(default)]
+    pub kernel: Option<KernelProducts>,
+}
+
+/// A kernel built (or taken from a package) by a kernel stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelProducts {
+    /// The stage's name: the KERNEL in `NAME-VERSION-KERNEL-vmlinuz`.
+    pub name: String,
+    /// `uname -r` of the kernel.
+    pub release: String,
+    pub config_sha256: String,
+    /// The directory under `v1/kernels/` holding vmlinuz, config, System.map and the debs.
+    pub products: String,
+    pub debs: Vec<String>,
+    /// Whether this build compiled (false: the products were already cached).
+    pub compiled: bool,
+    pub ccache_hits: u64,
+    pub ccache_misses: u64,
+    /// Bytes in the ccache directory after the build.
+    #[serde(default)]
+    pub ccache_size: u64,
+    pub seconds: f64,
 }
 
 /// Assembled outputs of one tree, by output key.

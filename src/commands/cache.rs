@@ -24,10 +24,11 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
         CacheAction::Gc { keep_size, older_than } => {
             let report = store.gc(&GcOptions::new(*keep_size, *older_than))?;
             println!(
-                "removed {} stages, {} outputs, {} layers; freed {}, {} kept",
+                "removed {} stages, {} outputs, {} layers, {} kernels; freed {}, {} kept",
                 report.removed_stages,
                 report.removed_outputs,
                 report.removed_blobs,
+                report.removed_kernels,
                 human_size(report.freed_bytes),
                 human_size(report.kept_bytes)
             );

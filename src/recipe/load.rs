@@ -18,7 +18,8 @@ pub struct LoadOptions {
 
 const ARCHES: &[&str] = &["amd64", "arm64", "armhf", "i386", "ppc64el", "riscv64", "s390x"];
 const VARIANTS: &[&str] = &["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"];
-const STAGE_KINDS: &str = "debootstrap, tarball, packages, files, run";
+const STAGE_KINDS: &str = "debootstrap, tarball, packages, files, run, kernel";
+const CONFIG_TARGETS: &[&str] = &["defconfig", "tinyconfig", "allnoconfig"];
 
 /// Read and check the recipe at `file`.
 pub fn load(file: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
@@ -122,7 +123,12 @@ impl Checker<'_> {
         let mut kind_counts: BTreeMap<&str, usize> = BTreeMap::new();
         for (index, raw_stage) in raw.stages.into_iter().enumerate() {
             let path = format!("stages[{index}]");
-            let name_given = raw_stage.name.clone();
+            let kernel_name = raw_stage.kernel.as_ref().and_then(|kernel| kernel.name.clone());
+            if kernel_name.is_some() && raw_stage.name.is_some() {
+                self.at_key(&format!("{path}.kernel.name"), "this kernel stage is named twice", "keep `name:` either beside `kernel:` or inside it");
+            }
+            let raw_name_inside = raw_stage.name.is_none() && kernel_name.is_some();
+            let name_given = raw_stage.name.clone().or(kernel_name);
             // Placement depends only on which kind key is there, so it is checked
             // even when the stage's own fields have problems.
             if let [kind_name] = raw_stage.kind_names().as_slice() {
@@ -135,10 +141,11 @@ impl Checker<'_> {
             }
             let Some(kind) = self.check_stage(&path, raw_stage) else { continue };
             *kind_counts.entry(kind.kind_name()).or_default() += 1;
+            let name_path = if raw_name_inside { format!("{path}.kernel.name") } else { format!("{path}.name") };
             let name = match name_given {
                 Some(name) => {
                     if !valid_name(&name) {
-                        self.at_value(&format!("{path}.name"), format!("invalid stage name `{name}`"), "use lower-case letters, digits, `.`, `_` and `-`");
+                        self.at_value(&name_path, format!("invalid stage name `{name}`"), "use lower-case letters, digits, `.`, `_` and `-`");
                     }
                     name
                 }
@@ -146,7 +153,7 @@ impl Checker<'_> {
                 None => format!("{}-{}", kind.kind_name(), index + 1),
             };
             if !names.insert(name.clone()) {
-                self.at_value(&format!("{path}.name"), format!("two stages are named `{name}`"), "stage names must be unique: give this one a `name:`");
+                self.at_value(&name_path, format!("two stages are named `{name}`"), "stage names must be unique: give this one a `name:`");
             }
             stages.push(Stage { name, kind });
         }
@@ -208,6 +215,9 @@ impl Checker<'_> {
         }
         if let Some(value) = raw.run {
             kinds.push(("run", self.check_run(&format!("{path}.run"), value)));
+        }
+        if let Some(value) = raw.kernel {
+            kinds.push(("kernel", self.check_kernel(&format!("{path}.kernel"), value)));
         }
         match kinds.len() {
             0 => {
@@ -309,6 +319,82 @@ impl Checker<'_> {
             }
         };
         Some(StageKind::Run(Run { script, env }))
+    }
+
+    fn check_kernel(&mut self, path: &str, raw: RawKernel) -> Option<StageKind> {
+        let local_list = |checker: &mut Self, field: &str, items: Vec<String>| -> Vec<LocalPath> {
+            items.into_iter().enumerate().filter_map(|(index, item)| {
+                let at = format!("{path}.{field}[{index}]");
+                let written = checker.subst(&at, &item);
+                checker.local_file(&at, &written, false)
+            }).collect()
+        };
+        match (raw.source, raw.package) {
+            (Some(_), Some(_)) => {
+                self.at_key(&format!("{path}.package"), "a kernel is built from `source` or taken from a `package`, not both", "keep one of them");
+                None
+            }
+            (None, None) => {
+                self.at_key(path, "a kernel stage needs `source` (to build one) or `package` (to install one)", "e.g. `source: { package: linux-source-6.1 }` with `config:`, or `package: linux-image-amd64`");
+                None
+            }
+            (None, Some(package)) => {
+                let package = self.subst(&format!("{path}.package"), &package);
+                for (field, given) in [("config", raw.config.is_some()), ("patches", !raw.patches.is_empty()), ("localversion", raw.localversion.is_some()), ("headers", raw.headers.is_some())] {
+                    if given {
+                        self.at_key(&format!("{path}.{field}"), format!("`{field}` only applies to a kernel built from `source`"), "a packaged kernel is installed as the package ships it");
+                    }
+                }
+                Some(StageKind::Kernel(Kernel::Package { package }))
+            }
+            (Some(source), None) => {
+                let source_path = format!("{path}.source");
+                let source = match (source.package, source.tarball, source.sha256) {
+                    (Some(package), None, None) => Some(KernelSource::Package(self.subst(&format!("{source_path}.package"), &package))),
+                    (None, Some(tarball), Some(sha256)) => {
+                        let location = self.subst(&format!("{source_path}.tarball"), &tarball);
+                        if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                            self.at_value(&format!("{source_path}.sha256"), "`sha256` must be 64 hex digits", "sha256sum prints it");
+                        }
+                        let local = if location.starts_with("http://") || location.starts_with("https://") { None } else { self.local_file(&format!("{source_path}.tarball"), &location, false) };
+                        Some(KernelSource::Tarball { location, local, sha256: sha256.to_ascii_lowercase() })
+                    }
+                    (None, Some(_), None) => {
+                        self.at_key(&format!("{source_path}.tarball"), "a kernel tarball needs its `sha256`", "add `sha256: HEX` (sha256sum prints it)");
+                        None
+                    }
+                    _ => {
+                        self.at_key(&source_path, "a kernel source is `{ package: NAME }` or `{ tarball: PATH-or-URL, sha256: HEX }`", "e.g. `source: { package: linux-source-6.1 }`");
+                        None
+                    }
+                };
+                let patches = local_list(self, "patches", raw.patches);
+                let Some(config) = raw.config else {
+                    self.at_key(path, "a kernel built from source needs `config`", "e.g. `config: { base: defconfig, fragments: [kernel/netboot.config] }`");
+                    return None;
+                };
+                let base_text = self.subst(&format!("{path}.config.base"), &config.base);
+                let base = if CONFIG_TARGETS.contains(&base_text.as_str()) {
+                    Some(ConfigBase::Target(base_text))
+                } else {
+                    self.local_file(&format!("{path}.config.base"), &base_text, false).map(ConfigBase::File)
+                };
+                let fragments = local_list(self, "config.fragments", config.fragments);
+                let localversion = raw.localversion.map(|v| self.subst(&format!("{path}.localversion"), &v)).unwrap_or_default();
+                if !localversion.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '+' | '_')) {
+                    self.at_value(&format!("{path}.localversion"), format!("`{localversion}` cannot go into a kernel release string"), "use letters, digits, `-`, `.`, `+` and `_`, e.g. -netboot");
+                }
+                Some(StageKind::Kernel(Kernel::Build(KernelBuild {
+                    source: source?,
+                    patches,
+                    base: base?,
+                    fragments,
+                    localversion,
+                    install: raw.install.unwrap_or(false),
+                    headers: raw.headers.unwrap_or(false),
+                })))
+            }
+        }
     }
 
     /// A file (or directory when `directory`) the recipe refers to, which must exist.

@@ -52,6 +52,7 @@ pub enum StageKind {
     Packages(Packages),
     Files(Files),
     Run(Run),
+    Kernel(Kernel),
 }
 
 impl StageKind {
@@ -62,6 +63,7 @@ impl StageKind {
             StageKind::Packages(_) => "packages",
             StageKind::Files(_) => "files",
             StageKind::Run(_) => "run",
+            StageKind::Kernel(_) => "kernel",
         }
     }
 
@@ -131,6 +133,41 @@ pub enum Script {
 pub struct Run {
     pub script: Script,
     pub env: BTreeMap<String, String>,
+}
+
+/// A kernel: built from source on the host, or a Debian package installed in the tree.
+#[derive(Debug, Clone)]
+pub enum Kernel {
+    Build(KernelBuild),
+    Package { package: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelBuild {
+    pub source: KernelSource,
+    pub patches: Vec<LocalPath>,
+    pub base: ConfigBase,
+    pub fragments: Vec<LocalPath>,
+    pub localversion: String,
+    /// Install the linux-image package into the tree.
+    pub install: bool,
+    /// Ship the linux-headers package in the bundle too.
+    pub headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum KernelSource {
+    /// A Debian package holding `/usr/src/NAME.tar.xz` (`linux-source-6.1`).
+    Package(String),
+    /// A tarball at a path or URL, with its SHA-256.
+    Tarball { location: String, local: Option<LocalPath>, sha256: String },
+}
+
+#[derive(Debug, Clone)]
+pub enum ConfigBase {
+    /// A make target: `defconfig`, `tinyconfig`, `allnoconfig`.
+    Target(String),
+    File(LocalPath),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

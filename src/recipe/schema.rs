@@ -40,6 +40,8 @@ pub struct RawStage {
     pub files: Option<RawFiles>,
     #[serde(default)]
     pub run: Option<RawRun>,
+    #[serde(default)]
+    pub kernel: Option<RawKernel>,
 }
 
 impl RawStage {
@@ -51,6 +53,7 @@ impl RawStage {
             ("packages", self.packages.is_some()),
             ("files", self.files.is_some()),
             ("run", self.run.is_some()),
+            ("kernel", self.kernel.is_some()),
         ];
         present.into_iter().filter(|(_, here)| *here).map(|(name, _)| name).collect()
     }
@@ -135,4 +138,45 @@ pub struct RawCompression {
     pub compression: Option<String>,
     #[serde(default)]
     pub level: Option<i32>,
+}
+
+/// `kernel:` either builds one (`source` + `config`) or takes a packaged one (`package`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKernel {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub source: Option<RawKernelSource>,
+    #[serde(default)]
+    pub package: Option<String>,
+    #[serde(default)]
+    pub patches: Vec<String>,
+    #[serde(default)]
+    pub config: Option<RawKernelConfig>,
+    #[serde(default)]
+    pub localversion: Option<String>,
+    #[serde(default)]
+    pub install: Option<bool>,
+    #[serde(default)]
+    pub headers: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKernelSource {
+    #[serde(default)]
+    pub package: Option<String>,
+    #[serde(default)]
+    pub tarball: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKernelConfig {
+    pub base: String,
+    #[serde(default)]
+    pub fragments: Vec<String>,
 }

@@ -146,6 +146,7 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
 
 #[cfg(test)]
 mod tests {
+    static EMPTY: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     use std::path::Path;
 
     use super::*;
@@ -153,7 +154,7 @@ mod tests {
 
     fn context<'a>(host: &'a RecordingHost, tree: &'a Path, scratch: &'a Path, archives: &'a Path) -> StageContext<'a> {
         std::fs::create_dir_all(archives).unwrap();
-        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch: 7, mirror: None, apt_archives: archives, scratch }
+        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch: 7, mirror: None, apt_archives: archives, scratch, cache_root: Path::new("/nonexistent"), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod chroot;
 pub mod debootstrap;
 mod files;
+pub mod kernel;
 mod packages;
 mod run;
 mod tarball;
@@ -30,14 +31,23 @@ pub struct StageContext<'a> {
     pub apt_archives: &'a Path,
     /// Scratch space outside the tree.
     pub scratch: &'a Path,
+    /// The cache's versioned root (`CACHE/v1`), for stages that keep products there.
+    pub cache_root: &'a Path,
+    pub recipe: &'a str,
+    pub stage_name: &'a str,
+    pub stage_key: &'a str,
+    /// Remote inputs the plan resolved for this stage.
+    pub remote: &'a std::collections::BTreeMap<String, String>,
 }
 
-pub fn run_stage(kind: &StageKind, context: &StageContext<'_>) -> Result<()> {
+/// Run one stage; a kernel stage also returns the kernel it built or took.
+pub fn run_stage(kind: &StageKind, context: &StageContext<'_>) -> Result<Option<crate::cache::KernelProducts>> {
     match kind {
-        StageKind::Debootstrap(stage) => debootstrap::run(stage, context),
-        StageKind::Tarball(stage) => tarball::run(stage, context),
-        StageKind::Packages(stage) => packages::run(stage, context),
-        StageKind::Files(stage) => files::run(stage, context),
-        StageKind::Run(stage) => run::run(stage, context),
+        StageKind::Debootstrap(stage) => debootstrap::run(stage, context).map(|()| None),
+        StageKind::Tarball(stage) => tarball::run(stage, context).map(|()| None),
+        StageKind::Packages(stage) => packages::run(stage, context).map(|()| None),
+        StageKind::Files(stage) => files::run(stage, context).map(|()| None),
+        StageKind::Run(stage) => run::run(stage, context).map(|()| None),
+        StageKind::Kernel(stage) => kernel::run(stage, context),
     }
 }

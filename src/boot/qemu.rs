@@ -1,0 +1,148 @@
+//! QEMU for boot tests: the argv as a pure function, a runner that reads the
+//! serial console until an expected line or a deadline, and a short probe that
+//! decides whether KVM works here (a nested `/dev/kvm` can hang guests, so it
+//! is only used when a probe boot proves it).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// A direct kernel boot: `-kernel`, `-initrd` (several are concatenated into
+/// one file first), `-append`, console on the serial port.
+#[derive(Debug, Clone)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub accel: Accel,
+}
+
+impl DirectBoot {
+    /// The QEMU argv (program first). The machine powers off instead of
+    /// rebooting, so a kernel panic with `panic=-1` ends the run.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![
+            "qemu-system-x86_64".to_string(),
+            "-machine".into(),
+            format!("q35,accel={}", if self.accel == Accel::Kvm { "kvm" } else { "tcg" }),
+            "-m".into(),
+            self.memory_mib.to_string(),
+            "-nodefaults".into(),
+            "-no-reboot".into(),
+            "-display".into(),
+            "none".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+        ];
+        if self.accel == Accel::Kvm {
+            argv.extend(["-cpu".into(), "host".into()]);
+        }
+        if let Some(initrd) = &self.initrd {
+            argv.extend(["-initrd".into(), initrd.display().to_string()]);
+        }
+        argv.extend(["-append".into(), self.cmdline.clone()]);
+        argv
+    }
+}
+
+/// What a boot printed, and whether the expected line came.
+#[derive(Debug)]
+pub struct BootResult {
+    pub found: bool,
+    pub console: String,
+    pub seconds: f64,
+}
+
+/// Run QEMU until a console line contains `expect`, the guest stops, or
+/// `timeout` passes; QEMU is killed in every case.
+pub fn boot_until(argv: &[String], expect: &str, timeout: Duration) -> Result<BootResult> {
+    let started = Instant::now();
+    let mut child: Child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}\nhint: apt-get install qemu-system-x86", argv[0]))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (lines, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if lines.send(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut console = String::new();
+    let mut found = false;
+    while let Some(left) = timeout.checked_sub(started.elapsed()) {
+        match receive.recv_timeout(left) {
+            Ok(line) => {
+                console.push_str(&line);
+                console.push('\n');
+                if line.contains(expect) {
+                    found = true;
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait()?;
+    if !found && console.is_empty() && !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        if !stderr.is_empty() {
+            bail!("QEMU failed: {stderr}");
+        }
+    }
+    Ok(BootResult { found, console, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// KVM when `/dev/kvm` opens and a probe boot with it reaches `expect` within
+/// `probe_timeout`; TCG otherwise.
+pub fn choose_accel(boot: &DirectBoot, expect: &str, probe_timeout: Duration) -> Accel {
+    let usable = std::fs::OpenOptions::new().read(true).write(true).open(Path::new("/dev/kvm")).is_ok();
+    if !usable {
+        return Accel::Tcg;
+    }
+    let probe = DirectBoot { accel: Accel::Kvm, ..boot.clone() };
+    match boot_until(&probe.argv(), expect, probe_timeout) {
+        Ok(result) if result.found => Accel::Kvm,
+        _ => Accel::Tcg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_boots_directly_on_the_serial_console() {
+        let boot = DirectBoot { kernel: "/b/vmlinuz".into(), initrd: Some("/b/initrd".into()), cmdline: "console=ttyS0 panic=-1".into(), memory_mib: 256, accel: Accel::Tcg };
+        let argv = boot.argv().join(" ");
+        assert_eq!(
+            argv,
+            "qemu-system-x86_64 -machine q35,accel=tcg -m 256 -nodefaults -no-reboot -display none -serial stdio -kernel /b/vmlinuz -initrd /b/initrd -append console=ttyS0 panic=-1"
+        );
+        let kvm = DirectBoot { accel: Accel::Kvm, initrd: None, ..boot }.argv().join(" ");
+        assert!(kvm.contains("accel=kvm") && kvm.contains("-cpu host") && !kvm.contains("-initrd"));
+    }
+}

@@ -1,0 +1,308 @@
+//! Building a kernel on the host: config = base + fragments finished with
+//! `olddefconfig` and checked, then `make bindeb-pkg` with `CC="ccache gcc"`,
+//! fixed `KBUILD_BUILD_*` and `SOURCE_DATE_EPOCH`, in a build directory kept
+//! per stage so a config change recompiles only what it touches. The products (bzImage,
+//! debs, System.map, .config) are cached under a key made of the source, the
+//! final `.config`, the compiler and the make variables, so an equivalent
+//! config change does not compile again.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::config;
+use super::source::{self, run_logged};
+use crate::cache::{sha256_hex, KernelProducts, CACHE_FORMAT};
+use crate::recipe::{ConfigBase, KernelBuild};
+
+/// Bound on the ccache directory; `ROOTSMITH_CCACHE_SIZE` overrides it.
+const CCACHE_DEFAULT_SIZE: &str = "5G";
+
+/// Programs (and headers) the kernel build runs, with their Debian packages.
+const TOOLCHAIN: &[(&str, &str)] = &[
+    ("make", "make"),
+    ("gcc", "gcc"),
+    ("ccache", "ccache"),
+    ("bc", "bc"),
+    ("bison", "bison"),
+    ("flex", "flex"),
+    ("perl", "perl"),
+    ("dpkg-deb", "dpkg"),
+    ("dpkg-gencontrol", "dpkg-dev"),
+    ("rsync", "rsync"),
+    ("depmod", "kmod"),
+    ("cpio", "cpio"),
+    ("patch", "patch"),
+    ("xz", "xz-utils"),
+    ("/usr/include/libelf.h", "libelf-dev"),
+    ("/usr/include/openssl/opensslv.h", "libssl-dev"),
+];
+
+/// Every missing build dependency at once, with the command that installs them.
+pub fn check_toolchain(find: impl Fn(&str) -> bool) -> Result<()> {
+    let missing: Vec<(&str, &str)> = TOOLCHAIN.iter().copied().filter(|(tool, _)| !find(tool)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let tools: Vec<&str> = missing.iter().map(|(tool, _)| *tool).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    packages.dedup();
+    bail!("building a kernel needs {} which {} not installed\nhint: apt-get install {}", tools.join(", "), if tools.len() == 1 { "is" } else { "are" }, packages.join(" "))
+}
+
+fn host_has(tool: &str) -> bool {
+    if tool.starts_with('/') {
+        Path::new(tool).exists()
+    } else {
+        crate::tools::find(tool).is_some()
+    }
+}
+
+/// The compiler's own version line: part of every kernel key.
+pub fn compiler_version() -> String {
+    Command::new("gcc").arg("--version").output().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string)).unwrap_or_else(|| "gcc (not installed)".into())
+}
+
+/// `SOURCE_DATE_EPOCH` as the date string the kernel puts in its version.
+pub fn utc_string(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let seconds = epoch.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
+fn kernel_arch(arch: &str) -> Result<&'static str> {
+    Ok(match arch {
+        "amd64" => "x86_64",
+        "i386" => "x86",
+        "arm64" => "arm64",
+        other => bail!("building kernels for `{other}` is not supported yet (amd64, i386, arm64 are)"),
+    })
+}
+
+fn image_path(arch: &str) -> &'static str {
+    if arch == "arm64" { "arch/arm64/boot/Image" } else { "arch/x86/boot/bzImage" }
+}
+
+pub struct BuildContext<'a> {
+    pub cache: &'a Path,
+    pub arch: &'a str,
+    pub source_date_epoch: i64,
+    pub log: &'a Path,
+    /// A directory only this stage uses while it builds (held under a lock).
+    pub build_dir: &'a Path,
+    pub name: &'a str,
+    /// The resolved source digest (`VERSION SHA256` of a package, or a tarball's SHA-256).
+    pub source_digest: &'a str,
+}
+
+pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelProducts> {
+    let started = std::time::Instant::now();
+    check_toolchain(host_has)?;
+    let arch = kernel_arch(context.arch)?;
+    let source = source::prepare(build, context.source_digest, context.cache, context.log)?;
+    // The build directory is kept between builds of this stage, so kbuild
+    // recompiles only the objects a config change touches (ccache covers
+    // the rest). Another source or architecture starts it afresh.
+    let _build_lock = lock_dir(context.build_dir)?;
+    let stamp = format!("source {}\narch {arch}\n", source::source_id(build, context.source_digest)?);
+    let stamp_path = context.build_dir.join("rootsmith-build.stamp");
+    if std::fs::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str()) {
+        crate::cache::store::remove_tree(context.build_dir)?;
+        fs_err::create_dir_all(context.build_dir)?;
+        fs_err::write(&stamp_path, &stamp)?;
+    }
+    for entry in fs_err::read_dir(context.build_dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "deb" || e == "buildinfo" || e == "changes") {
+            fs_err::remove_file(&path)?;
+        }
+    }
+    let objects = context.build_dir.join("obj");
+    fs_err::create_dir_all(&objects)?;
+    let make = |targets: &[&str]| -> Command {
+        let mut command = Command::new("make");
+        command.arg("-C").arg(&source).arg(format!("O={}", objects.display())).arg(format!("ARCH={arch}")).args(targets);
+        command.env("LC_ALL", "C").env("SOURCE_DATE_EPOCH", context.source_date_epoch.to_string());
+        command
+    };
+
+    // Configuration: base, then the fragments, finished by olddefconfig.
+    match &build.base {
+        ConfigBase::Target(target) => run_logged(&mut make(&[target]), context.log).with_context(|| format!("make {target}"))?,
+        ConfigBase::File(file) => {
+            fs_err::copy(&file.resolved, objects.join(".config"))?;
+        }
+    }
+    if !build.fragments.is_empty() {
+        let mut merge = Command::new(source.join("scripts/kconfig/merge_config.sh"));
+        merge.arg("-m").arg("-O").arg(&objects).arg(objects.join(".config")).args(build.fragments.iter().map(|f| &f.resolved)).current_dir(&objects);
+        run_logged(&mut merge, context.log).context("merging the config fragments")?;
+    }
+    run_logged(&mut make(&["olddefconfig"]), context.log).context("make olddefconfig")?;
+    let final_config = fs_err::read_to_string(objects.join(".config"))?;
+    let fragments: Vec<(String, String)> = build.fragments.iter().map(|f| Ok((f.written.clone(), fs_err::read_to_string(&f.resolved)?))).collect::<Result<_>>()?;
+    let dropped = config::dropped(&fragments, &final_config);
+    if !dropped.is_empty() {
+        let lines: Vec<String> = dropped
+            .iter()
+            .map(|d| {
+                let depends = config::dependencies(&source, &d.option);
+                let why = if depends.is_empty() { "no `depends on` found; it may need another option to select it".to_string() } else { format!("it depends on {}", depends.join("; ")) };
+                format!("  {}={} (from {}) ended up {}: {why}", d.option, d.wanted, d.fragment, d.got)
+            })
+            .collect();
+        bail!("the kernel configuration dropped options a fragment asked for:\n{}\nhint: add what they depend on to a fragment", lines.join("\n"));
+    }
+    let config_sha256 = sha256_hex(final_config.as_bytes());
+    let release = capture(&mut make(&["-s", "kernelrelease", &format!("LOCALVERSION={}", build.localversion)]))?;
+
+    let variables = make_variables(build, context, &release);
+    let key_text = format!(
+        "format {CACHE_FORMAT}\nsource {}\nconfig {config_sha256}\ncompiler {}\narch {arch}\nvariables {}\nheaders {}\n",
+        source::source_id(build, context.source_digest)?,
+        compiler_version(),
+        variables.join(" "),
+        build.headers
+    );
+    let key = sha256_hex(key_text.as_bytes());
+    let products_dir = context.cache.join("kernels").join(&key);
+    if let Ok(bytes) = std::fs::read(products_dir.join("record.json")) {
+        if let Ok(mut record) = serde_json::from_slice::<KernelProducts>(&bytes) {
+            record.compiled = false;
+            record.ccache_hits = 0;
+            record.ccache_misses = 0;
+            record.seconds = started.elapsed().as_secs_f64();
+            return Ok(record);
+        }
+    }
+
+    let ccache_dir = context.cache.join("ccache");
+    fs_err::create_dir_all(&ccache_dir)?;
+    let before = ccache_stats(&ccache_dir);
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut compile = make(&[&format!("-j{jobs}"), "bindeb-pkg"]);
+    compile.args(&variables).arg("CC=ccache gcc");
+    compile.env("CCACHE_DIR", &ccache_dir).env("CCACHE_MAXSIZE", std::env::var("ROOTSMITH_CCACHE_SIZE").unwrap_or_else(|_| CCACHE_DEFAULT_SIZE.into()));
+    compile.env("CCACHE_NOHASHDIR", "true").env("CCACHE_COMPILERCHECK", "content");
+    run_logged(&mut compile, context.log).context("make bindeb-pkg")?;
+    let after = ccache_stats(&ccache_dir);
+
+    // Store the products aside, then rename into place.
+    let staging = tempfile::Builder::new().prefix(".products-").tempdir_in(context.build_dir)?;
+    let image = objects.join(image_path(context.arch));
+    fs_err::copy(&image, staging.path().join("vmlinuz"))?;
+    fs_err::copy(objects.join("System.map"), staging.path().join("System.map"))?;
+    fs_err::copy(objects.join(".config"), staging.path().join("config"))?;
+    let mut debs = Vec::new();
+    for entry in fs_err::read_dir(context.build_dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let wanted = name.starts_with(&format!("linux-image-{release}_")) || (build.headers && name.starts_with(&format!("linux-headers-{release}_")));
+        if name.ends_with(".deb") && wanted {
+            fs_err::copy(context.build_dir.join(&name), staging.path().join(&name))?;
+            debs.push(name);
+        }
+    }
+    debs.sort();
+    if !debs.iter().any(|d| d.starts_with("linux-image-")) {
+        bail!("make bindeb-pkg made no linux-image package for {release}");
+    }
+    let record = KernelProducts {
+        name: context.name.to_string(),
+        release,
+        config_sha256,
+        products: key.clone(),
+        debs,
+        compiled: true,
+        ccache_hits: after.0.saturating_sub(before.0),
+        ccache_misses: after.1.saturating_sub(before.1),
+        ccache_size: ccache_size(&ccache_dir),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    fs_err::write(staging.path().join("record.json"), serde_json::to_vec_pretty(&record)?)?;
+    fs_err::create_dir_all(context.cache.join("kernels"))?;
+    let staged = staging.keep();
+    if std::fs::rename(&staged, &products_dir).is_err() && !products_dir.join("record.json").exists() {
+        bail!("could not store the kernel products in {}", products_dir.display());
+    }
+    let _ = crate::cache::store::remove_tree(&staged);
+    Ok(record)
+}
+
+/// The make variables that go into the kernel and its packages.
+fn make_variables(build: &KernelBuild, context: &BuildContext<'_>, release: &str) -> Vec<String> {
+    vec![
+        format!("LOCALVERSION={}", build.localversion),
+        format!("KBUILD_BUILD_TIMESTAMP={}", utc_string(context.source_date_epoch)),
+        "KBUILD_BUILD_USER=rootsmith".to_string(),
+        "KBUILD_BUILD_HOST=rootsmith".to_string(),
+        format!("KDEB_PKGVERSION={release}-1"),
+        // The `#N` of `uname -v`, which would otherwise count builds.
+        "KBUILD_BUILD_VERSION=1".to_string(),
+    ]
+}
+
+fn capture(command: &mut Command) -> Result<String> {
+    let output = command.output().context("running make")?;
+    if !output.status.success() {
+        bail!("{:?} failed: {}", command.get_args().collect::<Vec<_>>(), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Hold `DIR.lock` while a build uses `DIR`: two builds of one stage on one
+/// cache take turns.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use fs4::fs_std::FileExt;
+    let path = dir.with_extension("lock");
+    let file = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?.into_parts().0;
+    file.lock_exclusive().with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
+/// (hits, misses) so far in the ccache at `dir`.
+pub fn ccache_stats(dir: &Path) -> (u64, u64) {
+    let output = Command::new("ccache").arg("--print-stats").env("CCACHE_DIR", dir).output();
+    let text = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok())).unwrap_or(0);
+    (value("direct_cache_hit\t") + value("preprocessed_cache_hit\t"), value("cache_miss\t"))
+}
+
+fn ccache_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir).into_iter().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+}
+
+/// Where a stage's kernel products live.
+pub fn products_dir(cache: &Path, key: &str) -> PathBuf {
+    cache.join("kernels").join(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_for_the_kernel_version() {
+        assert_eq!(utc_string(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_string(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc_string(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn missing_toolchain_names_every_package_in_one_command() {
+        let error = check_toolchain(|tool| !matches!(tool, "bc" | "flex" | "/usr/include/libelf.h")).unwrap_err().to_string();
+        assert!(error.contains("needs bc, flex, /usr/include/libelf.h which are not installed"), "{error}");
+        assert!(error.ends_with("hint: apt-get install bc flex libelf-dev"), "{error}");
+        assert!(check_toolchain(|_| true).is_ok());
+    }
+}

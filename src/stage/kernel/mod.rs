@@ -1,0 +1,111 @@
+//! `kernel` stage: build a kernel from source on the host (`build.rs`), or
+//! install a packaged one in the tree and take its vmlinuz (`package` mode).
+//! Either way the products (vmlinuz, debs, System.map, config) are stored in
+//! the cache and published in the bundle; the tree changes only when a kernel
+//! is installed into it.
+
+pub mod build;
+pub mod config;
+pub mod source;
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+
+use super::{run_chrooted, StageContext};
+use crate::cache::KernelProducts;
+use crate::recipe::Kernel;
+
+/// The key under which the plan records a kernel's resolved source.
+pub const SOURCE_REMOTE: &str = "kernel-source";
+
+/// Keeps a kernel package's postinst hooks from building an initramfs in the
+/// tree: update-initramfs is diverted to `true` while the package installs.
+fn install_script(install: &str) -> String {
+    format!(
+        "dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs\n\
+         ln -sf /bin/true /usr/sbin/update-initramfs\n\
+         {install}\n\
+         rm -f /usr/sbin/update-initramfs\n\
+         dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs\n"
+    )
+}
+
+pub fn run(kernel: &Kernel, context: &StageContext<'_>) -> Result<Option<KernelProducts>> {
+    let env = BTreeMap::from([("INITRD".to_string(), "No".to_string())]);
+    match kernel {
+        Kernel::Package { package } => {
+            let install = format!(
+                "apt-get -q -o Acquire::Languages=none update\napt-get -q -y -o Dpkg::Use-Pty=0 --no-install-recommends install '{package}'\nfind /var/lib/apt/lists -type f ! -name lock -delete; rm -f /var/cache/apt/*.bin"
+            );
+            run_chrooted(context, &["/bin/sh", "-e", "-c", &install_script(&install), "rootsmith-kernel"], &env)?;
+            take_packaged_kernel(context).map(Some)
+        }
+        Kernel::Build(build) => {
+            let digest = context.remote.get(SOURCE_REMOTE).context("the plan resolved no kernel source")?;
+            let build_dir = context.cache_root.join("kernel/build").join(format!("{}-{}", context.recipe, context.stage_name));
+            fs_err::create_dir_all(context.cache_root.join("kernel/build"))?;
+            let build_context = build::BuildContext {
+                cache: context.cache_root,
+                arch: context.arch,
+                source_date_epoch: context.source_date_epoch,
+                log: &context.log,
+                build_dir: &build_dir,
+                name: context.stage_name,
+                source_digest: digest,
+            };
+            let products = build::build(build, &build_context)?;
+            if build.install {
+                let image = products.debs.iter().find(|d| d.starts_with("linux-image-")).expect("products hold a linux-image deb");
+                let inside = context.tree.join("tmp").join(image);
+                fs_err::create_dir_all(context.tree.join("tmp"))?;
+                fs_err::copy(build::products_dir(context.cache_root, &products.products).join(image), &inside)?;
+                let result = run_chrooted(context, &["/bin/sh", "-e", "-c", &install_script(&format!("dpkg -i '/tmp/{image}'")), "rootsmith-kernel"], &env);
+                let _ = std::fs::remove_file(&inside);
+                result.context("installing the kernel package into the tree")?;
+            }
+            Ok(Some(products))
+        }
+    }
+}
+
+/// After installing a kernel package: its vmlinuz, config and System.map from
+/// /boot become the stage's products.
+fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
+    let boot = context.tree.join("boot");
+    let mut releases: Vec<String> = fs_err::read_dir(&boot)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_string))
+        .collect();
+    releases.sort();
+    let Some(release) = releases.pop() else {
+        bail!("the package installed no /boot/vmlinuz-*; is it a kernel image package?");
+    };
+    let products_dir = build::products_dir(context.cache_root, context.stage_key);
+    let staging = context.scratch.join("kernel-products");
+    let _ = crate::cache::store::remove_tree(&staging);
+    fs_err::create_dir_all(&staging)?;
+    fs_err::copy(boot.join(format!("vmlinuz-{release}")), staging.join("vmlinuz"))?;
+    let config = fs_err::read(boot.join(format!("config-{release}"))).unwrap_or_default();
+    fs_err::write(staging.join("config"), &config)?;
+    if let Ok(map) = std::fs::read(boot.join(format!("System.map-{release}"))) {
+        fs_err::write(staging.join("System.map"), map)?;
+    }
+    let record = KernelProducts {
+        name: context.stage_name.to_string(),
+        release,
+        config_sha256: crate::cache::sha256_hex(&config),
+        products: context.stage_key.to_string(),
+        debs: Vec::new(),
+        compiled: false,
+        ccache_hits: 0,
+        ccache_misses: 0,
+        ccache_size: 0,
+        seconds: 0.0,
+    };
+    fs_err::write(staging.join("record.json"), serde_json::to_vec_pretty(&record)?)?;
+    fs_err::create_dir_all(context.cache_root.join("kernels"))?;
+    let _ = crate::cache::store::remove_tree(&products_dir);
+    fs_err::rename(&staging, &products_dir)?;
+    Ok(record)
+}
