@@ -151,10 +151,7 @@ impl Store {
 
     /// Wait for, then hold, the lock of `key`.
     pub fn lock(&self, key: &str) -> Result<BuildLock> {
-        let path = self.root.join("locks").join(format!("{key}.lock"));
-        let file = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?.into_parts().0;
-        file.lock_exclusive().with_context(|| format!("locking {}", path.display()))?;
-        Ok(BuildLock { _file: file })
+        Ok(BuildLock { _file: lock_file(&self.root.join("locks").join(format!("{key}.lock")))? })
     }
 
     /// A fresh directory under `tmp/`, on the cache's filesystem so results can
@@ -252,6 +249,14 @@ impl Store {
     pub(super) fn outputs_dir(&self) -> PathBuf {
         self.root.join("outputs")
     }
+}
+
+/// Open (creating) `path` and wait for an exclusive flock on it; the lock is
+/// released when the file is dropped, or when the process dies.
+pub fn lock_file(path: &Path) -> Result<File> {
+    let file = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(path)?.into_parts().0;
+    file.lock_exclusive().with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 fn new_work_dir(tmp: &Path, label: &str) -> Result<WorkDir> {

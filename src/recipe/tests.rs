@@ -143,3 +143,22 @@ fn missing_recipe_file_is_a_diagnostic() {
     let Diagnostics(errors) = load(Path::new("/nonexistent/recipe.yaml"), &LoadOptions::default()).unwrap_err();
     assert!(errors[0].message.contains("cannot read recipe"));
 }
+
+#[test]
+fn paths_resolve_to_absolute_ones_from_a_relative_recipe_path() {
+    let dir = fixture_dir();
+    let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm }}\n  - run: {{ script: configure.sh }}\n");
+    std::fs::write(dir.path().join("r.yaml"), &source).unwrap();
+    let previous = std::env::current_dir().unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    let loaded = load(Path::new("r.yaml"), &LoadOptions::default());
+    std::env::set_current_dir(previous).unwrap();
+    let recipe = loaded.unwrap();
+    match &recipe.stages[1].kind {
+        StageKind::Run(Run { script: Script::File(path), .. }) => {
+            assert!(path.resolved.is_absolute(), "{}", path.resolved.display());
+            assert!(path.resolved.is_file());
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -50,11 +50,7 @@ impl Scaffolding {
 /// apt does not wait for the lock of its archive directory, so builds that
 /// share the cache's apt directory take turns while one of them has it mounted.
 pub fn apt_lock(archives: &Path) -> Result<std::fs::File> {
-    use fs4::fs_std::FileExt;
-    let path = archives.parent().unwrap_or(archives).join("apt.lock");
-    let file = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?.into_parts().0;
-    file.lock_exclusive()?;
-    Ok(file)
+    crate::cache::store::lock_file(&archives.parent().unwrap_or(archives).join("apt.lock"))
 }
 
 /// A mount point must be a real directory (or file) in the tree: mounting on a

@@ -194,7 +194,10 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let mut compile = make(&[&format!("-j{jobs}"), "bindeb-pkg"]);
     compile.args(&variables).arg("CC=ccache gcc");
     compile.env("CCACHE_DIR", &ccache_dir).env("CCACHE_MAXSIZE", std::env::var("ROOTSMITH_CCACHE_SIZE").unwrap_or_else(|_| CCACHE_DEFAULT_SIZE.into()));
-    compile.env("CCACHE_NOHASHDIR", "true").env("CCACHE_COMPILERCHECK", "content");
+    // On a miss, compile the output of the preprocessor run ccache already
+    // did instead of preprocessing a second time: on a cold build of small,
+    // header-heavy kernel files that second pass costs a third of the time.
+    compile.env("CCACHE_NOHASHDIR", "true").env("CCACHE_COMPILERCHECK", "content").env("CCACHE_NOCPP2", "true");
     run_logged(&mut compile, context.log).context("make bindeb-pkg")?;
     let after = ccache_stats(&ccache_dir);
 
@@ -263,11 +266,7 @@ fn capture(command: &mut Command) -> Result<String> {
 /// Hold `DIR.lock` while a build uses `DIR`: two builds of one stage on one
 /// cache take turns.
 fn lock_dir(dir: &Path) -> Result<std::fs::File> {
-    use fs4::fs_std::FileExt;
-    let path = dir.with_extension("lock");
-    let file = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?.into_parts().0;
-    file.lock_exclusive().with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
+    crate::cache::store::lock_file(&dir.with_extension("lock"))
 }
 
 /// (hits, misses) so far in the ccache at `dir`.
