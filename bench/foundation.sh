@@ -8,6 +8,7 @@ root=$(pwd)
 bin=$root/target/release/rootsmith
 work=$(mktemp -d /var/tmp/rootsmith-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+. bench/lib.sh
 recipes=$work/recipes
 cp -a recipes "$recipes"
 recipe=$recipes/debian-minimal.yaml
@@ -15,9 +16,6 @@ recipe=$recipes/debian-minimal.yaml
 mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $1}')
 [ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list)
 
-now() { date +%s.%N; }
-seconds() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
-timed() { local start; start=$(now); "$@" >"$work/last.log" 2>&1 || { cat "$work/last.log" >&2; exit 1; }; seconds "$start" "$(now)"; }
 build() { "$bin" build --json --cache "$work/cache" --out "$work/out" "$@" "$recipe"; }
 
 echo "pipeline: cold" >&2;               p_cold=$(timed bench/pipeline.sh "$work/pipeline" "$mirror")
