@@ -4,10 +4,6 @@
 # Prints its section of docs/benchmarks.md. Needs root and the Debian archive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=$root/target/release/rootsmith
-work=$(mktemp -d /var/tmp/rootsmith-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
 . bench/lib.sh
 recipes=$work/recipes
 cp -a recipes "$recipes"

@@ -5,10 +5,6 @@
 # side. Prints its section of docs/benchmarks.md. Needs root and the archive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-bin=$root/target/release/rootsmith
-work=$(mktemp -d /var/tmp/rootsmith-kbench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
 . bench/lib.sh
 jobs=$(nproc)
 

@@ -1,4 +1,10 @@
-# Shared by the benchmark sections: wall-clock timing of commands.
+# Shared by the benchmark sections, sourced from the repository's root after
+# `set -euo pipefail`: paths, a scratch dir removed on exit, wall-clock timing.
+root=$(pwd)
+bin=$root/target/release/rootsmith
+work=$(mktemp -d /var/tmp/rootsmith-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
 now() { date +%s.%N; }
 seconds() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
 # timed CMD…: run it with output to $work/last.log, print its seconds; on
