@@ -95,6 +95,67 @@ pub fn in_release_digest(mirror: &str, suite: &str) -> Result<String> {
     Ok(crate::cache::sha256_hex(&bytes))
 }
 
+/// The last `InRelease` digest seen for a mirror and suite, kept in the cache
+/// (`v1/remote/`) so that planning still works when the mirror cannot be reached.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    url: String,
+    sha256: String,
+    seen: u64,
+}
+
+/// A resolved `InRelease` digest, and a warning when it had to come from
+/// memory because the mirror could not be reached.
+pub struct Resolved {
+    pub sha256: String,
+    pub warning: Option<String>,
+}
+
+/// [`in_release_digest`], remembered in `memory` (a directory); when the mirror
+/// cannot be reached, the digest seen last is used with a warning, so a fully
+/// cached build still works offline. Without one, the error stands.
+pub fn resolve_in_release(mirror: &str, suite: &str, memory: Option<&Path>) -> Result<Resolved> {
+    let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
+    let file = memory.map(|dir| dir.join(format!("{}.json", crate::cache::sha256_hex(url.as_bytes()))));
+    match in_release_digest(mirror, suite) {
+        Ok(sha256) => {
+            if let Some(file) = &file {
+                let record = Remembered { url, sha256: sha256.clone(), seen: crate::cache::store_now() };
+                // Best effort: a read-only cache only loses the offline fallback.
+                let _ = std::fs::create_dir_all(file.parent().expect("in a dir"));
+                let _ = std::fs::write(file, serde_json::to_vec_pretty(&record).unwrap_or_default());
+            }
+            Ok(Resolved { sha256, warning: None })
+        }
+        Err(error) => {
+            let remembered = file.and_then(|f| std::fs::read(f).ok()).and_then(|bytes| serde_json::from_slice::<Remembered>(&bytes).ok());
+            match remembered {
+                Some(record) => {
+                    let age = crate::cache::store_now().saturating_sub(record.seen);
+                    Ok(Resolved {
+                        sha256: record.sha256,
+                        warning: Some(format!(
+                            "cannot reach the mirror ({error:#}); using the release digest seen {} ago, so stages built against it count as current",
+                            crate::mirror::human_age(age)
+                        )),
+                    })
+                }
+                None => Err(error),
+            }
+        }
+    }
+}
+
+/// `3 h`, `2 d`: how long ago, roughly.
+pub fn human_age(seconds: u64) -> String {
+    match seconds {
+        0..=119 => format!("{seconds} s"),
+        120..=7_199 => format!("{} min", seconds / 60),
+        7_200..=172_799 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +179,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let error = host_mirror(dir.path()).unwrap_err().to_string();
         assert!(error.contains("set `mirror:`"), "{error}");
+    }
+
+    #[test]
+    fn an_unreachable_mirror_falls_back_to_the_digest_seen_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror_dir = dir.path().join("mirror");
+        std::fs::create_dir_all(mirror_dir.join("dists/bookworm")).unwrap();
+        std::fs::write(mirror_dir.join("dists/bookworm/InRelease"), "release v1").unwrap();
+        let mirror = format!("file://{}", mirror_dir.display());
+        let memory = dir.path().join("remote");
+
+        let first = resolve_in_release(&mirror, "bookworm", Some(&memory)).unwrap();
+        assert!(first.warning.is_none());
+        assert_eq!(first.sha256, crate::cache::sha256_hex(b"release v1"));
+
+        std::fs::remove_file(mirror_dir.join("dists/bookworm/InRelease")).unwrap();
+        let offline = resolve_in_release(&mirror, "bookworm", Some(&memory)).unwrap();
+        assert_eq!(offline.sha256, first.sha256);
+        let warning = offline.warning.unwrap();
+        assert!(warning.starts_with("cannot reach the mirror") && warning.contains("seen 0 s ago"), "{warning}");
+
+        // Another suite was never seen: the error stands.
+        let error = resolve_in_release(&mirror, "trixie", Some(&memory)).err().unwrap();
+        assert!(format!("{error:#}").contains("trixie"), "{error:#}");
+        assert_eq!(human_age(90_000), "25 h");
     }
 }

@@ -46,6 +46,8 @@ pub struct Plan {
     /// SHA-256 of the recipe text.
     pub recipe_digest: String,
     pub outputs: crate::recipe::Outputs,
+    /// Things the user should know about how the plan was made (offline fallbacks).
+    pub warnings: Vec<String>,
 }
 
 /// Where a stage stands in the cache.
@@ -63,29 +65,41 @@ pub struct PlanOptions {
     pub epoch_from_env: Option<i64>,
     /// The host's apt configuration directory (`/etc/apt`), for the default mirror.
     pub apt_dir: std::path::PathBuf,
+    /// Where the last resolved remote digests are remembered (`CACHE/v1/remote`),
+    /// for planning when the mirror cannot be reached.
+    pub remote_memory: Option<std::path::PathBuf>,
 }
 
 impl PlanOptions {
+    /// Remember resolved remote digests in the cache at `cache_dir`.
+    pub fn remembering_in(mut self, cache_dir: &std::path::Path) -> PlanOptions {
+        self.remote_memory = Some(cache_dir.join(format!("v{CACHE_FORMAT}/remote")));
+        self
+    }
+
     pub fn from_environment() -> Result<PlanOptions> {
         let epoch_from_env = match std::env::var("SOURCE_DATE_EPOCH") {
             Ok(value) => Some(value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"))?),
             Err(_) => None,
         };
-        Ok(PlanOptions { epoch_from_env, apt_dir: "/etc/apt".into() })
+        Ok(PlanOptions { epoch_from_env, apt_dir: "/etc/apt".into(), remote_memory: None })
     }
 }
 
 pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
     let source_date_epoch = options.epoch_from_env.or(recipe.source_date_epoch).unwrap_or(0);
     let mut mirror = None;
+    let mut warnings = Vec::new();
     let mut apt_remote = BTreeMap::new();
     if let Some(StageKind::Debootstrap(base)) = recipe.stages.first().map(|s| &s.kind) {
         let url = match &base.mirror {
             Some(url) => url.clone(),
             None => crate::mirror::host_mirror(&options.apt_dir)?,
         };
-        let digest = crate::mirror::in_release_digest(&url, &base.suite).with_context(|| format!("resolving the mirror's release file for suite `{}`", base.suite))?;
-        apt_remote.insert(format!("{url}/dists/{}/InRelease", base.suite), digest);
+        let resolved = crate::mirror::resolve_in_release(&url, &base.suite, options.remote_memory.as_deref())
+            .with_context(|| format!("resolving the mirror's release file for suite `{}`", base.suite))?;
+        warnings.extend(resolved.warning);
+        apt_remote.insert(format!("{url}/dists/{}/InRelease", base.suite), resolved.sha256);
         mirror = Some(url);
     }
     let mut stages = Vec::new();
@@ -159,6 +173,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
         stages,
         recipe_digest: sha256_hex(recipe.source.as_bytes()),
         outputs: recipe.outputs.clone(),
+        warnings,
     })
 }
 

@@ -71,3 +71,15 @@ fn every_example_recipe_checks_clean() {
     }
     assert!(checked >= 2, "only {checked} recipes found");
 }
+
+#[test]
+fn an_unreachable_mirror_never_seen_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("r.yaml");
+    // Port 9 (discard) on loopback: nothing answers there.
+    std::fs::write(&recipe, "rootsmith: 1\nname: offline\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: bookworm, mirror: \"http://127.0.0.1:9/debian\" }\n").unwrap();
+    let (code, _, stderr) = run(rootsmith().args(["plan", "--cache"]).arg(dir.path().join("cache")).arg(&recipe));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("resolving the mirror's release file for suite `bookworm`"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9/debian/dists/bookworm/InRelease"), "{stderr}");
+}

@@ -9,6 +9,7 @@
 //! v1/history/RECIPE/STAGE.json  the inputs of the last build of a stage (`plan --explain`)
 //! v1/locks/KEY.lock        one build of a key at a time, across processes
 //! v1/apt/archives/         the apt package cache shared by every build
+//! v1/remote/               the last InRelease digest seen per mirror and suite
 //! v1/kernels/KEY/          kernel products (vmlinuz, debs, config, System.map)
 //! v1/kernel/src/ID/        unpacked kernel sources; v1/kernel/build/ their builds
 //! v1/ccache/               the compiler cache of kernel builds

@@ -24,7 +24,10 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
         Some(name) => Some(recipe.stage_index(name, "--rebuild").map_err(|d| super::RecipeError(crate::recipe::Diagnostics(vec![d])))?),
         None => None,
     };
-    let plan = plan(&recipe, &PlanOptions::from_environment()?)?;
+    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)))?;
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
     let options = BuildOptions {
         cache_dir: super::cache_dir(cache_args),
         out_dir: settings.out,

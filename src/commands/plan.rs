@@ -19,7 +19,10 @@ struct Row {
 
 pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast: bool, json: bool) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
-    let plan = plan(&recipe, &PlanOptions::from_environment()?)?;
+    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)))?;
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
     let store = Store::open(&super::cache_dir(cache_args))?;
     let mut rows = Vec::new();
     let statuses = plan.statuses(&store, None);
