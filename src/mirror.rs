@@ -55,13 +55,8 @@ fn one_line_sources(text: &str) -> Vec<(String, String)> {
 /// (uri, suite) pairs of deb822 stanzas with `Types: deb`.
 fn deb822_sources(text: &str) -> Vec<(String, String)> {
     let mut found = Vec::new();
-    for stanza in text.split("\n\n") {
-        let field = |name: &str| {
-            stanza.lines().filter(|l| !l.trim_start().starts_with('#')).find_map(|line| {
-                let (key, value) = line.split_once(':')?;
-                key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
-            })
-        };
+    for stanza in crate::control::stanzas(text) {
+        let field = |name: &str| crate::control::field(stanza, name);
         if !field("Types").is_some_and(|t| t.split_whitespace().any(|w| w == "deb")) || field("Enabled").is_some_and(|e| e == "no") {
             continue;
         }

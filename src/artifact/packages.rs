@@ -7,8 +7,8 @@ use std::path::Path;
 pub fn installed(tree: &Path) -> String {
     let Ok(status) = std::fs::read_to_string(tree.join("var/lib/dpkg/status")) else { return String::new() };
     let mut lines = Vec::new();
-    for stanza in status.split("\n\n") {
-        let field = |name: &str| stanza.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')).map(|v| v.trim().to_string()));
+    for stanza in crate::control::stanzas(&status) {
+        let field = |name: &str| crate::control::field(stanza, name);
         if !field("Status").is_some_and(|s| s.ends_with(" installed")) {
             continue;
         }

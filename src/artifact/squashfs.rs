@@ -38,13 +38,9 @@ fn write_with_mksquashfs(mksquashfs: &Path, tree: &Path, output: &Path, compress
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     command.args(["-processors", &threads.to_string()]);
-    let log_file = fs_err::File::create(log)?.into_parts().0;
-    command.stdout(log_file.try_clone()?).stderr(log_file).env_remove("SOURCE_DATE_EPOCH");
-    let status = command.status().context("running mksquashfs")?;
-    if !status.success() {
-        bail!("mksquashfs failed with {status}\n{}", crate::host::log_tail(log, 20));
-    }
-    Ok(())
+    // mksquashfs refuses SOURCE_DATE_EPOCH beside -mkfs-time.
+    command.env_remove("SOURCE_DATE_EPOCH");
+    crate::host::run_logged(&mut command, log)
 }
 
 /// Opens its file on first read, so a tree of thousands of files does not hold

@@ -117,6 +117,20 @@ pub trait Host {
     }
 }
 
+/// Run a host command (not chrooted) with its output appended to `log`; a
+/// failure carries the program, its status and the tail of the log.
+pub fn run_logged(command: &mut std::process::Command, log: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let file = fs_err::OpenOptions::new().create(true).append(true).open(log)?.into_parts().0;
+    command.stdout(file.try_clone()?).stderr(file);
+    let program = format!("{:?}", command.get_program());
+    let status = command.status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        anyhow::bail!("{program} failed with {status}\n--- last lines of its output ({}) ---\n{}", log.display(), log_tail(log, 25));
+    }
+    Ok(())
+}
+
 /// The last `lines` lines of a log file.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default();

@@ -12,7 +12,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use super::config;
-use super::source::{self, run_logged};
+use super::source;
+use crate::host::run_logged;
 use crate::cache::{sha256_hex, KernelProducts, CACHE_FORMAT};
 use crate::recipe::{ConfigBase, KernelBuild};
 

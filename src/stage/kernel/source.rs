@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::cache::sha256_hex;
+use crate::host::run_logged;
 use crate::recipe::{KernelBuild, KernelSource};
 
 /// A source package's candidate version and the SHA-256 of its `.deb`, from the
@@ -15,8 +16,8 @@ use crate::recipe::{KernelBuild, KernelSource};
 pub fn resolve_package(package: &str) -> Result<(String, String)> {
     let output = std::process::Command::new("apt-cache").args(["show", "--no-all-versions", package]).output().context("running apt-cache (apt-get install apt)")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let field = |name: &str| text.lines().find_map(|line| line.strip_prefix(name).map(|v| v.trim().to_string()));
-    match (field("Version:"), field("SHA256:")) {
+    let field = |name: &str| crate::control::field(&text, name);
+    match (field("Version"), field("SHA256")) {
         (Some(version), Some(sha256)) if output.status.success() => Ok((version, sha256)),
         _ => bail!("the host's apt does not know the package `{package}`\nhint: run `apt-get update`, and check the name (`apt-cache search linux-source`)"),
     }
@@ -120,18 +121,6 @@ fn find_deb(dir: &Path, package: &str, sha256: &str) -> Result<Option<PathBuf>> 
         }
     }
     Ok(None)
-}
-
-/// Run a host command with its output appended to `log`; failure carries the tail.
-pub fn run_logged(command: &mut std::process::Command, log: &Path) -> Result<()> {
-    let file = fs_err::OpenOptions::new().create(true).append(true).open(log)?.into_parts().0;
-    command.stdout(file.try_clone()?).stderr(file);
-    let program = format!("{:?}", command.get_program());
-    let status = command.status().with_context(|| format!("running {program}"))?;
-    if !status.success() {
-        bail!("{program} failed with {status}\n--- last lines of its output ({}) ---\n{}", log.display(), crate::host::log_tail(log, 25));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
