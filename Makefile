@@ -2,16 +2,20 @@
 # every test. Both install what they need first (Debian 12, as root).
 
 CARGO       ?= cargo
-RECIPE      ?= recipes/debian-minimal.yaml
+RECIPE      ?= recipes/debian-netboot.yaml
 OUT         ?= out
 # Host tools the builds and the tests run.
 APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                ca-certificates util-linux debian-archive-keyring \
                make gcc libc6-dev ccache bc bison flex perl dpkg-dev rsync kmod \
-               patch libelf-dev libssl-dev qemu-system-x86
+               patch libelf-dev libssl-dev qemu-system-x86 ipxe-qemu curl
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps build demo test bench clean
+.PHONY: all deps init build demo test bench clean
+
+# The initramfs's init: a static executable (glibc's static libc, from libc6-dev).
+INIT_TARGET  = x86_64-unknown-linux-gnu
+INIT_BIN     = target/$(INIT_TARGET)/init/rootsmith-init
 
 all: build
 
@@ -28,15 +32,19 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup or apt-get install cargo)"; exit 1; }
 
-build:
+init:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked -p rootsmith-init --profile init --target $(INIT_TARGET)
+
+build: init
 	$(CARGO) build --release --locked
 
 demo: deps build
 	$(SUDO) ./target/release/rootsmith build $(RECIPE) --out $(OUT)
-	@echo
-	@echo "The bundle is in $(OUT)/$$(sed -n 's/^name: *//p' $(RECIPE))/$$(sed -n 's/^version: *//p' $(RECIPE))/"
+	bundle=$(OUT)/$$(sed -n 's/^name: *//p' $(RECIPE))/$$(sed -n 's/^version: *//p' $(RECIPE)); \
+	  $(SUDO) ./target/release/rootsmith boot-test $$bundle --via http && \
+	  echo && echo "The bundle is in $$bundle/; boot it yourself with: ./target/release/rootsmith qemu $$bundle"
 
-test: deps
+test: deps init
 	$(CARGO) test --locked --workspace
 
 bench: deps build

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::artifact::manifest::{sha256sums, Manifest, ManifestArtifact, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
+use crate::artifact::manifest::{sha256sums, Manifest, ManifestArtifact, ManifestBoot, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
 use crate::artifact::{self, squashfs, tarball};
 use crate::cache::{sha256_hex, tree_id, OutputRecord, StageRecord, Store, WorkDir, CACHE_FORMAT};
 use crate::host::Host;
@@ -280,7 +280,7 @@ impl Builder<'_> {
         let started = Instant::now();
         let (squashfs_compression, tarball_compression) = self.output_compressions();
         let final_tree = self.parent_tree().expect("a recipe has stages").to_string();
-        let key = output_key(self.plan, self.options.fast, &final_tree);
+        let key = output_key(self.plan, self.options.fast, &final_tree, &self.records);
         let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
         if let Some(record) = self.store.output(&key) {
             self.progress.done("outputs", "cached", 0.0);
@@ -289,7 +289,7 @@ impl Builder<'_> {
         if self.options.cache_only {
             bail!("the outputs are not in the cache (key {key}) and --cache-only forbids building them");
         }
-        self.progress.start("outputs", "squashfs, rootfs image, tarball");
+        self.progress.start("outputs", "squashfs, rootfs image, initramfs, tarball");
         let _lock = self.store.lock(&key)?;
         if let Some(record) = self.store.output(&key) {
             return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
@@ -306,8 +306,20 @@ impl Builder<'_> {
         let check = squashfs::verify(&squashfs_path, &tree)?;
         let squashfs_digest = crate::cache::store::hash_file(&squashfs_path)?;
         let cookie = rootsmith_init::contract::cookie_for(&squashfs_digest);
-        artifact::cpio::write_rootfs_image(&squashfs_path, &cookie, &staged.join("rootfs.img"), self.plan.source_date_epoch)?;
+        let build_id = rootsmith_init::contract::BuildId { cookie: cookie.clone(), name: self.plan.recipe.clone() };
+        artifact::cpio::write_rootfs_image(&squashfs_path, &build_id, &staged.join("rootfs.img"), self.plan.source_date_epoch)?;
         fs_err::remove_file(&squashfs_path)?;
+        let kernels = self.records.iter().filter_map(|record| record.kernel.as_ref()).map(|kernel| (kernel, crate::stage::kernel::build::products_dir(self.store.root(), &kernel.products))).collect();
+        let request = crate::netboot::initramfs::Request {
+            settings: &self.plan.outputs.initramfs,
+            tree: &tree,
+            kernels,
+            scratch: work.dir.path(),
+            rootfs_image: &staged.join("rootfs.img"),
+            build: build_id,
+            epoch: self.plan.source_date_epoch,
+        };
+        let initramfs = crate::netboot::initramfs::write(&request, &staged.join("initramfs.img"))?;
         tarball::write_rootfs_tarball(&tree, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, self.plan.source_date_epoch)?;
         fs_err::write(staged.join("packages.txt"), artifact::packages::installed(&tree))?;
         let mut files = std::collections::BTreeMap::new();
@@ -315,7 +327,7 @@ impl Builder<'_> {
             let entry = entry?;
             files.insert(entry.file_name().to_string_lossy().into_owned(), crate::cache::store::hash_file(&entry.path())?);
         }
-        let record = OutputRecord { key: key.clone(), files, cookie, squashfs_entries: check.entries, created: crate::cache::store_now() };
+        let record = OutputRecord { key: key.clone(), files, cookie, squashfs_entries: check.entries, initramfs, created: crate::cache::store_now() };
         self.store.put_output(&key, &staged, &record)?;
         let seconds = started.elapsed().as_secs_f64();
         self.progress.done("outputs", "built", seconds);
@@ -376,6 +388,30 @@ impl Builder<'_> {
             }
             kernels.push(ManifestKernel { name: kernel.name.clone(), release: kernel.release.clone(), config_sha256: kernel.config_sha256.clone(), vmlinuz, debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect() });
         }
+        let initramfs_compression = self.plan.outputs.initramfs.compression;
+        let boot = ManifestBoot {
+            initramfs: format!("{name}-{version}-initramfs.img"),
+            initramfs_size: record.initramfs.size,
+            initramfs_compression: compression_name(initramfs_compression),
+            rootfs_image: format!("{name}-{version}-rootfs.img"),
+            cmdline: recipe.boot.cmdline.clone(),
+            marker: recipe.boot.marker.clone(),
+            modules: record.initramfs.modules.clone(),
+            shell: self.plan.outputs.initramfs.shell,
+        };
+        if !kernels.is_empty() {
+            let input = crate::netboot::menus::MenuInput::new(name, version, &kernels, &boot);
+            for (file, text) in [
+                ("boot.ipxe", crate::netboot::menus::ipxe(&input, None, None)),
+                ("pxelinux.cfg/default", crate::netboot::menus::pxelinux(&input, None)),
+                ("grub.cfg", crate::netboot::menus::grub(&input, None)),
+            ] {
+                let target = staging.path().join(file);
+                fs_err::create_dir_all(target.parent().expect("in the bundle"))?;
+                fs_err::write(&target, &text)?;
+                artifacts.push(ManifestArtifact { name: file.into(), size: text.len() as u64, sha256: sha256_hex(text.as_bytes()) });
+            }
+        }
         artifacts.sort_by(|a, b| a.name.cmp(&b.name));
         let (squashfs_compression, _) = self.output_compressions();
         let manifest = Manifest {
@@ -391,14 +427,12 @@ impl Builder<'_> {
             rootfs: ManifestRootfs {
                 cookie: record.cookie.clone(),
                 squashfs_writer: squashfs::writer_name(),
-                squashfs_compression: match squashfs_compression.level {
-                    Some(level) => format!("{} {level}", squashfs_compression.algorithm.name()),
-                    None => squashfs_compression.algorithm.name().into(),
-                },
+                squashfs_compression: compression_name(squashfs_compression),
                 squashfs_entries: record.squashfs_entries,
                 contract_version: rootsmith_init::contract::CONTRACT_VERSION,
             },
             kernels,
+            boot,
             artifacts: artifacts.clone(),
         };
         let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
@@ -432,8 +466,10 @@ fn output_compressions(plan: &Plan, fast: bool) -> (Compression, Compression) {
 
 /// The cache key of the outputs of the tree `final_tree`: everything that
 /// decides their bytes.
-pub fn output_key(plan: &Plan, fast: bool, final_tree: &str) -> String {
+pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, records: &[StageRecord]) -> String {
     let (squashfs_compression, tarball_compression) = output_compressions(plan, fast);
+    // A kernel that is not installed in the tree still decides the initramfs's modules.
+    let kernels: Vec<(&str, &str, &str)> = records.iter().filter_map(|record| record.kernel.as_ref()).map(|k| (k.name.as_str(), k.release.as_str(), k.products.as_str())).collect();
     let inputs = serde_json::json!({
         "format": CACHE_FORMAT,
         "tree": final_tree,
@@ -442,8 +478,19 @@ pub fn output_key(plan: &Plan, fast: bool, final_tree: &str) -> String {
         "source_date_epoch": plan.source_date_epoch,
         "squashfs_writer": squashfs::writer_name(),
         "contract": rootsmith_init::contract::CONTRACT_VERSION,
+        "initramfs": plan.outputs.initramfs,
+        "init": crate::netboot::initramfs::init_digest(),
+        "kernels": kernels,
     });
     sha256_hex(&serde_json::to_vec(&inputs).expect("output key inputs serialize"))
+}
+
+/// `zstd 19`, `none`: a compression as the manifest writes it.
+fn compression_name(compression: Compression) -> String {
+    match compression.level {
+        Some(level) => format!("{} {level}", compression.algorithm.name()),
+        None => compression.algorithm.name().into(),
+    }
 }
 
 fn same_bundle(bundle: &Path, manifest: &[u8]) -> Result<()> {

@@ -87,6 +87,38 @@ pub enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Serve bundles over HTTP for netboot (read-only)
+    Serve {
+        /// The directory to serve: a bundle, or the whole --out directory
+        dir: PathBuf,
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Connections served at once; more get 503
+        #[arg(long, default_value_t = 64)]
+        max_connections: usize,
+    },
+    /// Boot a bundle in QEMU and pass when an expected console line appears
+    BootTest {
+        #[command(flatten)]
+        boot: BootArgs,
+        /// The console line to wait for [default: the recipe's boot.marker, else the init's `switching root`]
+        #[arg(long, value_name = "TEXT")]
+        expect: Option<String>,
+        /// Seconds to wait for it
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Where the console log goes [default: in the temp dir]
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a bundle in QEMU interactively, the serial console on this terminal
+    Qemu {
+        #[command(flatten)]
+        boot: BootArgs,
+    },
     /// Inspect and maintain the stage cache
     Cache {
         #[command(flatten)]
@@ -94,6 +126,43 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BootArgs {
+    /// The bundle directory (OUT/NAME/VERSION)
+    pub bundle: PathBuf,
+    /// How the rootfs reaches the guest
+    #[arg(long, value_enum, default_value = "appended")]
+    pub via: crate::netboot::boottest::Via,
+    /// The kernel to boot (by its stage name) [default: the first]
+    #[arg(long, value_name = "NAME")]
+    pub kernel: Option<String>,
+    /// Guest memory in MiB
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: crate::netboot::boottest::AccelChoice,
+    /// Extra kernel arguments (repeatable)
+    #[arg(long = "append", value_name = "ARG")]
+    pub append: Vec<String>,
+    /// For --via http|pxe: use this server (its base URL as the guest reaches it, e.g. http://10.0.2.2:8080/b/) instead of starting one
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+}
+
+impl BootArgs {
+    pub fn options(&self) -> crate::netboot::boottest::BootOptions {
+        crate::netboot::boottest::BootOptions {
+            bundle: self.bundle.clone(),
+            via: self.via,
+            kernel: self.kernel.clone(),
+            memory_mib: self.memory,
+            accel: self.accel,
+            append: self.append.clone(),
+            server: self.server.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ pub mod control;
 pub mod host;
 pub mod layer;
 pub mod mirror;
+pub mod netboot;
 pub mod plan;
 pub mod progress;
 pub mod stage;

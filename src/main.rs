@@ -16,6 +16,15 @@ fn main() {
         Command::Plan { recipe, cache, explain, fast, json } => commands::plan::run(recipe, cache, *explain, *fast, *json),
         Command::Shell { recipe, cache, stage, command } => commands::shell::run(recipe, cache, stage.as_deref(), command),
         Command::Cache { cache, action } => commands::cache::run(cache, action),
+        Command::Serve { dir, addr, max_connections } => commands::netboot::serve(dir, addr, *max_connections),
+        Command::BootTest { boot, expect, timeout, log, json } => commands::netboot::boot_test(&commands::netboot::BootTestArgs {
+            options: boot.options(),
+            expect: expect.clone(),
+            timeout: std::time::Duration::from_secs(*timeout),
+            log: log.clone(),
+            json: *json,
+        }),
+        Command::Qemu { boot } => commands::netboot::interactive(&boot.options()),
     };
     if let Err(error) = result {
         if let Some(RecipeError(diagnostics)) = error.downcast_ref::<RecipeError>() {

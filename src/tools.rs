@@ -11,6 +11,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("debootstrap", "debootstrap"),
     ("mksquashfs", "squashfs-tools"),
     ("unsquashfs", "squashfs-tools"),
+    ("depmod", "kmod"),
+    ("dpkg-deb", "dpkg"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
 ];
 
 /// The full path of `program` on `PATH`.

@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use rootsmith_init::contract::{ROOTFS_COOKIE, ROOTFS_SQUASHFS};
+use rootsmith_init::contract::{BuildId, ROOTFS_COOKIE, ROOTFS_SQUASHFS};
 
-pub fn write_rootfs_image(squashfs: &Path, cookie: &str, output: &Path, epoch: i64) -> Result<()> {
+pub fn write_rootfs_image(squashfs: &Path, build: &BuildId, output: &Path, epoch: i64) -> Result<()> {
     let size = fs_err::metadata(squashfs)?.len();
     if size > u32::MAX as u64 {
         bail!("{} is {size} bytes; a newc cpio entry holds at most 4 GiB", squashfs.display());
@@ -18,7 +18,7 @@ pub fn write_rootfs_image(squashfs: &Path, cookie: &str, output: &Path, epoch: i
     let mut entry = cpio::newc::Builder::new(ROOTFS_SQUASHFS).ino(1).mode(0o100644).nlink(1).mtime(mtime).write(&mut out, size as u32);
     std::io::copy(&mut source, &mut entry)?;
     entry.finish()?;
-    let cookie_line = format!("{cookie}\n");
+    let cookie_line = build.to_text();
     let mut entry = cpio::newc::Builder::new(ROOTFS_COOKIE).ino(2).mode(0o100644).nlink(1).mtime(mtime).write(&mut out, cookie_line.len() as u32);
     entry.write_all(cookie_line.as_bytes())?;
     entry.finish()?;
@@ -44,7 +44,7 @@ mod tests {
         let squashfs = dir.path().join("s");
         std::fs::write(&squashfs, b"hsqs and the rest").unwrap();
         let image = dir.path().join("img");
-        write_rootfs_image(&squashfs, "c0ffee", &image, 5).unwrap();
+        write_rootfs_image(&squashfs, &BuildId { cookie: "c0ffee".into(), name: "t".into() }, &image, 5).unwrap();
         let bytes = std::fs::read(&image).unwrap();
         assert_eq!(&bytes[SQUASHFS_MAGIC_OFFSET..SQUASHFS_MAGIC_OFFSET + 4], SQUASHFS_MAGIC);
         assert_eq!(bytes.len() % 4, 0);

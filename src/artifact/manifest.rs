@@ -22,7 +22,23 @@ pub struct Manifest {
     /// One entry per kernel stage, in stage order.
     #[serde(default)]
     pub kernels: Vec<ManifestKernel>,
+    pub boot: ManifestBoot,
     pub artifacts: Vec<ManifestArtifact>,
+}
+
+/// How the bundle boots: its files, the recipe's kernel command line and
+/// marker, and what the thin initramfs carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestBoot {
+    pub initramfs: String,
+    pub initramfs_size: u64,
+    pub initramfs_compression: String,
+    pub rootfs_image: String,
+    pub cmdline: String,
+    pub marker: Option<String>,
+    /// kernel release → module files in the initramfs, in load order
+    pub modules: std::collections::BTreeMap<String, Vec<String>>,
+    pub shell: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -2,7 +2,9 @@
 //! timestamps, numeric owners, fixed compression settings.
 
 pub mod cpio;
+pub mod initramfs;
 pub mod manifest;
+pub mod modules;
 pub mod packages;
 pub mod squashfs;
 pub mod tarball;

@@ -32,6 +32,32 @@ impl DirectBoot {
     /// The QEMU argv (program first). The machine powers off instead of
     /// rebooting, so a kernel panic with `panic=-1` ends the run.
     pub fn argv(&self) -> Vec<String> {
+        Guest { kernel: Some(self.kernel.clone()), initrd: self.initrd.clone(), cmdline: self.cmdline.clone(), memory_mib: self.memory_mib, accel: self.accel, network: None }.argv()
+    }
+}
+
+/// QEMU's user-mode network (the host is 10.0.2.2 to the guest), optionally
+/// with its TFTP server and a DHCP boot file for the NIC's iPXE ROM.
+#[derive(Debug, Clone, Default)]
+pub struct UserNetwork {
+    pub tftp: Option<PathBuf>,
+    pub bootfile: Option<String>,
+}
+
+/// A guest: booted directly from a kernel, or (no kernel) by its NIC's iPXE
+/// ROM from the network.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub network: Option<UserNetwork>,
+}
+
+impl Guest {
+    pub fn argv(&self) -> Vec<String> {
         let mut argv = vec![
             "qemu-system-x86_64".to_string(),
             "-machine".into(),
@@ -44,16 +70,31 @@ impl DirectBoot {
             "none".into(),
             "-serial".into(),
             "stdio".into(),
-            "-kernel".into(),
-            self.kernel.display().to_string(),
         ];
+        if let Some(kernel) = &self.kernel {
+            argv.extend(["-kernel".into(), kernel.display().to_string()]);
+        }
         if self.accel == Accel::Kvm {
             argv.extend(["-cpu".into(), "host".into()]);
         }
-        if let Some(initrd) = &self.initrd {
-            argv.extend(["-initrd".into(), initrd.display().to_string()]);
+        if let Some(network) = &self.network {
+            let mut netdev = "user,id=net0".to_string();
+            if let Some(tftp) = &network.tftp {
+                netdev.push_str(&format!(",tftp={}", tftp.display()));
+            }
+            if let Some(bootfile) = &network.bootfile {
+                netdev.push_str(&format!(",bootfile={bootfile}"));
+            }
+            argv.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=net0".into()]);
         }
-        argv.extend(["-append".into(), self.cmdline.clone()]);
+        if self.kernel.is_some() {
+            if let Some(initrd) = &self.initrd {
+                argv.extend(["-initrd".into(), initrd.display().to_string()]);
+            }
+            argv.extend(["-append".into(), self.cmdline.clone()]);
+        } else {
+            argv.extend(["-boot".into(), "n".into()]);
+        }
         argv
     }
 }
@@ -119,15 +160,42 @@ pub fn boot_until(argv: &[String], expect: &str, timeout: Duration) -> Result<Bo
 /// KVM when `/dev/kvm` opens and a probe boot with it reaches `expect` within
 /// `probe_timeout`; TCG otherwise.
 pub fn choose_accel(boot: &DirectBoot, expect: &str, probe_timeout: Duration) -> Accel {
-    let usable = std::fs::OpenOptions::new().read(true).write(true).open(Path::new("/dev/kvm")).is_ok();
-    if !usable {
+    let probe = DirectBoot { accel: Accel::Kvm, ..boot.clone() };
+    probe_kvm(&probe.argv(), expect, probe_timeout)
+}
+
+fn kvm_opens() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open(Path::new("/dev/kvm")).is_ok()
+}
+
+/// Run `kvm_argv` (a boot with accel=kvm) until `expect` or `probe_timeout`:
+/// KVM if it got there, TCG otherwise.
+pub fn probe_kvm(kvm_argv: &[String], expect: &str, probe_timeout: Duration) -> Accel {
+    if !kvm_opens() {
         return Accel::Tcg;
     }
-    let probe = DirectBoot { accel: Accel::Kvm, ..boot.clone() };
-    match boot_until(&probe.argv(), expect, probe_timeout) {
+    match boot_until(kvm_argv, expect, probe_timeout) {
         Ok(result) if result.found => Accel::Kvm,
         _ => Accel::Tcg,
     }
+}
+
+/// [`probe_kvm`], with the verdict remembered until the host reboots (a
+/// nested KVM that hangs guests costs the probe's timeout only once).
+pub fn probe_kvm_remembered(kvm_argv: &[String], expect: &str, probe_timeout: Duration) -> Accel {
+    if !kvm_opens() {
+        return Accel::Tcg;
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let memo = std::env::temp_dir().join(format!("rootsmith-kvm-verdict-{}", boot_id.trim()));
+    match std::fs::read_to_string(&memo).as_deref() {
+        Ok("kvm") => return Accel::Kvm,
+        Ok("tcg") => return Accel::Tcg,
+        _ => {}
+    }
+    let accel = probe_kvm(kvm_argv, expect, probe_timeout);
+    let _ = std::fs::write(&memo, if accel == Accel::Kvm { "kvm" } else { "tcg" });
+    accel
 }
 
 #[cfg(test)]
@@ -144,5 +212,13 @@ mod tests {
         );
         let kvm = DirectBoot { accel: Accel::Kvm, initrd: None, ..boot }.argv().join(" ");
         assert!(kvm.contains("accel=kvm") && kvm.contains("-cpu host") && !kvm.contains("-initrd"));
+    }
+
+    #[test]
+    fn a_network_boot_has_no_kernel_and_boots_from_the_nic() {
+        let guest = Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 512, accel: Accel::Tcg, network: Some(UserNetwork { tftp: Some("/t".into()), bootfile: Some("boot.ipxe".into()) }) };
+        let argv = guest.argv().join(" ");
+        assert!(argv.ends_with("-netdev user,id=net0,tftp=/t,bootfile=boot.ipxe -device virtio-net-pci,netdev=net0 -boot n"), "{argv}");
+        assert!(!argv.contains("-kernel") && !argv.contains("-append"));
     }
 }

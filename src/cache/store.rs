@@ -60,6 +60,9 @@ pub struct OutputRecord {
     pub files: std::collections::BTreeMap<String, String>,
     pub cookie: String,
     pub squashfs_entries: u64,
+    /// The thin initramfs's size and modules.
+    #[serde(default)]
+    pub initramfs: crate::netboot::initramfs::Built,
     pub created: u64,
 }
 

@@ -30,6 +30,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
         Some(StageStatus::Hit(record)) => Some(record.tree.clone()),
         _ => None,
     };
+    let hit_records: Vec<crate::cache::StageRecord> = statuses.iter().filter_map(|status| if let StageStatus::Hit(record) = status { Some((**record).clone()) } else { None }).collect();
     for (stage, status) in plan.stages.iter().zip(statuses) {
         let (key, state, changed) = match status {
             StageStatus::Hit(record) => (Some(record.key), "hit", Vec::new()),
@@ -53,7 +54,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
     }
     let (key, state, changed) = match final_tree {
         Some(tree) => {
-            let key = crate::build::output_key(&plan, fast, &tree);
+            let key = crate::build::output_key(&plan, fast, &tree, &hit_records);
             let state = if store.output(&key).is_some() { "hit" } else { "miss" };
             (Some(key), state, vec!["the last stage's tree has no outputs with these settings yet".to_string()])
         }

@@ -161,6 +161,7 @@ impl Checker<'_> {
             stages.push(Stage { name, kind });
         }
         let outputs = self.check_outputs(raw.outputs);
+        let boot = self.check_boot(raw.boot);
         Recipe {
             file: self.file.to_path_buf(),
             dir: self.dir.to_path_buf(),
@@ -171,6 +172,7 @@ impl Checker<'_> {
             vars: self.vars.clone(),
             stages,
             outputs,
+            boot,
             source: self.source.to_string(),
             spans: SpanIndex::default(),
         }
@@ -421,7 +423,36 @@ impl Checker<'_> {
         let squashfs = raw.rootfs.and_then(|rootfs| rootfs.squashfs);
         let squashfs = self.check_compression("outputs.rootfs.squashfs", squashfs, Algorithm::Zstd, 15, &["zstd", "gzip", "xz", "lz4", "lzo"]);
         let tarball = self.check_compression("outputs.tarball", raw.tarball, Algorithm::Zstd, 9, &["zstd", "gzip", "xz", "none"]);
-        Outputs { squashfs, tarball }
+        let raw_initramfs = raw.initramfs.unwrap_or(RawInitramfs { compression: None, level: None, modules: Vec::new(), shell: false });
+        let compression = self.check_compression(
+            "outputs.initramfs",
+            Some(RawCompression { compression: raw_initramfs.compression, level: raw_initramfs.level }),
+            Algorithm::Zstd,
+            19,
+            &["zstd", "gzip", "none"],
+        );
+        for (index, module) in raw_initramfs.modules.iter().enumerate() {
+            if module.is_empty() || !module.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                self.at_value(&format!("outputs.initramfs.modules[{index}]"), format!("`{module}` is not a module name"), "name modules as modprobe does, e.g. `virtio_net`");
+            }
+        }
+        let initramfs = Initramfs { compression, modules: raw_initramfs.modules, shell: raw_initramfs.shell };
+        Outputs { squashfs, tarball, initramfs }
+    }
+
+    fn check_boot(&mut self, raw: Option<RawBoot>) -> Boot {
+        let Some(raw) = raw else { return Boot::default() };
+        let cmdline = raw.cmdline.map(|text| self.subst("boot.cmdline", &text)).unwrap_or_default();
+        for word in rootsmith_init::cmdline::words(&cmdline) {
+            if word.starts_with("rootsmith.rootfs_url=") {
+                self.at_value("boot.cmdline", "boot.cmdline sets rootsmith.rootfs_url", "leave it out: each menu's fetched entry adds it with the bundle's own URL");
+            }
+        }
+        let marker = raw.marker.map(|text| self.subst("boot.marker", &text));
+        if marker.as_deref() == Some("") {
+            self.at_value("boot.marker", "boot.marker is empty", "give a line the booted rootfs prints, or leave `marker` out");
+        }
+        Boot { cmdline, marker }
     }
 
     fn check_compression(&mut self, path: &str, raw: Option<RawCompression>, default: Algorithm, default_level: i32, allowed: &[&str]) -> Compression {

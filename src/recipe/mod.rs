@@ -33,6 +33,7 @@ pub struct Recipe {
     pub vars: BTreeMap<String, String>,
     pub stages: Vec<Stage>,
     pub outputs: Outputs,
+    pub boot: Boot,
     /// The recipe text, for diagnostics raised after loading (`--rebuild`).
     pub source: String,
     pub spans: SpanIndex,
@@ -205,6 +206,41 @@ pub struct Compression {
 pub struct Outputs {
     pub squashfs: Compression,
     pub tarball: Compression,
+    pub initramfs: Initramfs,
+}
+
+/// The thin initramfs: its compression (zstd, gzip or none), the modules it
+/// carries beyond [`Initramfs::BASE_MODULES`], and whether it has a shell.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Initramfs {
+    pub compression: Compression,
+    pub modules: Vec<String>,
+    pub shell: bool,
+}
+
+impl Initramfs {
+    /// What mounting the rootfs needs, always carried (unless built in).
+    pub const BASE_MODULES: [&'static str; 3] = ["loop", "squashfs", "overlay"];
+
+    /// The modules to resolve, base ones first, without repeats.
+    pub fn module_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Self::BASE_MODULES.iter().map(|name| name.to_string()).collect();
+        for name in &self.modules {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+}
+
+/// `boot:` of the recipe.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Boot {
+    /// Kernel arguments of every menu entry (the init's own are added).
+    pub cmdline: String,
+    /// A console line the booted rootfs prints; `boot-test` waits for it.
+    pub marker: Option<String>,
 }
 
 impl Recipe {

@@ -22,6 +22,19 @@ pub struct RawRecipe {
     pub stages: Vec<RawStage>,
     #[serde(default)]
     pub outputs: RawOutputs,
+    #[serde(default)]
+    pub boot: Option<RawBoot>,
+}
+
+/// How the bundle boots: the kernel command line of its menus and the line
+/// its rootfs prints once it is up (what `boot-test` waits for).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBoot {
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub marker: Option<String>,
 }
 
 /// One item of `stages:`: an optional `name` and exactly one kind key.
@@ -122,6 +135,24 @@ pub struct RawOutputs {
     pub rootfs: Option<RawRootfsOutput>,
     #[serde(default)]
     pub tarball: Option<RawCompression>,
+    #[serde(default)]
+    pub initramfs: Option<RawInitramfs>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInitramfs {
+    #[serde(default)]
+    pub compression: Option<String>,
+    #[serde(default)]
+    pub level: Option<i32>,
+    /// Kernel modules to carry besides squashfs, overlay and loop (NIC and
+    /// disk drivers); their dependencies come along.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Add a busybox shell for failed boots.
+    #[serde(default)]
+    pub shell: bool,
 }
 
 #[derive(Debug, Deserialize)]

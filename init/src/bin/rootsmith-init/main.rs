@@ -1,0 +1,193 @@
+//! rootsmith-init: PID 1 of a rootsmith thin initramfs. It mounts the kernel's
+//! file systems, loads the modules the initramfs carries, finds the rootfs
+//! (appended as a second initrd, or fetched over HTTP and verified chunk by
+//! chunk), mounts it read-only under a tmpfs overlay and switches root.
+//! On failure it says what went wrong and never reboots in a loop.
+
+mod fetch;
+mod net;
+mod sys;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rootsmith_init::cmdline::{self, Cmdline, OnFail};
+use rootsmith_init::contract::{self, args, BuildId, ChunkList};
+
+/// Every line the init prints starts with `rootsmith-init:`.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "rootsmith-init: {}", format!($($arg)*));
+        let _ = out.flush();
+    }};
+}
+
+const WORK: &str = "/run/rootsmith";
+const NEW_ROOT: &str = "/sysroot";
+const SHELL: &str = "/bin/sh";
+
+fn read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|error| format!("reading {path}: {error}"))
+}
+
+fn early_mounts() -> std::io::Result<()> {
+    // The console may be missing if the kernel found no /dev/console.
+    sys::mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755")?;
+    sys::mount("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
+    sys::mount("sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
+    sys::mount("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755")?;
+    Ok(())
+}
+
+fn attach_console() {
+    use std::os::fd::AsRawFd;
+    if let Ok(console) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+        for fd in 0..3 {
+            unsafe { libc::dup2(console.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn load_modules() -> Result<(), String> {
+    let release = sys::kernel_release();
+    let list = format!("/{}/{release}", contract::INITRAMFS_MODULES);
+    let Ok(text) = std::fs::read_to_string(&list) else {
+        log!("no modules for kernel {release} in this initramfs");
+        return Ok(());
+    };
+    let paths: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    for path in &paths {
+        sys::load_module(Path::new(path)).map_err(|error| error.to_string())?;
+    }
+    log!("loaded {} modules for kernel {release}", paths.len());
+    Ok(())
+}
+
+fn expected_build() -> Result<BuildId, String> {
+    BuildId::parse(&read(&format!("/{}", contract::INITRAMFS_BUILD))?).map_err(|error| format!("{}: {error}", contract::INITRAMFS_BUILD))
+}
+
+/// Where the rootfs is: appended, fetched, or a message on how to give it.
+fn find_rootfs(cmdline: &Cmdline, expected: &BuildId) -> Result<String, String> {
+    let appended = format!("/{}", contract::ROOTFS_SQUASHFS);
+    if Path::new(&appended).exists() {
+        let found = BuildId::parse(&read(&format!("/{}", contract::ROOTFS_COOKIE))?)?;
+        if found.cookie != expected.cookie {
+            return Err(format!(
+                "the appended rootfs.img is from another build: this initramfs belongs to {expected}, the rootfs.img is {found}. Boot the rootfs.img of the same bundle (manifest.json names its cookie)"
+            ));
+        }
+        log!("rootfs appended as a second initrd: {found}");
+        return Ok(appended);
+    }
+    if let Some(url) = &cmdline.rootfs_url {
+        let list = ChunkList::parse(&read(&format!("/{}", contract::INITRAMFS_CHUNKS))?).map_err(|error| format!("{}: {error}", contract::INITRAMFS_CHUNKS))?;
+        let iface = net::choose_interface(cmdline.iface.as_deref(), Duration::from_secs(20)).map_err(|error| error.to_string())?;
+        log!("bringing up {iface} with DHCP");
+        let lease = net::lease(&iface).map_err(|error| error.to_string())?;
+        net::configure(&iface, &lease).map_err(|error| error.to_string())?;
+        let dir = Path::new(WORK).join("fetched");
+        fetch::fetch(url, &list, &dir, cmdline.retries)?;
+        let found = BuildId::parse(&read(&dir.join(contract::ROOTFS_COOKIE).to_string_lossy())?)?;
+        if found.cookie != expected.cookie {
+            return Err(format!("the fetched rootfs.img is {found}, but this initramfs belongs to {expected}"));
+        }
+        return Ok(dir.join(contract::ROOTFS_SQUASHFS).to_string_lossy().into_owned());
+    }
+    Err(format!(
+        "no rootfs: nothing was appended and the kernel command line has no {}=.\n\
+         Either load {name}-VERSION-rootfs.img as a second initrd after the initramfs (iPXE: `initrd` it too; PXELINUX: initrd=INITRAMFS,ROOTFS; GRUB: `initrd INITRAMFS ROOTFS`),\n\
+         or add {}=http://SERVER/PATH/{name}-VERSION-rootfs.img (and {}=IFACE to pick the interface) to the kernel command line.",
+        args::ROOTFS_URL,
+        args::ROOTFS_URL,
+        args::IFACE,
+        name = expected.name
+    ))
+}
+
+fn mount_root(squashfs: &str, cmdline: &Cmdline) -> Result<(), String> {
+    let device = sys::attach_loop(Path::new(squashfs)).map_err(|error| error.to_string())?;
+    let lower = format!("{WORK}/lower");
+    let rw = format!("{WORK}/rw");
+    let io = |error: std::io::Error| error.to_string();
+    sys::mount(&device, &lower, "squashfs", libc::MS_RDONLY, "").map_err(io)?;
+    sys::mount("tmpfs", &rw, "tmpfs", 0, "mode=0755").map_err(io)?;
+    for dir in ["upper", "work"] {
+        std::fs::create_dir_all(format!("{rw}/{dir}")).map_err(io)?;
+    }
+    sys::mount("overlay", NEW_ROOT, "overlay", 0, &format!("lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work")).map_err(io)?;
+    log!("mounted {squashfs} read-only on {device}, with a tmpfs overlay: nothing written survives a reboot");
+    if !sys::exists_in(NEW_ROOT, &cmdline.init) {
+        return Err(format!("the rootfs has no {} (set {}= to another program)", cmdline.init, args::INIT));
+    }
+    for dir in ["/dev", "/proc", "/sys", "/run"] {
+        sys::move_mount(dir, &format!("{NEW_ROOT}{dir}")).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn boot(cmdline: &Cmdline) -> Result<std::convert::Infallible, String> {
+    for word in &cmdline.unknown {
+        log!("ignoring unknown argument {word}");
+    }
+    load_modules()?;
+    let expected = expected_build()?;
+    log!("this initramfs belongs to {expected}");
+    let squashfs = find_rootfs(cmdline, &expected)?;
+    mount_root(&squashfs, cmdline)?;
+    log!("switching root to {} and running {}", NEW_ROOT, cmdline.init);
+    Err(sys::switch_root(NEW_ROOT, &cmdline.init).to_string())
+}
+
+fn fail(message: &str, on_fail: OnFail) -> ! {
+    for line in message.lines() {
+        log!("error: {line}");
+    }
+    let shell = Path::new(SHELL).exists();
+    let action = match on_fail {
+        OnFail::Default if shell => OnFail::Shell,
+        OnFail::Default => OnFail::PowerOff,
+        OnFail::Shell if !shell => {
+            log!("this initramfs has no shell (outputs.initramfs.shell: true adds one)");
+            OnFail::PowerOff
+        }
+        other => other,
+    };
+    match action {
+        OnFail::Shell => {
+            log!("starting {SHELL}; exit it to power off");
+            let _ = std::process::Command::new(SHELL).status();
+            sys::power_off()
+        }
+        OnFail::Halt => {
+            log!("halted ({}=halt); power the machine off by hand", args::ON_FAIL);
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        _ => {
+            log!("powering off in 30 s (never rebooting into the same failure; {}=shell|halt changes this)", args::ON_FAIL);
+            std::thread::sleep(Duration::from_secs(30));
+            sys::power_off()
+        }
+    }
+}
+
+fn main() {
+    let mounted = early_mounts();
+    attach_console();
+    std::panic::set_hook(Box::new(|info| fail(&format!("internal error: {info}"), OnFail::Default)));
+    log!("rootsmith-init {} (contract {})", env!("CARGO_PKG_VERSION"), contract::CONTRACT_VERSION);
+    if let Err(error) = mounted {
+        fail(&error.to_string(), OnFail::Default);
+    }
+    log!("mounted /dev, /proc, /sys, /run");
+    let cmdline = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    match boot(&cmdline) {
+        Ok(never) => match never {},
+        Err(message) => fail(&message, cmdline.on_fail),
+    }
+}

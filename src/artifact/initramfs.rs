@@ -1,0 +1,242 @@
+//! The thin initramfs: a newc cpio with rootsmith-init as `/init`, the build
+//! id and chunk list of the rootfs it belongs to, the module closure of each
+//! kernel, and optionally a busybox shell. Entries are sorted, owned by root,
+//! timestamped with SOURCE_DATE_EPOCH, so the same inputs give the same bytes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rootsmith_init::contract::{self, BuildId, ChunkList};
+
+use crate::recipe::{Algorithm, Compression};
+
+/// The modules of one kernel release, in load order.
+pub struct KernelModules {
+    pub release: String,
+    /// (path inside the initramfs, file bytes)
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+pub struct Contents {
+    pub init: Vec<u8>,
+    pub build: BuildId,
+    pub chunks: ChunkList,
+    pub modules: Vec<KernelModules>,
+    /// A static busybox, for a shell when the boot fails.
+    pub busybox: Option<Vec<u8>>,
+}
+
+enum Entry {
+    Dir,
+    File { data: Vec<u8>, mode: u32 },
+    Symlink(String),
+    CharDevice(u32, u32),
+}
+
+/// Applets linked to busybox when the initramfs carries a shell.
+const APPLETS: [&str; 14] = ["sh", "cat", "dmesg", "ip", "less", "ls", "mkdir", "mount", "ps", "umount", "wget", "vi", "sha256sum", "poweroff"];
+
+fn entries(contents: &Contents) -> BTreeMap<String, Entry> {
+    let mut entries = BTreeMap::new();
+    for dir in ["dev", "proc", "sys", "run", "sysroot", "rootsmith", contract::INITRAMFS_MODULES] {
+        entries.insert(dir.to_string(), Entry::Dir);
+    }
+    entries.insert("dev/console".into(), Entry::CharDevice(5, 1));
+    entries.insert("init".into(), Entry::File { data: contents.init.clone(), mode: 0o755 });
+    entries.insert(contract::INITRAMFS_BUILD.into(), Entry::File { data: contents.build.to_text().into_bytes(), mode: 0o644 });
+    entries.insert(contract::INITRAMFS_CHUNKS.into(), Entry::File { data: contents.chunks.to_text().into_bytes(), mode: 0o644 });
+    for kernel in &contents.modules {
+        let list: String = kernel.files.iter().map(|(path, _)| format!("/{path}\n")).collect();
+        entries.insert(format!("{}/{}", contract::INITRAMFS_MODULES, kernel.release), Entry::File { data: list.into_bytes(), mode: 0o644 });
+        for (path, data) in &kernel.files {
+            entries.insert(path.clone(), Entry::File { data: data.clone(), mode: 0o644 });
+        }
+    }
+    if let Some(busybox) = &contents.busybox {
+        entries.insert("bin/busybox".into(), Entry::File { data: busybox.clone(), mode: 0o755 });
+        for applet in APPLETS {
+            entries.insert(format!("bin/{applet}"), Entry::Symlink("busybox".into()));
+        }
+    }
+    // Every parent directory is an entry of its own.
+    let parents: Vec<String> = entries.keys().flat_map(|path| path.match_indices('/').map(|(at, _)| path[..at].to_string()).collect::<Vec<_>>()).collect();
+    for parent in parents {
+        entries.entry(parent).or_insert(Entry::Dir);
+    }
+    entries
+}
+
+/// The uncompressed cpio.
+pub fn cpio_bytes(contents: &Contents, epoch: i64) -> Result<Vec<u8>> {
+    let mtime = epoch.clamp(0, u32::MAX as i64) as u32;
+    let mut out = Vec::new();
+    for (ino, (path, entry)) in entries(contents).iter().enumerate() {
+        let builder = cpio::newc::Builder::new(path).ino(ino as u32 + 1).uid(0).gid(0).mtime(mtime);
+        let (builder, data): (_, &[u8]) = match entry {
+            Entry::Dir => (builder.mode(0o040755).nlink(2), &[]),
+            Entry::File { data, mode } => (builder.mode(0o100000 | mode).nlink(1), data),
+            Entry::Symlink(target) => (builder.mode(0o120777).nlink(1), target.as_bytes()),
+            Entry::CharDevice(major, minor) => (builder.mode(0o020600).nlink(1).rdev_major(*major).rdev_minor(*minor), &[]),
+        };
+        let mut writer = builder.write(&mut out, data.len() as u32);
+        writer.write_all(data)?;
+        writer.finish()?;
+    }
+    cpio::newc::trailer(&mut out)?;
+    Ok(out)
+}
+
+/// Write the initramfs, compressed, to `output`; returns its size.
+pub fn write(contents: &Contents, compression: Compression, epoch: i64, output: &Path) -> Result<u64> {
+    let cpio = cpio_bytes(contents, epoch)?;
+    let mut bytes = match compression.algorithm {
+        Algorithm::Zstd => zstd::bulk::compress(&cpio, compression.level.unwrap_or(19))?,
+        Algorithm::Gzip => {
+            // No name and mtime 0 in the gzip header: the bytes depend on the contents only.
+            let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(compression.level.unwrap_or(9) as u32));
+            encoder.write_all(&cpio)?;
+            encoder.finish()?
+        }
+        Algorithm::None => cpio,
+        other => bail!("an initramfs cannot be compressed with {}", other.name()),
+    };
+    // A second initrd appended after this one must start 4-byte aligned; the
+    // kernel skips zero padding between archives.
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    fs_err::write(output, &bytes)?;
+    Ok(bytes.len() as u64)
+}
+
+/// Whether an ELF executable needs no dynamic loader (no PT_INTERP header).
+pub fn is_static_elf(bytes: &[u8]) -> bool {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
+        return false;
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).all(|index| {
+        let at = phoff + index * size;
+        bytes.get(at..at + 4).is_some_and(|kind| u32::from_le_bytes(kind.try_into().unwrap()) != 3)
+    })
+}
+
+/// Where the static init program is: `$ROOTSMITH_INIT`, next to the build
+/// tree's `rootsmith` (cargo's layout), or the installed one.
+pub fn find_init() -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(path) = std::env::var_os("ROOTSMITH_INIT") {
+        candidates.push(PathBuf::from(path));
+    } else if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        candidates.push(dir.join("../x86_64-unknown-linux-gnu/init/rootsmith-init"));
+        candidates.push(dir.join("../../x86_64-unknown-linux-gnu/init/rootsmith-init"));
+        candidates.push(dir.join("../lib/rootsmith/rootsmith-init"));
+    }
+    for candidate in &candidates {
+        if candidate.is_file() {
+            let bytes = fs_err::read(candidate)?;
+            if !is_static_elf(&bytes) {
+                bail!("{} is not a static executable; build it with `make init`", candidate.display());
+            }
+            return Ok(candidate.clone());
+        }
+    }
+    bail!(
+        "the initramfs's init program is not built (looked in: {})\nhint: run `make init` (a static `cargo build -p rootsmith-init --profile init`), or point ROOTSMITH_INIT at it",
+        candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// The host's static busybox, for `outputs.initramfs.shell: true`.
+pub fn find_busybox() -> Result<Vec<u8>> {
+    for candidate in ["/bin/busybox", "/usr/bin/busybox"] {
+        if let Ok(bytes) = std::fs::read(candidate) {
+            if is_static_elf(&bytes) {
+                return Ok(bytes);
+            }
+        }
+    }
+    Err(anyhow::anyhow!("outputs.initramfs.shell needs a static busybox on the host\nhint: apt-get install busybox-static")).context("adding a shell to the initramfs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contents() -> Contents {
+        Contents {
+            init: b"\x7fELF init".to_vec(),
+            build: BuildId { cookie: "c0ffee".into(), name: "demo".into() },
+            chunks: ChunkList::from_reader(&b"rootfs image"[..], 4).unwrap(),
+            modules: vec![KernelModules {
+                release: "6.1.0-test".into(),
+                files: vec![("lib/modules/6.1.0-test/kernel/b.ko".into(), b"b".to_vec()), ("lib/modules/6.1.0-test/kernel/a.ko".into(), b"a".to_vec())],
+            }],
+            busybox: None,
+        }
+    }
+
+    fn read_entries(bytes: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let mut entries = Vec::new();
+        let mut rest = bytes;
+        loop {
+            let mut reader = cpio::NewcReader::new(rest).unwrap();
+            if reader.entry().is_trailer() {
+                break;
+            }
+            let (name, mode) = (reader.entry().name().to_string(), reader.entry().mode());
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut data).unwrap();
+            entries.push((name, mode, data));
+            rest = reader.finish().unwrap();
+        }
+        entries
+    }
+
+    #[test]
+    fn sorted_entries_with_the_contract_files_and_module_order() {
+        let bytes = cpio_bytes(&contents(), 1000).unwrap();
+        let entries = read_entries(&bytes);
+        let names: Vec<&str> = entries.iter().map(|(name, _, _)| name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        for needed in ["dev/console", "init", "lib/modules/6.1.0-test/kernel", "rootsmith/build", "rootsmith/rootfs.chunks", "sysroot"] {
+            assert!(names.contains(&needed), "{needed} in {names:?}");
+        }
+        let find = |name: &str| entries.iter().find(|(n, _, _)| n == name).unwrap();
+        assert_eq!(find("init").1, 0o100755);
+        assert_eq!(find("dev/console").1, 0o020600);
+        // The module list keeps the load order, not the sorted order.
+        assert_eq!(find("rootsmith/modules/6.1.0-test").2, b"/lib/modules/6.1.0-test/kernel/b.ko\n/lib/modules/6.1.0-test/kernel/a.ko\n");
+        assert_eq!(BuildId::parse(std::str::from_utf8(&find("rootsmith/build").2).unwrap()).unwrap().cookie, "c0ffee");
+        assert_eq!(ChunkList::parse(std::str::from_utf8(&find("rootsmith/rootfs.chunks").2).unwrap()).unwrap().size, 12);
+    }
+
+    #[test]
+    fn same_inputs_same_bytes_in_every_compression() {
+        let dir = tempfile::tempdir().unwrap();
+        for algorithm in [Algorithm::Zstd, Algorithm::Gzip, Algorithm::None] {
+            let compression = Compression { algorithm, level: if algorithm == Algorithm::None { None } else { Some(3) } };
+            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+            let size = write(&contents(), compression, 1000, &a).unwrap();
+            write(&contents(), compression, 1000, &b).unwrap();
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+            assert_eq!(size % 4, 0);
+        }
+        let mut with_shell = contents();
+        with_shell.busybox = Some(b"busybox".to_vec());
+        let names: Vec<String> = read_entries(&cpio_bytes(&with_shell, 0).unwrap()).into_iter().map(|(name, _, _)| name).collect();
+        assert!(names.contains(&"bin/sh".to_string()) && names.contains(&"bin/busybox".to_string()));
+    }
+
+    #[test]
+    fn tells_static_from_dynamic_executables() {
+        let init = std::env::current_exe().unwrap();
+        // The test binary itself is dynamically linked.
+        assert!(!is_static_elf(&std::fs::read(init).unwrap()));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+}

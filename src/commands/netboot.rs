@@ -1,0 +1,80 @@
+//! `serve`, `boot-test` and `qemu`: a bundle on the network and in a VM.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::boot::qemu;
+use crate::netboot::boottest::{self, BootOptions};
+use crate::netboot::serve::Server;
+
+pub fn serve(dir: &Path, addr: &str, max_connections: usize) -> Result<()> {
+    let log: crate::netboot::serve::AccessLog = Arc::new(|line: &str| eprintln!("{} {line}", crate::progress::clock()));
+    let server = Server::bind(dir, addr, max_connections, log)?;
+    let local = server.local_addr();
+    eprintln!("serving {} on http://{local}/ (read-only; boot.ipxe, grub.cfg and pxelinux.cfg/default of a bundle are generated with this server's URL)", dir.display());
+    server.run();
+    Ok(())
+}
+
+pub struct BootTestArgs {
+    pub options: BootOptions,
+    pub expect: Option<String>,
+    pub timeout: Duration,
+    pub log: Option<std::path::PathBuf>,
+    pub json: bool,
+}
+
+pub fn boot_test(args: &BootTestArgs) -> Result<()> {
+    crate::tools::require("qemu-system-x86_64", "to boot a bundle")?;
+    let prepared = boottest::prepare(&args.options)?;
+    let expect = boottest::expected_line(&prepared.manifest, args.expect.as_deref());
+    let via = format!("{:?}", args.options.via).to_lowercase();
+    let log_path = args.log.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rootsmith-boot-test-{}-{}-{via}.log", prepared.manifest.name, prepared.manifest.version)));
+    if !args.json {
+        eprintln!(
+            "booting {} {} (kernel {}) via {via} with {:?}, waiting up to {} s for {expect:?}; console log: {}",
+            prepared.manifest.name,
+            prepared.manifest.version,
+            prepared.kernel.name,
+            prepared.guest.accel,
+            args.timeout.as_secs(),
+            log_path.display()
+        );
+    }
+    let result = qemu::boot_until(&prepared.guest.argv(), &expect, args.timeout)?;
+    let mut log = result.console.clone();
+    let http = prepared.http_log.lock().expect("log lock").clone();
+    if !http.is_empty() {
+        log.push_str("\n--- HTTP access log ---\n");
+        log.push_str(&http.join("\n"));
+        log.push('\n');
+    }
+    fs_err::write(&log_path, &log)?;
+    if args.json {
+        println!("{}", serde_json::json!({ "passed": result.found, "via": via, "expect": expect, "seconds": result.seconds, "accel": format!("{:?}", prepared.guest.accel).to_lowercase(), "log": log_path }));
+    }
+    if result.found {
+        if !args.json {
+            eprintln!("passed: {expect:?} after {:.1} s", result.seconds);
+        }
+        return Ok(());
+    }
+    let tail: Vec<&str> = result.console.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+    bail!("{expect:?} did not appear within {:.0} s; the console's last lines:\n{}\n(whole log: {})", result.seconds, tail.join("\n"), log_path.display())
+}
+
+/// Boot interactively: the serial console is this terminal (Ctrl-A X quits).
+pub fn interactive(options: &BootOptions) -> Result<()> {
+    crate::tools::require("qemu-system-x86_64", "to boot a bundle")?;
+    let prepared = boottest::prepare(options)?;
+    let argv: Vec<String> = prepared.guest.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();
+    eprintln!("starting {} {} (kernel {}); quit with Ctrl-A X", prepared.manifest.name, prepared.manifest.version, prepared.kernel.name);
+    let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status()?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}

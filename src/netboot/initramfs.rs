@@ -1,0 +1,114 @@
+//! Assemble a bundle's thin initramfs: the init program, the build id and chunk
+//! list of its rootfs.img, and for each kernel the modules the recipe asks for
+//! with their dependencies, taken from the kernel's modules directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rootsmith_init::contract::{BuildId, ChunkList, CHUNK_SIZE};
+
+use crate::artifact::initramfs::{self, Contents, KernelModules};
+use crate::artifact::modules::{self, ModuleTree};
+use crate::cache::KernelProducts;
+use crate::recipe::Initramfs;
+
+/// What went into an initramfs, for the manifest.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Built {
+    pub size: u64,
+    /// kernel release → module files carried, in load order
+    pub modules: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The modules directory of `kernel`: in the rootfs when the kernel is
+/// installed there, else unpacked from its linux-image package into `scratch`.
+/// `None` for a kernel without loadable modules.
+fn module_dir(tree: &Path, kernel: &KernelProducts, products: &Path, scratch: &Path) -> Result<Option<PathBuf>> {
+    for base in ["lib/modules", "usr/lib/modules"] {
+        let dir = tree.join(base).join(&kernel.release);
+        if dir.join("kernel").is_dir() {
+            return Ok(Some(dir));
+        }
+    }
+    let image = kernel.debs.iter().find(|deb| deb.starts_with("linux-image-") && !deb.contains("-dbg"));
+    let Some(image) = image else { return Ok(None) };
+    let root = scratch.join(format!("kernel-{}", kernel.name));
+    fs_err::create_dir_all(&root)?;
+    let dpkg_deb = crate::tools::require("dpkg-deb", "to unpack a kernel's modules")?;
+    let status = std::process::Command::new(dpkg_deb).arg("-x").arg(products.join(image)).arg(&root).status()?;
+    if !status.success() {
+        anyhow::bail!("dpkg-deb -x {image} failed");
+    }
+    for base in ["lib/modules", "usr/lib/modules"] {
+        let dir = root.join(base).join(&kernel.release);
+        if dir.join("kernel").is_dir() {
+            return Ok(Some(dir));
+        }
+    }
+    Ok(None)
+}
+
+/// Make sure `dir` has a modules.dep (a kernel package leaves it to its
+/// postinst, which only runs when the package is installed).
+fn ensure_depmod(dir: &Path, release: &str) -> Result<()> {
+    if dir.join("modules.dep").is_file() {
+        return Ok(());
+    }
+    // dir is BASE/lib/modules/RELEASE or BASE/usr/lib/modules/RELEASE.
+    let mut base = dir.parent().and_then(Path::parent).and_then(Path::parent).context("modules dir too shallow")?.to_path_buf();
+    if base.ends_with("usr") {
+        base.pop();
+    }
+    let depmod = crate::tools::require("depmod", "to index a kernel's modules")?;
+    let output = std::process::Command::new(depmod).arg("-b").arg(&base).arg(release).output()?;
+    if !output.status.success() {
+        anyhow::bail!("depmod -b {} {release} failed: {}", base.display(), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+pub struct Request<'a> {
+    pub settings: &'a Initramfs,
+    pub tree: &'a Path,
+    pub kernels: Vec<(&'a KernelProducts, PathBuf)>,
+    pub scratch: &'a Path,
+    pub rootfs_image: &'a Path,
+    pub build: BuildId,
+    pub epoch: i64,
+}
+
+/// Write the initramfs to `output`.
+pub fn write(request: &Request, output: &Path) -> Result<Built> {
+    let init = fs_err::read(initramfs::find_init()?)?;
+    let chunks = ChunkList::from_reader(fs_err::File::open(request.rootfs_image)?, CHUNK_SIZE)?;
+    let names = request.settings.module_names();
+    let mut built = Built::default();
+    let mut kernel_modules = Vec::new();
+    for (kernel, products) in &request.kernels {
+        let Some(dir) = module_dir(request.tree, kernel, products, request.scratch)? else {
+            // Everything the rootfs needs must then be built in; the init says so if not.
+            built.modules.insert(kernel.release.clone(), Vec::new());
+            continue;
+        };
+        ensure_depmod(&dir, &kernel.release)?;
+        let tree = ModuleTree::open(&dir)?;
+        let order = tree.closure(&names, &kernel.release).with_context(|| format!("resolving the initramfs modules of kernel {}", kernel.name))?;
+        let mut files = Vec::new();
+        for relative in &order {
+            files.push((modules::initramfs_path(&kernel.release, relative), modules::read_module(&dir.join(relative))?));
+        }
+        built.modules.insert(kernel.release.clone(), files.iter().map(|(path, _)| path.clone()).collect());
+        kernel_modules.push(KernelModules { release: kernel.release.clone(), files });
+    }
+    let busybox = if request.settings.shell { Some(initramfs::find_busybox()?) } else { None };
+    let contents = Contents { init, build: request.build.clone(), chunks, modules: kernel_modules, busybox };
+    built.size = initramfs::write(&contents, request.settings.compression, request.epoch, output)?;
+    Ok(built)
+}
+
+/// The digest of the init program, for output keys: a new init makes new
+/// initramfs bytes. `None` when it is not built.
+pub fn init_digest() -> Option<String> {
+    let path = initramfs::find_init().ok()?;
+    crate::cache::store::hash_file(&path).ok()
+}

@@ -1,0 +1,167 @@
+//! Boot menus of a bundle: iPXE, PXELINUX and GRUB, one entry per kernel in two
+//! flavours: the rootfs appended as a second initrd, and the rootfs fetched by
+//! the init over HTTP. Paths are relative to the bundle, so the directory can
+//! be served as it is; the fetched entries need the bundle's absolute URL,
+//! which `rootsmith serve` fills in (and each menu otherwise derives as well as
+//! its loader can).
+
+use rootsmith_init::contract::args;
+
+/// What a menu needs to know about a bundle.
+#[derive(Debug, Clone)]
+pub struct MenuInput {
+    pub name: String,
+    pub version: String,
+    /// (kernel name, vmlinuz file)
+    pub kernels: Vec<(String, String)>,
+    pub initramfs: String,
+    pub rootfs: String,
+    pub cmdline: String,
+}
+
+impl MenuInput {
+    pub fn new(name: &str, version: &str, kernels: &[crate::artifact::manifest::ManifestKernel], boot: &crate::artifact::manifest::ManifestBoot) -> MenuInput {
+        MenuInput {
+            name: name.into(),
+            version: version.into(),
+            kernels: kernels.iter().map(|kernel| (kernel.name.clone(), kernel.vmlinuz.clone())).collect(),
+            initramfs: boot.initramfs.clone(),
+            rootfs: boot.rootfs_image.clone(),
+            cmdline: boot.cmdline.clone(),
+        }
+    }
+
+    pub fn from_manifest(manifest: &crate::artifact::manifest::Manifest) -> MenuInput {
+        MenuInput::new(&manifest.name, &manifest.version, &manifest.kernels, &manifest.boot)
+    }
+}
+
+/// Which entry boots by default: `KERNEL-appended` or `KERNEL-http`.
+pub fn entry_id(kernel: &str, fetched: bool) -> String {
+    format!("{kernel}-{}", if fetched { "http" } else { "appended" })
+}
+
+fn cmdline(input: &MenuInput, extra: &str) -> String {
+    [input.cmdline.as_str(), extra].iter().filter(|part| !part.is_empty()).cloned().collect::<Vec<_>>().join(" ")
+}
+
+/// `boot.ipxe`. With `base` (e.g. `http://10.0.2.2:8080/b/`), every path is
+/// absolute; without it, paths are relative to the script and the fetched
+/// entries use `${rootsmith-base}`, by default the DHCP next-server.
+pub fn ipxe(input: &MenuInput, base: Option<&str>, default: Option<&str>) -> String {
+    let prefix = base.unwrap_or("");
+    let rootfs_base = base.map(str::to_string).unwrap_or_else(|| "${rootsmith-base}".into());
+    let mut text = format!("#!ipxe\n# rootsmith bundle {} {}\n", input.name, input.version);
+    if base.is_none() {
+        text.push_str("# Paths are relative to this script. The http entries need the bundle's URL:\n# `rootsmith serve` fills it in; else set rootsmith-base before chaining this script.\nisset ${rootsmith-base} || set rootsmith-base http://${next-server}/\n");
+    }
+    let first = default.map(str::to_string).unwrap_or_else(|| entry_id(&input.kernels.first().map(|k| k.0.clone()).unwrap_or_default(), false));
+    text.push_str(&format!("menu {} {}\n", input.name, input.version));
+    for (kernel, _) in &input.kernels {
+        text.push_str(&format!("item {} {kernel}: rootfs appended as a second initrd\n", entry_id(kernel, false)));
+        text.push_str(&format!("item {} {kernel}: rootfs fetched over HTTP by the init\n", entry_id(kernel, true)));
+    }
+    text.push_str(&format!("choose --default {first} --timeout 3000 target && goto ${{target}}\nexit\n"));
+    let initramfs = &input.initramfs;
+    let rootfs = &input.rootfs;
+    for (kernel, vmlinuz) in &input.kernels {
+        let appended = cmdline(input, &format!("initrd={initramfs} initrd={rootfs}"));
+        text.push_str(&format!(
+            "\n:{}\nkernel {prefix}{vmlinuz} {appended}\ninitrd {prefix}{initramfs}\ninitrd {prefix}{rootfs}\nboot\n",
+            entry_id(kernel, false)
+        ));
+        let fetched = cmdline(input, &format!("initrd={initramfs} {}={rootfs_base}{rootfs}", args::ROOTFS_URL));
+        text.push_str(&format!("\n:{}\nkernel {prefix}{vmlinuz} {fetched}\ninitrd {prefix}{initramfs}\nboot\n", entry_id(kernel, true)));
+    }
+    text
+}
+
+/// `pxelinux.cfg/default`: paths relative to the TFTP directory of pxelinux.0.
+/// PXELINUX has no variables, so the fetched entries carry `base` (or
+/// `http://SERVER/` for the user to replace when there is none).
+pub fn pxelinux(input: &MenuInput, base: Option<&str>) -> String {
+    let rootfs_base = base.unwrap_or("http://SERVER/");
+    let first = input.kernels.first().map(|k| entry_id(&k.0, false)).unwrap_or_default();
+    let mut text = format!("# rootsmith bundle {} {}\nDEFAULT {first}\nPROMPT 1\nTIMEOUT 30\n", input.name, input.version);
+    for (kernel, vmlinuz) in &input.kernels {
+        text.push_str(&format!(
+            "\nLABEL {}\n  MENU LABEL {kernel}: rootfs appended\n  KERNEL {vmlinuz}\n  APPEND initrd={},{} {}\n",
+            entry_id(kernel, false),
+            input.initramfs,
+            input.rootfs,
+            input.cmdline
+        ));
+        text.push_str(&format!(
+            "\nLABEL {}\n  MENU LABEL {kernel}: rootfs fetched over HTTP\n  KERNEL {vmlinuz}\n  APPEND initrd={} {}\n",
+            entry_id(kernel, true),
+            input.initramfs,
+            cmdline(input, &format!("{}={rootfs_base}{}", args::ROOTFS_URL, input.rootfs))
+        ));
+    }
+    text.lines().map(|line| format!("{}\n", line.trim_end())).collect()
+}
+
+/// `grub.cfg` for GRUB's network boot: paths relative to GRUB's root, the
+/// fetched entries at `http://$net_default_server/` unless `base` is given.
+pub fn grub(input: &MenuInput, base: Option<&str>) -> String {
+    let rootfs_base = base.unwrap_or("http://${net_default_server}/");
+    let mut text = format!("# rootsmith bundle {} {}\nset timeout=3\nset default=0\n", input.name, input.version);
+    for (kernel, vmlinuz) in &input.kernels {
+        text.push_str(&format!(
+            "\nmenuentry '{kernel}: rootfs appended' --id {} {{\n  linux {vmlinuz} {}\n  initrd {} {}\n}}\n",
+            entry_id(kernel, false),
+            input.cmdline,
+            input.initramfs,
+            input.rootfs
+        ));
+        text.push_str(&format!(
+            "\nmenuentry '{kernel}: rootfs fetched over HTTP' --id {} {{\n  linux {vmlinuz} {}\n  initrd {}\n}}\n",
+            entry_id(kernel, true),
+            cmdline(input, &format!("{}={rootfs_base}{}", args::ROOTFS_URL, input.rootfs)),
+            input.initramfs
+        ));
+    }
+    text.lines().map(|line| format!("{}\n", line.trim_end())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> MenuInput {
+        MenuInput {
+            name: "demo".into(),
+            version: "1.0".into(),
+            kernels: vec![("debian".into(), "demo-1.0-debian-vmlinuz".into()), ("small".into(), "demo-1.0-small-vmlinuz".into())],
+            initramfs: "demo-1.0-initramfs.img".into(),
+            rootfs: "demo-1.0-rootfs.img".into(),
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    #[test]
+    fn ipxe_has_two_entries_per_kernel_with_relative_paths() {
+        let text = ipxe(&input(), None, None);
+        assert!(text.starts_with("#!ipxe\n"));
+        assert!(text.contains("choose --default debian-appended"));
+        assert!(text.contains("\n:small-http\nkernel demo-1.0-small-vmlinuz console=ttyS0 initrd=demo-1.0-initramfs.img rootsmith.rootfs_url=${rootsmith-base}demo-1.0-rootfs.img\ninitrd demo-1.0-initramfs.img\nboot\n"), "{text}");
+        assert!(text.contains("\n:debian-appended\nkernel demo-1.0-debian-vmlinuz console=ttyS0 initrd=demo-1.0-initramfs.img initrd=demo-1.0-rootfs.img\ninitrd demo-1.0-initramfs.img\ninitrd demo-1.0-rootfs.img\n"));
+        let served = ipxe(&input(), Some("http://10.0.2.2:80/b/"), Some("small-http"));
+        assert!(served.contains("kernel http://10.0.2.2:80/b/demo-1.0-small-vmlinuz"));
+        assert!(served.contains("rootsmith.rootfs_url=http://10.0.2.2:80/b/demo-1.0-rootfs.img"));
+        assert!(served.contains("choose --default small-http"));
+        assert!(!served.contains("rootsmith-base"));
+    }
+
+    #[test]
+    fn pxelinux_and_grub_list_both_flavours() {
+        let text = pxelinux(&input(), None);
+        assert!(text.contains("DEFAULT debian-appended"));
+        assert!(text.contains("APPEND initrd=demo-1.0-initramfs.img,demo-1.0-rootfs.img console=ttyS0\n"));
+        assert!(text.contains("APPEND initrd=demo-1.0-initramfs.img console=ttyS0 rootsmith.rootfs_url=http://SERVER/demo-1.0-rootfs.img\n"));
+        let text = grub(&input(), None);
+        assert_eq!(text.matches("menuentry").count(), 4);
+        assert!(text.contains("  initrd demo-1.0-initramfs.img demo-1.0-rootfs.img\n"));
+        assert!(text.contains("rootsmith.rootfs_url=http://${net_default_server}/demo-1.0-rootfs.img"));
+    }
+}
