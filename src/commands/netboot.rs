@@ -11,7 +11,11 @@ use crate::netboot::boottest::{self, BootOptions};
 use crate::netboot::serve::Server;
 
 pub fn serve(dir: &Path, addr: &str, max_connections: usize) -> Result<()> {
-    let log: crate::netboot::serve::AccessLog = Arc::new(|line: &str| eprintln!("{} {line}", crate::progress::clock()));
+    // A closed stderr must not take the server down with it.
+    let log: crate::netboot::serve::AccessLog = Arc::new(|line: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{} {line}", crate::progress::clock());
+    });
     let server = Server::bind(dir, addr, max_connections, log)?;
     let local = server.local_addr();
     eprintln!("serving {} on http://{local}/ (read-only; boot.ipxe, grub.cfg and pxelinux.cfg/default of a bundle are generated with this server's URL)", dir.display());

@@ -1,0 +1,134 @@
+//! `rootsmith serve` checked with a real HTTP client (curl): Content-Length
+//! always, HEAD, Range, ETag / If-None-Match, no path outside the directory,
+//! and a bundle's boot.ipxe generated with the server's own URL. Needs no root.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+struct Served {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(setup: impl FnOnce(&Path)) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    setup(&root);
+    std::fs::write(dir.path().join("secret"), "outside the served directory").unwrap();
+    let mut child = rootsmith().arg("serve").arg(&root).arg("--addr").arg("127.0.0.1:0").stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut first).unwrap();
+    // Keep reading the access log so the server never writes to a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let base = first.split(" on ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or_else(|| panic!("no address in {first:?}")).trim_end_matches('/').to_string();
+    Served { child, base, _dir: dir }
+}
+
+/// (status, headers lowercased, body)
+fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
+    let output = Command::new("curl").args(["-s", "-S", "-D", "/dev/stderr", "-o", "-", "--path-as-is"]).args(args).output().expect("curl runs (apt-get install curl)");
+    let headers = String::from_utf8_lossy(&output.stderr).to_lowercase();
+    let status = headers.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status in {headers:?}"));
+    (status, headers, output.stdout)
+}
+
+fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
+    headers.lines().find_map(|line| line.strip_prefix(&format!("{name}: "))).map(str::trim)
+}
+
+#[test]
+fn serves_files_with_length_ranges_and_etags() {
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let served = serve(|root| std::fs::write(root.join("rootfs.img"), &data).unwrap());
+    let url = format!("{}/rootfs.img", served.base);
+
+    let (status, headers, body) = curl(&[&url]);
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-length"), Some("100000"));
+    assert_eq!(body, data);
+    let etag = header(&headers, "etag").expect("an ETag").to_string();
+
+    let (status, headers, body) = curl(&["-I", &url]);
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-length"), Some("100000"), "HEAD tells the length");
+    // curl -I prints the headers as its output: no body may follow them.
+    assert!(body.len() < 1000 && body.ends_with(b"\r\n\r\n"), "{}", String::from_utf8_lossy(&body));
+
+    let (status, headers, body) = curl(&["-r", "1000-1999", &url]);
+    assert_eq!(status, 206);
+    assert_eq!(header(&headers, "content-range"), Some("bytes 1000-1999/100000"));
+    assert_eq!(header(&headers, "content-length"), Some("1000"));
+    assert_eq!(body, &data[1000..2000]);
+    let (status, _, body) = curl(&["-r", "99990-", &url]);
+    assert_eq!((status, body.as_slice()), (206, &data[99990..]));
+    let (status, headers, _) = curl(&["-r", "200000-", &url]);
+    assert_eq!(status, 416);
+    assert_eq!(header(&headers, "content-range"), Some("bytes */100000"));
+
+    let (status, headers, body) = curl(&["-H", &format!("If-None-Match: {etag}"), &url]);
+    assert_eq!(status, 304);
+    assert_eq!(header(&headers, "content-length"), Some("0"));
+    assert!(body.is_empty());
+    let (status, _, _) = curl(&["-H", "If-None-Match: \"other\"", &url]);
+    assert_eq!(status, 200);
+
+    let (status, headers, _) = curl(&["-X", "PUT", &url]);
+    assert_eq!(status, 405);
+    assert_eq!(header(&headers, "allow"), Some("get, head"), "headers are compared lowercased");
+}
+
+#[test]
+fn nothing_outside_the_directory_is_served() {
+    let served = serve(|root| {
+        std::fs::write(root.join("inside"), "in").unwrap();
+        std::os::unix::fs::symlink("../secret", root.join("link-out")).unwrap();
+    });
+    for path in ["/../secret", "/%2e%2e/secret", "/a/../../secret", "/link-out", "/%2E%2E%2Fsecret", "/nothing"] {
+        let (status, headers, body) = curl(&[&format!("{}{path}", served.base)]);
+        assert_eq!(status, 404, "{path}");
+        assert!(header(&headers, "content-length").is_some(), "errors have a length too");
+        assert!(!String::from_utf8_lossy(&body).contains("outside the served"), "{path}");
+    }
+    let (status, _, body) = curl(&[&format!("{}/inside", served.base)]);
+    assert_eq!((status, body.as_slice()), (200, &b"in"[..]));
+}
+
+#[test]
+fn a_bundles_boot_ipxe_carries_the_servers_url() {
+    let served = serve(|root| {
+        let bundle = root.join("demo/1.0");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let manifest = serde_json::json!({
+            "manifest_version": 1, "tool": "rootsmith", "name": "demo", "version": "1.0", "arch": "amd64",
+            "recipe_sha256": "00", "source_date_epoch": 0, "fast": false, "stages": [],
+            "rootfs": { "cookie": "c", "squashfs_writer": "mksquashfs", "squashfs_compression": "zstd 15", "squashfs_entries": 1, "contract_version": 2 },
+            "kernels": [{ "name": "k", "release": "6.1", "config_sha256": "00", "vmlinuz": "demo-1.0-k-vmlinuz", "debs": [] }],
+            "boot": { "initramfs": "demo-1.0-initramfs.img", "initramfs_size": 1, "initramfs_compression": "zstd 19", "rootfs_image": "demo-1.0-rootfs.img", "cmdline": "console=ttyS0", "marker": null, "modules": {}, "shell": false },
+            "artifacts": []
+        });
+        std::fs::write(bundle.join("manifest.json"), manifest.to_string()).unwrap();
+        std::fs::write(bundle.join("boot.ipxe"), "#!ipxe\n# the static one\n").unwrap();
+    });
+    let (status, headers, body) = curl(&[&format!("{}/demo/1.0/boot.ipxe", served.base)]);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(header(&headers, "content-length"), Some(text.len().to_string().as_str()));
+    assert!(text.starts_with("#!ipxe\n"), "{text}");
+    assert!(text.contains(&format!("kernel {}/demo/1.0/demo-1.0-k-vmlinuz", served.base)), "{text}");
+    assert!(text.contains(&format!("rootsmith.rootfs_url={}/demo/1.0/demo-1.0-rootfs.img", served.base)), "{text}");
+}
