@@ -44,6 +44,9 @@ fn good_recipe_loads() {
         other => panic!("{other:?}"),
     }
     assert_eq!(recipe.outputs.squashfs, Compression { algorithm: Algorithm::Zstd, level: Some(15) });
+    assert_eq!(recipe.outputs.initramfs.compression, Compression { algorithm: Algorithm::Zstd, level: Some(19) });
+    assert_eq!(recipe.outputs.initramfs.module_names(), ["loop", "squashfs", "overlay"]);
+    assert_eq!(recipe.boot, Boot::default());
     let error = recipe.stage_index("nope", "--rebuild").unwrap_err();
     assert_eq!(error.line_column(), (5, 1));
     assert!(error.hint.unwrap().contains("base, packages, files, run, run-5"));
@@ -98,6 +101,12 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  rootfs: { squashfs: { compression: brotli } }\n", 7, 38, "unknown compression `brotli`"),
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  tarball: { level: 40 }\n", 7, 21, "level 40 is out of range"),
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  rootfs: { squashfs: { compression: xz, level: 3 } }\n", 7, 49, "takes no level"),
+    // netboot
+    ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  initramfs: { compression: xz }\n", 7, 29, "unknown compression `xz`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  initramfs: { modules: [virtio_net, \"../evil\"] }\n", 7, 38, "`../evil` is not a module name"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\nboot:\n  cmdline: \"console=ttyS0 rootsmith.rootfs_url=http://x/\"\n", 7, 12, "sets rootsmith.rootfs_url"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\nboot: { marker: \"\" }\n", 6, 17, "boot.marker is empty"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\nboot: { cmdline: x, kernel: y }\n", 6, 21, "unknown field `kernel`"),
 ];
 
 #[test]
