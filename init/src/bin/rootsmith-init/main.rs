@@ -176,7 +176,31 @@ fn fail(message: &str, on_fail: OnFail) -> ! {
     }
 }
 
+/// Not PID 1: a developer's entry point, to measure and debug the fetch on a
+/// running system: `rootsmith-init fetch URL CHUNK_LIST DIR`.
+fn tool_main(args: &[String]) -> ! {
+    match args {
+        [_, command, url, chunks, dir] if command == "fetch" => {
+            let result = read(chunks).and_then(|text| ChunkList::parse(&text)).and_then(|list| fetch::fetch(url, &list, Path::new(dir), 8));
+            match result {
+                Ok(()) => std::process::exit(0),
+                Err(message) => {
+                    log!("error: {message}");
+                    std::process::exit(1)
+                }
+            }
+        }
+        _ => {
+            eprintln!("rootsmith-init runs as PID 1 of a rootsmith initramfs.\nusage (not as PID 1): rootsmith-init fetch URL CHUNK_LIST DIR");
+            std::process::exit(2)
+        }
+    }
+}
+
 fn main() {
+    if std::process::id() != 1 {
+        tool_main(&std::env::args().collect::<Vec<_>>());
+    }
     let mounted = early_mounts();
     attach_console();
     std::panic::set_hook(Box::new(|info| fail(&format!("internal error: {info}"), OnFail::Default)));
