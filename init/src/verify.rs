@@ -83,13 +83,20 @@ impl<'a> ChunkVerifier<'a> {
     }
 
     fn check(&self) -> Result<(), VerifyError> {
-        let actual: [u8; 32] = Sha256::digest(&self.buffer).into();
-        let expected = &self.list.digests[self.index];
-        if &actual != expected {
-            return Err(VerifyError::Mismatch { index: self.index, offset: self.verified(), expected: hex::encode(expected), actual: hex::encode(actual) });
-        }
-        Ok(())
+        check_chunk(self.list, self.index, &self.buffer)
     }
+}
+
+/// Check one whole chunk against the list.
+pub fn check_chunk(list: &ChunkList, index: usize, chunk: &[u8]) -> Result<(), VerifyError> {
+    let Some(expected) = list.digests.get(index) else {
+        return Err(VerifyError::TooLong { size: list.size });
+    };
+    let actual: [u8; 32] = Sha256::digest(chunk).into();
+    if &actual != expected || chunk.len() as u64 != list.chunk_len(index) {
+        return Err(VerifyError::Mismatch { index, offset: index as u64 * list.chunk_size, expected: hex::encode(expected), actual: hex::encode(actual) });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
