@@ -32,8 +32,13 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup or apt-get install cargo)"; exit 1; }
 
+# Source paths are remapped so the binary (and so every initramfs) has the
+# same bytes wherever the repository is checked out.
+INIT_RUSTFLAGS = -C target-feature=+crt-static --remap-path-prefix=$(CURDIR)=rootsmith \
+                 --remap-path-prefix=$(or $(CARGO_HOME),$(HOME)/.cargo)=cargo
+
 init:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked -p rootsmith-init --profile init --target $(INIT_TARGET)
+	RUSTFLAGS="$(INIT_RUSTFLAGS)" $(CARGO) build --locked -p rootsmith-init --profile init --target $(INIT_TARGET)
 
 build: init
 	$(CARGO) build --release --locked

@@ -149,16 +149,22 @@ pub fn find_init() -> Result<PathBuf> {
     )
 }
 
-/// The host's static busybox, for `outputs.initramfs.shell: true`.
-pub fn find_busybox() -> Result<Vec<u8>> {
-    for candidate in ["/bin/busybox", "/usr/bin/busybox"] {
-        if let Ok(bytes) = std::fs::read(candidate) {
-            if is_static_elf(&bytes) {
-                return Ok(bytes);
+/// A static busybox for `outputs.initramfs.shell: true`: the rootfs's own
+/// (a recipe that installs busybox-static), else the host's.
+pub fn find_busybox(tree: &Path) -> Result<Vec<u8>> {
+    let in_tree = ["bin/busybox", "usr/bin/busybox"].map(|path| tree.join(path));
+    for candidate in in_tree.iter().map(PathBuf::as_path).chain([Path::new("/bin/busybox"), Path::new("/usr/bin/busybox")]) {
+        // Follow no symlink out of the tree: read the file itself.
+        if candidate.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            if let Ok(bytes) = std::fs::read(candidate) {
+                if is_static_elf(&bytes) {
+                    return Ok(bytes);
+                }
             }
         }
     }
-    Err(anyhow::anyhow!("outputs.initramfs.shell needs a static busybox on the host\nhint: apt-get install busybox-static")).context("adding a shell to the initramfs")
+    Err(anyhow::anyhow!("outputs.initramfs.shell needs a static busybox, in the rootfs or on the host\nhint: install busybox-static in a packages stage, or apt-get install busybox-static on the host"))
+        .context("adding a shell to the initramfs")
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
         built.modules.insert(kernel.release.clone(), files.iter().map(|(path, _)| path.clone()).collect());
         kernel_modules.push(KernelModules { release: kernel.release.clone(), files });
     }
-    let busybox = if request.settings.shell { Some(initramfs::find_busybox()?) } else { None };
+    let busybox = if request.settings.shell { Some(initramfs::find_busybox(request.tree)?) } else { None };
     let contents = Contents { init, build: request.build.clone(), chunks, modules: kernel_modules, busybox };
     built.size = initramfs::write(&contents, request.settings.compression, request.epoch, output)?;
     Ok(built)
