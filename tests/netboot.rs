@@ -151,6 +151,12 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
             assert!(console.contains("rootsmith-init: rootfs.img verified"), "{console}");
         }
     }
+    // A line that never comes: exit 1 with the console's last lines.
+    let mut command = rootsmith();
+    command.args(["boot-test", "--via", "appended", "--expect", "a line no boot prints", "--timeout", "8", "--log"]).arg(logs.join("never.log")).arg(&bundle);
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("\"a line no boot prints\" did not appear within") && stderr.contains("the console's last lines:"), "{stderr}");
     let pxe = std::fs::read_to_string(logs.join("pxe.log")).unwrap();
     assert!(pxe.contains("\"GET /debian-netboot-0.1.0-debian-vmlinuz\" 200") && pxe.contains("\"GET /debian-netboot-0.1.0-initramfs.img\" 200"), "iPXE fetched the kernel and initramfs over HTTP:\n{pxe}");
 
