@@ -399,19 +399,7 @@ impl Builder<'_> {
             modules: record.initramfs.modules.clone(),
             shell: self.plan.outputs.initramfs.shell,
         };
-        if !kernels.is_empty() {
-            let input = crate::netboot::menus::MenuInput::new(name, version, &kernels, &boot);
-            for (file, text) in [
-                ("boot.ipxe", crate::netboot::menus::ipxe(&input, None, None)),
-                ("pxelinux.cfg/default", crate::netboot::menus::pxelinux(&input, None)),
-                ("grub.cfg", crate::netboot::menus::grub(&input, None)),
-            ] {
-                let target = staging.path().join(file);
-                fs_err::create_dir_all(target.parent().expect("in the bundle"))?;
-                fs_err::write(&target, &text)?;
-                artifacts.push(ManifestArtifact { name: file.into(), size: text.len() as u64, sha256: sha256_hex(text.as_bytes()) });
-            }
-        }
+        artifacts.extend(crate::netboot::menus::write_all(staging.path(), &crate::netboot::menus::MenuInput::new(name, version, &kernels, &boot))?);
         artifacts.sort_by(|a, b| a.name.cmp(&b.name));
         let (squashfs_compression, _) = self.output_compressions();
         let manifest = Manifest {
@@ -434,6 +422,7 @@ impl Builder<'_> {
             kernels,
             boot,
             artifacts: artifacts.clone(),
+            promoted_from: None,
         };
         let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
         fs_err::write(staging.path().join("manifest.json"), &manifest_bytes)?;

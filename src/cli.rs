@@ -119,6 +119,11 @@ pub enum Command {
         #[command(flatten)]
         boot: BootArgs,
     },
+    /// Versions in the --out directory: list, show, promote, verify
+    Release {
+        #[command(subcommand)]
+        action: ReleaseAction,
+    },
     /// Inspect and maintain the stage cache
     Cache {
         #[command(flatten)]
@@ -163,6 +168,48 @@ impl BootArgs {
             server: self.server.clone(),
         }
     }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct OutArgs {
+    /// Where bundles are
+    #[arg(long = "out", env = "ROOTSMITH_OUT", value_name = "DIR", default_value = "out")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseAction {
+    /// Versions per recipe: published, size, kernels, candidate or released
+    Ls {
+        #[command(flatten)]
+        out: OutArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One version's manifest, readable
+    Show {
+        name: String,
+        version: String,
+        #[command(flatten)]
+        out: OutArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make version TO from FROM's artifacts, without a rebuild (FROM must verify)
+    Promote {
+        name: String,
+        from: String,
+        to: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Check a bundle: SHA256SUMS, chunk list, cookies, squashfs, manifest
+    Verify {
+        /// The bundle directory (OUT/NAME/VERSION)
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,3 +17,4 @@ pub mod progress;
 pub mod stage;
 pub mod tools;
 pub mod recipe;
+pub mod release;

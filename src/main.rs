@@ -1,7 +1,7 @@
 //! The rootsmith command line.
 
 use clap::Parser;
-use rootsmith::cli::{Cli, Command};
+use rootsmith::cli::{Cli, Command, ReleaseAction};
 use rootsmith::commands::{self, RecipeError, EXIT_FAILURE, EXIT_RECIPE};
 
 fn main() {
@@ -25,6 +25,12 @@ fn main() {
             json: *json,
         }),
         Command::Qemu { boot } => commands::netboot::interactive(&boot.options()),
+        Command::Release { action } => match action {
+            ReleaseAction::Ls { out, json } => commands::release::ls(&out.out, *json),
+            ReleaseAction::Show { name, version, out, json } => commands::release::show(&out.out, name, version, *json),
+            ReleaseAction::Promote { name, from, to, out } => commands::release::promote(&out.out, name, from, to),
+            ReleaseAction::Verify { dir, json } => commands::release::verify(dir, *json),
+        },
     };
     if let Err(error) = result {
         if let Some(RecipeError(diagnostics)) = error.downcast_ref::<RecipeError>() {

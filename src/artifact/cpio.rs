@@ -33,6 +33,30 @@ pub fn write_rootfs_image(squashfs: &Path, build: &BuildId, output: &Path, epoch
     Ok(())
 }
 
+/// Where `root.squashfs` lies in a rootfs image (offset, length), and the
+/// build id the image carries.
+pub fn read_rootfs_image(image: &Path) -> Result<(u64, u64, BuildId)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::io::BufReader::new(fs_err::File::open(image)?);
+    let reader = cpio::NewcReader::new(&mut file).map_err(|error| anyhow::anyhow!("{} is not a newc cpio: {error}", image.display()))?;
+    if reader.entry().name() != ROOTFS_SQUASHFS {
+        bail!("{}: the first entry is {:?}, not {ROOTFS_SQUASHFS}", image.display(), reader.entry().name());
+    }
+    let length = reader.entry().file_size() as u64;
+    let name_len = ROOTFS_SQUASHFS.len() as u64 + 1;
+    let offset = (110 + name_len).div_ceil(4) * 4;
+    drop(reader);
+    file.seek(SeekFrom::Start((offset + length).div_ceil(4) * 4))?;
+    let mut reader = cpio::NewcReader::new(&mut file).map_err(|error| anyhow::anyhow!("{}: no entry after {ROOTFS_SQUASHFS}: {error}", image.display()))?;
+    if reader.entry().name() != ROOTFS_COOKIE {
+        bail!("{}: the second entry is {:?}, not {ROOTFS_COOKIE}", image.display(), reader.entry().name());
+    }
+    let mut text = String::new();
+    reader.read_to_string(&mut text)?;
+    let build = BuildId::parse(&text).map_err(|error| anyhow::anyhow!("{}: {ROOTFS_COOKIE}: {error}", image.display()))?;
+    Ok((offset, length, build))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +74,8 @@ mod tests {
         assert_eq!(bytes.len() % 4, 0);
         let reader = cpio::NewcReader::new(bytes.as_slice()).unwrap();
         assert_eq!(reader.entry().name(), ROOTFS_SQUASHFS);
+        let (offset, length, build) = read_rootfs_image(&image).unwrap();
+        assert_eq!((offset, length), (SQUASHFS_MAGIC_OFFSET as u64, 17));
+        assert_eq!(build.cookie, "c0ffee");
     }
 }

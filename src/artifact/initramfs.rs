@@ -109,6 +109,52 @@ pub fn write(contents: &Contents, compression: Compression, epoch: i64, output: 
     Ok(bytes.len() as u64)
 }
 
+/// The regular files of an initramfs (zstd, gzip or uncompressed), by path.
+pub fn read_files(image: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    use std::io::Read;
+    let raw = fs_err::read(image)?;
+    let cpio = if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        // One frame: the zero padding after it is not another frame.
+        let mut out = Vec::new();
+        zstd::stream::read::Decoder::new(raw.as_slice())?.single_frame().read_to_end(&mut out).with_context(|| format!("decompressing {}", image.display()))?;
+        out
+    } else if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice()).read_to_end(&mut out).with_context(|| format!("decompressing {}", image.display()))?;
+        out
+    } else {
+        raw
+    };
+    let mut files = BTreeMap::new();
+    let mut rest = cpio.as_slice();
+    loop {
+        let mut reader = cpio::NewcReader::new(rest).with_context(|| format!("{} is not a newc cpio", image.display()))?;
+        if reader.entry().is_trailer() {
+            break;
+        }
+        let (name, mode) = (reader.entry().name().to_string(), reader.entry().mode());
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data)?;
+        if mode & 0o170000 == 0o100000 {
+            files.insert(name, data);
+        }
+        rest = reader.finish()?;
+    }
+    Ok(files)
+}
+
+/// The build id and chunk list an initramfs carries.
+pub fn read_contract(image: &Path) -> Result<(BuildId, ChunkList)> {
+    let files = read_files(image)?;
+    let text = |path: &str| -> Result<String> {
+        let bytes = files.get(path).with_context(|| format!("{} has no {path}", image.display()))?;
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    };
+    let build = BuildId::parse(&text(contract::INITRAMFS_BUILD)?).map_err(|error| anyhow::anyhow!("{}: {error}", contract::INITRAMFS_BUILD))?;
+    let chunks = ChunkList::parse(&text(contract::INITRAMFS_CHUNKS)?).map_err(|error| anyhow::anyhow!("{}: {error}", contract::INITRAMFS_CHUNKS))?;
+    Ok((build, chunks))
+}
+
 /// Whether an ELF executable needs no dynamic loader (no PT_INTERP header).
 pub fn is_static_elf(bytes: &[u8]) -> bool {
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
@@ -236,6 +282,19 @@ mod tests {
         with_shell.busybox = Some(b"busybox".to_vec());
         let names: Vec<String> = read_entries(&cpio_bytes(&with_shell, 0).unwrap()).into_iter().map(|(name, _, _)| name).collect();
         assert!(names.contains(&"bin/sh".to_string()) && names.contains(&"bin/busybox".to_string()));
+    }
+
+    #[test]
+    fn contract_files_read_back_from_every_compression() {
+        let dir = tempfile::tempdir().unwrap();
+        for algorithm in [Algorithm::Zstd, Algorithm::Gzip, Algorithm::None] {
+            let compression = Compression { algorithm, level: if algorithm == Algorithm::None { None } else { Some(3) } };
+            let image = dir.path().join("i");
+            write(&contents(), compression, 0, &image).unwrap();
+            let (build, chunks) = read_contract(&image).unwrap();
+            assert_eq!(build, contents().build);
+            assert_eq!(chunks, contents().chunks);
+        }
     }
 
     #[test]

@@ -24,6 +24,16 @@ pub struct Manifest {
     pub kernels: Vec<ManifestKernel>,
     pub boot: ManifestBoot,
     pub artifacts: Vec<ManifestArtifact>,
+    /// Set by `release promote`: the version whose artifacts these are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<PromotedFrom>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PromotedFrom {
+    pub version: String,
+    /// The SHA-256 of that version's manifest.json.
+    pub manifest_sha256: String,
 }
 
 /// How the bundle boots: its files, the recipe's kernel command line and

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod check;
 pub mod netboot;
 pub mod plan;
+pub mod release;
 pub mod shell;
 
 use std::path::PathBuf;

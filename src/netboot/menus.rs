@@ -36,6 +36,25 @@ impl MenuInput {
     }
 }
 
+/// Write the three menus of a bundle into `dir`; returns them as artifacts.
+/// A bundle without a kernel has none.
+pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Vec<crate::artifact::manifest::ManifestArtifact>> {
+    let mut artifacts = Vec::new();
+    if input.kernels.is_empty() {
+        return Ok(artifacts);
+    }
+    for (file, text) in [("boot.ipxe", ipxe(input, None, None)), ("pxelinux.cfg/default", pxelinux(input, None)), ("grub.cfg", grub(input, None))] {
+        let target = dir.join(file);
+        std::fs::create_dir_all(target.parent().expect("in the bundle"))?;
+        std::fs::write(&target, &text)?;
+        artifacts.push(crate::artifact::manifest::ManifestArtifact { name: file.into(), size: text.len() as u64, sha256: crate::cache::sha256_hex(text.as_bytes()) });
+    }
+    Ok(artifacts)
+}
+
+/// The menu files, which `release promote` writes anew.
+pub const MENU_FILES: [&str; 3] = ["boot.ipxe", "pxelinux.cfg/default", "grub.cfg"];
+
 /// Which entry boots by default: `KERNEL-appended` or `KERNEL-http`.
 pub fn entry_id(kernel: &str, fetched: bool) -> String {
     format!("{kernel}-{}", if fetched { "http" } else { "appended" })

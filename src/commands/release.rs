@@ -1,0 +1,101 @@
+//! `release ls|show|promote|verify`: the bundles in an `--out` directory.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::release::{self, Bundle};
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// The bundle directory's mtime: when it was published.
+fn published(bundle: &Bundle) -> String {
+    let Ok(modified) = std::fs::metadata(&bundle.dir).and_then(|m| m.modified()) else { return "-".into() };
+    let seconds = modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    crate::stage::kernel::build::utc_string(seconds)
+}
+
+fn kernels(bundle: &Bundle) -> String {
+    if bundle.manifest.kernels.is_empty() {
+        return "-".into();
+    }
+    bundle.manifest.kernels.iter().map(|k| format!("{} ({})", k.name, k.release)).collect::<Vec<_>>().join(", ")
+}
+
+pub fn ls(out: &Path, json: bool) -> Result<()> {
+    let bundles = release::list(out)?;
+    if json {
+        let rows: Vec<_> = bundles
+            .iter()
+            .map(|b| serde_json::json!({ "name": b.manifest.name, "version": b.manifest.version, "published": published(b), "size": b.size(), "kernels": b.manifest.kernels.iter().map(|k| &k.release).collect::<Vec<_>>(), "state": b.state(), "promoted_from": b.manifest.promoted_from.as_ref().map(|p| &p.version), "dir": b.dir }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if bundles.is_empty() {
+        println!("no bundles in {}", out.display());
+        return Ok(());
+    }
+    println!("{:<20} {:<14} {:<20} {:>11}  {:<10} kernels", "name", "version", "published (UTC)", "size", "state");
+    for bundle in &bundles {
+        let state = match &bundle.manifest.promoted_from {
+            Some(from) => format!("{} (from {})", bundle.state(), from.version),
+            None => bundle.state().to_string(),
+        };
+        println!("{:<20} {:<14} {:<20} {:>11}  {:<10} {}", bundle.manifest.name, bundle.manifest.version, published(bundle), mib(bundle.size()), state, kernels(bundle));
+    }
+    Ok(())
+}
+
+pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
+    let bundle = Bundle::open(&out.join(name).join(version))?;
+    let m = &bundle.manifest;
+    if json {
+        println!("{}", serde_json::to_string_pretty(m)?);
+        return Ok(());
+    }
+    println!("{} {} ({}, {}){}", m.name, m.version, m.arch, bundle.state(), if m.fast { ", built with --fast" } else { "" });
+    if let Some(from) = &m.promoted_from {
+        println!("promoted from {} (manifest sha256 {})", from.version, from.manifest_sha256);
+    }
+    println!("built by {}, SOURCE_DATE_EPOCH {}, recipe sha256 {}", m.tool, m.source_date_epoch, m.recipe_sha256);
+    println!("\nstages:");
+    for stage in &m.stages {
+        println!("  {:<20} {:<12} {}", stage.name, stage.kind, &stage.key[..12.min(stage.key.len())]);
+    }
+    println!("\nrootfs: cookie {}, squashfs {} ({}, {} entries)", m.rootfs.cookie, m.rootfs.squashfs_compression, m.rootfs.squashfs_writer, m.rootfs.squashfs_entries);
+    for kernel in &m.kernels {
+        println!("kernel {}: {} ({})", kernel.name, kernel.release, kernel.vmlinuz);
+    }
+    let modules: usize = m.boot.modules.values().map(Vec::len).sum();
+    println!("initramfs: {} ({}, {}, {modules} modules{})", m.boot.initramfs, mib(m.boot.initramfs_size), m.boot.initramfs_compression, if m.boot.shell { ", shell" } else { "" });
+    println!("boot: cmdline {:?}, marker {:?}", m.boot.cmdline, m.boot.marker.as_deref().unwrap_or("-"));
+    println!("\nartifacts ({}):", mib(bundle.size()));
+    for artifact in &m.artifacts {
+        println!("  {:<48} {:>11}  {}", artifact.name, mib(artifact.size), &artifact.sha256[..16]);
+    }
+    Ok(())
+}
+
+pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<()> {
+    let target = release::promote::promote(out, name, from, to)?;
+    println!("promoted {name} {from} to {to}: {}", target.display());
+    Ok(())
+}
+
+pub fn verify(dir: &Path, json: bool) -> Result<()> {
+    let report = release::verify::verify(dir);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for finding in &report.findings {
+            println!("{:<6} {:<11} {}", if finding.ok { "ok" } else { "FAILED" }, finding.check, finding.detail);
+        }
+    }
+    if !report.ok() {
+        bail!("{} fails verification", dir.display());
+    }
+    Ok(())
+}

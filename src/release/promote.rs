@@ -1,0 +1,76 @@
+//! `release promote NAME FROM TO`: a release candidate becomes a release
+//! without a rebuild. The new bundle's artifacts are the candidate's bytes
+//! under names carrying the new version (nothing inside the initramfs or the
+//! rootfs names a version, by design); the manifest, SHA256SUMS and the boot
+//! menus are written anew, and the manifest records `promoted_from`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::Bundle;
+use crate::artifact::manifest::{sha256sums, ManifestArtifact, PromotedFrom};
+use crate::netboot::menus::{self, MenuInput};
+
+/// Hard-link when the file system allows (the bytes are the same and bundles
+/// are never changed in place), else copy.
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        fs_err::create_dir_all(parent)?;
+    }
+    if std::fs::hard_link(from, to).is_err() {
+        fs_err::copy(from, to)?;
+    }
+    Ok(())
+}
+
+pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> {
+    crate::recipe::check_version(to).map_err(|why| anyhow::anyhow!("`{to}` is not a valid version: {why}"))?;
+    let source = out.join(name).join(from);
+    let candidate = Bundle::open(&source)?;
+    let report = super::verify::verify(&source);
+    if !report.ok() {
+        bail!("{name} {from} fails verification, so it is not promoted:\n{}\nhint: rootsmith release verify {}", report.failures(), source.display());
+    }
+    let target = out.join(name).join(to);
+    if target.exists() {
+        bail!("{} already exists, and a published version is never overwritten", target.display());
+    }
+    let staging = tempfile::Builder::new().prefix(&format!(".{to}.partial-")).tempdir_in(out.join(name))?;
+    let (old_prefix, new_prefix) = (format!("{name}-{from}-"), format!("{name}-{to}-"));
+    let rename = |file: &str| match file.strip_prefix(&old_prefix) {
+        Some(rest) => format!("{new_prefix}{rest}"),
+        None => file.to_string(),
+    };
+    let mut manifest = candidate.manifest.clone();
+    let mut artifacts = Vec::new();
+    for artifact in &candidate.manifest.artifacts {
+        if menus::MENU_FILES.contains(&artifact.name.as_str()) {
+            continue;
+        }
+        let renamed = rename(&artifact.name);
+        link_or_copy(&source.join(&artifact.name), &staging.path().join(&renamed)).with_context(|| format!("taking {} into {to}", artifact.name))?;
+        artifacts.push(ManifestArtifact { name: renamed, ..artifact.clone() });
+    }
+    manifest.version = to.to_string();
+    for kernel in &mut manifest.kernels {
+        kernel.vmlinuz = rename(&kernel.vmlinuz);
+    }
+    manifest.boot.initramfs = rename(&manifest.boot.initramfs);
+    manifest.boot.rootfs_image = rename(&manifest.boot.rootfs_image);
+    let candidate_manifest = fs_err::read(source.join("manifest.json"))?;
+    manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: crate::cache::sha256_hex(&candidate_manifest) });
+    artifacts.extend(menus::write_all(staging.path(), &MenuInput::new(name, to, &manifest.kernels, &manifest.boot))?);
+    artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+    manifest.artifacts = artifacts.clone();
+    let bytes = serde_json::to_vec_pretty(&manifest)?;
+    fs_err::write(staging.path().join("manifest.json"), &bytes)?;
+    artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: bytes.len() as u64, sha256: crate::cache::sha256_hex(&bytes) });
+    fs_err::write(staging.path().join("SHA256SUMS"), sha256sums(&artifacts))?;
+    let staging = staging.keep();
+    if let Err(error) = std::fs::rename(&staging, &target) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error).with_context(|| format!("moving the promoted bundle into {}", target.display()));
+    }
+    Ok(target)
+}

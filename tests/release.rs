@@ -1,0 +1,166 @@
+//! Releases read back: `release verify` catches a flipped byte in any
+//! artifact, a rootfs.img from another build and a missing file; `release
+//! promote` makes a new version from the same bytes and refuses a tampered
+//! candidate; `release ls` and `show` describe them. The bundles come from
+//! a small tarball-based recipe (builds need root).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let lab = Lab { dir: tempfile::tempdir().unwrap() };
+        let tree = lab.dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/motd"), "release test\n").unwrap();
+        std::fs::write(tree.join("etc/data"), vec![42u8; 3 << 20]).unwrap();
+        assert!(std::process::Command::new("tar").arg("-C").arg(&tree).args(["-cf"]).arg(lab.dir.path().join("base.tar")).arg(".").status().unwrap().success());
+        lab
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// Build the recipe (name `rel`) at `version`, with `motd` in the tree.
+    fn build(&self, version: &str, motd: &str) -> PathBuf {
+        let recipe = self.dir.path().join(format!("rel-{version}.yaml"));
+        let overlay = self.dir.path().join(format!("overlay-{motd}"));
+        std::fs::create_dir_all(overlay.join("etc")).unwrap();
+        std::fs::write(overlay.join("etc/motd"), format!("{motd}\n")).unwrap();
+        std::fs::write(&recipe, format!("rootsmith: 1\nname: rel\nversion: {version}\nsource_date_epoch: 1700000000\nstages:\n  - tarball: {{ path: base.tar }}\n  - files: {{ src: overlay-{motd}, dest: / }}\n")).unwrap();
+        let mut command = rootsmith();
+        command.arg("build").arg("--fast").arg("--cache").arg(self.dir.path().join("cache")).arg("--out").arg(self.out()).arg(&recipe);
+        let (code, _, stderr) = run(&mut command);
+        assert_eq!(code, 0, "{stderr}");
+        self.out().join("rel").join(version)
+    }
+
+    fn release(&self, args: &[&str]) -> (i32, String, String) {
+        let mut command = rootsmith();
+        command.arg("release").args(args);
+        if args[0] != "verify" {
+            command.arg("--out").arg(self.out());
+        }
+        run(&mut command)
+    }
+}
+
+/// A copy of a bundle to break.
+fn copy_bundle(bundle: &Path, to: &Path) -> PathBuf {
+    copy_tree(bundle, to);
+    to.to_path_buf()
+}
+
+fn verify(lab: &Lab, bundle: &Path) -> (i32, String) {
+    let (code, stdout, stderr) = lab.release(&["verify", bundle.to_str().unwrap()]);
+    (code, format!("{stdout}{stderr}"))
+}
+
+#[test]
+fn verify_catches_every_kind_of_damage() {
+    if !needs_root("verify_catches_every_kind_of_damage") {
+        return;
+    }
+    let lab = Lab::new();
+    let bundle = lab.build("1.0.0", "one");
+    let (code, output) = verify(&lab, &bundle);
+    assert_eq!(code, 0, "{output}");
+    for check in ["manifest", "SHA256SUMS", "chunk list", "cookie", "squashfs"] {
+        assert!(output.lines().any(|line| line.starts_with("ok") && line.contains(check)), "{check}: {output}");
+    }
+    let artifacts: Vec<String> = std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap().lines().map(|line| line.split("  ").nth(1).unwrap().to_string()).collect();
+    assert!(artifacts.len() >= 5, "{artifacts:?}");
+
+    // A flipped byte in each artifact, one at a time.
+    for (index, artifact) in artifacts.iter().enumerate() {
+        let broken = copy_bundle(&bundle, &lab.dir.path().join(format!("flip-{index}/rel/1.0.0")));
+        let path = broken.join(artifact);
+        let mut bytes = std::fs::read(&path).unwrap();
+        match bytes.len() {
+            // An empty file (packages.txt of a tree without dpkg) gains a byte instead.
+            0 => bytes.push(b'x'),
+            len => bytes[len / 2] ^= 0x01,
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let (code, output) = verify(&lab, &broken);
+        assert_eq!(code, 1, "a flipped byte in {artifact} passed:\n{output}");
+        let expected = if artifact == "manifest.json" { "manifest" } else { artifact.as_str() };
+        assert!(output.lines().any(|line| line.starts_with("FAILED") && line.contains(expected)), "{artifact}:\n{output}");
+    }
+    // The rootfs.img of another build (with its SHA256SUMS line, so only the contract catches it).
+    let other = lab.build("2.0.0", "two");
+    let swapped = copy_bundle(&bundle, &lab.dir.path().join("swap/rel/1.0.0"));
+    std::fs::copy(other.join("rel-2.0.0-rootfs.img"), swapped.join("rel-1.0.0-rootfs.img")).unwrap();
+    let sums = std::fs::read_to_string(swapped.join("SHA256SUMS")).unwrap();
+    let fixed: String = sums.lines().map(|line| if line.ends_with("rel-1.0.0-rootfs.img") { format!("{}  rel-1.0.0-rootfs.img\n", sha256(&swapped.join("rel-1.0.0-rootfs.img"))) } else { format!("{line}\n") }).collect();
+    std::fs::write(swapped.join("SHA256SUMS"), fixed).unwrap();
+    let (code, output) = verify(&lab, &swapped);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("FAILED chunk list") && output.contains("FAILED cookie"), "{output}");
+    assert!(output.contains("the initramfs expects rel (cookie"), "{output}");
+    // A missing file.
+    let missing = copy_bundle(&bundle, &lab.dir.path().join("missing/rel/1.0.0"));
+    std::fs::remove_file(missing.join("packages.txt")).unwrap();
+    let (code, output) = verify(&lab, &missing);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("packages.txt is missing"), "{output}");
+}
+
+#[test]
+fn promote_renames_the_same_bytes_and_refuses_a_tampered_candidate() {
+    if !needs_root("promote_renames_the_same_bytes_and_refuses_a_tampered_candidate") {
+        return;
+    }
+    let lab = Lab::new();
+    let candidate = lab.build("1.2.0-rc2", "candidate");
+    let (code, stdout, stderr) = lab.release(&["promote", "rel", "1.2.0-rc2", "1.2.0"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("promoted rel 1.2.0-rc2 to 1.2.0"), "{stdout}");
+    let released = lab.out().join("rel/1.2.0");
+    for (old, new) in [("rel-1.2.0-rc2-rootfs.img", "rel-1.2.0-rootfs.img"), ("rel-1.2.0-rc2-initramfs.img", "rel-1.2.0-initramfs.img"), ("rel-1.2.0-rc2-rootfs.tar.zst", "rel-1.2.0-rootfs.tar.zst"), ("packages.txt", "packages.txt")] {
+        assert_eq!(sha256(&candidate.join(old)), sha256(&released.join(new)), "{new} has {old}'s bytes");
+        assert!(old == new || !released.join(old).exists());
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(released.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["version"], "1.2.0");
+    assert_eq!(manifest["promoted_from"]["version"], "1.2.0-rc2");
+    assert_eq!(manifest["promoted_from"]["manifest_sha256"], sha256(&candidate.join("manifest.json")));
+    assert_eq!(manifest["boot"]["rootfs_image"], "rel-1.2.0-rootfs.img");
+    assert_ne!(std::fs::read(released.join("SHA256SUMS")).unwrap(), std::fs::read(candidate.join("SHA256SUMS")).unwrap());
+    let (code, output) = verify(&lab, &released);
+    assert_eq!(code, 0, "{output}");
+    // ls and show describe both.
+    let (code, stdout, _) = lab.release(&["ls"]);
+    assert_eq!(code, 0);
+    let line = |version: &str| stdout.lines().find(|l| l.split_whitespace().nth(1) == Some(version)).unwrap_or_else(|| panic!("{version} in {stdout}")).to_string();
+    assert!(line("1.2.0-rc2").contains("candidate"), "{stdout}");
+    assert!(line("1.2.0").contains("released (from 1.2.0-rc2)"), "{stdout}");
+    let (code, stdout, _) = lab.release(&["show", "rel", "1.2.0"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("promoted from 1.2.0-rc2") && stdout.contains("rel-1.2.0-rootfs.img"), "{stdout}");
+    // A published version is never overwritten.
+    let (code, _, stderr) = lab.release(&["promote", "rel", "1.2.0-rc2", "1.2.0"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("never overwritten"), "{stderr}");
+
+    // A tampered candidate is refused, and nothing is published.
+    let tampered = lab.build("1.3.0-rc1", "tampered");
+    let image = tampered.join("rel-1.3.0-rc1-rootfs.img");
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[200] ^= 0xff;
+    std::fs::write(&image, bytes).unwrap();
+    let (code, _, stderr) = lab.release(&["promote", "rel", "1.3.0-rc1", "1.3.0"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("fails verification, so it is not promoted") && stderr.contains("rel-1.3.0-rc1-rootfs.img differs"), "{stderr}");
+    assert!(!lab.out().join("rel/1.3.0").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(lab.out().join("rel")).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
