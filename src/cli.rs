@@ -203,6 +203,16 @@ pub enum ReleaseAction {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// What changed from version A to B: packages, kernels, artifact sizes, stage keys
+    Diff {
+        name: String,
+        a: String,
+        b: String,
+        #[command(flatten)]
+        out: OutArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a bundle: SHA256SUMS, chunk list, cookies, squashfs, manifest
     Verify {
         /// The bundle directory (OUT/NAME/VERSION)

@@ -30,6 +30,7 @@ fn main() {
             ReleaseAction::Show { name, version, out, json } => commands::release::show(&out.out, name, version, *json),
             ReleaseAction::Promote { name, from, to, out } => commands::release::promote(&out.out, name, from, to),
             ReleaseAction::Verify { dir, json } => commands::release::verify(dir, *json),
+            ReleaseAction::Diff { name, a, b, out, json } => commands::release::diff(&out.out, name, a, b, *json),
         },
     };
     if let Err(error) = result {

@@ -31,10 +31,20 @@ impl Lab {
 
     /// Build the recipe (name `rel`) at `version`, with `motd` in the tree.
     fn build(&self, version: &str, motd: &str) -> PathBuf {
+        self.build_with(version, motd, &[])
+    }
+
+    /// The same, with a dpkg status listing `packages` (name, version).
+    fn build_with(&self, version: &str, motd: &str, packages: &[(&str, &str)]) -> PathBuf {
         let recipe = self.dir.path().join(format!("rel-{version}.yaml"));
         let overlay = self.dir.path().join(format!("overlay-{motd}"));
         std::fs::create_dir_all(overlay.join("etc")).unwrap();
         std::fs::write(overlay.join("etc/motd"), format!("{motd}\n")).unwrap();
+        if !packages.is_empty() {
+            std::fs::create_dir_all(overlay.join("var/lib/dpkg")).unwrap();
+            let status: String = packages.iter().map(|(name, version)| format!("Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {version}\n\n")).collect();
+            std::fs::write(overlay.join("var/lib/dpkg/status"), status).unwrap();
+        }
         std::fs::write(&recipe, format!("rootsmith: 1\nname: rel\nversion: {version}\nsource_date_epoch: 1700000000\nstages:\n  - tarball: {{ path: base.tar }}\n  - files: {{ src: overlay-{motd}, dest: / }}\n")).unwrap();
         let mut command = rootsmith();
         command.arg("build").arg("--fast").arg("--cache").arg(self.dir.path().join("cache")).arg("--out").arg(self.out()).arg(&recipe);
@@ -163,4 +173,41 @@ fn promote_renames_the_same_bytes_and_refuses_a_tampered_candidate() {
     assert!(!lab.out().join("rel/1.3.0").exists());
     let leftovers: Vec<_> = std::fs::read_dir(lab.out().join("rel")).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Give a built bundle a kernel entry and config, as a kernel stage would.
+fn add_kernel_config(bundle: &Path, config: &str) {
+    std::fs::create_dir_all(bundle.join("kernel")).unwrap();
+    std::fs::write(bundle.join("kernel/tiny-config"), config).unwrap();
+    let path = bundle.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["kernels"] = serde_json::json!([{ "name": "tiny", "release": "6.1.0-tiny", "config_sha256": "00", "vmlinuz": "x", "debs": [] }]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+}
+
+#[test]
+fn diff_names_exactly_what_changed() {
+    if !needs_root("diff_names_exactly_what_changed") {
+        return;
+    }
+    let lab = Lab::new();
+    let a = lab.build_with("1.0.0", "same", &[("base-files", "12.4"), ("curl", "7.88.1-10"), ("less", "590-2")]);
+    let b = lab.build_with("1.1.0", "other", &[("base-files", "12.4"), ("curl", "7.88.1-10+deb12u5"), ("less", "590-2"), ("jq", "1.6-2.1")]);
+    add_kernel_config(&a, "CONFIG_A=y\n# CONFIG_IKCONFIG is not set\nCONFIG_LOCALVERSION=\"-x\"\n");
+    add_kernel_config(&b, "CONFIG_A=y\nCONFIG_IKCONFIG=y\nCONFIG_LOCALVERSION=\"-x\"\n");
+    let (code, stdout, stderr) = lab.release(&["diff", "rel", "1.0.0", "1.1.0", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let diff: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(diff["packages_added"], serde_json::json!({ "jq:amd64": "1.6-2.1" }));
+    assert_eq!(diff["packages_removed"], serde_json::json!({}));
+    assert_eq!(diff["packages_changed"], serde_json::json!({ "curl:amd64": ["7.88.1-10", "7.88.1-10+deb12u5"] }));
+    assert_eq!(diff["kernels"][0]["options"], serde_json::json!({ "CONFIG_IKCONFIG": ["n", "y"] }));
+    assert_eq!(diff["kernels"].as_array().unwrap().len(), 1);
+    // Only the stage whose input changed has a new key.
+    assert_eq!(diff["stages"].as_object().unwrap().keys().collect::<Vec<_>>(), ["files"]);
+    let artifacts: Vec<&str> = diff["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert!(artifacts.contains(&"packages.txt") && artifacts.iter().all(|name| !name.contains("1.0.0") && !name.contains("1.1.0")), "sizes compared by generic names: {artifacts:?}");
+    let (code, text, _) = lab.release(&["diff", "rel", "1.0.0", "1.1.0"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("  + jq:amd64 1.6-2.1\n") && text.contains("  ~ curl:amd64 7.88.1-10 → 7.88.1-10+deb12u5\n") && text.contains("  CONFIG_IKCONFIG: n → y\n"), "{text}");
 }

@@ -99,3 +99,14 @@ pub fn verify(dir: &Path, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+pub fn diff(out: &Path, name: &str, a: &str, b: &str, json: bool) -> Result<()> {
+    let (from, to) = (Bundle::open(&out.join(name).join(a))?, Bundle::open(&out.join(name).join(b))?);
+    let diff = release::diff::diff(&from, &to);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&diff)?);
+    } else {
+        print!("{}", diff.render());
+    }
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! proves a bundle intact, `promote` makes a new version of it without a
 //! rebuild, `ls` and `show` list and describe them.
 
+pub mod diff;
 pub mod promote;
 pub mod verify;
 
