@@ -20,6 +20,9 @@ use crate::stage::{run_stage, StageContext};
 
 pub const TOOL: &str = concat!("rootsmith ", env!("CARGO_PKG_VERSION"));
 
+/// The SPDX document of the rootfs's packages, in every bundle.
+pub const SBOM: &str = "sbom.spdx.json";
+
 /// zstd level of stored layers: fast, they are rewritten as outputs anyway.
 const LAYER_ZSTD_LEVEL: i32 = 3;
 
@@ -322,6 +325,8 @@ impl Builder<'_> {
         let initramfs = crate::netboot::initramfs::write(&request, &staged.join("initramfs.img"))?;
         tarball::write_rootfs_tarball(&tree, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, self.plan.source_date_epoch)?;
         fs_err::write(staged.join("packages.txt"), artifact::packages::installed(&tree))?;
+        let created = crate::stage::kernel::build::utc_string(self.plan.source_date_epoch).replace(' ', "T").replace("TUTC", "Z");
+        fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &self.plan.recipe, &final_tree, &created))?;
         let mut files = std::collections::BTreeMap::new();
         for entry in fs_err::read_dir(&staged)? {
             let entry = entry?;
@@ -357,7 +362,8 @@ impl Builder<'_> {
         let source = self.store.output_dir(&record.key);
         let mut artifacts = Vec::new();
         for (file, digest) in &record.files {
-            let target = if file == "packages.txt" { file.clone() } else { format!("{name}-{version}-{file}") };
+            // Files about the tree, not boot artifacts, keep their names.
+            let target = if file == "packages.txt" || file == SBOM { file.clone() } else { format!("{name}-{version}-{file}") };
             fs_err::copy(source.join(file), staging.path().join(&target))?;
             let actual = crate::cache::store::hash_file(&staging.path().join(&target))?;
             if &actual != digest {
@@ -470,6 +476,7 @@ pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, records: &[StageRec
         "initramfs": plan.outputs.initramfs,
         "init": crate::netboot::initramfs::init_digest(),
         "kernels": kernels,
+        "sbom": SBOM,
     });
     sha256_hex(&serde_json::to_vec(&inputs).expect("output key inputs serialize"))
 }

@@ -207,6 +207,12 @@ fn diff_names_exactly_what_changed() {
     assert_eq!(diff["stages"].as_object().unwrap().keys().collect::<Vec<_>>(), ["files"]);
     let artifacts: Vec<&str> = diff["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert!(artifacts.contains(&"packages.txt") && artifacts.iter().all(|name| !name.contains("1.0.0") && !name.contains("1.1.0")), "sizes compared by generic names: {artifacts:?}");
+    // The SBOM of each bundle lists its packages.
+    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("sbom.spdx.json")).unwrap()).unwrap();
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    let names: Vec<&str> = sbom["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["base-files", "curl", "jq", "less"]);
+    assert_eq!(sbom["packages"][1]["versionInfo"], "7.88.1-10+deb12u5");
     let (code, text, _) = lab.release(&["diff", "rel", "1.0.0", "1.1.0"]);
     assert_eq!(code, 0);
     assert!(text.contains("  + jq:amd64 1.6-2.1\n") && text.contains("  ~ curl:amd64 7.88.1-10 → 7.88.1-10+deb12u5\n") && text.contains("  CONFIG_IKCONFIG: n → y\n"), "{text}");

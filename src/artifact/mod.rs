@@ -6,6 +6,7 @@ pub mod initramfs;
 pub mod manifest;
 pub mod modules;
 pub mod packages;
+pub mod sbom;
 pub mod squashfs;
 pub mod tarball;
 
