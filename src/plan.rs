@@ -22,6 +22,7 @@ fn kind_version(kind: &StageKind) -> u32 {
         StageKind::Files(_) => 1,
         StageKind::Run(_) => 1,
         StageKind::Kernel(_) => 1,
+        StageKind::Release(_) => 1,
     }
 }
 
@@ -68,6 +69,8 @@ pub struct PlanOptions {
     /// Where the last resolved remote digests are remembered (`CACHE/v1/remote`),
     /// for planning when the mirror cannot be reached.
     pub remote_memory: Option<std::path::PathBuf>,
+    /// Where published bundles are, for `release:` base stages.
+    pub out_dir: std::path::PathBuf,
 }
 
 impl PlanOptions {
@@ -82,8 +85,20 @@ impl PlanOptions {
             Ok(value) => Some(value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"))?),
             Err(_) => None,
         };
-        Ok(PlanOptions { epoch_from_env, apt_dir: "/etc/apt".into(), remote_memory: None })
+        let out_dir = std::env::var_os("ROOTSMITH_OUT").map(Into::into).unwrap_or_else(|| "out".into());
+        Ok(PlanOptions { epoch_from_env, apt_dir: "/etc/apt".into(), remote_memory: None, out_dir })
     }
+}
+
+/// The rootfs tarball of a published bundle, and its SHA-256 as the bundle's
+/// manifest gives it (the stage checks the file against it when it runs).
+fn release_tarball(release: &crate::recipe::Release, default_out: &Path) -> Result<(std::path::PathBuf, String)> {
+    let out = release.out.as_deref().unwrap_or(default_out);
+    let dir = out.join(&release.name).join(&release.version);
+    let bundle = crate::release::Bundle::open(&dir).with_context(|| format!("the release base {} {} is not in {}\nhint: build or promote it there, or set the stage's `out:` (or build --out)", release.name, release.version, out.display()))?;
+    let prefix = format!("{}-{}-rootfs.tar.", release.name, release.version);
+    let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
+    Ok((dir.join(&artifact.name), artifact.sha256.clone()))
 }
 
 pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
@@ -104,7 +119,15 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
     }
     let mut stages = Vec::new();
     for stage in &recipe.stages {
-        let (params, files, remote) = match &stage.kind {
+        let mut kind = stage.kind.clone();
+        if let StageKind::Release(release) = &mut kind {
+            release.tarball = Some(release_tarball(release, &options.out_dir)?);
+        }
+        let (params, files, remote) = match &kind {
+            StageKind::Release(r) => {
+                let (path, sha256) = r.tarball.as_ref().expect("resolved above");
+                (json!({ "release": r.name, "version": r.version, "tarball": path.file_name().map(|n| n.to_string_lossy().into_owned()), "sha256": sha256 }), Vec::new(), BTreeMap::new())
+            }
             StageKind::Debootstrap(d) => (
                 json!({ "suite": d.suite, "variant": d.variant, "components": d.components, "include": d.include, "mirror": mirror, "tool": crate::stage::debootstrap::resolve_tool(d.tool) }),
                 Vec::new(),
@@ -162,7 +185,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
                 Script::File(path) => (json!({ "script": path.written, "env": r.env }), vec![file_digest(&path.resolved, &path.written)?], BTreeMap::new()),
             },
         };
-        stages.push(PlannedStage { name: stage.name.clone(), kind: stage.kind.clone(), params, files, remote });
+        stages.push(PlannedStage { name: stage.name.clone(), kind, params, files, remote });
     }
     Ok(Plan {
         recipe: recipe.name.clone(),

@@ -217,3 +217,45 @@ fn diff_names_exactly_what_changed() {
     assert_eq!(code, 0);
     assert!(text.contains("  + jq:amd64 1.6-2.1\n") && text.contains("  ~ curl:amd64 7.88.1-10 → 7.88.1-10+deb12u5\n") && text.contains("  CONFIG_IKCONFIG: n → y\n"), "{text}");
 }
+
+#[test]
+fn a_release_is_a_base_for_development() {
+    if !needs_root("a_release_is_a_base_for_development") {
+        return;
+    }
+    let lab = Lab::new();
+    let release = lab.build("1.0.0", "released");
+    let dev = lab.dir.path().join("dev");
+    std::fs::create_dir_all(dev.join("extra/etc")).unwrap();
+    std::fs::write(dev.join("extra/etc/dev-tool"), "added on top\n").unwrap();
+    let recipe = dev.join("dev.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: dev\nversion: 0.1.0\nstages:\n  - release: { name: rel, version: 1.0.0 }\n  - files: { src: extra, dest: / }\n").unwrap();
+    let build = |extra: &[&str]| {
+        let mut command = rootsmith();
+        command.args(["build", "--fast", "--json"]).arg("--cache").arg(lab.dir.path().join("cache")).arg("--out").arg(lab.out()).args(extra).arg(&recipe);
+        run(&mut command)
+    };
+    let (code, stdout, stderr) = build(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kinds: Vec<&str> = summary["stages"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["release", "files"], "the release's own stages do not run again");
+    let listing = std::process::Command::new("tar").arg("-tf").arg(lab.out().join("dev/0.1.0/dev-0.1.0-rootfs.tar.zst")).arg("--zstd").output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("etc/motd") && listing.contains("etc/dev-tool") && listing.contains("etc/data"), "{listing}");
+
+    // A release tarball that no longer matches its manifest is refused.
+    let tarball = release.join("rel-1.0.0-rootfs.tar.zst");
+    let mut bytes = std::fs::read(&tarball).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&tarball, bytes).unwrap();
+    let (code, _, stderr) = build(&["--version", "0.2.0", "--rebuild", "release"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("but the release's manifest says"), "{stderr}");
+    // A release that is not there says where it looked.
+    std::fs::write(&recipe, "rootsmith: 1\nname: dev\nversion: 0.1.0\nstages:\n  - release: { name: rel, version: 9.9.9 }\n").unwrap();
+    let (code, _, stderr) = build(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("the release base rel 9.9.9 is not in"), "{stderr}");
+}

@@ -24,7 +24,10 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
         Some(name) => Some(recipe.stage_index(name, "--rebuild").map_err(|d| super::RecipeError(crate::recipe::Diagnostics(vec![d])))?),
         None => None,
     };
-    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)))?;
+    let mut options = PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args));
+    // `release:` bases are looked up where this build publishes.
+    options.out_dir = settings.out.clone();
+    let plan = plan(&recipe, &options)?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }

@@ -119,7 +119,7 @@ impl Checker<'_> {
             }
         }
         if raw.stages.is_empty() {
-            self.at_key("stages", "the recipe has no stages", "start with a base stage: debootstrap or tarball");
+            self.at_key("stages", "the recipe has no stages", "start with a base stage: debootstrap, tarball or release");
         }
         let mut stages = Vec::new();
         let mut names = BTreeSet::new();
@@ -135,9 +135,9 @@ impl Checker<'_> {
             // Placement depends only on which kind key is there, so it is checked
             // even when the stage's own fields have problems.
             if let [kind_name] = raw_stage.kind_names().as_slice() {
-                let is_base = matches!(*kind_name, "debootstrap" | "tarball");
+                let is_base = matches!(*kind_name, "debootstrap" | "tarball" | "release");
                 if is_base && index > 0 {
-                    self.at_key(&format!("{path}.{kind_name}"), format!("base stage `{kind_name}` must be the first stage"), "a recipe has one base (debootstrap or tarball) and it comes first");
+                    self.at_key(&format!("{path}.{kind_name}"), format!("base stage `{kind_name}` must be the first stage"), "a recipe has one base (debootstrap, tarball or release) and it comes first");
                 } else if !is_base && index == 0 {
                     self.at_key(&format!("{path}.{kind_name}"), format!("the first stage is `{kind_name}`, not a base stage"), "start with a base stage: debootstrap or tarball");
                 }
@@ -205,6 +205,16 @@ impl Checker<'_> {
             let written = self.subst(&field, &value.path);
             let path = self.local_file(&field, &written, false);
             kinds.push(("tarball", path.map(|path| StageKind::Tarball(Tarball { path }))));
+        }
+        if let Some(value) = raw.release {
+            let field = format!("{path}.release");
+            let name = self.subst(&format!("{field}.name"), &value.name);
+            let version = self.subst(&format!("{field}.version"), &value.version);
+            if let Err(why) = check_version(&version) {
+                self.at_value(&format!("{field}.version"), format!("invalid version `{version}`: {why}"), "name a published version, e.g. `1.2.0`");
+            }
+            let out = value.out.map(|out| self.dir.join(self.subst(&format!("{field}.out"), &out)));
+            kinds.push(("release", Some(StageKind::Release(Release { name, version, out, tarball: None }))));
         }
         if let Some(value) = raw.packages {
             let field = format!("{path}.packages");

@@ -54,6 +54,18 @@ pub enum StageKind {
     Files(Files),
     Run(Run),
     Kernel(Kernel),
+    Release(Release),
+}
+
+/// A base from a published bundle's rootfs tarball.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub name: String,
+    pub version: String,
+    /// The `--out` directory to look in, when the recipe names one.
+    pub out: Option<std::path::PathBuf>,
+    /// Filled in by the plan: the tarball and its SHA-256 from the bundle's manifest.
+    pub tarball: Option<(std::path::PathBuf, String)>,
 }
 
 impl StageKind {
@@ -65,12 +77,13 @@ impl StageKind {
             StageKind::Files(_) => "files",
             StageKind::Run(_) => "run",
             StageKind::Kernel(_) => "kernel",
+            StageKind::Release(_) => "release",
         }
     }
 
     /// Base stages create the tree; every other stage changes the one before it.
     pub fn is_base(&self) -> bool {
-        matches!(self, StageKind::Debootstrap(_) | StageKind::Tarball(_))
+        matches!(self, StageKind::Debootstrap(_) | StageKind::Tarball(_) | StageKind::Release(_))
     }
 }
 

@@ -55,6 +55,19 @@ pub struct RawStage {
     pub run: Option<RawRun>,
     #[serde(default)]
     pub kernel: Option<RawKernel>,
+    #[serde(default)]
+    pub release: Option<RawRelease>,
+}
+
+/// `release:` base stage: the rootfs of a published bundle.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelease {
+    pub name: String,
+    pub version: String,
+    /// The directory bundles are in [default: build's --out]
+    #[serde(default)]
+    pub out: Option<String>,
 }
 
 impl RawStage {
@@ -67,6 +80,7 @@ impl RawStage {
             ("files", self.files.is_some()),
             ("run", self.run.is_some()),
             ("kernel", self.kernel.is_some()),
+            ("release", self.release.is_some()),
         ];
         present.into_iter().filter(|(_, here)| *here).map(|(name, _)| name).collect()
     }

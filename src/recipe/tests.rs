@@ -101,6 +101,9 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  rootfs: { squashfs: { compression: brotli } }\n", 7, 38, "unknown compression `brotli`"),
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  tarball: { level: 40 }\n", 7, 21, "level 40 is out of range"),
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  rootfs: { squashfs: { compression: xz, level: 3 } }\n", 7, 49, "takes no level"),
+    // release base
+    ("stages:\n  - release: { name: rel, version: 1/0 }\n", 5, 36, "invalid version `1/0`"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - release: { name: rel, version: 1.0.0 }\n", 6, 5, "base stage `release` must be the first stage"),
     // netboot
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  initramfs: { compression: xz }\n", 7, 29, "unknown compression `xz`"),
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  initramfs: { modules: [virtio_net, \"../evil\"] }\n", 7, 38, "`../evil` is not a module name"),

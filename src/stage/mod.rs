@@ -6,6 +6,7 @@ pub mod debootstrap;
 mod files;
 pub mod kernel;
 mod packages;
+mod release;
 mod run;
 mod tarball;
 
@@ -45,6 +46,7 @@ pub fn run_stage(kind: &StageKind, context: &StageContext<'_>) -> Result<Option<
     match kind {
         StageKind::Debootstrap(stage) => debootstrap::run(stage, context).map(|()| None),
         StageKind::Tarball(stage) => tarball::run(stage, context).map(|()| None),
+        StageKind::Release(stage) => release::run(stage, context).map(|()| None),
         StageKind::Packages(stage) => packages::run(stage, context).map(|()| None),
         StageKind::Files(stage) => files::run(stage, context).map(|()| None),
         StageKind::Run(stage) => run::run(stage, context).map(|()| None),
