@@ -200,6 +200,7 @@ impl Builder<'_> {
         if is_base {
             set_root_mode(&tree)?;
         }
+        crate::stage::scrub::scrub(&tree).context("removing build-time noise from the tree")?;
         let after = Snapshot::take(&tree)?;
         let (layer, layer_size) = self.write_layer(&tree, &before, &after)?;
         let seconds = started.elapsed().as_secs_f64();
@@ -326,7 +327,7 @@ impl Builder<'_> {
         tarball::write_rootfs_tarball(&tree, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, self.plan.source_date_epoch)?;
         fs_err::write(staged.join("packages.txt"), artifact::packages::installed(&tree))?;
         let created = crate::stage::kernel::build::utc_string(self.plan.source_date_epoch).replace(' ', "T").replace("TUTC", "Z");
-        fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &self.plan.recipe, &final_tree, &created))?;
+        fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &self.plan.recipe, &cookie, &created))?;
         let mut files = std::collections::BTreeMap::new();
         for entry in fs_err::read_dir(&staged)? {
             let entry = entry?;
@@ -476,7 +477,7 @@ pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, records: &[StageRec
         "initramfs": plan.outputs.initramfs,
         "init": crate::netboot::initramfs::init_digest(),
         "kernels": kernels,
-        "sbom": SBOM,
+        "sbom": 2,
     });
     sha256_hex(&serde_json::to_vec(&inputs).expect("output key inputs serialize"))
 }

@@ -14,14 +14,15 @@ use crate::recipe::{ConfigBase, Kernel, KernelSource, Recipe, Script, StageKind}
 
 /// Versions of each stage kind's implementation: bump one when the same inputs
 /// would now give a different tree, so old cached layers stop matching.
+/// (2: build-time noise is scrubbed after every stage.)
 fn kind_version(kind: &StageKind) -> u32 {
     match kind {
-        StageKind::Debootstrap(_) => 1,
-        StageKind::Tarball(_) => 1,
-        StageKind::Packages(_) => 1,
-        StageKind::Files(_) => 1,
-        StageKind::Run(_) => 1,
-        StageKind::Kernel(_) => 1,
+        StageKind::Debootstrap(_) => 2,
+        StageKind::Tarball(_) => 2,
+        StageKind::Packages(_) => 2,
+        StageKind::Files(_) => 2,
+        StageKind::Run(_) => 2,
+        StageKind::Kernel(_) => 2,
         StageKind::Release(_) => 1,
     }
 }

@@ -36,6 +36,10 @@ impl Lab {
 
     /// The same, with a dpkg status listing `packages` (name, version).
     fn build_with(&self, version: &str, motd: &str, packages: &[(&str, &str)]) -> PathBuf {
+        self.build_into(version, motd, packages, "cache", &self.out())
+    }
+
+    fn build_into(&self, version: &str, motd: &str, packages: &[(&str, &str)], cache: &str, out: &Path) -> PathBuf {
         let recipe = self.dir.path().join(format!("rel-{version}.yaml"));
         let overlay = self.dir.path().join(format!("overlay-{motd}"));
         std::fs::create_dir_all(overlay.join("etc")).unwrap();
@@ -47,10 +51,10 @@ impl Lab {
         }
         std::fs::write(&recipe, format!("rootsmith: 1\nname: rel\nversion: {version}\nsource_date_epoch: 1700000000\nstages:\n  - tarball: {{ path: base.tar }}\n  - files: {{ src: overlay-{motd}, dest: / }}\n")).unwrap();
         let mut command = rootsmith();
-        command.arg("build").arg("--fast").arg("--cache").arg(self.dir.path().join("cache")).arg("--out").arg(self.out()).arg(&recipe);
+        command.arg("build").arg("--fast").arg("--cache").arg(self.dir.path().join(cache)).arg("--out").arg(out).arg(&recipe);
         let (code, _, stderr) = run(&mut command);
         assert_eq!(code, 0, "{stderr}");
-        self.out().join("rel").join(version)
+        out.join("rel").join(version)
     }
 
     fn release(&self, args: &[&str]) -> (i32, String, String) {
@@ -258,4 +262,18 @@ fn a_release_is_a_base_for_development() {
     let (code, _, stderr) = build(&[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("the release base rel 9.9.9 is not in"), "{stderr}");
+}
+
+#[test]
+fn the_fast_recipe_is_reproducible_on_two_empty_caches() {
+    if !needs_root("the_fast_recipe_is_reproducible_on_two_empty_caches") {
+        return;
+    }
+    let lab = Lab::new();
+    let packages = [("base-files", "12.4"), ("curl", "7.88.1-10")];
+    let a = lab.build_into("1.0.0", "same", &packages, "cache-a", &lab.dir.path().join("out-a"));
+    let b = lab.build_into("1.0.0", "same", &packages, "cache-b", &lab.dir.path().join("out-b"));
+    let sums = |bundle: &Path| std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums(&a), sums(&b), "two cold builds of the same recipe differ");
+    assert!(sums(&a).lines().count() >= 6);
 }

@@ -1,7 +1,7 @@
 //! `sbom.spdx.json`: an SPDX 2.3 document of the rootfs's Debian packages
 //! (name, version, architecture, source package, and the license names the
 //! package's machine-readable copyright file gives). Deterministic: its
-//! timestamp is SOURCE_DATE_EPOCH and its namespace derives from the tree.
+//! timestamp is SOURCE_DATE_EPOCH and its namespace is the rootfs cookie.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -27,7 +27,7 @@ fn spdx_id(text: &str) -> String {
     text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
 }
 
-pub fn spdx(tree: &Path, name: &str, tree_id: &str, created: &str) -> String {
+pub fn spdx(tree: &Path, name: &str, cookie: &str, created: &str) -> String {
     let status = std::fs::read_to_string(tree.join("var/lib/dpkg/status")).unwrap_or_default();
     let mut packages: Vec<Value> = Vec::new();
     let mut relationships = Vec::new();
@@ -68,7 +68,7 @@ pub fn spdx(tree: &Path, name: &str, tree_id: &str, created: &str) -> String {
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": format!("{name} rootfs"),
-        "documentNamespace": format!("urn:rootsmith:{name}:{tree_id}"),
+        "documentNamespace": format!("urn:rootsmith:{name}:{cookie}"),
         "creationInfo": { "created": created, "creators": [format!("Tool: rootsmith-{}", env!("CARGO_PKG_VERSION"))] },
         "packages": packages,
         "relationships": relationships,

@@ -8,6 +8,7 @@ pub mod kernel;
 mod packages;
 mod release;
 mod run;
+pub mod scrub;
 mod tarball;
 
 use std::path::{Path, PathBuf};
