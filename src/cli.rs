@@ -217,6 +217,9 @@ pub enum ReleaseAction {
     Verify {
         /// The bundle directory (OUT/NAME/VERSION)
         dir: PathBuf,
+        /// Also rebuild this recipe (the bundle's own) on an empty cache and compare every artifact
+        #[arg(long, value_name = "RECIPE")]
+        rebuild: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

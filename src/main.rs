@@ -29,7 +29,7 @@ fn main() {
             ReleaseAction::Ls { out, json } => commands::release::ls(&out.out, *json),
             ReleaseAction::Show { name, version, out, json } => commands::release::show(&out.out, name, version, *json),
             ReleaseAction::Promote { name, from, to, out } => commands::release::promote(&out.out, name, from, to),
-            ReleaseAction::Verify { dir, json } => commands::release::verify(dir, *json),
+            ReleaseAction::Verify { dir, rebuild, json } => commands::release::verify(dir, rebuild.as_deref(), *json),
             ReleaseAction::Diff { name, a, b, out, json } => commands::release::diff(&out.out, name, a, b, *json),
         },
     };

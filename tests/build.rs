@@ -330,3 +330,25 @@ fn debootstrap_recipe_is_reproducible_on_two_empty_caches() {
     assert_eq!(sums_a, sums_b, "two cold builds of recipes/debian-minimal.yaml differ");
     assert!(sums_a.contains("-rootfs.img") && sums_a.contains("sbom.spdx.json"));
 }
+
+/// `release verify --rebuild` names the paths a non-reproducible step changes.
+#[test]
+fn verify_rebuild_names_what_is_not_reproducible() {
+    if !needs_root("verify_rebuild_names_what_is_not_reproducible") {
+        return;
+    }
+    let lab = Lab::new();
+    let script = lab.recipes.join("debian-minimal/configure.sh");
+    std::fs::write(&script, std::fs::read_to_string(&script).unwrap() + "date +%s%N > /etc/build-stamp\n").unwrap();
+    lab.build(&lab.recipe(), &[]);
+    let bundle = lab.out.join("debian-minimal/0.1.0");
+    let mut command = rootsmith();
+    command.args(["release", "verify"]).arg(&bundle).arg("--rebuild").arg(lab.recipe());
+    let (code, stdout, stderr) = run(&mut command);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let line = stdout.lines().find(|line| line.contains("rebuild")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.starts_with("FAILED"), "{line}");
+    assert!(line.contains("debian-minimal-0.1.0-rootfs.img differs in 1 path: /etc/build-stamp"), "{line}");
+    // The bundle itself is intact: every other check passes.
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok")).count(), 5, "{stdout}");
+}

@@ -277,3 +277,22 @@ fn the_fast_recipe_is_reproducible_on_two_empty_caches() {
     assert_eq!(sums(&a), sums(&b), "two cold builds of the same recipe differ");
     assert!(sums(&a).lines().count() >= 6);
 }
+
+#[test]
+fn verify_rebuild_passes_for_a_reproducible_recipe() {
+    if !needs_root("verify_rebuild_passes_for_a_reproducible_recipe") {
+        return;
+    }
+    let lab = Lab::new();
+    let bundle = lab.build("1.0.0", "again");
+    let recipe = lab.dir.path().join("rel-1.0.0.yaml");
+    let (code, stdout, stderr) = lab.release(&["verify", bundle.to_str().unwrap(), "--rebuild", recipe.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.lines().any(|line| line.starts_with("ok") && line.contains("rebuild") && line.contains("gives the same")), "{stdout}");
+    // Another recipe is refused: it is not the one the bundle was built from.
+    let other = lab.dir.path().join("other.yaml");
+    std::fs::write(&other, std::fs::read_to_string(&recipe).unwrap() + "# changed\n").unwrap();
+    let (code, _, stderr) = lab.release(&["verify", bundle.to_str().unwrap(), "--rebuild", other.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not the recipe rel 1.0.0 was built from"), "{stderr}");
+}

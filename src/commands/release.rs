@@ -85,8 +85,14 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn verify(dir: &Path, json: bool) -> Result<()> {
-    let report = release::verify::verify(dir);
+pub fn verify(dir: &Path, rebuild: Option<&Path>, json: bool) -> Result<()> {
+    let mut report = release::verify::verify(dir);
+    if let Some(recipe) = rebuild {
+        let recipe = super::load_recipe(&crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new() })?;
+        let bundle = Bundle::open(dir)?;
+        let outcome = release::rebuild::rebuild_and_compare(&bundle, &recipe)?;
+        report.findings.push(release::verify::Finding { check: "rebuild", ok: outcome.is_ok(), detail: outcome.unwrap_or_else(|problems| problems) });
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -4,6 +4,7 @@
 
 pub mod diff;
 pub mod promote;
+pub mod rebuild;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,120 @@
+//! `release verify DIR --rebuild RECIPE`: build the bundle's recipe again on
+//! an empty cache and compare every artifact. Where one differs, the two
+//! squashfs images are read with backhand and the paths that differ inside
+//! them are named, so a stage that is not reproducible can be found.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::Bundle;
+use crate::build::{build, BuildOptions};
+use crate::host::RealHost;
+use crate::plan::{plan, PlanOptions};
+use crate::recipe::Recipe;
+
+/// What a path is inside a squashfs, for comparing two images.
+fn squashfs_entries(rootfs_image: &Path) -> Result<BTreeMap<String, String>> {
+    use backhand::InnerNode;
+    let (offset, _, _) = crate::artifact::cpio::read_rootfs_image(rootfs_image)?;
+    let reader = BufReader::new(fs_err::File::open(rootfs_image)?);
+    let filesystem = backhand::FilesystemReader::from_reader_with_offset(reader, offset).with_context(|| format!("reading the squashfs in {}", rootfs_image.display()))?;
+    let mut entries = BTreeMap::new();
+    for node in filesystem.files() {
+        let header = &node.header;
+        let owner = format!("{:o} {}:{} {}", header.permissions, header.uid, header.gid, header.mtime);
+        let what = match &node.inner {
+            InnerNode::File(file) => {
+                let mut hasher = Sha256::new();
+                let mut reader = filesystem.file(file).reader();
+                let mut buffer = vec![0u8; 1 << 16];
+                loop {
+                    let read = reader.read(&mut buffer)?;
+                    if read == 0 {
+                        break;
+                    }
+                    hasher.update(&buffer[..read]);
+                }
+                format!("file {}", hex::encode(hasher.finalize()))
+            }
+            InnerNode::Symlink(link) => format!("symlink {}", link.link.display()),
+            InnerNode::Dir(_) => "dir".into(),
+            InnerNode::CharacterDevice(device) => format!("char {}", device.device_number),
+            InnerNode::BlockDevice(device) => format!("block {}", device.device_number),
+            InnerNode::NamedPipe => "fifo".into(),
+            InnerNode::Socket => "socket".into(),
+        };
+        entries.insert(node.fullpath.display().to_string(), format!("{what} {owner}"));
+    }
+    Ok(entries)
+}
+
+/// The paths whose type, content, mode, owner or mtime differ, or that only one has.
+pub fn differing_paths(a: &Path, b: &Path) -> Result<Vec<String>> {
+    let (left, right) = (squashfs_entries(a)?, squashfs_entries(b)?);
+    let mut paths = Vec::new();
+    for (path, what) in &left {
+        match right.get(path) {
+            None => paths.push(format!("{path} (only in the bundle)")),
+            Some(other) if other != what => paths.push(path.clone()),
+            Some(_) => {}
+        }
+    }
+    for path in right.keys().filter(|path| !left.contains_key(*path)) {
+        paths.push(format!("{path} (only in the rebuild)"));
+    }
+    Ok(paths)
+}
+
+/// Rebuild `recipe` as `bundle` was built (its version, SOURCE_DATE_EPOCH and
+/// --fast) on an empty cache; `Ok(detail)` when every artifact is the same.
+pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<std::result::Result<String, String>> {
+    let manifest = &bundle.manifest;
+    if crate::cache::sha256_hex(recipe.source.as_bytes()) != manifest.recipe_sha256 {
+        bail!("{} is not the recipe {} {} was built from (its SHA-256 differs from the manifest's recipe_sha256)", recipe.file.display(), manifest.name, manifest.version);
+    }
+    let scratch = tempfile::Builder::new().prefix("rootsmith-rebuild-").tempdir_in(std::env::temp_dir())?;
+    let mut options = PlanOptions::from_environment()?;
+    options.epoch_from_env = Some(manifest.source_date_epoch);
+    options.out_dir = bundle.dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let plan = plan(recipe, &options)?;
+    let build_options = BuildOptions {
+        cache_dir: scratch.path().join("cache"),
+        out_dir: scratch.path().join("out"),
+        version: manifest.version.clone(),
+        rebuild_from: None,
+        fast: manifest.fast,
+        cache_only: false,
+    };
+    let progress = crate::progress::for_terminal(true);
+    let summary = build(recipe, &plan, &build_options, &RealHost, progress.as_ref()).context("rebuilding the recipe")?;
+    let rebuilt = Bundle::open(&summary.bundle)?;
+    let digests = |b: &Bundle| -> BTreeMap<String, String> { b.manifest.artifacts.iter().map(|a| (a.name.clone(), a.sha256.clone())).collect() };
+    let (original, again) = (digests(bundle), digests(&rebuilt));
+    let mut problems = Vec::new();
+    for (name, digest) in &original {
+        match again.get(name) {
+            None => problems.push(format!("{name} is not made by the rebuild")),
+            Some(other) if other != digest => {
+                let mut line = format!("{name} differs");
+                if name == &manifest.boot.rootfs_image {
+                    let paths = differing_paths(&bundle.dir.join(name), &rebuilt.dir.join(name))?;
+                    let shown: Vec<&String> = paths.iter().take(50).collect();
+                    line.push_str(&format!(" in {} path{}: {}", paths.len(), if paths.len() == 1 { "" } else { "s" }, shown.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")));
+                    if paths.len() > shown.len() {
+                        line.push_str(", …");
+                    }
+                }
+                problems.push(line);
+            }
+            Some(_) => {}
+        }
+    }
+    for name in again.keys().filter(|name| !original.contains_key(*name)) {
+        problems.push(format!("the rebuild also makes {name}"));
+    }
+    Ok(if problems.is_empty() { Ok(format!("a rebuild on an empty cache gives the same {} artifacts", original.len())) } else { Err(problems.join("; ")) })
+}
