@@ -35,6 +35,15 @@ pub struct BuildOptions {
     pub rebuild_from: Option<usize>,
     pub fast: bool,
     pub cache_only: bool,
+    /// `build --locked`: the lock, its apt pins and its digest.
+    pub lock: Option<LockedBuild>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LockedBuild {
+    pub lock: crate::lock::Lock,
+    pub pins: String,
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +114,7 @@ pub fn materialize<T>(
     progress: &dyn Progress,
     use_tree: impl FnOnce(&StageContext<'_>) -> Result<T>,
 ) -> Result<T> {
-    let options = BuildOptions { cache_dir: cache_dir.to_path_buf(), out_dir: PathBuf::new(), version: plan.version.clone(), rebuild_from: None, fast: false, cache_only: false };
+    let options = BuildOptions { cache_dir: cache_dir.to_path_buf(), out_dir: PathBuf::new(), version: plan.version.clone(), rebuild_from: None, fast: false, cache_only: false, lock: None };
     let store = Store::open(cache_dir)?;
     let mut builder = Builder { plan, options: &options, store, host, progress, records: Vec::new(), work: None };
     for index in 0..stages {
@@ -132,6 +141,7 @@ pub fn materialize<T>(
         stage_name: "shell",
         stage_key: "shell",
         remote: &no_remote,
+        apt_pins: None,
     };
     use_tree(&context)
 }
@@ -191,6 +201,7 @@ impl Builder<'_> {
             stage_name: &planned.name,
             stage_key: &key,
             remote: &planned.remote,
+            apt_pins: self.options.lock.as_ref().map(|lock| lock.pins.as_str()),
         };
         let kernel = run_stage(&planned.kind, &context).with_context(|| format!("stage `{}` ({}) failed", planned.name, planned.kind.kind_name()))?;
         if let Some(kernel) = &kernel {
@@ -359,6 +370,13 @@ impl Builder<'_> {
                 crate::cache::store::remove_tree(&entry.path())?;
             }
         }
+        if let Some(locked) = &self.options.lock {
+            let list = fs_err::read_to_string(self.store.output_dir(&record.key).join("packages.txt"))?;
+            let differences = locked.lock.differences(&crate::lock::packages_from_list(&list, &self.plan.arch));
+            if !differences.is_empty() {
+                bail!("the tree's packages differ from the lock, so nothing is published:\n  {}", differences.join("\n  "));
+            }
+        }
         let staging = tempfile::Builder::new().prefix(&partial_prefix).tempdir_in(&parent)?;
         let source = self.store.output_dir(&record.key);
         let mut artifacts = Vec::new();
@@ -430,6 +448,7 @@ impl Builder<'_> {
             boot,
             artifacts: artifacts.clone(),
             promoted_from: None,
+            lock_sha256: self.options.lock.as_ref().map(|locked| locked.digest.clone()),
         };
         let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
         fs_err::write(staging.path().join("manifest.json"), &manifest_bytes)?;

@@ -50,6 +50,9 @@ pub enum Command {
         /// Fail instead of building a stage that is not cached
         #[arg(long)]
         cache_only: bool,
+        /// Install exactly the package versions of RECIPE.lock (see `lock`)
+        #[arg(long)]
+        locked: bool,
         /// Print a JSON summary on stdout instead of progress
         #[arg(long)]
         json: bool,
@@ -86,6 +89,13 @@ pub enum Command {
         /// Run this command instead of an interactive shell
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// Write RECIPE.lock: every remote input resolved, every installed package's version
+    Lock {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Serve bundles over HTTP for netboot (read-only)
     Serve {

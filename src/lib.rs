@@ -10,6 +10,7 @@ pub mod commands;
 pub mod control;
 pub mod host;
 pub mod layer;
+pub mod lock;
 pub mod mirror;
 pub mod netboot;
 pub mod plan;

@@ -7,15 +7,16 @@ use rootsmith::commands::{self, RecipeError, EXIT_FAILURE, EXIT_RECIPE};
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, json } => commands::build::run(
+        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, locked, json } => commands::build::run(
             recipe,
             cache,
-            commands::build::Settings { out: out.clone(), version: version.clone(), rebuild: rebuild.clone(), fast: *fast, cache_only: *cache_only, json: *json },
+            commands::build::Settings { out: out.clone(), version: version.clone(), rebuild: rebuild.clone(), fast: *fast, cache_only: *cache_only, locked: *locked, json: *json },
         ),
         Command::Check { recipe } => commands::check::run(recipe),
         Command::Plan { recipe, cache, explain, fast, json } => commands::plan::run(recipe, cache, *explain, *fast, *json),
         Command::Shell { recipe, cache, stage, command } => commands::shell::run(recipe, cache, stage.as_deref(), command),
         Command::Cache { cache, action } => commands::cache::run(cache, action),
+        Command::Lock { recipe, cache } => commands::lock::run(recipe, cache),
         Command::Serve { dir, addr, max_connections } => commands::netboot::serve(dir, addr, *max_connections),
         Command::BootTest { boot, expect, timeout, log, json } => commands::netboot::boot_test(&commands::netboot::BootTestArgs {
             options: boot.options(),

@@ -74,6 +74,28 @@ fn deb822_sources(text: &str) -> Vec<(String, String)> {
 /// publishes new packages for the suite.
 pub fn in_release_digest(mirror: &str, suite: &str) -> Result<String> {
     let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
+    Ok(crate::cache::sha256_hex(&fetch(&url, suite)?))
+}
+
+/// Every version of every package the mirror has for `suite`, `components`
+/// and `arch` (from `Packages.xz`).
+pub fn available_versions(mirror: &str, suite: &str, components: &[String], arch: &str) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+    let mut versions: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = std::collections::BTreeMap::new();
+    for component in components {
+        let url = format!("{}/dists/{suite}/{component}/binary-{arch}/Packages.xz", mirror.trim_end_matches('/'));
+        let compressed = fetch(&url, suite)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut xz2::read::XzDecoder::new(compressed.as_slice()), &mut text).with_context(|| format!("decompressing {url}"))?;
+        for stanza in crate::control::stanzas(&text) {
+            if let (Some(name), Some(version)) = (crate::control::field(stanza, "Package"), crate::control::field(stanza, "Version")) {
+                versions.entry(name).or_default().insert(version);
+            }
+        }
+    }
+    Ok(versions)
+}
+
+fn fetch(url: &str, suite: &str) -> Result<Vec<u8>> {
     let bytes = if let Some(path) = url.strip_prefix("file://") {
         std::fs::read(path).with_context(|| format!("reading {path}"))?
     } else {
@@ -87,7 +109,7 @@ pub fn in_release_digest(mirror: &str, suite: &str) -> Result<String> {
         std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).with_context(|| format!("reading {url}"))?;
         bytes
     };
-    Ok(crate::cache::sha256_hex(&bytes))
+    Ok(bytes)
 }
 
 /// The last `InRelease` digest seen for a mirror and suite, kept in the cache

@@ -72,6 +72,8 @@ pub struct PlanOptions {
     pub remote_memory: Option<std::path::PathBuf>,
     /// Where published bundles are, for `release:` base stages.
     pub out_dir: std::path::PathBuf,
+    /// `build --locked`: the lock's digest, part of every apt stage's key.
+    pub lock_digest: Option<String>,
 }
 
 impl PlanOptions {
@@ -87,7 +89,7 @@ impl PlanOptions {
             Err(_) => None,
         };
         let out_dir = std::env::var_os("ROOTSMITH_OUT").map(Into::into).unwrap_or_else(|| "out".into());
-        Ok(PlanOptions { epoch_from_env, apt_dir: "/etc/apt".into(), remote_memory: None, out_dir })
+        Ok(PlanOptions { epoch_from_env, apt_dir: "/etc/apt".into(), remote_memory: None, out_dir, lock_digest: None })
     }
 }
 
@@ -100,6 +102,16 @@ fn release_tarball(release: &crate::recipe::Release, default_out: &Path) -> Resu
     let prefix = format!("{}-{}-rootfs.tar.", release.name, release.version);
     let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
     Ok((dir.join(&artifact.name), artifact.sha256.clone()))
+}
+
+/// The name of the lock among a stage's remote inputs.
+pub const LOCK_INPUT: &str = "rootsmith.lock";
+
+impl Plan {
+    /// Every remote input the plan resolved (without the lock itself).
+    pub fn remote_inputs(&self) -> BTreeMap<String, String> {
+        self.stages.iter().flat_map(|stage| stage.remote.clone()).filter(|(input, _)| input != LOCK_INPUT).collect()
+    }
 }
 
 pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
@@ -117,6 +129,9 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
         warnings.extend(resolved.warning);
         apt_remote.insert(format!("{url}/dists/{}/InRelease", base.suite), resolved.sha256);
         mirror = Some(url);
+    }
+    if let Some(digest) = &options.lock_digest {
+        apt_remote.insert(LOCK_INPUT.into(), digest.clone());
     }
     let mut stages = Vec::new();
     for stage in &recipe.stages {

@@ -352,3 +352,37 @@ fn verify_rebuild_names_what_is_not_reproducible() {
     // The bundle itself is intact: every other check passes.
     assert_eq!(stdout.lines().filter(|line| line.starts_with("ok")).count(), 5, "{stdout}");
 }
+
+/// `lock` pins what a build installs; `build --locked` installs exactly that,
+/// and a version the mirror no longer has stops it before it starts.
+#[test]
+fn lock_then_locked_build() {
+    if !needs_root("lock_then_locked_build") {
+        return;
+    }
+    let lab = Lab::new();
+    let (code, stdout, stderr) = run(lab.command(&["lock"]).arg(lab.recipe()));
+    assert_eq!(code, 0, "{stderr}");
+    let lock_path = lab.recipes.join("debian-minimal.lock");
+    assert!(stdout.contains("wrote") && stdout.contains("packages"), "{stdout}");
+    let lock: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&lock_path).unwrap()).unwrap();
+    let locked_less = lock["packages"]["less"].as_str().expect("less is locked").to_string();
+    assert!(lock["remote"].as_mapping().unwrap().keys().any(|k| k.as_str().unwrap().ends_with("/dists/bookworm/InRelease")));
+
+    let summary = lab.build(&lab.recipe(), &["--locked"]);
+    let bundle = PathBuf::from(summary["bundle"].as_str().unwrap());
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["lock_sha256"].as_str().is_some_and(|digest| digest.len() == 64), "{manifest}");
+    let packages = std::fs::read_to_string(bundle.join("packages.txt")).unwrap();
+    assert!(packages.lines().any(|line| line.starts_with(&format!("less\t{locked_less}\t"))), "{packages}");
+    assert_eq!(packages.lines().count(), lock["packages"].as_mapping().unwrap().len());
+
+    let text = std::fs::read_to_string(&lock_path).unwrap().replace(&format!("  less: {locked_less}\n"), "  less: 999-9\n").replace(&format!("  less: '{locked_less}'\n"), "  less: 999-9\n");
+    std::fs::write(&lock_path, text).unwrap();
+    let mut command = lab.command(&["build", "--locked", "--fast"]);
+    command.arg("--out").arg(&lab.out).arg("--version").arg("0.2.0").arg(lab.recipe());
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("the lock pins 1 package version the mirror no longer has:\n  less 999-9 (the mirror has "), "{stderr}");
+    assert!(!lab.out.join("debian-minimal/0.2.0").exists());
+}

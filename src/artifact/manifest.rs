@@ -24,6 +24,9 @@ pub struct Manifest {
     pub kernels: Vec<ManifestKernel>,
     pub boot: ManifestBoot,
     pub artifacts: Vec<ManifestArtifact>,
+    /// `build --locked`: the SHA-256 of the lock the build used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_sha256: Option<String>,
     /// Set by `release promote`: the version whose artifacts these are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<PromotedFrom>,

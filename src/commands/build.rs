@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use crate::build::{build, BuildOptions};
 use crate::cli::{CacheArgs, RecipeArgs};
@@ -15,6 +15,7 @@ pub struct Settings {
     pub rebuild: Option<String>,
     pub fast: bool,
     pub cache_only: bool,
+    pub locked: bool,
     pub json: bool,
 }
 
@@ -27,9 +28,34 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
     let mut options = PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args));
     // `release:` bases are looked up where this build publishes.
     options.out_dir = settings.out.clone();
+    let lock_path = crate::lock::path_for(&recipe.file);
+    let recipe_sha256 = crate::cache::sha256_hex(recipe.source.as_bytes());
+    let locked = if settings.locked {
+        let lock = crate::lock::read(&lock_path)?;
+        if lock.recipe_sha256 != recipe_sha256 {
+            bail!("{} was written for another version of the recipe\nhint: rootsmith lock {}", lock_path.display(), recipe.file.display());
+        }
+        let digest = lock.digest();
+        options.lock_digest = Some(digest.clone());
+        Some(crate::build::LockedBuild { pins: lock.apt_pins(), lock, digest })
+    } else {
+        None
+    };
     let plan = plan(&recipe, &options)?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
+    }
+    match &locked {
+        Some(locked) => check_lock_resolves(&recipe, &plan, &locked.lock)?,
+        None if lock_path.is_file() => {
+            if let Ok(lock) = crate::lock::read(&lock_path) {
+                let reasons = lock.staleness(&recipe_sha256, &plan.remote_inputs());
+                if !reasons.is_empty() {
+                    eprintln!("warning: {} is stale ({}); `rootsmith lock` renews it, `build --locked` builds what it pins", lock_path.display(), reasons.join("; "));
+                }
+            }
+        }
+        None => {}
     }
     let options = BuildOptions {
         cache_dir: super::cache_dir(cache_args),
@@ -38,6 +64,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
         rebuild_from,
         fast: settings.fast,
         cache_only: settings.cache_only,
+        lock: locked,
     };
     let progress = crate::progress::for_terminal(settings.json);
     let summary = build(&recipe, &plan, &options, &RealHost, progress.as_ref())?;
@@ -48,6 +75,26 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
         let note = if summary.up_to_date { " (already built, identical)" } else { "" };
         println!("{} {}: {} of {} stages built, outputs {}, {:.1}s{note}", summary.name, summary.version, built, summary.stages.len(), summary.outputs.state, summary.seconds);
         println!("bundle: {}", summary.bundle.display());
+    }
+    Ok(())
+}
+
+/// Every version the lock pins must still be on the mirror, or the build
+/// stops before it starts and names each one that is gone.
+fn check_lock_resolves(recipe: &crate::recipe::Recipe, plan: &crate::plan::Plan, lock: &crate::lock::Lock) -> Result<()> {
+    let (Some(mirror), Some(crate::recipe::StageKind::Debootstrap(base))) = (&plan.mirror, recipe.stages.first().map(|stage| &stage.kind)) else {
+        return Ok(());
+    };
+    let available = crate::mirror::available_versions(mirror, &base.suite, &base.components, &plan.arch).context("checking the lock's versions against the mirror")?;
+    let missing = lock.missing_from(&available);
+    if !missing.is_empty() {
+        bail!(
+            "the lock pins {} package version{} the mirror no longer has:\n  {}\nhint: `rootsmith lock {}` locks what the mirror has now",
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join("\n  "),
+            recipe.file.display()
+        );
     }
     Ok(())
 }

@@ -88,6 +88,7 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<std::resu
         rebuild_from: None,
         fast: manifest.fast,
         cache_only: false,
+        lock: None,
     };
     let progress = crate::progress::for_terminal(true);
     let summary = build(recipe, &plan, &build_options, &RealHost, progress.as_ref()).context("rebuilding the recipe")?;

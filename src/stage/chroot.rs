@@ -117,6 +117,13 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
                 mounts.push(mount);
             }
         }
+        if let Some(pins) = context.apt_pins {
+            let directory = tree.join("etc/apt/preferences.d");
+            let pin_file = directory.join(super::debootstrap::PINS_FILE);
+            if std::fs::symlink_metadata(&directory).is_ok_and(|m| m.is_dir()) && std::fs::symlink_metadata(&pin_file).is_err() {
+                scaffolding.create_file(&pin_file, pins.as_bytes(), 0o644)?;
+            }
+        }
         let policy = tree.join(POLICY_RC_D);
         if tree.join("usr/sbin").is_dir() && std::fs::symlink_metadata(&policy).is_err() {
             scaffolding.create_file(&policy, b"#!/bin/sh\n# rootsmith: no daemon starts while a stage runs\nexit 101\n", 0o755)?;
@@ -150,7 +157,7 @@ mod tests {
 
     fn context<'a>(host: &'a RecordingHost, tree: &'a Path, scratch: &'a Path, archives: &'a Path) -> StageContext<'a> {
         std::fs::create_dir_all(archives).unwrap();
-        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch: 7, mirror: None, apt_archives: archives, scratch, cache_root: Path::new("/nonexistent"), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY }
+        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch: 7, mirror: None, apt_archives: archives, scratch, cache_root: Path::new("/nonexistent"), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None }
     }
 
     #[test]

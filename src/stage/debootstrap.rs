@@ -1,7 +1,7 @@
 //! `debootstrap` base stage: mmdebstrap, or debootstrap when mmdebstrap is absent.
 //! Both download into the shared apt cache, so a package is fetched once.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::StageContext;
 use crate::host::Command;
@@ -17,6 +17,9 @@ pub fn resolve_tool(tool: BootstrapTool) -> &'static str {
         BootstrapTool::Auto => "debootstrap",
     }
 }
+
+/// The apt preferences file of a locked build, in `/etc/apt/preferences.d`.
+pub const PINS_FILE: &str = "rootsmith-lock.pref";
 
 pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
     let mirror = context.mirror.context("no mirror was resolved for the debootstrap stage")?;
@@ -38,9 +41,19 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
         if !stage.include.is_empty() {
             argv.push(format!("--include={}", stage.include.join(",")));
         }
+        if let Some(pins) = context.apt_pins {
+            // Locked: apt in and for the new tree takes only the locked versions.
+            let file = context.scratch.join(PINS_FILE);
+            fs_err::write(&file, pins)?;
+            argv.push(format!("--setup-hook=mkdir -p \"$1/etc/apt/preferences.d\" && cp '{}' \"$1/etc/apt/preferences.d/{PINS_FILE}\"", file.display()));
+            argv.push(format!("--customize-hook=rm -f \"$1/etc/apt/preferences.d/{PINS_FILE}\""));
+        }
         argv.extend([stage.suite.clone(), tree, mirror.to_string()]);
         argv
     } else {
+        if context.apt_pins.is_some() {
+            bail!("build --locked pins package versions with apt preferences, which debootstrap cannot take\nhint: use `tool: mmdebstrap` (the default when it is installed)");
+        }
         let debootstrap = crate::tools::require("debootstrap", "for this debootstrap stage")?;
         let mut argv = vec![
             debootstrap.display().to_string(),

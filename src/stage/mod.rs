@@ -40,6 +40,8 @@ pub struct StageContext<'a> {
     pub stage_key: &'a str,
     /// Remote inputs the plan resolved for this stage.
     pub remote: &'a std::collections::BTreeMap<String, String>,
+    /// `build --locked`: apt preferences pinning every package to its locked version.
+    pub apt_pins: Option<&'a str>,
 }
 
 /// Run one stage; a kernel stage also returns the kernel it built or took.

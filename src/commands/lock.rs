@@ -1,0 +1,32 @@
+//! `rootsmith lock RECIPE`: build the stages (from the cache where it can),
+//! then write RECIPE.lock with the plan's remote inputs and the version of
+//! every package in the final tree.
+
+use anyhow::Result;
+
+use crate::build::materialize;
+use crate::cli::{CacheArgs, RecipeArgs};
+use crate::host::RealHost;
+use crate::lock::{self, Lock, LOCK_VERSION};
+use crate::plan::{plan, PlanOptions};
+
+pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs) -> Result<()> {
+    let recipe = super::load_recipe(recipe_args)?;
+    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)))?;
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let progress = crate::progress::for_terminal(false);
+    let list = materialize(&plan, &super::cache_dir(cache_args), plan.stages.len(), &RealHost, progress.as_ref(), |context| Ok(crate::artifact::packages::installed(context.tree)))?;
+    let lock = Lock {
+        lock: LOCK_VERSION,
+        recipe: recipe.name.clone(),
+        recipe_sha256: crate::cache::sha256_hex(recipe.source.as_bytes()),
+        remote: plan.remote_inputs(),
+        packages: lock::packages_from_list(&list, &plan.arch),
+    };
+    let path = lock::path_for(&recipe.file);
+    lock::write(&path, &lock)?;
+    println!("wrote {}: {} packages, {} remote inputs", path.display(), lock.packages.len(), lock.remote.len());
+    Ok(())
+}
