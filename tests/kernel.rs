@@ -146,6 +146,19 @@ fn kernel_from_source_lifecycle() {
     assert!(warm_seconds < cold_seconds, "warm {warm_seconds}s is not faster than cold {cold_seconds}s");
     assert_ne!(changed_record["kernel"]["config_sha256"], cold_record["kernel"]["config_sha256"]);
 
+    // release diff between the two names the kernel option, and nothing else changed but the kernel stage.
+    let mut command = rootsmith();
+    command.args(["release", "diff", "ktest", "1.0.0", "1.1.0", "--json", "--out"]).arg(lab.path("out"));
+    let (code, stdout, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    let diff: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let options = diff["kernels"][0]["options"].as_object().unwrap();
+    assert_eq!(options["CONFIG_IKCONFIG"], serde_json::json!(["n", "y"]), "{diff}");
+    // IKCONFIG_PROC is IKCONFIG's own sub-option, which olddefconfig may turn on with it.
+    assert!(options.keys().all(|key| key == "CONFIG_IKCONFIG" || key == "CONFIG_IKCONFIG_PROC"), "{diff}");
+    assert_eq!(diff["stages"].as_object().unwrap().keys().collect::<Vec<_>>(), ["tiny"], "{diff}");
+    assert_eq!(diff["packages_added"], serde_json::json!({}));
+
     // Same inputs, built again from nothing but ccache: the same bzImage bytes.
     let products = cold_record["kernel"]["products"].as_str().unwrap();
     std::fs::remove_dir_all(lab.path(&format!("cache/v1/kernels/{products}"))).unwrap();
