@@ -107,6 +107,9 @@ pub enum Command {
         /// Connections served at once; more get 503
         #[arg(long, default_value_t = 64)]
         max_connections: usize,
+        /// Also answer TFTP read requests for the same directory on this address (e.g. 0.0.0.0:69)
+        #[arg(long, value_name = "ADDR")]
+        tftp: Option<String>,
     },
     /// Boot a bundle in QEMU and pass when an expected console line appears
     BootTest {

@@ -17,7 +17,7 @@ fn main() {
         Command::Shell { recipe, cache, stage, command } => commands::shell::run(recipe, cache, stage.as_deref(), command),
         Command::Cache { cache, action } => commands::cache::run(cache, action),
         Command::Lock { recipe, cache } => commands::lock::run(recipe, cache),
-        Command::Serve { dir, addr, max_connections } => commands::netboot::serve(dir, addr, *max_connections),
+        Command::Serve { dir, addr, max_connections, tftp } => commands::netboot::serve(dir, addr, *max_connections, tftp.as_deref()),
         Command::BootTest { boot, expect, timeout, log, json } => commands::netboot::boot_test(&commands::netboot::BootTestArgs {
             options: boot.options(),
             expect: expect.clone(),

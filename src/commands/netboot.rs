@@ -10,15 +10,19 @@ use crate::boot::qemu;
 use crate::netboot::boottest::{self, BootOptions};
 use crate::netboot::serve::Server;
 
-pub fn serve(dir: &Path, addr: &str, max_connections: usize) -> Result<()> {
+pub fn serve(dir: &Path, addr: &str, max_connections: usize, tftp: Option<&str>) -> Result<()> {
     // A closed stderr must not take the server down with it.
     let log: crate::netboot::serve::AccessLog = Arc::new(|line: &str| {
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "{} {line}", crate::progress::clock());
     });
-    let server = Server::bind(dir, addr, max_connections, log)?;
+    let server = Server::bind(dir, addr, max_connections, log.clone())?;
     let local = server.local_addr();
+    let tftp = tftp.map(|tftp| crate::netboot::tftp::TftpServer::bind(dir, tftp, max_connections, log)).transpose()?;
     eprintln!("serving {} on http://{local}/ (read-only; boot.ipxe, grub.cfg and pxelinux.cfg/default of a bundle are generated with this server's URL)", dir.display());
+    if let Some(tftp) = tftp {
+        eprintln!("serving {} over TFTP on {} (read-only)", dir.display(), tftp.spawn());
+    }
     server.run();
     Ok(())
 }

@@ -5,3 +5,4 @@ pub mod initramfs;
 pub mod boottest;
 pub mod menus;
 pub mod serve;
+pub mod tftp;

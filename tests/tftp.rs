@@ -1,0 +1,149 @@
+//! `serve --tftp`: a real client (curl) with and without blksize, a test
+//! client that drops one acknowledgement and sees the block sent again, and
+//! requests that try to leave the directory or write. Needs no root.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Served {
+    child: Child,
+    tftp: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(root.join("sub/image.bin"), &data).unwrap();
+    std::fs::write(dir.path().join("secret"), "outside").unwrap();
+    std::os::unix::fs::symlink("../secret", root.join("link-out")).unwrap();
+    let mut child = rootsmith().arg("serve").arg(&root).args(["--addr", "127.0.0.1:0", "--tftp", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut tftp = String::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        if let Some(rest) = line.split("over TFTP on ").nth(1) {
+            tftp = rest.split(' ').next().unwrap().to_string();
+        }
+    }
+    assert!(!tftp.is_empty(), "no TFTP address printed");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    Served { child, tftp, dir }
+}
+
+fn expected(served: &Served) -> Vec<u8> {
+    std::fs::read(served.dir.path().join("root/sub/image.bin")).unwrap()
+}
+
+#[test]
+fn curl_fetches_with_and_without_blksize() {
+    let served = serve();
+    for extra in [&[][..], &["--tftp-blksize", "1468"][..], &["--tftp-blksize", "8192"][..]] {
+        let output = std::process::Command::new("curl").args(["-s", "-S"]).args(extra).arg(format!("tftp://{}/sub/image.bin", served.tftp)).output().expect("curl runs");
+        assert!(output.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(output.stdout, expected(&served), "{extra:?}");
+    }
+}
+
+fn request(filename: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut packet = vec![0, 1];
+    for field in [filename, "octet"] {
+        packet.extend_from_slice(field.as_bytes());
+        packet.push(0);
+    }
+    for (name, value) in options {
+        packet.extend_from_slice(name.as_bytes());
+        packet.push(0);
+        packet.extend_from_slice(value.as_bytes());
+        packet.push(0);
+    }
+    packet
+}
+
+fn ack(block: u16) -> Vec<u8> {
+    let mut packet = vec![0, 4];
+    packet.extend_from_slice(&block.to_be_bytes());
+    packet
+}
+
+#[test]
+fn a_dropped_acknowledgement_is_recovered() {
+    let served = serve();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.send_to(&request("sub/image.bin", &[("blksize", "512"), ("tsize", "0"), ("timeout", "1")]), &served.tftp).unwrap();
+    let mut buffer = [0u8; 2048];
+    let (len, transfer) = client.recv_from(&mut buffer).unwrap();
+    assert_eq!(&buffer[..2], &[0, 6], "an OACK first");
+    let oack = String::from_utf8_lossy(&buffer[2..len]).replace('\0', " ");
+    assert!(oack.contains("blksize 512") && oack.contains("tsize 200000") && oack.contains("timeout 1"), "{oack}");
+    client.send_to(&ack(0), transfer).unwrap();
+    let mut received = Vec::new();
+    let mut block_one_seen = 0;
+    let mut dropped = false;
+    loop {
+        let (len, from) = client.recv_from(&mut buffer).unwrap();
+        assert_eq!(from, transfer);
+        assert_eq!(&buffer[..2], &[0, 3], "DATA");
+        let block = u16::from_be_bytes([buffer[2], buffer[3]]);
+        if block == 1 {
+            block_one_seen += 1;
+        }
+        // The acknowledgement of block 1 is "lost" once: the server must resend block 1.
+        if block == 1 && !dropped {
+            dropped = true;
+            continue;
+        }
+        if block as usize == received.len() / 512 + 1 {
+            received.extend_from_slice(&buffer[4..len]);
+        }
+        client.send_to(&ack(block), transfer).unwrap();
+        if len - 4 < 512 {
+            break;
+        }
+    }
+    assert_eq!(block_one_seen, 2, "block 1 was sent again after its acknowledgement was lost");
+    assert_eq!(received, expected(&served));
+}
+
+fn first_reply(served: &Served, packet: &[u8]) -> (u16, u16, String) {
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.send_to(packet, &served.tftp).unwrap();
+    let mut buffer = [0u8; 1024];
+    let (len, _) = client.recv_from(&mut buffer).unwrap();
+    let opcode = u16::from_be_bytes([buffer[0], buffer[1]]);
+    let code = u16::from_be_bytes([buffer[2], buffer[3]]);
+    (opcode, code, String::from_utf8_lossy(&buffer[4..len]).trim_end_matches('\0').to_string())
+}
+
+#[test]
+fn nothing_outside_the_directory_and_no_writes() {
+    let served = serve();
+    for name in ["../secret", "/../secret", "sub/../../secret", "link-out", "%2e%2e/secret", "missing"] {
+        let (opcode, code, message) = first_reply(&served, &request(name, &[]));
+        assert_eq!((opcode, code), (5, 1), "{name}: {message}");
+    }
+    let mut write = request("new.bin", &[]);
+    write[1] = 2;
+    let (opcode, code, message) = first_reply(&served, &write);
+    assert_eq!((opcode, code), (5, 2), "{message}");
+    assert!(message.contains("read-only"));
+    assert_eq!(std::fs::read_to_string(served.dir.path().join("secret")).unwrap(), "outside");
+}
