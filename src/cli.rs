@@ -167,6 +167,9 @@ pub struct BootArgs {
     /// For --via http|pxe: use this server (its base URL as the guest reaches it, e.g. http://10.0.2.2:8080/b/) instead of starting one
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// For --via pxe: load boot.ipxe from rootsmith's own TFTP server instead of QEMU's
+    #[arg(long)]
+    pub tftp: bool,
 }
 
 impl BootArgs {
@@ -179,6 +182,7 @@ impl BootArgs {
             accel: self.accel,
             append: self.append.clone(),
             server: self.server.clone(),
+            own_tftp: self.tftp,
         }
     }
 }

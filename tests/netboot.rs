@@ -151,6 +151,11 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
             assert!(console.contains("rootsmith-init: rootfs.img verified"), "{console}");
         }
     }
+    // The first stage over rootsmith's own TFTP server, as firmware that only speaks TFTP would.
+    let (code, _, console) = boot_test(&bundle, "pxe", &["--tftp", "--expect", "rootsmith-init: switching root"], &logs.join("pxe-tftp.log"));
+    assert_eq!(code, 0, "{console}");
+    assert!(console.contains("tftp \"boot.ipxe\" sent"), "iPXE loaded boot.ipxe from rootsmith's TFTP server:\n{console}");
+
     // A line that never comes: exit 1 with the console's last lines.
     let mut command = rootsmith();
     command.args(["boot-test", "--via", "appended", "--expect", "a line no boot prints", "--timeout", "8", "--log"]).arg(logs.join("never.log")).arg(&bundle);

@@ -45,6 +45,9 @@ pub struct BootOptions {
     pub append: Vec<String>,
     /// Use this server (a base URL as the guest reaches it) instead of starting one.
     pub server: Option<String>,
+    /// For `--via pxe`: serve boot.ipxe with rootsmith's own TFTP server
+    /// instead of QEMU's built-in one.
+    pub own_tftp: bool,
 }
 
 /// A guest ready to start, with what keeps its files and server alive.
@@ -82,9 +85,12 @@ fn test_cmdline(manifest: &Manifest, append: &[String]) -> String {
     words.join(" ")
 }
 
+fn access_log(log: Arc<Mutex<Vec<String>>>) -> crate::netboot::serve::AccessLog {
+    Arc::new(move |line: &str| log.lock().expect("log lock").push(line.to_string()))
+}
+
 fn start_server(bundle: &Path, log: Arc<Mutex<Vec<String>>>) -> Result<u16> {
-    let sink: crate::netboot::serve::AccessLog = Arc::new(move |line: &str| log.lock().expect("log lock").push(line.to_string()));
-    let server = Server::bind(bundle, "127.0.0.1:0", 16, sink)?;
+    let server = Server::bind(bundle, "127.0.0.1:0", 16, access_log(log))?;
     Ok(server.spawn().port())
 }
 
@@ -134,7 +140,14 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             fs_err::write(tftp.join("boot.ipxe"), script)?;
             guest.kernel = None;
             guest.initrd = None;
-            guest.network = Some(UserNetwork { tftp: Some(tftp), bootfile: Some("boot.ipxe".into()) });
+            guest.network = Some(if options.own_tftp {
+                // The NIC's iPXE takes a tftp:// URL as its DHCP boot file.
+                let server = crate::netboot::tftp::TftpServer::bind(&tftp, "127.0.0.1:0", 16, access_log(http_log.clone()))?;
+                let port = server.spawn().port();
+                UserNetwork { tftp: None, bootfile: Some(format!("tftp://{HOST_FROM_GUEST}:{port}/boot.ipxe")) }
+            } else {
+                UserNetwork { tftp: Some(tftp), bootfile: Some("boot.ipxe".into()) }
+            });
         }
     }
     guest.cmdline = cmdline;
