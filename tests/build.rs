@@ -385,4 +385,12 @@ fn lock_then_locked_build() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("the lock pins 1 package version the mirror no longer has:\n  less 999-9 (the mirror has "), "{stderr}");
     assert!(!lab.out.join("debian-minimal/0.2.0").exists());
+
+    // A plain build says when the lock no longer describes the recipe.
+    std::fs::write(lab.recipe(), std::fs::read_to_string(lab.recipe()).unwrap() + "# edited after locking\n").unwrap();
+    let mut command = lab.command(&["build", "--fast"]);
+    command.arg("--out").arg(&lab.out).arg("--version").arg("0.3.0").arg(lab.recipe());
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("debian-minimal.lock is stale (the recipe changed since it was locked)"), "{stderr}");
 }
