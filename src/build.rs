@@ -372,7 +372,7 @@ impl Builder<'_> {
         }
         if let Some(locked) = &self.options.lock {
             let list = fs_err::read_to_string(self.store.output_dir(&record.key).join("packages.txt"))?;
-            let differences = locked.lock.differences(&crate::lock::packages_from_list(&list, &self.plan.arch));
+            let differences = locked.lock.differences(&artifact::packages::parse(&list, Some(&self.plan.arch)));
             if !differences.is_empty() {
                 bail!("the tree's packages differ from the lock, so nothing is published:\n  {}", differences.join("\n  "));
             }

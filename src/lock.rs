@@ -114,19 +114,6 @@ impl Lock {
     }
 }
 
-/// name → version of the installed packages, from `packages.txt` lines
-/// (`name<TAB>version<TAB>arch`); a foreign architecture is kept in the name.
-pub fn packages_from_list(text: &str, native_arch: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split('\t');
-            let (name, version, arch) = (fields.next()?, fields.next()?, fields.next().unwrap_or(""));
-            let key = if arch.is_empty() || arch == "all" || arch == native_arch { name.to_string() } else { format!("{name}:{arch}") };
-            Some((key, version.to_string()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,7 +147,7 @@ mod tests {
         assert!(lock().staleness("r", &lock().remote).is_empty());
         let available = [("curl".to_string(), ["7.88.1-10+deb12u5".to_string()].into())].into();
         assert_eq!(lock().missing_from(&available), vec!["curl 7.88.1-10 (the mirror has 7.88.1-10+deb12u5)", "libc6 2.36-9 (the mirror has no such package)"]);
-        let installed = packages_from_list("curl\t7.88.1-11\tamd64\njq\t1.6\tamd64\n", "amd64");
+        let installed = crate::artifact::packages::parse("curl\t7.88.1-11\tamd64\njq\t1.6\tamd64\n", Some("amd64"));
         assert_eq!(lock().differences(&installed), vec!["curl is 7.88.1-11, the lock says 7.88.1-10", "libc6:i386 2.36-9 is locked but not installed", "jq 1.6 is installed but not locked"]);
     }
 }

@@ -20,6 +20,19 @@ pub fn installed(tree: &Path) -> String {
     lines.into_iter().map(|line| line + "\n").collect()
 }
 
+/// `packages.txt` read back: name → version. A package of `native_arch`,
+/// or of `all`, is keyed by its bare name; any other as `name:arch`.
+pub fn parse(text: &str, native_arch: Option<&str>) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let (name, version, arch) = (fields.next()?, fields.next()?, fields.next().unwrap_or(""));
+            let bare = arch.is_empty() || arch == "all" || Some(arch) == native_arch;
+            Some((if bare { name.to_string() } else { format!("{name}:{arch}") }, version.to_string()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -32,5 +45,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(super::installed(dir.path()), "apt\t2.6\tamd64\nzlib1g\t1:1.2\tamd64\n");
+    }
+
+    #[test]
+    fn parse_keys_foreign_architectures_by_name_and_arch() {
+        let text = "curl\t7.88\tamd64\nlibc6\t2.36\ti386\ntzdata\t2024a\tall\n";
+        let native = super::parse(text, Some("amd64"));
+        assert_eq!(native.keys().collect::<Vec<_>>(), ["curl", "libc6:i386", "tzdata"]);
+        let qualified = super::parse(text, None);
+        assert_eq!(qualified.keys().collect::<Vec<_>>(), ["curl:amd64", "libc6:i386", "tzdata"]);
     }
 }

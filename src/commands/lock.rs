@@ -23,7 +23,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs) -> Result<()> {
         recipe: recipe.name.clone(),
         recipe_sha256: crate::cache::sha256_hex(recipe.source.as_bytes()),
         remote: plan.remote_inputs(),
-        packages: lock::packages_from_list(&list, &plan.arch),
+        packages: crate::artifact::packages::parse(&list, Some(&plan.arch)),
     };
     let path = lock::path_for(&recipe.file);
     lock::write(&path, &lock)?;

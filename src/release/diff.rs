@@ -40,16 +40,9 @@ pub struct ArtifactDelta {
     pub to: Option<u64>,
 }
 
+/// Each package of a bundle's `packages.txt`, keyed `name:arch` (`name` for `all`).
 fn packages(dir: &Path) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(dir.join("packages.txt")).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split('\t');
-            let (name, version, arch) = (fields.next()?, fields.next()?, fields.next().unwrap_or(""));
-            let key = if arch.is_empty() || arch == "all" { name.to_string() } else { format!("{name}:{arch}") };
-            Some((key, version.to_string()))
-        })
-        .collect()
+    crate::artifact::packages::parse(&std::fs::read_to_string(dir.join("packages.txt")).unwrap_or_default(), None)
 }
 
 /// `CONFIG_X=v` lines and `# CONFIG_X is not set` (as `n`).
