@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::artifact::manifest::{sha256sums, Manifest, ManifestArtifact, ManifestBoot, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
+use crate::artifact::manifest::{Manifest, ManifestArtifact, ManifestBoot, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
 use crate::artifact::{self, squashfs, tarball};
 use crate::cache::{sha256_hex, tree_id, OutputRecord, StageRecord, Store, WorkDir, CACHE_FORMAT};
 use crate::host::Host;
@@ -446,14 +446,11 @@ impl Builder<'_> {
             },
             kernels,
             boot,
-            artifacts: artifacts.clone(),
+            artifacts,
             promoted_from: None,
             lock_sha256: self.options.lock.as_ref().map(|locked| locked.digest.clone()),
         };
-        let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
-        fs_err::write(staging.path().join("manifest.json"), &manifest_bytes)?;
-        artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: manifest_bytes.len() as u64, sha256: sha256_hex(&manifest_bytes) });
-        fs_err::write(staging.path().join("SHA256SUMS"), sha256sums(&artifacts))?;
+        let manifest_bytes = crate::artifact::manifest::write_index(staging.path(), &manifest)?;
         if bundle.exists() {
             return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
         }

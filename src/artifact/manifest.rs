@@ -88,6 +88,17 @@ pub struct ManifestArtifact {
     pub sha256: String,
 }
 
+/// Write `manifest.json` and `SHA256SUMS` (the manifest's artifacts and the
+/// manifest itself) into a bundle directory; returns the manifest's bytes.
+pub fn write_index(dir: &std::path::Path, manifest: &Manifest) -> std::io::Result<Vec<u8>> {
+    let bytes = serde_json::to_vec_pretty(manifest)?;
+    std::fs::write(dir.join("manifest.json"), &bytes)?;
+    let mut artifacts = manifest.artifacts.clone();
+    artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: bytes.len() as u64, sha256: crate::cache::sha256_hex(&bytes) });
+    std::fs::write(dir.join("SHA256SUMS"), sha256sums(&artifacts))?;
+    Ok(bytes)
+}
+
 /// `sha256sum -c` format: `HEX  NAME` lines, sorted by name.
 pub fn sha256sums(artifacts: &[ManifestArtifact]) -> String {
     let mut sorted: Vec<&ManifestArtifact> = artifacts.iter().collect();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::Bundle;
-use crate::artifact::manifest::{sha256sums, ManifestArtifact, PromotedFrom};
+use crate::artifact::manifest::{ManifestArtifact, PromotedFrom};
 use crate::netboot::menus::{self, MenuInput};
 
 /// Hard-link when the file system allows (the bytes are the same and bundles
@@ -62,11 +62,8 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
     manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: crate::cache::sha256_hex(&candidate_manifest) });
     artifacts.extend(menus::write_all(staging.path(), &MenuInput::new(name, to, &manifest.kernels, &manifest.boot))?);
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
-    manifest.artifacts = artifacts.clone();
-    let bytes = serde_json::to_vec_pretty(&manifest)?;
-    fs_err::write(staging.path().join("manifest.json"), &bytes)?;
-    artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: bytes.len() as u64, sha256: crate::cache::sha256_hex(&bytes) });
-    fs_err::write(staging.path().join("SHA256SUMS"), sha256sums(&artifacts))?;
+    manifest.artifacts = artifacts;
+    crate::artifact::manifest::write_index(staging.path(), &manifest)?;
     let staging = staging.keep();
     if let Err(error) = std::fs::rename(&staging, &target) {
         let _ = std::fs::remove_dir_all(&staging);
