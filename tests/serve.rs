@@ -4,23 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
 struct Served {
-    child: Child,
-    base: String,
+    server: ServeProcess,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn serve(setup: impl FnOnce(&Path)) -> Served {
@@ -29,14 +20,7 @@ fn serve(setup: impl FnOnce(&Path)) -> Served {
     std::fs::create_dir(&root).unwrap();
     setup(&root);
     std::fs::write(dir.path().join("secret"), "outside the served directory").unwrap();
-    let mut child = rootsmith().arg("serve").arg(&root).arg("--addr").arg("127.0.0.1:0").stderr(Stdio::piped()).spawn().unwrap();
-    let mut first = String::new();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    stderr.read_line(&mut first).unwrap();
-    // Keep reading the access log so the server never writes to a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let base = first.split(" on ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or_else(|| panic!("no address in {first:?}")).trim_end_matches('/').to_string();
-    Served { child, base, _dir: dir }
+    Served { server: ServeProcess::start(&root, false), _dir: dir }
 }
 
 /// (status, headers lowercased, body)
@@ -55,7 +39,7 @@ fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
 fn serves_files_with_length_ranges_and_etags() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let served = serve(|root| std::fs::write(root.join("rootfs.img"), &data).unwrap());
-    let url = format!("{}/rootfs.img", served.base);
+    let url = format!("{}/rootfs.img", served.server.http);
 
     let (status, headers, body) = curl(&[&url]);
     assert_eq!(status, 200);
@@ -99,12 +83,12 @@ fn nothing_outside_the_directory_is_served() {
         std::os::unix::fs::symlink("../secret", root.join("link-out")).unwrap();
     });
     for path in ["/../secret", "/%2e%2e/secret", "/a/../../secret", "/link-out", "/%2E%2E%2Fsecret", "/nothing"] {
-        let (status, headers, body) = curl(&[&format!("{}{path}", served.base)]);
+        let (status, headers, body) = curl(&[&format!("{}{path}", served.server.http)]);
         assert_eq!(status, 404, "{path}");
         assert!(header(&headers, "content-length").is_some(), "errors have a length too");
         assert!(!String::from_utf8_lossy(&body).contains("outside the served"), "{path}");
     }
-    let (status, _, body) = curl(&[&format!("{}/inside", served.base)]);
+    let (status, _, body) = curl(&[&format!("{}/inside", served.server.http)]);
     assert_eq!((status, body.as_slice()), (200, &b"in"[..]));
 }
 
@@ -124,11 +108,11 @@ fn a_bundles_boot_ipxe_carries_the_servers_url() {
         std::fs::write(bundle.join("manifest.json"), manifest.to_string()).unwrap();
         std::fs::write(bundle.join("boot.ipxe"), "#!ipxe\n# the static one\n").unwrap();
     });
-    let (status, headers, body) = curl(&[&format!("{}/demo/1.0/boot.ipxe", served.base)]);
+    let (status, headers, body) = curl(&[&format!("{}/demo/1.0/boot.ipxe", served.server.http)]);
     assert_eq!(status, 200);
     let text = String::from_utf8(body).unwrap();
     assert_eq!(header(&headers, "content-length"), Some(text.len().to_string().as_str()));
     assert!(text.starts_with("#!ipxe\n"), "{text}");
-    assert!(text.contains(&format!("kernel {}/demo/1.0/demo-1.0-k-vmlinuz", served.base)), "{text}");
-    assert!(text.contains(&format!("rootsmith.rootfs_url={}/demo/1.0/demo-1.0-rootfs.img", served.base)), "{text}");
+    assert!(text.contains(&format!("kernel {}/demo/1.0/demo-1.0-k-vmlinuz", served.server.http)), "{text}");
+    assert!(text.contains(&format!("rootsmith.rootfs_url={}/demo/1.0/demo-1.0-rootfs.img", served.server.http)), "{text}");
 }

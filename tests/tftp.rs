@@ -4,24 +4,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 struct Served {
-    child: Child,
+    /// Kept for its lifetime: the server stops when the test's `Served` drops.
+    _server: ServeProcess,
     tftp: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn serve() -> Served {
@@ -32,19 +24,9 @@ fn serve() -> Served {
     std::fs::write(root.join("sub/image.bin"), &data).unwrap();
     std::fs::write(dir.path().join("secret"), "outside").unwrap();
     std::os::unix::fs::symlink("../secret", root.join("link-out")).unwrap();
-    let mut child = rootsmith().arg("serve").arg(&root).args(["--addr", "127.0.0.1:0", "--tftp", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut tftp = String::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        if let Some(rest) = line.split("over TFTP on ").nth(1) {
-            tftp = rest.split(' ').next().unwrap().to_string();
-        }
-    }
-    assert!(!tftp.is_empty(), "no TFTP address printed");
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    Served { child, tftp, dir }
+    let server = ServeProcess::start(&root, true);
+    let tftp = server.tftp.clone().expect("serve printed its TFTP address");
+    Served { _server: server, tftp, dir }
 }
 
 fn expected(served: &Served) -> Vec<u8> {

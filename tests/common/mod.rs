@@ -58,3 +58,42 @@ pub fn sha256(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
+
+/// A `rootsmith serve` process on loopback ports of its own choosing, killed
+/// when dropped: its HTTP base URL and, with `--tftp`, its TFTP address.
+pub struct ServeProcess {
+    child: std::process::Child,
+    pub http: String,
+    pub tftp: Option<String>,
+}
+
+impl ServeProcess {
+    pub fn start(root: &Path, tftp: bool) -> ServeProcess {
+        use std::io::{BufRead, BufReader};
+        let mut command = rootsmith();
+        command.arg("serve").arg(root).args(["--addr", "127.0.0.1:0"]);
+        if tftp {
+            command.args(["--tftp", "127.0.0.1:0"]);
+        }
+        let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let (mut http, mut tftp_address) = (None, None);
+        for _ in 0..if tftp { 2 } else { 1 } {
+            let mut line = String::new();
+            stderr.read_line(&mut line).unwrap();
+            let address = |marker: &str| line.split(marker).nth(1).and_then(|rest| rest.split(' ').next()).map(|a| a.trim_end_matches('/').to_string());
+            http = http.or_else(|| address(" on http://").map(|a| format!("http://{a}")));
+            tftp_address = tftp_address.or_else(|| address("over TFTP on "));
+        }
+        // Keep reading the access log so the server never writes to a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        ServeProcess { child, http: http.expect("serve printed its HTTP address"), tftp: tftp_address }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
