@@ -337,7 +337,7 @@ impl Builder<'_> {
         let initramfs = crate::netboot::initramfs::write(&request, &staged.join("initramfs.img"))?;
         tarball::write_rootfs_tarball(&tree, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, self.plan.source_date_epoch)?;
         fs_err::write(staged.join("packages.txt"), artifact::packages::installed(&tree))?;
-        let created = crate::stage::kernel::build::utc_string(self.plan.source_date_epoch).replace(' ', "T").replace("TUTC", "Z");
+        let created = crate::time::rfc3339(self.plan.source_date_epoch);
         fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &self.plan.recipe, &cookie, &created))?;
         let mut files = std::collections::BTreeMap::new();
         for entry in fs_err::read_dir(&staged)? {

@@ -16,6 +16,7 @@ pub mod netboot;
 pub mod plan;
 pub mod progress;
 pub mod stage;
+pub mod time;
 pub mod tools;
 pub mod recipe;
 pub mod release;

@@ -14,7 +14,7 @@ fn mib(bytes: u64) -> String {
 fn published(bundle: &Bundle) -> String {
     let Ok(modified) = std::fs::metadata(&bundle.dir).and_then(|m| m.modified()) else { return "-".into() };
     let seconds = modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    crate::stage::kernel::build::utc_string(seconds)
+    crate::time::utc_string(seconds)
 }
 
 fn kernels(bundle: &Bundle) -> String {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rootsmith_init::contract::ChunkList;
+use rootsmith_init::contract::{BuildId, ChunkList};
 use serde::Serialize;
 
 use crate::artifact::manifest::{Manifest, MANIFEST_VERSION};
@@ -112,8 +112,13 @@ fn check_sums(dir: &Path, manifest: &Manifest) -> Result<String, String> {
     }
 }
 
-fn check_chunks(initramfs: &Path, rootfs: &Path) -> Result<String, String> {
-    let (_, expected) = crate::artifact::initramfs::read_contract(initramfs).map_err(|error| format!("{error:#}"))?;
+/// What the initramfs expects (its build id and chunk list), read once.
+type Contract = Result<(BuildId, ChunkList), String>;
+/// Where the squashfs lies in rootfs.img and the build id it carries, read once.
+type RootfsImage = Result<(u64, u64, BuildId), String>;
+
+fn check_chunks(contract: &Contract, rootfs: &Path) -> Result<String, String> {
+    let (_, expected) = contract.as_ref().map_err(Clone::clone)?;
     let file = std::fs::File::open(rootfs).map_err(|error| format!("{}: {error}", rootfs.display()))?;
     let actual = ChunkList::from_reader(std::io::BufReader::new(file), expected.chunk_size).map_err(|error| error.to_string())?;
     if actual.size != expected.size {
@@ -125,9 +130,9 @@ fn check_chunks(initramfs: &Path, rootfs: &Path) -> Result<String, String> {
     Ok(format!("{} chunks of {} KiB match", expected.digests.len(), expected.chunk_size >> 10))
 }
 
-fn check_cookies(initramfs: &Path, rootfs: &Path, manifest: &Manifest) -> Result<String, String> {
-    let (expected, _) = crate::artifact::initramfs::read_contract(initramfs).map_err(|error| format!("{error:#}"))?;
-    let (_, _, found) = crate::artifact::cpio::read_rootfs_image(rootfs).map_err(|error| format!("{error:#}"))?;
+fn check_cookies(contract: &Contract, image: &RootfsImage, manifest: &Manifest) -> Result<String, String> {
+    let (expected, _) = contract.as_ref().map_err(Clone::clone)?;
+    let (_, _, found) = image.as_ref().map_err(Clone::clone)?;
     if expected != found {
         return Err(format!("the initramfs expects {expected}, rootfs.img is {found}"));
     }
@@ -137,10 +142,10 @@ fn check_cookies(initramfs: &Path, rootfs: &Path, manifest: &Manifest) -> Result
     Ok(found.to_string())
 }
 
-fn check_squashfs(rootfs: &Path, manifest: &Manifest) -> Result<String, String> {
-    let (offset, _, _) = crate::artifact::cpio::read_rootfs_image(rootfs).map_err(|error| format!("{error:#}"))?;
+fn check_squashfs(image: &RootfsImage, rootfs: &Path, manifest: &Manifest) -> Result<String, String> {
+    let (offset, _, _) = image.as_ref().map_err(Clone::clone)?;
     let reader = std::io::BufReader::new(std::fs::File::open(rootfs).map_err(|error| error.to_string())?);
-    let filesystem = backhand::FilesystemReader::from_reader_with_offset(reader, offset).map_err(|error| format!("backhand cannot read the squashfs: {error}"))?;
+    let filesystem = backhand::FilesystemReader::from_reader_with_offset(reader, *offset).map_err(|error| format!("backhand cannot read the squashfs: {error}"))?;
     let entries = filesystem.files().count() as u64;
     if entries != manifest.rootfs.squashfs_entries {
         return Err(format!("the squashfs holds {entries} entries, manifest.json says {}", manifest.rootfs.squashfs_entries));
@@ -161,11 +166,12 @@ pub fn verify(dir: &Path) -> Report {
         }
     };
     report.add("SHA256SUMS", check_sums(dir, &manifest));
-    let initramfs = dir.join(&manifest.boot.initramfs);
     let rootfs = dir.join(&manifest.boot.rootfs_image);
-    report.add("chunk list", check_chunks(&initramfs, &rootfs));
-    report.add("cookie", check_cookies(&initramfs, &rootfs, &manifest));
-    report.add("squashfs", check_squashfs(&rootfs, &manifest));
+    let contract: Contract = crate::artifact::initramfs::read_contract(&dir.join(&manifest.boot.initramfs)).map_err(|error| format!("{error:#}"));
+    let image: RootfsImage = crate::artifact::cpio::read_rootfs_image(&rootfs).map_err(|error| format!("{error:#}"));
+    report.add("chunk list", check_chunks(&contract, &rootfs));
+    report.add("cookie", check_cookies(&contract, &image, &manifest));
+    report.add("squashfs", check_squashfs(&image, &rootfs, &manifest));
     report
 }
 

@@ -65,23 +65,6 @@ pub fn compiler_version() -> String {
     Command::new("gcc").arg("--version").output().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string)).unwrap_or_else(|| "gcc (not installed)".into())
 }
 
-/// `SOURCE_DATE_EPOCH` as the date string the kernel puts in its version.
-pub fn utc_string(epoch: i64) -> String {
-    let days = epoch.div_euclid(86_400);
-    let seconds = epoch.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", seconds / 3600, seconds / 60 % 60, seconds % 60)
-}
-
 fn kernel_arch(arch: &str) -> Result<&'static str> {
     Ok(match arch {
         "amd64" => "x86_64",
@@ -247,7 +230,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
 fn make_variables(build: &KernelBuild, context: &BuildContext<'_>, release: &str) -> Vec<String> {
     vec![
         format!("LOCALVERSION={}", build.localversion),
-        format!("KBUILD_BUILD_TIMESTAMP={}", utc_string(context.source_date_epoch)),
+        format!("KBUILD_BUILD_TIMESTAMP={}", crate::time::utc_string(context.source_date_epoch)),
         "KBUILD_BUILD_USER=rootsmith".to_string(),
         "KBUILD_BUILD_HOST=rootsmith".to_string(),
         format!("KDEB_PKGVERSION={release}-1"),
@@ -290,13 +273,6 @@ pub fn products_dir(cache: &Path, key: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_for_the_kernel_version() {
-        assert_eq!(utc_string(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc_string(1_700_000_000), "2023-11-14 22:13:20 UTC");
-        assert_eq!(utc_string(951_782_400), "2000-02-29 00:00:00 UTC");
-    }
 
     #[test]
     fn missing_toolchain_names_every_package_in_one_command() {
