@@ -59,12 +59,6 @@ pub struct Prepared {
     _scratch: tempfile::TempDir,
 }
 
-pub fn load_manifest(bundle: &Path) -> Result<Manifest> {
-    let path = bundle.join("manifest.json");
-    let bytes = fs_err::read(&path).with_context(|| format!("{} is not a bundle directory (OUT/NAME/VERSION)", bundle.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))
-}
-
 fn choose_kernel(manifest: &Manifest, name: Option<&str>) -> Result<ManifestKernel> {
     let names = || manifest.kernels.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ");
     match name {
@@ -95,7 +89,7 @@ fn start_server(bundle: &Path, log: Arc<Mutex<Vec<String>>>) -> Result<u16> {
 }
 
 pub fn prepare(options: &BootOptions) -> Result<Prepared> {
-    let manifest = load_manifest(&options.bundle)?;
+    let manifest = crate::release::Bundle::open(&options.bundle)?.manifest;
     let kernel = choose_kernel(&manifest, options.kernel.as_deref())?;
     let scratch = tempfile::Builder::new().prefix("rootsmith-boot-").tempdir()?;
     let file = |name: &str| -> Result<PathBuf> {

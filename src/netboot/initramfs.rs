@@ -24,11 +24,8 @@ pub struct Built {
 /// installed there, else unpacked from its linux-image package into `scratch`.
 /// `None` for a kernel without loadable modules.
 fn module_dir(tree: &Path, kernel: &KernelProducts, products: &Path, scratch: &Path) -> Result<Option<PathBuf>> {
-    for base in ["lib/modules", "usr/lib/modules"] {
-        let dir = tree.join(base).join(&kernel.release);
-        if dir.join("kernel").is_dir() {
-            return Ok(Some(dir));
-        }
+    if let Some(dir) = modules_under(tree, &kernel.release) {
+        return Ok(Some(dir));
     }
     let image = kernel.debs.iter().find(|deb| deb.starts_with("linux-image-") && !deb.contains("-dbg"));
     let Some(image) = image else { return Ok(None) };
@@ -39,13 +36,12 @@ fn module_dir(tree: &Path, kernel: &KernelProducts, products: &Path, scratch: &P
     if !status.success() {
         anyhow::bail!("dpkg-deb -x {image} failed");
     }
-    for base in ["lib/modules", "usr/lib/modules"] {
-        let dir = root.join(base).join(&kernel.release);
-        if dir.join("kernel").is_dir() {
-            return Ok(Some(dir));
-        }
-    }
-    Ok(None)
+    Ok(modules_under(&root, &kernel.release))
+}
+
+/// `lib/modules/RELEASE` (or under `usr/`) of a root, when it holds modules.
+fn modules_under(root: &Path, release: &str) -> Option<PathBuf> {
+    ["lib/modules", "usr/lib/modules"].iter().map(|base| root.join(base).join(release)).find(|dir| dir.join("kernel").is_dir())
 }
 
 /// Make sure `dir` has a modules.dep (a kernel package leaves it to its

@@ -14,7 +14,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::artifact::manifest::Manifest;
 use crate::netboot::menus::{self, MenuInput};
 
 /// Where access log lines go.
@@ -301,7 +300,7 @@ impl Server {
             "default" if path.parent()?.file_name()? == "pxelinux.cfg" => (path.parent()?.parent()?, "pxelinux"),
             _ => return None,
         };
-        let manifest: Manifest = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).ok()?).ok()?;
+        let manifest = crate::release::Bundle::open(bundle).ok()?.manifest;
         let host = request.header("host").map(str::to_string).unwrap_or_else(|| local.to_string());
         let relative = bundle.strip_prefix(&self.root).ok()?;
         let mut base = format!("http://{host}/");
