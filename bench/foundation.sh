@@ -39,7 +39,8 @@ cat <<DOC
 a plain shell pipeline (bench/pipeline.sh: mmdebstrap, chroot apt-get, overlay
 copy, script, mksquashfs zstd 15, cpio), side by side in one run, on empty
 caches. Both download packages from the host's mirror. rootsmith also writes
-the tarball (zstd 9), the package list, the manifest, and stores every stage
+the tarball (zstd 9), the thin initramfs, the package list, the SBOM, the
+manifest, and stores every stage
 as a layer. Tools: $(mmdebstrap --version 2>/dev/null | head -n1), $(mksquashfs -version 2>/dev/null | head -n1 | cut -d' ' -f1-3).
 
 | scenario | shell pipeline | rootsmith | target | |
