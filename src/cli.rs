@@ -110,6 +110,19 @@ pub enum Command {
         /// Also answer TFTP read requests for the same directory on this address (e.g. 0.0.0.0:69)
         #[arg(long, value_name = "ADDR")]
         tftp: Option<String>,
+        /// A hosts inventory: per-host PXELINUX, GRUB and iPXE files, and agents' reports (docs/fleet.md)
+        #[arg(long, value_name = "FILE")]
+        hosts: Option<PathBuf>,
+        /// The URL machines reach this server at (e.g. http://192.168.1.2:8080/), written into per-host files fetched over TFTP
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+    },
+    /// A lab's hosts: what each one boots, one-shot entries, agents' reports
+    Hosts {
+        #[command(flatten)]
+        inventory: InventoryArgs,
+        #[command(subcommand)]
+        action: HostsAction,
     },
     /// Boot a bundle in QEMU and pass when an expected console line appears
     BootTest {
@@ -240,6 +253,35 @@ pub enum ReleaseAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InventoryArgs {
+    /// The hosts inventory
+    #[arg(long = "hosts", env = "ROOTSMITH_HOSTS", value_name = "FILE", default_value = "hosts.yaml", global = true)]
+    pub file: PathBuf,
+    /// The bundle, when the inventory names none
+    #[arg(long, value_name = "DIR", global = true)]
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsAction {
+    /// Each host: its MAC and IP, the entry it boots now, its last report
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point a host (name, MAC or IP) at an entry: KERNEL-http, KERNEL-appended, menu or local
+    Set {
+        host: String,
+        entry: String,
+        /// Back to the inventory's entry after the host's next successful report
+        #[arg(long)]
+        once: bool,
+    },
+    /// Back to the inventory's entry now
+    Clear { host: String },
 }
 
 #[derive(Debug, Subcommand)]

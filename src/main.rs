@@ -17,7 +17,10 @@ fn main() {
         Command::Shell { recipe, cache, stage, command } => commands::shell::run(recipe, cache, stage.as_deref(), command),
         Command::Cache { cache, action } => commands::cache::run(cache, action),
         Command::Lock { recipe, cache } => commands::lock::run(recipe, cache),
-        Command::Serve { dir, addr, max_connections, tftp } => commands::netboot::serve(dir, addr, *max_connections, tftp.as_deref()),
+        Command::Serve { dir, addr, max_connections, tftp, hosts, public_url } => {
+            commands::netboot::serve(dir, addr, *max_connections, tftp.as_deref(), hosts.as_deref(), public_url.clone())
+        }
+        Command::Hosts { inventory, action } => commands::hosts::run(inventory, action),
         Command::BootTest { boot, expect, timeout, log, json } => commands::netboot::boot_test(&commands::netboot::BootTestArgs {
             options: boot.options(),
             expect: expect.clone(),
@@ -35,7 +38,8 @@ fn main() {
         },
     };
     if let Err(error) = result {
-        if let Some(RecipeError(diagnostics)) = error.downcast_ref::<RecipeError>() {
+        let diagnostics = error.downcast_ref::<RecipeError>().map(|RecipeError(diagnostics)| diagnostics).or_else(|| error.downcast_ref::<rootsmith::recipe::Diagnostics>());
+        if let Some(diagnostics) = diagnostics {
             for diagnostic in &diagnostics.0 {
                 eprintln!("error: {diagnostic}\n");
             }

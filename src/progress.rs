@@ -37,7 +37,7 @@ pub struct Lines;
 
 /// `HH:MM:SS` (UTC) for timestamped log lines.
 pub fn clock() -> String {
-    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) % 86_400;
+    let seconds = crate::cache::store::now_seconds() % 86_400;
     format!("{:02}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60)
 }
 

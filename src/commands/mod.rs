@@ -3,6 +3,7 @@
 pub mod build;
 pub mod cache;
 pub mod check;
+pub mod hosts;
 pub mod lock;
 pub mod netboot;
 pub mod plan;

@@ -8,20 +8,31 @@ use anyhow::{bail, Result};
 
 use crate::boot::qemu;
 use crate::netboot::boottest::{self, BootOptions};
+use crate::netboot::hosts::served::ServedInventory;
 use crate::netboot::serve::Server;
 
-pub fn serve(dir: &Path, addr: &str, max_connections: usize, tftp: Option<&str>) -> Result<()> {
+pub fn serve(dir: &Path, addr: &str, max_connections: usize, tftp: Option<&str>, hosts: Option<&Path>, public_url: Option<String>) -> Result<()> {
     // A closed stderr must not take the server down with it.
     let log: crate::netboot::serve::AccessLog = Arc::new(|line: &str| {
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "{} {line}", crate::progress::clock());
     });
-    let server = Server::bind(dir, addr, max_connections, log.clone())?;
+    let mut server = Server::bind(dir, addr, max_connections, log.clone())?;
     let local = server.local_addr();
-    let tftp = tftp.map(|tftp| crate::netboot::tftp::TftpServer::bind(dir, tftp, max_connections, log)).transpose()?;
+    let public_url = public_url.or_else(|| (!local.ip().is_unspecified()).then(|| format!("http://{local}/")));
+    let hosts = hosts.map(|file| ServedInventory::open(file, dir, public_url).map(Arc::new)).transpose()?;
+    let mut tftp = tftp.map(|tftp| crate::netboot::tftp::TftpServer::bind(dir, tftp, max_connections, log)).transpose()?;
+    if let Some(hosts) = &hosts {
+        server = server.with_hosts(hosts.clone());
+        tftp = tftp.map(|tftp| tftp.with_hosts(hosts.clone()));
+    }
     eprintln!("serving {} on http://{local}/ (read-only; boot.ipxe, grub.cfg and pxelinux.cfg/default of a bundle are generated with this server's URL)", dir.display());
+
     if let Some(tftp) = tftp {
         eprintln!("serving {} over TFTP on {} (read-only)", dir.display(), tftp.spawn());
+    }
+    if let Some(hosts) = &hosts {
+        eprintln!("{}", hosts.summary());
     }
     server.run();
     Ok(())

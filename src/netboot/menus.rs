@@ -64,15 +64,60 @@ fn cmdline(input: &MenuInput, extra: &str) -> String {
     [input.cmdline.as_str(), extra].iter().filter(|part| !part.is_empty()).cloned().collect::<Vec<_>>().join(" ")
 }
 
+/// Where the fetched entries find the rootfs when no base URL is known.
+const IPXE_BASE_VARIABLE: &str = "${rootsmith-base}";
+const PXELINUX_BASE_PLACEHOLDER: &str = "http://SERVER/";
+const GRUB_BASE_VARIABLE: &str = "http://${net_default_server}/";
+
+/// The commands of one iPXE entry (`kernel`, `initrd`, `boot`). `prefix` goes
+/// before every bundle path (empty for paths relative to the script).
+pub fn ipxe_entry(input: &MenuInput, prefix: &str, rootfs_base: &str, vmlinuz: &str, fetched: bool) -> String {
+    let (initramfs, rootfs) = (&input.initramfs, &input.rootfs);
+    if fetched {
+        let line = cmdline(input, &format!("initrd={initramfs} {}={rootfs_base}{rootfs}", args::ROOTFS_URL));
+        format!("kernel {prefix}{vmlinuz} {line}\ninitrd {prefix}{initramfs}\nboot\n")
+    } else {
+        let line = cmdline(input, &format!("initrd={initramfs} initrd={rootfs}"));
+        format!("kernel {prefix}{vmlinuz} {line}\ninitrd {prefix}{initramfs}\ninitrd {prefix}{rootfs}\nboot\n")
+    }
+}
+
+/// One PXELINUX `LABEL` block.
+pub fn pxelinux_label(input: &MenuInput, rootfs_base: &str, kernel: &str, vmlinuz: &str, fetched: bool) -> String {
+    let id = entry_id(kernel, fetched);
+    if fetched {
+        let line = cmdline(input, &format!("{}={rootfs_base}{}", args::ROOTFS_URL, input.rootfs));
+        format!("\nLABEL {id}\n  MENU LABEL {kernel}: rootfs fetched over HTTP\n  KERNEL {vmlinuz}\n  APPEND initrd={} {line}\n", input.initramfs)
+    } else {
+        format!("\nLABEL {id}\n  MENU LABEL {kernel}: rootfs appended\n  KERNEL {vmlinuz}\n  APPEND initrd={},{} {}\n", input.initramfs, input.rootfs, input.cmdline)
+    }
+}
+
+/// One GRUB `menuentry`.
+pub fn grub_entry(input: &MenuInput, rootfs_base: &str, kernel: &str, vmlinuz: &str, fetched: bool) -> String {
+    let id = entry_id(kernel, fetched);
+    if fetched {
+        let line = cmdline(input, &format!("{}={rootfs_base}{}", args::ROOTFS_URL, input.rootfs));
+        format!("\nmenuentry '{kernel}: rootfs fetched over HTTP' --id {id} {{\n  linux {vmlinuz} {line}\n  initrd {}\n}}\n", input.initramfs)
+    } else {
+        format!("\nmenuentry '{kernel}: rootfs appended' --id {id} {{\n  linux {vmlinuz} {}\n  initrd {} {}\n}}\n", input.cmdline, input.initramfs, input.rootfs)
+    }
+}
+
+/// PXELINUX and GRUB files end their lines without trailing blanks.
+pub fn trim_lines(text: &str) -> String {
+    text.lines().map(|line| format!("{}\n", line.trim_end())).collect()
+}
+
 /// `boot.ipxe`. With `base` (e.g. `http://10.0.2.2:8080/b/`), every path is
 /// absolute; without it, paths are relative to the script and the fetched
 /// entries use `${rootsmith-base}`, by default the DHCP next-server.
 pub fn ipxe(input: &MenuInput, base: Option<&str>, default: Option<&str>) -> String {
     let prefix = base.unwrap_or("");
-    let rootfs_base = base.map(str::to_string).unwrap_or_else(|| "${rootsmith-base}".into());
+    let rootfs_base = base.unwrap_or(IPXE_BASE_VARIABLE);
     let mut text = format!("#!ipxe\n# rootsmith bundle {} {}\n", input.name, input.version);
     if base.is_none() {
-        text.push_str("# Paths are relative to this script. The http entries need the bundle's URL:\n# `rootsmith serve` fills it in; else set rootsmith-base before chaining this script.\nisset ${rootsmith-base} || set rootsmith-base http://${next-server}/\n");
+        text.push_str(IPXE_BASE_DEFAULT);
     }
     let first = default.map(str::to_string).unwrap_or_else(|| entry_id(&input.kernels.first().map(|k| k.0.clone()).unwrap_or_default(), false));
     text.push_str(&format!("menu {} {}\n", input.name, input.version));
@@ -81,66 +126,51 @@ pub fn ipxe(input: &MenuInput, base: Option<&str>, default: Option<&str>) -> Str
         text.push_str(&format!("item {} {kernel}: rootfs fetched over HTTP by the init\n", entry_id(kernel, true)));
     }
     text.push_str(&format!("choose --default {first} --timeout 3000 target && goto ${{target}}\nexit\n"));
-    let initramfs = &input.initramfs;
-    let rootfs = &input.rootfs;
     for (kernel, vmlinuz) in &input.kernels {
-        let appended = cmdline(input, &format!("initrd={initramfs} initrd={rootfs}"));
-        text.push_str(&format!(
-            "\n:{}\nkernel {prefix}{vmlinuz} {appended}\ninitrd {prefix}{initramfs}\ninitrd {prefix}{rootfs}\nboot\n",
-            entry_id(kernel, false)
-        ));
-        let fetched = cmdline(input, &format!("initrd={initramfs} {}={rootfs_base}{rootfs}", args::ROOTFS_URL));
-        text.push_str(&format!("\n:{}\nkernel {prefix}{vmlinuz} {fetched}\ninitrd {prefix}{initramfs}\nboot\n", entry_id(kernel, true)));
+        for fetched in [false, true] {
+            text.push_str(&format!("\n:{}\n{}", entry_id(kernel, fetched), ipxe_entry(input, prefix, rootfs_base, vmlinuz, fetched)));
+        }
     }
     text
 }
+
+/// What a relative iPXE script says so its http entries find the bundle.
+pub const IPXE_BASE_DEFAULT: &str = "# Paths are relative to this script. The http entries need the bundle's URL:\n# `rootsmith serve` fills it in; else set rootsmith-base before chaining this script.\nisset ${rootsmith-base} || set rootsmith-base http://${next-server}/\n";
 
 /// `pxelinux.cfg/default`: paths relative to the TFTP directory of pxelinux.0.
 /// PXELINUX has no variables, so the fetched entries carry `base` (or
 /// `http://SERVER/` for the user to replace when there is none).
 pub fn pxelinux(input: &MenuInput, base: Option<&str>) -> String {
-    let rootfs_base = base.unwrap_or("http://SERVER/");
+    let rootfs_base = base.unwrap_or(PXELINUX_BASE_PLACEHOLDER);
     let first = input.kernels.first().map(|k| entry_id(&k.0, false)).unwrap_or_default();
     let mut text = format!("# rootsmith bundle {} {}\nDEFAULT {first}\nPROMPT 1\nTIMEOUT 30\n", input.name, input.version);
     for (kernel, vmlinuz) in &input.kernels {
-        text.push_str(&format!(
-            "\nLABEL {}\n  MENU LABEL {kernel}: rootfs appended\n  KERNEL {vmlinuz}\n  APPEND initrd={},{} {}\n",
-            entry_id(kernel, false),
-            input.initramfs,
-            input.rootfs,
-            input.cmdline
-        ));
-        text.push_str(&format!(
-            "\nLABEL {}\n  MENU LABEL {kernel}: rootfs fetched over HTTP\n  KERNEL {vmlinuz}\n  APPEND initrd={} {}\n",
-            entry_id(kernel, true),
-            input.initramfs,
-            cmdline(input, &format!("{}={rootfs_base}{}", args::ROOTFS_URL, input.rootfs))
-        ));
+        for fetched in [false, true] {
+            text.push_str(&pxelinux_label(input, rootfs_base, kernel, vmlinuz, fetched));
+        }
     }
-    text.lines().map(|line| format!("{}\n", line.trim_end())).collect()
+    trim_lines(&text)
 }
 
 /// `grub.cfg` for GRUB's network boot: paths relative to GRUB's root, the
 /// fetched entries at `http://$net_default_server/` unless `base` is given.
 pub fn grub(input: &MenuInput, base: Option<&str>) -> String {
-    let rootfs_base = base.unwrap_or("http://${net_default_server}/");
+    let rootfs_base = base.unwrap_or(GRUB_BASE_VARIABLE);
     let mut text = format!("# rootsmith bundle {} {}\nset timeout=3\nset default=0\n", input.name, input.version);
     for (kernel, vmlinuz) in &input.kernels {
-        text.push_str(&format!(
-            "\nmenuentry '{kernel}: rootfs appended' --id {} {{\n  linux {vmlinuz} {}\n  initrd {} {}\n}}\n",
-            entry_id(kernel, false),
-            input.cmdline,
-            input.initramfs,
-            input.rootfs
-        ));
-        text.push_str(&format!(
-            "\nmenuentry '{kernel}: rootfs fetched over HTTP' --id {} {{\n  linux {vmlinuz} {}\n  initrd {}\n}}\n",
-            entry_id(kernel, true),
-            cmdline(input, &format!("{}={rootfs_base}{}", args::ROOTFS_URL, input.rootfs)),
-            input.initramfs
-        ));
+        for fetched in [false, true] {
+            text.push_str(&grub_entry(input, rootfs_base, kernel, vmlinuz, fetched));
+        }
     }
-    text.lines().map(|line| format!("{}\n", line.trim_end())).collect()
+    trim_lines(&text)
+}
+
+/// The three boot loaders rootsmith writes configuration for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loader {
+    Ipxe,
+    Pxelinux,
+    Grub,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod initramfs;
 pub mod boottest;
+pub mod hosts;
 pub mod menus;
 pub mod serve;
 pub mod tftp;

@@ -14,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
+use crate::netboot::hosts::served::{ServedInventory, MAX_REPORT_BYTES};
 use crate::netboot::menus::{self, MenuInput};
 
 /// Where access log lines go.
@@ -24,6 +25,7 @@ pub struct Server {
     root: PathBuf,
     max_connections: usize,
     log: AccessLog,
+    hosts: Option<Arc<ServedInventory>>,
 }
 
 #[derive(Debug)]
@@ -32,6 +34,7 @@ struct Request {
     path: String,
     headers: Vec<(String, String)>,
     http10: bool,
+    body: Vec<u8>,
 }
 
 impl Request {
@@ -79,6 +82,7 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        413 => "Content Too Large",
         416 => "Range Not Satisfiable",
         503 => "Service Unavailable",
         _ => "Internal Server Error",
@@ -181,7 +185,13 @@ impl Server {
             anyhow::bail!("{} is not a directory", root.display());
         }
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
-        Ok(Server { listener, root, max_connections, log })
+        Ok(Server { listener, root, max_connections, log, hosts: None })
+    }
+
+    /// Generate per-host boot files from an inventory and take agents' reports.
+    pub fn with_hosts(mut self, hosts: Arc<ServedInventory>) -> Server {
+        self.hosts = Some(hosts);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -223,7 +233,14 @@ impl Server {
         let mut reader = BufReader::new(stream);
         loop {
             let request = match read_request(&mut reader)? {
-                Some(Ok(request)) => request,
+                Some(Ok(mut request)) => {
+                    if let Err(message) = read_body(&mut reader, &mut request) {
+                        write_response(&mut writer, error(413, &message), false, false)?;
+                        (self.log)(&format!("{peer} \"{} {}\" 413 {message}", request.method, request.path));
+                        return Ok(());
+                    }
+                    request
+                }
                 Some(Err(message)) => {
                     write_response(&mut writer, error(400, &message), false, false)?;
                     (self.log)(&format!("{peer} \"?\" 400 {message}"));
@@ -232,7 +249,7 @@ impl Server {
                 None => return Ok(()),
             };
             let keep_alive = request.keep_alive();
-            let response = self.respond(&request, local);
+            let response = self.respond(&request, local, &peer);
             let (status, length) = (response.status, response.body.len());
             (self.log)(&format!("{peer} \"{} {}\" {status} {length}", request.method, request.path));
             write_response(&mut writer, response, request.method == "HEAD", keep_alive)?;
@@ -242,7 +259,14 @@ impl Server {
         }
     }
 
-    fn respond(&self, request: &Request, local: SocketAddr) -> Response {
+    fn respond(&self, request: &Request, local: SocketAddr, peer: &str) -> Response {
+        if let (Some(hosts), "POST" | "PUT") = (&self.hosts, request.method.as_str()) {
+            let peer = peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            return match hosts.report(request.path.trim_start_matches('/'), &request.body, peer) {
+                Ok(reply) => Response { status: 200, headers: vec![("Content-Type", "text/plain; charset=utf-8".into())], body: Body::Bytes(reply.into_bytes()) },
+                Err((status, message)) => error(status, &message),
+            };
+        }
         if request.method != "GET" && request.method != "HEAD" {
             let mut response = error(405, "this server only reads");
             response.headers.push(("Allow", "GET, HEAD".into()));
@@ -254,9 +278,16 @@ impl Server {
         let Some(path) = resolve(&self.root, &request.path) else {
             return error(404, "no such file here");
         };
+        if let Some(hosts) = &self.hosts {
+            let relative = percent_decode(request.path.split(['?', '#']).next().unwrap_or("")).unwrap_or_default();
+            match hosts.file(relative.trim_start_matches('/'), request.header("host")) {
+                Some(Ok(text)) => return self.generated(request, text),
+                Some(Err(problem)) => return error(500, &format!("{problem:#}")),
+                None => {}
+            }
+        }
         if let Some(generated) = self.generated_menu(&path, request, local) {
-            let tag = format!("\"{}\"", &crate::cache::sha256_hex(generated.as_bytes())[..32]);
-            return self.file_like(request, Body::Bytes(generated.into_bytes()), tag, "text/plain; charset=utf-8");
+            return self.generated(request, generated);
         }
         let Ok(metadata) = std::fs::metadata(&path) else { return error(404, "no such file here") };
         if !metadata.is_file() {
@@ -265,6 +296,11 @@ impl Server {
         let Ok(file) = std::fs::File::open(&path) else { return error(403, "cannot be read") };
         let len = metadata.len();
         self.file_like(request, Body::File { file, start: 0, len }, etag(&metadata), content_type(&path))
+    }
+
+    fn generated(&self, request: &Request, text: String) -> Response {
+        let tag = format!("\"{}\"", &crate::cache::sha256_hex(text.as_bytes())[..32]);
+        self.file_like(request, Body::Bytes(text.into_bytes()), tag, "text/plain; charset=utf-8")
     }
 
     /// Headers, conditional and range handling shared by files and generated menus.
@@ -352,7 +388,23 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Result<Request, 
         return Ok(Some(Err(format!("unsupported protocol {version}"))));
     }
     let headers = lines[1..].iter().filter_map(|line| line.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    Ok(Some(Ok(Request { method: method.to_string(), path: path.to_string(), headers, http10: version == "HTTP/1.0" })))
+    Ok(Some(Ok(Request { method: method.to_string(), path: path.to_string(), headers, http10: version == "HTTP/1.0", body: Vec::new() })))
+}
+
+/// The body of a request that has one (reports), up to MAX_REPORT_BYTES.
+fn read_body(reader: &mut impl BufRead, request: &mut Request) -> Result<(), String> {
+    let Some(length) = request.header("content-length") else { return Ok(()) };
+    let length: u64 = length.parse().map_err(|_| format!("bad Content-Length {length:?}"))?;
+    if length > MAX_REPORT_BYTES {
+        return Err(format!("a request body is at most {MAX_REPORT_BYTES} bytes"));
+    }
+    let mut body = Vec::with_capacity(length as usize);
+    reader.take(length).read_to_end(&mut body).map_err(|error| error.to_string())?;
+    if body.len() as u64 != length {
+        return Err("the body ended early".into());
+    }
+    request.body = body;
+    Ok(())
 }
 
 fn write_response(stream: &mut TcpStream, response: Response, head_only: bool, keep_alive: bool) -> io::Result<()> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::hosts::served::ServedInventory;
 use super::serve::{resolve, AccessLog};
 
 const RRQ: u16 = 1;
@@ -114,13 +115,32 @@ pub struct TftpServer {
     root: PathBuf,
     max_sessions: usize,
     log: AccessLog,
+    hosts: Option<Arc<ServedInventory>>,
 }
 
 impl TftpServer {
     pub fn bind(root: &std::path::Path, addr: &str, max_sessions: usize, log: AccessLog) -> Result<TftpServer> {
         let root = root.canonicalize().with_context(|| format!("serving {}", root.display()))?;
         let socket = UdpSocket::bind(addr).with_context(|| format!("listening for TFTP on {addr}"))?;
-        Ok(TftpServer { socket, root, max_sessions, log })
+        Ok(TftpServer { socket, root, max_sessions, log, hosts: None })
+    }
+
+    /// Answer for the per-host files of an inventory too.
+    pub fn with_hosts(mut self, hosts: Arc<ServedInventory>) -> TftpServer {
+        self.hosts = Some(hosts);
+        self
+    }
+
+    /// The bytes to send for `name`: a generated per-host file, or a file under the root.
+    fn open(&self, name: &str) -> std::result::Result<(Box<dyn Read + Send>, u64), String> {
+        if let Some(generated) = self.hosts.as_ref().and_then(|hosts| hosts.file(name.trim_start_matches('/'), None)) {
+            let text = generated.map_err(|error| format!("{error:#}"))?;
+            let size = text.len() as u64;
+            return Ok((Box::new(std::io::Cursor::new(text.into_bytes())), size));
+        }
+        let file = resolve(&self.root, name).filter(|path| path.is_file()).and_then(|path| std::fs::File::open(path).ok()).ok_or("file not found")?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok((Box::new(file), size))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -167,12 +187,13 @@ impl TftpServer {
     fn transfer(&self, request: &ReadRequest, peer: SocketAddr) -> String {
         let Ok(socket) = UdpSocket::bind((self.local_addr().ip(), 0)) else { return "no socket".into() };
         let name = format!("/{}", request.filename.trim_start_matches('/'));
-        let file = resolve(&self.root, &name).filter(|path| path.is_file()).and_then(|path| std::fs::File::open(path).ok());
-        let Some(mut file) = file else {
-            let _ = socket.send_to(&error_packet(1, "file not found"), peer);
-            return "not found".into();
+        let (mut file, size) = match self.open(&name) {
+            Ok(opened) => opened,
+            Err(message) => {
+                let _ = socket.send_to(&error_packet(1, &message), peer);
+                return message;
+            }
         };
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let (blksize, timeout, granted) = negotiate(&request.options, size);
         let _ = socket.set_read_timeout(Some(timeout));
         // With options, an OACK first, acknowledged as block 0.

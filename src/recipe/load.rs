@@ -51,12 +51,7 @@ pub fn load_str(file: &Path, source: &str, options: &LoadOptions) -> Result<Reci
 }
 
 fn serde_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error) -> Diagnostic {
-    let position = error.location().map(|location| Position { line: location.line(), column: location.column() }).unwrap_or(Position { line: 1, column: 1 });
-    // serde_yaml appends " at line L column C"; the diagnostic shows that itself.
-    let mut message = error.to_string();
-    if let Some(cut) = message.find(" at line ") {
-        message.truncate(cut);
-    }
+    let message = error.to_string();
     let hint = if message.contains("unknown field") {
         if message.contains("`debootstrap`") {
             format!("a stage is `name:` plus one of: {STAGE_KINDS}")
@@ -70,6 +65,17 @@ fn serde_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error) -> Dia
     } else {
         "the recipe must be valid YAML".to_string()
     };
+    yaml_diagnostic(file, source, error, &hint)
+}
+
+/// A serde_yaml error of any YAML file rootsmith reads, at its line and column.
+pub fn yaml_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error, hint: &str) -> Diagnostic {
+    let position = error.location().map(|location| Position { line: location.line(), column: location.column() }).unwrap_or(Position { line: 1, column: 1 });
+    // serde_yaml appends " at line L column C"; the diagnostic shows that itself.
+    let mut message = error.to_string();
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
     Diagnostic::new(file, source, position, message).with_hint(hint)
 }
 
@@ -509,7 +515,7 @@ fn algorithm_named(name: &str) -> Algorithm {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use load::{check_version, load, load_str, LoadOptions};
+pub use load::{check_version, load, load_str, valid_name, yaml_diagnostic, LoadOptions};
 use spans::SpanIndex;
 
 /// The only schema version this rootsmith reads. Bump it when a recipe that

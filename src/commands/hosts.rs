@@ -1,0 +1,82 @@
+//! `rootsmith hosts ls|set|clear`: what each host of an inventory boots.
+
+use anyhow::{Context, Result};
+
+use crate::cli::{HostsAction, InventoryArgs};
+use crate::netboot::hosts::state::{current_entry, Override, StateStore};
+use crate::netboot::hosts::{self, Inventory};
+
+pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
+    let inventory = hosts::load(&args.file, args.bundle.as_deref()).with_context(|| format!("reading the inventory {}", args.file.display()))?;
+    let store = StateStore::for_inventory(&args.file);
+    match action {
+        HostsAction::Ls { json } => ls(&inventory, &store, *json),
+        HostsAction::Set { host, entry, once } => {
+            let host = find(&inventory, host)?;
+            let entry = inventory.entry(entry)?;
+            let set = Override { entry: entry.name(), once: *once, at: crate::time::rfc3339(crate::cache::store::now_seconds() as i64) };
+            store.update(|state| {
+                state.set.insert(host.name.clone(), set);
+                Ok(())
+            })?;
+            let after = if *once { format!(", then {} after its next successful report", host.entry.name()) } else { String::new() };
+            eprintln!("{} boots {}{after}", host.name, entry.name());
+            Ok(())
+        }
+        HostsAction::Clear { host } => {
+            let host = find(&inventory, host)?;
+            store.update(|state| {
+                state.set.remove(&host.name);
+                Ok(())
+            })?;
+            eprintln!("{} boots {} (the inventory's entry)", host.name, host.entry.name());
+            Ok(())
+        }
+    }
+}
+
+fn find<'a>(inventory: &'a Inventory, key: &str) -> Result<&'a hosts::Host> {
+    inventory.host(key).with_context(|| {
+        let names: Vec<&str> = inventory.hosts.iter().map(|host| host.name.as_str()).collect();
+        format!("no host `{key}` in {} (it has: {})", inventory.file.display(), names.join(", "))
+    })
+}
+
+fn ls(inventory: &Inventory, store: &StateStore, json: bool) -> Result<()> {
+    let state = store.load()?;
+    let rows: Vec<serde_json::Value> = inventory
+        .hosts
+        .iter()
+        .map(|host| {
+            let set = state.set.get(&host.name);
+            serde_json::json!({
+                "name": host.name,
+                "mac": host.mac_hyphens().map(|mac| mac.replace('-', ":")),
+                "ip": host.ip.map(|ip| ip.to_string()),
+                "entry": current_entry(inventory, &state, host).name(),
+                "inventory_entry": host.entry.name(),
+                "once": set.map(|set| set.once).unwrap_or(false),
+                "report": state.reports.get(&host.name).map(|report| serde_json::json!({
+                    "at": report.at, "status": report.status, "step": report.step, "entry": report.entry, "cleared": report.cleared,
+                    "log": store.dir.join(&report.log),
+                })),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "bundle": inventory.bundle, "default": inventory.default.name(), "hosts": rows }))?);
+        return Ok(());
+    }
+    println!("{} {} (hosts not listed boot {})", inventory.menu.name, inventory.menu.version, inventory.default.name());
+    println!("{:<16} {:<17} {:<15} {:<24} LAST REPORT", "HOST", "MAC", "IP", "BOOTS");
+    let text = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_string();
+    for row in rows {
+        let entry = format!("{}{}", text(&row["entry"]), if row["once"] == true { " (once)" } else { "" });
+        let report = match &row["report"] {
+            serde_json::Value::Null => "-".to_string(),
+            report => format!("{} {}{} via {}", text(&report["at"]), text(&report["status"]), report["step"].as_str().map(|step| format!(" at {step}")).unwrap_or_default(), text(&report["entry"])),
+        };
+        println!("{:<16} {:<17} {:<15} {:<24} {report}", text(&row["name"]), text(&row["mac"]), text(&row["ip"]), entry);
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! A lab's hosts inventory: which machine (by MAC and/or IP) boots which entry
+//! of a bundle, with which extra kernel arguments. From it come PXELINUX's
+//! per-host files (`pxelinux.cfg/01-aa-bb-…`, hex IP), GRUB's
+//! (`grub.cfg-01-aa-bb-…`) and iPXE scripts chained by `${mac}`
+//! (`render`), served by `rootsmith serve --hosts`. One-shot changes made by
+//! `rootsmith hosts set` and the agents' reports live beside it (`state`).
+//!
+//! ```yaml
+//! bundle: out/provision-agent/0.1.0   # relative to this file
+//! default: local                      # for hosts not listed
+//! hosts:
+//!   - name: rack1-a
+//!     mac: 52:54:00:00:00:11
+//!     ip: 10.0.2.15
+//!     entry: local
+//!     args: rootsmith.agent.image=${server}images/disk.img.zst
+//! ```
+
+pub mod render;
+pub mod served;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::netboot::menus::{self, MenuInput};
+use crate::recipe::{Diagnostic, Diagnostics};
+use crate::recipe::spans::{Position, SpanIndex};
+
+/// What a host boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// Its own disk: iPXE `sanboot` of the first drive, PXELINUX `LOCALBOOT 0`, GRUB `exit`.
+    Local,
+    /// The bundle's whole menu.
+    Menu,
+    /// One kernel of the bundle, the rootfs appended (`KERNEL-appended`) or fetched (`KERNEL-http`).
+    Kernel { kernel: String, fetched: bool },
+}
+
+impl Entry {
+    pub fn parse(text: &str) -> Option<Entry> {
+        match text {
+            "local" => Some(Entry::Local),
+            "menu" => Some(Entry::Menu),
+            _ => {
+                if let Some(kernel) = text.strip_suffix("-http") {
+                    Some(Entry::Kernel { kernel: kernel.into(), fetched: true })
+                } else {
+                    text.strip_suffix("-appended").map(|kernel| Entry::Kernel { kernel: kernel.into(), fetched: false })
+                }
+            }
+        }
+        .filter(|entry| !matches!(entry, Entry::Kernel { kernel, .. } if kernel.is_empty()))
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Entry::Local => "local".into(),
+            Entry::Menu => "menu".into(),
+            Entry::Kernel { kernel, fetched } => menus::entry_id(kernel, *fetched),
+        }
+    }
+
+    /// Whether the bundle has what this entry boots.
+    fn check(&self, menu: &MenuInput) -> Result<(), String> {
+        match self {
+            Entry::Kernel { kernel, .. } if !menu.kernels.iter().any(|(name, _)| name == kernel) => {
+                Err(format!("the bundle {} {} has no kernel `{kernel}` (it has: {})", menu.name, menu.version, kernel_names(menu)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn kernel_names(menu: &MenuInput) -> String {
+    menu.kernels.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// The entries of a bundle, for messages.
+pub fn entry_choices(menu: &MenuInput) -> String {
+    let mut choices = vec!["local".to_string(), "menu".to_string()];
+    for (kernel, _) in &menu.kernels {
+        choices.push(menus::entry_id(kernel, false));
+        choices.push(menus::entry_id(kernel, true));
+    }
+    choices.join(", ")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub ip: Option<Ipv4Addr>,
+    pub entry: Entry,
+    /// Extra kernel arguments; `${server}` becomes the server's base URL.
+    pub args: String,
+}
+
+impl Host {
+    /// `52-54-00-00-00-11`: iPXE's `${mac:hexhyp}`, and PXELINUX's name after `01-`.
+    pub fn mac_hyphens(&self) -> Option<String> {
+        self.mac.map(|mac| mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join("-"))
+    }
+
+    /// `0A00020F`: PXELINUX's and GRUB's name for an IPv4 address.
+    pub fn ip_hex(&self) -> Option<String> {
+        self.ip.map(|ip| ip.octets().iter().map(|byte| format!("{byte:02X}")).collect())
+    }
+
+    /// Whether `key` (a name, a MAC in any usual spelling, or an IP) is this host.
+    pub fn is(&self, key: &str) -> bool {
+        key == self.name || (parse_mac(key).is_some() && parse_mac(key) == self.mac) || (key.parse::<Ipv4Addr>().ok().is_some() && key.parse().ok() == self.ip)
+    }
+}
+
+/// `52:54:00:00:00:11` or with `-`, any case.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
+}
+
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub file: PathBuf,
+    /// The bundle the entries name.
+    pub bundle: PathBuf,
+    pub menu: MenuInput,
+    /// For hosts not listed.
+    pub default: Entry,
+    pub hosts: Vec<Host>,
+}
+
+impl Inventory {
+    pub fn host(&self, key: &str) -> Option<&Host> {
+        self.hosts.iter().find(|host| host.is(key))
+    }
+
+    /// The host whose per-host files are named by `mac` (`52-54-…`) or hex IP.
+    pub fn host_by_file_key(&self, key: &str) -> Option<&Host> {
+        let matches = |name: Option<String>| name.is_some_and(|name| name.eq_ignore_ascii_case(key));
+        self.hosts.iter().find(|host| matches(host.mac_hyphens()) || matches(host.ip_hex()))
+    }
+
+    /// Check an entry name against the bundle.
+    pub fn entry(&self, text: &str) -> anyhow::Result<Entry> {
+        let entry = Entry::parse(text).ok_or_else(|| anyhow::anyhow!("`{text}` is not an entry; the bundle's entries are: {}", entry_choices(&self.menu)))?;
+        entry.check(&self.menu).map_err(anyhow::Error::msg)?;
+        Ok(entry)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    bundle: Option<PathBuf>,
+    default: Option<String>,
+    #[serde(default)]
+    hosts: Vec<RawHost>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    mac: Option<String>,
+    ip: Option<String>,
+    entry: Option<String>,
+    #[serde(default)]
+    args: String,
+}
+
+/// Read and check an inventory. The bundle is its `bundle:` (relative to the
+/// file), else `default_bundle` (the directory `serve` serves). Every problem
+/// is reported with its line and column.
+pub fn load(file: &Path, default_bundle: Option<&Path>) -> anyhow::Result<Inventory> {
+    let source = fs_err::read_to_string(file)?;
+    load_str(file, &source, default_bundle).map_err(anyhow::Error::new)
+}
+
+pub fn load_str(file: &Path, source: &str, default_bundle: Option<&Path>) -> Result<Inventory, Diagnostics> {
+    let spans = SpanIndex::build(source);
+    let raw: RawInventory = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![crate::recipe::yaml_diagnostic(file, source, &error, "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md")]))?;
+    let problem = |position: Position, message: String, hint: &str| Diagnostic::new(file, source, position, message).with_hint(hint);
+    let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let bundle = match (&raw.bundle, default_bundle) {
+        (Some(bundle), _) => dir.join(bundle),
+        (None, Some(bundle)) => bundle.to_path_buf(),
+        (None, None) => return Err(Diagnostics(vec![problem(Position { line: 1, column: 1 }, "the inventory names no bundle".into(), "add `bundle: DIR` (relative to this file), or serve the bundle's directory")])),
+    };
+    let menu = match crate::release::Bundle::open(&bundle) {
+        Ok(opened) => MenuInput::from_manifest(&opened.manifest),
+        Err(error) => return Err(Diagnostics(vec![problem(spans.value("bundle"), format!("{error:#}"), "`bundle:` is the directory of a built bundle (OUT/NAME/VERSION)")])),
+    };
+    let mut problems = Vec::new();
+    let entry_at = |path: &str, text: Option<&String>, problems: &mut Vec<Diagnostic>| -> Entry {
+        let Some(text) = text else { return Entry::Local };
+        match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(&menu).map(|()| entry)) {
+            Ok(entry) => entry,
+            Err(message) => {
+                problems.push(problem(spans.value(path), message, &format!("an entry is one of: {}", entry_choices(&menu))));
+                Entry::Local
+            }
+        }
+    };
+    let default = entry_at("default", raw.default.as_ref(), &mut problems);
+    let mut hosts: Vec<Host> = Vec::new();
+    // Where each name, MAC and IP was first seen, to name both places of a duplicate.
+    let mut seen: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for (index, raw_host) in raw.hosts.iter().enumerate() {
+        let path = format!("hosts[{index}]");
+        let entry = match &raw_host.entry {
+            Some(_) => entry_at(&format!("{path}.entry"), raw_host.entry.as_ref(), &mut problems),
+            None => default.clone(),
+        };
+        if !crate::recipe::valid_name(&raw_host.name) {
+            problems.push(problem(spans.value(&format!("{path}.name")), format!("invalid host name `{}`", raw_host.name), "use lower-case letters, digits, `.`, `_` and `-`"));
+        }
+        let mac = raw_host.mac.as_ref().and_then(|text| {
+            let mac = parse_mac(text);
+            if mac.is_none() {
+                problems.push(problem(spans.value(&format!("{path}.mac")), format!("`{text}` is not a MAC address"), "write six hex bytes: 52:54:00:12:34:56"));
+            }
+            mac
+        });
+        let ip = raw_host.ip.as_ref().and_then(|text| {
+            let ip = text.parse::<Ipv4Addr>().ok();
+            if ip.is_none() {
+                problems.push(problem(spans.value(&format!("{path}.ip")), format!("`{text}` is not an IPv4 address"), "write a dotted address: 10.0.2.15"));
+            }
+            ip
+        });
+        if raw_host.mac.is_none() && raw_host.ip.is_none() {
+            problems.push(problem(spans.key(&path), format!("host `{}` has neither a MAC nor an IP", raw_host.name), "a host is found by `mac:`, `ip:` or both"));
+        }
+        let host = Host { name: raw_host.name.clone(), mac, ip, entry, args: raw_host.args.trim().to_string() };
+        let keys = [
+            ("name", Some(format!("name {}", host.name))),
+            ("mac", host.mac_hyphens().map(|mac| format!("MAC {}", mac.replace('-', ":")))),
+            ("ip", host.ip.map(|ip| format!("IP {ip}"))),
+        ];
+        for (field, key) in keys {
+            let Some(key) = key else { continue };
+            let position = spans.value(&format!("{path}.{field}"));
+            if let Some((line, other)) = seen.get(&key) {
+                problems.push(problem(position, format!("duplicate {key}: host `{other}` (line {line}) has it too"), "each host's name, MAC and IP appear once"));
+            } else {
+                seen.insert(key, (position.line, host.name.clone()));
+            }
+        }
+        hosts.push(host);
+    }
+    if !problems.is_empty() {
+        return Err(Diagnostics(problems));
+    }
+    Ok(Inventory { file: file.to_path_buf(), bundle, menu, default, hosts })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+//! The files an inventory gives each boot loader, generated per request by
+//! `serve --hosts` (so `hosts set` and reports take effect at the next boot):
+//!
+//! | loader   | per host                                   | hosts not listed        |
+//! |----------|--------------------------------------------|-------------------------|
+//! | iPXE     | `hosts/52-54-00-00-00-11.ipxe`, `hosts/10.0.2.15.ipxe`, chained by `boot.ipxe` | `hosts/default.ipxe` |
+//! | PXELINUX | `pxelinux.cfg/01-52-54-00-00-00-11`, `pxelinux.cfg/0A00020F` | `pxelinux.cfg/default` |
+//! | GRUB     | `grub.cfg-01-52-54-00-00-00-11`, `grub.cfg-0A00020F` | `grub.cfg`     |
+//!
+//! Paths are relative to the bundle's directory. iPXE's scripts use absolute
+//! URLs; PXELINUX's and GRUB's load the kernel relative to their own TFTP or
+//! HTTP root, as the bundle's menus do.
+
+use super::state::{current_entry, State};
+use super::{Entry, Host, Inventory};
+use crate::netboot::menus::{self, MenuInput};
+
+/// Where agents send their reports, under the server's root.
+pub const REPORT_PATH: &str = ".rootsmith/report/";
+
+/// The server as the booting machine reaches it.
+#[derive(Debug, Clone)]
+pub struct Urls {
+    /// The server's root, ending in `/`.
+    pub server: String,
+    /// The bundle's directory, ending in `/`.
+    pub bundle: String,
+}
+
+/// Kernel arguments a host adds: its own (`${server}` expanded), then its name
+/// and where to report.
+fn host_args(host: &Host, urls: &Urls) -> String {
+    let own = host.args.replace("${server}", &urls.server);
+    let words = [own, format!("rootsmith.host={}", host.name), format!("rootsmith.report={}{REPORT_PATH}{}", urls.server, host.name)];
+    words.iter().filter(|word| !word.is_empty()).cloned().collect::<Vec<_>>().join(" ")
+}
+
+fn menu_for(inventory: &Inventory, host: Option<&Host>, urls: &Urls) -> MenuInput {
+    let mut menu = inventory.menu.clone();
+    if let Some(host) = host {
+        menu.cmdline = [menu.cmdline.as_str(), &host_args(host, urls)].iter().filter(|part| !part.is_empty()).cloned().collect::<Vec<_>>().join(" ");
+    }
+    menu
+}
+
+fn vmlinuz<'a>(menu: &'a MenuInput, kernel: &str) -> &'a str {
+    menu.kernels.iter().find(|(name, _)| name == kernel).map(|(_, file)| file.as_str()).unwrap_or("")
+}
+
+fn heading(comment: &str, inventory: &Inventory, host: Option<&Host>, entry: &Entry) -> String {
+    let who = host.map(|host| format!("host {}", host.name)).unwrap_or_else(|| "hosts not in the inventory".into());
+    format!("{comment} rootsmith bundle {} {}, {who}: {}\n", inventory.menu.name, inventory.menu.version, entry.name())
+}
+
+/// `boot.ipxe` with an inventory: the host's own script by MAC, then by IP,
+/// else the default.
+pub fn ipxe_dispatcher(inventory: &Inventory) -> String {
+    format!(
+        "#!ipxe\n# rootsmith bundle {} {}: each host boots its own entry (inventory {})\nchain --autofree hosts/${{mac:hexhyp}}.ipxe || chain --autofree hosts/${{ip}}.ipxe || chain --autofree hosts/default.ipxe\n",
+        inventory.menu.name,
+        inventory.menu.version,
+        inventory.file.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+    )
+}
+
+pub fn ipxe(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls: &Urls) -> String {
+    let menu = menu_for(inventory, host, urls);
+    match entry {
+        Entry::Menu => menus::ipxe(&menu, Some(&urls.bundle), None),
+        Entry::Local => format!("#!ipxe\n{}sanboot --no-describe --drive 0x80 || exit\n", heading("#", inventory, host, entry)),
+        Entry::Kernel { kernel, fetched } => format!("#!ipxe\n{}{}", heading("#", inventory, host, entry), menus::ipxe_entry(&menu, &urls.bundle, &urls.bundle, vmlinuz(&menu, kernel), *fetched)),
+    }
+}
+
+pub fn pxelinux(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls: &Urls) -> String {
+    let menu = menu_for(inventory, host, urls);
+    let text = match entry {
+        Entry::Menu => return menus::pxelinux(&menu, Some(&urls.bundle)),
+        Entry::Local => format!("{}DEFAULT local\n\nLABEL local\n  MENU LABEL local disk\n  LOCALBOOT 0\n", heading("#", inventory, host, entry)),
+        Entry::Kernel { kernel, fetched } => format!("{}DEFAULT {}\n{}", heading("#", inventory, host, entry), entry.name(), menus::pxelinux_label(&menu, &urls.bundle, kernel, vmlinuz(&menu, kernel), *fetched)),
+    };
+    menus::trim_lines(&text)
+}
+
+pub fn grub(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls: &Urls) -> String {
+    let menu = menu_for(inventory, host, urls);
+    let text = match entry {
+        Entry::Menu => return menus::grub(&menu, Some(&urls.bundle)),
+        Entry::Local => format!("{}set timeout=0\nset default=local\n\nmenuentry 'local disk' --id local {{\n  exit\n}}\n", heading("#", inventory, host, entry)),
+        Entry::Kernel { kernel, fetched } => format!("{}set timeout=0\nset default={}\n{}", heading("#", inventory, host, entry), entry.name(), menus::grub_entry(&menu, &urls.bundle, kernel, vmlinuz(&menu, kernel), *fetched)),
+    };
+    menus::trim_lines(&text)
+}
+
+/// The generated file at `path` (relative to the bundle), or `None` when the
+/// inventory has no such file (a host it does not list gets a 404, and its
+/// loader moves on to the default).
+pub fn file(inventory: &Inventory, state: &State, path: &str, urls: &Urls) -> Option<String> {
+    let for_host = |key: &str| inventory.host_by_file_key(key).or_else(|| key.parse().ok().and_then(|ip| inventory.hosts.iter().find(|host| host.ip == Some(ip))));
+    let (host, loader) = match path {
+        "boot.ipxe" => return Some(ipxe_dispatcher(inventory)),
+        "hosts/default.ipxe" => (None, menus::Loader::Ipxe),
+        "pxelinux.cfg/default" => (None, menus::Loader::Pxelinux),
+        "grub.cfg" => (None, menus::Loader::Grub),
+        _ => {
+            if let Some(key) = path.strip_prefix("hosts/").and_then(|rest| rest.strip_suffix(".ipxe")) {
+                (Some(for_host(key)?), menus::Loader::Ipxe)
+            } else if let Some(key) = path.strip_prefix("pxelinux.cfg/") {
+                (Some(for_host(key.strip_prefix("01-").unwrap_or(key))?), menus::Loader::Pxelinux)
+            } else if let Some(key) = path.strip_prefix("grub.cfg-") {
+                (Some(for_host(key.strip_prefix("01-").unwrap_or(key))?), menus::Loader::Grub)
+            } else {
+                return None;
+            }
+        }
+    };
+    let entry = host.map(|host| current_entry(inventory, state, host)).unwrap_or_else(|| inventory.default.clone());
+    Some(match loader {
+        menus::Loader::Ipxe => ipxe(inventory, host, &entry, urls),
+        menus::Loader::Pxelinux => pxelinux(inventory, host, &entry, urls),
+        menus::Loader::Grub => grub(inventory, host, &entry, urls),
+    })
+}

@@ -1,0 +1,113 @@
+//! What changes while a lab runs: one-shot entries set by `rootsmith hosts set`
+//! and the last report of each host's agent. Kept in `STEM.state/` beside the
+//! inventory (`state.json`, and `reports/HOST.log` with each report's log),
+//! written under a lock and replaced atomically, so `serve` and `hosts set`
+//! can both change it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, Host, Inventory};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    /// Entries set by `hosts set`, by host name; they win over the inventory's.
+    #[serde(default)]
+    pub set: BTreeMap<String, Override>,
+    /// The last report of each host, by host name.
+    #[serde(default)]
+    pub reports: BTreeMap<String, Report>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Override {
+    pub entry: String,
+    /// Cleared by the host's next successful report.
+    pub once: bool,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub at: String,
+    /// `ok` or `failed`.
+    pub status: String,
+    /// The step that failed (or the last one done).
+    pub step: Option<String>,
+    /// The entry the host booted when it reported.
+    pub entry: String,
+    /// Whether this report ended a one-shot entry.
+    pub cleared: bool,
+    /// The report's log, relative to the state directory.
+    pub log: String,
+    pub from: String,
+}
+
+pub struct StateStore {
+    pub dir: PathBuf,
+}
+
+impl StateStore {
+    /// `lab/hosts.yaml` keeps its state in `lab/hosts.state/`.
+    pub fn for_inventory(file: &Path) -> StateStore {
+        let stem = file.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_else(|| "hosts".into());
+        StateStore { dir: file.with_file_name(format!("{stem}.state")) }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn load(&self) -> Result<State> {
+        match std::fs::read(self.file()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is not a rootsmith hosts state", self.file().display())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(error) => Err(error).with_context(|| format!("reading {}", self.file().display())),
+        }
+    }
+
+    /// Change the state under the lock; it is written only when `change` succeeds.
+    pub fn update<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        fs_err::create_dir_all(&self.dir)?;
+        let _lock = crate::cache::store::lock_file(&self.dir.join("lock"))?;
+        let mut state = self.load()?;
+        let result = change(&mut state)?;
+        let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        serde_json::to_writer_pretty(&mut temp, &state)?;
+        temp.as_file().sync_all()?;
+        temp.persist(self.file())?;
+        Ok(result)
+    }
+
+    /// Keep a report's log; returns its path relative to the state directory.
+    pub fn write_log(&self, host: &str, log: &[u8]) -> Result<String> {
+        let relative = format!("reports/{host}.log");
+        let path = self.dir.join(&relative);
+        fs_err::create_dir_all(path.parent().expect("under reports"))?;
+        let mut temp = tempfile::NamedTempFile::new_in(path.parent().expect("under reports"))?;
+        std::io::Write::write_all(&mut temp, log)?;
+        temp.persist(&path)?;
+        Ok(relative)
+    }
+}
+
+/// What `host` boots now: its `hosts set` entry, else the inventory's. An
+/// entry the bundle no longer has falls back to the inventory's.
+pub fn current_entry(inventory: &Inventory, state: &State, host: &Host) -> Entry {
+    state.set.get(&host.name).and_then(|set| inventory.entry(&set.entry).ok()).unwrap_or_else(|| host.entry.clone())
+}
+
+/// Record a report; a successful one ends the host's one-shot entry. Returns
+/// what the host boots next.
+pub fn record_report(inventory: &Inventory, state: &mut State, host: &Host, mut report: Report) -> Entry {
+    report.entry = current_entry(inventory, state, host).name();
+    if report.status == "ok" && state.set.get(&host.name).is_some_and(|set| set.once) {
+        state.set.remove(&host.name);
+        report.cleared = true;
+    }
+    state.reports.insert(host.name.clone(), report);
+    current_entry(inventory, state, host)
+}
