@@ -32,7 +32,7 @@ impl DirectBoot {
     /// The QEMU argv (program first). The machine powers off instead of
     /// rebooting, so a kernel panic with `panic=-1` ends the run.
     pub fn argv(&self) -> Vec<String> {
-        Guest { kernel: Some(self.kernel.clone()), initrd: self.initrd.clone(), cmdline: self.cmdline.clone(), memory_mib: self.memory_mib, accel: self.accel, network: None }.argv()
+        Guest { kernel: Some(self.kernel.clone()), initrd: self.initrd.clone(), cmdline: self.cmdline.clone(), memory_mib: self.memory_mib, accel: self.accel, network: None, disk: None }.argv()
     }
 }
 
@@ -42,6 +42,8 @@ impl DirectBoot {
 pub struct UserNetwork {
     pub tftp: Option<PathBuf>,
     pub bootfile: Option<String>,
+    /// The NIC's MAC address [default: QEMU's 52:54:00:12:34:56]
+    pub mac: Option<String>,
 }
 
 /// A guest: booted directly from a kernel, or (no kernel) by its NIC's iPXE
@@ -54,6 +56,8 @@ pub struct Guest {
     pub memory_mib: u32,
     pub accel: Accel,
     pub network: Option<UserNetwork>,
+    /// A raw disk image, as a virtio disk (the BIOS's first drive).
+    pub disk: Option<PathBuf>,
 }
 
 impl Guest {
@@ -85,7 +89,11 @@ impl Guest {
             if let Some(bootfile) = &network.bootfile {
                 netdev.push_str(&format!(",bootfile={bootfile}"));
             }
-            argv.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=net0".into()]);
+            let mac = network.mac.as_ref().map(|mac| format!(",mac={mac}")).unwrap_or_default();
+            argv.extend(["-netdev".into(), netdev, "-device".into(), format!("virtio-net-pci,netdev=net0{mac}")]);
+        }
+        if let Some(disk) = &self.disk {
+            argv.extend(["-drive".into(), format!("file={},format=raw,if=virtio", disk.display())]);
         }
         if self.kernel.is_some() {
             if let Some(initrd) = &self.initrd {
@@ -216,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_network_boot_has_no_kernel_and_boots_from_the_nic() {
-        let guest = Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 512, accel: Accel::Tcg, network: Some(UserNetwork { tftp: Some("/t".into()), bootfile: Some("boot.ipxe".into()) }) };
+        let guest = Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 512, accel: Accel::Tcg, network: Some(UserNetwork { tftp: Some("/t".into()), bootfile: Some("boot.ipxe".into()), mac: None }), disk: None };
         let argv = guest.argv().join(" ");
         assert!(argv.ends_with("-netdev user,id=net0,tftp=/t,bootfile=boot.ipxe -device virtio-net-pci,netdev=net0 -boot n"), "{argv}");
         assert!(!argv.contains("-kernel") && !argv.contains("-append"));

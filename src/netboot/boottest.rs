@@ -109,7 +109,7 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             None => format!("http://{HOST_FROM_GUEST}:{}/", start_server(&options.bundle, http_log.clone())?),
         })
     };
-    let mut guest = Guest { kernel: Some(vmlinuz), initrd: Some(initramfs.clone()), cmdline: String::new(), memory_mib: options.memory_mib, accel: Accel::Tcg, network: None };
+    let mut guest = Guest { kernel: Some(vmlinuz), initrd: Some(initramfs.clone()), cmdline: String::new(), memory_mib: options.memory_mib, accel: Accel::Tcg, network: None, disk: None };
     match options.via {
         Via::Appended => {
             // QEMU takes one initrd file: the two, concatenated (each is 4-byte aligned).
@@ -138,9 +138,9 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
                 // The NIC's iPXE takes a tftp:// URL as its DHCP boot file.
                 let server = crate::netboot::tftp::TftpServer::bind(&tftp, "127.0.0.1:0", 16, access_log(http_log.clone()))?;
                 let port = server.spawn().port();
-                UserNetwork { tftp: None, bootfile: Some(format!("tftp://{HOST_FROM_GUEST}:{port}/boot.ipxe")) }
+                UserNetwork { tftp: None, bootfile: Some(format!("tftp://{HOST_FROM_GUEST}:{port}/boot.ipxe")), mac: None }
             } else {
-                UserNetwork { tftp: Some(tftp), bootfile: Some("boot.ipxe".into()) }
+                UserNetwork { tftp: Some(tftp), bootfile: Some("boot.ipxe".into()), mac: None }
             });
         }
     }

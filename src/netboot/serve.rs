@@ -275,9 +275,6 @@ impl Server {
         if !request.path.starts_with('/') {
             return error(400, "the request target must be a path");
         }
-        let Some(path) = resolve(&self.root, &request.path) else {
-            return error(404, "no such file here");
-        };
         if let Some(hosts) = &self.hosts {
             let relative = percent_decode(request.path.split(['?', '#']).next().unwrap_or("")).unwrap_or_default();
             match hosts.file(relative.trim_start_matches('/'), request.header("host")) {
@@ -286,6 +283,9 @@ impl Server {
                 None => {}
             }
         }
+        let Some(path) = resolve(&self.root, &request.path) else {
+            return error(404, "no such file here");
+        };
         if let Some(generated) = self.generated_menu(&path, request, local) {
             return self.generated(request, generated);
         }

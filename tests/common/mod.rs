@@ -59,19 +59,28 @@ pub fn sha256(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-/// A `rootsmith serve` process on loopback ports of its own choosing, killed
-/// when dropped: its HTTP base URL and, with `--tftp`, its TFTP address.
+/// A `rootsmith serve` process on loopback ports of its own choosing (unless
+/// `extra` gives `--addr`), killed when dropped: its HTTP base URL, with
+/// `--tftp` its TFTP address, and every line it logged.
 pub struct ServeProcess {
     child: std::process::Child,
     pub http: String,
     pub tftp: Option<String>,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServeProcess {
     pub fn start(root: &Path, tftp: bool) -> ServeProcess {
+        ServeProcess::start_with(root, tftp, &[])
+    }
+
+    pub fn start_with(root: &Path, tftp: bool, extra: &[&str]) -> ServeProcess {
         use std::io::{BufRead, BufReader};
         let mut command = rootsmith();
-        command.arg("serve").arg(root).args(["--addr", "127.0.0.1:0"]);
+        command.arg("serve").arg(root).args(extra);
+        if !extra.contains(&"--addr") {
+            command.args(["--addr", "127.0.0.1:0"]);
+        }
         if tftp {
             command.args(["--tftp", "127.0.0.1:0"]);
         }
@@ -86,8 +95,19 @@ impl ServeProcess {
             tftp_address = tftp_address.or_else(|| address("over TFTP on "));
         }
         // Keep reading the access log so the server never writes to a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        ServeProcess { child, http: http.expect("serve printed its HTTP address"), tftp: tftp_address }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                kept.lock().unwrap().push(line);
+            }
+        });
+        ServeProcess { child, http: http.expect("serve printed its HTTP address"), tftp: tftp_address, log }
+    }
+
+    pub fn logged(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 }
 

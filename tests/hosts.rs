@@ -1,0 +1,154 @@
+//! `serve --hosts` and `rootsmith hosts`: per-host files over HTTP and TFTP
+//! (curl as the client), one-shot entries ended by an agent's report, and
+//! inventories with mistakes refused with their line and column. The bundle
+//! is a manifest only (fixtures/hosts); the VM tests are in tests/fleet.rs.
+//! Needs no root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const INVENTORY: &str = "\
+bundle: root/lab/1.0.0
+default: local
+hosts:
+  - name: rack1-a
+    mac: 52:54:00:00:00:11
+    ip: 10.0.2.15
+    entry: local
+    args: rootsmith.agent.image=${server}images/a.img
+  - name: rack1-b
+    mac: 52:54:00:00:00:12
+    entry: small-appended
+";
+
+struct Lab {
+    dir: tempfile::TempDir,
+    inventory: PathBuf,
+}
+
+fn lab() -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("root/lab/1.0.0");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::copy(repo().join("fixtures/hosts/bundle/manifest.json"), bundle.join("manifest.json")).unwrap();
+    let inventory = dir.path().join("hosts.yaml");
+    std::fs::write(&inventory, INVENTORY).unwrap();
+    Lab { dir, inventory }
+}
+
+fn hosts(inventory: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut command = rootsmith();
+    command.arg("hosts").arg("--hosts").arg(inventory).args(args);
+    run(&mut command)
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new("curl").args(["-s", "-S", "-f"]).args(args).output().expect("curl runs");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+}
+
+fn ls(inventory: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = hosts(inventory, &["ls", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
+    let lab = lab();
+    let root = lab.dir.path().join("root");
+    let inventory = lab.inventory.to_str().unwrap();
+    let server = ServeProcess::start_with(&root, true, &["--hosts", inventory, "--public-url", "http://10.9.8.7:8080"]);
+    let http = &server.http;
+    let tftp = server.tftp.clone().unwrap();
+
+    // HTTP: the address the client used goes into the files.
+    let (ok, a) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-11.ipxe")]);
+    assert!(ok && a.contains("sanboot --no-describe --drive 0x80"), "rack1-a boots its disk:\n{a}");
+    let (ok, b) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe")]);
+    assert!(ok && b.contains(&format!("kernel {http}/lab/1.0.0/lab-1.0.0-small-vmlinuz")) && b.contains("rootsmith.host=rack1-b"), "{b}");
+    let (ok, unknown) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-99.ipxe")]);
+    assert!(!ok && unknown.contains("404"), "an unknown host has no script: {unknown}");
+    let (ok, dispatcher) = curl(&[&format!("{http}/lab/1.0.0/boot.ipxe")]);
+    assert!(ok && dispatcher.contains("chain --autofree hosts/${mac:hexhyp}.ipxe"), "{dispatcher}");
+
+    // TFTP: PXELINUX's names, with --public-url in the files.
+    let (ok, pxe_b) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/01-52-54-00-00-00-12")]);
+    assert!(ok && pxe_b.contains("DEFAULT small-appended") && pxe_b.contains("rootsmith.report=http://10.9.8.7:8080/.rootsmith/report/rack1-b"), "{pxe_b}");
+    let (ok, pxe_a) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/0A00020F")]);
+    assert!(ok && pxe_a.contains("LOCALBOOT 0"), "{pxe_a}");
+    let (ok, default) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/default")]);
+    assert!(ok && default.contains("LOCALBOOT 0"), "{default}");
+    let (ok, _) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/01-52-54-00-00-00-99")]);
+    assert!(!ok, "no file for an unknown host over TFTP either");
+
+    // A one-shot entry, seen by the next request without a restart.
+    let (code, _, stderr) = hosts(&lab.inventory, &["set", "52:54:00:00:00:11", "debian-http", "--once"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("rack1-a boots debian-http, then local after its next successful report"), "{stderr}");
+    let (_, a) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-11.ipxe")]);
+    assert!(a.contains(&format!("kernel {http}/lab/1.0.0/lab-1.0.0-debian-vmlinuz")), "{a}");
+    assert!(a.contains(&format!("rootsmith.agent.image={http}/images/a.img")) && a.contains(&format!("rootsmith.rootfs_url={http}/lab/1.0.0/lab-1.0.0-rootfs.img")), "{a}");
+    let (_, grub_a) = curl(&[&format!("{http}/lab/1.0.0/grub.cfg-01-52-54-00-00-00-11")]);
+    assert!(grub_a.contains("set default=debian-http"), "{grub_a}");
+    let listed = ls(&lab.inventory);
+    assert_eq!(listed["hosts"][0]["entry"], "debian-http");
+    assert_eq!(listed["hosts"][0]["once"], true);
+
+    // A failed report keeps the entry; a successful one ends it.
+    let (ok, reply) = curl(&["-X", "POST", "--data-binary", "step two broke", &format!("{http}/.rootsmith/report/rack1-a?status=failed&step=verify")]);
+    assert!(ok && reply.contains("rack1-a boots debian-http next"), "{reply}");
+    let (ok, reply) = curl(&["-X", "PUT", "--data-binary", "all good", &format!("{http}/.rootsmith/report/rack1-a?status=ok&step=done")]);
+    assert!(ok && reply.contains("rack1-a boots local next"), "{reply}");
+    let listed = ls(&lab.inventory);
+    let report = &listed["hosts"][0]["report"];
+    assert_eq!((listed["hosts"][0]["entry"].as_str(), report["status"].as_str(), report["cleared"].as_bool()), (Some("local"), Some("ok"), Some(true)), "{listed}");
+    assert_eq!(report["entry"], "debian-http");
+    assert_eq!(std::fs::read_to_string(report["log"].as_str().unwrap()).unwrap(), "all good");
+    let (_, a) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-11.ipxe")]);
+    assert!(a.contains("sanboot"), "back to its disk:\n{a}");
+    let (code, table, _) = hosts(&lab.inventory, &["ls"]);
+    assert_eq!(code, 0);
+    assert!(table.lines().any(|line| line.starts_with("rack1-a") && line.contains("52:54:00:00:00:11") && line.contains(" ok at done via debian-http")), "{table}");
+
+    // Reports for hosts the inventory lacks, or without a status, are refused.
+    let (ok, reply) = curl(&["-X", "POST", "--data-binary", "x", &format!("{http}/.rootsmith/report/rack9?status=ok")]);
+    assert!(!ok && reply.contains("404"), "{reply}");
+    let (ok, reply) = curl(&["-X", "POST", "--data-binary", "x", &format!("{http}/.rootsmith/report/rack1-b")]);
+    assert!(!ok && reply.contains("400"), "{reply}");
+    let log = server.logged();
+    assert!(log.contains("\"POST /.rootsmith/report/rack1-a?status=ok&step=done\" 200") || log.contains("\"PUT /.rootsmith/report/rack1-a?status=ok&step=done\" 200"), "{log}");
+}
+
+#[test]
+fn hosts_set_names_what_exists() {
+    let lab = lab();
+    let (code, _, stderr) = hosts(&lab.inventory, &["set", "rack7", "local"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no host `rack7`") && stderr.contains("rack1-a, rack1-b"), "{stderr}");
+    let (code, _, stderr) = hosts(&lab.inventory, &["set", "rack1-a", "big-http"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("has no kernel `big`"), "{stderr}");
+    let (code, _, stderr) = hosts(&lab.inventory, &["set", "rack1-a", "menu"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(ls(&lab.inventory)["hosts"][0]["entry"], "menu");
+    let (code, _, stderr) = hosts(&lab.inventory, &["clear", "rack1-a"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(ls(&lab.inventory)["hosts"][0]["entry"], "local");
+}
+
+#[test]
+fn a_bad_inventory_stops_serve_with_line_and_column() {
+    let lab = lab();
+    std::fs::write(&lab.inventory, INVENTORY.replace("52:54:00:00:00:12", "52:54:00:00:00:11").replace("small-appended", "tiny-http")).unwrap();
+    let mut command = rootsmith();
+    command.arg("serve").arg(lab.dir.path().join("root")).args(["--addr", "127.0.0.1:0", "--hosts"]).arg(&lab.inventory);
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 2, "{stderr}");
+    let file = lab.inventory.display().to_string();
+    assert!(stderr.contains(&format!("{file}:11:12")) && stderr.contains("has no kernel `tiny`"), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:10:10")) && stderr.contains("duplicate MAC 52:54:00:00:00:11: host `rack1-a` (line 5)"), "{stderr}");
+}
