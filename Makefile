@@ -52,6 +52,7 @@ demo: deps build
 test: deps init
 	$(CARGO) test --locked --workspace
 
+bench: APT_PACKAGES += tftpd-hpa
 bench: deps build
 	bench/run.sh
 

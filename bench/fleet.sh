@@ -57,7 +57,7 @@ cat <<DOC
 
 **TFTP.** A 16 MiB file on loopback, \`curl tftp://\` as the client
 (\`--tftp-blksize\`), median of 3 runs each; \`rootsmith serve --tftp\` and
-in.tftpd $(in.tftpd -V 2>&1 | head -n1 | awk '{print $2}') (\`--secure\`) serve the same directory in one run.
+in.tftpd $(in.tftpd -V 2>&1 | head -n1 | awk '{print $2}' | tr -d ,) (\`--secure\`) serve the same directory in one run.
 
 | blksize | rootsmith serve --tftp | in.tftpd |
 |---:|---:|---:|

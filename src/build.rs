@@ -12,6 +12,7 @@ use crate::artifact::manifest::{Manifest, ManifestArtifact, ManifestBoot, Manife
 use crate::artifact::{self, squashfs, tarball};
 use crate::cache::{sha256_hex, tree_id, OutputRecord, StageRecord, Store, WorkDir, CACHE_FORMAT};
 use crate::host::Host;
+use crate::netboot::hosts::HOSTS_FILE;
 use crate::layer::{apply_layer, Change, Snapshot, TreeTarWriter};
 use crate::plan::Plan;
 use crate::progress::Progress;
@@ -425,6 +426,12 @@ impl Builder<'_> {
             shell: self.plan.outputs.initramfs.shell,
         };
         artifacts.extend(crate::netboot::menus::write_all(staging.path(), &crate::netboot::menus::MenuInput::new(name, version, &kernels, &boot))?);
+        if let Some(hosts) = &recipe.hosts {
+            // The inventory travels with the bundle it describes (`serve --hosts BUNDLE/hosts.yaml`).
+            let bytes = fs_err::read(&hosts.resolved)?;
+            fs_err::write(staging.path().join(HOSTS_FILE), &bytes)?;
+            artifacts.push(ManifestArtifact { name: HOSTS_FILE.into(), size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
+        }
         artifacts.sort_by(|a, b| a.name.cmp(&b.name));
         let (squashfs_compression, _) = self.output_compressions();
         let manifest = Manifest {

@@ -152,3 +152,48 @@ fn a_bad_inventory_stops_serve_with_line_and_column() {
     assert!(stderr.contains(&format!("{file}:11:12")) && stderr.contains("has no kernel `tiny`"), "{stderr}");
     assert!(stderr.contains(&format!("{file}:10:10")) && stderr.contains("duplicate MAC 52:54:00:00:00:11: host `rack1-a` (line 5)"), "{stderr}");
 }
+
+#[test]
+fn a_recipes_inventory_goes_into_its_bundle_and_its_state_stays_outside() {
+    if !needs_root("a_recipes_inventory_goes_into_its_bundle_and_its_state_stays_outside") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tree/etc")).unwrap();
+    std::fs::write(dir.path().join("tree/etc/hostname"), "lab\n").unwrap();
+    assert!(std::process::Command::new("tar").arg("-C").arg(dir.path().join("tree")).args(["-cf", "base.tar", "."]).current_dir(dir.path()).status().unwrap().success());
+    std::fs::write(dir.path().join("lab.yaml"), "default: menu\nhosts:\n  - name: rack1-a\n    mac: 52:54:00:00:00:11\n    entry: local\n").unwrap();
+    std::fs::write(dir.path().join("lab-recipe.yaml"), "rootsmith: 1\nname: lab\nversion: 2.0.0\nstages:\n  - tarball: { path: base.tar }\nhosts: lab.yaml\n").unwrap();
+    let out = dir.path().join("out");
+    let mut command = rootsmith();
+    command.arg("build").arg("--fast").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(&out).arg(dir.path().join("lab-recipe.yaml"));
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    let bundle = out.join("lab/2.0.0");
+    assert_eq!(std::fs::read(bundle.join("hosts.yaml")).unwrap(), std::fs::read(dir.path().join("lab.yaml")).unwrap());
+    let sums = std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap();
+    assert!(sums.contains(&format!("{}  hosts.yaml", sha256(&bundle.join("hosts.yaml")))), "{sums}");
+
+    // The inventory in the bundle names that bundle; its state goes beside it.
+    let inventory = bundle.join("hosts.yaml");
+    let (code, _, stderr) = hosts(&inventory, &["set", "rack1-a", "menu", "--once"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.join("lab/.2.0.0.hosts-state/state.json").is_file());
+    let listed = ls(&inventory);
+    assert_eq!((listed["hosts"][0]["entry"].as_str(), listed["default"].as_str()), (Some("menu"), Some("menu")));
+    let mut command = rootsmith();
+    command.args(["release", "verify"]).arg(&bundle);
+    let (code, stdout, stderr) = run(&mut command);
+    assert_eq!(code, 0, "the bundle is as published: {stdout}{stderr}");
+    let mut command = rootsmith();
+    command.args(["release", "ls", "--out"]).arg(&out);
+    let (_, stdout, _) = run(&mut command);
+    assert_eq!(stdout.matches("2.0.0").count(), 1, "the state is no version: {stdout}");
+
+    // serve from the --out directory: the files are under the bundle's path.
+    let server = ServeProcess::start_with(&out, false, &["--hosts", inventory.to_str().unwrap()]);
+    let (ok, dispatcher) = curl(&[&format!("{}/lab/2.0.0/boot.ipxe", server.http)]);
+    assert!(ok && dispatcher.contains("hosts/${mac:hexhyp}.ipxe"), "{dispatcher}");
+    let (ok, default) = curl(&[&format!("{}/lab/2.0.0/hosts/default.ipxe", server.http)]);
+    assert!(ok && default.contains("menu lab 2.0.0"), "machines not listed get the menu:\n{default}");
+}

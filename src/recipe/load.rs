@@ -168,6 +168,13 @@ impl Checker<'_> {
         }
         let outputs = self.check_outputs(raw.outputs);
         let boot = self.check_boot(raw.boot);
+        let hosts = raw.hosts.and_then(|written| {
+            let written = self.subst("hosts", &written);
+            self.local_file("hosts", &written, false)
+        });
+        if let Some(hosts) = &hosts {
+            self.check_inventory(hosts, &raw.name, &raw.version, &stages, &boot);
+        }
         Recipe {
             file: self.file.to_path_buf(),
             dir: self.dir.to_path_buf(),
@@ -179,6 +186,7 @@ impl Checker<'_> {
             stages,
             outputs,
             boot,
+            hosts,
             source: self.source.to_string(),
             spans: SpanIndex::default(),
         }
@@ -454,6 +462,28 @@ impl Checker<'_> {
         }
         let initramfs = Initramfs { compression, modules: raw_initramfs.modules, shell: raw_initramfs.shell };
         Outputs { squashfs, tarball, initramfs }
+    }
+
+    /// The inventory's own problems, at their place in the inventory file.
+    fn check_inventory(&mut self, hosts: &LocalPath, name: &str, version: &str, stages: &[Stage], boot: &Boot) {
+        let Ok(source) = std::fs::read_to_string(&hosts.resolved) else {
+            self.at_value("hosts", format!("cannot read `{}`", hosts.written), "the inventory must be a readable text file");
+            return;
+        };
+        let kernels = stages.iter().filter(|stage| matches!(stage.kind, StageKind::Kernel(_))).map(|stage| (stage.name.clone(), format!("{name}-{version}-{}-vmlinuz", stage.name))).collect();
+        let menu = crate::netboot::menus::MenuInput {
+            name: name.to_string(),
+            version: version.to_string(),
+            kernels,
+            initramfs: format!("{name}-{version}-initramfs.img"),
+            rootfs: format!("{name}-{version}-rootfs.img"),
+            cmdline: boot.cmdline.clone(),
+        };
+        // Named as the user would write it from where the recipe was given.
+        let shown = self.file.parent().unwrap_or(Path::new("")).join(&hosts.written);
+        if let Err(diagnostics) = crate::netboot::hosts::check_for_recipe(&shown, &source, &menu) {
+            self.problems.extend(diagnostics.0);
+        }
     }
 
     fn check_boot(&mut self, raw: Option<RawBoot>) -> Boot {

@@ -34,6 +34,9 @@ pub struct Recipe {
     pub stages: Vec<Stage>,
     pub outputs: Outputs,
     pub boot: Boot,
+    /// `hosts:`: an inventory (docs/fleet.md), checked against the recipe's
+    /// kernels and copied into the bundle as `hosts.yaml`.
+    pub hosts: Option<LocalPath>,
     /// The recipe text, for diagnostics raised after loading (`--rebuild`).
     pub source: String,
     pub spans: SpanIndex,

@@ -24,6 +24,9 @@ pub struct RawRecipe {
     pub outputs: RawOutputs,
     #[serde(default)]
     pub boot: Option<RawBoot>,
+    /// A hosts inventory to check against this recipe and put in its bundle.
+    #[serde(default)]
+    pub hosts: Option<String>,
 }
 
 /// How the bundle boots: the kernel command line of its menus and the line

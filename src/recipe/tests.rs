@@ -174,3 +174,26 @@ fn paths_resolve_to_absolute_ones_from_a_relative_recipe_path() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_recipes_inventory_is_checked_against_its_kernels() {
+    let dir = fixture_dir();
+    let inventory = "hosts:\n  - name: a\n    mac: 52:54:00:00:00:11\n    entry: agent-http\n  - name: b\n    mac: 52:54:00:00:00:12\n    entry: big-appended\n";
+    std::fs::write(dir.path().join("lab.yaml"), inventory).unwrap();
+    let source = format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n  - kernel: {{ name: agent, package: linux-image-amd64 }}\nhosts: lab.yaml\n");
+    let file = dir.path().join("recipe.yaml");
+    let Err(Diagnostics(list)) = load_str(&file, &source, &LoadOptions::default()) else { panic!("big-appended names no kernel of the recipe") };
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!((list[0].file.clone(), list[0].position.line, list[0].position.column), (dir.path().join("lab.yaml"), 7, 12));
+    assert!(list[0].message.contains("has no kernel `big` (it has: agent)"), "{}", list[0].message);
+
+    std::fs::write(dir.path().join("lab.yaml"), inventory.replace("big-appended", "local")).unwrap();
+    let recipe = load_str(&file, &source, &LoadOptions::default()).unwrap();
+    assert_eq!(recipe.hosts.unwrap().written, "lab.yaml");
+
+    std::fs::write(dir.path().join("lab.yaml"), format!("bundle: out/x/1\n{}", inventory.replace("big-appended", "local"))).unwrap();
+    let Err(Diagnostics(list)) = load_str(&file, &source, &LoadOptions::default()) else { panic!("a recipe's inventory names no bundle") };
+    assert_eq!((list[0].position.line, list[0].position.column), (1, 1));
+    let missing = errors_of(&format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\nhosts: nowhere.yaml\n"));
+    assert_eq!(missing, vec![(6, 8, "file `nowhere.yaml` does not exist".to_string())]);
+}

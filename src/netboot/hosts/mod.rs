@@ -16,6 +16,9 @@
 //!     args: rootsmith.agent.image=${server}images/disk.img.zst
 //! ```
 
+/// The inventory's name in a bundle whose recipe has `hosts:`.
+pub const HOSTS_FILE: &str = "hosts.yaml";
+
 pub mod render;
 pub mod served;
 pub mod state;
@@ -184,34 +187,59 @@ struct RawHost {
 }
 
 /// Read and check an inventory. The bundle is its `bundle:` (relative to the
-/// file), else `default_bundle` (the directory `serve` serves). Every problem
-/// is reported with its line and column.
+/// file), else the bundle the file sits in (a recipe's inventory, copied into
+/// its bundle), else `default_bundle` (the directory `serve` serves). Every
+/// problem is reported with its line and column.
 pub fn load(file: &Path, default_bundle: Option<&Path>) -> anyhow::Result<Inventory> {
     let source = fs_err::read_to_string(file)?;
     load_str(file, &source, default_bundle).map_err(anyhow::Error::new)
 }
 
 pub fn load_str(file: &Path, source: &str, default_bundle: Option<&Path>) -> Result<Inventory, Diagnostics> {
-    let spans = SpanIndex::build(source);
-    let raw: RawInventory = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![crate::recipe::yaml_diagnostic(file, source, &error, "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md")]))?;
-    let problem = |position: Position, message: String, hint: &str| Diagnostic::new(file, source, position, message).with_hint(hint);
+    let (raw, spans) = parse(file, source)?;
+    let problem = |position: Position, message: String, hint: &str| Diagnostics(vec![Diagnostic::new(file, source, position, message).with_hint(hint)]);
     let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let bundle = match (&raw.bundle, default_bundle) {
         (Some(bundle), _) => dir.join(bundle),
+        (None, _) if dir.join("manifest.json").is_file() => dir.to_path_buf(),
         (None, Some(bundle)) => bundle.to_path_buf(),
-        (None, None) => return Err(Diagnostics(vec![problem(Position { line: 1, column: 1 }, "the inventory names no bundle".into(), "add `bundle: DIR` (relative to this file), or serve the bundle's directory")])),
+        (None, None) => return Err(problem(Position { line: 1, column: 1 }, "the inventory names no bundle".into(), "add `bundle: DIR` (relative to this file), or give --bundle")),
     };
     let menu = match crate::release::Bundle::open(&bundle) {
         Ok(opened) => MenuInput::from_manifest(&opened.manifest),
-        Err(error) => return Err(Diagnostics(vec![problem(spans.value("bundle"), format!("{error:#}"), "`bundle:` is the directory of a built bundle (OUT/NAME/VERSION)")])),
+        Err(error) => return Err(problem(spans.value("bundle"), format!("{error:#}"), "`bundle:` is the directory of a built bundle (OUT/NAME/VERSION)")),
     };
+    let (default, hosts) = check(file, source, &spans, &raw, &menu)?;
+    Ok(Inventory { file: file.to_path_buf(), bundle, menu, default, hosts })
+}
+
+/// Check a recipe's inventory against the bundle the recipe will build (its
+/// name, version and kernels). Such an inventory names no `bundle:`: it is
+/// copied into the bundle it describes.
+pub fn check_for_recipe(file: &Path, source: &str, menu: &MenuInput) -> Result<(), Diagnostics> {
+    let (raw, spans) = parse(file, source)?;
+    if raw.bundle.is_some() {
+        let diagnostic = Diagnostic::new(file, source, spans.key("bundle"), "a recipe's inventory names no bundle").with_hint("it goes into the bundle the recipe builds; remove `bundle:`");
+        return Err(Diagnostics(vec![diagnostic]));
+    }
+    check(file, source, &spans, &raw, menu).map(|_| ())
+}
+
+fn parse(file: &Path, source: &str) -> Result<(RawInventory, SpanIndex), Diagnostics> {
+    let spans = SpanIndex::build(source);
+    let raw = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![crate::recipe::yaml_diagnostic(file, source, &error, "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md")]))?;
+    Ok((raw, spans))
+}
+
+fn check(file: &Path, source: &str, spans: &SpanIndex, raw: &RawInventory, menu: &MenuInput) -> Result<(Entry, Vec<Host>), Diagnostics> {
+    let problem = |position: Position, message: String, hint: &str| Diagnostic::new(file, source, position, message).with_hint(hint);
     let mut problems = Vec::new();
     let entry_at = |path: &str, text: Option<&String>, problems: &mut Vec<Diagnostic>| -> Entry {
         let Some(text) = text else { return Entry::Local };
-        match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(&menu).map(|()| entry)) {
+        match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(menu).map(|()| entry)) {
             Ok(entry) => entry,
             Err(message) => {
-                problems.push(problem(spans.value(path), message, &format!("an entry is one of: {}", entry_choices(&menu))));
+                problems.push(problem(spans.value(path), message, &format!("an entry is one of: {}", entry_choices(menu))));
                 Entry::Local
             }
         }
@@ -266,7 +294,7 @@ pub fn load_str(file: &Path, source: &str, default_bundle: Option<&Path>) -> Res
     if !problems.is_empty() {
         return Err(Diagnostics(problems));
     }
-    Ok(Inventory { file: file.to_path_buf(), bundle, menu, default, hosts })
+    Ok((default, hosts))
 }
 
 #[cfg(test)]

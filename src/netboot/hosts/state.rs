@@ -51,9 +51,18 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// `lab/hosts.yaml` keeps its state in `lab/hosts.state/`.
+    /// `lab/hosts.yaml` keeps its state in `lab/hosts.state/`. The inventory a
+    /// recipe put in its bundle keeps it beside the bundle
+    /// (`out/NAME/.VERSION.hosts-state/`), so the bundle stays as published.
     pub fn for_inventory(file: &Path) -> StateStore {
         let stem = file.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_else(|| "hosts".into());
+        let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if dir.join("manifest.json").is_file() {
+            let bundle = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            if let (Some(parent), Some(version)) = (bundle.parent(), bundle.file_name()) {
+                return StateStore { dir: parent.join(format!(".{}.{stem}-state", version.to_string_lossy())) };
+            }
+        }
         StateStore { dir: file.with_file_name(format!("{stem}.state")) }
     }
 
