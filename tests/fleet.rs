@@ -4,7 +4,8 @@
 //! provisioning agent (recipes/provision-agent.yaml) writes a disk image and
 //! reports; the one-shot entry ends and the next boot is from the disk (the
 //! image's boot sector prints a marker). A corrupted image is refused before
-//! the disk is touched. A host the inventory lacks boots its disk.
+//! the disk is touched. A host the inventory lacks boots its disk. Debian's
+//! PXELINUX finds a host's own file by MAC, and `default` for the others.
 //! Needs root, the package archive and QEMU (CI has all three); TCG unless a
 //! probe boot proves KVM works.
 
@@ -49,15 +50,21 @@ struct Lab {
 }
 
 impl Lab {
-    /// Boot a machine with `mac` and `disk` from the network until `expect`.
+    /// Boot a machine with `mac` and `disk` from the network (its iPXE ROM
+    /// loads `boot.ipxe` over TFTP) until `expect`.
     fn boot(&self, mac: &str, disk: &Path, expect: &str, log: &Path) -> String {
+        self.boot_file(&format!("{}boot.ipxe", self.bundle_path), mac, disk, expect, log)
+    }
+
+    /// The same, the ROM loading `file` (under the served root) over TFTP.
+    fn boot_file(&self, file: &str, mac: &str, disk: &Path, expect: &str, log: &Path) -> String {
         let guest = Guest {
             kernel: None,
             initrd: None,
             cmdline: String::new(),
             memory_mib: 1024,
             accel: self.accel,
-            network: Some(UserNetwork { tftp: None, bootfile: Some(format!("tftp://10.0.2.2:{}/{}boot.ipxe", self.tftp_port, self.bundle_path)), mac: Some(mac.into()) }),
+            network: Some(UserNetwork { tftp: None, bootfile: Some(format!("tftp://10.0.2.2:{}/{file}", self.tftp_port)), mac: Some(mac.into()) }),
             disk: Some(disk.to_path_buf()),
         };
         let result = qemu::boot_until(&guest.argv(), expect, Duration::from_secs(400)).unwrap();
@@ -108,7 +115,7 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
     std::fs::write(
         &inventory,
         format!(
-            "bundle: srv/out/provision-agent/0.1.0\ndefault: local\nhosts:\n  - name: box1\n    mac: 52:54:00:00:00:11\n    entry: local\n    args: rootsmith.agent.image=${{server}}images/disk.img.zst rootsmith.agent.sha256={}\n  - name: box2\n    mac: 52:54:00:00:00:12\n    entry: agent-http\n    args: rootsmith.agent.image=${{server}}images/corrupted.img rootsmith.agent.sha256={}\n",
+            "bundle: srv/out/provision-agent/0.1.0\ndefault: local\nhosts:\n  - name: box1\n    mac: 52:54:00:00:00:11\n    entry: local\n    args: rootsmith.agent.image=${{server}}images/disk.img.zst rootsmith.agent.sha256={}\n  - name: box2\n    mac: 52:54:00:00:00:12\n    entry: agent-http\n    args: rootsmith.agent.image=${{server}}images/corrupted.img rootsmith.agent.sha256={}\n  - name: box3\n    mac: 52:54:00:00:00:13\n    entry: agent-http\n    args: rootsmith.agent.on_fail=stay\n",
             sha(&compressed),
             sha(&image)
         ),
@@ -174,4 +181,22 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
     let listed = hosts_ls(&inventory);
     let box2 = host(&listed, "box2");
     assert_eq!((box2["report"]["status"].as_str(), box2["report"]["step"].as_str(), box2["entry"].as_str()), (Some("failed"), Some("verify"), Some("agent-http")), "{listed}");
+
+    // PXELINUX (Debian's lpxelinux.0, loaded by the ROM's iPXE with the bundle's
+    // URL as its path prefix, DHCP option 210): box3 finds its own file by MAC
+    // and boots the agent with its arguments; a machine the inventory lacks
+    // walks PXELINUX's search down to `default` and boots its disk.
+    for file in ["/usr/lib/PXELINUX/lpxelinux.0", "/usr/lib/syslinux/modules/bios/ldlinux.c32"] {
+        std::fs::copy(file, bundle.join(Path::new(file).file_name().unwrap())).unwrap();
+    }
+    let base = format!("{public}{}", lab.bundle_path);
+    std::fs::write(root.join("pxelinux.ipxe"), format!("#!ipxe\nset 210:string {base}\nchain {base}lpxelinux.0\n")).unwrap();
+    let console = lab.boot_file("pxelinux.ipxe", "52:54:00:00:00:13", &disk2, "rootsmith-init: fetching", &logs.join("box3-pxelinux.log"));
+    let command_line = console.lines().find(|line| line.contains("Command line:")).unwrap_or_default();
+    assert!(command_line.contains("rootsmith.agent.on_fail=stay rootsmith.host=box3 rootsmith.report="), "{command_line}");
+    lab.boot_file("pxelinux.ipxe", "52:54:00:00:00:98", &disk1, DISK_MARKER, &logs.join("unknown-pxelinux.log"));
+    let log = server.logged();
+    for line in ["\"GET /out/provision-agent/0.1.0/pxelinux.cfg/01-52-54-00-00-00-13\" 200", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/01-52-54-00-00-00-98\" 404", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/0A00020F\" 404", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/default\" 200"] {
+        assert!(log.contains(line), "{line:?} in\n{log}");
+    }
 }
