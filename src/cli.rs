@@ -282,6 +282,16 @@ pub enum HostsAction {
     },
     /// Back to the inventory's entry now
     Clear { host: String },
+    /// Write every per-host file into DIR, for another TFTP or HTTP server (as `serve --hosts` makes them now)
+    Write {
+        dir: PathBuf,
+        /// The URL the bundle's directory is served at (e.g. http://192.168.1.2/provision-agent/0.1.0/)
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// The server's root URL, for `${server}` and reports [default: URL's scheme and host]
+        #[arg(long, value_name = "URL")]
+        server_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -197,3 +197,25 @@ fn a_recipes_inventory_goes_into_its_bundle_and_its_state_stays_outside() {
     let (ok, default) = curl(&[&format!("{}/lab/2.0.0/hosts/default.ipxe", server.http)]);
     assert!(ok && default.contains("menu lab 2.0.0"), "machines not listed get the menu:\n{default}");
 }
+
+#[test]
+fn hosts_write_gives_the_files_serve_would() {
+    let lab = lab();
+    let written = lab.dir.path().join("tftp-root");
+    let (code, _, stderr) = hosts(&lab.inventory, &["write", written.to_str().unwrap(), "--url", "http://10.9.8.7:8080/lab/1.0.0"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("wrote 13 files for 2 hosts"), "{stderr}");
+    let server = ServeProcess::start_with(&lab.dir.path().join("root"), false, &["--hosts", lab.inventory.to_str().unwrap()]);
+    let mut compared = 0;
+    for entry in walkdir::WalkDir::new(&written).into_iter().map(Result::unwrap).filter(|entry| entry.file_type().is_file()) {
+        let path = entry.path().strip_prefix(&written).unwrap().to_str().unwrap().to_string();
+        let (ok, served) = curl(&["-H", "Host: 10.9.8.7:8080", &format!("{}/lab/1.0.0/{path}", server.http)]);
+        assert!(ok, "{path}: {served}");
+        assert_eq!(std::fs::read_to_string(entry.path()).unwrap(), served, "{path}");
+        compared += 1;
+    }
+    assert_eq!(compared, 13);
+    for path in ["pxelinux.cfg/01-52-54-00-00-00-11", "pxelinux.cfg/0A00020F", "grub.cfg-01-52-54-00-00-00-12", "hosts/10.0.2.15.ipxe"] {
+        assert!(written.join(path).is_file(), "{path}");
+    }
+}

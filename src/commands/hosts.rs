@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{HostsAction, InventoryArgs};
 use crate::netboot::hosts::state::{current_entry, Override, StateStore};
+use crate::netboot::hosts::render::{self, Urls};
 use crate::netboot::hosts::{self, Inventory};
 
 pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
@@ -23,6 +24,7 @@ pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
             eprintln!("{} boots {}{after}", host.name, entry.name());
             Ok(())
         }
+        HostsAction::Write { dir, url, server_url } => write(&inventory, &store, dir, url, server_url.as_deref()),
         HostsAction::Clear { host } => {
             let host = find(&inventory, host)?;
             store.update(|state| {
@@ -33,6 +35,29 @@ pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn write(inventory: &Inventory, store: &StateStore, dir: &std::path::Path, url: &str, server_url: Option<&str>) -> Result<()> {
+    let with_slash = |url: &str| format!("{}/", url.trim_end_matches('/'));
+    let bundle = with_slash(url);
+    let server = match server_url {
+        Some(server) => with_slash(server),
+        None => {
+            let (scheme, rest) = bundle.split_once("://").with_context(|| format!("`{url}` is not a URL like http://192.168.1.2/NAME/VERSION/"))?;
+            format!("{scheme}://{}/", rest.split('/').next().unwrap_or(rest))
+        }
+    };
+    let urls = Urls { server, bundle };
+    let state = store.load()?;
+    let paths = render::paths(inventory);
+    for path in &paths {
+        let text = render::file(inventory, &state, path, &urls).with_context(|| format!("no file for {path}"))?;
+        let target = dir.join(path);
+        fs_err::create_dir_all(target.parent().expect("under DIR"))?;
+        fs_err::write(&target, text)?;
+    }
+    eprintln!("wrote {} files for {} hosts into {}", paths.len(), inventory.hosts.len(), dir.display());
+    Ok(())
 }
 
 fn find<'a>(inventory: &'a Inventory, key: &str) -> Result<&'a hosts::Host> {

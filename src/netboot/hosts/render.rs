@@ -92,6 +92,21 @@ pub fn grub(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls: &Ur
     menus::trim_lines(&text)
 }
 
+/// Every file an inventory gives, relative to the bundle: the entry points
+/// and defaults, then each host's by MAC and by IP.
+pub fn paths(inventory: &Inventory) -> Vec<String> {
+    let mut paths: Vec<String> = ["boot.ipxe", "hosts/default.ipxe", "pxelinux.cfg/default", "grub.cfg"].iter().map(|path| path.to_string()).collect();
+    for host in &inventory.hosts {
+        if let Some(mac) = host.mac_hyphens() {
+            paths.extend([format!("hosts/{mac}.ipxe"), format!("pxelinux.cfg/01-{mac}"), format!("grub.cfg-01-{mac}")]);
+        }
+        if let (Some(ip), Some(hex)) = (host.ip, host.ip_hex()) {
+            paths.extend([format!("hosts/{ip}.ipxe"), format!("pxelinux.cfg/{hex}"), format!("grub.cfg-{hex}")]);
+        }
+    }
+    paths
+}
+
 /// The generated file at `path` (relative to the bundle), or `None` when the
 /// inventory has no such file (a host it does not list gets a 404, and its
 /// loader moves on to the default).
