@@ -1,8 +1,9 @@
 //! `serve --hosts` and `rootsmith hosts`: per-host files over HTTP and TFTP
 //! (curl as the client), one-shot entries ended by an agent's report, and
-//! inventories with mistakes refused with their line and column. The bundle
-//! is a manifest only (fixtures/hosts); the VM tests are in tests/fleet.rs.
-//! Needs no root.
+//! inventories with mistakes refused with their line and column, and the
+//! provisioning agent's script run on this machine against a file as its
+//! disk. The bundle is a manifest only (fixtures/hosts); the VM tests are in
+//! tests/fleet.rs. Only the recipe test needs root (a build).
 
 mod common;
 
@@ -217,5 +218,68 @@ fn hosts_write_gives_the_files_serve_would() {
     assert_eq!(compared, 13);
     for path in ["pxelinux.cfg/01-52-54-00-00-00-11", "pxelinux.cfg/0A00020F", "grub.cfg-01-52-54-00-00-00-12", "hosts/10.0.2.15.ipxe"] {
         assert!(written.join(path).is_file(), "{path}");
+    }
+}
+
+/// The agent's script, run on this machine against `rootsmith serve --hosts`:
+/// a job fetched from the server names the image; the disk is a file.
+fn agent(work: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut command = std::process::Command::new("bash");
+    command.arg(repo().join("recipes/provision-agent/overlay/usr/local/sbin/rootsmith-agent")).args(args).env("ROOTSMITH_AGENT_WORK", work);
+    run(&mut command)
+}
+
+#[test]
+fn the_agent_script_writes_only_a_verified_image_and_reports() {
+    use sha2::Digest;
+    let lab = lab();
+    let root = lab.dir.path().join("root");
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    let image: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let compressed = zstd::encode_all(&image[..], 3).unwrap();
+    std::fs::write(root.join("images/disk.img.zst"), &compressed).unwrap();
+    let good = hex::encode(sha2::Sha256::digest(&compressed));
+    let server = ServeProcess::start_with(&root, false, &["--hosts", lab.inventory.to_str().unwrap()]);
+    let http = &server.http;
+    std::fs::write(root.join("images/job.sh"), format!("IMAGE_URL={http}/images/disk.img.zst\nIMAGE_SHA256={good}\n")).unwrap();
+    let report = format!("{http}/.rootsmith/report/rack1-b");
+
+    for stage in ["auto", "never"] {
+        let disk = lab.dir.path().join(format!("disk-{stage}.raw"));
+        std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+        let (code, stdout, stderr) = agent(&lab.dir.path().join("work"), &["--job", &format!("{http}/images/job.sh"), "--disk", disk.to_str().unwrap(), "--stage", stage, "--report", &report]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(stdout.contains(&format!("image written and verified: {} bytes", image.len())), "{stdout}");
+        let written = std::fs::read(&disk).unwrap();
+        assert_eq!((&written[..image.len()], written.len()), (&image[..], 4 << 20), "--stage {stage}");
+        let listed = ls(&lab.inventory);
+        assert_eq!((listed["hosts"][1]["report"]["status"].as_str(), listed["hosts"][1]["report"]["step"].as_str()), (Some("ok"), Some("done")));
+    }
+
+    // A checksum the download does not match, an image larger than the disk, a
+    // stream that does not decompress: each stops before the disk is written.
+    let disk = lab.dir.path().join("disk-kept.raw");
+    let kept: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&disk, &kept).unwrap();
+    let small = lab.dir.path().join("small.raw");
+    std::fs::write(&small, vec![7u8; 1 << 20]).unwrap();
+    std::fs::write(root.join("images/broken.zst"), b"not zstd at all").unwrap();
+    let broken = hex::encode(sha2::Sha256::digest(b"not zstd at all"));
+    let url = format!("{http}/images/disk.img.zst");
+    let cases: [(&[&str], &str); 3] = [
+        (&["--image", &url, "--sha256", &"0".repeat(64), "--disk", disk.to_str().unwrap()], "the image does not match: expected sha256 0000"),
+        (&["--image", &url, "--sha256", &good, "--disk", small.to_str().unwrap()], &format!("the image is {} bytes", image.len())),
+        (&["--image", &format!("{http}/images/broken.zst"), "--sha256", &broken, "--disk", disk.to_str().unwrap()], "cannot read the image"),
+    ];
+    for (args, message) in cases {
+        let mut args = args.to_vec();
+        args.extend(["--report", &report]);
+        let (code, stdout, _) = agent(&lab.dir.path().join("work"), &args);
+        assert_eq!(code, 1, "{stdout}");
+        assert!(stdout.contains("failed at verify: ") && stdout.contains(message), "{message:?} in\n{stdout}");
+        assert_eq!(std::fs::read(&disk).unwrap(), kept, "the disk is untouched");
+        assert_eq!(std::fs::read(&small).unwrap(), vec![7u8; 1 << 20]);
+        let listed = ls(&lab.inventory);
+        assert_eq!((listed["hosts"][1]["report"]["status"].as_str(), listed["hosts"][1]["report"]["step"].as_str()), (Some("failed"), Some("verify")), "{listed}");
     }
 }
