@@ -13,6 +13,7 @@ pub mod layer;
 pub mod lock;
 pub mod mirror;
 pub mod netboot;
+pub mod oci;
 pub mod plan;
 pub mod progress;
 pub mod stage;

@@ -24,6 +24,7 @@ fn kind_version(kind: &StageKind) -> u32 {
         StageKind::Run(_) => 2,
         StageKind::Kernel(_) => 2,
         StageKind::Release(_) => 1,
+        StageKind::Oci(_) => 1,
     }
 }
 
@@ -139,10 +140,19 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
         if let StageKind::Release(release) = &mut kind {
             release.tarball = Some(release_tarball(release, &options.out_dir)?);
         }
+        if let StageKind::Oci(oci) = &mut kind {
+            oci.resolved = Some(crate::stage::oci::resolve(oci, &recipe.arch)?);
+        }
         let (params, files, remote) = match &kind {
             StageKind::Release(r) => {
                 let (path, sha256) = r.tarball.as_ref().expect("resolved above");
                 (json!({ "release": r.name, "version": r.version, "tarball": path.file_name().map(|n| n.to_string_lossy().into_owned()), "sha256": sha256 }), Vec::new(), BTreeMap::new())
+            }
+            StageKind::Oci(oci) => {
+                // The manifest digest names the config and every layer: the key needs nothing else.
+                let resolved = oci.resolved.as_ref().expect("resolved above");
+                let crate::recipe::OciSource::Layout { dir, reference } = &oci.source;
+                (json!({ "layout": dir.written, "ref": reference, "manifest": resolved.manifest_digest }), Vec::new(), BTreeMap::new())
             }
             StageKind::Debootstrap(d) => (
                 json!({ "suite": d.suite, "variant": d.variant, "components": d.components, "include": d.include, "mirror": mirror, "tool": crate::stage::debootstrap::resolve_tool(d.tool) }),

@@ -77,6 +77,10 @@ impl Applier<'_> {
             return self.make_opaque(&parent).map_err(|error| self.error(&shown, error.to_string()));
         }
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            // `.wh..` would delete the directory itself, `.wh...` its parent.
+            if matches!(hidden, b"" | b"." | b"..") {
+                return Err(self.error(&shown, "a whiteout must name an entry of its directory, not the directory or its parent"));
+            }
             let target = parent_full.join(std::ffi::OsStr::from_bytes(hidden));
             return remove_any(&target).map_err(|error| self.error(&shown, format!("cannot delete {}: {error}", target.display())));
         }

@@ -114,6 +114,8 @@ fn hostile_entries_never_write_outside_the_target() {
         (hostile(&[("/abs/evil", Regular, None)]), Some("absolute path")),
         (hostile(&[("up", Symlink, Some("../..")), ("up/outside/evil", Regular, None)]), Some("leaves the tree")),
         (hostile(&[("link", Link, Some("../outside/secret"))]), Some("hard link target")),
+        (hostile(&[(".wh...", Regular, None)]), Some("a whiteout must name an entry of its directory")),
+        (hostile(&[("sub/", Directory, None), ("sub/.wh..", Regular, None)]), Some("a whiteout must name an entry of its directory")),
         // An absolute symlink is followed inside the tree, like a chroot would.
         (hostile(&[("abs", Symlink, Some(outside.to_str().unwrap())), ("abs/evil", Regular, None)]), None),
         // A symlink at the final component is replaced, not written through.
@@ -135,7 +137,7 @@ fn hostile_entries_never_write_outside_the_target() {
         }
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "case {index} wrote outside");
     }
-    let inside = work.path().join("root4").join(outside.strip_prefix("/").unwrap()).join("evil");
+    let inside = work.path().join("root6").join(outside.strip_prefix("/").unwrap()).join("evil");
     assert_eq!(fs::read_to_string(inside).unwrap(), "pwned");
 }
 

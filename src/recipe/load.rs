@@ -18,7 +18,7 @@ pub struct LoadOptions {
 
 const ARCHES: &[&str] = &["amd64", "arm64", "armhf", "i386", "ppc64el", "riscv64", "s390x"];
 const VARIANTS: &[&str] = &["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"];
-const STAGE_KINDS: &str = "debootstrap, tarball, packages, files, run, kernel";
+const STAGE_KINDS: &str = "debootstrap, tarball, release, oci, packages, files, run, kernel";
 const CONFIG_TARGETS: &[&str] = &["defconfig", "tinyconfig", "allnoconfig"];
 
 /// Read and check the recipe at `file`.
@@ -125,7 +125,7 @@ impl Checker<'_> {
             }
         }
         if raw.stages.is_empty() {
-            self.at_key("stages", "the recipe has no stages", "start with a base stage: debootstrap, tarball or release");
+            self.at_key("stages", "the recipe has no stages", "start with a base stage: debootstrap, tarball, release or oci");
         }
         let mut stages = Vec::new();
         let mut names = BTreeSet::new();
@@ -141,11 +141,11 @@ impl Checker<'_> {
             // Placement depends only on which kind key is there, so it is checked
             // even when the stage's own fields have problems.
             if let [kind_name] = raw_stage.kind_names().as_slice() {
-                let is_base = matches!(*kind_name, "debootstrap" | "tarball" | "release");
+                let is_base = matches!(*kind_name, "debootstrap" | "tarball" | "release" | "oci");
                 if is_base && index > 0 {
-                    self.at_key(&format!("{path}.{kind_name}"), format!("base stage `{kind_name}` must be the first stage"), "a recipe has one base (debootstrap, tarball or release) and it comes first");
+                    self.at_key(&format!("{path}.{kind_name}"), format!("base stage `{kind_name}` must be the first stage"), "a recipe has one base (debootstrap, tarball, release or oci) and it comes first");
                 } else if !is_base && index == 0 {
-                    self.at_key(&format!("{path}.{kind_name}"), format!("the first stage is `{kind_name}`, not a base stage"), "start with a base stage: debootstrap or tarball");
+                    self.at_key(&format!("{path}.{kind_name}"), format!("the first stage is `{kind_name}`, not a base stage"), "start with a base stage: debootstrap, tarball, release or oci");
                 }
             }
             let Some(kind) = self.check_stage(&path, raw_stage) else { continue };
@@ -230,6 +230,9 @@ impl Checker<'_> {
             let out = value.out.map(|out| self.dir.join(self.subst(&format!("{field}.out"), &out)));
             kinds.push(("release", Some(StageKind::Release(Release { name, version, out, tarball: None }))));
         }
+        if let Some(value) = raw.oci {
+            kinds.push(("oci", self.check_oci(&format!("{path}.oci"), value)));
+        }
         if let Some(value) = raw.packages {
             let field = format!("{path}.packages");
             let install = self.subst_list(&format!("{field}.install"), value.install);
@@ -289,6 +292,29 @@ impl Checker<'_> {
             }
         };
         Some(StageKind::Debootstrap(Debootstrap { suite, variant, components, include, mirror, tool }))
+    }
+
+    fn check_oci(&mut self, path: &str, raw: RawOci) -> Option<StageKind> {
+        match (raw.image, raw.layout) {
+            (Some(_), Some(_)) => {
+                self.at_key(&format!("{path}.layout"), "an oci stage takes `image` or `layout`, not both", "keep one");
+                None
+            }
+            (None, None) => {
+                self.at_key(path, "an oci stage needs `image: REF` or `layout: DIR`", "e.g. `oci: { layout: images/base, ref: bookworm }`");
+                None
+            }
+            (Some(_), None) => {
+                self.at_key(&format!("{path}.image"), "pulling an OCI image from a registry is not supported yet", "copy it into a layout first (`skopeo copy docker://REF oci:DIR:TAG`) and use `layout: DIR` with `ref: TAG`");
+                None
+            }
+            (None, Some(layout)) => {
+                let written = self.subst(&format!("{path}.layout"), &layout);
+                let reference = raw.reference.map(|reference| self.subst(&format!("{path}.ref"), &reference));
+                let dir = self.local_file(&format!("{path}.layout"), &written, true)?;
+                Some(StageKind::Oci(Oci { source: OciSource::Layout { dir, reference }, resolved: None }))
+            }
+        }
     }
 
     fn check_files(&mut self, path: &str, raw: RawFiles) -> Option<StageKind> {

@@ -58,6 +58,21 @@ pub enum StageKind {
     Run(Run),
     Kernel(Kernel),
     Release(Release),
+    Oci(Oci),
+}
+
+/// A base from an OCI image: its layers applied in order.
+#[derive(Debug, Clone)]
+pub struct Oci {
+    pub source: OciSource,
+    /// Filled in by the plan: the manifest the reference names now.
+    pub resolved: Option<crate::oci::layout::ResolvedImage>,
+}
+
+#[derive(Debug, Clone)]
+pub enum OciSource {
+    /// An image layout directory and the image's name in it.
+    Layout { dir: LocalPath, reference: Option<String> },
 }
 
 /// A base from a published bundle's rootfs tarball.
@@ -81,12 +96,13 @@ impl StageKind {
             StageKind::Run(_) => "run",
             StageKind::Kernel(_) => "kernel",
             StageKind::Release(_) => "release",
+            StageKind::Oci(_) => "oci",
         }
     }
 
     /// Base stages create the tree; every other stage changes the one before it.
     pub fn is_base(&self) -> bool {
-        matches!(self, StageKind::Debootstrap(_) | StageKind::Tarball(_) | StageKind::Release(_))
+        matches!(self, StageKind::Debootstrap(_) | StageKind::Tarball(_) | StageKind::Release(_) | StageKind::Oci(_))
     }
 }
 

@@ -60,6 +60,23 @@ pub struct RawStage {
     pub kernel: Option<RawKernel>,
     #[serde(default)]
     pub release: Option<RawRelease>,
+    #[serde(default)]
+    pub oci: Option<RawOci>,
+}
+
+/// `oci:` base stage: an OCI image's layers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOci {
+    /// A registry reference (`host[:port]/repo:tag` or `@sha256:…`)
+    #[serde(default)]
+    pub image: Option<String>,
+    /// An OCI image layout directory
+    #[serde(default)]
+    pub layout: Option<String>,
+    /// The image in the layout (its `org.opencontainers.image.ref.name`)
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
 }
 
 /// `release:` base stage: the rootfs of a published bundle.
@@ -84,6 +101,7 @@ impl RawStage {
             ("run", self.run.is_some()),
             ("kernel", self.kernel.is_some()),
             ("release", self.release.is_some()),
+            ("oci", self.oci.is_some()),
         ];
         present.into_iter().filter(|(_, here)| *here).map(|(name, _)| name).collect()
     }

@@ -5,6 +5,7 @@ mod chroot;
 pub mod debootstrap;
 mod files;
 pub mod kernel;
+pub mod oci;
 mod packages;
 mod release;
 mod run;
@@ -50,6 +51,7 @@ pub fn run_stage(kind: &StageKind, context: &StageContext<'_>) -> Result<Option<
         StageKind::Debootstrap(stage) => debootstrap::run(stage, context).map(|()| None),
         StageKind::Tarball(stage) => tarball::run(stage, context).map(|()| None),
         StageKind::Release(stage) => release::run(stage, context).map(|()| None),
+        StageKind::Oci(stage) => oci::run(stage, context).map(|()| None),
         StageKind::Packages(stage) => packages::run(stage, context).map(|()| None),
         StageKind::Files(stage) => files::run(stage, context).map(|()| None),
         StageKind::Run(stage) => run::run(stage, context).map(|()| None),

@@ -1,0 +1,247 @@
+//! The `oci` base stage from an OCI image layout the test writes itself: three
+//! layers (gzip, zstd, plain tar) with a whiteout, an opaque directory, a hard
+//! link and a symlink, in a multi-platform index. The tree rootsmith builds is
+//! compared with `umoci raw unpack` of the same image. Hostile layers, one
+//! kind each, are refused naming the layer and the entry, and nothing is
+//! written outside the tree. Needs root (owners, device nodes) and umoci.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use sha2::Digest;
+
+/// A tar layer from (path, kind, content or link target) entries.
+fn layer(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, kind, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        header.set_mtime(1_700_000_000);
+        header.set_uid(0);
+        header.set_gid(0);
+        let bytes = path.as_bytes();
+        header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        match kind {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                header.set_size(0);
+                header.set_link_name(data).unwrap();
+                header.set_cksum();
+                builder.append(&header, &[][..]).unwrap();
+            }
+            _ => {
+                header.set_size(data.len() as u64);
+                header.set_cksum();
+                builder.append(&header, data.as_bytes()).unwrap();
+            }
+        }
+    }
+    builder.into_inner().unwrap()
+}
+
+struct ImageLayout {
+    dir: PathBuf,
+}
+
+impl ImageLayout {
+    fn new(dir: &Path) -> ImageLayout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        ImageLayout { dir: dir.to_path_buf() }
+    }
+
+    fn blob(&self, bytes: &[u8], media_type: &str) -> serde_json::Value {
+        let digest = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(self.dir.join("blobs/sha256").join(&digest), bytes).unwrap();
+        serde_json::json!({ "mediaType": media_type, "digest": format!("sha256:{digest}"), "size": bytes.len() })
+    }
+
+    /// An image of `layers` ((media type, uncompressed tar)); returns its manifest descriptor.
+    fn image(&self, layers: &[(&str, Vec<u8>)]) -> serde_json::Value {
+        let mut descriptors = Vec::new();
+        let mut diff_ids = Vec::new();
+        for (media_type, tar) in layers {
+            diff_ids.push(format!("sha256:{}", hex::encode(sha2::Sha256::digest(tar))));
+            let bytes = match *media_type {
+                "application/vnd.oci.image.layer.v1.tar+gzip" => {
+                    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    std::io::Write::write_all(&mut encoder, tar).unwrap();
+                    encoder.finish().unwrap()
+                }
+                "application/vnd.oci.image.layer.v1.tar+zstd" => zstd::encode_all(&tar[..], 3).unwrap(),
+                _ => tar.clone(),
+            };
+            descriptors.push(self.blob(&bytes, media_type));
+        }
+        let config = serde_json::json!({ "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": diff_ids }, "config": {} });
+        let config = self.blob(&serde_json::to_vec(&config).unwrap(), "application/vnd.oci.image.config.v1+json");
+        let manifest = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": descriptors });
+        self.blob(&serde_json::to_vec(&manifest).unwrap(), "application/vnd.oci.image.manifest.v1+json")
+    }
+
+    fn index(&self, named: &[(&str, serde_json::Value)]) {
+        let manifests: Vec<serde_json::Value> = named
+            .iter()
+            .map(|(name, descriptor)| {
+                let mut descriptor = descriptor.clone();
+                descriptor["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": name });
+                descriptor
+            })
+            .collect();
+        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "manifests": manifests })).unwrap()).unwrap();
+    }
+}
+
+use tar::EntryType::{Directory as D, Link as H, Regular as F, Symlink as S};
+
+/// Three layers: gzip, `second` (zstd, or gzip for umoci 0.4, which reads no
+/// zstd), uncompressed.
+fn layers(second: &'static str) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            layer(&[("etc/", D, ""), ("etc/a", F, "first\n"), ("etc/gone", F, "removed later\n"), ("etc/link", S, "a"), ("opt/", D, ""), ("opt/d/", D, ""), ("opt/d/old", F, "hidden by the opaque dir\n"), ("usr/", D, ""), ("usr/bin/", D, ""), ("usr/bin/tool", F, "#!/bin/true\n"), ("usr/bin/tool2", H, "usr/bin/tool")]),
+        ),
+        (second, layer(&[("etc/.wh.gone", F, ""), ("etc/a", F, "second\n"), ("opt/d/", D, ""), ("opt/d/.wh..wh..opq", F, ""), ("opt/d/new", F, "after the opaque marker\n")])),
+        ("application/vnd.oci.image.layer.v1.tar", layer(&[("srv/", D, ""), ("srv/data", F, "third layer\n")])),
+    ]
+}
+
+/// Every path of a tree with what it is: file contents, link targets, `dir`.
+fn listing(root: &Path) -> BTreeMap<String, String> {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .map(Result::unwrap)
+        .map(|entry| {
+            let relative = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let what = if entry.path_is_symlink() {
+                format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
+            } else if entry.file_type().is_dir() {
+                "dir".into()
+            } else {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                match String::from_utf8(bytes.clone()) {
+                    Ok(text) if text.len() < 200 => text,
+                    _ => format!("{} bytes, sha256 {}", bytes.len(), hex::encode(sha2::Sha256::digest(&bytes))),
+                }
+            };
+            (relative, what)
+        })
+        .collect()
+}
+
+fn build(dir: &Path, stage: &str) -> (i32, String, PathBuf) {
+    std::fs::write(dir.join("recipe.yaml"), format!("rootsmith: 1\nname: from-oci\nversion: 1.0.0\nstages:\n  - {stage}\n")).unwrap();
+    let out = dir.join("out");
+    let mut command = rootsmith();
+    command.arg("build").arg("--fast").arg("--cache").arg(dir.join("cache")).arg("--out").arg(&out).arg(dir.join("recipe.yaml"));
+    let (code, _, stderr) = run(&mut command);
+    (code, stderr, out.join("from-oci/1.0.0"))
+}
+
+fn unpack_bundle(bundle: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let status = std::process::Command::new("tar").arg("-C").arg(into).arg("--zstd").arg("-xf").arg(bundle.join("from-oci-1.0.0-rootfs.tar.zst")).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn layers_apply_like_umoci_from_a_multi_platform_layout() {
+    if !needs_root("layers_apply_like_umoci_from_a_multi_platform_layout") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = ImageLayout::new(&dir.path().join("image"));
+    let amd64 = image.image(&layers("application/vnd.oci.image.layer.v1.tar+zstd"));
+    let amd64_gzip = image.image(&layers("application/vnd.oci.image.layer.v1.tar+gzip"));
+    let arm64 = image.image(&[("application/vnd.oci.image.layer.v1.tar", layer(&[("etc/", D, ""), ("etc/arch", F, "arm64\n")]))]);
+    let mut platforms = Vec::new();
+    for (descriptor, arch) in [(&arm64, "arm64"), (&amd64, "amd64")] {
+        let mut descriptor = descriptor.clone();
+        descriptor["platform"] = serde_json::json!({ "architecture": arch, "os": "linux" });
+        platforms.push(descriptor);
+    }
+    let index = image.blob(&serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": platforms })).unwrap(), "application/vnd.oci.image.index.v1+json");
+    image.index(&[("multi", index), ("single", amd64_gzip)]);
+
+    let (code, stderr, bundle) = build(dir.path(), "oci: { layout: image, ref: multi }");
+    assert_eq!(code, 0, "{stderr}");
+    let ours = dir.path().join("ours");
+    unpack_bundle(&bundle, &ours);
+    let theirs = dir.path().join("theirs");
+    let output = std::process::Command::new("umoci").args(["raw", "unpack", "--image"]).arg(format!("{}:single", image.dir.display())).arg(&theirs).output().expect("umoci runs (apt-get install umoci)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (ours_list, theirs_list) = (listing(&ours), listing(&theirs));
+    assert_eq!(ours_list, theirs_list, "rootsmith's tree and umoci's differ");
+    assert_eq!(ours_list.get("etc/a").map(String::as_str), Some("second\n"));
+    assert!(!ours_list.contains_key("etc/gone") && !ours_list.contains_key("opt/d/old") && ours_list.contains_key("opt/d/new"));
+    assert!(!ours_list.contains_key("etc/arch"), "the amd64 manifest of the index, not arm64's");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(ours.join("usr/bin/tool")).unwrap().ino(), std::fs::metadata(ours.join("usr/bin/tool2")).unwrap().ino(), "the hard link stays one file");
+
+    // The key is the manifest digest: the same image is a hit, a moved tag a miss.
+    let mut command = rootsmith();
+    command.arg("plan").arg("--cache").arg(dir.path().join("cache")).arg(dir.path().join("recipe.yaml")).arg("--json");
+    let state = |stdout: &str| serde_json::from_str::<serde_json::Value>(stdout).unwrap()[0]["state"].as_str().unwrap().to_string();
+    let (code, stdout, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(state(&stdout), "hit", "{stdout}");
+    image.index(&[("multi", image.image(&[("application/vnd.oci.image.layer.v1.tar", layer(&[("etc/", D, ""), ("etc/moved", F, "the tag moved\n")]))]))]);
+    let (code, stdout, _) = run(&mut command);
+    assert_eq!(code, 0);
+    assert_eq!(state(&stdout), "miss", "a moved tag is a new manifest digest: {stdout}");
+}
+
+#[test]
+fn hostile_layers_are_refused_and_write_nothing_outside() {
+    if !needs_root("hostile_layers_are_refused_and_write_nothing_outside") {
+        return;
+    }
+    let cases: [(&str, Vec<(&str, tar::EntryType, &str)>, &str); 5] = [
+        ("dotdot", vec![("../escaped", F, "x")], "../escaped"),
+        ("absolute", vec![("/escaped", F, "x")], "/escaped"),
+        ("symlink-escape", vec![("up", S, "../../../.."), ("up/escaped", F, "x")], "up/escaped"),
+        ("hardlink-out", vec![("shadow", H, "../outside/secret")], "shadow"),
+        ("whiteout-dotdot", vec![(".wh...", F, "")], ".wh.."),
+    ];
+    for (name, entries, entry) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/secret"), "secret\n").unwrap();
+        let image = ImageLayout::new(&dir.path().join("image"));
+        let good = layer(&[("etc/", D, ""), ("etc/ok", F, "fine\n")]);
+        let manifest = image.image(&[("application/vnd.oci.image.layer.v1.tar", good), ("application/vnd.oci.image.layer.v1.tar", layer(&entries))]);
+        image.index(&[("bad", manifest.clone())]);
+        let before = listing(dir.path());
+        let (code, stderr, bundle) = build(dir.path(), "oci: { layout: image, ref: bad }");
+        assert_ne!(code, 0, "{name}: {stderr}");
+        assert!(stderr.contains("layer 2 of 2") && stderr.contains(entry), "{name}: the layer and the entry are named:\n{stderr}");
+        assert!(!bundle.exists(), "{name}: no bundle");
+        let ours = |path: &str| ["cache", "out"].iter().any(|dir| path == *dir || path.starts_with(&format!("{dir}/"))) || path == "recipe.yaml";
+        let after: BTreeMap<String, String> = listing(dir.path()).into_iter().filter(|(path, _)| !ours(path)).collect();
+        assert_eq!(after, before, "{name}: nothing changed outside the cache");
+    }
+}
+
+#[test]
+fn a_corrupted_blob_is_refused_before_it_is_read() {
+    if !needs_root("a_corrupted_blob_is_refused_before_it_is_read") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = ImageLayout::new(&dir.path().join("image"));
+    let manifest = image.image(&layers("application/vnd.oci.image.layer.v1.tar+zstd"));
+    image.index(&[("latest", manifest)]);
+    let gzip_layer = std::fs::read_dir(image.dir.join("blobs/sha256")).unwrap().map(|e| e.unwrap().path()).find(|p| std::fs::read(p).unwrap().starts_with(&[0x1f, 0x8b])).unwrap();
+    let mut bytes = std::fs::read(&gzip_layer).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&gzip_layer, bytes).unwrap();
+    let (code, stderr, _) = build(dir.path(), "oci: { layout: image }");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("layer 1 of 3") && stderr.contains("does not match its descriptor"), "{stderr}");
+}
