@@ -151,8 +151,11 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
             StageKind::Oci(oci) => {
                 // The manifest digest names the config and every layer: the key needs nothing else.
                 let resolved = oci.resolved.as_ref().expect("resolved above");
-                let crate::recipe::OciSource::Layout { dir, reference } = &oci.source;
-                (json!({ "layout": dir.written, "ref": reference, "manifest": resolved.manifest_digest }), Vec::new(), BTreeMap::new())
+                let source = match &oci.source {
+                    crate::recipe::OciSource::Layout { dir, reference } => json!({ "layout": dir.written, "ref": reference }),
+                    crate::recipe::OciSource::Registry { reference } => json!({ "image": reference }),
+                };
+                (json!({ "source": source, "manifest": resolved.manifest_digest }), Vec::new(), BTreeMap::new())
             }
             StageKind::Debootstrap(d) => (
                 json!({ "suite": d.suite, "variant": d.variant, "components": d.components, "include": d.include, "mirror": mirror, "tool": crate::stage::debootstrap::resolve_tool(d.tool) }),

@@ -245,3 +245,130 @@ fn a_corrupted_blob_is_refused_before_it_is_read() {
     assert_ne!(code, 0);
     assert!(stderr.contains("layer 1 of 3") && stderr.contains("does not match its descriptor"), "{stderr}");
 }
+
+/// Debian's `docker-registry` on a loopback port, storage in `dir`, stopped when dropped.
+struct RegistryProcess {
+    child: std::process::Child,
+    address: String,
+}
+
+impl RegistryProcess {
+    fn start(dir: &Path) -> RegistryProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(&config, format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n", dir.join("storage").display())).unwrap();
+        let child = std::process::Command::new("docker-registry").arg("serve").arg(&config).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("docker-registry runs (apt-get install docker-registry)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&address).is_ok() {
+                return RegistryProcess { child, address };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("docker-registry did not listen on {address}");
+    }
+}
+
+impl Drop for RegistryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards to `upstream`, recording each request line, and cuts the first
+/// full (no Range) response for a blob larger than twice `cut` after `cut`
+/// body bytes.
+fn start_cutting_proxy(upstream: String, cut: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        let mut cut_done = false;
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let mut reader = BufReader::new(client.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if !line.to_lowercase().starts_with("connection:") {
+                    head.push_str(&line);
+                }
+            }
+            if head.is_empty() {
+                continue;
+            }
+            let first = head.lines().next().unwrap_or_default().to_string();
+            let ranged = head.to_lowercase().contains("\nrange:");
+            log.lock().unwrap().push(format!("{first}{}", if ranged { " (range)" } else { "" }));
+            let mut server = std::net::TcpStream::connect(&upstream).unwrap();
+            server.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes()).unwrap();
+            let mut response = Vec::new();
+            let _ = server.read_to_end(&mut response);
+            let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(response.len());
+            let cut_this = !cut_done && first.contains("/blobs/sha256:") && first.starts_with("GET") && !ranged && response.len() - body_at > 2 * cut;
+            cut_done |= cut_this;
+            let end = if cut_this { (body_at + cut).min(response.len()) } else { response.len() };
+            let mut client = client;
+            let _ = client.write_all(&response[..end]);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    (address, seen)
+}
+
+#[test]
+fn pulls_from_a_local_registry_resuming_a_broken_download() {
+    if !needs_root("pulls_from_a_local_registry_resuming_a_broken_download") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = ImageLayout::new(&dir.path().join("image"));
+    let big: String = (0..200_000u32).map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26)).collect();
+    let mut layers = layers("application/vnd.oci.image.layer.v1.tar+zstd");
+    layers.push(("application/vnd.oci.image.layer.v1.tar+gzip", layer(&[("var/", D, ""), ("var/big", F, &big)])));
+    let amd64 = image.image(&layers);
+    image.index(&[("base", amd64)]);
+    let registry = RegistryProcess::start(dir.path());
+    let pushed = std::process::Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
+        .arg(format!("oci:{}:base", image.dir.display()))
+        .arg(format!("docker://{}/rootsmith/test:1", registry.address))
+        .output()
+        .expect("skopeo runs (apt-get install skopeo)");
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+
+    // Through a proxy that breaks the first blob download after 1000 bytes.
+    let (proxy, seen) = start_cutting_proxy(registry.address.clone(), 1000);
+    let (code, stderr, bundle) = build(dir.path(), &format!("oci: {{ image: \"{proxy}/rootsmith/test:1\" }}"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("resuming sha256:") && stderr.contains("at byte 1000 of"), "{stderr}");
+    let requests = seen.lock().unwrap().clone();
+    assert!(requests.iter().any(|line| line.contains("/blobs/sha256:") && line.ends_with("(range)")), "{requests:?}");
+    let pulled = dir.path().join("pulled");
+    unpack_bundle(&bundle, &pulled);
+
+    // The same tree as from the layout itself.
+    let layout_dir = dir.path().join("from-layout");
+    std::fs::create_dir(&layout_dir).unwrap();
+    let (code, stderr, layout_bundle) = build(&layout_dir, &format!("oci: {{ layout: {}, ref: base }}", image.dir.display()));
+    assert_eq!(code, 0, "{stderr}");
+    let from_layout = dir.path().join("from-layout-tree");
+    unpack_bundle(&layout_bundle, &from_layout);
+    assert_eq!(listing(&pulled), listing(&from_layout));
+    assert_eq!(listing(&pulled).get("var/big").map(|text| text.contains("200000 bytes")), Some(true));
+
+    // Another recipe of the same image on the same cache: no blob is downloaded again.
+    seen.lock().unwrap().clear();
+    std::fs::remove_dir_all(dir.path().join("out")).unwrap();
+    let (code, stderr, _) = build(dir.path(), &format!("oci: {{ image: \"{proxy}/rootsmith/test:1\" }}\n    name: again"));
+    assert_eq!(code, 0, "{stderr}");
+    let requests = seen.lock().unwrap().clone();
+    assert!(!requests.iter().any(|line| line.contains("/blobs/")), "{requests:?}");
+    assert!(requests.iter().any(|line| line.contains("/manifests/1")), "the tag is resolved at plan time: {requests:?}");
+}

@@ -4,6 +4,7 @@
 //! the same untrusted-layer applier as every other tar.
 
 pub mod layout;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -304,9 +304,16 @@ impl Checker<'_> {
                 self.at_key(path, "an oci stage needs `image: REF` or `layout: DIR`", "e.g. `oci: { layout: images/base, ref: bookworm }`");
                 None
             }
-            (Some(_), None) => {
-                self.at_key(&format!("{path}.image"), "pulling an OCI image from a registry is not supported yet", "copy it into a layout first (`skopeo copy docker://REF oci:DIR:TAG`) and use `layout: DIR` with `ref: TAG`");
-                None
+            (Some(image), None) => {
+                let reference = self.subst(&format!("{path}.image"), &image);
+                if raw.reference.is_some() {
+                    self.at_key(&format!("{path}.ref"), "`ref` names an image in a layout; a registry image has its tag in `image`", "write `image: HOST/REPO:TAG`");
+                }
+                if let Err(error) = crate::oci::registry::parse_reference(&reference) {
+                    self.at_value(&format!("{path}.image"), format!("{error:#}"), "e.g. `image: 127.0.0.1:5000/base/debian:bookworm`");
+                    return None;
+                }
+                Some(StageKind::Oci(Oci { source: OciSource::Registry { reference }, resolved: None }))
             }
             (None, Some(layout)) => {
                 let written = self.subst(&format!("{path}.layout"), &layout);

@@ -73,6 +73,8 @@ pub struct Oci {
 pub enum OciSource {
     /// An image layout directory and the image's name in it.
     Layout { dir: LocalPath, reference: Option<String> },
+    /// A registry reference: `host[:port]/repo:tag` or `…@sha256:…`.
+    Registry { reference: String },
 }
 
 /// A base from a published bundle's rootfs tarball.

@@ -1,0 +1,189 @@
+//! Pulling from an OCI registry with the `oci-client` crate: the manifest a
+//! reference names (an index resolved to the recipe's platform), and blobs
+//! streamed to a file, resumed with a Range request when a download breaks,
+//! and checked against their digest before they are kept. Plain HTTP is used
+//! for loopback registries and those listed in ROOTSMITH_INSECURE_REGISTRIES;
+//! credentials come from the Docker config file (DOCKER_CONFIG,
+//! ~/.docker/config.json) or REGISTRY_AUTH_FILE.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::Digest;
+
+use super::layout::ResolvedImage;
+use super::{check_digest, choose_platform, verify_blob, Descriptor, Index, Manifest, DOCKER_LIST, DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST};
+
+/// Attempts per blob before a broken download is an error.
+const BLOB_TRIES: u32 = 5;
+
+pub struct Registry {
+    client: Client,
+    auth: RegistryAuth,
+    runtime: tokio::runtime::Runtime,
+    pub reference: Reference,
+}
+
+pub fn parse_reference(text: &str) -> Result<Reference> {
+    text.parse::<Reference>().with_context(|| format!("`{text}` is not an image reference like HOST[:PORT]/REPO:TAG or HOST/REPO@sha256:…"))
+}
+
+/// Whether rootsmith talks plain HTTP to `registry` (`host[:port]`).
+fn insecure(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map(|(host, _)| host).unwrap_or(registry);
+    let loopback = host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback || std::env::var("ROOTSMITH_INSECURE_REGISTRIES").unwrap_or_default().split(',').any(|listed| listed.trim() == registry)
+}
+
+/// Credentials for `registry` from the usual files, else anonymous.
+fn credentials(registry: &str) -> Result<RegistryAuth> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(file) = std::env::var_os("REGISTRY_AUTH_FILE") {
+        files.push(file.into());
+    }
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        files.push(PathBuf::from(dir).join("config.json"));
+    } else if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".docker/config.json"));
+    }
+    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
+        files.push(PathBuf::from(runtime).join("containers/auth.json"));
+    }
+    for file in files.iter().filter(|file| file.is_file()) {
+        let config: serde_json::Value = serde_json::from_slice(&fs_err::read(file)?).with_context(|| format!("{} is not JSON", file.display()))?;
+        let Some(entry) = config["auths"].as_object().and_then(|auths| auths.iter().find(|(key, _)| key.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/') == registry)) else { continue };
+        let Some(encoded) = entry.1["auth"].as_str() else { continue };
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).with_context(|| format!("{}: the auth of {registry} is not base64", file.display()))?;
+        let text = String::from_utf8(decoded).with_context(|| format!("{}: the auth of {registry} is not text", file.display()))?;
+        let (user, password) = text.split_once(':').with_context(|| format!("{}: the auth of {registry} is not USER:PASSWORD", file.display()))?;
+        return Ok(RegistryAuth::Basic(user.to_string(), password.to_string()));
+    }
+    Ok(RegistryAuth::Anonymous)
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+impl Registry {
+    pub fn connect(reference: &str) -> Result<Registry> {
+        let reference = parse_reference(reference)?;
+        let registry = reference.resolve_registry().to_string();
+        let protocol = if insecure(&registry) { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
+        let config = ClientConfig { protocol, platform_resolver: None, ..Default::default() };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Registry { client: Client::new(config), auth: credentials(&registry)?, runtime, reference })
+    }
+
+    /// The manifest bytes `reference` names, checked against the digest the
+    /// registry gives (and the reference's own digest, when it has one).
+    fn manifest_bytes(&self, reference: &Reference) -> Result<(Vec<u8>, String)> {
+        let accepted = [MEDIA_INDEX, MEDIA_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+        let (bytes, digest) = self.runtime.block_on(self.client.pull_manifest_raw(reference, &self.auth, &accepted)).with_context(|| format!("fetching the manifest of {}", reference.whole()))?;
+        let actual = sha256_digest(&bytes);
+        let expected = reference.digest().map(str::to_string).unwrap_or(digest);
+        if actual != expected {
+            bail!("the manifest of {} has digest {actual}, expected {expected}", reference.whole());
+        }
+        Ok((bytes.to_vec(), actual))
+    }
+
+    /// The image manifest for `debian_arch`, and its digest.
+    pub fn resolve(&self, debian_arch: &str) -> Result<ResolvedImage> {
+        let (bytes, digest) = self.manifest_bytes(&self.reference)?;
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)?["mediaType"].as_str().unwrap_or(MEDIA_MANIFEST).to_string();
+        let (bytes, digest) = if media_type == MEDIA_INDEX || media_type == DOCKER_LIST {
+            let index: Index = serde_json::from_slice(&bytes).with_context(|| format!("the index of {} does not follow the image spec", self.reference.whole()))?;
+            let chosen = choose_platform(&index, debian_arch)?;
+            self.manifest_bytes(&self.reference.clone_with_digest(chosen.digest.clone()))?
+        } else {
+            (bytes, digest)
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("the manifest of {} does not follow the image spec", self.reference.whole()))?;
+        Ok(ResolvedImage { manifest_digest: digest, manifest })
+    }
+
+    /// Download the blob of `descriptor` to `target` (kept only when its size
+    /// and digest match). A broken download is resumed from where it stopped
+    /// with a Range request. Returns the bytes received.
+    pub fn fetch_blob(&self, descriptor: &Descriptor, target: &Path, note: &dyn Fn(&str)) -> Result<u64> {
+        check_digest(&descriptor.digest)?;
+        let partial = target.with_extension("partial");
+        let mut received = 0u64;
+        let mut last_error = None;
+        for attempt in 1..=BLOB_TRIES {
+            let offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            if offset > 0 && attempt > 1 {
+                note(&format!("resuming {} at byte {offset} of {}", descriptor.digest, descriptor.size));
+            }
+            match self.download(descriptor, &partial, offset) {
+                Ok(bytes) => {
+                    received += bytes;
+                    last_error = None;
+                    break;
+                }
+                Err((bytes, error)) => {
+                    received += bytes;
+                    last_error = Some(error);
+                    std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)));
+                }
+            }
+        }
+        if let Some(error) = last_error {
+            return Err(error.context(format!("downloading {} ({} bytes) after {BLOB_TRIES} tries", descriptor.digest, descriptor.size)));
+        }
+        if let Err(error) = verify_blob(&partial, descriptor) {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error);
+        }
+        std::fs::rename(&partial, target)?;
+        Ok(received)
+    }
+
+    /// One request: append to `partial` from `offset`. On failure, the bytes
+    /// written so far stay for the next attempt.
+    fn download(&self, descriptor: &Descriptor, partial: &Path, offset: u64) -> std::result::Result<u64, (u64, anyhow::Error)> {
+        let digest = descriptor.digest.as_str();
+        self.runtime.block_on(async {
+            let response = if offset == 0 {
+                self.client.pull_blob_stream(&self.reference, digest).await.map(BlobResponse::Full)
+            } else {
+                self.client.pull_blob_stream_partial(&self.reference, digest, offset, None).await
+            };
+            let response = response.map_err(|error| (0, anyhow::Error::new(error)))?;
+            let (mut stream, append) = match response {
+                BlobResponse::Partial(sized) => (sized.stream, true),
+                // The whole blob again (a server without ranges): start over.
+                BlobResponse::Full(sized) => (sized.stream, false),
+            };
+            let mut file = std::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(partial).map_err(|error| (0, error.into()))?;
+            let mut written = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|error| (written, anyhow::Error::new(error)))?;
+                file.write_all(&chunk).map_err(|error| (written, error.into()))?;
+                written += chunk.len() as u64;
+            }
+            file.sync_all().map_err(|error| (written, error.into()))?;
+            Ok(written)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_speak_plain_http() {
+        assert!(insecure("127.0.0.1:5000"));
+        assert!(insecure("localhost:5000"));
+        assert!(insecure("[::1]:5000"));
+        assert!(!insecure("registry.example:5000"));
+    }
+}
