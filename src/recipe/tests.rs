@@ -197,3 +197,21 @@ fn a_recipes_inventory_is_checked_against_its_kernels() {
     let missing = errors_of(&format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\nhosts: nowhere.yaml\n"));
     assert_eq!(missing, vec![(6, 8, "file `nowhere.yaml` does not exist".to_string())]);
 }
+
+#[test]
+fn oci_stages_name_one_source() {
+    let dir = fixture_dir();
+    std::fs::create_dir(dir.path().join("layout")).unwrap();
+    let errors = |stage: &str| errors_of(&format!("{HEAD}stages:\n  - oci: {stage}\n"));
+    let both = errors("{ image: \"127.0.0.1:5000/a/b:1\", layout: layout }");
+    assert!(both[0].2.contains("`image` or `layout`, not both"), "{both:?}");
+    let neither = errors("{ ref: x }");
+    assert!(neither[0].2.contains("needs `image: REF` or `layout: DIR`"), "{neither:?}");
+    let ref_with_image = errors("{ image: \"127.0.0.1:5000/a/b:1\", ref: x }");
+    assert_eq!((ref_with_image[0].0, ref_with_image[0].1), (5, 43), "{ref_with_image:?}");
+    let bad = errors("{ image: \"Not A Reference!\" }");
+    assert_eq!((bad[0].0, bad[0].1), (5, 19), "{bad:?}");
+    assert!(bad[0].2.contains("is not an image reference"), "{bad:?}");
+    let missing = errors("{ layout: nowhere }");
+    assert!(missing[0].2.contains("directory `nowhere` does not exist"), "{missing:?}");
+}
