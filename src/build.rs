@@ -288,6 +288,20 @@ impl Builder<'_> {
         self.store.put_blob(temp)
     }
 
+    /// The `outputs.oci` image: into its layout, to its registry.
+    fn write_image(&self, image: &crate::oci::image::Image, oci: &crate::recipe::OciOutput, version: &str) -> Result<()> {
+        if let Some(dir) = &oci.layout {
+            crate::oci::layout::write_image(dir, version, image).with_context(|| format!("writing the OCI image into {}", dir.display()))?;
+            eprintln!("{} oci: {} in {} as `{version}`", crate::progress::clock(), image.manifest_digest, dir.display());
+        }
+        if let Some(reference) = &oci.push {
+            let registry = crate::oci::registry::Registry::connect(reference)?;
+            registry.push(image, &|line| eprintln!("{} oci: {line}", crate::progress::clock())).with_context(|| format!("pushing the OCI image to {reference}"))?;
+            eprintln!("{} oci: {} pushed to {reference}", crate::progress::clock(), image.manifest_digest);
+        }
+        Ok(())
+    }
+
     fn output_compressions(&self) -> (Compression, Compression) {
         output_compressions(self.plan, self.options.fast)
     }
@@ -433,6 +447,10 @@ impl Builder<'_> {
             artifacts.push(ManifestArtifact { name: HOSTS_FILE.into(), size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
         }
         artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+        let image = match &self.plan.outputs.oci {
+            Some(_) => Some(crate::oci::image::assemble(&self.store, &self.records, &self.plan.arch, self.plan.source_date_epoch)?),
+            None => None,
+        };
         let (squashfs_compression, _) = self.output_compressions();
         let manifest = Manifest {
             manifest_version: MANIFEST_VERSION,
@@ -456,8 +474,13 @@ impl Builder<'_> {
             artifacts,
             promoted_from: None,
             lock_sha256: self.options.lock.as_ref().map(|locked| locked.digest.clone()),
+            oci_image: image.as_ref().map(|image| image.manifest_digest.clone()),
         };
         let manifest_bytes = crate::artifact::manifest::write_index(staging.path(), &manifest)?;
+        // The image goes out before the bundle is published: a failed push leaves no bundle.
+        if let (Some(image), Some(oci)) = (&image, &self.plan.outputs.oci) {
+            self.write_image(image, oci, version)?;
+        }
         if bundle.exists() {
             return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
         }

@@ -372,3 +372,65 @@ fn pulls_from_a_local_registry_resuming_a_broken_download() {
     assert!(!requests.iter().any(|line| line.contains("/blobs/")), "{requests:?}");
     assert!(requests.iter().any(|line| line.contains("/manifests/1")), "the tag is resolved at plan time: {requests:?}");
 }
+
+fn skopeo(args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new("skopeo").args(args).output().expect("skopeo runs");
+    assert!(output.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn the_oci_output_round_trips_through_a_registry() {
+    if !needs_root("the_oci_output_round_trips_through_a_registry") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = RegistryProcess::start(dir.path());
+    let source = dir.path().join("source");
+    std::fs::create_dir_all(source.join("tree/etc")).unwrap();
+    std::fs::write(source.join("tree/etc/hostname"), "base\n").unwrap();
+    std::fs::create_dir_all(source.join("tree/usr/bin")).unwrap();
+    std::fs::write(source.join("tree/usr/bin/tool"), "#!/bin/true\n").unwrap();
+    assert!(std::process::Command::new("tar").arg("-C").arg(source.join("tree")).args(["-cf", "base.tar", "."]).current_dir(&source).status().unwrap().success());
+    std::fs::create_dir_all(source.join("overlay/etc")).unwrap();
+    std::fs::write(source.join("overlay/etc/motd"), "from the files stage\n").unwrap();
+    let reference = format!("{}/rootsmith/roundtrip:1.0.0", registry.address);
+    let recipe = format!("rootsmith: 1\nname: roundtrip\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - tarball: {{ path: base.tar }}\n  - files: {{ src: overlay, dest: / }}\noutputs:\n  oci: {{ layout: image, push: \"{reference}\" }}\n");
+    std::fs::write(source.join("roundtrip.yaml"), &recipe).unwrap();
+    let build_into = |cache: &str, out: &str| {
+        let mut command = rootsmith();
+        command.arg("build").arg("--fast").arg("--cache").arg(dir.path().join(cache)).arg("--out").arg(dir.path().join(out)).arg(source.join("roundtrip.yaml"));
+        let (code, _, stderr) = run(&mut command);
+        assert_eq!(code, 0, "{stderr}");
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(out).join("roundtrip/1.0.0/manifest.json")).unwrap()).unwrap();
+        manifest["oci_image"].as_str().unwrap().to_string()
+    };
+    let digest = build_into("cache-a", "out-a");
+
+    let pushed = skopeo(&["inspect", "--tls-verify=false", &format!("docker://{reference}")]);
+    assert_eq!((pushed["Digest"].as_str(), pushed["Architecture"].as_str(), pushed["Os"].as_str()), (Some(digest.as_str()), Some("amd64"), Some("linux")), "{pushed}");
+    assert_eq!(pushed["Layers"].as_array().unwrap().len(), 2, "one layer per stage: {pushed}");
+    assert_eq!(pushed["Created"].as_str(), Some("2023-11-14T22:13:20Z"), "created is SOURCE_DATE_EPOCH");
+    let layout = skopeo(&["inspect", &format!("oci:{}:1.0.0", source.join("image").display())]);
+    assert_eq!(layout["Digest"].as_str(), Some(digest.as_str()));
+    let config = skopeo(&["inspect", "--config", "--tls-verify=false", &format!("docker://{reference}")]);
+    assert_eq!(config["history"].as_array().unwrap().len(), 2, "{config}");
+    let copied = dir.path().join("copied");
+    let output = std::process::Command::new("skopeo").args(["copy", "--src-tls-verify=false", "--insecure-policy"]).arg(format!("docker://{reference}")).arg(format!("oci:{}:copied", copied.display())).output().unwrap();
+    assert!(output.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&output.stderr));
+
+    // Pulled back by the oci stage on an empty cache: the same tree, the same rootfs bytes.
+    let pull = dir.path().join("pull");
+    std::fs::create_dir(&pull).unwrap();
+    let (code, stderr, bundle) = build(&pull, &format!("oci: {{ image: \"{reference}\" }}"));
+    assert_eq!(code, 0, "{stderr}");
+    let (ours, theirs) = (dir.path().join("tree-a"), dir.path().join("tree-pulled"));
+    std::fs::create_dir_all(&ours).unwrap();
+    assert!(std::process::Command::new("tar").arg("-C").arg(&ours).arg("--zstd").arg("-xf").arg(dir.path().join("out-a/roundtrip/1.0.0/roundtrip-1.0.0-rootfs.tar.zst")).status().unwrap().success());
+    unpack_bundle(&bundle, &theirs);
+    assert_eq!(listing(&ours), listing(&theirs));
+    assert_eq!(listing(&theirs).get("etc/motd").map(String::as_str), Some("from the files stage\n"));
+
+    // The same inputs on another empty cache give the same image.
+    assert_eq!(build_into("cache-b", "out-b"), digest);
+}

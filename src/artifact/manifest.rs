@@ -27,6 +27,9 @@ pub struct Manifest {
     /// `build --locked`: the SHA-256 of the lock the build used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_sha256: Option<String>,
+    /// `outputs.oci`: the digest of the image's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_image: Option<String>,
     /// Set by `release promote`: the version whose artifacts these are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<PromotedFrom>,

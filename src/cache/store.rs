@@ -140,7 +140,7 @@ impl Store {
         self.root.join("apt/archives")
     }
 
-    fn blob_path(&self, digest: &str) -> PathBuf {
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(digest)
     }
 

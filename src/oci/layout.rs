@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 
+use super::image::Image;
 use super::{check_digest, choose_platform, verify_blob, Descriptor, Index, Manifest, DOCKER_LIST, MEDIA_INDEX, REF_NAME};
 
 pub struct Layout {
@@ -66,4 +67,44 @@ impl Layout {
         let manifest: Manifest = self.read_json(&descriptor)?;
         Ok(ResolvedImage { manifest_digest: descriptor.digest, manifest })
     }
+}
+
+/// Add `image` to the layout at `dir` (created when missing) as `tag`,
+/// replacing an image of that tag; blobs already there are kept.
+pub fn write_image(dir: &Path, tag: &str, image: &Image) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    fs_err::create_dir_all(&blobs)?;
+    if !dir.join("oci-layout").is_file() {
+        fs_err::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    }
+    let put = |digest: &str, write: &dyn Fn(&Path) -> std::io::Result<()>| -> Result<()> {
+        let target = blobs.join(check_digest(digest)?);
+        if target.is_file() {
+            return Ok(());
+        }
+        let temp = target.with_extension("partial");
+        write(&temp)?;
+        fs_err::rename(&temp, &target)?;
+        Ok(())
+    };
+    for (descriptor, path) in &image.layers {
+        // A hard link when the layout is on the cache's filesystem, else a copy.
+        put(&descriptor.digest, &|temp| std::fs::hard_link(path, temp).or_else(|_| std::fs::copy(path, temp).map(|_| ())))?;
+    }
+    put(&image.config_descriptor().digest, &|temp| std::fs::write(temp, &image.config))?;
+    put(&image.manifest_digest, &|temp| std::fs::write(temp, &image.manifest))?;
+    let index_path = dir.join("index.json");
+    let mut index: Index = match std::fs::read(&index_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} does not follow the image spec", index_path.display()))?,
+        Err(_) => Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), manifests: Vec::new() },
+    };
+    index.manifests.retain(|descriptor| descriptor.annotations.get(REF_NAME).map(String::as_str) != Some(tag));
+    let mut descriptor = image.manifest_descriptor();
+    descriptor.annotations.insert(REF_NAME.into(), tag.into());
+    index.manifests.push(descriptor);
+    index.manifests.sort_by(|a, b| a.annotations.get(REF_NAME).cmp(&b.annotations.get(REF_NAME)));
+    let temp = dir.join("index.json.partial");
+    fs_err::write(&temp, serde_json::to_vec(&index)?)?;
+    fs_err::rename(&temp, &index_path)?;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! The `oci` base stage (stage/oci.rs) applies an image's layers in order with
 //! the same untrusted-layer applier as every other tar.
 
+pub mod image;
 pub mod layout;
 pub mod registry;
 

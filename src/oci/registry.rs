@@ -16,6 +16,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::Digest;
 
+use super::image::Image;
 use super::layout::ResolvedImage;
 use super::{check_digest, choose_platform, verify_blob, Descriptor, Index, Manifest, DOCKER_LIST, DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST};
 
@@ -171,6 +172,34 @@ impl Registry {
             }
             file.sync_all().map_err(|error| (written, error.into()))?;
             Ok(written)
+        })
+    }
+}
+
+impl Registry {
+    /// Push `image` to this reference: the blobs the registry lacks, then the manifest.
+    pub fn push(&self, image: &Image, note: &dyn Fn(&str)) -> Result<()> {
+        let reference = &self.reference;
+        let mut blobs: Vec<(String, Box<dyn Fn() -> Result<Vec<u8>> + '_>)> = Vec::new();
+        for (descriptor, path) in &image.layers {
+            blobs.push((descriptor.digest.clone(), Box::new(move || Ok(fs_err::read(path)?))));
+        }
+        blobs.push((image.config_descriptor().digest, Box::new(|| Ok(image.config.clone()))));
+        self.runtime.block_on(async {
+            self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
+            for (digest, bytes) in &blobs {
+                if self.client.blob_exists(reference, digest).await.unwrap_or(false) {
+                    note(&format!("{digest}: already there"));
+                    continue;
+                }
+                let data = bytes()?;
+                let size = data.len();
+                self.client.push_blob(reference, data, digest).await.with_context(|| format!("pushing {digest} to {}", reference.whole()))?;
+                note(&format!("{digest}: pushed {:.1} MB", size as f64 / 1e6));
+            }
+            let content_type = http::HeaderValue::from_static(MEDIA_MANIFEST);
+            self.client.push_manifest_raw(reference, image.manifest.clone(), content_type).await.with_context(|| format!("pushing the manifest to {}", reference.whole()))?;
+            Ok(())
         })
     }
 }

@@ -494,7 +494,18 @@ impl Checker<'_> {
             }
         }
         let initramfs = Initramfs { compression, modules: raw_initramfs.modules, shell: raw_initramfs.shell };
-        Outputs { squashfs, tarball, initramfs }
+        let oci = raw.oci.map(|raw| {
+            if raw.layout.is_none() && raw.push.is_none() {
+                self.at_key("outputs.oci", "the oci output needs `layout: DIR`, `push: REF` or both", "e.g. `oci: { push: \"127.0.0.1:5000/lab/base:1.0.0\" }`");
+            }
+            let layout = raw.layout.map(|layout| self.dir.join(self.subst("outputs.oci.layout", &layout)));
+            let push = raw.push.map(|push| self.subst("outputs.oci.push", &push));
+            if let Some(Err(error)) = push.as_deref().map(crate::oci::registry::parse_reference) {
+                self.at_value("outputs.oci.push", format!("{error:#}"), "e.g. `push: \"127.0.0.1:5000/lab/base:1.0.0\"`");
+            }
+            OciOutput { layout, push }
+        });
+        Outputs { squashfs, tarball, initramfs, oci }
     }
 
     /// The inventory's own problems, at their place in the inventory file.

@@ -241,6 +241,17 @@ pub struct Outputs {
     pub squashfs: Compression,
     pub tarball: Compression,
     pub initramfs: Initramfs,
+    /// The tree as an OCI image too: one layer per stage.
+    pub oci: Option<OciOutput>,
+}
+
+/// `outputs.oci`: where the image goes (a layout directory, a registry, or both).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OciOutput {
+    /// An image layout directory (created or added to), the image tagged with the bundle's version.
+    pub layout: Option<std::path::PathBuf>,
+    /// A registry reference to push to.
+    pub push: Option<String>,
 }
 
 /// The thin initramfs: its compression (zstd, gzip or none), the modules it

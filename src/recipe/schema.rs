@@ -172,6 +172,17 @@ pub struct RawOutputs {
     pub tarball: Option<RawCompression>,
     #[serde(default)]
     pub initramfs: Option<RawInitramfs>,
+    #[serde(default)]
+    pub oci: Option<RawOciOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOciOutput {
+    #[serde(default)]
+    pub layout: Option<String>,
+    #[serde(default)]
+    pub push: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
