@@ -38,6 +38,8 @@ pub struct BuildOptions {
     pub cache_only: bool,
     /// `build --locked`: the lock, its apt pins and its digest.
     pub lock: Option<LockedBuild>,
+    /// `--cache-remote`: a registry repository sharing the stage cache.
+    pub cache_remote: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,13 +90,26 @@ struct Builder<'a> {
     progress: &'a dyn Progress,
     records: Vec<StageRecord>,
     work: Option<Work>,
+    /// The shared stage cache while it answers (dropped, with a warning, when it does not).
+    remote: Option<crate::cache::remote::RemoteCache>,
 }
 
 pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Host, progress: &dyn Progress) -> Result<BuildSummary> {
     let started = Instant::now();
     crate::recipe::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
     let store = Store::open(&options.cache_dir)?;
-    let mut builder = Builder { plan, options, store, host, progress, records: Vec::new(), work: None };
+    let remote = match &options.cache_remote {
+        Some(repository) => match crate::cache::remote::RemoteCache::connect(repository) {
+            Ok(remote) => Some(remote),
+            Err(error) if options.cache_only => return Err(error.context(format!("the remote cache {repository} (--cache-only needs it)"))),
+            Err(error) => {
+                progress.warn(&format!("remote cache {repository}: {error:#}; building without it"));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut builder = Builder { plan, options, store, host, progress, records: Vec::new(), work: None, remote };
     let mut stages = Vec::new();
     for index in 0..plan.stages.len() {
         stages.push(builder.stage(index)?);
@@ -115,9 +130,9 @@ pub fn materialize<T>(
     progress: &dyn Progress,
     use_tree: impl FnOnce(&StageContext<'_>) -> Result<T>,
 ) -> Result<T> {
-    let options = BuildOptions { cache_dir: cache_dir.to_path_buf(), out_dir: PathBuf::new(), version: plan.version.clone(), rebuild_from: None, fast: false, cache_only: false, lock: None };
+    let options = BuildOptions { cache_dir: cache_dir.to_path_buf(), out_dir: PathBuf::new(), version: plan.version.clone(), rebuild_from: None, fast: false, cache_only: false, lock: None, cache_remote: None };
     let store = Store::open(cache_dir)?;
-    let mut builder = Builder { plan, options: &options, store, host, progress, records: Vec::new(), work: None };
+    let mut builder = Builder { plan, options: &options, store, host, progress, records: Vec::new(), work: None, remote: None };
     for index in 0..stages {
         builder.stage(index)?;
     }
@@ -162,9 +177,16 @@ impl Builder<'_> {
         let outcome = |state: &str, seconds: f64| StageOutcome { name: planned.name.clone(), kind: planned.kind.kind_name().into(), key: key.clone(), state: state.into(), seconds };
         if !forced {
             if let Some(record) = self.store.stage(&key) {
+                self.share(&record)?;
                 self.records.push(record);
                 self.progress.done(&label, "cached", 0.0);
                 return Ok(outcome("cached", started.elapsed().as_secs_f64()));
+            }
+            if let Some(record) = self.pull(&key)? {
+                self.records.push(record);
+                let seconds = started.elapsed().as_secs_f64();
+                self.progress.done(&label, "pulled from the remote cache", seconds);
+                return Ok(outcome("pulled", seconds));
             }
         }
         if self.options.cache_only {
@@ -230,10 +252,45 @@ impl Builder<'_> {
             kernel,
         };
         self.store.put_stage(&record)?;
+        self.share(&record)?;
         self.records.push(record);
         self.work.as_mut().expect("prepared above").stages_applied = index + 1;
         self.progress.done(&label, "built", seconds);
         Ok(outcome("built", seconds))
+    }
+
+    /// A stage from the remote cache, when it has it.
+    fn pull(&mut self, key: &str) -> Result<Option<StageRecord>> {
+        let Some(remote) = &self.remote else { return Ok(None) };
+        let progress = self.progress;
+        match remote.pull(&self.store, key, &|line| progress.note(line)) {
+            Ok(found) => Ok(found),
+            Err(error) => self.remote_failed(error).map(|()| None),
+        }
+    }
+
+    /// Give the remote cache a stage it lacks.
+    fn share(&mut self, record: &StageRecord) -> Result<()> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        let progress = self.progress;
+        match remote.push(&self.store, record, &|_| {}) {
+            Ok(true) => {
+                progress.note(&format!("stage `{}` pushed to the remote cache {}", record.stage, remote.repository));
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(error) => self.remote_failed(error),
+        }
+    }
+
+    /// A remote cache that fails is a warning (and not asked again), unless --cache-only.
+    fn remote_failed(&mut self, error: anyhow::Error) -> Result<()> {
+        let repository = self.remote.take().map(|remote| remote.repository).unwrap_or_default();
+        if self.options.cache_only {
+            return Err(error.context(format!("the remote cache {repository} (--cache-only needs it)")));
+        }
+        self.progress.warn(&format!("remote cache {repository}: {error:#}; going on without it"));
+        Ok(())
     }
 
     /// Make the work tree hold the state after the first `index` stages: reuse

@@ -47,9 +47,12 @@ pub enum Command {
         /// Developer loop: low compression (recorded in the manifest)
         #[arg(long)]
         fast: bool,
-        /// Fail instead of building a stage that is not cached
+        /// Fail instead of building a stage that is not cached (locally or in --cache-remote)
         #[arg(long)]
         cache_only: bool,
+        /// Share the stage cache through this registry repository (HOST[:PORT]/REPO)
+        #[arg(long, env = "ROOTSMITH_CACHE_REMOTE", value_name = "REF")]
+        cache_remote: Option<String>,
         /// Install exactly the package versions of RECIPE.lock (see `lock`)
         #[arg(long)]
         locked: bool,
@@ -312,6 +315,10 @@ pub enum CacheAction {
     },
     /// Check every layer, record and output against its digest
     Verify,
+    /// Push every cached stage to a registry repository (HOST[:PORT]/REPO)
+    Push { repository: String },
+    /// Pull every stage a registry repository holds into this cache
+    Pull { repository: String },
 }
 
 fn parse_set(text: &str) -> Result<(String, String), String> {

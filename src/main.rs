@@ -7,10 +7,10 @@ use rootsmith::commands::{self, RecipeError, EXIT_FAILURE, EXIT_RECIPE};
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, locked, json } => commands::build::run(
+        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, cache_remote, locked, json } => commands::build::run(
             recipe,
             cache,
-            commands::build::Settings { out: out.clone(), version: version.clone(), rebuild: rebuild.clone(), fast: *fast, cache_only: *cache_only, locked: *locked, json: *json },
+            commands::build::Settings { out: out.clone(), version: version.clone(), rebuild: rebuild.clone(), fast: *fast, cache_only: *cache_only, cache_remote: cache_remote.clone(), locked: *locked, json: *json },
         ),
         Command::Check { recipe } => commands::check::run(recipe),
         Command::Plan { recipe, cache, explain, fast, json } => commands::plan::run(recipe, cache, *explain, *fast, *json),

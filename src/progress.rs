@@ -12,6 +12,10 @@ pub trait Progress: Sync {
     /// It ended: `state` is `cached` or `built`.
     fn done(&self, label: &str, state: &str, seconds: f64);
     fn note(&self, message: &str);
+    /// Something the user must see, even with --json (on stderr).
+    fn warn(&self, message: &str) {
+        eprintln!("warning: {message}");
+    }
 }
 
 pub fn for_terminal(quiet: bool) -> Box<dyn Progress> {
@@ -76,5 +80,8 @@ impl Progress for Bars {
     }
     fn note(&self, message: &str) {
         let _ = self.multi.println(message);
+    }
+    fn warn(&self, message: &str) {
+        let _ = self.multi.println(format!("warning: {message}"));
     }
 }

@@ -434,3 +434,75 @@ fn the_oci_output_round_trips_through_a_registry() {
     // The same inputs on another empty cache give the same image.
     assert_eq!(build_into("cache-b", "out-b"), digest);
 }
+
+/// A recipe of a tarball base and a files stage in `dir`; returns its path.
+fn two_stage_recipe(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
+    std::fs::write(dir.join("tree/etc/hostname"), "shared\n").unwrap();
+    assert!(std::process::Command::new("tar").arg("-C").arg(dir.join("tree")).args(["-cf", "base.tar", "."]).current_dir(dir).status().unwrap().success());
+    std::fs::create_dir_all(dir.join("overlay/etc")).unwrap();
+    std::fs::write(dir.join("overlay/etc/motd"), "shared cache\n").unwrap();
+    let recipe = dir.join("shared.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: shared\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - tarball: { path: base.tar }\n  - files: { src: overlay, dest: / }\n").unwrap();
+    recipe
+}
+
+fn build_json(recipe: &Path, cache: &Path, out: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut command = rootsmith();
+    command.arg("build").arg("--fast").arg("--json").arg("--cache").arg(cache).arg("--out").arg(out).args(extra).arg(recipe);
+    let (code, stdout, stderr) = run(&mut command);
+    (code, serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null), stderr)
+}
+
+fn states(summary: &serde_json::Value) -> Vec<String> {
+    summary["stages"].as_array().unwrap().iter().map(|stage| stage["state"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_second_machine_pulls_every_stage_from_the_remote_cache() {
+    if !needs_root("a_second_machine_pulls_every_stage_from_the_remote_cache") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = RegistryProcess::start(dir.path());
+    let recipe = two_stage_recipe(&dir.path().join("src"));
+    let remote = format!("{}/rootsmith/cache", registry.address);
+
+    // Machine A builds and shares.
+    let (code, a, stderr) = build_json(&recipe, &dir.path().join("cache-a"), &dir.path().join("out-a"), &["--cache-remote", &remote]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(states(&a), ["built", "built"]);
+
+    // Machine B, empty cache: every stage pulled, none built, the same bytes.
+    let (code, b, stderr) = build_json(&recipe, &dir.path().join("cache-b"), &dir.path().join("out-b"), &["--cache-remote", &remote]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(states(&b), ["pulled", "pulled"], "{stderr}");
+    let sums = |out: &str| std::fs::read_to_string(dir.path().join(out).join("shared/1.0.0/SHA256SUMS")).unwrap();
+    assert_eq!(sums("out-a"), sums("out-b"));
+
+    // `cache pull` fills a third cache; it then builds with no remote and no stage to build.
+    let mut command = rootsmith();
+    command.arg("cache").arg("--cache").arg(dir.path().join("cache-c")).args(["pull", &remote]);
+    let (code, stdout, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 stages pulled"), "{stdout}");
+    let (code, c, stderr) = build_json(&recipe, &dir.path().join("cache-c"), &dir.path().join("out-c"), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(states(&c), ["cached", "cached"]);
+    assert_eq!(sums("out-c"), sums("out-a"));
+    let mut command = rootsmith();
+    command.arg("cache").arg("--cache").arg(dir.path().join("cache-c")).args(["push", &remote]);
+    let (code, stdout, _) = run(&mut command);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("0 stages pushed") && stdout.contains("2 already there"), "{stdout}");
+
+    // An unreachable remote is a warning, unless --cache-only.
+    let dead = "127.0.0.1:9/rootsmith/cache";
+    let (code, d, stderr) = build_json(&recipe, &dir.path().join("cache-d"), &dir.path().join("out-d"), &["--cache-remote", dead]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(states(&d), ["built", "built"]);
+    assert!(stderr.contains("warning: remote cache 127.0.0.1:9/rootsmith/cache"), "{stderr}");
+    let (code, _, stderr) = build_json(&recipe, &dir.path().join("cache-e"), &dir.path().join("out-e"), &["--cache-remote", dead, "--cache-only"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("the remote cache 127.0.0.1:9/rootsmith/cache (--cache-only needs it)"), "{stderr}");
+}

@@ -56,7 +56,7 @@ pub struct VerifyReport {
 const GC_GRACE_SECONDS: u64 = 60;
 
 impl Store {
-    fn stage_records(&self) -> Vec<StageRecord> {
+    pub fn stage_records(&self) -> Vec<StageRecord> {
         let mut records: Vec<StageRecord> = json_files(&self.stages_dir()).filter_map(|path| serde_json::from_slice(&std::fs::read(path).ok()?).ok()).collect();
         records.sort_by_key(|record| record.created);
         records

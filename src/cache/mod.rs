@@ -21,6 +21,7 @@
 
 pub mod key;
 mod maintenance;
+pub mod remote;
 pub mod store;
 
 pub use key::{sha256_hex, tree_id, FileDigest, KeyInputs, CACHE_FORMAT};

@@ -15,6 +15,7 @@ pub struct Settings {
     pub rebuild: Option<String>,
     pub fast: bool,
     pub cache_only: bool,
+    pub cache_remote: Option<String>,
     pub locked: bool,
     pub json: bool,
 }
@@ -65,6 +66,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
         fast: settings.fast,
         cache_only: settings.cache_only,
         lock: locked,
+        cache_remote: settings.cache_remote,
     };
     let progress = crate::progress::for_terminal(settings.json);
     let summary = build(&recipe, &plan, &options, &RealHost, progress.as_ref())?;

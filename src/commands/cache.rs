@@ -33,6 +33,37 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
                 human_size(report.kept_bytes)
             );
         }
+        CacheAction::Push { repository } => {
+            let remote = crate::cache::remote::RemoteCache::connect(repository)?;
+            let (mut pushed, mut present) = (0, 0);
+            for record in store.stage_records() {
+                if !store.has_blob(&record.layer) {
+                    continue;
+                }
+                if remote.push(&store, &record, &|_| {})? {
+                    pushed += 1;
+                    println!("pushed {} ({} `{}` of {})", short(&record.key), record.kind, record.stage, record.recipe);
+                } else {
+                    present += 1;
+                }
+            }
+            println!("{pushed} stages pushed to {}, {present} already there", remote.repository);
+        }
+        CacheAction::Pull { repository } => {
+            let remote = crate::cache::remote::RemoteCache::connect(repository)?;
+            let (mut pulled, mut present) = (0, 0);
+            for key in remote.keys()? {
+                if store.stage(&key).is_some() {
+                    present += 1;
+                    continue;
+                }
+                if let Some(record) = remote.pull(&store, &key, &|_| {})? {
+                    pulled += 1;
+                    println!("pulled {} ({} `{}` of {})", short(&key), record.kind, record.stage, record.recipe);
+                }
+            }
+            println!("{pulled} stages pulled from {}, {present} already here", remote.repository);
+        }
         CacheAction::Verify => {
             let report = store.verify()?;
             println!("checked {} layers, {} stage records, {} outputs", report.checked_blobs, report.checked_stages, report.checked_outputs);

@@ -84,7 +84,7 @@ impl Registry {
 
     /// The manifest bytes `reference` names, checked against the digest the
     /// registry gives (and the reference's own digest, when it has one).
-    fn manifest_bytes(&self, reference: &Reference) -> Result<(Vec<u8>, String)> {
+    pub fn manifest_bytes(&self, reference: &Reference) -> Result<(Vec<u8>, String)> {
         let accepted = [MEDIA_INDEX, MEDIA_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
         let (bytes, digest) = self.runtime.block_on(self.client.pull_manifest_raw(reference, &self.auth, &accepted)).with_context(|| format!("fetching the manifest of {}", reference.whole()))?;
         let actual = sha256_digest(&bytes);
@@ -114,6 +114,11 @@ impl Registry {
     /// and digest match). A broken download is resumed from where it stopped
     /// with a Range request. Returns the bytes received.
     pub fn fetch_blob(&self, descriptor: &Descriptor, target: &Path, note: &dyn Fn(&str)) -> Result<u64> {
+        self.fetch_blob_of(&self.reference, descriptor, target, note)
+    }
+
+    /// The same, for a blob of `reference`'s repository.
+    pub fn fetch_blob_of(&self, reference: &Reference, descriptor: &Descriptor, target: &Path, note: &dyn Fn(&str)) -> Result<u64> {
         check_digest(&descriptor.digest)?;
         let partial = target.with_extension("partial");
         let mut received = 0u64;
@@ -123,7 +128,7 @@ impl Registry {
             if offset > 0 && attempt > 1 {
                 note(&format!("resuming {} at byte {offset} of {}", descriptor.digest, descriptor.size));
             }
-            match self.download(descriptor, &partial, offset) {
+            match self.download(reference, descriptor, &partial, offset) {
                 Ok(bytes) => {
                     received += bytes;
                     last_error = None;
@@ -149,13 +154,13 @@ impl Registry {
 
     /// One request: append to `partial` from `offset`. On failure, the bytes
     /// written so far stay for the next attempt.
-    fn download(&self, descriptor: &Descriptor, partial: &Path, offset: u64) -> std::result::Result<u64, (u64, anyhow::Error)> {
+    fn download(&self, reference: &Reference, descriptor: &Descriptor, partial: &Path, offset: u64) -> std::result::Result<u64, (u64, anyhow::Error)> {
         let digest = descriptor.digest.as_str();
         self.runtime.block_on(async {
             let response = if offset == 0 {
-                self.client.pull_blob_stream(&self.reference, digest).await.map(BlobResponse::Full)
+                self.client.pull_blob_stream(reference, digest).await.map(BlobResponse::Full)
             } else {
-                self.client.pull_blob_stream_partial(&self.reference, digest, offset, None).await
+                self.client.pull_blob_stream_partial(reference, digest, offset, None).await
             };
             let response = response.map_err(|error| (0, anyhow::Error::new(error)))?;
             let (mut stream, append) = match response {
@@ -179,27 +184,60 @@ impl Registry {
 impl Registry {
     /// Push `image` to this reference: the blobs the registry lacks, then the manifest.
     pub fn push(&self, image: &Image, note: &dyn Fn(&str)) -> Result<()> {
-        let reference = &self.reference;
-        let mut blobs: Vec<(String, Box<dyn Fn() -> Result<Vec<u8>> + '_>)> = Vec::new();
-        for (descriptor, path) in &image.layers {
-            blobs.push((descriptor.digest.clone(), Box::new(move || Ok(fs_err::read(path)?))));
-        }
-        blobs.push((image.config_descriptor().digest, Box::new(|| Ok(image.config.clone()))));
+        let mut blobs: Vec<Blob<'_>> = image.layers.iter().map(|(descriptor, path)| Blob::File(descriptor.digest.clone(), path.as_path())).collect();
+        blobs.push(Blob::Bytes(image.config_descriptor().digest, &image.config));
+        self.push_to(&self.reference, &blobs, &image.manifest, MEDIA_MANIFEST, note)
+    }
+
+    /// Push blobs (those the registry lacks) and then a manifest to `reference`.
+    pub fn push_to(&self, reference: &Reference, blobs: &[Blob<'_>], manifest: &[u8], media_type: &'static str, note: &dyn Fn(&str)) -> Result<()> {
         self.runtime.block_on(async {
             self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
-            for (digest, bytes) in &blobs {
+            for blob in blobs {
+                let digest = blob.digest();
                 if self.client.blob_exists(reference, digest).await.unwrap_or(false) {
                     note(&format!("{digest}: already there"));
                     continue;
                 }
-                let data = bytes()?;
+                let data = blob.bytes()?;
                 let size = data.len();
                 self.client.push_blob(reference, data, digest).await.with_context(|| format!("pushing {digest} to {}", reference.whole()))?;
                 note(&format!("{digest}: pushed {:.1} MB", size as f64 / 1e6));
             }
-            let content_type = http::HeaderValue::from_static(MEDIA_MANIFEST);
-            self.client.push_manifest_raw(reference, image.manifest.clone(), content_type).await.with_context(|| format!("pushing the manifest to {}", reference.whole()))?;
+            self.client.push_manifest_raw(reference, manifest.to_vec(), http::HeaderValue::from_static(media_type)).await.with_context(|| format!("pushing the manifest to {}", reference.whole()))?;
             Ok(())
+        })
+    }
+
+    /// The tags of this reference's repository.
+    pub fn tags(&self) -> Result<Vec<String>> {
+        let response = self.runtime.block_on(self.client.list_tags(&self.reference, &self.auth, None, None)).with_context(|| format!("listing the tags of {}", self.reference.repository()))?;
+        Ok(response.tags)
+    }
+
+    /// This repository with another tag.
+    pub fn tagged(&self, tag: &str) -> Reference {
+        Reference::with_tag(self.reference.registry().to_string(), self.reference.repository().to_string(), tag.to_string())
+    }
+}
+
+/// A blob to push: in a file (a layer in the cache) or in memory (JSON).
+pub enum Blob<'a> {
+    File(String, &'a Path),
+    Bytes(String, &'a [u8]),
+}
+
+impl Blob<'_> {
+    fn digest(&self) -> &str {
+        match self {
+            Blob::File(digest, _) | Blob::Bytes(digest, _) => digest,
+        }
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>> {
+        Ok(match self {
+            Blob::File(_, path) => fs_err::read(path)?,
+            Blob::Bytes(_, bytes) => bytes.to_vec(),
         })
     }
 }

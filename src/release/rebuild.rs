@@ -89,6 +89,7 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<std::resu
         fast: manifest.fast,
         cache_only: false,
         lock: None,
+        cache_remote: None,
     };
     let progress = crate::progress::for_terminal(true);
     let summary = build(recipe, &plan, &build_options, &RealHost, progress.as_ref()).context("rebuilding the recipe")?;
