@@ -7,6 +7,7 @@ pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod control;
 pub mod host;
 pub mod layer;

@@ -505,4 +505,13 @@ fn a_second_machine_pulls_every_stage_from_the_remote_cache() {
     let (code, _, stderr) = build_json(&recipe, &dir.path().join("cache-e"), &dir.path().join("out-e"), &["--cache-remote", dead, "--cache-only"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("the remote cache 127.0.0.1:9/rootsmith/cache (--cache-only needs it)"), "{stderr}");
+
+    // The settings file names the remote when the command line does not.
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, format!("cache_remote: {remote}\n")).unwrap();
+    let mut command = rootsmith();
+    command.arg("build").arg("--fast").arg("--json").arg("--cache").arg(dir.path().join("cache-f")).arg("--out").arg(dir.path().join("out-f")).arg(&recipe).env("ROOTSMITH_CONFIG", &config);
+    let (code, stdout, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(states(&serde_json::from_str(&stdout).unwrap()), ["pulled", "pulled"]);
 }

@@ -66,7 +66,10 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
         fast: settings.fast,
         cache_only: settings.cache_only,
         lock: locked,
-        cache_remote: settings.cache_remote,
+        cache_remote: match settings.cache_remote {
+            Some(remote) => Some(remote),
+            None => crate::config::load()?.cache_remote,
+        },
     };
     let progress = crate::progress::for_terminal(settings.json);
     let summary = build(&recipe, &plan, &options, &RealHost, progress.as_ref())?;
