@@ -280,6 +280,11 @@ impl Drop for RegistryProcess {
 /// full (no Range) response for a blob larger than twice `cut` after `cut`
 /// body bytes.
 fn start_cutting_proxy(upstream: String, cut: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    start_proxy(upstream, cut, false)
+}
+
+/// Like the cutting proxy, but `flip`: every big blob arrives whole with one byte changed.
+fn start_proxy(upstream: String, cut: usize, flip: bool) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
@@ -313,7 +318,11 @@ fn start_cutting_proxy(upstream: String, cut: usize) -> (String, std::sync::Arc<
             let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(response.len());
             let cut_this = !cut_done && first.contains("/blobs/sha256:") && first.starts_with("GET") && !ranged && response.len() - body_at > 2 * cut;
             cut_done |= cut_this;
-            let end = if cut_this { (body_at + cut).min(response.len()) } else { response.len() };
+            let big_blob = first.contains("/blobs/sha256:") && first.starts_with("GET") && response.len() - body_at > 2 * cut;
+            if flip && big_blob {
+                response[body_at + cut] ^= 0x01;
+            }
+            let end = if cut_this && !flip { (body_at + cut).min(response.len()) } else { response.len() };
             let mut client = client;
             let _ = client.write_all(&response[..end]);
             let _ = client.shutdown(std::net::Shutdown::Both);
@@ -362,6 +371,20 @@ fn pulls_from_a_local_registry_resuming_a_broken_download() {
     unpack_bundle(&layout_bundle, &from_layout);
     assert_eq!(listing(&pulled), listing(&from_layout));
     assert_eq!(listing(&pulled).get("var/big").map(|text| text.contains("200000 bytes")), Some(true));
+
+    // A registry answer that does not match the digest is never kept.
+    let (flipping, _) = start_proxy(registry.address.clone(), 1000, true);
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    let (code, stderr, bundle) = build(&corrupt, &format!("oci: {{ image: \"{flipping}/rootsmith/test:1\" }}"));
+    assert_ne!(code, 0);
+    assert!(!bundle.exists());
+    assert!(stderr.contains("after 5 tries") && stderr.to_lowercase().contains("digest"), "{stderr}");
+    let kept: Vec<PathBuf> = std::fs::read_dir(corrupt.join("cache/v1/oci/blobs/sha256")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(kept.len(), 3, "the three small layers, not the corrupted one: {kept:?}");
+    for blob in kept {
+        assert_eq!(sha256(&blob), blob.file_name().unwrap().to_string_lossy(), "every kept blob is what its name says");
+    }
 
     // Another recipe of the same image on the same cache: no blob is downloaded again.
     seen.lock().unwrap().clear();

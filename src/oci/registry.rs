@@ -18,7 +18,7 @@ use sha2::Digest;
 
 use super::image::Image;
 use super::layout::ResolvedImage;
-use super::{check_digest, choose_platform, verify_blob, Descriptor, Index, Manifest, DOCKER_LIST, DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST};
+use super::{check_digest, choose_platform, Descriptor, Index, Manifest, DOCKER_LIST, DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST};
 
 /// Attempts per blob before a broken download is an error.
 const BLOB_TRIES: u32 = 5;
@@ -119,66 +119,98 @@ impl Registry {
 
     /// The same, for a blob of `reference`'s repository.
     pub fn fetch_blob_of(&self, reference: &Reference, descriptor: &Descriptor, target: &Path, note: &dyn Fn(&str)) -> Result<u64> {
-        check_digest(&descriptor.digest)?;
+        let expected = check_digest(&descriptor.digest)?.to_string();
         let partial = target.with_extension("partial");
+        // The digest is computed as the bytes arrive; what an earlier, killed
+        // run left in the partial file is hashed first.
+        let mut progress = Progress { hasher: sha2::Sha256::new(), have: 0 };
+        if let Ok(mut earlier) = std::fs::File::open(&partial) {
+            progress.have = std::io::copy(&mut earlier, &mut progress.hasher)?;
+        }
         let mut received = 0u64;
         let mut last_error = None;
         for attempt in 1..=BLOB_TRIES {
-            let offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-            if offset > 0 && attempt > 1 {
-                note(&format!("resuming {} at byte {offset} of {}", descriptor.digest, descriptor.size));
-            }
-            match self.download(reference, descriptor, &partial, offset) {
-                Ok(bytes) => {
-                    received += bytes;
+            if progress.have >= descriptor.size {
+                // All the bytes are here: either they are right, or they are
+                // wrong and only a fresh download can help.
+                if hex::encode(progress.hasher.clone().finalize()) == expected && progress.have == descriptor.size {
                     last_error = None;
                     break;
                 }
-                Err((bytes, error)) => {
-                    received += bytes;
+                progress = Progress { hasher: sha2::Sha256::new(), have: 0 };
+                let _ = std::fs::remove_file(&partial);
+            }
+            if progress.have > 0 {
+                note(&format!("resuming {} at byte {} of {}", descriptor.digest, progress.have, descriptor.size));
+            }
+            let before = progress.have;
+            let outcome = self.download(reference, descriptor, &partial, &mut progress);
+            received += progress.have.saturating_sub(before);
+            match outcome {
+                Ok(()) => {
+                    last_error = None;
+                    break;
+                }
+                Err(error) => {
                     last_error = Some(error);
                     std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)));
                 }
             }
         }
         if let Some(error) = last_error {
+            // A prefix is kept for the next build to resume; a whole wrong blob is not.
+            if progress.have >= descriptor.size {
+                let _ = std::fs::remove_file(&partial);
+            }
             return Err(error.context(format!("downloading {} ({} bytes) after {BLOB_TRIES} tries", descriptor.digest, descriptor.size)));
         }
-        if let Err(error) = verify_blob(&partial, descriptor) {
+        let actual = hex::encode(progress.hasher.finalize());
+        if progress.have != descriptor.size || actual != expected {
             let _ = std::fs::remove_file(&partial);
-            return Err(error);
+            bail!("{} from {} does not match its descriptor: expected {} bytes with sha256 {expected}, got {} bytes with sha256 {actual}", descriptor.digest, reference.whole(), descriptor.size, progress.have);
         }
         std::fs::rename(&partial, target)?;
         Ok(received)
     }
 
-    /// One request: append to `partial` from `offset`. On failure, the bytes
-    /// written so far stay for the next attempt.
-    fn download(&self, reference: &Reference, descriptor: &Descriptor, partial: &Path, offset: u64) -> std::result::Result<u64, (u64, anyhow::Error)> {
+    /// One request: append to `partial` from `progress.have`, hashing what is
+    /// written. On failure, the bytes written so far stay for the next attempt.
+    fn download(&self, reference: &Reference, descriptor: &Descriptor, partial: &Path, progress: &mut Progress) -> Result<()> {
         let digest = descriptor.digest.as_str();
         self.runtime.block_on(async {
-            let response = if offset == 0 {
+            let response = if progress.have == 0 {
                 self.client.pull_blob_stream(reference, digest).await.map(BlobResponse::Full)
             } else {
-                self.client.pull_blob_stream_partial(reference, digest, offset, None).await
-            };
-            let response = response.map_err(|error| (0, anyhow::Error::new(error)))?;
+                self.client.pull_blob_stream_partial(reference, digest, progress.have, None).await
+            }?;
             let (mut stream, append) = match response {
                 BlobResponse::Partial(sized) => (sized.stream, true),
                 // The whole blob again (a server without ranges): start over.
                 BlobResponse::Full(sized) => (sized.stream, false),
             };
-            let mut file = std::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(partial).map_err(|error| (0, error.into()))?;
-            let mut written = 0u64;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|error| (written, anyhow::Error::new(error)))?;
-                file.write_all(&chunk).map_err(|error| (written, error.into()))?;
-                written += chunk.len() as u64;
+            if !append {
+                *progress = Progress { hasher: sha2::Sha256::new(), have: 0 };
             }
-            file.sync_all().map_err(|error| (written, error.into()))?;
-            Ok(written)
+            let mut file = std::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(partial)?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if progress.have + chunk.len() as u64 > descriptor.size {
+                    bail!("the registry sent more than the {} bytes of {digest}", descriptor.size);
+                }
+                file.write_all(&chunk)?;
+                progress.hasher.update(&chunk);
+                progress.have += chunk.len() as u64;
+            }
+            file.sync_all()?;
+            Ok(())
         })
     }
+}
+
+/// A blob download so far: the bytes in its partial file and their hash.
+struct Progress {
+    hasher: sha2::Sha256,
+    have: u64,
 }
 
 impl Registry {
