@@ -295,15 +295,12 @@ fn sweep_stale_work_dirs(tmp: &Path) -> Result<()> {
 }
 
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
+    hash_reader(File::open(path)?).map(|(digest, _)| digest)
+}
+
+/// SHA-256 (hex) and length of everything `reader` gives.
+pub fn hash_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let size = std::io::copy(&mut reader, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), size))
 }

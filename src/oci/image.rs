@@ -5,7 +5,6 @@
 //! lower layers byte for byte, in a layout or a registry. The same inputs give
 //! the same manifest digest.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -42,17 +41,8 @@ pub fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
 
 /// SHA-256 of a layer's uncompressed tar: its `diff_id`.
 fn diff_id(store: &Store, layer: &str) -> Result<String> {
-    let mut decoder = zstd::Decoder::new(store.open_blob(layer)?)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = decoder.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    let (digest, _) = crate::cache::store::hash_reader(zstd::Decoder::new(store.open_blob(layer)?)?)?;
+    Ok(format!("sha256:{digest}"))
 }
 
 pub fn assemble(store: &Store, records: &[StageRecord], debian_arch: &str, source_date_epoch: i64) -> Result<Image> {

@@ -8,7 +8,6 @@ pub mod layout;
 pub mod registry;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -115,21 +114,8 @@ pub fn check_digest(digest: &str) -> Result<&str> {
 
 /// Check that the file at `path` is `size` bytes with `digest`, reading it once.
 pub fn verify_blob(path: &Path, descriptor: &Descriptor) -> Result<()> {
-    use sha2::Digest;
     let expected = check_digest(&descriptor.digest)?;
-    let mut file = fs_err::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        size += read as u64;
-    }
-    let actual = hex::encode(hasher.finalize());
+    let (actual, size) = crate::cache::store::hash_reader(fs_err::File::open(path)?)?;
     if size != descriptor.size || actual != expected {
         bail!("blob {} does not match its descriptor: expected {} bytes with sha256 {expected}, got {size} bytes with sha256 {actual}", path.display(), descriptor.size);
     }

@@ -4,11 +4,10 @@
 //! them are named, so a stage that is not reproducible can be found.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use super::Bundle;
 use crate::build::{build, BuildOptions};
@@ -28,17 +27,8 @@ fn squashfs_entries(rootfs_image: &Path) -> Result<BTreeMap<String, String>> {
         let owner = format!("{:o} {}:{} {}", header.permissions, header.uid, header.gid, header.mtime);
         let what = match &node.inner {
             InnerNode::File(file) => {
-                let mut hasher = Sha256::new();
-                let mut reader = filesystem.file(file).reader();
-                let mut buffer = vec![0u8; 1 << 16];
-                loop {
-                    let read = reader.read(&mut buffer)?;
-                    if read == 0 {
-                        break;
-                    }
-                    hasher.update(&buffer[..read]);
-                }
-                format!("file {}", hex::encode(hasher.finalize()))
+                let (digest, _) = crate::cache::store::hash_reader(filesystem.file(file).reader())?;
+                format!("file {digest}")
             }
             InnerNode::Symlink(link) => format!("symlink {}", link.link.display()),
             InnerNode::Dir(_) => "dir".into(),
