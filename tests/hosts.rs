@@ -162,7 +162,7 @@ fn a_recipes_inventory_goes_into_its_bundle_and_its_state_stays_outside() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("tree/etc")).unwrap();
     std::fs::write(dir.path().join("tree/etc/hostname"), "lab\n").unwrap();
-    assert!(std::process::Command::new("tar").arg("-C").arg(dir.path().join("tree")).args(["-cf", "base.tar", "."]).current_dir(dir.path()).status().unwrap().success());
+    tar_base(dir.path());
     std::fs::write(dir.path().join("lab.yaml"), "default: menu\nhosts:\n  - name: rack1-a\n    mac: 52:54:00:00:00:11\n    entry: local\n").unwrap();
     std::fs::write(dir.path().join("lab-recipe.yaml"), "rootsmith: 1\nname: lab\nversion: 2.0.0\nstages:\n  - tarball: { path: base.tar }\nhosts: lab.yaml\n").unwrap();
     let out = dir.path().join("out");

@@ -61,14 +61,7 @@ fn start_proxy(upstream: std::net::SocketAddr, cut: u64) -> (u16, Arc<Mutex<Vec<
         for client in listener.incoming().take(20) {
             let Ok(client) = client else { continue };
             let mut reader = BufReader::new(client.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
+            let head = read_request_head(&mut reader);
             seen.lock().unwrap().push(head.clone());
             let cut_this = !cut_done && head.contains("rootfs.img") && !head.to_lowercase().contains("range:");
             cut_done |= cut_this;
@@ -185,7 +178,7 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
     let other = dir.path().join("other");
     std::fs::create_dir_all(other.join("tree/etc")).unwrap();
     std::fs::write(other.join("tree/etc/other"), "another build\n").unwrap();
-    assert!(std::process::Command::new("tar").arg("-C").arg(other.join("tree")).args(["-cf", "base.tar", "."]).current_dir(&other).status().unwrap().success());
+    tar_base(&other);
     std::fs::write(other.join("other.yaml"), "rootsmith: 1\nname: other\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
     let mut command = rootsmith();
     command.arg("build").arg("--fast").arg("--cache").arg(&cache).arg("--out").arg(other.join("out")).arg(other.join("other.yaml"));

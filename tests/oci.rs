@@ -144,9 +144,13 @@ fn build(dir: &Path, stage: &str) -> (i32, String, PathBuf) {
 }
 
 fn unpack_bundle(bundle: &Path, into: &Path) {
+    unpack_tar_zst(&bundle.join("from-oci-1.0.0-rootfs.tar.zst"), into);
+}
+
+fn unpack_tar_zst(archive: &Path, into: &Path) {
     std::fs::create_dir_all(into).unwrap();
-    let status = std::process::Command::new("tar").arg("-C").arg(into).arg("--zstd").arg("-xf").arg(bundle.join("from-oci-1.0.0-rootfs.tar.zst")).status().unwrap();
-    assert!(status.success());
+    let status = std::process::Command::new("tar").arg("-C").arg(into).arg("--zstd").arg("-xf").arg(archive).status().unwrap();
+    assert!(status.success(), "unpacking {}", archive.display());
 }
 
 #[test]
@@ -285,7 +289,7 @@ fn start_cutting_proxy(upstream: String, cut: usize) -> (String, std::sync::Arc<
 
 /// Like the cutting proxy, but `flip`: every big blob arrives whole with one byte changed.
 fn start_proxy(upstream: String, cut: usize, flip: bool) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -295,16 +299,8 @@ fn start_proxy(upstream: String, cut: usize, flip: bool) -> (String, std::sync::
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
             let mut reader = BufReader::new(client.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if !line.to_lowercase().starts_with("connection:") {
-                    head.push_str(&line);
-                }
-            }
+            // The proxy closes each connection itself.
+            let head: String = read_request_head(&mut reader).split_inclusive("\r\n").filter(|line| !line.to_lowercase().starts_with("connection:")).collect();
             if head.is_empty() {
                 continue;
             }
@@ -414,7 +410,7 @@ fn the_oci_output_round_trips_through_a_registry() {
     std::fs::write(source.join("tree/etc/hostname"), "base\n").unwrap();
     std::fs::create_dir_all(source.join("tree/usr/bin")).unwrap();
     std::fs::write(source.join("tree/usr/bin/tool"), "#!/bin/true\n").unwrap();
-    assert!(std::process::Command::new("tar").arg("-C").arg(source.join("tree")).args(["-cf", "base.tar", "."]).current_dir(&source).status().unwrap().success());
+    tar_base(&source);
     std::fs::create_dir_all(source.join("overlay/etc")).unwrap();
     std::fs::write(source.join("overlay/etc/motd"), "from the files stage\n").unwrap();
     let reference = format!("{}/rootsmith/roundtrip:1.0.0", registry.address);
@@ -448,8 +444,7 @@ fn the_oci_output_round_trips_through_a_registry() {
     let (code, stderr, bundle) = build(&pull, &format!("oci: {{ image: \"{reference}\" }}"));
     assert_eq!(code, 0, "{stderr}");
     let (ours, theirs) = (dir.path().join("tree-a"), dir.path().join("tree-pulled"));
-    std::fs::create_dir_all(&ours).unwrap();
-    assert!(std::process::Command::new("tar").arg("-C").arg(&ours).arg("--zstd").arg("-xf").arg(dir.path().join("out-a/roundtrip/1.0.0/roundtrip-1.0.0-rootfs.tar.zst")).status().unwrap().success());
+    unpack_tar_zst(&dir.path().join("out-a/roundtrip/1.0.0/roundtrip-1.0.0-rootfs.tar.zst"), &ours);
     unpack_bundle(&bundle, &theirs);
     assert_eq!(listing(&ours), listing(&theirs));
     assert_eq!(listing(&theirs).get("etc/motd").map(String::as_str), Some("from the files stage\n"));
@@ -462,7 +457,7 @@ fn the_oci_output_round_trips_through_a_registry() {
 fn two_stage_recipe(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
     std::fs::write(dir.join("tree/etc/hostname"), "shared\n").unwrap();
-    assert!(std::process::Command::new("tar").arg("-C").arg(dir.join("tree")).args(["-cf", "base.tar", "."]).current_dir(dir).status().unwrap().success());
+    tar_base(dir);
     std::fs::create_dir_all(dir.join("overlay/etc")).unwrap();
     std::fs::write(dir.join("overlay/etc/motd"), "shared cache\n").unwrap();
     let recipe = dir.join("shared.yaml");

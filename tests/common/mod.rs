@@ -117,3 +117,22 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `DIR/base.tar` made of `DIR/tree`, for the tarball base of a test recipe.
+pub fn tar_base(dir: &Path) {
+    let status = Command::new("tar").arg("-C").arg(dir.join("tree")).args(["-cf", "base.tar", "."]).current_dir(dir).status().unwrap();
+    assert!(status.success(), "tar of {}", dir.join("tree").display());
+}
+
+/// An HTTP request's head as a client sent it (each line with its CRLF, no
+/// blank line), for test proxies; empty when the client sent nothing.
+pub fn read_request_head(reader: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            return head;
+        }
+        head.push_str(&line);
+    }
+}
