@@ -53,7 +53,7 @@ demo: deps build
 test: deps init
 	$(CARGO) test --locked --workspace
 
-bench: APT_PACKAGES += tftpd-hpa
+bench: APT_PACKAGES += tftpd-hpa python3
 bench: deps build
 	bench/run.sh
 

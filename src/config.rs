@@ -3,7 +3,7 @@
 //! flags and environment variables win over it.
 //!
 //! ```yaml
-//! cache_remote: registry.lab:5000/rootsmith/cache   # as build --cache-remote
+//! cache_remote: HOST:5000/rootsmith/cache   # as build --cache-remote
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -283,6 +283,7 @@ mod tests {
         assert!(insecure("127.0.0.1:5000"));
         assert!(insecure("localhost:5000"));
         assert!(insecure("[::1]:5000"));
-        assert!(!insecure("registry.example:5000"));
+        assert!(!insecure("build-host:5000"));
+        assert!(!insecure("10.1.2.3:5000"));
     }
 }
