@@ -151,11 +151,12 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
             StageKind::Oci(oci) => {
                 // The manifest digest names the config and every layer: the key needs nothing else.
                 let resolved = oci.resolved.as_ref().expect("resolved above");
-                let source = match &oci.source {
-                    crate::recipe::OciSource::Layout { dir, reference } => json!({ "layout": dir.written, "ref": reference }),
-                    crate::recipe::OciSource::Registry { reference } => json!({ "image": reference }),
+                let (source, remote) = match &oci.source {
+                    crate::recipe::OciSource::Layout { dir, reference } => (json!({ "layout": dir.written, "ref": reference }), BTreeMap::new()),
+                    // A registry tag is a remote input: `lock` records its digest, and a plain build warns when it moved.
+                    crate::recipe::OciSource::Registry { reference } => (json!({ "image": reference }), BTreeMap::from([(reference.clone(), resolved.manifest_digest.clone())])),
                 };
-                (json!({ "source": source, "manifest": resolved.manifest_digest }), Vec::new(), BTreeMap::new())
+                (json!({ "source": source, "manifest": resolved.manifest_digest }), Vec::new(), remote)
             }
             StageKind::Debootstrap(d) => (
                 json!({ "suite": d.suite, "variant": d.variant, "components": d.components, "include": d.include, "mirror": mirror, "tool": crate::stage::debootstrap::resolve_tool(d.tool) }),

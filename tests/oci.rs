@@ -358,6 +358,16 @@ fn pulls_from_a_local_registry_resuming_a_broken_download() {
     let pulled = dir.path().join("pulled");
     unpack_bundle(&bundle, &pulled);
 
+    // The tag is a remote input: the lock records the manifest digest it named.
+    let mut command = rootsmith();
+    command.arg("lock").arg("--cache").arg(dir.path().join("cache")).arg(dir.path().join("recipe.yaml"));
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    let lock = std::fs::read_to_string(dir.path().join("recipe.lock")).unwrap();
+    let inspected = skopeo(&["inspect", "--tls-verify=false", &format!("docker://{}/rootsmith/test:1", registry.address)]);
+    let digest = inspected["Digest"].as_str().unwrap();
+    assert!(lock.contains(&format!("{proxy}/rootsmith/test:1: {digest}")) || lock.contains(&format!("{proxy}/rootsmith/test:1': {digest}")), "{lock}");
+
     // The same tree as from the layout itself.
     let layout_dir = dir.path().join("from-layout");
     std::fs::create_dir(&layout_dir).unwrap();
