@@ -347,14 +347,15 @@ impl Builder<'_> {
 
     /// The `outputs.oci` image: into its layout, to its registry.
     fn write_image(&self, image: &crate::oci::image::Image, oci: &crate::recipe::OciOutput, version: &str) -> Result<()> {
+        let progress = self.progress;
         if let Some(dir) = &oci.layout {
             crate::oci::layout::write_image(dir, version, image).with_context(|| format!("writing the OCI image into {}", dir.display()))?;
-            eprintln!("{} oci: {} in {} as `{version}`", crate::progress::clock(), image.manifest_digest, dir.display());
+            progress.note(&format!("oci: {} in {} as `{version}`", image.manifest_digest, dir.display()));
         }
         if let Some(reference) = &oci.push {
             let registry = crate::oci::registry::Registry::connect(reference)?;
-            registry.push(image, &|line| eprintln!("{} oci: {line}", crate::progress::clock())).with_context(|| format!("pushing the OCI image to {reference}"))?;
-            eprintln!("{} oci: {} pushed to {reference}", crate::progress::clock(), image.manifest_digest);
+            registry.push(image, &|line| progress.note(&format!("oci: {line}"))).with_context(|| format!("pushing the OCI image to {reference}"))?;
+            progress.note(&format!("oci: {} pushed to {reference}", image.manifest_digest));
         }
         Ok(())
     }
