@@ -162,13 +162,50 @@ pub enum Command {
     },
 }
 
+/// `--via`: how the rootfs reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ViaArg {
+    Appended,
+    Http,
+    Pxe,
+}
+
+impl From<ViaArg> for rootsmith::lab::boottest::Via {
+    fn from(via: ViaArg) -> Self {
+        match via {
+            ViaArg::Appended => Self::Appended,
+            ViaArg::Http => Self::Http,
+            ViaArg::Pxe => Self::Pxe,
+        }
+    }
+}
+
+/// `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelArg {
+    /// KVM when a short probe boot proves it works, else TCG
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl From<AccelArg> for rootsmith::lab::boottest::AccelChoice {
+    fn from(accel: AccelArg) -> Self {
+        match accel {
+            AccelArg::Auto => Self::Auto,
+            AccelArg::Kvm => Self::Kvm,
+            AccelArg::Tcg => Self::Tcg,
+        }
+    }
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct BootArgs {
     /// The bundle directory (OUT/NAME/VERSION)
     pub bundle: PathBuf,
     /// How the rootfs reaches the guest
     #[arg(long, value_enum, default_value = "appended")]
-    pub via: crate::netboot::boottest::Via,
+    pub via: ViaArg,
     /// The kernel to boot (by its stage name) [default: the first]
     #[arg(long, value_name = "NAME")]
     pub kernel: Option<String>,
@@ -176,7 +213,7 @@ pub struct BootArgs {
     #[arg(long, default_value_t = 1024)]
     pub memory: u32,
     #[arg(long, value_enum, default_value = "auto")]
-    pub accel: crate::netboot::boottest::AccelChoice,
+    pub accel: AccelArg,
     /// Extra kernel arguments (repeatable)
     #[arg(long = "append", value_name = "ARG")]
     pub append: Vec<String>,
@@ -189,13 +226,13 @@ pub struct BootArgs {
 }
 
 impl BootArgs {
-    pub fn options(&self) -> crate::netboot::boottest::BootOptions {
-        crate::netboot::boottest::BootOptions {
+    pub fn options(&self) -> rootsmith::lab::boottest::BootOptions {
+        rootsmith::lab::boottest::BootOptions {
             bundle: self.bundle.clone(),
-            via: self.via,
+            via: self.via.into(),
             kernel: self.kernel.clone(),
             memory_mib: self.memory,
-            accel: self.accel,
+            accel: self.accel.into(),
             append: self.append.clone(),
             server: self.server.clone(),
             own_tftp: self.tftp,

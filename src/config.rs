@@ -39,7 +39,7 @@ pub fn parse(file: &Path, source: &str) -> Result<Config> {
     if source.trim().is_empty() {
         return Ok(Config::default());
     }
-    serde_yaml::from_str(source).map_err(|error| crate::recipe::Diagnostics(vec![crate::recipe::yaml_diagnostic(file, source, &error, "the settings file knows `cache_remote`; docs/cache.md")]).into())
+    serde_yaml::from_str(source).map_err(|error| crate::diagnostic::Diagnostics(vec![crate::diagnostic::yaml_diagnostic(file, source, &error, "the settings file knows `cache_remote`; docs/cache.md")]).into())
 }
 
 #[cfg(test)]
@@ -52,7 +52,7 @@ mod tests {
         assert_eq!(parse(file, "cache_remote: 127.0.0.1:5000/r/cache\n").unwrap().cache_remote.as_deref(), Some("127.0.0.1:5000/r/cache"));
         assert_eq!(parse(file, "").unwrap(), Config::default());
         let error = parse(file, "cache_remote: a\ncache_remot: b\n").unwrap_err();
-        let diagnostics = error.downcast_ref::<crate::recipe::Diagnostics>().unwrap();
+        let diagnostics = error.downcast_ref::<crate::diagnostic::Diagnostics>().unwrap();
         assert_eq!(diagnostics.0[0].line_column(), (2, 1));
     }
 }

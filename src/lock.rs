@@ -52,7 +52,7 @@ pub fn write(path: &Path, lock: &Lock) -> Result<()> {
 impl Lock {
     /// The lock's identity, for stage keys and the manifest.
     pub fn digest(&self) -> String {
-        crate::cache::sha256_hex(&serde_json::to_vec(self).expect("a lock serializes"))
+        crate::digest::sha256_hex(&serde_json::to_vec(self).expect("a lock serializes"))
     }
 
     /// An apt preferences file that makes every locked version the only candidate.

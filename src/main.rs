@@ -1,8 +1,11 @@
 //! The rootsmith command line.
 
+mod cli;
+mod commands;
+
 use clap::Parser;
-use rootsmith::cli::{Cli, Command, ReleaseAction};
-use rootsmith::commands::{self, RecipeError, EXIT_FAILURE, EXIT_RECIPE};
+use cli::{Cli, Command, ReleaseAction};
+use commands::{RecipeError, EXIT_FAILURE, EXIT_RECIPE};
 
 fn main() {
     let cli = Cli::parse();
@@ -38,7 +41,7 @@ fn main() {
         },
     };
     if let Err(error) = result {
-        let diagnostics = error.downcast_ref::<RecipeError>().map(|RecipeError(diagnostics)| diagnostics).or_else(|| error.downcast_ref::<rootsmith::recipe::Diagnostics>());
+        let diagnostics = error.downcast_ref::<RecipeError>().map(|RecipeError(diagnostics)| diagnostics).or_else(|| error.downcast_ref::<rootsmith::diagnostic::Diagnostics>());
         if let Some(diagnostics) = diagnostics {
             for diagnostic in &diagnostics.0 {
                 eprintln!("error: {diagnostic}\n");

@@ -74,7 +74,7 @@ fn deb822_sources(text: &str) -> Vec<(String, String)> {
 /// publishes new packages for the suite.
 pub fn in_release_digest(mirror: &str, suite: &str) -> Result<String> {
     let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
-    Ok(crate::cache::sha256_hex(&fetch(&url, suite)?))
+    Ok(crate::digest::sha256_hex(&fetch(&url, suite)?))
 }
 
 /// Every version of every package the mirror has for `suite`, `components`
@@ -133,11 +133,11 @@ pub struct Resolved {
 /// cached build still works offline. Without one, the error stands.
 pub fn resolve_in_release(mirror: &str, suite: &str, memory: Option<&Path>) -> Result<Resolved> {
     let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
-    let file = memory.map(|dir| dir.join(format!("{}.json", crate::cache::sha256_hex(url.as_bytes()))));
+    let file = memory.map(|dir| dir.join(format!("{}.json", crate::digest::sha256_hex(url.as_bytes()))));
     match in_release_digest(mirror, suite) {
         Ok(sha256) => {
             if let Some(file) = &file {
-                let record = Remembered { url, sha256: sha256.clone(), seen: crate::cache::store_now() };
+                let record = Remembered { url, sha256: sha256.clone(), seen: crate::time::now_seconds() };
                 // Best effort: a read-only cache only loses the offline fallback.
                 let _ = std::fs::create_dir_all(file.parent().expect("in a dir"));
                 let _ = std::fs::write(file, serde_json::to_vec_pretty(&record).unwrap_or_default());
@@ -148,7 +148,7 @@ pub fn resolve_in_release(mirror: &str, suite: &str, memory: Option<&Path>) -> R
             let remembered = file.and_then(|f| std::fs::read(f).ok()).and_then(|bytes| serde_json::from_slice::<Remembered>(&bytes).ok());
             match remembered {
                 Some(record) => {
-                    let age = crate::cache::store_now().saturating_sub(record.seen);
+                    let age = crate::time::now_seconds().saturating_sub(record.seen);
                     Ok(Resolved {
                         sha256: record.sha256,
                         warning: Some(format!(
@@ -209,7 +209,7 @@ mod tests {
 
         let first = resolve_in_release(&mirror, "bookworm", Some(&memory)).unwrap();
         assert!(first.warning.is_none());
-        assert_eq!(first.sha256, crate::cache::sha256_hex(b"release v1"));
+        assert_eq!(first.sha256, crate::digest::sha256_hex(b"release v1"));
 
         std::fs::remove_file(mirror_dir.join("dists/bookworm/InRelease")).unwrap();
         let offline = resolve_in_release(&mirror, "bookworm", Some(&memory)).unwrap();

@@ -9,7 +9,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::cache::{sha256_hex, FileDigest, KeyInputs, StageRecord, Store, CACHE_FORMAT};
+use crate::cache::{FileDigest, KeyInputs, Layout, StageRecord, Store, CACHE_FORMAT};
+use crate::digest::sha256_hex;
+use crate::stage::Resolved;
 use crate::recipe::{ConfigBase, Kernel, KernelSource, Recipe, Script, StageKind};
 
 /// Versions of each stage kind's implementation: bump one when the same inputs
@@ -31,7 +33,10 @@ fn kind_version(kind: &StageKind) -> u32 {
 #[derive(Debug, Clone)]
 pub struct PlannedStage {
     pub name: String,
+    /// The stage as the recipe wrote it.
     pub kind: StageKind,
+    /// What the plan resolved it to (an image's manifest, a release's tarball).
+    pub resolved: Resolved,
     pub params: serde_json::Value,
     pub files: Vec<FileDigest>,
     pub remote: BTreeMap<String, String>,
@@ -80,7 +85,7 @@ pub struct PlanOptions {
 impl PlanOptions {
     /// Remember resolved remote digests in the cache at `cache_dir`.
     pub fn remembering_in(mut self, cache_dir: &std::path::Path) -> PlanOptions {
-        self.remote_memory = Some(cache_dir.join(format!("v{CACHE_FORMAT}/remote")));
+        self.remote_memory = Some(Layout::new(cache_dir).remote_memory());
         self
     }
 
@@ -99,7 +104,7 @@ impl PlanOptions {
 fn release_tarball(release: &crate::recipe::Release, default_out: &Path) -> Result<(std::path::PathBuf, String)> {
     let out = release.out.as_deref().unwrap_or(default_out);
     let dir = out.join(&release.name).join(&release.version);
-    let bundle = crate::release::Bundle::open(&dir).with_context(|| format!("the release base {} {} is not in {}\nhint: build or promote it there, or set the stage's `out:` (or build --out)", release.name, release.version, out.display()))?;
+    let bundle = crate::bundle::Bundle::open(&dir).with_context(|| format!("the release base {} {} is not in {}\nhint: build or promote it there, or set the stage's `out:` (or build --out)", release.name, release.version, out.display()))?;
     let prefix = format!("{}-{}-rootfs.tar.", release.name, release.version);
     let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
     Ok((dir.join(&artifact.name), artifact.sha256.clone()))
@@ -136,21 +141,21 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
     }
     let mut stages = Vec::new();
     for stage in &recipe.stages {
-        let mut kind = stage.kind.clone();
-        if let StageKind::Release(release) = &mut kind {
-            release.tarball = Some(release_tarball(release, &options.out_dir)?);
-        }
-        if let StageKind::Oci(oci) = &mut kind {
-            oci.resolved = Some(crate::stage::oci::resolve(oci, &recipe.arch)?);
-        }
-        let (params, files, remote) = match &kind {
-            StageKind::Release(r) => {
-                let (path, sha256) = r.tarball.as_ref().expect("resolved above");
+        let kind = stage.kind.clone();
+        let resolved = match &kind {
+            StageKind::Release(release) => {
+                let (path, sha256) = release_tarball(release, &options.out_dir)?;
+                Resolved::ReleaseTarball { path, sha256 }
+            }
+            StageKind::Oci(oci) => Resolved::Image(crate::stage::oci::resolve(oci, &recipe.arch)?),
+            _ => Resolved::Nothing,
+        };
+        let (params, files, remote) = match (&kind, &resolved) {
+            (StageKind::Release(r), Resolved::ReleaseTarball { path, sha256 }) => {
                 (json!({ "release": r.name, "version": r.version, "tarball": path.file_name().map(|n| n.to_string_lossy().into_owned()), "sha256": sha256 }), Vec::new(), BTreeMap::new())
             }
-            StageKind::Oci(oci) => {
+            (StageKind::Oci(oci), Resolved::Image(resolved)) => {
                 // The manifest digest names the config and every layer: the key needs nothing else.
-                let resolved = oci.resolved.as_ref().expect("resolved above");
                 let (source, remote) = match &oci.source {
                     crate::recipe::OciSource::Layout { dir, reference } => (json!({ "layout": dir.written, "ref": reference }), BTreeMap::new()),
                     // A registry tag is a remote input: `lock` records its digest, and a plain build warns when it moved.
@@ -158,20 +163,21 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
                 };
                 (json!({ "source": source, "manifest": resolved.manifest_digest }), Vec::new(), remote)
             }
-            StageKind::Debootstrap(d) => (
+            (StageKind::Release(_) | StageKind::Oci(_), _) => unreachable!("resolved above"),
+            (StageKind::Debootstrap(d), _) => (
                 json!({ "suite": d.suite, "variant": d.variant, "components": d.components, "include": d.include, "mirror": mirror, "tool": crate::stage::debootstrap::resolve_tool(d.tool) }),
                 Vec::new(),
                 apt_remote.clone(),
             ),
-            StageKind::Tarball(t) => (json!({ "path": t.path.written }), vec![file_digest(&t.path.resolved, &t.path.written)?], BTreeMap::new()),
-            StageKind::Packages(p) => (json!({ "install": p.install, "remove": p.remove }), Vec::new(), apt_remote.clone()),
-            StageKind::Files(f) => (
+            (StageKind::Tarball(t), _) => (json!({ "path": t.path.written }), vec![file_digest(&t.path.resolved, &t.path.written)?], BTreeMap::new()),
+            (StageKind::Packages(p), _) => (json!({ "install": p.install, "remove": p.remove }), Vec::new(), apt_remote.clone()),
+            (StageKind::Files(f), _) => (
                 json!({ "src": f.src.written, "dest": f.dest, "uid": f.uid, "gid": f.gid, "modes": f.modes }),
                 tree_digests(&f.src.resolved)?,
                 BTreeMap::new(),
             ),
-            StageKind::Kernel(Kernel::Package { package }) => (json!({ "package": package }), Vec::new(), apt_remote.clone()),
-            StageKind::Kernel(Kernel::Build(k)) => {
+            (StageKind::Kernel(Kernel::Package { package }), _) => (json!({ "package": package }), Vec::new(), apt_remote.clone()),
+            (StageKind::Kernel(Kernel::Build(k)), _) => {
                 let mut remote = BTreeMap::new();
                 let source = match &k.source {
                     KernelSource::Package(package) => {
@@ -210,12 +216,12 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
                 });
                 (params, files, remote)
             }
-            StageKind::Run(r) => match &r.script {
+            (StageKind::Run(r), _) => match &r.script {
                 Script::Inline(text) => (json!({ "sh": text, "env": r.env }), Vec::new(), BTreeMap::new()),
                 Script::File(path) => (json!({ "script": path.written, "env": r.env }), vec![file_digest(&path.resolved, &path.written)?], BTreeMap::new()),
             },
         };
-        stages.push(PlannedStage { name: stage.name.clone(), kind, params, files, remote });
+        stages.push(PlannedStage { name: stage.name.clone(), kind, resolved, params, files, remote });
     }
     Ok(Plan {
         recipe: recipe.name.clone(),
@@ -283,7 +289,7 @@ fn file_digest(path: &Path, written: &str) -> Result<FileDigest> {
         path: written.to_string(),
         kind: "file".into(),
         mode: metadata.permissions().mode() & 0o7777,
-        sha256: crate::cache::key::sha256_hex(&fs_err::read(path)?),
+        sha256: crate::digest::sha256_hex(&fs_err::read(path)?),
     })
 }
 

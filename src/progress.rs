@@ -41,7 +41,7 @@ pub struct Lines;
 
 /// `HH:MM:SS` (UTC) for timestamped log lines.
 pub fn clock() -> String {
-    let seconds = crate::cache::store::now_seconds() % 86_400;
+    let seconds = crate::time::now_seconds() % 86_400;
     format!("{:02}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60)
 }
 
@@ -84,4 +84,16 @@ impl Progress for Bars {
     fn warn(&self, message: &str) {
         let _ = self.multi.println(format!("warning: {message}"));
     }
+}
+
+/// `1.5 MiB`: a size for people.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }

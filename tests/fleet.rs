@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use rootsmith::boot::qemu::{self, Accel, Guest, UserNetwork};
+use rootsmith::lab::qemu::{self, Accel, Guest, UserNetwork};
 
 const DISK_MARKER: &str = "rootsmith-test-disk: booted from disk";
 

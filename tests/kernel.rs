@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use rootsmith::boot::qemu::{boot_until, choose_accel, Accel, DirectBoot};
+use rootsmith::lab::qemu::{boot_until, choose_accel, Accel, DirectBoot};
 
 const MARKER: &str = "ROOTSMITH-KERNEL-BOOT-MARKER";
 

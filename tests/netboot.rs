@@ -197,14 +197,14 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
 
     // No rootfs at all: the init says which kernel arguments would fix it.
     let vmlinuz = bundle.join("debian-netboot-0.1.0-debian-vmlinuz");
-    let guest = rootsmith::boot::qemu::DirectBoot { kernel: vmlinuz, initrd: Some(initramfs.clone()), cmdline: "console=ttyS0 panic=-1".into(), memory_mib: 1024, accel: rootsmith::boot::qemu::Accel::Tcg };
-    let result = rootsmith::boot::qemu::boot_until(&guest.argv(), "rootsmith.iface=IFACE", Duration::from_secs(240)).unwrap();
+    let guest = rootsmith::lab::qemu::DirectBoot { kernel: vmlinuz, initrd: Some(initramfs.clone()), cmdline: "console=ttyS0 panic=-1".into(), memory_mib: 1024, accel: rootsmith::lab::qemu::Accel::Tcg };
+    let result = rootsmith::lab::qemu::boot_until(&guest.argv(), "rootsmith.iface=IFACE", Duration::from_secs(240)).unwrap();
     assert!(result.found, "{}", result.console);
     assert!(result.console.contains("rootsmith-init: error: no rootfs: nothing was appended and the kernel command line has no rootsmith.rootfs_url="), "{}", result.console);
     assert!(result.console.contains("rootsmith.rootfs_url=http://SERVER/PATH/debian-netboot-VERSION-rootfs.img"), "{}", result.console);
 
     // A server without Content-Length that drops the rootfs download halfway once.
-    let server = rootsmith::netboot::serve::Server::bind(&bundle, "127.0.0.1:0", 8, Arc::new(|_: &str| {})).unwrap();
+    let server = rootsmith::lab::serve::Server::bind(&bundle, "127.0.0.1:0", 8, Arc::new(|_: &str| {})).unwrap();
     let upstream = server.spawn();
     let (port, requests) = start_proxy(upstream, original.len() as u64 / 2);
     let base = format!("http://10.0.2.2:{port}/");

@@ -3,12 +3,13 @@
 
 pub mod cpio;
 pub mod initramfs;
-pub mod manifest;
+pub mod menus;
 pub mod modules;
 pub mod packages;
 pub mod sbom;
 pub mod squashfs;
 pub mod tarball;
+pub mod thin_initramfs;
 
 use std::path::Path;
 

@@ -142,7 +142,7 @@ pub fn verify(squashfs: &Path, tree: &Path) -> Result<Check> {
         let mut hasher = Sha256::new();
         std::io::copy(&mut filesystem.file(file).reader(), &mut hasher)?;
         let relative = node.fullpath.strip_prefix("/").unwrap_or(&node.fullpath);
-        let expected = crate::cache::key::sha256_hex(&fs_err::read(tree.join(relative))?);
+        let expected = crate::digest::sha256_hex(&fs_err::read(tree.join(relative))?);
         if hex::encode(hasher.finalize()) != expected {
             bail!("{}: {} differs from the tree", squashfs.display(), node.fullpath.display());
         }

@@ -17,7 +17,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+use crate::digest::sha256_hex;
 
 /// The on-disk cache format and key scheme. Bump it when a cached layer built
 /// by an older rootsmith would no longer be what this one builds.
@@ -99,10 +100,6 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, S
 
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// The id of the tree after a stage: its parent tree and its own layer.

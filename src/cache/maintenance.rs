@@ -1,12 +1,16 @@
 //! `cache ls`, `cache gc` and `cache verify`.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Serialize;
 
-use super::store::{hash_file, now_seconds, remove_tree, OutputRecord, StageRecord, Store};
+use super::layout::Collect;
+use super::store::{OutputHeader, StageRecord, Store, OUTPUT_RECORD};
+use crate::digest::hash_file;
+use crate::fileops::remove_tree;
+use crate::time::now_seconds;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheEntry {
@@ -40,6 +44,8 @@ pub struct GcReport {
     pub removed_outputs: usize,
     pub removed_blobs: usize,
     pub removed_kernels: usize,
+    /// Entries removed from the least-recently-used areas, by area.
+    pub removed_other: std::collections::BTreeMap<String, usize>,
     pub freed_bytes: u64,
     pub kept_bytes: u64,
 }
@@ -55,19 +61,33 @@ pub struct VerifyReport {
 /// Entries younger than this are never collected by default.
 const GC_GRACE_SECONDS: u64 = 60;
 
+/// One thing `gc` may remove, with when it was made or last used.
+struct Candidate {
+    at: u64,
+    size: u64,
+    what: Removal,
+}
+
+enum Removal {
+    Stage(String),
+    Output(String),
+    /// An entry of a least-recently-used area: (area name, path).
+    Loose(&'static str, PathBuf),
+}
+
 impl Store {
     pub fn stage_records(&self) -> Vec<StageRecord> {
-        let mut records: Vec<StageRecord> = json_files(&self.stages_dir()).filter_map(|path| serde_json::from_slice(&std::fs::read(path).ok()?).ok()).collect();
+        let mut records: Vec<StageRecord> = json_files(&self.layout().stages()).filter_map(|path| serde_json::from_slice(&std::fs::read(path).ok()?).ok()).collect();
         records.sort_by_key(|record| record.created);
         records
     }
 
-    fn output_records(&self) -> Vec<(OutputRecord, u64)> {
-        let Ok(entries) = std::fs::read_dir(self.outputs_dir()) else { return Vec::new() };
-        let mut records: Vec<(OutputRecord, u64)> = entries
+    fn output_headers(&self) -> Vec<(OutputHeader, u64)> {
+        let Ok(entries) = std::fs::read_dir(self.layout().outputs()) else { return Vec::new() };
+        let mut records: Vec<(OutputHeader, u64)> = entries
             .flatten()
             .filter_map(|entry| {
-                let record: OutputRecord = serde_json::from_slice(&std::fs::read(entry.path().join("record.json")).ok()?).ok()?;
+                let record: OutputHeader = serde_json::from_slice(&std::fs::read(entry.path().join(OUTPUT_RECORD)).ok()?).ok()?;
                 Some((record, dir_size(&entry.path())))
             })
             .collect();
@@ -75,71 +95,132 @@ impl Store {
         records
     }
 
+    /// The entries of the least-recently-used areas: (area, path, last use, size).
+    fn loose_entries(&self) -> Vec<(&'static str, PathBuf, u64, u64)> {
+        let mut entries = Vec::new();
+        for area in self.layout().areas().into_iter().filter(|area| area.collect == Collect::LeastRecentlyUsed) {
+            let Ok(children) = std::fs::read_dir(&area.path) else { continue };
+            for child in children.flatten() {
+                let path = child.path();
+                let name = child.file_name().to_string_lossy().into_owned();
+                // Lock files, apt's own `lock` and `partial/`, and half-made entries are not entries.
+                if name.ends_with(".lock") || name == "lock" || name == "partial" || name.starts_with('.') {
+                    continue;
+                }
+                let Ok(metadata) = std::fs::symlink_metadata(&path) else { continue };
+                let used = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
+                let size = if metadata.is_dir() { dir_size(&path) } else { metadata.len() };
+                entries.push((area.name, path, used, size));
+            }
+        }
+        entries
+    }
+
+    /// Everything in the cache: stage records, outputs, and the entries of
+    /// every other area that grows (pulled OCI blobs, kernel sources and
+    /// builds, downloads, logs, apt's packages).
     pub fn list(&self) -> Vec<CacheEntry> {
         let mut entries: Vec<CacheEntry> = self
             .stage_records()
             .into_iter()
             .map(|record| CacheEntry { kind: record.kind, key: record.key, recipe: record.recipe, stage: record.stage, size: record.layer_size, created: record.created })
             .collect();
-        for (record, size) in self.output_records() {
+        for (record, size) in self.output_headers() {
             entries.push(CacheEntry { kind: "outputs".into(), key: record.key, recipe: String::new(), stage: String::new(), size, created: record.created });
+        }
+        let referenced = self.referenced_products();
+        if let Ok(children) = std::fs::read_dir(self.layout().products()) {
+            for child in children.flatten() {
+                let name = child.file_name().to_string_lossy().into_owned();
+                let used = child.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
+                let stage = if referenced.contains(&name) { String::new() } else { "(unreferenced)".into() };
+                entries.push(CacheEntry { kind: "products".into(), key: name, recipe: String::new(), stage, size: dir_size(&child.path()), created: used });
+            }
+        }
+        for (area, path, used, size) in self.loose_entries() {
+            let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+            entries.push(CacheEntry { kind: area.into(), key: name, recipe: String::new(), stage: String::new(), size, created: used });
         }
         entries.sort_by_key(|entry| entry.created);
         entries
     }
 
+    fn referenced_products(&self) -> BTreeSet<String> {
+        self.stage_records().into_iter().filter_map(|record| record.products.map(|products| products.dir)).collect()
+    }
+
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
         let now = now_seconds();
         let mut report = GcReport::default();
-        let mut candidates: Vec<(u64, u64, Candidate)> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         for record in self.stage_records() {
-            candidates.push((record.created, record.layer_size, Candidate::Stage(record.key)));
+            candidates.push(Candidate { at: record.created, size: record.layer_size, what: Removal::Stage(record.key) });
         }
-        for (record, size) in self.output_records() {
-            candidates.push((record.created, size, Candidate::Output(record.key)));
+        for (record, size) in self.output_headers() {
+            candidates.push(Candidate { at: record.created, size, what: Removal::Output(record.key) });
         }
-        candidates.sort_by_key(|(created, ..)| *created);
-        let mut total: u64 = candidates.iter().map(|(_, size, _)| size).sum();
-        for (created, size, candidate) in candidates {
-            if now.saturating_sub(created) < options.grace_seconds {
+        for (area, path, used, size) in self.loose_entries() {
+            candidates.push(Candidate { at: used, size, what: Removal::Loose(area, path) });
+        }
+        candidates.sort_by_key(|candidate| candidate.at);
+        let mut total: u64 = candidates.iter().map(|candidate| candidate.size).sum();
+        for candidate in candidates {
+            if now.saturating_sub(candidate.at) < options.grace_seconds {
                 continue;
             }
-            let too_old = options.older_than.is_some_and(|limit| now.saturating_sub(created) > limit);
+            let too_old = options.older_than.is_some_and(|limit| now.saturating_sub(candidate.at) > limit);
             let too_big = options.keep_size.is_some_and(|limit| total > limit);
             if !(too_old || too_big) {
                 continue;
             }
-            match candidate {
-                Candidate::Stage(key) => {
-                    std::fs::remove_file(self.stages_dir().join(format!("{key}.json")))?;
+            match candidate.what {
+                Removal::Stage(key) => {
+                    fs_err::remove_file(self.layout().stage_record(&key))?;
                     report.removed_stages += 1;
                 }
-                Candidate::Output(key) => {
-                    remove_tree(&self.output_dir(&key))?;
+                Removal::Output(key) => {
+                    remove_tree(&self.layout().output(&key))?;
                     report.removed_outputs += 1;
-                    report.freed_bytes += size;
+                    report.freed_bytes += candidate.size;
+                }
+                Removal::Loose(area, path) => {
+                    // A directory a running build holds (its `.lock` is taken) stays.
+                    let lock = path.with_extension("lock");
+                    let _held = if lock.exists() {
+                        match crate::fileops::try_lock_file(&lock)? {
+                            Some(held) => Some(held),
+                            None => continue,
+                        }
+                    } else {
+                        None
+                    };
+                    if path.is_dir() {
+                        remove_tree(&path)?;
+                    } else {
+                        fs_err::remove_file(&path)?;
+                    }
+                    *report.removed_other.entry(area.to_string()).or_default() += 1;
+                    report.freed_bytes += candidate.size;
                 }
             }
-            total -= size;
+            total -= candidate.size;
         }
         // Blobs no record refers to any more.
         let referenced: BTreeSet<String> = self.stage_records().into_iter().map(|record| record.layer).collect();
-        for entry in std::fs::read_dir(self.blobs_dir())?.flatten() {
+        for entry in fs_err::read_dir(self.layout().blobs())?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0);
-            if !referenced.contains(&name) && age >= options.grace_seconds {
+            if !referenced.contains(&name) && age(&entry.path()) >= options.grace_seconds {
                 report.freed_bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
-                std::fs::remove_file(entry.path())?;
+                fs_err::remove_file(entry.path())?;
                 report.removed_blobs += 1;
             }
         }
-        // Kernel products no stage record refers to any more.
-        let kernels: BTreeSet<String> = self.stage_records().into_iter().filter_map(|record| record.kernel.map(|kernel| kernel.products)).collect();
-        if let Ok(entries) = std::fs::read_dir(self.root().join("kernels")) {
+        // Products no stage record refers to any more.
+        let referenced = self.referenced_products();
+        if let Ok(entries) = std::fs::read_dir(self.layout().products()) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0);
-                if !kernels.contains(&name) && age >= options.grace_seconds {
+                if !referenced.contains(&name) && age(&entry.path()) >= options.grace_seconds {
                     report.freed_bytes += dir_size(&entry.path());
                     remove_tree(&entry.path())?;
                     report.removed_kernels += 1;
@@ -152,16 +233,21 @@ impl Store {
 
     pub fn verify(&self) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
-        for entry in std::fs::read_dir(self.blobs_dir())?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            report.checked_blobs += 1;
-            match hash_file(&entry.path()) {
-                Ok(actual) if actual == name => {}
-                Ok(actual) => report.problems.push(format!("blob {name}: its bytes hash to {actual}")),
-                Err(error) => report.problems.push(format!("blob {name}: {error}")),
+        // Content-addressed areas: every entry hashes to its name.
+        for area in self.layout().areas().into_iter().filter(|area| area.content_addressed) {
+            let Ok(entries) = std::fs::read_dir(&area.path) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let label = if area.name == "layers" { "blob".to_string() } else { format!("{} blob", area.name) };
+                report.checked_blobs += 1;
+                match hash_file(&entry.path()) {
+                    Ok(actual) if actual == name => {}
+                    Ok(actual) => report.problems.push(format!("{label} {name}: its bytes hash to {actual}")),
+                    Err(error) => report.problems.push(format!("{label} {name}: {error}")),
+                }
             }
         }
-        for path in json_files(&self.stages_dir()) {
+        for path in json_files(&self.layout().stages()) {
             report.checked_stages += 1;
             let record: StageRecord = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string())) {
                 Ok(record) => record,
@@ -170,22 +256,24 @@ impl Store {
                     continue;
                 }
             };
-            if !self.blobs_dir().join(&record.layer).is_file() {
-                report.problems.push(format!("stage {} ({}): layer {} is missing", record.stage, &record.key[..12], record.layer));
+            let short = &record.key[..record.key.len().min(12)];
+            if !self.has_blob(&record.layer) {
+                report.problems.push(format!("stage {} ({short}): layer {} is missing", record.stage, record.layer));
             }
-            if let Some(kernel) = &record.kernel {
-                if !self.root().join("kernels").join(&kernel.products).join("vmlinuz").is_file() {
-                    report.problems.push(format!("stage {} ({}): the products of kernel {} are missing", record.stage, &record.key[..12], kernel.release));
+            if let Some(products) = &record.products {
+                let present = !products.dir.contains('/') && self.layout().products_dir(&products.dir).join(PRODUCTS_RECORD).is_file();
+                if !present {
+                    report.problems.push(format!("stage {} ({short}): its products ({}) are missing", record.stage, products.dir));
                 }
             }
             if record.inputs.key() != record.key {
-                report.problems.push(format!("stage {} ({}): its recorded inputs hash to another key", record.stage, &record.key[..12]));
+                report.problems.push(format!("stage {} ({short}): its recorded inputs hash to another key", record.stage));
             }
         }
-        for (record, _) in self.output_records() {
+        for (record, _) in self.output_headers() {
             report.checked_outputs += 1;
             for (file, digest) in &record.files {
-                let path = self.output_dir(&record.key).join(file);
+                let path = self.layout().output(&record.key).join(file);
                 match hash_file(&path) {
                     Ok(actual) if &actual == digest => {}
                     Ok(_) => report.problems.push(format!("outputs {}: {file} does not match its digest", &record.key[..12])),
@@ -197,9 +285,12 @@ impl Store {
     }
 }
 
-enum Candidate {
-    Stage(String),
-    Output(String),
+/// The record every products directory holds (written last, so a directory
+/// without it is incomplete).
+pub const PRODUCTS_RECORD: &str = "record.json";
+
+fn age(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn json_files(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
@@ -232,7 +323,7 @@ mod tests {
             files: Vec::new(),
             remote: Default::default(),
         };
-        let record = StageRecord { key: inputs.key(), recipe: "r".into(), stage: stage.into(), kind: "run".into(), layer, layer_size, tree: "t".into(), inputs, seconds: 0.0, created, kernel: None };
+        let record = StageRecord { key: inputs.key(), recipe: "r".into(), stage: stage.into(), kind: "run".into(), layer, layer_size, tree: "t".into(), inputs, seconds: 0.0, created, products: None };
         store.put_stage(&record).unwrap();
         record
     }
@@ -269,8 +360,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let corrupt = record(&store, "corrupt", b"good bytes", 1);
         let missing = record(&store, "missing", b"other bytes", 1);
-        std::fs::write(store.blobs_dir().join(&corrupt.layer), b"bad bytes").unwrap();
-        std::fs::remove_file(store.blobs_dir().join(&missing.layer)).unwrap();
+        std::fs::write(store.layout().blob(&corrupt.layer), b"bad bytes").unwrap();
+        std::fs::remove_file(store.layout().blob(&missing.layer)).unwrap();
         let problems = store.verify().unwrap().problems;
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("hash to")));

@@ -1,16 +1,19 @@
 //! The cache store: atomic writes, verified reads, locks, temporary work dirs.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fs4::fs_std::FileExt;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::key::{KeyInputs, CACHE_FORMAT};
+use super::key::KeyInputs;
+use super::layout::Layout;
+use crate::digest::hash_file;
+use crate::fileops::{lock_file, remove_tree};
 
 /// What the cache knows about one built stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,48 +29,36 @@ pub struct StageRecord {
     pub inputs: KeyInputs,
     pub seconds: f64,
     pub created: u64,
-    /// A kernel stage's kernel: its products live in `v1/kernels/PRODUCTS/`.
-    #[serde(default)]
-    pub kernel: Option<KernelProducts>,
+    /// What the stage made beside its layer (a kernel stage: its kernel), in
+    /// the layout's products area. (Stored as `kernel`, the only kind of
+    /// product so far, so caches written before keep working.)
+    #[serde(default, rename = "kernel")]
+    pub products: Option<Products>,
 }
 
-/// A kernel built (or taken from a package) by a kernel stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KernelProducts {
-    /// The stage's name: the KERNEL in `NAME-VERSION-KERNEL-vmlinuz`.
-    pub name: String,
-    /// `uname -r` of the kernel.
-    pub release: String,
-    pub config_sha256: String,
-    /// The directory under `v1/kernels/` holding vmlinuz, config, System.map and the debs.
-    pub products: String,
-    pub debs: Vec<String>,
-    /// Whether this build compiled (false: the products were already cached).
-    pub compiled: bool,
-    pub ccache_hits: u64,
-    pub ccache_misses: u64,
-    /// Bytes in the ccache directory after the build.
-    #[serde(default)]
-    pub ccache_size: u64,
-    pub seconds: f64,
+/// A stage's products: a directory in the layout's products area, and the
+/// stage's own account of it, which the store keeps as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Products {
+    /// The directory's id ([`super::Layout::products_dir`]).
+    #[serde(rename = "products")]
+    pub dir: String,
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Assembled outputs of one tree, by output key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutputRecord {
+/// What the store reads of an output record: the files it must check. The
+/// record itself belongs to whoever assembled the outputs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutputHeader {
     pub key: String,
     /// file name in the output directory → SHA-256
     pub files: std::collections::BTreeMap<String, String>,
-    pub cookie: String,
-    pub squashfs_entries: u64,
-    /// The thin initramfs's size and modules.
-    #[serde(default)]
-    pub initramfs: crate::netboot::initramfs::Built,
     pub created: u64,
 }
 
 pub struct Store {
-    root: PathBuf,
+    layout: Layout,
     /// This process's own locked dir under `tmp/` for partial files, so a
     /// sweep by another build never takes a file this one is still writing.
     session: WorkDir,
@@ -99,68 +90,29 @@ impl Drop for WorkDir {
     }
 }
 
-/// Remove a tree even where a stage left read-only directories.
-pub fn remove_tree(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-            use std::os::unix::fs::PermissionsExt;
-            for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
-                if entry.file_type().is_dir() {
-                    let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
-                }
-            }
-            std::fs::remove_dir_all(path)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-pub fn now_seconds() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl Store {
     /// Open (creating) the cache at `dir` and sweep work dirs of dead builds.
     pub fn open(dir: &Path) -> Result<Store> {
-        let root = dir.join(format!("v{CACHE_FORMAT}"));
-        for sub in ["blobs/sha256", "stages", "outputs", "history", "locks", "apt/archives/partial", "tmp"] {
-            fs_err::create_dir_all(root.join(sub))?;
-        }
-        sweep_stale_work_dirs(&root.join("tmp"))?;
-        let session = new_work_dir(&root.join("tmp"), "session")?;
-        Ok(Store { root, session })
+        let layout = Layout::new(dir);
+        layout.create()?;
+        sweep_stale_work_dirs(&layout.tmp())?;
+        let session = new_work_dir(&layout.tmp(), "session")?;
+        Ok(Store { layout, session })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    pub fn apt_archives(&self) -> PathBuf {
-        self.root.join("apt/archives")
-    }
-
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest)
-    }
-
-    fn stage_path(&self, key: &str) -> PathBuf {
-        self.root.join("stages").join(format!("{key}.json"))
-    }
-
-    pub fn output_dir(&self, key: &str) -> PathBuf {
-        self.root.join("outputs").join(key)
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Wait for, then hold, the lock of `key`.
     pub fn lock(&self, key: &str) -> Result<BuildLock> {
-        Ok(BuildLock { _file: lock_file(&self.root.join("locks").join(format!("{key}.lock")))? })
+        Ok(BuildLock { _file: lock_file(&self.layout.lock(key))? })
     }
 
     /// A fresh directory under `tmp/`, on the cache's filesystem so results can
     /// be renamed into place.
     pub fn work_dir(&self, label: &str) -> Result<WorkDir> {
-        new_work_dir(&self.root.join("tmp"), label)
+        new_work_dir(&self.layout.tmp(), label)
     }
 
     /// Write `bytes` to `path` atomically (temp file in the cache + rename).
@@ -182,7 +134,7 @@ impl Store {
         let digest = hash_file(temp.path())?;
         let size = temp.as_file().metadata()?.len();
         temp.as_file().sync_all()?;
-        let destination = self.blob_path(&digest);
+        let destination = self.layout.blob(&digest);
         if destination.exists() {
             return Ok((digest, size));
         }
@@ -192,7 +144,7 @@ impl Store {
 
     /// Open a blob after checking its bytes still hash to its name.
     pub fn open_blob(&self, digest: &str) -> Result<File> {
-        let path = self.blob_path(digest);
+        let path = self.layout.blob(digest);
         let actual = hash_file(&path).with_context(|| format!("reading layer blob {digest}"))?;
         if actual != digest {
             bail!("layer blob {digest} is corrupt (its bytes hash to {actual}); run `rootsmith cache verify` and rebuild");
@@ -201,66 +153,50 @@ impl Store {
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {
-        self.blob_path(digest).is_file()
+        crate::digest::is_sha256_hex(digest) && self.layout.blob(digest).is_file()
     }
 
     pub fn stage(&self, key: &str) -> Option<StageRecord> {
-        let bytes = std::fs::read(self.stage_path(key)).ok()?;
+        let bytes = std::fs::read(self.layout.stage_record(key)).ok()?;
         let record: StageRecord = serde_json::from_slice(&bytes).ok()?;
         // A record is only a hit while its layer is there.
         self.has_blob(&record.layer).then_some(record)
     }
 
     pub fn put_stage(&self, record: &StageRecord) -> Result<()> {
-        self.write_atomic(&self.stage_path(&record.key), &serde_json::to_vec_pretty(record)?)?;
-        let history = self.root.join("history").join(&record.recipe);
-        fs_err::create_dir_all(&history)?;
-        self.write_atomic(&history.join(format!("{}.json", record.stage)), &serde_json::to_vec_pretty(&record.inputs)?)
+        self.write_atomic(&self.layout.stage_record(&record.key), &serde_json::to_vec_pretty(record)?)?;
+        let history = self.layout.history_record(&record.recipe, &record.stage);
+        fs_err::create_dir_all(history.parent().expect("a history record is in a recipe's dir"))?;
+        self.write_atomic(&history, &serde_json::to_vec_pretty(&record.inputs)?)
     }
 
     /// The inputs of the last build of `stage` in `recipe`, for `plan --explain`.
     pub fn last_inputs(&self, recipe: &str, stage: &str) -> Option<KeyInputs> {
-        let bytes = std::fs::read(self.root.join("history").join(recipe).join(format!("{stage}.json"))).ok()?;
+        let bytes = std::fs::read(self.layout.history_record(recipe, stage)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub fn output(&self, key: &str) -> Option<OutputRecord> {
-        let bytes = std::fs::read(self.output_dir(key).join("record.json")).ok()?;
+    /// The record of the outputs stored under `key`, in the type that wrote it.
+    pub fn output<R: DeserializeOwned>(&self, key: &str) -> Option<R> {
+        let bytes = std::fs::read(self.layout.output(key).join(OUTPUT_RECORD)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Move a directory of assembled outputs into place under `key`.
-    pub fn put_output(&self, key: &str, staged: &Path, record: &OutputRecord) -> Result<()> {
-        fs_err::write(staged.join("record.json"), serde_json::to_vec_pretty(record)?)?;
-        let destination = self.output_dir(key);
+    pub fn put_output(&self, key: &str, staged: &Path, record: &impl Serialize) -> Result<()> {
+        fs_err::write(staged.join(OUTPUT_RECORD), serde_json::to_vec_pretty(record)?)?;
+        let destination = self.layout.output(key);
         match std::fs::rename(staged, &destination) {
             Ok(()) => Ok(()),
             // Another build stored the same outputs first: theirs are as good.
-            Err(_) if destination.join("record.json").exists() => Ok(()),
+            Err(_) if destination.join(OUTPUT_RECORD).exists() => Ok(()),
             Err(error) => Err(error).with_context(|| format!("storing outputs {key}")),
         }
     }
-
-    pub(super) fn stages_dir(&self) -> PathBuf {
-        self.root.join("stages")
-    }
-
-    pub(super) fn blobs_dir(&self) -> PathBuf {
-        self.root.join("blobs/sha256")
-    }
-
-    pub(super) fn outputs_dir(&self) -> PathBuf {
-        self.root.join("outputs")
-    }
 }
 
-/// Open (creating) `path` and wait for an exclusive flock on it; the lock is
-/// released when the file is dropped, or when the process dies.
-pub fn lock_file(path: &Path) -> Result<File> {
-    let file = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(path)?.into_parts().0;
-    file.lock_exclusive().with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
-}
+/// The record in each output directory.
+pub const OUTPUT_RECORD: &str = "record.json";
 
 fn new_work_dir(tmp: &Path, label: &str) -> Result<WorkDir> {
     let path = tempfile::Builder::new().prefix(&format!("{label}-")).tempdir_in(tmp)?.keep();
@@ -294,13 +230,4 @@ fn sweep_stale_work_dirs(tmp: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    hash_reader(File::open(path)?).map(|(digest, _)| digest)
-}
 
-/// SHA-256 (hex) and length of everything `reader` gives.
-pub fn hash_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut reader, &mut hasher)?;
-    Ok((hex::encode(hasher.finalize()), size))
-}

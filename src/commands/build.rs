@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::build::{build, BuildOptions};
+use rootsmith::build::{build, BuildOptions};
 use crate::cli::{CacheArgs, RecipeArgs};
-use crate::host::RealHost;
-use crate::plan::{plan, PlanOptions};
+use rootsmith::host::RealHost;
+use rootsmith::plan::{plan, PlanOptions};
 
 pub struct Settings {
     pub out: PathBuf,
@@ -23,22 +23,22 @@ pub struct Settings {
 pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
     let rebuild_from = match &settings.rebuild {
-        Some(name) => Some(recipe.stage_index(name, "--rebuild").map_err(|d| super::RecipeError(crate::recipe::Diagnostics(vec![d])))?),
+        Some(name) => Some(recipe.stage_index(name, "--rebuild").map_err(|d| super::RecipeError(rootsmith::diagnostic::Diagnostics(vec![d])))?),
         None => None,
     };
     let mut options = PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args));
     // `release:` bases are looked up where this build publishes.
     options.out_dir = settings.out.clone();
-    let lock_path = crate::lock::path_for(&recipe.file);
-    let recipe_sha256 = crate::cache::sha256_hex(recipe.source.as_bytes());
+    let lock_path = rootsmith::lock::path_for(&recipe.file);
+    let recipe_sha256 = rootsmith::digest::sha256_hex(recipe.source.as_bytes());
     let locked = if settings.locked {
-        let lock = crate::lock::read(&lock_path)?;
+        let lock = rootsmith::lock::read(&lock_path)?;
         if lock.recipe_sha256 != recipe_sha256 {
             bail!("{} was written for another version of the recipe\nhint: rootsmith lock {}", lock_path.display(), recipe.file.display());
         }
         let digest = lock.digest();
         options.lock_digest = Some(digest.clone());
-        Some(crate::build::LockedBuild { pins: lock.apt_pins(), lock, digest })
+        Some(rootsmith::build::LockedBuild { pins: lock.apt_pins(), lock, digest })
     } else {
         None
     };
@@ -49,7 +49,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
     match &locked {
         Some(locked) => check_lock_resolves(&recipe, &plan, &locked.lock)?,
         None if lock_path.is_file() => {
-            if let Ok(lock) = crate::lock::read(&lock_path) {
+            if let Ok(lock) = rootsmith::lock::read(&lock_path) {
                 let reasons = lock.staleness(&recipe_sha256, &plan.remote_inputs());
                 if !reasons.is_empty() {
                     eprintln!("warning: {} is stale ({}); `rootsmith lock` renews it, `build --locked` builds what it pins", lock_path.display(), reasons.join("; "));
@@ -68,10 +68,10 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
         lock: locked,
         cache_remote: match settings.cache_remote {
             Some(remote) => Some(remote),
-            None => crate::config::load()?.cache_remote,
+            None => rootsmith::config::load()?.cache_remote,
         },
     };
-    let progress = crate::progress::for_terminal(settings.json);
+    let progress = rootsmith::progress::for_terminal(settings.json);
     let summary = build(&recipe, &plan, &options, &RealHost, progress.as_ref())?;
     if settings.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -86,11 +86,11 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
 
 /// Every version the lock pins must still be on the mirror, or the build
 /// stops before it starts and names each one that is gone.
-fn check_lock_resolves(recipe: &crate::recipe::Recipe, plan: &crate::plan::Plan, lock: &crate::lock::Lock) -> Result<()> {
-    let (Some(mirror), Some(crate::recipe::StageKind::Debootstrap(base))) = (&plan.mirror, recipe.stages.first().map(|stage| &stage.kind)) else {
+fn check_lock_resolves(recipe: &rootsmith::recipe::Recipe, plan: &rootsmith::plan::Plan, lock: &rootsmith::lock::Lock) -> Result<()> {
+    let (Some(mirror), Some(rootsmith::recipe::StageKind::Debootstrap(base))) = (&plan.mirror, recipe.stages.first().map(|stage| &stage.kind)) else {
         return Ok(());
     };
-    let available = crate::mirror::available_versions(mirror, &base.suite, &base.components, &plan.arch).context("checking the lock's versions against the mirror")?;
+    let available = rootsmith::mirror::available_versions(mirror, &base.suite, &base.components, &plan.arch).context("checking the lock's versions against the mirror")?;
     let missing = lock.missing_from(&available);
     if !missing.is_empty() {
         bail!(

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 
 use super::short;
-use crate::cache::{GcOptions, Store};
+use rootsmith::cache::{GcOptions, Store};
 use crate::cli::{CacheAction, CacheArgs};
 
 pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
@@ -34,7 +34,7 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
             );
         }
         CacheAction::Push { repository } => {
-            let remote = crate::cache::remote::RemoteCache::connect(repository)?;
+            let remote = rootsmith::share::RemoteCache::connect(repository)?;
             let (mut pushed, mut present) = (0, 0);
             for record in store.stage_records() {
                 if !store.has_blob(&record.layer) {
@@ -50,7 +50,7 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
             println!("{pushed} stages pushed to {}, {present} already there", remote.repository);
         }
         CacheAction::Pull { repository } => {
-            let remote = crate::cache::remote::RemoteCache::connect(repository)?;
+            let remote = rootsmith::share::RemoteCache::connect(repository)?;
             let (mut pulled, mut present) = (0, 0);
             for key in remote.keys()? {
                 if store.stage(&key).is_some() {
@@ -79,13 +79,4 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
     Ok(())
 }
 
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
+pub use rootsmith::progress::human_size;

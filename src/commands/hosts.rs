@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 
 use crate::cli::{HostsAction, InventoryArgs};
-use crate::netboot::hosts::state::{current_entry, Override, StateStore};
-use crate::netboot::hosts::render::{self, Urls};
-use crate::netboot::hosts::{self, Inventory};
+use rootsmith::lab::hosts::state::{current_entry, Override, StateStore};
+use rootsmith::lab::hosts::render::{self, Urls};
+use rootsmith::lab::hosts::{self, Inventory};
 
 pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
     let inventory = hosts::load(&args.file, args.bundle.as_deref()).with_context(|| format!("reading the inventory {}", args.file.display()))?;
@@ -15,7 +15,7 @@ pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
         HostsAction::Set { host, entry, once } => {
             let host = find(&inventory, host)?;
             let entry = inventory.entry(entry)?;
-            let set = Override { entry: entry.name(), once: *once, at: crate::time::rfc3339(crate::cache::store::now_seconds() as i64) };
+            let set = Override { entry: entry.name(), once: *once, at: rootsmith::time::rfc3339(rootsmith::time::now_seconds() as i64) };
             store.update(|state| {
                 state.set.insert(host.name.clone(), set);
                 Ok(())

@@ -4,11 +4,11 @@
 
 use anyhow::Result;
 
-use crate::build::materialize;
+use rootsmith::build::materialize;
 use crate::cli::{CacheArgs, RecipeArgs};
-use crate::host::RealHost;
-use crate::lock::{self, Lock, LOCK_VERSION};
-use crate::plan::{plan, PlanOptions};
+use rootsmith::host::RealHost;
+use rootsmith::lock::{self, Lock, LOCK_VERSION};
+use rootsmith::plan::{plan, PlanOptions};
 
 pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
@@ -16,14 +16,14 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs) -> Result<()> {
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
-    let progress = crate::progress::for_terminal(false);
-    let list = materialize(&plan, &super::cache_dir(cache_args), plan.stages.len(), &RealHost, progress.as_ref(), |context| Ok(crate::artifact::packages::installed(context.tree)))?;
+    let progress = rootsmith::progress::for_terminal(false);
+    let list = materialize(&plan, &super::cache_dir(cache_args), plan.stages.len(), &RealHost, progress.as_ref(), |context| Ok(rootsmith::artifact::packages::installed(context.tree)))?;
     let lock = Lock {
         lock: LOCK_VERSION,
         recipe: recipe.name.clone(),
-        recipe_sha256: crate::cache::sha256_hex(recipe.source.as_bytes()),
+        recipe_sha256: rootsmith::digest::sha256_hex(recipe.source.as_bytes()),
         remote: plan.remote_inputs(),
-        packages: crate::artifact::packages::parse(&list, Some(&plan.arch)),
+        packages: rootsmith::artifact::packages::parse(&list, Some(&plan.arch)),
     };
     let path = lock::path_for(&recipe.file);
     lock::write(&path, &lock)?;

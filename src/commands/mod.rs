@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::cli::{CacheArgs, RecipeArgs};
-use crate::recipe::{Diagnostics, LoadOptions, Recipe};
+use rootsmith::recipe::{Diagnostics, LoadOptions, Recipe};
 
 /// Exit codes (documented in docs/commands.md).
 pub const EXIT_FAILURE: i32 = 1;
@@ -27,7 +27,7 @@ pub const EXIT_RECIPE: i32 = 2;
 pub struct RecipeError(pub Diagnostics);
 
 pub fn load_recipe(args: &RecipeArgs) -> Result<Recipe> {
-    crate::recipe::load(&args.recipe, &LoadOptions { sets: args.sets.clone() }).map_err(|diagnostics| RecipeError(diagnostics).into())
+    rootsmith::recipe::load(&args.recipe, &LoadOptions { sets: args.sets.clone() }).map_err(|diagnostics| RecipeError(diagnostics).into())
 }
 
 pub fn cache_dir(args: &CacheArgs) -> PathBuf {

@@ -6,22 +6,22 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::boot::qemu;
-use crate::netboot::boottest::{self, BootOptions};
-use crate::netboot::hosts::served::ServedInventory;
-use crate::netboot::serve::Server;
+use rootsmith::lab::qemu;
+use rootsmith::lab::boottest::{self, BootOptions};
+use rootsmith::lab::hosts::served::ServedInventory;
+use rootsmith::lab::serve::Server;
 
 pub fn serve(dir: &Path, addr: &str, max_connections: usize, tftp: Option<&str>, hosts: Option<&Path>, public_url: Option<String>) -> Result<()> {
     // A closed stderr must not take the server down with it.
-    let log: crate::netboot::serve::AccessLog = Arc::new(|line: &str| {
+    let log: rootsmith::lab::serve::AccessLog = Arc::new(|line: &str| {
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "{} {line}", crate::progress::clock());
+        let _ = writeln!(std::io::stderr(), "{} {line}", rootsmith::progress::clock());
     });
     let mut server = Server::bind(dir, addr, max_connections, log.clone())?;
     let local = server.local_addr();
     let public_url = public_url.or_else(|| (!local.ip().is_unspecified()).then(|| format!("http://{local}/")));
     let hosts = hosts.map(|file| ServedInventory::open(file, dir, public_url).map(Arc::new)).transpose()?;
-    let mut tftp = tftp.map(|tftp| crate::netboot::tftp::TftpServer::bind(dir, tftp, max_connections, log)).transpose()?;
+    let mut tftp = tftp.map(|tftp| rootsmith::lab::tftp::TftpServer::bind(dir, tftp, max_connections, log)).transpose()?;
     if let Some(hosts) = &hosts {
         server = server.with_hosts(hosts.clone());
         tftp = tftp.map(|tftp| tftp.with_hosts(hosts.clone()));
@@ -47,7 +47,7 @@ pub struct BootTestArgs {
 }
 
 pub fn boot_test(args: &BootTestArgs) -> Result<()> {
-    crate::tools::require("qemu-system-x86_64", "to boot a bundle")?;
+    rootsmith::tools::require("qemu-system-x86_64", "to boot a bundle")?;
     let prepared = boottest::prepare(&args.options)?;
     let expect = boottest::expected_line(&prepared.manifest, args.expect.as_deref());
     let via = format!("{:?}", args.options.via).to_lowercase();
@@ -87,7 +87,7 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
 
 /// Boot interactively: the serial console is this terminal (Ctrl-A X quits).
 pub fn interactive(options: &BootOptions) -> Result<()> {
-    crate::tools::require("qemu-system-x86_64", "to boot a bundle")?;
+    rootsmith::tools::require("qemu-system-x86_64", "to boot a bundle")?;
     let prepared = boottest::prepare(options)?;
     let argv: Vec<String> = prepared.guest.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();
     eprintln!("starting {} {} (kernel {}); quit with Ctrl-A X", prepared.manifest.name, prepared.manifest.version, prepared.kernel.name);

@@ -4,9 +4,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::short;
-use crate::cache::Store;
+use rootsmith::cache::Store;
 use crate::cli::{CacheArgs, RecipeArgs};
-use crate::plan::{plan, PlanOptions, StageStatus};
+use rootsmith::plan::{plan, PlanOptions, StageStatus};
 
 #[derive(Serialize)]
 struct Row {
@@ -30,7 +30,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
         Some(StageStatus::Hit(record)) => Some(record.tree.clone()),
         _ => None,
     };
-    let hit_records: Vec<crate::cache::StageRecord> = statuses.iter().filter_map(|status| if let StageStatus::Hit(record) = status { Some((**record).clone()) } else { None }).collect();
+    let hit_records: Vec<rootsmith::cache::StageRecord> = statuses.iter().filter_map(|status| if let StageStatus::Hit(record) = status { Some((**record).clone()) } else { None }).collect();
     for (stage, status) in plan.stages.iter().zip(statuses) {
         let (key, state, changed) = match status {
             StageStatus::Hit(record) => (Some(record.key), "hit", Vec::new()),
@@ -54,8 +54,8 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
     }
     let (key, state, changed) = match final_tree {
         Some(tree) => {
-            let key = crate::build::output_key(&plan, fast, &tree, &hit_records);
-            let state = if store.output(&key).is_some() { "hit" } else { "miss" };
+            let key = rootsmith::build::output_key(&plan, fast, &tree, &rootsmith::stage::kernel::kernels_of(&hit_records)?);
+            let state = if store.output::<rootsmith::build::OutputRecord>(&key).is_some() { "hit" } else { "miss" };
             (Some(key), state, vec!["the last stage's tree has no outputs with these settings yet".to_string()])
         }
         None => (None, "pending", vec!["waits for the stages to be built".to_string()]),

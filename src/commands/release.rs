@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::release::{self, Bundle};
+use rootsmith::release::{self, Bundle};
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1048576.0)
@@ -14,7 +14,7 @@ fn mib(bytes: u64) -> String {
 fn published(bundle: &Bundle) -> String {
     let Ok(modified) = std::fs::metadata(&bundle.dir).and_then(|m| m.modified()) else { return "-".into() };
     let seconds = modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    crate::time::utc_string(seconds)
+    rootsmith::time::utc_string(seconds)
 }
 
 fn kernels(bundle: &Bundle) -> String {

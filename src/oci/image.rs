@@ -41,7 +41,7 @@ pub fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
 
 /// SHA-256 of a layer's uncompressed tar: its `diff_id`.
 fn diff_id(store: &Store, layer: &str) -> Result<String> {
-    let (digest, _) = crate::cache::store::hash_reader(zstd::Decoder::new(store.open_blob(layer)?)?)?;
+    let (digest, _) = crate::digest::hash_reader(zstd::Decoder::new(store.open_blob(layer)?)?)?;
     Ok(format!("sha256:{digest}"))
 }
 
@@ -51,7 +51,7 @@ pub fn assemble(store: &Store, records: &[StageRecord], debian_arch: &str, sourc
     let mut diff_ids = Vec::new();
     let mut history = Vec::new();
     for record in records {
-        let path = store.blob_path(&record.layer);
+        let path = store.layout().blob(&record.layer);
         layers.push((Descriptor { media_type: MEDIA_LAYER_ZSTD.into(), digest: format!("sha256:{}", record.layer), size: record.layer_size, platform: None, annotations: Default::default() }, path));
         diff_ids.push(diff_id(store, &record.layer)?);
         history.push(json!({ "created": created, "created_by": format!("rootsmith {} stage `{}`", record.kind, record.stage), "comment": format!("stage key {}", record.key) }));

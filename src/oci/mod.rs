@@ -115,7 +115,7 @@ pub fn check_digest(digest: &str) -> Result<&str> {
 /// Check that the file at `path` is `size` bytes with `digest`, reading it once.
 pub fn verify_blob(path: &Path, descriptor: &Descriptor) -> Result<()> {
     let expected = check_digest(&descriptor.digest)?;
-    let (actual, size) = crate::cache::store::hash_reader(fs_err::File::open(path)?)?;
+    let (actual, size) = crate::digest::hash_reader(fs_err::File::open(path)?)?;
     if size != descriptor.size || actual != expected {
         bail!("blob {} does not match its descriptor: expected {} bytes with sha256 {expected}, got {size} bytes with sha256 {actual}", path.display(), descriptor.size);
     }

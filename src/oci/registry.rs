@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Client;
+
+use crate::reference::{parse_reference, Reference};
 use sha2::Digest;
 
 use super::image::Image;
@@ -28,10 +30,6 @@ pub struct Registry {
     auth: RegistryAuth,
     runtime: tokio::runtime::Runtime,
     pub reference: Reference,
-}
-
-pub fn parse_reference(text: &str) -> Result<Reference> {
-    text.parse::<Reference>().with_context(|| format!("`{text}` is not an image reference like HOST[:PORT]/REPO:TAG or HOST/REPO@sha256:…"))
 }
 
 /// Whether rootsmith talks plain HTTP to `registry` (`host[:port]`).
@@ -68,6 +66,32 @@ fn credentials(registry: &str) -> Result<RegistryAuth> {
     Ok(RegistryAuth::Anonymous)
 }
 
+const ACCEPTED_MANIFESTS: [&str; 4] = [MEDIA_INDEX, MEDIA_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+
+/// The manifest's bytes, checked against the digest the registry gives (and
+/// the reference's own digest, when it has one).
+fn checked_manifest(reference: &Reference, bytes: &[u8], digest: String) -> Result<(Vec<u8>, String)> {
+    let actual = sha256_digest(bytes);
+    let expected = reference.digest().map(str::to_string).unwrap_or(digest);
+    if actual != expected {
+        bail!("the manifest of {} has digest {actual}, expected {expected}", reference.whole());
+    }
+    Ok((bytes.to_vec(), actual))
+}
+
+/// Whether a registry's answer says it has no such manifest or repository,
+/// decided by the answer's kind, status and error codes (never its text).
+fn is_not_found(error: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::{OciDistributionError, OciErrorCode};
+    match error {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|error| matches!(error.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
+        OciDistributionError::RequestError(error) => error.status().is_some_and(|status| status.as_u16() == 404),
+        _ => false,
+    }
+}
+
 fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
@@ -85,14 +109,18 @@ impl Registry {
     /// The manifest bytes `reference` names, checked against the digest the
     /// registry gives (and the reference's own digest, when it has one).
     pub fn manifest_bytes(&self, reference: &Reference) -> Result<(Vec<u8>, String)> {
-        let accepted = [MEDIA_INDEX, MEDIA_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
-        let (bytes, digest) = self.runtime.block_on(self.client.pull_manifest_raw(reference, &self.auth, &accepted)).with_context(|| format!("fetching the manifest of {}", reference.whole()))?;
-        let actual = sha256_digest(&bytes);
-        let expected = reference.digest().map(str::to_string).unwrap_or(digest);
-        if actual != expected {
-            bail!("the manifest of {} has digest {actual}, expected {expected}", reference.whole());
+        let (bytes, digest) = self.runtime.block_on(self.client.pull_manifest_raw(reference, &self.auth, &ACCEPTED_MANIFESTS)).with_context(|| format!("fetching the manifest of {}", reference.whole()))?;
+        checked_manifest(reference, &bytes, digest)
+    }
+
+    /// Like [`Self::manifest_bytes`], but `None` when the registry answers
+    /// that it has no such manifest (or repository), as opposed to failing.
+    pub fn find_manifest(&self, reference: &Reference) -> Result<Option<(Vec<u8>, String)>> {
+        match self.runtime.block_on(self.client.pull_manifest_raw(reference, &self.auth, &ACCEPTED_MANIFESTS)) {
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(anyhow::Error::new(error).context(format!("fetching the manifest of {}", reference.whole()))),
+            Ok((bytes, digest)) => checked_manifest(reference, &bytes, digest).map(Some),
         }
-        Ok((bytes.to_vec(), actual))
     }
 
     /// The image manifest for `debian_arch`, and its digest.

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::schema::*;
-use super::spans::{Position, SpanIndex};
+use crate::diagnostic::{yaml_diagnostic, Position, SpanIndex};
+use crate::names::{check_version, valid_name};
 use super::vars::substitute;
 use super::*;
 
@@ -68,16 +69,6 @@ fn serde_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error) -> Dia
     yaml_diagnostic(file, source, error, &hint)
 }
 
-/// A serde_yaml error of any YAML file rootsmith reads, at its line and column.
-pub fn yaml_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error, hint: &str) -> Diagnostic {
-    let position = error.location().map(|location| Position { line: location.line(), column: location.column() }).unwrap_or(Position { line: 1, column: 1 });
-    // serde_yaml appends " at line L column C"; the diagnostic shows that itself.
-    let mut message = error.to_string();
-    if let Some(cut) = message.find(" at line ") {
-        message.truncate(cut);
-    }
-    Diagnostic::new(file, source, position, message).with_hint(hint)
-}
 
 struct Checker<'a> {
     file: &'a Path,
@@ -173,7 +164,7 @@ impl Checker<'_> {
             self.local_file("hosts", &written, false)
         });
         if let Some(hosts) = &hosts {
-            self.check_inventory(hosts, &raw.name, &raw.version, &stages, &boot);
+            self.check_inventory(hosts, &raw.name, &raw.version, &stages);
         }
         Recipe {
             file: self.file.to_path_buf(),
@@ -228,7 +219,7 @@ impl Checker<'_> {
                 self.at_value(&format!("{field}.version"), format!("invalid version `{version}`: {why}"), "name a published version, e.g. `1.2.0`");
             }
             let out = value.out.map(|out| self.dir.join(self.subst(&format!("{field}.out"), &out)));
-            kinds.push(("release", Some(StageKind::Release(Release { name, version, out, tarball: None }))));
+            kinds.push(("release", Some(StageKind::Release(Release { name, version, out }))));
         }
         if let Some(value) = raw.oci {
             kinds.push(("oci", self.check_oci(&format!("{path}.oci"), value)));
@@ -309,17 +300,17 @@ impl Checker<'_> {
                 if raw.reference.is_some() {
                     self.at_key(&format!("{path}.ref"), "`ref` names an image in a layout; a registry image has its tag in `image`", "write `image: HOST/REPO:TAG`");
                 }
-                if let Err(error) = crate::oci::registry::parse_reference(&reference) {
+                if let Err(error) = crate::reference::parse_reference(&reference) {
                     self.at_value(&format!("{path}.image"), format!("{error:#}"), "e.g. `image: 127.0.0.1:5000/base/debian:bookworm`");
                     return None;
                 }
-                Some(StageKind::Oci(Oci { source: OciSource::Registry { reference }, resolved: None }))
+                Some(StageKind::Oci(Oci { source: OciSource::Registry { reference } }))
             }
             (None, Some(layout)) => {
                 let written = self.subst(&format!("{path}.layout"), &layout);
                 let reference = raw.reference.map(|reference| self.subst(&format!("{path}.ref"), &reference));
                 let dir = self.local_file(&format!("{path}.layout"), &written, true)?;
-                Some(StageKind::Oci(Oci { source: OciSource::Layout { dir, reference }, resolved: None }))
+                Some(StageKind::Oci(Oci { source: OciSource::Layout { dir, reference } }))
             }
         }
     }
@@ -500,7 +491,7 @@ impl Checker<'_> {
             }
             let layout = raw.layout.map(|layout| self.dir.join(self.subst("outputs.oci.layout", &layout)));
             let push = raw.push.map(|push| self.subst("outputs.oci.push", &push));
-            if let Some(Err(error)) = push.as_deref().map(crate::oci::registry::parse_reference) {
+            if let Some(Err(error)) = push.as_deref().map(crate::reference::parse_reference) {
                 self.at_value("outputs.oci.push", format!("{error:#}"), "e.g. `push: \"127.0.0.1:5000/lab/base:1.0.0\"`");
             }
             OciOutput { layout, push }
@@ -509,23 +500,16 @@ impl Checker<'_> {
     }
 
     /// The inventory's own problems, at their place in the inventory file.
-    fn check_inventory(&mut self, hosts: &LocalPath, name: &str, version: &str, stages: &[Stage], boot: &Boot) {
+    fn check_inventory(&mut self, hosts: &LocalPath, name: &str, version: &str, stages: &[Stage]) {
         let Ok(source) = std::fs::read_to_string(&hosts.resolved) else {
             self.at_value("hosts", format!("cannot read `{}`", hosts.written), "the inventory must be a readable text file");
             return;
         };
-        let kernels = stages.iter().filter(|stage| matches!(stage.kind, StageKind::Kernel(_))).map(|stage| (stage.name.clone(), format!("{name}-{version}-{}-vmlinuz", stage.name))).collect();
-        let menu = crate::netboot::menus::MenuInput {
-            name: name.to_string(),
-            version: version.to_string(),
-            kernels,
-            initramfs: format!("{name}-{version}-initramfs.img"),
-            rootfs: format!("{name}-{version}-rootfs.img"),
-            cmdline: boot.cmdline.clone(),
-        };
+        let kernels = stages.iter().filter(|stage| matches!(stage.kind, StageKind::Kernel(_))).map(|stage| stage.name.clone()).collect();
+        let bundle = crate::inventory::BundleKernels { name: name.to_string(), version: version.to_string(), kernels };
         // Named as the user would write it from where the recipe was given.
         let shown = self.file.parent().unwrap_or(Path::new("")).join(&hosts.written);
-        if let Err(diagnostics) = crate::netboot::hosts::check_for_recipe(&shown, &source, &menu) {
+        if let Err(diagnostics) = crate::inventory::check_for_recipe(&shown, &source, &bundle) {
             self.problems.extend(diagnostics.0);
         }
     }
@@ -589,22 +573,3 @@ fn algorithm_named(name: &str) -> Algorithm {
     }
 }
 
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-}
-
-/// Versions name directories and artifacts: semver-like, no `/`.
-pub fn check_version(version: &str) -> Result<(), &'static str> {
-    if version.is_empty() {
-        return Err("it is empty");
-    }
-    if !version.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err("it must start with a digit");
-    }
-    if !version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '~' | '_')) {
-        return Err("only letters, digits, `.`, `-`, `+`, `~` and `_` are allowed");
-    }
-    Ok(())
-}

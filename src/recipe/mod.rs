@@ -1,19 +1,17 @@
 //! Recipes: the YAML a user writes, parsed with positions and checked before
 //! anything runs. `schema.rs` holds the raw serde types, `load.rs` turns them
-//! into the [`Recipe`] below, `diagnostic.rs` renders errors with file:line:col.
+//! into the [`Recipe`] below, `crate::diagnostic` renders errors with file:line:col.
 
-mod diagnostic;
 mod load;
 mod schema;
-pub mod spans;
 mod vars;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use diagnostic::{Diagnostic, Diagnostics};
-pub use load::{check_version, load, load_str, valid_name, yaml_diagnostic, LoadOptions};
-use spans::SpanIndex;
+pub use crate::diagnostic::{Diagnostic, Diagnostics};
+pub use load::{load, load_str, LoadOptions};
+use crate::diagnostic::SpanIndex;
 
 /// The only schema version this rootsmith reads. Bump it when a recipe that
 /// parsed before would now mean something else.
@@ -65,8 +63,6 @@ pub enum StageKind {
 #[derive(Debug, Clone)]
 pub struct Oci {
     pub source: OciSource,
-    /// Filled in by the plan: the manifest the reference names now.
-    pub resolved: Option<crate::oci::layout::ResolvedImage>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,8 +80,6 @@ pub struct Release {
     pub version: String,
     /// The `--out` directory to look in, when the recipe names one.
     pub out: Option<std::path::PathBuf>,
-    /// Filled in by the plan: the tarball and its SHA-256 from the bundle's manifest.
-    pub tarball: Option<(std::path::PathBuf, String)>,
 }
 
 impl StageKind {

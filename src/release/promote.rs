@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::Bundle;
-use crate::artifact::manifest::{ManifestArtifact, PromotedFrom};
-use crate::netboot::menus::{self, MenuInput};
+use crate::bundle::manifest::{ManifestArtifact, PromotedFrom};
+use crate::artifact::menus::{self, MenuInput};
 
 /// Hard-link when the file system allows (the bytes are the same and bundles
 /// are never changed in place), else copy.
@@ -25,7 +25,7 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 }
 
 pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> {
-    crate::recipe::check_version(to).map_err(|why| anyhow::anyhow!("`{to}` is not a valid version: {why}"))?;
+    crate::names::check_version(to).map_err(|why| anyhow::anyhow!("`{to}` is not a valid version: {why}"))?;
     let source = out.join(name).join(from);
     let candidate = Bundle::open(&source)?;
     let report = super::verify::verify(&source);
@@ -59,11 +59,11 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
     manifest.boot.initramfs = rename(&manifest.boot.initramfs);
     manifest.boot.rootfs_image = rename(&manifest.boot.rootfs_image);
     let candidate_manifest = fs_err::read(source.join("manifest.json"))?;
-    manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: crate::cache::sha256_hex(&candidate_manifest) });
+    manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: crate::digest::sha256_hex(&candidate_manifest) });
     artifacts.extend(menus::write_all(staging.path(), &MenuInput::new(name, to, &manifest.kernels, &manifest.boot))?);
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     manifest.artifacts = artifacts;
-    crate::artifact::manifest::write_index(staging.path(), &manifest)?;
+    crate::bundle::manifest::write_index(staging.path(), &manifest)?;
     let staging = staging.keep();
     if let Err(error) = std::fs::rename(&staging, &target) {
         let _ = std::fs::remove_dir_all(&staging);

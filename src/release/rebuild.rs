@@ -27,7 +27,7 @@ fn squashfs_entries(rootfs_image: &Path) -> Result<BTreeMap<String, String>> {
         let owner = format!("{:o} {}:{} {}", header.permissions, header.uid, header.gid, header.mtime);
         let what = match &node.inner {
             InnerNode::File(file) => {
-                let (digest, _) = crate::cache::store::hash_reader(filesystem.file(file).reader())?;
+                let (digest, _) = crate::digest::hash_reader(filesystem.file(file).reader())?;
                 format!("file {digest}")
             }
             InnerNode::Symlink(link) => format!("symlink {}", link.link.display()),
@@ -63,7 +63,7 @@ pub fn differing_paths(a: &Path, b: &Path) -> Result<Vec<String>> {
 /// --fast) on an empty cache; `Ok(detail)` when every artifact is the same.
 pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<std::result::Result<String, String>> {
     let manifest = &bundle.manifest;
-    if crate::cache::sha256_hex(recipe.source.as_bytes()) != manifest.recipe_sha256 {
+    if crate::digest::sha256_hex(recipe.source.as_bytes()) != manifest.recipe_sha256 {
         bail!("{} is not the recipe {} {} was built from (its SHA-256 differs from the manifest's recipe_sha256)", recipe.file.display(), manifest.name, manifest.version);
     }
     let scratch = tempfile::Builder::new().prefix("rootsmith-rebuild-").tempdir_in(std::env::temp_dir())?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use rootsmith_init::contract::{BuildId, ChunkList};
 use serde::Serialize;
 
-use crate::artifact::manifest::{Manifest, MANIFEST_VERSION};
+use crate::bundle::manifest::{Manifest, MANIFEST_VERSION};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
@@ -85,7 +85,7 @@ fn check_sums(dir: &Path, manifest: &Manifest) -> Result<String, String> {
     let mut problems = Vec::new();
     for (name, digest) in &sums {
         let path = dir.join(name);
-        match crate::cache::store::hash_file(&path) {
+        match crate::digest::hash_file(&path) {
             Err(_) => problems.push(format!("{name} is missing")),
             Ok(actual) if &actual != digest => problems.push(format!("{name} differs: SHA256SUMS says {digest}, the file is {actual}")),
             Ok(_) => {}

@@ -49,8 +49,8 @@ impl Scaffolding {
 
 /// apt does not wait for the lock of its archive directory, so builds that
 /// share the cache's apt directory take turns while one of them has it mounted.
-pub fn apt_lock(archives: &Path) -> Result<std::fs::File> {
-    crate::cache::store::lock_file(&archives.parent().unwrap_or(archives).join("apt.lock"))
+pub fn apt_lock(layout: &crate::cache::Layout) -> Result<std::fs::File> {
+    Ok(crate::fileops::lock_file(&layout.apt_lock())?)
 }
 
 /// A mount point must be a real directory (or file) in the tree: mounting on a
@@ -105,13 +105,13 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
         let host_resolv = std::fs::canonicalize("/etc/resolv.conf").ok().filter(|p| p.is_file());
         // The interactive shell keeps its downloads to itself, so an open
         // shell never holds the shared apt lock.
-        let archives = (!interactive && tree.join("var/cache/apt/archives").is_dir()).then_some(context.apt_archives);
+        let archives = (!interactive && tree.join("var/cache/apt/archives").is_dir()).then(|| context.layout.apt_archives());
         let _apt_lock = match archives {
-            Some(archives) => Some(apt_lock(archives)?),
+            Some(_) => Some(apt_lock(context.layout)?),
             None => None,
         };
         let mut mounts = Vec::new();
-        for mount in chroot_mounts(host_resolv.as_deref(), archives) {
+        for mount in chroot_mounts(host_resolv.as_deref(), archives.as_deref()) {
             let directory = mount.target != Path::new("/etc/resolv.conf");
             if check_mount_point(tree, &mount.target, directory, &mut scaffolding)? {
                 mounts.push(mount);
@@ -155,9 +155,9 @@ mod tests {
     use super::*;
     use crate::host::RecordingHost;
 
-    fn context<'a>(host: &'a RecordingHost, tree: &'a Path, scratch: &'a Path, archives: &'a Path) -> StageContext<'a> {
-        std::fs::create_dir_all(archives).unwrap();
-        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch: 7, mirror: None, apt_archives: archives, scratch, cache_root: Path::new("/nonexistent"), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None }
+    fn context<'a>(host: &'a RecordingHost, tree: &'a Path, scratch: &'a Path, layout: &'a crate::cache::Layout) -> StageContext<'a> {
+        layout.create().unwrap();
+        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch: 7, mirror: None, scratch, layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None }
     }
 
     #[test]
@@ -171,8 +171,8 @@ mod tests {
         let before = crate::layer::Snapshot::take(&tree).unwrap();
         let host = RecordingHost::default();
         let env = BTreeMap::from([("X".to_string(), "1".to_string())]);
-        let archives = dir.path().join("cache/apt/archives");
-        run_chrooted(&context(&host, &tree, dir.path(), &archives), &["/bin/sh", "-c", "true"], &env).unwrap();
+        let layout = crate::cache::Layout::new(&dir.path().join("cache"));
+        run_chrooted(&context(&host, &tree, dir.path(), &layout), &["/bin/sh", "-c", "true"], &env).unwrap();
 
         let commands = host.commands.lock().unwrap();
         let command = &commands[0];
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(command.env["SOURCE_DATE_EPOCH"], "7");
         let targets: Vec<&str> = command.mounts.iter().map(|m| m.target.to_str().unwrap()).collect();
         assert!(targets.contains(&"/var/cache/apt/archives"), "{targets:?}");
-        assert!(dir.path().join("cache/apt/apt.lock").exists());
+        assert!(layout.apt_lock().exists());
         // Mount points that were missing were made as directories.
         assert!(tree.join("sys").is_dir() && tree.join("run").is_dir() && tree.join("dev").is_dir());
         // What rootsmith added for the run is gone again: policy-rc.d, the
@@ -202,8 +202,8 @@ mod tests {
         std::fs::write(tree.join("bin/sh"), "").unwrap();
         std::os::unix::fs::symlink("/", tree.join("proc")).unwrap();
         let host = RecordingHost::default();
-        let archives = dir.path().join("cache/apt/archives");
-        let error = run_chrooted(&context(&host, &tree, dir.path(), &archives), &["/bin/true"], &BTreeMap::new()).unwrap_err();
+        let layout = crate::cache::Layout::new(&dir.path().join("cache"));
+        let error = run_chrooted(&context(&host, &tree, dir.path(), &layout), &["/bin/true"], &BTreeMap::new()).unwrap_err();
         assert!(error.to_string().contains("/proc is a symlink"), "{error}");
         assert!(host.commands.lock().unwrap().is_empty());
     }
@@ -212,8 +212,8 @@ mod tests {
     fn a_tree_without_a_shell_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let host = RecordingHost::default();
-        let archives = dir.path().join("apt/archives");
-        let error = run_chrooted(&context(&host, dir.path(), dir.path(), &archives), &["/bin/true"], &BTreeMap::new()).unwrap_err();
+        let layout = crate::cache::Layout::new(&dir.path().join("cache"));
+        let error = run_chrooted(&context(&host, dir.path(), dir.path(), &layout), &["/bin/true"], &BTreeMap::new()).unwrap_err();
         assert!(error.to_string().contains("no /bin/sh"), "{error}");
     }
 }

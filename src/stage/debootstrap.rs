@@ -24,7 +24,7 @@ pub const PINS_FILE: &str = "rootsmith-lock.pref";
 pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
     let mirror = context.mirror.context("no mirror was resolved for the debootstrap stage")?;
     let tree = context.tree.display().to_string();
-    let archives = context.apt_archives.display().to_string();
+    let archives = context.layout.apt_archives().display().to_string();
     let argv: Vec<String> = if resolve_tool(stage.tool) == "mmdebstrap" {
         let mmdebstrap = crate::tools::require("mmdebstrap", "for this debootstrap stage (`tool: mmdebstrap`)")?;
         let mut argv = vec![
@@ -83,6 +83,6 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
         stdin: None,
         interactive: false,
     };
-    let _apt_lock = super::chroot::apt_lock(context.apt_archives)?;
+    let _apt_lock = super::chroot::apt_lock(context.layout)?;
     context.host.run(&command)
 }

@@ -58,7 +58,7 @@ mod tests {
             modes: BTreeMap::from([("etc/ssh/key".to_string(), 0o600)]),
         };
         let host = RecordingHost::default();
-        let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 1_000, mirror: None, apt_archives: Path::new("/nonexistent"), scratch: dir.path(), cache_root: Path::new("/nonexistent"), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+        let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 1_000, mirror: None, scratch: dir.path(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
         run(&stage, &context).unwrap();
         let key = std::fs::metadata(tree.join("opt/app/etc/ssh/key")).unwrap();
         assert_eq!(key.mode() & 0o7777, 0o600);

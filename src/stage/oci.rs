@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::StageContext;
-use crate::oci::layout::{Layout, ResolvedImage};
+use crate::oci::layout::{Layout as ImageLayout, ResolvedImage};
 use crate::oci::registry::Registry;
 use crate::oci::{layer_compression, verify_blob, Descriptor, LayerCompression};
 use crate::recipe::{Oci, OciSource};
@@ -20,7 +20,7 @@ pub fn resolve(stage: &Oci, debian_arch: &str) -> Result<ResolvedImage> {
     match &stage.source {
         OciSource::Layout { dir, reference } => {
             let what = format!("the OCI layout {}{}", dir.written, reference.as_ref().map(|r| format!(" image `{r}`")).unwrap_or_default());
-            Layout::open(&dir.resolved).and_then(|layout| layout.resolve(reference.as_deref(), debian_arch)).with_context(|| format!("resolving {what}"))
+            ImageLayout::open(&dir.resolved).and_then(|layout| layout.resolve(reference.as_deref(), debian_arch)).with_context(|| format!("resolving {what}"))
         }
         OciSource::Registry { reference } => Registry::connect(reference).and_then(|registry| registry.resolve(debian_arch)).with_context(|| format!("resolving the image {reference}")),
     }
@@ -31,19 +31,20 @@ fn layer_blobs(stage: &Oci, resolved: &ResolvedImage, context: &StageContext<'_>
     let layers = &resolved.manifest.layers;
     match &stage.source {
         OciSource::Layout { dir, .. } => {
-            let layout = Layout::open(&dir.resolved)?;
+            let layout = ImageLayout::open(&dir.resolved)?;
             layers.iter().enumerate().map(|(index, descriptor)| layout.checked_blob(descriptor).with_context(|| format!("{} of {}", layer_name(index, layers.len(), descriptor), dir.written))).collect()
         }
         OciSource::Registry { reference } => {
-            let blobs = context.cache_root.join("oci/blobs/sha256");
-            fs_err::create_dir_all(&blobs)?;
+            fs_err::create_dir_all(context.layout.oci_blobs())?;
             let mut registry = None;
             let mut paths = Vec::new();
             for (index, descriptor) in layers.iter().enumerate() {
                 let name = layer_name(index, layers.len(), descriptor);
-                let path = blobs.join(crate::oci::check_digest(&descriptor.digest)?);
+                let path = context.layout.oci_blob(crate::oci::check_digest(&descriptor.digest)?);
                 // A cached blob is checked again: the cache is only trusted as far as digests go.
                 if path.is_file() && verify_blob(&path, descriptor).is_ok() {
+                    // Its mtime is its last use, which `cache gc` goes by.
+                    let _ = filetime::set_file_mtime(&path, filetime::FileTime::now());
                     eprintln!("{} {}: {name}: cached", crate::progress::clock(), context.stage_name);
                 } else {
                     let registry = match &mut registry {
@@ -66,8 +67,7 @@ fn layer_name(index: usize, count: usize, descriptor: &Descriptor) -> String {
     format!("layer {} of {count} ({})", index + 1, descriptor.digest)
 }
 
-pub fn run(stage: &Oci, context: &StageContext<'_>) -> Result<()> {
-    let resolved = stage.resolved.as_ref().expect("the plan resolves the image");
+pub fn run(stage: &Oci, resolved: &ResolvedImage, context: &StageContext<'_>) -> Result<()> {
     let paths = layer_blobs(stage, resolved, context)?;
     let count = paths.len();
     for (index, (descriptor, path)) in resolved.manifest.layers.iter().zip(paths).enumerate() {

@@ -49,7 +49,7 @@ mod tests {
         let tree = std::path::PathBuf::from(format!("{}.tree", file.display()));
         std::fs::create_dir(&tree).unwrap();
         let host = RecordingHost::default();
-        let context = StageContext { host: &host, tree: &tree, log: file.with_extension("log"), arch: "amd64", source_date_epoch: 0, mirror: None, apt_archives: Path::new("/nonexistent"), scratch: file.parent().unwrap(), cache_root: Path::new("/nonexistent"), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+        let context = StageContext { host: &host, tree: &tree, log: file.with_extension("log"), arch: "amd64", source_date_epoch: 0, mirror: None, scratch: file.parent().unwrap(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
         run(&Tarball { path: LocalPath { written: "x".into(), resolved: file.to_path_buf() } }, &context).unwrap();
         tree
     }

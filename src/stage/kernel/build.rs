@@ -6,7 +6,7 @@
 //! final `.config`, the compiler and the make variables, so an equivalent
 //! config change does not compile again.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +14,9 @@ use anyhow::{bail, Context, Result};
 use super::config;
 use super::source;
 use crate::host::run_logged;
-use crate::cache::{sha256_hex, KernelProducts, CACHE_FORMAT};
+use super::KernelProducts;
+use crate::cache::{Layout, CACHE_FORMAT, PRODUCTS_RECORD};
+use crate::digest::sha256_hex;
 use crate::recipe::{ConfigBase, KernelBuild};
 
 /// Bound on the ccache directory; `ROOTSMITH_CCACHE_SIZE` overrides it.
@@ -79,7 +81,7 @@ fn image_path(arch: &str) -> &'static str {
 }
 
 pub struct BuildContext<'a> {
-    pub cache: &'a Path,
+    pub layout: &'a Layout,
     pub arch: &'a str,
     pub source_date_epoch: i64,
     pub log: &'a Path,
@@ -94,7 +96,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let started = std::time::Instant::now();
     check_toolchain(host_has)?;
     let arch = kernel_arch(context.arch)?;
-    let source = source::prepare(build, context.source_digest, context.cache, context.log)?;
+    let source = source::prepare(build, context.source_digest, context.layout, context.log)?;
     // The build directory is kept between builds of this stage, so kbuild
     // recompiles only the objects a config change touches (ccache covers
     // the rest). Another source or architecture starts it afresh.
@@ -102,7 +104,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let stamp = format!("source {}\narch {arch}\n", source::source_id(build, context.source_digest)?);
     let stamp_path = context.build_dir.join("rootsmith-build.stamp");
     if std::fs::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str()) {
-        crate::cache::store::remove_tree(context.build_dir)?;
+        crate::fileops::remove_tree(context.build_dir)?;
         fs_err::create_dir_all(context.build_dir)?;
         fs_err::write(&stamp_path, &stamp)?;
     }
@@ -160,8 +162,8 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
         build.headers
     );
     let key = sha256_hex(key_text.as_bytes());
-    let products_dir = context.cache.join("kernels").join(&key);
-    if let Ok(bytes) = std::fs::read(products_dir.join("record.json")) {
+    let products_dir = context.layout.products_dir(&key);
+    if let Ok(bytes) = std::fs::read(products_dir.join(PRODUCTS_RECORD)) {
         if let Ok(mut record) = serde_json::from_slice::<KernelProducts>(&bytes) {
             record.compiled = false;
             record.ccache_hits = 0;
@@ -171,7 +173,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
         }
     }
 
-    let ccache_dir = context.cache.join("ccache");
+    let ccache_dir = context.layout.ccache();
     fs_err::create_dir_all(&ccache_dir)?;
     let before = ccache_stats(&ccache_dir);
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -216,13 +218,13 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
         ccache_size: ccache_size(&ccache_dir),
         seconds: started.elapsed().as_secs_f64(),
     };
-    fs_err::write(staging.path().join("record.json"), serde_json::to_vec_pretty(&record)?)?;
-    fs_err::create_dir_all(context.cache.join("kernels"))?;
+    fs_err::write(staging.path().join(PRODUCTS_RECORD), serde_json::to_vec_pretty(&record)?)?;
+    fs_err::create_dir_all(context.layout.products())?;
     let staged = staging.keep();
-    if std::fs::rename(&staged, &products_dir).is_err() && !products_dir.join("record.json").exists() {
+    if std::fs::rename(&staged, &products_dir).is_err() && !products_dir.join(PRODUCTS_RECORD).exists() {
         bail!("could not store the kernel products in {}", products_dir.display());
     }
-    let _ = crate::cache::store::remove_tree(&staged);
+    let _ = crate::fileops::remove_tree(&staged);
     Ok(record)
 }
 
@@ -250,7 +252,7 @@ fn capture(command: &mut Command) -> Result<String> {
 /// Hold `DIR.lock` while a build uses `DIR`: two builds of one stage on one
 /// cache take turns.
 fn lock_dir(dir: &Path) -> Result<std::fs::File> {
-    crate::cache::store::lock_file(&dir.with_extension("lock"))
+    Ok(crate::fileops::lock_file(&dir.with_extension("lock"))?)
 }
 
 /// (hits, misses) so far in the ccache at `dir`.
@@ -263,11 +265,6 @@ pub fn ccache_stats(dir: &Path) -> (u64, u64) {
 
 fn ccache_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir).into_iter().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
-}
-
-/// Where a stage's kernel products live.
-pub fn products_dir(cache: &Path, key: &str) -> PathBuf {
-    cache.join("kernels").join(key)
 }
 
 #[cfg(test)]

@@ -6,14 +6,17 @@
 
 pub mod build;
 pub mod config;
+pub mod products;
 pub mod source;
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 
+pub use products::{kernels_of, KernelProducts};
+
 use super::{run_chrooted, StageContext};
-use crate::cache::KernelProducts;
+use crate::cache::PRODUCTS_RECORD;
 use crate::recipe::Kernel;
 
 /// The key under which the plan records a kernel's resolved source.
@@ -43,10 +46,10 @@ pub fn run(kernel: &Kernel, context: &StageContext<'_>) -> Result<Option<KernelP
         }
         Kernel::Build(build) => {
             let digest = context.remote.get(SOURCE_REMOTE).context("the plan resolved no kernel source")?;
-            let build_dir = context.cache_root.join("kernel/build").join(format!("{}-{}", context.recipe, context.stage_name));
-            fs_err::create_dir_all(context.cache_root.join("kernel/build"))?;
+            let build_dir = context.layout.kernel_build(context.recipe, context.stage_name);
+            fs_err::create_dir_all(context.layout.kernel_builds())?;
             let build_context = build::BuildContext {
-                cache: context.cache_root,
+                layout: context.layout,
                 arch: context.arch,
                 source_date_epoch: context.source_date_epoch,
                 log: &context.log,
@@ -59,7 +62,7 @@ pub fn run(kernel: &Kernel, context: &StageContext<'_>) -> Result<Option<KernelP
                 let image = products.debs.iter().find(|d| d.starts_with("linux-image-")).expect("products hold a linux-image deb");
                 let inside = context.tree.join("tmp").join(image);
                 fs_err::create_dir_all(context.tree.join("tmp"))?;
-                fs_err::copy(build::products_dir(context.cache_root, &products.products).join(image), &inside)?;
+                fs_err::copy(products.dir(context.layout).join(image), &inside)?;
                 let result = run_chrooted(context, &["/bin/sh", "-e", "-c", &install_script(&format!("dpkg -i '/tmp/{image}'")), "rootsmith-kernel"], &env);
                 let _ = std::fs::remove_file(&inside);
                 result.context("installing the kernel package into the tree")?;
@@ -81,9 +84,9 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
     let Some(release) = releases.pop() else {
         bail!("the package installed no /boot/vmlinuz-*; is it a kernel image package?");
     };
-    let products_dir = build::products_dir(context.cache_root, context.stage_key);
+    let products_dir = context.layout.products_dir(context.stage_key);
     let staging = context.scratch.join("kernel-products");
-    let _ = crate::cache::store::remove_tree(&staging);
+    let _ = crate::fileops::remove_tree(&staging);
     fs_err::create_dir_all(&staging)?;
     fs_err::copy(boot.join(format!("vmlinuz-{release}")), staging.join("vmlinuz"))?;
     let config = fs_err::read(boot.join(format!("config-{release}"))).unwrap_or_default();
@@ -94,7 +97,7 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
     let record = KernelProducts {
         name: context.stage_name.to_string(),
         release,
-        config_sha256: crate::cache::sha256_hex(&config),
+        config_sha256: crate::digest::sha256_hex(&config),
         products: context.stage_key.to_string(),
         debs: Vec::new(),
         compiled: false,
@@ -103,9 +106,9 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
         ccache_size: 0,
         seconds: 0.0,
     };
-    fs_err::write(staging.join("record.json"), serde_json::to_vec_pretty(&record)?)?;
-    fs_err::create_dir_all(context.cache_root.join("kernels"))?;
-    let _ = crate::cache::store::remove_tree(&products_dir);
+    fs_err::write(staging.join(PRODUCTS_RECORD), serde_json::to_vec_pretty(&record)?)?;
+    fs_err::create_dir_all(context.layout.products())?;
+    let _ = crate::fileops::remove_tree(&products_dir);
     fs_err::rename(&staging, &products_dir)?;
     Ok(record)
 }

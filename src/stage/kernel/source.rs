@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cache::sha256_hex;
+use crate::cache::Layout;
+use crate::digest::sha256_hex;
 use crate::host::run_logged;
 use crate::recipe::{KernelBuild, KernelSource};
 
@@ -33,16 +34,18 @@ pub fn source_id(build: &KernelBuild, source_digest: &str) -> Result<String> {
 }
 
 /// The unpacked, patched source tree, made on first use.
-pub fn prepare(build: &KernelBuild, source_digest: &str, cache: &Path, log: &Path) -> Result<PathBuf> {
+pub fn prepare(build: &KernelBuild, source_digest: &str, layout: &Layout, log: &Path) -> Result<PathBuf> {
     let id = source_id(build, source_digest)?;
-    let sources = cache.join("kernel/src");
-    let tree = sources.join(&id);
+    let sources = layout.kernel_sources();
+    let tree = layout.kernel_source(&id);
     if tree.join("Makefile").is_file() {
+        // Its mtime is its last use, which `cache gc` goes by.
+        let _ = filetime::set_file_mtime(&tree, filetime::FileTime::now());
         return Ok(tree);
     }
     fs_err::create_dir_all(&sources)?;
     let staging = tempfile::Builder::new().prefix(".unpack-").tempdir_in(&sources)?;
-    let archive = fetch(&build.source, source_digest, cache, staging.path(), log)?;
+    let archive = fetch(&build.source, source_digest, layout, staging.path(), log)?;
     let unpacked = staging.path().join("tree");
     fs_err::create_dir(&unpacked)?;
     run_logged(std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&unpacked).arg("--strip-components=1"), log)?;
@@ -64,8 +67,8 @@ pub fn prepare(build: &KernelBuild, source_digest: &str, cache: &Path, log: &Pat
 
 /// The source tarball, verified. `.deb` packages are downloaded into the cache
 /// and the tarball they carry is taken out of them.
-fn fetch(source: &KernelSource, digest: &str, cache: &Path, scratch: &Path, log: &Path) -> Result<PathBuf> {
-    let downloads = cache.join("kernel/downloads");
+fn fetch(source: &KernelSource, digest: &str, layout: &Layout, scratch: &Path, log: &Path) -> Result<PathBuf> {
+    let downloads = layout.kernel_downloads();
     fs_err::create_dir_all(&downloads)?;
     match source {
         KernelSource::Package(package) => {
@@ -99,7 +102,7 @@ fn fetch(source: &KernelSource, digest: &str, cache: &Path, scratch: &Path, log:
                         std::io::copy(&mut response.into_reader(), &mut file).with_context(|| format!("downloading {location}"))?;
                     }
                 }
-                let actual = crate::cache::store::hash_file(&temp)?;
+                let actual = crate::digest::hash_file(&temp)?;
                 if &actual != sha256 {
                     let _ = std::fs::remove_file(&temp);
                     bail!("{location} has SHA-256 {actual}, but the recipe says {sha256}");
@@ -116,7 +119,7 @@ fn find_deb(dir: &Path, package: &str, sha256: &str) -> Result<Option<PathBuf>> 
     for entry in fs_err::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{package}_")) && name.ends_with(".deb") && crate::cache::store::hash_file(&path)? == sha256 {
+        if name.starts_with(&format!("{package}_")) && name.ends_with(".deb") && crate::digest::hash_file(&path)? == sha256 {
             return Ok(Some(path));
         }
     }
@@ -133,14 +136,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tarball = dir.path().join("linux.tar");
         std::fs::write(&tarball, b"not really a kernel").unwrap();
-        let good = crate::cache::store::hash_file(&tarball).unwrap();
+        let good = crate::digest::hash_file(&tarball).unwrap();
         let source = |sha256: &str| KernelSource::Tarball { location: "linux.tar".into(), local: Some(LocalPath { written: "linux.tar".into(), resolved: tarball.clone() }), sha256: sha256.into() };
         let log = dir.path().join("log");
         let bad = "0".repeat(64);
-        let error = fetch(&source(&bad), &bad, dir.path(), dir.path(), &log).unwrap_err().to_string();
+        let layout = Layout::new(dir.path());
+        let error = fetch(&source(&bad), &bad, &layout, dir.path(), &log).unwrap_err().to_string();
         assert!(error.contains(&format!("has SHA-256 {good}, but the recipe says {bad}")), "{error}");
-        let stored = fetch(&source(&good), &good, dir.path(), dir.path(), &log).unwrap();
+        let stored = fetch(&source(&good), &good, &layout, dir.path(), &log).unwrap();
         assert_eq!(std::fs::read(&stored).unwrap(), b"not really a kernel");
-        assert!(stored.starts_with(dir.path().join("kernel/downloads")));
+        assert!(stored.starts_with(layout.kernel_downloads()));
     }
 }

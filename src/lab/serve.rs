@@ -14,8 +14,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::netboot::hosts::served::{ServedInventory, MAX_REPORT_BYTES};
-use crate::netboot::menus::{self, MenuInput};
+use crate::lab::hosts::served::{ServedInventory, MAX_REPORT_BYTES};
+use crate::artifact::menus::{self, MenuInput};
 
 /// Where access log lines go.
 pub type AccessLog = Arc<dyn Fn(&str) + Send + Sync>;
@@ -299,7 +299,7 @@ impl Server {
     }
 
     fn generated(&self, request: &Request, text: String) -> Response {
-        let tag = format!("\"{}\"", &crate::cache::sha256_hex(text.as_bytes())[..32]);
+        let tag = format!("\"{}\"", &crate::digest::sha256_hex(text.as_bytes())[..32]);
         self.file_like(request, Body::Bytes(text.into_bytes()), tag, "text/plain; charset=utf-8")
     }
 
@@ -336,7 +336,7 @@ impl Server {
             "default" if path.parent()?.file_name()? == "pxelinux.cfg" => (path.parent()?.parent()?, "pxelinux"),
             _ => return None,
         };
-        let manifest = crate::release::Bundle::open(bundle).ok()?.manifest;
+        let manifest = crate::bundle::Bundle::open(bundle).ok()?.manifest;
         let host = request.header("host").map(str::to_string).unwrap_or_else(|| local.to_string());
         let relative = bundle.strip_prefix(&self.root).ok()?;
         let mut base = format!("http://{host}/");

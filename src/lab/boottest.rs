@@ -11,22 +11,22 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::artifact::manifest::{Manifest, ManifestKernel};
-use crate::boot::qemu::{self, Accel, Guest, UserNetwork};
-use crate::netboot::menus::{self, MenuInput};
-use crate::netboot::serve::Server;
+use crate::bundle::manifest::{Manifest, ManifestKernel};
+use crate::lab::qemu::{self, Accel, Guest, UserNetwork};
+use crate::artifact::menus::{self, MenuInput};
+use crate::lab::serve::Server;
 
 /// The host as the guest of QEMU's user-mode network sees it.
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
     Appended,
     Http,
     Pxe,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {
     /// KVM when a short probe boot proves it works, else TCG
     Auto,
@@ -79,7 +79,7 @@ fn test_cmdline(manifest: &Manifest, append: &[String]) -> String {
     words.join(" ")
 }
 
-fn access_log(log: Arc<Mutex<Vec<String>>>) -> crate::netboot::serve::AccessLog {
+fn access_log(log: Arc<Mutex<Vec<String>>>) -> crate::lab::serve::AccessLog {
     Arc::new(move |line: &str| log.lock().expect("log lock").push(line.to_string()))
 }
 
@@ -89,7 +89,7 @@ fn start_server(bundle: &Path, log: Arc<Mutex<Vec<String>>>) -> Result<u16> {
 }
 
 pub fn prepare(options: &BootOptions) -> Result<Prepared> {
-    let manifest = crate::release::Bundle::open(&options.bundle)?.manifest;
+    let manifest = crate::bundle::Bundle::open(&options.bundle)?.manifest;
     let kernel = choose_kernel(&manifest, options.kernel.as_deref())?;
     let scratch = tempfile::Builder::new().prefix("rootsmith-boot-").tempdir()?;
     let file = |name: &str| -> Result<PathBuf> {
@@ -136,7 +136,7 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             guest.initrd = None;
             guest.network = Some(if options.own_tftp {
                 // The NIC's iPXE takes a tftp:// URL as its DHCP boot file.
-                let server = crate::netboot::tftp::TftpServer::bind(&tftp, "127.0.0.1:0", 16, access_log(http_log.clone()))?;
+                let server = crate::lab::tftp::TftpServer::bind(&tftp, "127.0.0.1:0", 16, access_log(http_log.clone()))?;
                 let port = server.spawn().port();
                 UserNetwork { tftp: None, bootfile: Some(format!("tftp://{HOST_FROM_GUEST}:{port}/boot.ipxe")), mac: None }
             } else {

@@ -20,7 +20,7 @@ pub struct MenuInput {
 }
 
 impl MenuInput {
-    pub fn new(name: &str, version: &str, kernels: &[crate::artifact::manifest::ManifestKernel], boot: &crate::artifact::manifest::ManifestBoot) -> MenuInput {
+    pub fn new(name: &str, version: &str, kernels: &[crate::bundle::manifest::ManifestKernel], boot: &crate::bundle::manifest::ManifestBoot) -> MenuInput {
         MenuInput {
             name: name.into(),
             version: version.into(),
@@ -31,14 +31,14 @@ impl MenuInput {
         }
     }
 
-    pub fn from_manifest(manifest: &crate::artifact::manifest::Manifest) -> MenuInput {
+    pub fn from_manifest(manifest: &crate::bundle::manifest::Manifest) -> MenuInput {
         MenuInput::new(&manifest.name, &manifest.version, &manifest.kernels, &manifest.boot)
     }
 }
 
 /// Write the three menus of a bundle into `dir`; returns them as artifacts.
 /// A bundle without a kernel has none.
-pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Vec<crate::artifact::manifest::ManifestArtifact>> {
+pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Vec<crate::bundle::manifest::ManifestArtifact>> {
     let mut artifacts = Vec::new();
     if input.kernels.is_empty() {
         return Ok(artifacts);
@@ -47,7 +47,7 @@ pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Ve
         let target = dir.join(file);
         std::fs::create_dir_all(target.parent().expect("in the bundle"))?;
         std::fs::write(&target, &text)?;
-        artifacts.push(crate::artifact::manifest::ManifestArtifact { name: file.into(), size: text.len() as u64, sha256: crate::cache::sha256_hex(text.as_bytes()) });
+        artifacts.push(crate::bundle::manifest::ManifestArtifact { name: file.into(), size: text.len() as u64, sha256: crate::digest::sha256_hex(text.as_bytes()) });
     }
     Ok(artifacts)
 }
@@ -55,10 +55,7 @@ pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Ve
 /// The menu files, which `release promote` writes anew.
 pub const MENU_FILES: [&str; 3] = ["boot.ipxe", "pxelinux.cfg/default", "grub.cfg"];
 
-/// Which entry boots by default: `KERNEL-appended` or `KERNEL-http`.
-pub fn entry_id(kernel: &str, fetched: bool) -> String {
-    format!("{kernel}-{}", if fetched { "http" } else { "appended" })
-}
+pub use crate::bundle::names::entry_id;
 
 fn cmdline(input: &MenuInput, extra: &str) -> String {
     [input.cmdline.as_str(), extra].iter().filter(|part| !part.is_empty()).cloned().collect::<Vec<_>>().join(" ")

@@ -9,7 +9,6 @@ use rootsmith_init::contract::{BuildId, ChunkList, CHUNK_SIZE};
 
 use crate::artifact::initramfs::{self, Contents, KernelModules};
 use crate::artifact::modules::{self, ModuleTree};
-use crate::cache::KernelProducts;
 use crate::recipe::Initramfs;
 
 /// What went into an initramfs, for the manifest.
@@ -20,11 +19,23 @@ pub struct Built {
     pub modules: std::collections::BTreeMap<String, Vec<String>>,
 }
 
+/// A kernel whose modules the initramfs may carry.
+pub struct KernelFiles<'a> {
+    /// The kernel's name in the recipe (its stage's name).
+    pub name: &'a str,
+    /// `uname -r`.
+    pub release: &'a str,
+    /// Its packages, in `products`.
+    pub debs: &'a [String],
+    /// The directory holding its vmlinuz and packages.
+    pub products: PathBuf,
+}
+
 /// The modules directory of `kernel`: in the rootfs when the kernel is
 /// installed there, else unpacked from its linux-image package into `scratch`.
 /// `None` for a kernel without loadable modules.
-fn module_dir(tree: &Path, kernel: &KernelProducts, products: &Path, scratch: &Path) -> Result<Option<PathBuf>> {
-    if let Some(dir) = modules_under(tree, &kernel.release) {
+fn module_dir(tree: &Path, kernel: &KernelFiles<'_>, scratch: &Path) -> Result<Option<PathBuf>> {
+    if let Some(dir) = modules_under(tree, kernel.release) {
         return Ok(Some(dir));
     }
     let image = kernel.debs.iter().find(|deb| deb.starts_with("linux-image-") && !deb.contains("-dbg"));
@@ -32,11 +43,11 @@ fn module_dir(tree: &Path, kernel: &KernelProducts, products: &Path, scratch: &P
     let root = scratch.join(format!("kernel-{}", kernel.name));
     fs_err::create_dir_all(&root)?;
     let dpkg_deb = crate::tools::require("dpkg-deb", "to unpack a kernel's modules")?;
-    let status = std::process::Command::new(dpkg_deb).arg("-x").arg(products.join(image)).arg(&root).status()?;
+    let status = std::process::Command::new(dpkg_deb).arg("-x").arg(kernel.products.join(image)).arg(&root).status()?;
     if !status.success() {
         anyhow::bail!("dpkg-deb -x {image} failed");
     }
-    Ok(modules_under(&root, &kernel.release))
+    Ok(modules_under(&root, kernel.release))
 }
 
 /// `lib/modules/RELEASE` (or under `usr/`) of a root, when it holds modules.
@@ -66,7 +77,7 @@ fn ensure_depmod(dir: &Path, release: &str) -> Result<()> {
 pub struct Request<'a> {
     pub settings: &'a Initramfs,
     pub tree: &'a Path,
-    pub kernels: Vec<(&'a KernelProducts, PathBuf)>,
+    pub kernels: Vec<KernelFiles<'a>>,
     pub scratch: &'a Path,
     pub rootfs_image: &'a Path,
     pub build: BuildId,
@@ -80,21 +91,21 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
     let names = request.settings.module_names();
     let mut built = Built::default();
     let mut kernel_modules = Vec::new();
-    for (kernel, products) in &request.kernels {
-        let Some(dir) = module_dir(request.tree, kernel, products, request.scratch)? else {
+    for kernel in &request.kernels {
+        let Some(dir) = module_dir(request.tree, kernel, request.scratch)? else {
             // Everything the rootfs needs must then be built in; the init says so if not.
-            built.modules.insert(kernel.release.clone(), Vec::new());
+            built.modules.insert(kernel.release.to_string(), Vec::new());
             continue;
         };
-        ensure_depmod(&dir, &kernel.release)?;
+        ensure_depmod(&dir, kernel.release)?;
         let tree = ModuleTree::open(&dir)?;
-        let order = tree.closure(&names, &kernel.release).with_context(|| format!("resolving the initramfs modules of kernel {}", kernel.name))?;
+        let order = tree.closure(&names, kernel.release).with_context(|| format!("resolving the initramfs modules of kernel {}", kernel.name))?;
         let mut files = Vec::new();
         for relative in &order {
-            files.push((modules::initramfs_path(&kernel.release, relative), modules::read_module(&dir.join(relative))?));
+            files.push((modules::initramfs_path(kernel.release, relative), modules::read_module(&dir.join(relative))?));
         }
-        built.modules.insert(kernel.release.clone(), files.iter().map(|(path, _)| path.clone()).collect());
-        kernel_modules.push(KernelModules { release: kernel.release.clone(), files });
+        built.modules.insert(kernel.release.to_string(), files.iter().map(|(path, _)| path.clone()).collect());
+        kernel_modules.push(KernelModules { release: kernel.release.to_string(), files });
     }
     let busybox = if request.settings.shell { Some(initramfs::find_busybox(request.tree)?) } else { None };
     let contents = Contents { init, build: request.build.clone(), chunks, modules: kernel_modules, busybox };
@@ -106,5 +117,5 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
 /// initramfs bytes. `None` when it is not built.
 pub fn init_digest() -> Option<String> {
     let path = initramfs::find_init().ok()?;
-    crate::cache::store::hash_file(&path).ok()
+    crate::digest::hash_file(&path).ok()
 }

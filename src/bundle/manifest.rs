@@ -97,7 +97,7 @@ pub fn write_index(dir: &std::path::Path, manifest: &Manifest) -> std::io::Resul
     let bytes = serde_json::to_vec_pretty(manifest)?;
     std::fs::write(dir.join("manifest.json"), &bytes)?;
     let mut artifacts = manifest.artifacts.clone();
-    artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: bytes.len() as u64, sha256: crate::cache::sha256_hex(&bytes) });
+    artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: bytes.len() as u64, sha256: crate::digest::sha256_hex(&bytes) });
     std::fs::write(dir.join("SHA256SUMS"), sha256sums(&artifacts))?;
     Ok(bytes)
 }

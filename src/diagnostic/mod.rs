@@ -4,7 +4,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::spans::Position;
+pub mod spans;
+
+pub use spans::{Position, SpanIndex};
 
 /// One problem found in a recipe before anything runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +74,17 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// A serde_yaml error of any YAML file rootsmith reads, at its line and column.
+pub fn yaml_diagnostic(file: &std::path::Path, source: &str, error: &serde_yaml::Error, hint: &str) -> Diagnostic {
+    let position = error.location().map(|location| Position { line: location.line(), column: location.column() }).unwrap_or(Position { line: 1, column: 1 });
+    // serde_yaml appends " at line L column C"; the diagnostic shows that itself.
+    let mut message = error.to_string();
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    Diagnostic::new(file, source, position, message).with_hint(hint)
+}
 
 #[cfg(test)]
 mod tests {

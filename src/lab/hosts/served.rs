@@ -88,7 +88,7 @@ impl ServedInventory {
         let host = inventory.host(key).ok_or((404, format!("no host `{key}` in {}", self.file.display())))?.clone();
         let outcome = (|| -> Result<Entry> {
             let log = self.store.write_log(&host.name, body)?;
-            let report = Report { at: crate::time::rfc3339(crate::cache::store::now_seconds() as i64), status, step: field("step"), entry: String::new(), cleared: false, log, from: peer.ip().to_string() };
+            let report = Report { at: crate::time::rfc3339(crate::time::now_seconds() as i64), status, step: field("step"), entry: String::new(), cleared: false, log, from: peer.ip().to_string() };
             self.store.update(|state| Ok(state::record_report(&inventory, state, &host, report)))
         })();
         match outcome {

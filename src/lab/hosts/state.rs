@@ -81,7 +81,7 @@ impl StateStore {
     /// Change the state under the lock; it is written only when `change` succeeds.
     pub fn update<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         fs_err::create_dir_all(&self.dir)?;
-        let _lock = crate::cache::store::lock_file(&self.dir.join("lock"))?;
+        let _lock = crate::fileops::lock_file(&self.dir.join("lock"))?;
         let mut state = self.load()?;
         let result = change(&mut state)?;
         let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;

@@ -13,7 +13,7 @@
 
 use super::state::{current_entry, State};
 use super::{Entry, Host, Inventory};
-use crate::netboot::menus::{self, MenuInput};
+use crate::artifact::menus::{self, MenuInput};
 
 /// Where agents send their reports, under the server's root.
 pub const REPORT_PATH: &str = ".rootsmith/report/";

@@ -1,9 +1,7 @@
-//! A lab's hosts inventory: which machine (by MAC and/or IP) boots which entry
-//! of a bundle, with which extra kernel arguments. From it come PXELINUX's
-//! per-host files (`pxelinux.cfg/01-aa-bb-…`, hex IP), GRUB's
-//! (`grub.cfg-01-aa-bb-…`) and iPXE scripts chained by `${mac}`
-//! (`render`), served by `rootsmith serve --hosts`. One-shot changes made by
-//! `rootsmith hosts set` and the agents' reports live beside it (`state`).
+//! A lab's hosts inventory as the user wrote it: which machine (by MAC
+//! and/or IP) boots which entry of a bundle, with which extra kernel
+//! arguments. Parsed and checked here, every problem at its line and column;
+//! `crate::lab::hosts` serves what it says.
 //!
 //! ```yaml
 //! bundle: out/provision-agent/0.1.0   # relative to this file
@@ -16,22 +14,15 @@
 //!     args: rootsmith.agent.image=${server}images/disk.img.zst
 //! ```
 
-/// The inventory's name in a bundle whose recipe has `hosts:`.
-pub const HOSTS_FILE: &str = "hosts.yaml";
-
-pub mod render;
-pub mod served;
-pub mod state;
-
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::netboot::menus::{self, MenuInput};
-use crate::recipe::{Diagnostic, Diagnostics};
-use crate::recipe::spans::{Position, SpanIndex};
+pub use crate::bundle::names::entry_id;
+use crate::diagnostic::spans::{Position, SpanIndex};
+use crate::diagnostic::{Diagnostic, Diagnostics};
 
 /// What a host boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,31 +55,35 @@ impl Entry {
         match self {
             Entry::Local => "local".into(),
             Entry::Menu => "menu".into(),
-            Entry::Kernel { kernel, fetched } => menus::entry_id(kernel, *fetched),
+            Entry::Kernel { kernel, fetched } => entry_id(kernel, *fetched),
         }
     }
 
     /// Whether the bundle has what this entry boots.
-    fn check(&self, menu: &MenuInput) -> Result<(), String> {
+    pub fn check(&self, bundle: &BundleKernels) -> Result<(), String> {
         match self {
-            Entry::Kernel { kernel, .. } if !menu.kernels.iter().any(|(name, _)| name == kernel) => {
-                Err(format!("the bundle {} {} has no kernel `{kernel}` (it has: {})", menu.name, menu.version, kernel_names(menu)))
+            Entry::Kernel { kernel, .. } if !bundle.kernels.iter().any(|name| name == kernel) => {
+                Err(format!("the bundle {} {} has no kernel `{kernel}` (it has: {})", bundle.name, bundle.version, bundle.kernels.join(", ")))
             }
             _ => Ok(()),
         }
     }
 }
 
-fn kernel_names(menu: &MenuInput) -> String {
-    menu.kernels.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ")
+/// What an inventory is checked against: a bundle's name, version and kernels.
+#[derive(Debug, Clone)]
+pub struct BundleKernels {
+    pub name: String,
+    pub version: String,
+    pub kernels: Vec<String>,
 }
 
 /// The entries of a bundle, for messages.
-pub fn entry_choices(menu: &MenuInput) -> String {
+pub fn entry_choices(bundle: &BundleKernels) -> String {
     let mut choices = vec!["local".to_string(), "menu".to_string()];
-    for (kernel, _) in &menu.kernels {
-        choices.push(menus::entry_id(kernel, false));
-        choices.push(menus::entry_id(kernel, true));
+    for kernel in &bundle.kernels {
+        choices.push(entry_id(kernel, false));
+        choices.push(entry_id(kernel, true));
     }
     choices.join(", ")
 }
@@ -136,40 +131,10 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-#[derive(Debug, Clone)]
-pub struct Inventory {
-    pub file: PathBuf,
-    /// The bundle the entries name.
-    pub bundle: PathBuf,
-    pub menu: MenuInput,
-    /// For hosts not listed.
-    pub default: Entry,
-    pub hosts: Vec<Host>,
-}
-
-impl Inventory {
-    pub fn host(&self, key: &str) -> Option<&Host> {
-        self.hosts.iter().find(|host| host.is(key))
-    }
-
-    /// The host whose per-host files are named by `mac` (`52-54-…`) or hex IP.
-    pub fn host_by_file_key(&self, key: &str) -> Option<&Host> {
-        let matches = |name: Option<String>| name.is_some_and(|name| name.eq_ignore_ascii_case(key));
-        self.hosts.iter().find(|host| matches(host.mac_hyphens()) || matches(host.ip_hex()))
-    }
-
-    /// Check an entry name against the bundle.
-    pub fn entry(&self, text: &str) -> anyhow::Result<Entry> {
-        let entry = Entry::parse(text).ok_or_else(|| anyhow::anyhow!("`{text}` is not an entry; the bundle's entries are: {}", entry_choices(&self.menu)))?;
-        entry.check(&self.menu).map_err(anyhow::Error::msg)?;
-        Ok(entry)
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawInventory {
-    bundle: Option<PathBuf>,
+pub struct RawInventory {
+    pub bundle: Option<PathBuf>,
     default: Option<String>,
     #[serde(default)]
     hosts: Vec<RawHost>,
@@ -177,7 +142,7 @@ struct RawInventory {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHost {
+pub struct RawHost {
     name: String,
     mac: Option<String>,
     ip: Option<String>,
@@ -186,60 +151,33 @@ struct RawHost {
     args: String,
 }
 
-/// Read and check an inventory. The bundle is its `bundle:` (relative to the
-/// file), else the bundle the file sits in (a recipe's inventory, copied into
-/// its bundle), else `default_bundle` (the directory `serve` serves). Every
-/// problem is reported with its line and column.
-pub fn load(file: &Path, default_bundle: Option<&Path>) -> anyhow::Result<Inventory> {
-    let source = fs_err::read_to_string(file)?;
-    load_str(file, &source, default_bundle).map_err(anyhow::Error::new)
-}
-
-pub fn load_str(file: &Path, source: &str, default_bundle: Option<&Path>) -> Result<Inventory, Diagnostics> {
-    let (raw, spans) = parse(file, source)?;
-    let problem = |position: Position, message: String, hint: &str| Diagnostics(vec![Diagnostic::new(file, source, position, message).with_hint(hint)]);
-    let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let bundle = match (&raw.bundle, default_bundle) {
-        (Some(bundle), _) => dir.join(bundle),
-        (None, _) if dir.join("manifest.json").is_file() => dir.to_path_buf(),
-        (None, Some(bundle)) => bundle.to_path_buf(),
-        (None, None) => return Err(problem(Position { line: 1, column: 1 }, "the inventory names no bundle".into(), "add `bundle: DIR` (relative to this file), or give --bundle")),
-    };
-    let menu = match crate::release::Bundle::open(&bundle) {
-        Ok(opened) => MenuInput::from_manifest(&opened.manifest),
-        Err(error) => return Err(problem(spans.value("bundle"), format!("{error:#}"), "`bundle:` is the directory of a built bundle (OUT/NAME/VERSION)")),
-    };
-    let (default, hosts) = check(file, source, &spans, &raw, &menu)?;
-    Ok(Inventory { file: file.to_path_buf(), bundle, menu, default, hosts })
-}
-
 /// Check a recipe's inventory against the bundle the recipe will build (its
 /// name, version and kernels). Such an inventory names no `bundle:`: it is
 /// copied into the bundle it describes.
-pub fn check_for_recipe(file: &Path, source: &str, menu: &MenuInput) -> Result<(), Diagnostics> {
+pub fn check_for_recipe(file: &Path, source: &str, bundle: &BundleKernels) -> Result<(), Diagnostics> {
     let (raw, spans) = parse(file, source)?;
     if raw.bundle.is_some() {
         let diagnostic = Diagnostic::new(file, source, spans.key("bundle"), "a recipe's inventory names no bundle").with_hint("it goes into the bundle the recipe builds; remove `bundle:`");
         return Err(Diagnostics(vec![diagnostic]));
     }
-    check(file, source, &spans, &raw, menu).map(|_| ())
+    check(file, source, &spans, &raw, bundle).map(|_| ())
 }
 
-fn parse(file: &Path, source: &str) -> Result<(RawInventory, SpanIndex), Diagnostics> {
+pub fn parse(file: &Path, source: &str) -> Result<(RawInventory, SpanIndex), Diagnostics> {
     let spans = SpanIndex::build(source);
-    let raw = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![crate::recipe::yaml_diagnostic(file, source, &error, "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md")]))?;
+    let raw = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![crate::diagnostic::yaml_diagnostic(file, source, &error, "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md")]))?;
     Ok((raw, spans))
 }
 
-fn check(file: &Path, source: &str, spans: &SpanIndex, raw: &RawInventory, menu: &MenuInput) -> Result<(Entry, Vec<Host>), Diagnostics> {
+pub fn check(file: &Path, source: &str, spans: &SpanIndex, raw: &RawInventory, bundle: &BundleKernels) -> Result<(Entry, Vec<Host>), Diagnostics> {
     let problem = |position: Position, message: String, hint: &str| Diagnostic::new(file, source, position, message).with_hint(hint);
     let mut problems = Vec::new();
     let entry_at = |path: &str, text: Option<&String>, problems: &mut Vec<Diagnostic>| -> Entry {
         let Some(text) = text else { return Entry::Local };
-        match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(menu).map(|()| entry)) {
+        match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(bundle).map(|()| entry)) {
             Ok(entry) => entry,
             Err(message) => {
-                problems.push(problem(spans.value(path), message, &format!("an entry is one of: {}", entry_choices(menu))));
+                problems.push(problem(spans.value(path), message, &format!("an entry is one of: {}", entry_choices(bundle))));
                 Entry::Local
             }
         }
@@ -254,7 +192,7 @@ fn check(file: &Path, source: &str, spans: &SpanIndex, raw: &RawInventory, menu:
             Some(_) => entry_at(&format!("{path}.entry"), raw_host.entry.as_ref(), &mut problems),
             None => default.clone(),
         };
-        if !crate::recipe::valid_name(&raw_host.name) {
+        if !crate::names::valid_name(&raw_host.name) {
             problems.push(problem(spans.value(&format!("{path}.name")), format!("invalid host name `{}`", raw_host.name), "use lower-case letters, digits, `.`, `_` and `-`"));
         }
         let mac = raw_host.mac.as_ref().and_then(|text| {
@@ -297,5 +235,3 @@ fn check(file: &Path, source: &str, spans: &SpanIndex, raw: &RawInventory, menu:
     Ok((default, hosts))
 }
 
-#[cfg(test)]
-mod tests;

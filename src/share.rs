@@ -11,8 +11,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::{StageRecord, Store};
+use crate::cache::{StageRecord, Store};
 use crate::oci::image::{descriptor, MEDIA_LAYER_ZSTD};
+use crate::stage::kernel::KernelProducts;
 use crate::oci::registry::{Blob, Registry};
 use crate::oci::{Descriptor, Manifest, MEDIA_MANIFEST};
 
@@ -40,30 +41,29 @@ impl RemoteCache {
     /// The stage `key` from the remote into `store`; `None` when the remote lacks it.
     pub fn pull(&self, store: &Store, key: &str, note: &dyn Fn(&str)) -> Result<Option<StageRecord>> {
         let reference = self.registry.tagged(&tag(key));
-        let (bytes, _) = match self.registry.manifest_bytes(&reference) {
-            Ok(found) => found,
-            Err(error) if is_not_found(&error) => return Ok(None),
-            Err(error) => return Err(error),
-        };
+        let Some((bytes, _)) = self.registry.find_manifest(&reference)? else { return Ok(None) };
         let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a stage manifest", reference.whole()))?;
         if manifest.config.media_type != MEDIA_STAGE_RECORD || manifest.layers.is_empty() {
             bail!("{} is not a rootsmith stage (config {})", reference.whole(), manifest.config.media_type);
         }
-        let scratch = tempfile::tempdir_in(store.root().join("tmp"))?;
+        let scratch = store.work_dir("pull")?;
         let record_path = scratch.path().join("record.json");
         self.registry.fetch_blob_of(&reference, &manifest.config, &record_path, note)?;
         let record: StageRecord = serde_json::from_slice(&fs_err::read(&record_path)?).with_context(|| format!("the stage record of {}", reference.whole()))?;
         let layer = &manifest.layers[0];
-        if record.key != key || format!("sha256:{}", record.layer) != layer.digest {
+        if record.key != key || !crate::digest::is_sha256_hex(&record.layer) || format!("sha256:{}", record.layer) != layer.digest {
             bail!("{} holds stage {} with layer {}, not stage {key}", reference.whole(), record.key, layer.digest);
         }
         if !store.has_blob(&record.layer) {
-            let received = self.registry.fetch_blob_of(&reference, layer, &store.blob_path(&record.layer), note)?;
+            let received = self.registry.fetch_blob_of(&reference, layer, &store.layout().blob(&record.layer), note)?;
             note(&format!("layer {}: {:.1} MB", &record.layer[..12], received as f64 / 1e6));
         }
-        if let (Some(kernel), Some(products)) = (&record.kernel, manifest.layers.get(1)) {
-            let dir = crate::stage::kernel::build::products_dir(store.root(), &kernel.products);
-            if !dir.join("vmlinuz").is_file() {
+        if let (Some(kernel), Some(products)) = (&record.products, manifest.layers.get(1)) {
+            if !crate::digest::is_sha256_hex(&kernel.dir) {
+                bail!("{} names products `{}`, which is not a digest", reference.whole(), kernel.dir);
+            }
+            let dir = store.layout().products_dir(&kernel.dir);
+            if !dir.join(crate::cache::PRODUCTS_RECORD).is_file() {
                 let archive = scratch.path().join("products.tar.zst");
                 self.registry.fetch_blob_of(&reference, products, &archive, note)?;
                 let unpacking = dir.with_extension("partial");
@@ -81,19 +81,18 @@ impl RemoteCache {
     /// the remote has it already.
     pub fn push(&self, store: &Store, record: &StageRecord, note: &dyn Fn(&str)) -> Result<bool> {
         let reference = self.registry.tagged(&tag(&record.key));
-        match self.registry.manifest_bytes(&reference) {
-            Ok(_) => return Ok(false),
-            Err(error) if is_not_found(&error) => {}
-            Err(error) => return Err(error),
+        if self.registry.find_manifest(&reference)?.is_some() {
+            return Ok(false);
         }
         let record_bytes = serde_json::to_vec(record)?;
         let config = descriptor(MEDIA_STAGE_RECORD, &record_bytes);
-        let layer_path = store.blob_path(&record.layer);
+        let layer_path = store.layout().blob(&record.layer);
         let mut layers = vec![Descriptor { media_type: MEDIA_LAYER_ZSTD.into(), digest: format!("sha256:{}", record.layer), size: record.layer_size, platform: None, annotations: Default::default() }];
         let mut blobs = vec![Blob::File(layers[0].digest.clone(), layer_path.as_path()), Blob::Bytes(config.digest.clone(), &record_bytes)];
         let products;
-        if let Some(kernel) = &record.kernel {
-            products = products_archive(&crate::stage::kernel::build::products_dir(store.root(), &kernel.products), record.inputs.source_date_epoch)?;
+        if let Some(products_record) = &record.products {
+            let kernel = KernelProducts::from_products(products_record)?;
+            products = products_archive(&kernel.dir(store.layout()), record.inputs.source_date_epoch)?;
             let products_descriptor = descriptor(MEDIA_KERNEL_PRODUCTS, &products);
             blobs.push(Blob::Bytes(products_descriptor.digest.clone(), &products));
             layers.push(products_descriptor);
@@ -126,13 +125,4 @@ fn products_archive(dir: &Path, epoch: i64) -> Result<Vec<u8>> {
         writer.append(dir, Path::new(&name))?;
     }
     Ok(writer.finish()?.finish()?)
-}
-
-/// A registry's "no such manifest" (a stage it does not have), as opposed to
-/// one that cannot be reached.
-fn is_not_found(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        let text = cause.to_string().to_lowercase();
-        text.contains("manifest unknown") || text.contains("not found") || text.contains("404") || text.contains("manifest_unknown")
-    })
 }

@@ -1,0 +1,75 @@
+//! A build: run the plan's stages (`stages`), make the outputs of the final
+//! tree (`outputs`), publish the bundle whole or not at all (`publish`).
+
+mod options;
+mod outputs;
+mod publish;
+mod stages;
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+
+pub use options::{BuildOptions, BuildSummary, LockedBuild, StageOutcome, TOOL};
+pub use outputs::{output_key, OutputRecord};
+use stages::StageRunner;
+
+use crate::host::Host;
+use crate::plan::Plan;
+use crate::progress::Progress;
+use crate::recipe::Recipe;
+use crate::stage::StageContext;
+
+pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Host, progress: &dyn Progress) -> Result<BuildSummary> {
+    let started = Instant::now();
+    crate::names::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
+    let mut runner = StageRunner::open(plan, options, host, progress)?;
+    let mut stages = Vec::new();
+    for index in 0..plan.stages.len() {
+        stages.push(runner.stage(index)?);
+    }
+    let (outputs, record) = outputs::outputs(&mut runner, options.fast, options.cache_only)?;
+    let (bundle, up_to_date) = publish::publish(&runner, options, recipe, &record)?;
+    Ok(BuildSummary { name: plan.recipe.clone(), version: options.version.clone(), bundle, stages, outputs, up_to_date, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Bring the tree after the first `stages` stages into a work dir (building
+/// what is missing) and call `use_tree` with a context for it; the tree is
+/// thrown away afterwards.
+pub fn materialize<T>(
+    plan: &Plan,
+    cache_dir: &Path,
+    stages: usize,
+    host: &dyn Host,
+    progress: &dyn Progress,
+    use_tree: impl FnOnce(&StageContext<'_>) -> Result<T>,
+) -> Result<T> {
+    let options = BuildOptions::stages_only(cache_dir.to_path_buf(), plan.version.clone());
+    let mut runner = StageRunner::open(plan, &options, host, progress)?;
+    for index in 0..stages {
+        runner.stage(index)?;
+    }
+    runner.prepare_tree(stages)?;
+    let work = runner.work();
+    let tree = work.tree();
+    let scratch = work.dir.path().join("scratch");
+    fs_err::create_dir_all(&scratch)?;
+    let no_remote = std::collections::BTreeMap::new();
+    let context = StageContext {
+        host,
+        tree: &tree,
+        log: work.dir.path().join("shell.log"),
+        arch: &plan.arch,
+        source_date_epoch: plan.source_date_epoch,
+        mirror: plan.mirror.as_deref(),
+        scratch: &scratch,
+        layout: runner.store.layout(),
+        recipe: &plan.recipe,
+        stage_name: "shell",
+        stage_key: "shell",
+        remote: &no_remote,
+        apt_pins: None,
+    };
+    use_tree(&context)
+}

@@ -1,0 +1,139 @@
+//! Making a tree's outputs: the squashfs wrapped in the rootfs image, the
+//! thin initramfs, the tarball, the package list and the SBOM. They are cached
+//! under a key of everything that decides their bytes, so a rebuild with
+//! nothing changed does no work.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::options::StageOutcome;
+use super::stages::StageRunner;
+use crate::artifact::thin_initramfs::{self, KernelFiles};
+use crate::artifact::{self, squashfs, tarball};
+use crate::bundle::names::{PACKAGES, SBOM};
+use crate::cache::CACHE_FORMAT;
+use crate::digest::sha256_hex;
+use crate::plan::Plan;
+use crate::recipe::{Algorithm, Compression};
+use crate::stage::kernel::{kernels_of, KernelProducts};
+
+/// Assembled outputs of one tree, by output key (the record in the cache's
+/// output directory).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub key: String,
+    /// file name in the output directory → SHA-256
+    pub files: std::collections::BTreeMap<String, String>,
+    pub cookie: String,
+    pub squashfs_entries: u64,
+    /// The thin initramfs's size and modules.
+    #[serde(default)]
+    pub initramfs: thin_initramfs::Built,
+    pub created: u64,
+}
+
+/// The outputs of the runner's final tree: from the cache, or assembled and
+/// stored there.
+pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Result<(StageOutcome, OutputRecord)> {
+    let started = Instant::now();
+    let (squashfs_compression, tarball_compression) = output_compressions(runner.plan, fast);
+    let final_tree = runner.parent_tree().expect("a recipe has stages").to_string();
+    let kernels = kernels_of(&runner.records)?;
+let key = output_key(runner.plan, fast, &final_tree, &kernels);
+    let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
+    if let Some(record) = runner.store.output::<OutputRecord>(&key) {
+        runner.progress.done("outputs", "cached", 0.0);
+        return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
+    }
+    if cache_only {
+        bail!("the outputs are not in the cache (key {key}) and --cache-only forbids building them");
+    }
+    runner.progress.start("outputs", "squashfs, rootfs image, initramfs, tarball");
+    let _lock = runner.store.lock(&key)?;
+    if let Some(record) = runner.store.output::<OutputRecord>(&key) {
+        return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
+    }
+    let stages = runner.plan.stages.len();
+    runner.prepare_tree(stages)?;
+    let work = runner.work();
+    let tree = work.tree();
+    artifact::clamp_mtimes(&tree, runner.plan.source_date_epoch)?;
+    let staged = work.dir.path().join("outputs");
+    fs_err::create_dir(&staged)?;
+    let squashfs_path = work.dir.path().join("root.squashfs");
+    squashfs::write(&tree, &squashfs_path, squashfs_compression, runner.plan.source_date_epoch, &work.dir.path().join("mksquashfs.log"))?;
+    let check = squashfs::verify(&squashfs_path, &tree)?;
+    let squashfs_digest = crate::digest::hash_file(&squashfs_path)?;
+    let cookie = rootsmith_init::contract::cookie_for(&squashfs_digest);
+    let build_id = rootsmith_init::contract::BuildId { cookie: cookie.clone(), name: runner.plan.recipe.clone() };
+    artifact::cpio::write_rootfs_image(&squashfs_path, &build_id, &staged.join("rootfs.img"), runner.plan.source_date_epoch)?;
+    fs_err::remove_file(&squashfs_path)?;
+    let kernels = kernels.iter().map(|kernel| KernelFiles { name: &kernel.name, release: &kernel.release, debs: &kernel.debs, products: kernel.dir(runner.store.layout()) }).collect();
+    let request = thin_initramfs::Request {
+        settings: &runner.plan.outputs.initramfs,
+        tree: &tree,
+        kernels,
+        scratch: work.dir.path(),
+        rootfs_image: &staged.join("rootfs.img"),
+        build: build_id,
+        epoch: runner.plan.source_date_epoch,
+    };
+    let initramfs = thin_initramfs::write(&request, &staged.join("initramfs.img"))?;
+    tarball::write_rootfs_tarball(&tree, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, runner.plan.source_date_epoch)?;
+    fs_err::write(staged.join(PACKAGES), artifact::packages::installed(&tree))?;
+    let created = crate::time::rfc3339(runner.plan.source_date_epoch);
+    fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &runner.plan.recipe, &cookie, &created))?;
+    let mut files = std::collections::BTreeMap::new();
+    for entry in fs_err::read_dir(&staged)? {
+        let entry = entry?;
+        files.insert(entry.file_name().to_string_lossy().into_owned(), crate::digest::hash_file(&entry.path())?);
+    }
+    let record = OutputRecord { key: key.clone(), files, cookie, squashfs_entries: check.entries, initramfs, created: crate::time::now_seconds() };
+    runner.store.put_output(&key, &staged, &record)?;
+    let seconds = started.elapsed().as_secs_f64();
+    runner.progress.done("outputs", "built", seconds);
+    Ok((outcome("built", seconds), record))
+}
+
+/// Squashfs and tarball compression: the recipe's, or cheap ones for `--fast`.
+pub fn output_compressions(plan: &Plan, fast: bool) -> (Compression, Compression) {
+    if fast {
+        // The developer loop: same tree, cheap compression.
+        (Compression { algorithm: Algorithm::Zstd, level: Some(3) }, Compression { algorithm: Algorithm::Zstd, level: Some(1) })
+    } else {
+        (plan.outputs.squashfs, plan.outputs.tarball)
+    }
+}
+
+/// The cache key of the outputs of the tree `final_tree`: everything that
+/// decides their bytes.
+pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, kernels: &[KernelProducts]) -> String {
+    let (squashfs_compression, tarball_compression) = output_compressions(plan, fast);
+    // A kernel that is not installed in the tree still decides the initramfs's modules.
+    let kernels: Vec<(&str, &str, &str)> = kernels.iter().map(|k| (k.name.as_str(), k.release.as_str(), k.products.as_str())).collect();
+    let inputs = serde_json::json!({
+        "format": CACHE_FORMAT,
+        "tree": final_tree,
+        "squashfs": squashfs_compression,
+        "tarball": tarball_compression,
+        "source_date_epoch": plan.source_date_epoch,
+        "squashfs_writer": squashfs::writer_name(),
+        "contract": rootsmith_init::contract::CONTRACT_VERSION,
+        "initramfs": plan.outputs.initramfs,
+        "init": thin_initramfs::init_digest(),
+        "kernels": kernels,
+        "sbom": 2,
+    });
+    sha256_hex(&serde_json::to_vec(&inputs).expect("output key inputs serialize"))
+}
+
+/// `zstd 19`, `none`: a compression as the manifest writes it.
+pub fn compression_name(compression: Compression) -> String {
+    match compression.level {
+        Some(level) => format!("{} {level}", compression.algorithm.name()),
+        None => compression.algorithm.name().into(),
+    }
+}
+

@@ -1,0 +1,177 @@
+//! Publishing a bundle: the cached outputs and kernel products copied under
+//! their bundle names (checked against their digests on the way), boot menus,
+//! the manifest and SHA256SUMS, the OCI image when the recipe asks for one,
+//! all written aside and renamed into `OUT/NAME/VERSION` whole. A published
+//! version is never overwritten.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::options::{BuildOptions, TOOL};
+use super::outputs::{compression_name, output_compressions, OutputRecord};
+use super::stages::StageRunner;
+use crate::artifact::{self, menus, squashfs};
+use crate::bundle::manifest::{self, Manifest, ManifestArtifact, ManifestBoot, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
+use crate::bundle::names::{BundleNames, HOSTS_FILE, PACKAGES};
+use crate::digest::sha256_hex;
+use crate::fileops::remove_tree;
+use crate::progress::Progress;
+use crate::recipe::Recipe;
+use crate::stage::kernel::kernels_of;
+
+/// Write `OUT/NAME/VERSION` aside and rename it into place. An existing
+/// version is never overwritten: identical contents are "up to date",
+/// anything else is an error.
+pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe, record: &OutputRecord) -> Result<(PathBuf, bool)> {
+    let name = &runner.plan.recipe;
+    let version = &options.version;
+    let names = BundleNames::new(name, version);
+    let parent = options.out_dir.join(name);
+    fs_err::create_dir_all(&parent)?;
+    let bundle = parent.join(version);
+    // One publisher of this bundle at a time; whatever partial copy of it
+    // is left is from a build that died while publishing.
+    let _lock = runner.store.lock(&format!("publish-{}", sha256_hex(bundle.as_os_str().as_encoded_bytes())))?;
+    let partial_prefix = format!(".{version}.partial-");
+    for entry in fs_err::read_dir(&parent)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&partial_prefix) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    if let Some(locked) = &options.lock {
+        let list = fs_err::read_to_string(runner.store.layout().output(&record.key).join(PACKAGES))?;
+        let differences = locked.lock.differences(&artifact::packages::parse(&list, Some(&runner.plan.arch)));
+        if !differences.is_empty() {
+            bail!("the tree's packages differ from the lock, so nothing is published:\n  {}", differences.join("\n  "));
+        }
+    }
+    let staging = tempfile::Builder::new().prefix(&partial_prefix).tempdir_in(&parent)?;
+    let source = runner.store.layout().output(&record.key);
+    let mut artifacts = Vec::new();
+    for (file, digest) in &record.files {
+        // Files about the tree, not boot artifacts, keep their names.
+        let target = names.output(file);
+        fs_err::copy(source.join(file), staging.path().join(&target))?;
+        let actual = crate::digest::hash_file(&staging.path().join(&target))?;
+        if &actual != digest {
+            bail!("cached output {file} ({}) is corrupt; run `rootsmith cache verify`", &record.key[..12]);
+        }
+        artifacts.push(ManifestArtifact { size: fs_err::metadata(staging.path().join(&target))?.len(), name: target, sha256: actual });
+    }
+    let mut kernels = Vec::new();
+    for kernel in kernels_of(&runner.records)? {
+        let products = kernel.dir(runner.store.layout());
+        let mut copy = |from: &str, to: String| -> Result<()> {
+            let target = staging.path().join(&to);
+            if let Some(parent) = target.parent() {
+                fs_err::create_dir_all(parent)?;
+            }
+            fs_err::copy(products.join(from), &target).with_context(|| format!("kernel {} products are missing from the cache; rebuild with --rebuild {}", kernel.name, kernel.name))?;
+            artifacts.push(ManifestArtifact { size: fs_err::metadata(&target)?.len(), sha256: crate::digest::hash_file(&target)?, name: to });
+            Ok(())
+        };
+        let vmlinuz = names.vmlinuz(&kernel.name);
+        copy("vmlinuz", vmlinuz.clone())?;
+        copy("config", format!("kernel/{}-config", kernel.name))?;
+        if products.join("System.map").is_file() {
+            copy("System.map", format!("kernel/{}-System.map", kernel.name))?;
+        }
+        for deb in &kernel.debs {
+            copy(deb, format!("kernel/{deb}"))?;
+        }
+        kernels.push(ManifestKernel { name: kernel.name.clone(), release: kernel.release.clone(), config_sha256: kernel.config_sha256.clone(), vmlinuz, debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect() });
+    }
+    let initramfs_compression = runner.plan.outputs.initramfs.compression;
+    let boot = ManifestBoot {
+        initramfs: names.initramfs(),
+        initramfs_size: record.initramfs.size,
+        initramfs_compression: compression_name(initramfs_compression),
+        rootfs_image: names.rootfs_image(),
+        cmdline: recipe.boot.cmdline.clone(),
+        marker: recipe.boot.marker.clone(),
+        modules: record.initramfs.modules.clone(),
+        shell: runner.plan.outputs.initramfs.shell,
+    };
+    artifacts.extend(menus::write_all(staging.path(), &menus::MenuInput::new(name, version, &kernels, &boot))?);
+    if let Some(hosts) = &recipe.hosts {
+        // The inventory travels with the bundle it describes (`serve --hosts BUNDLE/hosts.yaml`).
+        let bytes = fs_err::read(&hosts.resolved)?;
+        fs_err::write(staging.path().join(HOSTS_FILE), &bytes)?;
+        artifacts.push(ManifestArtifact { name: HOSTS_FILE.into(), size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
+    }
+    artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+    let image = match &runner.plan.outputs.oci {
+        Some(_) => Some(crate::oci::image::assemble(&runner.store, &runner.records, &runner.plan.arch, runner.plan.source_date_epoch)?),
+        None => None,
+    };
+    let (squashfs_compression, _) = output_compressions(runner.plan, options.fast);
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        tool: TOOL.into(),
+        name: name.clone(),
+        version: version.clone(),
+        arch: runner.plan.arch.clone(),
+        recipe_sha256: sha256_hex(recipe.source.as_bytes()),
+        source_date_epoch: runner.plan.source_date_epoch,
+        fast: options.fast,
+        stages: runner.records.iter().map(|r| ManifestStage { name: r.stage.clone(), kind: r.kind.clone(), key: r.key.clone(), layer: r.layer.clone() }).collect(),
+        rootfs: ManifestRootfs {
+            cookie: record.cookie.clone(),
+            squashfs_writer: squashfs::writer_name(),
+            squashfs_compression: compression_name(squashfs_compression),
+            squashfs_entries: record.squashfs_entries,
+            contract_version: rootsmith_init::contract::CONTRACT_VERSION,
+        },
+        kernels,
+        boot,
+        artifacts,
+        promoted_from: None,
+        lock_sha256: options.lock.as_ref().map(|locked| locked.digest.clone()),
+        oci_image: image.as_ref().map(|image| image.manifest_digest.clone()),
+    };
+    let manifest_bytes = manifest::write_index(staging.path(), &manifest)?;
+    // The image goes out before the bundle is published: a failed push leaves no bundle.
+    if let (Some(image), Some(oci)) = (&image, &runner.plan.outputs.oci) {
+        write_image(image, oci, version, runner.progress)?;
+    }
+    if bundle.exists() {
+        return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
+    }
+    let staging = staging.keep();
+    if let Err(error) = std::fs::rename(&staging, &bundle) {
+        let _ = std::fs::remove_dir_all(&staging);
+        if bundle.exists() {
+            return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
+        }
+        return Err(error).with_context(|| format!("moving the bundle into {}", bundle.display()));
+    }
+    Ok((bundle, false))
+}
+
+/// The `outputs.oci` image: into its layout, to its registry.
+fn write_image(image: &crate::oci::image::Image, oci: &crate::recipe::OciOutput, version: &str, progress: &dyn Progress) -> Result<()> {
+    if let Some(dir) = &oci.layout {
+        crate::oci::layout::write_image(dir, version, image).with_context(|| format!("writing the OCI image into {}", dir.display()))?;
+        progress.note(&format!("oci: {} in {} as `{version}`", image.manifest_digest, dir.display()));
+    }
+    if let Some(reference) = &oci.push {
+        let registry = crate::oci::registry::Registry::connect(reference)?;
+        registry.push(image, &|line| progress.note(&format!("oci: {line}"))).with_context(|| format!("pushing the OCI image to {reference}"))?;
+        progress.note(&format!("oci: {} pushed to {reference}", image.manifest_digest));
+    }
+    Ok(())
+}
+
+fn same_bundle(bundle: &Path, manifest: &[u8]) -> Result<()> {
+    let existing = std::fs::read(bundle.join("manifest.json")).unwrap_or_default();
+    if existing == manifest {
+        return Ok(());
+    }
+    bail!(
+        "{} already exists with different contents, and a published version is never overwritten\nhint: build another version with `--version`, or remove that directory if it was never released",
+        bundle.display()
+    )
+}
+

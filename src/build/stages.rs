@@ -1,0 +1,274 @@
+//! Running a plan's stages: reuse the longest cached prefix, pull what the
+//! remote cache has, build the rest one at a time (each under its key's
+//! lock), and keep one work tree that follows the stages.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use super::options::{BuildOptions, StageOutcome};
+use crate::cache::{tree_id, StageRecord, Store, WorkDir};
+use crate::host::Host;
+use crate::layer::{apply_layer, Change, Snapshot, TreeTarWriter};
+use crate::plan::Plan;
+use crate::progress::Progress;
+use crate::share::RemoteCache;
+use crate::stage::kernel::KernelProducts;
+use crate::stage::{run_stage, StageContext};
+
+/// zstd level of stored layers: fast, they are rewritten as outputs anyway.
+const LAYER_ZSTD_LEVEL: i32 = 3;
+
+/// The work tree: the state after `stages_applied` stages.
+pub struct Work {
+    pub dir: WorkDir,
+    stages_applied: usize,
+}
+
+impl Work {
+    pub fn tree(&self) -> PathBuf {
+        self.dir.path().join("tree")
+    }
+}
+
+/// Runs the stages of one plan against one store.
+pub struct StageRunner<'a> {
+    pub plan: &'a Plan,
+    pub store: Store,
+    pub host: &'a dyn Host,
+    pub progress: &'a dyn Progress,
+    /// The records of the stages handled so far, in order.
+    pub records: Vec<StageRecord>,
+    pub work: Option<Work>,
+    rebuild_from: Option<usize>,
+    cache_only: bool,
+    apt_pins: Option<&'a str>,
+    /// The shared stage cache while it answers (dropped, with a warning, when it does not).
+    remote: Option<RemoteCache>,
+}
+
+impl<'a> StageRunner<'a> {
+    /// Open the cache (and the remote cache, when one is set) for `plan`.
+    pub fn open(plan: &'a Plan, options: &'a BuildOptions, host: &'a dyn Host, progress: &'a dyn Progress) -> Result<StageRunner<'a>> {
+        let store = Store::open(&options.cache_dir)?;
+        let remote = match &options.cache_remote {
+            Some(repository) => match RemoteCache::connect(repository) {
+                Ok(remote) => Some(remote),
+                Err(error) if options.cache_only => return Err(error.context(format!("the remote cache {repository} (--cache-only needs it)"))),
+                Err(error) => {
+                    progress.warn(&format!("remote cache {repository}: {error:#}; building without it"));
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(StageRunner {
+            plan,
+            store,
+            host,
+            progress,
+            records: Vec::new(),
+            work: None,
+            rebuild_from: options.rebuild_from,
+            cache_only: options.cache_only,
+            apt_pins: options.lock.as_ref().map(|lock| lock.pins.as_str()),
+            remote,
+        })
+    }
+
+    /// The work tree after every stage handled so far (prepared by [`Self::prepare_tree`]).
+    pub fn work(&self) -> &Work {
+        self.work.as_ref().expect("the work tree is prepared first")
+    }
+
+    /// The tree id after the stages handled so far.
+    pub fn parent_tree(&self) -> Option<&str> {
+        self.records.last().map(|record| record.tree.as_str())
+    }
+
+    /// Bring stage `index` into the cache: reuse it, pull it, or build it.
+    pub fn stage(&mut self, index: usize) -> Result<StageOutcome> {
+        let planned = &self.plan.stages[index];
+        let label = format!("{} ({})", planned.name, planned.kind.kind_name());
+        let started = Instant::now();
+        let inputs = self.plan.inputs(index, self.parent_tree());
+        let key = inputs.key();
+        let forced = self.rebuild_from.is_some_and(|from| index >= from);
+        let outcome = |state: &str, seconds: f64| StageOutcome { name: planned.name.clone(), kind: planned.kind.kind_name().into(), key: key.clone(), state: state.into(), seconds };
+        if !forced {
+            if let Some(record) = self.store.stage(&key) {
+                self.share(&record)?;
+                self.records.push(record);
+                self.progress.done(&label, "cached", 0.0);
+                return Ok(outcome("cached", started.elapsed().as_secs_f64()));
+            }
+            if let Some(record) = self.pull(&key)? {
+                self.records.push(record);
+                let seconds = started.elapsed().as_secs_f64();
+                self.progress.done(&label, "pulled from the remote cache", seconds);
+                return Ok(outcome("pulled", seconds));
+            }
+        }
+        if self.cache_only {
+            bail!("stage `{}` is not in the cache (key {key}) and --cache-only forbids building it", planned.name);
+        }
+        self.progress.start(&label, if forced { "rebuilding (--rebuild)" } else { "building" });
+        let _lock = self.store.lock(&key)?;
+        if !forced {
+            // A build running beside this one may have made it while we waited.
+            if let Some(record) = self.store.stage(&key) {
+                self.records.push(record);
+                self.progress.done(&label, "cached", started.elapsed().as_secs_f64());
+                return Ok(outcome("cached", started.elapsed().as_secs_f64()));
+            }
+        }
+        self.prepare_tree(index)?;
+        let work = self.work.as_ref().expect("prepared above");
+        let tree = work.tree();
+        let is_base = planned.kind.is_base();
+        let before = if is_base { Snapshot::default() } else { Snapshot::take(&tree)? };
+        let log = work.dir.path().join(format!("{}.log", planned.name));
+        let scratch = work.dir.path().join("scratch");
+        fs_err::create_dir_all(&scratch)?;
+        let context = StageContext {
+            host: self.host,
+            tree: &tree,
+            log: log.clone(),
+            arch: &self.plan.arch,
+            source_date_epoch: self.plan.source_date_epoch,
+            mirror: self.plan.mirror.as_deref(),
+            scratch: &scratch,
+            layout: self.store.layout(),
+            recipe: &self.plan.recipe,
+            stage_name: &planned.name,
+            stage_key: &key,
+            remote: &planned.remote,
+            apt_pins: self.apt_pins,
+        };
+        let kernel = run_stage(&planned.kind, &planned.resolved, &context).with_context(|| format!("stage `{}` ({}) failed", planned.name, planned.kind.kind_name()))?;
+        if let Some(kernel) = &kernel {
+            let compiled = if kernel.compiled { format!("compiled, ccache {} hits / {} misses, {} in ccache", kernel.ccache_hits, kernel.ccache_misses, crate::progress::human_size(kernel.ccache_size)) } else { "products already cached".to_string() };
+            self.progress.note(&format!("kernel {} ({compiled})", kernel.release));
+        }
+        if is_base {
+            set_root_mode(&tree)?;
+        }
+        crate::stage::scrub::scrub(&tree).context("removing build-time noise from the tree")?;
+        let after = Snapshot::take(&tree)?;
+        let (layer, layer_size) = self.write_layer(&tree, &before, &after)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let record = StageRecord {
+            key: key.clone(),
+            recipe: self.plan.recipe.clone(),
+            stage: planned.name.clone(),
+            kind: planned.kind.kind_name().into(),
+            tree: tree_id(self.parent_tree(), &layer),
+            layer,
+            layer_size,
+            inputs,
+            seconds,
+            created: crate::time::now_seconds(),
+            products: kernel.as_ref().map(KernelProducts::to_products),
+        };
+        self.store.put_stage(&record)?;
+        self.share(&record)?;
+        self.records.push(record);
+        self.work.as_mut().expect("prepared above").stages_applied = index + 1;
+        self.progress.done(&label, "built", seconds);
+        Ok(outcome("built", seconds))
+    }
+
+    /// A stage from the remote cache, when it has it.
+    fn pull(&mut self, key: &str) -> Result<Option<StageRecord>> {
+        let Some(remote) = &self.remote else { return Ok(None) };
+        let progress = self.progress;
+        match remote.pull(&self.store, key, &|line| progress.note(line)) {
+            Ok(found) => Ok(found),
+            Err(error) => self.remote_failed(error).map(|()| None),
+        }
+    }
+
+    /// Give the remote cache a stage it lacks.
+    fn share(&mut self, record: &StageRecord) -> Result<()> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        let progress = self.progress;
+        match remote.push(&self.store, record, &|_| {}) {
+            Ok(true) => {
+                progress.note(&format!("stage `{}` pushed to the remote cache {}", record.stage, remote.repository));
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(error) => self.remote_failed(error),
+        }
+    }
+
+    /// A remote cache that fails is a warning (and not asked again), unless --cache-only.
+    fn remote_failed(&mut self, error: anyhow::Error) -> Result<()> {
+        let repository = self.remote.take().map(|remote| remote.repository).unwrap_or_default();
+        if self.cache_only {
+            return Err(error.context(format!("the remote cache {repository} (--cache-only needs it)")));
+        }
+        self.progress.warn(&format!("remote cache {repository}: {error:#}; going on without it"));
+        Ok(())
+    }
+
+    /// Make the work tree hold the state after the first `index` stages: reuse
+    /// it when it does, otherwise restore it from the cached layers.
+    pub fn prepare_tree(&mut self, index: usize) -> Result<()> {
+        if self.work.as_ref().is_some_and(|work| work.stages_applied == index) {
+            return Ok(());
+        }
+        self.work = None;
+        let dir = self.store.work_dir(&self.plan.recipe)?;
+        let tree = dir.path().join("tree");
+        fs_err::create_dir(&tree)?;
+        set_root_mode(&tree)?;
+        for record in &self.records[..index] {
+            let blob = self.store.open_blob(&record.layer)?;
+            let decoder = zstd::Decoder::new(blob)?;
+            apply_layer(decoder, &tree, &format!("{} ({})", record.stage, &record.layer[..12]))?;
+        }
+        self.work = Some(Work { dir, stages_applied: index });
+        Ok(())
+    }
+
+    /// Store what changed between `before` and `after` as a layer blob.
+    fn write_layer(&self, tree: &Path, before: &Snapshot, after: &Snapshot) -> Result<(String, u64)> {
+        let temp = self.store.temp_file()?;
+        {
+            let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(temp.as_file()), LAYER_ZSTD_LEVEL)?;
+            encoder.multithread(std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))?;
+            let mut writer = TreeTarWriter::new(encoder, self.plan.source_date_epoch);
+            let changes = before.changes(after);
+            for change in &changes {
+                match change {
+                    Change::Write(path) => writer.append(tree, path)?,
+                    Change::Delete(path) => writer.append_whiteout(path)?,
+                }
+            }
+            writer.finish()?.finish()?;
+            // Leave the work tree as a restore from layers would make it (mtimes
+            // clamped), so the next stage sees the same tree either way and
+            // captures the same layer bytes.
+            let epoch = filetime::FileTime::from_unix_time(self.plan.source_date_epoch, 0);
+            for change in changes {
+                if let Change::Write(path) = change {
+                    let full = tree.join(path);
+                    let metadata = fs_err::symlink_metadata(&full)?;
+                    if filetime::FileTime::from_last_modification_time(&metadata) > epoch {
+                        filetime::set_symlink_file_times(&full, epoch, epoch)?;
+                    }
+                }
+            }
+        }
+        self.store.put_blob(temp)
+    }
+}
+
+/// The root of a root filesystem is 0755 root:root whatever made it.
+fn set_root_mode(tree: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::set_permissions(tree, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}

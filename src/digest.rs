@@ -1,0 +1,51 @@
+//! SHA-256 digests, as lower-case hex: of bytes, of a reader, of a file.
+//! Every content address in rootsmith (layers, outputs, artifacts, OCI blobs)
+//! is one of these.
+
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The digest of a file's bytes; an error names the file.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    hash_reader(fs_err::File::open(path)?).map(|(digest, _)| digest)
+}
+
+/// SHA-256 (hex) and length of everything `reader` gives.
+pub fn hash_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut reader, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Whether `text` has the form of a SHA-256 hex digest (64 lower-case hex
+/// digits): the check every digest from outside passes before it names a file.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_of_bytes_readers_and_files_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"abc").unwrap();
+        let expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_hex(b"abc"), expected);
+        assert_eq!(hash_file(&file).unwrap(), expected);
+        assert_eq!(hash_reader(&b"abc"[..]).unwrap(), (expected.to_string(), 3));
+        assert!(is_sha256_hex(expected));
+        assert!(!is_sha256_hex("../../etc/passwd"));
+        assert!(!is_sha256_hex(&expected.to_uppercase()));
+        let error = hash_file(&dir.path().join("missing")).unwrap_err();
+        assert!(error.to_string().contains("missing"), "the error names the file: {error}");
+    }
+}

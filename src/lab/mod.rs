@@ -1,0 +1,9 @@
+//! What runs in a lab, not in a build: serving bundles over HTTP (`http` the
+//! protocol, `serve` the routes) and TFTP, the hosts inventory and agents'
+//! reports, and booting bundles in QEMU (`qemu`, `boottest`).
+
+pub mod boottest;
+pub mod hosts;
+pub mod qemu;
+pub mod serve;
+pub mod tftp;
