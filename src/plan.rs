@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::cache::{FileDigest, KeyInputs, Layout, StageRecord, Store, CACHE_FORMAT};
 use crate::digest::sha256_hex;
+use crate::host::Host;
 use crate::stage::Resolved;
 use crate::recipe::{ConfigBase, Kernel, KernelSource, Recipe, Script, StageKind};
 
@@ -120,7 +121,9 @@ impl Plan {
     }
 }
 
-pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
+/// The plan of `recipe`: every stage's key inputs resolved. `host` answers
+/// the questions asked of host programs (apt's candidate versions, the compiler's version).
+pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<Plan> {
     let source_date_epoch = options.epoch_from_env.or(recipe.source_date_epoch).unwrap_or(0);
     let mut mirror = None;
     let mut warnings = Vec::new();
@@ -181,7 +184,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
                 let mut remote = BTreeMap::new();
                 let source = match &k.source {
                     KernelSource::Package(package) => {
-                        let (version, sha256) = crate::stage::kernel::source::resolve_package(package)?;
+                        let (version, sha256) = crate::stage::kernel::source::resolve_package(host, package)?;
                         remote.insert(crate::stage::kernel::SOURCE_REMOTE.to_string(), format!("{version} {sha256}"));
                         json!({ "package": package })
                     }
@@ -212,7 +215,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions) -> Result<Plan> {
                     "localversion": k.localversion,
                     "install": k.install,
                     "headers": k.headers,
-                    "compiler": crate::stage::kernel::build::compiler_version(),
+                    "compiler": crate::stage::kernel::build::compiler_version(host),
                 });
                 (params, files, remote)
             }

@@ -8,39 +8,39 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::host::{Command, Host};
 use crate::recipe::{Algorithm, Compression};
 
-/// Which writer made the squashfs, for the manifest.
-pub fn writer_name() -> String {
+/// Which writer made the squashfs, for the manifest and the output key.
+pub fn writer_name(host: &dyn Host) -> String {
     match crate::tools::find("mksquashfs") {
         Some(path) => {
-            let output = std::process::Command::new(path).arg("-version").output();
-            let text = output.map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
-            format!("mksquashfs {}", text.split_whitespace().nth(2).unwrap_or("?"))
+            let text = host.capture(&Command::on_host(path, ["-version"], Path::new("/dev/null"))).unwrap_or_default();
+            let first = text.lines().next().unwrap_or("");
+            format!("mksquashfs {}", first.split_whitespace().nth(2).unwrap_or("?"))
         }
         None => "backhand 0.20".to_string(),
     }
 }
 
-pub fn write(tree: &Path, output: &Path, compression: Compression, epoch: i64, log: &Path) -> Result<()> {
+pub fn write(host: &dyn Host, tree: &Path, output: &Path, compression: Compression, epoch: i64, log: &Path) -> Result<()> {
     match crate::tools::find("mksquashfs") {
-        Some(mksquashfs) => write_with_mksquashfs(&mksquashfs, tree, output, compression, epoch, log),
+        Some(mksquashfs) => write_with_mksquashfs(host, &mksquashfs, tree, output, compression, epoch, log),
         None => write_with_backhand(tree, output, compression, epoch),
     }
 }
 
-fn write_with_mksquashfs(mksquashfs: &Path, tree: &Path, output: &Path, compression: Compression, epoch: i64, log: &Path) -> Result<()> {
-    let mut command = std::process::Command::new(mksquashfs);
-    command.arg(tree).arg(output).args(["-noappend", "-reproducible", "-xattrs", "-no-progress", "-quiet"]);
-    command.args(["-mkfs-time", &epoch.to_string(), "-comp", compression.algorithm.name()]);
-    if let Some(level) = compression.level {
-        command.args(["-Xcompression-level", &level.to_string()]);
-    }
+fn write_with_mksquashfs(host: &dyn Host, mksquashfs: &Path, tree: &Path, output: &Path, compression: Compression, epoch: i64, log: &Path) -> Result<()> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    command.args(["-processors", &threads.to_string()]);
+    let mut command = Command::on_host(mksquashfs, [tree.as_os_str(), output.as_os_str()], log);
+    command.argv.extend(["-noappend", "-reproducible", "-xattrs", "-no-progress", "-quiet"].map(String::from));
+    command.argv.extend(["-mkfs-time".to_string(), epoch.to_string(), "-comp".to_string(), compression.algorithm.name().to_string()]);
+    if let Some(level) = compression.level {
+        command.argv.extend(["-Xcompression-level".to_string(), level.to_string()]);
+    }
+    command.argv.extend(["-processors".to_string(), threads.to_string()]);
     // mksquashfs refuses SOURCE_DATE_EPOCH beside -mkfs-time.
-    command.env_remove("SOURCE_DATE_EPOCH");
-    crate::host::run_logged(&mut command, log)
+    host.run(&command.env_remove("SOURCE_DATE_EPOCH"))
 }
 
 /// Opens its file on first read, so a tree of thousands of files does not hold

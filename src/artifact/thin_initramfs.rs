@@ -9,6 +9,7 @@ use rootsmith_init::contract::{BuildId, ChunkList, CHUNK_SIZE};
 
 use crate::artifact::initramfs::{self, Contents, KernelModules};
 use crate::artifact::modules::{self, ModuleTree};
+use crate::host::{Command, Host};
 use crate::recipe::Initramfs;
 
 /// What went into an initramfs, for the manifest.
@@ -34,7 +35,7 @@ pub struct KernelFiles<'a> {
 /// The modules directory of `kernel`: in the rootfs when the kernel is
 /// installed there, else unpacked from its linux-image package into `scratch`.
 /// `None` for a kernel without loadable modules.
-fn module_dir(tree: &Path, kernel: &KernelFiles<'_>, scratch: &Path) -> Result<Option<PathBuf>> {
+fn module_dir(host: &dyn Host, tree: &Path, kernel: &KernelFiles<'_>, scratch: &Path, log: &Path) -> Result<Option<PathBuf>> {
     if let Some(dir) = modules_under(tree, kernel.release) {
         return Ok(Some(dir));
     }
@@ -43,10 +44,7 @@ fn module_dir(tree: &Path, kernel: &KernelFiles<'_>, scratch: &Path) -> Result<O
     let root = scratch.join(format!("kernel-{}", kernel.name));
     fs_err::create_dir_all(&root)?;
     let dpkg_deb = crate::tools::require("dpkg-deb", "to unpack a kernel's modules")?;
-    let status = std::process::Command::new(dpkg_deb).arg("-x").arg(kernel.products.join(image)).arg(&root).status()?;
-    if !status.success() {
-        anyhow::bail!("dpkg-deb -x {image} failed");
-    }
+    host.run(&Command::on_host(dpkg_deb, ["-x".as_ref(), kernel.products.join(image).as_os_str(), root.as_os_str()], log)).with_context(|| format!("unpacking the modules of {image}"))?;
     Ok(modules_under(&root, kernel.release))
 }
 
@@ -57,7 +55,7 @@ fn modules_under(root: &Path, release: &str) -> Option<PathBuf> {
 
 /// Make sure `dir` has a modules.dep (a kernel package leaves it to its
 /// postinst, which only runs when the package is installed).
-fn ensure_depmod(dir: &Path, release: &str) -> Result<()> {
+fn ensure_depmod(host: &dyn Host, dir: &Path, release: &str, log: &Path) -> Result<()> {
     if dir.join("modules.dep").is_file() {
         return Ok(());
     }
@@ -67,14 +65,13 @@ fn ensure_depmod(dir: &Path, release: &str) -> Result<()> {
         base.pop();
     }
     let depmod = crate::tools::require("depmod", "to index a kernel's modules")?;
-    let output = std::process::Command::new(depmod).arg("-b").arg(&base).arg(release).output()?;
-    if !output.status.success() {
-        anyhow::bail!("depmod -b {} {release} failed: {}", base.display(), String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(())
+    host.run(&Command::on_host(depmod, ["-b".as_ref(), base.as_os_str(), release.as_ref()], log)).with_context(|| format!("indexing the modules of {release}"))
 }
 
 pub struct Request<'a> {
+    /// Runs dpkg-deb and depmod; their output goes to `log`.
+    pub host: &'a dyn Host,
+    pub log: &'a Path,
     pub settings: &'a Initramfs,
     pub tree: &'a Path,
     pub kernels: Vec<KernelFiles<'a>>,
@@ -92,12 +89,12 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
     let mut built = Built::default();
     let mut kernel_modules = Vec::new();
     for kernel in &request.kernels {
-        let Some(dir) = module_dir(request.tree, kernel, request.scratch)? else {
+        let Some(dir) = module_dir(request.host, request.tree, kernel, request.scratch, request.log)? else {
             // Everything the rootfs needs must then be built in; the init says so if not.
             built.modules.insert(kernel.release.to_string(), Vec::new());
             continue;
         };
-        ensure_depmod(&dir, kernel.release)?;
+        ensure_depmod(request.host, &dir, kernel.release, request.log)?;
         let tree = ModuleTree::open(&dir)?;
         let order = tree.closure(&names, kernel.release).with_context(|| format!("resolving the initramfs modules of kernel {}", kernel.name))?;
         let mut files = Vec::new();

@@ -15,6 +15,7 @@ use crate::artifact::{self, squashfs, tarball};
 use crate::bundle::names::{PACKAGES, SBOM};
 use crate::cache::CACHE_FORMAT;
 use crate::digest::sha256_hex;
+use crate::host::Host;
 use crate::plan::Plan;
 use crate::recipe::{Algorithm, Compression};
 use crate::stage::kernel::{kernels_of, KernelProducts};
@@ -41,7 +42,7 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     let (squashfs_compression, tarball_compression) = output_compressions(runner.plan, fast);
     let final_tree = runner.parent_tree().expect("a recipe has stages").to_string();
     let kernels = kernels_of(&runner.records)?;
-let key = output_key(runner.plan, fast, &final_tree, &kernels);
+let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
     let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
     if let Some(record) = runner.store.output::<OutputRecord>(&key) {
         runner.progress.done("outputs", "cached", 0.0);
@@ -63,7 +64,7 @@ let key = output_key(runner.plan, fast, &final_tree, &kernels);
     let staged = work.dir.path().join("outputs");
     fs_err::create_dir(&staged)?;
     let squashfs_path = work.dir.path().join("root.squashfs");
-    squashfs::write(&tree, &squashfs_path, squashfs_compression, runner.plan.source_date_epoch, &work.dir.path().join("mksquashfs.log"))?;
+    squashfs::write(runner.host, &tree, &squashfs_path, squashfs_compression, runner.plan.source_date_epoch, &work.dir.path().join("mksquashfs.log"))?;
     let check = squashfs::verify(&squashfs_path, &tree)?;
     let squashfs_digest = crate::digest::hash_file(&squashfs_path)?;
     let cookie = rootsmith_init::contract::cookie_for(&squashfs_digest);
@@ -71,7 +72,10 @@ let key = output_key(runner.plan, fast, &final_tree, &kernels);
     artifact::cpio::write_rootfs_image(&squashfs_path, &build_id, &staged.join("rootfs.img"), runner.plan.source_date_epoch)?;
     fs_err::remove_file(&squashfs_path)?;
     let kernels = kernels.iter().map(|kernel| KernelFiles { name: &kernel.name, release: &kernel.release, debs: &kernel.debs, products: kernel.dir(runner.store.layout()) }).collect();
+    let initramfs_log = work.dir.path().join("initramfs.log");
     let request = thin_initramfs::Request {
+        host: runner.host,
+        log: &initramfs_log,
         settings: &runner.plan.outputs.initramfs,
         tree: &tree,
         kernels,
@@ -109,7 +113,7 @@ pub fn output_compressions(plan: &Plan, fast: bool) -> (Compression, Compression
 
 /// The cache key of the outputs of the tree `final_tree`: everything that
 /// decides their bytes.
-pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, kernels: &[KernelProducts]) -> String {
+pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, kernels: &[KernelProducts], host: &dyn Host) -> String {
     let (squashfs_compression, tarball_compression) = output_compressions(plan, fast);
     // A kernel that is not installed in the tree still decides the initramfs's modules.
     let kernels: Vec<(&str, &str, &str)> = kernels.iter().map(|k| (k.name.as_str(), k.release.as_str(), k.products.as_str())).collect();
@@ -119,7 +123,7 @@ pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, kernels: &[KernelPr
         "squashfs": squashfs_compression,
         "tarball": tarball_compression,
         "source_date_epoch": plan.source_date_epoch,
-        "squashfs_writer": squashfs::writer_name(),
+        "squashfs_writer": squashfs::writer_name(host),
         "contract": rootsmith_init::contract::CONTRACT_VERSION,
         "initramfs": plan.outputs.initramfs,
         "init": thin_initramfs::init_digest(),

@@ -42,7 +42,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
     } else {
         None
     };
-    let plan = plan(&recipe, &options)?;
+    let plan = plan(&recipe, &options, &RealHost)?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }

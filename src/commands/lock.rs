@@ -12,7 +12,7 @@ use rootsmith::plan::{plan, PlanOptions};
 
 pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
-    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)))?;
+    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)), &RealHost)?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }

@@ -14,7 +14,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, stage: Option<&str>
         Some(name) => recipe.stage_index(name, "--stage").map_err(|d| super::RecipeError(rootsmith::diagnostic::Diagnostics(vec![d])))?,
         None => recipe.stages.len() - 1,
     };
-    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)))?;
+    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)), &RealHost)?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }

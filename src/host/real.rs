@@ -13,7 +13,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result};
 
-use super::{Command, Host, MountKind};
+use super::command::{Command, Host, MountKind};
 
 pub struct RealHost;
 
@@ -33,6 +33,18 @@ fn c_string(bytes: &[u8]) -> CString {
 
 impl Host for RealHost {
     fn status(&self, command: &Command) -> Result<i32> {
+        self.spawn(command, false).map(|(code, _)| code)
+    }
+
+    fn output(&self, command: &Command) -> Result<(i32, Vec<u8>)> {
+        self.spawn(command, true)
+    }
+}
+
+impl RealHost {
+    /// Run `command`; with `capture`, its standard output is returned instead
+    /// of going to the log.
+    fn spawn(&self, command: &Command, capture: bool) -> Result<(i32, Vec<u8>)> {
         let mut prepared = Vec::new();
         let root = command.root.as_ref().map(|root| c_string(root.as_os_str().as_bytes()));
         for mount in &command.mounts {
@@ -53,17 +65,32 @@ impl Host for RealHost {
         }
         let mut process = std::process::Command::new(&command.argv[0]);
         process.args(&command.argv[1..]).env_clear().envs(&command.env);
+        if let Some(dir) = &command.cwd {
+            process.current_dir(dir);
+        }
         if !command.interactive {
-            let log = fs_err::File::create(&command.log)?.into_parts().0;
-            process.stdout(log.try_clone()?).stderr(log);
+            // A stage's commands share its log: each one appends.
+            let log = fs_err::OpenOptions::new().create(true).append(true).open(&command.log)?.into_parts().0;
+            if capture {
+                process.stdout(Stdio::piped());
+            } else {
+                process.stdout(log.try_clone()?);
+            }
+            process.stderr(log);
             process.stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         }
+        // Only a chroot, mounts or a tool that mounts need a mount namespace of
+        // their own: host programs (make, mksquashfs…) run in rootsmith's.
+        let isolate = command.private_mounts || command.root.is_some() || !command.mounts.is_empty();
         let slash = c_string(b"/");
         // SAFETY: the closure only makes system calls on data prepared above.
         unsafe {
             process.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if !isolate {
+                    return Ok(());
                 }
                 if libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -93,11 +120,24 @@ impl Host for RealHost {
         }
         let argv = command.argv.join(" ");
         let mut child = process.spawn().with_context(|| format!("cannot start `{argv}`"))?;
-        if let Some(input) = &command.stdin {
-            let mut stdin = child.stdin.take().expect("stdin is piped");
-            stdin.write_all(input).with_context(|| format!("writing the input of `{argv}`"))?;
+        // The input is written from a thread so a command that prints much
+        // before it reads all of it cannot block on a full pipe.
+        let feeder = match (&command.stdin, child.stdin.take()) {
+            (Some(input), Some(mut stdin)) => {
+                let input = input.clone();
+                Some(std::thread::spawn(move || stdin.write_all(&input)))
+            }
+            _ => None,
+        };
+        let mut stdout = Vec::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            std::io::Read::read_to_end(&mut pipe, &mut stdout).with_context(|| format!("reading the output of `{argv}`"))?;
         }
         let status = child.wait().with_context(|| format!("waiting for `{argv}`"))?;
-        Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        if let Some(feeder) = feeder {
+            // A command that exits without reading its input is judged by its exit status.
+            let _ = feeder.join();
+        }
+        Ok((status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)), stdout))
     }
 }

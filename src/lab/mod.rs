@@ -4,6 +4,7 @@
 
 pub mod boottest;
 pub mod hosts;
+pub mod http;
 pub mod qemu;
 pub mod serve;
 pub mod tftp;

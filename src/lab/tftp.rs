@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::hosts::served::ServedInventory;
-use super::serve::{resolve, AccessLog};
+use super::http::{resolve, AccessLog};
 
 const RRQ: u16 = 1;
 const WRQ: u16 = 2;

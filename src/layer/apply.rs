@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
-use super::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use super::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// An entry that could not be applied, named with its layer.
 #[derive(Debug, thiserror::Error)]

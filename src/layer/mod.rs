@@ -7,16 +7,14 @@
 
 pub mod apply;
 pub mod snapshot;
+pub mod whiteout;
 pub mod writer;
 
 pub use apply::{apply_layer, ApplyError};
 pub use snapshot::{Change, Snapshot};
+pub use whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use writer::TreeTarWriter;
 
-/// The prefix OCI uses to mark a deleted path in a layer.
-pub const WHITEOUT_PREFIX: &str = ".wh.";
-/// The file that makes its directory opaque (hides every lower entry).
-pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
 
-use super::WHITEOUT_PREFIX;
+use super::whiteout::WHITEOUT_PREFIX;
 
 pub struct TreeTarWriter<W: Write> {
     builder: tar::Builder<W>,

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::schema::*;
-use crate::diagnostic::{yaml_diagnostic, Position, SpanIndex};
+use crate::diagnostic::{yaml_diagnostic, Diagnostic, Diagnostics, Position, SpanIndex};
 use crate::names::{check_version, valid_name};
 use super::vars::substitute;
-use super::*;
+use super::model::*;
 
 /// What the command line adds to a recipe.
 #[derive(Debug, Default, Clone)]

@@ -1,7 +1,7 @@
 //! The recipe as the user wrote it (schema 1): serde types, unknown keys refused.
 //!
 //! These types mirror the YAML one to one. `load.rs` turns them into the checked
-//! [`super::Recipe`]; nothing here touches the disk.
+//! [`super::model::Recipe`]; nothing here touches the disk.
 
 use std::collections::BTreeMap;
 

@@ -70,7 +70,7 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<std::resu
     let mut options = PlanOptions::from_environment()?;
     options.epoch_from_env = Some(manifest.source_date_epoch);
     options.out_dir = bundle.dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-    let plan = plan(recipe, &options)?;
+    let plan = plan(recipe, &options, &RealHost)?;
     let build_options = BuildOptions {
         cache_dir: scratch.path().join("cache"),
         out_dir: scratch.path().join("out"),

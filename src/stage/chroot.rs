@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use super::StageContext;
+use super::context::StageContext;
+
+/// The apt preferences file of a locked build, in `/etc/apt/preferences.d`.
+pub const PINS_FILE: &str = "rootsmith-lock.pref";
 use crate::host::{chroot_mounts, clean_environment, Command};
 
 const POLICY_RC_D: &str = "usr/sbin/policy-rc.d";
@@ -119,7 +122,7 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
         }
         if let Some(pins) = context.apt_pins {
             let directory = tree.join("etc/apt/preferences.d");
-            let pin_file = directory.join(super::debootstrap::PINS_FILE);
+            let pin_file = directory.join(PINS_FILE);
             if std::fs::symlink_metadata(&directory).is_ok_and(|m| m.is_dir()) && std::fs::symlink_metadata(&pin_file).is_err() {
                 scaffolding.create_file(&pin_file, pins.as_bytes(), 0o644)?;
             }
@@ -136,6 +139,8 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
             log: context.log.clone(),
             stdin: None,
             interactive,
+            cwd: None,
+            private_mounts: true,
         };
         if interactive {
             context.host.status(&command)

@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::StageContext;
+use super::chroot::PINS_FILE;
+use super::context::StageContext;
 use crate::host::Command;
 use crate::recipe::{BootstrapTool, Debootstrap};
 
@@ -18,8 +19,6 @@ pub fn resolve_tool(tool: BootstrapTool) -> &'static str {
     }
 }
 
-/// The apt preferences file of a locked build, in `/etc/apt/preferences.d`.
-pub const PINS_FILE: &str = "rootsmith-lock.pref";
 
 pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
     let mirror = context.mirror.context("no mirror was resolved for the debootstrap stage")?;
@@ -82,6 +81,8 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
         log: context.log.clone(),
         stdin: None,
         interactive: false,
+        cwd: None,
+        private_mounts: true,
     };
     let _apt_lock = super::chroot::apt_lock(context.layout)?;
     context.host.run(&command)

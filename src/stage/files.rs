@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::StageContext;
+use super::context::StageContext;
 use crate::layer::{apply_layer, TreeTarWriter};
 use crate::recipe::Files;
 

@@ -2,6 +2,7 @@
 //! Base stages (`debootstrap`, `tarball`) start from an empty tree.
 
 mod chroot;
+mod context;
 pub mod debootstrap;
 mod files;
 pub mod kernel;
@@ -12,50 +13,12 @@ mod run;
 pub mod scrub;
 mod tarball;
 
-use std::path::{Path, PathBuf};
-
 use anyhow::Result;
 
-use crate::cache::Layout;
-use crate::host::Host;
-use crate::oci::layout::ResolvedImage;
 use crate::recipe::StageKind;
 
-pub use chroot::{run_chrooted, run_interactive};
-
-/// What a stage needs from the build around it.
-pub struct StageContext<'a> {
-    pub host: &'a dyn Host,
-    pub tree: &'a Path,
-    /// The stage's log file (the output of every command it runs).
-    pub log: PathBuf,
-    pub arch: &'a str,
-    pub source_date_epoch: i64,
-    pub mirror: Option<&'a str>,
-    /// Scratch space outside the tree.
-    pub scratch: &'a Path,
-    /// The cache's paths: the shared apt archive, kernel sources and products, OCI blobs.
-    pub layout: &'a Layout,
-    pub recipe: &'a str,
-    pub stage_name: &'a str,
-    pub stage_key: &'a str,
-    /// Remote inputs the plan resolved for this stage.
-    pub remote: &'a std::collections::BTreeMap<String, String>,
-    /// `build --locked`: apt preferences pinning every package to its locked version.
-    pub apt_pins: Option<&'a str>,
-}
-
-/// What the plan found out for a stage beyond what its recipe says: the
-/// recipe stays what the user wrote, this is what it resolved to.
-#[derive(Debug, Clone, Default)]
-pub enum Resolved {
-    #[default]
-    Nothing,
-    /// An `oci` base: the manifest its reference names now.
-    Image(ResolvedImage),
-    /// A `release` base: the bundle's rootfs tarball and the SHA-256 its manifest gives.
-    ReleaseTarball { path: PathBuf, sha256: String },
-}
+pub use chroot::{run_chrooted, run_interactive, PINS_FILE};
+pub use context::{Resolved, StageContext};
 
 /// Run one stage; a kernel stage also returns the kernel it built or took.
 pub fn run_stage(kind: &StageKind, resolved: &Resolved, context: &StageContext<'_>) -> Result<Option<kernel::KernelProducts>> {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::StageContext;
+use super::context::StageContext;
 use crate::oci::layout::{Layout as ImageLayout, ResolvedImage};
 use crate::oci::registry::Registry;
 use crate::oci::{layer_compression, verify_blob, Descriptor, LayerCompression};

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
-use super::{run_chrooted, StageContext};
+use super::chroot::run_chrooted;
+use super::context::StageContext;
 use crate::recipe::Packages;
 
 pub fn run(stage: &Packages, context: &StageContext<'_>) -> Result<()> {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use super::StageContext;
+use super::context::StageContext;
 use crate::recipe::{LocalPath, Release, Tarball};
 
 pub fn run(stage: &Release, path: &Path, expected: &str, context: &StageContext<'_>) -> Result<()> {

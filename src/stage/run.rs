@@ -3,7 +3,8 @@
 
 use anyhow::Result;
 
-use super::{run_chrooted, StageContext};
+use super::chroot::run_chrooted;
+use super::context::StageContext;
 use crate::recipe::{Run, Script};
 
 pub fn run(stage: &Run, context: &StageContext<'_>) -> Result<()> {

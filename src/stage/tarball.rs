@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read};
 
 use anyhow::{Context, Result};
 
-use super::StageContext;
+use super::context::StageContext;
 use crate::recipe::Tarball;
 
 pub fn run(stage: &Tarball, context: &StageContext<'_>) -> Result<()> {

@@ -7,13 +7,12 @@
 //! config change does not compile again.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use super::config;
 use super::source;
-use crate::host::run_logged;
+use crate::host::{Command, Host};
 use super::KernelProducts;
 use crate::cache::{Layout, CACHE_FORMAT, PRODUCTS_RECORD};
 use crate::digest::sha256_hex;
@@ -63,8 +62,8 @@ fn host_has(tool: &str) -> bool {
 }
 
 /// The compiler's own version line: part of every kernel key.
-pub fn compiler_version() -> String {
-    Command::new("gcc").arg("--version").output().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string)).unwrap_or_else(|| "gcc (not installed)".into())
+pub fn compiler_version(host: &dyn Host) -> String {
+    host.capture(&Command::on_host("gcc", ["--version"], Path::new("/dev/null"))).ok().and_then(|text| text.lines().next().map(str::to_string)).unwrap_or_else(|| "gcc (not installed)".into())
 }
 
 fn kernel_arch(arch: &str) -> Result<&'static str> {
@@ -81,6 +80,7 @@ fn image_path(arch: &str) -> &'static str {
 }
 
 pub struct BuildContext<'a> {
+    pub host: &'a dyn Host,
     pub layout: &'a Layout,
     pub arch: &'a str,
     pub source_date_epoch: i64,
@@ -96,7 +96,8 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let started = std::time::Instant::now();
     check_toolchain(host_has)?;
     let arch = kernel_arch(context.arch)?;
-    let source = source::prepare(build, context.source_digest, context.layout, context.log)?;
+    let host = context.host;
+    let source = source::prepare(host, build, context.source_digest, context.layout, context.log)?;
     // The build directory is kept between builds of this stage, so kbuild
     // recompiles only the objects a config change touches (ccache covers
     // the rest). Another source or architecture starts it afresh.
@@ -117,25 +118,24 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let objects = context.build_dir.join("obj");
     fs_err::create_dir_all(&objects)?;
     let make = |targets: &[&str]| -> Command {
-        let mut command = Command::new("make");
-        command.arg("-C").arg(&source).arg(format!("O={}", objects.display())).arg(format!("ARCH={arch}")).args(targets);
-        command.env("LC_ALL", "C").env("SOURCE_DATE_EPOCH", context.source_date_epoch.to_string());
-        command
+        let mut command = Command::on_host("make", ["-C".as_ref(), source.as_os_str()], context.log).arg(format!("O={}", objects.display())).arg(format!("ARCH={arch}"));
+        command.argv.extend(targets.iter().map(|target| target.to_string()));
+        command.env("LC_ALL", "C").env("SOURCE_DATE_EPOCH", context.source_date_epoch.to_string())
     };
 
     // Configuration: base, then the fragments, finished by olddefconfig.
     match &build.base {
-        ConfigBase::Target(target) => run_logged(&mut make(&[target]), context.log).with_context(|| format!("make {target}"))?,
+        ConfigBase::Target(target) => host.run(&make(&[target])).with_context(|| format!("make {target}"))?,
         ConfigBase::File(file) => {
             fs_err::copy(&file.resolved, objects.join(".config"))?;
         }
     }
     if !build.fragments.is_empty() {
-        let mut merge = Command::new(source.join("scripts/kconfig/merge_config.sh"));
-        merge.arg("-m").arg("-O").arg(&objects).arg(objects.join(".config")).args(build.fragments.iter().map(|f| &f.resolved)).current_dir(&objects);
-        run_logged(&mut merge, context.log).context("merging the config fragments")?;
+        let mut merge = Command::on_host(source.join("scripts/kconfig/merge_config.sh"), ["-m".as_ref(), "-O".as_ref(), objects.as_os_str(), objects.join(".config").as_os_str()], context.log).current_dir(&objects);
+        merge.argv.extend(build.fragments.iter().map(|f| f.resolved.display().to_string()));
+        host.run(&merge).context("merging the config fragments")?;
     }
-    run_logged(&mut make(&["olddefconfig"]), context.log).context("make olddefconfig")?;
+    host.run(&make(&["olddefconfig"])).context("make olddefconfig")?;
     let final_config = fs_err::read_to_string(objects.join(".config"))?;
     let fragments: Vec<(String, String)> = build.fragments.iter().map(|f| Ok((f.written.clone(), fs_err::read_to_string(&f.resolved)?))).collect::<Result<_>>()?;
     let dropped = config::dropped(&fragments, &final_config);
@@ -151,13 +151,13 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
         bail!("the kernel configuration dropped options a fragment asked for:\n{}\nhint: add what they depend on to a fragment", lines.join("\n"));
     }
     let config_sha256 = sha256_hex(final_config.as_bytes());
-    let release = capture(&mut make(&["-s", "kernelrelease", &format!("LOCALVERSION={}", build.localversion)]))?;
+    let release = host.capture(&make(&["-s", "kernelrelease", &format!("LOCALVERSION={}", build.localversion)])).context("make kernelrelease")?.trim().to_string();
 
     let variables = make_variables(build, context, &release);
     let key_text = format!(
         "format {CACHE_FORMAT}\nsource {}\nconfig {config_sha256}\ncompiler {}\narch {arch}\nvariables {}\nheaders {}\n",
         source::source_id(build, context.source_digest)?,
-        compiler_version(),
+        compiler_version(host),
         variables.join(" "),
         build.headers
     );
@@ -175,17 +175,17 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
 
     let ccache_dir = context.layout.ccache();
     fs_err::create_dir_all(&ccache_dir)?;
-    let before = ccache_stats(&ccache_dir);
+    let before = ccache_stats(host, &ccache_dir, context.log);
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut compile = make(&[&format!("-j{jobs}"), "bindeb-pkg"]);
-    compile.args(&variables).arg("CC=ccache gcc");
-    compile.env("CCACHE_DIR", &ccache_dir).env("CCACHE_MAXSIZE", std::env::var("ROOTSMITH_CCACHE_SIZE").unwrap_or_else(|_| CCACHE_DEFAULT_SIZE.into()));
+    compile.argv.extend(variables.iter().cloned());
+    let compile = compile.arg("CC=ccache gcc").env("CCACHE_DIR", ccache_dir.display().to_string()).env("CCACHE_MAXSIZE", std::env::var("ROOTSMITH_CCACHE_SIZE").unwrap_or_else(|_| CCACHE_DEFAULT_SIZE.into()));
     // On a miss, compile the output of the preprocessor run ccache already
     // did instead of preprocessing a second time: on a cold build of small,
     // header-heavy kernel files that second pass costs a third of the time.
-    compile.env("CCACHE_NOHASHDIR", "true").env("CCACHE_COMPILERCHECK", "content").env("CCACHE_NOCPP2", "true");
-    run_logged(&mut compile, context.log).context("make bindeb-pkg")?;
-    let after = ccache_stats(&ccache_dir);
+    let compile = compile.env("CCACHE_NOHASHDIR", "true").env("CCACHE_COMPILERCHECK", "content").env("CCACHE_NOCPP2", "true");
+    host.run(&compile).context("make bindeb-pkg")?;
+    let after = ccache_stats(host, &ccache_dir, context.log);
 
     // Store the products aside, then rename into place.
     let staging = tempfile::Builder::new().prefix(".products-").tempdir_in(context.build_dir)?;
@@ -241,14 +241,6 @@ fn make_variables(build: &KernelBuild, context: &BuildContext<'_>, release: &str
     ]
 }
 
-fn capture(command: &mut Command) -> Result<String> {
-    let output = command.output().context("running make")?;
-    if !output.status.success() {
-        bail!("{:?} failed: {}", command.get_args().collect::<Vec<_>>(), String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
-
 /// Hold `DIR.lock` while a build uses `DIR`: two builds of one stage on one
 /// cache take turns.
 fn lock_dir(dir: &Path) -> Result<std::fs::File> {
@@ -256,9 +248,8 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
 }
 
 /// (hits, misses) so far in the ccache at `dir`.
-pub fn ccache_stats(dir: &Path) -> (u64, u64) {
-    let output = Command::new("ccache").arg("--print-stats").env("CCACHE_DIR", dir).output();
-    let text = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+pub fn ccache_stats(host: &dyn Host, dir: &Path, log: &Path) -> (u64, u64) {
+    let text = host.capture(&Command::on_host("ccache", ["--print-stats"], log).env("CCACHE_DIR", dir.display().to_string())).unwrap_or_default();
     let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok())).unwrap_or(0);
     (value("direct_cache_hit\t") + value("preprocessed_cache_hit\t"), value("cache_miss\t"))
 }

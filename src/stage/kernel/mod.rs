@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 
 pub use products::{kernels_of, KernelProducts};
 
-use super::{run_chrooted, StageContext};
+use crate::stage::chroot::run_chrooted;
+use crate::stage::context::StageContext;
 use crate::cache::PRODUCTS_RECORD;
 use crate::recipe::Kernel;
 
@@ -49,6 +50,7 @@ pub fn run(kernel: &Kernel, context: &StageContext<'_>) -> Result<Option<KernelP
             let build_dir = context.layout.kernel_build(context.recipe, context.stage_name);
             fs_err::create_dir_all(context.layout.kernel_builds())?;
             let build_context = build::BuildContext {
+                host: context.host,
                 layout: context.layout,
                 arch: context.arch,
                 source_date_epoch: context.source_date_epoch,

@@ -9,17 +9,17 @@ use anyhow::{bail, Context, Result};
 
 use crate::cache::Layout;
 use crate::digest::sha256_hex;
-use crate::host::run_logged;
+use crate::host::{Command, Host};
 use crate::recipe::{KernelBuild, KernelSource};
 
 /// A source package's candidate version and the SHA-256 of its `.deb`, from the
 /// host's apt lists: the remote input of a kernel stage's key.
-pub fn resolve_package(package: &str) -> Result<(String, String)> {
-    let output = std::process::Command::new("apt-cache").args(["show", "--no-all-versions", package]).output().context("running apt-cache (apt-get install apt)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
+pub fn resolve_package(host: &dyn Host, package: &str) -> Result<(String, String)> {
+    let (code, stdout) = host.output(&Command::on_host("apt-cache", ["show", "--no-all-versions", package], Path::new("/dev/null"))).context("running apt-cache (apt-get install apt)")?;
+    let text = String::from_utf8_lossy(&stdout);
     let field = |name: &str| crate::control::field(&text, name);
     match (field("Version"), field("SHA256")) {
-        (Some(version), Some(sha256)) if output.status.success() => Ok((version, sha256)),
+        (Some(version), Some(sha256)) if code == 0 => Ok((version, sha256)),
         _ => bail!("the host's apt does not know the package `{package}`\nhint: run `apt-get update`, and check the name (`apt-cache search linux-source`)"),
     }
 }
@@ -34,7 +34,7 @@ pub fn source_id(build: &KernelBuild, source_digest: &str) -> Result<String> {
 }
 
 /// The unpacked, patched source tree, made on first use.
-pub fn prepare(build: &KernelBuild, source_digest: &str, layout: &Layout, log: &Path) -> Result<PathBuf> {
+pub fn prepare(host: &dyn Host, build: &KernelBuild, source_digest: &str, layout: &Layout, log: &Path) -> Result<PathBuf> {
     let id = source_id(build, source_digest)?;
     let sources = layout.kernel_sources();
     let tree = layout.kernel_source(&id);
@@ -45,14 +45,13 @@ pub fn prepare(build: &KernelBuild, source_digest: &str, layout: &Layout, log: &
     }
     fs_err::create_dir_all(&sources)?;
     let staging = tempfile::Builder::new().prefix(".unpack-").tempdir_in(&sources)?;
-    let archive = fetch(&build.source, source_digest, layout, staging.path(), log)?;
+    let archive = fetch(host, &build.source, source_digest, layout, staging.path(), log)?;
     let unpacked = staging.path().join("tree");
     fs_err::create_dir(&unpacked)?;
-    run_logged(std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&unpacked).arg("--strip-components=1"), log)?;
+    host.run(&Command::on_host("tar", ["-xf".as_ref(), archive.as_os_str(), "-C".as_ref(), unpacked.as_os_str(), "--strip-components=1".as_ref()], log))?;
     for patch in &build.patches {
-        let file = fs_err::File::open(&patch.resolved)?.into_parts().0;
-        run_logged(std::process::Command::new("patch").args(["-p1", "--forward", "--batch"]).current_dir(&unpacked).stdin(file), log)
-            .with_context(|| format!("applying patch {}", patch.written))?;
+        let text = fs_err::read(&patch.resolved)?;
+        host.run(&Command::on_host("patch", ["-p1", "--forward", "--batch"], log).current_dir(&unpacked).stdin_bytes(text)).with_context(|| format!("applying patch {}", patch.written))?;
     }
     if !unpacked.join("Makefile").is_file() {
         bail!("the kernel source has no top-level Makefile after unpacking");
@@ -67,7 +66,7 @@ pub fn prepare(build: &KernelBuild, source_digest: &str, layout: &Layout, log: &
 
 /// The source tarball, verified. `.deb` packages are downloaded into the cache
 /// and the tarball they carry is taken out of them.
-fn fetch(source: &KernelSource, digest: &str, layout: &Layout, scratch: &Path, log: &Path) -> Result<PathBuf> {
+fn fetch(host: &dyn Host, source: &KernelSource, digest: &str, layout: &Layout, scratch: &Path, log: &Path) -> Result<PathBuf> {
     let downloads = layout.kernel_downloads();
     fs_err::create_dir_all(&downloads)?;
     match source {
@@ -77,12 +76,13 @@ fn fetch(source: &KernelSource, digest: &str, layout: &Layout, scratch: &Path, l
             let deb = match deb {
                 Some(deb) => deb,
                 None => {
-                    run_logged(std::process::Command::new("apt-get").args(["download", "-q", &format!("{package}={version}")]).current_dir(&downloads), log)
+                    host.run(&Command::on_host("apt-get", ["download", "-q", &format!("{package}={version}")], log).current_dir(&downloads))
                         .with_context(|| format!("downloading {package} {version} with apt-get"))?;
                     find_deb(&downloads, package, sha256)?.with_context(|| format!("apt-get downloaded {package}, but no file has the SHA-256 apt announced ({sha256})"))?
                 }
             };
-            run_logged(std::process::Command::new("sh").arg("-c").arg("dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards './usr/src/*.tar.*'").arg("sh").arg(&deb).arg(scratch), log)
+            let script = "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards './usr/src/*.tar.*'";
+            host.run(&Command::on_host("sh", ["-c".as_ref(), script.as_ref(), "sh".as_ref(), deb.as_os_str(), scratch.as_os_str()], log))
                 .with_context(|| format!("taking the source tarball out of {}", deb.display()))?;
             let mut tarballs: Vec<PathBuf> = fs_err::read_dir(scratch.join("usr/src"))?.flatten().map(|e| e.path()).collect();
             tarballs.sort();
@@ -141,9 +141,10 @@ mod tests {
         let log = dir.path().join("log");
         let bad = "0".repeat(64);
         let layout = Layout::new(dir.path());
-        let error = fetch(&source(&bad), &bad, &layout, dir.path(), &log).unwrap_err().to_string();
+        let host = crate::host::RecordingHost::default();
+        let error = fetch(&host, &source(&bad), &bad, &layout, dir.path(), &log).unwrap_err().to_string();
         assert!(error.contains(&format!("has SHA-256 {good}, but the recipe says {bad}")), "{error}");
-        let stored = fetch(&source(&good), &good, &layout, dir.path(), &log).unwrap();
+        let stored = fetch(&host, &source(&good), &good, &layout, dir.path(), &log).unwrap();
         assert_eq!(std::fs::read(&stored).unwrap(), b"not really a kernel");
         assert!(stored.starts_with(layout.kernel_downloads()));
     }
