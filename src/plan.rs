@@ -314,3 +314,49 @@ fn tree_digests(root: &Path) -> Result<Vec<FileDigest>> {
     }
     Ok(digests)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::RecordingHost;
+    use crate::recipe::{load_str, LoadOptions};
+
+    fn kernel_recipe(dir: &Path) -> Recipe {
+        std::fs::write(dir.join("base.tar"), "").unwrap();
+        std::fs::write(dir.join("small.config"), "CONFIG_PRINTK=y\n").unwrap();
+        let source = "rootsmith: 1\nname: k\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - kernel: { name: lts, source: { package: linux-source-6.1 }, config: { base: tinyconfig, fragments: [small.config] } }\n";
+        load_str(&dir.join("k.yaml"), source, &LoadOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn a_kernel_source_package_and_the_compiler_are_resolved_through_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = kernel_recipe(dir.path());
+        let host = RecordingHost::default();
+        host.answer("apt-cache", "Package: linux-source-6.1\nVersion: 6.1.99-1\nSHA256: 0123\n");
+        host.answer("gcc", "gcc (Debian 12.2.0-14) 12.2.0\nCopyright\n");
+        let plan = plan(&recipe, &PlanOptions::default(), &host).unwrap();
+        let kernel = &plan.stages[1];
+        assert_eq!(kernel.remote[crate::stage::kernel::SOURCE_REMOTE], "6.1.99-1 0123");
+        assert_eq!(kernel.params["compiler"], "gcc (Debian 12.2.0-14) 12.2.0");
+        assert_eq!(kernel.files.len(), 1, "the fragment is a local input");
+        assert!(host.programs().contains(&"apt-cache".to_string()));
+
+        // Another compiler is another key.
+        let other = RecordingHost::default();
+        other.answer("apt-cache", "Package: linux-source-6.1\nVersion: 6.1.99-1\nSHA256: 0123\n");
+        other.answer("gcc", "gcc (Debian 13.1.0-1) 13.1.0\n");
+        let replanned = super::plan(&recipe, &PlanOptions::default(), &other).unwrap();
+        assert_ne!(plan.inputs(1, Some("t")).key(), replanned.inputs(1, Some("t")).key());
+        assert_eq!(plan.inputs(0, None).key(), replanned.inputs(0, None).key());
+    }
+
+    #[test]
+    fn a_source_package_apt_does_not_know_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = kernel_recipe(dir.path());
+        let host = RecordingHost::failing_at(0, 100);
+        let error = plan(&recipe, &PlanOptions::default(), &host).unwrap_err();
+        assert!(format!("{error:#}").contains("does not know the package `linux-source-6.1`"), "{error:#}");
+    }
+}

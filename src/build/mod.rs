@@ -73,3 +73,6 @@ pub fn materialize<T>(
     };
     use_tree(&context)
 }
+
+#[cfg(test)]
+mod tests;

@@ -369,4 +369,25 @@ mod tests {
         // A corrupt layer is never applied: opening it fails.
         assert!(store.open_blob(&corrupt.layer).unwrap_err().to_string().contains("corrupt"));
     }
+
+    #[test]
+    fn gc_and_ls_reach_pulled_oci_blobs_and_kernel_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layout = store.layout().clone();
+        let blob = layout.oci_blob(&crate::digest::sha256_hex(b"pulled"));
+        std::fs::write(&blob, b"pulled").unwrap();
+        let source = layout.kernel_source(&"5".repeat(64));
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::write(source.join("Makefile"), vec![0u8; 4096]).unwrap();
+        let kinds: Vec<String> = store.list().into_iter().map(|entry| entry.kind).collect();
+        assert!(kinds.contains(&"oci-blobs".to_string()) && kinds.contains(&"kernel-src".to_string()), "{kinds:?}");
+        // A flipped pulled blob is a problem `verify` names.
+        std::fs::write(&blob, b"flipped").unwrap();
+        assert!(store.verify().unwrap().problems.iter().any(|problem| problem.contains("oci-blobs blob")));
+        let report = store.gc(&GcOptions { keep_size: Some(0), older_than: None, grace_seconds: 0 }).unwrap();
+        assert!(!blob.exists() && !source.exists(), "gc left them: {report:?}");
+        assert_eq!(report.removed_other.get("oci-blobs"), Some(&1));
+        assert_eq!(report.removed_other.get("kernel-src"), Some(&1));
+    }
 }

@@ -231,3 +231,62 @@ fn sweep_stale_work_dirs(tmp: &Path) -> Result<()> {
 }
 
 
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn blobs_are_stored_by_digest_and_checked_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut temp = store.temp_file().unwrap();
+        temp.write_all(b"layer bytes").unwrap();
+        let (digest, size) = store.put_blob(temp).unwrap();
+        assert_eq!((digest.as_str(), size), (crate::digest::sha256_hex(b"layer bytes").as_str(), 11));
+        assert!(store.has_blob(&digest));
+        assert!(!store.has_blob("../../etc/passwd"), "a name that is not a digest is never a blob");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut store.open_blob(&digest).unwrap(), &mut text).unwrap();
+        assert_eq!(text, "layer bytes");
+        std::fs::write(store.layout().blob(&digest), b"flipped").unwrap();
+        let error = store.open_blob(&digest).unwrap_err().to_string();
+        assert!(error.contains("is corrupt"), "{error}");
+    }
+
+    #[test]
+    fn outputs_are_read_back_in_the_type_that_wrote_them() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Made {
+            key: String,
+            files: std::collections::BTreeMap<String, String>,
+            created: u64,
+            extra: u32,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let staged = store.work_dir("outputs").unwrap();
+        let outputs = staged.path().join("o");
+        fs_err::create_dir(&outputs).unwrap();
+        let made = Made { key: "k".repeat(64), files: Default::default(), created: 1, extra: 7 };
+        store.put_output(&made.key, &outputs, &made).unwrap();
+        assert_eq!(store.output::<Made>(&made.key), Some(made));
+        assert!(store.output::<Made>(&"0".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn work_dirs_of_dead_builds_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let live = store.work_dir("live").unwrap();
+        // A dead build's dir: its lock file exists but nobody holds it.
+        let dead = store.layout().tmp().join("dead-x");
+        fs_err::create_dir(&dead).unwrap();
+        fs_err::write(dead.with_extension("lock"), b"").unwrap();
+        let _other = Store::open(dir.path()).unwrap();
+        assert!(!dead.exists(), "the dead build's dir was not swept");
+        assert!(live.path().exists(), "a running build's dir was taken");
+    }
+}

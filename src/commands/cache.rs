@@ -23,8 +23,9 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
         }
         CacheAction::Gc { keep_size, older_than } => {
             let report = store.gc(&GcOptions::new(*keep_size, *older_than))?;
+            let others: String = report.removed_other.iter().map(|(area, count)| format!(", {count} {area}")).collect();
             println!(
-                "removed {} stages, {} outputs, {} layers, {} kernels; freed {}, {} kept",
+                "removed {} stages, {} outputs, {} layers, {} kernels{others}; freed {}, {} kept",
                 report.removed_stages,
                 report.removed_outputs,
                 report.removed_blobs,

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use super::config;
 use super::source;
 use crate::host::{Command, Host};
-use super::KernelProducts;
+use super::products::KernelProducts;
 use crate::cache::{Layout, CACHE_FORMAT, PRODUCTS_RECORD};
 use crate::digest::sha256_hex;
 use crate::recipe::{ConfigBase, KernelBuild};
