@@ -37,7 +37,7 @@ mod tests {
     fn digests_of_bytes_readers_and_files_agree() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
-        std::fs::write(&file, b"abc").unwrap();
+        fs_err::write(&file, b"abc").unwrap();
         let expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert_eq!(sha256_hex(b"abc"), expected);
         assert_eq!(hash_file(&file).unwrap(), expected);

@@ -9,12 +9,12 @@ use fs4::fs_std::FileExt;
 /// Remove a tree even where a stage left read-only directories; a missing
 /// tree is not an error.
 pub fn remove_tree(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
+    match fs_err::remove_dir_all(path) {
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
             use std::os::unix::fs::PermissionsExt;
             for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
                 if entry.file_type().is_dir() {
-                    let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
+                    let _ = fs_err::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
                 }
             }
             fs_err::remove_dir_all(path)

@@ -60,14 +60,23 @@ impl Entry {
     }
 
     /// Whether the bundle has what this entry boots.
-    pub fn check(&self, bundle: &BundleKernels) -> Result<(), String> {
+    pub fn check(&self, bundle: &BundleKernels) -> Result<(), NoSuchKernel> {
         match self {
             Entry::Kernel { kernel, .. } if !bundle.kernels.iter().any(|name| name == kernel) => {
-                Err(format!("the bundle {} {} has no kernel `{kernel}` (it has: {})", bundle.name, bundle.version, bundle.kernels.join(", ")))
+                Err(NoSuchKernel { bundle: format!("{} {}", bundle.name, bundle.version), kernel: kernel.clone(), kernels: bundle.kernels.join(", ") })
             }
             _ => Ok(()),
         }
     }
+}
+
+/// An entry names a kernel the bundle does not have.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the bundle {bundle} has no kernel `{kernel}` (it has: {kernels})")]
+pub struct NoSuchKernel {
+    pub bundle: String,
+    pub kernel: String,
+    pub kernels: String,
 }
 
 /// What an inventory is checked against: a bundle's name, version and kernels.
@@ -174,7 +183,7 @@ pub fn check(file: &Path, source: &str, spans: &SpanIndex, raw: &RawInventory, b
     let mut problems = Vec::new();
     let entry_at = |path: &str, text: Option<&String>, problems: &mut Vec<Diagnostic>| -> Entry {
         let Some(text) = text else { return Entry::Local };
-        match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(bundle).map(|()| entry)) {
+        match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(bundle).map(|()| entry).map_err(|error| error.to_string())) {
             Ok(entry) => entry,
             Err(message) => {
                 problems.push(problem(spans.value(path), message, &format!("an entry is one of: {}", entry_choices(bundle))));

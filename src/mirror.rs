@@ -10,13 +10,13 @@ use anyhow::{bail, Context, Result};
 pub fn host_mirror(apt_dir: &Path) -> Result<String> {
     let mut candidates = Vec::new();
     let mut files = vec![apt_dir.join("sources.list")];
-    if let Ok(entries) = std::fs::read_dir(apt_dir.join("sources.list.d")) {
+    if let Ok(entries) = fs_err::read_dir(apt_dir.join("sources.list.d")) {
         let mut more: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         more.sort();
         files.extend(more);
     }
     for file in files {
-        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let Ok(text) = fs_err::read_to_string(&file) else { continue };
         match file.extension().and_then(|e| e.to_str()) {
             Some("sources") => candidates.extend(deb822_sources(&text)),
             _ if file.file_name().is_some_and(|n| n == "sources.list") || file.extension().is_some_and(|e| e == "list") => candidates.extend(one_line_sources(&text)),
@@ -97,7 +97,7 @@ pub fn available_versions(mirror: &str, suite: &str, components: &[String], arch
 
 fn fetch(url: &str, suite: &str) -> Result<Vec<u8>> {
     let bytes = if let Some(path) = url.strip_prefix("file://") {
-        std::fs::read(path).with_context(|| format!("reading {path}"))?
+        fs_err::read(path).with_context(|| format!("reading {path}"))?
     } else {
         let response = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30)).build().get(&url).call();
         let response = match response {
@@ -139,13 +139,13 @@ pub fn resolve_in_release(mirror: &str, suite: &str, memory: Option<&Path>) -> R
             if let Some(file) = &file {
                 let record = Remembered { url, sha256: sha256.clone(), seen: crate::time::now_seconds() };
                 // Best effort: a read-only cache only loses the offline fallback.
-                let _ = std::fs::create_dir_all(file.parent().expect("in a dir"));
-                let _ = std::fs::write(file, serde_json::to_vec_pretty(&record).unwrap_or_default());
+                let _ = fs_err::create_dir_all(file.parent().expect("in a dir"));
+                let _ = fs_err::write(file, serde_json::to_vec_pretty(&record).unwrap_or_default());
             }
             Ok(Resolved { sha256, warning: None })
         }
         Err(error) => {
-            let remembered = file.and_then(|f| std::fs::read(f).ok()).and_then(|bytes| serde_json::from_slice::<Remembered>(&bytes).ok());
+            let remembered = file.and_then(|f| fs_err::read(f).ok()).and_then(|bytes| serde_json::from_slice::<Remembered>(&bytes).ok());
             match remembered {
                 Some(record) => {
                     let age = crate::time::now_seconds().saturating_sub(record.seen);
@@ -180,14 +180,14 @@ mod tests {
     #[test]
     fn reads_deb822_and_one_line_sources() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("sources.list.d")).unwrap();
-        std::fs::write(
+        fs_err::create_dir(dir.path().join("sources.list.d")).unwrap();
+        fs_err::write(
             dir.path().join("sources.list.d/debian.sources"),
             "Types: deb\n# a comment: here\nURIs: http://mirror.test/debian-security\nSuites: bookworm-security\nComponents: main\n\nTypes: deb deb-src\nURIs: http://mirror.test/debian/\nSuites: bookworm bookworm-updates\n",
         )
         .unwrap();
         assert_eq!(host_mirror(dir.path()).unwrap(), "http://mirror.test/debian");
-        std::fs::write(dir.path().join("sources.list"), "# old style\ndeb [arch=amd64] http://other.test/debian bookworm main\n").unwrap();
+        fs_err::write(dir.path().join("sources.list"), "# old style\ndeb [arch=amd64] http://other.test/debian bookworm main\n").unwrap();
         assert_eq!(host_mirror(dir.path()).unwrap(), "http://other.test/debian");
     }
 
@@ -202,8 +202,8 @@ mod tests {
     fn an_unreachable_mirror_falls_back_to_the_digest_seen_last() {
         let dir = tempfile::tempdir().unwrap();
         let mirror_dir = dir.path().join("mirror");
-        std::fs::create_dir_all(mirror_dir.join("dists/bookworm")).unwrap();
-        std::fs::write(mirror_dir.join("dists/bookworm/InRelease"), "release v1").unwrap();
+        fs_err::create_dir_all(mirror_dir.join("dists/bookworm")).unwrap();
+        fs_err::write(mirror_dir.join("dists/bookworm/InRelease"), "release v1").unwrap();
         let mirror = format!("file://{}", mirror_dir.display());
         let memory = dir.path().join("remote");
 
@@ -211,7 +211,7 @@ mod tests {
         assert!(first.warning.is_none());
         assert_eq!(first.sha256, crate::digest::sha256_hex(b"release v1"));
 
-        std::fs::remove_file(mirror_dir.join("dists/bookworm/InRelease")).unwrap();
+        fs_err::remove_file(mirror_dir.join("dists/bookworm/InRelease")).unwrap();
         let offline = resolve_in_release(&mirror, "bookworm", Some(&memory)).unwrap();
         assert_eq!(offline.sha256, first.sha256);
         let warning = offline.warning.unwrap();

@@ -306,7 +306,7 @@ fn tree_digests(root: &Path) -> Result<Vec<FileDigest>> {
         let (kind, sha256) = if metadata.is_dir() {
             ("dir", String::new())
         } else if metadata.file_type().is_symlink() {
-            ("symlink", sha256_hex(std::fs::read_link(entry.path())?.as_os_str().as_encoded_bytes()))
+            ("symlink", sha256_hex(fs_err::read_link(entry.path())?.as_os_str().as_encoded_bytes()))
         } else {
             ("file", sha256_hex(&fs_err::read(entry.path())?))
         };
@@ -322,8 +322,8 @@ mod tests {
     use crate::recipe::{load_str, LoadOptions};
 
     fn kernel_recipe(dir: &Path) -> Recipe {
-        std::fs::write(dir.join("base.tar"), "").unwrap();
-        std::fs::write(dir.join("small.config"), "CONFIG_PRINTK=y\n").unwrap();
+        fs_err::write(dir.join("base.tar"), "").unwrap();
+        fs_err::write(dir.join("small.config"), "CONFIG_PRINTK=y\n").unwrap();
         let source = "rootsmith: 1\nname: k\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - kernel: { name: lts, source: { package: linux-source-6.1 }, config: { base: tinyconfig, fragments: [small.config] } }\n";
         load_str(&dir.join("k.yaml"), source, &LoadOptions::default()).unwrap()
     }

@@ -67,7 +67,7 @@ impl RemoteCache {
                 let archive = scratch.path().join("products.tar.zst");
                 self.registry.fetch_blob_of(&reference, products, &archive, note)?;
                 let unpacking = dir.with_extension("partial");
-                let _ = std::fs::remove_dir_all(&unpacking);
+                let _ = fs_err::remove_dir_all(&unpacking);
                 fs_err::create_dir_all(&unpacking)?;
                 crate::layer::apply_layer(zstd::Decoder::new(fs_err::File::open(&archive)?)?, &unpacking, &format!("kernel products of {}", reference.whole()))?;
                 fs_err::rename(&unpacking, &dir)?;

@@ -66,10 +66,10 @@ mod tests {
     fn squashfs_data_starts_at_the_contract_offset() {
         let dir = tempfile::tempdir().unwrap();
         let squashfs = dir.path().join("s");
-        std::fs::write(&squashfs, b"hsqs and the rest").unwrap();
+        fs_err::write(&squashfs, b"hsqs and the rest").unwrap();
         let image = dir.path().join("img");
         write_rootfs_image(&squashfs, &BuildId { cookie: "c0ffee".into(), name: "t".into() }, &image, 5).unwrap();
-        let bytes = std::fs::read(&image).unwrap();
+        let bytes = fs_err::read(&image).unwrap();
         assert_eq!(&bytes[SQUASHFS_MAGIC_OFFSET..SQUASHFS_MAGIC_OFFSET + 4], SQUASHFS_MAGIC);
         assert_eq!(bytes.len() % 4, 0);
         let reader = cpio::NewcReader::new(bytes.as_slice()).unwrap();

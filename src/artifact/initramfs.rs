@@ -202,7 +202,7 @@ pub fn find_busybox(tree: &Path) -> Result<Vec<u8>> {
     for candidate in in_tree.iter().map(PathBuf::as_path).chain([Path::new("/bin/busybox"), Path::new("/usr/bin/busybox")]) {
         // Follow no symlink out of the tree: read the file itself.
         if candidate.symlink_metadata().is_ok_and(|m| m.is_file()) {
-            if let Ok(bytes) = std::fs::read(candidate) {
+            if let Ok(bytes) = fs_err::read(candidate) {
                 if is_static_elf(&bytes) {
                     return Ok(bytes);
                 }
@@ -275,7 +275,7 @@ mod tests {
             let (a, b) = (dir.path().join("a"), dir.path().join("b"));
             let size = write(&contents(), compression, 1000, &a).unwrap();
             write(&contents(), compression, 1000, &b).unwrap();
-            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+            assert_eq!(fs_err::read(&a).unwrap(), fs_err::read(&b).unwrap());
             assert_eq!(size % 4, 0);
         }
         let mut with_shell = contents();
@@ -301,7 +301,7 @@ mod tests {
     fn tells_static_from_dynamic_executables() {
         let init = std::env::current_exe().unwrap();
         // The test binary itself is dynamically linked.
-        assert!(!is_static_elf(&std::fs::read(init).unwrap()));
+        assert!(!is_static_elf(&fs_err::read(init).unwrap()));
         assert!(!is_static_elf(b"#!/bin/sh\n"));
     }
 }

@@ -45,8 +45,8 @@ pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Ve
     }
     for (file, text) in [("boot.ipxe", ipxe(input, None, None)), ("pxelinux.cfg/default", pxelinux(input, None)), ("grub.cfg", grub(input, None))] {
         let target = dir.join(file);
-        std::fs::create_dir_all(target.parent().expect("in the bundle"))?;
-        std::fs::write(&target, &text)?;
+        fs_err::create_dir_all(target.parent().expect("in the bundle"))?;
+        fs_err::write(&target, &text)?;
         artifacts.push(crate::bundle::manifest::ManifestArtifact { name: file.into(), size: text.len() as u64, sha256: crate::digest::sha256_hex(text.as_bytes()) });
     }
     Ok(artifacts)

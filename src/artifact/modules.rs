@@ -32,7 +32,7 @@ impl ModuleTree {
         let dep_file = dir.join("modules.dep");
         let text = fs_err::read_to_string(&dep_file).with_context(|| format!("{} has no modules.dep; run depmod for it", dir.display()))?;
         let deps = parse_modules_dep(&text);
-        let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default().lines().map(module_name).collect();
+        let builtin = fs_err::read_to_string(dir.join("modules.builtin")).unwrap_or_default().lines().map(module_name).collect();
         Ok(ModuleTree { dir: dir.to_path_buf(), deps, builtin })
     }
 
@@ -116,8 +116,8 @@ mod tests {
 
     fn tree(dep: &str, builtin: &str) -> (tempfile::TempDir, ModuleTree) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("modules.dep"), dep).unwrap();
-        std::fs::write(dir.path().join("modules.builtin"), builtin).unwrap();
+        fs_err::write(dir.path().join("modules.dep"), dep).unwrap();
+        fs_err::write(dir.path().join("modules.builtin"), builtin).unwrap();
         let tree = ModuleTree::open(dir.path()).unwrap();
         (dir, tree)
     }
@@ -155,7 +155,7 @@ mod tests {
         assert_eq!(initramfs_path("6.1", "kernel/fs/a.ko"), "lib/modules/6.1/kernel/fs/a.ko");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("m.ko.zst");
-        std::fs::write(&file, zstd::encode_all(&b"\x7fELF module"[..], 3).unwrap()).unwrap();
+        fs_err::write(&file, zstd::encode_all(&b"\x7fELF module"[..], 3).unwrap()).unwrap();
         assert_eq!(read_module(&file).unwrap(), b"\x7fELF module");
     }
 }

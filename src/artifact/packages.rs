@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// `name<TAB>version<TAB>arch` lines, sorted; empty when the tree has no dpkg.
 pub fn installed(tree: &Path) -> String {
-    let Ok(status) = std::fs::read_to_string(tree.join("var/lib/dpkg/status")) else { return String::new() };
+    let Ok(status) = fs_err::read_to_string(tree.join("var/lib/dpkg/status")) else { return String::new() };
     let mut lines = Vec::new();
     for stanza in crate::control::stanzas(&status) {
         let field = |name: &str| crate::control::field(stanza, name);
@@ -38,8 +38,8 @@ mod tests {
     #[test]
     fn lists_installed_packages_only() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("var/lib/dpkg")).unwrap();
-        std::fs::write(
+        fs_err::create_dir_all(dir.path().join("var/lib/dpkg")).unwrap();
+        fs_err::write(
             dir.path().join("var/lib/dpkg/status"),
             "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.2\n\nPackage: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1\n\nPackage: apt\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.6\n",
         )

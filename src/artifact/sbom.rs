@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 /// License names from a DEP-5 copyright file (`License:` fields), sorted.
 fn licenses(tree: &Path, package: &str) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(tree.join("usr/share/doc").join(package).join("copyright")) else { return Vec::new() };
+    let Ok(text) = fs_err::read_to_string(tree.join("usr/share/doc").join(package).join("copyright")) else { return Vec::new() };
     if !text.starts_with("Format:") {
         return Vec::new();
     }
@@ -28,7 +28,7 @@ fn spdx_id(text: &str) -> String {
 }
 
 pub fn spdx(tree: &Path, name: &str, cookie: &str, created: &str) -> String {
-    let status = std::fs::read_to_string(tree.join("var/lib/dpkg/status")).unwrap_or_default();
+    let status = fs_err::read_to_string(tree.join("var/lib/dpkg/status")).unwrap_or_default();
     let mut packages: Vec<Value> = Vec::new();
     let mut relationships = Vec::new();
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
@@ -84,14 +84,14 @@ mod tests {
     fn lists_installed_packages_with_source_and_licenses() {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path();
-        std::fs::create_dir_all(tree.join("var/lib/dpkg")).unwrap();
-        std::fs::write(
+        fs_err::create_dir_all(tree.join("var/lib/dpkg")).unwrap();
+        fs_err::write(
             tree.join("var/lib/dpkg/status"),
             "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc (2.36-9)\nVersion: 2.36-9+deb12u4\n\nPackage: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1\n\nPackage: curl\nStatus: install ok installed\nArchitecture: amd64\nVersion: 7.88.1-10\n",
         )
         .unwrap();
-        std::fs::create_dir_all(tree.join("usr/share/doc/curl")).unwrap();
-        std::fs::write(tree.join("usr/share/doc/curl/copyright"), "Format: https://example.invalid/dep5\n\nFiles: *\nLicense: curl\n\nFiles: lib/x\nLicense: BSD-3-clause or ISC\n").unwrap();
+        fs_err::create_dir_all(tree.join("usr/share/doc/curl")).unwrap();
+        fs_err::write(tree.join("usr/share/doc/curl/copyright"), "Format: https://example.invalid/dep5\n\nFiles: *\nLicense: curl\n\nFiles: lib/x\nLicense: BSD-3-clause or ISC\n").unwrap();
         let text = spdx(tree, "demo", "abc", "2023-11-14T22:13:20Z");
         assert_eq!(text, spdx(tree, "demo", "abc", "2023-11-14T22:13:20Z"));
         let document: Value = serde_json::from_str(&text).unwrap();

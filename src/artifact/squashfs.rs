@@ -55,7 +55,7 @@ enum LazyFile {
 impl Read for LazyFile {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         if let LazyFile::Unopened(path) = self {
-            *self = LazyFile::Open(std::fs::File::open(&*path)?);
+            *self = LazyFile::Open(fs_err::File::open(&*path)?.into_parts().0);
         }
         let LazyFile::Open(file) = self else { return Ok(0) };
         let read = file.read(buffer)?;
@@ -159,18 +159,18 @@ mod tests {
     fn backhand_writer_output_reads_back_and_matches_the_tree() {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
-        std::fs::create_dir_all(tree.join("etc/sub")).unwrap();
-        std::fs::write(tree.join("etc/motd"), "hello\n").unwrap();
-        std::fs::write(tree.join("etc/sub/big"), vec![7u8; 300_000]).unwrap();
+        fs_err::create_dir_all(tree.join("etc/sub")).unwrap();
+        fs_err::write(tree.join("etc/motd"), "hello\n").unwrap();
+        fs_err::write(tree.join("etc/sub/big"), vec![7u8; 300_000]).unwrap();
         std::os::unix::fs::symlink("motd", tree.join("etc/link")).unwrap();
         let output = dir.path().join("root.squashfs");
         write_with_backhand(&tree, &output, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_000).unwrap();
-        assert_eq!(&std::fs::read(&output).unwrap()[..4], rootsmith_init::contract::SQUASHFS_MAGIC);
+        assert_eq!(&fs_err::read(&output).unwrap()[..4], rootsmith_init::contract::SQUASHFS_MAGIC);
         let check = verify(&output, &tree).unwrap();
         assert_eq!(check.entries, 6);
         assert_eq!(check.sampled_files, 2);
         // A tree that differs from the image is caught.
-        std::fs::write(tree.join("etc/motd"), "changed\n").unwrap();
+        fs_err::write(tree.join("etc/motd"), "changed\n").unwrap();
         assert!(verify(&output, &tree).unwrap_err().to_string().contains("differs from the tree"));
     }
 }

@@ -61,10 +61,13 @@ let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
     let work = runner.work();
     let tree = work.tree();
     artifact::clamp_mtimes(&tree, runner.plan.source_date_epoch)?;
+    // mksquashfs's, dpkg-deb's and depmod's output; it outlives the build.
+    let log = runner.store.layout().stage_log(&key);
+    fs_err::write(&log, b"")?;
     let staged = work.dir.path().join("outputs");
     fs_err::create_dir(&staged)?;
     let squashfs_path = work.dir.path().join("root.squashfs");
-    squashfs::write(runner.host, &tree, &squashfs_path, squashfs_compression, runner.plan.source_date_epoch, &work.dir.path().join("mksquashfs.log"))?;
+    squashfs::write(runner.host, &tree, &squashfs_path, squashfs_compression, runner.plan.source_date_epoch, &log)?;
     let check = squashfs::verify(&squashfs_path, &tree)?;
     let squashfs_digest = crate::digest::hash_file(&squashfs_path)?;
     let cookie = rootsmith_init::contract::cookie_for(&squashfs_digest);
@@ -72,10 +75,9 @@ let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
     artifact::cpio::write_rootfs_image(&squashfs_path, &build_id, &staged.join("rootfs.img"), runner.plan.source_date_epoch)?;
     fs_err::remove_file(&squashfs_path)?;
     let kernels = kernels.iter().map(|kernel| KernelFiles { name: &kernel.name, release: &kernel.release, debs: &kernel.debs, products: kernel.dir(runner.store.layout()) }).collect();
-    let initramfs_log = work.dir.path().join("initramfs.log");
     let request = thin_initramfs::Request {
         host: runner.host,
-        log: &initramfs_log,
+        log: &log,
         settings: &runner.plan.outputs.initramfs,
         tree: &tree,
         kernels,

@@ -140,8 +140,8 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
     }
     let staging = staging.keep();
-    if let Err(error) = std::fs::rename(&staging, &bundle) {
-        let _ = std::fs::remove_dir_all(&staging);
+    if let Err(error) = fs_err::rename(&staging, &bundle) {
+        let _ = fs_err::remove_dir_all(&staging);
         if bundle.exists() {
             return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
         }
@@ -165,7 +165,7 @@ fn write_image(image: &crate::oci::image::Image, oci: &crate::recipe::OciOutput,
 }
 
 fn same_bundle(bundle: &Path, manifest: &[u8]) -> Result<()> {
-    let existing = std::fs::read(bundle.join("manifest.json")).unwrap_or_default();
+    let existing = fs_err::read(bundle.join("manifest.json")).unwrap_or_default();
     if existing == manifest {
         return Ok(());
     }

@@ -128,7 +128,9 @@ impl<'a> StageRunner<'a> {
         let tree = work.tree();
         let is_base = planned.kind.is_base();
         let before = if is_base { Snapshot::default() } else { Snapshot::take(&tree)? };
-        let log = work.dir.path().join(format!("{}.log", planned.name));
+        // The log outlives the build (a failure names it); each run starts it afresh.
+        let log = self.store.layout().stage_log(&key);
+        fs_err::write(&log, b"")?;
         let scratch = work.dir.path().join("scratch");
         fs_err::create_dir_all(&scratch)?;
         let context = StageContext {

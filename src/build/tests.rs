@@ -15,15 +15,15 @@ use crate::recipe::{load_str, LoadOptions, Recipe};
 fn recipe(dir: &Path) -> Recipe {
     let tree = dir.join("tree");
     for sub in ["bin", "etc", "usr/sbin"] {
-        std::fs::create_dir_all(tree.join(sub)).unwrap();
+        fs_err::create_dir_all(tree.join(sub)).unwrap();
     }
-    std::fs::write(tree.join("bin/sh"), "").unwrap();
-    std::fs::write(tree.join("etc/hostname"), "test\n").unwrap();
+    fs_err::write(tree.join("bin/sh"), "").unwrap();
+    fs_err::write(tree.join("etc/hostname"), "test\n").unwrap();
     let mut builder = tar::Builder::new(std::fs::File::create(dir.join("base.tar")).unwrap());
     builder.append_dir_all(".", &tree).unwrap();
     builder.finish().unwrap();
-    std::fs::create_dir_all(dir.join("overlay")).unwrap();
-    std::fs::write(dir.join("overlay/motd"), "hello\n").unwrap();
+    fs_err::create_dir_all(dir.join("overlay")).unwrap();
+    fs_err::write(dir.join("overlay/motd"), "hello\n").unwrap();
     let source = "rootsmith: 1\nname: unit\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - run: { sh: \"echo configured > /etc/configured\" }\n  - files: { src: overlay, dest: /etc }\n";
     load_str(&dir.join("unit.yaml"), source, &LoadOptions::default()).unwrap()
 }
@@ -48,7 +48,7 @@ fn a_failed_command_stores_nothing_for_its_stage_and_leaves_no_work_dir() {
     assert!(matches!(statuses[0], StageStatus::Hit(_)), "the base stage before the failure is kept");
     assert!(matches!(statuses[1], StageStatus::Miss { .. }), "the failed stage is not recorded");
     drop(store);
-    let left: Vec<_> = std::fs::read_dir(crate::cache::Layout::new(&cache).tmp()).unwrap().collect();
+    let left: Vec<_> = fs_err::read_dir(crate::cache::Layout::new(&cache).tmp()).unwrap().collect();
     assert!(left.is_empty(), "work dirs were left behind: {left:?}");
 }
 
@@ -59,7 +59,7 @@ fn a_second_build_runs_no_command_and_a_changed_file_rebuilds_only_its_stage() {
     let cache = dir.path().join("cache");
     let host = RecordingHost::default();
     let first = plan(&recipe, &options(), &host).unwrap();
-    let motd = materialize(&first, &cache, 3, &host, &Silent, |context| Ok(std::fs::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
+    let motd = materialize(&first, &cache, 3, &host, &Silent, |context| Ok(fs_err::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
     assert_eq!(motd, "hello\n");
     assert_eq!(host.programs(), ["sh"]);
 
@@ -67,13 +67,13 @@ fn a_second_build_runs_no_command_and_a_changed_file_rebuilds_only_its_stage() {
     materialize(&first, &cache, 3, &again, &Silent, |_| Ok(())).unwrap();
     assert!(again.programs().is_empty(), "a cached build ran {:?}", again.programs());
 
-    std::fs::write(dir.path().join("overlay/motd"), "changed\n").unwrap();
+    fs_err::write(dir.path().join("overlay/motd"), "changed\n").unwrap();
     let changed = plan(&recipe, &options(), &again).unwrap();
     let store = Store::open(&cache).unwrap();
     let statuses = changed.statuses(&store, None);
     assert!(matches!(statuses[0], StageStatus::Hit(_)) && matches!(statuses[1], StageStatus::Hit(_)), "stages before the change stay cached");
     assert!(matches!(statuses[2], StageStatus::Miss { .. }), "the files stage reads the changed file");
-    let motd = materialize(&changed, &cache, 3, &again, &Silent, |context| Ok(std::fs::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
+    let motd = materialize(&changed, &cache, 3, &again, &Silent, |context| Ok(fs_err::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
     assert_eq!(motd, "changed\n");
     assert!(again.programs().is_empty(), "only the files stage ran, and it runs no command");
 }

@@ -95,10 +95,10 @@ pub struct ManifestArtifact {
 /// manifest itself) into a bundle directory; returns the manifest's bytes.
 pub fn write_index(dir: &std::path::Path, manifest: &Manifest) -> std::io::Result<Vec<u8>> {
     let bytes = serde_json::to_vec_pretty(manifest)?;
-    std::fs::write(dir.join("manifest.json"), &bytes)?;
+    fs_err::write(dir.join("manifest.json"), &bytes)?;
     let mut artifacts = manifest.artifacts.clone();
     artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: bytes.len() as u64, sha256: crate::digest::sha256_hex(&bytes) });
-    std::fs::write(dir.join("SHA256SUMS"), sha256sums(&artifacts))?;
+    fs_err::write(dir.join("SHA256SUMS"), sha256sums(&artifacts))?;
     Ok(bytes)
 }
 

@@ -46,7 +46,7 @@ impl Bundle {
 /// Every bundle under `out` (`OUT/NAME/VERSION`), sorted by name then version.
 pub fn list(out: &Path) -> Result<Vec<Bundle>> {
     let mut bundles = Vec::new();
-    let Ok(names) = std::fs::read_dir(out) else { return Ok(bundles) };
+    let Ok(names) = fs_err::read_dir(out) else { return Ok(bundles) };
     for name in names {
         let name = name?;
         if !name.file_type()?.is_dir() {

@@ -17,7 +17,7 @@
 //! CACHE/v1/kernel/downloads/         kernel source packages and tarballs
 //! CACHE/v1/ccache/                   the compiler cache of kernel builds
 //! CACHE/v1/oci/blobs/sha256/HEX      blobs of images pulled by `oci` stages
-//! CACHE/v1/logs/                     the stage logs of recent builds
+//! CACHE/v1/logs/KEY.log             the log of each stage's last run
 //! CACHE/v1/tmp/                      work trees and partial files of running builds
 //! ```
 
@@ -179,6 +179,12 @@ impl Layout {
 
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+
+    /// The log of the last run of the stage `key`: it outlives the build, so
+    /// the path a failure prints can still be read.
+    pub fn stage_log(&self, key: &str) -> PathBuf {
+        self.logs().join(format!("{}.log", component(key)))
     }
 
     pub fn tmp(&self) -> PathBuf {

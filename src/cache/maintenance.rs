@@ -77,17 +77,17 @@ enum Removal {
 
 impl Store {
     pub fn stage_records(&self) -> Vec<StageRecord> {
-        let mut records: Vec<StageRecord> = json_files(&self.layout().stages()).filter_map(|path| serde_json::from_slice(&std::fs::read(path).ok()?).ok()).collect();
+        let mut records: Vec<StageRecord> = json_files(&self.layout().stages()).filter_map(|path| serde_json::from_slice(&fs_err::read(path).ok()?).ok()).collect();
         records.sort_by_key(|record| record.created);
         records
     }
 
     fn output_headers(&self) -> Vec<(OutputHeader, u64)> {
-        let Ok(entries) = std::fs::read_dir(self.layout().outputs()) else { return Vec::new() };
+        let Ok(entries) = fs_err::read_dir(self.layout().outputs()) else { return Vec::new() };
         let mut records: Vec<(OutputHeader, u64)> = entries
             .flatten()
             .filter_map(|entry| {
-                let record: OutputHeader = serde_json::from_slice(&std::fs::read(entry.path().join(OUTPUT_RECORD)).ok()?).ok()?;
+                let record: OutputHeader = serde_json::from_slice(&fs_err::read(entry.path().join(OUTPUT_RECORD)).ok()?).ok()?;
                 Some((record, dir_size(&entry.path())))
             })
             .collect();
@@ -99,7 +99,7 @@ impl Store {
     fn loose_entries(&self) -> Vec<(&'static str, PathBuf, u64, u64)> {
         let mut entries = Vec::new();
         for area in self.layout().areas().into_iter().filter(|area| area.collect == Collect::LeastRecentlyUsed) {
-            let Ok(children) = std::fs::read_dir(&area.path) else { continue };
+            let Ok(children) = fs_err::read_dir(&area.path) else { continue };
             for child in children.flatten() {
                 let path = child.path();
                 let name = child.file_name().to_string_lossy().into_owned();
@@ -107,7 +107,7 @@ impl Store {
                 if name.ends_with(".lock") || name == "lock" || name == "partial" || name.starts_with('.') {
                     continue;
                 }
-                let Ok(metadata) = std::fs::symlink_metadata(&path) else { continue };
+                let Ok(metadata) = fs_err::symlink_metadata(&path) else { continue };
                 let used = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
                 let size = if metadata.is_dir() { dir_size(&path) } else { metadata.len() };
                 entries.push((area.name, path, used, size));
@@ -129,7 +129,7 @@ impl Store {
             entries.push(CacheEntry { kind: "outputs".into(), key: record.key, recipe: String::new(), stage: String::new(), size, created: record.created });
         }
         let referenced = self.referenced_products();
-        if let Ok(children) = std::fs::read_dir(self.layout().products()) {
+        if let Ok(children) = fs_err::read_dir(self.layout().products()) {
             for child in children.flatten() {
                 let name = child.file_name().to_string_lossy().into_owned();
                 let used = child.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
@@ -217,7 +217,7 @@ impl Store {
         }
         // Products no stage record refers to any more.
         let referenced = self.referenced_products();
-        if let Ok(entries) = std::fs::read_dir(self.layout().products()) {
+        if let Ok(entries) = fs_err::read_dir(self.layout().products()) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if !referenced.contains(&name) && age(&entry.path()) >= options.grace_seconds {
@@ -235,7 +235,7 @@ impl Store {
         let mut report = VerifyReport::default();
         // Content-addressed areas: every entry hashes to its name.
         for area in self.layout().areas().into_iter().filter(|area| area.content_addressed) {
-            let Ok(entries) = std::fs::read_dir(&area.path) else { continue };
+            let Ok(entries) = fs_err::read_dir(&area.path) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let label = if area.name == "layers" { "blob".to_string() } else { format!("{} blob", area.name) };
@@ -249,7 +249,7 @@ impl Store {
         }
         for path in json_files(&self.layout().stages()) {
             report.checked_stages += 1;
-            let record: StageRecord = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string())) {
+            let record: StageRecord = match fs_err::read(&path).map_err(|e| e.to_string()).and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string())) {
                 Ok(record) => record,
                 Err(error) => {
                     report.problems.push(format!("stage record {}: {error}", path.display()));
@@ -290,11 +290,11 @@ impl Store {
 pub const PRODUCTS_RECORD: &str = "record.json";
 
 fn age(path: &Path) -> u64 {
-    std::fs::symlink_metadata(path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0)
+    fs_err::symlink_metadata(path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn json_files(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|entry| entry.path()).filter(|path| path.extension().is_some_and(|e| e == "json"))
+    fs_err::read_dir(dir).into_iter().flatten().flatten().map(|entry| entry.path()).filter(|path| path.extension().is_some_and(|e| e == "json"))
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -360,8 +360,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let corrupt = record(&store, "corrupt", b"good bytes", 1);
         let missing = record(&store, "missing", b"other bytes", 1);
-        std::fs::write(store.layout().blob(&corrupt.layer), b"bad bytes").unwrap();
-        std::fs::remove_file(store.layout().blob(&missing.layer)).unwrap();
+        fs_err::write(store.layout().blob(&corrupt.layer), b"bad bytes").unwrap();
+        fs_err::remove_file(store.layout().blob(&missing.layer)).unwrap();
         let problems = store.verify().unwrap().problems;
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("hash to")));
@@ -376,14 +376,14 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let layout = store.layout().clone();
         let blob = layout.oci_blob(&crate::digest::sha256_hex(b"pulled"));
-        std::fs::write(&blob, b"pulled").unwrap();
+        fs_err::write(&blob, b"pulled").unwrap();
         let source = layout.kernel_source(&"5".repeat(64));
-        std::fs::create_dir_all(&source).unwrap();
-        std::fs::write(source.join("Makefile"), vec![0u8; 4096]).unwrap();
+        fs_err::create_dir_all(&source).unwrap();
+        fs_err::write(source.join("Makefile"), vec![0u8; 4096]).unwrap();
         let kinds: Vec<String> = store.list().into_iter().map(|entry| entry.kind).collect();
         assert!(kinds.contains(&"oci-blobs".to_string()) && kinds.contains(&"kernel-src".to_string()), "{kinds:?}");
         // A flipped pulled blob is a problem `verify` names.
-        std::fs::write(&blob, b"flipped").unwrap();
+        fs_err::write(&blob, b"flipped").unwrap();
         assert!(store.verify().unwrap().problems.iter().any(|problem| problem.contains("oci-blobs blob")));
         let report = store.gc(&GcOptions { keep_size: Some(0), older_than: None, grace_seconds: 0 }).unwrap();
         assert!(!blob.exists() && !source.exists(), "gc left them: {report:?}");

@@ -86,7 +86,7 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = remove_tree(&self.path);
-        let _ = std::fs::remove_file(&self.lock_path);
+        let _ = fs_err::remove_file(&self.lock_path);
     }
 }
 
@@ -157,7 +157,7 @@ impl Store {
     }
 
     pub fn stage(&self, key: &str) -> Option<StageRecord> {
-        let bytes = std::fs::read(self.layout.stage_record(key)).ok()?;
+        let bytes = fs_err::read(self.layout.stage_record(key)).ok()?;
         let record: StageRecord = serde_json::from_slice(&bytes).ok()?;
         // A record is only a hit while its layer is there.
         self.has_blob(&record.layer).then_some(record)
@@ -172,13 +172,13 @@ impl Store {
 
     /// The inputs of the last build of `stage` in `recipe`, for `plan --explain`.
     pub fn last_inputs(&self, recipe: &str, stage: &str) -> Option<KeyInputs> {
-        let bytes = std::fs::read(self.layout.history_record(recipe, stage)).ok()?;
+        let bytes = fs_err::read(self.layout.history_record(recipe, stage)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// The record of the outputs stored under `key`, in the type that wrote it.
     pub fn output<R: DeserializeOwned>(&self, key: &str) -> Option<R> {
-        let bytes = std::fs::read(self.layout.output(key).join(OUTPUT_RECORD)).ok()?;
+        let bytes = fs_err::read(self.layout.output(key).join(OUTPUT_RECORD)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -186,7 +186,7 @@ impl Store {
     pub fn put_output(&self, key: &str, staged: &Path, record: &impl Serialize) -> Result<()> {
         fs_err::write(staged.join(OUTPUT_RECORD), serde_json::to_vec_pretty(record)?)?;
         let destination = self.layout.output(key);
-        match std::fs::rename(staged, &destination) {
+        match fs_err::rename(staged, &destination) {
             Ok(()) => Ok(()),
             // Another build stored the same outputs first: theirs are as good.
             Err(_) if destination.join(OUTPUT_RECORD).exists() => Ok(()),
@@ -218,12 +218,12 @@ fn sweep_stale_work_dirs(tmp: &Path) -> Result<()> {
             let Ok(file) = File::options().write(true).open(&path) else { continue };
             if file.try_lock_exclusive().unwrap_or(false) {
                 let _ = remove_tree(&path.with_extension(""));
-                let _ = std::fs::remove_file(&path);
+                let _ = fs_err::remove_file(&path);
             }
         } else if !path.with_extension("lock").exists() {
-            let old = std::fs::symlink_metadata(&path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > ORPHAN_AGE);
+            let old = fs_err::symlink_metadata(&path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > ORPHAN_AGE);
             if old {
-                let _ = remove_tree(&path).or_else(|_| std::fs::remove_file(&path));
+                let _ = remove_tree(&path).or_else(|_| fs_err::remove_file(&path));
             }
         }
     }
@@ -251,7 +251,7 @@ mod tests {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut store.open_blob(&digest).unwrap(), &mut text).unwrap();
         assert_eq!(text, "layer bytes");
-        std::fs::write(store.layout().blob(&digest), b"flipped").unwrap();
+        fs_err::write(store.layout().blob(&digest), b"flipped").unwrap();
         let error = store.open_blob(&digest).unwrap_err().to_string();
         assert!(error.contains("is corrupt"), "{error}");
     }

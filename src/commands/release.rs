@@ -12,7 +12,7 @@ fn mib(bytes: u64) -> String {
 
 /// The bundle directory's mtime: when it was published.
 fn published(bundle: &Bundle) -> String {
-    let Ok(modified) = std::fs::metadata(&bundle.dir).and_then(|m| m.modified()) else { return "-".into() };
+    let Ok(modified) = fs_err::metadata(&bundle.dir).and_then(|m| m.modified()) else { return "-".into() };
     let seconds = modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     rootsmith::time::utc_string(seconds)
 }
@@ -91,7 +91,11 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, json: bool) -> Result<()> {
         let recipe = super::load_recipe(&crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new() })?;
         let bundle = Bundle::open(dir)?;
         let outcome = release::rebuild::rebuild_and_compare(&bundle, &recipe)?;
-        report.findings.push(release::verify::Finding { check: "rebuild", ok: outcome.is_ok(), detail: outcome.unwrap_or_else(|problems| problems) });
+        let (ok, detail) = match outcome {
+            release::rebuild::Rebuilt::Same(detail) => (true, detail),
+            release::rebuild::Rebuilt::Differs(detail) => (false, detail),
+        };
+        report.findings.push(release::verify::Finding { check: "rebuild", ok, detail });
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

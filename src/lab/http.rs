@@ -279,7 +279,7 @@ impl Listener {
 }
 
 /// `None` at a clean end of the connection; `Some(Err)` for a malformed request.
-pub fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Result<Request, String>>> {
+fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Result<Request, String>>> {
     let mut lines = Vec::new();
     let mut total = 0;
     loop {
@@ -317,7 +317,7 @@ pub fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Result<Reque
 }
 
 /// The body of a request that has one, up to `max` bytes.
-pub fn read_body(reader: &mut impl BufRead, request: &mut Request, max: u64) -> Result<(), String> {
+fn read_body(reader: &mut impl BufRead, request: &mut Request, max: u64) -> Result<(), String> {
     let Some(length) = request.header("content-length") else { return Ok(()) };
     let length: u64 = length.parse().map_err(|_| format!("bad Content-Length {length:?}"))?;
     if length > max {
@@ -375,9 +375,9 @@ mod tests {
     fn paths_stay_inside_the_root() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("b")).unwrap();
-        std::fs::write(root.join("b/f"), "x").unwrap();
-        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        fs_err::create_dir_all(root.join("b")).unwrap();
+        fs_err::write(root.join("b/f"), "x").unwrap();
+        fs_err::write(dir.path().join("secret"), "s").unwrap();
         std::os::unix::fs::symlink("../../secret", root.join("b/out")).unwrap();
         let root = root.canonicalize().unwrap();
         assert_eq!(resolve(&root, "/b/f?x=1"), Some(root.join("b/f")));

@@ -194,15 +194,15 @@ pub fn probe_kvm_remembered(kvm_argv: &[String], expect: &str, probe_timeout: Du
     if !kvm_opens() {
         return Accel::Tcg;
     }
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot_id = fs_err::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let memo = std::env::temp_dir().join(format!("rootsmith-kvm-verdict-{}", boot_id.trim()));
-    match std::fs::read_to_string(&memo).as_deref() {
+    match fs_err::read_to_string(&memo).as_deref() {
         Ok("kvm") => return Accel::Kvm,
         Ok("tcg") => return Accel::Tcg,
         _ => {}
     }
     let accel = probe_kvm(kvm_argv, expect, probe_timeout);
-    let _ = std::fs::write(&memo, if accel == Accel::Kvm { "kvm" } else { "tcg" });
+    let _ = fs_err::write(&memo, if accel == Accel::Kvm { "kvm" } else { "tcg" });
     accel
 }
 

@@ -91,7 +91,7 @@ impl Handler for Routes {
         if let Some(menu) = self.generated_menu(&path, request, local) {
             return generated(request, menu);
         }
-        let Ok(metadata) = std::fs::metadata(&path) else { return error(404, "no such file here") };
+        let Ok(metadata) = fs_err::metadata(&path) else { return error(404, "no such file here") };
         if !metadata.is_file() {
             return error(404, "not a file");
         }

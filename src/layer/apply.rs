@@ -96,19 +96,19 @@ impl Applier<'_> {
             }
         }
         let kind = header.entry_type();
-        let existing = std::fs::symlink_metadata(&destination).ok();
+        let existing = fs_err::symlink_metadata(&destination).ok();
         let io = |error: std::io::Error| self.error(&shown, format!("{}: {error}", destination.display()));
         match existing {
             Some(metadata) if metadata.is_dir() && kind == EntryType::Directory => {}
-            Some(metadata) if metadata.is_dir() => std::fs::remove_dir_all(&destination).map_err(io)?,
-            Some(_) => std::fs::remove_file(&destination).map_err(io)?,
+            Some(metadata) if metadata.is_dir() => fs_err::remove_dir_all(&destination).map_err(io)?,
+            Some(_) => fs_err::remove_file(&destination).map_err(io)?,
             None => {}
         }
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         match kind {
             EntryType::Directory => {
                 if !destination.is_dir() {
-                    std::fs::create_dir(&destination).map_err(io)?;
+                    fs_err::create_dir(&destination).map_err(io)?;
                 }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -122,7 +122,7 @@ impl Applier<'_> {
             EntryType::Link => {
                 let target = entry.link_name_bytes().ok_or_else(|| self.error(&shown, "hard link without a target"))?.into_owned();
                 let source = self.resolve_link_target(&target).map_err(|reason| self.error(&shown, reason))?;
-                std::fs::hard_link(&source, &destination).map_err(io)?;
+                fs_err::hard_link(&source, &destination).map_err(io)?;
                 self.written.insert(parent.join(&name));
                 return Ok(());
             }
@@ -149,7 +149,7 @@ impl Applier<'_> {
         if kind != EntryType::Symlink {
             // After chown, which clears set-id bits.
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&destination, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+            fs_err::set_permissions(&destination, std::fs::Permissions::from_mode(mode)).map_err(io)?;
         }
         for (key, value) in &xattrs {
             xattr::set(&destination, key, value).map_err(io)?;
@@ -180,13 +180,13 @@ impl Applier<'_> {
             }
             let candidate = resolved.join(&part);
             let full = self.root.join(&candidate);
-            match std::fs::symlink_metadata(&full) {
+            match fs_err::symlink_metadata(&full) {
                 Ok(metadata) if metadata.file_type().is_symlink() => {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
                         return Err("too many levels of symlinks in its path".to_string());
                     }
-                    let target = std::fs::read_link(&full).map_err(|error| error.to_string())?;
+                    let target = fs_err::read_link(&full).map_err(|error| error.to_string())?;
                     if target.is_absolute() {
                         resolved = PathBuf::new();
                     }
@@ -201,7 +201,7 @@ impl Applier<'_> {
                 Ok(metadata) if metadata.is_dir() => resolved = candidate,
                 Ok(_) => return Err(format!("`{}` in its path is not a directory", candidate.display())),
                 Err(_) => {
-                    std::fs::create_dir(&full).map_err(|error| format!("{}: {error}", full.display()))?;
+                    fs_err::create_dir(&full).map_err(|error| format!("{}: {error}", full.display()))?;
                     resolved = candidate;
                 }
             }
@@ -214,7 +214,7 @@ impl Applier<'_> {
         let name = target.file_name().ok_or("hard link to the tree's root")?;
         let parent = self.resolve_parent(target.parent().unwrap_or(Path::new("")))?;
         let source = self.root.join(parent).join(name);
-        match std::fs::symlink_metadata(&source) {
+        match fs_err::symlink_metadata(&source) {
             Ok(metadata) if !metadata.is_dir() => Ok(source),
             Ok(_) => Err("hard link to a directory".to_string()),
             Err(_) => Err(format!("hard link target `{}` does not exist in the tree", target.display())),
@@ -223,7 +223,7 @@ impl Applier<'_> {
 
     /// Remove every child of `directory` this layer did not write itself.
     fn make_opaque(&self, directory: &Path) -> std::io::Result<()> {
-        for child in std::fs::read_dir(self.root.join(directory))? {
+        for child in fs_err::read_dir(self.root.join(directory))? {
             let child = child?;
             if !self.written.contains(&directory.join(child.file_name())) {
                 remove_any(&child.path())?;
@@ -258,9 +258,9 @@ fn clean_path(raw: &[u8]) -> Result<PathBuf, String> {
 }
 
 fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
+    match fs_err::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => fs_err::remove_dir_all(path),
+        Ok(_) => fs_err::remove_file(path),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
     }

@@ -37,7 +37,7 @@ impl<W: Write> TreeTarWriter<W> {
     pub fn append_with(&mut self, root: &Path, relative: &Path, name: &Path, owner: Option<(u32, u32)>, mode: Option<u32>) -> std::io::Result<()> {
         let full = root.join(relative);
         let relative = name;
-        let metadata = std::fs::symlink_metadata(&full).map_err(|error| with_path(error, &full))?;
+        let metadata = fs_err::symlink_metadata(&full).map_err(|error| with_path(error, &full))?;
         let file_type = metadata.file_type();
         if file_type.is_socket() {
             return Ok(());
@@ -65,7 +65,7 @@ impl<W: Write> TreeTarWriter<W> {
             self.builder.append_data(&mut header, relative, std::io::empty())
         } else if file_type.is_symlink() {
             header.set_entry_type(EntryType::Symlink);
-            let target = std::fs::read_link(&full).map_err(|error| with_path(error, &full))?;
+            let target = fs_err::read_link(&full).map_err(|error| with_path(error, &full))?;
             self.builder.append_link(&mut header, relative, target)
         } else if file_type.is_file() {
             header.set_entry_type(EntryType::Regular);

@@ -89,12 +89,12 @@ pub fn write_image(dir: &Path, tag: &str, image: &Image) -> Result<()> {
     };
     for (descriptor, path) in &image.layers {
         // A hard link when the layout is on the cache's filesystem, else a copy.
-        put(&descriptor.digest, &|temp| std::fs::hard_link(path, temp).or_else(|_| std::fs::copy(path, temp).map(|_| ())))?;
+        put(&descriptor.digest, &|temp| fs_err::hard_link(path, temp).or_else(|_| fs_err::copy(path, temp).map(|_| ())))?;
     }
-    put(&image.config_descriptor().digest, &|temp| std::fs::write(temp, &image.config))?;
-    put(&image.manifest_digest, &|temp| std::fs::write(temp, &image.manifest))?;
+    put(&image.config_descriptor().digest, &|temp| fs_err::write(temp, &image.config))?;
+    put(&image.manifest_digest, &|temp| fs_err::write(temp, &image.manifest))?;
     let index_path = dir.join("index.json");
-    let mut index: Index = match std::fs::read(&index_path) {
+    let mut index: Index = match fs_err::read(&index_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} does not follow the image spec", index_path.display()))?,
         Err(_) => Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), manifests: Vec::new() },
     };

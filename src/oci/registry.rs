@@ -166,7 +166,7 @@ impl Registry {
                     break;
                 }
                 progress = Progress { hasher: sha2::Sha256::new(), have: 0 };
-                let _ = std::fs::remove_file(&partial);
+                let _ = fs_err::remove_file(&partial);
             }
             if progress.have > 0 {
                 note(&format!("resuming {} at byte {} of {}", descriptor.digest, progress.have, descriptor.size));
@@ -188,16 +188,16 @@ impl Registry {
         if let Some(error) = last_error {
             // A prefix is kept for the next build to resume; a whole wrong blob is not.
             if progress.have >= descriptor.size {
-                let _ = std::fs::remove_file(&partial);
+                let _ = fs_err::remove_file(&partial);
             }
             return Err(error.context(format!("downloading {} ({} bytes) after {BLOB_TRIES} tries", descriptor.digest, descriptor.size)));
         }
         let actual = hex::encode(progress.hasher.finalize());
         if progress.have != descriptor.size || actual != expected {
-            let _ = std::fs::remove_file(&partial);
+            let _ = fs_err::remove_file(&partial);
             bail!("{} from {} does not match its descriptor: expected {} bytes with sha256 {expected}, got {} bytes with sha256 {actual}", descriptor.digest, reference.whole(), descriptor.size, progress.have);
         }
-        std::fs::rename(&partial, target)?;
+        fs_err::rename(&partial, target)?;
         Ok(received)
     }
 

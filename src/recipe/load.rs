@@ -24,7 +24,7 @@ const CONFIG_TARGETS: &[&str] = &["defconfig", "tinyconfig", "allnoconfig"];
 
 /// Read and check the recipe at `file`.
 pub fn load(file: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
-    let source = std::fs::read_to_string(file).map_err(|error| {
+    let source = fs_err::read_to_string(file).map_err(|error| {
         Diagnostics(vec![Diagnostic::new(file, "", Position { line: 1, column: 1 }, format!("cannot read recipe: {error}"))])
     })?;
     load_str(file, &source, options)
@@ -338,7 +338,7 @@ impl Checker<'_> {
             match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
                 Ok(value) if value <= 0o7777 => {
                     if let Some(src) = &src {
-                        if std::fs::symlink_metadata(src.resolved.join(&file)).is_err() {
+                        if fs_err::symlink_metadata(src.resolved.join(&file)).is_err() {
                             self.at_key(&field, format!("`modes` names `{file}`, which is not in `{}`", src.written), "paths in `modes` are relative to `src`");
                         }
                     }
@@ -454,7 +454,7 @@ impl Checker<'_> {
     fn local_file(&mut self, field: &str, written: &str, directory: bool) -> Option<LocalPath> {
         let resolved = self.dir.join(written);
         let what = if directory { "directory" } else { "file" };
-        match std::fs::metadata(&resolved) {
+        match fs_err::metadata(&resolved) {
             Ok(metadata) if metadata.is_dir() == directory => Some(LocalPath { written: written.to_string(), resolved }),
             Ok(_) => {
                 self.at_value(field, format!("`{written}` is not a {what}"), format!("`{}` must name a {what}", field.rsplit('.').next().unwrap_or(field)));
@@ -501,7 +501,7 @@ impl Checker<'_> {
 
     /// The inventory's own problems, at their place in the inventory file.
     fn check_inventory(&mut self, hosts: &LocalPath, name: &str, version: &str, stages: &[Stage]) {
-        let Ok(source) = std::fs::read_to_string(&hosts.resolved) else {
+        let Ok(source) = fs_err::read_to_string(&hosts.resolved) else {
             self.at_value("hosts", format!("cannot read `{}`", hosts.written), "the inventory must be a readable text file");
             return;
         };

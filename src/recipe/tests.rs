@@ -7,10 +7,10 @@ use super::*;
 /// A recipe directory with the files the good parts of the table refer to.
 fn fixture_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("overlay")).unwrap();
-    std::fs::write(dir.path().join("overlay/motd"), "hi\n").unwrap();
-    std::fs::write(dir.path().join("configure.sh"), "true\n").unwrap();
-    std::fs::write(dir.path().join("base.tar"), "").unwrap();
+    fs_err::create_dir(dir.path().join("overlay")).unwrap();
+    fs_err::write(dir.path().join("overlay/motd"), "hi\n").unwrap();
+    fs_err::write(dir.path().join("configure.sh"), "true\n").unwrap();
+    fs_err::write(dir.path().join("base.tar"), "").unwrap();
     dir
 }
 
@@ -160,7 +160,7 @@ fn missing_recipe_file_is_a_diagnostic() {
 fn paths_resolve_to_absolute_ones_from_a_relative_recipe_path() {
     let dir = fixture_dir();
     let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm }}\n  - run: {{ script: configure.sh }}\n");
-    std::fs::write(dir.path().join("r.yaml"), &source).unwrap();
+    fs_err::write(dir.path().join("r.yaml"), &source).unwrap();
     let previous = std::env::current_dir().unwrap();
     std::env::set_current_dir(dir.path()).unwrap();
     let loaded = load(Path::new("r.yaml"), &LoadOptions::default());
@@ -179,7 +179,7 @@ fn paths_resolve_to_absolute_ones_from_a_relative_recipe_path() {
 fn a_recipes_inventory_is_checked_against_its_kernels() {
     let dir = fixture_dir();
     let inventory = "hosts:\n  - name: a\n    mac: 52:54:00:00:00:11\n    entry: agent-http\n  - name: b\n    mac: 52:54:00:00:00:12\n    entry: big-appended\n";
-    std::fs::write(dir.path().join("lab.yaml"), inventory).unwrap();
+    fs_err::write(dir.path().join("lab.yaml"), inventory).unwrap();
     let source = format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n  - kernel: {{ name: agent, package: linux-image-amd64 }}\nhosts: lab.yaml\n");
     let file = dir.path().join("recipe.yaml");
     let Err(Diagnostics(list)) = load_str(&file, &source, &LoadOptions::default()) else { panic!("big-appended names no kernel of the recipe") };
@@ -187,11 +187,11 @@ fn a_recipes_inventory_is_checked_against_its_kernels() {
     assert_eq!((list[0].file.clone(), list[0].position.line, list[0].position.column), (dir.path().join("lab.yaml"), 7, 12));
     assert!(list[0].message.contains("has no kernel `big` (it has: agent)"), "{}", list[0].message);
 
-    std::fs::write(dir.path().join("lab.yaml"), inventory.replace("big-appended", "local")).unwrap();
+    fs_err::write(dir.path().join("lab.yaml"), inventory.replace("big-appended", "local")).unwrap();
     let recipe = load_str(&file, &source, &LoadOptions::default()).unwrap();
     assert_eq!(recipe.hosts.unwrap().written, "lab.yaml");
 
-    std::fs::write(dir.path().join("lab.yaml"), format!("bundle: out/x/1\n{}", inventory.replace("big-appended", "local"))).unwrap();
+    fs_err::write(dir.path().join("lab.yaml"), format!("bundle: out/x/1\n{}", inventory.replace("big-appended", "local"))).unwrap();
     let Err(Diagnostics(list)) = load_str(&file, &source, &LoadOptions::default()) else { panic!("a recipe's inventory names no bundle") };
     assert_eq!((list[0].position.line, list[0].position.column), (1, 1));
     let missing = errors_of(&format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\nhosts: nowhere.yaml\n"));
@@ -201,7 +201,7 @@ fn a_recipes_inventory_is_checked_against_its_kernels() {
 #[test]
 fn oci_stages_name_one_source() {
     let dir = fixture_dir();
-    std::fs::create_dir(dir.path().join("layout")).unwrap();
+    fs_err::create_dir(dir.path().join("layout")).unwrap();
     let errors = |stage: &str| errors_of(&format!("{HEAD}stages:\n  - oci: {stage}\n"));
     let both = errors("{ image: \"127.0.0.1:5000/a/b:1\", layout: layout }");
     assert!(both[0].2.contains("`image` or `layout`, not both"), "{both:?}");

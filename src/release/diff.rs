@@ -42,7 +42,7 @@ pub struct ArtifactDelta {
 
 /// Each package of a bundle's `packages.txt`, keyed `name:arch` (`name` for `all`).
 fn packages(dir: &Path) -> BTreeMap<String, String> {
-    crate::artifact::packages::parse(&std::fs::read_to_string(dir.join("packages.txt")).unwrap_or_default(), None)
+    crate::artifact::packages::parse(&fs_err::read_to_string(dir.join("packages.txt")).unwrap_or_default(), None)
 }
 
 /// `CONFIG_X=v` lines and `# CONFIG_X is not set` (as `n`).
@@ -90,7 +90,7 @@ pub fn diff(a: &Bundle, b: &Bundle) -> Diff {
     let kernel_names: BTreeSet<&String> = a.manifest.kernels.iter().chain(&b.manifest.kernels).map(|k| &k.name).collect();
     for name in kernel_names {
         let find = |bundle: &Bundle| bundle.manifest.kernels.iter().find(|k| &k.name == name).map(|k| k.release.clone());
-        let config = |bundle: &Bundle| std::fs::read_to_string(bundle.dir.join(format!("kernel/{name}-config"))).map(|text| config_options(&text)).unwrap_or_default();
+        let config = |bundle: &Bundle| fs_err::read_to_string(bundle.dir.join(format!("kernel/{name}-config"))).map(|text| config_options(&text)).unwrap_or_default();
         let (ca, cb) = (config(a), config(b));
         let mut options = BTreeMap::new();
         for key in ca.keys().chain(cb.keys()) {

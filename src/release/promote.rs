@@ -18,7 +18,7 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
         fs_err::create_dir_all(parent)?;
     }
-    if std::fs::hard_link(from, to).is_err() {
+    if fs_err::hard_link(from, to).is_err() {
         fs_err::copy(from, to)?;
     }
     Ok(())
@@ -65,8 +65,8 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
     manifest.artifacts = artifacts;
     crate::bundle::manifest::write_index(staging.path(), &manifest)?;
     let staging = staging.keep();
-    if let Err(error) = std::fs::rename(&staging, &target) {
-        let _ = std::fs::remove_dir_all(&staging);
+    if let Err(error) = fs_err::rename(&staging, &target) {
+        let _ = fs_err::remove_dir_all(&staging);
         return Err(error).with_context(|| format!("moving the promoted bundle into {}", target.display()));
     }
     Ok(target)

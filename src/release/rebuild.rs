@@ -59,9 +59,18 @@ pub fn differing_paths(a: &Path, b: &Path) -> Result<Vec<String>> {
     Ok(paths)
 }
 
+/// What a rebuild on an empty cache found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebuilt {
+    /// Every artifact is the same (how many).
+    Same(String),
+    /// What differs, artifact by artifact.
+    Differs(String),
+}
+
 /// Rebuild `recipe` as `bundle` was built (its version, SOURCE_DATE_EPOCH and
-/// --fast) on an empty cache; `Ok(detail)` when every artifact is the same.
-pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<std::result::Result<String, String>> {
+/// --fast) on an empty cache and compare every artifact.
+pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> {
     let manifest = &bundle.manifest;
     if crate::digest::sha256_hex(recipe.source.as_bytes()) != manifest.recipe_sha256 {
         bail!("{} is not the recipe {} {} was built from (its SHA-256 differs from the manifest's recipe_sha256)", recipe.file.display(), manifest.name, manifest.version);
@@ -108,5 +117,5 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<std::resu
     for name in again.keys().filter(|name| !original.contains_key(*name)) {
         problems.push(format!("the rebuild also makes {name}"));
     }
-    Ok(if problems.is_empty() { Ok(format!("a rebuild on an empty cache gives the same {} artifacts", original.len())) } else { Err(problems.join("; ")) })
+    Ok(if problems.is_empty() { Rebuilt::Same(format!("a rebuild on an empty cache gives the same {} artifacts", original.len())) } else { Rebuilt::Differs(problems.join("; ")) })
 }

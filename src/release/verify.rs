@@ -67,7 +67,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 }
 
 fn check_manifest(dir: &Path) -> Result<(Manifest, String), String> {
-    let bytes = std::fs::read(dir.join("manifest.json")).map_err(|error| format!("manifest.json: {error}"))?;
+    let bytes = fs_err::read(dir.join("manifest.json")).map_err(|error| format!("manifest.json: {error}"))?;
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|error| format!("manifest.json does not follow the schema: {error}"))?;
     if manifest.manifest_version != MANIFEST_VERSION {
         return Err(format!("manifest_version {} (this rootsmith reads {MANIFEST_VERSION})", manifest.manifest_version));
@@ -80,7 +80,7 @@ fn check_manifest(dir: &Path) -> Result<(Manifest, String), String> {
 }
 
 fn check_sums(dir: &Path, manifest: &Manifest) -> Result<String, String> {
-    let text = std::fs::read_to_string(dir.join("SHA256SUMS")).map_err(|error| format!("SHA256SUMS: {error}"))?;
+    let text = fs_err::read_to_string(dir.join("SHA256SUMS")).map_err(|error| format!("SHA256SUMS: {error}"))?;
     let sums = parse_sums(&text)?;
     let mut problems = Vec::new();
     for (name, digest) in &sums {
@@ -144,7 +144,7 @@ fn check_cookies(contract: &Contract, image: &RootfsImage, manifest: &Manifest) 
 
 fn check_squashfs(image: &RootfsImage, rootfs: &Path, manifest: &Manifest) -> Result<String, String> {
     let (offset, _, _) = image.as_ref().map_err(Clone::clone)?;
-    let reader = std::io::BufReader::new(std::fs::File::open(rootfs).map_err(|error| error.to_string())?);
+    let reader = std::io::BufReader::new(fs_err::File::open(rootfs).map_err(|error| error.to_string())?);
     let filesystem = backhand::FilesystemReader::from_reader_with_offset(reader, *offset).map_err(|error| format!("backhand cannot read the squashfs: {error}"))?;
     let entries = filesystem.files().count() as u64;
     if entries != manifest.rootfs.squashfs_entries {

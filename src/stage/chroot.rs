@@ -25,7 +25,7 @@ struct Scaffolding {
 
 impl Scaffolding {
     fn remember_directory(&mut self, directory: &Path) {
-        if let Ok(metadata) = std::fs::metadata(directory) {
+        if let Ok(metadata) = fs_err::metadata(directory) {
             self.directory_times.push((directory.to_path_buf(), filetime::FileTime::from_last_modification_time(&metadata)));
         }
     }
@@ -42,7 +42,7 @@ impl Scaffolding {
 
     fn tear_down(self) {
         for path in self.created.iter().rev() {
-            let _ = std::fs::remove_file(path);
+            let _ = fs_err::remove_file(path);
         }
         for (directory, time) in self.directory_times.iter().rev() {
             let _ = filetime::set_file_mtime(directory, *time);
@@ -60,7 +60,7 @@ pub fn apt_lock(layout: &crate::cache::Layout) -> Result<std::fs::File> {
 /// symlink would follow it.
 fn check_mount_point(tree: &Path, target: &Path, directory: bool, scaffolding: &mut Scaffolding) -> Result<bool> {
     let path = tree.join(target.strip_prefix("/").unwrap_or(target));
-    match std::fs::symlink_metadata(&path) {
+    match fs_err::symlink_metadata(&path) {
         Ok(metadata) if metadata.file_type().is_symlink() => {
             if directory {
                 bail!("{} is a symlink in the tree; refusing to mount on it", target.display());
@@ -105,7 +105,7 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
         if !tree.join("bin/sh").exists() && !tree.join("usr/bin/sh").exists() {
             bail!("the tree has no /bin/sh to run commands with; is the base stage a root filesystem?");
         }
-        let host_resolv = std::fs::canonicalize("/etc/resolv.conf").ok().filter(|p| p.is_file());
+        let host_resolv = fs_err::canonicalize("/etc/resolv.conf").ok().filter(|p| p.is_file());
         // The interactive shell keeps its downloads to itself, so an open
         // shell never holds the shared apt lock.
         let archives = (!interactive && tree.join("var/cache/apt/archives").is_dir()).then(|| context.layout.apt_archives());
@@ -123,12 +123,12 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
         if let Some(pins) = context.apt_pins {
             let directory = tree.join("etc/apt/preferences.d");
             let pin_file = directory.join(PINS_FILE);
-            if std::fs::symlink_metadata(&directory).is_ok_and(|m| m.is_dir()) && std::fs::symlink_metadata(&pin_file).is_err() {
+            if fs_err::symlink_metadata(&directory).is_ok_and(|m| m.is_dir()) && fs_err::symlink_metadata(&pin_file).is_err() {
                 scaffolding.create_file(&pin_file, pins.as_bytes(), 0o644)?;
             }
         }
         let policy = tree.join(POLICY_RC_D);
-        if tree.join("usr/sbin").is_dir() && std::fs::symlink_metadata(&policy).is_err() {
+        if tree.join("usr/sbin").is_dir() && fs_err::symlink_metadata(&policy).is_err() {
             scaffolding.create_file(&policy, b"#!/bin/sh\n# rootsmith: no daemon starts while a stage runs\nexit 101\n", 0o755)?;
         }
         let command = Command {
@@ -170,9 +170,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
         for sub in ["bin", "usr/sbin", "etc", "var/cache/apt/archives", "proc"] {
-            std::fs::create_dir_all(tree.join(sub)).unwrap();
+            fs_err::create_dir_all(tree.join(sub)).unwrap();
         }
-        std::fs::write(tree.join("bin/sh"), "").unwrap();
+        fs_err::write(tree.join("bin/sh"), "").unwrap();
         let before = crate::layer::Snapshot::take(&tree).unwrap();
         let host = RecordingHost::default();
         let env = BTreeMap::from([("X".to_string(), "1".to_string())]);
@@ -203,8 +203,8 @@ mod tests {
     fn mounting_on_a_symlink_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
-        std::fs::create_dir_all(tree.join("bin")).unwrap();
-        std::fs::write(tree.join("bin/sh"), "").unwrap();
+        fs_err::create_dir_all(tree.join("bin")).unwrap();
+        fs_err::write(tree.join("bin/sh"), "").unwrap();
         std::os::unix::fs::symlink("/", tree.join("proc")).unwrap();
         let host = RecordingHost::default();
         let layout = crate::cache::Layout::new(&dir.path().join("cache"));

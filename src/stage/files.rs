@@ -44,12 +44,12 @@ mod tests {
     fn copies_a_tree_with_owner_and_mode_overrides() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("overlay");
-        std::fs::create_dir_all(src.join("etc/ssh")).unwrap();
-        std::fs::write(src.join("etc/ssh/key"), "secret").unwrap();
-        std::fs::write(src.join("etc/motd"), "hello").unwrap();
-        std::fs::set_permissions(src.join("etc/motd"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        fs_err::create_dir_all(src.join("etc/ssh")).unwrap();
+        fs_err::write(src.join("etc/ssh/key"), "secret").unwrap();
+        fs_err::write(src.join("etc/motd"), "hello").unwrap();
+        fs_err::set_permissions(src.join("etc/motd"), std::fs::Permissions::from_mode(0o640)).unwrap();
         let tree = dir.path().join("tree");
-        std::fs::create_dir_all(tree.join("opt")).unwrap();
+        fs_err::create_dir_all(tree.join("opt")).unwrap();
         let stage = Files {
             src: LocalPath { written: "overlay".into(), resolved: src },
             dest: "/opt/app".into(),
@@ -60,9 +60,9 @@ mod tests {
         let host = RecordingHost::default();
         let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 1_000, mirror: None, scratch: dir.path(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
         run(&stage, &context).unwrap();
-        let key = std::fs::metadata(tree.join("opt/app/etc/ssh/key")).unwrap();
+        let key = fs_err::metadata(tree.join("opt/app/etc/ssh/key")).unwrap();
         assert_eq!(key.mode() & 0o7777, 0o600);
-        let motd = std::fs::metadata(tree.join("opt/app/etc/motd")).unwrap();
+        let motd = fs_err::metadata(tree.join("opt/app/etc/motd")).unwrap();
         assert_eq!(motd.mode() & 0o7777, 0o640, "a mode without an override is kept");
         assert_eq!(motd.mtime(), 1_000, "mtimes are clamped");
         if nix::unistd::geteuid().is_root() {

@@ -30,7 +30,7 @@ fn regular_file_in(tree: &Path, path: &str) -> Option<std::path::PathBuf> {
     let parts: Vec<&str> = path.split('/').collect();
     for (index, part) in parts.iter().enumerate() {
         current.push(part);
-        let metadata = std::fs::symlink_metadata(&current).ok()?;
+        let metadata = fs_err::symlink_metadata(&current).ok()?;
         let last = index + 1 == parts.len();
         if (last && !metadata.is_file()) || (!last && !metadata.is_dir()) {
             return None;
@@ -43,14 +43,14 @@ pub fn scrub(tree: &Path) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     for path in EMPTIED {
         if let Some(file) = regular_file_in(tree, path) {
-            if std::fs::symlink_metadata(&file)?.len() > 0 {
+            if fs_err::symlink_metadata(&file)?.len() > 0 {
                 std::fs::OpenOptions::new().write(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(&file)?;
             }
         }
     }
     for path in REMOVED {
         if let Some(file) = regular_file_in(tree, path) {
-            std::fs::remove_file(file)?;
+            fs_err::remove_file(file)?;
         }
     }
     Ok(())
@@ -64,25 +64,25 @@ mod tests {
     fn empties_logs_removes_caches_and_follows_no_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
-        std::fs::create_dir_all(tree.join("var/log/apt")).unwrap();
-        std::fs::create_dir_all(tree.join("var/cache/ldconfig")).unwrap();
-        std::fs::create_dir_all(tree.join("etc")).unwrap();
-        std::fs::write(tree.join("var/log/dpkg.log"), "2026-11-22 00:30:03 install\n").unwrap();
-        std::fs::write(tree.join("var/cache/ldconfig/aux-cache"), "cache").unwrap();
-        std::fs::write(tree.join("etc/machine-id"), "0123\n").unwrap();
+        fs_err::create_dir_all(tree.join("var/log/apt")).unwrap();
+        fs_err::create_dir_all(tree.join("var/cache/ldconfig")).unwrap();
+        fs_err::create_dir_all(tree.join("etc")).unwrap();
+        fs_err::write(tree.join("var/log/dpkg.log"), "2026-11-22 00:30:03 install\n").unwrap();
+        fs_err::write(tree.join("var/cache/ldconfig/aux-cache"), "cache").unwrap();
+        fs_err::write(tree.join("etc/machine-id"), "0123\n").unwrap();
         // An untrusted tree's symlinks lead outside: neither is touched.
         let outside = dir.path().join("outside");
-        std::fs::create_dir_all(&outside).unwrap();
-        std::fs::write(outside.join("history.log"), "keep").unwrap();
-        std::fs::write(outside.join("alternatives.log"), "keep").unwrap();
+        fs_err::create_dir_all(&outside).unwrap();
+        fs_err::write(outside.join("history.log"), "keep").unwrap();
+        fs_err::write(outside.join("alternatives.log"), "keep").unwrap();
         std::os::unix::fs::symlink(outside.join("alternatives.log"), tree.join("var/log/alternatives.log")).unwrap();
-        std::fs::remove_dir(tree.join("var/log/apt")).unwrap();
+        fs_err::remove_dir(tree.join("var/log/apt")).unwrap();
         std::os::unix::fs::symlink(&outside, tree.join("var/log/apt")).unwrap();
         scrub(&tree).unwrap();
-        assert_eq!(std::fs::read(tree.join("var/log/dpkg.log")).unwrap(), b"");
-        assert_eq!(std::fs::read(tree.join("etc/machine-id")).unwrap(), b"");
+        assert_eq!(fs_err::read(tree.join("var/log/dpkg.log")).unwrap(), b"");
+        assert_eq!(fs_err::read(tree.join("etc/machine-id")).unwrap(), b"");
         assert!(!tree.join("var/cache/ldconfig/aux-cache").exists());
-        assert_eq!(std::fs::read(outside.join("history.log")).unwrap(), b"keep");
-        assert_eq!(std::fs::read(outside.join("alternatives.log")).unwrap(), b"keep");
+        assert_eq!(fs_err::read(outside.join("history.log")).unwrap(), b"keep");
+        assert_eq!(fs_err::read(outside.join("alternatives.log")).unwrap(), b"keep");
     }
 }

@@ -47,7 +47,7 @@ mod tests {
 
     fn unpack(file: &Path) -> std::path::PathBuf {
         let tree = std::path::PathBuf::from(format!("{}.tree", file.display()));
-        std::fs::create_dir(&tree).unwrap();
+        fs_err::create_dir(&tree).unwrap();
         let host = RecordingHost::default();
         let context = StageContext { host: &host, tree: &tree, log: file.with_extension("log"), arch: "amd64", source_date_epoch: 0, mirror: None, scratch: file.parent().unwrap(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
         run(&Tarball { path: LocalPath { written: "x".into(), resolved: file.to_path_buf() } }, &context).unwrap();
@@ -65,9 +65,9 @@ mod tests {
         let variants = [("plain.tar", tar.clone()), ("a.tar.gz", gzip.finish().unwrap()), ("a.tar.zst", zstd::encode_all(tar.as_slice(), 3).unwrap()), ("a.tar.xz", xz.finish().unwrap())];
         for (name, bytes) in variants {
             let file = dir.path().join(name);
-            std::fs::write(&file, bytes).unwrap();
+            fs_err::write(&file, bytes).unwrap();
             let tree = unpack(&file);
-            assert_eq!(std::fs::read_to_string(tree.join("etc/hello")).unwrap(), "hi\n", "{name}");
+            assert_eq!(fs_err::read_to_string(tree.join("etc/hello")).unwrap(), "hi\n", "{name}");
         }
     }
 }

@@ -48,7 +48,7 @@ impl Inventory {
     pub fn entry(&self, text: &str) -> anyhow::Result<Entry> {
         let kernels = bundle_kernels(&self.menu);
         let entry = Entry::parse(text).ok_or_else(|| anyhow::anyhow!("`{text}` is not an entry; the bundle's entries are: {}", entry_choices(&kernels)))?;
-        entry.check(&kernels).map_err(anyhow::Error::msg)?;
+        entry.check(&kernels)?;
         Ok(entry)
     }
 }

@@ -155,5 +155,5 @@ fn state_is_kept_beside_the_inventory() {
     assert!(failed.is_err());
     assert_eq!(store.load().unwrap().set.len(), 1, "a failed change is not written");
     assert_eq!(store.write_log("a", b"log").unwrap(), "reports/a.log");
-    assert_eq!(std::fs::read(store.dir.join("reports/a.log")).unwrap(), b"log");
+    assert_eq!(fs_err::read(store.dir.join("reports/a.log")).unwrap(), b"log");
 }

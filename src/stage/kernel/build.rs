@@ -104,7 +104,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let _build_lock = lock_dir(context.build_dir)?;
     let stamp = format!("source {}\narch {arch}\n", source::source_id(build, context.source_digest)?);
     let stamp_path = context.build_dir.join("rootsmith-build.stamp");
-    if std::fs::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str()) {
+    if fs_err::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str()) {
         crate::fileops::remove_tree(context.build_dir)?;
         fs_err::create_dir_all(context.build_dir)?;
         fs_err::write(&stamp_path, &stamp)?;
@@ -163,7 +163,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     );
     let key = sha256_hex(key_text.as_bytes());
     let products_dir = context.layout.products_dir(&key);
-    if let Ok(bytes) = std::fs::read(products_dir.join(PRODUCTS_RECORD)) {
+    if let Ok(bytes) = fs_err::read(products_dir.join(PRODUCTS_RECORD)) {
         if let Ok(mut record) = serde_json::from_slice::<KernelProducts>(&bytes) {
             record.compiled = false;
             record.ccache_hits = 0;
@@ -221,7 +221,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     fs_err::write(staging.path().join(PRODUCTS_RECORD), serde_json::to_vec_pretty(&record)?)?;
     fs_err::create_dir_all(context.layout.products())?;
     let staged = staging.keep();
-    if std::fs::rename(&staged, &products_dir).is_err() && !products_dir.join(PRODUCTS_RECORD).exists() {
+    if fs_err::rename(&staged, &products_dir).is_err() && !products_dir.join(PRODUCTS_RECORD).exists() {
         bail!("could not store the kernel products in {}", products_dir.display());
     }
     let _ = crate::fileops::remove_tree(&staged);

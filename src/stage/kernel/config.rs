@@ -66,7 +66,7 @@ pub fn dependencies(source: &Path, option: &str) -> Vec<String> {
         if !entry.file_name().to_string_lossy().starts_with("Kconfig") || !entry.file_type().is_file() {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        let Ok(text) = fs_err::read_to_string(entry.path()) else { continue };
         found.extend(dependencies_in(&text, symbol));
     }
     found.sort();

@@ -66,7 +66,7 @@ pub fn run(kernel: &Kernel, context: &StageContext<'_>) -> Result<Option<KernelP
                 fs_err::create_dir_all(context.tree.join("tmp"))?;
                 fs_err::copy(products.dir(context.layout).join(image), &inside)?;
                 let result = run_chrooted(context, &["/bin/sh", "-e", "-c", &install_script(&format!("dpkg -i '/tmp/{image}'")), "rootsmith-kernel"], &env);
-                let _ = std::fs::remove_file(&inside);
+                let _ = fs_err::remove_file(&inside);
                 result.context("installing the kernel package into the tree")?;
             }
             Ok(Some(products))
@@ -93,7 +93,7 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
     fs_err::copy(boot.join(format!("vmlinuz-{release}")), staging.join("vmlinuz"))?;
     let config = fs_err::read(boot.join(format!("config-{release}"))).unwrap_or_default();
     fs_err::write(staging.join("config"), &config)?;
-    if let Ok(map) = std::fs::read(boot.join(format!("System.map-{release}"))) {
+    if let Ok(map) = fs_err::read(boot.join(format!("System.map-{release}"))) {
         fs_err::write(staging.join("System.map"), map)?;
     }
     let record = KernelProducts {

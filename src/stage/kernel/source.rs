@@ -56,7 +56,7 @@ pub fn prepare(host: &dyn Host, build: &KernelBuild, source_digest: &str, layout
     if !unpacked.join("Makefile").is_file() {
         bail!("the kernel source has no top-level Makefile after unpacking");
     }
-    match std::fs::rename(&unpacked, &tree) {
+    match fs_err::rename(&unpacked, &tree) {
         Ok(()) => Ok(tree),
         // Another build unpacked the same source first.
         Err(_) if tree.join("Makefile").is_file() => Ok(tree),
@@ -104,7 +104,7 @@ fn fetch(host: &dyn Host, source: &KernelSource, digest: &str, layout: &Layout, 
                 }
                 let actual = crate::digest::hash_file(&temp)?;
                 if &actual != sha256 {
-                    let _ = std::fs::remove_file(&temp);
+                    let _ = fs_err::remove_file(&temp);
                     bail!("{location} has SHA-256 {actual}, but the recipe says {sha256}");
                 }
                 fs_err::rename(&temp, &stored)?;
@@ -135,7 +135,7 @@ mod tests {
     fn a_tarball_source_is_checked_against_its_sha256() {
         let dir = tempfile::tempdir().unwrap();
         let tarball = dir.path().join("linux.tar");
-        std::fs::write(&tarball, b"not really a kernel").unwrap();
+        fs_err::write(&tarball, b"not really a kernel").unwrap();
         let good = crate::digest::hash_file(&tarball).unwrap();
         let source = |sha256: &str| KernelSource::Tarball { location: "linux.tar".into(), local: Some(LocalPath { written: "linux.tar".into(), resolved: tarball.clone() }), sha256: sha256.into() };
         let log = dir.path().join("log");
@@ -145,7 +145,7 @@ mod tests {
         let error = fetch(&host, &source(&bad), &bad, &layout, dir.path(), &log).unwrap_err().to_string();
         assert!(error.contains(&format!("has SHA-256 {good}, but the recipe says {bad}")), "{error}");
         let stored = fetch(&host, &source(&good), &good, &layout, dir.path(), &log).unwrap();
-        assert_eq!(std::fs::read(&stored).unwrap(), b"not really a kernel");
+        assert_eq!(fs_err::read(&stored).unwrap(), b"not really a kernel");
         assert!(stored.starts_with(layout.kernel_downloads()));
     }
 }
