@@ -351,7 +351,11 @@ pub enum CacheAction {
         older_than: Option<u64>,
     },
     /// Check every layer, record and output against its digest
-    Verify,
+    Verify {
+        /// Remove what is broken (a later build makes it again)
+        #[arg(long)]
+        repair: bool,
+    },
     /// Push every cached stage to a registry repository (HOST[:PORT]/REPO)
     Push { repository: String },
     /// Pull every stage a registry repository holds into this cache

@@ -92,7 +92,10 @@ impl PlanOptions {
 
     pub fn from_environment() -> Result<PlanOptions> {
         let epoch_from_env = match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(value) => Some(value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"))?),
+            Ok(value) => {
+                let epoch: i64 = value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"))?;
+                Some(crate::time::check_epoch(epoch).with_context(|| format!("SOURCE_DATE_EPOCH={value:?}"))?)
+            }
             Err(_) => None,
         };
         let out_dir = std::env::var_os("ROOTSMITH_OUT").map(Into::into).unwrap_or_else(|| "out".into());

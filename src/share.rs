@@ -51,7 +51,10 @@ impl RemoteCache {
         self.registry.fetch_blob_of(&reference, &manifest.config, &record_path, note)?;
         let record: StageRecord = serde_json::from_slice(&fs_err::read(&record_path)?).with_context(|| format!("the stage record of {}", reference.whole()))?;
         let layer = &manifest.layers[0];
-        if record.key != key || !crate::digest::is_sha256_hex(&record.layer) || format!("sha256:{}", record.layer) != layer.digest {
+        if let Some(why) = record.inconsistency(key) {
+            bail!("{} holds an unusable record of stage {key}: {why}", reference.whole());
+        }
+        if format!("sha256:{}", record.layer) != layer.digest {
             bail!("{} holds stage {} with layer {}, not stage {key}", reference.whole(), record.key, layer.digest);
         }
         if !store.has_blob(&record.layer) {

@@ -48,3 +48,21 @@ mod tests {
 pub fn now_seconds() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+/// The latest `SOURCE_DATE_EPOCH` every output can hold: cpio and squashfs
+/// keep 32-bit unsigned times (2106-02-07).
+pub const MAX_EPOCH: i64 = u32::MAX as i64;
+
+/// A `SOURCE_DATE_EPOCH` that no output can hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is outside the times every output can hold (0 to {MAX_EPOCH}, 1970-01-01 to 2106-02-07)")]
+pub struct EpochOutOfRange(pub i64);
+
+/// Check an epoch before anything is built with it.
+pub fn check_epoch(epoch: i64) -> Result<i64, EpochOutOfRange> {
+    if (0..=MAX_EPOCH).contains(&epoch) {
+        Ok(epoch)
+    } else {
+        Err(EpochOutOfRange(epoch))
+    }
+}

@@ -83,3 +83,21 @@ fn an_unreachable_mirror_never_seen_is_a_clear_error() {
     assert!(stderr.contains("resolving the mirror's release file for suite `bookworm`"), "{stderr}");
     assert!(stderr.contains("127.0.0.1:9/debian/dists/bookworm/InRelease"), "{stderr}");
 }
+
+#[test]
+fn an_epoch_no_output_can_hold_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.tar"), b"").unwrap();
+    let recipe = dir.path().join("epoch.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nsource_date_epoch: -5\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    let (code, _, stderr) = run(rootsmith().arg("check").arg(&recipe));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&format!("{}:4:20", recipe.display())) && stderr.contains("outside the times"), "{stderr}");
+
+    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    let cache = dir.path().join("cache");
+    let (code, _, stderr) = run(rootsmith().env("SOURCE_DATE_EPOCH", "-1").args(["build", "--cache"]).arg(&cache).arg("--out").arg(dir.path().join("out")).arg(&recipe));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("SOURCE_DATE_EPOCH=\"-1\"") && stderr.contains("outside the times"), "{stderr}");
+    assert!(!cache.join("v1/stages").exists() || std::fs::read_dir(cache.join("v1/stages")).unwrap().next().is_none(), "a stage was built");
+}

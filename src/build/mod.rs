@@ -15,15 +15,42 @@ pub use options::{BuildOptions, BuildSummary, LockedBuild, StageOutcome, TOOL};
 pub use outputs::{output_key, OutputRecord};
 use stages::StageRunner;
 
+use crate::cache::{Corrupt, Store};
 use crate::host::Host;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::recipe::Recipe;
 use crate::stage::StageContext;
 
+/// How many corrupt cache entries one build discards and makes again before
+/// it gives up (each attempt removes the entry it tripped on).
+const CORRUPT_RETRIES: usize = 8;
+
 pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Host, progress: &dyn Progress) -> Result<BuildSummary> {
     let started = Instant::now();
     crate::names::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
+    healing(&options.cache_dir, progress, || build_once(recipe, plan, options, host, progress, started))
+}
+
+/// Run `work`; when it meets a corrupt cache entry, discard that entry (with
+/// a warning) and run it again, so a broken cache heals instead of failing
+/// every build.
+fn healing<T>(cache_dir: &Path, progress: &dyn Progress, mut work: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        match work() {
+            Err(error) if attempt < CORRUPT_RETRIES && error.downcast_ref::<Corrupt>().is_some() => {
+                let corrupt = error.downcast_ref::<Corrupt>().expect("checked above");
+                progress.warn(&format!("{}: {}; discarding it and building it again", corrupt.what, corrupt.why));
+                Store::open(cache_dir)?.discard(&corrupt.entry)?;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn build_once(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Host, progress: &dyn Progress, started: Instant) -> Result<BuildSummary> {
     let mut runner = StageRunner::open(plan, options, host, progress)?;
     let mut stages = Vec::new();
     for index in 0..plan.stages.len() {
@@ -46,11 +73,14 @@ pub fn materialize<T>(
     use_tree: impl FnOnce(&StageContext<'_>) -> Result<T>,
 ) -> Result<T> {
     let options = BuildOptions::stages_only(cache_dir.to_path_buf(), plan.version.clone());
-    let mut runner = StageRunner::open(plan, &options, host, progress)?;
-    for index in 0..stages {
-        runner.stage(index)?;
-    }
-    runner.prepare_tree(stages)?;
+    let runner = healing(cache_dir, progress, || {
+        let mut runner = StageRunner::open(plan, &options, host, progress)?;
+        for index in 0..stages {
+            runner.stage(index)?;
+        }
+        runner.prepare_tree(stages)?;
+        Ok(runner)
+    })?;
     let work = runner.work();
     let tree = work.tree();
     let scratch = work.dir.path().join("scratch");

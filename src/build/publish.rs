@@ -14,6 +14,7 @@ use super::stages::StageRunner;
 use crate::artifact::{self, menus, squashfs};
 use crate::bundle::manifest::{self, Manifest, ManifestArtifact, ManifestBoot, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
 use crate::bundle::names::{BundleNames, HOSTS_FILE, PACKAGES};
+use crate::cache::{Corrupt, CorruptEntry};
 use crate::digest::sha256_hex;
 use crate::fileops::remove_tree;
 use crate::progress::Progress;
@@ -56,7 +57,7 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         fs_err::copy(source.join(file), staging.path().join(&target))?;
         let actual = crate::digest::hash_file(&staging.path().join(&target))?;
         if &actual != digest {
-            bail!("cached output {file} ({}) is corrupt; run `rootsmith cache verify`", &record.key[..12]);
+            return Err(Corrupt { what: format!("cached output {file} ({})", &record.key[..12]), why: "its bytes do not match its digest".into(), entry: CorruptEntry::Output(record.key.clone()) }.into());
         }
         artifacts.push(ManifestArtifact { size: fs_err::metadata(staging.path().join(&target))?.len(), name: target, sha256: actual });
     }

@@ -51,6 +51,12 @@ pub struct StageRunner<'a> {
 impl<'a> StageRunner<'a> {
     /// Open the cache (and the remote cache, when one is set) for `plan`.
     pub fn open(plan: &'a Plan, options: &'a BuildOptions, host: &'a dyn Host, progress: &'a dyn Progress) -> Result<StageRunner<'a>> {
+        if !host.records_true_owners() {
+            bail!(
+                "building needs root for now: as uid {} the tree's files would lose their owners, and a layer cached that way would poison later builds\nhint: run it with sudo; nothing was built",
+                nix::unistd::geteuid()
+            );
+        }
         let store = Store::open(&options.cache_dir)?;
         let remote = match &options.cache_remote {
             Some(repository) => match RemoteCache::connect(repository) {
@@ -172,6 +178,7 @@ impl<'a> StageRunner<'a> {
             seconds,
             created: crate::time::now_seconds(),
             products: kernel.as_ref().map(KernelProducts::to_products),
+            owners_recorded: true,
         };
         self.store.put_stage(&record)?;
         self.share(&record)?;

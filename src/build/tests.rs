@@ -77,3 +77,73 @@ fn a_second_build_runs_no_command_and_a_changed_file_rebuilds_only_its_stage() {
     assert_eq!(motd, "changed\n");
     assert!(again.programs().is_empty(), "only the files stage ran, and it runs no command");
 }
+
+#[test]
+fn a_corrupt_layer_is_discarded_and_built_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let cache = dir.path().join("cache");
+    let host = RecordingHost::default();
+    let plan = plan(&recipe, &options(), &host).unwrap();
+    materialize(&plan, &cache, 3, &host, &Silent, |_| Ok(())).unwrap();
+    let store = Store::open(&cache).unwrap();
+    let StageStatus::Hit(base) = &plan.statuses(&store, None)[0] else { panic!("the base is cached") };
+    let blob = store.layout().blob(&base.layer);
+    std::fs::write(&blob, b"flipped bytes").unwrap();
+    drop(store);
+
+    let motd = materialize(&plan, &cache, 3, &host, &Silent, |context| Ok(std::fs::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
+    assert_eq!(motd, "hello\n");
+    assert_eq!(crate::digest::hash_file(&blob).unwrap(), base.layer, "the rebuilt layer replaced the corrupt bytes");
+    let store = Store::open(&cache).unwrap();
+    assert!(store.verify().unwrap().problems.is_empty());
+}
+
+#[test]
+fn a_record_whose_layer_was_swapped_is_not_used_and_verify_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let cache = dir.path().join("cache");
+    let host = RecordingHost::default();
+    let plan = plan(&recipe, &options(), &host).unwrap();
+    materialize(&plan, &cache, 3, &host, &Silent, |_| Ok(())).unwrap();
+    let store = Store::open(&cache).unwrap();
+    let statuses = plan.statuses(&store, None);
+    let (StageStatus::Hit(base), StageStatus::Hit(files)) = (&statuses[0], &statuses[2]) else { panic!("all cached") };
+    // The files stage's record now claims the base's (valid) layer.
+    let path = store.layout().stage_record(&files.key);
+    let text = std::fs::read_to_string(&path).unwrap().replace(&files.layer, &base.layer);
+    std::fs::write(&path, text).unwrap();
+    assert!(store.stage(&files.key).is_none(), "a record that is not what it claims is a miss");
+    let report = store.verify().unwrap();
+    assert!(report.problems.iter().any(|problem| problem.contains("tree id")), "{:?}", report.problems);
+    assert_eq!(store.repair(&report).unwrap(), 1);
+    assert!(store.verify().unwrap().problems.is_empty());
+    drop(store);
+    let motd = materialize(&plan, &cache, 3, &host, &Silent, |context| Ok(std::fs::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
+    assert_eq!(motd, "hello\n");
+}
+
+#[test]
+fn a_host_that_cannot_keep_owners_builds_nothing() {
+    struct Unprivileged(RecordingHost);
+    impl crate::host::Host for Unprivileged {
+        fn status(&self, command: &crate::host::Command) -> anyhow::Result<i32> {
+            self.0.status(command)
+        }
+        fn output(&self, command: &crate::host::Command) -> anyhow::Result<(i32, Vec<u8>)> {
+            self.0.output(command)
+        }
+        fn records_true_owners(&self) -> bool {
+            false
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let cache = dir.path().join("cache");
+    let host = Unprivileged(RecordingHost::default());
+    let plan = plan(&recipe, &options(), &host).unwrap();
+    let error = materialize(&plan, &cache, 3, &host, &Silent, |_| Ok(())).unwrap_err();
+    assert!(error.to_string().contains("building needs root for now"), "{error}");
+    assert!(!crate::cache::Layout::new(&cache).stages().exists(), "nothing may be cached");
+}

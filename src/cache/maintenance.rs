@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::layout::Collect;
-use super::store::{OutputHeader, StageRecord, Store, OUTPUT_RECORD};
+use super::store::{CorruptEntry, OutputHeader, StageRecord, Store, OUTPUT_RECORD};
 use crate::digest::hash_file;
 use crate::fileops::remove_tree;
 use crate::time::now_seconds;
@@ -56,6 +56,9 @@ pub struct VerifyReport {
     pub checked_stages: usize,
     pub checked_outputs: usize,
     pub problems: Vec<String>,
+    /// What `--repair` removes.
+    #[serde(skip)]
+    pub broken: Vec<CorruptEntry>,
 }
 
 /// Entries younger than this are never collected by default.
@@ -240,10 +243,17 @@ impl Store {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let label = if area.name == "layers" { "blob".to_string() } else { format!("{} blob", area.name) };
                 report.checked_blobs += 1;
+                let broken = if area.name == "layers" { CorruptEntry::Blob(name.clone()) } else { CorruptEntry::File(entry.path()) };
                 match hash_file(&entry.path()) {
                     Ok(actual) if actual == name => {}
-                    Ok(actual) => report.problems.push(format!("{label} {name}: its bytes hash to {actual}")),
-                    Err(error) => report.problems.push(format!("{label} {name}: {error}")),
+                    Ok(actual) => {
+                        report.problems.push(format!("{label} {name}: its bytes hash to {actual}"));
+                        report.broken.push(broken);
+                    }
+                    Err(error) => {
+                        report.problems.push(format!("{label} {name}: {error}"));
+                        report.broken.push(broken);
+                    }
                 }
             }
         }
@@ -253,35 +263,52 @@ impl Store {
                 Ok(record) => record,
                 Err(error) => {
                     report.problems.push(format!("stage record {}: {error}", path.display()));
+                    report.broken.push(CorruptEntry::Record(path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default()));
                     continue;
                 }
             };
             let short = &record.key[..record.key.len().min(12)];
             if !self.has_blob(&record.layer) {
                 report.problems.push(format!("stage {} ({short}): layer {} is missing", record.stage, record.layer));
+                report.broken.push(CorruptEntry::Record(record.key.clone()));
             }
             if let Some(products) = &record.products {
                 let present = !products.dir.contains('/') && self.layout().products_dir(&products.dir).join(PRODUCTS_RECORD).is_file();
                 if !present {
                     report.problems.push(format!("stage {} ({short}): its products ({}) are missing", record.stage, products.dir));
+                    report.broken.push(CorruptEntry::Record(record.key.clone()));
                 }
             }
-            if record.inputs.key() != record.key {
-                report.problems.push(format!("stage {} ({short}): its recorded inputs hash to another key", record.stage));
+            let stored_as = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+            if let Some(why) = record.inconsistency(&stored_as) {
+                report.problems.push(format!("stage {} ({short}): {why}", record.stage));
+                report.broken.push(CorruptEntry::Record(stored_as));
             }
         }
         for (record, _) in self.output_headers() {
             report.checked_outputs += 1;
             for (file, digest) in &record.files {
                 let path = self.layout().output(&record.key).join(file);
-                match hash_file(&path) {
-                    Ok(actual) if &actual == digest => {}
-                    Ok(_) => report.problems.push(format!("outputs {}: {file} does not match its digest", &record.key[..12])),
-                    Err(error) => report.problems.push(format!("outputs {}: {file}: {error}", &record.key[..12])),
+                let problem = match hash_file(&path) {
+                    Ok(actual) if &actual == digest => continue,
+                    Ok(_) => format!("outputs {}: {file} does not match its digest", &record.key[..12]),
+                    Err(error) => format!("outputs {}: {file}: {error}", &record.key[..12]),
+                };
+                report.problems.push(problem);
+                if !report.broken.contains(&CorruptEntry::Output(record.key.clone())) {
+                    report.broken.push(CorruptEntry::Output(record.key.clone()));
                 }
             }
         }
         Ok(report)
+    }
+
+    /// Remove every broken entry `verify` found; returns how many.
+    pub fn repair(&self, report: &VerifyReport) -> Result<usize> {
+        for entry in &report.broken {
+            self.discard(entry)?;
+        }
+        Ok(report.broken.len())
     }
 }
 
@@ -323,7 +350,7 @@ mod tests {
             files: Vec::new(),
             remote: Default::default(),
         };
-        let record = StageRecord { key: inputs.key(), recipe: "r".into(), stage: stage.into(), kind: "run".into(), layer, layer_size, tree: "t".into(), inputs, seconds: 0.0, created, products: None };
+        let record = StageRecord { key: inputs.key(), recipe: "r".into(), stage: stage.into(), kind: "run".into(), tree: crate::cache::tree_id(None, &layer), layer, layer_size, inputs, seconds: 0.0, created, products: None, owners_recorded: true };
         store.put_stage(&record).unwrap();
         record
     }

@@ -16,4 +16,4 @@ pub mod store;
 pub use key::{tree_id, FileDigest, KeyInputs, CACHE_FORMAT};
 pub use layout::{Area, Collect, Layout};
 pub use maintenance::{CacheEntry, GcOptions, GcReport, VerifyReport, PRODUCTS_RECORD};
-pub use store::{BuildLock, OutputHeader, Products, StageRecord, Store, WorkDir, OUTPUT_RECORD};
+pub use store::{BuildLock, Corrupt, CorruptEntry, OutputHeader, Products, StageRecord, Store, WorkDir, OUTPUT_RECORD};

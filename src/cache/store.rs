@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use fs4::fs_std::FileExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,56 @@ pub struct StageRecord {
     /// product so far, so caches written before keep working.)
     #[serde(default, rename = "kernel")]
     pub products: Option<Products>,
+    /// The layer records the files' true owners (it was made by a build that
+    /// could set them). A record without it is never used.
+    #[serde(default)]
+    pub owners_recorded: bool,
+}
+
+impl StageRecord {
+    /// Why this record cannot be what it claims to be: the record for `key`,
+    /// its inputs hashing to that key, its tree id made of its parent's tree
+    /// and its layer. `None` when it is consistent.
+    pub fn inconsistency(&self, key: &str) -> Option<String> {
+        if self.key != key {
+            return Some(format!("it is stored as {key} but names key {}", self.key));
+        }
+        if self.inputs.key() != self.key {
+            return Some("its recorded inputs hash to another key".into());
+        }
+        if !crate::digest::is_sha256_hex(&self.layer) {
+            return Some(format!("its layer `{}` is not a digest", self.layer));
+        }
+        if self.tree != super::key::tree_id(self.inputs.parent.as_deref(), &self.layer) {
+            return Some(format!("its tree id is not made of its parent's and its layer {}", self.layer));
+        }
+        if !self.owners_recorded {
+            return Some("its layer does not record the files' true owners (made by an unprivileged or older build)".into());
+        }
+        None
+    }
+}
+
+/// A cache entry whose bytes are not what its name or record says. A build
+/// that meets one discards it and builds it again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what} is corrupt: {why}; rootsmith discards it and builds it again (`rootsmith cache verify --repair` removes every broken entry)")]
+pub struct Corrupt {
+    pub what: String,
+    pub why: String,
+    pub entry: CorruptEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorruptEntry {
+    /// A layer blob, by digest.
+    Blob(String),
+    /// An output directory, by key.
+    Output(String),
+    /// A stage record, by key.
+    Record(String),
+    /// A file of a content-addressed area other than the layers (a pulled OCI blob).
+    File(std::path::PathBuf),
 }
 
 /// A stage's products: a directory in the layout's products area, and the
@@ -129,13 +179,14 @@ impl Store {
         Ok(tempfile::NamedTempFile::new_in(self.session.path())?)
     }
 
-    /// Move a finished blob into the store under its digest; returns (digest, size).
+    /// Move a finished blob into the store under its digest; returns (digest,
+    /// size). A blob already there is kept only while its bytes are right.
     pub fn put_blob(&self, temp: tempfile::NamedTempFile) -> Result<(String, u64)> {
         let digest = hash_file(temp.path())?;
         let size = temp.as_file().metadata()?.len();
         temp.as_file().sync_all()?;
         let destination = self.layout.blob(&digest);
-        if destination.exists() {
+        if destination.exists() && hash_file(&destination).is_ok_and(|actual| actual == digest) {
             return Ok((digest, size));
         }
         temp.persist(&destination).with_context(|| format!("storing blob {digest}"))?;
@@ -147,7 +198,7 @@ impl Store {
         let path = self.layout.blob(digest);
         let actual = hash_file(&path).with_context(|| format!("reading layer blob {digest}"))?;
         if actual != digest {
-            bail!("layer blob {digest} is corrupt (its bytes hash to {actual}); run `rootsmith cache verify` and rebuild");
+            return Err(Corrupt { what: format!("layer blob {digest}"), why: format!("its bytes hash to {actual}"), entry: CorruptEntry::Blob(digest.to_string()) }.into());
         }
         Ok(fs_err::File::open(&path)?.into_parts().0)
     }
@@ -156,11 +207,45 @@ impl Store {
         crate::digest::is_sha256_hex(digest) && self.layout.blob(digest).is_file()
     }
 
+    /// The record of stage `key`, when it is a hit: consistent with itself
+    /// ([`StageRecord::inconsistency`]) and its layer there.
     pub fn stage(&self, key: &str) -> Option<StageRecord> {
+        if !crate::digest::is_sha256_hex(key) {
+            return None;
+        }
         let bytes = fs_err::read(self.layout.stage_record(key)).ok()?;
         let record: StageRecord = serde_json::from_slice(&bytes).ok()?;
-        // A record is only a hit while its layer is there.
-        self.has_blob(&record.layer).then_some(record)
+        (record.inconsistency(key).is_none() && self.has_blob(&record.layer)).then_some(record)
+    }
+
+    /// Remove a corrupt entry: a blob and every record that uses it, or an
+    /// output directory.
+    pub fn discard(&self, entry: &CorruptEntry) -> Result<()> {
+        match entry {
+            CorruptEntry::Blob(digest) => {
+                if crate::digest::is_sha256_hex(digest) {
+                    let _ = fs_err::remove_file(self.layout.blob(digest));
+                }
+                for path in fs_err::read_dir(self.layout.stages())?.flatten().map(|entry| entry.path()) {
+                    let uses = fs_err::read(&path).ok().and_then(|bytes| serde_json::from_slice::<StageRecord>(&bytes).ok()).is_some_and(|record| &record.layer == digest);
+                    if uses {
+                        fs_err::remove_file(&path)?;
+                    }
+                }
+            }
+            CorruptEntry::Output(key) => remove_tree(&self.layout.output(key))?,
+            CorruptEntry::Record(key) => {
+                if crate::digest::is_sha256_hex(key) {
+                    let _ = fs_err::remove_file(self.layout.stage_record(key));
+                }
+            }
+            CorruptEntry::File(path) => {
+                if path.starts_with(self.layout.root()) {
+                    let _ = fs_err::remove_file(path);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn put_stage(&self, record: &StageRecord) -> Result<()> {

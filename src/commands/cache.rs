@@ -65,14 +65,19 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
             }
             println!("{pulled} stages pulled from {}, {present} already here", remote.repository);
         }
-        CacheAction::Verify => {
+        CacheAction::Verify { repair } => {
             let report = store.verify()?;
             println!("checked {} layers, {} stage records, {} outputs", report.checked_blobs, report.checked_stages, report.checked_outputs);
             for problem in &report.problems {
                 println!("problem: {problem}");
             }
+            if *repair && !report.problems.is_empty() {
+                let removed = store.repair(&report)?;
+                println!("removed {removed} broken entries; the next build makes them again");
+                return Ok(());
+            }
             if !report.problems.is_empty() {
-                bail!("the cache has {} problems; `rootsmith cache gc` drops what no record needs, a rebuild replaces the rest", report.problems.len());
+                bail!("the cache has {} problems; `rootsmith cache verify --repair` removes what is broken, and the next build makes it again", report.problems.len());
             }
             println!("cache is consistent");
         }

@@ -148,6 +148,12 @@ pub trait Host {
     /// standard error is appended to its log).
     fn output(&self, command: &Command) -> anyhow::Result<(i32, Vec<u8>)>;
 
+    /// Whether trees this host makes keep their files' true owners (chown,
+    /// device nodes, capabilities): only then may a build record a layer.
+    fn records_true_owners(&self) -> bool {
+        true
+    }
+
     /// Run the command; an unsuccessful exit is a [`CommandError`].
     fn run(&self, command: &Command) -> anyhow::Result<()> {
         let code = self.status(command)?;

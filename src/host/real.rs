@@ -39,6 +39,10 @@ impl Host for RealHost {
     fn output(&self, command: &Command) -> Result<(i32, Vec<u8>)> {
         self.spawn(command, true)
     }
+
+    fn records_true_owners(&self) -> bool {
+        nix::unistd::geteuid().is_root()
+    }
 }
 
 impl RealHost {

@@ -157,6 +157,11 @@ impl Checker<'_> {
             }
             stages.push(Stage { name, kind });
         }
+        if let Some(epoch) = raw.source_date_epoch {
+            if let Err(error) = crate::time::check_epoch(epoch) {
+                self.at_value("source_date_epoch", format!("source_date_epoch {error}"), "give the seconds since 1970 of the release's date, e.g. `source_date_epoch: 1700000000`");
+            }
+        }
         let outputs = self.check_outputs(raw.outputs);
         let boot = self.check_boot(raw.boot);
         let hosts = raw.hosts.and_then(|written| {

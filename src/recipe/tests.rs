@@ -58,6 +58,8 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - packages: { instal: [curl] }\n", 6, 17, "unknown field `instal`"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - packagez: { install: [curl] }\n", 6, 5, "unknown field `packagez`"),
     ("stages:\n  - debootstrap: { suite: bookworm }\nextra: 1\n", 6, 1, "unknown field `extra`"),
+    ("source_date_epoch: -5\nstages:\n  - debootstrap: { suite: bookworm }\n", 4, 20, "source_date_epoch -5 is outside the times"),
+    ("source_date_epoch: 253402300800\nstages:\n  - debootstrap: { suite: bookworm }\n", 4, 20, "253402300800 is outside the times"),
     // wrong types
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - packages: { install: curl }\n", 6, 26, "invalid type"),
     ("stages: {}\n", 4, 9, "invalid type"),
