@@ -178,6 +178,8 @@ fn write_in_order(mut writer: Writer, checked: Receiver<Checked>, recycle: SyncS
             verdict.map_err(|error| error.to_string())?;
             writer.write(expected, &chunk)?;
             expected += 1;
+            // Recycling only spares allocations: with the channel full or the
+            // receiver gone, the buffer is simply freed.
             let _ = recycle.try_send(chunk);
         }
     }

@@ -20,6 +20,7 @@ macro_rules! log {
     ($($arg:tt)*) => {{
         use std::io::Write;
         let mut out = std::io::stdout().lock();
+        // A message that cannot be written has nowhere else to go.
         let _ = writeln!(out, "rootsmith-init: {}", format!($($arg)*));
         let _ = out.flush();
     }};
@@ -42,17 +43,31 @@ fn early_mounts() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Point stdin, stdout and stderr at /dev/console. Best effort: the boot needs
+/// no console, so a failure is reported (on whatever stdout is) and the fds
+/// keep what the kernel gave them.
 fn attach_console() {
     use std::os::fd::AsRawFd;
-    if let Ok(console) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
-        for fd in 0..3 {
-            unsafe { libc::dup2(console.as_raw_fd(), fd) };
+    let console = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+        Ok(console) => console,
+        Err(error) => {
+            log!("opening /dev/console: {error}");
+            return;
+        }
+    };
+    for fd in 0..3 {
+        // SAFETY: dup2 takes two fds by value and touches no memory. It
+        // replaces the standard streams, which no `File` or `OwnedFd` owns;
+        // `console` is fd 3 or above (std reopens a closed 0-2 at start-up),
+        // so the fd it closes on drop stays its own.
+        if unsafe { libc::dup2(console.as_raw_fd(), fd) } < 0 {
+            log!("attaching fd {fd} to /dev/console: {}", std::io::Error::last_os_error());
         }
     }
 }
 
 fn load_modules() -> Result<(), String> {
-    let release = sys::kernel_release();
+    let release = sys::kernel_release().map_err(|error| error.to_string())?;
     let list = format!("/{}/{release}", contract::INITRAMFS_MODULES);
     let Ok(text) = std::fs::read_to_string(&list) else {
         log!("no modules for kernel {release} in this initramfs");
@@ -159,7 +174,10 @@ fn fail(message: &str, on_fail: OnFail) -> ! {
     match action {
         OnFail::Shell => {
             log!("starting {SHELL}; exit it to power off");
-            let _ = std::process::Command::new(SHELL).status();
+            // Powering off is the right thing whether the shell ran or not; say why if it did not.
+            if let Err(error) = std::process::Command::new(SHELL).status() {
+                log!("starting {SHELL}: {error}");
+            }
             sys::power_off()
         }
         OnFail::Halt => {
@@ -209,7 +227,12 @@ fn main() {
         fail(&error.to_string(), OnFail::Default);
     }
     log!("mounted /dev, /proc, /sys, /run");
-    let cmdline = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    // Without /proc/cmdline the boot goes on with the defaults, which may still
+    // find an appended rootfs; say why any arguments were not seen.
+    let cmdline = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|error| {
+        log!("reading /proc/cmdline: {error}; booting with no arguments");
+        String::new()
+    }));
     match boot(&cmdline) {
         Ok(never) => match never {},
         Err(message) => fail(&message, cmdline.on_fail),

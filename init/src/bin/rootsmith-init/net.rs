@@ -10,9 +10,10 @@ use rootsmith_init::dhcp::{self, MessageType, Reply};
 
 use crate::log;
 
+/// The kernel's `struct ifreq`: the name, then a 24-byte union.
 #[repr(C)]
 struct IfReq {
-    name: [u8; 16],
+    name: [u8; libc::IFNAMSIZ],
     data: [u8; 24],
 }
 
@@ -34,8 +35,14 @@ struct RtEntry {
     irtt: libc::c_ushort,
 }
 
+// The kernel copies exactly `sizeof(struct ifreq)` and `sizeof(struct rtentry)`
+// bytes in and out; the structs above must be as large as libc's.
+const _: () = assert!(std::mem::size_of::<IfReq>() == std::mem::size_of::<libc::ifreq>());
+const _: () = assert!(std::mem::size_of::<RtEntry>() == std::mem::size_of::<libc::rtentry>());
+
+/// An `ifreq` for `name`, which is NUL-terminated (cut to 15 bytes if longer).
 fn ifreq(name: &str) -> IfReq {
-    let mut request = IfReq { name: [0; 16], data: [0; 24] };
+    let mut request = IfReq { name: [0; libc::IFNAMSIZ], data: [0; 24] };
     let bytes = name.as_bytes();
     request.name[..bytes.len().min(15)].copy_from_slice(&bytes[..bytes.len().min(15)]);
     request
@@ -43,6 +50,9 @@ fn ifreq(name: &str) -> IfReq {
 
 fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
     let inet = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(address).to_be() }, sin_zero: [0; 8] };
+    // SAFETY: both are 16-byte plain-data structs (transmute checks the sizes
+    // at compile time); `sockaddr_in` has no padding, so every byte is
+    // initialized, and any bytes are a valid `sockaddr` (integers and arrays).
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
 }
 
@@ -50,8 +60,19 @@ fn control_socket() -> io::Result<UdpSocket> {
     UdpSocket::bind("0.0.0.0:0")
 }
 
-fn ioctl<T>(request: libc::c_ulong, data: &mut T, what: &str) -> io::Result<()> {
+/// Make the socket ioctl `request` on a fresh control socket.
+///
+/// # Safety
+///
+/// `request` must be a socket ioctl whose argument is a pointer to a `T`: the
+/// kernel reads and writes at most `size_of::<T>()` bytes through it and keeps
+/// no pointer to it after the call. Every pointer inside `*data` must be valid
+/// for whatever the kernel reads or writes through it during the call.
+unsafe fn socket_ioctl<T>(request: libc::c_ulong, data: &mut T, what: &str) -> io::Result<()> {
     let socket = control_socket()?;
+    // SAFETY: the socket's fd is open until `socket` drops after the call;
+    // `data` is a live, exclusive `T` and the caller guarantees that `request`
+    // takes a `T` and what it points to.
     let result = unsafe { libc::ioctl(socket.as_raw_fd(), request, data as *mut T) };
     if result < 0 {
         let error = io::Error::last_os_error();
@@ -60,24 +81,51 @@ fn ioctl<T>(request: libc::c_ulong, data: &mut T, what: &str) -> io::Result<()> 
     Ok(())
 }
 
-pub fn set_up(name: &str) -> io::Result<()> {
-    let mut request = ifreq(name);
-    ioctl(libc::SIOCGIFFLAGS, &mut request, &format!("reading the flags of {name}"))?;
-    let flags = u16::from_ne_bytes([request.data[0], request.data[1]]) | libc::IFF_UP as u16;
-    request.data[..2].copy_from_slice(&flags.to_ne_bytes());
-    ioctl(libc::SIOCSIFFLAGS, &mut request, &format!("bringing {name} up"))
+/// The interface ioctls the init makes: each takes a `struct ifreq`.
+#[derive(Clone, Copy)]
+enum IfIoctl {
+    GetFlags,
+    SetFlags,
+    SetAddress,
+    SetNetmask,
 }
 
-fn set_address(name: &str, request_code: libc::c_ulong, address: Ipv4Addr, what: &str) -> io::Result<()> {
+fn interface_ioctl(request: IfIoctl, data: &mut IfReq, what: &str) -> io::Result<()> {
+    let code = match request {
+        IfIoctl::GetFlags => libc::SIOCGIFFLAGS,
+        IfIoctl::SetFlags => libc::SIOCSIFFLAGS,
+        IfIoctl::SetAddress => libc::SIOCSIFADDR,
+        IfIoctl::SetNetmask => libc::SIOCSIFNETMASK,
+    };
+    // SAFETY: these four requests take a pointer to a `struct ifreq`, which
+    // `IfReq` matches (the size is asserted above); the kernel copies the
+    // whole struct in (and, for SIOCGIFFLAGS, back out) and follows no
+    // pointer inside it: the name is an inline array.
+    unsafe { socket_ioctl(code, data, what) }
+}
+
+pub fn set_up(name: &str) -> io::Result<()> {
+    let mut request = ifreq(name);
+    interface_ioctl(IfIoctl::GetFlags, &mut request, &format!("reading the flags of {name}"))?;
+    let flags = u16::from_ne_bytes([request.data[0], request.data[1]]) | libc::IFF_UP as u16;
+    request.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    interface_ioctl(IfIoctl::SetFlags, &mut request, &format!("bringing {name} up"))
+}
+
+fn set_address(name: &str, request_code: IfIoctl, address: Ipv4Addr, what: &str) -> io::Result<()> {
     let mut request = ifreq(name);
     let raw = sockaddr(address);
+    // SAFETY: `sockaddr` is 16 bytes (transmute checks) with no padding, a
+    // `u16` and a byte array, so all 16 bytes are initialized.
     let bytes: [u8; 16] = unsafe { std::mem::transmute(raw) };
     request.data[..16].copy_from_slice(&bytes);
-    ioctl(request_code, &mut request, what)
+    interface_ioctl(request_code, &mut request, what)
 }
 
 fn add_default_route(name: &str, gateway: Ipv4Addr) -> io::Result<()> {
-    let device = std::ffi::CString::new(name).unwrap();
+    // The kernel copies IFNAMSIZ - 1 bytes from `rt_dev` whatever the name's
+    // length, so it points to a whole NUL-padded IFNAMSIZ buffer.
+    let mut device = ifreq(name).name;
     let mut route = RtEntry {
         pad1: 0,
         dst: sockaddr(Ipv4Addr::UNSPECIFIED),
@@ -88,14 +136,20 @@ fn add_default_route(name: &str, gateway: Ipv4Addr) -> io::Result<()> {
         pad3: 0,
         pad4: std::ptr::null_mut(),
         metric: 0,
-        dev: device.as_ptr() as *mut _,
+        dev: device.as_mut_ptr().cast(),
         mtu: 0,
         window: 0,
         irtt: 0,
     };
-    ioctl(libc::SIOCADDRT, &mut route, &format!("adding the default route via {gateway}"))
+    // SAFETY: SIOCADDRT takes a pointer to a `struct rtentry`, which `RtEntry`
+    // matches (the size is asserted above). Its one pointer, `dev`, points to
+    // `device`, IFNAMSIZ bytes that outlive the call, of which the kernel
+    // reads IFNAMSIZ - 1; the other pointer field is null.
+    unsafe { socket_ioctl(libc::SIOCADDRT, &mut route, &format!("adding the default route via {gateway}")) }
 }
 
+/// A sysfs attribute of `name`, empty if it cannot be read: `carrier` fails
+/// (EINVAL) while an interface is down, which means no link yet.
 fn read_sys(name: &str, file: &str) -> String {
     std::fs::read_to_string(format!("/sys/class/net/{name}/{file}")).unwrap_or_default().trim().to_string()
 }
@@ -112,7 +166,11 @@ fn interfaces() -> Vec<String> {
 /// appear as their drivers probe, so this waits up to `wait`.
 pub fn choose_interface(named: Option<&str>, wait: Duration) -> io::Result<String> {
     let started = Instant::now();
-    let _ = set_up("lo");
+    // Best effort: the fetch talks to other hosts only, so a boot without a
+    // loopback interface works; say so and carry on.
+    if let Err(error) = set_up("lo") {
+        log!("{error} (continuing without the loopback interface)");
+    }
     let mut raised = Vec::new();
     loop {
         let candidates = match named {
@@ -142,12 +200,14 @@ pub fn choose_interface(named: Option<&str>, wait: Duration) -> io::Result<Strin
     }
 }
 
-fn mac(name: &str) -> [u8; 6] {
+fn mac(name: &str) -> io::Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{name}/address");
+    let text = std::fs::read_to_string(&path).map_err(|error| io::Error::new(error.kind(), format!("reading {path}: {error}")))?;
     let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(read_sys(name, "address").split(':')) {
+    for (byte, part) in mac.iter_mut().zip(text.trim().split(':')) {
         *byte = u8::from_str_radix(part, 16).unwrap_or(0);
     }
-    mac
+    Ok(mac)
 }
 
 fn exchange(socket: &UdpSocket, packet: &[u8], xid: u32, want: &[MessageType], timeout: Duration) -> io::Result<Option<Reply>> {
@@ -176,11 +236,15 @@ pub fn lease(name: &str) -> io::Result<Reply> {
     let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, dhcp::CLIENT_PORT))?;
     socket.set_broadcast(true)?;
     let device = name.as_bytes();
-    let result = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, device.as_ptr().cast(), device.len() as u32) };
+    // SAFETY: the socket's fd is open for the call; the option value points to
+    // `device.len()` readable bytes (the kernel copies at most that many, and
+    // at most IFNAMSIZ - 1, and needs no NUL), borrowed across the call.
+    let result = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, device.as_ptr().cast(), device.len() as libc::socklen_t) };
     if result < 0 {
-        return Err(io::Error::last_os_error());
+        let error = io::Error::last_os_error();
+        return Err(io::Error::new(error.kind(), format!("binding the DHCP socket to {name}: {error}")));
     }
-    let mac = mac(name);
+    let mac = mac(name)?;
     let mut timeout = Duration::from_secs(1);
     for attempt in 1..=8u32 {
         let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ attempt.wrapping_mul(0x9e37_79b9);
@@ -201,8 +265,8 @@ pub fn lease(name: &str) -> io::Result<Reply> {
 /// Set the lease's address, route and DNS servers.
 pub fn configure(name: &str, lease: &Reply) -> io::Result<()> {
     let netmask = lease.netmask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
-    set_address(name, libc::SIOCSIFADDR, lease.address, &format!("setting {} on {name}", lease.address))?;
-    set_address(name, libc::SIOCSIFNETMASK, netmask, &format!("setting netmask {netmask} on {name}"))?;
+    set_address(name, IfIoctl::SetAddress, lease.address, &format!("setting {} on {name}", lease.address))?;
+    set_address(name, IfIoctl::SetNetmask, netmask, &format!("setting netmask {netmask} on {name}"))?;
     if let Some(router) = lease.router {
         add_default_route(name, router)?;
     }

@@ -7,6 +7,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use crate::log;
+
 fn cstring(text: &str) -> CString {
     CString::new(text).expect("no NUL in paths the init uses")
 }
@@ -22,6 +24,9 @@ fn check(result: libc::c_int, what: impl FnOnce() -> String) -> io::Result<()> {
 pub fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
     let (source_c, target_c, fstype_c, data_c) = (cstring(source), cstring(target), cstring(fstype), cstring(data));
+    // SAFETY: every pointer is null (allowed for the type and the data) or
+    // that of a NUL-terminated CString that lives until the end of the
+    // function; the kernel copies the strings and keeps no pointer.
     let result = unsafe {
         libc::mount(
             source_c.as_ptr(),
@@ -40,17 +45,23 @@ pub fn move_mount(source: &str, target: &str) -> io::Result<()> {
 }
 
 /// The running kernel's release (`uname -r`).
-pub fn kernel_release() -> String {
+pub fn kernel_release() -> io::Result<String> {
+    // SAFETY: `utsname` is arrays of `c_char` only, for which all zeros is valid.
     let mut name: libc::utsname = unsafe { std::mem::zeroed() };
-    unsafe { libc::uname(&mut name) };
+    // SAFETY: `name` is a live, exclusive `utsname` for uname to fill.
+    check(unsafe { libc::uname(&mut name) }, || "uname".into())?;
+    // The kernel NUL-terminates the release; `take_while` stays inside the array anyway.
     let release: Vec<u8> = name.release.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
-    String::from_utf8_lossy(&release).into_owned()
+    Ok(String::from_utf8_lossy(&release).into_owned())
 }
 
 /// Load one module file; one that is already loaded is fine.
 pub fn load_module(path: &Path) -> io::Result<()> {
     let file = File::open(path)?;
     let params = cstring("");
+    // SAFETY: finit_module(int fd, const char *params, int flags): the fd is
+    // open while `file` lives, `params` is a NUL-terminated CString that
+    // outlives the call, and flags are 0; the kernel keeps no pointer.
     let result = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
     if result < 0 {
         let error = io::Error::last_os_error();
@@ -68,12 +79,17 @@ const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 /// Attach `backing` read-only to a free loop device; returns its path.
 pub fn attach_loop(backing: &Path) -> io::Result<String> {
     let control = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").map_err(|error| io::Error::new(error.kind(), format!("opening /dev/loop-control: {error} (is the loop module in the initramfs?)")))?;
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and touches no memory of
+    // ours; the fd is open while `control` lives.
     let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
     check(number, || "finding a free loop device".into())?;
     let device = format!("/dev/loop{number}");
     let loop_file = std::fs::OpenOptions::new().read(true).open(&device)?;
     // A read-only backing fd makes a read-only loop device.
     let backing_file = File::open(backing)?;
+    // SAFETY: LOOP_SET_FD takes the backing fd by value, not a pointer; both
+    // fds are open while their `File`s live, past the call (the loop device
+    // takes its own reference to the backing file).
     let result = unsafe { libc::ioctl(loop_file.as_raw_fd(), LOOP_SET_FD, backing_file.as_raw_fd()) };
     check(result, || format!("attaching {} to {device}", backing.display()))?;
     Ok(device)
@@ -85,6 +101,7 @@ pub fn switch_root(new_root: &str, init: &str) -> io::Error {
         std::env::set_current_dir(new_root)?;
         move_mount(".", "/")?;
         let dot = cstring(".");
+        // SAFETY: `dot` is a NUL-terminated CString that outlives the call.
         check(unsafe { libc::chroot(dot.as_ptr()) }, || "chroot".into())?;
         std::env::set_current_dir("/")?;
         Ok(())
@@ -94,15 +111,20 @@ pub fn switch_root(new_root: &str, init: &str) -> io::Error {
     }
     let program = cstring(init);
     let argv = [program.as_ptr(), std::ptr::null()];
+    // SAFETY: `program` is a NUL-terminated CString and `argv` a
+    // null-terminated array of pointers to it, both alive across the call.
+    // execv returns only on failure (always -1), so errno is the result.
     unsafe { libc::execv(program.as_ptr(), argv.as_ptr()) };
     let error = io::Error::last_os_error();
     io::Error::new(error.kind(), format!("executing {init} in the new root: {error}"))
 }
 
 pub fn power_off() -> ! {
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
+    // SAFETY: sync() takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    // SAFETY: reboot() takes a command constant only and touches no memory of ours.
+    if unsafe { libc::reboot(libc::RB_POWER_OFF) } < 0 {
+        log!("powering off: {}; halted, power the machine off by hand", io::Error::last_os_error());
     }
     // reboot() only returns on error; PID 1 must never exit.
     loop {
