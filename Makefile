@@ -9,7 +9,7 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                ca-certificates util-linux debian-archive-keyring \
                make gcc libc6-dev ccache bc bison flex perl dpkg-dev rsync kmod \
                patch libelf-dev libssl-dev qemu-system-x86 ipxe-qemu curl \
-               pxelinux syslinux-common umoci skopeo docker-registry
+               pxelinux syslinux-common umoci skopeo docker-registry busybox-static
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: all deps init build demo test bench clean

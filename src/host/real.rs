@@ -2,8 +2,10 @@
 //!
 //! Everything the child does between fork and exec is prepared beforehand
 //! (C strings, flags) so the child only makes system calls. The child also asks
-//! to be killed when rootsmith dies, so an interrupted build leaves no command
-//! running and, with the namespace gone, no mount anywhere.
+//! to be killed when rootsmith dies, and (as root) runs the command as the
+//! first process of a PID namespace of its own, so an interrupted build leaves
+//! no process of the command running, however deep, and, with the mount
+//! namespace gone, no mount anywhere.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -87,17 +89,59 @@ impl RealHost {
         // their own: host programs (make, mksquashfs…) run in rootsmith's.
         let isolate = command.private_mounts || command.root.is_some() || !command.mounts.is_empty();
         let slash = c_string(b"/");
-        // SAFETY: the closure only makes system calls on data prepared above.
+        // Root gives every command a PID namespace of its own: when the
+        // command's first process dies (with rootsmith, by PDEATHSIG), the
+        // kernel kills every process left in it, so nothing a stage started
+        // outlives the build. (Ordinary users only run host probes here.)
+        let pid_namespace = nix::unistd::geteuid().is_root();
+        // SAFETY: the closure only makes async-signal-safe system calls
+        // (prctl, unshare, fork, waitpid, close_range, mount, chroot, chdir,
+        // _exit) on data prepared above; no allocation, no locks.
         unsafe {
             process.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                let mut flags = 0;
+                if isolate {
+                    flags |= libc::CLONE_NEWNS;
+                }
+                if pid_namespace {
+                    flags |= libc::CLONE_NEWPID;
+                }
+                if flags != 0 && libc::unshare(flags) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if pid_namespace {
+                    // The namespace's first process is this one's child: this
+                    // one waits for it and passes on how it ended.
+                    match libc::fork() {
+                        -1 => return Err(std::io::Error::last_os_error()),
+                        0 => {
+                            // PID 1 of the namespace dies with its parent, and
+                            // everything in the namespace with it.
+                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                        }
+                        child => {
+                            // Hold no descriptor: the spawner's error pipe must
+                            // close when the command starts, and its output
+                            // pipes when the command ends.
+                            libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                            let mut status = 0;
+                            while libc::waitpid(child, &mut status, 0) < 0 {
+                                if *libc::__errno_location() != libc::EINTR {
+                                    libc::_exit(125);
+                                }
+                            }
+                            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                            libc::_exit(code);
+                        }
+                    }
+                }
                 if !isolate {
                     return Ok(());
-                }
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(std::io::Error::last_os_error());
                 }
                 if libc::mount(std::ptr::null(), slash.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
                     return Err(std::io::Error::last_os_error());

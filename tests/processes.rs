@@ -1,0 +1,84 @@
+//! Every process a stage starts dies with the build: a build killed with
+//! SIGKILL during a `run` stage leaves none of its command's processes
+//! running, however deep (needs root: chroot, mounts, PID namespaces).
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{needs_root, rootsmith, tar_base};
+
+/// A tree whose /bin/sh and /bin/sleep are the host's static busybox.
+fn busybox_tree(dir: &Path) {
+    let bin = dir.join("tree/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed (make deps)");
+    for applet in ["sh", "sleep", "touch"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    tar_base(dir);
+}
+
+/// Processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(marker) {
+            found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_killed_build_leaves_no_process_of_its_stage_behind() {
+    if !needs_root("a_killed_build_leaves_no_process_of_its_stage_behind") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    busybox_tree(dir.path());
+    // The stage starts a grandchild in the background, then waits itself.
+    let recipe = dir.path().join("sleeper.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: sleeper\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - run: { sh: \"sleep 371 & sleep 372; touch /etc/done\" }\n").unwrap();
+    let mut child = rootsmith()
+        .args(["build", "--fast", "--cache"])
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(&recipe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    while !seen.contains("run (run): building") {
+        let mut buffer = [0u8; 256];
+        let read = stderr.read(&mut buffer).unwrap();
+        assert!(read > 0 && started.elapsed() < Duration::from_secs(120), "the build ended before its run stage: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    // Both sleeps run before the build is killed.
+    while processes_with("sleep 371").is_empty() || processes_with("sleep 372").is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the stage's processes never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = processes_with("sleep 37").into_iter().filter(|line| !line.contains("cargo")).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes of the killed build's stage are still running: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
