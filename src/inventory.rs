@@ -164,23 +164,34 @@ pub struct RawHost {
 /// name, version and kernels). Such an inventory names no `bundle:`: it is
 /// copied into the bundle it describes.
 pub fn check_for_recipe(file: &Path, source: &str, bundle: &BundleKernels) -> Result<(), Diagnostics> {
-    let (raw, spans) = parse(file, source)?;
-    if raw.bundle.is_some() {
-        let diagnostic = Diagnostic::new(file, source, spans.key("bundle"), "a recipe's inventory names no bundle").with_hint("it goes into the bundle the recipe builds; remove `bundle:`");
-        return Err(Diagnostics(vec![diagnostic]));
+    let mut parsed = parse(file, source)?;
+    if parsed.raw.bundle.is_some() {
+        let diagnostic = Diagnostic::new(file, source, parsed.spans.key("bundle"), "a recipe's inventory names no bundle").with_hint("it goes into the bundle the recipe builds; remove `bundle:`");
+        parsed.problems.push(diagnostic);
     }
-    check(file, source, &spans, &raw, bundle).map(|_| ())
+    check(file, source, &parsed, bundle).map(|_| ())
 }
 
-pub fn parse(file: &Path, source: &str) -> Result<(RawInventory, SpanIndex), Diagnostics> {
+/// An inventory parsed: its raw form, where everything is, and the unknown
+/// keys found on the way (reported with the rest by [`check`]).
+pub struct Parsed {
+    pub raw: RawInventory,
+    pub spans: SpanIndex,
+    pub problems: Vec<Diagnostic>,
+}
+
+pub fn parse(file: &Path, source: &str) -> Result<Parsed, Diagnostics> {
     let spans = SpanIndex::build(source);
-    let raw = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![crate::diagnostic::yaml_diagnostic(file, source, &error, "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md")]))?;
-    Ok((raw, spans))
+    let hint = "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md";
+    let (raw, problems) = crate::diagnostic::parse_all::<RawInventory>(file, source, &spans, &|error| crate::diagnostic::yaml_diagnostic(file, source, error, hint))?;
+    Ok(Parsed { raw, spans, problems })
 }
 
-pub fn check(file: &Path, source: &str, spans: &SpanIndex, raw: &RawInventory, bundle: &BundleKernels) -> Result<(Entry, Vec<Host>), Diagnostics> {
+/// Every problem of a parsed inventory at once, or its default entry and hosts.
+pub fn check(file: &Path, source: &str, parsed: &Parsed, bundle: &BundleKernels) -> Result<(Entry, Vec<Host>), Diagnostics> {
+    let (raw, spans) = (&parsed.raw, &parsed.spans);
     let problem = |position: Position, message: String, hint: &str| Diagnostic::new(file, source, position, message).with_hint(hint);
-    let mut problems = Vec::new();
+    let mut problems = parsed.problems.clone();
     let entry_at = |path: &str, text: Option<&String>, problems: &mut Vec<Diagnostic>| -> Entry {
         let Some(text) = text else { return Entry::Local };
         match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(bundle).map(|()| entry).map_err(|error| error.to_string())) {
@@ -244,3 +255,18 @@ pub fn check(file: &Path, source: &str, spans: &SpanIndex, raw: &RawInventory, b
     Ok((default, hosts))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_key_does_not_hide_a_duplicate_mac() {
+        let source = "hosts:\n  - name: a\n    mac: 52:54:00:00:00:11\n    colour: blue\n  - name: b\n    mac: 52:54:00:00:00:11\n";
+        let bundle = BundleKernels { name: "lab".into(), version: "1.0.0".into(), kernels: vec!["debian".into()] };
+        let Err(Diagnostics(problems)) = check_for_recipe(Path::new("hosts.yaml"), source, &bundle) else { panic!("the inventory has two problems") };
+        let found: Vec<(usize, usize, &str)> = problems.iter().map(|p| (p.position.line, p.position.column, p.message.as_str())).collect();
+        assert!(found.iter().any(|(line, column, message)| (*line, *column) == (4, 5) && message.contains("unknown field `colour`")), "{found:?}");
+        assert!(found.iter().any(|(line, _, message)| *line == 6 && message.contains("duplicate MAC")), "{found:?}");
+    }
+}

@@ -1,7 +1,39 @@
 //! The rootsmith command line.
 
+/// `println!` for a command's output: when the reader has gone (`… --json |
+/// head`), stop quietly as a program killed by SIGPIPE would, instead of
+/// panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(error);
+        }
+    }};
+}
+
+/// `print!` for a command's output (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(error);
+        }
+    }};
+}
+
 mod cli;
 mod commands;
+
+/// Standard output can no longer be written: a closed pipe ends the program
+/// as SIGPIPE would (status 141); anything else is an error.
+fn stdout_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(128 + libc::SIGPIPE);
+    }
+    eprintln!("error: writing the output: {error}");
+    std::process::exit(EXIT_FAILURE);
+}
 
 use clap::Parser;
 use cli::{Cli, Command, ReleaseAction};
@@ -41,6 +73,13 @@ fn main() {
         },
     };
     if let Err(error) = result {
+        if let Some(commands::PassOn(status)) = error.downcast_ref::<commands::PassOn>() {
+            std::process::exit(*status);
+        }
+        if let Some(usage) = error.downcast_ref::<commands::UsageError>() {
+            eprintln!("error: {usage}");
+            std::process::exit(EXIT_RECIPE);
+        }
         let diagnostics = error.downcast_ref::<RecipeError>().map(|RecipeError(diagnostics)| diagnostics).or_else(|| error.downcast_ref::<rootsmith::diagnostic::Diagnostics>());
         if let Some(diagnostics) = diagnostics {
             for diagnostic in &diagnostics.0 {

@@ -101,3 +101,28 @@ fn an_epoch_no_output_can_hold_is_refused_before_anything_runs() {
     assert!(stderr.contains("SOURCE_DATE_EPOCH=\"-1\"") && stderr.contains("outside the times"), "{stderr}");
     assert!(!cache.join("v1/stages").exists() || std::fs::read_dir(cache.join("v1/stages")).unwrap().next().is_none(), "a stage was built");
 }
+
+#[test]
+fn a_file_the_command_line_names_that_is_not_there_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    for args in [vec!["check"], vec!["hosts", "ls", "--hosts"], vec!["boot-test"], vec!["release", "verify"], vec!["serve"]] {
+        let (code, _, stderr) = run(rootsmith().args(&args).arg(&missing));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(&missing.display().to_string()), "{args:?} names the path: {stderr}");
+        assert!(!stderr.contains('^'), "{args:?}: no empty caret snippet for a file that is not there: {stderr}");
+    }
+}
+
+#[test]
+fn a_closed_standard_output_ends_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = rootsmith().args(["cache", "ls", "--json", "--cache"]).arg(dir.path()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_ne!(status.code(), Some(101), "it panicked: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

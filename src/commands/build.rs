@@ -74,12 +74,12 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
     let progress = rootsmith::progress::for_terminal(settings.json);
     let summary = build(&recipe, &plan, &options, &RealHost, progress.as_ref())?;
     if settings.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let built = summary.stages.iter().filter(|s| s.state == "built").count();
         let note = if summary.up_to_date { " (already built, identical)" } else { "" };
-        println!("{} {}: {} of {} stages built, outputs {}, {:.1}s{note}", summary.name, summary.version, built, summary.stages.len(), summary.outputs.state, summary.seconds);
-        println!("bundle: {}", summary.bundle.display());
+        outln!("{} {}: {} of {} stages built, outputs {}, {:.1}s{note}", summary.name, summary.version, built, summary.stages.len(), summary.outputs.state, summary.seconds);
+        outln!("bundle: {}", summary.bundle.display());
     }
     Ok(())
 }

@@ -12,19 +12,19 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
         CacheAction::Ls { json } => {
             let entries = store.list();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                outln!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
-                println!("{:<12} {:<12} {:<20} {:<20} {:>10}", "KEY", "KIND", "RECIPE", "STAGE", "SIZE");
+                outln!("{:<12} {:<12} {:<20} {:<20} {:>10}", "KEY", "KIND", "RECIPE", "STAGE", "SIZE");
                 for entry in &entries {
-                    println!("{:<12} {:<12} {:<20} {:<20} {:>10}", short(&entry.key), entry.kind, entry.recipe, entry.stage, human_size(entry.size));
+                    outln!("{:<12} {:<12} {:<20} {:<20} {:>10}", short(&entry.key), entry.kind, entry.recipe, entry.stage, human_size(entry.size));
                 }
-                println!("{} entries, {}", entries.len(), human_size(entries.iter().map(|e| e.size).sum()));
+                outln!("{} entries, {}", entries.len(), human_size(entries.iter().map(|e| e.size).sum()));
             }
         }
         CacheAction::Gc { keep_size, older_than } => {
             let report = store.gc(&GcOptions::new(*keep_size, *older_than))?;
             let others: String = report.removed_other.iter().map(|(area, count)| format!(", {count} {area}")).collect();
-            println!(
+            outln!(
                 "removed {} stages, {} outputs, {} layers, {} kernels{others}; freed {}, {} kept",
                 report.removed_stages,
                 report.removed_outputs,
@@ -43,12 +43,12 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
                 }
                 if remote.push(&store, &record, &|_| {})? {
                     pushed += 1;
-                    println!("pushed {} ({} `{}` of {})", short(&record.key), record.kind, record.stage, record.recipe);
+                    outln!("pushed {} ({} `{}` of {})", short(&record.key), record.kind, record.stage, record.recipe);
                 } else {
                     present += 1;
                 }
             }
-            println!("{pushed} stages pushed to {}, {present} already there", remote.repository);
+            outln!("{pushed} stages pushed to {}, {present} already there", remote.repository);
         }
         CacheAction::Pull { repository } => {
             let remote = rootsmith::share::RemoteCache::connect(repository)?;
@@ -60,26 +60,26 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
                 }
                 if let Some(record) = remote.pull(&store, &key, &|_| {})? {
                     pulled += 1;
-                    println!("pulled {} ({} `{}` of {})", short(&key), record.kind, record.stage, record.recipe);
+                    outln!("pulled {} ({} `{}` of {})", short(&key), record.kind, record.stage, record.recipe);
                 }
             }
-            println!("{pulled} stages pulled from {}, {present} already here", remote.repository);
+            outln!("{pulled} stages pulled from {}, {present} already here", remote.repository);
         }
         CacheAction::Verify { repair } => {
             let report = store.verify()?;
-            println!("checked {} layers, {} stage records, {} outputs", report.checked_blobs, report.checked_stages, report.checked_outputs);
+            outln!("checked {} layers, {} stage records, {} outputs", report.checked_blobs, report.checked_stages, report.checked_outputs);
             for problem in &report.problems {
-                println!("problem: {problem}");
+                outln!("problem: {problem}");
             }
             if *repair && !report.problems.is_empty() {
                 let removed = store.repair(&report)?;
-                println!("removed {removed} broken entries; the next build makes them again");
+                outln!("removed {removed} broken entries; the next build makes them again");
                 return Ok(());
             }
             if !report.problems.is_empty() {
                 bail!("the cache has {} problems; `rootsmith cache verify --repair` removes what is broken, and the next build makes it again", report.problems.len());
             }
-            println!("cache is consistent");
+            outln!("cache is consistent");
         }
     }
     Ok(())

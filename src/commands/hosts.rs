@@ -8,6 +8,7 @@ use rootsmith::lab::hosts::render::{self, Urls};
 use rootsmith::lab::hosts::{self, Inventory};
 
 pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
+    super::must_exist(&args.file, "the inventory")?;
     let inventory = hosts::load(&args.file, args.bundle.as_deref()).with_context(|| format!("reading the inventory {}", args.file.display()))?;
     let store = StateStore::for_inventory(&args.file);
     match action {
@@ -89,11 +90,11 @@ fn ls(inventory: &Inventory, store: &StateStore, json: bool) -> Result<()> {
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "bundle": inventory.bundle, "default": inventory.default.name(), "hosts": rows }))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "bundle": inventory.bundle, "default": inventory.default.name(), "hosts": rows }))?);
         return Ok(());
     }
-    println!("{} {} (hosts not listed boot {})", inventory.menu.name, inventory.menu.version, inventory.default.name());
-    println!("{:<16} {:<17} {:<15} {:<24} LAST REPORT", "HOST", "MAC", "IP", "BOOTS");
+    outln!("{} {} (hosts not listed boot {})", inventory.menu.name, inventory.menu.version, inventory.default.name());
+    outln!("{:<16} {:<17} {:<15} {:<24} LAST REPORT", "HOST", "MAC", "IP", "BOOTS");
     let text = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_string();
     for row in rows {
         let entry = format!("{}{}", text(&row["entry"]), if row["once"] == true { " (once)" } else { "" });
@@ -101,7 +102,7 @@ fn ls(inventory: &Inventory, store: &StateStore, json: bool) -> Result<()> {
             serde_json::Value::Null => "-".to_string(),
             report => format!("{} {}{} via {}", text(&report["at"]), text(&report["status"]), report["step"].as_str().map(|step| format!(" at {step}")).unwrap_or_default(), text(&report["entry"])),
         };
-        println!("{:<16} {:<17} {:<15} {:<24} {report}", text(&row["name"]), text(&row["mac"]), text(&row["ip"]), entry);
+        outln!("{:<16} {:<17} {:<15} {:<24} {report}", text(&row["name"]), text(&row["mac"]), text(&row["ip"]), entry);
     }
     Ok(())
 }

@@ -27,6 +27,6 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs) -> Result<()> {
     };
     let path = lock::path_for(&recipe.file);
     lock::write(&path, &lock)?;
-    println!("wrote {}: {} packages, {} remote inputs", path.display(), lock.packages.len(), lock.remote.len());
+    outln!("wrote {}: {} packages, {} remote inputs", path.display(), lock.packages.len(), lock.remote.len());
     Ok(())
 }

@@ -21,6 +21,17 @@ use rootsmith::recipe::{Diagnostics, LoadOptions, Recipe};
 pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_RECIPE: i32 = 2;
 
+/// A command's own exit status to pass on (`shell`): printed as nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("the command exited with status {0}")]
+pub struct PassOn(pub i32);
+
+/// A usage error (a file the command line names is not there or not what it
+/// should be): printed as it is, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// A recipe error: printed as diagnostics, exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -39,6 +50,23 @@ pub fn cache_dir(args: &CacheArgs) -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/var/cache"));
     base.join("rootsmith")
+}
+
+/// A path the command line names must be there: else a usage error (exit 2).
+pub fn must_exist(path: &std::path::Path, what: &str) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Err(UsageError(format!("{what} {} does not exist", path.display())).into());
+    }
+    Ok(())
+}
+
+/// A bundle directory the command line names: there, with a manifest.
+pub fn must_be_bundle(dir: &std::path::Path) -> Result<()> {
+    must_exist(dir, "the bundle")?;
+    if !dir.join("manifest.json").is_file() {
+        return Err(UsageError(format!("{} is not a bundle (it has no manifest.json)", dir.display())).into());
+    }
+    Ok(())
 }
 
 pub fn short(key: &str) -> &str {

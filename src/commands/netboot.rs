@@ -12,6 +12,10 @@ use rootsmith::lab::hosts::served::ServedInventory;
 use rootsmith::lab::serve::Server;
 
 pub fn serve(dir: &Path, addr: &str, max_connections: usize, tftp: Option<&str>, hosts: Option<&Path>, public_url: Option<String>) -> Result<()> {
+    super::must_exist(dir, "the directory to serve")?;
+    if let Some(hosts) = hosts {
+        super::must_exist(hosts, "the inventory")?;
+    }
     // A closed stderr must not take the server down with it.
     let log: rootsmith::lab::serve::AccessLog = Arc::new(|line: &str| {
         use std::io::Write;
@@ -47,6 +51,7 @@ pub struct BootTestArgs {
 }
 
 pub fn boot_test(args: &BootTestArgs) -> Result<()> {
+    super::must_be_bundle(&args.options.bundle)?;
     rootsmith::tools::require("qemu-system-x86_64", "to boot a bundle")?;
     let prepared = boottest::prepare(&args.options)?;
     let expect = boottest::expected_line(&prepared.manifest, args.expect.as_deref());
@@ -73,7 +78,7 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     }
     fs_err::write(&log_path, &log)?;
     if args.json {
-        println!("{}", serde_json::json!({ "passed": result.found, "via": via, "expect": expect, "seconds": result.seconds, "accel": format!("{:?}", prepared.guest.accel).to_lowercase(), "log": log_path }));
+        outln!("{}", serde_json::json!({ "passed": result.found, "via": via, "expect": expect, "seconds": result.seconds, "accel": format!("{:?}", prepared.guest.accel).to_lowercase(), "log": log_path }));
     }
     if result.found {
         if !args.json {
@@ -87,6 +92,7 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
 
 /// Boot interactively: the serial console is this terminal (Ctrl-A X quits).
 pub fn interactive(options: &BootOptions) -> Result<()> {
+    super::must_be_bundle(&options.bundle)?;
     rootsmith::tools::require("qemu-system-x86_64", "to boot a bundle")?;
     let prepared = boottest::prepare(options)?;
     let argv: Vec<String> = prepared.guest.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();

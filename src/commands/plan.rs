@@ -63,16 +63,16 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
     };
     rows.push(Row { name: "outputs".into(), kind: "outputs".into(), key, state, changed });
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{} {} ({}, SOURCE_DATE_EPOCH={})", plan.recipe, plan.version, plan.arch, plan.source_date_epoch);
+    outln!("{} {} ({}, SOURCE_DATE_EPOCH={})", plan.recipe, plan.version, plan.arch, plan.source_date_epoch);
     for row in &rows {
         let key = row.key.as_deref().map(short).unwrap_or("-");
-        println!("  {:<20} {:<12} {:<12} {}", row.name, row.kind, key, row.state);
+        outln!("  {:<20} {:<12} {:<12} {}", row.name, row.kind, key, row.state);
         if explain && row.state != "hit" {
             for line in &row.changed {
-                println!("      {line}");
+                outln!("      {line}");
             }
         }
     }

@@ -31,61 +31,64 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
             .iter()
             .map(|b| serde_json::json!({ "name": b.manifest.name, "version": b.manifest.version, "published": published(b), "size": b.size(), "kernels": b.manifest.kernels.iter().map(|k| &k.release).collect::<Vec<_>>(), "state": b.state(), "promoted_from": b.manifest.promoted_from.as_ref().map(|p| &p.version), "dir": b.dir }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     if bundles.is_empty() {
-        println!("no bundles in {}", out.display());
+        outln!("no bundles in {}", out.display());
         return Ok(());
     }
-    println!("{:<20} {:<14} {:<20} {:>11}  {:<10} kernels", "name", "version", "published (UTC)", "size", "state");
+    outln!("{:<20} {:<14} {:<20} {:>11}  {:<10} kernels", "name", "version", "published (UTC)", "size", "state");
     for bundle in &bundles {
         let state = match &bundle.manifest.promoted_from {
             Some(from) => format!("{} (from {})", bundle.state(), from.version),
             None => bundle.state().to_string(),
         };
-        println!("{:<20} {:<14} {:<20} {:>11}  {:<10} {}", bundle.manifest.name, bundle.manifest.version, published(bundle), mib(bundle.size()), state, kernels(bundle));
+        outln!("{:<20} {:<14} {:<20} {:>11}  {:<10} {}", bundle.manifest.name, bundle.manifest.version, published(bundle), mib(bundle.size()), state, kernels(bundle));
     }
     Ok(())
 }
 
 pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
+    super::must_be_bundle(&out.join(name).join(version))?;
     let bundle = Bundle::open(&out.join(name).join(version))?;
     let m = &bundle.manifest;
     if json {
-        println!("{}", serde_json::to_string_pretty(m)?);
+        outln!("{}", serde_json::to_string_pretty(m)?);
         return Ok(());
     }
-    println!("{} {} ({}, {}){}", m.name, m.version, m.arch, bundle.state(), if m.fast { ", built with --fast" } else { "" });
+    outln!("{} {} ({}, {}){}", m.name, m.version, m.arch, bundle.state(), if m.fast { ", built with --fast" } else { "" });
     if let Some(from) = &m.promoted_from {
-        println!("promoted from {} (manifest sha256 {})", from.version, from.manifest_sha256);
+        outln!("promoted from {} (manifest sha256 {})", from.version, from.manifest_sha256);
     }
-    println!("built by {}, SOURCE_DATE_EPOCH {}, recipe sha256 {}", m.tool, m.source_date_epoch, m.recipe_sha256);
-    println!("\nstages:");
+    outln!("built by {}, SOURCE_DATE_EPOCH {}, recipe sha256 {}", m.tool, m.source_date_epoch, m.recipe_sha256);
+    outln!("\nstages:");
     for stage in &m.stages {
-        println!("  {:<20} {:<12} {}", stage.name, stage.kind, &stage.key[..12.min(stage.key.len())]);
+        outln!("  {:<20} {:<12} {}", stage.name, stage.kind, &stage.key[..12.min(stage.key.len())]);
     }
-    println!("\nrootfs: cookie {}, squashfs {} ({}, {} entries)", m.rootfs.cookie, m.rootfs.squashfs_compression, m.rootfs.squashfs_writer, m.rootfs.squashfs_entries);
+    outln!("\nrootfs: cookie {}, squashfs {} ({}, {} entries)", m.rootfs.cookie, m.rootfs.squashfs_compression, m.rootfs.squashfs_writer, m.rootfs.squashfs_entries);
     for kernel in &m.kernels {
-        println!("kernel {}: {} ({})", kernel.name, kernel.release, kernel.vmlinuz);
+        outln!("kernel {}: {} ({})", kernel.name, kernel.release, kernel.vmlinuz);
     }
     let modules: usize = m.boot.modules.values().map(Vec::len).sum();
-    println!("initramfs: {} ({}, {}, {modules} modules{})", m.boot.initramfs, mib(m.boot.initramfs_size), m.boot.initramfs_compression, if m.boot.shell { ", shell" } else { "" });
-    println!("boot: cmdline {:?}, marker {:?}", m.boot.cmdline, m.boot.marker.as_deref().unwrap_or("-"));
-    println!("\nartifacts ({}):", mib(bundle.size()));
+    outln!("initramfs: {} ({}, {}, {modules} modules{})", m.boot.initramfs, mib(m.boot.initramfs_size), m.boot.initramfs_compression, if m.boot.shell { ", shell" } else { "" });
+    outln!("boot: cmdline {:?}, marker {:?}", m.boot.cmdline, m.boot.marker.as_deref().unwrap_or("-"));
+    outln!("\nartifacts ({}):", mib(bundle.size()));
     for artifact in &m.artifacts {
-        println!("  {:<48} {:>11}  {}", artifact.name, mib(artifact.size), &artifact.sha256[..16]);
+        outln!("  {:<48} {:>11}  {}", artifact.name, mib(artifact.size), &artifact.sha256[..16]);
     }
     Ok(())
 }
 
 pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<()> {
+    super::must_be_bundle(&out.join(name).join(from))?;
     let target = release::promote::promote(out, name, from, to)?;
-    println!("promoted {name} {from} to {to}: {}", target.display());
+    outln!("promoted {name} {from} to {to}: {}", target.display());
     Ok(())
 }
 
 pub fn verify(dir: &Path, rebuild: Option<&Path>, json: bool) -> Result<()> {
+    super::must_be_bundle(dir)?;
     let mut report = release::verify::verify(dir);
     if let Some(recipe) = rebuild {
         let recipe = super::load_recipe(&crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new() })?;
@@ -98,10 +101,10 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, json: bool) -> Result<()> {
         report.findings.push(release::verify::Finding { check: "rebuild", ok, detail });
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for finding in &report.findings {
-            println!("{:<6} {:<11} {}", if finding.ok { "ok" } else { "FAILED" }, finding.check, finding.detail);
+            outln!("{:<6} {:<11} {}", if finding.ok { "ok" } else { "FAILED" }, finding.check, finding.detail);
         }
     }
     if !report.ok() {
@@ -111,12 +114,14 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, json: bool) -> Result<()> {
 }
 
 pub fn diff(out: &Path, name: &str, a: &str, b: &str, json: bool) -> Result<()> {
+    super::must_be_bundle(&out.join(name).join(a))?;
+    super::must_be_bundle(&out.join(name).join(b))?;
     let (from, to) = (Bundle::open(&out.join(name).join(a))?, Bundle::open(&out.join(name).join(b))?);
     let diff = release::diff::diff(&from, &to);
     if json {
-        println!("{}", serde_json::to_string_pretty(&diff)?);
+        outln!("{}", serde_json::to_string_pretty(&diff)?);
     } else {
-        print!("{}", diff.render());
+        out!("{}", diff.render());
     }
     Ok(())
 }

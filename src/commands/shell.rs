@@ -1,7 +1,7 @@
 //! `rootsmith shell RECIPE --stage S`: a shell in a throw-away copy of the tree
 //! after stage S (missing stages up to S are built first).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use rootsmith::build::materialize;
 use crate::cli::{CacheArgs, RecipeArgs};
@@ -25,7 +25,8 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, stage: Option<&str>
         rootsmith::stage::run_interactive(context, &argv)
     })?;
     if status != 0 {
-        bail!("the shell exited with status {status}");
+        // The command's own status is the shell's: `rootsmith shell … -- false` exits 1.
+        return Err(super::PassOn(status).into());
     }
     Ok(())
 }

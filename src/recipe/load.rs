@@ -34,13 +34,13 @@ pub fn load(file: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
 /// against `file`'s directory).
 pub fn load_str(file: &Path, source: &str, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
     let spans = SpanIndex::build(source);
-    let raw: RawRecipe = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![serde_diagnostic(file, source, &error)]))?;
+    let (raw, structural) = crate::diagnostic::parse_all::<RawRecipe>(file, source, &spans, &|error| serde_diagnostic(file, source, error))?;
     // Absolute, so resolved paths stay right for commands run elsewhere
     // (merge_config.sh runs in the kernel's build directory).
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() { std::path::PathBuf::from(".") } else { dir };
     let dir = std::path::absolute(&dir).unwrap_or(dir);
-    let mut checker = Checker { file, source, spans: &spans, dir: &dir, problems: Vec::new(), vars: raw.vars.clone() };
+    let mut checker = Checker { file, source, spans: &spans, dir: &dir, problems: structural, vars: raw.vars.clone() };
     let recipe = checker.check(raw, options);
     if checker.problems.is_empty() {
         let mut recipe = recipe;

@@ -217,3 +217,14 @@ fn oci_stages_name_one_source() {
     let missing = errors("{ layout: nowhere }");
     assert!(missing[0].2.contains("directory `nowhere` does not exist"), "{missing:?}");
 }
+
+#[test]
+fn every_unknown_key_is_reported_in_one_run_with_the_other_problems() {
+    let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm, varient: minbase }}\n  - packages: {{ instal: [curl] }}\n    nmae: tools\n  - run: {{ script: missing.sh }}\nouputs: {{}}\n");
+    let errors = errors_of(&source);
+    let expected = [(5, 37, "unknown field `varient`"), (6, 17, "unknown field `instal`"), (7, 5, "unknown field `nmae`"), (8, 20, "file `missing.sh` does not exist"), (9, 1, "unknown field `ouputs`"), (6, 5, "a packages stage needs `install` or `remove`")];
+    for (line, column, message) in expected {
+        assert!(errors.iter().any(|(l, c, m)| (*l, *c) == (line, column) && m.contains(message)), "missing {line}:{column} {message} in {errors:?}");
+    }
+    assert_eq!(errors.len(), expected.len(), "{errors:?}");
+}

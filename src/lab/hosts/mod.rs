@@ -63,7 +63,8 @@ pub fn load(file: &Path, default_bundle: Option<&Path>) -> anyhow::Result<Invent
 }
 
 pub fn load_str(file: &Path, source: &str, default_bundle: Option<&Path>) -> Result<Inventory, Diagnostics> {
-    let (raw, spans) = inventory::parse(file, source)?;
+    let parsed = inventory::parse(file, source)?;
+    let (raw, spans) = (&parsed.raw, &parsed.spans);
     let problem = |position: Position, message: String, hint: &str| Diagnostics(vec![Diagnostic::new(file, source, position, message).with_hint(hint)]);
     let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let bundle = match (&raw.bundle, default_bundle) {
@@ -76,7 +77,7 @@ pub fn load_str(file: &Path, source: &str, default_bundle: Option<&Path>) -> Res
         Ok(opened) => MenuInput::from_manifest(&opened.manifest),
         Err(error) => return Err(problem(spans.value("bundle"), format!("{error:#}"), "`bundle:` is the directory of a built bundle (OUT/NAME/VERSION)")),
     };
-    let (default, hosts) = inventory::check(file, source, &spans, &raw, &bundle_kernels(&menu))?;
+    let (default, hosts) = inventory::check(file, source, &parsed, &bundle_kernels(&menu))?;
     Ok(Inventory { file: file.to_path_buf(), bundle, menu, default, hosts })
 }
 
