@@ -56,9 +56,11 @@ pub enum Command {
         /// Install exactly the package versions of RECIPE.lock (see `lock`)
         #[arg(long)]
         locked: bool,
-        /// Print a JSON summary on stdout instead of progress
+        /// Print a JSON summary on stdout instead of progress (an error object on failure)
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Check a recipe without running anything
     Check {
@@ -99,6 +101,8 @@ pub enum Command {
         recipe: RecipeArgs,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Serve bundles over HTTP for netboot (read-only)
     Serve {
@@ -196,6 +200,43 @@ impl From<AccelArg> for rootsmith::lab::boottest::AccelChoice {
             AccelArg::Kvm => Self::Kvm,
             AccelArg::Tcg => Self::Tcg,
         }
+    }
+}
+
+/// How a build shows what it does.
+#[derive(Debug, Args, Clone)]
+pub struct OutputArgs {
+    /// Stream every command's output (it is in the stage's log either way)
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Show nothing but warnings and errors
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Bars on a terminal, timestamped lines in logs (`auto`), or force one
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressArg {
+    Auto,
+    Tty,
+    Plain,
+}
+
+impl OutputArgs {
+    pub fn mode(&self, json: bool) -> rootsmith::progress::Mode {
+        use rootsmith::progress::Mode;
+        match (self.quiet || json, self.progress) {
+            (true, _) => Mode::Quiet,
+            (false, ProgressArg::Auto) => Mode::Auto,
+            (false, ProgressArg::Tty) => Mode::Tty,
+            (false, ProgressArg::Plain) => Mode::Plain,
+        }
+    }
+
+    pub fn host(&self) -> rootsmith::host::RealHost {
+        rootsmith::host::RealHost { echo: self.verbose }
     }
 }
 

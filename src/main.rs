@@ -42,16 +42,26 @@ use commands::{RecipeError, EXIT_FAILURE, EXIT_RECIPE};
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, cache_remote, locked, json } => commands::build::run(
+        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, cache_remote, locked, json, output } => commands::build::run(
             recipe,
             cache,
-            commands::build::Settings { out: out.clone(), version: version.clone(), rebuild: rebuild.clone(), fast: *fast, cache_only: *cache_only, cache_remote: cache_remote.clone(), locked: *locked, json: *json },
+            commands::build::Settings {
+                out: out.clone(),
+                version: version.clone(),
+                rebuild: rebuild.clone(),
+                fast: *fast,
+                cache_only: *cache_only,
+                cache_remote: cache_remote.clone(),
+                locked: *locked,
+                json: *json,
+                output: output.clone(),
+            },
         ),
         Command::Check { recipe } => commands::check::run(recipe),
         Command::Plan { recipe, cache, explain, fast, json } => commands::plan::run(recipe, cache, *explain, *fast, *json),
         Command::Shell { recipe, cache, stage, command } => commands::shell::run(recipe, cache, stage.as_deref(), command),
         Command::Cache { cache, action } => commands::cache::run(cache, action),
-        Command::Lock { recipe, cache } => commands::lock::run(recipe, cache),
+        Command::Lock { recipe, cache, output } => commands::lock::run(recipe, cache, output),
         Command::Serve { dir, addr, max_connections, tftp, hosts, public_url } => {
             commands::netboot::serve(dir, addr, *max_connections, tftp.as_deref(), hosts.as_deref(), public_url.clone())
         }

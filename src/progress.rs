@@ -12,20 +12,40 @@ pub trait Progress: Sync {
     /// It ended: `state` is `cached` or `built`.
     fn done(&self, label: &str, state: &str, seconds: f64);
     fn note(&self, message: &str);
+    /// It failed: the line stays, marked, with why.
+    fn fail(&self, label: &str, why: &str) {
+        eprintln!("[{}] {label}: failed: {why}", clock());
+    }
     /// Something the user must see, even with --json (on stderr).
     fn warn(&self, message: &str) {
         eprintln!("warning: {message}");
     }
 }
 
-pub fn for_terminal(quiet: bool) -> Box<dyn Progress> {
-    if quiet {
-        Box::new(Silent)
-    } else if std::io::stderr().is_terminal() {
-        Box::new(Bars { multi: MultiProgress::new(), bars: std::sync::Mutex::new(Vec::new()) })
-    } else {
-        Box::new(Lines)
+/// How a build shows its progress (`--progress`, `-q`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Bars, whatever stderr is.
+    Tty,
+    /// Timestamped lines (CI logs).
+    Plain,
+    /// Nothing but warnings.
+    Quiet,
+}
+
+pub fn for_mode(mode: Mode) -> Box<dyn Progress> {
+    match mode {
+        Mode::Quiet => Box::new(Silent),
+        Mode::Auto if !std::io::stderr().is_terminal() => Box::new(Lines),
+        Mode::Plain => Box::new(Lines),
+        Mode::Auto | Mode::Tty => Box::new(Bars { multi: MultiProgress::new(), bars: std::sync::Mutex::new(Vec::new()) }),
     }
+}
+
+pub fn for_terminal(quiet: bool) -> Box<dyn Progress> {
+    for_mode(if quiet { Mode::Quiet } else { Mode::Auto })
 }
 
 pub struct Silent;
@@ -34,6 +54,7 @@ impl Progress for Silent {
     fn start(&self, _: &str, _: &str) {}
     fn done(&self, _: &str, _: &str, _: f64) {}
     fn note(&self, _: &str) {}
+    fn fail(&self, _: &str, _: &str) {}
 }
 
 /// `[HH:MM:SS] label: message` lines on stderr.
@@ -62,6 +83,21 @@ struct Bars {
     bars: std::sync::Mutex<Vec<(String, ProgressBar)>>,
 }
 
+impl Bars {
+    /// The line of `label`: the one it started, or a new one (a cached
+    /// stage never starts, yet gets its line).
+    fn bar(&self, label: &str) -> ProgressBar {
+        let mut bars = self.bars.lock().unwrap();
+        if let Some((_, bar)) = bars.iter().rev().find(|(name, bar)| name == label && !bar.is_finished()) {
+            return bar.clone();
+        }
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_prefix(label.to_string());
+        bars.push((label.to_string(), bar.clone()));
+        bar
+    }
+}
+
 impl Progress for Bars {
     fn start(&self, label: &str, what: &str) {
         let bar = self.multi.add(ProgressBar::new_spinner());
@@ -72,11 +108,14 @@ impl Progress for Bars {
         self.bars.lock().unwrap().push((label.to_string(), bar));
     }
     fn done(&self, label: &str, state: &str, seconds: f64) {
-        let bars = self.bars.lock().unwrap();
-        if let Some((_, bar)) = bars.iter().rev().find(|(name, _)| name == label) {
-            bar.set_style(ProgressStyle::with_template("✓ {prefix:<24} {msg}").expect("valid template"));
-            bar.finish_with_message(format!("{state} in {seconds:.1}s"));
-        }
+        let bar = self.bar(label);
+        bar.set_style(ProgressStyle::with_template("✓ {prefix:<24} {msg}").expect("valid template"));
+        bar.finish_with_message(if state == "cached" { "cached".to_string() } else { format!("{state} in {seconds:.1}s") });
+    }
+    fn fail(&self, label: &str, why: &str) {
+        let bar = self.bar(label);
+        bar.set_style(ProgressStyle::with_template("✗ {prefix:<24} {msg}").expect("valid template"));
+        bar.finish_with_message(format!("failed: {}", why.lines().next().unwrap_or(why)));
     }
     fn note(&self, message: &str) {
         let _ = self.multi.println(message);

@@ -1,6 +1,8 @@
-//! Every process a stage starts dies with the build: a build killed with
-//! SIGKILL during a `run` stage leaves none of its command's processes
-//! running, however deep (needs root: chroot, mounts, PID namespaces).
+//! A stage's commands: every process a stage starts dies with the build (a
+//! build killed with SIGKILL during a `run` stage leaves none running,
+//! however deep), `-v` streams their output, and a failure names the stage,
+//! the status and a log that is still there (needs root: chroot, mounts, PID
+//! namespaces).
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{needs_root, rootsmith, tar_base};
+use common::{needs_root, rootsmith, run, tar_base};
 
 /// A tree whose /bin/sh and /bin/sleep are the host's static busybox.
 fn busybox_tree(dir: &Path) {
@@ -81,4 +83,35 @@ fn a_killed_build_leaves_no_process_of_its_stage_behind() {
         assert!(Instant::now() < deadline, "processes of the killed build's stage are still running: {left:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn one_run_stage(dir: &Path, shell: &str) -> std::path::PathBuf {
+    busybox_tree(dir);
+    let recipe = dir.join("stage.yaml");
+    std::fs::write(&recipe, format!("rootsmith: 1\nname: stage\nversion: 1.0.0\nstages:\n  - tarball: {{ path: base.tar }}\n  - name: work\n    run: {{ sh: \"{shell}\" }}\n")).unwrap();
+    recipe
+}
+
+#[test]
+fn verbose_streams_a_commands_output_and_a_failure_is_a_json_object_with_its_log() {
+    if !needs_root("verbose_streams_a_commands_output_and_a_failure_is_a_json_object_with_its_log") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = one_run_stage(dir.path(), "echo marker-from-the-stage; exit 3");
+    let build = |extra: &[&str]| run(rootsmith().args(["build", "--fast", "--cache"]).arg(dir.path().join("cache")).arg("--out").arg(dir.path().join("out")).args(extra).arg(&recipe));
+
+    let (code, _, stderr) = build(&["-v"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("marker-from-the-stage"), "-v streams the command's output: {stderr}");
+    let (_, _, quiet) = build(&["-q"]);
+    assert!(!quiet.contains("building") && quiet.contains("stage `work` (run) failed"), "-q shows only the error: {quiet}");
+
+    let (code, stdout, _) = build(&["--json"]);
+    assert_eq!(code, 1);
+    let error: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("--json prints an error object: {stdout}"));
+    assert_eq!(error["stage"], "work");
+    assert_eq!(error["status"], "exit status 3");
+    let log = std::path::PathBuf::from(error["log"].as_str().unwrap());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("marker-from-the-stage"), "the log named on failure is still there after the build");
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-pub use options::{BuildOptions, BuildSummary, LockedBuild, StageOutcome, TOOL};
+pub use options::{BuildOptions, BuildSummary, LockedBuild, StageFailed, StageOutcome, TOOL};
 pub use outputs::{output_key, OutputRecord};
 use stages::StageRunner;
 
@@ -56,7 +56,7 @@ fn build_once(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn H
     for index in 0..plan.stages.len() {
         stages.push(runner.stage(index)?);
     }
-    let (outputs, record) = outputs::outputs(&mut runner, options.fast, options.cache_only)?;
+    let (outputs, record) = outputs::outputs(&mut runner, options.fast, options.cache_only).inspect_err(|error| progress.fail("outputs", &format!("{error:#}")))?;
     let (bundle, up_to_date) = publish::publish(&runner, options, recipe, &record)?;
     Ok(BuildSummary { name: plan.recipe.clone(), version: options.version.clone(), bundle, stages, outputs, up_to_date, seconds: started.elapsed().as_secs_f64() })
 }

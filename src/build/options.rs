@@ -55,3 +55,13 @@ pub struct BuildSummary {
     pub up_to_date: bool,
     pub seconds: f64,
 }
+
+/// A stage whose work failed: which one, and where its log is (in the cache:
+/// it outlives the build).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("stage `{stage}` ({kind}) failed")]
+pub struct StageFailed {
+    pub stage: String,
+    pub kind: String,
+    pub log: PathBuf,
+}

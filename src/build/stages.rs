@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::options::{BuildOptions, StageOutcome};
+use super::options::{BuildOptions, StageFailed, StageOutcome};
 use crate::cache::{tree_id, StageRecord, Store, WorkDir};
 use crate::host::Host;
 use crate::layer::{apply_layer, Change, Snapshot, TreeTarWriter};
@@ -154,7 +154,13 @@ impl<'a> StageRunner<'a> {
             remote: &planned.remote,
             apt_pins: self.apt_pins,
         };
-        let kernel = run_stage(&planned.kind, &planned.resolved, &context).with_context(|| format!("stage `{}` ({}) failed", planned.name, planned.kind.kind_name()))?;
+        let kernel = match run_stage(&planned.kind, &planned.resolved, &context) {
+            Ok(kernel) => kernel,
+            Err(error) => {
+                self.progress.fail(&label, &format!("{error:#}"));
+                return Err(error.context(StageFailed { stage: planned.name.clone(), kind: planned.kind.kind_name().into(), log: log.clone() }));
+            }
+        };
         if let Some(kernel) = &kernel {
             let compiled = if kernel.compiled { format!("compiled, ccache {} hits / {} misses, {} in ccache", kernel.ccache_hits, kernel.ccache_misses, crate::progress::human_size(kernel.ccache_size)) } else { "products already cached".to_string() };
             self.progress.note(&format!("kernel {} ({compiled})", kernel.release));

@@ -6,7 +6,6 @@ use anyhow::{bail, Context, Result};
 
 use rootsmith::build::{build, BuildOptions};
 use crate::cli::{CacheArgs, RecipeArgs};
-use rootsmith::host::RealHost;
 use rootsmith::plan::{plan, PlanOptions};
 
 pub struct Settings {
@@ -18,9 +17,38 @@ pub struct Settings {
     pub cache_remote: Option<String>,
     pub locked: bool,
     pub json: bool,
+    pub output: crate::cli::OutputArgs,
 }
 
 pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings) -> Result<()> {
+    let json = settings.json;
+    let result = build_and_report(recipe_args, cache_args, settings);
+    if json {
+        if let Err(error) = &result {
+            // Machines get the failure on stdout too: what failed, where its log is.
+            outln!("{}", serde_json::to_string_pretty(&error_object(error))?);
+        }
+    }
+    result
+}
+
+/// A failed build as JSON: the message, its causes, and the failed stage,
+/// command status and log when there are.
+fn error_object(error: &anyhow::Error) -> serde_json::Value {
+    let stage = error.downcast_ref::<rootsmith::build::StageFailed>();
+    let command = error.downcast_ref::<rootsmith::host::CommandError>();
+    serde_json::json!({
+        "error": error.to_string(),
+        "causes": error.chain().skip(1).map(|cause| cause.to_string()).collect::<Vec<_>>(),
+        "stage": stage.map(|stage| &stage.stage),
+        "kind": stage.map(|stage| &stage.kind),
+        "log": stage.map(|stage| stage.log.display().to_string()).or_else(|| command.map(|command| command.log.clone())),
+        "command": command.map(|command| &command.argv),
+        "status": command.map(|command| &command.status),
+    })
+}
+
+fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
     let rebuild_from = match &settings.rebuild {
         Some(name) => Some(recipe.stage_index(name, "--rebuild").map_err(|d| super::RecipeError(rootsmith::diagnostic::Diagnostics(vec![d])))?),
@@ -42,7 +70,8 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
     } else {
         None
     };
-    let plan = plan(&recipe, &options, &RealHost)?;
+    let host = settings.output.host();
+    let plan = plan(&recipe, &options, &host)?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
@@ -71,8 +100,8 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings)
             None => rootsmith::config::load()?.cache_remote,
         },
     };
-    let progress = rootsmith::progress::for_terminal(settings.json);
-    let summary = build(&recipe, &plan, &options, &RealHost, progress.as_ref())?;
+    let progress = rootsmith::progress::for_mode(settings.output.mode(settings.json));
+    let summary = build(&recipe, &plan, &options, &host, progress.as_ref())?;
     if settings.json {
         outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -20,7 +20,7 @@ struct Row {
 
 pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast: bool, json: bool) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
-    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)), &RealHost)?;
+    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)), &RealHost::default())?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
@@ -55,7 +55,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
     }
     let (key, state, changed) = match final_tree {
         Some(tree) => {
-            let key = rootsmith::build::output_key(&plan, fast, &tree, &rootsmith::stage::kernel::kernels_of(&hit_records)?, &RealHost);
+            let key = rootsmith::build::output_key(&plan, fast, &tree, &rootsmith::stage::kernel::kernels_of(&hit_records)?, &RealHost::default());
             let state = if store.output::<rootsmith::build::OutputRecord>(&key).is_some() { "hit" } else { "miss" };
             (Some(key), state, vec!["the last stage's tree has no outputs with these settings yet".to_string()])
         }

@@ -14,12 +14,12 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, stage: Option<&str>
         Some(name) => recipe.stage_index(name, "--stage").map_err(|d| super::RecipeError(rootsmith::diagnostic::Diagnostics(vec![d])))?,
         None => recipe.stages.len() - 1,
     };
-    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)), &RealHost)?;
+    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)), &RealHost::default())?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
     let progress = rootsmith::progress::for_terminal(false);
-    let status = materialize(&plan, &super::cache_dir(cache_args), index + 1, &RealHost, progress.as_ref(), |context| {
+    let status = materialize(&plan, &super::cache_dir(cache_args), index + 1, &RealHost::default(), progress.as_ref(), |context| {
         let argv: Vec<&str> = if command.is_empty() { vec!["/bin/sh", "-c", "exec bash -l 2>/dev/null || exec sh -l"] } else { command.iter().map(String::as_str).collect() };
         eprintln!("rootsmith: shell in the tree after stage `{}`; changes are thrown away on exit", recipe.stages[index].name);
         rootsmith::stage::run_interactive(context, &argv)

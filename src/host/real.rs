@@ -17,7 +17,12 @@ use anyhow::{Context, Result};
 
 use super::command::{Command, Host, MountKind};
 
-pub struct RealHost;
+/// Runs commands for real. With `echo`, every command's output also goes to
+/// rootsmith's standard error as it comes (`build -v`), besides its log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealHost {
+    pub echo: bool,
+}
 
 struct PreparedMount {
     source: CString,
@@ -74,16 +79,28 @@ impl RealHost {
         if let Some(dir) = &command.cwd {
             process.current_dir(dir);
         }
+        let mut echo = None;
         if !command.interactive {
             // A stage's commands share its log: each one appends.
             let log = fs_err::OpenOptions::new().create(true).append(true).open(&command.log)?.into_parts().0;
+            // With echo, the output goes through a pipe to both the log and stderr.
+            let (sink, tee) = if self.echo {
+                let (reader, writer) = std::io::pipe()?;
+                (Stdio::from(writer.try_clone()?), Some((reader, writer, log.try_clone()?)))
+            } else {
+                (Stdio::from(log.try_clone()?), None)
+            };
             if capture {
                 process.stdout(Stdio::piped());
             } else {
-                process.stdout(log.try_clone()?);
+                process.stdout(match &tee {
+                    Some((_, writer, _)) => Stdio::from(writer.try_clone()?),
+                    None => Stdio::from(log.try_clone()?),
+                });
             }
-            process.stderr(log);
+            process.stderr(sink);
             process.stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+            echo = tee.map(|(reader, writer, log)| (reader, writer, log));
         }
         // Only a chroot, mounts or a tool that mounts need a mount namespace of
         // their own: host programs (make, mksquashfs…) run in rootsmith's.
@@ -168,6 +185,24 @@ impl RealHost {
         }
         let argv = command.argv.join(" ");
         let mut child = process.spawn().with_context(|| format!("cannot start `{argv}`"))?;
+        // Drop the parent's copies of the pipe's write end (the child has its
+        // own), so the copier sees the end when the command's processes end.
+        drop(process);
+        let copier = echo.map(|(mut reader, writer, mut log)| {
+            drop(writer);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 8192];
+                loop {
+                    match std::io::Read::read(&mut reader, &mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => {
+                            let _ = log.write_all(&buffer[..read]);
+                            let _ = std::io::stderr().write_all(&buffer[..read]);
+                        }
+                    }
+                }
+            })
+        });
         // The input is written from a thread so a command that prints much
         // before it reads all of it cannot block on a full pipe.
         let feeder = match (&command.stdin, child.stdin.take()) {
@@ -182,6 +217,9 @@ impl RealHost {
             std::io::Read::read_to_end(&mut pipe, &mut stdout).with_context(|| format!("reading the output of `{argv}`"))?;
         }
         let status = child.wait().with_context(|| format!("waiting for `{argv}`"))?;
+        if let Some(copier) = copier {
+            let _ = copier.join();
+        }
         if let Some(feeder) = feeder {
             // A command that exits without reading its input is judged by its exit status.
             let _ = feeder.join();

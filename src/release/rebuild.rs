@@ -79,7 +79,7 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> 
     let mut options = PlanOptions::from_environment()?;
     options.epoch_from_env = Some(manifest.source_date_epoch);
     options.out_dir = bundle.dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-    let plan = plan(recipe, &options, &RealHost)?;
+    let plan = plan(recipe, &options, &RealHost::default())?;
     let build_options = BuildOptions {
         cache_dir: scratch.path().join("cache"),
         out_dir: scratch.path().join("out"),
@@ -91,7 +91,7 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> 
         cache_remote: None,
     };
     let progress = crate::progress::for_terminal(true);
-    let summary = build(recipe, &plan, &build_options, &RealHost, progress.as_ref()).context("rebuilding the recipe")?;
+    let summary = build(recipe, &plan, &build_options, &RealHost::default(), progress.as_ref()).context("rebuilding the recipe")?;
     let rebuilt = Bundle::open(&summary.bundle)?;
     let digests = |b: &Bundle| -> BTreeMap<String, String> { b.manifest.artifacts.iter().map(|a| (a.name.clone(), a.sha256.clone())).collect() };
     let (original, again) = (digests(bundle), digests(&rebuilt));
