@@ -28,6 +28,11 @@ pub struct ModuleTree {
 }
 
 impl ModuleTree {
+    /// Whether the kernel has `name` as a loadable module.
+    pub fn has_module(&self, name: &str) -> bool {
+        self.deps.contains_key(&normalize(name))
+    }
+
     pub fn open(dir: &Path) -> Result<ModuleTree> {
         let dep_file = dir.join("modules.dep");
         let text = fs_err::read_to_string(&dep_file).with_context(|| format!("{} has no modules.dep; run depmod for it", dir.display()))?;

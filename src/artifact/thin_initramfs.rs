@@ -96,6 +96,10 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
         };
         ensure_depmod(request.host, &dir, kernel.release, request.log)?;
         let tree = ModuleTree::open(&dir)?;
+        let mut names = names.clone();
+        if request.settings.default_modules {
+            names.extend(Initramfs::DEFAULT_MODULES.iter().filter(|name| tree.has_module(name)).map(|name| name.to_string()));
+        }
         let order = tree.closure(&names, kernel.release).with_context(|| format!("resolving the initramfs modules of kernel {}", kernel.name))?;
         let mut files = Vec::new();
         for relative in &order {

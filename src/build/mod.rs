@@ -29,6 +29,7 @@ const CORRUPT_RETRIES: usize = 8;
 pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Host, progress: &dyn Progress) -> Result<BuildSummary> {
     let started = Instant::now();
     crate::names::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
+    publish::preflight(recipe, plan, options)?;
     healing(&options.cache_dir, progress, || build_once(recipe, plan, options, host, progress, started))
 }
 

@@ -21,6 +21,37 @@ use crate::progress::Progress;
 use crate::recipe::Recipe;
 use crate::stage::kernel::kernels_of;
 
+/// Before any stage runs: the out directory can be written, and the version
+/// is not already published from another recipe or with other settings (a
+/// published version is never overwritten, so such a build could only fail
+/// at its end).
+pub fn preflight(recipe: &Recipe, plan: &crate::plan::Plan, options: &BuildOptions) -> Result<()> {
+    let parent = options.out_dir.join(&plan.recipe);
+    fs_err::create_dir_all(&parent).with_context(|| format!("the out directory {} cannot be made", options.out_dir.display()))?;
+    tempfile::tempfile_in(&parent).with_context(|| format!("the out directory {} cannot be written", parent.display()))?;
+    let bundle = parent.join(&options.version);
+    let Ok(bytes) = fs_err::read(bundle.join("manifest.json")) else { return Ok(()) };
+    let Ok(existing) = serde_json::from_slice::<Manifest>(&bytes) else { return Ok(()) };
+    let mut differences = Vec::new();
+    if existing.recipe_sha256 != sha256_hex(recipe.source.as_bytes()) {
+        differences.push("another recipe text".to_string());
+    }
+    if existing.fast != options.fast {
+        differences.push(if existing.fast { "it was built with --fast".into() } else { "it was built without --fast".into() });
+    }
+    if existing.source_date_epoch != plan.source_date_epoch {
+        differences.push(format!("SOURCE_DATE_EPOCH {}", existing.source_date_epoch));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} already exists with different contents ({}), and a published version is never overwritten; nothing was built\nhint: build another version with `--version`, or remove that directory if it was never released",
+        bundle.display(),
+        differences.join(", ")
+    )
+}
+
 /// Write `OUT/NAME/VERSION` aside and rename it into place. An existing
 /// version is never overwritten: identical contents are "up to date",
 /// anything else is an error.

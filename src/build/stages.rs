@@ -120,7 +120,11 @@ impl<'a> StageRunner<'a> {
             bail!("stage `{}` is not in the cache (key {key}) and --cache-only forbids building it", planned.name);
         }
         self.progress.start(&label, if forced { "rebuilding (--rebuild)" } else { "building" });
-        let _lock = self.store.lock(&key)?;
+        let progress = self.progress;
+        let _lock = self.store.lock_announcing(&key, &|holder| {
+            let who = holder.map(|pid| format!(" (process {pid})")).unwrap_or_default();
+            progress.note(&format!("{label}: waiting for another build{who} that is building this stage"));
+        })?;
         if !forced {
             // A build running beside this one may have made it while we waited.
             if let Some(record) = self.store.stage(&key) {

@@ -156,7 +156,25 @@ impl Store {
 
     /// Wait for, then hold, the lock of `key`.
     pub fn lock(&self, key: &str) -> Result<BuildLock> {
-        Ok(BuildLock { _file: lock_file(&self.layout.lock(key))? })
+        self.lock_announcing(key, &|_| {})
+    }
+
+    /// Like [`Self::lock`]; when another process holds the lock, `waiting`
+    /// is told first (with that process's id, which each holder writes into
+    /// the lock file), so a build can say what it waits for.
+    pub fn lock_announcing(&self, key: &str, waiting: &dyn Fn(Option<u32>)) -> Result<BuildLock> {
+        let path = self.layout.lock(key);
+        let mut file = match crate::fileops::try_lock_file(&path)? {
+            Some(file) => file,
+            None => {
+                let holder = fs_err::read_to_string(&path).ok().and_then(|text| text.trim().parse().ok());
+                waiting(holder);
+                lock_file(&path)?
+            }
+        };
+        // Who holds it, for the next one to wait.
+        let _ = file.set_len(0).and_then(|()| file.write_all(std::process::id().to_string().as_bytes()));
+        Ok(BuildLock { _file: file })
     }
 
     /// A fresh directory under `tmp/`, on the cache's filesystem so results can

@@ -476,7 +476,10 @@ impl Checker<'_> {
         let squashfs = raw.rootfs.and_then(|rootfs| rootfs.squashfs);
         let squashfs = self.check_compression("outputs.rootfs.squashfs", squashfs, Algorithm::Zstd, 15, &["zstd", "gzip", "xz", "lz4", "lzo"]);
         let tarball = self.check_compression("outputs.tarball", raw.tarball, Algorithm::Zstd, 9, &["zstd", "gzip", "xz", "none"]);
-        let raw_initramfs = raw.initramfs.unwrap_or(RawInitramfs { compression: None, level: None, modules: Vec::new(), shell: false });
+        let raw_initramfs = raw.initramfs.unwrap_or(RawInitramfs { compression: None, level: None, modules: None, shell: false });
+        // No `modules:` at all: the common NIC and storage drivers, where the kernel has them.
+        let default_modules = raw_initramfs.modules.is_none();
+        let modules = raw_initramfs.modules.unwrap_or_default();
         let compression = self.check_compression(
             "outputs.initramfs",
             Some(RawCompression { compression: raw_initramfs.compression, level: raw_initramfs.level }),
@@ -484,12 +487,12 @@ impl Checker<'_> {
             19,
             &["zstd", "gzip", "none"],
         );
-        for (index, module) in raw_initramfs.modules.iter().enumerate() {
+        for (index, module) in modules.iter().enumerate() {
             if module.is_empty() || !module.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 self.at_value(&format!("outputs.initramfs.modules[{index}]"), format!("`{module}` is not a module name"), "name modules as modprobe does, e.g. `virtio_net`");
             }
         }
-        let initramfs = Initramfs { compression, modules: raw_initramfs.modules, shell: raw_initramfs.shell };
+        let initramfs = Initramfs { compression, modules, default_modules, shell: raw_initramfs.shell };
         let oci = raw.oci.map(|raw| {
             if raw.layout.is_none() && raw.push.is_none() {
                 self.at_key("outputs.oci", "the oci output needs `layout: DIR`, `push: REF` or both", "e.g. `oci: { push: \"127.0.0.1:5000/lab/base:1.0.0\" }`");

@@ -247,12 +247,21 @@ pub struct OciOutput {
 pub struct Initramfs {
     pub compression: Compression,
     pub modules: Vec<String>,
+    /// The recipe lists no `modules:`: carry [`Initramfs::DEFAULT_MODULES`]
+    /// that the kernel has, so a netboot still reaches its rootfs.
+    pub default_modules: bool,
     pub shell: bool,
 }
 
 impl Initramfs {
     /// What mounting the rootfs needs, always carried (unless built in).
     pub const BASE_MODULES: [&'static str; 3] = ["loop", "squashfs", "overlay"];
+
+    /// Without `modules:` in the recipe: the NICs of QEMU and of common
+    /// servers, and the usual disk controllers (docs/netboot.md). Each is
+    /// carried only if the kernel has it as a module.
+    pub const DEFAULT_MODULES: [&'static str; 14] =
+        ["virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "e1000", "e1000e", "igb", "ixgbe", "r8169", "tg3", "bnx2", "ahci", "nvme", "sd_mod"];
 
     /// The modules to resolve, base ones first, without repeats.
     pub fn module_names(&self) -> Vec<String> {

@@ -195,7 +195,7 @@ pub struct RawInitramfs {
     /// Kernel modules to carry besides squashfs, overlay and loop (NIC and
     /// disk drivers); their dependencies come along.
     #[serde(default)]
-    pub modules: Vec<String>,
+    pub modules: Option<Vec<String>>,
     /// Add a busybox shell for failed boots.
     #[serde(default)]
     pub shell: bool,

@@ -228,3 +228,16 @@ fn every_unknown_key_is_reported_in_one_run_with_the_other_problems() {
     }
     assert_eq!(errors.len(), expected.len(), "{errors:?}");
 }
+
+#[test]
+fn a_recipe_without_initramfs_modules_gets_the_default_drivers_and_an_empty_list_none() {
+    let dir = fixture_dir();
+    let load = |outputs: &str| load_str(&dir.path().join("r.yaml"), &format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n{outputs}"), &LoadOptions::default()).unwrap();
+    assert!(load("").outputs.initramfs.default_modules);
+    assert!(load("outputs:\n  initramfs: { compression: gzip }\n").outputs.initramfs.default_modules);
+    let none = load("outputs:\n  initramfs: { modules: [] }\n").outputs.initramfs;
+    assert!(!none.default_modules && none.modules.is_empty());
+    let listed = load("outputs:\n  initramfs: { modules: [e1000] }\n").outputs.initramfs;
+    assert!(!listed.default_modules);
+    assert_eq!(listed.module_names(), ["loop", "squashfs", "overlay", "e1000"]);
+}
