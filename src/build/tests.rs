@@ -147,3 +147,35 @@ fn a_host_that_cannot_keep_owners_builds_nothing() {
     assert!(error.to_string().contains("building needs root for now"), "{error}");
     assert!(!crate::cache::Layout::new(&cache).stages().exists(), "nothing may be cached");
 }
+
+#[test]
+fn an_unwritable_out_dir_or_a_clashing_version_stops_the_build_before_any_stage() {
+    use crate::build::{build, BuildOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let host = RecordingHost::default();
+    let plan = plan(&recipe, &options(), &host).unwrap();
+    let cache = dir.path().join("cache");
+    let options_for = |out: std::path::PathBuf| BuildOptions { out_dir: out, ..BuildOptions::stages_only(cache.clone(), "1.0.0".into()) };
+
+    // The out directory is a file.
+    std::fs::write(dir.path().join("out-file"), b"").unwrap();
+    let error = build(&recipe, &plan, &options_for(dir.path().join("out-file")), &host, &Silent).unwrap_err();
+    assert!(format!("{error:#}").contains("cannot be made"), "{error:#}");
+
+    // The version is published already, from another recipe text.
+    let bundle = dir.path().join("out/unit/1.0.0");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let manifest = serde_json::json!({
+        "manifest_version": 1, "tool": "rootsmith", "name": "unit", "version": "1.0.0", "arch": "amd64",
+        "recipe_sha256": "0".repeat(64), "source_date_epoch": 1000, "fast": false, "stages": [],
+        "rootfs": { "cookie": "c", "squashfs_writer": "w", "squashfs_compression": "zstd 15", "squashfs_entries": 1, "contract_version": 1 },
+        "boot": { "initramfs": "i", "initramfs_size": 1, "initramfs_compression": "zstd", "rootfs_image": "r", "cmdline": "", "marker": null, "modules": {}, "shell": false },
+        "artifacts": []
+    });
+    std::fs::write(bundle.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let error = build(&recipe, &plan, &options_for(dir.path().join("out")), &host, &Silent).unwrap_err();
+    assert!(format!("{error:#}").contains("already exists with different contents (another recipe text)"), "{error:#}");
+    assert!(host.programs().is_empty(), "a stage ran: {:?}", host.programs());
+    assert!(!crate::cache::Layout::new(&cache).stages().exists(), "a stage was cached");
+}
