@@ -109,7 +109,7 @@ fn release_tarball(release: &crate::recipe::Release, default_out: &Path) -> Resu
     let out = release.out.as_deref().unwrap_or(default_out);
     let dir = out.join(&release.name).join(&release.version);
     let bundle = crate::bundle::Bundle::open(&dir).with_context(|| format!("the release base {} {} is not in {}\nhint: build or promote it there, or set the stage's `out:` (or build --out)", release.name, release.version, out.display()))?;
-    let prefix = format!("{}-{}-rootfs.tar.", release.name, release.version);
+    let prefix = crate::bundle::names::BundleNames::new(&release.name, &release.version).rootfs_tarball_prefix();
     let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
     Ok((dir.join(&artifact.name), artifact.sha256.clone()))
 }

@@ -61,7 +61,7 @@ pub fn config_options(text: &str) -> BTreeMap<String, String> {
 }
 
 fn generic(name: &str, bundle: &Bundle) -> String {
-    let prefix = format!("{}-{}-", bundle.manifest.name, bundle.manifest.version);
+    let prefix = crate::bundle::names::BundleNames::new(&bundle.manifest.name, &bundle.manifest.version).prefix();
     match name.strip_prefix(&prefix) {
         Some(rest) => format!("{}-VERSION-{rest}", bundle.manifest.name),
         None => name.to_string(),
