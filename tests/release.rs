@@ -222,6 +222,12 @@ fn diff_names_exactly_what_changed() {
     let (code, text, _) = lab.release(&["diff", "rel", "1.0.0", "1.1.0"]);
     assert_eq!(code, 0);
     assert!(text.contains("  + jq:amd64 1.6-2.1\n") && text.contains("  CONFIG_IKCONFIG: n → y\n"), "{text}");
+    // The rootfs files that changed, with their sizes; nothing else.
+    let changed: Vec<&String> = diff["files"]["changed"].as_object().unwrap().keys().collect();
+    assert_eq!(changed, ["/etc/motd", "/var/lib/dpkg/status"], "{}", diff["files"]);
+    assert_eq!((diff["files"]["changed"]["/etc/motd"][0]["size"].as_u64(), diff["files"]["changed"]["/etc/motd"][1]["size"].as_u64()), (Some(5), Some(6)));
+    assert!(diff["files"]["added"].as_object().unwrap().is_empty() && diff["files"]["removed"].as_object().unwrap().is_empty(), "{}", diff["files"]);
+    assert!(text.contains("files: 0 added, 0 removed, 2 changed\n") && text.contains("  ~ /etc/motd (content, 5 → 6 B)\n"), "{text}");
     // A changed version shows as a change, both versions named.
     let (code, text, _) = lab.release(&["diff", "rel", "1.1.0", "1.2.0"]);
     assert_eq!(code, 0);

@@ -117,7 +117,7 @@ pub fn diff(out: &Path, name: &str, a: &str, b: &str, json: bool) -> Result<()> 
     super::must_be_bundle(&out.join(name).join(a))?;
     super::must_be_bundle(&out.join(name).join(b))?;
     let (from, to) = (Bundle::open(&out.join(name).join(a))?, Bundle::open(&out.join(name).join(b))?);
-    let diff = release::diff::diff(&from, &to);
+    let diff = release::diff::diff(&from, &to)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&diff)?);
     } else {

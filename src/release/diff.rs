@@ -1,12 +1,14 @@
 //! `release diff NAME A B`: what changed between two versions: packages
 //! added, removed or changed (with versions), each kernel's release and
-//! configuration options, artifact sizes, and the stage keys that differ.
+//! configuration options, artifact sizes, the stage keys that differ, and the
+//! rootfs's files added, removed or changed (with sizes, modes and owners).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
 
+use super::tree::{entries, Entry};
 use super::Bundle;
 
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -22,6 +24,18 @@ pub struct Diff {
     pub artifacts: Vec<ArtifactDelta>,
     /// stage → (from key, to key); `None` where the stage is absent
     pub stages: BTreeMap<String, (Option<String>, Option<String>)>,
+    /// The rootfs's files that changed.
+    pub files: FilesDiff,
+}
+
+/// Paths of the rootfs added, removed or changed (content, type, mode or
+/// owner; a changed mtime alone is not a change).
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct FilesDiff {
+    pub added: BTreeMap<String, Entry>,
+    pub removed: BTreeMap<String, Entry>,
+    /// path → (from, to)
+    pub changed: BTreeMap<String, (Entry, Entry)>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -68,7 +82,31 @@ fn generic(name: &str, bundle: &Bundle) -> String {
     }
 }
 
-pub fn diff(a: &Bundle, b: &Bundle) -> Diff {
+/// The rootfs files of two bundles compared.
+fn files(a: &Bundle, b: &Bundle) -> anyhow::Result<FilesDiff> {
+    let image = |bundle: &Bundle| bundle.dir.join(&bundle.manifest.boot.rootfs_image);
+    let (left, right) = (entries(&image(a))?, entries(&image(b))?);
+    let mut files = FilesDiff::default();
+    for (path, entry) in &right {
+        match left.get(path) {
+            None => {
+                files.added.insert(path.clone(), entry.clone());
+            }
+            Some(old) if Entry { mtime: entry.mtime, ..old.clone() } != *entry => {
+                files.changed.insert(path.clone(), (old.clone(), entry.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    for (path, entry) in &left {
+        if !right.contains_key(path) {
+            files.removed.insert(path.clone(), entry.clone());
+        }
+    }
+    Ok(files)
+}
+
+pub fn diff(a: &Bundle, b: &Bundle) -> anyhow::Result<Diff> {
     let mut diff = Diff { from: a.manifest.version.clone(), to: b.manifest.version.clone(), ..Diff::default() };
     let (pa, pb) = (packages(&a.dir), packages(&b.dir));
     for (name, version) in &pb {
@@ -120,7 +158,8 @@ pub fn diff(a: &Bundle, b: &Bundle) -> Diff {
             diff.stages.insert(name.clone(), (from, to));
         }
     }
-    diff
+    diff.files = files(a, b)?;
+    Ok(diff)
 }
 
 impl Diff {
@@ -163,6 +202,39 @@ impl Diff {
             out.push_str("stage keys:\n");
             for (name, (from, to)) in &self.stages {
                 out.push_str(&format!("  {name}: {} → {}\n", short(from), short(to)));
+            }
+        }
+        let files = &self.files;
+        if files.added.is_empty() && files.removed.is_empty() && files.changed.is_empty() {
+            out.push_str("files: no change\n");
+        } else {
+            out.push_str(&format!("files: {} added, {} removed, {} changed\n", files.added.len(), files.removed.len(), files.changed.len()));
+            let describe = |entry: &Entry| match entry.kind {
+                "file" => format!("{} {} {}:{} {} B", entry.kind, entry.mode, entry.uid, entry.gid, entry.size),
+                "symlink" => format!("symlink → {}", entry.content),
+                _ => format!("{} {} {}:{}", entry.kind, entry.mode, entry.uid, entry.gid),
+            };
+            for (path, entry) in &files.added {
+                out.push_str(&format!("  + {path} ({})\n", describe(entry)));
+            }
+            for (path, entry) in &files.removed {
+                out.push_str(&format!("  - {path} ({})\n", describe(entry)));
+            }
+            for (path, (from, to)) in &files.changed {
+                let mut what = Vec::new();
+                if from.kind != to.kind {
+                    what.push(format!("{} → {}", from.kind, to.kind));
+                }
+                if from.content != to.content {
+                    what.push(if to.kind == "file" { format!("content, {} → {} B", from.size, to.size) } else { format!("{} → {}", from.content, to.content) });
+                }
+                if from.mode != to.mode {
+                    what.push(format!("mode {} → {}", from.mode, to.mode));
+                }
+                if (from.uid, from.gid) != (to.uid, to.gid) {
+                    what.push(format!("owner {}:{} → {}:{}", from.uid, from.gid, to.uid, to.gid));
+                }
+                out.push_str(&format!("  ~ {path} ({})\n", what.join(", ")));
             }
         }
         out

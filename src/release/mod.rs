@@ -5,6 +5,7 @@
 pub mod diff;
 pub mod promote;
 pub mod rebuild;
+pub mod tree;
 pub mod verify;
 
 pub use crate::bundle::{list, Bundle};

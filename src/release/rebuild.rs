@@ -4,7 +4,6 @@
 //! them are named, so a stage that is not reproducible can be found.
 
 use std::collections::BTreeMap;
-use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -15,36 +14,9 @@ use crate::host::RealHost;
 use crate::plan::{plan, PlanOptions};
 use crate::recipe::Recipe;
 
-/// What a path is inside a squashfs, for comparing two images.
-fn squashfs_entries(rootfs_image: &Path) -> Result<BTreeMap<String, String>> {
-    use backhand::InnerNode;
-    let (offset, _, _) = crate::artifact::cpio::read_rootfs_image(rootfs_image)?;
-    let reader = BufReader::new(fs_err::File::open(rootfs_image)?);
-    let filesystem = backhand::FilesystemReader::from_reader_with_offset(reader, offset).with_context(|| format!("reading the squashfs in {}", rootfs_image.display()))?;
-    let mut entries = BTreeMap::new();
-    for node in filesystem.files() {
-        let header = &node.header;
-        let owner = format!("{:o} {}:{} {}", header.permissions, header.uid, header.gid, header.mtime);
-        let what = match &node.inner {
-            InnerNode::File(file) => {
-                let (digest, _) = crate::digest::hash_reader(filesystem.file(file).reader())?;
-                format!("file {digest}")
-            }
-            InnerNode::Symlink(link) => format!("symlink {}", link.link.display()),
-            InnerNode::Dir(_) => "dir".into(),
-            InnerNode::CharacterDevice(device) => format!("char {}", device.device_number),
-            InnerNode::BlockDevice(device) => format!("block {}", device.device_number),
-            InnerNode::NamedPipe => "fifo".into(),
-            InnerNode::Socket => "socket".into(),
-        };
-        entries.insert(node.fullpath.display().to_string(), format!("{what} {owner}"));
-    }
-    Ok(entries)
-}
-
 /// The paths whose type, content, mode, owner or mtime differ, or that only one has.
 pub fn differing_paths(a: &Path, b: &Path) -> Result<Vec<String>> {
-    let (left, right) = (squashfs_entries(a)?, squashfs_entries(b)?);
+    let (left, right) = (super::tree::entries(a)?, super::tree::entries(b)?);
     let mut paths = Vec::new();
     for (path, what) in &left {
         match right.get(path) {
