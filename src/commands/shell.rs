@@ -20,7 +20,7 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, stage: Option<&str>
     }
     let progress = rootsmith::progress::for_terminal(false);
     let status = materialize(&plan, &super::cache_dir(cache_args), index + 1, &RealHost::default(), progress.as_ref(), |context| {
-        let argv: Vec<&str> = if command.is_empty() { vec!["/bin/sh", "-c", "exec bash -l 2>/dev/null || exec sh -l"] } else { command.iter().map(String::as_str).collect() };
+        let argv: Vec<&str> = if command.is_empty() { vec!["/bin/sh", "-c", "command -v bash >/dev/null && exec bash -l; exec sh -l"] } else { command.iter().map(String::as_str).collect() };
         eprintln!("rootsmith: shell in the tree after stage `{}`; changes are thrown away on exit", recipe.stages[index].name);
         rootsmith::stage::run_interactive(context, &argv)
     })?;
