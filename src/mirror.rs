@@ -128,12 +128,18 @@ pub struct Resolved {
     pub warning: Option<String>,
 }
 
-/// [`in_release_digest`], remembered in `memory` (a directory); when the mirror
-/// cannot be reached, the digest seen last is used with a warning, so a fully
-/// cached build still works offline. Without one, the error stands.
+/// The URL of a suite's `InRelease` on `mirror`.
+pub fn in_release_url(mirror: &str, suite: &str) -> String {
+    format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'))
+}
+
+/// [`in_release_digest`], remembered in `memory` (the file for this URL);
+/// when the mirror cannot be reached, the digest seen last is used with a
+/// warning, so a fully cached build still works offline. Without one, the
+/// error stands.
 pub fn resolve_in_release(mirror: &str, suite: &str, memory: Option<&Path>) -> Result<Resolved> {
-    let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
-    let file = memory.map(|dir| dir.join(format!("{}.json", crate::digest::sha256_hex(url.as_bytes()))));
+    let url = in_release_url(mirror, suite);
+    let file = memory.map(Path::to_path_buf);
     match in_release_digest(mirror, suite) {
         Ok(sha256) => {
             if let Some(file) = &file {
@@ -205,7 +211,7 @@ mod tests {
         fs_err::create_dir_all(mirror_dir.join("dists/bookworm")).unwrap();
         fs_err::write(mirror_dir.join("dists/bookworm/InRelease"), "release v1").unwrap();
         let mirror = format!("file://{}", mirror_dir.display());
-        let memory = dir.path().join("remote");
+        let memory = dir.path().join("remote/bookworm.json");
 
         let first = resolve_in_release(&mirror, "bookworm", Some(&memory)).unwrap();
         assert!(first.warning.is_none());
@@ -218,7 +224,7 @@ mod tests {
         assert!(warning.starts_with("cannot reach the mirror") && warning.contains("seen 0 s ago"), "{warning}");
 
         // Another suite was never seen: the error stands.
-        let error = resolve_in_release(&mirror, "trixie", Some(&memory)).err().unwrap();
+        let error = resolve_in_release(&mirror, "trixie", Some(&dir.path().join("remote/trixie.json"))).err().unwrap();
         assert!(format!("{error:#}").contains("trixie"), "{error:#}");
         assert_eq!(human_age(90_000), "25 h");
     }

@@ -76,7 +76,7 @@ pub struct PlanOptions {
     pub apt_dir: std::path::PathBuf,
     /// Where the last resolved remote digests are remembered (`CACHE/v1/remote`),
     /// for planning when the mirror cannot be reached.
-    pub remote_memory: Option<std::path::PathBuf>,
+    pub remote_memory: Option<Layout>,
     /// Where published bundles are, for `release:` base stages.
     pub out_dir: std::path::PathBuf,
     /// `build --locked`: the lock's digest, part of every apt stage's key.
@@ -86,7 +86,7 @@ pub struct PlanOptions {
 impl PlanOptions {
     /// Remember resolved remote digests in the cache at `cache_dir`.
     pub fn remembering_in(mut self, cache_dir: &std::path::Path) -> PlanOptions {
-        self.remote_memory = Some(Layout::new(cache_dir).remote_memory());
+        self.remote_memory = Some(Layout::new(cache_dir));
         self
     }
 
@@ -136,7 +136,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
             Some(url) => url.clone(),
             None => crate::mirror::host_mirror(&options.apt_dir)?,
         };
-        let resolved = crate::mirror::resolve_in_release(&url, &base.suite, options.remote_memory.as_deref())
+        let resolved = crate::mirror::resolve_in_release(&url, &base.suite, options.remote_memory.as_ref().map(|layout| layout.remote_record(&crate::mirror::in_release_url(&url, &base.suite))).as_deref())
             .with_context(|| format!("resolving the mirror's release file for suite `{}`", base.suite))?;
         warnings.extend(resolved.warning);
         apt_remote.insert(format!("{url}/dists/{}/InRelease", base.suite), resolved.sha256);

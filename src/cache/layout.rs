@@ -136,6 +136,11 @@ impl Layout {
         self.root.join("remote")
     }
 
+    /// The last digest seen of the remote input at `url`.
+    pub fn remote_record(&self, url: &str) -> PathBuf {
+        self.remote_memory().join(format!("{}.json", crate::digest::sha256_hex(url.as_bytes())))
+    }
+
     /// Products stages make beside their layers (for now: kernels).
     pub fn products(&self) -> PathBuf {
         self.root.join("kernels")
@@ -159,6 +164,11 @@ impl Layout {
 
     pub fn kernel_build(&self, recipe: &str, stage: &str) -> PathBuf {
         self.kernel_builds().join(format!("{}-{}", component(recipe), component(stage)))
+    }
+
+    /// Held while a build uses [`Self::kernel_build`]'s directory (gc leaves it alone then).
+    pub fn kernel_build_lock(&self, recipe: &str, stage: &str) -> PathBuf {
+        self.kernel_build(recipe, stage).with_extension("lock")
     }
 
     pub fn kernel_downloads(&self) -> PathBuf {

@@ -87,6 +87,8 @@ pub struct BuildContext<'a> {
     pub log: &'a Path,
     /// A directory only this stage uses while it builds (held under a lock).
     pub build_dir: &'a Path,
+    /// The recipe's and the stage's names, which name the build directory.
+    pub recipe: &'a str,
     pub name: &'a str,
     /// The resolved source digest (`VERSION SHA256` of a package, or a tarball's SHA-256).
     pub source_digest: &'a str,
@@ -101,7 +103,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     // The build directory is kept between builds of this stage, so kbuild
     // recompiles only the objects a config change touches (ccache covers
     // the rest). Another source or architecture starts it afresh.
-    let _build_lock = lock_dir(context.build_dir)?;
+    let _build_lock = crate::fileops::lock_file(&context.layout.kernel_build_lock(context.recipe, context.name))?;
     let stamp = format!("source {}\narch {arch}\n", source::source_id(build, context.source_digest)?);
     let stamp_path = context.build_dir.join("rootsmith-build.stamp");
     if fs_err::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str()) {
@@ -241,11 +243,6 @@ fn make_variables(build: &KernelBuild, context: &BuildContext<'_>, release: &str
     ]
 }
 
-/// Hold `DIR.lock` while a build uses `DIR`: two builds of one stage on one
-/// cache take turns.
-fn lock_dir(dir: &Path) -> Result<std::fs::File> {
-    Ok(crate::fileops::lock_file(&dir.with_extension("lock"))?)
-}
 
 /// (hits, misses) so far in the ccache at `dir`.
 pub fn ccache_stats(host: &dyn Host, dir: &Path, log: &Path) -> (u64, u64) {

@@ -56,6 +56,7 @@ pub fn run(kernel: &Kernel, context: &StageContext<'_>) -> Result<Option<KernelP
                 source_date_epoch: context.source_date_epoch,
                 log: &context.log,
                 build_dir: &build_dir,
+                recipe: context.recipe,
                 name: context.stage_name,
                 source_digest: digest,
             };
