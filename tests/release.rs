@@ -1,8 +1,10 @@
 //! Releases read back: `release verify` catches a flipped byte in any
 //! artifact, a rootfs.img from another build and a missing file; `release
 //! promote` makes a new version from the same bytes and refuses a tampered
-//! candidate; `release ls` and `show` describe them. The bundles come from
-//! a small tarball-based recipe (builds need root).
+//! candidate; `release ls` and `show` describe them. A hostile bundle (a
+//! manifest naming files outside the bundle) is refused, touching nothing
+//! outside. The bundles come from a small tarball-based recipe (builds need
+//! root).
 
 mod common;
 
@@ -302,4 +304,73 @@ fn verify_rebuild_passes_for_a_reproducible_recipe() {
     let (code, _, stderr) = lab.release(&["verify", bundle.to_str().unwrap(), "--rebuild", other.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("is not the recipe rel 1.0.0 was built from"), "{stderr}");
+}
+
+/// Rewrite a bundle's manifest with `edit`, and its SHA256SUMS to match (the
+/// manifest's artifacts, the manifest itself, then `extra` lines), as someone
+/// tampering with a bundle would.
+fn tamper(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value), extra: &[String]) {
+    let path = bundle.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let mut lines: Vec<String> = manifest["artifacts"].as_array().unwrap().iter().map(|a| format!("{}  {}", a["sha256"].as_str().unwrap(), a["name"].as_str().unwrap())).collect();
+    lines.push(format!("{}  manifest.json", sha256(&path)));
+    lines.extend(extra.iter().cloned());
+    std::fs::write(bundle.join("SHA256SUMS"), lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn a_hostile_bundle_reaches_nothing_outside_itself() {
+    if !needs_root("a_hostile_bundle_reaches_nothing_outside_itself") {
+        return;
+    }
+    let lab = Lab::new();
+    let candidate = lab.build("1.0.0-rc1", "hostile");
+    let pristine = copy_bundle(&candidate, &lab.dir.path().join("elsewhere/rel/1.0.0-rc1"));
+
+    // A manifest (and SHA256SUMS, to match) naming files outside the bundle,
+    // by a relative and by an absolute path: promote refuses and leaves them be.
+    let relative = lab.dir.path().join("victim-relative");
+    let absolute = lab.dir.path().join("victim-absolute");
+    for victim in [&relative, &absolute] {
+        std::fs::write(victim, "keep me\n").unwrap();
+    }
+    let artifact = |name: String, path: &Path| serde_json::json!({ "name": name, "size": 8, "sha256": sha256(path) });
+    tamper(
+        &candidate,
+        |manifest| {
+            let artifacts = manifest["artifacts"].as_array_mut().unwrap();
+            artifacts.push(artifact("../../../victim-relative".into(), &relative));
+            artifacts.push(artifact(absolute.display().to_string(), &absolute));
+        },
+        &[],
+    );
+    let (code, _, stderr) = lab.release(&["promote", "rel", "1.0.0-rc1", "1.0.0"]);
+    for victim in [&relative, &absolute] {
+        assert_eq!(std::fs::read_to_string(victim).unwrap(), "keep me\n", "promote changed {}", victim.display());
+    }
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("\"../../../victim-relative\" is not a file a bundle may hold"), "{stderr}");
+    assert!(!lab.out().join("rel/1.0.0").exists());
+    let (code, output) = verify(&lab, &candidate);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.lines().any(|line| line.starts_with("FAILED manifest") && line.contains("is not a file a bundle may hold: it is an absolute path")), "{output}");
+
+    // FROM is a version, not a path: a bundle outside --out is not promoted.
+    let (code, _, stderr) = lab.release(&["promote", "rel", "../../elsewhere/rel/1.0.0-rc1", "2.0.0"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is not a valid version"), "{stderr}");
+    assert!(!lab.out().join("rel/2.0.0").exists());
+
+    // A SHA256SUMS line naming a host file: never hashed, its digest never printed.
+    let secret = lab.dir.path().join("secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    let sums = copy_bundle(&pristine, &lab.dir.path().join("sums/rel/1.0.0-rc1"));
+    let zeros = "0".repeat(64);
+    tamper(&sums, |_| {}, &[format!("{zeros}  ../../../secret"), format!("{zeros}  {}", secret.display())]);
+    let (code, output) = verify(&lab, &sums);
+    assert_eq!(code, 1, "{output}");
+    assert!(!output.contains(&sha256(&secret)), "verify printed the digest of a host file:\n{output}");
+    assert!(output.lines().any(|line| line.starts_with("FAILED SHA256SUMS") && line.contains("\"../../../secret\" is not a file a bundle may hold")), "{output}");
 }

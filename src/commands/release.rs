@@ -50,7 +50,7 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
 }
 
 pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
-    let bundle = Bundle::open(&out.join(name).join(version))?;
+    let bundle = Bundle::open_in(out, name, version)?;
     let m = &bundle.manifest;
     if json {
         println!("{}", serde_json::to_string_pretty(m)?);
@@ -63,7 +63,7 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     println!("built by {}, SOURCE_DATE_EPOCH {}, recipe sha256 {}", m.tool, m.source_date_epoch, m.recipe_sha256);
     println!("\nstages:");
     for stage in &m.stages {
-        println!("  {:<20} {:<12} {}", stage.name, stage.kind, &stage.key[..12.min(stage.key.len())]);
+        println!("  {:<20} {:<12} {}", stage.name, stage.kind, stage.key.get(..12).unwrap_or(&stage.key));
     }
     println!("\nrootfs: cookie {}, squashfs {} ({}, {} entries)", m.rootfs.cookie, m.rootfs.squashfs_compression, m.rootfs.squashfs_writer, m.rootfs.squashfs_entries);
     for kernel in &m.kernels {
@@ -111,7 +111,7 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, json: bool) -> Result<()> {
 }
 
 pub fn diff(out: &Path, name: &str, a: &str, b: &str, json: bool) -> Result<()> {
-    let (from, to) = (Bundle::open(&out.join(name).join(a))?, Bundle::open(&out.join(name).join(b))?);
+    let (from, to) = (Bundle::open_in(out, name, a)?, Bundle::open_in(out, name, b)?);
     let diff = release::diff::diff(&from, &to);
     if json {
         println!("{}", serde_json::to_string_pretty(&diff)?);
