@@ -110,7 +110,9 @@ fn release_tarball(release: &crate::recipe::Release, default_out: &Path) -> Resu
     bundle.check_place()?;
     let prefix = format!("{}-{}-rootfs.tar.", release.name, release.version);
     let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
-    Ok((dir.join(&artifact.name), artifact.sha256.clone()))
+    // A regular file of the size the manifest states (not a FIFO the stage would wait on).
+    let tarball = crate::bundle::files::open_sized(&dir, &artifact.name, artifact.size)?;
+    Ok((tarball.path, artifact.sha256.clone()))
 }
 
 /// The name of the lock among a stage's remote inputs.

@@ -1,10 +1,10 @@
 //! Releases read back: `release verify` catches a flipped byte in any
 //! artifact, a rootfs.img from another build and a missing file; `release
 //! promote` makes a new version from the same bytes and refuses a tampered
-//! candidate; `release ls` and `show` describe them. A hostile bundle (a
-//! manifest naming files outside the bundle) is refused, touching nothing
-//! outside. The bundles come from a small tarball-based recipe (builds need
-//! root).
+//! candidate; `release ls` and `show` describe them. Hostile bundles (a
+//! manifest naming files outside the bundle, a FIFO or a symlink for an
+//! artifact) are refused, promptly, touching nothing outside. The bundles
+//! come from a small tarball-based recipe (builds need root).
 
 mod common;
 
@@ -60,12 +60,21 @@ impl Lab {
     }
 
     fn release(&self, args: &[&str]) -> (i32, String, String) {
+        run(&mut self.release_command(args))
+    }
+
+    /// `release ARGS` that must end within a minute (a hang fails the test).
+    fn release_within(&self, args: &[&str]) -> (i32, String, String) {
+        run_within(&mut self.release_command(args), std::time::Duration::from_secs(60))
+    }
+
+    fn release_command(&self, args: &[&str]) -> std::process::Command {
         let mut command = rootsmith();
         command.arg("release").args(args);
         if args[0] != "verify" {
             command.arg("--out").arg(self.out());
         }
-        run(&mut command)
+        command
     }
 }
 
@@ -373,4 +382,37 @@ fn a_hostile_bundle_reaches_nothing_outside_itself() {
     assert_eq!(code, 1, "{output}");
     assert!(!output.contains(&sha256(&secret)), "verify printed the digest of a host file:\n{output}");
     assert!(output.lines().any(|line| line.starts_with("FAILED SHA256SUMS") && line.contains("\"../../../secret\" is not a file a bundle may hold")), "{output}");
+}
+
+#[test]
+fn special_files_in_a_bundle_fail_promptly() {
+    if !needs_root("special_files_in_a_bundle_fail_promptly") {
+        return;
+    }
+    let lab = Lab::new();
+    let candidate = lab.build("1.0.0-rc1", "special");
+    // rootfs.img a FIFO: named, never waited on.
+    let fifo = copy_bundle(&candidate, &lab.dir.path().join("fifo/rel/1.0.0-rc1"));
+    let image = fifo.join("rel-1.0.0-rc1-rootfs.img");
+    std::fs::remove_file(&image).unwrap();
+    nix::unistd::mkfifo(&image, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, stdout, stderr) = lab.release_within(&["verify", fifo.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.lines().any(|line| line.starts_with("FAILED SHA256SUMS") && line.contains("rel-1.0.0-rc1-rootfs.img: is a FIFO, not a regular file")), "{stdout}");
+    // The initramfs a symlink to /dev/zero: not followed, nothing read.
+    let zero = copy_bundle(&candidate, &lab.dir.path().join("zero/rel/1.0.0-rc1"));
+    let initramfs = zero.join("rel-1.0.0-rc1-initramfs.img");
+    std::fs::remove_file(&initramfs).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &initramfs).unwrap();
+    let (code, stdout, stderr) = lab.release_within(&["verify", zero.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("rel-1.0.0-rc1-initramfs.img: is a symbolic link"), "{stdout}");
+    // promote of a candidate holding a FIFO: refused promptly, nothing published.
+    let packages = candidate.join("packages.txt");
+    std::fs::remove_file(&packages).unwrap();
+    nix::unistd::mkfifo(&packages, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _, stderr) = lab.release_within(&["promote", "rel", "1.0.0-rc1", "1.0.0"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("packages.txt: is a FIFO"), "{stderr}");
+    assert!(!lab.out().join("rel/1.0.0").exists());
 }

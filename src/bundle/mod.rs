@@ -3,6 +3,7 @@
 //! `--out` directory. A bundle on disk is untrusted input: its manifest is
 //! checked before any name in it becomes a path.
 
+pub mod files;
 pub mod manifest;
 pub mod names;
 
@@ -35,10 +36,14 @@ pub fn check_id(name: &str, version: &str) -> Result<()> {
 impl Bundle {
     /// Read the manifest of the bundle in `dir` and check it
     /// ([`Manifest::problems`]): a bundle on disk is untrusted input, and no
-    /// name in its manifest becomes a path before it passes.
+    /// name in its manifest becomes a path before it passes. `manifest.json`
+    /// must be a regular file of reasonable size.
     pub fn open(dir: &Path) -> Result<Bundle> {
         let path = dir.join(MANIFEST);
-        let bytes = fs_err::read(&path).with_context(|| format!("{} is not a bundle (no manifest.json)", dir.display()))?;
+        let bytes = match files::read(dir, MANIFEST, files::MAX_INDEX_BYTES) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(error).with_context(|| format!("{} is not a bundle (no manifest.json)", dir.display())),
+            other => other?,
+        };
         let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("{} does not follow the manifest schema", path.display()))?;
         let problems = manifest.problems();
         if !problems.is_empty() {
@@ -76,6 +81,14 @@ impl Bundle {
             );
         }
         bail!("{}: manifest.json names the recipe {name}, but the bundle is in the directory of {dir_name:?} (a bundle sits in OUT/{name}/{version})", self.dir.display())
+    }
+
+    /// The size the manifest states for its artifact `name`.
+    pub fn stated_size(&self, name: &str) -> Result<u64> {
+        match self.manifest.artifacts.iter().find(|artifact| artifact.name == name) {
+            Some(artifact) => Ok(artifact.size),
+            None => bail!("{name} is not among the artifacts of {}'s manifest", self.dir.display()),
+        }
     }
 
     /// Total bytes of its artifacts.
@@ -149,6 +162,11 @@ mod tests {
         let dir = publish(out.path(), "rel/1.0.0", &manifest);
         let error = format!("{:#}", Bundle::open(&dir).unwrap_err());
         assert!(error.contains("is not a manifest rootsmith accepts") && error.contains("\"../../../x\" is not a file a bundle may hold"), "{error}");
+        // A FIFO for a manifest is named, not waited on.
+        let fifo = out.path().join("fifo/1.0.0");
+        fs_err::create_dir_all(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo.join(MANIFEST), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(format!("{:#}", Bundle::open(&fifo).unwrap_err()).contains("is a FIFO"));
     }
 
     #[test]

@@ -10,18 +10,31 @@ use anyhow::{bail, Context, Result};
 
 use super::Bundle;
 use crate::artifact::menus::{self, MenuInput};
+use crate::bundle::files;
 use crate::bundle::manifest::{ManifestArtifact, PromotedFrom};
 use crate::bundle::names::check_file_name;
 
-/// Hard-link when the file system allows (the bytes are the same and bundles
-/// are never changed in place), else copy.
-fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+/// Take the artifact `name` of the bundle `dir` (`size` bytes, as its
+/// manifest states) into `to`: hard-linked when the file system allows (the
+/// bytes are the same and bundles are never changed in place), else copied.
+/// Only the regular file opened is taken: a link that leads to another file
+/// (the name changed after it was opened) is undone and the opened file
+/// copied, and no existing file is ever written into.
+fn take(dir: &Path, name: &str, size: u64, to: &Path) -> Result<()> {
+    let file = files::open_sized(dir, name, size)?;
     if let Some(parent) = to.parent() {
         fs_err::create_dir_all(parent)?;
     }
-    if fs_err::hard_link(from, to).is_err() {
-        fs_err::copy(from, to)?;
+    if std::fs::hard_link(&file.path, to).is_ok() {
+        use std::os::unix::fs::MetadataExt;
+        let linked = fs_err::symlink_metadata(to)?;
+        if linked.is_file() && (linked.dev(), linked.ino()) == file.id {
+            return Ok(());
+        }
+        fs_err::remove_file(to)?;
     }
+    let mut out = fs_err::OpenOptions::new().write(true).create_new(true).open(to)?;
+    file.copy_exactly(size, &mut out)?;
     Ok(())
 }
 
@@ -54,7 +67,7 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
         let renamed = rename(&artifact.name);
         // A checked name with a valid version in place of another stays one; checked all the same.
         check_file_name(&renamed)?;
-        link_or_copy(&source.join(&artifact.name), &staging.path().join(&renamed)).with_context(|| format!("taking {} into {to}", artifact.name))?;
+        take(source, &artifact.name, artifact.size, &staging.path().join(&renamed)).with_context(|| format!("taking {} into {to}", artifact.name))?;
         artifacts.push(ManifestArtifact { name: renamed, ..artifact.clone() });
     }
     manifest.version = to.to_string();
@@ -94,5 +107,21 @@ mod tests {
             assert!(error.contains("is not a valid"), "{name} {from} {to}: {error}");
         }
         assert_eq!(fs_err::read_dir(out.join("rel")).unwrap().count(), 0, "nothing was staged");
+    }
+
+    #[test]
+    fn taking_a_file_never_writes_into_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::write(dir.path().join("a.img"), b"abc").unwrap();
+        let to = dir.path().join("staged/a.img");
+        take(dir.path(), "a.img", 3, &to).unwrap();
+        assert_eq!(fs_err::read(&to).unwrap(), b"abc");
+        // Taken again onto itself (a duplicate name): refused, the bytes intact.
+        assert!(take(dir.path(), "a.img", 3, &to).is_err());
+        assert!(take(dir.path(), "a.img", 3, &dir.path().join("a.img")).is_err());
+        assert_eq!(fs_err::read(dir.path().join("a.img")).unwrap(), b"abc");
+        // A size other than the manifest's is refused before anything is made.
+        assert!(take(dir.path(), "a.img", 2, &dir.path().join("staged/b.img")).is_err());
+        assert!(!dir.path().join("staged/b.img").exists());
     }
 }

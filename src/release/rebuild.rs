@@ -10,17 +10,20 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::Bundle;
+use crate::bundle::files;
 use crate::build::{build, BuildOptions};
 use crate::host::RealHost;
 use crate::plan::{plan, PlanOptions};
 use crate::recipe::Recipe;
 
-/// What a path is inside a squashfs, for comparing two images.
-fn squashfs_entries(rootfs_image: &Path) -> Result<BTreeMap<String, String>> {
+/// What a path is inside the squashfs of a bundle's rootfs image `name`,
+/// for comparing two images; the image is read as [`files::open_sized`] allows.
+fn squashfs_entries(bundle: &Bundle, name: &str) -> Result<BTreeMap<String, String>> {
     use backhand::InnerNode;
-    let (offset, _, _) = crate::artifact::cpio::read_rootfs_image(rootfs_image)?;
-    let reader = BufReader::new(fs_err::File::open(rootfs_image)?);
-    let filesystem = backhand::FilesystemReader::from_reader_with_offset(reader, offset).with_context(|| format!("reading the squashfs in {}", rootfs_image.display()))?;
+    let size = bundle.stated_size(name)?;
+    let image = files::open_sized(&bundle.dir, name, size)?;
+    let (offset, _, _) = crate::artifact::cpio::read_rootfs_image_from(BufReader::new(image.within(size)), &image.path)?;
+    let filesystem = backhand::FilesystemReader::from_reader_with_offset(BufReader::new(image.within(size)), offset).with_context(|| format!("reading the squashfs in {}", image.path.display()))?;
     let mut entries = BTreeMap::new();
     for node in filesystem.files() {
         let header = &node.header;
@@ -42,9 +45,10 @@ fn squashfs_entries(rootfs_image: &Path) -> Result<BTreeMap<String, String>> {
     Ok(entries)
 }
 
-/// The paths whose type, content, mode, owner or mtime differ, or that only one has.
-pub fn differing_paths(a: &Path, b: &Path) -> Result<Vec<String>> {
-    let (left, right) = (squashfs_entries(a)?, squashfs_entries(b)?);
+/// The paths whose type, content, mode, owner or mtime differ, or that only
+/// one has, between the rootfs image `name` of two bundles.
+pub fn differing_paths(a: &Bundle, b: &Bundle, name: &str) -> Result<Vec<String>> {
+    let (left, right) = (squashfs_entries(a, name)?, squashfs_entries(b, name)?);
     let mut paths = Vec::new();
     for (path, what) in &left {
         match right.get(path) {
@@ -102,7 +106,7 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> 
             Some(other) if other != digest => {
                 let mut line = format!("{name} differs");
                 if name == &manifest.boot.rootfs_image {
-                    let paths = differing_paths(&bundle.dir.join(name), &rebuilt.dir.join(name))?;
+                    let paths = differing_paths(bundle, &rebuilt, name)?;
                     let shown: Vec<&String> = paths.iter().take(50).collect();
                     line.push_str(&format!(" in {} path{}: {}", paths.len(), if paths.len() == 1 { "" } else { "s" }, shown.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")));
                     if paths.len() > shown.len() {

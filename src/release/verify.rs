@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use rootsmith_init::contract::{BuildId, ChunkList};
 use serde::Serialize;
 
+use crate::bundle::files::{self, BundleFile};
 use crate::bundle::manifest::{Manifest, MANIFEST_VERSION};
 use crate::bundle::names::{check_file_name, MANIFEST, SHA256SUMS};
 use crate::bundle::Bundle;
@@ -91,14 +92,16 @@ fn check_manifest(bundle: &Bundle) -> Result<String, String> {
 
 fn check_sums(bundle: &Bundle) -> Result<String, String> {
     let (dir, manifest) = (&bundle.dir, &bundle.manifest);
-    let text = fs_err::read_to_string(dir.join(SHA256SUMS)).map_err(|error| format!("SHA256SUMS: {error}"))?;
+    let text = files::read(dir, SHA256SUMS, files::MAX_INDEX_BYTES).map_err(|error| format!("SHA256SUMS: {error}"))?;
+    let text = String::from_utf8(text).map_err(|_| "SHA256SUMS is not UTF-8 text".to_string())?;
     let (sums, mut problems) = parse_sums(&text);
+    let sizes: BTreeMap<&str, u64> = manifest.artifacts.iter().map(|artifact| (artifact.name.as_str(), artifact.size)).collect();
     for (name, digest) in &sums {
-        // Only what the manifest lists is read.
+        // Only what the manifest lists is read, and no further than the size it states.
         let actual = if name == MANIFEST {
             Ok(bundle.manifest_sha256.clone())
-        } else if manifest.artifacts.iter().any(|artifact| &artifact.name == name) {
-            crate::digest::hash_file(&dir.join(name))
+        } else if let Some(size) = sizes.get(name.as_str()) {
+            files::sha256(dir, name, *size)
         } else {
             problems.push(format!("{name} is in SHA256SUMS but not among manifest.json's artifacts"));
             continue;
@@ -135,10 +138,28 @@ type Contract = Result<(BuildId, ChunkList), String>;
 /// Where the squashfs lies in rootfs.img and the build id it carries, read once.
 type RootfsImage = Result<(u64, u64, BuildId), String>;
 
-fn check_chunks(contract: &Contract, rootfs: &Path) -> Result<String, String> {
+/// An artifact the manifest names, opened as [`files::open_sized`] does, with its stated size.
+fn open_artifact(bundle: &Bundle, name: &str) -> Result<(BundleFile, u64), String> {
+    let size = bundle.stated_size(name).map_err(|error| format!("{error:#}"))?;
+    let file = files::open_sized(&bundle.dir, name, size).map_err(|error| error.to_string())?;
+    Ok((file, size))
+}
+
+fn read_contract(bundle: &Bundle) -> Contract {
+    let (file, size) = open_artifact(bundle, &bundle.manifest.boot.initramfs)?;
+    let bytes = file.read_within(size).map_err(|error| error.to_string())?;
+    crate::artifact::initramfs::read_contract_from(bytes, &file.path).map_err(|error| format!("{error:#}"))
+}
+
+fn read_rootfs_image(bundle: &Bundle) -> RootfsImage {
+    let (file, size) = open_artifact(bundle, &bundle.manifest.boot.rootfs_image)?;
+    crate::artifact::cpio::read_rootfs_image_from(std::io::BufReader::new(file.within(size)), &file.path).map_err(|error| format!("{error:#}"))
+}
+
+fn check_chunks(contract: &Contract, bundle: &Bundle) -> Result<String, String> {
     let (_, expected) = contract.as_ref().map_err(Clone::clone)?;
-    let file = std::fs::File::open(rootfs).map_err(|error| format!("{}: {error}", rootfs.display()))?;
-    let actual = ChunkList::from_reader(std::io::BufReader::new(file), expected.chunk_size).map_err(|error| error.to_string())?;
+    let (file, size) = open_artifact(bundle, &bundle.manifest.boot.rootfs_image)?;
+    let actual = ChunkList::from_reader(std::io::BufReader::new(file.within(size)), expected.chunk_size).map_err(|error| error.to_string())?;
     if actual.size != expected.size {
         return Err(format!("rootfs.img is {} bytes, the initramfs's chunk list says {}", actual.size, expected.size));
     }
@@ -160,13 +181,13 @@ fn check_cookies(contract: &Contract, image: &RootfsImage, manifest: &Manifest) 
     Ok(found.to_string())
 }
 
-fn check_squashfs(image: &RootfsImage, rootfs: &Path, manifest: &Manifest) -> Result<String, String> {
+fn check_squashfs(image: &RootfsImage, bundle: &Bundle) -> Result<String, String> {
     let (offset, _, _) = image.as_ref().map_err(Clone::clone)?;
-    let reader = std::io::BufReader::new(fs_err::File::open(rootfs).map_err(|error| error.to_string())?);
-    let filesystem = backhand::FilesystemReader::from_reader_with_offset(reader, *offset).map_err(|error| format!("backhand cannot read the squashfs: {error}"))?;
+    let (file, size) = open_artifact(bundle, &bundle.manifest.boot.rootfs_image)?;
+    let filesystem = backhand::FilesystemReader::from_reader_with_offset(std::io::BufReader::new(file.within(size)), *offset).map_err(|error| format!("backhand cannot read the squashfs: {error}"))?;
     let entries = filesystem.files().count() as u64;
-    if entries != manifest.rootfs.squashfs_entries {
-        return Err(format!("the squashfs holds {entries} entries, manifest.json says {}", manifest.rootfs.squashfs_entries));
+    if entries != bundle.manifest.rootfs.squashfs_entries {
+        return Err(format!("the squashfs holds {entries} entries, manifest.json says {}", bundle.manifest.rootfs.squashfs_entries));
     }
     Ok(format!("{entries} entries"))
 }
@@ -191,13 +212,11 @@ pub fn verify_bundle(bundle: &Bundle) -> Report {
         return report;
     }
     report.add("SHA256SUMS", check_sums(bundle));
-    let (dir, manifest) = (&bundle.dir, &bundle.manifest);
-    let rootfs = dir.join(&manifest.boot.rootfs_image);
-    let contract: Contract = crate::artifact::initramfs::read_contract(&dir.join(&manifest.boot.initramfs)).map_err(|error| format!("{error:#}"));
-    let image: RootfsImage = crate::artifact::cpio::read_rootfs_image(&rootfs).map_err(|error| format!("{error:#}"));
-    report.add("chunk list", check_chunks(&contract, &rootfs));
-    report.add("cookie", check_cookies(&contract, &image, manifest));
-    report.add("squashfs", check_squashfs(&image, &rootfs, manifest));
+    let contract = read_contract(bundle);
+    let image = read_rootfs_image(bundle);
+    report.add("chunk list", check_chunks(&contract, bundle));
+    report.add("cookie", check_cookies(&contract, &image, &bundle.manifest));
+    report.add("squashfs", check_squashfs(&image, bundle));
     report
 }
 
@@ -247,6 +266,27 @@ mod tests {
         assert!(problems.contains("\"../../secret\" is not a file a bundle may hold"), "{problems}");
         assert!(problems.contains("it is an absolute path"), "{problems}");
         assert!(problems.contains("unlisted.img is in SHA256SUMS but not among manifest.json's artifacts"), "{problems}");
+    }
+
+    #[test]
+    fn a_fifo_or_symlink_artifact_fails_promptly() {
+        let out = tempfile::tempdir().unwrap();
+        let bundle = bundle(out.path());
+        let image = bundle.dir.join("rel-1.0.0-rootfs.img");
+        for (make, what) in [(0, "is a FIFO"), (1, "is a symbolic link")] {
+            fs_err::remove_file(&image).unwrap();
+            match make {
+                0 => nix::unistd::mkfifo(&image, nix::sys::stat::Mode::S_IRWXU).unwrap(),
+                _ => std::os::unix::fs::symlink("/dev/zero", &image).unwrap(),
+            }
+            let started = std::time::Instant::now();
+            let report = verify(&bundle.dir);
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            let failures = report.failures();
+            for check in ["SHA256SUMS", "squashfs"] {
+                assert!(failures.lines().any(|line| line.starts_with(check) && line.contains("rel-1.0.0-rootfs.img") && line.contains(what)), "{check} {what}: {failures}");
+            }
+        }
     }
 
     #[test]
