@@ -3,8 +3,9 @@
 //! promote` makes a new version from the same bytes and refuses a tampered
 //! candidate; `release ls` and `show` describe them. Hostile bundles (a
 //! manifest naming files outside the bundle, a FIFO or a symlink for an
-//! artifact) are refused, promptly, touching nothing outside. The bundles
-//! come from a small tarball-based recipe (builds need root).
+//! artifact, a copy in another version's directory) are refused, promptly,
+//! touching nothing outside. The bundles come from a small tarball-based
+//! recipe (builds need root).
 
 mod common;
 
@@ -415,4 +416,35 @@ fn special_files_in_a_bundle_fail_promptly() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("packages.txt: is a FIFO"), "{stderr}");
     assert!(!lab.out().join("rel/1.0.0").exists());
+}
+
+#[test]
+fn ls_names_a_broken_bundle_and_verify_a_misplaced_one() {
+    if !needs_root("ls_names_a_broken_bundle_and_verify_a_misplaced_one") {
+        return;
+    }
+    let lab = Lab::new();
+    let bundle = lab.build("1.0.0", "placed");
+    // A copy in another version's directory, and a manifest that is not one.
+    let misplaced = copy_bundle(&bundle, &lab.out().join("rel/1.0.1"));
+    std::fs::create_dir_all(lab.out().join("rel/1.0.2")).unwrap();
+    std::fs::write(lab.out().join("rel/1.0.2/manifest.json"), "{ not json").unwrap();
+    let (code, output) = verify(&lab, &misplaced);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.lines().any(|line| line.starts_with("FAILED manifest") && line.contains("manifest.json says version 1.0.0, but the bundle is in the directory of version \"1.0.1\"")), "{output}");
+    let (code, stdout, stderr) = lab.release(&["ls"]);
+    assert_eq!(code, 0, "{stderr}");
+    let versions: Vec<&str> = stdout.lines().skip(1).filter_map(|line| line.split_whitespace().nth(1)).collect();
+    assert_eq!(versions, ["1.0.0"], "{stdout}");
+    for (version, why) in [("1.0.1", "says version 1.0.0"), ("1.0.2", "does not follow the manifest schema")] {
+        assert!(stderr.lines().any(|line| line.contains(&format!("rel/{version} is broken")) && line.contains(why)), "{version}: {stderr}");
+    }
+    let (code, stdout, _) = lab.release(&["ls", "--json"]);
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let states: Vec<(&str, &str)> = rows.as_array().unwrap().iter().map(|row| (row["version"].as_str().unwrap(), row["state"].as_str().unwrap())).collect();
+    assert_eq!(states, [("1.0.0", "released"), ("1.0.1", "broken"), ("1.0.2", "broken")]);
+    let (code, _, stderr) = lab.release(&["show", "rel", "1.0.1"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("says version 1.0.0"), "{stderr}");
 }

@@ -107,25 +107,56 @@ impl Bundle {
     }
 }
 
-/// Every bundle under `out` (`OUT/NAME/VERSION`), sorted by name then version.
-pub fn list(out: &Path) -> Result<Vec<Bundle>> {
-    let mut bundles = Vec::new();
-    let Ok(names) = fs_err::read_dir(out) else { return Ok(bundles) };
+/// A directory under `OUT/NAME/` with a `manifest.json` that cannot be read,
+/// is not accepted, or belongs to another place.
+#[derive(Debug)]
+pub struct Broken {
+    pub dir: PathBuf,
+    pub error: anyhow::Error,
+}
+
+/// The bundles under an `--out` directory, and the directories that look
+/// like bundles but are broken.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub bundles: Vec<Bundle>,
+    pub broken: Vec<Broken>,
+}
+
+/// Every bundle under `out` (`OUT/NAME/VERSION`), sorted by name then
+/// version; a broken one is listed apart and does not hide the others.
+pub fn list(out: &Path) -> Result<Listing> {
+    let mut listing = Listing::default();
+    let Ok(names) = fs_err::read_dir(out) else { return Ok(listing) };
+    let hidden = |entry: &fs_err::DirEntry| entry.file_name().to_string_lossy().starts_with('.');
     for name in names {
         let name = name?;
-        if !name.file_type()?.is_dir() {
+        if !name.file_type()?.is_dir() || hidden(&name) {
             continue;
         }
-        for version in fs_err::read_dir(name.path())? {
+        let versions = match fs_err::read_dir(name.path()) {
+            Ok(versions) => versions,
+            Err(error) => {
+                listing.broken.push(Broken { dir: name.path(), error: error.into() });
+                continue;
+            }
+        };
+        for version in versions {
             let version = version?;
-            let hidden = version.file_name().to_string_lossy().starts_with('.');
-            if !hidden && version.path().join("manifest.json").is_file() {
-                bundles.push(Bundle::open(&version.path())?);
+            let dir = version.path();
+            // Not a bundle at all (no manifest.json): not listed, not broken.
+            if hidden(&version) || fs_err::symlink_metadata(dir.join(MANIFEST)).is_err() {
+                continue;
+            }
+            match Bundle::open(&dir).and_then(|bundle| bundle.check_place().map(|()| bundle)) {
+                Ok(bundle) => listing.bundles.push(bundle),
+                Err(error) => listing.broken.push(Broken { dir, error }),
             }
         }
     }
-    bundles.sort_by(|a, b| (&a.manifest.name, version_key(&a.manifest.version)).cmp(&(&b.manifest.name, version_key(&b.manifest.version))));
-    Ok(bundles)
+    listing.bundles.sort_by(|a, b| (&a.manifest.name, version_key(&a.manifest.version)).cmp(&(&b.manifest.name, version_key(&b.manifest.version))));
+    listing.broken.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(listing)
 }
 
 /// Numbers compare as numbers, and `1.0.0-rc1` comes before `1.0.0`.
@@ -198,5 +229,24 @@ mod tests {
         assert!(Bundle::open(&out.path().join("rel/current")).unwrap().check_place().is_ok());
         // `.` inside the bundle.
         assert!(Bundle::open(&good.join(".")).unwrap().check_place().is_ok());
+    }
+
+    #[test]
+    fn ls_lists_the_good_bundles_and_names_the_broken_ones() {
+        let out = tempfile::tempdir().unwrap();
+        publish(out.path(), "rel/1.0.0", &manifest::sample("rel", "1.0.0"));
+        publish(out.path(), "rel/1.1.0-rc1", &manifest::sample("rel", "1.1.0-rc1"));
+        publish(out.path(), "rel/1.0.1", &manifest::sample("rel", "1.0.0"));
+        fs_err::create_dir_all(out.path().join("rel/2.0.0")).unwrap();
+        fs_err::write(out.path().join("rel/2.0.0/manifest.json"), "{").unwrap();
+        fs_err::create_dir_all(out.path().join("rel/not-a-bundle")).unwrap();
+        fs_err::create_dir_all(out.path().join("rel/.1.2.0.partial-x")).unwrap();
+        let listing = list(out.path()).unwrap();
+        let versions: Vec<&str> = listing.bundles.iter().map(|b| b.manifest.version.as_str()).collect();
+        assert_eq!(versions, ["1.0.0", "1.1.0-rc1"]);
+        let broken: Vec<String> = listing.broken.iter().map(|b| format!("{}: {:#}", b.dir.strip_prefix(out.path()).unwrap().display(), b.error)).collect();
+        assert_eq!(broken.len(), 2, "{broken:?}");
+        assert!(broken[0].starts_with("rel/1.0.1: ") && broken[0].contains("says version 1.0.0"), "{broken:?}");
+        assert!(broken[1].starts_with("rel/2.0.0: ") && broken[1].contains("does not follow the manifest schema"), "{broken:?}");
     }
 }

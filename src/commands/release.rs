@@ -25,26 +25,36 @@ fn kernels(bundle: &Bundle) -> String {
 }
 
 pub fn ls(out: &Path, json: bool) -> Result<()> {
-    let bundles = release::list(out)?;
+    let listing = release::list(out)?;
+    let bundles = &listing.bundles;
+    // A broken bundle is named, and hides none of the others.
+    let place = |dir: &Path| (dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()), dir.file_name().map(|n| n.to_string_lossy().into_owned()));
     if json {
-        let rows: Vec<_> = bundles
+        let mut rows: Vec<_> = bundles
             .iter()
             .map(|b| serde_json::json!({ "name": b.manifest.name, "version": b.manifest.version, "published": published(b), "size": b.size(), "kernels": b.manifest.kernels.iter().map(|k| &k.release).collect::<Vec<_>>(), "state": b.state(), "promoted_from": b.manifest.promoted_from.as_ref().map(|p| &p.version), "dir": b.dir }))
             .collect();
+        rows.extend(listing.broken.iter().map(|broken| {
+            let (name, version) = place(&broken.dir);
+            serde_json::json!({ "name": name, "version": version, "state": "broken", "error": format!("{:#}", broken.error), "dir": broken.dir })
+        }));
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     if bundles.is_empty() {
         println!("no bundles in {}", out.display());
-        return Ok(());
+    } else {
+        println!("{:<20} {:<14} {:<20} {:>11}  {:<10} kernels", "name", "version", "published (UTC)", "size", "state");
     }
-    println!("{:<20} {:<14} {:<20} {:>11}  {:<10} kernels", "name", "version", "published (UTC)", "size", "state");
-    for bundle in &bundles {
+    for bundle in bundles {
         let state = match &bundle.manifest.promoted_from {
             Some(from) => format!("{} (from {})", bundle.state(), from.version),
             None => bundle.state().to_string(),
         };
         println!("{:<20} {:<14} {:<20} {:>11}  {:<10} {}", bundle.manifest.name, bundle.manifest.version, published(bundle), mib(bundle.size()), state, kernels(bundle));
+    }
+    for broken in &listing.broken {
+        eprintln!("warning: {} is broken and not listed: {:#}", broken.dir.display(), broken.error);
     }
     Ok(())
 }
