@@ -109,9 +109,13 @@ fn release_tarball(release: &crate::recipe::Release, default_out: &Path) -> Resu
     let out = release.out.as_deref().unwrap_or(default_out);
     let dir = out.join(&release.name).join(&release.version);
     let bundle = crate::bundle::Bundle::open(&dir).with_context(|| format!("the release base {} {} is not in {}\nhint: build or promote it there, or set the stage's `out:` (or build --out)", release.name, release.version, out.display()))?;
+    // The manifest found there must be that release's (not a copy of another version).
+    bundle.check_place()?;
     let prefix = crate::bundle::names::BundleNames::new(&release.name, &release.version).rootfs_tarball_prefix();
     let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
-    Ok((dir.join(&artifact.name), artifact.sha256.clone()))
+    // A regular file of the size the manifest states (not a FIFO the stage would wait on).
+    let tarball = crate::bundle::files::open_sized(&dir, &artifact.name, artifact.size)?;
+    Ok((tarball.path, artifact.sha256.clone()))
 }
 
 /// The name of the lock among a stage's remote inputs.

@@ -1,8 +1,11 @@
 //! Releases read back: `release verify` catches a flipped byte in any
 //! artifact, a rootfs.img from another build and a missing file; `release
 //! promote` makes a new version from the same bytes and refuses a tampered
-//! candidate; `release ls` and `show` describe them. The bundles come from
-//! a small tarball-based recipe (builds need root).
+//! candidate; `release ls` and `show` describe them. Hostile bundles (a
+//! manifest naming files outside the bundle, a FIFO or a symlink for an
+//! artifact, a copy in another version's directory) are refused, promptly,
+//! touching nothing outside. The bundles come from a small tarball-based
+//! recipe (builds need root).
 
 mod common;
 
@@ -58,12 +61,21 @@ impl Lab {
     }
 
     fn release(&self, args: &[&str]) -> (i32, String, String) {
+        run(&mut self.release_command(args))
+    }
+
+    /// `release ARGS` that must end within a minute (a hang fails the test).
+    fn release_within(&self, args: &[&str]) -> (i32, String, String) {
+        run_within(&mut self.release_command(args), std::time::Duration::from_secs(60))
+    }
+
+    fn release_command(&self, args: &[&str]) -> std::process::Command {
         let mut command = rootsmith();
         command.arg("release").args(args);
         if args[0] != "verify" {
             command.arg("--out").arg(self.out());
         }
-        run(&mut command)
+        command
     }
 }
 
@@ -308,4 +320,137 @@ fn verify_rebuild_passes_for_a_reproducible_recipe() {
     let (code, _, stderr) = lab.release(&["verify", bundle.to_str().unwrap(), "--rebuild", other.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("is not the recipe rel 1.0.0 was built from"), "{stderr}");
+}
+
+/// Rewrite a bundle's manifest with `edit`, and its SHA256SUMS to match (the
+/// manifest's artifacts, the manifest itself, then `extra` lines), as someone
+/// tampering with a bundle would.
+fn tamper(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value), extra: &[String]) {
+    let path = bundle.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let mut lines: Vec<String> = manifest["artifacts"].as_array().unwrap().iter().map(|a| format!("{}  {}", a["sha256"].as_str().unwrap(), a["name"].as_str().unwrap())).collect();
+    lines.push(format!("{}  manifest.json", sha256(&path)));
+    lines.extend(extra.iter().cloned());
+    std::fs::write(bundle.join("SHA256SUMS"), lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn a_hostile_bundle_reaches_nothing_outside_itself() {
+    if !needs_root("a_hostile_bundle_reaches_nothing_outside_itself") {
+        return;
+    }
+    let lab = Lab::new();
+    let candidate = lab.build("1.0.0-rc1", "hostile");
+    let pristine = copy_bundle(&candidate, &lab.dir.path().join("elsewhere/rel/1.0.0-rc1"));
+
+    // A manifest (and SHA256SUMS, to match) naming files outside the bundle,
+    // by a relative and by an absolute path: promote refuses and leaves them be.
+    let relative = lab.dir.path().join("victim-relative");
+    let absolute = lab.dir.path().join("victim-absolute");
+    for victim in [&relative, &absolute] {
+        std::fs::write(victim, "keep me\n").unwrap();
+    }
+    let artifact = |name: String, path: &Path| serde_json::json!({ "name": name, "size": 8, "sha256": sha256(path) });
+    tamper(
+        &candidate,
+        |manifest| {
+            let artifacts = manifest["artifacts"].as_array_mut().unwrap();
+            artifacts.push(artifact("../../../victim-relative".into(), &relative));
+            artifacts.push(artifact(absolute.display().to_string(), &absolute));
+        },
+        &[],
+    );
+    let (code, _, stderr) = lab.release(&["promote", "rel", "1.0.0-rc1", "1.0.0"]);
+    for victim in [&relative, &absolute] {
+        assert_eq!(std::fs::read_to_string(victim).unwrap(), "keep me\n", "promote changed {}", victim.display());
+    }
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("\"../../../victim-relative\" is not a file a bundle may hold"), "{stderr}");
+    assert!(!lab.out().join("rel/1.0.0").exists());
+    let (code, output) = verify(&lab, &candidate);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.lines().any(|line| line.starts_with("FAILED manifest") && line.contains("is not a file a bundle may hold: it is an absolute path")), "{output}");
+
+    // FROM is a version, not a path: a bundle outside --out is not promoted.
+    let (code, _, stderr) = lab.release(&["promote", "rel", "../../elsewhere/rel/1.0.0-rc1", "2.0.0"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is not a valid version"), "{stderr}");
+    assert!(!lab.out().join("rel/2.0.0").exists());
+
+    // A SHA256SUMS line naming a host file: never hashed, its digest never printed.
+    let secret = lab.dir.path().join("secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    let sums = copy_bundle(&pristine, &lab.dir.path().join("sums/rel/1.0.0-rc1"));
+    let zeros = "0".repeat(64);
+    tamper(&sums, |_| {}, &[format!("{zeros}  ../../../secret"), format!("{zeros}  {}", secret.display())]);
+    let (code, output) = verify(&lab, &sums);
+    assert_eq!(code, 1, "{output}");
+    assert!(!output.contains(&sha256(&secret)), "verify printed the digest of a host file:\n{output}");
+    assert!(output.lines().any(|line| line.starts_with("FAILED SHA256SUMS") && line.contains("\"../../../secret\" is not a file a bundle may hold")), "{output}");
+}
+
+#[test]
+fn special_files_in_a_bundle_fail_promptly() {
+    if !needs_root("special_files_in_a_bundle_fail_promptly") {
+        return;
+    }
+    let lab = Lab::new();
+    let candidate = lab.build("1.0.0-rc1", "special");
+    // rootfs.img a FIFO: named, never waited on.
+    let fifo = copy_bundle(&candidate, &lab.dir.path().join("fifo/rel/1.0.0-rc1"));
+    let image = fifo.join("rel-1.0.0-rc1-rootfs.img");
+    std::fs::remove_file(&image).unwrap();
+    nix::unistd::mkfifo(&image, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, stdout, stderr) = lab.release_within(&["verify", fifo.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.lines().any(|line| line.starts_with("FAILED SHA256SUMS") && line.contains("rel-1.0.0-rc1-rootfs.img: is a FIFO, not a regular file")), "{stdout}");
+    // The initramfs a symlink to /dev/zero: not followed, nothing read.
+    let zero = copy_bundle(&candidate, &lab.dir.path().join("zero/rel/1.0.0-rc1"));
+    let initramfs = zero.join("rel-1.0.0-rc1-initramfs.img");
+    std::fs::remove_file(&initramfs).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &initramfs).unwrap();
+    let (code, stdout, stderr) = lab.release_within(&["verify", zero.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("rel-1.0.0-rc1-initramfs.img: is a symbolic link"), "{stdout}");
+    // promote of a candidate holding a FIFO: refused promptly, nothing published.
+    let packages = candidate.join("packages.txt");
+    std::fs::remove_file(&packages).unwrap();
+    nix::unistd::mkfifo(&packages, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _, stderr) = lab.release_within(&["promote", "rel", "1.0.0-rc1", "1.0.0"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("packages.txt: is a FIFO"), "{stderr}");
+    assert!(!lab.out().join("rel/1.0.0").exists());
+}
+
+#[test]
+fn ls_names_a_broken_bundle_and_verify_a_misplaced_one() {
+    if !needs_root("ls_names_a_broken_bundle_and_verify_a_misplaced_one") {
+        return;
+    }
+    let lab = Lab::new();
+    let bundle = lab.build("1.0.0", "placed");
+    // A copy in another version's directory, and a manifest that is not one.
+    let misplaced = copy_bundle(&bundle, &lab.out().join("rel/1.0.1"));
+    std::fs::create_dir_all(lab.out().join("rel/1.0.2")).unwrap();
+    std::fs::write(lab.out().join("rel/1.0.2/manifest.json"), "{ not json").unwrap();
+    let (code, output) = verify(&lab, &misplaced);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.lines().any(|line| line.starts_with("FAILED manifest") && line.contains("manifest.json says version 1.0.0, but the bundle is in the directory of version \"1.0.1\"")), "{output}");
+    let (code, stdout, stderr) = lab.release(&["ls"]);
+    assert_eq!(code, 0, "{stderr}");
+    let versions: Vec<&str> = stdout.lines().skip(1).filter_map(|line| line.split_whitespace().nth(1)).collect();
+    assert_eq!(versions, ["1.0.0"], "{stdout}");
+    for (version, why) in [("1.0.1", "says version 1.0.0"), ("1.0.2", "does not follow the manifest schema")] {
+        assert!(stderr.lines().any(|line| line.contains(&format!("rel/{version} is broken")) && line.contains(why)), "{version}: {stderr}");
+    }
+    let (code, stdout, _) = lab.release(&["ls", "--json"]);
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let states: Vec<(&str, &str)> = rows.as_array().unwrap().iter().map(|row| (row["version"].as_str().unwrap(), row["state"].as_str().unwrap())).collect();
+    assert_eq!(states, [("1.0.0", "released"), ("1.0.1", "broken"), ("1.0.2", "broken")]);
+    let (code, _, stderr) = lab.release(&["show", "rel", "1.0.1"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("says version 1.0.0"), "{stderr}");
 }

@@ -36,8 +36,12 @@ pub fn write_rootfs_image(squashfs: &Path, build: &BuildId, output: &Path, epoch
 /// Where `root.squashfs` lies in a rootfs image (offset, length), and the
 /// build id the image carries.
 pub fn read_rootfs_image(image: &Path) -> Result<(u64, u64, BuildId)> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::io::BufReader::new(fs_err::File::open(image)?);
+    read_rootfs_image_from(std::io::BufReader::new(fs_err::File::open(image)?), image)
+}
+
+/// [`read_rootfs_image`] of an image the caller opened (`image` names it in errors).
+pub fn read_rootfs_image_from(mut file: impl std::io::Read + std::io::Seek, image: &Path) -> Result<(u64, u64, BuildId)> {
+    use std::io::{Read, SeekFrom};
     let reader = cpio::NewcReader::new(&mut file).map_err(|error| anyhow::anyhow!("{} is not a newc cpio: {error}", image.display()))?;
     if reader.entry().name() != ROOTFS_SQUASHFS {
         bail!("{}: the first entry is {:?}, not {ROOTFS_SQUASHFS}", image.display(), reader.entry().name());

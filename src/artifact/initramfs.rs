@@ -111,8 +111,12 @@ pub fn write(contents: &Contents, compression: Compression, epoch: i64, output: 
 
 /// The regular files of an initramfs (zstd, gzip or uncompressed), by path.
 pub fn read_files(image: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    read_files_from(fs_err::read(image)?, image)
+}
+
+/// [`read_files`] of an initramfs's bytes, read by the caller (`image` names it in errors).
+pub fn read_files_from(raw: Vec<u8>, image: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     use std::io::Read;
-    let raw = fs_err::read(image)?;
     let cpio = if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         // One frame: the zero padding after it is not another frame.
         let mut out = Vec::new();
@@ -145,7 +149,12 @@ pub fn read_files(image: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
 
 /// The build id and chunk list an initramfs carries.
 pub fn read_contract(image: &Path) -> Result<(BuildId, ChunkList)> {
-    let files = read_files(image)?;
+    read_contract_from(fs_err::read(image)?, image)
+}
+
+/// [`read_contract`] of an initramfs's bytes, read by the caller (`image` names it in errors).
+pub fn read_contract_from(raw: Vec<u8>, image: &Path) -> Result<(BuildId, ChunkList)> {
+    let files = read_files_from(raw, image)?;
     let text = |path: &str| -> Result<String> {
         let bytes = files.get(path).with_context(|| format!("{} has no {path}", image.display()))?;
         Ok(String::from_utf8_lossy(bytes).into_owned())

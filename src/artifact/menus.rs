@@ -52,8 +52,9 @@ pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Ve
     Ok(artifacts)
 }
 
-/// The menu files, which `release promote` writes anew.
-pub const MENU_FILES: [&str; 3] = ["boot.ipxe", "pxelinux.cfg/default", "grub.cfg"];
+/// The menu files, which `release promote` writes anew (named where every
+/// bundle file name is checked).
+pub use crate::bundle::names::MENU_FILES;
 
 pub use crate::bundle::names::entry_id;
 
@@ -197,6 +198,14 @@ mod tests {
         assert!(served.contains("rootsmith.rootfs_url=http://10.0.2.2:80/b/demo-1.0-rootfs.img"));
         assert!(served.contains("choose --default small-http"));
         assert!(!served.contains("rootsmith-base"));
+    }
+
+    #[test]
+    fn the_menus_written_are_the_menu_files_a_bundle_may_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let written: Vec<String> = write_all(dir.path(), &input()).unwrap().into_iter().map(|artifact| artifact.name).collect();
+        assert_eq!(written, MENU_FILES);
+        assert!(written.iter().all(|name| crate::bundle::names::check_file_name(name).is_ok()));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::names::{check_file_name, MANIFEST, SHA256SUMS};
+
 /// Version of the manifest's layout; bump on any incompatible change.
 pub const MANIFEST_VERSION: u32 = 1;
 
@@ -91,14 +93,69 @@ pub struct ManifestArtifact {
     pub sha256: String,
 }
 
+impl Manifest {
+    /// What is wrong with a manifest read back, before any name in it becomes
+    /// a path: its name and version are ones a recipe may have, every file it
+    /// names is one a bundle may hold ([`check_file_name`]), no artifact is
+    /// listed twice or is the bundle's own index, and every artifact's digest
+    /// is SHA-256 hex. Empty when nothing is.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !crate::names::valid_name(&self.name) {
+            problems.push(format!("name {:?} is not a valid name", self.name));
+        }
+        if let Err(why) = crate::names::check_version(&self.version) {
+            problems.push(format!("version {:?} is not a valid version: {why}", self.version));
+        }
+        if let Some(from) = &self.promoted_from {
+            if let Err(why) = crate::names::check_version(&from.version) {
+                problems.push(format!("promoted_from.version {:?} is not a valid version: {why}", from.version));
+            }
+        }
+        let mut file = |what: &str, name: &str| {
+            if let Err(bad) = check_file_name(name) {
+                problems.push(format!("{what}: {bad}"));
+            }
+        };
+        file("boot.initramfs", &self.boot.initramfs);
+        file("boot.rootfs_image", &self.boot.rootfs_image);
+        for kernel in &self.kernels {
+            file(&format!("kernel {:?}", kernel.name), &kernel.vmlinuz);
+            for deb in &kernel.debs {
+                file(&format!("kernel {:?}", kernel.name), deb);
+            }
+        }
+        for artifact in &self.artifacts {
+            file("artifact", &artifact.name);
+        }
+        for kernel in &self.kernels {
+            if !crate::names::valid_name(&kernel.name) {
+                problems.push(format!("kernel name {:?} is not a valid name", kernel.name));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for artifact in &self.artifacts {
+            if artifact.name == MANIFEST || artifact.name == SHA256SUMS {
+                problems.push(format!("artifact {:?} is the bundle's own index, not an artifact", artifact.name));
+            } else if !seen.insert(artifact.name.as_str()) {
+                problems.push(format!("artifact {:?} is listed twice", artifact.name));
+            }
+            if !crate::digest::is_sha256_hex(&artifact.sha256) {
+                problems.push(format!("artifact {:?} has sha256 {:?}, not 64 lower-case hex digits", artifact.name, artifact.sha256));
+            }
+        }
+        problems
+    }
+}
+
 /// Write `manifest.json` and `SHA256SUMS` (the manifest's artifacts and the
 /// manifest itself) into a bundle directory; returns the manifest's bytes.
 pub fn write_index(dir: &std::path::Path, manifest: &Manifest) -> std::io::Result<Vec<u8>> {
     let bytes = serde_json::to_vec_pretty(manifest)?;
-    fs_err::write(dir.join("manifest.json"), &bytes)?;
+    fs_err::write(dir.join(MANIFEST), &bytes)?;
     let mut artifacts = manifest.artifacts.clone();
-    artifacts.push(ManifestArtifact { name: "manifest.json".into(), size: bytes.len() as u64, sha256: crate::digest::sha256_hex(&bytes) });
-    fs_err::write(dir.join("SHA256SUMS"), sha256sums(&artifacts))?;
+    artifacts.push(ManifestArtifact { name: MANIFEST.into(), size: bytes.len() as u64, sha256: crate::digest::sha256_hex(&bytes) });
+    fs_err::write(dir.join(SHA256SUMS), sha256sums(&artifacts))?;
     Ok(bytes)
 }
 
@@ -107,4 +164,68 @@ pub fn sha256sums(artifacts: &[ManifestArtifact]) -> String {
     let mut sorted: Vec<&ManifestArtifact> = artifacts.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     sorted.iter().map(|artifact| format!("{}  {}\n", artifact.sha256, artifact.name)).collect()
+}
+
+/// A manifest as a build writes it, for tests that read bundles back.
+#[cfg(test)]
+pub fn sample(name: &str, version: &str) -> Manifest {
+    let prefix = format!("{name}-{version}-");
+    Manifest {
+        manifest_version: MANIFEST_VERSION,
+        tool: "rootsmith test".into(),
+        name: name.into(),
+        version: version.into(),
+        arch: "amd64".into(),
+        recipe_sha256: crate::digest::sha256_hex(b"recipe"),
+        source_date_epoch: 0,
+        fast: true,
+        stages: Vec::new(),
+        rootfs: ManifestRootfs { cookie: "c".into(), squashfs_writer: "mksquashfs".into(), squashfs_compression: "zstd".into(), squashfs_entries: 1, contract_version: 2 },
+        kernels: vec![ManifestKernel { name: "small".into(), release: "6.1.0".into(), config_sha256: crate::digest::sha256_hex(b""), vmlinuz: format!("{prefix}small-vmlinuz"), debs: vec!["kernel/linux-image-6.1.0_1_amd64.deb".into()] }],
+        boot: ManifestBoot { initramfs: format!("{prefix}initramfs.img"), initramfs_size: 1, initramfs_compression: "zstd".into(), rootfs_image: format!("{prefix}rootfs.img"), cmdline: String::new(), marker: None, modules: Default::default(), shell: false },
+        artifacts: vec![ManifestArtifact { name: format!("{prefix}rootfs.img"), size: 3, sha256: crate::digest::sha256_hex(b"abc") }],
+        lock_sha256: None,
+        oci_image: None,
+        promoted_from: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_as_built_has_no_problems() {
+        assert!(sample("demo", "1.2.0-rc1").problems().is_empty(), "{:?}", sample("demo", "1.2.0-rc1").problems());
+    }
+
+    #[test]
+    fn names_versions_and_files_from_a_manifest_are_checked() {
+        let artifact = |name: &str| ManifestArtifact { name: name.into(), size: 1, sha256: crate::digest::sha256_hex(b"x") };
+        let mut manifest = sample("demo", "1.0");
+        manifest.name = "../demo".into();
+        manifest.version = "../../1.0".into();
+        manifest.boot.rootfs_image = "/abs/path".into();
+        manifest.kernels[0].vmlinuz = "kernel/../../vmlinuz".into();
+        manifest.kernels[0].name = "../k".into();
+        manifest.artifacts = vec![artifact("../../../x"), artifact("/abs/path"), artifact("a//b"), artifact("manifest.json"), artifact("ok.img"), artifact("ok.img")];
+        manifest.artifacts.push(ManifestArtifact { sha256: "short".into(), ..artifact("other.img") });
+        manifest.promoted_from = Some(PromotedFrom { version: "../0.9".into(), manifest_sha256: String::new() });
+        let problems = manifest.problems().join("\n");
+        for expected in [
+            "name \"../demo\" is not a valid name",
+            "version \"../../1.0\" is not a valid version",
+            "promoted_from.version \"../0.9\"",
+            "boot.rootfs_image: \"/abs/path\" is not a file a bundle may hold: it is an absolute path",
+            "kernel \"../k\": \"kernel/../../vmlinuz\" is not a file a bundle may hold",
+            "kernel name \"../k\" is not a valid name",
+            "artifact: \"../../../x\" is not a file a bundle may hold",
+            "artifact: \"a//b\" is not a file a bundle may hold: it has an empty path component",
+            "artifact \"manifest.json\" is the bundle's own index",
+            "artifact \"ok.img\" is listed twice",
+            "artifact \"other.img\" has sha256 \"short\"",
+        ] {
+            assert!(problems.contains(expected), "{expected}\nnot in:\n{problems}");
+        }
+    }
 }

@@ -15,6 +15,66 @@ pub const PACKAGES: &str = "packages.txt";
 /// The hosts inventory a recipe names, copied into its bundle.
 pub const HOSTS_FILE: &str = "hosts.yaml";
 
+/// The manifest of every bundle.
+pub const MANIFEST: &str = "manifest.json";
+/// The digests of every file of a bundle, `sha256sum -c` format.
+pub const SHA256SUMS: &str = "SHA256SUMS";
+/// The one directory of a bundle whose files have names of their own
+/// (`kernel/KERNEL-config`, `kernel/KERNEL-System.map`, the kernel's debs).
+pub const KERNEL_DIR: &str = "kernel";
+/// The boot menus, which `release promote` writes anew; `pxelinux.cfg/default`
+/// is the one file of a bundle outside `kernel/` not at its top.
+pub const MENU_FILES: [&str; 3] = ["boot.ipxe", "pxelinux.cfg/default", "grub.cfg"];
+
+/// A name from a manifest or SHA256SUMS that no bundle file may have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a file a bundle may hold: {why}")]
+pub struct BadFileName {
+    pub name: String,
+    pub why: &'static str,
+}
+
+/// Whether `name` may name a file of a bundle, relative to its directory: a
+/// plain file name (`NAME-VERSION-rootfs.img`, `packages.txt`), a file in
+/// `kernel/`, or `pxelinux.cfg/default`. Each part starts with a letter or
+/// digit and holds letters, digits, `.`, `_`, `-`, `+`, `~` and `%` (what
+/// names, versions, kernel releases and package file names use), so no name
+/// is absolute, empty, `.` or `..`, or carries a space, a newline or a
+/// character a boot menu would read as syntax. Everything that joins a name
+/// from a bundle to a path checks it first.
+pub fn check_file_name(name: &str) -> Result<(), BadFileName> {
+    let bad = |why| Err(BadFileName { name: name.to_string(), why });
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.starts_with('/') {
+        return bad("it is an absolute path");
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.iter().any(|part| part.is_empty()) {
+        return bad("it has an empty path component");
+    }
+    if parts.iter().any(|part| *part == ".." || *part == ".") {
+        return bad("it has a `.` or `..` component");
+    }
+    for part in &parts {
+        if part.len() > 255 {
+            return bad("a component is longer than 255 bytes");
+        }
+        let mut chars = part.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '~' | '%')) {
+            return bad("each part starts with a letter or digit and holds only letters, digits, `.`, `_`, `-`, `+`, `~` and `%`");
+        }
+    }
+    match parts.as_slice() {
+        [_] => Ok(()),
+        [dir, _] if *dir == KERNEL_DIR => Ok(()),
+        _ if MENU_FILES.contains(&name) => Ok(()),
+        _ => bad("only `kernel/FILE` and `pxelinux.cfg/default` are in a subdirectory"),
+    }
+}
+
 impl<'a> BundleNames<'a> {
     pub fn new(name: &'a str, version: &'a str) -> BundleNames<'a> {
         BundleNames { name, version }
@@ -80,5 +140,27 @@ mod tests {
         assert_eq!(names.output("packages.txt"), "packages.txt");
         assert_eq!(names.strip("demo-1.0-rootfs.img"), Some("rootfs.img"));
         assert!(names.rootfs_tarball_prefix().starts_with("demo-1.0-rootfs.tar"));
+    }
+
+    #[test]
+    fn the_files_a_bundle_holds_have_names_it_may_hold() {
+        let names = BundleNames::new("demo", "1.2.0-rc1+b~2");
+        for name in [names.vmlinuz("debian"), names.initramfs(), names.rootfs_image(), names.output("rootfs.tar.zst"), PACKAGES.into(), SBOM.into(), HOSTS_FILE.into(), MANIFEST.into(), SHA256SUMS.into()] {
+            assert_eq!(check_file_name(&name), Ok(()), "{name}");
+        }
+        for name in MENU_FILES.iter().map(|m| m.to_string()).chain(["kernel/debian-config".into(), "kernel/linux-image-6.1.0-tiny+_6.1.0-1_amd64.deb".into(), "kernel/x%3a1.deb".into()]) {
+            assert_eq!(check_file_name(&name), Ok(()), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_that_leave_the_bundle_or_break_a_menu_are_refused() {
+        for name in ["", "/etc/shadow", "../x", "../../../x", "kernel/../../x", "a/../b", "./a", "kernel//x", "kernel/", "x/", "..", ".", ".hidden", "kernel/.x", "other/x", "pxelinux.cfg/other", "kernel/a/b", "a b", "a\nb", "a\tb", "a;b", "${x}", "a,b", "-rf", "a\0b"] {
+            assert!(check_file_name(name).is_err(), "{name:?} passed");
+        }
+        assert!(check_file_name(&"a".repeat(256)).is_err());
+        let error = check_file_name("../../etc/shadow").unwrap_err();
+        assert_eq!(error.why, "it has a `.` or `..` component");
+        assert!(error.to_string().contains("\"../../etc/shadow\" is not a file a bundle may hold"), "{error}");
     }
 }

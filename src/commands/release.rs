@@ -25,33 +25,43 @@ fn kernels(bundle: &Bundle) -> String {
 }
 
 pub fn ls(out: &Path, json: bool) -> Result<()> {
-    let bundles = release::list(out)?;
+    let listing = release::list(out)?;
+    let bundles = &listing.bundles;
+    // A broken bundle is named, and hides none of the others.
+    let place = |dir: &Path| (dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()), dir.file_name().map(|n| n.to_string_lossy().into_owned()));
     if json {
-        let rows: Vec<_> = bundles
+        let mut rows: Vec<_> = bundles
             .iter()
             .map(|b| serde_json::json!({ "name": b.manifest.name, "version": b.manifest.version, "published": published(b), "size": b.size(), "kernels": b.manifest.kernels.iter().map(|k| &k.release).collect::<Vec<_>>(), "state": b.state(), "promoted_from": b.manifest.promoted_from.as_ref().map(|p| &p.version), "dir": b.dir }))
             .collect();
+        rows.extend(listing.broken.iter().map(|broken| {
+            let (name, version) = place(&broken.dir);
+            serde_json::json!({ "name": name, "version": version, "state": "broken", "error": format!("{:#}", broken.error), "dir": broken.dir })
+        }));
         outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     if bundles.is_empty() {
         outln!("no bundles in {}", out.display());
-        return Ok(());
+    } else {
+        outln!("{:<20} {:<14} {:<20} {:>11}  {:<10} kernels", "name", "version", "published (UTC)", "size", "state");
     }
-    outln!("{:<20} {:<14} {:<20} {:>11}  {:<10} kernels", "name", "version", "published (UTC)", "size", "state");
-    for bundle in &bundles {
+    for bundle in bundles {
         let state = match &bundle.manifest.promoted_from {
             Some(from) => format!("{} (from {})", bundle.state(), from.version),
             None => bundle.state().to_string(),
         };
         outln!("{:<20} {:<14} {:<20} {:>11}  {:<10} {}", bundle.manifest.name, bundle.manifest.version, published(bundle), mib(bundle.size()), state, kernels(bundle));
     }
+    for broken in &listing.broken {
+        eprintln!("warning: {} is broken and not listed: {:#}", broken.dir.display(), broken.error);
+    }
     Ok(())
 }
 
 pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     super::must_be_bundle(&out.join(name).join(version))?;
-    let bundle = Bundle::open(&out.join(name).join(version))?;
+    let bundle = Bundle::open_in(out, name, version)?;
     let m = &bundle.manifest;
     if json {
         outln!("{}", serde_json::to_string_pretty(m)?);
@@ -64,7 +74,7 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     outln!("built by {}, SOURCE_DATE_EPOCH {}, recipe sha256 {}", m.tool, m.source_date_epoch, m.recipe_sha256);
     outln!("\nstages:");
     for stage in &m.stages {
-        outln!("  {:<20} {:<12} {}", stage.name, stage.kind, &stage.key[..12.min(stage.key.len())]);
+        outln!("  {:<20} {:<12} {}", stage.name, stage.kind, stage.key.get(..12).unwrap_or(&stage.key));
     }
     outln!("\nrootfs: cookie {}, squashfs {} ({}, {} entries)", m.rootfs.cookie, m.rootfs.squashfs_compression, m.rootfs.squashfs_writer, m.rootfs.squashfs_entries);
     for kernel in &m.kernels {
@@ -116,7 +126,7 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, json: bool) -> Result<()> {
 pub fn diff(out: &Path, name: &str, a: &str, b: &str, json: bool) -> Result<()> {
     super::must_be_bundle(&out.join(name).join(a))?;
     super::must_be_bundle(&out.join(name).join(b))?;
-    let (from, to) = (Bundle::open(&out.join(name).join(a))?, Bundle::open(&out.join(name).join(b))?);
+    let (from, to) = (Bundle::open_in(out, name, a)?, Bundle::open_in(out, name, b)?);
     let diff = release::diff::diff(&from, &to)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&diff)?);

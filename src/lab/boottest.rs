@@ -92,13 +92,15 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
     let manifest = crate::bundle::Bundle::open(&options.bundle)?.manifest;
     let kernel = choose_kernel(&manifest, options.kernel.as_deref())?;
     let scratch = tempfile::Builder::new().prefix("rootsmith-boot-").tempdir()?;
-    let file = |name: &str| -> Result<PathBuf> {
-        let path = options.bundle.join(name);
-        if !path.is_file() {
-            bail!("the bundle lacks {name}");
+    // A bundle's file, checked as every name from a manifest is: a regular
+    // file in the bundle, reached without a symbolic link.
+    let open = |name: &str| -> Result<crate::bundle::files::BundleFile> {
+        match crate::bundle::files::open(&options.bundle, name) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => bail!("the bundle lacks {name}"),
+            other => Ok(other?),
         }
-        Ok(path)
     };
+    let file = |name: &str| -> Result<PathBuf> { Ok(open(name)?.path) };
     let vmlinuz = file(&kernel.vmlinuz)?;
     let initramfs = file(&manifest.boot.initramfs)?;
     let http_log = Arc::new(Mutex::new(Vec::new()));
@@ -115,8 +117,9 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             // QEMU takes one initrd file: the two, concatenated (each is 4-byte aligned).
             let both = scratch.path().join("initrd.img");
             let mut out = fs_err::File::create(&both)?;
-            for part in [&initramfs, &file(&manifest.boot.rootfs_image)?] {
-                std::io::copy(&mut fs_err::File::open(part)?, &mut out)?;
+            for name in [&manifest.boot.initramfs, &manifest.boot.rootfs_image] {
+                let part = open(name)?;
+                part.copy_exactly(part.len, &mut out)?;
             }
             guest.initrd = Some(both);
         }

@@ -4,12 +4,13 @@
 //! rootfs's files added, removed or changed (with sizes, modes and owners).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use serde::Serialize;
 
 use super::tree::{entries, Entry};
 use super::Bundle;
+use crate::bundle::files;
+use crate::bundle::names::{KERNEL_DIR, PACKAGES};
 
 #[derive(Debug, Default, Serialize, PartialEq)]
 pub struct Diff {
@@ -54,9 +55,17 @@ pub struct ArtifactDelta {
     pub to: Option<u64>,
 }
 
+/// A text file of a bundle, read as [`files::read`] allows: no further than
+/// the size the manifest states (a kernel config it does not list, as far as
+/// [`files::MAX_INDEX_BYTES`]); empty when there is none or it cannot be read.
+fn text(bundle: &Bundle, name: &str) -> String {
+    let limit = bundle.stated_size(name).unwrap_or(files::MAX_INDEX_BYTES);
+    files::read(&bundle.dir, name, limit).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
+}
+
 /// Each package of a bundle's `packages.txt`, keyed `name:arch` (`name` for `all`).
-fn packages(dir: &Path) -> BTreeMap<String, String> {
-    crate::artifact::packages::parse(&fs_err::read_to_string(dir.join("packages.txt")).unwrap_or_default(), None)
+fn packages(bundle: &Bundle) -> BTreeMap<String, String> {
+    crate::artifact::packages::parse(&text(bundle, PACKAGES), None)
 }
 
 /// `CONFIG_X=v` lines and `# CONFIG_X is not set` (as `n`).
@@ -84,8 +93,7 @@ fn generic(name: &str, bundle: &Bundle) -> String {
 
 /// The rootfs files of two bundles compared.
 fn files(a: &Bundle, b: &Bundle) -> anyhow::Result<FilesDiff> {
-    let image = |bundle: &Bundle| bundle.dir.join(&bundle.manifest.boot.rootfs_image);
-    let (left, right) = (entries(&image(a))?, entries(&image(b))?);
+    let (left, right) = (entries(a, &a.manifest.boot.rootfs_image)?, entries(b, &b.manifest.boot.rootfs_image)?);
     let mut files = FilesDiff::default();
     for (path, entry) in &right {
         match left.get(path) {
@@ -108,7 +116,7 @@ fn files(a: &Bundle, b: &Bundle) -> anyhow::Result<FilesDiff> {
 
 pub fn diff(a: &Bundle, b: &Bundle) -> anyhow::Result<Diff> {
     let mut diff = Diff { from: a.manifest.version.clone(), to: b.manifest.version.clone(), ..Diff::default() };
-    let (pa, pb) = (packages(&a.dir), packages(&b.dir));
+    let (pa, pb) = (packages(a), packages(b));
     for (name, version) in &pb {
         match pa.get(name) {
             None => {
@@ -128,7 +136,7 @@ pub fn diff(a: &Bundle, b: &Bundle) -> anyhow::Result<Diff> {
     let kernel_names: BTreeSet<&String> = a.manifest.kernels.iter().chain(&b.manifest.kernels).map(|k| &k.name).collect();
     for name in kernel_names {
         let find = |bundle: &Bundle| bundle.manifest.kernels.iter().find(|k| &k.name == name).map(|k| k.release.clone());
-        let config = |bundle: &Bundle| fs_err::read_to_string(bundle.dir.join(format!("kernel/{name}-config"))).map(|text| config_options(&text)).unwrap_or_default();
+        let config = |bundle: &Bundle| config_options(&text(bundle, &format!("{KERNEL_DIR}/{name}-config")));
         let (ca, cb) = (config(a), config(b));
         let mut options = BTreeMap::new();
         for key in ca.keys().chain(cb.keys()) {

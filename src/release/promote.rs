@@ -9,26 +9,42 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::Bundle;
-use crate::bundle::manifest::{ManifestArtifact, PromotedFrom};
 use crate::artifact::menus::{self, MenuInput};
+use crate::bundle::files;
+use crate::bundle::manifest::{ManifestArtifact, PromotedFrom};
+use crate::bundle::names::check_file_name;
 
-/// Hard-link when the file system allows (the bytes are the same and bundles
-/// are never changed in place), else copy.
-fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+/// Take the artifact `name` of the bundle `dir` (`size` bytes, as its
+/// manifest states) into `to`: hard-linked when the file system allows (the
+/// bytes are the same and bundles are never changed in place), else copied.
+/// Only the regular file opened is taken: a link that leads to another file
+/// (the name changed after it was opened) is undone and the opened file
+/// copied, and no existing file is ever written into.
+fn take(dir: &Path, name: &str, size: u64, to: &Path) -> Result<()> {
+    let file = files::open_sized(dir, name, size)?;
     if let Some(parent) = to.parent() {
         fs_err::create_dir_all(parent)?;
     }
-    if fs_err::hard_link(from, to).is_err() {
-        fs_err::copy(from, to)?;
+    if std::fs::hard_link(&file.path, to).is_ok() {
+        use std::os::unix::fs::MetadataExt;
+        let linked = fs_err::symlink_metadata(to)?;
+        if linked.is_file() && (linked.dev(), linked.ino()) == file.id {
+            return Ok(());
+        }
+        fs_err::remove_file(to)?;
     }
+    let mut out = fs_err::OpenOptions::new().write(true).create_new(true).open(to)?;
+    file.copy_exactly(size, &mut out)?;
     Ok(())
 }
 
 pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> {
+    // All three become paths under `out`: checked before anything is read.
+    crate::bundle::check_id(name, from)?;
     crate::names::check_version(to).map_err(|why| anyhow::anyhow!("`{to}` is not a valid version: {why}"))?;
-    let source = out.join(name).join(from);
-    let candidate = Bundle::open(&source)?;
-    let report = super::verify::verify(&source);
+    let candidate = Bundle::open_in(out, name, from)?;
+    let source = &candidate.dir;
+    let report = super::verify::verify_bundle(&candidate);
     if !report.ok() {
         bail!("{name} {from} fails verification, so it is not promoted:\n{}\nhint: rootsmith release verify {}", report.failures(), source.display());
     }
@@ -49,7 +65,9 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
             continue;
         }
         let renamed = rename(&artifact.name);
-        link_or_copy(&source.join(&artifact.name), &staging.path().join(&renamed)).with_context(|| format!("taking {} into {to}", artifact.name))?;
+        // A checked name with a valid version in place of another stays one; checked all the same.
+        check_file_name(&renamed)?;
+        take(source, &artifact.name, artifact.size, &staging.path().join(&renamed)).with_context(|| format!("taking {} into {to}", artifact.name))?;
         artifacts.push(ManifestArtifact { name: renamed, ..artifact.clone() });
     }
     manifest.version = to.to_string();
@@ -58,8 +76,7 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
     }
     manifest.boot.initramfs = rename(&manifest.boot.initramfs);
     manifest.boot.rootfs_image = rename(&manifest.boot.rootfs_image);
-    let candidate_manifest = fs_err::read(source.join("manifest.json"))?;
-    manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: crate::digest::sha256_hex(&candidate_manifest) });
+    manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: candidate.manifest_sha256.clone() });
     artifacts.extend(menus::write_all(staging.path(), &MenuInput::new(name, to, &manifest.kernels, &manifest.boot))?);
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     manifest.artifacts = artifacts;
@@ -70,4 +87,41 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
         return Err(error).with_context(|| format!("moving the promoted bundle into {}", target.display()));
     }
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_versions_are_checked_before_anything_is_read() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("out");
+        fs_err::create_dir_all(out.join("rel")).unwrap();
+        // Were FROM followed, this FIFO would be opened (and block).
+        let elsewhere = root.path().join("elsewhere/rel/1.0.0");
+        fs_err::create_dir_all(&elsewhere).unwrap();
+        nix::unistd::mkfifo(&elsewhere.join("manifest.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for (name, from, to) in [("rel", "../../elsewhere/rel/1.0.0", "2.0.0"), ("../elsewhere/rel", "1.0.0", "2.0.0"), ("rel", "1.0.0-rc1", "../../x"), ("rel", "1.0.0-rc1", "")] {
+            let error = format!("{:#}", promote(&out, name, from, to).unwrap_err());
+            assert!(error.contains("is not a valid"), "{name} {from} {to}: {error}");
+        }
+        assert_eq!(fs_err::read_dir(out.join("rel")).unwrap().count(), 0, "nothing was staged");
+    }
+
+    #[test]
+    fn taking_a_file_never_writes_into_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::write(dir.path().join("a.img"), b"abc").unwrap();
+        let to = dir.path().join("staged/a.img");
+        take(dir.path(), "a.img", 3, &to).unwrap();
+        assert_eq!(fs_err::read(&to).unwrap(), b"abc");
+        // Taken again onto itself (a duplicate name): refused, the bytes intact.
+        assert!(take(dir.path(), "a.img", 3, &to).is_err());
+        assert!(take(dir.path(), "a.img", 3, &dir.path().join("a.img")).is_err());
+        assert_eq!(fs_err::read(dir.path().join("a.img")).unwrap(), b"abc");
+        // A size other than the manifest's is refused before anything is made.
+        assert!(take(dir.path(), "a.img", 2, &dir.path().join("staged/b.img")).is_err());
+        assert!(!dir.path().join("staged/b.img").exists());
+    }
 }

@@ -14,9 +14,10 @@ use crate::host::RealHost;
 use crate::plan::{plan, PlanOptions};
 use crate::recipe::Recipe;
 
-/// The paths whose type, content, mode, owner or mtime differ, or that only one has.
-pub fn differing_paths(a: &Path, b: &Path) -> Result<Vec<String>> {
-    let (left, right) = (super::tree::entries(a)?, super::tree::entries(b)?);
+/// The paths whose type, content, mode, owner or mtime differ, or that only
+/// one has, between the rootfs image `name` of two bundles.
+pub fn differing_paths(a: &Bundle, b: &Bundle, name: &str) -> Result<Vec<String>> {
+    let (left, right) = (super::tree::entries(a, name)?, super::tree::entries(b, name)?);
     let mut paths = Vec::new();
     for (path, what) in &left {
         match right.get(path) {
@@ -74,7 +75,7 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> 
             Some(other) if other != digest => {
                 let mut line = format!("{name} differs");
                 if name == &manifest.boot.rootfs_image {
-                    let paths = differing_paths(&bundle.dir.join(name), &rebuilt.dir.join(name))?;
+                    let paths = differing_paths(bundle, &rebuilt, name)?;
                     let shown: Vec<&String> = paths.iter().take(50).collect();
                     line.push_str(&format!(" in {} path{}: {}", paths.len(), if paths.len() == 1 { "" } else { "s" }, shown.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")));
                     if paths.len() > shown.len() {

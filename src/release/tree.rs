@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::io::BufReader;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+
+use crate::bundle::{files, Bundle};
 
 /// One path of a rootfs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -25,12 +26,14 @@ pub struct Entry {
     pub content: String,
 }
 
-/// Every path of the rootfs in `rootfs_image`.
-pub fn entries(rootfs_image: &Path) -> Result<BTreeMap<String, Entry>> {
+/// Every path of the rootfs in the bundle's image `name`, read only as the
+/// manifest allows (a regular file, no further than its stated size).
+pub fn entries(bundle: &Bundle, name: &str) -> Result<BTreeMap<String, Entry>> {
     use backhand::InnerNode;
-    let (offset, _, _) = crate::artifact::cpio::read_rootfs_image(rootfs_image)?;
-    let reader = BufReader::new(fs_err::File::open(rootfs_image)?);
-    let filesystem = backhand::FilesystemReader::from_reader_with_offset(reader, offset).with_context(|| format!("reading the squashfs in {}", rootfs_image.display()))?;
+    let size = bundle.stated_size(name)?;
+    let image = files::open_sized(&bundle.dir, name, size)?;
+    let (offset, _, _) = crate::artifact::cpio::read_rootfs_image_from(BufReader::new(image.within(size)), &image.path)?;
+    let filesystem = backhand::FilesystemReader::from_reader_with_offset(BufReader::new(image.within(size)), offset).with_context(|| format!("reading the squashfs in {}", image.path.display()))?;
     let mut entries = BTreeMap::new();
     for node in filesystem.files() {
         let header = &node.header;

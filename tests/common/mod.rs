@@ -136,3 +136,31 @@ pub fn read_request_head(reader: &mut impl std::io::BufRead) -> String {
         head.push_str(&line);
     }
 }
+
+/// Like [`run`], with a deadline: a command still running after `limit` is
+/// killed and the test fails, so a hang shows as a failure, not a stuck test.
+pub fn run_within(command: &mut Command, limit: std::time::Duration) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("the command starts");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let (stdout, stderr) = (drain(Box::new(child.stdout.take().unwrap())), drain(Box::new(child.stderr.take().unwrap())));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still ran after {limit:?}: it hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (status.code().unwrap_or(-1), stdout.join().unwrap(), stderr.join().unwrap())
+}
