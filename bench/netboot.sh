@@ -28,6 +28,13 @@ mkdir -p "$work/thin" "$work/tree"
 modules=$(cat "$work"/thin/rootsmith/modules/* | wc -l)
 rm -rf "$work/thin/lib" "$work/thin/rootsmith/modules"
 (cd "$work/thin" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -19 -q -o "$work/thin-no-modules.img")
+# The same recipe without `modules:`: the default NIC and storage drivers.
+variant=$root/recipes/.bench-default-modules.yaml
+sed '/^    modules:/d' "$recipe" > "$variant"
+"$bin" build --fast --quiet --cache "$work/cache" --out "$work/out-default" "$variant" >/dev/null
+rm -f "$variant"
+default_initramfs=$work/out-default/debian-netboot/0.1.0/debian-netboot-0.1.0-initramfs.img
+default_modules=$( (zstd -dcq "$default_initramfs" 2>/dev/null || true) | cpio -it --quiet 2>/dev/null | grep -c '\.ko$' || true)
 tar -C "$work/tree" -xf "$bundle/debian-netboot-0.1.0-rootfs.tar.zst"
 fat_s=$(timed sh -c "cd '$work/tree' && find . | LC_ALL=C sort | cpio -o -H newc --quiet | zstd -19 -T0 -q -o '$work/fat.img'")
 
@@ -81,6 +88,7 @@ QEMU $(qemu-system-x86_64 --version | head -n1 | awk '{print $4}'), ${accel:-tcg
 | rootsmith-init (static) | $(kib "$(size "$init")") |
 | thin initramfs without modules (target < 1 MiB) | $(kib "$(size "$work/thin-no-modules.img")") ($(verdict "$(size "$work/thin-no-modules.img")" 1048576 le)) |
 | thin initramfs as built, with ${modules} modules | $(kib "$(size "$initramfs")") |
+| thin initramfs of a recipe without \`modules:\` (the default drivers: ${default_modules} modules; target < 2 MiB) | $(kib "$(size "$default_initramfs")") ($(verdict "$(size "$default_initramfs")" 2097152 le)) |
 | rootfs.img (cpio-wrapped squashfs) | $(mib "$bytes") |
 | fat initramfs (whole tree, cpio + zstd 19) | $(mib "$(size "$work/fat.img")") |
 
