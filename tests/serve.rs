@@ -116,3 +116,28 @@ fn a_bundles_boot_ipxe_carries_the_servers_url() {
     assert!(text.contains(&format!("kernel {}/demo/1.0/demo-1.0-k-vmlinuz", served.server.http)), "{text}");
     assert!(text.contains(&format!("rootsmith.rootfs_url={}/demo/1.0/demo-1.0-rootfs.img", served.server.http)), "{text}");
 }
+
+#[test]
+fn a_suffix_range_longer_than_the_file_follows_rfc_9110() {
+    let served = serve(|root| {
+        std::fs::write(root.join("empty"), "").unwrap();
+        std::fs::write(root.join("three"), "abc").unwrap();
+    });
+    // A suffix range on an empty representation selects nothing: 416.
+    let (status, headers, body) = curl(&["-r", "-5", &format!("{}/empty", served.server.http)]);
+    assert_eq!(status, 416, "{headers}");
+    assert_eq!(header(&headers, "content-range"), Some("bytes */0"), "{headers}");
+    assert!(body.is_empty());
+    // On a file shorter than the suffix, the whole file as a 206.
+    let (status, headers, body) = curl(&["-r", "-5", &format!("{}/three", served.server.http)]);
+    assert_eq!(status, 206, "{headers}");
+    assert_eq!(header(&headers, "content-range"), Some("bytes 0-2/3"), "{headers}");
+    assert_eq!(header(&headers, "content-length"), Some("3"));
+    assert_eq!(body, b"abc");
+    // Other ranges on an empty file are unsatisfiable too; without one it is a 200.
+    let (status, headers, _) = curl(&["-r", "0-", &format!("{}/empty", served.server.http)]);
+    assert_eq!((status, header(&headers, "content-range")), (416, Some("bytes */0")), "{headers}");
+    let (status, headers, _) = curl(&[&format!("{}/empty", served.server.http)]);
+    assert_eq!((status, header(&headers, "content-length")), (200, Some("0")), "{headers}");
+    assert!(served.server.logged().contains("\"GET /three\" 206 3"), "{}", served.server.logged());
+}

@@ -143,7 +143,9 @@ pub fn parse_range(value: Option<&str>, size: u64) -> Option<Result<(u64, u64), 
     let (first, last) = (first.trim(), last.trim());
     let range = if first.is_empty() {
         let suffix: u64 = last.parse().ok()?;
-        if suffix == 0 {
+        // RFC 9110 14.1.1: a suffix longer than the representation selects all
+        // of it; an empty representation has no last bytes to select.
+        if suffix == 0 || size == 0 {
             return Some(Err(()));
         }
         let len = suffix.min(size);
@@ -363,6 +365,10 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=90-"), 100), Some(Ok((90, 10))));
         assert_eq!(parse_range(Some("bytes=-30"), 100), Some(Ok((70, 30))));
         assert_eq!(parse_range(Some("bytes=-300"), 100), Some(Ok((0, 100))));
+        assert_eq!(parse_range(Some("bytes=-5"), 3), Some(Ok((0, 3))));
+        assert_eq!(parse_range(Some("bytes=-5"), 0), Some(Err(())), "nothing to select in an empty file");
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Some(Err(())));
+        assert_eq!(parse_range(Some("bytes=0-0"), 0), Some(Err(())));
         assert_eq!(parse_range(Some("bytes=95-200"), 100), Some(Ok((95, 5))));
         assert_eq!(parse_range(Some("bytes=100-"), 100), Some(Err(())));
         assert_eq!(parse_range(Some("bytes=5-2"), 100), Some(Err(())));
