@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 
 use crate::cli::{HostsAction, InventoryArgs};
-use rootsmith::lab::hosts::state::{current_entry, Override, StateStore};
+use rootsmith::lab::hosts::state::{self, current_entry, Override, StateStore};
 use rootsmith::lab::hosts::render::{self, Urls};
 use rootsmith::lab::hosts::{self, Inventory};
 
@@ -16,8 +16,11 @@ pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
             let host = find(&inventory, host)?;
             let entry = inventory.entry(entry)?;
             let set = Override { entry: entry.name(), once: *once, at: rootsmith::time::rfc3339(rootsmith::time::now_seconds() as i64) };
+            // A new report token: a report from an earlier boot cannot end this entry.
+            let token = state::new_token()?;
             store.update(|state| {
                 state.set.insert(host.name.clone(), set);
+                state.tokens.insert(host.name.clone(), token);
                 Ok(())
             })?;
             let after = if *once { format!(", then {} after its next successful report", host.entry.name()) } else { String::new() };
@@ -48,7 +51,7 @@ fn write(inventory: &Inventory, store: &StateStore, dir: &std::path::Path, url: 
         }
     };
     let urls = Urls { server, bundle };
-    let state = store.load()?;
+    let state = store.load_with_tokens(inventory)?;
     let paths = render::paths(inventory);
     for path in &paths {
         let text = render::file(inventory, &state, path, &urls).with_context(|| format!("no file for {path}"))?;

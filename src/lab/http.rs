@@ -37,6 +37,12 @@ impl Request {
         self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
     }
 
+    /// The token of `Authorization: Bearer TOKEN` (RFC 6750).
+    pub fn bearer_token(&self) -> Option<&str> {
+        let (scheme, token) = self.header("authorization")?.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+
     pub fn keep_alive(&self) -> bool {
         match self.header("connection").map(str::to_ascii_lowercase) {
             Some(value) if value.contains("close") => false,
@@ -517,6 +523,15 @@ mod tests {
         assert_eq!(resolve(&root, "/%2e%2e/secret"), None);
         assert_eq!(resolve(&root, "/b/out"), None, "a symlink out of the root");
         assert_eq!(resolve(&root, "/b/%00"), None);
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let request = |value: &str| Request { method: "POST".into(), path: "/".into(), headers: vec![("authorization".into(), value.into())], http10: false, body: Vec::new() };
+        assert_eq!(request("Bearer abc").bearer_token(), Some("abc"));
+        assert_eq!(request("bearer  abc ").bearer_token(), Some("abc"));
+        assert_eq!(request("Basic abc").bearer_token(), None);
+        assert_eq!(request("Bearer").bearer_token(), None);
     }
 
     #[test]

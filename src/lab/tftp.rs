@@ -141,7 +141,8 @@ impl TftpServer {
             let size = text.len() as u64;
             return Ok((Box::new(std::io::Cursor::new(text.into_bytes())), size));
         }
-        let file = resolve(&self.root, name).filter(|path| path.is_file()).and_then(|path| std::fs::File::open(path).ok()).ok_or("file not found")?;
+        let private = |path: &std::path::Path| self.hosts.as_ref().is_some_and(|hosts| hosts.is_private(path));
+        let file = resolve(&self.root, name).filter(|path| path.is_file() && !private(path)).and_then(|path| std::fs::File::open(path).ok()).ok_or("file not found")?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok((Box::new(file), size))
     }
