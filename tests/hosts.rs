@@ -1,10 +1,10 @@
 //! `serve --hosts` and `rootsmith hosts`: per-host files over HTTP and TFTP
 //! (curl as the client), one-shot entries ended by an agent's report, reports
-//! refused without the host's own token, inventories with mistakes refused
-//! with their line and column, and the provisioning agent's script run on
-//! this machine against a file as its disk. The bundle is a manifest only
-//! (fixtures/hosts); the VM tests are in tests/fleet.rs. Only the recipe test
-//! needs root (a build).
+//! refused without the host's own token and kept without control characters,
+//! inventories with mistakes refused with their line and column, and the
+//! provisioning agent's script run on this machine against a file as its
+//! disk. The bundle is a manifest only (fixtures/hosts); the VM tests are in
+//! tests/fleet.rs. Only the recipe test needs root (a build).
 
 mod common;
 
@@ -394,4 +394,40 @@ fn the_state_beside_an_inventory_in_the_served_directory_is_not_served() {
     }
     let (ok, reply) = curl(&[&format!("{}/lab.yaml", server.http)]);
     assert!(ok && reply.contains("rack1-a"), "the inventory itself is served: {reply}");
+}
+
+#[test]
+fn reports_are_kept_and_printed_without_control_characters() {
+    let lab = lab();
+    let root = lab.dir.path().join("root");
+    let server = ServeProcess::start_with(&root, false, &["--hosts", lab.inventory.to_str().unwrap()]);
+    let http = &server.http;
+    let (_, file) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe")]);
+    let token = token_in(&file);
+    // Escape sequences in the step (percent-encoded) and in the log.
+    let (ok, reply) = send_report(http, "rack1-b", "status=failed&step=%1B%5D0%3Bpwned%07%1B%5B2Jverify%0D", token.as_deref(), "\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\u{9b}2J");
+    assert!(ok, "{reply}");
+    let listed = ls(&lab.inventory);
+    assert_eq!(listed["hosts"][1]["report"]["step"], "]0;pwned[2Jverify", "{listed}");
+    let log = std::fs::read_to_string(listed["hosts"][1]["report"]["log"].as_str().unwrap()).unwrap();
+    assert_eq!(log, "[31mred[0m\nline\ttab\nend2J");
+    let printable = |text: &str| !text.chars().any(|c| c.is_control() && c != '\n');
+    let (code, table, _) = hosts(&lab.inventory, &["ls"]);
+    assert_eq!(code, 0);
+    assert!(printable(&table) && table.contains(" failed at ]0;pwned[2Jverify via small-appended"), "{table:?}");
+
+    // Raw control bytes in the request line, as no well-behaved client sends them.
+    let mut stream = std::net::TcpStream::connect(http.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let request = format!("POST /.rootsmith/report/rack1-b?status=failed&step=\x1b[2J\x1b]0;raw\x07 HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: 3\r\nConnection: close\r\n\r\nlog");
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let (_, table, _) = hosts(&lab.inventory, &["ls"]);
+    assert!(printable(&table) && table.contains(" failed at [2J]0;raw via small-appended"), "{table:?}");
+    let logged = server.logged();
+    assert!(printable(&logged), "the access log escapes them: {logged:?}");
+    assert!(logged.contains("step=\\u{1b}[2J\\u{1b}]0;raw\\u{7} HTTP") || logged.contains("step=\\u{1b}[2J\\u{1b}]0;raw\\u{7}\" 200"), "{logged}");
 }

@@ -97,12 +97,14 @@ fn ls(inventory: &Inventory, store: &StateStore, json: bool) -> Result<()> {
     }
     println!("{} {} (hosts not listed boot {})", inventory.menu.name, inventory.menu.version, inventory.default.name());
     println!("{:<16} {:<17} {:<15} {:<24} LAST REPORT", "HOST", "MAC", "IP", "BOOTS");
-    let text = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_string();
+    // Reports are stored without control characters; a state written by an
+    // older rootsmith may still hold some, so they are removed here too.
+    let text = |value: &serde_json::Value| state::single_line(value.as_str().unwrap_or("-"));
     for row in rows {
         let entry = format!("{}{}", text(&row["entry"]), if row["once"] == true { " (once)" } else { "" });
         let report = match &row["report"] {
             serde_json::Value::Null => "-".to_string(),
-            report => format!("{} {}{} via {}", text(&report["at"]), text(&report["status"]), report["step"].as_str().map(|step| format!(" at {step}")).unwrap_or_default(), text(&report["entry"])),
+            report => format!("{} {}{} via {}", text(&report["at"]), text(&report["status"]), report["step"].as_str().map(|step| format!(" at {}", state::single_line(step))).unwrap_or_default(), text(&report["entry"])),
         };
         println!("{:<16} {:<17} {:<15} {:<24} {report}", text(&row["name"]), text(&row["mac"]), text(&row["ip"]), entry);
     }

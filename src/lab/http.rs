@@ -18,6 +18,16 @@ use anyhow::{Context, Result};
 /// Where access log lines go.
 pub type AccessLog = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// `log` with every control character of a line escaped (`\u{1b}`): request
+/// targets and TFTP file names are the clients' text, and the log is often
+/// read on a terminal.
+pub fn printable_log(log: AccessLog) -> AccessLog {
+    Arc::new(move |line: &str| {
+        let escaped: String = line.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+        log(&escaped)
+    })
+}
+
 /// Answers requests; the listener does the protocol around it.
 pub trait Handler: Send + Sync + 'static {
     fn respond(&self, request: &Request, local: SocketAddr, peer: &str) -> Response;
@@ -239,7 +249,7 @@ pub struct Listener {
 impl Listener {
     pub fn bind(addr: &str, max_connections: usize, max_body: u64, log: AccessLog) -> Result<Listener> {
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
-        Ok(Listener { listener, max_connections, max_body, log })
+        Ok(Listener { listener, max_connections, max_body, log: printable_log(log) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -526,12 +536,18 @@ mod tests {
     }
 
     #[test]
-    fn bearer_tokens() {
+    fn bearer_tokens_and_printable_log_lines() {
         let request = |value: &str| Request { method: "POST".into(), path: "/".into(), headers: vec![("authorization".into(), value.into())], http10: false, body: Vec::new() };
         assert_eq!(request("Bearer abc").bearer_token(), Some("abc"));
         assert_eq!(request("bearer  abc ").bearer_token(), Some("abc"));
         assert_eq!(request("Basic abc").bearer_token(), None);
         assert_eq!(request("Bearer").bearer_token(), None);
+
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        let log = printable_log(Arc::new(move |line: &str| kept.lock().unwrap().push(line.to_string())));
+        log("GET /\x1b[2J\u{9b}x\r\n");
+        assert_eq!(lines.lock().unwrap()[0], "GET /\\u{1b}[2J\\u{9b}x\\r\\n");
     }
 
     #[test]

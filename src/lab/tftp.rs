@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::hosts::served::ServedInventory;
-use super::http::{resolve, AccessLog};
+use super::http::{printable_log, resolve, AccessLog};
 
 const RRQ: u16 = 1;
 const WRQ: u16 = 2;
@@ -125,7 +125,7 @@ impl TftpServer {
     pub fn bind(root: &std::path::Path, addr: &str, max_sessions: usize, log: AccessLog) -> Result<TftpServer> {
         let root = root.canonicalize().with_context(|| format!("serving {}", root.display()))?;
         let socket = UdpSocket::bind(addr).with_context(|| format!("listening for TFTP on {addr}"))?;
-        Ok(TftpServer { socket, root, max_sessions, log, hosts: None })
+        Ok(TftpServer { socket, root, max_sessions, log: printable_log(log), hosts: None })
     }
 
     /// Answer for the per-host files of an inventory too.

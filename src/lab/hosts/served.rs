@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use super::render::{self, Urls, REPORT_PATH};
 use super::state::{self, Report, StateStore};
 use super::Inventory;
+use crate::lab::http::percent_decode;
 
 /// Report logs larger than this are refused.
 pub const MAX_REPORT_BYTES: u64 = 4 << 20;
@@ -88,9 +89,12 @@ impl ServedInventory {
     pub fn report(&self, path: &str, token: Option<&str>, body: &[u8], peer: SocketAddr) -> std::result::Result<String, (u16, String)> {
         let (target, query) = path.split_once('?').unwrap_or((path, ""));
         let key = target.strip_prefix(REPORT_PATH).filter(|key| !key.is_empty() && !key.contains('/')).ok_or((404, format!("reports go to /{REPORT_PATH}HOST")))?;
-        let field = |name: &str| query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('='))).map(str::to_string);
+        let field = |name: &str| {
+            let value = query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))?;
+            Some(state::single_line(&percent_decode(value).unwrap_or_else(|| value.to_string())))
+        };
         let inventory = self.inventory().map_err(|error| (500, format!("{error:#}")))?;
-        let host = inventory.host(key).ok_or_else(|| (404, format!("no host `{key}` in {}", self.file.display())))?.clone();
+        let host = inventory.host(key).ok_or_else(|| (404, format!("no host `{}` in {}", state::single_line(key), self.file.display())))?.clone();
         let refused = || (403, format!("a report for {} needs its token (rootsmith.report_token on its kernel command line) as `Authorization: Bearer TOKEN`", host.name));
         let known = self.store.load().map_err(|error| (500, format!("{error:#}")))?;
         if !state::token_matches(&known, &host.name, token) {

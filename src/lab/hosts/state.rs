@@ -2,7 +2,8 @@
 //! each host's report token and the last report of each host's agent. Kept
 //! in `STEM.state/` beside the inventory (`state.json`, and `reports/HOST.log`
 //! with each report's log), written under a lock and replaced atomically, so
-//! `serve` and `hosts set` can both change it.
+//! `serve` and `hosts set` can both change it. What a report brings is kept
+//! without control characters, so printing it cannot drive a terminal.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,13 +114,14 @@ impl StateStore {
         })
     }
 
-    /// Keep a report's log; returns its path relative to the state directory.
+    /// Keep a report's log as text without control characters ([`log_text`]);
+    /// returns its path relative to the state directory.
     pub fn write_log(&self, host: &str, log: &[u8]) -> Result<String> {
         let relative = format!("reports/{host}.log");
         let path = self.dir.join(&relative);
         fs_err::create_dir_all(path.parent().expect("under reports"))?;
         let mut temp = tempfile::NamedTempFile::new_in(path.parent().expect("under reports"))?;
-        std::io::Write::write_all(&mut temp, log)?;
+        std::io::Write::write_all(&mut temp, log_text(log).as_bytes())?;
         temp.persist(&path)?;
         Ok(relative)
     }
@@ -145,9 +147,23 @@ pub fn token_matches(state: &State, host: &str, offered: Option<&str>) -> bool {
     token.len() == offered.len() && token.bytes().zip(offered.bytes()).fold(0u8, |differ, (a, b)| differ | (a ^ b)) == 0
 }
 
+/// `text` for one line of a table: every control character removed.
+pub fn single_line(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// A report's log as text: invalid UTF-8 replaced, control characters other
+/// than newline and tab removed (a carriage return too: it redraws a line).
+pub fn log_text(log: &[u8]) -> String {
+    String::from_utf8_lossy(log).chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect()
+}
+
 /// Record a report; a successful one ends the host's one-shot entry. Returns
-/// what the host boots next.
+/// what the host boots next. Its text fields are kept on one line each.
 pub fn record_report(inventory: &Inventory, state: &mut State, host: &Host, mut report: Report) -> Entry {
+    report.status = single_line(&report.status);
+    report.step = report.step.as_deref().map(single_line);
+    report.from = single_line(&report.from);
     report.entry = current_entry(inventory, state, host).name();
     if report.status == "ok" && state.set.get(&host.name).is_some_and(|set| set.once) {
         state.set.remove(&host.name);

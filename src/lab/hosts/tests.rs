@@ -183,6 +183,20 @@ fn report_tokens_are_random_per_host_and_made_once() {
     assert!(!state::token_matches(&first, "rack9", Some("")), "a host without a token has none that matches");
 }
 
+#[test]
+fn control_characters_are_removed_from_what_reports_bring() {
+    assert_eq!(state::single_line("\x1b]0;title\x07\x1b[2Jverify\r\n\t\u{9b}1m\x7f"), "]0;title[2Jverify1m");
+    assert_eq!(state::log_text(b"\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\xc2\x9b\xff"), "[31mred[0m\nline\ttab\nend\u{fffd}");
+
+    let inventory = inventory(LAB).unwrap();
+    let bench = inventory.host("bench").unwrap().clone();
+    let mut state = State::default();
+    let report = Report { at: String::new(), status: "ok\x1b[8m".into(), step: Some("do\x1bne".into()), entry: String::new(), cleared: false, log: String::new(), from: "\n10.0.2.15".into() };
+    state::record_report(&inventory, &mut state, &bench, report);
+    let kept = &state.reports["bench"];
+    assert_eq!((kept.status.as_str(), kept.step.as_deref(), kept.from.as_str()), ("ok[8m", Some("done"), "10.0.2.15"));
+}
+
 /// A served directory with the fixture bundle at `lab/1.0.0` and LAB as its inventory.
 fn served() -> (tempfile::TempDir, served::ServedInventory) {
     let dir = tempfile::tempdir().unwrap();
@@ -223,11 +237,11 @@ fn a_report_without_the_hosts_token_changes_nothing() {
     assert!(!served.store.dir.join("reports/rack1-a.log").exists());
 
     assert_eq!(served.report(".rootsmith/report/rack1-a?step=done", Some(&token), b"log", peer).unwrap_err().0, 400);
-    let reply = served.report(".rootsmith/report/52:54:00:00:00:11?status=ok&step=done", Some(&token), b"log", peer).unwrap();
+    let reply = served.report(".rootsmith/report/52:54:00:00:00:11?status=ok&step=%1b%5b2Jdone", Some(&token), b"\x1b[2Jlog\r\n", peer).unwrap();
     assert_eq!(reply, "recorded; rack1-a boots debian-http next\n");
     let state = served.store.load().unwrap();
-    assert!(state.set.is_empty() && state.reports["rack1-a"].step.as_deref() == Some("done"), "{state:?}");
-    assert_eq!(fs_err::read_to_string(served.store.dir.join("reports/rack1-a.log")).unwrap(), "log");
+    assert!(state.set.is_empty() && state.reports["rack1-a"].step.as_deref() == Some("[2Jdone"), "{state:?}");
+    assert_eq!(fs_err::read_to_string(served.store.dir.join("reports/rack1-a.log")).unwrap(), "[2Jlog\n");
 
     // The state is the server's own: never served.
     let root = dir.path().join("root").canonicalize().unwrap();
