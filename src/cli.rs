@@ -111,7 +111,7 @@ pub enum Command {
         /// Address to listen on
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
-        /// Connections served at once; more get 503
+        /// Connections (and TFTP transfers) served at once; a new connection takes the slot of the one waiting longest for a request head, and gets 503 only when all are busy
         #[arg(long, default_value_t = 64)]
         max_connections: usize,
         /// Also answer TFTP read requests for the same directory on this address (e.g. 0.0.0.0:69)

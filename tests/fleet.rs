@@ -2,8 +2,9 @@
 //! `boot.ipxe` over TFTP from `rootsmith serve --hosts`, chains the script for
 //! its own MAC, and takes the kernel, initramfs and rootfs over HTTP. The
 //! provisioning agent (recipes/provision-agent.yaml) writes a disk image and
-//! reports; the one-shot entry ends and the next boot is from the disk (the
-//! image's boot sector prints a marker). A corrupted image is refused before
+//! reports with the token its command line gave it; the one-shot entry ends
+//! and the next boot is from the disk (the image's boot sector prints a
+//! marker). A corrupted image is refused before
 //! the disk is touched. A host the inventory lacks boots its disk. Debian's
 //! PXELINUX finds a host's own file by MAC, and `default` for the others.
 //! Needs root, the package archive and QEMU (CI has all three); TCG unless a
@@ -193,7 +194,7 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
     std::fs::write(root.join("pxelinux.ipxe"), format!("#!ipxe\nset 210:string {base}\nchain {base}lpxelinux.0\n")).unwrap();
     let console = lab.boot_file("pxelinux.ipxe", "52:54:00:00:00:13", &disk2, "rootsmith-init: fetching", &logs.join("box3-pxelinux.log"));
     let command_line = console.lines().find(|line| line.contains("Command line:")).unwrap_or_default();
-    assert!(command_line.contains("rootsmith.agent.on_fail=stay rootsmith.host=box3 rootsmith.report="), "{command_line}");
+    assert!(command_line.contains("rootsmith.agent.on_fail=stay rootsmith.host=box3 rootsmith.report=") && command_line.contains(" rootsmith.report_token="), "{command_line}");
     lab.boot_file("pxelinux.ipxe", "52:54:00:00:00:98", &disk1, DISK_MARKER, &logs.join("unknown-pxelinux.log"));
     let log = server.logged();
     for line in ["\"GET /out/provision-agent/0.1.0/pxelinux.cfg/01-52-54-00-00-00-13\" 200", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/01-52-54-00-00-00-98\" 404", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/0A00020F\" 404", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/default\" 200"] {

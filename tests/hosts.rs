@@ -1,5 +1,6 @@
 //! `serve --hosts` and `rootsmith hosts`: per-host files over HTTP and TFTP
-//! (curl as the client), one-shot entries ended by an agent's report, and
+//! (curl as the client), one-shot entries ended by an agent's report, reports
+//! refused without the host's own token and kept without control characters,
 //! inventories with mistakes refused with their line and column, and the
 //! provisioning agent's script run on this machine against a file as its
 //! disk. The bundle is a manifest only (fixtures/hosts); the VM tests are in
@@ -51,6 +52,23 @@ fn curl(args: &[&str]) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
 }
 
+/// The report token a host's boot file gives its kernel, if any.
+fn token_in(file: &str) -> Option<String> {
+    file.split_whitespace().find_map(|word| word.strip_prefix("rootsmith.report_token=")).map(str::to_string)
+}
+
+/// An agent's report: `query` after `?`, the token (if any) as a bearer token.
+fn send_report(http: &str, host: &str, query: &str, token: Option<&str>, body: &str) -> (bool, String) {
+    let url = format!("{http}/.rootsmith/report/{host}?{query}");
+    let authorization = token.map(|token| format!("Authorization: Bearer {token}"));
+    let mut args = vec!["-X", "POST", "--data-binary", body];
+    if let Some(authorization) = &authorization {
+        args.extend(["-H", authorization.as_str()]);
+    }
+    args.push(&url);
+    curl(&args)
+}
+
 fn ls(inventory: &Path) -> serde_json::Value {
     let (code, stdout, stderr) = hosts(inventory, &["ls", "--json"]);
     assert_eq!(code, 0, "{stderr}");
@@ -99,10 +117,12 @@ fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
     assert_eq!(listed["hosts"][0]["entry"], "debian-http");
     assert_eq!(listed["hosts"][0]["once"], true);
 
-    // A failed report keeps the entry; a successful one ends it.
-    let (ok, reply) = curl(&["-X", "POST", "--data-binary", "step two broke", &format!("{http}/.rootsmith/report/rack1-a?status=failed&step=verify")]);
+    // A failed report keeps the entry; a successful one ends it. Each carries
+    // the token the host's file gave its kernel.
+    let token = token_in(&a).expect("a report token on the kernel's command line");
+    let (ok, reply) = send_report(http, "rack1-a", "status=failed&step=verify", Some(&token), "step two broke");
     assert!(ok && reply.contains("rack1-a boots debian-http next"), "{reply}");
-    let (ok, reply) = curl(&["-X", "PUT", "--data-binary", "all good", &format!("{http}/.rootsmith/report/rack1-a?status=ok&step=done")]);
+    let (ok, reply) = curl(&["-X", "PUT", "--data-binary", "all good", "-H", &format!("Authorization: Bearer {token}"), &format!("{http}/.rootsmith/report/rack1-a?status=ok&step=done")]);
     assert!(ok && reply.contains("rack1-a boots local next"), "{reply}");
     let listed = ls(&lab.inventory);
     let report = &listed["hosts"][0]["report"];
@@ -116,9 +136,9 @@ fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
     assert!(table.lines().any(|line| line.starts_with("rack1-a") && line.contains("52:54:00:00:00:11") && line.contains(" ok at done via debian-http")), "{table}");
 
     // Reports for hosts the inventory lacks, or without a status, are refused.
-    let (ok, reply) = curl(&["-X", "POST", "--data-binary", "x", &format!("{http}/.rootsmith/report/rack9?status=ok")]);
+    let (ok, reply) = send_report(http, "rack9", "status=ok", Some(&token), "x");
     assert!(!ok && reply.contains("404"), "{reply}");
-    let (ok, reply) = curl(&["-X", "POST", "--data-binary", "x", &format!("{http}/.rootsmith/report/rack1-b")]);
+    let (ok, reply) = send_report(http, "rack1-b", "", token_in(&b).as_deref(), "x");
     assert!(!ok && reply.contains("400"), "{reply}");
     let log = server.logged();
     assert!(log.contains("\"POST /.rootsmith/report/rack1-a?status=ok&step=done\" 200") || log.contains("\"PUT /.rootsmith/report/rack1-a?status=ok&step=done\" 200"), "{log}");
@@ -197,6 +217,8 @@ fn a_recipes_inventory_goes_into_its_bundle_and_its_state_stays_outside() {
     assert!(ok && dispatcher.contains("hosts/${mac:hexhyp}.ipxe"), "{dispatcher}");
     let (ok, default) = curl(&[&format!("{}/lab/2.0.0/hosts/default.ipxe", server.http)]);
     assert!(ok && default.contains("menu lab 2.0.0"), "machines not listed get the menu:\n{default}");
+    let (ok, reply) = curl(&[&format!("{}/lab/.2.0.0.hosts-state/state.json", server.http)]);
+    assert!(!ok && reply.contains("404"), "the state, with the report tokens, is not served: {reply}");
 }
 
 #[test]
@@ -243,11 +265,13 @@ fn the_agent_script_writes_only_a_verified_image_and_reports() {
     let http = &server.http;
     std::fs::write(root.join("images/job.sh"), format!("IMAGE_URL={http}/images/disk.img.zst\nIMAGE_SHA256={good}\n")).unwrap();
     let report = format!("{http}/.rootsmith/report/rack1-b");
+    let (_, file) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe")]);
+    let token = token_in(&file).expect("rack1-b's file gives a report token");
 
     for stage in ["auto", "never"] {
         let disk = lab.dir.path().join(format!("disk-{stage}.raw"));
         std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
-        let (code, stdout, stderr) = agent(&lab.dir.path().join("work"), &["--job", &format!("{http}/images/job.sh"), "--disk", disk.to_str().unwrap(), "--stage", stage, "--report", &report]);
+        let (code, stdout, stderr) = agent(&lab.dir.path().join("work"), &["--job", &format!("{http}/images/job.sh"), "--disk", disk.to_str().unwrap(), "--stage", stage, "--report", &report, "--report-token", &token]);
         assert_eq!(code, 0, "{stdout}{stderr}");
         assert!(stdout.contains(&format!("image written and verified: {} bytes", image.len())), "{stdout}");
         let written = std::fs::read(&disk).unwrap();
@@ -273,7 +297,7 @@ fn the_agent_script_writes_only_a_verified_image_and_reports() {
     ];
     for (args, message) in cases {
         let mut args = args.to_vec();
-        args.extend(["--report", &report]);
+        args.extend(["--report", &report, "--report-token", &token]);
         let (code, stdout, _) = agent(&lab.dir.path().join("work"), &args);
         assert_eq!(code, 1, "{stdout}");
         assert!(stdout.contains("failed at verify: ") && stdout.contains(message), "{message:?} in\n{stdout}");
@@ -282,4 +306,128 @@ fn the_agent_script_writes_only_a_verified_image_and_reports() {
         let listed = ls(&lab.inventory);
         assert_eq!((listed["hosts"][1]["report"]["status"].as_str(), listed["hosts"][1]["report"]["step"].as_str()), (Some("failed"), Some("verify")), "{listed}");
     }
+}
+
+#[test]
+fn a_report_needs_the_hosts_own_token_and_hosts_set_renews_it() {
+    let lab = lab();
+    let root = lab.dir.path().join("root");
+    let server = ServeProcess::start_with(&root, true, &["--hosts", lab.inventory.to_str().unwrap(), "--public-url", "http://10.9.8.7:8080"]);
+    let http = &server.http;
+    let tftp = server.tftp.clone().unwrap();
+    let file = |mac: &str| curl(&[&format!("{http}/lab/1.0.0/hosts/{mac}.ipxe")]).1;
+    for (host, once) in [("rack1-a", false), ("rack1-b", true)] {
+        let mut args = vec!["set", host, "debian-http"];
+        if once {
+            args.push("--once");
+        }
+        let (code, _, stderr) = hosts(&lab.inventory, &args);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let b = file("52-54-00-00-00-12");
+    let token = token_in(&b).unwrap_or_else(|| panic!("a report token on rack1-b's command line:\n{b}"));
+    assert!(token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
+    assert!(b.contains(&format!("rootsmith.report={http}/.rootsmith/report/rack1-b rootsmith.report_token={token}")), "{b}");
+    let (ok, pxe) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/01-52-54-00-00-00-12")]);
+    assert!(ok && token_in(&pxe) == Some(token.clone()), "the same token over TFTP:\n{pxe}");
+    assert_eq!(token_in(&file("52-54-00-00-00-12")), Some(token.clone()), "the token stays until `hosts set`");
+    let other = token_in(&file("52-54-00-00-00-11")).expect("rack1-a's token");
+    assert_ne!(other, token, "each host has its own");
+
+    // No token, another host's, a made-up one: 403, and nothing changes.
+    let bearer = format!("Authorization: Bearer {other}");
+    let url = format!("{http}/.rootsmith/report/rack1-b?status=ok&step=done");
+    for (args, what) in [
+        (vec!["-X", "POST", "--data-binary", "x", url.as_str()], "no token"),
+        (vec!["-X", "POST", "--data-binary", "x", "-H", bearer.as_str(), url.as_str()], "rack1-a's token"),
+        (vec!["-X", "PUT", "--data-binary", "x", "-H", "Authorization: Bearer 00000000000000000000000000000000", url.as_str()], "a made-up token"),
+        (vec!["-X", "POST", "--data-binary", "x", &format!("{url}&token={token}")], "the token in the query"),
+    ] {
+        let (ok, reply) = curl(&args);
+        assert!(!ok && reply.contains("403"), "{what}: {reply}");
+    }
+    let listed = ls(&lab.inventory);
+    assert_eq!((listed["hosts"][1]["entry"].as_str(), listed["hosts"][1]["once"].as_bool()), (Some("debian-http"), Some(true)), "{listed}");
+    assert!(listed["hosts"][1]["report"].is_null(), "{listed}");
+    assert!(!listed.to_string().contains(&token), "hosts ls does not show tokens: {listed}");
+    let state = lab.dir.path().join("hosts.state");
+    assert!(!state.join("reports/rack1-b.log").exists(), "a refused report keeps no log");
+
+    // Its own token: recorded, and the one-shot entry ends.
+    let (ok, reply) = send_report(http, "rack1-b", "status=ok&step=done", Some(&token), "all good");
+    assert!(ok && reply.contains("rack1-b boots small-appended next"), "{reply}");
+
+    // `hosts set` gives the host a new token: the old one no longer reports.
+    let (code, _, stderr) = hosts(&lab.inventory, &["set", "rack1-b", "debian-http", "--once"]);
+    assert_eq!(code, 0, "{stderr}");
+    let renewed = token_in(&file("52-54-00-00-00-12")).unwrap();
+    assert_ne!(renewed, token);
+    assert_eq!(token_in(&file("52-54-00-00-00-11")), Some(other), "another host's token stays");
+    let (ok, reply) = send_report(http, "rack1-b", "status=ok&step=done", Some(&token), "late");
+    assert!(!ok && reply.contains("403"), "{reply}");
+    assert_eq!(ls(&lab.inventory)["hosts"][1]["entry"], "debian-http");
+    let (ok, reply) = send_report(http, "rack1-b", "status=ok&step=done", Some(&renewed), "again");
+    assert!(ok && reply.contains("rack1-b boots small-appended next"), "{reply}");
+    assert!(!server.logged().contains(&renewed), "no token in the access log");
+}
+
+#[test]
+fn the_state_beside_an_inventory_in_the_served_directory_is_not_served() {
+    let lab = lab();
+    let root = lab.dir.path().join("root");
+    let inventory = root.join("lab.yaml");
+    std::fs::write(&inventory, INVENTORY.replace("bundle: root/lab/1.0.0", "bundle: lab/1.0.0")).unwrap();
+    let (code, _, stderr) = hosts(&inventory, &["set", "rack1-b", "debian-http", "--once"]);
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::create_dir_all(root.join("lab.state/reports")).unwrap();
+    std::fs::write(root.join("lab.state/reports/rack1-b.log"), "a log").unwrap();
+    assert!(root.join("lab.state/state.json").is_file());
+    let server = ServeProcess::start_with(&root, true, &["--hosts", inventory.to_str().unwrap()]);
+    let tftp = server.tftp.clone().unwrap();
+    let (ok, _) = curl(&[&format!("{}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe", server.http)]);
+    assert!(ok);
+    for path in ["lab.state/state.json", "lab.state/reports/rack1-b.log", "lab.state/lock", "lab/../lab.state/state.json"] {
+        let (ok, reply) = curl(&["--path-as-is", &format!("{}/{path}", server.http)]);
+        assert!(!ok && reply.contains("404"), "{path}: {reply}");
+        let (ok, reply) = curl(&[&format!("tftp://{tftp}/{path}")]);
+        assert!(!ok, "{path} over TFTP: {reply}");
+    }
+    let (ok, reply) = curl(&[&format!("{}/lab.yaml", server.http)]);
+    assert!(ok && reply.contains("rack1-a"), "the inventory itself is served: {reply}");
+}
+
+#[test]
+fn reports_are_kept_and_printed_without_control_characters() {
+    let lab = lab();
+    let root = lab.dir.path().join("root");
+    let server = ServeProcess::start_with(&root, false, &["--hosts", lab.inventory.to_str().unwrap()]);
+    let http = &server.http;
+    let (_, file) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe")]);
+    let token = token_in(&file);
+    // Escape sequences in the step (percent-encoded) and in the log.
+    let (ok, reply) = send_report(http, "rack1-b", "status=failed&step=%1B%5D0%3Bpwned%07%1B%5B2Jverify%0D", token.as_deref(), "\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\u{9b}2J");
+    assert!(ok, "{reply}");
+    let listed = ls(&lab.inventory);
+    assert_eq!(listed["hosts"][1]["report"]["step"], "]0;pwned[2Jverify", "{listed}");
+    let log = std::fs::read_to_string(listed["hosts"][1]["report"]["log"].as_str().unwrap()).unwrap();
+    assert_eq!(log, "[31mred[0m\nline\ttab\nend2J");
+    let printable = |text: &str| !text.chars().any(|c| c.is_control() && c != '\n');
+    let (code, table, _) = hosts(&lab.inventory, &["ls"]);
+    assert_eq!(code, 0);
+    assert!(printable(&table) && table.contains(" failed at ]0;pwned[2Jverify via small-appended"), "{table:?}");
+
+    // Raw control bytes in the request line, as no well-behaved client sends them.
+    let mut stream = std::net::TcpStream::connect(http.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let request = format!("POST /.rootsmith/report/rack1-b?status=failed&step=\x1b[2J\x1b]0;raw\x07 HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: 3\r\nConnection: close\r\n\r\nlog");
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let (_, table, _) = hosts(&lab.inventory, &["ls"]);
+    assert!(printable(&table) && table.contains(" failed at [2J]0;raw via small-appended"), "{table:?}");
+    let logged = server.logged();
+    assert!(printable(&logged), "the access log escapes them: {logged:?}");
+    assert!(logged.contains("step=\\u{1b}[2J\\u{1b}]0;raw\\u{7} HTTP") || logged.contains("step=\\u{1b}[2J\\u{1b}]0;raw\\u{7}\" 200"), "{logged}");
 }

@@ -1,22 +1,28 @@
 //! `serve --tftp`: a real client (curl) with and without blksize, a test
-//! client that drops one acknowledgement and sees the block sent again, and
+//! client that drops one acknowledgement and sees the block sent again, one
+//! that sends junk instead of acknowledging and loses its transfer, and
 //! requests that try to leave the directory or write. Needs no root.
 
 mod common;
 
 use std::net::UdpSocket;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
 struct Served {
     /// Kept for its lifetime: the server stops when the test's `Served` drops.
-    _server: ServeProcess,
+    server: ServeProcess,
     tftp: String,
     dir: tempfile::TempDir,
 }
 
 fn serve() -> Served {
+    serve_with(&[])
+}
+
+/// `serve --tftp` with `extra` arguments.
+fn serve_with(extra: &[&str]) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("sub")).unwrap();
@@ -24,9 +30,9 @@ fn serve() -> Served {
     std::fs::write(root.join("sub/image.bin"), &data).unwrap();
     std::fs::write(dir.path().join("secret"), "outside").unwrap();
     std::os::unix::fs::symlink("../secret", root.join("link-out")).unwrap();
-    let server = ServeProcess::start(&root, true);
+    let server = ServeProcess::start_with(&root, true, extra);
     let tftp = server.tftp.clone().expect("serve printed its TFTP address");
-    Served { _server: server, tftp, dir }
+    Served { server, tftp, dir }
 }
 
 fn expected(served: &Served) -> Vec<u8> {
@@ -128,4 +134,37 @@ fn nothing_outside_the_directory_and_no_writes() {
     assert_eq!((opcode, code), (5, 2), "{message}");
     assert!(message.contains("read-only"));
     assert_eq!(std::fs::read_to_string(served.dir.path().join("secret")).unwrap(), "outside");
+}
+
+#[test]
+fn a_client_sending_junk_instead_of_acknowledging_loses_its_transfer() {
+    // One transfer at a time: the junk client's, until it ends.
+    let served = serve_with(&["--max-connections", "1"]);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.send_to(&request("sub/image.bin", &[("timeout", "1")]), &served.tftp).unwrap();
+    let mut buffer = [0u8; 2048];
+    let (_, transfer) = client.recv_from(&mut buffer).unwrap();
+    assert_eq!(&buffer[..2], &[0, 6], "an OACK first");
+    // Acknowledgements of a block never sent and packets of no kind, five a
+    // second for 8 s, never the acknowledgement of the OACK (block 0).
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let started = Instant::now();
+    let mut oacks = 1;
+    while started.elapsed() < Duration::from_secs(8) {
+        client.send_to(&ack(7), transfer).unwrap();
+        client.send_to(b"\x00\x09junk", transfer).unwrap();
+        if let Ok((_, from)) = client.recv_from(&mut buffer) {
+            if from == transfer && buffer[..2] == [0, 6] {
+                oacks += 1;
+            }
+        }
+    }
+    // 1 s per try, 5 tries: the OACK was sent again on time despite the junk, then the transfer ended.
+    assert!((4..=5).contains(&oacks), "the OACK was sent {oacks} times");
+    let log = served.server.logged();
+    assert!(log.contains("tftp \"sub/image.bin\" no acknowledgement of block 0 after 5 tries"), "{log}");
+    let output = std::process::Command::new("curl").args(["-s", "-S"]).arg(format!("tftp://{}/sub/image.bin", served.tftp)).output().expect("curl runs");
+    assert!(output.status.success(), "the slot is free again: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.stdout, expected(&served));
 }

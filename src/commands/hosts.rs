@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 
 use crate::cli::{HostsAction, InventoryArgs};
-use rootsmith::lab::hosts::state::{current_entry, Override, StateStore};
+use rootsmith::lab::hosts::state::{self, current_entry, Override, StateStore};
 use rootsmith::lab::hosts::render::{self, Urls};
 use rootsmith::lab::hosts::{self, Inventory};
 
@@ -17,8 +17,11 @@ pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
             let host = find(&inventory, host)?;
             let entry = inventory.entry(entry)?;
             let set = Override { entry: entry.name(), once: *once, at: rootsmith::time::rfc3339(rootsmith::time::now_seconds() as i64) };
+            // A new report token: a report from an earlier boot cannot end this entry.
+            let token = state::new_token()?;
             store.update(|state| {
                 state.set.insert(host.name.clone(), set);
+                state.tokens.insert(host.name.clone(), token);
                 Ok(())
             })?;
             let after = if *once { format!(", then {} after its next successful report", host.entry.name()) } else { String::new() };
@@ -49,7 +52,7 @@ fn write(inventory: &Inventory, store: &StateStore, dir: &std::path::Path, url: 
         }
     };
     let urls = Urls { server, bundle };
-    let state = store.load()?;
+    let state = store.load_with_tokens(inventory)?;
     let paths = render::paths(inventory);
     for path in &paths {
         let text = render::file(inventory, &state, path, &urls).with_context(|| format!("no file for {path}"))?;
@@ -95,12 +98,14 @@ fn ls(inventory: &Inventory, store: &StateStore, json: bool) -> Result<()> {
     }
     outln!("{} {} (hosts not listed boot {})", inventory.menu.name, inventory.menu.version, inventory.default.name());
     outln!("{:<16} {:<17} {:<15} {:<24} LAST REPORT", "HOST", "MAC", "IP", "BOOTS");
-    let text = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_string();
+    // Reports are stored without control characters; a state written by an
+    // older rootsmith may still hold some, so they are removed here too.
+    let text = |value: &serde_json::Value| state::single_line(value.as_str().unwrap_or("-"));
     for row in rows {
         let entry = format!("{}{}", text(&row["entry"]), if row["once"] == true { " (once)" } else { "" });
         let report = match &row["report"] {
             serde_json::Value::Null => "-".to_string(),
-            report => format!("{} {}{} via {}", text(&report["at"]), text(&report["status"]), report["step"].as_str().map(|step| format!(" at {step}")).unwrap_or_default(), text(&report["entry"])),
+            report => format!("{} {}{} via {}", text(&report["at"]), text(&report["status"]), report["step"].as_str().map(|step| format!(" at {}", state::single_line(step))).unwrap_or_default(), text(&report["entry"])),
         };
         outln!("{:<16} {:<17} {:<15} {:<24} {report}", text(&row["name"]), text(&row["mac"]), text(&row["ip"]), entry);
     }

@@ -2,7 +2,8 @@
 //! outside it), a bundle's `boot.ipxe` (and its PXELINUX and GRUB menus)
 //! generated on the fly with the server's own base URL so the fetched entries
 //! work as served, and with `--hosts` per-host boot files and agents'
-//! reports. The protocol around it is `http.rs`.
+//! reports (the inventory's state directory, with the hosts' report tokens,
+//! is not served). The protocol around it is `http.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ impl Handler for Routes {
     fn respond(&self, request: &Request, local: SocketAddr, peer: &str) -> Response {
         if let (Some(hosts), "POST" | "PUT") = (&self.hosts, request.method.as_str()) {
             let peer = peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-            return match hosts.report(request.path.trim_start_matches('/'), &request.body, peer) {
+            return match hosts.report(request.path.trim_start_matches('/'), request.bearer_token(), &request.body, peer) {
                 Ok(reply) => Response { status: 200, headers: vec![("Content-Type", "text/plain; charset=utf-8".into())], body: Body::Bytes(reply.into_bytes()) },
                 Err((status, message)) => error(status, &message),
             };
@@ -85,7 +86,7 @@ impl Handler for Routes {
                 None => {}
             }
         }
-        let Some(path) = resolve(&self.root, &request.path) else {
+        let Some(path) = resolve(&self.root, &request.path).filter(|path| !self.hosts.as_ref().is_some_and(|hosts| hosts.is_private(path))) else {
             return error(404, "no such file here");
         };
         if let Some(menu) = self.generated_menu(&path, request, local) {

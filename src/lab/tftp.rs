@@ -3,19 +3,20 @@
 //! can only load its first stage (iPXE, PXELINUX) over TFTP. It serves the
 //! same directory as `serve`'s HTTP, with the same path rule (nothing outside
 //! it), a bounded number of sessions, and retransmission of unacknowledged
-//! blocks. Write requests are refused.
+//! blocks. A block not acknowledged within its tries' time ends the transfer,
+//! whatever else the client sends meanwhile. Write requests are refused.
 
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::hosts::served::ServedInventory;
-use super::http::{resolve, AccessLog};
+use super::http::{printable_log, resolve, AccessLog};
 
 const RRQ: u16 = 1;
 const WRQ: u16 = 2;
@@ -24,7 +25,9 @@ const ACK: u16 = 4;
 const ERROR: u16 = 5;
 const OACK: u16 = 6;
 
-/// Tries per block before a session is given up.
+/// Tries per block before a session is given up: the block is sent again
+/// each `timeout` (2 s, or the client's), and the transfer ends when it is not
+/// acknowledged `TRIES` timeouts after it was first sent.
 const TRIES: u32 = 5;
 
 /// A read request, parsed.
@@ -122,7 +125,7 @@ impl TftpServer {
     pub fn bind(root: &std::path::Path, addr: &str, max_sessions: usize, log: AccessLog) -> Result<TftpServer> {
         let root = root.canonicalize().with_context(|| format!("serving {}", root.display()))?;
         let socket = UdpSocket::bind(addr).with_context(|| format!("listening for TFTP on {addr}"))?;
-        Ok(TftpServer { socket, root, max_sessions, log, hosts: None })
+        Ok(TftpServer { socket, root, max_sessions, log: printable_log(log), hosts: None })
     }
 
     /// Answer for the per-host files of an inventory too.
@@ -138,7 +141,8 @@ impl TftpServer {
             let size = text.len() as u64;
             return Ok((Box::new(std::io::Cursor::new(text.into_bytes())), size));
         }
-        let file = resolve(&self.root, name).filter(|path| path.is_file()).and_then(|path| std::fs::File::open(path).ok()).ok_or("file not found")?;
+        let private = |path: &std::path::Path| self.hosts.as_ref().is_some_and(|hosts| hosts.is_private(path));
+        let file = resolve(&self.root, name).filter(|path| path.is_file() && !private(path)).and_then(|path| std::fs::File::open(path).ok()).ok_or("file not found")?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok((Box::new(file), size))
     }
@@ -195,7 +199,6 @@ impl TftpServer {
             }
         };
         let (blksize, timeout, granted) = negotiate(&request.options, size);
-        let _ = socket.set_read_timeout(Some(timeout));
         // With options, an OACK first, acknowledged as block 0.
         if !granted.is_empty() {
             let mut oack = OACK.to_be_bytes().to_vec();
@@ -205,7 +208,7 @@ impl TftpServer {
                 oack.extend_from_slice(value.as_bytes());
                 oack.push(0);
             }
-            if let Err(outcome) = send_until_acked(&socket, peer, &oack, 0) {
+            if let Err(outcome) = send_until_acked(&socket, peer, &oack, 0, timeout) {
                 return outcome;
             }
         }
@@ -221,7 +224,7 @@ impl TftpServer {
                     Ok(read) => filled += read,
                 }
             }
-            if let Err(outcome) = send_until_acked(&socket, peer, &data_packet(block, &buffer[..filled]), block) {
+            if let Err(outcome) = send_until_acked(&socket, peer, &data_packet(block, &buffer[..filled]), block, timeout) {
                 return outcome;
             }
             sent += filled as u64;
@@ -233,14 +236,22 @@ impl TftpServer {
     }
 }
 
-/// Send `packet` until `peer` acknowledges `block`, retransmitting on timeout.
-/// Duplicate or old acknowledgements are ignored (no resend on them, which
-/// would double every later block).
-fn send_until_acked(socket: &UdpSocket, peer: SocketAddr, packet: &[u8], block: u16) -> std::result::Result<(), String> {
+/// Send `packet` until `peer` acknowledges `block`, retransmitting each
+/// `timeout`, `TRIES` times in all. Duplicate or old acknowledgements are
+/// ignored (no resend on them, which would double every later block), and
+/// like any other packet that is not the acknowledgement they do not put off
+/// the next resend or the end: time counts, not packets.
+fn send_until_acked(socket: &UdpSocket, peer: SocketAddr, packet: &[u8], block: u16, timeout: Duration) -> std::result::Result<(), String> {
     let mut reply = [0u8; 516];
     for _ in 0..TRIES {
         socket.send_to(packet, peer).map_err(|error| error.to_string())?;
+        let resend_at = Instant::now() + timeout;
         loop {
+            let left = resend_at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            socket.set_read_timeout(Some(left)).map_err(|error| error.to_string())?;
             match socket.recv_from(&mut reply) {
                 Ok((len, from)) if from == peer => match parse(&reply[..len]) {
                     Some(Packet::Ack(acked)) if acked == block => return Ok(()),

@@ -9,7 +9,8 @@
 //!
 //! Paths are relative to the bundle's directory. iPXE's scripts use absolute
 //! URLs; PXELINUX's and GRUB's load the kernel relative to their own TFTP or
-//! HTTP root, as the bundle's menus do.
+//! HTTP root, as the bundle's menus do. A host's kernel command line carries
+//! its name, where to report and its report token from the state.
 
 use super::state::{current_entry, State};
 use super::{Entry, Host, Inventory};
@@ -27,15 +28,24 @@ pub struct Urls {
     pub bundle: String,
 }
 
-/// Kernel arguments a host adds: its own (`${server}` expanded), then its name
-/// and where to report.
-fn host_args(host: &Host, urls: &Urls) -> String {
-    let own = host.args.replace("${server}", &urls.server);
-    let words = [own, format!("rootsmith.host={}", host.name), format!("rootsmith.report={}{REPORT_PATH}{}", urls.server, host.name)];
+/// A host of the inventory, with the report token its files give it (from
+/// the state; `None` before it has one, and its reports are then refused).
+#[derive(Debug, Clone, Copy)]
+pub struct For<'a> {
+    pub host: &'a Host,
+    pub token: Option<&'a str>,
+}
+
+/// Kernel arguments a host adds: its own (`${server}` expanded), then its
+/// name, where to report and the token its reports carry.
+fn host_args(host: For, urls: &Urls) -> String {
+    let own = host.host.args.replace("${server}", &urls.server);
+    let mut words = vec![own, format!("rootsmith.host={}", host.host.name), format!("rootsmith.report={}{REPORT_PATH}{}", urls.server, host.host.name)];
+    words.extend(host.token.map(|token| format!("rootsmith.report_token={token}")));
     words.iter().filter(|word| !word.is_empty()).cloned().collect::<Vec<_>>().join(" ")
 }
 
-fn menu_for(inventory: &Inventory, host: Option<&Host>, urls: &Urls) -> MenuInput {
+fn menu_for(inventory: &Inventory, host: Option<For>, urls: &Urls) -> MenuInput {
     let mut menu = inventory.menu.clone();
     if let Some(host) = host {
         menu.cmdline = [menu.cmdline.as_str(), &host_args(host, urls)].iter().filter(|part| !part.is_empty()).cloned().collect::<Vec<_>>().join(" ");
@@ -47,8 +57,8 @@ fn vmlinuz<'a>(menu: &'a MenuInput, kernel: &str) -> &'a str {
     menu.kernels.iter().find(|(name, _)| name == kernel).map(|(_, file)| file.as_str()).unwrap_or("")
 }
 
-fn heading(comment: &str, inventory: &Inventory, host: Option<&Host>, entry: &Entry) -> String {
-    let who = host.map(|host| format!("host {}", host.name)).unwrap_or_else(|| "hosts not in the inventory".into());
+fn heading(comment: &str, inventory: &Inventory, host: Option<For>, entry: &Entry) -> String {
+    let who = host.map(|host| format!("host {}", host.host.name)).unwrap_or_else(|| "hosts not in the inventory".into());
     format!("{comment} rootsmith bundle {} {}, {who}: {}\n", inventory.menu.name, inventory.menu.version, entry.name())
 }
 
@@ -63,7 +73,7 @@ pub fn ipxe_dispatcher(inventory: &Inventory) -> String {
     )
 }
 
-pub fn ipxe(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls: &Urls) -> String {
+pub fn ipxe(inventory: &Inventory, host: Option<For>, entry: &Entry, urls: &Urls) -> String {
     let menu = menu_for(inventory, host, urls);
     match entry {
         Entry::Menu => menus::ipxe(&menu, Some(&urls.bundle), None),
@@ -72,7 +82,7 @@ pub fn ipxe(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls: &Ur
     }
 }
 
-pub fn pxelinux(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls: &Urls) -> String {
+pub fn pxelinux(inventory: &Inventory, host: Option<For>, entry: &Entry, urls: &Urls) -> String {
     let menu = menu_for(inventory, host, urls);
     let text = match entry {
         Entry::Menu => return menus::pxelinux(&menu, Some(&urls.bundle)),
@@ -82,7 +92,7 @@ pub fn pxelinux(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls:
     menus::trim_lines(&text)
 }
 
-pub fn grub(inventory: &Inventory, host: Option<&Host>, entry: &Entry, urls: &Urls) -> String {
+pub fn grub(inventory: &Inventory, host: Option<For>, entry: &Entry, urls: &Urls) -> String {
     let menu = menu_for(inventory, host, urls);
     let text = match entry {
         Entry::Menu => return menus::grub(&menu, Some(&urls.bundle)),
@@ -130,6 +140,7 @@ pub fn file(inventory: &Inventory, state: &State, path: &str, urls: &Urls) -> Op
         }
     };
     let entry = host.map(|host| current_entry(inventory, state, host)).unwrap_or_else(|| inventory.default.clone());
+    let host = host.map(|host| For { host, token: state.tokens.get(&host.name).map(String::as_str) });
     Some(match loader {
         menus::Loader::Ipxe => ipxe(inventory, host, &entry, urls),
         menus::Loader::Pxelinux => pxelinux(inventory, host, &entry, urls),

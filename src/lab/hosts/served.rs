@@ -1,6 +1,7 @@
 //! An inventory as `serve --hosts` uses it: re-read at every request for a
-//! host file (so edits and `hosts set` need no restart), the generated files,
-//! and the agents' reports.
+//! host file (so edits and `hosts set` need no restart), the generated files
+//! (each host's with its report token), the agents' reports (taken only with
+//! the host's token), and its state directory, which is never served.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,8 @@ use anyhow::{bail, Result};
 
 use super::render::{self, Urls, REPORT_PATH};
 use super::state::{self, Report, StateStore};
-use super::{Entry, Inventory};
+use super::Inventory;
+use crate::lab::http::percent_decode;
 
 /// Report logs larger than this are refused.
 pub const MAX_REPORT_BYTES: u64 = 4 << 20;
@@ -67,32 +69,53 @@ impl ServedInventory {
         let Some(urls) = self.urls(client_used) else {
             return Some(Err(anyhow::anyhow!("per-host files over TFTP need `serve --public-url` (the HTTP URL machines reach this server at)")));
         };
-        let loaded = self.inventory().and_then(|inventory| Ok((self.store.load()?, inventory)));
+        let loaded = self.inventory().and_then(|inventory| Ok((self.store.load_with_tokens(&inventory)?, inventory)));
         match loaded {
             Ok((state, inventory)) => render::file(&inventory, &state, relative, &urls).map(Ok),
             Err(error) => Some(Err(error)),
         }
     }
 
+    /// Whether `path` (canonical) is in the state directory: the report
+    /// tokens and logs, never served.
+    pub fn is_private(&self, path: &Path) -> bool {
+        self.store.dir.canonicalize().is_ok_and(|dir| path.starts_with(dir))
+    }
+
     /// `POST /.rootsmith/report/HOST?status=ok|failed&step=STEP` with the log
-    /// as the body. Returns the reply text, or an HTTP status and message.
-    pub fn report(&self, path: &str, body: &[u8], peer: SocketAddr) -> std::result::Result<String, (u16, String)> {
+    /// as the body and `token` the host's report token (HTTP's bearer token).
+    /// Returns the reply text, or an HTTP status and message; a report without
+    /// the host's token (403) changes nothing.
+    pub fn report(&self, path: &str, token: Option<&str>, body: &[u8], peer: SocketAddr) -> std::result::Result<String, (u16, String)> {
         let (target, query) = path.split_once('?').unwrap_or((path, ""));
         let key = target.strip_prefix(REPORT_PATH).filter(|key| !key.is_empty() && !key.contains('/')).ok_or((404, format!("reports go to /{REPORT_PATH}HOST")))?;
-        let field = |name: &str| query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('='))).map(str::to_string);
+        let field = |name: &str| {
+            let value = query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))?;
+            Some(state::single_line(&percent_decode(value).unwrap_or_else(|| value.to_string())))
+        };
+        let inventory = self.inventory().map_err(|error| (500, format!("{error:#}")))?;
+        let host = inventory.host(key).ok_or_else(|| (404, format!("no host `{}` in {}", state::single_line(key), self.file.display())))?.clone();
+        let refused = || (403, format!("a report for {} needs its token (rootsmith.report_token on its kernel command line) as `Authorization: Bearer TOKEN`", host.name));
+        let known = self.store.load().map_err(|error| (500, format!("{error:#}")))?;
+        if !state::token_matches(&known, &host.name, token) {
+            return Err(refused());
+        }
         let status = field("status").unwrap_or_default();
         if status != "ok" && status != "failed" {
             return Err((400, "a report has ?status=ok or ?status=failed".into()));
         }
-        let inventory = self.inventory().map_err(|error| (500, format!("{error:#}")))?;
-        let host = inventory.host(key).ok_or((404, format!("no host `{key}` in {}", self.file.display())))?.clone();
-        let outcome = (|| -> Result<Entry> {
+        let report = Report { at: crate::time::rfc3339(crate::time::now_seconds() as i64), status, step: field("step"), entry: String::new(), cleared: false, log: String::new(), from: peer.ip().to_string() };
+        // Checked again under the lock: `hosts set` may have renewed the token meanwhile.
+        let outcome = self.store.update(|state| {
+            if !state::token_matches(state, &host.name, token) {
+                return Ok(None);
+            }
             let log = self.store.write_log(&host.name, body)?;
-            let report = Report { at: crate::time::rfc3339(crate::time::now_seconds() as i64), status, step: field("step"), entry: String::new(), cleared: false, log, from: peer.ip().to_string() };
-            self.store.update(|state| Ok(state::record_report(&inventory, state, &host, report)))
-        })();
+            Ok(Some(state::record_report(&inventory, state, &host, Report { log, ..report })))
+        });
         match outcome {
-            Ok(next) => Ok(format!("recorded; {} boots {} next\n", host.name, next.name())),
+            Ok(Some(next)) => Ok(format!("recorded; {} boots {} next\n", host.name, next.name())),
+            Ok(None) => Err(refused()),
             Err(error) => Err((500, format!("{error:#}"))),
         }
     }

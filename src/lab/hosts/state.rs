@@ -1,8 +1,9 @@
-//! What changes while a lab runs: one-shot entries set by `rootsmith hosts set`
-//! and the last report of each host's agent. Kept in `STEM.state/` beside the
-//! inventory (`state.json`, and `reports/HOST.log` with each report's log),
-//! written under a lock and replaced atomically, so `serve` and `hosts set`
-//! can both change it.
+//! What changes while a lab runs: one-shot entries set by `rootsmith hosts set`,
+//! each host's report token and the last report of each host's agent. Kept
+//! in `STEM.state/` beside the inventory (`state.json`, and `reports/HOST.log`
+//! with each report's log), written under a lock and replaced atomically, so
+//! `serve` and `hosts set` can both change it. What a report brings is kept
+//! without control characters, so printing it cannot drive a terminal.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,11 @@ pub struct State {
     /// The last report of each host, by host name.
     #[serde(default)]
     pub reports: BTreeMap<String, Report>,
+    /// Each host's report token, by host name: written into its kernel command
+    /// line (`rootsmith.report_token=`), required with its reports. Made when
+    /// the host's files are first made, renewed by `hosts set`.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,13 +97,31 @@ impl StateStore {
         Ok(result)
     }
 
-    /// Keep a report's log; returns its path relative to the state directory.
+    /// The state, with a report token for every host of `inventory`: those
+    /// missing are made and written.
+    pub fn load_with_tokens(&self, inventory: &Inventory) -> Result<State> {
+        let state = self.load()?;
+        if inventory.hosts.iter().all(|host| state.tokens.contains_key(&host.name)) {
+            return Ok(state);
+        }
+        self.update(|state| {
+            for host in &inventory.hosts {
+                if !state.tokens.contains_key(&host.name) {
+                    state.tokens.insert(host.name.clone(), new_token()?);
+                }
+            }
+            Ok(state.clone())
+        })
+    }
+
+    /// Keep a report's log as text without control characters ([`log_text`]);
+    /// returns its path relative to the state directory.
     pub fn write_log(&self, host: &str, log: &[u8]) -> Result<String> {
         let relative = format!("reports/{host}.log");
         let path = self.dir.join(&relative);
         fs_err::create_dir_all(path.parent().expect("under reports"))?;
         let mut temp = tempfile::NamedTempFile::new_in(path.parent().expect("under reports"))?;
-        std::io::Write::write_all(&mut temp, log)?;
+        std::io::Write::write_all(&mut temp, log_text(log).as_bytes())?;
         temp.persist(&path)?;
         Ok(relative)
     }
@@ -109,9 +133,37 @@ pub fn current_entry(inventory: &Inventory, state: &State, host: &Host) -> Entry
     state.set.get(&host.name).and_then(|set| inventory.entry(&set.entry).ok()).unwrap_or_else(|| host.entry.clone())
 }
 
+/// A new report token: 128 bits from the kernel's random source, in hex.
+pub fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut fs_err::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+/// Whether `offered` is `host`'s report token. A host without one has none
+/// that matches. Compared in time that does not depend on where they differ.
+pub fn token_matches(state: &State, host: &str, offered: Option<&str>) -> bool {
+    let (Some(token), Some(offered)) = (state.tokens.get(host), offered) else { return false };
+    token.len() == offered.len() && token.bytes().zip(offered.bytes()).fold(0u8, |differ, (a, b)| differ | (a ^ b)) == 0
+}
+
+/// `text` for one line of a table: every control character removed.
+pub fn single_line(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// A report's log as text: invalid UTF-8 replaced, control characters other
+/// than newline and tab removed (a carriage return too: it redraws a line).
+pub fn log_text(log: &[u8]) -> String {
+    String::from_utf8_lossy(log).chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect()
+}
+
 /// Record a report; a successful one ends the host's one-shot entry. Returns
-/// what the host boots next.
+/// what the host boots next. Its text fields are kept on one line each.
 pub fn record_report(inventory: &Inventory, state: &mut State, host: &Host, mut report: Report) -> Entry {
+    report.status = single_line(&report.status);
+    report.step = report.step.as_deref().map(single_line);
+    report.from = single_line(&report.from);
     report.entry = current_entry(inventory, state, host).name();
     if report.status == "ok" && state.set.get(&host.name).is_some_and(|set| set.once) {
         state.set.remove(&host.name);

@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use super::render::{self, Urls};
+use super::served;
 use super::state::{self, Override, Report, State};
 use super::*;
 
@@ -86,7 +87,8 @@ fn bad_inventories_name_line_and_column() {
 #[test]
 fn per_host_files_for_ipxe_pxelinux_and_grub() {
     let inventory = inventory(LAB).unwrap();
-    let state = State::default();
+    let mut state = State::default();
+    state.tokens.insert("rack1-a".into(), "a1".repeat(16));
     let file = |path: &str| render::file(&inventory, &state, path, &urls());
 
     let dispatcher = file("boot.ipxe").unwrap();
@@ -94,10 +96,11 @@ fn per_host_files_for_ipxe_pxelinux_and_grub() {
 
     let a = file("hosts/52-54-00-00-00-11.ipxe").unwrap();
     assert!(a.starts_with("#!ipxe\n"));
-    assert!(a.contains("kernel http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-debian-vmlinuz console=ttyS0 rootsmith.agent.image=http://10.0.2.2:8080/images/disk.img.zst rootsmith.host=rack1-a rootsmith.report=http://10.0.2.2:8080/.rootsmith/report/rack1-a initrd=lab-1.0.0-initramfs.img rootsmith.rootfs_url=http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-rootfs.img\n"), "{a}");
+    assert!(a.contains("kernel http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-debian-vmlinuz console=ttyS0 rootsmith.agent.image=http://10.0.2.2:8080/images/disk.img.zst rootsmith.host=rack1-a rootsmith.report=http://10.0.2.2:8080/.rootsmith/report/rack1-a rootsmith.report_token=a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1 initrd=lab-1.0.0-initramfs.img rootsmith.rootfs_url=http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-rootfs.img\n"), "{a}");
     assert_eq!(file("hosts/10.0.2.15.ipxe"), Some(a.clone()), "by IP too");
     let b = file("hosts/52-54-00-00-00-12.ipxe").unwrap();
     assert!(b.contains("kernel http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-small-vmlinuz") && b.contains("initrd http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-rootfs.img"), "{b}");
+    assert!(b.contains("rootsmith.report=http://10.0.2.2:8080/.rootsmith/report/rack1-b initrd=") && !b.contains("report_token"), "no token in the state, none given: {b}");
     assert!(file("hosts/52-54-00-00-00-99.ipxe").is_none(), "an unknown host falls through to the default");
     assert!(file("hosts/default.ipxe").unwrap().contains("sanboot --no-describe --drive 0x80"));
 
@@ -156,4 +159,92 @@ fn state_is_kept_beside_the_inventory() {
     assert_eq!(store.load().unwrap().set.len(), 1, "a failed change is not written");
     assert_eq!(store.write_log("a", b"log").unwrap(), "reports/a.log");
     assert_eq!(fs_err::read(store.dir.join("reports/a.log")).unwrap(), b"log");
+}
+
+#[test]
+fn report_tokens_are_random_per_host_and_made_once() {
+    let token = state::new_token().unwrap();
+    assert!(token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
+    assert_ne!(state::new_token().unwrap(), token);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = state::StateStore::for_inventory(&dir.path().join("lab.yaml"));
+    let inventory = inventory(LAB).unwrap();
+    let first = store.load_with_tokens(&inventory).unwrap();
+    assert_eq!(first.tokens.keys().collect::<Vec<_>>(), vec!["bench", "rack1-a", "rack1-b"]);
+    assert_ne!(first.tokens["rack1-a"], first.tokens["rack1-b"]);
+    assert_eq!(store.load().unwrap(), first, "written");
+    assert_eq!(store.load_with_tokens(&inventory).unwrap(), first, "kept");
+
+    assert!(state::token_matches(&first, "rack1-a", Some(&first.tokens["rack1-a"])));
+    assert!(!state::token_matches(&first, "rack1-a", Some(&first.tokens["rack1-b"])));
+    assert!(!state::token_matches(&first, "rack1-a", Some(&first.tokens["rack1-a"][..31])));
+    assert!(!state::token_matches(&first, "rack1-a", None));
+    assert!(!state::token_matches(&first, "rack9", Some("")), "a host without a token has none that matches");
+}
+
+#[test]
+fn control_characters_are_removed_from_what_reports_bring() {
+    assert_eq!(state::single_line("\x1b]0;title\x07\x1b[2Jverify\r\n\t\u{9b}1m\x7f"), "]0;title[2Jverify1m");
+    assert_eq!(state::log_text(b"\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\xc2\x9b\xff"), "[31mred[0m\nline\ttab\nend\u{fffd}");
+
+    let inventory = inventory(LAB).unwrap();
+    let bench = inventory.host("bench").unwrap().clone();
+    let mut state = State::default();
+    let report = Report { at: String::new(), status: "ok\x1b[8m".into(), step: Some("do\x1bne".into()), entry: String::new(), cleared: false, log: String::new(), from: "\n10.0.2.15".into() };
+    state::record_report(&inventory, &mut state, &bench, report);
+    let kept = &state.reports["bench"];
+    assert_eq!((kept.status.as_str(), kept.step.as_deref(), kept.from.as_str()), ("ok[8m", Some("done"), "10.0.2.15"));
+}
+
+/// A served directory with the fixture bundle at `lab/1.0.0` and LAB as its inventory.
+fn served() -> (tempfile::TempDir, served::ServedInventory) {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("root/lab/1.0.0");
+    fs_err::create_dir_all(&bundle).unwrap();
+    fs_err::copy(self::bundle().join("manifest.json"), bundle.join("manifest.json")).unwrap();
+    let file = dir.path().join("root/lab.yaml");
+    fs_err::write(&file, format!("bundle: lab/1.0.0\n{LAB}")).unwrap();
+    let served = served::ServedInventory::open(&file, &dir.path().join("root"), Some("http://10.0.2.2:8080".into())).unwrap();
+    (dir, served)
+}
+
+#[test]
+fn a_report_without_the_hosts_token_changes_nothing() {
+    let (dir, served) = served();
+    let peer: std::net::SocketAddr = "10.0.2.15:40000".parse().unwrap();
+    served.store.update(|state| {
+        state.set.insert("rack1-a".into(), Override { entry: "menu".into(), once: true, at: String::new() });
+        Ok(())
+    }).unwrap();
+    let before = served.store.load().unwrap();
+    assert!(before.tokens.is_empty());
+    assert_eq!(served.report("lab/1.0.0/hosts/x", None, b"", peer).unwrap_err().0, 404);
+    // No token yet: no report is taken.
+    assert_eq!(served.report(".rootsmith/report/rack1-a?status=ok", Some(""), b"log", peer).unwrap_err().0, 403);
+
+    // Its file gives the host its token.
+    let file = served.file("lab/1.0.0/hosts/52-54-00-00-00-11.ipxe", None).unwrap().unwrap();
+    let token = served.store.load().unwrap().tokens["rack1-a"].clone();
+    assert!(file.contains(&format!(" rootsmith.report_token={token} ")), "{file}");
+    let other = served.store.load().unwrap().tokens["rack1-b"].clone();
+    for offered in [None, Some(other.as_str()), Some(&token[1..]), Some("")] {
+        let (status, message) = served.report(".rootsmith/report/rack1-a?status=ok&step=done", offered, b"log", peer).unwrap_err();
+        assert_eq!(status, 403, "{offered:?}: {message}");
+    }
+    let after = served.store.load().unwrap();
+    assert_eq!((after.set.clone(), after.reports.clone()), (before.set.clone(), before.reports.clone()), "nothing changed");
+    assert!(!served.store.dir.join("reports/rack1-a.log").exists());
+
+    assert_eq!(served.report(".rootsmith/report/rack1-a?step=done", Some(&token), b"log", peer).unwrap_err().0, 400);
+    let reply = served.report(".rootsmith/report/52:54:00:00:00:11?status=ok&step=%1b%5b2Jdone", Some(&token), b"\x1b[2Jlog\r\n", peer).unwrap();
+    assert_eq!(reply, "recorded; rack1-a boots debian-http next\n");
+    let state = served.store.load().unwrap();
+    assert!(state.set.is_empty() && state.reports["rack1-a"].step.as_deref() == Some("[2Jdone"), "{state:?}");
+    assert_eq!(fs_err::read_to_string(served.store.dir.join("reports/rack1-a.log")).unwrap(), "[2Jlog\n");
+
+    // The state is the server's own: never served.
+    let root = dir.path().join("root").canonicalize().unwrap();
+    assert!(served.is_private(&root.join("lab.state/state.json")));
+    assert!(!served.is_private(&root.join("lab.yaml")) && !served.is_private(&root.join("lab/1.0.0/manifest.json")));
 }
