@@ -82,3 +82,57 @@ fn hostile_tarball_bases_never_write_outside_the_tree() {
     let inside = format!("{}/evil", outside_text.trim_start_matches('/'));
     assert!(listing.lines().any(|line| line == inside), "the file written through the symlink is not inside the tree:\n{listing}");
 }
+
+/// Build with `tarball` as the base, giving up (and failing) after a minute
+/// instead of hanging; `env` is added to the build's environment.
+fn build_within_a_minute(dir: &Path, tarball: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    let recipe = dir.join("r.yaml");
+    std::fs::write(&recipe, format!("rootsmith: 1\nname: special\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n", tarball.display())).unwrap();
+    let mut command = rootsmith();
+    command.args(["build", "--fast", "--cache"]).arg(dir.join("cache")).arg("--out").arg(dir.join("out")).arg(&recipe);
+    command.envs(env.iter().copied()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return (status.code().unwrap_or(-1), stderr);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the build with tarball {} hung", tarball.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_fifo_or_a_device_as_tarball_is_refused_at_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("base.tar");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let (code, stderr) = build_within_a_minute(dir.path(), &fifo, &[]);
+    assert_eq!(code, 2, "a recipe error: {stderr}");
+    assert!(stderr.contains("base.tar` is a FIFO, not a regular file"), "{stderr}");
+    assert!(stderr.contains("r.yaml:5:22"), "{stderr}");
+    let (code, stderr) = build_within_a_minute(dir.path(), Path::new("/dev/zero"), &[]);
+    assert_eq!(code, 2, "a recipe error: {stderr}");
+    assert!(stderr.contains("`/dev/zero` is a character device, not a regular file"), "{stderr}");
+    assert!(stderr.contains("r.yaml:5:22"), "{stderr}");
+}
+
+#[test]
+fn an_environment_given_as_tarball_is_not_printed() {
+    if !needs_root("an_environment_given_as_tarball_is_not_printed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough that the environment fills a tar header on its own.
+    let secret = format!("hunter2-{}", "s".repeat(600));
+    let (code, stderr) = build_within_a_minute(dir.path(), Path::new("/proc/self/environ"), &[("ROOTSMITH_TEST_SECRET", &secret)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("hunter2") && !stderr.contains("ROOTSMITH_TEST_SECRET"), "the error prints the environment:\n{stderr}");
+    assert!(stderr.contains("not a tar archive"), "{stderr}");
+}

@@ -11,6 +11,7 @@ fn fixture_dir() -> tempfile::TempDir {
     fs_err::write(dir.path().join("overlay/motd"), "hi\n").unwrap();
     fs_err::write(dir.path().join("configure.sh"), "true\n").unwrap();
     fs_err::write(dir.path().join("base.tar"), "").unwrap();
+    nix::unistd::mkfifo(&dir.path().join("fifo.tar"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     dir
 }
 
@@ -69,6 +70,11 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: nothere/ }\n", 6, 19, "directory `nothere/` does not exist"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: configure.sh }\n", 6, 19, "is not a directory"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - run: { script: gone.sh }\n", 6, 20, "file `gone.sh` does not exist"),
+    // only regular files are read: a FIFO blocks, a device never ends
+    ("stages:\n  - tarball: { path: fifo.tar }\n", 5, 22, "`fifo.tar` is a FIFO, not a regular file"),
+    ("stages:\n  - tarball: { path: /dev/zero }\n", 5, 22, "`/dev/zero` is a character device, not a regular file"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - run: { script: fifo.tar }\n", 6, 20, "`fifo.tar` is a FIFO"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\nhosts: /dev/null\n", 6, 8, "`/dev/null` is a character device"),
     // base stage placement
     ("stages:\n  - packages: { install: [curl] }\n", 5, 5, "the first stage is `packages`"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - tarball: { path: base.tar }\n", 6, 5, "base stage `tarball` must be the first stage"),
