@@ -174,7 +174,7 @@ pub fn check_for_recipe(file: &Path, source: &str, bundle: &BundleKernels) -> Re
 
 pub fn parse(file: &Path, source: &str) -> Result<(RawInventory, SpanIndex), Diagnostics> {
     let spans = SpanIndex::build(source);
-    let raw = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![crate::diagnostic::yaml_diagnostic(file, source, &error, "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md")]))?;
+    let raw = serde_yaml::from_str(source).map_err(|error| Diagnostics(vec![crate::diagnostic::yaml_diagnostic(file, source, &error, "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md", crate::diagnostic::keys_of::<RawInventory>())]))?;
     Ok((raw, spans))
 }
 

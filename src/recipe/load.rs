@@ -66,7 +66,7 @@ fn serde_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error) -> Dia
     } else {
         "the recipe must be valid YAML".to_string()
     };
-    yaml_diagnostic(file, source, error, &hint)
+    yaml_diagnostic(file, source, error, &hint, crate::diagnostic::keys_of::<RawRecipe>())
 }
 
 

@@ -221,3 +221,26 @@ fn oci_stages_name_one_source() {
     let missing = errors("{ layout: nowhere }");
     assert!(missing[0].2.contains("directory `nowhere` does not exist"), "{missing:?}");
 }
+
+#[test]
+fn a_recipe_or_inventory_that_is_not_yaml_is_named_never_quoted() {
+    let dir = fixture_dir();
+    let file = dir.path().join("recipe.yaml");
+    let shadow = "root:$y$j9T$hunter2hash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n";
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n";
+    for text in [shadow, key] {
+        let Diagnostics(list) = load_str(&file, text, &LoadOptions::default()).unwrap_err();
+        let shown = Diagnostics(list.clone()).to_string();
+        assert!(!shown.contains("hunter2") && !shown.contains("b3Blbn"), "{shown}");
+        assert_eq!(list[0].file, file);
+        assert!(list[0].message.contains("its text is not shown"), "{shown}");
+
+        // The same text given as the recipe's inventory.
+        fs_err::write(dir.path().join("lab.yaml"), text).unwrap();
+        let Diagnostics(list) = load_str(&file, &format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\nhosts: lab.yaml\n"), &LoadOptions::default()).unwrap_err();
+        let shown = Diagnostics(list.clone()).to_string();
+        assert!(!shown.contains("hunter2") && !shown.contains("b3Blbn"), "{shown}");
+        assert_eq!(list[0].file, dir.path().join("lab.yaml"));
+        assert!(shown.contains("lab.yaml:1:1"), "{shown}");
+    }
+}
