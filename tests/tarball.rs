@@ -86,8 +86,12 @@ fn hostile_tarball_bases_never_write_outside_the_tree() {
 /// Build with `tarball` as the base, giving up (and failing) after a minute
 /// instead of hanging; `env` is added to the build's environment.
 fn build_within_a_minute(dir: &Path, tarball: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    build_recipe_within_a_minute(dir, &format!("rootsmith: 1\nname: special\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n", tarball.display()), env)
+}
+
+fn build_recipe_within_a_minute(dir: &Path, recipe_text: &str, env: &[(&str, &str)]) -> (i32, String) {
     let recipe = dir.join("r.yaml");
-    std::fs::write(&recipe, format!("rootsmith: 1\nname: special\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n", tarball.display())).unwrap();
+    std::fs::write(&recipe, recipe_text).unwrap();
     let mut command = rootsmith();
     command.args(["build", "--fast", "--cache"]).arg(dir.join("cache")).arg("--out").arg(dir.join("out")).arg(&recipe);
     command.envs(env.iter().copied()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
@@ -102,7 +106,7 @@ fn build_within_a_minute(dir: &Path, tarball: &Path, env: &[(&str, &str)]) -> (i
         if std::time::Instant::now() > deadline {
             child.kill().unwrap();
             child.wait().unwrap();
-            panic!("the build with tarball {} hung", tarball.display());
+            panic!("the build of {} hung", recipe.display());
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -135,4 +139,53 @@ fn an_environment_given_as_tarball_is_not_printed() {
     assert_eq!(code, 1, "{stderr}");
     assert!(!stderr.contains("hunter2") && !stderr.contains("ROOTSMITH_TEST_SECRET"), "the error prints the environment:\n{stderr}");
     assert!(stderr.contains("not a tar archive"), "{stderr}");
+}
+
+/// A tarball of a tree that has nothing but the host's /bin/sh and the
+/// libraries it loads: enough for a `run` stage.
+fn shell_only_tarball(path: &Path) {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(true);
+    builder.append_path_with_name(std::fs::canonicalize("/bin/sh").unwrap(), "bin/sh").unwrap();
+    let ldd = std::process::Command::new("ldd").arg("/bin/sh").output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let Some(library) = line.split_whitespace().find(|word| word.starts_with('/')) else { continue };
+        builder.append_path_with_name(library, library.trim_start_matches('/')).unwrap();
+    }
+    for directory in ["etc", "tmp"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        builder.append_data(&mut header, directory, std::io::empty()).unwrap();
+    }
+    std::fs::write(path, builder.into_inner().unwrap()).unwrap();
+}
+
+#[test]
+fn a_failing_script_file_is_named_by_its_path_and_line_never_quoted() {
+    if !needs_root("a_failing_script_file_is_named_by_its_path_and_line_never_quoted") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.tar");
+    shell_only_tarball(&base);
+    std::fs::write(dir.path().join("fail.sh"), "token=hunter2-in-the-script\necho marker-before-failing\nno-such-command-here\n").unwrap();
+    let recipe = format!("rootsmith: 1\nname: scripted\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n  - run: {{ script: fail.sh }}\n", base.display());
+    let (code, stderr) = build_recipe_within_a_minute(dir.path(), &recipe, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the error quotes the script:\n{stderr}");
+    assert!(stderr.contains("script `fail.sh` failed with exit status 127"), "{stderr}");
+    // The shell names the script and its line; the output's tail is shown.
+    assert!(stderr.contains("/.rootsmith-run/fail.sh: 3: no-such-command-here: not found"), "{stderr}");
+    assert!(stderr.contains("marker-before-failing"), "{stderr}");
+
+    // A script that succeeds leaves no trace of its copy in the tree.
+    std::fs::write(dir.path().join("fail.sh"), "echo ran > /etc/ran\n").unwrap();
+    let (code, stderr) = build_recipe_within_a_minute(dir.path(), &recipe, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let listing = std::process::Command::new("tar").args(["--quoting-style=literal", "-tf"]).arg(dir.path().join("out/scripted/1.0.0/scripted-1.0.0-rootfs.tar.zst")).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|line| line == "etc/ran"), "{listing}");
+    assert!(!listing.contains("rootsmith-run"), "{listing}");
 }

@@ -118,8 +118,8 @@ impl RealHost {
                 Ok(())
             });
         }
-        let argv = command.argv.join(" ");
-        let mut child = process.spawn().with_context(|| format!("cannot start `{argv}`"))?;
+        let argv = command.shown();
+        let mut child = process.spawn().with_context(|| format!("cannot start {argv}"))?;
         // The input is written from a thread so a command that prints much
         // before it reads all of it cannot block on a full pipe.
         let feeder = match (&command.stdin, child.stdin.take()) {
@@ -131,9 +131,9 @@ impl RealHost {
         };
         let mut stdout = Vec::new();
         if let Some(mut pipe) = child.stdout.take() {
-            std::io::Read::read_to_end(&mut pipe, &mut stdout).with_context(|| format!("reading the output of `{argv}`"))?;
+            std::io::Read::read_to_end(&mut pipe, &mut stdout).with_context(|| format!("reading the output of {argv}"))?;
         }
-        let status = child.wait().with_context(|| format!("waiting for `{argv}`"))?;
+        let status = child.wait().with_context(|| format!("waiting for {argv}"))?;
         if let Some(feeder) = feeder {
             // A command that exits without reading its input is judged by its exit status.
             let _ = feeder.join();
