@@ -39,7 +39,7 @@ pub fn parse(file: &Path, source: &str) -> Result<Config> {
     if source.trim().is_empty() {
         return Ok(Config::default());
     }
-    serde_yaml::from_str(source).map_err(|error| crate::diagnostic::Diagnostics(vec![crate::diagnostic::yaml_diagnostic(file, source, &error, "the settings file knows `cache_remote`; docs/cache.md")]).into())
+    serde_yaml::from_str(source).map_err(|error| crate::diagnostic::Diagnostics(vec![crate::diagnostic::yaml_diagnostic(file, source, &error, "the settings file knows `cache_remote`; docs/cache.md", crate::diagnostic::keys_of::<Config>())]).into())
 }
 
 #[cfg(test)]

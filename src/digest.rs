@@ -11,9 +11,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The digest of a file's bytes; an error names the file.
+/// The digest of a regular file's bytes; an error names the file. Anything
+/// else (a FIFO, a device) is an error before a byte is read.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    hash_reader(fs_err::File::open(path)?).map(|(digest, _)| digest)
+    hash_opened(path, crate::fileops::open_regular(path)?)
+}
+
+/// Like [`hash_file`], refusing a symlink at `path` itself (for a walk of a
+/// tree, where the symlink is an entry of its own).
+pub fn hash_file_no_follow(path: &Path) -> std::io::Result<String> {
+    hash_opened(path, crate::fileops::open_regular_no_follow(path)?)
+}
+
+fn hash_opened(path: &Path, file: std::fs::File) -> std::io::Result<String> {
+    hash_reader(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display()))).map(|(digest, _)| digest)
 }
 
 /// SHA-256 (hex) and length of everything `reader` gives.
@@ -47,5 +58,7 @@ mod tests {
         assert!(!is_sha256_hex(&expected.to_uppercase()));
         let error = hash_file(&dir.path().join("missing")).unwrap_err();
         assert!(error.to_string().contains("missing"), "the error names the file: {error}");
+        let error = hash_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(error.to_string().contains("/dev/zero is a character device"), "{error}");
     }
 }

@@ -1,5 +1,6 @@
 //! Filesystem operations more than one module needs: removing a tree a stage
-//! may have left read-only, and waiting for an exclusive lock file.
+//! may have left read-only, waiting for an exclusive lock file, and opening a
+//! file that must be a regular one (never blocking on a FIFO or reading a device).
 
 use std::fs::File;
 use std::path::Path;
@@ -25,6 +26,64 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// What kind of file `file_type` is, as messages name it.
+pub fn kind_name(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_file() {
+        "regular file"
+    } else if file_type.is_dir() {
+        "directory"
+    } else if file_type.is_symlink() {
+        "symlink"
+    } else if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_char_device() {
+        "character device"
+    } else if file_type.is_block_device() {
+        "block device"
+    } else if file_type.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// Open `path` (symlinks followed) for reading, refusing anything but a
+/// regular file: a FIFO would block the open or the read forever, a device
+/// such as `/dev/zero` never ends. The type is checked before the open and
+/// again on the opened file (it may have been swapped in between), and the
+/// open itself does not wait for a FIFO's writer.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    open_checked(path, true)
+}
+
+/// Like [`open_regular`], without following a symlink at `path` itself: for
+/// walking a tree, where a symlink is an entry of its own.
+pub fn open_regular_no_follow(path: &Path) -> std::io::Result<File> {
+    open_checked(path, false)
+}
+
+fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
+    let not_regular = |file_type: std::fs::FileType| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is a {}, not a regular file", path.display(), kind_name(file_type)));
+    let metadata = if follow { fs_err::metadata(path)? } else { fs_err::symlink_metadata(path)? };
+    if !metadata.is_file() {
+        return Err(not_regular(metadata.file_type()));
+    }
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = fs_err::OpenOptions::new().read(true).custom_flags(flags).open(path)?.into_parts().0;
+    let opened = file.metadata().map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
+    if !opened.is_file() {
+        return Err(not_regular(opened.file_type()));
+    }
+    // Reads of a regular file never block; the flag only mattered for the open.
+    nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty())).map_err(|errno| std::io::Error::new(std::io::Error::from(errno).kind(), format!("{}: {errno}", path.display())))?;
+    Ok(file)
+}
+
 /// Open (creating) `path` and wait for an exclusive flock on it; the lock is
 /// released when the file is dropped, or when the process dies.
 pub fn lock_file(path: &Path) -> std::io::Result<File> {
@@ -40,5 +99,46 @@ pub fn try_lock_file(path: &Path) -> std::io::Result<Option<File>> {
         Ok(true) => Ok(Some(file)),
         Ok(false) => Ok(None),
         Err(error) => Err(std::io::Error::new(error.kind(), format!("locking {}: {error}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run `f` on a thread and fail (instead of hanging) when it takes too long.
+    fn within_seconds<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sender.send(f()));
+        receiver.recv_timeout(std::time::Duration::from_secs(seconds)).expect("the call hung")
+    }
+
+    #[test]
+    fn only_regular_files_are_opened_and_a_fifo_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let regular = dir.path().join("file");
+        fs_err::write(&regular, "x").unwrap();
+        std::os::unix::fs::symlink(&fifo, dir.path().join("to-fifo")).unwrap();
+        std::os::unix::fs::symlink(&regular, dir.path().join("to-file")).unwrap();
+        let cases = [(fifo.clone(), Some("is a FIFO, not a regular file")), (dir.path().join("to-fifo"), Some("is a FIFO")), (std::path::PathBuf::from("/dev/zero"), Some("is a character device")), (dir.path().to_path_buf(), Some("is a directory")), (regular.clone(), None), (dir.path().join("to-file"), None)];
+        for (path, expected) in cases {
+            let shown = path.display().to_string();
+            let result = within_seconds(10, move || open_regular(&path).map(|_| ()).map_err(|error| error.to_string()));
+            match expected {
+                Some(message) => {
+                    let error = result.unwrap_err();
+                    assert!(error.contains(message) && error.contains(&shown), "{shown}: {error}");
+                }
+                None => result.unwrap(),
+            }
+        }
+        let link = dir.path().join("to-file");
+        let error = open_regular_no_follow(&link).unwrap_err();
+        assert!(error.to_string().contains("is a symlink"), "{error}");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut open_regular_no_follow(&regular).unwrap(), &mut text).unwrap();
+        assert_eq!(text, "x");
     }
 }

@@ -183,7 +183,7 @@ pub struct Parsed {
 pub fn parse(file: &Path, source: &str) -> Result<Parsed, Diagnostics> {
     let spans = SpanIndex::build(source);
     let hint = "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md";
-    let (raw, problems) = crate::diagnostic::parse_all::<RawInventory>(file, source, &spans, &|error| crate::diagnostic::yaml_diagnostic(file, source, error, hint))?;
+    let (raw, problems) = crate::diagnostic::parse_all::<RawInventory>(file, source, &spans, &|error| crate::diagnostic::yaml_diagnostic(file, source, error, hint, crate::diagnostic::keys_of::<RawInventory>()))?;
     Ok(Parsed { raw, spans, problems })
 }
 

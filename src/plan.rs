@@ -292,30 +292,42 @@ impl Plan {
     }
 }
 
-/// A local file's digest, under the name the recipe gave it.
+/// A local file's digest, under the name the recipe gave it. Only a regular
+/// file is read (streamed, never whole into memory): a FIFO or a device is an
+/// error before anything is read.
 fn file_digest(path: &Path, written: &str) -> Result<FileDigest> {
     let metadata = fs_err::metadata(path)?;
-    Ok(FileDigest {
-        path: written.to_string(),
-        kind: "file".into(),
-        mode: metadata.permissions().mode() & 0o7777,
-        sha256: crate::digest::sha256_hex(&fs_err::read(path)?),
-    })
+    let sha256 = crate::digest::hash_file(path).with_context(|| format!("reading `{written}`"))?;
+    Ok(FileDigest { path: written.to_string(), kind: "file".into(), mode: metadata.permissions().mode() & 0o7777, sha256 })
 }
 
-/// Digests of every entry under `root`, by path relative to it, sorted.
+/// Digests of every entry under `root`, by path relative to it, sorted, as
+/// the `files` stage copies them: symlinks by their target (never followed),
+/// FIFOs and device nodes by their device numbers (they are copied as nodes,
+/// never read), sockets left out (the copy skips them).
 fn tree_digests(root: &Path) -> Result<Vec<FileDigest>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut digests = Vec::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let entry = entry.with_context(|| format!("reading {}", root.display()))?;
         let metadata = entry.path().symlink_metadata().with_context(|| format!("reading {}", entry.path().display()))?;
         let relative = entry.path().strip_prefix(root).expect("under root").to_string_lossy().into_owned();
-        let (kind, sha256) = if metadata.is_dir() {
+        let file_type = metadata.file_type();
+        let device = || sha256_hex(format!("{}:{}", libc::major(metadata.rdev()), libc::minor(metadata.rdev())).as_bytes());
+        let (kind, sha256) = if file_type.is_dir() {
             ("dir", String::new())
-        } else if metadata.file_type().is_symlink() {
+        } else if file_type.is_symlink() {
             ("symlink", sha256_hex(fs_err::read_link(entry.path())?.as_os_str().as_encoded_bytes()))
+        } else if file_type.is_file() {
+            ("file", crate::digest::hash_file_no_follow(entry.path())?)
+        } else if file_type.is_fifo() {
+            ("fifo", String::new())
+        } else if file_type.is_char_device() {
+            ("char", device())
+        } else if file_type.is_block_device() {
+            ("block", device())
         } else {
-            ("file", sha256_hex(&fs_err::read(entry.path())?))
+            continue;
         };
         digests.push(FileDigest { path: relative, kind: kind.into(), mode: metadata.permissions().mode() & 0o7777, sha256 });
     }
@@ -365,5 +377,47 @@ mod tests {
         let host = RecordingHost::failing_at(0, 100);
         let error = plan(&recipe, &PlanOptions::default(), &host).unwrap_err();
         assert!(format!("{error:#}").contains("does not know the package `linux-source-6.1`"), "{error:#}");
+    }
+
+    /// Plan `source` (a recipe in `dir`) on a thread: a hang fails the test.
+    fn plan_within_seconds(dir: &Path, source: &str) -> Result<Plan, String> {
+        let file = dir.join("r.yaml");
+        let recipe = load_str(&file, source, &LoadOptions::default()).unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sender.send(plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}"))));
+        receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("planning hung")
+    }
+
+    #[test]
+    fn special_files_in_a_files_source_are_digested_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::write(dir.path().join("base.tar"), "").unwrap();
+        let overlay = dir.path().join("overlay");
+        fs_err::create_dir(&overlay).unwrap();
+        fs_err::write(overlay.join("motd"), "hi\n").unwrap();
+        nix::unistd::mkfifo(&overlay.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", overlay.join("shadow")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", overlay.join("zero")).unwrap();
+        let source = "rootsmith: 1\nname: f\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - files: { src: overlay }\n";
+        let plan = plan_within_seconds(dir.path(), source).unwrap();
+        let kinds: Vec<(&str, &str)> = plan.stages[1].files.iter().map(|f| (f.path.as_str(), f.kind.as_str())).collect();
+        assert_eq!(kinds, [("motd", "file"), ("pipe", "fifo"), ("shadow", "symlink"), ("zero", "symlink")]);
+        assert_eq!(plan.stages[1].files[2].sha256, sha256_hex(b"/etc/shadow"), "a symlink is digested by its target, never followed");
+    }
+
+    #[test]
+    fn a_tarball_that_became_a_fifo_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = dir.path().join("base.tar");
+        fs_err::write(&tarball, "").unwrap();
+        let file = dir.path().join("r.yaml");
+        let recipe = load_str(&file, "rootsmith: 1\nname: f\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n", &LoadOptions::default()).unwrap();
+        // Swapped after the recipe was checked.
+        fs_err::remove_file(&tarball).unwrap();
+        nix::unistd::mkfifo(&tarball, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sender.send(plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}"))));
+        let error = receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("planning hung").unwrap_err();
+        assert!(error.contains("base.tar is a FIFO, not a regular file"), "{error}");
     }
 }

@@ -543,3 +543,66 @@ fn a_second_machine_pulls_every_stage_from_the_remote_cache() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(states(&serde_json::from_str(&stdout).unwrap()), ["pulled", "pulled"]);
 }
+
+/// A layer whose only entry is GNU sparse: 512 bytes of data, then a hole up
+/// to `real_size`.
+fn sparse_layer(real_size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("huge").unwrap();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_size(512);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(real_size);
+    gnu.sparse[0].set_offset(0);
+    gnu.sparse[0].set_length(512);
+    gnu.sparse[1].set_offset(real_size);
+    gnu.sparse[1].set_length(0);
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, &[b'x'; 512][..]).unwrap();
+    builder.into_inner().unwrap()
+}
+
+/// A layer that is one PAX record of `size` bytes: a few KB compressed, and
+/// what the tar reader would hold in memory whole.
+fn pax_bomb_layer(size: usize) -> Vec<u8> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path("bomb").unwrap();
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_size(size as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.resize(512 + size, b'a');
+    bytes
+}
+
+#[test]
+fn oversized_and_bomb_layers_are_refused_quickly() {
+    if !needs_root("oversized_and_bomb_layers_are_refused_quickly") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let cases: [(&str, &str, Vec<u8>, &str); 2] = [
+        // 4 EiB: more than any filesystem has free.
+        ("sparse", "application/vnd.oci.image.layer.v1.tar+gzip", sparse_layer(1 << 62), "entry `huge`: it claims 4611686018427387904 bytes (4.0 EiB)"),
+        ("pax-bomb", "application/vnd.oci.image.layer.v1.tar+zstd", pax_bomb_layer(256 << 20), "the archive runs on past byte 16777216 with more than 16777216 bytes (16.0 MiB) of headers"),
+    ];
+    for (name, media_type, tar, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let image = ImageLayout::new(&dir.path().join("image"));
+        let manifest = image.image(&[(media_type, tar)]);
+        image.index(&[("bad", manifest)]);
+        let blobs: u64 = std::fs::read_dir(dir.path().join("image/blobs/sha256")).unwrap().map(|entry| entry.unwrap().metadata().unwrap().len()).sum();
+        assert!(blobs < 1 << 20, "{name}: the image is {blobs} bytes");
+        let started = std::time::Instant::now();
+        let (code, stderr, bundle) = build(dir.path(), "oci: { layout: image, ref: bad }");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{name}: took {:?}", started.elapsed());
+        assert_ne!(code, 0, "{name}: {stderr}");
+        assert!(stderr.contains("layer 1 of 1") && stderr.contains(reason), "{name}:\n{stderr}");
+        assert!(!bundle.exists(), "{name}: no bundle");
+        let written: u64 = walkdir::WalkDir::new(dir.path().join("cache")).into_iter().map(Result::unwrap).filter(|entry| entry.file_type().is_file()).map(|entry| entry.metadata().unwrap().blocks() * 512).sum();
+        assert!(written < 64 << 20, "{name}: the cache grew by {written} bytes");
+    }
+}

@@ -31,7 +31,10 @@ fn hostile_tarball(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
 fn build(dir: &Path, tarball: &Path) -> (i32, String) {
     let recipe = dir.join("r.yaml");
     std::fs::write(&recipe, format!("rootsmith: 1\nname: hostile\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n", tarball.display())).unwrap();
-    let (code, _, stderr) = run(rootsmith().args(["build", "--fast", "--cache"]).arg(dir.join("cache")).arg("--out").arg(dir.join("out")).arg(&recipe));
+    // Each archive publishes into its own out directory: a version is never
+    // published twice, and a clash would stop the build before its stage.
+    let out = dir.join("out").join(tarball.file_name().unwrap());
+    let (code, _, stderr) = run(rootsmith().args(["build", "--fast", "--cache"]).arg(dir.join("cache")).arg("--out").arg(out).arg(&recipe));
     (code, stderr)
 }
 
@@ -77,8 +80,115 @@ fn hostile_tarball_bases_never_write_outside_the_tree() {
     assert!(stderr.contains("hard link target: absolute path"), "{stderr}");
 
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "something was written outside the tree");
-    let listing = std::process::Command::new("tar").args(["--quoting-style=literal", "-tf"]).arg(dir.path().join("out/hostile/1.0.0/hostile-1.0.0-rootfs.tar.zst")).output().unwrap();
+    let listing = std::process::Command::new("tar").args(["--quoting-style=literal", "-tf"]).arg(dir.path().join("out/absolute.tar.gz/hostile/1.0.0/hostile-1.0.0-rootfs.tar.zst")).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
     let inside = format!("{}/evil", outside_text.trim_start_matches('/'));
     assert!(listing.lines().any(|line| line == inside), "the file written through the symlink is not inside the tree:\n{listing}");
+}
+
+/// Build with `tarball` as the base, giving up (and failing) after a minute
+/// instead of hanging; `env` is added to the build's environment.
+fn build_within_a_minute(dir: &Path, tarball: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    build_recipe_within_a_minute(dir, &format!("rootsmith: 1\nname: special\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n", tarball.display()), env)
+}
+
+fn build_recipe_within_a_minute(dir: &Path, recipe_text: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let recipe = dir.join("r.yaml");
+    std::fs::write(&recipe, recipe_text).unwrap();
+    let mut command = rootsmith();
+    command.args(["build", "--fast", "--cache"]).arg(dir.join("cache")).arg("--out").arg(dir.join("out")).arg(&recipe);
+    command.envs(env.iter().copied()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return (status.code().unwrap_or(-1), stderr);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the build of {} hung", recipe.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_fifo_or_a_device_as_tarball_is_refused_at_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("base.tar");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let (code, stderr) = build_within_a_minute(dir.path(), &fifo, &[]);
+    assert_eq!(code, 2, "a recipe error: {stderr}");
+    assert!(stderr.contains("base.tar` is a FIFO, not a regular file"), "{stderr}");
+    assert!(stderr.contains("r.yaml:5:22"), "{stderr}");
+    let (code, stderr) = build_within_a_minute(dir.path(), Path::new("/dev/zero"), &[]);
+    assert_eq!(code, 2, "a recipe error: {stderr}");
+    assert!(stderr.contains("`/dev/zero` is a character device, not a regular file"), "{stderr}");
+    assert!(stderr.contains("r.yaml:5:22"), "{stderr}");
+}
+
+#[test]
+fn an_environment_given_as_tarball_is_not_printed() {
+    if !needs_root("an_environment_given_as_tarball_is_not_printed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough that the environment fills a tar header on its own.
+    let secret = format!("hunter2-{}", "s".repeat(600));
+    let (code, stderr) = build_within_a_minute(dir.path(), Path::new("/proc/self/environ"), &[("ROOTSMITH_TEST_SECRET", &secret)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("hunter2") && !stderr.contains("ROOTSMITH_TEST_SECRET"), "the error prints the environment:\n{stderr}");
+    assert!(stderr.contains("not a tar archive"), "{stderr}");
+}
+
+/// A tarball of a tree that has nothing but the host's /bin/sh and the
+/// libraries it loads: enough for a `run` stage.
+fn shell_only_tarball(path: &Path) {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(true);
+    builder.append_path_with_name(std::fs::canonicalize("/bin/sh").unwrap(), "bin/sh").unwrap();
+    let ldd = std::process::Command::new("ldd").arg("/bin/sh").output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let Some(library) = line.split_whitespace().find(|word| word.starts_with('/')) else { continue };
+        builder.append_path_with_name(library, library.trim_start_matches('/')).unwrap();
+    }
+    for directory in ["etc", "tmp"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        builder.append_data(&mut header, directory, std::io::empty()).unwrap();
+    }
+    std::fs::write(path, builder.into_inner().unwrap()).unwrap();
+}
+
+#[test]
+fn a_failing_script_file_is_named_by_its_path_and_line_never_quoted() {
+    if !needs_root("a_failing_script_file_is_named_by_its_path_and_line_never_quoted") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.tar");
+    shell_only_tarball(&base);
+    std::fs::write(dir.path().join("fail.sh"), "token=hunter2-in-the-script\necho marker-before-failing\nno-such-command-here\n").unwrap();
+    let recipe = format!("rootsmith: 1\nname: scripted\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n  - run: {{ script: fail.sh }}\n", base.display());
+    let (code, stderr) = build_recipe_within_a_minute(dir.path(), &recipe, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the error quotes the script:\n{stderr}");
+    assert!(stderr.contains("script `fail.sh` failed with exit status 127"), "{stderr}");
+    // The shell names the script and its line; the output's tail is shown.
+    assert!(stderr.contains("/.rootsmith-run/fail.sh: 3: no-such-command-here: not found"), "{stderr}");
+    assert!(stderr.contains("marker-before-failing"), "{stderr}");
+
+    // A script that succeeds leaves no trace of its copy in the tree.
+    std::fs::write(dir.path().join("fail.sh"), "echo ran > /etc/ran\n").unwrap();
+    let (code, stderr) = build_recipe_within_a_minute(dir.path(), &recipe, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let listing = std::process::Command::new("tar").args(["--quoting-style=literal", "-tf"]).arg(dir.path().join("out/scripted/1.0.0/scripted-1.0.0-rootfs.tar.zst")).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|line| line == "etc/ran"), "{listing}");
+    assert!(!listing.contains("rootsmith-run"), "{listing}");
 }

@@ -44,7 +44,8 @@ pub struct FileDigest {
     pub path: String,
     pub kind: String,
     pub mode: u32,
-    /// SHA-256 of the content (files) or of the target (symlinks); empty for directories.
+    /// SHA-256 of the content (files), of the target (symlinks) or of
+    /// `MAJOR:MINOR` (device nodes); empty for directories and FIFOs.
     pub sha256: String,
 }
 

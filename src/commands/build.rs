@@ -43,7 +43,7 @@ fn error_object(error: &anyhow::Error) -> serde_json::Value {
         "stage": stage.map(|stage| &stage.stage),
         "kind": stage.map(|stage| &stage.kind),
         "log": stage.map(|stage| stage.log.display().to_string()).or_else(|| command.map(|command| command.log.clone())),
-        "command": command.map(|command| &command.argv),
+        "command": command.map(|command| &command.command),
         "status": command.map(|command| &command.status),
     })
 }

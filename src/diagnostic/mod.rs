@@ -5,6 +5,6 @@ mod report;
 pub mod spans;
 mod structural;
 
-pub use report::{yaml_diagnostic, Diagnostic, Diagnostics};
+pub use report::{keys_of, yaml_diagnostic, Diagnostic, Diagnostics};
 pub use spans::{Position, SpanIndex};
 pub use structural::parse_all;

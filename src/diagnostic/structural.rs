@@ -33,7 +33,11 @@ pub fn parse_all<T: serde::de::DeserializeOwned>(file: &Path, source: &str, span
         // right; later ones are of the text without earlier unknown keys, so
         // the place comes from the path.
         let moved = |position: Position| {
-            let moved = Diagnostic::new(file, source, position, diagnostic.message.clone());
+            // A file that must not be quoted stays unquoted.
+            let moved = match diagnostic.source_line {
+                Some(_) => Diagnostic::new(file, source, position, diagnostic.message.clone()),
+                None => Diagnostic::unquoted(file, position, diagnostic.message.clone()),
+            };
             match &diagnostic.hint {
                 Some(hint) => moved.with_hint(hint.clone()),
                 None => moved,

@@ -85,6 +85,9 @@ pub struct Command {
     /// Run in a private mount namespace even without a chroot (a tool such as
     /// debootstrap that mounts inside its target): what it mounts dies with it.
     pub private_mounts: bool,
+    /// What messages call the command instead of its argv (a recipe's
+    /// script file runs by path, and is named by the path the recipe gave).
+    pub label: Option<String>,
 }
 
 impl Command {
@@ -93,7 +96,7 @@ impl Command {
     pub fn on_host<S: AsRef<std::ffi::OsStr>>(program: impl AsRef<std::ffi::OsStr>, args: impl IntoIterator<Item = S>, log: &Path) -> Command {
         let mut argv = vec![program.as_ref().to_string_lossy().into_owned()];
         argv.extend(args.into_iter().map(|arg| arg.as_ref().to_string_lossy().into_owned()));
-        Command { argv, env: std::env::vars().collect(), root: None, mounts: Vec::new(), log: log.to_path_buf(), stdin: None, interactive: false, cwd: None, private_mounts: false }
+        Command { argv, env: std::env::vars().collect(), root: None, mounts: Vec::new(), log: log.to_path_buf(), stdin: None, interactive: false, cwd: None, private_mounts: false, label: None }
     }
 
     pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -121,17 +124,41 @@ impl Command {
         self
     }
 
+    /// The command as messages show it: its label, or its argv in backticks
+    /// with every long or multi-line argument cut to the start of its first line.
+    pub fn shown(&self) -> String {
+        match &self.label {
+            Some(label) => label.clone(),
+            None => format!("`{}`", self.argv.iter().map(|arg| short_argument(arg)).collect::<Vec<_>>().join(" ")),
+        }
+    }
+
     /// The program's file name, for messages and the recording host.
     pub fn program(&self) -> &str {
         self.argv.first().map(|program| program.rsplit('/').next().unwrap_or(program)).unwrap_or("")
     }
 }
 
-/// A command that ran and failed: its argv, exit status and the tail of its output.
+/// How long an argument may be before messages cut it.
+const SHOWN_ARGUMENT: usize = 60;
+
+/// An argument as messages show it: whole when short and on one line,
+/// otherwise the start of its first line and `…` (an inline script).
+fn short_argument(arg: &str) -> String {
+    let first = arg.lines().next().unwrap_or("");
+    if first.len() == arg.len() && arg.chars().count() <= SHOWN_ARGUMENT {
+        return arg.to_string();
+    }
+    let cut: String = first.chars().take(SHOWN_ARGUMENT).collect();
+    format!("{cut}…")
+}
+
+/// A command that ran and failed: the command as [`Command::shown`] gives it,
+/// its exit status and the tail of its output.
 #[derive(Debug, thiserror::Error)]
-#[error("`{argv}` failed with {status}\n--- last lines of its output ({log}) ---\n{tail}")]
+#[error("{command} failed with {status}\n--- last lines of its output ({log}) ---\n{tail}")]
 pub struct CommandError {
-    pub argv: String,
+    pub command: String,
     pub status: String,
     pub tail: String,
     pub log: String,
@@ -174,7 +201,7 @@ fn check_exit(command: &Command, code: i32) -> anyhow::Result<()> {
         return Ok(());
     }
     let status = if code > 128 { format!("signal {}", code - 128) } else { format!("exit status {code}") };
-    Err(CommandError { argv: command.argv.join(" "), status, tail: log_tail(&command.log, 25), log: command.log.display().to_string() }.into())
+    Err(CommandError { command: command.shown(), status, tail: log_tail(&command.log, 25), log: command.log.display().to_string() }.into())
 }
 
 /// The last `lines` lines of a log file.
@@ -206,5 +233,21 @@ mod tests {
         assert_eq!(env["SOURCE_DATE_EPOCH"], "42");
         assert_eq!(env["X"], "1");
         assert!(!env.contains_key("USER"));
+    }
+
+    #[test]
+    fn a_failed_command_is_shown_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        fs_err::write(&log, "line 1\nfailed here\n").unwrap();
+        let script = format!("apt-get update\necho {}\n", "x".repeat(10_000));
+        let mut command = Command::on_host("/bin/sh", ["-e", "-c", script.as_str(), "rootsmith-run"], &log);
+        let error = check_exit(&command, 1).unwrap_err().to_string();
+        assert!(error.starts_with("`/bin/sh -e -c apt-get update… rootsmith-run` failed with exit status 1\n"), "{error}");
+        assert!(error.ends_with("line 1\nfailed here"), "{error}");
+        assert!(error.len() < 300, "{} bytes", error.len());
+        command.label = Some("script `configure.sh`".to_string());
+        let error = check_exit(&command, 2).unwrap_err().to_string();
+        assert!(error.starts_with("script `configure.sh` failed with exit status 2"), "{error}");
     }
 }

@@ -183,8 +183,8 @@ impl RealHost {
                 Ok(())
             });
         }
-        let argv = command.argv.join(" ");
-        let mut child = process.spawn().with_context(|| format!("cannot start `{argv}`"))?;
+        let argv = command.shown();
+        let mut child = process.spawn().with_context(|| format!("cannot start {argv}"))?;
         // Drop the parent's copies of the pipe's write end (the child has its
         // own), so the copier sees the end when the command's processes end.
         drop(process);
@@ -214,9 +214,9 @@ impl RealHost {
         };
         let mut stdout = Vec::new();
         if let Some(mut pipe) = child.stdout.take() {
-            std::io::Read::read_to_end(&mut pipe, &mut stdout).with_context(|| format!("reading the output of `{argv}`"))?;
+            std::io::Read::read_to_end(&mut pipe, &mut stdout).with_context(|| format!("reading the output of {argv}"))?;
         }
-        let status = child.wait().with_context(|| format!("waiting for `{argv}`"))?;
+        let status = child.wait().with_context(|| format!("waiting for {argv}"))?;
         if let Some(copier) = copier {
             let _ = copier.join();
         }

@@ -6,12 +6,25 @@
 //! symlink can redirect a write only to another place inside the tree; one that
 //! climbs above the root is refused. The final component is never followed:
 //! whatever stands there is replaced. Hard links must point inside the tree too.
+//!
+//! Sizes are bounded before they are written: the entries of one archive may
+//! claim (their real sizes, a sparse file's holes included) no more than the
+//! free space of the tree's filesystem, and a GNU sparse file is written with
+//! its holes left as holes. The (decompressed) stream is counted as it is read:
+//! it may run past the data of the entries it has announced by no more than
+//! [`HEADER_ALLOWANCE`] (headers, PAX records and long names, which the tar
+//! reader keeps in memory), so neither a gzip/zstd bomb nor a giant PAX record
+//! gets further than that. An archive that cannot be parsed is reported by
+//! byte offset, never by quoting what it holds (it may be any file at all).
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use tar::EntryType;
 
@@ -29,14 +42,37 @@ pub struct ApplyError {
 /// How many symlinks one path may go through, as the kernel's own limit.
 const MAX_SYMLINK_HOPS: usize = 40;
 
+/// How far the stream may run past the data of the last entry before the next
+/// entry starts: its header, GNU sparse maps, PAX records and long names.
+pub const HEADER_ALLOWANCE: u64 = 16 << 20;
+
 /// Apply the tar read from `reader` to `root`. `layer` names it in errors.
+/// Returns the number of entries applied.
 pub fn apply_layer(reader: impl Read, root: &Path, layer: &str) -> Result<u64, ApplyError> {
-    let mut archive = tar::Archive::new(reader);
-    let mut applier = Applier { root, layer, written: HashSet::new(), directory_times: Vec::new(), is_root: nix::unistd::geteuid().is_root() };
-    let entries = archive.entries().map_err(|error| applier.error("(archive)", format!("cannot read the archive: {error}")))?;
+    let free = free_space(root).map_err(|error| ApplyError { layer: layer.to_string(), entry: "(archive)".to_string(), reason: format!("cannot tell the free space of {}: {error}", root.display()) })?;
+    apply_layer_with_space(reader, root, layer, free)
+}
+
+/// The bytes an unprivileged writer may still use on the filesystem of `path`.
+fn free_space(path: &Path) -> nix::Result<u64> {
+    let stats = nix::sys::statvfs::statvfs(path)?;
+    Ok((stats.blocks_available() as u64).saturating_mul(stats.fragment_size() as u64))
+}
+
+/// [`apply_layer`] with the free space given (tests make it small).
+pub(super) fn apply_layer_with_space(reader: impl Read, root: &Path, layer: &str, free: u64) -> Result<u64, ApplyError> {
+    let stream = Rc::new(Stream::default());
+    stream.limit.set(HEADER_ALLOWANCE);
+    let mut archive = tar::Archive::new(Counted { inner: reader, stream: Rc::clone(&stream) });
+    let mut applier = Applier { root, layer, written: HashSet::new(), directory_times: Vec::new(), is_root: nix::unistd::geteuid().is_root(), free, claimed: 0, freed: 0 };
+    let entries = archive.entries().map_err(|_| applier.unreadable(&stream))?;
     let mut count = 0;
     for entry in entries {
-        let entry = entry.map_err(|error| applier.error("(archive)", format!("cannot read the archive: {error}")))?;
+        let entry = entry.map_err(|_| applier.unreadable(&stream))?;
+        // The stream now stands at the entry's data: it may go on through that
+        // data (padded to whole blocks) and the next entry's headers.
+        let in_stream = if entry.header().entry_type() == EntryType::GNUSparse { entry.header().entry_size().unwrap_or(u64::MAX) } else { entry.size() };
+        stream.limit.set(stream.read.get().saturating_add(in_stream.div_ceil(512).saturating_mul(512)).saturating_add(HEADER_ALLOWANCE));
         applier.apply(entry)?;
         count += 1;
     }
@@ -48,6 +84,73 @@ pub fn apply_layer(reader: impl Read, root: &Path, layer: &str) -> Result<u64, A
     Ok(count)
 }
 
+/// What the counting reader saw: bytes read, how far it may read, and why it
+/// stopped, so an error names its cause without the tar reader's text (which
+/// quotes a broken header's bytes).
+#[derive(Default)]
+struct Stream {
+    read: Cell<u64>,
+    limit: Cell<u64>,
+    ended: Cell<bool>,
+    failure: RefCell<Option<String>>,
+}
+
+/// The archive's (decompressed) bytes, counted and cut off at the limit.
+struct Counted<R> {
+    inner: R,
+    stream: Rc<Stream>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let stream = &self.stream;
+        let room = stream.limit.get().saturating_sub(stream.read.get());
+        if room == 0 {
+            let reason = format!(
+                "the archive runs on past byte {} with more than {} of headers before an entry's data; refusing to read further (a decompression bomb?)",
+                stream.read.get(),
+                bytes(HEADER_ALLOWANCE)
+            );
+            stream.failure.replace(Some(reason.clone()));
+            return Err(std::io::Error::other(reason));
+        }
+        let wanted = buffer.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        match self.inner.read(&mut buffer[..wanted]) {
+            Ok(0) if wanted > 0 => {
+                stream.ended.set(true);
+                Ok(0)
+            }
+            Ok(count) => {
+                stream.read.set(stream.read.get() + count as u64);
+                Ok(count)
+            }
+            Err(error) => {
+                stream.failure.replace(Some(format!("cannot read the archive: {error}")));
+                Err(error)
+            }
+        }
+    }
+}
+
+/// A byte count as people read it: `1099511627776 bytes (1.0 TiB)`.
+fn bytes(count: u64) -> String {
+    let units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = count as f64;
+    let mut unit = "";
+    for next in units {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    if unit.is_empty() {
+        format!("{count} bytes")
+    } else {
+        format!("{count} bytes ({value:.1} {unit})")
+    }
+}
+
 struct Applier<'a> {
     root: &'a Path,
     layer: &'a str,
@@ -55,6 +158,12 @@ struct Applier<'a> {
     written: HashSet<PathBuf>,
     directory_times: Vec<(PathBuf, i64)>,
     is_root: bool,
+    /// Free bytes on the tree's filesystem when the archive started.
+    free: u64,
+    /// Bytes the entries so far claimed (real sizes, holes included).
+    claimed: u64,
+    /// Bytes given back by files this archive replaced.
+    freed: u64,
 }
 
 impl Applier<'_> {
@@ -62,17 +171,54 @@ impl Applier<'_> {
         ApplyError { layer: self.layer.to_string(), entry: entry.to_string(), reason: reason.into() }
     }
 
+    /// The archive itself could not be read: say why from what the counting
+    /// reader saw, never with the tar reader's text, which quotes the bytes of
+    /// a broken header (the "archive" may be any file: an environment, a key).
+    fn unreadable(&self, stream: &Stream) -> ApplyError {
+        let reason = match stream.failure.borrow().clone() {
+            Some(reason) => reason,
+            None if stream.ended.get() => format!("the archive ends after {} bytes, in the middle of an entry (is it truncated?)", stream.read.get()),
+            None => format!("not a tar archive, or a damaged one: the header before byte {} is not a valid tar header (or sparse map)", stream.read.get()),
+        };
+        self.error("(archive)", reason)
+    }
+
+    /// Count an entry's real size against the free space, before it is written.
+    fn claim(&mut self, shown: &str, size: u64) -> Result<(), ApplyError> {
+        let available = self.free.saturating_add(self.freed);
+        let claimed = self.claimed.saturating_add(size);
+        if claimed > available {
+            return Err(self.error(
+                shown,
+                format!(
+                    "it claims {}, and with the {} the archive's earlier entries claimed that is more than the {} free on the filesystem of {}",
+                    bytes(size),
+                    bytes(self.claimed),
+                    bytes(available),
+                    self.root.display()
+                ),
+            ));
+        }
+        self.claimed = claimed;
+        Ok(())
+    }
+
     fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ApplyError> {
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let relative = clean_path(&raw_path).map_err(|reason| self.error(&shown, reason))?;
         let Some(name) = relative.file_name().map(|name| name.to_os_string()) else {
-            return Ok(()); // the root itself ("./")
+            // The root itself ("./"); data it carries was read all the same.
+            return self.claim(&shown, entry.size());
         };
         let parent = self.resolve_parent(relative.parent().unwrap_or(Path::new(""))).map_err(|reason| self.error(&shown, reason))?;
         let parent_full = self.root.join(&parent);
         let name_bytes = name.as_bytes();
 
+        if name_bytes == OPAQUE_MARKER.as_bytes() || name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Markers write nothing, but data they carry is read all the same.
+            self.claim(&shown, entry.size())?;
+        }
         if name_bytes == OPAQUE_MARKER.as_bytes() {
             return self.make_opaque(&parent).map_err(|error| self.error(&shown, error.to_string()));
         }
@@ -97,6 +243,13 @@ impl Applier<'_> {
         }
         let kind = header.entry_type();
         let existing = fs_err::symlink_metadata(&destination).ok();
+        // What replacing a file gives back (unless another link keeps it).
+        if let Some(metadata) = existing.as_ref().filter(|metadata| metadata.is_file() && metadata.nlink() == 1) {
+            self.freed = self.freed.saturating_add(metadata.blocks().saturating_mul(512));
+        }
+        // A regular file's real size (a sparse one's holes included: what
+        // reading it back gives), or whatever data another kind carries.
+        self.claim(&shown, entry.size())?;
         let io = |error: std::io::Error| self.error(&shown, format!("{}: {error}", destination.display()));
         match existing {
             Some(metadata) if metadata.is_dir() && kind == EntryType::Directory => {}
@@ -112,8 +265,12 @@ impl Applier<'_> {
                 }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&destination).map_err(io)?;
-                std::io::copy(&mut entry, &mut file).map_err(io)?;
+                // The tar reader's own unpack writes a GNU sparse map's holes
+                // as holes (a seek, then set_len for a hole at the end). The
+                // destination's parent is resolved and nothing stands at it
+                // now; the file is created with O_EXCL, so never through a
+                // symlink. Owner, mode, xattrs and mtime are set below.
+                entry.unpack(&destination).map_err(|error| self.error(&shown, with_causes(&error)))?;
             }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| self.error(&shown, "symlink without a target"))?.into_owned();
@@ -231,6 +388,21 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// An error with its causes, `outer: inner: …` (the tar reader keeps the I/O
+/// error under its own message).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let shown = inner.to_string();
+        if !text.ends_with(&shown) {
+            text = format!("{text}: {shown}");
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 fn normal_component(component: Component<'_>) -> Option<OsString> {

@@ -6,6 +6,8 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::*;
+use super::apply::{apply_layer_with_space, HEADER_ALLOWANCE};
+use std::io::Read as _;
 
 /// Capture `before → after` of `root` as a layer tar.
 fn capture(root: &Path, before: &Snapshot) -> Vec<u8> {
@@ -174,4 +176,177 @@ fn xattrs_survive_a_layer_round_trip() {
     fs::create_dir(&replica).unwrap();
     apply_layer(layer.as_slice(), &replica, "xattrs").unwrap();
     assert_eq!(xattr::get(replica.join("ping"), name).unwrap().as_deref(), Some(value));
+}
+
+/// A reader that counts what was taken from it.
+struct Counting<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let count = self.inner.read(buffer)?;
+        self.count.set(self.count.get() + count as u64);
+        Ok(count)
+    }
+}
+
+const TIB: u64 = 1 << 40;
+const MIB: u64 = 1 << 20;
+
+/// A GNU sparse entry `big` of `real_size` bytes whose data segments are
+/// `segments` (offset, bytes), each a whole number of 512-byte blocks but the last.
+fn sparse_archive(real_size: u64, segments: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("big").unwrap();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_mode(0o644);
+    let data: Vec<u8> = segments.iter().flat_map(|(_, bytes)| bytes.iter().copied()).collect();
+    header.set_size(data.len() as u64);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(real_size);
+    for (slot, (offset, bytes)) in gnu.sparse.iter_mut().zip(segments) {
+        slot.set_offset(*offset);
+        slot.set_length(bytes.len() as u64);
+    }
+    // The hole at the end: an empty segment at the real size.
+    gnu.sparse[segments.len()].set_offset(real_size);
+    gnu.sparse[segments.len()].set_length(0);
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, data.as_slice()).unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn a_sparse_entry_of_a_tebibyte_is_refused_or_kept_sparse_quickly() {
+    let root = tempfile::tempdir().unwrap();
+    let archive = sparse_archive(TIB, &[(0, &[b'x'; 512])]);
+    assert!(archive.len() < 3 * 1024, "{} bytes", archive.len());
+    let started = std::time::Instant::now();
+    let result = apply_layer(archive.as_slice(), root.path(), "sparse.tar");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    match result {
+        Err(error) => {
+            let text = error.to_string();
+            assert!(text.starts_with("layer sparse.tar: entry `big`: it claims 1099511627776 bytes (1.0 TiB)"), "{text}");
+            assert!(text.contains("free on the filesystem of"), "{text}");
+            assert!(!root.path().join("big").exists());
+        }
+        Ok(_) => {
+            let metadata = fs::metadata(root.path().join("big")).unwrap();
+            assert_eq!(metadata.len(), TIB);
+            assert!(metadata.blocks() * 512 < 16 * MIB, "{} blocks allocated", metadata.blocks());
+        }
+    }
+}
+
+#[test]
+fn sparse_holes_stay_holes() {
+    use std::os::unix::fs::FileExt;
+    let root = tempfile::tempdir().unwrap();
+    let archive = sparse_archive(TIB, &[(0, &[b'x'; 512]), (1 << 30, b"tail of the middle")]);
+    let started = std::time::Instant::now();
+    apply_layer_with_space(archive.as_slice(), root.path(), "sparse.tar", 2 * TIB).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    let file = fs::File::open(root.path().join("big")).unwrap();
+    let metadata = file.metadata().unwrap();
+    assert_eq!(metadata.len(), TIB);
+    assert!(metadata.blocks() * 512 < 16 * MIB, "{} blocks allocated", metadata.blocks());
+    let mut buffer = [0u8; 18];
+    file.read_exact_at(&mut buffer, 1 << 30).unwrap();
+    assert_eq!(&buffer, b"tail of the middle");
+    file.read_exact_at(&mut buffer, 0).unwrap();
+    assert_eq!(buffer, [b'x'; 18]);
+    file.read_exact_at(&mut buffer, TIB - 18).unwrap();
+    assert_eq!(buffer, [0; 18]);
+}
+
+/// A tar of `count` regular entries of `size` zero bytes each, as zstd.
+fn zeros_archive_zstd(count: usize, size: u64) -> Vec<u8> {
+    let mut builder = tar::Builder::new(zstd::Encoder::new(Vec::new(), 3).unwrap());
+    for index in 0..count {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(size);
+        builder.append_data(&mut header, format!("zeros-{index}"), std::io::repeat(0).take(size)).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn entries_may_claim_no_more_than_the_free_space() {
+    let root = tempfile::tempdir().unwrap();
+    // One entry larger than the free space: refused before its data is read.
+    let compressed = zeros_archive_zstd(1, 64 * MIB);
+    assert!(compressed.len() < 64 * 1024, "{} bytes", compressed.len());
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let reader = Counting { inner: zstd::Decoder::new(compressed.as_slice()).unwrap(), count: read.clone() };
+    let error = apply_layer_with_space(reader, root.path(), "bomb.tar.zst", 8 * MIB).unwrap_err().to_string();
+    assert!(error.starts_with("layer bomb.tar.zst: entry `zeros-0`: it claims 67108864 bytes (64.0 MiB), and with the 0 bytes the archive's earlier entries claimed that is more than the 8388608 bytes (8.0 MiB) free"), "{error}");
+    assert!(read.get() <= HEADER_ALLOWANCE, "{} bytes of the stream were read", read.get());
+    assert!(!root.path().join("zeros-0").exists());
+
+    // Entries that fit one by one but not together: refused at the first one too many.
+    let compressed = zeros_archive_zstd(16, MIB);
+    let error = apply_layer_with_space(zstd::Decoder::new(compressed.as_slice()).unwrap(), root.path(), "many.tar.zst", 8 * MIB).unwrap_err().to_string();
+    assert!(error.starts_with("layer many.tar.zst: entry `zeros-8`: it claims 1048576 bytes (1.0 MiB), and with the 8388608 bytes (8.0 MiB)"), "{error}");
+    assert!(root.path().join("zeros-7").exists() && !root.path().join("zeros-8").exists());
+
+    // A whiteout's data is read as well, so it counts too.
+    let mut builder = tar::Builder::new(Vec::new());
+    raw_entry(&mut builder, ".wh.gone", tar::EntryType::Regular, None, &vec![0; 2 * MIB as usize]);
+    let archive = builder.into_inner().unwrap();
+    let error = apply_layer_with_space(archive.as_slice(), root.path(), "whiteout.tar", MIB).unwrap_err().to_string();
+    assert!(error.contains("entry `.wh.gone`: it claims 2097152 bytes"), "{error}");
+}
+
+#[test]
+fn a_decompression_bomb_in_the_headers_is_cut_off() {
+    // A PAX record and a GNU long name the tar reader would hold in memory whole.
+    let bomb = |kind: tar::EntryType, size: u64, writer: &mut dyn std::io::Write| {
+        let mut header = tar::Header::new_ustar();
+        header.set_path("bomb").unwrap();
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        writer.write_all(header.as_bytes()).unwrap();
+        std::io::copy(&mut std::io::repeat(b'a').take(size), writer).unwrap();
+    };
+    let size = 4 * HEADER_ALLOWANCE;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    bomb(tar::EntryType::XHeader, size, &mut gzip);
+    let gzip = gzip.finish().unwrap();
+    let mut zstd = zstd::Encoder::new(Vec::new(), 3).unwrap();
+    bomb(tar::EntryType::GNULongName, size, &mut zstd);
+    let zstd = zstd.finish().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    for (name, reader) in [("pax.tar.gz", Box::new(flate2::read::GzDecoder::new(gzip.as_slice())) as Box<dyn std::io::Read>), ("longname.tar.zst", Box::new(zstd::Decoder::new(zstd.as_slice()).unwrap()))] {
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let started = std::time::Instant::now();
+        let error = apply_layer(Counting { inner: reader, count: read.clone() }, root.path(), name).unwrap_err().to_string();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name}: took {:?}", started.elapsed());
+        assert!(error.contains("entry `(archive)`: the archive runs on past byte 16777216 with more than 16777216 bytes (16.0 MiB) of headers"), "{name}: {error}");
+        assert!(read.get() <= HEADER_ALLOWANCE, "{name}: {} bytes of the stream were read", read.get());
+    }
+}
+
+#[test]
+fn an_archive_that_is_no_tar_is_named_by_offset_never_quoted() {
+    let root = tempfile::tempdir().unwrap();
+    let secret: Vec<u8> = (0..64).flat_map(|index| format!("TOKEN_{index}=hunter2\0").into_bytes()).collect();
+    let error = apply_layer(secret.as_slice(), root.path(), "environ").unwrap_err().to_string();
+    assert!(!error.contains("hunter2") && !error.contains("TOKEN"), "{error}");
+    assert!(error.contains("not a tar archive, or a damaged one: the header before byte 512"), "{error}");
+
+    // Cut in the middle of a header: truncated.
+    let mut builder = tar::Builder::new(Vec::new());
+    raw_entry(&mut builder, "a", tar::EntryType::Regular, None, b"a");
+    raw_entry(&mut builder, "b", tar::EntryType::Regular, None, b"b");
+    let archive = builder.into_inner().unwrap();
+    let error = apply_layer(&archive[..1024 + 100], root.path(), "cut.tar").unwrap_err().to_string();
+    assert!(error.contains("the archive ends after 1124 bytes"), "{error}");
 }

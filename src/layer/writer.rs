@@ -70,7 +70,9 @@ impl<W: Write> TreeTarWriter<W> {
         } else if file_type.is_file() {
             header.set_entry_type(EntryType::Regular);
             header.set_size(metadata.len());
-            let file = std::fs::File::open(&full).map_err(|error| with_path(error, &full))?;
+            // A regular file when looked at: if something else stands there
+            // now (a FIFO would block the read forever), that is an error.
+            let file = crate::fileops::open_regular_no_follow(&full)?;
             self.builder.append_data(&mut header, relative, file)
         } else {
             let kind = if file_type.is_char_device() {

@@ -25,7 +25,7 @@ const CONFIG_TARGETS: &[&str] = &["defconfig", "tinyconfig", "allnoconfig"];
 /// Read and check the recipe at `file`.
 pub fn load(file: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
     let source = fs_err::read_to_string(file).map_err(|error| {
-        Diagnostics(vec![Diagnostic::new(file, "", Position { line: 1, column: 1 }, format!("cannot read recipe: {error}"))])
+        Diagnostics(vec![Diagnostic::unquoted(file, Position { line: 1, column: 1 }, format!("cannot read recipe: {error}"))])
     })?;
     load_str(file, &source, options)
 }
@@ -66,7 +66,7 @@ fn serde_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error) -> Dia
     } else {
         "the recipe must be valid YAML".to_string()
     };
-    yaml_diagnostic(file, source, error, &hint)
+    yaml_diagnostic(file, source, error, &hint, crate::diagnostic::keys_of::<RawRecipe>())
 }
 
 
@@ -455,12 +455,18 @@ impl Checker<'_> {
         }
     }
 
-    /// A file (or directory when `directory`) the recipe refers to, which must exist.
+    /// A regular file (or directory when `directory`) the recipe refers to,
+    /// which must exist. A FIFO or a device is refused here, before anything
+    /// would read it: reading one blocks or never ends.
     fn local_file(&mut self, field: &str, written: &str, directory: bool) -> Option<LocalPath> {
         let resolved = self.dir.join(written);
         let what = if directory { "directory" } else { "file" };
         match fs_err::metadata(&resolved) {
-            Ok(metadata) if metadata.is_dir() == directory => Some(LocalPath { written: written.to_string(), resolved }),
+            Ok(metadata) if (directory && metadata.is_dir()) || (!directory && metadata.is_file()) => Some(LocalPath { written: written.to_string(), resolved }),
+            Ok(metadata) if !directory && !metadata.is_dir() => {
+                self.at_value(field, format!("`{written}` is a {}, not a regular file", special_kind(&metadata)), format!("`{}` must name a regular file; a FIFO or a device is never read", field.rsplit('.').next().unwrap_or(field)));
+                None
+            }
             Ok(_) => {
                 self.at_value(field, format!("`{written}` is not a {what}"), format!("`{}` must name a {what}", field.rsplit('.').next().unwrap_or(field)));
                 None
@@ -567,6 +573,23 @@ impl Checker<'_> {
             (None, None) => None,
         };
         Compression { algorithm, level }
+    }
+}
+
+/// What a file that is neither regular nor a directory is, as messages name it.
+fn special_kind(metadata: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let file_type = metadata.file_type();
+    if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_char_device() {
+        "character device"
+    } else if file_type.is_block_device() {
+        "block device"
+    } else if file_type.is_socket() {
+        "socket"
+    } else {
+        "special file"
     }
 }
 

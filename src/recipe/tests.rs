@@ -11,6 +11,7 @@ fn fixture_dir() -> tempfile::TempDir {
     fs_err::write(dir.path().join("overlay/motd"), "hi\n").unwrap();
     fs_err::write(dir.path().join("configure.sh"), "true\n").unwrap();
     fs_err::write(dir.path().join("base.tar"), "").unwrap();
+    nix::unistd::mkfifo(&dir.path().join("fifo.tar"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     dir
 }
 
@@ -71,6 +72,11 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: nothere/ }\n", 6, 19, "directory `nothere/` does not exist"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: configure.sh }\n", 6, 19, "is not a directory"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - run: { script: gone.sh }\n", 6, 20, "file `gone.sh` does not exist"),
+    // only regular files are read: a FIFO blocks, a device never ends
+    ("stages:\n  - tarball: { path: fifo.tar }\n", 5, 22, "`fifo.tar` is a FIFO, not a regular file"),
+    ("stages:\n  - tarball: { path: /dev/zero }\n", 5, 22, "`/dev/zero` is a character device, not a regular file"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\n  - run: { script: fifo.tar }\n", 6, 20, "`fifo.tar` is a FIFO"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\nhosts: /dev/null\n", 6, 8, "`/dev/null` is a character device"),
     // base stage placement
     ("stages:\n  - packages: { install: [curl] }\n", 5, 5, "the first stage is `packages`"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - tarball: { path: base.tar }\n", 6, 5, "base stage `tarball` must be the first stage"),
@@ -240,4 +246,27 @@ fn a_recipe_without_initramfs_modules_gets_the_default_drivers_and_an_empty_list
     let listed = load("outputs:\n  initramfs: { modules: [e1000] }\n").outputs.initramfs;
     assert!(!listed.default_modules);
     assert_eq!(listed.module_names(), ["loop", "squashfs", "overlay", "e1000"]);
+}
+
+#[test]
+fn a_recipe_or_inventory_that_is_not_yaml_is_named_never_quoted() {
+    let dir = fixture_dir();
+    let file = dir.path().join("recipe.yaml");
+    let shadow = "root:$y$j9T$hunter2hash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n";
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n";
+    for text in [shadow, key] {
+        let Diagnostics(list) = load_str(&file, text, &LoadOptions::default()).unwrap_err();
+        let shown = Diagnostics(list.clone()).to_string();
+        assert!(!shown.contains("hunter2") && !shown.contains("b3Blbn"), "{shown}");
+        assert_eq!(list[0].file, file);
+        assert!(list[0].message.contains("its text is not shown"), "{shown}");
+
+        // The same text given as the recipe's inventory.
+        fs_err::write(dir.path().join("lab.yaml"), text).unwrap();
+        let Diagnostics(list) = load_str(&file, &format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\nhosts: lab.yaml\n"), &LoadOptions::default()).unwrap_err();
+        let shown = Diagnostics(list.clone()).to_string();
+        assert!(!shown.contains("hunter2") && !shown.contains("b3Blbn"), "{shown}");
+        assert_eq!(list[0].file, dir.path().join("lab.yaml"));
+        assert!(shown.contains("lab.yaml:1:1"), "{shown}");
+    }
 }

@@ -17,9 +17,25 @@ use crate::host::{chroot_mounts, clean_environment, Command};
 
 const POLICY_RC_D: &str = "usr/sbin/policy-rc.d";
 
+/// Where a recipe's script file is put in the tree for its run (taken out
+/// again afterwards): `/.rootsmith-run/NAME`, so the shell's own messages
+/// (`NAME: 3: foo: not found`) name the file and line the recipe wrote.
+const SCRIPT_DIR: &str = ".rootsmith-run";
+
+/// A script file the recipe names, to run in the tree by path: its text never
+/// goes into an argv, which errors would print.
+pub struct ScriptFile<'a> {
+    /// The file's name as it will be in the tree (the recipe's file name).
+    pub name: &'a str,
+    pub text: &'a [u8],
+    /// What errors call the run, e.g. script `scripts/configure.sh`.
+    pub label: String,
+}
+
 /// Files created for the run and the directory mtimes to restore after.
 struct Scaffolding {
     created: Vec<PathBuf>,
+    created_directories: Vec<PathBuf>,
     directory_times: Vec<(PathBuf, filetime::FileTime)>,
 }
 
@@ -30,19 +46,35 @@ impl Scaffolding {
         }
     }
 
+    /// Create a file that is not there (never through a symlink standing at `path`).
     fn create_file(&mut self, path: &Path, content: &[u8], mode: u32) -> Result<()> {
         if let Some(parent) = path.parent() {
             self.remember_directory(parent);
         }
-        fs_err::write(path, content)?;
-        fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        let mut file = fs_err::OpenOptions::new().write(true).create_new(true).open(path)?;
         self.created.push(path.to_path_buf());
+        std::io::Write::write_all(&mut file, content)?;
+        fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    }
+
+    /// Create a directory that is not there.
+    fn create_directory(&mut self, path: &Path, mode: u32) -> Result<()> {
+        if let Some(parent) = path.parent() {
+            self.remember_directory(parent);
+        }
+        fs_err::create_dir(path)?;
+        self.created_directories.push(path.to_path_buf());
+        fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         Ok(())
     }
 
     fn tear_down(self) {
         for path in self.created.iter().rev() {
             let _ = fs_err::remove_file(path);
+        }
+        for path in self.created_directories.iter().rev() {
+            let _ = fs_err::remove_dir(path);
         }
         for (directory, time) in self.directory_times.iter().rev() {
             let _ = filetime::set_file_mtime(directory, *time);
@@ -85,7 +117,13 @@ fn check_mount_point(tree: &Path, target: &Path, directory: bool, scaffolding: &
 
 /// Run `argv` inside `context.tree`.
 pub fn run_chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<String, String>) -> Result<()> {
-    chrooted(context, argv, extra_env, false).map(|_| ())
+    chrooted(context, argv, None, extra_env, false).map(|_| ())
+}
+
+/// Run `script` with `/bin/sh -e` inside `context.tree`, from a file put there
+/// for the run: neither the command's argv nor its errors carry the text.
+pub fn run_script_chrooted(context: &StageContext<'_>, script: &ScriptFile<'_>, extra_env: &BTreeMap<String, String>) -> Result<()> {
+    chrooted(context, &[], Some(script), extra_env, false).map(|_| ())
 }
 
 /// Run `argv` inside `context.tree` on the caller's terminal; returns its exit code.
@@ -95,12 +133,12 @@ pub fn run_interactive(context: &StageContext<'_>, argv: &[&str]) -> Result<i32>
         env.insert("TERM".to_string(), term);
     }
     env.insert("PS1".to_string(), "(rootsmith) \\w# ".to_string());
-    chrooted(context, argv, &env, true)
+    chrooted(context, argv, None, &env, true)
 }
 
-fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<String, String>, interactive: bool) -> Result<i32> {
+fn chrooted(context: &StageContext<'_>, argv: &[&str], script: Option<&ScriptFile<'_>>, extra_env: &BTreeMap<String, String>, interactive: bool) -> Result<i32> {
     let tree = context.tree;
-    let mut scaffolding = Scaffolding { created: Vec::new(), directory_times: Vec::new() };
+    let mut scaffolding = Scaffolding { created: Vec::new(), created_directories: Vec::new(), directory_times: Vec::new() };
     let result = (|| {
         if !tree.join("bin/sh").exists() && !tree.join("usr/bin/sh").exists() {
             bail!("the tree has no /bin/sh to run commands with; is the base stage a root filesystem?");
@@ -131,8 +169,20 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
         if tree.join("usr/sbin").is_dir() && fs_err::symlink_metadata(&policy).is_err() {
             scaffolding.create_file(&policy, b"#!/bin/sh\n# rootsmith: no daemon starts while a stage runs\nexit 101\n", 0o755)?;
         }
+        let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let mut label = None;
+        if let Some(script) = script {
+            let directory = tree.join(SCRIPT_DIR);
+            if fs_err::symlink_metadata(&directory).is_ok() {
+                bail!("the tree already has /{SCRIPT_DIR}, where rootsmith puts the script it runs; remove it in an earlier stage");
+            }
+            scaffolding.create_directory(&directory, 0o700)?;
+            scaffolding.create_file(&directory.join(script.name), script.text, 0o700)?;
+            argv = vec!["/bin/sh".into(), "-e".into(), format!("/{SCRIPT_DIR}/{}", script.name)];
+            label = Some(script.label.clone());
+        }
         let command = Command {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
+            argv,
             env: clean_environment(context.source_date_epoch, extra_env),
             root: Some(tree.to_path_buf()),
             mounts,
@@ -141,6 +191,7 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTreeMap<Stri
             interactive,
             cwd: None,
             private_mounts: true,
+            label,
         };
         if interactive {
             context.host.status(&command)

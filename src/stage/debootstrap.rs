@@ -83,6 +83,7 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
         interactive: false,
         cwd: None,
         private_mounts: true,
+        label: None,
     };
     let _apt_lock = super::chroot::apt_lock(context.layout)?;
     context.host.run(&command)

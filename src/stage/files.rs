@@ -1,6 +1,8 @@
 //! `files` stage: copy a directory into the tree at `dest`, owned by root (or
 //! `owner`), with `modes` overrides. The copy goes through the layer applier,
-//! so paths are resolved inside the tree exactly as for any archive.
+//! so paths are resolved inside the tree exactly as for any archive. Only
+//! regular files are read: symlinks are copied as symlinks (never followed),
+//! FIFOs and device nodes as nodes (made with mknod), sockets are left out.
 
 use std::path::PathBuf;
 
@@ -69,5 +71,43 @@ mod tests {
             assert_eq!((key.uid(), key.gid()), (1000, 100));
         }
         assert!(host.commands.lock().unwrap().is_empty(), "files runs no command");
+    }
+
+    #[test]
+    fn special_files_are_copied_as_nodes_and_symlinks_as_symlinks() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("overlay");
+        fs_err::create_dir_all(&src).unwrap();
+        nix::unistd::mkfifo(&src.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", src.join("shadow")).unwrap();
+        std::os::unix::fs::symlink("../../../outside", src.join("up")).unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        if root {
+            use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+            mknod(&src.join("null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 3)).unwrap();
+        }
+        let tree = dir.path().join("tree");
+        fs_err::create_dir_all(&tree).unwrap();
+        let stage = Files { src: LocalPath { written: "overlay".into(), resolved: src }, dest: "/etc".into(), uid: 0, gid: 0, modes: BTreeMap::new() };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let host = RecordingHost::default();
+                let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 1_000, mirror: None, scratch: dir.path(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+                sender.send(run(&stage, &context).map_err(|error| format!("{error:#}")))
+            });
+            receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("the copy hung").unwrap();
+        });
+        let pipe = fs_err::symlink_metadata(tree.join("etc/pipe")).unwrap();
+        assert!(pipe.file_type().is_fifo());
+        assert_eq!(pipe.mode() & 0o7777, 0o640);
+        assert_eq!(fs_err::read_link(tree.join("etc/shadow")).unwrap(), Path::new("/etc/shadow"));
+        assert_eq!(fs_err::read_link(tree.join("etc/up")).unwrap(), Path::new("../../../outside"));
+        if root {
+            let null = fs_err::symlink_metadata(tree.join("etc/null")).unwrap();
+            assert!(null.file_type().is_char_device());
+            assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+        }
     }
 }

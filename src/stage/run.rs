@@ -1,16 +1,80 @@
 //! `run` stage: a shell script (inline or from a file) run with `sh -e` in the
-//! tree; recipe `env:` is added to the clean environment.
+//! tree; recipe `env:` is added to the clean environment. An inline `sh:` is
+//! what the recipe wrote and runs as `sh -e -c TEXT`; a `script:` file runs by
+//! path from a copy put in the tree for the run, so its text is in no argv and
+//! no error message (errors name the file as the recipe wrote it).
 
-use anyhow::Result;
+use std::io::Read;
 
-use super::chroot::run_chrooted;
+use anyhow::{Context, Result};
+
+use super::chroot::{run_chrooted, run_script_chrooted, ScriptFile};
 use super::context::StageContext;
 use crate::recipe::{Run, Script};
 
 pub fn run(stage: &Run, context: &StageContext<'_>) -> Result<()> {
-    let text = match &stage.script {
-        Script::Inline(text) => text.clone(),
-        Script::File(path) => fs_err::read_to_string(&path.resolved)?,
-    };
-    run_chrooted(context, &["/bin/sh", "-e", "-c", &text, "rootsmith-run"], &stage.env)
+    match &stage.script {
+        Script::Inline(text) => run_chrooted(context, &["/bin/sh", "-e", "-c", text, "rootsmith-run"], &stage.env),
+        Script::File(path) => {
+            let mut text = Vec::new();
+            crate::fileops::open_regular(&path.resolved).and_then(|mut file| file.read_to_end(&mut text)).with_context(|| format!("reading the script `{}`", path.written))?;
+            let name = path.resolved.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "script".to_string());
+            let script = ScriptFile { name: &name, text: &text, label: format!("script `{}`", path.written) };
+            run_script_chrooted(context, &script, &stage.env)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    static EMPTY: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::host::{CommandError, RecordingHost};
+    use crate::recipe::LocalPath;
+
+    #[test]
+    fn a_failing_script_file_is_named_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs_err::create_dir_all(tree.join("bin")).unwrap();
+        fs_err::write(tree.join("bin/sh"), "").unwrap();
+        let before = crate::layer::Snapshot::take(&tree).unwrap();
+        let script = dir.path().join("configure.sh");
+        fs_err::write(&script, "echo \"token: hunter2\" > /etc/secret\nfalse\n").unwrap();
+        let layout = crate::cache::Layout::new(&dir.path().join("cache"));
+        let host = RecordingHost::failing_at(0, 1);
+        let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 0, mirror: None, scratch: dir.path(), layout: &layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+        let stage = Run { script: Script::File(LocalPath { written: "scripts/configure.sh".into(), resolved: script }), env: BTreeMap::new() };
+        let error = run(&stage, &context).unwrap_err();
+        let text = format!("{error:#}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.starts_with("script `scripts/configure.sh` failed with exit status 1"), "{text}");
+        assert!(error.downcast_ref::<CommandError>().is_some());
+        let commands = host.commands.lock().unwrap();
+        assert_eq!(commands[0].argv, ["/bin/sh", "-e", "/.rootsmith-run/configure.sh"]);
+        assert!(!commands[0].argv.concat().contains("hunter2"));
+        // The copy in the tree is gone again, and left no trace.
+        assert!(!tree.join(".rootsmith-run").exists());
+        let after = crate::layer::Snapshot::take(&tree).unwrap();
+        let changes: Vec<_> = before.changes(&after).into_iter().filter(|c| !matches!(c, crate::layer::Change::Write(p) if ["sys", "run", "dev", "proc"].contains(&p.to_str().unwrap()))).collect();
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn an_inline_script_is_quoted_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs_err::create_dir_all(tree.join("bin")).unwrap();
+        fs_err::write(tree.join("bin/sh"), "").unwrap();
+        let layout = crate::cache::Layout::new(&dir.path().join("cache"));
+        let host = RecordingHost::failing_at(0, 2);
+        let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 0, mirror: None, scratch: dir.path(), layout: &layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+        let text = format!("apt-get update\n{}", "echo line\n".repeat(1000));
+        let stage = Run { script: Script::Inline(text), env: BTreeMap::new() };
+        let error = format!("{:#}", run(&stage, &context).unwrap_err());
+        assert!(error.starts_with("`/bin/sh -e -c apt-get update… rootsmith-run` failed with exit status 2"), "{error}");
+        assert!(!error.contains("echo line"), "{error}");
+    }
 }

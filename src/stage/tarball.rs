@@ -1,5 +1,7 @@
 //! `tarball` base stage: a root filesystem from a local tar (gzip, zstd, xz or
-//! none, told apart by their magic bytes), applied as an untrusted layer.
+//! none, told apart by their magic bytes), applied as an untrusted layer. Only
+//! a regular file is read: a FIFO or a device is refused when the recipe is
+//! checked and again here, on the file as opened (it may have changed since).
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -10,7 +12,8 @@ use crate::recipe::Tarball;
 
 pub fn run(stage: &Tarball, context: &StageContext<'_>) -> Result<()> {
     let path = &stage.path.resolved;
-    let mut reader = BufReader::new(fs_err::File::open(path)?);
+    let file = crate::fileops::open_regular(path).with_context(|| format!("tarball `{}`", stage.path.written))?;
+    let mut reader = BufReader::new(file);
     let magic = reader.fill_buf()?.to_vec();
     let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(reader))
@@ -45,13 +48,63 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
-    fn unpack(file: &Path) -> std::path::PathBuf {
+    fn try_unpack(file: &Path) -> (std::path::PathBuf, Result<()>) {
         let tree = std::path::PathBuf::from(format!("{}.tree", file.display()));
         fs_err::create_dir(&tree).unwrap();
         let host = RecordingHost::default();
         let context = StageContext { host: &host, tree: &tree, log: file.with_extension("log"), arch: "amd64", source_date_epoch: 0, mirror: None, scratch: file.parent().unwrap(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
-        run(&Tarball { path: LocalPath { written: "x".into(), resolved: file.to_path_buf() } }, &context).unwrap();
+        let result = run(&Tarball { path: LocalPath { written: "x".into(), resolved: file.to_path_buf() } }, &context);
+        (tree, result)
+    }
+
+    fn unpack(file: &Path) -> std::path::PathBuf {
+        let (tree, result) = try_unpack(file);
+        result.unwrap();
         tree
+    }
+
+    /// The stage's error for `file`, on a thread: a hang fails the test.
+    fn error_within_seconds(file: std::path::PathBuf) -> String {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sender.send(try_unpack(&file).1.map_err(|error| format!("{error:#}"))));
+        receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("the stage hung").unwrap_err()
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_is_refused_before_anything_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("base.tar");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let error = error_within_seconds(fifo);
+        assert!(error.contains("base.tar is a FIFO, not a regular file"), "{error}");
+        let link = dir.path().join("zero.tar");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let error = error_within_seconds(link);
+        assert!(error.contains("zero.tar is a character device, not a regular file"), "{error}");
+    }
+
+    #[test]
+    fn an_unreadable_archive_is_named_never_quoted() {
+        // What /proc/self/environ holds: a regular file that is no tar.
+        let dir = tempfile::tempdir().unwrap();
+        let mut environ = Vec::new();
+        for index in 0..40 {
+            environ.extend_from_slice(format!("VARIABLE_{index}=hunter2-secret-{index}\0").as_bytes());
+        }
+        let file = dir.path().join("environ");
+        fs_err::write(&file, &environ).unwrap();
+        let error = error_within_seconds(file);
+        assert!(!error.contains("hunter2") && !error.contains("VARIABLE_"), "the error quotes the file: {error}");
+        assert!(error.contains("environ") && error.contains("not a tar archive"), "{error}");
+        // The real one, when the test's own environment is long enough to fill a header.
+        if fs_err::read("/proc/self/environ").unwrap().len() > 512 {
+            let link = dir.path().join("proc-environ");
+            std::os::unix::fs::symlink("/proc/self/environ", &link).unwrap();
+            let error = error_within_seconds(link);
+            let path_variable = std::env::var("PATH").unwrap();
+            assert!(!error.contains(&path_variable), "{error}");
+            assert!(error.contains("not a tar archive"), "{error}");
+        }
     }
 
     #[test]
