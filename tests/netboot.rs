@@ -29,16 +29,21 @@ fn boot_test(bundle: &Path, via: &str, extra: &[&str], log: &Path) -> (i32, Stri
     (code, stdout, console)
 }
 
-/// A copy of `bundle` made of symlinks, except `rootfs.img`, which is `rootfs`.
+/// A copy of `bundle` made of hard links (rootsmith reads a bundle's files
+/// only as regular files, never through symlinks), except `rootfs.img`,
+/// which is `rootfs`.
 fn bundle_with_rootfs(bundle: &Path, dir: &Path, rootfs: Vec<u8>) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(bundle).unwrap() {
+    for entry in walkdir::WalkDir::new(bundle).min_depth(1) {
         let entry = entry.unwrap();
+        let target = dir.join(entry.path().strip_prefix(bundle).unwrap());
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with("-rootfs.img") {
-            std::fs::write(dir.join(&name), &rootfs).unwrap();
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else if name.ends_with("-rootfs.img") {
+            std::fs::write(&target, &rootfs).unwrap();
         } else {
-            std::os::unix::fs::symlink(entry.path(), dir.join(&name)).unwrap();
+            std::fs::hard_link(entry.path(), &target).unwrap();
         }
     }
     dir.to_path_buf()
