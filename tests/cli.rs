@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{repo, rootsmith, run};
+use common::{needs_root, repo, rootsmith, run, tar_base};
 
 #[test]
 fn recipe_errors_print_file_line_column_caret_and_hint() {
@@ -210,4 +210,55 @@ fn completions_and_man_pages_cover_the_commands() {
     for page in ["rootsmith.1", "rootsmith-build.1", "rootsmith-cache-dir.1", "rootsmith-release-verify.1"] {
         assert!(dir.path().join(page).is_file(), "{page} is not written");
     }
+}
+
+/// `make install-built` (the steps of `make install`, without the release
+/// build) into a DESTDIR, then a build with the installed binary alone: its
+/// init is found beside it (PREFIX/lib/rootsmith), not through ROOTSMITH_INIT
+/// nor cargo's target directory.
+#[test]
+fn an_installed_binary_builds_without_rootsmith_init() {
+    if !needs_root("an_installed_binary_builds_without_rootsmith_init") {
+        return;
+    }
+    let init = rootsmith::artifact::initramfs::find_init().expect("the init is built by `make test` (make init)");
+    let dir = tempfile::tempdir().unwrap();
+    let destdir = dir.path().join("dest");
+    let output = std::process::Command::new("make")
+        .arg("-C")
+        .arg(repo())
+        .args(["--no-print-directory", "install-built", "PREFIX=/usr"])
+        .arg(format!("DESTDIR={}", destdir.display()))
+        .arg(format!("BIN={}", env!("CARGO_BIN_EXE_rootsmith")))
+        .arg(format!("INIT_BIN={}", init.display()))
+        .output()
+        .expect("make runs");
+    assert!(output.status.success(), "make install-built: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let prefix = destdir.join("usr");
+    for file in [
+        "bin/rootsmith",
+        "lib/rootsmith/rootsmith-init",
+        "share/bash-completion/completions/rootsmith",
+        "share/zsh/site-functions/_rootsmith",
+        "share/fish/vendor_completions.d/rootsmith.fish",
+        "share/man/man1/rootsmith.1",
+        "share/man/man1/rootsmith-build.1",
+    ] {
+        let path = prefix.join(file);
+        assert!(std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() > 0), "{} is not installed", path.display());
+    }
+
+    // A tiny tarball base, no kernel: the outputs still need the init.
+    std::fs::create_dir_all(dir.path().join("tree/etc")).unwrap();
+    std::fs::write(dir.path().join("tree/etc/hostname"), "installed\n").unwrap();
+    tar_base(dir.path());
+    std::fs::write(dir.path().join("r.yaml"), "rootsmith: 1\nname: installed\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    let (code, _, stderr) = run(std::process::Command::new(prefix.join("bin/rootsmith"))
+        .args(["build", "--fast", "r.yaml", "--cache", "cache", "--out", "out"])
+        .current_dir(dir.path())
+        .env_remove("ROOTSMITH_INIT")
+        .env_remove("ROOTSMITH_CACHE")
+        .env_remove("ROOTSMITH_OUT"));
+    assert_eq!(code, 0, "the installed binary cannot build: {stderr}");
+    assert!(dir.path().join("out/installed/1.0.0/installed-1.0.0-initramfs.img").is_file());
 }
