@@ -135,7 +135,7 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         expect: Option<String>,
         /// Seconds to wait for it
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
         timeout: u64,
         /// Where the console log goes [default: in the temp dir]
         #[arg(long, value_name = "FILE")]
@@ -249,8 +249,9 @@ pub struct BootArgs {
     #[arg(long, value_name = "NAME")]
     pub kernel: Option<String>,
     /// Guest memory in MiB
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub memory: u32,
+    /// QEMU's accelerator
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelArg,
     /// Extra kernel arguments (repeatable)
