@@ -1,5 +1,6 @@
 # rootsmith: `make demo` builds and shows the default recipe, `make test` runs
 # every test. Both install what they need first (Debian 12, as root).
+# `make install` installs the binary, its init, completions and the man page.
 
 CARGO       ?= cargo
 RECIPE      ?= recipes/debian-netboot.yaml
@@ -12,11 +13,25 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                pxelinux syslinux-common umoci skopeo docker-registry busybox-static
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps init build demo test bench clean
+.PHONY: all deps init build install install-built demo test bench clean
 
+# cargo's output directory (CARGO_TARGET_DIR when set).
+TARGET_DIR  ?= $(or $(CARGO_TARGET_DIR),target)
 # The initramfs's init: a static executable (glibc's static libc, from libc6-dev).
 INIT_TARGET  = x86_64-unknown-linux-gnu
-INIT_BIN     = target/$(INIT_TARGET)/init/rootsmith-init
+INIT_BIN    ?= $(TARGET_DIR)/$(INIT_TARGET)/init/rootsmith-init
+# The binary `make install` installs.
+BIN         ?= $(TARGET_DIR)/release/rootsmith
+
+# Where `make install` puts things: PREFIX/bin/rootsmith, and its init in
+# PREFIX/lib/rootsmith/, where the binary looks for it relative to its own
+# path (bin/../lib/rootsmith/rootsmith-init), so the install works under any
+# PREFIX and can be moved whole. DESTDIR is prepended to every path.
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR       = $(DESTDIR)$(PREFIX)/bin
+LIBDIR       = $(DESTDIR)$(PREFIX)/lib/rootsmith
+SHAREDIR     = $(DESTDIR)$(PREFIX)/share
 
 all: build
 
@@ -44,11 +59,29 @@ init:
 build: init
 	$(CARGO) build --release --locked
 
+# Build, then install.
+install: build
+	$(MAKE) --no-print-directory install-built
+
+# Install what is built (BIN and INIT_BIN) without building: for packagers
+# and the tests, which install their own build.
+install-built:
+	@test -x $(BIN) || { echo "$(BIN) is not built: run make build (or make install)"; exit 1; }
+	@test -f $(INIT_BIN) || { echo "$(INIT_BIN) is not built: run make init (or make install)"; exit 1; }
+	install -d $(BINDIR) $(LIBDIR) $(SHAREDIR)/man/man1 \
+	  $(SHAREDIR)/bash-completion/completions $(SHAREDIR)/zsh/site-functions $(SHAREDIR)/fish/vendor_completions.d
+	install -m 0755 $(BIN) $(BINDIR)/rootsmith
+	install -m 0755 $(INIT_BIN) $(LIBDIR)/rootsmith-init
+	$(BIN) completions bash > $(SHAREDIR)/bash-completion/completions/rootsmith
+	$(BIN) completions zsh > $(SHAREDIR)/zsh/site-functions/_rootsmith
+	$(BIN) completions fish > $(SHAREDIR)/fish/vendor_completions.d/rootsmith.fish
+	$(BIN) man --dir $(SHAREDIR)/man/man1
+
 demo: deps build
-	$(SUDO) ./target/release/rootsmith build $(RECIPE) --out $(OUT)
+	$(SUDO) $(BIN) build $(RECIPE) --out $(OUT)
 	bundle=$(OUT)/$$(sed -n 's/^name: *//p' $(RECIPE))/$$(sed -n 's/^version: *//p' $(RECIPE)); \
-	  $(SUDO) ./target/release/rootsmith boot-test $$bundle --via http && \
-	  echo && echo "The bundle is in $$bundle/; boot it yourself with: ./target/release/rootsmith qemu $$bundle"
+	  $(SUDO) $(BIN) boot-test $$bundle --via http && \
+	  echo && echo "The bundle is in $$bundle/; boot it yourself with: $(BIN) qemu $$bundle"
 
 test: deps init
 	$(CARGO) test --locked --workspace

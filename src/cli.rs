@@ -139,7 +139,7 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         expect: Option<String>,
         /// Seconds to wait for it
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
         timeout: u64,
         /// Where the console log goes [default: in the temp dir]
         #[arg(long, value_name = "FILE")]
@@ -152,7 +152,7 @@ pub enum Command {
         #[command(flatten)]
         boot: BootArgs,
     },
-    /// Versions in the --out directory: list, show, promote, verify
+    /// Versions in the --out directory: list, show, promote, diff, verify
     Release {
         #[command(subcommand)]
         action: ReleaseAction,
@@ -164,6 +164,45 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Write a starter recipe NAME.yaml, and the files it uses (NAME/), in the current directory
+    Init {
+        /// The recipe's name: lower-case letters, digits, `.`, `_`, `-`
+        name: String,
+    },
+    /// Print the completion script of a shell on stdout
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page rootsmith.1 (roff) on stdout, or write it and one page per command into a directory
+    Man {
+        /// Write rootsmith.1 and a page per command (rootsmith-build.1, …) into DIR instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The completion script of `shell` for the whole command line.
+pub fn completions(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "rootsmith", &mut script);
+    String::from_utf8(script).expect("completion scripts are UTF-8")
+}
+
+/// The man page rootsmith.1 (roff): the commands, and the options every command shares.
+pub fn man_page() -> String {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page).expect("writing into memory cannot fail");
+    String::from_utf8(page).expect("the man page is UTF-8")
+}
+
+/// rootsmith.1 and a page per command (rootsmith-build.1, rootsmith-cache-ls.1, …),
+/// each as `--help` shows it, written into `dir`.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    clap_mangen::generate_to(Cli::command(), dir)
 }
 
 /// `--via`: how the rootfs reaches the guest.
@@ -251,8 +290,9 @@ pub struct BootArgs {
     #[arg(long, value_name = "NAME")]
     pub kernel: Option<String>,
     /// Guest memory in MiB
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub memory: u32,
+    /// QEMU's accelerator
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelArg,
     /// Extra kernel arguments (repeatable)
@@ -377,6 +417,8 @@ pub enum HostsAction {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheAction {
+    /// Print the cache directory: --cache, else ROOTSMITH_CACHE, else $XDG_CACHE_HOME/rootsmith, else ~/.cache/rootsmith
+    Dir,
     /// List cached stages and outputs
     Ls {
         #[arg(long)]

@@ -81,6 +81,12 @@ fn main() {
             ReleaseAction::Verify { dir, rebuild, json } => commands::release::verify(dir, rebuild.as_deref(), *json),
             ReleaseAction::Diff { name, a, b, out, json } => commands::release::diff(&out.out, name, a, b, *json),
         },
+        Command::Init { name } => commands::init::run(name),
+        Command::Completions { shell } => {
+            out!("{}", cli::completions(*shell));
+            Ok(())
+        }
+        Command::Man { dir } => commands::man::run(dir.as_deref()),
     };
     if let Err(error) = result {
         if let Some(commands::PassOn(status)) = error.downcast_ref::<commands::PassOn>() {

@@ -1,8 +1,10 @@
-//! The command line's error reporting, run through the real binary (no root).
+//! The command line, run through the real binary: error reporting, the small
+//! commands (init, completions, man, cache dir) and an installed binary (that
+//! one builds, so it needs root).
 
 mod common;
 
-use common::{repo, rootsmith, run};
+use common::{needs_root, repo, rootsmith, run, tar_base};
 
 #[test]
 fn recipe_errors_print_file_line_column_caret_and_hint() {
@@ -125,4 +127,138 @@ fn a_closed_standard_output_ends_quietly() {
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert_ne!(status.code(), Some(101), "it panicked: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn init_writes_a_starter_recipe_that_checks_and_overwrites_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(rootsmith().args(["init", "my-image"]).current_dir(dir.path()));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("my-image.yaml"), "{stdout}");
+    for file in ["my-image.yaml", "my-image/overlay/etc/motd", "my-image/configure.sh"] {
+        assert!(dir.path().join(file).is_file(), "{file} is not written");
+    }
+    let (code, stdout, stderr) = run(rootsmith().args(["check", "my-image.yaml"]).current_dir(dir.path()));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("my-image.yaml: ok (my-image 0.1.0"), "{stdout}");
+
+    // Again: refused, nothing changed.
+    std::fs::write(dir.path().join("my-image/configure.sh"), "edited\n").unwrap();
+    let (code, _, stderr) = run(rootsmith().args(["init", "my-image"]).current_dir(dir.path()));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("my-image.yaml already exists"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("my-image/configure.sh")).unwrap(), "edited\n");
+
+    // Only one of its files there: still nothing written.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("x/overlay/etc")).unwrap();
+    std::fs::write(other.path().join("x/overlay/etc/motd"), "mine\n").unwrap();
+    let (code, _, stderr) = run(rootsmith().args(["init", "x"]).current_dir(other.path()));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(!other.path().join("x.yaml").exists(), "x.yaml is written beside a file it would overwrite");
+
+    // A name that cannot be a recipe's.
+    let (code, _, stderr) = run(rootsmith().args(["init", "My Image"]).current_dir(dir.path()));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("is not a recipe name"), "{stderr}");
+}
+
+#[test]
+fn cache_dir_resolves_as_the_other_commands_do() {
+    let cache_dir = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = rootsmith();
+        command.args(args).env_remove("ROOTSMITH_CACHE").env_remove("XDG_CACHE_HOME").env("HOME", "/home/someone");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let (code, stdout, stderr) = run(&mut command);
+        assert_eq!(code, 0, "{args:?} {env:?}: {stderr}");
+        stdout.trim_end().to_string()
+    };
+    assert_eq!(cache_dir(&["cache", "dir"], &[]), "/home/someone/.cache/rootsmith");
+    assert_eq!(cache_dir(&["cache", "dir"], &[("XDG_CACHE_HOME", "/xdg")]), "/xdg/rootsmith");
+    assert_eq!(cache_dir(&["cache", "dir"], &[("XDG_CACHE_HOME", "/xdg"), ("ROOTSMITH_CACHE", "/env")]), "/env");
+    assert_eq!(cache_dir(&["cache", "--cache", "/flag", "dir"], &[("ROOTSMITH_CACHE", "/env")]), "/flag");
+    assert_eq!(cache_dir(&["cache", "dir", "--cache", "/flag"], &[("XDG_CACHE_HOME", "/xdg")]), "/flag");
+    // Printing it makes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("not-yet");
+    assert_eq!(cache_dir(&["cache", "dir", "--cache", cache.to_str().unwrap()], &[]), cache.to_str().unwrap());
+    assert!(!cache.exists());
+}
+
+#[test]
+fn completions_and_man_pages_cover_the_commands() {
+    for (shell, marker) in [("bash", "_rootsmith()"), ("zsh", "#compdef rootsmith"), ("fish", "complete -c rootsmith"), ("elvish", "rootsmith"), ("powershell", "rootsmith")] {
+        let (code, stdout, stderr) = run(rootsmith().args(["completions", shell]));
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        assert!(stdout.contains(marker), "{shell}: no {marker:?} in\n{stdout}");
+        assert!(stdout.contains("boot-test") && stdout.contains("promote"), "{shell}: the subcommands are not completed");
+    }
+    let (code, _, stderr) = run(rootsmith().args(["completions", "tcsh"]));
+    assert_eq!(code, 2, "{stderr}");
+
+    let (code, page, stderr) = run(rootsmith().arg("man"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(page.contains(".TH rootsmith 1"), "{page}");
+    assert!(page.contains("boot\\-test"), "{page}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(rootsmith().arg("man").arg("--dir").arg(dir.path()));
+    assert_eq!(code, 0, "{stderr}");
+    for page in ["rootsmith.1", "rootsmith-build.1", "rootsmith-cache-dir.1", "rootsmith-release-verify.1"] {
+        assert!(dir.path().join(page).is_file(), "{page} is not written");
+    }
+}
+
+/// `make install-built` (the steps of `make install`, without the release
+/// build) into a DESTDIR, then a build with the installed binary alone: its
+/// init is found beside it (PREFIX/lib/rootsmith), not through ROOTSMITH_INIT
+/// nor cargo's target directory.
+#[test]
+fn an_installed_binary_builds_without_rootsmith_init() {
+    if !needs_root("an_installed_binary_builds_without_rootsmith_init") {
+        return;
+    }
+    let init = rootsmith::artifact::initramfs::find_init().expect("the init is built by `make test` (make init)");
+    let dir = tempfile::tempdir().unwrap();
+    let destdir = dir.path().join("dest");
+    let output = std::process::Command::new("make")
+        .arg("-C")
+        .arg(repo())
+        .args(["--no-print-directory", "install-built", "PREFIX=/usr"])
+        .arg(format!("DESTDIR={}", destdir.display()))
+        .arg(format!("BIN={}", env!("CARGO_BIN_EXE_rootsmith")))
+        .arg(format!("INIT_BIN={}", init.display()))
+        .output()
+        .expect("make runs");
+    assert!(output.status.success(), "make install-built: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let prefix = destdir.join("usr");
+    for file in [
+        "bin/rootsmith",
+        "lib/rootsmith/rootsmith-init",
+        "share/bash-completion/completions/rootsmith",
+        "share/zsh/site-functions/_rootsmith",
+        "share/fish/vendor_completions.d/rootsmith.fish",
+        "share/man/man1/rootsmith.1",
+        "share/man/man1/rootsmith-build.1",
+    ] {
+        let path = prefix.join(file);
+        assert!(std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() > 0), "{} is not installed", path.display());
+    }
+
+    // A tiny tarball base, no kernel: the outputs still need the init.
+    std::fs::create_dir_all(dir.path().join("tree/etc")).unwrap();
+    std::fs::write(dir.path().join("tree/etc/hostname"), "installed\n").unwrap();
+    tar_base(dir.path());
+    std::fs::write(dir.path().join("r.yaml"), "rootsmith: 1\nname: installed\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    let (code, _, stderr) = run(std::process::Command::new(prefix.join("bin/rootsmith"))
+        .args(["build", "--fast", "r.yaml", "--cache", "cache", "--out", "out"])
+        .current_dir(dir.path())
+        .env_remove("ROOTSMITH_INIT")
+        .env_remove("ROOTSMITH_CACHE")
+        .env_remove("ROOTSMITH_OUT"));
+    assert_eq!(code, 0, "the installed binary cannot build: {stderr}");
+    assert!(dir.path().join("out/installed/1.0.0/installed-1.0.0-initramfs.img").is_file());
 }

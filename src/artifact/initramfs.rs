@@ -178,8 +178,12 @@ pub fn is_static_elf(bytes: &[u8]) -> bool {
     })
 }
 
-/// Where the static init program is: `$ROOTSMITH_INIT`, next to the build
-/// tree's `rootsmith` (cargo's layout), or the installed one.
+/// Where the static init program is: `$ROOTSMITH_INIT` when set (and nowhere
+/// else then); otherwise relative to the running binary's own path (links
+/// resolved): cargo's layout (`target/x86_64-unknown-linux-gnu/init/` beside
+/// `target/debug/` or `target/release/`, and from `deps/` for tests), then
+/// `../lib/rootsmith/rootsmith-init`, where `make install` puts it
+/// (PREFIX/bin/rootsmith, PREFIX/lib/rootsmith/rootsmith-init).
 pub fn find_init() -> Result<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(path) = std::env::var_os("ROOTSMITH_INIT") {
@@ -199,7 +203,7 @@ pub fn find_init() -> Result<PathBuf> {
         }
     }
     bail!(
-        "the initramfs's init program is not built (looked in: {})\nhint: run `make init` (a static `cargo build -p rootsmith-init --profile init`), or point ROOTSMITH_INIT at it",
+        "the initramfs's init program is not built (looked in: {})\nhint: run `make init` (a static `cargo build -p rootsmith-init --profile init`) and `make install`, or point ROOTSMITH_INIT at it",
         candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
     )
 }

@@ -1,4 +1,4 @@
-//! `rootsmith cache ls | gc | verify`.
+//! `rootsmith cache dir | ls | gc | verify | push | pull`.
 
 use anyhow::{bail, Result};
 
@@ -7,8 +7,14 @@ use rootsmith::cache::{GcOptions, Store};
 use crate::cli::{CacheAction, CacheArgs};
 
 pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
+    if let CacheAction::Dir = action {
+        // Only where it is: neither made nor opened.
+        outln!("{}", super::cache_dir(args).display());
+        return Ok(());
+    }
     let store = Store::open(&super::cache_dir(args))?;
     match action {
+        CacheAction::Dir => {} // printed above, without opening the cache
         CacheAction::Ls { json } => {
             let entries = store.list();
             if *json {
