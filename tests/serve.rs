@@ -209,6 +209,12 @@ fn a_request_head_has_ten_seconds_in_all_not_per_read() {
     // reset that discards that answer, so it is checked only when it came.
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    // The server's log is read from its stderr by a thread: give it a moment.
+    let wanted = "\"?\" 408 the request head did not arrive within 10 s";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !served.server.logged().contains(wanted) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let log = served.server.logged();
-    assert!(log.contains("\"?\" 408 the request head did not arrive within 10 s"), "{log}");
+    assert!(log.contains(wanted), "{log}");
 }

@@ -261,7 +261,16 @@ impl Listener {
         let shared = Arc::new(self);
         let slots = Arc::new(Slots { max: shared.max_connections, table: Mutex::new(SlotTable::default()) });
         for stream in shared.listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let mut stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    // Out of descriptors (or another passing failure): wait a
+                    // moment instead of spinning on the same error.
+                    (shared.log)(&format!("accept: {error}"));
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let Some((slot, evicted)) = Slots::admit(&slots, &stream, &peer) else {
                 let _ = write_response(&mut stream, error(503, "too many connections"), false, false);
@@ -296,15 +305,17 @@ impl Listener {
                 Some(Ok(mut request)) => {
                     reader.get_mut().until = Instant::now() + BODY_TIMEOUT;
                     if let Err((status, message)) = read_body(&mut reader, &mut request, self.max_body) {
-                        write_response(&mut writer, error(status, &message), false, false)?;
+                        // Logged first: a client that is gone may not take the answer.
                         (self.log)(&format!("{peer} \"{} {}\" {status} {message}", request.method, request.path));
+                        let _ = write_response(&mut writer, error(status, &message), false, false);
                         return Ok(());
                     }
                     request
                 }
                 Some(Err((status, message))) => {
-                    write_response(&mut writer, error(status, &message), false, false)?;
+                    // Logged first: a client that is gone may not take the answer.
                     (self.log)(&format!("{peer} \"?\" {status} {message}"));
+                    let _ = write_response(&mut writer, error(status, &message), false, false);
                     return Ok(());
                 }
                 None => return Ok(()),
