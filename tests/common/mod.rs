@@ -109,6 +109,17 @@ impl ServeProcess {
     pub fn logged(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// The log once a line holding `wanted` is in it (a thread reads the
+    /// server's stderr, so a line comes a moment after the event), or as it
+    /// is after 5 s.
+    pub fn log_containing(&self, wanted: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.logged().contains(wanted) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.logged()
+    }
 }
 
 impl Drop for ServeProcess {
