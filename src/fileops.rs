@@ -26,25 +26,17 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// What kind of file `file_type` is, as messages name it.
-pub fn kind_name(file_type: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_file() {
-        "regular file"
-    } else if file_type.is_dir() {
-        "directory"
-    } else if file_type.is_symlink() {
-        "symlink"
-    } else if file_type.is_fifo() {
-        "FIFO"
-    } else if file_type.is_char_device() {
-        "character device"
-    } else if file_type.is_block_device() {
-        "block device"
-    } else if file_type.is_socket() {
-        "socket"
-    } else {
-        "special file"
+/// What kind of file a `st_mode` is, as messages name it.
+pub fn kind_name(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "regular file",
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        libc::S_IFSOCK => "socket",
+        _ => "special file",
     }
 }
 
@@ -65,10 +57,11 @@ pub fn open_regular_no_follow(path: &Path) -> std::io::Result<File> {
 
 fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
     use fs_err::os::unix::fs::OpenOptionsExt;
-    let not_regular = |file_type: std::fs::FileType| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is a {}, not a regular file", path.display(), kind_name(file_type)));
+    use std::os::unix::fs::MetadataExt;
+    let not_regular = |mode: u32| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is a {}, not a regular file", path.display(), kind_name(mode)));
     let metadata = if follow { fs_err::metadata(path)? } else { fs_err::symlink_metadata(path)? };
     if !metadata.is_file() {
-        return Err(not_regular(metadata.file_type()));
+        return Err(not_regular(metadata.mode()));
     }
     let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
     if !follow {
@@ -77,7 +70,7 @@ fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
     let file = fs_err::OpenOptions::new().read(true).custom_flags(flags).open(path)?.into_parts().0;
     let opened = file.metadata().map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
     if !opened.is_file() {
-        return Err(not_regular(opened.file_type()));
+        return Err(not_regular(opened.mode()));
     }
     // Reads of a regular file never block; the flag only mattered for the open.
     nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty())).map_err(|errno| std::io::Error::new(std::io::Error::from(errno).kind(), format!("{}: {errno}", path.display())))?;
@@ -136,7 +129,7 @@ mod tests {
         }
         let link = dir.path().join("to-file");
         let error = open_regular_no_follow(&link).unwrap_err();
-        assert!(error.to_string().contains("is a symlink"), "{error}");
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
         let mut text = String::new();
         std::io::Read::read_to_string(&mut open_regular_no_follow(&regular).unwrap(), &mut text).unwrap();
         assert_eq!(text, "x");

@@ -46,16 +46,8 @@ fn errno(errno: Errno, path: &Path) -> io::Error {
 }
 
 /// What a file that is not a regular file is, for the error that names it.
-fn kind_of(mode: u32) -> &'static str {
-    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
-        SFlag::S_IFDIR => "a directory",
-        SFlag::S_IFIFO => "a FIFO",
-        SFlag::S_IFCHR => "a character device",
-        SFlag::S_IFBLK => "a block device",
-        SFlag::S_IFSOCK => "a socket",
-        SFlag::S_IFLNK => "a symbolic link",
-        _ => "not a regular file",
-    }
+fn kind_of(mode: u32) -> String {
+    format!("a {}", crate::fileops::kind_name(mode))
 }
 
 fn not_regular(path: &Path, mode: u32) -> io::Error {

@@ -464,7 +464,7 @@ impl Checker<'_> {
         match fs_err::metadata(&resolved) {
             Ok(metadata) if (directory && metadata.is_dir()) || (!directory && metadata.is_file()) => Some(LocalPath { written: written.to_string(), resolved }),
             Ok(metadata) if !directory && !metadata.is_dir() => {
-                self.at_value(field, format!("`{written}` is a {}, not a regular file", special_kind(&metadata)), format!("`{}` must name a regular file; a FIFO or a device is never read", field.rsplit('.').next().unwrap_or(field)));
+                self.at_value(field, format!("`{written}` is a {}, not a regular file", crate::fileops::kind_name(std::os::unix::fs::MetadataExt::mode(&metadata))), format!("`{}` must name a regular file; a FIFO or a device is never read", field.rsplit('.').next().unwrap_or(field)));
                 None
             }
             Ok(_) => {
@@ -573,23 +573,6 @@ impl Checker<'_> {
             (None, None) => None,
         };
         Compression { algorithm, level }
-    }
-}
-
-/// What a file that is neither regular nor a directory is, as messages name it.
-fn special_kind(metadata: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let file_type = metadata.file_type();
-    if file_type.is_fifo() {
-        "FIFO"
-    } else if file_type.is_char_device() {
-        "character device"
-    } else if file_type.is_block_device() {
-        "block device"
-    } else if file_type.is_socket() {
-        "socket"
-    } else {
-        "special file"
     }
 }
 
