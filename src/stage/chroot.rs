@@ -205,7 +205,6 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], script: Option<&ScriptFil
 
 #[cfg(test)]
 mod tests {
-    static EMPTY: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     use std::path::Path;
 
     use super::*;
@@ -213,7 +212,7 @@ mod tests {
 
     fn context<'a>(host: &'a RecordingHost, tree: &'a Path, scratch: &'a Path, layout: &'a crate::cache::Layout) -> StageContext<'a> {
         layout.create().unwrap();
-        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch: 7, mirror: None, scratch, layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None }
+        StageContext::for_test(host, tree, scratch, layout, 7)
     }
 
     #[test]

@@ -33,7 +33,6 @@ pub fn run(stage: &Files, context: &StageContext<'_>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    static EMPTY: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     use std::collections::BTreeMap;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::path::Path;
@@ -60,7 +59,8 @@ mod tests {
             modes: BTreeMap::from([("etc/ssh/key".to_string(), 0o600)]),
         };
         let host = RecordingHost::default();
-        let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 1_000, mirror: None, scratch: dir.path(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+        let layout = crate::cache::Layout::new(Path::new("/nonexistent"));
+        let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 1_000);
         run(&stage, &context).unwrap();
         let key = fs_err::metadata(tree.join("opt/app/etc/ssh/key")).unwrap();
         assert_eq!(key.mode() & 0o7777, 0o600);
@@ -94,7 +94,8 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 let host = RecordingHost::default();
-                let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 1_000, mirror: None, scratch: dir.path(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+                let layout = crate::cache::Layout::new(Path::new("/nonexistent"));
+        let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 1_000);
                 sender.send(run(&stage, &context).map_err(|error| format!("{error:#}")))
             });
             receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("the copy hung").unwrap();

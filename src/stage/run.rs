@@ -27,7 +27,6 @@ pub fn run(stage: &Run, context: &StageContext<'_>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    static EMPTY: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     use std::collections::BTreeMap;
 
     use super::*;
@@ -45,7 +44,7 @@ mod tests {
         fs_err::write(&script, "echo \"token: hunter2\" > /etc/secret\nfalse\n").unwrap();
         let layout = crate::cache::Layout::new(&dir.path().join("cache"));
         let host = RecordingHost::failing_at(0, 1);
-        let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 0, mirror: None, scratch: dir.path(), layout: &layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+        let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 0);
         let stage = Run { script: Script::File(LocalPath { written: "scripts/configure.sh".into(), resolved: script }), env: BTreeMap::new() };
         let error = run(&stage, &context).unwrap_err();
         let text = format!("{error:#}");
@@ -70,7 +69,7 @@ mod tests {
         fs_err::write(tree.join("bin/sh"), "").unwrap();
         let layout = crate::cache::Layout::new(&dir.path().join("cache"));
         let host = RecordingHost::failing_at(0, 2);
-        let context = StageContext { host: &host, tree: &tree, log: dir.path().join("log"), arch: "amd64", source_date_epoch: 0, mirror: None, scratch: dir.path(), layout: &layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+        let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 0);
         let text = format!("apt-get update\n{}", "echo line\n".repeat(1000));
         let stage = Run { script: Script::Inline(text), env: BTreeMap::new() };
         let error = format!("{:#}", run(&stage, &context).unwrap_err());

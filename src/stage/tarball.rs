@@ -30,7 +30,6 @@ pub fn run(stage: &Tarball, context: &StageContext<'_>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    static EMPTY: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     use std::io::Write;
     use std::path::Path;
 
@@ -52,7 +51,8 @@ mod tests {
         let tree = std::path::PathBuf::from(format!("{}.tree", file.display()));
         fs_err::create_dir(&tree).unwrap();
         let host = RecordingHost::default();
-        let context = StageContext { host: &host, tree: &tree, log: file.with_extension("log"), arch: "amd64", source_date_epoch: 0, mirror: None, scratch: file.parent().unwrap(), layout: &crate::cache::Layout::new(Path::new("/nonexistent")), recipe: "r", stage_name: "s", stage_key: "k", remote: &EMPTY, apt_pins: None };
+        let layout = crate::cache::Layout::new(Path::new("/nonexistent"));
+        let context = StageContext::for_test(&host, &tree, file.parent().unwrap(), &layout, 0);
         let result = run(&Tarball { path: LocalPath { written: "x".into(), resolved: file.to_path_buf() } }, &context);
         (tree, result)
     }
