@@ -28,6 +28,11 @@ fn recipe(dir: &Path) -> Recipe {
     load_str(&dir.join("unit.yaml"), source, &LoadOptions::default()).unwrap()
 }
 
+/// `/etc/motd` of the tree after every stage of `plan` (building what is missing).
+fn motd_after_all_stages(plan: &crate::plan::Plan, cache: &Path, host: &RecordingHost) -> String {
+    materialize(plan, cache, plan.stages.len(), host, &Silent, |context| Ok(fs_err::read_to_string(context.tree.join("etc/motd"))?)).unwrap()
+}
+
 fn options() -> PlanOptions {
     PlanOptions { epoch_from_env: Some(1_000), ..PlanOptions::default() }
 }
@@ -59,7 +64,7 @@ fn a_second_build_runs_no_command_and_a_changed_file_rebuilds_only_its_stage() {
     let cache = dir.path().join("cache");
     let host = RecordingHost::default();
     let first = plan(&recipe, &options(), &host).unwrap();
-    let motd = materialize(&first, &cache, 3, &host, &Silent, |context| Ok(fs_err::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
+    let motd = motd_after_all_stages(&first, &cache, &host);
     assert_eq!(motd, "hello\n");
     assert_eq!(host.programs(), ["sh"]);
 
@@ -73,7 +78,7 @@ fn a_second_build_runs_no_command_and_a_changed_file_rebuilds_only_its_stage() {
     let statuses = changed.statuses(&store, None);
     assert!(matches!(statuses[0], StageStatus::Hit(_)) && matches!(statuses[1], StageStatus::Hit(_)), "stages before the change stay cached");
     assert!(matches!(statuses[2], StageStatus::Miss { .. }), "the files stage reads the changed file");
-    let motd = materialize(&changed, &cache, 3, &again, &Silent, |context| Ok(fs_err::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
+    let motd = motd_after_all_stages(&changed, &cache, &again);
     assert_eq!(motd, "changed\n");
     assert!(again.programs().is_empty(), "only the files stage ran, and it runs no command");
 }
@@ -92,7 +97,7 @@ fn a_corrupt_layer_is_discarded_and_built_again() {
     std::fs::write(&blob, b"flipped bytes").unwrap();
     drop(store);
 
-    let motd = materialize(&plan, &cache, 3, &host, &Silent, |context| Ok(std::fs::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
+    let motd = motd_after_all_stages(&plan, &cache, &host);
     assert_eq!(motd, "hello\n");
     assert_eq!(crate::digest::hash_file(&blob).unwrap(), base.layer, "the rebuilt layer replaced the corrupt bytes");
     let store = Store::open(&cache).unwrap();
@@ -120,7 +125,7 @@ fn a_record_whose_layer_was_swapped_is_not_used_and_verify_names_it() {
     assert_eq!(store.repair(&report).unwrap(), 1);
     assert!(store.verify().unwrap().problems.is_empty());
     drop(store);
-    let motd = materialize(&plan, &cache, 3, &host, &Silent, |context| Ok(std::fs::read_to_string(context.tree.join("etc/motd"))?)).unwrap();
+    let motd = motd_after_all_stages(&plan, &cache, &host);
     assert_eq!(motd, "hello\n");
 }
 

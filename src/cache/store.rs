@@ -167,7 +167,12 @@ impl Store {
         let mut file = match crate::fileops::try_lock_file(&path)? {
             Some(file) => file,
             None => {
-                let holder = fs_err::read_to_string(&path).ok().and_then(|text| text.trim().parse().ok());
+                let holder = {
+                    // A process id, at most a few bytes: read no more.
+                    let mut text = String::new();
+                    let read = fs_err::File::open(&path).and_then(|file| std::io::Read::read_to_string(&mut std::io::Read::take(file, 32), &mut text));
+                    read.ok().and_then(|_| text.trim().parse().ok())
+                };
                 waiting(holder);
                 lock_file(&path)?
             }
