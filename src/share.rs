@@ -62,9 +62,6 @@ impl RemoteCache {
             note(&format!("layer {}: {:.1} MB", &record.layer[..12], received as f64 / 1e6));
         }
         if let (Some(kernel), Some(products)) = (&record.products, manifest.layers.get(1)) {
-            if !crate::digest::is_sha256_hex(&kernel.dir) {
-                bail!("{} names products `{}`, which is not a digest", reference.whole(), kernel.dir);
-            }
             let dir = store.layout().products_dir(&kernel.dir);
             if !dir.join(crate::cache::PRODUCTS_RECORD).is_file() {
                 let archive = scratch.path().join("products.tar.zst");

@@ -57,6 +57,11 @@ impl StageRecord {
         if self.tree != super::key::tree_id(self.inputs.parent.as_deref(), &self.layer) {
             return Some(format!("its tree id is not made of its parent's and its layer {}", self.layer));
         }
+        if let Some(products) = &self.products {
+            if !crate::digest::is_sha256_hex(&products.dir) {
+                return Some(format!("its products `{}` are not named by a digest", products.dir));
+            }
+        }
         if !self.owners_recorded {
             return Some("its layer does not record the files' true owners (made by an unprivileged or older build)".into());
         }
@@ -396,5 +401,34 @@ mod tests {
         let _other = Store::open(dir.path()).unwrap();
         assert!(!dead.exists(), "the dead build's dir was not swept");
         assert!(live.path().exists(), "a running build's dir was taken");
+    }
+
+    #[test]
+    fn a_record_is_checked_against_what_it_claims() {
+        let inputs = KeyInputs {
+            format: crate::cache::CACHE_FORMAT,
+            kind: "run".into(),
+            kind_version: 1,
+            arch: "amd64".into(),
+            source_date_epoch: 0,
+            parent: None,
+            params: serde_json::json!({}),
+            files: Vec::new(),
+            remote: Default::default(),
+        };
+        let layer = "a".repeat(64);
+        let key = inputs.key();
+        let good = StageRecord { key: key.clone(), recipe: "r".into(), stage: "s".into(), kind: "run".into(), tree: super::super::key::tree_id(None, &layer), layer: layer.clone(), layer_size: 1, inputs, seconds: 0.0, created: 0, products: None, owners_recorded: true };
+        assert_eq!(good.inconsistency(&key), None);
+        let with = |change: &dyn Fn(&mut StageRecord)| {
+            let mut record = good.clone();
+            change(&mut record);
+            record.inconsistency(&key).unwrap_or_default()
+        };
+        assert!(with(&|r| r.key = "b".repeat(64)).contains("stored as"));
+        assert!(with(&|r| r.layer = "../../etc/passwd".into()).contains("not a digest"));
+        assert!(with(&|r| r.layer = "c".repeat(64)).contains("tree id"));
+        assert!(with(&|r| r.owners_recorded = false).contains("true owners"));
+        assert!(with(&|r| r.products = Some(Products { dir: "../../elsewhere".into(), details: Default::default() })).contains("not named by a digest"));
     }
 }
