@@ -27,6 +27,32 @@ pub struct CacheArgs {
     pub cache: Option<PathBuf>,
 }
 
+/// How a command that builds gets root's powers (docs/commands.md, "Running without root").
+#[derive(Debug, Args, Clone)]
+pub struct PrivilegeArgs {
+    /// auto: root as it is, anyone else in a user namespace of their /etc/subuid range; root: only as root; userns: always in a user namespace
+    #[arg(long, value_enum, env = "ROOTSMITH_PRIVILEGES", default_value = "auto", global = true)]
+    pub privileges: PrivilegeMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrivilegeMode {
+    Auto,
+    Root,
+    Userns,
+}
+
+impl PrivilegeArgs {
+    pub fn mode(&self) -> rootsmith::host::userns::Privileges {
+        use rootsmith::host::userns::Privileges;
+        match self.privileges {
+            PrivilegeMode::Auto => Privileges::Auto,
+            PrivilegeMode::Root => Privileges::Root,
+            PrivilegeMode::Userns => Privileges::Userns,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build a recipe into OUT/NAME/VERSION
@@ -61,6 +87,8 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         output: OutputArgs,
+        #[command(flatten)]
+        privileges: PrivilegeArgs,
     },
     /// Check a recipe without running anything
     Check {
@@ -94,6 +122,8 @@ pub enum Command {
         /// Run this command instead of an interactive shell
         #[arg(last = true)]
         command: Vec<String>,
+        #[command(flatten)]
+        privileges: PrivilegeArgs,
     },
     /// Write RECIPE.lock: every remote input resolved, every installed package's version
     Lock {
@@ -103,6 +133,8 @@ pub enum Command {
         cache: CacheArgs,
         #[command(flatten)]
         output: OutputArgs,
+        #[command(flatten)]
+        privileges: PrivilegeArgs,
     },
     /// Serve bundles over HTTP for netboot (read-only)
     Serve {
@@ -161,6 +193,8 @@ pub enum Command {
     Cache {
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        privileges: PrivilegeArgs,
         #[command(subcommand)]
         action: CacheAction,
     },
@@ -373,6 +407,8 @@ pub enum ReleaseAction {
         rebuild: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        privileges: PrivilegeArgs,
     },
 }
 

@@ -39,10 +39,42 @@ use clap::Parser;
 use cli::{Cli, Command, ReleaseAction};
 use commands::{RecipeError, EXIT_FAILURE, EXIT_RECIPE};
 
+/// The commands that make trees (and so need root's powers): how, and the
+/// directories they write.
+fn privileges_needed(command: &Command) -> Option<(&cli::PrivilegeArgs, Vec<(&'static str, std::path::PathBuf)>)> {
+    let cache = |args: &cli::CacheArgs| ("cache directory", commands::cache_dir(args));
+    match command {
+        Command::Build { privileges, cache: args, out, .. } => Some((privileges, vec![cache(args), ("out directory", out.clone())])),
+        Command::Shell { privileges, cache: args, .. } | Command::Lock { privileges, cache: args, .. } => Some((privileges, vec![cache(args)])),
+        // The rebuild has a cache of its own under the temporary directory.
+        Command::Release { action: ReleaseAction::Verify { rebuild: Some(_), privileges, .. } } => Some((privileges, vec![("temporary directory", std::env::temp_dir())])),
+        // Collecting and repairing remove work trees whose files belong to a build's ids.
+        Command::Cache { privileges, cache: args, action: cli::CacheAction::Gc { .. } | cli::CacheAction::Verify { repair: true } } => Some((privileges, vec![cache(args)])),
+        _ => None,
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    // A command that builds, run by an ordinary user, runs again inside a
+    // user namespace (before anything else happens in this process).
+    if let Some((privileges, writable)) = privileges_needed(&cli.command) {
+        let writable: Vec<(&str, &std::path::Path)> = writable.iter().map(|(what, path)| (*what, path.as_path())).collect();
+        match rootsmith::host::userns::enter(privileges.mode(), &writable) {
+            Ok(None) => {}
+            Ok(Some(code)) => std::process::exit(code),
+            Err(error) => {
+                eprintln!("error: {error}");
+                for cause in error.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
+                }
+                eprintln!("nothing was built");
+                std::process::exit(EXIT_FAILURE);
+            }
+        }
+    }
     let result = match &cli.command {
-        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, cache_remote, locked, json, output } => commands::build::run(
+        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, cache_remote, locked, json, output, privileges: _ } => commands::build::run(
             recipe,
             cache,
             commands::build::Settings {
@@ -59,9 +91,9 @@ fn main() {
         ),
         Command::Check { recipe } => commands::check::run(recipe),
         Command::Plan { recipe, cache, explain, fast, json } => commands::plan::run(recipe, cache, *explain, *fast, *json),
-        Command::Shell { recipe, cache, stage, command } => commands::shell::run(recipe, cache, stage.as_deref(), command),
-        Command::Cache { cache, action } => commands::cache::run(cache, action),
-        Command::Lock { recipe, cache, output } => commands::lock::run(recipe, cache, output),
+        Command::Shell { recipe, cache, stage, command, privileges: _ } => commands::shell::run(recipe, cache, stage.as_deref(), command),
+        Command::Cache { cache, action, privileges: _ } => commands::cache::run(cache, action),
+        Command::Lock { recipe, cache, output, privileges: _ } => commands::lock::run(recipe, cache, output),
         Command::Serve { dir, addr, max_connections, tftp, hosts, public_url } => {
             commands::netboot::serve(dir, addr, *max_connections, tftp.as_deref(), hosts.as_deref(), public_url.clone())
         }
@@ -78,7 +110,7 @@ fn main() {
             ReleaseAction::Ls { out, json } => commands::release::ls(&out.out, *json),
             ReleaseAction::Show { name, version, out, json } => commands::release::show(&out.out, name, version, *json),
             ReleaseAction::Promote { name, from, to, out } => commands::release::promote(&out.out, name, from, to),
-            ReleaseAction::Verify { dir, rebuild, json } => commands::release::verify(dir, rebuild.as_deref(), *json),
+            ReleaseAction::Verify { dir, rebuild, json, privileges: _ } => commands::release::verify(dir, rebuild.as_deref(), *json),
             ReleaseAction::Diff { name, a, b, out, json } => commands::release::diff(&out.out, name, a, b, *json),
         },
         Command::Init { name } => commands::init::run(name),

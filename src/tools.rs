@@ -14,6 +14,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
     ("dpkg-deb", "dpkg"),
     ("qemu-system-x86_64", "qemu-system-x86"),
+    ("newuidmap", "uidmap"),
+    ("newgidmap", "uidmap"),
 ];
 
 /// The full path of `program` on `PATH`.

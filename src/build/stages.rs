@@ -53,8 +53,9 @@ impl<'a> StageRunner<'a> {
     pub fn open(plan: &'a Plan, options: &'a BuildOptions, host: &'a dyn Host, progress: &'a dyn Progress) -> Result<StageRunner<'a>> {
         if !host.records_true_owners() {
             bail!(
-                "building needs root for now: as uid {} the tree's files would lose their owners, and a layer cached that way would poison later builds\nhint: run it with sudo; nothing was built",
-                nix::unistd::geteuid()
+                "this process cannot give files their true owners (uid {}, or a user namespace that maps fewer than {} ids), and a layer cached that way would poison later builds; nothing was built\nhint: run rootsmith as an ordinary user (it makes its own user namespace) or as root, not inside a namespace that maps only some ids",
+                nix::unistd::geteuid(),
+                crate::host::userns::IDS_NEEDED + 1
             );
         }
         let store = Store::open(&options.cache_dir)?;

@@ -329,8 +329,10 @@ fn sweep_stale_work_dirs(tmp: &Path) -> Result<()> {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "lock") {
             let Ok(file) = File::options().write(true).open(&path) else { continue };
-            if file.try_lock_exclusive().unwrap_or(false) {
-                let _ = remove_tree(&path.with_extension(""));
+            // The lock goes only with its tree: a tree this process may not
+            // remove (files of a rootless build's subordinate ids, seen from
+            // outside its namespace) stays a known leftover for the next build.
+            if file.try_lock_exclusive().unwrap_or(false) && remove_tree(&path.with_extension("")).is_ok() {
                 let _ = fs_err::remove_file(&path);
             }
         } else if !path.with_extension("lock").exists() {

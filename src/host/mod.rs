@@ -8,6 +8,7 @@
 mod command;
 mod real;
 mod recording;
+pub mod userns;
 
 pub use command::{chroot_mounts, clean_environment, log_tail, Command, CommandError, Host, Mount, MountKind};
 pub use real::RealHost;

@@ -32,6 +32,10 @@ struct PreparedMount {
     data: Option<CString>,
     /// Bind mounts made read-only need a second, remounting call.
     remount_read_only: bool,
+    /// In a user namespace that does not own the network namespace, a fresh
+    /// sysfs is refused: the host's `/sys` is bound instead (read-only as
+    /// far as the build can tell: its files belong to the real root).
+    bind_instead: Option<CString>,
 }
 
 fn c_string(bytes: &[u8]) -> CString {
@@ -48,7 +52,7 @@ impl Host for RealHost {
     }
 
     fn records_true_owners(&self) -> bool {
-        nix::unistd::geteuid().is_root()
+        super::userns::standing() != super::userns::Standing::User && super::userns::maps_every_owner()
     }
 }
 
@@ -72,6 +76,7 @@ impl RealHost {
                 flags,
                 data: mount.data.map(|d| c_string(d.as_bytes())),
                 remount_read_only,
+                bind_instead: (mount.fstype == Some("sysfs")).then(|| c_string(b"/sys")),
             });
         }
         let mut process = std::process::Command::new(&command.argv[0]);
@@ -167,7 +172,16 @@ impl RealHost {
                     let fstype = mount.fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr());
                     let data = mount.data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr() as *const libc::c_void);
                     if libc::mount(mount.source.as_ptr(), mount.target.as_ptr(), fstype, mount.flags, data) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                        let error = std::io::Error::last_os_error();
+                        let bound = match &mount.bind_instead {
+                            Some(source) if error.raw_os_error() == Some(libc::EPERM) => {
+                                libc::mount(source.as_ptr(), mount.target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) == 0
+                            }
+                            _ => false,
+                        };
+                        if !bound {
+                            return Err(error);
+                        }
                     }
                     if mount.remount_read_only
                         && libc::mount(std::ptr::null(), mount.target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, std::ptr::null()) != 0
