@@ -87,7 +87,7 @@ let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
         epoch: runner.plan.source_date_epoch,
     };
     let initramfs = thin_initramfs::write(&request, &staged.join("initramfs.img"))?;
-    tarball::write_rootfs_tarball(&tree, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, runner.plan.source_date_epoch)?;
+    tarball::write_rootfs_tarball(&tree, work.devices(), &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, runner.plan.source_date_epoch)?;
     fs_err::write(staged.join(PACKAGES), artifact::packages::installed(&tree))?;
     let created = crate::time::rfc3339(runner.plan.source_date_epoch);
     fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &runner.plan.recipe, &cookie, &created))?;
