@@ -69,7 +69,10 @@ impl RemoteCache {
                 let unpacking = dir.with_extension("partial");
                 let _ = fs_err::remove_dir_all(&unpacking);
                 fs_err::create_dir_all(&unpacking)?;
-                crate::layer::apply_layer(zstd::Decoder::new(fs_err::File::open(&archive)?)?, &unpacking, &format!("kernel products of {}", reference.whole()))?;
+                // Products are plain files: a device in them would be made (or
+                // stood for) in a tree nobody writes out again.
+                let devices = crate::layer::Devices::default();
+                crate::layer::apply_layer(zstd::Decoder::new(fs_err::File::open(&archive)?)?, &unpacking, &format!("kernel products of {}", reference.whole()), &devices)?;
                 fs_err::rename(&unpacking, &dir)?;
             }
         }
@@ -118,7 +121,9 @@ impl RemoteCache {
 /// A zstd tar of a kernel's products directory, sorted and clamped.
 fn products_archive(dir: &Path, epoch: i64) -> Result<Vec<u8>> {
     let encoder = zstd::Encoder::new(Vec::new(), 3)?;
-    let mut writer = crate::layer::TreeTarWriter::new(encoder, epoch);
+    // A products directory comes from the cache, where nothing stands for a device.
+    let devices = crate::layer::Devices::default();
+    let mut writer = crate::layer::TreeTarWriter::new(encoder, epoch, &devices);
     let mut names: Vec<_> = fs_err::read_dir(dir)?.map(|entry| entry.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
     names.sort();
     for name in names {

@@ -1,11 +1,12 @@
-//! `NAME-VERSION-rootfs.tar.zst`: the whole tree as a deterministic tar.
+//! `NAME-VERSION-rootfs.tar.zst`: the whole tree as a deterministic tar (a
+//! device placeholder as the device it stands for).
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
 
-use crate::layer::TreeTarWriter;
+use crate::layer::{Devices, TreeTarWriter};
 use crate::recipe::{Algorithm, Compression};
 
 /// A compressing writer with fixed settings. zstd runs multi-threaded; its
@@ -35,9 +36,9 @@ pub fn extension(compression: Compression) -> &'static str {
     }
 }
 
-pub fn write_rootfs_tarball(tree: &Path, output: &Path, compression: Compression, epoch: i64) -> Result<()> {
+pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64) -> Result<()> {
     let file = std::io::BufWriter::new(fs_err::File::create(output)?);
-    let mut writer = TreeTarWriter::new(compressor(file, compression)?, epoch);
+    let mut writer = TreeTarWriter::new(compressor(file, compression)?, epoch, devices);
     for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
         let entry = entry?;
         writer.append(tree, entry.path().strip_prefix(tree).expect("under tree"))?;

@@ -90,6 +90,7 @@ pub fn materialize<T>(
     let context = StageContext {
         host,
         tree: &tree,
+        devices: work.devices(),
         log: work.dir.path().join("shell.log"),
         arch: &plan.arch,
         source_date_epoch: plan.source_date_epoch,

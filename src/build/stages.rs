@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use super::options::{BuildOptions, StageFailed, StageOutcome};
 use crate::cache::{tree_id, StageRecord, Store, WorkDir};
 use crate::host::Host;
-use crate::layer::{apply_layer, Change, Snapshot, TreeTarWriter};
+use crate::layer::{apply_layer, Change, Devices, Snapshot, TreeTarWriter};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::share::RemoteCache;
@@ -24,11 +24,18 @@ const LAYER_ZSTD_LEVEL: i32 = 3;
 pub struct Work {
     pub dir: WorkDir,
     stages_applied: usize,
+    /// The tree's device placeholders (a new tree starts without any).
+    devices: Devices,
 }
 
 impl Work {
     pub fn tree(&self) -> PathBuf {
         self.dir.path().join("tree")
+    }
+
+    /// What stands for a device node in the tree (where mknod was refused).
+    pub fn devices(&self) -> &Devices {
+        &self.devices
     }
 }
 
@@ -147,6 +154,7 @@ impl<'a> StageRunner<'a> {
         let context = StageContext {
             host: self.host,
             tree: &tree,
+            devices: &work.devices,
             log: log.clone(),
             arch: &self.plan.arch,
             source_date_epoch: self.plan.source_date_epoch,
@@ -175,7 +183,7 @@ impl<'a> StageRunner<'a> {
         }
         crate::stage::scrub::scrub(&tree).context("removing build-time noise from the tree")?;
         let after = Snapshot::take(&tree)?;
-        let (layer, layer_size) = self.write_layer(&tree, &before, &after)?;
+        let (layer, layer_size) = self.write_layer(&tree, &work.devices, &before, &after)?;
         let seconds = started.elapsed().as_secs_f64();
         let record = StageRecord {
             key: key.clone(),
@@ -244,22 +252,24 @@ impl<'a> StageRunner<'a> {
         let tree = dir.path().join("tree");
         fs_err::create_dir(&tree)?;
         set_root_mode(&tree)?;
+        let devices = Devices::default();
         for record in &self.records[..index] {
             let blob = self.store.open_blob(&record.layer)?;
             let decoder = zstd::Decoder::new(blob)?;
-            apply_layer(decoder, &tree, &format!("{} ({})", record.stage, &record.layer[..12]))?;
+            apply_layer(decoder, &tree, &format!("{} ({})", record.stage, &record.layer[..12]), &devices)?;
         }
-        self.work = Some(Work { dir, stages_applied: index });
+        self.work = Some(Work { dir, stages_applied: index, devices });
         Ok(())
     }
 
-    /// Store what changed between `before` and `after` as a layer blob.
-    fn write_layer(&self, tree: &Path, before: &Snapshot, after: &Snapshot) -> Result<(String, u64)> {
+    /// Store what changed between `before` and `after` as a layer blob (a
+    /// placeholder as the device it stands for).
+    fn write_layer(&self, tree: &Path, devices: &Devices, before: &Snapshot, after: &Snapshot) -> Result<(String, u64)> {
         let temp = self.store.temp_file()?;
         {
             let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(temp.as_file()), LAYER_ZSTD_LEVEL)?;
             encoder.multithread(std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))?;
-            let mut writer = TreeTarWriter::new(encoder, self.plan.source_date_epoch);
+            let mut writer = TreeTarWriter::new(encoder, self.plan.source_date_epoch, devices);
             let changes = before.changes(after);
             for change in &changes {
                 match change {

@@ -16,6 +16,10 @@
 //! reader keeps in memory), so neither a gzip/zstd bomb nor a giant PAX record
 //! gets further than that. An archive that cannot be parsed is reported by
 //! byte offset, never by quoting what it holds (it may be any file at all).
+//!
+//! Character and block devices are made through [`Devices`]: where `mknod` is
+//! refused (a rootless build), an empty file stands for the device, with the
+//! owner, mode, xattrs and mtime the entry gives. FIFOs are always made.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -28,6 +32,7 @@ use std::rc::Rc;
 
 use tar::EntryType;
 
+use super::devices::{DeviceKind, Devices};
 use super::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// An entry that could not be applied, named with its layer.
@@ -46,11 +51,12 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// entry starts: its header, GNU sparse maps, PAX records and long names.
 pub const HEADER_ALLOWANCE: u64 = 16 << 20;
 
-/// Apply the tar read from `reader` to `root`. `layer` names it in errors.
+/// Apply the tar read from `reader` to `root`. `layer` names it in errors;
+/// `devices` makes its device nodes (and remembers their placeholders).
 /// Returns the number of entries applied.
-pub fn apply_layer(reader: impl Read, root: &Path, layer: &str) -> Result<u64, ApplyError> {
+pub fn apply_layer(reader: impl Read, root: &Path, layer: &str, devices: &Devices) -> Result<u64, ApplyError> {
     let free = free_space(root).map_err(|error| ApplyError { layer: layer.to_string(), entry: "(archive)".to_string(), reason: format!("cannot tell the free space of {}: {error}", root.display()) })?;
-    apply_layer_with_space(reader, root, layer, free)
+    apply_layer_with_space(reader, root, layer, devices, free)
 }
 
 /// The bytes an unprivileged writer may still use on the filesystem of `path`.
@@ -60,11 +66,11 @@ fn free_space(path: &Path) -> nix::Result<u64> {
 }
 
 /// [`apply_layer`] with the free space given (tests make it small).
-pub(super) fn apply_layer_with_space(reader: impl Read, root: &Path, layer: &str, free: u64) -> Result<u64, ApplyError> {
+pub(super) fn apply_layer_with_space(reader: impl Read, root: &Path, layer: &str, devices: &Devices, free: u64) -> Result<u64, ApplyError> {
     let stream = Rc::new(Stream::default());
     stream.limit.set(HEADER_ALLOWANCE);
     let mut archive = tar::Archive::new(Counted { inner: reader, stream: Rc::clone(&stream) });
-    let mut applier = Applier { root, layer, written: HashSet::new(), directory_times: Vec::new(), is_root: nix::unistd::geteuid().is_root(), free, claimed: 0, freed: 0 };
+    let mut applier = Applier { root, layer, devices, written: HashSet::new(), directory_times: Vec::new(), is_root: nix::unistd::geteuid().is_root(), free, claimed: 0, freed: 0 };
     let entries = archive.entries().map_err(|_| applier.unreadable(&stream))?;
     let mut count = 0;
     for entry in entries {
@@ -154,6 +160,7 @@ fn bytes(count: u64) -> String {
 struct Applier<'a> {
     root: &'a Path,
     layer: &'a str,
+    devices: &'a Devices,
     /// Paths this layer wrote, which an opaque marker must not remove.
     written: HashSet<PathBuf>,
     directory_times: Vec<(PathBuf, i64)>,
@@ -228,6 +235,7 @@ impl Applier<'_> {
                 return Err(self.error(&shown, "a whiteout must name an entry of its directory, not the directory or its parent"));
             }
             let target = parent_full.join(std::ffi::OsStr::from_bytes(hidden));
+            self.devices.forget(&target);
             return remove_any(&target).map_err(|error| self.error(&shown, format!("cannot delete {}: {error}", target.display())));
         }
 
@@ -251,6 +259,9 @@ impl Applier<'_> {
         // reading it back gives), or whatever data another kind carries.
         self.claim(&shown, entry.size())?;
         let io = |error: std::io::Error| self.error(&shown, format!("{}: {error}", destination.display()));
+        if existing.as_ref().is_some_and(|metadata| !(metadata.is_dir() && kind == EntryType::Directory)) {
+            self.devices.forget(&destination);
+        }
         match existing {
             Some(metadata) if metadata.is_dir() && kind == EntryType::Directory => {}
             Some(metadata) if metadata.is_dir() => fs_err::remove_dir_all(&destination).map_err(io)?,
@@ -283,15 +294,16 @@ impl Applier<'_> {
                 self.written.insert(parent.join(&name));
                 return Ok(());
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-                let flag = match kind {
-                    EntryType::Char => SFlag::S_IFCHR,
-                    EntryType::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
-                };
-                let device = makedev(header.device_major().ok().flatten().unwrap_or(0) as u64, header.device_minor().ok().flatten().unwrap_or(0) as u64);
-                mknod(&destination, flag, Mode::from_bits_truncate(mode), device).map_err(|errno| io(errno.into()))?;
+            EntryType::Char | EntryType::Block => {
+                let device_kind = if kind == EntryType::Char { DeviceKind::Char } else { DeviceKind::Block };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                // The error names the path already.
+                self.devices.make(self.root, &parent.join(&name), device_kind, major, minor, mode).map_err(|error| self.error(&shown, error.to_string()))?;
+            }
+            EntryType::Fifo => {
+                use nix::sys::stat::{mknod, Mode, SFlag};
+                mknod(&destination, SFlag::S_IFIFO, Mode::from_bits_truncate(mode), 0).map_err(|errno| io(errno.into()))?;
             }
             other => return Err(self.error(&shown, format!("unsupported entry type {other:?}"))),
         }
@@ -383,6 +395,7 @@ impl Applier<'_> {
         for child in fs_err::read_dir(self.root.join(directory))? {
             let child = child?;
             if !self.written.contains(&directory.join(child.file_name())) {
+                self.devices.forget(&child.path());
                 remove_any(&child.path())?;
             }
         }

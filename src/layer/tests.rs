@@ -2,7 +2,7 @@
 //! hostile archives without writing outside the target.
 
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::*;
@@ -11,8 +11,13 @@ use std::io::Read as _;
 
 /// Capture `before → after` of `root` as a layer tar.
 fn capture(root: &Path, before: &Snapshot) -> Vec<u8> {
+    capture_with(root, before, &Devices::default())
+}
+
+/// [`capture`] of a tree whose placeholders `devices` knows.
+fn capture_with(root: &Path, before: &Snapshot, devices: &Devices) -> Vec<u8> {
     let after = Snapshot::take(root).unwrap();
-    let mut writer = TreeTarWriter::new(Vec::new(), 2_000_000_000);
+    let mut writer = TreeTarWriter::new(Vec::new(), 2_000_000_000, devices);
     for change in before.changes(&after) {
         match change {
             Change::Write(path) => writer.append(root, &path).unwrap(),
@@ -48,7 +53,7 @@ fn layer_replays_writes_and_deletions() {
     fs::write(source.join("removed"), "r").unwrap();
     let base = capture(&source, &Snapshot::default());
     fs::create_dir(&replica).unwrap();
-    apply_layer(base.as_slice(), &replica, "base").unwrap();
+    apply_layer(base.as_slice(), &replica, "base", &Devices::default()).unwrap();
     assert_eq!(listing(&source), listing(&replica));
 
     let before = Snapshot::take(&source).unwrap();
@@ -62,7 +67,7 @@ fn layer_replays_writes_and_deletions() {
     symlink("hostname", source.join("etc/alias")).unwrap();
     let layer = capture(&source, &before);
 
-    apply_layer(layer.as_slice(), &replica, "change").unwrap();
+    apply_layer(layer.as_slice(), &replica, "change", &Devices::default()).unwrap();
     assert_eq!(listing(&source), listing(&replica));
     assert!(!replica.join("removed").exists());
     assert_eq!(fs::metadata(replica.join("etc/new-link")).unwrap().ino(), fs::metadata(replica.join("etc/new")).unwrap().ino());
@@ -126,7 +131,7 @@ fn hostile_entries_never_write_outside_the_target() {
     for (index, (archive, expected)) in cases.into_iter().enumerate() {
         let root = work.path().join(format!("root{index}"));
         fs::create_dir(&root).unwrap();
-        let result = apply_layer(archive.as_slice(), &root, "hostile.tar");
+        let result = apply_layer(archive.as_slice(), &root, "hostile.tar", &Devices::default());
         match expected {
             Some(reason) => {
                 let error = result.unwrap_err();
@@ -153,7 +158,7 @@ fn opaque_directory_hides_lower_entries_only() {
     raw_entry(&mut builder, "d/upper", tar::EntryType::Regular, None, b"u");
     raw_entry(&mut builder, "e/.wh..wh..opq", tar::EntryType::Regular, None, b"");
     let archive = builder.into_inner().unwrap();
-    apply_layer(archive.as_slice(), root.path(), "opaque").unwrap();
+    apply_layer(archive.as_slice(), root.path(), "opaque", &Devices::default()).unwrap();
     assert!(!root.path().join("d/lower").exists());
     assert_eq!(fs::read_to_string(root.path().join("d/upper")).unwrap(), "u");
     assert!(root.path().join("e").is_dir());
@@ -174,7 +179,7 @@ fn xattrs_survive_a_layer_round_trip() {
     let layer = capture(&source, &Snapshot::default());
     let replica = work.path().join("replica");
     fs::create_dir(&replica).unwrap();
-    apply_layer(layer.as_slice(), &replica, "xattrs").unwrap();
+    apply_layer(layer.as_slice(), &replica, "xattrs", &Devices::default()).unwrap();
     assert_eq!(xattr::get(replica.join("ping"), name).unwrap().as_deref(), Some(value));
 }
 
@@ -225,7 +230,7 @@ fn a_sparse_entry_of_a_tebibyte_is_refused_or_kept_sparse_quickly() {
     let archive = sparse_archive(TIB, &[(0, &[b'x'; 512])]);
     assert!(archive.len() < 3 * 1024, "{} bytes", archive.len());
     let started = std::time::Instant::now();
-    let result = apply_layer(archive.as_slice(), root.path(), "sparse.tar");
+    let result = apply_layer(archive.as_slice(), root.path(), "sparse.tar", &Devices::default());
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
     match result {
         Err(error) => {
@@ -248,7 +253,7 @@ fn sparse_holes_stay_holes() {
     let root = tempfile::tempdir().unwrap();
     let archive = sparse_archive(TIB, &[(0, &[b'x'; 512]), (1 << 30, b"tail of the middle")]);
     let started = std::time::Instant::now();
-    apply_layer_with_space(archive.as_slice(), root.path(), "sparse.tar", 2 * TIB).unwrap();
+    apply_layer_with_space(archive.as_slice(), root.path(), "sparse.tar", &Devices::default(), 2 * TIB).unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
     let file = fs::File::open(root.path().join("big")).unwrap();
     let metadata = file.metadata().unwrap();
@@ -284,14 +289,14 @@ fn entries_may_claim_no_more_than_the_free_space() {
     assert!(compressed.len() < 64 * 1024, "{} bytes", compressed.len());
     let read = std::rc::Rc::new(std::cell::Cell::new(0));
     let reader = Counting { inner: zstd::Decoder::new(compressed.as_slice()).unwrap(), count: read.clone() };
-    let error = apply_layer_with_space(reader, root.path(), "bomb.tar.zst", 8 * MIB).unwrap_err().to_string();
+    let error = apply_layer_with_space(reader, root.path(), "bomb.tar.zst", &Devices::default(), 8 * MIB).unwrap_err().to_string();
     assert!(error.starts_with("layer bomb.tar.zst: entry `zeros-0`: it claims 67108864 bytes (64.0 MiB), and with the 0 bytes the archive's earlier entries claimed that is more than the 8388608 bytes (8.0 MiB) free"), "{error}");
     assert!(read.get() <= HEADER_ALLOWANCE, "{} bytes of the stream were read", read.get());
     assert!(!root.path().join("zeros-0").exists());
 
     // Entries that fit one by one but not together: refused at the first one too many.
     let compressed = zeros_archive_zstd(16, MIB);
-    let error = apply_layer_with_space(zstd::Decoder::new(compressed.as_slice()).unwrap(), root.path(), "many.tar.zst", 8 * MIB).unwrap_err().to_string();
+    let error = apply_layer_with_space(zstd::Decoder::new(compressed.as_slice()).unwrap(), root.path(), "many.tar.zst", &Devices::default(), 8 * MIB).unwrap_err().to_string();
     assert!(error.starts_with("layer many.tar.zst: entry `zeros-8`: it claims 1048576 bytes (1.0 MiB), and with the 8388608 bytes (8.0 MiB)"), "{error}");
     assert!(root.path().join("zeros-7").exists() && !root.path().join("zeros-8").exists());
 
@@ -299,7 +304,7 @@ fn entries_may_claim_no_more_than_the_free_space() {
     let mut builder = tar::Builder::new(Vec::new());
     raw_entry(&mut builder, ".wh.gone", tar::EntryType::Regular, None, &vec![0; 2 * MIB as usize]);
     let archive = builder.into_inner().unwrap();
-    let error = apply_layer_with_space(archive.as_slice(), root.path(), "whiteout.tar", MIB).unwrap_err().to_string();
+    let error = apply_layer_with_space(archive.as_slice(), root.path(), "whiteout.tar", &Devices::default(), MIB).unwrap_err().to_string();
     assert!(error.contains("entry `.wh.gone`: it claims 2097152 bytes"), "{error}");
 }
 
@@ -327,7 +332,7 @@ fn a_decompression_bomb_in_the_headers_is_cut_off() {
     for (name, reader) in [("pax.tar.gz", Box::new(flate2::read::GzDecoder::new(gzip.as_slice())) as Box<dyn std::io::Read>), ("longname.tar.zst", Box::new(zstd::Decoder::new(zstd.as_slice()).unwrap()))] {
         let read = std::rc::Rc::new(std::cell::Cell::new(0));
         let started = std::time::Instant::now();
-        let error = apply_layer(Counting { inner: reader, count: read.clone() }, root.path(), name).unwrap_err().to_string();
+        let error = apply_layer(Counting { inner: reader, count: read.clone() }, root.path(), name, &Devices::default()).unwrap_err().to_string();
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name}: took {:?}", started.elapsed());
         assert!(error.contains("entry `(archive)`: the archive runs on past byte 16777216 with more than 16777216 bytes (16.0 MiB) of headers"), "{name}: {error}");
         assert!(read.get() <= HEADER_ALLOWANCE, "{name}: {} bytes of the stream were read", read.get());
@@ -338,7 +343,7 @@ fn a_decompression_bomb_in_the_headers_is_cut_off() {
 fn an_archive_that_is_no_tar_is_named_by_offset_never_quoted() {
     let root = tempfile::tempdir().unwrap();
     let secret: Vec<u8> = (0..64).flat_map(|index| format!("TOKEN_{index}=hunter2\0").into_bytes()).collect();
-    let error = apply_layer(secret.as_slice(), root.path(), "environ").unwrap_err().to_string();
+    let error = apply_layer(secret.as_slice(), root.path(), "environ", &Devices::default()).unwrap_err().to_string();
     assert!(!error.contains("hunter2") && !error.contains("TOKEN"), "{error}");
     assert!(error.contains("not a tar archive, or a damaged one: the header before byte 512"), "{error}");
 
@@ -347,6 +352,167 @@ fn an_archive_that_is_no_tar_is_named_by_offset_never_quoted() {
     raw_entry(&mut builder, "a", tar::EntryType::Regular, None, b"a");
     raw_entry(&mut builder, "b", tar::EntryType::Regular, None, b"b");
     let archive = builder.into_inner().unwrap();
-    let error = apply_layer(&archive[..1024 + 100], root.path(), "cut.tar").unwrap_err().to_string();
+    let error = apply_layer(&archive[..1024 + 100], root.path(), "cut.tar", &Devices::default()).unwrap_err().to_string();
     assert!(error.contains("the archive ends after 1124 bytes"), "{error}");
+}
+
+/// A base image's devices: a character and a block device, a hard link to one
+/// that sorts before it and one after it, and a FIFO, with owners, modes and
+/// mtimes of their own.
+fn devices_archive() -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut entry = |name: &str, kind: tar::EntryType, mode: u32, owner: (u64, u64), mtime: u64, device: (u32, u32), link: Option<&str>| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(owner.0);
+        header.set_gid(owner.1);
+        header.set_mtime(mtime);
+        header.set_size(0);
+        header.set_device_major(device.0).unwrap();
+        header.set_device_minor(device.1).unwrap();
+        match link {
+            Some(target) => builder.append_link(&mut header, name, target).unwrap(),
+            None => builder.append_data(&mut header, name, std::io::empty()).unwrap(),
+        }
+    };
+    entry("dev", tar::EntryType::Directory, 0o755, (0, 0), 500, (0, 0), None);
+    entry("dev/fifo", tar::EntryType::Fifo, 0o600, (0, 0), 600, (0, 0), None);
+    entry("dev/null", tar::EntryType::Char, 0o666, (0, 0), 900, (1, 3), None);
+    entry("dev/nvme0n1p1", tar::EntryType::Block, 0o660, (0, 6), 901, (259, 65537), None);
+    entry("dev/a-null", tar::EntryType::Link, 0o666, (0, 0), 900, (0, 0), Some("dev/null"));
+    entry("dev/null-too", tar::EntryType::Link, 0o666, (0, 0), 900, (0, 0), Some("dev/null"));
+    entry("dev/tty", tar::EntryType::Char, 0o620, (0, 5), 902, (5, 0), None);
+    builder.into_inner().unwrap()
+}
+
+/// The whole tree under `root` written as a tar, in path order.
+fn write_tree(root: &Path, devices: &Devices) -> Vec<u8> {
+    let mut writer = TreeTarWriter::new(Vec::new(), 2_000_000_000, devices);
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        writer.append(root, entry.unwrap().path().strip_prefix(root).unwrap()).unwrap();
+    }
+    writer.finish().unwrap()
+}
+
+/// Each entry as `path type major:minor mode uid:gid mtime -> link`.
+fn tar_entries(archive: &[u8]) -> Vec<String> {
+    tar::Archive::new(archive)
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let header = entry.header();
+            let link = entry.link_name().unwrap().map(|link| link.display().to_string()).unwrap_or_default();
+            format!(
+                "{} {:?} {}:{} {:o} {}:{} {} -> {link}",
+                entry.path().unwrap().display(),
+                header.entry_type(),
+                header.device_major().ok().flatten().unwrap_or(0),
+                header.device_minor().ok().flatten().unwrap_or(0),
+                header.mode().unwrap_or(0),
+                header.uid().unwrap_or(0),
+                header.gid().unwrap_or(0),
+                header.mtime().unwrap_or(0)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn placeholders_write_the_same_tar_as_device_nodes() {
+    let work = tempfile::tempdir().unwrap();
+    let placeholders = work.path().join("placeholders");
+    fs::create_dir(&placeholders).unwrap();
+    let devices = Devices::placeholders_only();
+    apply_layer(devices_archive().as_slice(), &placeholders, "base", &devices).unwrap();
+    let null = fs::symlink_metadata(placeholders.join("dev/null")).unwrap();
+    assert!(null.is_file() && null.len() == 0 && null.nlink() == 3, "a placeholder with its hard links");
+    assert_eq!(null.mode() & 0o7777, 0o666);
+    assert_eq!(null.mtime(), 900);
+    let written = write_tree(&placeholders, &devices);
+    let entries = tar_entries(&written);
+    // The first path of the inode (sorted) is the device, the others link to it.
+    let expected = [
+        "dev Directory 0:0 755 0:0 500 -> ",
+        "dev/a-null Char 1:3 666 0:0 900 -> ",
+        "dev/fifo Fifo 0:0 600 0:0 600 -> ",
+        "dev/null Link 0:0 666 0:0 900 -> dev/a-null",
+        "dev/null-too Link 0:0 666 0:0 900 -> dev/a-null",
+        "dev/nvme0n1p1 Block 259:65537 660 0:6 901 -> ",
+        "dev/tty Char 5:0 620 0:5 902 -> ",
+    ];
+    // An ordinary user cannot give files away: compare without the owners.
+    let without_owner = |line: &str| line.split(' ').enumerate().filter(|(index, _)| *index != 4).map(|(_, part)| part).collect::<Vec<_>>().join(" ");
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(entries, expected);
+    } else {
+        assert_eq!(entries.iter().map(|line| without_owner(line)).collect::<Vec<_>>(), expected.map(without_owner));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED the comparison with real device nodes: mknod needs root");
+        return;
+    }
+    let nodes = work.path().join("nodes");
+    fs::create_dir(&nodes).unwrap();
+    let real = Devices::default();
+    apply_layer(devices_archive().as_slice(), &nodes, "base", &real).unwrap();
+    assert!(real.is_empty(), "as root, mknod made the devices");
+    assert!(fs::symlink_metadata(nodes.join("dev/null")).unwrap().file_type().is_char_device());
+    assert_eq!(tar_entries(&write_tree(&nodes, &real)), entries);
+    assert_eq!(write_tree(&nodes, &real), written, "the same bytes");
+
+    // A layer captured from the placeholder tree is the one captured from the nodes.
+    assert_eq!(capture_with(&placeholders, &Snapshot::default(), &devices), capture_with(&nodes, &Snapshot::default(), &real));
+}
+
+#[test]
+fn a_placeholder_a_stage_replaced_or_removed_is_no_longer_a_device() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let devices = Devices::placeholders_only();
+    apply_layer(devices_archive().as_slice(), root, "base", &devices).unwrap();
+    let before = Snapshot::take(root).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    // A stage rewrites one, replaces another with an empty file, removes a third.
+    fs::write(root.join("dev/tty"), "console output").unwrap();
+    fs::remove_file(root.join("dev/nvme0n1p1")).unwrap();
+    fs::write(root.join("dev/nvme0n1p1"), "").unwrap();
+    for name in ["dev/null", "dev/a-null", "dev/null-too"] {
+        fs::remove_file(root.join(name)).unwrap();
+    }
+    fs::write(root.join("dev/null"), "").unwrap();
+    assert!(devices.placeholders(root).unwrap().is_empty());
+    let entries = tar_entries(&capture_with(root, &before, &devices));
+    let kinds: Vec<String> = entries.iter().map(|line| line.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
+    assert!(kinds.contains(&"dev/tty Regular".to_string()), "{entries:?}");
+    assert!(kinds.contains(&"dev/nvme0n1p1 Regular".to_string()), "{entries:?}");
+    assert!(kinds.contains(&"dev/null Regular".to_string()), "{entries:?}");
+    assert!(kinds.contains(&"dev/.wh.a-null Regular".to_string()), "{entries:?}");
+
+    // A layer that replaces a placeholder with a regular file, or whites one out, makes it no device either.
+    let devices = Devices::placeholders_only();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Char);
+    header.set_mode(0o666);
+    header.set_size(0);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_device_major(1).unwrap();
+    header.set_device_minor(5).unwrap();
+    builder.append_data(&mut header.clone(), "dev/zero", std::io::empty()).unwrap();
+    builder.append_data(&mut header.clone(), "dev/full", std::io::empty()).unwrap();
+    let base = builder.into_inner().unwrap();
+    apply_layer(base.as_slice(), root, "zero", &devices).unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    raw_entry(&mut builder, "dev/zero", tar::EntryType::Regular, None, b"");
+    raw_entry(&mut builder, "dev/.wh.full", tar::EntryType::Regular, None, b"");
+    raw_entry(&mut builder, "dev/full", tar::EntryType::Regular, None, b"");
+    let change = builder.into_inner().unwrap();
+    apply_layer(change.as_slice(), root, "change", &devices).unwrap();
+    assert_eq!(devices.lookup(&fs::symlink_metadata(root.join("dev/zero")).unwrap()), None);
+    assert_eq!(devices.lookup(&fs::symlink_metadata(root.join("dev/full")).unwrap()), None);
+    assert!(devices.is_empty(), "every placeholder the applier removed is forgotten");
 }

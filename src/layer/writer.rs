@@ -1,7 +1,8 @@
 //! Tree entries → a deterministic tar: the caller gives paths in sorted order,
 //! mtimes are clamped to `SOURCE_DATE_EPOCH`, owners are numeric, names empty,
 //! xattrs go in PAX records (`SCHILY.xattr.*`), and a second path to an inode
-//! already written becomes a hard link.
+//! already written becomes a hard link. A placeholder standing for a device
+//! (see [`Devices`]) is written as that device: the same bytes a real node gives.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -10,20 +11,24 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
 
+use super::devices::{Device, DeviceKind, Devices};
 use super::whiteout::WHITEOUT_PREFIX;
 
-pub struct TreeTarWriter<W: Write> {
+pub struct TreeTarWriter<'d, W: Write> {
     builder: tar::Builder<W>,
     epoch: i64,
     written_inodes: HashMap<(u64, u64), PathBuf>,
+    devices: &'d Devices,
 }
 
-impl<W: Write> TreeTarWriter<W> {
-    /// `epoch`: the `SOURCE_DATE_EPOCH` every later mtime is clamped to.
-    pub fn new(writer: W, epoch: i64) -> Self {
+impl<'d, W: Write> TreeTarWriter<'d, W> {
+    /// `epoch`: the `SOURCE_DATE_EPOCH` every later mtime is clamped to;
+    /// `devices`: the placeholders of the tree the entries come from (a tree
+    /// that never had any: `&Devices::default()`).
+    pub fn new(writer: W, epoch: i64, devices: &'d Devices) -> Self {
         let mut builder = tar::Builder::new(writer);
         builder.follow_symlinks(false);
-        TreeTarWriter { builder, epoch, written_inodes: HashMap::new() }
+        TreeTarWriter { builder, epoch, written_inodes: HashMap::new(), devices }
     }
 
     /// Append `root/relative` as the entry `relative`. Sockets are skipped (tar
@@ -67,6 +72,15 @@ impl<W: Write> TreeTarWriter<W> {
             header.set_entry_type(EntryType::Symlink);
             let target = fs_err::read_link(&full).map_err(|error| with_path(error, &full))?;
             self.builder.append_link(&mut header, relative, target)
+        } else if let Some(device) = Device::of_node(&metadata).or_else(|| self.devices.lookup(&metadata)) {
+            // A device node, or the placeholder that stands for one.
+            header.set_entry_type(match device.kind {
+                DeviceKind::Char => EntryType::Char,
+                DeviceKind::Block => EntryType::Block,
+            });
+            header.set_device_major(device.major)?;
+            header.set_device_minor(device.minor)?;
+            self.builder.append_data(&mut header, relative, std::io::empty())
         } else if file_type.is_file() {
             header.set_entry_type(EntryType::Regular);
             header.set_size(metadata.len());
@@ -75,14 +89,8 @@ impl<W: Write> TreeTarWriter<W> {
             let file = crate::fileops::open_regular_no_follow(&full)?;
             self.builder.append_data(&mut header, relative, file)
         } else {
-            let kind = if file_type.is_char_device() {
-                EntryType::Char
-            } else if file_type.is_block_device() {
-                EntryType::Block
-            } else {
-                EntryType::Fifo
-            };
-            header.set_entry_type(kind);
+            // A FIFO: its device numbers are those of a real node (zero).
+            header.set_entry_type(EntryType::Fifo);
             let rdev = metadata.rdev();
             header.set_device_major(libc::major(rdev))?;
             header.set_device_minor(libc::minor(rdev))?;

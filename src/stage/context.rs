@@ -5,12 +5,15 @@ use std::path::{Path, PathBuf};
 
 use crate::cache::Layout;
 use crate::host::Host;
+use crate::layer::Devices;
 use crate::oci::layout::ResolvedImage;
 
 /// What a stage needs from the build around it.
 pub struct StageContext<'a> {
     pub host: &'a dyn Host,
     pub tree: &'a Path,
+    /// The tree's device placeholders: devices are made through it.
+    pub devices: &'a Devices,
     /// The stage's log file (the output of every command it runs).
     pub log: PathBuf,
     pub arch: &'a str,
@@ -45,9 +48,12 @@ pub enum Resolved {
 #[cfg(test)]
 impl<'a> StageContext<'a> {
     /// A context for a stage's unit tests: recipe `r`, stage `s`, amd64, no
-    /// mirror, no remote inputs, the log in `scratch`.
+    /// mirror, no remote inputs, the log in `scratch`, devices made as the
+    /// process can (a real node as root).
     pub fn for_test(host: &'a dyn Host, tree: &'a Path, scratch: &'a Path, layout: &'a Layout, source_date_epoch: i64) -> StageContext<'a> {
         static NO_REMOTE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-        StageContext { host, tree, log: scratch.join("log"), arch: "amd64", source_date_epoch, mirror: None, scratch, layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &NO_REMOTE, apt_pins: None }
+        // A few bytes per test; a test that wants placeholders sets its own.
+        let devices = Box::leak(Box::new(Devices::default()));
+        StageContext { host, tree, devices, log: scratch.join("log"), arch: "amd64", source_date_epoch, mirror: None, scratch, layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &NO_REMOTE, apt_pins: None }
     }
 }

@@ -2,21 +2,24 @@
 //! `owner`), with `modes` overrides. The copy goes through the layer applier,
 //! so paths are resolved inside the tree exactly as for any archive. Only
 //! regular files are read: symlinks are copied as symlinks (never followed),
-//! FIFOs and device nodes as nodes (made with mknod), sockets are left out.
+//! FIFOs and device nodes as nodes (a device as a placeholder where mknod is
+//! refused), sockets are left out.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use super::context::StageContext;
-use crate::layer::{apply_layer, TreeTarWriter};
+use crate::layer::{apply_layer, Devices, TreeTarWriter};
 use crate::recipe::Files;
 
 pub fn run(stage: &Files, context: &StageContext<'_>) -> Result<()> {
     let dest = PathBuf::from(stage.dest.trim_start_matches('/'));
     let mut archive = tempfile::tempfile_in(context.scratch)?;
+    // The source is a directory of the host's: it has real nodes, never placeholders.
+    let source_devices = Devices::default();
     {
-        let mut writer = TreeTarWriter::new(std::io::BufWriter::new(&mut archive), context.source_date_epoch);
+        let mut writer = TreeTarWriter::new(std::io::BufWriter::new(&mut archive), context.source_date_epoch, &source_devices);
         for entry in walkdir::WalkDir::new(&stage.src.resolved).min_depth(1).sort_by_file_name() {
             let entry = entry.with_context(|| format!("reading {}", stage.src.resolved.display()))?;
             let relative = entry.path().strip_prefix(&stage.src.resolved).expect("under src");
@@ -27,7 +30,7 @@ pub fn run(stage: &Files, context: &StageContext<'_>) -> Result<()> {
     }
     use std::io::Seek;
     archive.rewind()?;
-    apply_layer(std::io::BufReader::new(archive), context.tree, &format!("files from {}", stage.src.written))?;
+    apply_layer(std::io::BufReader::new(archive), context.tree, &format!("files from {}", stage.src.written), context.devices)?;
     Ok(())
 }
 

@@ -78,7 +78,7 @@ pub fn run(stage: &Oci, resolved: &ResolvedImage, context: &StageContext<'_>) ->
             LayerCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
             LayerCompression::Zstd => Box::new(zstd::Decoder::with_buffer(file)?),
         };
-        crate::layer::apply_layer(reader, context.tree, &name)?;
+        crate::layer::apply_layer(reader, context.tree, &name, context.devices)?;
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ pub fn run(stage: &Tarball, context: &StageContext<'_>) -> Result<()> {
     } else {
         Box::new(reader)
     };
-    crate::layer::apply_layer(decoded, context.tree, &stage.path.written).with_context(|| format!("unpacking {}", path.display()))?;
+    crate::layer::apply_layer(decoded, context.tree, &stage.path.written, context.devices).with_context(|| format!("unpacking {}", path.display()))?;
     Ok(())
 }
 
