@@ -45,7 +45,9 @@ pub fn load_recipe(args: &RecipeArgs) -> Result<Recipe> {
 
 pub fn cache_dir(args: &CacheArgs) -> PathBuf {
     if let Some(dir) = &args.cache {
-        return dir.clone();
+        // Absolute: commands run in other directories (a kernel's build
+        // tree) and must still find what the cache holds.
+        return std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)

@@ -98,6 +98,12 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
     let tree = context.tree.display().to_string();
     let archives = context.layout.apt_archives().display().to_string();
     let mmdebstrap = resolve_tool(stage.tool) == "mmdebstrap";
+    if !mmdebstrap && crate::host::userns::standing() != crate::host::userns::Standing::Root {
+        bail!(
+            "debootstrap makes device nodes, which a build without root (in a user namespace) cannot; mmdebstrap can\nhint: {}",
+            if crate::tools::find("mmdebstrap").is_some() { "leave out `tool: debootstrap` (mmdebstrap is the default), or build as root" } else { "apt-get install mmdebstrap (the default tool when installed), or build as root" }
+        );
+    }
     let argv: Vec<String> = if mmdebstrap {
         let mmdebstrap = crate::tools::require("mmdebstrap", "for this debootstrap stage (`tool: mmdebstrap`)")?;
         let mut argv = vec![

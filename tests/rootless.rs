@@ -1,0 +1,291 @@
+//! Builds as an ordinary user: rootsmith runs itself in a user namespace of
+//! the user's /etc/subuid and /etc/subgid ranges, and the bundle it publishes
+//! is byte for byte the one root publishes from the same recipe. These tests
+//! need root (to make the user and to build as root for the comparison) and
+//! the Debian package archive; CI has both (see `common::needs_root`).
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The ordinary user the tests build as, and its subordinate ranges.
+const USER: &str = "rootsmith-ci";
+const RANGE: (u32, u32) = (400_000, 465_535);
+
+struct User {
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+/// The test user, made (with its ranges) when it is missing.
+fn ordinary_user() -> User {
+    if nix::unistd::User::from_name(USER).unwrap().is_none() {
+        let status = Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", USER]).status().unwrap();
+        assert!(status.success(), "useradd {USER}");
+    }
+    let has_range = |file: &str| std::fs::read_to_string(file).unwrap_or_default().lines().any(|line| line.starts_with(&format!("{USER}:")));
+    if !has_range("/etc/subuid") || !has_range("/etc/subgid") {
+        let range = format!("{}-{}", RANGE.0, RANGE.1);
+        let status = Command::new("usermod").args(["--add-subuids", &range, "--add-subgids", &range, USER]).status().unwrap();
+        assert!(status.success(), "usermod --add-subuids {range}");
+    }
+    let user = nix::unistd::User::from_name(USER).unwrap().unwrap();
+    User { uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir }
+}
+
+/// A directory both the user and root can use: the binary and its init copied
+/// where the user can run them (bin/, lib/rootsmith/), the recipes, and a
+/// cache and out directory for each of the two.
+struct Place {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    recipes: PathBuf,
+}
+
+impl Place {
+    fn new(user: &User) -> Place {
+        let dir = tempfile::Builder::new().prefix("rootsmith-rootless-").tempdir().unwrap();
+        let bin = dir.path().join("bin/rootsmith");
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_rootsmith"));
+        let init = exe.parent().unwrap().parent().unwrap().join("x86_64-unknown-linux-gnu/init/rootsmith-init");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(dir.path().join("lib/rootsmith")).unwrap();
+        std::fs::copy(&exe, &bin).unwrap();
+        std::fs::copy(&init, dir.path().join("lib/rootsmith/rootsmith-init")).expect("the init is built (make init)");
+        let recipes = dir.path().join("recipes");
+        copy_tree(&repo().join("recipes"), &recipes);
+        for sub in ["user", "root"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        // Everything but root's own directory belongs to the user.
+        for entry in walkdir::WalkDir::new(dir.path()) {
+            let entry = entry.unwrap();
+            if !entry.path().starts_with(dir.path().join("root")) {
+                std::os::unix::fs::lchown(entry.path(), Some(user.uid), Some(user.gid)).unwrap();
+            }
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Place { dir, bin, recipes }
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// rootsmith as `who` ("user" or "root"), with that one's cache.
+    fn rootsmith(&self, who: &str, user: &User, args: &[&str]) -> Command {
+        let mut command = self.bare(who, user);
+        command.arg(args[0]).arg("--cache").arg(self.path(&format!("{who}/cache"))).args(&args[1..]);
+        command
+    }
+
+    /// rootsmith as `who`, without arguments.
+    fn bare(&self, who: &str, user: &User) -> Command {
+        let mut command = Command::new(&self.bin);
+        command.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8").current_dir(self.dir.path());
+        if who == "user" {
+            command.uid(user.uid).gid(user.gid).env("HOME", &user.home);
+        } else {
+            command.env("HOME", "/root");
+        }
+        command
+    }
+
+    /// `build --fast --json RECIPE` as `who`; the bundle's directory.
+    fn build(&self, who: &str, user: &User, recipe: &Path) -> PathBuf {
+        let mut command = self.rootsmith(who, user, &["build", "--fast", "--json", "--out"]);
+        command.arg(self.path(&format!("{who}/out"))).arg(recipe);
+        let (code, stdout, stderr) = run(&mut command);
+        assert_eq!(code, 0, "{who}'s build of {} failed:\n{stderr}", recipe.display());
+        let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        PathBuf::from(summary["bundle"].as_str().unwrap())
+    }
+}
+
+fn sums(bundle: &Path) -> String {
+    std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap()
+}
+
+/// The debootstrap recipe (packages, files, run) and a tarball recipe (whose
+/// base holds device nodes) give the same SHA256SUMS as the user and as root;
+/// the user's builds leave the host's mount table as it was; `plan`,
+/// `shell`, `lock` and `release verify --rebuild` work as the user too.
+#[test]
+fn a_user_build_gives_the_bytes_of_a_root_build() {
+    if !needs_root("a_user_build_gives_the_bytes_of_a_root_build") {
+        return;
+    }
+    let user = ordinary_user();
+    let place = Place::new(&user);
+    let recipe = place.recipes.join("debian-minimal.yaml");
+    let mounts_before = mount_table();
+    let user_bundle = place.build("user", &user, &recipe);
+    assert_eq!(mount_table(), mounts_before, "a build as {USER} changed the host's mount table");
+    let metadata = std::fs::metadata(user_bundle.join("SHA256SUMS")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&metadata), user.uid, "the user's bundle belongs to the user");
+    let root_bundle = place.build("root", &user, &recipe);
+    assert_eq!(sums(&user_bundle), sums(&root_bundle), "the user's bundle differs from root's");
+
+    // A tarball base with device nodes, owners and modes from the archive.
+    let base = user_bundle.join("debian-minimal-0.1.0-rootfs.tar.zst");
+    let listing = Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(&base).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|line| line.starts_with("crw-rw-rw- 0/0") && line.ends_with(" dev/null")), "the base has /dev/null:\n{listing}");
+    let tarball_recipe = place.recipes.join("from-tarball.yaml");
+    std::fs::write(
+        &tarball_recipe,
+        format!("rootsmith: 1\nname: from-tarball\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n  - run: {{ sh: \"chown _apt /etc/motd && echo ok > /etc/from-tarball\" }}\n", base.display()),
+    )
+    .unwrap();
+    std::os::unix::fs::lchown(&tarball_recipe, Some(user.uid), Some(user.gid)).unwrap();
+    let user_tarball = place.build("user", &user, &tarball_recipe);
+    let root_tarball = place.build("root", &user, &tarball_recipe);
+    assert_eq!(sums(&user_tarball), sums(&root_tarball), "the tarball recipe's bundle differs between the user and root");
+
+    // The other commands that make trees.
+    let recipe_arg = recipe.to_str().unwrap();
+    let (code, stdout, stderr) = run(&mut place.rootsmith("user", &user, &["plan", "--fast", recipe_arg]));
+    assert_eq!(code, 0, "plan as the user: {stderr}");
+    assert!(stdout.contains(" hit") && !stdout.contains(" miss"), "the user's plan finds everything cached:\n{stdout}");
+    let (code, stdout, stderr) = run(&mut place.rootsmith("user", &user, &["shell", recipe_arg, "--", "cat", "/etc/hostname"]));
+    assert_eq!((code, stdout.trim()), (0, "debian-minimal"), "shell as the user: {stderr}");
+    let (code, _, stderr) = run(&mut place.rootsmith("user", &user, &["lock", recipe_arg]));
+    assert_eq!(code, 0, "lock as the user: {stderr}");
+    assert!(recipe.with_extension("lock").is_file(), "lock wrote no lock file");
+    let mut verify = place.bare("user", &user);
+    verify.args(["release", "verify"]).arg(&user_bundle).arg("--rebuild").arg(&recipe);
+    let (code, stdout, stderr) = run(&mut verify);
+    assert_eq!(code, 0, "release verify --rebuild as the user:\n{stdout}{stderr}");
+    assert_eq!(mount_table(), mounts_before, "the user's commands changed the host's mount table");
+}
+
+/// Processes of the user or of its subordinate ids that belong to the build
+/// under `place` (its command line or its root is there: other tests build
+/// as the same user at the same time).
+fn processes_of(user: &User, place: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let Some(uid) = status.lines().find_map(|line| line.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok()) else { continue };
+        if uid == user.uid || (RANGE.0..=RANGE.1).contains(&uid) {
+            let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+            let root = std::fs::read_link(entry.path().join("root")).unwrap_or_default();
+            if cmdline.contains(place.to_str().unwrap()) || root.starts_with(place) {
+                found.push(format!("{uid}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+/// SIGKILL to a user's build in the middle of a `run` stage: no process of
+/// it is left, nothing is mounted, the cache verifies, and the next build
+/// (which sweeps the dead build's work tree, files of subordinate ids and all)
+/// succeeds.
+#[test]
+fn a_killed_user_build_leaves_nothing_behind() {
+    if !needs_root("a_killed_user_build_leaves_nothing_behind") {
+        return;
+    }
+    let user = ordinary_user();
+    let place = Place::new(&user);
+    let base = place.path("base");
+    std::fs::create_dir_all(base.join("tree/bin")).unwrap();
+    std::fs::create_dir_all(base.join("tree/etc")).unwrap();
+    std::fs::copy("/bin/busybox", base.join("tree/bin/busybox")).expect("busybox-static is installed (make deps)");
+    for applet in ["sh", "sleep", "touch", "chown"] {
+        std::os::unix::fs::symlink("busybox", base.join("tree/bin").join(applet)).unwrap();
+    }
+    tar_base(&base);
+    let recipe = place.path("base/sleeper.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: sleeper\nversion: 1.0.0\nvars:\n  pause: \"0\"\nstages:\n  - tarball: { path: base.tar }\n  - run: { sh: \"chown 1234:5678 /etc; sleep $PAUSE; touch /etc/done\", env: { PAUSE: \"${pause}\" } }\n").unwrap();
+    for entry in walkdir::WalkDir::new(&base) {
+        std::os::unix::fs::lchown(entry.unwrap().path(), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let mounts_before = mount_table();
+    let mut command = place.rootsmith("user", &user, &["build", "--fast", "--set", "pause=381", "--out"]);
+    let mut child = command.arg(place.path("user/out")).arg(&recipe).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    while !seen.contains("run (run): building") {
+        let mut buffer = [0u8; 256];
+        let read = stderr.read(&mut buffer).unwrap();
+        assert!(read > 0 && started.elapsed() < Duration::from_secs(120), "the build ended before its run stage: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    while !processes_of(&user, place.dir.path()).iter().any(|line| line.contains("sleep 381")) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the stage's sleep never started: {:?}", processes_of(&user, place.dir.path()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_of(&user, place.dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "processes of the killed build are left: {:?}", processes_of(&user, place.dir.path()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(mount_table(), mounts_before, "the killed build left mounts");
+    let (code, stdout, stderr) = run(&mut place.rootsmith("user", &user, &["cache", "verify"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let bundle = place.build("user", &user, &recipe);
+    assert!(bundle.join("SHA256SUMS").is_file());
+    let tmp = place.path("user/cache/v1/tmp");
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "work dirs were left in {}", tmp.display());
+}
+
+/// Before anything runs: a user without a subordinate range is told which
+/// file and which `usermod` line, a missing newuidmap names `uidmap`, a cache
+/// directory the user cannot write is named, and `--privileges root` as a
+/// user is refused. None of them leaves a stage in the cache.
+#[test]
+fn what_a_user_build_needs_is_named_before_anything_runs() {
+    if !needs_root("what_a_user_build_needs_is_named_before_anything_runs") {
+        return;
+    }
+    let user = ordinary_user();
+    let place = Place::new(&user);
+    let recipe = place.recipes.join("debian-minimal.yaml");
+    let recipe_arg = recipe.to_str().unwrap();
+
+    // `nobody` has no range.
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let open = place.path("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut command = Command::new(&place.bin);
+    command.args(["build", "--cache"]).arg(open.join("cache")).arg("--out").arg(open.join("out")).arg(&recipe).env_clear().env("PATH", "/usr/bin:/bin").env("HOME", &open).uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("for nobody in /etc/subuid"), "{stderr}");
+    assert!(stderr.contains("usermod --add-subuids ") && stderr.contains(" nobody"), "{stderr}");
+    assert!(stderr.contains("nothing was built"), "{stderr}");
+    assert!(!open.join("cache/v1/stages").exists() || std::fs::read_dir(open.join("cache/v1/stages")).unwrap().next().is_none(), "a stage was cached");
+
+    // No newuidmap on PATH.
+    let mut command = place.rootsmith("user", &user, &["build", "--out"]);
+    command.arg(place.path("user/out")).arg(&recipe).env("PATH", place.path("bin"));
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("`newuidmap`") && stderr.contains("apt-get install uidmap"), "{stderr}");
+
+    // A cache directory of root's.
+    let mut command = place.bare("user", &user);
+    command.args(["build", "--cache"]).arg(place.path("root/cache")).arg("--out").arg(place.path("user/out")).arg(&recipe);
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("the cache directory {} cannot be written by uid {}", place.path("root/cache").display(), user.uid)), "{stderr}");
+
+    // Root only, as the user.
+    let (code, _, stderr) = run(&mut place.rootsmith("user", &user, &["build", "--privileges", "root", recipe_arg]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--privileges root, but this is uid"), "{stderr}");
+}
