@@ -168,6 +168,11 @@ fn kernel_from_source_lifecycle() {
     let again_record = lab.stage_record(kernel_outcome(&again, "tiny")["key"].as_str().unwrap());
     assert_eq!(again_record["kernel"]["compiled"], true);
     assert_eq!(sha256(&vmlinuz(&again, "tiny")), sha256(&vmlinuz(&cold, "tiny")), "two builds of the same inputs gave different bzImages");
+    let deb = |summary: &serde_json::Value| PathBuf::from(summary["bundle"].as_str().unwrap()).join(manifest["kernels"][0]["debs"][0].as_str().unwrap());
+    assert_eq!(sha256(&deb(&again)), sha256(&deb(&cold)), "two builds of the same inputs gave different kernel packages");
+
+    // An ordinary user (in a user namespace) builds the same bundle bytes.
+    user_builds_the_same_kernel_bundle(&lab, &PathBuf::from(cold["bundle"].as_str().unwrap()));
 
     // Two kernels on a Debian base, one installed into the tree, one patched:
     // two vmlinuz files and two manifest entries.
@@ -193,6 +198,32 @@ fn kernel_from_source_lifecycle() {
     let patched = DirectBoot { kernel: vmlinuz(&both, "patched"), ..boot.clone() };
     let result = boot_until(&patched.argv(), MARKER, Duration::from_secs(180)).unwrap();
     assert!(result.found && result.console.contains("rootsmith-patched kernel"), "console:\n{}", result.console);
+}
+
+/// The cold build's recipe built again by an ordinary user on a cache of its
+/// own: the same SHA256SUMS as root's bundle (make and the .deb packaging
+/// run as uid 0 of the user's namespace).
+fn user_builds_the_same_kernel_bundle(lab: &Lab, root_bundle: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let user = ordinary_user();
+    let place = tempfile::Builder::new().prefix("rootsmith-kernel-user-").tempdir().unwrap();
+    std::fs::set_permissions(place.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = install_for_users(place.path());
+    copy_tree(&lab.path("fragments"), &place.path().join("fragments"));
+    std::fs::copy(lab.path("base.tar"), place.path().join("base.tar")).unwrap();
+    std::fs::copy(lab.path("tiny.yaml"), place.path().join("tiny.yaml")).unwrap();
+    for entry in walkdir::WalkDir::new(place.path()) {
+        std::os::unix::fs::lchown(entry.unwrap().path(), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let mut command = std::process::Command::new(&bin);
+    user.command(&mut command);
+    command.current_dir(place.path()).args(["build", "--json", "--fast", "--version", "1.0.0", "--cache", "cache", "--out", "out", "tiny.yaml"]);
+    let (code, stdout, stderr) = run(&mut command);
+    assert_eq!(code, 0, "the user's kernel build failed:\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let bundle = place.path().join(summary["bundle"].as_str().unwrap());
+    let sums = |dir: &Path| std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums(&bundle), sums(root_bundle), "the user's kernel bundle differs from root's");
 }
 
 /// `kernel: { package: linux-image-amd64 }`: installed in the tree with apt, no

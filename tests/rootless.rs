@@ -15,32 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The ordinary user the tests build as, and its subordinate ranges.
-const USER: &str = "rootsmith-ci";
-const RANGE: (u32, u32) = (400_000, 465_535);
-
-struct User {
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
-}
-
-/// The test user, made (with its ranges) when it is missing.
-fn ordinary_user() -> User {
-    if nix::unistd::User::from_name(USER).unwrap().is_none() {
-        let status = Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", USER]).status().unwrap();
-        assert!(status.success(), "useradd {USER}");
-    }
-    let has_range = |file: &str| std::fs::read_to_string(file).unwrap_or_default().lines().any(|line| line.starts_with(&format!("{USER}:")));
-    if !has_range("/etc/subuid") || !has_range("/etc/subgid") {
-        let range = format!("{}-{}", RANGE.0, RANGE.1);
-        let status = Command::new("usermod").args(["--add-subuids", &range, "--add-subgids", &range, USER]).status().unwrap();
-        assert!(status.success(), "usermod --add-subuids {range}");
-    }
-    let user = nix::unistd::User::from_name(USER).unwrap().unwrap();
-    User { uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir }
-}
-
 /// A directory both the user and root can use: the binary and its init copied
 /// where the user can run them (bin/, lib/rootsmith/), the recipes, and a
 /// cache and out directory for each of the two.
@@ -53,13 +27,7 @@ struct Place {
 impl Place {
     fn new(user: &User) -> Place {
         let dir = tempfile::Builder::new().prefix("rootsmith-rootless-").tempdir().unwrap();
-        let bin = dir.path().join("bin/rootsmith");
-        let exe = PathBuf::from(env!("CARGO_BIN_EXE_rootsmith"));
-        let init = exe.parent().unwrap().parent().unwrap().join("x86_64-unknown-linux-gnu/init/rootsmith-init");
-        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
-        std::fs::create_dir_all(dir.path().join("lib/rootsmith")).unwrap();
-        std::fs::copy(&exe, &bin).unwrap();
-        std::fs::copy(&init, dir.path().join("lib/rootsmith/rootsmith-init")).expect("the init is built (make init)");
+        let bin = install_for_users(dir.path());
         let recipes = dir.path().join("recipes");
         copy_tree(&repo().join("recipes"), &recipes);
         for sub in ["user", "root"] {
@@ -90,12 +58,12 @@ impl Place {
     /// rootsmith as `who`, without arguments.
     fn bare(&self, who: &str, user: &User) -> Command {
         let mut command = Command::new(&self.bin);
-        command.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8").current_dir(self.dir.path());
         if who == "user" {
-            command.uid(user.uid).gid(user.gid).env("HOME", &user.home);
+            user.command(&mut command);
         } else {
-            command.env("HOME", "/root");
+            command.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8").env("HOME", "/root");
         }
+        command.current_dir(self.dir.path());
         command
     }
 
@@ -175,7 +143,7 @@ fn processes_of(user: &User, place: &Path) -> Vec<String> {
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
         let Some(uid) = status.lines().find_map(|line| line.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok()) else { continue };
-        if uid == user.uid || (RANGE.0..=RANGE.1).contains(&uid) {
+        if uid == user.uid || (USER_RANGE.0..=USER_RANGE.1).contains(&uid) {
             let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
             let root = std::fs::read_link(entry.path().join("root")).unwrap_or_default();
             if cmdline.contains(place.to_str().unwrap()) || root.starts_with(place) {

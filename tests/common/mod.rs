@@ -33,6 +33,53 @@ pub fn needs_root(test: &str) -> bool {
     panic!("{test} needs root (chroot, mounts) and the package archive; run as root, or set ROOTSMITH_SKIP_ROOT_TESTS=1 to skip it knowingly");
 }
 
+/// The ordinary user the tests build as, and its subordinate ranges.
+pub const USER: &str = "rootsmith-ci";
+pub const USER_RANGE: (u32, u32) = (400_000, 465_535);
+
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+/// The test user, made (with its ranges) when it is missing.
+pub fn ordinary_user() -> User {
+    if nix::unistd::User::from_name(USER).unwrap().is_none() {
+        let status = Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", USER]).status().unwrap();
+        assert!(status.success(), "useradd {USER}");
+    }
+    let has_range = |file: &str| std::fs::read_to_string(file).unwrap_or_default().lines().any(|line| line.starts_with(&format!("{USER}:")));
+    if !has_range("/etc/subuid") || !has_range("/etc/subgid") {
+        let range = format!("{}-{}", USER_RANGE.0, USER_RANGE.1);
+        let status = Command::new("usermod").args(["--add-subuids", &range, "--add-subgids", &range, USER]).status().unwrap();
+        assert!(status.success(), "usermod --add-subuids {range}");
+    }
+    let user = nix::unistd::User::from_name(USER).unwrap().unwrap();
+    User { uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir }
+}
+
+impl User {
+    /// Make `command` run as this user, with a clean environment.
+    pub fn command(&self, command: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        command.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8").env("HOME", &self.home).uid(self.uid).gid(self.gid);
+    }
+}
+
+/// The binary and its init copied under `dir` (bin/, lib/rootsmith/, the
+/// layout `make install` makes), where an ordinary user can run them; the binary's path.
+pub fn install_for_users(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin/rootsmith");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_rootsmith"));
+    let init = exe.parent().unwrap().parent().unwrap().join("x86_64-unknown-linux-gnu/init/rootsmith-init");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(dir.join("lib/rootsmith")).unwrap();
+    std::fs::copy(&exe, &bin).unwrap();
+    std::fs::copy(&init, dir.join("lib/rootsmith/rootsmith-init")).expect("the init is built (make init)");
+    bin
+}
+
 /// The host's mount table, sorted, without the fields that change on their own.
 pub fn mount_table() -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -186,6 +186,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     // did instead of preprocessing a second time: on a cold build of small,
     // header-heavy kernel files that second pass costs a third of the time.
     let compile = compile.env("CCACHE_NOHASHDIR", "true").env("CCACHE_COMPILERCHECK", "content").env("CCACHE_NOCPP2", "true");
+    let compile = with_epoch_date(compile, context.build_dir)?;
     host.run(&compile).context("make bindeb-pkg")?;
     let after = ccache_stats(host, &ccache_dir, context.log);
 
@@ -228,6 +229,23 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     }
     let _ = crate::fileops::remove_tree(&staged);
     Ok(record)
+}
+
+/// A `date` that tells `SOURCE_DATE_EPOCH` (unless asked about another date)
+/// first on the packaging's PATH: the kernel's Debian packaging (6.1's
+/// `mkdebian`) writes `$(date -R)` into the changelog the .deb carries, which
+/// would make every build's .deb different bytes.
+const EPOCH_DATE: &str = "#!/bin/sh\n# rootsmith: `date` answers SOURCE_DATE_EPOCH, so packages are the same bytes every build\ncase \" $* \" in\n  *\" -d\"*|*\" --date\"*|*\" -r\"*|*\" --reference\"*|*\" -s\"*|*\" --set\"*|*\" -f\"*|*\" --file\"*) exec /usr/bin/date \"$@\" ;;\nesac\nTZ=UTC0 exec /usr/bin/date -d \"@${SOURCE_DATE_EPOCH}\" \"$@\"\n";
+
+fn with_epoch_date(command: Command, build_dir: &std::path::Path) -> Result<Command> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = build_dir.join("rootsmith-bin");
+    fs_err::create_dir_all(&bin)?;
+    let date = bin.join("date");
+    fs_err::write(&date, EPOCH_DATE)?;
+    fs_err::set_permissions(&date, std::fs::Permissions::from_mode(0o755))?;
+    let path = command.env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    Ok(command.env("PATH", format!("{}:{path}", bin.display())))
 }
 
 /// The make variables that go into the kernel and its packages.
