@@ -19,16 +19,23 @@ mkdir -p "$work/user" "$work/root"
 chown -R "$user:" "$work/recipes" "$work/user"
 recipe=$work/recipes/debian-minimal.yaml
 
-as_root() { "$work/bin/rootsmith" build --json --cache "$work/root/cache" --out "$work/root/out" "$@" "$recipe"; }
-as_user() { runuser -u "$user" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$work/user" \
-  "$work/bin/rootsmith" build --json --cache "$work/user/cache" --out "$work/user/out" "$@" "$recipe"; }
+as_root() { local c=$1; shift; "$work/bin/rootsmith" build --json --cache "$work/root/$c" --out "$work/root/out-$c" "$@" "$recipe"; }
+as_user() { local c=$1; shift; runuser -u "$user" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$work/user" \
+  "$work/bin/rootsmith" build --json --cache "$work/user/$c" --out "$work/user/out-$c" "$@" "$recipe"; }
 
-echo "root: cold" >&2;      root_cold=$(timed as_root --version 1.0.0)
-echo "user: cold" >&2;      user_cold=$(timed as_user --version 1.0.0)
-echo "root: no change" >&2; root_same=$(timed as_root --version 1.0.1)
-echo "user: no change" >&2; user_same=$(timed as_user --version 1.0.1)
+# Cold builds in the order root, user, user, root (each on an empty cache of
+# its own), so neither side always goes first to the mirror; the mean of each.
+echo "root: cold 1" >&2;   root_cold1=$(timed as_root a)
+echo "user: cold 1" >&2;   user_cold1=$(timed as_user a)
+echo "user: cold 2" >&2;   user_cold2=$(timed as_user b)
+echo "root: cold 2" >&2;   root_cold2=$(timed as_root b)
+echo "root: no change" >&2; root_same=$(timed as_root a --version 1.0.1)
+echo "user: no change" >&2; user_same=$(timed as_user a --version 1.0.1)
+mean() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", (a+b)/2}'; }
+root_cold=$(mean "$root_cold1" "$root_cold2")
+user_cold=$(mean "$user_cold1" "$user_cold2")
 same=differ
-cmp -s "$work/root/out/debian-minimal/1.0.0/SHA256SUMS" "$work/user/out/debian-minimal/1.0.0/SHA256SUMS" && same="the same bytes"
+cmp -s "$work/root/out-a/debian-minimal/0.1.0/SHA256SUMS" "$work/user/out-a/debian-minimal/0.1.0/SHA256SUMS" && same="the same bytes"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 cold_ratio=$(ratio "$user_cold" "$root_cold")
@@ -39,12 +46,14 @@ cat <<DOC
 ## Builds without root
 
 \`recipes/debian-minimal.yaml\` (release compression) built by root and by an
-ordinary user, side by side in one run on two empty caches. The user's build
+ordinary user, side by side in one run, each cold build on an empty cache
+of its own, in the order root, user, user, root (the package downloads
+vary by several seconds between runs, whoever goes first). The user's build
 runs in a user namespace of its \`/etc/subuid\` range (docs/commands.md,
 "Running without root"). The two bundles are ${same} (SHA256SUMS compared).
 
 | scenario | root | ordinary user | target | |
 |---|---:|---:|---|---|
-| cold build | ${root_cold} s | ${user_cold} s | ≤ 1.1 × root (${cold_ratio} ×) | $(verdict "$cold_ratio" 1.1) |
+| cold build (mean of two) | ${root_cold} s (${root_cold1}, ${root_cold2}) | ${user_cold} s (${user_cold1}, ${user_cold2}) | ≤ 1.1 × root (${cold_ratio} ×) | $(verdict "$cold_ratio" 1.1) |
 | no-change rebuild | ${root_same} s | ${user_same} s | ≤ 1.1 × root (${same_ratio} ×) | $(verdict "$same_ratio" 1.1) |
 DOC

@@ -82,8 +82,9 @@ fn sums(bundle: &Path) -> String {
     std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap()
 }
 
-/// The debootstrap recipe (packages, files, run) and a tarball recipe (whose
-/// base holds device nodes) give the same SHA256SUMS as the user and as root;
+/// The debootstrap recipe (packages, files, run), a tarball recipe (whose
+/// base holds device nodes) with an OCI image output, and recipes on `oci`
+/// and `release` bases give the same SHA256SUMS as the user and as root;
 /// the user's builds leave the host's mount table as it was; `plan`,
 /// `shell`, `lock` and `release verify --rebuild` work as the user too.
 #[test]
@@ -110,13 +111,34 @@ fn a_user_build_gives_the_bytes_of_a_root_build() {
     let tarball_recipe = place.recipes.join("from-tarball.yaml");
     std::fs::write(
         &tarball_recipe,
-        format!("rootsmith: 1\nname: from-tarball\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n  - run: {{ sh: \"chown _apt /etc/motd && echo ok > /etc/from-tarball\" }}\n", base.display()),
+        format!("rootsmith: 1\nname: from-tarball\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n  - run: {{ sh: \"chown _apt /etc/motd && echo ok > /etc/from-tarball\" }}\noutputs:\n  oci: {{ layout: image }}\n", base.display()),
     )
     .unwrap();
     std::os::unix::fs::lchown(&tarball_recipe, Some(user.uid), Some(user.gid)).unwrap();
     let user_tarball = place.build("user", &user, &tarball_recipe);
     let root_tarball = place.build("root", &user, &tarball_recipe);
+    // The manifests (in the sums) name the OCI image's digest too.
     assert_eq!(sums(&user_tarball), sums(&root_tarball), "the tarball recipe's bundle differs between the user and root");
+
+    // `oci` and `release` bases: that OCI image, and the bundle just published.
+    // The release one also gives a file a capability (setcap in the chroot).
+    let capability = "  - packages: { install: [libcap2-bin] }\n  - run: { sh: \"cp /bin/true /usr/local/bin/capped && setcap cap_net_raw+ep /usr/local/bin/capped\" }\n";
+    for (name, base, more) in [("from-oci", "oci: { layout: image, ref: 1.0.0 }", ""), ("from-release", "release: { name: from-tarball, version: 1.0.0 }", capability)] {
+        let recipe = place.recipes.join(format!("{name}.yaml"));
+        std::fs::write(&recipe, format!("rootsmith: 1\nname: {name}\nversion: 1.0.0\nstages:\n  - {base}\n  - run: {{ sh: \"chown 4242:4243 /etc/from-tarball\" }}\n{more}")).unwrap();
+        std::os::unix::fs::lchown(&recipe, Some(user.uid), Some(user.gid)).unwrap();
+        let user_bundle = place.build("user", &user, &recipe);
+        let root_bundle = place.build("root", &user, &recipe);
+        assert_eq!(sums(&user_bundle), sums(&root_bundle), "{name}: the user's bundle differs from root's");
+        if !more.is_empty() {
+            let tarball = user_bundle.join(format!("{name}-1.0.0-rootfs.tar.zst"));
+            let listing = Command::new("tar").args(["--xattrs", "--xattrs-include=*", "-tvvf"]).arg(&tarball).output().unwrap();
+            let unpacked = Command::new("zstd").args(["-dc"]).arg(&tarball).output().unwrap();
+            let needle: &[u8] = b"SCHILY.xattr.security.capability";
+            let capability_record = unpacked.stdout.windows(needle.len()).any(|w| w == needle);
+            assert!(capability_record, "the user's rootfs tarball carries no file capability:\n{}", String::from_utf8_lossy(&listing.stdout));
+        }
+    }
 
     // The other commands that make trees.
     let recipe_arg = recipe.to_str().unwrap();
