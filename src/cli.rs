@@ -85,6 +85,9 @@ pub enum Command {
         /// Print a JSON summary on stdout instead of progress (an error object on failure)
         #[arg(long)]
         json: bool,
+        /// Sign the bundle with this OpenSSH private key (see `release sign`)
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         output: OutputArgs,
         #[command(flatten)]
@@ -387,6 +390,19 @@ pub enum ReleaseAction {
         to: String,
         #[command(flatten)]
         out: OutArgs,
+        /// Sign TO with this OpenSSH private key (FROM's signature is not carried over: TO has a manifest of its own)
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
+    /// Sign a version: an SSH signature over its manifest (which pins every artifact's SHA-256), in manifest.json.sig
+    Sign {
+        name: String,
+        version: String,
+        /// An OpenSSH private key (ssh-keygen -t ed25519); encrypted: its passphrase in ROOTSMITH_SIGNING_PASSPHRASE
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[command(flatten)]
+        out: OutArgs,
     },
     /// What changed from version A to B: packages, kernels, artifact sizes, stage keys
     Diff {
@@ -405,6 +421,9 @@ pub enum ReleaseAction {
         /// Also rebuild this recipe (the bundle's own) on an empty cache and compare every artifact
         #[arg(long, value_name = "RECIPE")]
         rebuild: Option<PathBuf>,
+        /// Require a signature by this OpenSSH public key (KEY.pub), checked before anything else
+        #[arg(long, value_name = "PUB")]
+        key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]

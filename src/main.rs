@@ -74,7 +74,7 @@ fn main() {
         }
     }
     let result = match &cli.command {
-        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, cache_remote, locked, json, output, privileges: _ } => commands::build::run(
+        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, cache_remote, locked, json, sign, output, privileges: _ } => commands::build::run(
             recipe,
             cache,
             commands::build::Settings {
@@ -86,6 +86,7 @@ fn main() {
                 cache_remote: cache_remote.clone(),
                 locked: *locked,
                 json: *json,
+                sign: sign.clone(),
                 output: output.clone(),
             },
         ),
@@ -109,8 +110,9 @@ fn main() {
         Command::Release { action } => match action {
             ReleaseAction::Ls { out, json } => commands::release::ls(&out.out, *json),
             ReleaseAction::Show { name, version, out, json } => commands::release::show(&out.out, name, version, *json),
-            ReleaseAction::Promote { name, from, to, out } => commands::release::promote(&out.out, name, from, to),
-            ReleaseAction::Verify { dir, rebuild, json, privileges: _ } => commands::release::verify(dir, rebuild.as_deref(), *json),
+            ReleaseAction::Promote { name, from, to, out, sign } => commands::release::promote(&out.out, name, from, to, sign.as_deref()),
+            ReleaseAction::Sign { name, version, key, out } => commands::release::sign(&out.out, name, version, key),
+            ReleaseAction::Verify { dir, rebuild, key, json, privileges: _ } => commands::release::verify(dir, rebuild.as_deref(), key.as_deref(), *json),
             ReleaseAction::Diff { name, a, b, out, json } => commands::release::diff(&out.out, name, a, b, *json),
         },
         Command::Init { name } => commands::init::run(name),

@@ -454,3 +454,103 @@ fn ls_names_a_broken_bundle_and_verify_a_misplaced_one() {
     assert_eq!(code, 1);
     assert!(stderr.contains("says version 1.0.0"), "{stderr}");
 }
+
+/// A key pair from ssh-keygen: (private key, public key).
+fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(name);
+    let status = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status().expect("ssh-keygen (openssh-client) runs");
+    assert!(status.success());
+    (key.clone(), key.with_extension("pub"))
+}
+
+/// Signed releases: `build --sign`, `release sign` and `promote --sign` write
+/// manifest.json.sig; `release verify --key` checks it before anything else
+/// and names what failed (a flipped byte in the manifest or in an artifact,
+/// another key, no signature); ssh-keygen accepts rootsmith's signature.
+#[test]
+fn signed_releases_are_checked_before_anything_else() {
+    if !needs_root("signed_releases_are_checked_before_anything_else") {
+        return;
+    }
+    let lab = Lab::new();
+    let keys = lab.dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (key, public) = key_pair(&keys, "release");
+    let (other_key, other_public) = key_pair(&keys, "other");
+    let verify_with = |bundle: &Path, public: &Path| {
+        let (code, stdout, stderr) = lab.release(&["verify", bundle.to_str().unwrap(), "--key", public.to_str().unwrap()]);
+        (code, format!("{stdout}{stderr}"))
+    };
+
+    // build --sign: the bundle verifies with the key, and unsigned checks still pass.
+    let recipe_bundle = lab.build("2.0.0-rc1", "signed");
+    let (code, stdout, stderr) = run(rootsmith().args(["release", "sign", "rel", "2.0.0-rc1", "--key"]).arg(&key).arg("--out").arg(lab.out()));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("signed rel 2.0.0-rc1 with SHA256:"), "{stdout}");
+    let signature = recipe_bundle.join("manifest.json.sig");
+    let first = std::fs::read(&signature).unwrap();
+    let (code, output) = verify_with(&recipe_bundle, &public);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("signature") && output.contains("manifest.json signed by SHA256:"), "{output}");
+    let (code, output) = verify(&lab, &recipe_bundle);
+    assert_eq!(code, 0, "a signature file is no unlisted file: {output}");
+    // Signing again gives the same bytes (Ed25519 is deterministic).
+    run(rootsmith().args(["release", "sign", "rel", "2.0.0-rc1", "--key"]).arg(&key).arg("--out").arg(lab.out()));
+    assert_eq!(std::fs::read(&signature).unwrap(), first);
+
+    // The outside tool agrees: ssh-keygen -Y verify with an allowed-signers file.
+    let allowed = keys.join("allowed_signers");
+    std::fs::write(&allowed, format!("release@rootsmith {}", std::fs::read_to_string(&public).unwrap())).unwrap();
+    let manifest = std::fs::File::open(recipe_bundle.join("manifest.json")).unwrap();
+    let check = std::process::Command::new("ssh-keygen").args(["-Y", "verify", "-n", "rootsmith-release", "-I", "release@rootsmith", "-f"]).arg(&allowed).arg("-s").arg(&signature).stdin(manifest).output().unwrap();
+    assert!(check.status.success(), "ssh-keygen refuses rootsmith's signature: {}", String::from_utf8_lossy(&check.stderr));
+
+    // Another key, no signature, a flipped byte in the manifest, in an artifact.
+    let (code, output) = verify_with(&recipe_bundle, &other_public);
+    assert_eq!(code, 1);
+    assert!(output.contains("was made by another key"), "{output}");
+    let unsigned = copy_bundle(&recipe_bundle, &lab.dir.path().join("unsigned/rel/2.0.0-rc1"));
+    std::fs::remove_file(unsigned.join("manifest.json.sig")).unwrap();
+    let (code, output) = verify_with(&unsigned, &public);
+    assert_eq!(code, 1);
+    assert!(output.contains("the bundle is not signed (manifest.json.sig is missing)"), "{output}");
+    let edited = copy_bundle(&recipe_bundle, &lab.dir.path().join("edited/rel/2.0.0-rc1"));
+    let text = std::fs::read_to_string(edited.join("manifest.json")).unwrap();
+    std::fs::write(edited.join("manifest.json"), text.replacen("\"fast\": true", "\"fast\": false", 1)).unwrap();
+    let (code, output) = verify_with(&edited, &public);
+    assert_eq!(code, 1);
+    assert!(output.contains("manifest.json does not match its signature"), "{output}");
+    assert!(!output.contains("SHA256SUMS"), "nothing after a failed signature is checked: {output}");
+    let flipped = copy_bundle(&recipe_bundle, &lab.dir.path().join("flipped/rel/2.0.0-rc1"));
+    let image = flipped.join("rel-2.0.0-rc1-rootfs.img");
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[300] ^= 1;
+    std::fs::write(&image, bytes).unwrap();
+    let (code, output) = verify_with(&flipped, &public);
+    assert_eq!(code, 1);
+    assert!(output.contains("rel-2.0.0-rc1-rootfs.img differs"), "the signed manifest pins the artifact: {output}");
+
+    // promote drops the signature (the new manifest is not the signed one) unless --sign.
+    let (code, _, stderr) = lab.release(&["promote", "rel", "2.0.0-rc1", "2.0.0"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, output) = verify_with(&lab.out().join("rel/2.0.0"), &public);
+    assert_eq!(code, 1);
+    assert!(output.contains("not signed"), "{output}");
+    let (code, _, stderr) = run(rootsmith().args(["release", "promote", "rel", "2.0.0-rc1", "2.0.1", "--sign"]).arg(&other_key).arg("--out").arg(lab.out()));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, output) = verify_with(&lab.out().join("rel/2.0.1"), &other_public);
+    assert_eq!(code, 0, "{output}");
+
+    // build --sign signs what it publishes; a bad key stops it before anything runs.
+    let recipe = lab.dir.path().join("rel-2.0.0-rc1.yaml");
+    let (code, stdout, stderr) = run(rootsmith().args(["build", "--fast", "--json", "--version", "2.1.0", "--sign"]).arg(&key).arg("--cache").arg(lab.dir.path().join("cache")).arg("--out").arg(lab.out()).arg(&recipe));
+    assert_eq!(code, 0, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(summary["signed_by"].as_str().unwrap().starts_with("SHA256:"), "{summary}");
+    let (code, output) = verify_with(&lab.out().join("rel/2.1.0"), &public);
+    assert_eq!(code, 0, "{output}");
+    let (code, _, stderr) = run(rootsmith().args(["build", "--fast", "--version", "2.2.0", "--sign"]).arg(&public).arg("--cache").arg(lab.dir.path().join("cache")).arg("--out").arg(lab.out()).arg(&recipe));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not an OpenSSH private key"), "{stderr}");
+    assert!(!lab.out().join("rel/2.2.0").exists(), "a build with a bad key published");
+}

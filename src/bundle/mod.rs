@@ -6,6 +6,7 @@
 pub mod files;
 pub mod manifest;
 pub mod names;
+pub mod signature;
 
 use std::path::{Path, PathBuf};
 

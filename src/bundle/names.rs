@@ -19,6 +19,9 @@ pub const HOSTS_FILE: &str = "hosts.yaml";
 pub const MANIFEST: &str = "manifest.json";
 /// The digests of every file of a bundle, `sha256sum -c` format.
 pub const SHA256SUMS: &str = "SHA256SUMS";
+/// A signed bundle's SSH signature over its manifest (not in SHA256SUMS:
+/// it is made after them, and a promoted bundle drops it).
+pub const SIGNATURE: &str = "manifest.json.sig";
 /// The one directory of a bundle whose files have names of their own
 /// (`kernel/KERNEL-config`, `kernel/KERNEL-System.map`, the kernel's debs).
 pub const KERNEL_DIR: &str = "kernel";

@@ -17,6 +17,8 @@ pub struct Settings {
     pub cache_remote: Option<String>,
     pub locked: bool,
     pub json: bool,
+    /// `--sign KEY`: the private key to sign the bundle with.
+    pub sign: Option<PathBuf>,
     pub output: crate::cli::OutputArgs,
 }
 
@@ -54,6 +56,8 @@ fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: 
         Some(name) => Some(recipe.stage_index(name, "--rebuild").map_err(|d| super::RecipeError(rootsmith::diagnostic::Diagnostics(vec![d])))?),
         None => None,
     };
+    // A key that cannot sign stops the build before anything runs.
+    let signing_key = settings.sign.as_deref().map(rootsmith::bundle::signature::SigningKey::read).transpose()?;
     let mut options = PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args));
     // `release:` bases are looked up where this build publishes.
     options.out_dir = settings.out.clone();
@@ -102,13 +106,27 @@ fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: 
     };
     let progress = rootsmith::progress::for_mode(settings.output.mode(settings.json));
     let summary = build(&recipe, &plan, &options, &host, progress.as_ref())?;
+    // Signed once it is published: the signature covers the manifest as it is
+    // in place (an identical bundle already there is signed as well).
+    let signed_by = match &signing_key {
+        Some(key) => {
+            key.sign_bundle(&summary.bundle)?;
+            Some(key.fingerprint())
+        }
+        None => None,
+    };
     if settings.json {
-        outln!("{}", serde_json::to_string_pretty(&summary)?);
+        let mut value = serde_json::to_value(&summary)?;
+        value["signed_by"] = serde_json::json!(signed_by);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         let built = summary.stages.iter().filter(|s| s.state == "built").count();
         let note = if summary.up_to_date { " (already built, identical)" } else { "" };
         outln!("{} {}: {} of {} stages built, outputs {}, {:.1}s{note}", summary.name, summary.version, built, summary.stages.len(), summary.outputs.state, summary.seconds);
         outln!("bundle: {}", summary.bundle.display());
+        if let Some(fingerprint) = signed_by {
+            outln!("signed with {fingerprint}");
+        }
     }
     Ok(())
 }

@@ -90,17 +90,36 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<()> {
+pub fn promote(out: &Path, name: &str, from: &str, to: &str, sign: Option<&Path>) -> Result<()> {
     super::must_be_bundle(&out.join(name).join(from))?;
+    // The key is read before anything is written.
+    let key = sign.map(rootsmith::bundle::signature::SigningKey::read).transpose()?;
     let target = release::promote::promote(out, name, from, to)?;
     outln!("promoted {name} {from} to {to}: {}", target.display());
+    if let Some(key) = key {
+        release::sign(out, name, to, &key)?;
+        outln!("signed {name} {to} with {}", key.fingerprint());
+    }
     Ok(())
 }
 
-pub fn verify(dir: &Path, rebuild: Option<&Path>, json: bool) -> Result<()> {
+pub fn sign(out: &Path, name: &str, version: &str, key: &Path) -> Result<()> {
+    super::must_be_bundle(&out.join(name).join(version))?;
+    let key = rootsmith::bundle::signature::SigningKey::read(key)?;
+    let dir = release::sign(out, name, version, &key)?;
+    outln!("signed {name} {version} with {}: {}", key.fingerprint(), dir.join(rootsmith::bundle::names::SIGNATURE).display());
+    Ok(())
+}
+
+pub fn verify(dir: &Path, rebuild: Option<&Path>, key: Option<&Path>, json: bool) -> Result<()> {
     super::must_be_bundle(dir)?;
-    let mut report = release::verify::verify(dir);
-    if let Some(recipe) = rebuild {
+    let signed = key.is_some();
+    let mut report = match key {
+        Some(key) => release::verify::verify_signed(dir, &rootsmith::bundle::signature::read_public_key(key)?),
+        None => release::verify::verify(dir),
+    };
+    // A signature that does not hold ends it: nothing the bundle says is used.
+    if let Some(recipe) = rebuild.filter(|_| !signed || report.ok()) {
         let recipe = super::load_recipe(&crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new() })?;
         let bundle = Bundle::open(dir)?;
         let outcome = release::rebuild::rebuild_and_compare(&bundle, &recipe)?;

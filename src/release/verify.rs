@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::bundle::files::{self, BundleFile};
 use crate::bundle::manifest::{Manifest, MANIFEST_VERSION};
-use crate::bundle::names::{check_file_name, MANIFEST, SHA256SUMS};
+use crate::bundle::names::{check_file_name, MANIFEST, SHA256SUMS, SIGNATURE};
 use crate::bundle::Bundle;
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,7 +119,7 @@ fn check_sums(bundle: &Bundle) -> Result<String, String> {
         }
     }
     for file in files_in(dir) {
-        if file != SHA256SUMS && !sums.contains_key(&file) {
+        if file != SHA256SUMS && file != SIGNATURE && !sums.contains_key(&file) {
             problems.push(format!("{file} is not in SHA256SUMS"));
         }
     }
@@ -199,6 +199,22 @@ pub fn verify(dir: &Path) -> Report {
         Ok(bundle) => verify_bundle(&bundle),
         Err(error) => Report { bundle: dir.to_path_buf(), findings: vec![Finding { check: "manifest", ok: false, detail: format!("{error:#}") }] },
     }
+}
+
+/// Verify the bundle in `dir` that must be signed by `key`: the signature is
+/// checked before anything else, and a bundle whose signature does not hold
+/// is reported on that alone (nothing it names is read).
+pub fn verify_signed(dir: &Path, key: &ssh_key::PublicKey) -> Report {
+    let signature = crate::bundle::signature::check_bundle(dir, key);
+    let failed = signature.is_err();
+    let mut report = Report { bundle: dir.to_path_buf(), findings: Vec::new() };
+    report.add("signature", signature);
+    if failed {
+        return report;
+    }
+    let mut rest = verify(dir);
+    report.findings.append(&mut rest.findings);
+    report
 }
 
 /// Verify an opened bundle: the manifest checked is the one the caller holds

@@ -1,0 +1,193 @@
+//! A bundle's signature: an SSH signature (`ssh-keygen -Y sign`'s format,
+//! PROTOCOL.sshsig) over `manifest.json`, in `manifest.json.sig`. The
+//! manifest pins every artifact's SHA-256, so the signature vouches for every
+//! byte of the bundle; `ssh-keygen -Y verify -n rootsmith-release` checks it
+//! without rootsmith. Keys are ordinary OpenSSH key files (Ed25519, RSA or
+//! ECDSA as the crate reads them); an encrypted private key is opened with
+//! `ROOTSMITH_SIGNING_PASSPHRASE`. Neither key ever enters a bundle or the cache.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
+
+use super::files;
+use super::names::{MANIFEST, SIGNATURE};
+
+/// The sshsig namespace of a bundle signature: a signature made for anything
+/// else (git commits, files) never passes for a release's.
+pub const NAMESPACE: &str = "rootsmith-release";
+
+/// The environment variable an encrypted private key's passphrase comes from.
+pub const PASSPHRASE_VARIABLE: &str = "ROOTSMITH_SIGNING_PASSPHRASE";
+
+/// Key files are small: anything larger is not one.
+const MAX_KEY_BYTES: u64 = 64 << 10;
+/// A signature file is a few hundred bytes.
+const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
+
+/// A private key read for signing, checked when it is read (before a build).
+pub struct SigningKey {
+    key: PrivateKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({})", self.fingerprint())
+    }
+}
+
+impl SigningKey {
+    /// Read an OpenSSH private key file; an encrypted one needs its
+    /// passphrase in [`PASSPHRASE_VARIABLE`].
+    pub fn read(path: &Path) -> Result<SigningKey> {
+        let text = read_small(path, MAX_KEY_BYTES).with_context(|| format!("reading the signing key {}", path.display()))?;
+        let key = PrivateKey::from_openssh(&text).map_err(|error| anyhow::anyhow!("{} is not an OpenSSH private key ({error})\nhint: make one with `ssh-keygen -t ed25519 -f release-key`", path.display()))?;
+        let key = if key.is_encrypted() {
+            let Some(passphrase) = std::env::var_os(PASSPHRASE_VARIABLE) else {
+                bail!("the signing key {} is encrypted\nhint: give its passphrase in {PASSPHRASE_VARIABLE}", path.display());
+            };
+            key.decrypt(passphrase.as_encoded_bytes()).map_err(|_| anyhow::anyhow!("the passphrase in {PASSPHRASE_VARIABLE} does not open the signing key {}", path.display()))?
+        } else {
+            key
+        };
+        Ok(SigningKey { key })
+    }
+
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// The signature of `manifest` (a manifest.json's bytes), as the text of
+    /// a `manifest.json.sig`. Ed25519 signatures are deterministic: the same
+    /// key and manifest give the same bytes.
+    pub fn sign(&self, manifest: &[u8]) -> Result<String> {
+        let signature = self.key.sign(NAMESPACE, HashAlg::Sha512, manifest).context("signing the manifest")?;
+        Ok(signature.to_pem(LineEnding::LF).context("encoding the signature")?)
+    }
+
+    /// Sign the bundle in `dir`: its manifest.json as it is on disk, the
+    /// signature written aside and renamed into place.
+    pub fn sign_bundle(&self, dir: &Path) -> Result<()> {
+        let manifest = files::read(dir, MANIFEST, files::MAX_INDEX_BYTES).with_context(|| format!("reading {}", dir.join(MANIFEST).display()))?;
+        let text = self.sign(&manifest)?;
+        let temp = tempfile::NamedTempFile::new_in(dir)?;
+        fs_err::write(temp.path(), text)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644))?;
+        temp.persist(dir.join(SIGNATURE)).map_err(|error| error.error)?;
+        Ok(())
+    }
+}
+
+/// Read a public key file: `KEY.pub` as ssh-keygen writes it.
+pub fn read_public_key(path: &Path) -> Result<PublicKey> {
+    let text = read_small(path, MAX_KEY_BYTES).with_context(|| format!("reading the public key {}", path.display()))?;
+    PublicKey::from_openssh(text.trim()).map_err(|error| anyhow::anyhow!("{} is not an OpenSSH public key ({error})\nhint: give the `.pub` file ssh-keygen wrote beside the private key", path.display()))
+}
+
+/// Why a bundle's signature does not hold, each named for the person reading it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureProblem {
+    #[error("the bundle is not signed ({SIGNATURE} is missing)\nhint: rootsmith release sign NAME VERSION --key KEY")]
+    Missing,
+    #[error("{SIGNATURE} is not an SSH signature ({0})")]
+    Unreadable(String),
+    #[error("{SIGNATURE} was made by another key ({signer}), not the one given ({expected})")]
+    OtherKey { signer: String, expected: String },
+    #[error("{SIGNATURE} signs for `{0}`, not for a rootsmith release (`{NAMESPACE}`)")]
+    Namespace(String),
+    #[error("manifest.json does not match its signature: it changed after it was signed")]
+    Mismatch,
+}
+
+/// Check the signature of `manifest` (manifest.json's bytes) against the
+/// text of its signature file (`None` when there is none) and `key`.
+pub fn check(manifest: &[u8], signature: Option<&[u8]>, key: &PublicKey) -> Result<(), SignatureProblem> {
+    let Some(signature) = signature else { return Err(SignatureProblem::Missing) };
+    let signature = SshSig::from_pem(signature).map_err(|error| SignatureProblem::Unreadable(error.to_string()))?;
+    if signature.public_key() != key.key_data() {
+        return Err(SignatureProblem::OtherKey { signer: signature.public_key().fingerprint(HashAlg::Sha256).to_string(), expected: key.fingerprint(HashAlg::Sha256).to_string() });
+    }
+    if signature.namespace() != NAMESPACE {
+        return Err(SignatureProblem::Namespace(signature.namespace().to_string()));
+    }
+    key.verify(NAMESPACE, manifest, &signature).map_err(|_| SignatureProblem::Mismatch)
+}
+
+/// Check the bundle in `dir` against `key`: its manifest.json and signature
+/// read as regular files, bounded. Returns the key's fingerprint.
+pub fn check_bundle(dir: &Path, key: &PublicKey) -> Result<String, String> {
+    let manifest = files::read(dir, MANIFEST, files::MAX_INDEX_BYTES).map_err(|error| format!("{MANIFEST}: {error}"))?;
+    let signature = match files::read(dir, SIGNATURE, MAX_SIGNATURE_BYTES) {
+        Ok(bytes) => Some(bytes),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(format!("{SIGNATURE}: {error}")),
+    };
+    check(&manifest, signature.as_deref(), key).map_err(|problem| problem.to_string())?;
+    Ok(format!("manifest.json signed by {}", key.fingerprint(HashAlg::Sha256)))
+}
+
+/// A key file, read only if it is a regular file and no larger than `limit`.
+fn read_small(path: &Path, limit: u64) -> std::io::Result<String> {
+    let file = crate::fileops::open_regular(path)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, limit + 1), &mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is larger than {limit} bytes: not a key", path.display())));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh Ed25519 key pair from ssh-keygen (the tool users make keys with).
+    fn key_pair(dir: &Path, name: &str) -> (SigningKey, PublicKey) {
+        let path = dir.join(name);
+        let status = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&path).status().expect("ssh-keygen (openssh-client) runs");
+        assert!(status.success());
+        (SigningKey::read(&path).unwrap(), read_public_key(&path.with_extension("pub")).unwrap())
+    }
+
+    #[test]
+    fn a_signature_holds_for_its_manifest_and_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, public) = key_pair(dir.path(), "release");
+        let (_, other) = key_pair(dir.path(), "other");
+        let manifest = br#"{"name":"r","version":"1.0.0"}"#;
+        let signature = signer.sign(manifest).unwrap();
+        assert_eq!(signature, signer.sign(manifest).unwrap(), "Ed25519 signatures are deterministic");
+        assert!(signature.starts_with("-----BEGIN SSH SIGNATURE-----\n"), "{signature}");
+        assert_eq!(check(manifest, Some(signature.as_bytes()), &public), Ok(()));
+        let mut flipped = manifest.to_vec();
+        flipped[3] ^= 1;
+        assert_eq!(check(&flipped, Some(signature.as_bytes()), &public), Err(SignatureProblem::Mismatch));
+        assert!(matches!(check(manifest, Some(signature.as_bytes()), &other), Err(SignatureProblem::OtherKey { .. })));
+        assert_eq!(check(manifest, None, &public), Err(SignatureProblem::Missing));
+        assert!(matches!(check(manifest, Some(b"not a signature"), &public), Err(SignatureProblem::Unreadable(_))));
+        // A signature for another namespace (ssh-keygen's `file`) is not a release's.
+        let git = signer.key.sign("file", HashAlg::Sha512, manifest).unwrap().to_pem(LineEnding::LF).unwrap();
+        assert_eq!(check(manifest, Some(git.as_bytes()), &public), Err(SignatureProblem::Namespace("file".into())));
+    }
+
+    #[test]
+    fn encrypted_keys_need_their_passphrase_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked");
+        let status = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "secret words", "-f"]).arg(&path).status().unwrap();
+        assert!(status.success());
+        // The test process's environment has no passphrase variable.
+        if std::env::var_os(PASSPHRASE_VARIABLE).is_none() {
+            let error = SigningKey::read(&path).unwrap_err().to_string();
+            assert!(error.contains("is encrypted") && error.contains(PASSPHRASE_VARIABLE), "{error}");
+        }
+        let error = SigningKey::read(&path.with_extension("pub")).unwrap_err().to_string();
+        assert!(error.contains("is not an OpenSSH private key"), "{error}");
+        let error = read_public_key(&path).unwrap_err().to_string();
+        assert!(error.contains("is not an OpenSSH public key"), "{error}");
+        assert!(SigningKey::read(Path::new("/dev/zero")).is_err(), "a device is never read as a key");
+    }
+}
