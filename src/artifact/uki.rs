@@ -17,6 +17,8 @@ use anyhow::{bail, Context, Result};
 use object::read::pe::{ImageNtHeaders, PeFile64};
 use object::{Object, ObjectSection};
 
+use crate::bundle::manifest::{ManifestArtifact, ManifestBoot, ManifestKernel, ManifestUki};
+use crate::bundle::names::BundleNames;
 use crate::host::{Command, Host};
 
 /// The EFI stub of Debian's `systemd-boot-efi`, for x86-64.
@@ -143,6 +145,39 @@ pub fn write(host: &dyn Host, stub: &Path, parts: &Parts, output: &Path, epoch: 
     fs_err::write(output, &bytes)?;
     check(&bytes, &placed, files).with_context(|| format!("checking the UKI {}", output.display()))?;
     Ok(placed)
+}
+
+/// The UKIs of a bundle: which kernels get one and the rootfs URL they carry.
+pub struct BundleUkis<'a> {
+    /// Whether the kernel stage of this name gets one.
+    pub covers: &'a dyn Fn(&str) -> bool,
+    /// `None`: the default, [`crate::recipe::Uki::default_rootfs_url`].
+    pub rootfs_url: Option<&'a str>,
+    pub cookie: &'a str,
+    pub epoch: i64,
+}
+
+/// Write the UKIs of the bundle in `dir` (which holds its kernels' vmlinuz
+/// and its initramfs, named as `kernels` and `boot` say), set each kernel's
+/// `uki`, and return what the manifest says of them with the files written.
+pub fn write_for_bundle(host: &dyn Host, dir: &Path, names: &BundleNames, kernels: &mut [ManifestKernel], boot: &ManifestBoot, ukis: &BundleUkis) -> Result<(ManifestUki, Vec<ManifestArtifact>)> {
+    let default_url = crate::recipe::Uki::default_rootfs_url(names.name, names.version, &boot.rootfs_image);
+    let rootfs_url = ukis.rootfs_url.unwrap_or(&default_url).to_string();
+    let cmdline = [boot.cmdline.as_str(), &format!("{}={rootfs_url}", rootsmith_init::contract::args::ROOTFS_URL)].iter().filter(|part| !part.is_empty()).copied().collect::<Vec<_>>().join(" ");
+    let os_release = os_release(names.name, names.version, ukis.cookie);
+    let scratch = tempfile::tempdir()?;
+    let log = scratch.path().join("objcopy.log");
+    let mut artifacts = Vec::new();
+    for kernel in kernels.iter_mut().filter(|kernel| (ukis.covers)(&kernel.name)) {
+        let file = names.uki(&kernel.name);
+        let parts = Parts { os_release: &os_release, cmdline: &cmdline, linux: &dir.join(&kernel.vmlinuz), initrd: &dir.join(&boot.initramfs) };
+        write(host, Path::new(STUB), &parts, &dir.join(&file), ukis.epoch, &scratch.path().join(&kernel.name), &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+        let (sha256, size) = crate::digest::hash_reader(fs_err::File::open(dir.join(&file))?)?;
+        artifacts.push(ManifestArtifact { name: file.clone(), size, sha256 });
+        kernel.uki = Some(file);
+    }
+    let stub_sha256 = crate::digest::hash_file(Path::new(STUB))?;
+    Ok((ManifestUki { rootfs_url_default: rootfs_url == default_url, cmdline, rootfs_url, stub_sha256 }, artifacts))
 }
 
 fn read_stub(stub: &Path) -> Result<Vec<u8>> {
