@@ -16,6 +16,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("newuidmap", "uidmap"),
     ("newgidmap", "uidmap"),
+    ("objcopy", "binutils"),
+    ("objdump", "binutils"),
+    // A file, not a program: the EFI stub of a Unified Kernel Image.
+    ("linuxx64.efi.stub", "systemd-boot-efi"),
 ];
 
 /// The full path of `program` on `PATH`.

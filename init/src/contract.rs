@@ -50,6 +50,13 @@ pub mod args {
     pub const RETRIES: &str = "rootsmith.retries";
 }
 
+/// The host of a rootfs URL that stands for the DHCP server which gave the
+/// init its lease (option 54, else the `siaddr` field): a command line baked
+/// into a Unified Kernel Image cannot name the server it will be fetched from,
+/// so `http://dhcp-server:8080/PATH` reaches whichever server handed out the
+/// lease. The init replaces it once it has a lease.
+pub const DHCP_SERVER_HOST: &str = "dhcp-server";
+
 /// Which rootfs build a file belongs to: its cookie and its recipe's name. The
 /// initramfs carries the one it expects, rootfs.img the one it is. No version
 /// is written in either, so a promoted release keeps the same bytes.

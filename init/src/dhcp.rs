@@ -23,7 +23,10 @@ pub struct Reply {
     pub kind: MessageType,
     pub xid: u32,
     pub address: Ipv4Addr,
+    /// Option 54, the server identifier.
     pub server: Option<Ipv4Addr>,
+    /// `siaddr`, the "next server" of BOOTP (unset when 0.0.0.0).
+    pub next_server: Option<Ipv4Addr>,
     pub netmask: Option<Ipv4Addr>,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
@@ -84,7 +87,8 @@ pub fn parse_reply(packet: &[u8]) -> Result<Reply, String> {
     }
     let xid = u32::from_be_bytes(packet[4..8].try_into().unwrap());
     let yiaddr = address(&packet[16..20]).unwrap();
-    let mut reply = Reply { kind: MessageType::Discover, xid, address: yiaddr, server: None, netmask: None, router: None, dns: Vec::new(), lease_seconds: None };
+    let next_server = address(&packet[20..24]).filter(|address| !address.is_unspecified());
+    let mut reply = Reply { kind: MessageType::Discover, xid, address: yiaddr, server: None, next_server, netmask: None, router: None, dns: Vec::new(), lease_seconds: None };
     let mut kind = None;
     let mut options = &packet[FIXED_LEN + 4..];
     while let Some((&code, rest)) = options.split_first() {
@@ -121,6 +125,14 @@ pub fn parse_reply(packet: &[u8]) -> Result<Reply, String> {
     }
     reply.kind = kind.ok_or("no DHCP message type")?;
     Ok(reply)
+}
+
+impl Reply {
+    /// The DHCP server that gave this lease: the server identifier (option
+    /// 54), else `siaddr`. What `http://dhcp-server/…` URLs reach.
+    pub fn dhcp_server(&self) -> Option<Ipv4Addr> {
+        self.server.or(self.next_server)
+    }
 }
 
 /// The netmask's prefix length (for messages).
@@ -188,6 +200,21 @@ mod tests {
         assert_eq!(reply.dns, vec![Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(1, 1, 1, 1)]);
         assert_eq!(reply.lease_seconds, Some(3600));
         assert_eq!(reply.server, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(reply.next_server, None);
+        assert_eq!(reply.dhcp_server(), Some(Ipv4Addr::new(10, 0, 2, 2)));
+    }
+
+    #[test]
+    fn the_dhcp_server_is_option_54_else_siaddr() {
+        let mut packet = server_reply(5, &[]);
+        packet[20..24].copy_from_slice(&[192, 0, 2, 9]);
+        let reply = parse_reply(&packet).unwrap();
+        assert_eq!((reply.server, reply.next_server), (None, Some(Ipv4Addr::new(192, 0, 2, 9))));
+        assert_eq!(reply.dhcp_server(), Some(Ipv4Addr::new(192, 0, 2, 9)));
+        let mut packet = server_reply(5, &[54, 4, 10, 0, 2, 2]);
+        packet[20..24].copy_from_slice(&[192, 0, 2, 9]);
+        assert_eq!(parse_reply(&packet).unwrap().dhcp_server(), Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(parse_reply(&server_reply(5, &[])).unwrap().dhcp_server(), None);
     }
 
     #[test]

@@ -31,12 +31,40 @@ impl Url {
         Ok(Url { host: host.trim_start_matches('[').trim_end_matches(']').to_string(), port, path: path.to_string() })
     }
 
+    /// Whether the host is [`crate::contract::DHCP_SERVER_HOST`], to be
+    /// replaced by the DHCP server's address.
+    pub fn names_dhcp_server(&self) -> bool {
+        self.host.eq_ignore_ascii_case(crate::contract::DHCP_SERVER_HOST)
+    }
+
+    /// `http://HOST:PORT/PATH` (the port always written).
+    pub fn to_text(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        format!("http://{host}:{}{}", self.port, self.path)
+    }
+
     /// The request for this URL, from byte `from` on when it is not 0.
     pub fn request(&self, from: u64) -> String {
         let host = if self.port == 80 { self.host.clone() } else { format!("{}:{}", self.host, self.port) };
         let range = if from > 0 { format!("Range: bytes={from}-\r\n") } else { String::new() };
         format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: rootsmith-init\r\nAccept-Encoding: identity\r\n{range}Connection: close\r\n\r\n", self.path)
     }
+}
+
+/// `url` with the host [`crate::contract::DHCP_SERVER_HOST`] replaced by
+/// `server`, the address of the DHCP server that gave the lease (port and path
+/// kept). Any other URL is returned as it is. A URL naming the DHCP server
+/// when the lease named none is an error that says so.
+pub fn at_dhcp_server(url: &str, server: Option<std::net::Ipv4Addr>) -> Result<String, String> {
+    let mut parsed = Url::parse(url)?;
+    if !parsed.names_dhcp_server() {
+        return Ok(url.to_string());
+    }
+    let Some(server) = server.filter(|address| !address.is_unspecified() && !address.is_broadcast()) else {
+        return Err(format!("{url} names the DHCP server, but the lease named none (no option 54 and no siaddr); put the server's address in the URL"));
+    };
+    parsed.host = server.to_string();
+    Ok(parsed.to_text())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +200,23 @@ impl<R: BufRead> Read for Body<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dhcp_server_host_becomes_the_lease_server() {
+        let server = Some(std::net::Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(at_dhcp_server("http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img", server).unwrap(), "http://10.0.2.2:8080/demo/1.0/demo-1.0-rootfs.img");
+        assert_eq!(at_dhcp_server("http://DHCP-Server/r.img?x=1", server).unwrap(), "http://10.0.2.2:80/r.img?x=1");
+        assert_eq!(at_dhcp_server("http://dhcp-server", server).unwrap(), "http://10.0.2.2:80/");
+        // Other hosts, and host names that only start like it, stay as written.
+        assert_eq!(at_dhcp_server("http://192.0.2.7:81/r.img", server).unwrap(), "http://192.0.2.7:81/r.img");
+        assert_eq!(at_dhcp_server("http://dhcp-server.lab/r.img", server).unwrap(), "http://dhcp-server.lab/r.img");
+        assert_eq!(at_dhcp_server("http://x/dhcp-server/r.img", None).unwrap(), "http://x/dhcp-server/r.img");
+        let error = at_dhcp_server("http://dhcp-server/r.img", None).unwrap_err();
+        assert!(error.contains("the lease named none"), "{error}");
+        assert!(at_dhcp_server("http://dhcp-server/r.img", Some(std::net::Ipv4Addr::UNSPECIFIED)).is_err());
+        assert!(at_dhcp_server("https://dhcp-server/r.img", server).unwrap_err().contains("only http://"));
+        assert!(at_dhcp_server("http://dhcp-server:x/r.img", server).unwrap_err().contains("bad port"));
+    }
 
     #[test]
     fn parses_urls() {

@@ -10,6 +10,7 @@ pub mod sbom;
 pub mod squashfs;
 pub mod tarball;
 pub mod thin_initramfs;
+pub mod uki;
 
 use std::path::Path;
 

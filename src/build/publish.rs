@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use super::options::{BuildOptions, TOOL};
 use super::outputs::{compression_name, output_compressions, OutputRecord};
 use super::stages::StageRunner;
-use crate::artifact::{self, menus, squashfs};
+use crate::artifact::{self, menus, squashfs, uki};
 use crate::bundle::manifest::{self, Manifest, ManifestArtifact, ManifestBoot, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
 use crate::bundle::names::{BundleNames, HOSTS_FILE, PACKAGES};
 use crate::cache::{Corrupt, CorruptEntry};
@@ -113,10 +113,10 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         for deb in &kernel.debs {
             copy(deb, format!("kernel/{deb}"))?;
         }
-        kernels.push(ManifestKernel { name: kernel.name.clone(), release: kernel.release.clone(), config_sha256: kernel.config_sha256.clone(), vmlinuz, debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect() });
+        kernels.push(ManifestKernel { name: kernel.name.clone(), release: kernel.release.clone(), config_sha256: kernel.config_sha256.clone(), vmlinuz, debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect(), uki: None });
     }
     let initramfs_compression = runner.plan.outputs.initramfs.compression;
-    let boot = ManifestBoot {
+    let mut boot = ManifestBoot {
         initramfs: names.initramfs(),
         initramfs_size: record.initramfs.size,
         initramfs_compression: compression_name(initramfs_compression),
@@ -125,7 +125,16 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         marker: recipe.boot.marker.clone(),
         modules: record.initramfs.modules.clone(),
         shell: runner.plan.outputs.initramfs.shell,
+        uki: None,
     };
+    if let Some(settings) = &runner.plan.outputs.uki {
+        // Made here, not cached with the outputs: a UKI names the bundle's
+        // version, and making one is a fast objcopy of files already here.
+        let ukis = uki::BundleUkis { covers: &|kernel| settings.covers(kernel), rootfs_url: settings.rootfs_url.as_deref(), cookie: &record.cookie, epoch: runner.plan.source_date_epoch };
+        let (made, files) = uki::write_for_bundle(runner.host, staging.path(), &names, &mut kernels, &boot, &ukis)?;
+        boot.uki = Some(made);
+        artifacts.extend(files);
+    }
     artifacts.extend(menus::write_all(staging.path(), &menus::MenuInput::new(name, version, &kernels, &boot))?);
     if let Some(hosts) = &recipe.hosts {
         // The inventory travels with the bundle it describes (`serve --hosts BUNDLE/hosts.yaml`).

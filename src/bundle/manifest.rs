@@ -57,6 +57,23 @@ pub struct ManifestBoot {
     /// kernel release → module files in the initramfs, in load order
     pub modules: std::collections::BTreeMap<String, Vec<String>>,
     pub shell: bool,
+    /// `outputs.uki`: what the kernels' Unified Kernel Images hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki: Option<ManifestUki>,
+}
+
+/// What every UKI of a bundle carries besides its kernel and the initramfs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestUki {
+    /// The baked command line: `boot.cmdline` and the rootfs URL.
+    pub cmdline: String,
+    /// The `rootsmith.rootfs_url` in it.
+    pub rootfs_url: String,
+    /// The URL is the default for the bundle's name and version (so a
+    /// promoted bundle's UKIs get the default of their new version).
+    pub rootfs_url_default: bool,
+    /// The SHA-256 of the EFI stub the UKIs are made on.
+    pub stub_sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,6 +84,9 @@ pub struct ManifestKernel {
     pub config_sha256: String,
     pub vmlinuz: String,
     pub debs: Vec<String>,
+    /// `outputs.uki`: its Unified Kernel Image, `NAME-VERSION-KERNEL.efi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,6 +141,9 @@ impl Manifest {
         file("boot.rootfs_image", &self.boot.rootfs_image);
         for kernel in &self.kernels {
             file(&format!("kernel {:?}", kernel.name), &kernel.vmlinuz);
+            if let Some(uki) = &kernel.uki {
+                file(&format!("kernel {:?}", kernel.name), uki);
+            }
             for deb in &kernel.debs {
                 file(&format!("kernel {:?}", kernel.name), deb);
             }
@@ -181,8 +204,8 @@ pub fn sample(name: &str, version: &str) -> Manifest {
         fast: true,
         stages: Vec::new(),
         rootfs: ManifestRootfs { cookie: "c".into(), squashfs_writer: "mksquashfs".into(), squashfs_compression: "zstd".into(), squashfs_entries: 1, contract_version: 2 },
-        kernels: vec![ManifestKernel { name: "small".into(), release: "6.1.0".into(), config_sha256: crate::digest::sha256_hex(b""), vmlinuz: format!("{prefix}small-vmlinuz"), debs: vec!["kernel/linux-image-6.1.0_1_amd64.deb".into()] }],
-        boot: ManifestBoot { initramfs: format!("{prefix}initramfs.img"), initramfs_size: 1, initramfs_compression: "zstd".into(), rootfs_image: format!("{prefix}rootfs.img"), cmdline: String::new(), marker: None, modules: Default::default(), shell: false },
+        kernels: vec![ManifestKernel { name: "small".into(), release: "6.1.0".into(), config_sha256: crate::digest::sha256_hex(b""), vmlinuz: format!("{prefix}small-vmlinuz"), debs: vec!["kernel/linux-image-6.1.0_1_amd64.deb".into()], uki: None }],
+        boot: ManifestBoot { initramfs: format!("{prefix}initramfs.img"), initramfs_size: 1, initramfs_compression: "zstd".into(), rootfs_image: format!("{prefix}rootfs.img"), cmdline: String::new(), marker: None, modules: Default::default(), shell: false, uki: None },
         artifacts: vec![ManifestArtifact { name: format!("{prefix}rootfs.img"), size: 3, sha256: crate::digest::sha256_hex(b"abc") }],
         lock_sha256: None,
         oci_image: None,

@@ -92,6 +92,11 @@ impl<'a> BundleNames<'a> {
         format!("{}{kernel}-vmlinuz", self.prefix())
     }
 
+    /// The Unified Kernel Image of a kernel (`outputs.uki`).
+    pub fn uki(&self, kernel: &str) -> String {
+        format!("{}{kernel}.efi", self.prefix())
+    }
+
     pub fn initramfs(&self) -> String {
         format!("{}initramfs.img", self.prefix())
     }
@@ -138,6 +143,7 @@ mod tests {
         let names = BundleNames::new("demo", "1.0");
         assert_eq!(names.vmlinuz("debian"), "demo-1.0-debian-vmlinuz");
         assert_eq!(names.initramfs(), "demo-1.0-initramfs.img");
+        assert_eq!(names.uki("debian"), "demo-1.0-debian.efi");
         assert_eq!(names.rootfs_image(), "demo-1.0-rootfs.img");
         assert_eq!(names.output("rootfs.tar.zst"), "demo-1.0-rootfs.tar.zst");
         assert_eq!(names.output("packages.txt"), "packages.txt");
@@ -148,7 +154,7 @@ mod tests {
     #[test]
     fn the_files_a_bundle_holds_have_names_it_may_hold() {
         let names = BundleNames::new("demo", "1.2.0-rc1+b~2");
-        for name in [names.vmlinuz("debian"), names.initramfs(), names.rootfs_image(), names.output("rootfs.tar.zst"), PACKAGES.into(), SBOM.into(), HOSTS_FILE.into(), MANIFEST.into(), SHA256SUMS.into()] {
+        for name in [names.vmlinuz("debian"), names.uki("debian"), names.initramfs(), names.rootfs_image(), names.output("rootfs.tar.zst"), PACKAGES.into(), SBOM.into(), HOSTS_FILE.into(), MANIFEST.into(), SHA256SUMS.into()] {
             assert_eq!(check_file_name(&name), Ok(()), "{name}");
         }
         for name in MENU_FILES.iter().map(|m| m.to_string()).chain(["kernel/debian-config".into(), "kernel/linux-image-6.1.0-tiny+_6.1.0-1_amd64.deb".into(), "kernel/x%3a1.deb".into()]) {

@@ -162,7 +162,7 @@ impl Checker<'_> {
                 self.at_value("source_date_epoch", format!("source_date_epoch {error}"), "give the seconds since 1970 of the release's date, e.g. `source_date_epoch: 1700000000`");
             }
         }
-        let outputs = self.check_outputs(raw.outputs);
+        let outputs = self.check_outputs(raw.outputs, &stages);
         let boot = self.check_boot(raw.boot);
         let hosts = raw.hosts.and_then(|written| {
             let written = self.subst("hosts", &written);
@@ -478,7 +478,7 @@ impl Checker<'_> {
         }
     }
 
-    fn check_outputs(&mut self, raw: RawOutputs) -> Outputs {
+    fn check_outputs(&mut self, raw: RawOutputs, stages: &[Stage]) -> Outputs {
         let squashfs = raw.rootfs.and_then(|rootfs| rootfs.squashfs);
         let squashfs = self.check_compression("outputs.rootfs.squashfs", squashfs, Algorithm::Zstd, 15, &["zstd", "gzip", "xz", "lz4", "lzo"]);
         let tarball = self.check_compression("outputs.tarball", raw.tarball, Algorithm::Zstd, 9, &["zstd", "gzip", "xz", "none"]);
@@ -510,7 +510,36 @@ impl Checker<'_> {
             }
             OciOutput { layout, push }
         });
-        Outputs { squashfs, tarball, initramfs, oci }
+        let uki = raw.uki.and_then(|raw| self.check_uki(raw, stages));
+        Outputs { squashfs, tarball, initramfs, oci, uki }
+    }
+
+    fn check_uki(&mut self, raw: RawUki, stages: &[Stage]) -> Option<Uki> {
+        let settings = match raw {
+            RawUki::Enabled(false) => return None,
+            RawUki::Enabled(true) => RawUkiSettings { kernels: None, rootfs_url: None },
+            RawUki::Settings(settings) => settings,
+        };
+        let kernels: Vec<&str> = stages.iter().filter(|stage| matches!(stage.kind, StageKind::Kernel(_))).map(|stage| stage.name.as_str()).collect();
+        if kernels.is_empty() {
+            self.at_key("outputs.uki", "outputs.uki asks for a Unified Kernel Image, but the recipe has no kernel stage", "add a kernel stage, e.g. `- kernel: { name: debian, package: linux-image-amd64 }`");
+        }
+        let chosen = settings.kernels.map(|names| self.subst_list("outputs.uki.kernels", names));
+        for (index, name) in chosen.iter().flatten().enumerate() {
+            if !kernels.contains(&name.as_str()) {
+                self.at_value(&format!("outputs.uki.kernels[{index}]"), format!("outputs.uki.kernels names `{name}`, which is not a kernel stage of this recipe"), format!("the kernel stages are: {}", if kernels.is_empty() { "none".to_string() } else { kernels.join(", ") }));
+            }
+        }
+        if chosen.as_ref().is_some_and(Vec::is_empty) {
+            self.at_value("outputs.uki.kernels", "outputs.uki.kernels is empty", "name the kernel stages that get a UKI, or leave `kernels` out for every one");
+        }
+        let rootfs_url = settings.rootfs_url.map(|url| self.subst("outputs.uki.rootfs_url", &url));
+        if let Some(url) = &rootfs_url {
+            if let Err(why) = check_baked_url(url) {
+                self.at_value("outputs.uki.rootfs_url", why, "write http://HOST[:PORT]/PATH/NAME-VERSION-rootfs.img; the host `dhcp-server` stands for the DHCP server of the lease");
+            }
+        }
+        Some(Uki { kernels: chosen, rootfs_url })
     }
 
     /// The inventory's own problems, at their place in the inventory file.
@@ -574,6 +603,18 @@ impl Checker<'_> {
         };
         Compression { algorithm, level }
     }
+}
+
+/// A rootfs URL that can go into a kernel command line as one word and that
+/// the init can fetch.
+fn check_baked_url(url: &str) -> Result<(), String> {
+    if url.len() > 1024 {
+        return Err(format!("the rootfs URL is {} bytes long; at most 1024 fit a command line", url.len()));
+    }
+    if let Some(c) = url.chars().find(|c| c.is_whitespace() || c.is_control() || *c == '"') {
+        return Err(format!("the rootfs URL {url:?} holds {c:?}, which would break the kernel command line"));
+    }
+    rootsmith_init::http::Url::parse(url).map(|_| ())
 }
 
 fn algorithm_named(name: &str) -> Algorithm {

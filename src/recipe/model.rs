@@ -230,6 +230,34 @@ pub struct Outputs {
     pub initramfs: Initramfs,
     /// The tree as an OCI image too: one layer per stage.
     pub oci: Option<OciOutput>,
+    /// `outputs.uki`: a Unified Kernel Image per kernel.
+    pub uki: Option<Uki>,
+}
+
+/// `outputs.uki`: which kernels get a Unified Kernel Image (EFI stub, kernel,
+/// thin initramfs, command line, os-release in one PE file) and the rootfs
+/// URL its command line carries (docs/netboot.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Uki {
+    /// Kernel stage names; `None`: every kernel of the recipe.
+    pub kernels: Option<Vec<String>>,
+    /// `rootsmith.rootfs_url` of the baked command line; `None`:
+    /// [`Uki::default_rootfs_url`].
+    pub rootfs_url: Option<String>,
+}
+
+impl Uki {
+    /// Where `rootsmith serve` (port 8080, the directory above the bundles)
+    /// has the bundle's rootfs.img, on the DHCP server that gave the init its
+    /// lease.
+    pub fn default_rootfs_url(name: &str, version: &str, rootfs_image: &str) -> String {
+        format!("http://{}:8080/{name}/{version}/{rootfs_image}", rootsmith_init::contract::DHCP_SERVER_HOST)
+    }
+
+    /// Whether the kernel stage `kernel` gets a UKI.
+    pub fn covers(&self, kernel: &str) -> bool {
+        self.kernels.as_ref().is_none_or(|kernels| kernels.iter().any(|name| name == kernel))
+    }
 }
 
 /// `outputs.oci`: where the image goes (a layout directory, a registry, or both).

@@ -174,6 +174,46 @@ pub struct RawOutputs {
     pub initramfs: Option<RawInitramfs>,
     #[serde(default)]
     pub oci: Option<RawOciOutput>,
+    #[serde(default)]
+    pub uki: Option<RawUki>,
+}
+
+/// `outputs.uki`: `true`/`false`, or a mapping of its settings (which turns
+/// it on).
+#[derive(Debug)]
+pub enum RawUki {
+    Enabled(bool),
+    Settings(RawUkiSettings),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUkiSettings {
+    /// The kernel stages that get a UKI [default: every one].
+    #[serde(default)]
+    pub kernels: Option<Vec<String>>,
+    /// The rootfs URL baked into the command line.
+    #[serde(default)]
+    pub rootfs_url: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawUki {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RawUki, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawUki;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("true, false, or a mapping with `kernels` and `rootfs_url`")
+            }
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<RawUki, E> {
+                Ok(RawUki::Enabled(value))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawUki, A::Error> {
+                RawUkiSettings::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawUki::Settings)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

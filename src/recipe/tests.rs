@@ -270,3 +270,41 @@ fn a_recipe_or_inventory_that_is_not_yaml_is_named_never_quoted() {
         assert!(shown.contains("lab.yaml:1:1"), "{shown}");
     }
 }
+
+#[test]
+fn uki_output_is_true_or_its_settings() {
+    let dir = fixture_dir();
+    let load = |outputs: &str| {
+        let source = format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n  - kernel: {{ name: debian, package: linux-image-amd64 }}\n  - kernel: {{ name: lts, package: linux-image-amd64 }}\noutputs:\n  uki: {outputs}\n");
+        load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default())
+    };
+    assert_eq!(load("true").unwrap().outputs.uki, Some(Uki { kernels: None, rootfs_url: None }));
+    assert_eq!(load("false").unwrap().outputs.uki, None);
+    let uki = load("{ kernels: [lts], rootfs_url: \"http://dhcp-server:80/b/r.img\" }").unwrap().outputs.uki.unwrap();
+    assert!(uki.covers("lts") && !uki.covers("debian"));
+    assert_eq!(uki.rootfs_url.as_deref(), Some("http://dhcp-server:80/b/r.img"));
+    assert_eq!(Uki::default_rootfs_url("demo", "1.0", "demo-1.0-rootfs.img"), "http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img");
+}
+
+#[test]
+fn uki_output_errors_point_at_the_value() {
+    let errors = |stages: &str, outputs: &str| errors_of(&format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n{stages}outputs:\n  uki: {outputs}\n"));
+    let kernel = "  - kernel: { name: debian, package: linux-image-amd64 }\n";
+    let unknown = errors(kernel, "{ sign: key.pem }");
+    assert_eq!((unknown[0].0, unknown[0].1), (8, 10), "{unknown:?}");
+    assert!(unknown[0].2.contains("unknown field `sign`"), "{unknown:?}");
+    let bad_type = errors(kernel, "yes please");
+    assert_eq!(bad_type[0].0, 8, "{bad_type:?}");
+    assert!(bad_type[0].2.contains("true, false, or a mapping"), "{bad_type:?}");
+    let other_kernel = errors(kernel, "{ kernels: [debian, lts] }");
+    assert_eq!(other_kernel.len(), 1, "{other_kernel:?}");
+    assert_eq!((other_kernel[0].0, other_kernel[0].1), (8, 28), "{other_kernel:?}");
+    assert!(other_kernel[0].2.contains("`lts`, which is not a kernel stage"), "{other_kernel:?}");
+    let no_kernel = errors("", "true");
+    assert_eq!((no_kernel[0].0, no_kernel[0].1), (7, 3), "{no_kernel:?}");
+    assert!(no_kernel[0].2.contains("no kernel stage"), "{no_kernel:?}");
+    for url in ["\"https://dhcp-server/r.img\"", "\"http://x/a b\"", "\"http://x:port/r\"", "\"ftp://x/r\""] {
+        let bad = errors(kernel, &format!("{{ rootfs_url: {url} }}"));
+        assert_eq!((bad.len(), bad[0].0, bad[0].1), (1, 8, 22), "{url}: {bad:?}");
+    }
+}

@@ -2,7 +2,10 @@
 //! without a rebuild. The new bundle's artifacts are the candidate's bytes
 //! under names carrying the new version (nothing inside the initramfs or the
 //! rootfs names a version, by design); the manifest, SHA256SUMS and the boot
-//! menus are written anew, and the manifest records `promoted_from`.
+//! menus are written anew, and the manifest records `promoted_from`. Unified
+//! Kernel Images name their version (in their os-release and, by default, in
+//! their rootfs URL), so they are made anew from the candidate's kernels and
+//! initramfs, on the host's EFI stub.
 
 use std::path::{Path, PathBuf};
 
@@ -10,9 +13,10 @@ use anyhow::{bail, Context, Result};
 
 use super::Bundle;
 use crate::artifact::menus::{self, MenuInput};
+use crate::artifact::uki;
 use crate::bundle::files;
 use crate::bundle::manifest::{ManifestArtifact, PromotedFrom};
-use crate::bundle::names::check_file_name;
+use crate::bundle::names::{check_file_name, BundleNames};
 
 /// Take the artifact `name` of the bundle `dir` (`size` bytes, as its
 /// manifest states) into `to`: hard-linked when the file system allows (the
@@ -59,9 +63,10 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
         None => file.to_string(),
     };
     let mut manifest = candidate.manifest.clone();
+    let ukis: std::collections::BTreeSet<&str> = candidate.manifest.kernels.iter().filter_map(|kernel| kernel.uki.as_deref()).collect();
     let mut artifacts = Vec::new();
     for artifact in &candidate.manifest.artifacts {
-        if menus::MENU_FILES.contains(&artifact.name.as_str()) {
+        if menus::MENU_FILES.contains(&artifact.name.as_str()) || ukis.contains(artifact.name.as_str()) {
             continue;
         }
         let renamed = rename(&artifact.name);
@@ -76,6 +81,15 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
     }
     manifest.boot.initramfs = rename(&manifest.boot.initramfs);
     manifest.boot.rootfs_image = rename(&manifest.boot.rootfs_image);
+    if let Some(made) = manifest.boot.uki.take() {
+        let covered: std::collections::BTreeSet<String> = manifest.kernels.iter().filter(|kernel| kernel.uki.is_some()).map(|kernel| kernel.name.clone()).collect();
+        let rootfs_url = (!made.rootfs_url_default).then_some(made.rootfs_url.as_str());
+        let settings = uki::BundleUkis { covers: &|kernel| covered.contains(kernel), rootfs_url, cookie: &manifest.rootfs.cookie, epoch: manifest.source_date_epoch };
+        let (made, files) = uki::write_for_bundle(&crate::host::RealHost { echo: false }, staging.path(), &BundleNames::new(name, to), &mut manifest.kernels, &manifest.boot, &settings)
+            .with_context(|| format!("making the UKIs of {name} {to}"))?;
+        manifest.boot.uki = Some(made);
+        artifacts.extend(files);
+    }
     manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: candidate.manifest_sha256.clone() });
     artifacts.extend(menus::write_all(staging.path(), &MenuInput::new(name, to, &manifest.kernels, &manifest.boot))?);
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));

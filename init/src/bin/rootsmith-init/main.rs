@@ -104,8 +104,13 @@ fn find_rootfs(cmdline: &Cmdline, expected: &BuildId) -> Result<String, String> 
         log!("bringing up {iface} with DHCP");
         let lease = net::lease(&iface).map_err(|error| error.to_string())?;
         net::configure(&iface, &lease).map_err(|error| error.to_string())?;
+        // `http://dhcp-server…` (a UKI's baked command line): the server of this lease.
+        let resolved = rootsmith_init::http::at_dhcp_server(url, lease.dhcp_server())?;
+        if &resolved != url {
+            log!("{} names the DHCP server, {}", args::ROOTFS_URL, lease.dhcp_server().map(|server| server.to_string()).unwrap_or_default());
+        }
         let dir = Path::new(WORK).join("fetched");
-        fetch::fetch(url, &list, &dir, cmdline.retries)?;
+        fetch::fetch(&resolved, &list, &dir, cmdline.retries)?;
         let found = BuildId::parse(&read(&dir.join(contract::ROOTFS_COOKIE).to_string_lossy())?)?;
         if found.cookie != expected.cookie {
             return Err(format!("the fetched rootfs.img is {found}, but this initramfs belongs to {expected}"));

@@ -1,0 +1,387 @@
+//! Unified Kernel Images: systemd's EFI stub (`linuxx64.efi.stub`, Debian's
+//! `systemd-boot-efi`) with the os-release, the command line, the thin
+//! initramfs and the kernel added as PE sections, one file that UEFI firmware
+//! (or iPXE, or a boot manager) starts like any EFI program.
+//!
+//! The sections are placed after the stub's last one, in [`SECTIONS`] order
+//! (the kernel last, as systemd's ukify places it), each at a page-aligned
+//! address read from the stub's own headers. objcopy writes the current time
+//! into the PE header and its checksum, so both are set afterwards: the time
+//! stamp to `SOURCE_DATE_EPOCH`, the checksum computed anew. The same stub,
+//! kernel, initramfs, command line and os-release give the same bytes.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use object::read::pe::{ImageNtHeaders, PeFile64};
+use object::{Object, ObjectSection};
+
+use crate::bundle::manifest::{ManifestArtifact, ManifestBoot, ManifestKernel, ManifestUki};
+use crate::bundle::names::BundleNames;
+use crate::host::{Command, Host};
+
+/// The EFI stub of Debian's `systemd-boot-efi`, for x86-64.
+pub const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// The sections a UKI adds to its stub, in the order they are laid out.
+pub const SECTIONS: [&str; 4] = [".osrel", ".cmdline", ".initrd", ".linux"];
+
+/// The alignment of every added section's address, at least: a page, or the
+/// stub's section alignment when that is larger.
+pub const MIN_ALIGNMENT: u64 = 4096;
+
+/// A stub larger than this is not systemd's (it is about 80 KiB).
+const MAX_STUB_BYTES: u64 = 16 << 20;
+
+/// What the stub's headers say about where sections can go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StubLayout {
+    pub image_base: u64,
+    pub section_alignment: u64,
+    /// The end of the stub's last section in memory (an RVA).
+    pub end: u64,
+    /// The stub's own section names.
+    pub sections: Vec<String>,
+}
+
+/// An added section: its name, its address relative to the image base (RVA)
+/// and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub name: &'static str,
+    pub rva: u64,
+    pub size: u64,
+}
+
+fn align_up(value: u64, alignment: u64) -> u64 {
+    value.div_ceil(alignment) * alignment
+}
+
+/// Read the layout of a PE32+ stub.
+pub fn stub_layout(bytes: &[u8]) -> Result<StubLayout> {
+    let file = PeFile64::parse(bytes).context("the EFI stub is not a PE32+ image")?;
+    let optional = file.nt_headers().optional_header();
+    use object::read::pe::ImageOptionalHeader;
+    let mut end = 0u64;
+    let mut sections = Vec::new();
+    for section in file.section_table().iter() {
+        let start = u64::from(section.virtual_address.get(object::LittleEndian));
+        let size = u64::from(section.virtual_size.get(object::LittleEndian)).max(u64::from(section.size_of_raw_data.get(object::LittleEndian)));
+        end = end.max(start + size);
+        sections.push(String::from_utf8_lossy(section.raw_name()).into_owned());
+    }
+    let alignment = u64::from(optional.section_alignment());
+    if !alignment.is_power_of_two() {
+        bail!("the EFI stub's section alignment {alignment:#x} is not a power of two");
+    }
+    Ok(StubLayout { image_base: optional.image_base(), section_alignment: alignment, end, sections })
+}
+
+/// Where the added sections go: one after the other from the end of the
+/// stub, each at an address aligned to [`MIN_ALIGNMENT`] (or the stub's
+/// larger section alignment). `sizes` are in [`SECTIONS`] order.
+pub fn place(stub: &StubLayout, sizes: [u64; 4]) -> Vec<Placed> {
+    let alignment = stub.section_alignment.max(MIN_ALIGNMENT);
+    let mut next = align_up(stub.end, alignment);
+    let mut placed = Vec::new();
+    for (name, size) in SECTIONS.into_iter().zip(sizes) {
+        placed.push(Placed { name, rva: next, size });
+        next = align_up(next + size, alignment);
+    }
+    placed
+}
+
+/// The os-release of a bundle's UKI: what boot menus show, and the build it
+/// belongs to (`BUILD_ID`, the rootfs's cookie).
+pub fn os_release(name: &str, version: &str, cookie: &str) -> String {
+    // Names, versions and cookies hold no quote, backslash, `$` or backtick.
+    format!("NAME=\"{name}\"\nID={name}\nVERSION=\"{version}\"\nVERSION_ID={version}\nPRETTY_NAME=\"{name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nBUILD_ID={cookie}\n")
+}
+
+/// What goes into one UKI.
+pub struct Parts<'a> {
+    pub os_release: &'a str,
+    pub cmdline: &'a str,
+    /// The kernel (a bzImage).
+    pub linux: &'a Path,
+    /// The thin initramfs.
+    pub initrd: &'a Path,
+}
+
+/// Write the UKI of `parts` on `stub` to `output`; `scratch` holds the small
+/// section files; objcopy's output goes to `log`. Returns the added
+/// sections, checked in the file written.
+pub fn write(host: &dyn Host, stub: &Path, parts: &Parts, output: &Path, epoch: i64, scratch: &Path, log: &Path) -> Result<Vec<Placed>> {
+    let stub_bytes = read_stub(stub)?;
+    let layout = stub_layout(&stub_bytes).with_context(|| format!("reading {}", stub.display()))?;
+    if let Some(taken) = layout.sections.iter().find(|name| SECTIONS.contains(&name.as_str())) {
+        bail!("{} already has a {taken} section: it is a UKI, not a bare EFI stub", stub.display());
+    }
+    let objcopy = crate::tools::require("objcopy", "to make a Unified Kernel Image")?;
+    fs_err::create_dir_all(scratch)?;
+    let osrel = scratch.join("osrel");
+    let cmdline = scratch.join("cmdline");
+    fs_err::write(&osrel, parts.os_release)?;
+    fs_err::write(&cmdline, parts.cmdline)?;
+    let files = [osrel.as_path(), cmdline.as_path(), parts.initrd, parts.linux];
+    let mut sizes = [0u64; 4];
+    for (size, file) in sizes.iter_mut().zip(files) {
+        *size = fs_err::metadata(file)?.len();
+    }
+    let placed = place(&layout, sizes);
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for (section, file) in placed.iter().zip(files) {
+        let mut add = std::ffi::OsString::from(format!("{}=", section.name));
+        add.push(file);
+        args.extend(["--add-section".into(), add]);
+        args.extend(["--change-section-vma".into(), format!("{}={:#x}", section.name, layout.image_base + section.rva).into()]);
+    }
+    args.push(stub.into());
+    args.push(output.into());
+    host.run(&Command::on_host(objcopy, args, log)).with_context(|| format!("making the UKI {}", output.display()))?;
+    let mut bytes = fs_err::read(output)?;
+    set_time_stamp(&mut bytes, epoch)?;
+    fs_err::write(output, &bytes)?;
+    check(&bytes, &placed, files).with_context(|| format!("checking the UKI {}", output.display()))?;
+    Ok(placed)
+}
+
+/// The UKIs of a bundle: which kernels get one and the rootfs URL they carry.
+pub struct BundleUkis<'a> {
+    /// Whether the kernel stage of this name gets one.
+    pub covers: &'a dyn Fn(&str) -> bool,
+    /// `None`: the default, [`crate::recipe::Uki::default_rootfs_url`].
+    pub rootfs_url: Option<&'a str>,
+    pub cookie: &'a str,
+    pub epoch: i64,
+}
+
+/// Write the UKIs of the bundle in `dir` (which holds its kernels' vmlinuz
+/// and its initramfs, named as `kernels` and `boot` say), set each kernel's
+/// `uki`, and return what the manifest says of them with the files written.
+pub fn write_for_bundle(host: &dyn Host, dir: &Path, names: &BundleNames, kernels: &mut [ManifestKernel], boot: &ManifestBoot, ukis: &BundleUkis) -> Result<(ManifestUki, Vec<ManifestArtifact>)> {
+    let default_url = crate::recipe::Uki::default_rootfs_url(names.name, names.version, &boot.rootfs_image);
+    let rootfs_url = ukis.rootfs_url.unwrap_or(&default_url).to_string();
+    let cmdline = [boot.cmdline.as_str(), &format!("{}={rootfs_url}", rootsmith_init::contract::args::ROOTFS_URL)].iter().filter(|part| !part.is_empty()).copied().collect::<Vec<_>>().join(" ");
+    let os_release = os_release(names.name, names.version, ukis.cookie);
+    let scratch = tempfile::tempdir()?;
+    let log = scratch.path().join("objcopy.log");
+    let mut artifacts = Vec::new();
+    for kernel in kernels.iter_mut().filter(|kernel| (ukis.covers)(&kernel.name)) {
+        let file = names.uki(&kernel.name);
+        let parts = Parts { os_release: &os_release, cmdline: &cmdline, linux: &dir.join(&kernel.vmlinuz), initrd: &dir.join(&boot.initramfs) };
+        write(host, Path::new(STUB), &parts, &dir.join(&file), ukis.epoch, &scratch.path().join(&kernel.name), &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+        let (sha256, size) = crate::digest::hash_reader(fs_err::File::open(dir.join(&file))?)?;
+        artifacts.push(ManifestArtifact { name: file.clone(), size, sha256 });
+        kernel.uki = Some(file);
+    }
+    let stub_sha256 = crate::digest::hash_file(Path::new(STUB))?;
+    Ok((ManifestUki { rootfs_url_default: rootfs_url == default_url, cmdline, rootfs_url, stub_sha256 }, artifacts))
+}
+
+fn read_stub(stub: &Path) -> Result<Vec<u8>> {
+    let file = crate::fileops::open_regular(stub).with_context(|| {
+        format!("the EFI stub {} is needed to make a Unified Kernel Image\nhint: apt-get install {}", stub.display(), crate::tools::package_of("linuxx64.efi.stub"))
+    })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_STUB_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STUB_BYTES {
+        bail!("{} is larger than {} MiB: not an EFI stub", stub.display(), MAX_STUB_BYTES >> 20);
+    }
+    Ok(bytes)
+}
+
+/// The offsets of the COFF time stamp and of the optional header's checksum.
+fn header_offsets(bytes: &[u8]) -> Result<(usize, usize)> {
+    let pe = u32::from_le_bytes(bytes.get(0x3c..0x40).context("no DOS header")?.try_into().expect("4 bytes")) as usize;
+    if bytes.get(pe..pe + 4) != Some(b"PE\0\0".as_slice()) {
+        bail!("no PE signature at {pe:#x}");
+    }
+    // Signature (4), machine (2), number of sections (2), then the time stamp;
+    // the optional header follows the 20-byte COFF header, its checksum at 64.
+    let (stamp, checksum) = (pe + 8, pe + 24 + 64);
+    if bytes.len() < checksum + 4 {
+        bail!("the PE headers are cut short");
+    }
+    Ok((stamp, checksum))
+}
+
+/// Set the PE time stamp to `epoch` (clamped to what 32 bits hold) and
+/// compute the checksum anew.
+pub fn set_time_stamp(bytes: &mut [u8], epoch: i64) -> Result<()> {
+    let (stamp, checksum) = header_offsets(bytes)?;
+    bytes[stamp..stamp + 4].copy_from_slice(&(epoch.clamp(0, i64::from(u32::MAX)) as u32).to_le_bytes());
+    let sum = pe_checksum(bytes, checksum);
+    bytes[checksum..checksum + 4].copy_from_slice(&sum.to_le_bytes());
+    Ok(())
+}
+
+/// The PE image checksum: 16-bit words summed with end-around carry (the
+/// checksum field counted as zero), plus the file's length.
+pub fn pe_checksum(bytes: &[u8], checksum_offset: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (index, pair) in bytes.chunks(2).enumerate() {
+        let offset = index * 2;
+        if offset == checksum_offset || offset == checksum_offset + 2 {
+            continue;
+        }
+        let word = u64::from(pair[0]) | (u64::from(*pair.get(1).unwrap_or(&0)) << 8);
+        sum += word;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32).wrapping_add(bytes.len() as u32)
+}
+
+/// The added sections of a UKI: name, RVA and contents (without the file
+/// alignment's padding).
+pub fn sections(bytes: &[u8]) -> Result<Vec<(String, u64, Vec<u8>)>> {
+    let file = PeFile64::parse(bytes).context("not a PE32+ image")?;
+    let base = file.relative_address_base();
+    let mut found = Vec::new();
+    for section in file.sections() {
+        let name = section.name().unwrap_or("").to_string();
+        if SECTIONS.contains(&name.as_str()) {
+            let mut data = section.data()?.to_vec();
+            data.truncate(section.size() as usize);
+            found.push((name, section.address() - base, data));
+        }
+    }
+    Ok(found)
+}
+
+/// The UKI has each added section where it was placed, with the bytes of its file.
+fn check(bytes: &[u8], placed: &[Placed], files: [&Path; 4]) -> Result<()> {
+    let found = sections(bytes)?;
+    for (section, file) in placed.iter().zip(files) {
+        let Some((_, rva, data)) = found.iter().find(|(name, _, _)| name == section.name) else { bail!("objcopy left out {}", section.name) };
+        if *rva != section.rva || data.len() as u64 != section.size {
+            bail!("{} is at {rva:#x} with {} bytes, not at {:#x} with {}", section.name, data.len(), section.rva, section.size);
+        }
+        if crate::digest::sha256_hex(data) != crate::digest::hash_file(file)? {
+            bail!("{} does not hold the bytes of {}", section.name, file.display());
+        }
+    }
+    let (_, checksum) = header_offsets(bytes)?;
+    let stored = u32::from_le_bytes(bytes[checksum..checksum + 4].try_into().expect("4 bytes"));
+    if stored != pe_checksum(bytes, checksum) {
+        bail!("the PE checksum is wrong");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(end: u64, section_alignment: u64) -> StubLayout {
+        StubLayout { image_base: 0, section_alignment, end, sections: vec![".text".into()] }
+    }
+
+    #[test]
+    fn sections_follow_the_stub_page_aligned_kernel_last() {
+        let placed = place(&layout(0x19134, 0x200), [7, 14, 0x1_0001, 5000]);
+        let names: Vec<&str> = placed.iter().map(|p| p.name).collect();
+        assert_eq!(names, [".osrel", ".cmdline", ".initrd", ".linux"]);
+        let rvas: Vec<u64> = placed.iter().map(|p| p.rva).collect();
+        assert_eq!(rvas, [0x1a000, 0x1b000, 0x1c000, 0x2d000]);
+        for pair in placed.windows(2) {
+            assert!(pair[0].rva + pair[0].size <= pair[1].rva, "{pair:?} overlap");
+        }
+        // A stub with a larger alignment gets it.
+        let placed = place(&layout(0x1000, 0x10000), [1, 1, 1, 1]);
+        assert!(placed.iter().all(|p| p.rva % 0x10000 == 0), "{placed:?}");
+        assert_eq!(placed[0].rva, 0x10000);
+        // A stub ending on a boundary: the first section starts right there.
+        assert_eq!(place(&layout(0x3000, 0x1000), [1, 1, 1, 1])[0].rva, 0x3000);
+    }
+
+    #[test]
+    fn the_checksum_is_the_pe_one() {
+        // A header-sized buffer: the sum skips the checksum field and adds the length.
+        let mut bytes = vec![0u8; 0x200];
+        bytes[0] = 0xff;
+        bytes[1] = 0xff;
+        bytes[2] = 0x02;
+        bytes[0x100..0x104].copy_from_slice(&[0xaa, 0xbb, 0xcc, 0xdd]);
+        // 0xffff + 0x0002 = 0x10001 → folded to 0x0002; plus 0x200 bytes.
+        assert_eq!(pe_checksum(&bytes, 0x100), 0x0002 + 0x200);
+        bytes.push(0x05);
+        assert_eq!(pe_checksum(&bytes, 0x100), 0x0007 + 0x201);
+    }
+
+    #[test]
+    fn os_release_names_the_bundle_and_its_build() {
+        let text = os_release("demo", "1.2.0-rc1", "abc123");
+        assert!(text.contains("\nVERSION=\"1.2.0-rc1\"\n") && text.starts_with("NAME=\"demo\"\n"), "{text}");
+        assert!(text.contains("IMAGE_ID=demo\n") && text.ends_with("BUILD_ID=abc123\n"), "{text}");
+    }
+
+    fn stub() -> Vec<u8> {
+        fs_err::read(STUB).expect("the EFI stub (apt-get install systemd-boot-efi; `make deps` does)")
+    }
+
+    #[test]
+    fn debians_stub_is_read_from_its_headers() {
+        let layout = stub_layout(&stub()).unwrap();
+        assert!(layout.sections.iter().any(|name| name == ".sdmagic"), "{layout:?}");
+        assert!(layout.end > 0x1000 && layout.end < MAX_STUB_BYTES, "{layout:?}");
+        assert!(stub_layout(b"MZ not a PE").is_err());
+    }
+
+    /// objcopy's own checksum is what [`pe_checksum`] computes, and two UKIs
+    /// made a second apart are the same bytes once their time stamp is set.
+    #[test]
+    fn a_uki_is_laid_out_as_placed_and_the_same_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let linux = dir.path().join("linux");
+        let initrd = dir.path().join("initrd");
+        fs_err::write(&linux, (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>()).unwrap();
+        fs_err::write(&initrd, b"07070100000000".repeat(1000)).unwrap();
+        let parts = Parts { os_release: &os_release("demo", "1.0", "c0ffee"), cmdline: "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img", linux: &linux, initrd: &initrd };
+        let host = crate::host::RealHost { echo: false };
+        let log = dir.path().join("log");
+        let first = dir.path().join("a.efi");
+        let placed = write(&host, Path::new(STUB), &parts, &first, 1_700_000_000, &dir.path().join("s1"), &log).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let second = dir.path().join("b.efi");
+        write(&host, Path::new(STUB), &parts, &second, 1_700_000_000, &dir.path().join("s2"), &log).unwrap();
+        let bytes = fs_err::read(&first).unwrap();
+        assert!(bytes == fs_err::read(&second).unwrap(), "two UKIs of the same parts differ");
+        let (stamp, checksum) = header_offsets(&bytes).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[stamp..stamp + 4].try_into().unwrap()), 1_700_000_000);
+        assert_eq!(u32::from_le_bytes(bytes[checksum..checksum + 4].try_into().unwrap()), pe_checksum(&bytes, checksum));
+        let stub_end = stub_layout(&stub()).unwrap().end;
+        assert!(placed[0].rva >= stub_end && placed.iter().all(|p| p.rva % MIN_ALIGNMENT == 0), "{placed:?}");
+        let found = sections(&bytes).unwrap();
+        assert_eq!(found.iter().map(|(name, rva, _)| (name.as_str(), *rva)).collect::<Vec<_>>(), placed.iter().map(|p| (p.name, p.rva)).collect::<Vec<_>>());
+        assert_eq!(found[1].2, parts.cmdline.as_bytes());
+        assert_eq!(found[3].2, fs_err::read(&linux).unwrap());
+        // objdump agrees on the addresses.
+        let objdump = std::process::Command::new("objdump").arg("-h").arg(&first).output().unwrap();
+        let listing = String::from_utf8_lossy(&objdump.stdout);
+        for section in &placed {
+            let line = listing.lines().find(|line| line.split_whitespace().nth(1) == Some(section.name)).unwrap_or_else(|| panic!("{} not in {listing}", section.name));
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(u64::from_str_radix(fields[2], 16).unwrap(), section.size, "{line}");
+            assert_eq!(u64::from_str_radix(fields[3], 16).unwrap(), section.rva, "{line}");
+        }
+        // Without the fix, objcopy's own time stamp and checksum are there; its checksum is the PE one.
+        let raw = dir.path().join("raw.efi");
+        let status = std::process::Command::new("objcopy").args(["--add-section", &format!(".osrel={}", initrd.display()), STUB]).arg(&raw).status().unwrap();
+        assert!(status.success());
+        let raw = fs_err::read(&raw).unwrap();
+        let (_, checksum) = header_offsets(&raw).unwrap();
+        assert_eq!(u32::from_le_bytes(raw[checksum..checksum + 4].try_into().unwrap()), pe_checksum(&raw, checksum));
+    }
+
+    #[test]
+    fn a_missing_stub_is_named_with_its_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let nowhere = dir.path().join("linuxx64.efi.stub");
+        let parts = Parts { os_release: "", cmdline: "", linux: &nowhere, initrd: &nowhere };
+        let error = format!("{:#}", write(&crate::host::RealHost { echo: false }, &nowhere, &parts, &dir.path().join("x.efi"), 0, dir.path(), &dir.path().join("log")).unwrap_err());
+        assert!(error.contains("apt-get install systemd-boot-efi"), "{error}");
+    }
+}
