@@ -11,7 +11,7 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                make gcc libc6-dev ccache bc bison flex perl dpkg-dev rsync kmod \
                patch libelf-dev libssl-dev qemu-system-x86 ipxe-qemu curl \
                pxelinux syslinux-common umoci skopeo docker-registry busybox-static \
-               uidmap
+               uidmap qemu-user-static binfmt-support arch-test
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: all deps init build install install-built demo test bench clean
