@@ -217,9 +217,12 @@ mod tests {
         check_emulation(dir.path(), "amd64", "arm64").unwrap();
     }
 
+    /// (programs in /usr/bin, binfmt_misc mounted, the entry's text, the gaps)
+    type Case<'a> = (&'a [&'a str], bool, Option<&'a str>, &'a [Gap]);
+
     #[test]
     fn each_missing_piece_is_a_gap() {
-        let cases: &[(&[&str], bool, Option<&str>, &[Gap])] = &[
+        let cases: &[Case] = &[
             (&["arch-test"], true, Some(READY), &[Gap::Interpreter { qemu: "aarch64" }]),
             (&["qemu-aarch64-static"], true, Some(READY), &[Gap::ArchTest]),
             // Not mounted: the entry cannot be read, so only the mount is named.
