@@ -1,6 +1,6 @@
 # rootsmith: `make demo` builds and shows the default recipe, `make test` runs
 # every test. Both install what they need first (Debian 12, as root).
-# `make install` installs the binary, its init, completions and the man page.
+# `make install` installs the binary, its inits, completions and the man page.
 
 CARGO       ?= cargo
 RECIPE      ?= recipes/debian-netboot.yaml
@@ -11,23 +11,30 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                make gcc libc6-dev ccache bc bison flex perl dpkg-dev rsync kmod \
                patch libelf-dev libssl-dev qemu-system-x86 ipxe-qemu curl \
                pxelinux syslinux-common umoci skopeo docker-registry busybox-static \
-               uidmap binutils systemd-boot-efi ovmf
+               uidmap binutils systemd-boot-efi ovmf gcc-aarch64-linux-gnu \
+               libc6-dev-arm64-cross qemu-user-static binfmt-support arch-test
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: all deps init build install install-built demo test bench clean
 
 # cargo's output directory (CARGO_TARGET_DIR when set).
 TARGET_DIR  ?= $(or $(CARGO_TARGET_DIR),target)
-# The initramfs's init: a static executable (glibc's static libc, from libc6-dev).
+# The initramfs's init, one for each architecture a bundle can have: a static
+# executable (glibc's static libc: libc6-dev for amd64; libc6-dev-arm64-cross
+# for arm64, linked by aarch64-linux-gnu-gcc from gcc-aarch64-linux-gnu).
 INIT_TARGET  = x86_64-unknown-linux-gnu
 INIT_BIN    ?= $(TARGET_DIR)/$(INIT_TARGET)/init/rootsmith-init
+INIT_TARGET_ARM64 = aarch64-unknown-linux-gnu
+INIT_BIN_ARM64 ?= $(TARGET_DIR)/$(INIT_TARGET_ARM64)/init/rootsmith-init
+ARM64_LINKER ?= aarch64-linux-gnu-gcc
 # The binary `make install` installs.
 BIN         ?= $(TARGET_DIR)/release/rootsmith
 
-# Where `make install` puts things: PREFIX/bin/rootsmith, and its init in
-# PREFIX/lib/rootsmith/, where the binary looks for it relative to its own
-# path (bin/../lib/rootsmith/rootsmith-init), so the install works under any
-# PREFIX and can be moved whole. DESTDIR is prepended to every path.
+# Where `make install` puts things: PREFIX/bin/rootsmith, and its inits in
+# PREFIX/lib/rootsmith/ (rootsmith-init for amd64, rootsmith-init-arm64),
+# where the binary looks for them relative to its own path
+# (bin/../lib/rootsmith/), so the install works under any PREFIX and can be
+# moved whole. DESTDIR is prepended to every path.
 PREFIX      ?= /usr/local
 DESTDIR     ?=
 BINDIR       = $(DESTDIR)$(PREFIX)/bin
@@ -54,8 +61,18 @@ deps:
 INIT_RUSTFLAGS = -C target-feature=+crt-static --remap-path-prefix=$(CURDIR)=rootsmith \
                  --remap-path-prefix=$(or $(CARGO_HOME),$(HOME)/.cargo)=cargo
 
+# Both inits. The arm64 one needs the Rust target (added here, through rustup)
+# and the cross linker with its static glibc (`make deps` installs them).
 init:
 	RUSTFLAGS="$(INIT_RUSTFLAGS)" $(CARGO) build --locked -p rootsmith-init --profile init --target $(INIT_TARGET)
+	@command -v $(ARM64_LINKER) >/dev/null || { echo "the arm64 init is linked by $(ARM64_LINKER), which is not installed: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross (or make deps)"; exit 1; }
+	@if command -v rustup >/dev/null; then \
+	  rustup target list --installed | grep -qx $(INIT_TARGET_ARM64) || rustup target add $(INIT_TARGET_ARM64); \
+	else \
+	  echo "rustup is not installed, so the Rust target $(INIT_TARGET_ARM64) must come with this toolchain"; \
+	fi
+	RUSTFLAGS="$(INIT_RUSTFLAGS)" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$(ARM64_LINKER) \
+	  $(CARGO) build --locked -p rootsmith-init --profile init --target $(INIT_TARGET_ARM64)
 
 build: init
 	$(CARGO) build --release --locked
@@ -64,15 +81,17 @@ build: init
 install: build
 	$(MAKE) --no-print-directory install-built
 
-# Install what is built (BIN and INIT_BIN) without building: for packagers
-# and the tests, which install their own build.
+# Install what is built (BIN, INIT_BIN and INIT_BIN_ARM64) without building:
+# for packagers and the tests, which install their own build.
 install-built:
 	@test -x $(BIN) || { echo "$(BIN) is not built: run make build (or make install)"; exit 1; }
 	@test -f $(INIT_BIN) || { echo "$(INIT_BIN) is not built: run make init (or make install)"; exit 1; }
+	@test -f $(INIT_BIN_ARM64) || { echo "$(INIT_BIN_ARM64) is not built: run make init (or make install)"; exit 1; }
 	install -d $(BINDIR) $(LIBDIR) $(SHAREDIR)/man/man1 \
 	  $(SHAREDIR)/bash-completion/completions $(SHAREDIR)/zsh/site-functions $(SHAREDIR)/fish/vendor_completions.d
 	install -m 0755 $(BIN) $(BINDIR)/rootsmith
 	install -m 0755 $(INIT_BIN) $(LIBDIR)/rootsmith-init
+	install -m 0755 $(INIT_BIN_ARM64) $(LIBDIR)/rootsmith-init-arm64
 	$(BIN) completions bash > $(SHAREDIR)/bash-completion/completions/rootsmith
 	$(BIN) completions zsh > $(SHAREDIR)/zsh/site-functions/_rootsmith
 	$(BIN) completions fish > $(SHAREDIR)/fish/vendor_completions.d/rootsmith.fish

@@ -6,6 +6,7 @@
 //! is the binary's, not the library's.
 
 // Foundations: no rootsmith module below them.
+pub mod arch;
 pub mod control;
 pub mod diagnostic;
 pub mod digest;

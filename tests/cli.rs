@@ -221,7 +221,7 @@ fn an_installed_binary_builds_without_rootsmith_init() {
     if !needs_root("an_installed_binary_builds_without_rootsmith_init") {
         return;
     }
-    let init = rootsmith::artifact::initramfs::find_init().expect("the init is built by `make test` (make init)");
+    let init = rootsmith::artifact::initramfs::find_init("amd64").expect("the init is built by `make test` (make init)");
     let dir = tempfile::tempdir().unwrap();
     let destdir = dir.path().join("dest");
     let output = std::process::Command::new("make")
@@ -231,6 +231,7 @@ fn an_installed_binary_builds_without_rootsmith_init() {
         .arg(format!("DESTDIR={}", destdir.display()))
         .arg(format!("BIN={}", env!("CARGO_BIN_EXE_rootsmith")))
         .arg(format!("INIT_BIN={}", init.display()))
+        .arg(format!("INIT_BIN_ARM64={}", rootsmith::artifact::initramfs::find_init("arm64").expect("the arm64 init is built by `make test` (make init)").display()))
         .output()
         .expect("make runs");
     assert!(output.status.success(), "make install-built: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -238,6 +239,7 @@ fn an_installed_binary_builds_without_rootsmith_init() {
     for file in [
         "bin/rootsmith",
         "lib/rootsmith/rootsmith-init",
+        "lib/rootsmith/rootsmith-init-arm64",
         "share/bash-completion/completions/rootsmith",
         "share/zsh/site-functions/_rootsmith",
         "share/fish/vendor_completions.d/rootsmith.fish",

@@ -96,7 +96,7 @@ fn start_proxy(upstream: std::net::SocketAddr, cut: u64) -> (u16, Arc<Mutex<Vec<
 
 #[test]
 fn thin_initramfs_without_modules_is_under_one_mib() {
-    let init = initramfs::find_init().expect("the init is built by `make test` (make init)");
+    let init = initramfs::find_init("amd64").expect("the init is built by `make test` (make init)");
     let dir = tempfile::tempdir().unwrap();
     let contents = Contents {
         init: std::fs::read(&init).unwrap(),

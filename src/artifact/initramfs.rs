@@ -178,32 +178,77 @@ pub fn is_static_elf(bytes: &[u8]) -> bool {
     })
 }
 
-/// Where the static init program is: `$ROOTSMITH_INIT` when set (and nowhere
-/// else then); otherwise relative to the running binary's own path (links
-/// resolved): cargo's layout (`target/x86_64-unknown-linux-gnu/init/` beside
-/// `target/debug/` or `target/release/`, and from `deps/` for tests), then
-/// `../lib/rootsmith/rootsmith-init`, where `make install` puts it
-/// (PREFIX/bin/rootsmith, PREFIX/lib/rootsmith/rootsmith-init).
-pub fn find_init() -> Result<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os("ROOTSMITH_INIT") {
-        candidates.push(PathBuf::from(path));
-    } else if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
-        candidates.push(dir.join("../x86_64-unknown-linux-gnu/init/rootsmith-init"));
-        candidates.push(dir.join("../../x86_64-unknown-linux-gnu/init/rootsmith-init"));
-        candidates.push(dir.join("../lib/rootsmith/rootsmith-init"));
+/// The ELF machine (`e_machine`) of an executable, if it is a 64-bit
+/// little-endian ELF file.
+pub fn elf_machine(bytes: &[u8]) -> Option<u16> {
+    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return None;
     }
-    for candidate in &candidates {
+    Some(u16::from_le_bytes([bytes[18], bytes[19]]))
+}
+
+/// The variable that names `arch`'s init: `ROOTSMITH_INIT` for amd64 (as
+/// before there was another), `ROOTSMITH_INIT_ARM64` for arm64.
+pub fn init_variable(arch: &str) -> String {
+    if arch == "amd64" { "ROOTSMITH_INIT".into() } else { format!("ROOTSMITH_INIT_{}", arch.to_uppercase()) }
+}
+
+/// The file name of `arch`'s init under `PREFIX/lib/rootsmith/`, where
+/// `make install` puts it: `rootsmith-init` for amd64, `rootsmith-init-arm64`.
+pub fn installed_init_name(arch: &str) -> String {
+    if arch == "amd64" { "rootsmith-init".into() } else { format!("rootsmith-init-{arch}") }
+}
+
+/// Where `arch`'s init is looked for, in order: the file `variable` names
+/// when it is set (and nowhere else then); otherwise relative to `exe_dir`,
+/// the running binary's directory: cargo's layout for the arch's Rust
+/// target (`target/TRIPLE/init/` beside `target/debug/` or
+/// `target/release/`, and from `deps/` for tests), then
+/// `../lib/rootsmith/NAME` ([`installed_init_name`]).
+pub fn init_candidates(arch: &str, variable: Option<PathBuf>, exe_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let Some(names) = crate::arch::names(arch) else {
+        bail!("rootsmith has no init for architecture `{arch}` (it builds for: {})", crate::arch::SUPPORTED.join(", "));
+    };
+    let mut candidates = Vec::new();
+    if let Some(path) = variable {
+        candidates.push(path);
+    } else if let Some(dir) = exe_dir {
+        candidates.push(dir.join(format!("../{}/init/rootsmith-init", names.rust_target)));
+        candidates.push(dir.join(format!("../../{}/init/rootsmith-init", names.rust_target)));
+        candidates.push(dir.join("../lib/rootsmith").join(installed_init_name(arch)));
+    }
+    Ok(candidates)
+}
+
+/// The static init program for a bundle of `arch`: the first of
+/// [`init_candidates`] that exists (`ROOTSMITH_INIT` or
+/// `ROOTSMITH_INIT_ARM64` from the environment, the binary's own path with
+/// links resolved). It must be a static executable for `arch`.
+pub fn find_init(arch: &str) -> Result<PathBuf> {
+    let variable = init_variable(arch);
+    let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let candidates = init_candidates(arch, std::env::var_os(&variable).map(PathBuf::from), exe_dir.as_deref())?;
+    first_init(arch, &variable, &candidates)
+}
+
+/// The first of `candidates` that exists, checked to be a static executable
+/// for `arch`.
+fn first_init(arch: &str, variable: &str, candidates: &[PathBuf]) -> Result<PathBuf> {
+    let machine = crate::arch::names(arch).map(|names| names.elf_machine);
+    for candidate in candidates {
         if candidate.is_file() {
             let bytes = fs_err::read(candidate)?;
             if !is_static_elf(&bytes) {
                 bail!("{} is not a static executable; build it with `make init`", candidate.display());
             }
+            if elf_machine(&bytes) != machine {
+                bail!("{} is not an {arch} executable, so it cannot be the init of an {arch} bundle\nhint: build the inits with `make init`, or point {variable} at the {arch} one", candidate.display());
+            }
             return Ok(candidate.clone());
         }
     }
     bail!(
-        "the initramfs's init program is not built (looked in: {})\nhint: run `make init` (a static `cargo build -p rootsmith-init --profile init`) and `make install`, or point ROOTSMITH_INIT at it",
+        "the initramfs's init program for {arch} is not built (looked in: {})\nhint: run `make init` (a static `cargo build -p rootsmith-init --profile init` for each architecture) and `make install`, or point {variable} at it",
         candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
     )
 }
@@ -308,6 +353,59 @@ mod tests {
             assert_eq!(build, contents().build);
             assert_eq!(chunks, contents().chunks);
         }
+    }
+
+    /// Each architecture's init has its own variable, cargo directory and
+    /// installed name; a variable that is set is the only place looked in.
+    #[test]
+    fn the_init_is_looked_for_per_architecture() {
+        let exe = Path::new("/opt/rootsmith/bin");
+        let shown = |arch: &str, variable: Option<PathBuf>| -> Vec<String> {
+            init_candidates(arch, variable, Some(exe)).unwrap().iter().map(|path| path.display().to_string()).collect()
+        };
+        assert_eq!(
+            shown("amd64", None),
+            [
+                "/opt/rootsmith/bin/../x86_64-unknown-linux-gnu/init/rootsmith-init",
+                "/opt/rootsmith/bin/../../x86_64-unknown-linux-gnu/init/rootsmith-init",
+                "/opt/rootsmith/bin/../lib/rootsmith/rootsmith-init",
+            ]
+        );
+        assert_eq!(
+            shown("arm64", None),
+            [
+                "/opt/rootsmith/bin/../aarch64-unknown-linux-gnu/init/rootsmith-init",
+                "/opt/rootsmith/bin/../../aarch64-unknown-linux-gnu/init/rootsmith-init",
+                "/opt/rootsmith/bin/../lib/rootsmith/rootsmith-init-arm64",
+            ]
+        );
+        assert_eq!(shown("arm64", Some("/x/init-arm64".into())), ["/x/init-arm64"]);
+        assert_eq!(init_variable("amd64"), "ROOTSMITH_INIT");
+        assert_eq!(init_variable("arm64"), "ROOTSMITH_INIT_ARM64");
+        let error = init_candidates("armhf", None, Some(exe)).unwrap_err().to_string();
+        assert!(error.contains("no init for architecture `armhf`"), "{error}");
+    }
+
+    /// An init of the wrong machine is refused by name, not put into the
+    /// initramfs: an amd64 init cannot start an arm64 kernel's userspace.
+    #[test]
+    fn an_init_of_another_architecture_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // A static ELF header for aarch64 (machine 183) with no program headers.
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+        assert!(is_static_elf(&elf));
+        assert_eq!(elf_machine(&elf), Some(183));
+        let init = dir.path().join("init");
+        fs_err::write(&init, &elf).unwrap();
+        let candidates = [dir.path().join("missing"), init.clone()];
+        assert_eq!(first_init("arm64", "ROOTSMITH_INIT_ARM64", &candidates).unwrap(), init, "the first that exists");
+        elf[18..20].copy_from_slice(&62u16.to_le_bytes());
+        fs_err::write(&init, &elf).unwrap();
+        assert_eq!(first_init("amd64", "ROOTSMITH_INIT", &candidates).unwrap(), init);
+        let error = first_init("arm64", "ROOTSMITH_INIT_ARM64", &candidates).unwrap_err().to_string();
+        assert!(error.contains("is not an arm64 executable") && error.contains("ROOTSMITH_INIT_ARM64"), "{error}");
     }
 
     #[test]

@@ -79,11 +79,13 @@ pub struct Request<'a> {
     pub rootfs_image: &'a Path,
     pub build: BuildId,
     pub epoch: i64,
+    /// The bundle's architecture: whose init goes in.
+    pub arch: &'a str,
 }
 
 /// Write the initramfs to `output`.
 pub fn write(request: &Request, output: &Path) -> Result<Built> {
-    let init = fs_err::read(initramfs::find_init()?)?;
+    let init = fs_err::read(initramfs::find_init(request.arch)?)?;
     let chunks = ChunkList::from_reader(fs_err::File::open(request.rootfs_image)?, CHUNK_SIZE)?;
     let names = request.settings.module_names();
     let mut built = Built::default();
@@ -114,9 +116,9 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
     Ok(built)
 }
 
-/// The digest of the init program, for output keys: a new init makes new
-/// initramfs bytes. `None` when it is not built.
-pub fn init_digest() -> Option<String> {
-    let path = initramfs::find_init().ok()?;
+/// The digest of `arch`'s init program, for output keys: a new init makes
+/// new initramfs bytes. `None` when it is not built.
+pub fn init_digest(arch: &str) -> Option<String> {
+    let path = initramfs::find_init(arch).ok()?;
     crate::digest::hash_file(&path).ok()
 }

@@ -30,6 +30,7 @@ pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Ho
     let started = Instant::now();
     crate::names::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
     publish::preflight(recipe, plan, options)?;
+    crate::arch::check_host_emulation(&plan.arch)?;
     healing(&options.cache_dir, progress, || build_once(recipe, plan, options, host, progress, started))
 }
 
@@ -73,6 +74,7 @@ pub fn materialize<T>(
     progress: &dyn Progress,
     use_tree: impl FnOnce(&StageContext<'_>) -> Result<T>,
 ) -> Result<T> {
+    crate::arch::check_host_emulation(&plan.arch)?;
     let options = BuildOptions::stages_only(cache_dir.to_path_buf(), plan.version.clone());
     let runner = healing(cache_dir, progress, || {
         let mut runner = StageRunner::open(plan, &options, host, progress)?;

@@ -86,6 +86,7 @@ let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
         rootfs_image: &staged.join("rootfs.img"),
         build: build_id,
         epoch: runner.plan.source_date_epoch,
+        arch: &runner.plan.arch,
     };
     let initramfs = thin_initramfs::write(&request, &staged.join("initramfs.img"))?;
     tarball::write_rootfs_tarball(&tree, devices, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, runner.plan.source_date_epoch)?;
@@ -129,7 +130,7 @@ pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, kernels: &[KernelPr
         "squashfs_writer": squashfs::writer_name(host),
         "contract": rootsmith_init::contract::CONTRACT_VERSION,
         "initramfs": plan.outputs.initramfs,
-        "init": thin_initramfs::init_digest(),
+        "init": thin_initramfs::init_digest(&plan.arch),
         "kernels": kernels,
         "sbom": 2,
     });

@@ -17,7 +17,6 @@ pub struct LoadOptions {
     pub sets: Vec<(String, String)>,
 }
 
-const ARCHES: &[&str] = &["amd64", "arm64", "armhf", "i386", "ppc64el", "riscv64", "s390x"];
 const VARIANTS: &[&str] = &["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"];
 const STAGE_KINDS: &str = "debootstrap, tarball, release, oci, packages, files, run, kernel";
 const CONFIG_TARGETS: &[&str] = &["defconfig", "tinyconfig", "allnoconfig"];
@@ -104,9 +103,9 @@ impl Checker<'_> {
         if let Err(why) = check_version(&raw.version) {
             self.at_value("version", format!("invalid version `{}`: {why}", raw.version), "use a semver-like version such as 1.2.0 or 1.2.0-rc1");
         }
-        let arch = raw.arch.clone().unwrap_or_else(|| "amd64".to_string());
-        if !ARCHES.contains(&arch.as_str()) {
-            self.at_value("arch", format!("unknown architecture `{arch}`"), format!("use one of: {}", ARCHES.join(", ")));
+        let arch = raw.arch.clone().unwrap_or_else(|| crate::arch::DEFAULT.to_string());
+        if !crate::arch::is_supported(&arch) {
+            self.at_value("arch", format!("architecture `{arch}` is not supported"), format!("rootsmith builds for: {}", crate::arch::SUPPORTED.join(", ")));
         }
         for (name, value) in &options.sets {
             if self.vars.contains_key(name) {

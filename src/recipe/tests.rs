@@ -100,7 +100,7 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - kernel: { package: linux-image-amd64, localversion: -x }\n", 6, 43, "only applies to a kernel built from `source`"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - kernel: { name: a, package: linux-image-amd64 }\n    name: b\n", 6, 15, "named twice"),
     ("stages:\n  - kernel: { package: linux-image-amd64 }\n", 5, 5, "the first stage is `kernel`"),
-    ("arch: sparc\nstages:\n  - debootstrap: { suite: bookworm }\n", 4, 7, "unknown architecture"),
+    ("arch: sparc\nstages:\n  - debootstrap: { suite: bookworm }\n", 4, 7, "architecture `sparc` is not supported"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, dest: etc }\n", 6, 34, "must be an absolute path"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, owner: root }\n", 6, 35, "is not UID:GID"),
     ("stages:\n  - debootstrap: { suite: bookworm }\n  - files: { src: overlay, modes: { motd: \"999\" } }\n", 6, 43, "not an octal mode"),
@@ -145,6 +145,29 @@ fn header_errors_point_at_their_values() {
     for (source, line, column, message) in cases {
         let errors = errors_of(source);
         assert!(errors.iter().any(|(l, c, m)| (*l, *c) == (*line, *column) && m.contains(message)), "{source:?}: {errors:?}");
+    }
+}
+
+/// `arch:` takes what rootsmith builds for, no more: Debian architectures
+/// it has no init or boot chain for are refused at the value, and the hint
+/// lists the supported ones.
+#[test]
+fn only_supported_architectures_are_accepted() {
+    let dir = fixture_dir();
+    for arch in ["amd64", "arm64"] {
+        let source = format!("{HEAD}arch: {arch}\nstages:\n  - debootstrap: {{ suite: bookworm }}\n");
+        let recipe = load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap_or_else(|errors| panic!("{arch}: {errors:?}"));
+        assert_eq!(recipe.arch, arch);
+    }
+    let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm }}\n");
+    assert_eq!(load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap().arch, "amd64", "the default");
+    for arch in ["armhf", "i386", "ppc64el", "riscv64", "s390x", "x86_64", "aarch64", "AMD64"] {
+        let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm }}\narch:   {arch}\n");
+        let Diagnostics(errors) = load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap_err();
+        assert_eq!(errors.len(), 1, "{arch}: {errors:?}");
+        assert_eq!(errors[0].line_column(), (6, 9), "{arch}: at the value");
+        assert_eq!(errors[0].message, format!("architecture `{arch}` is not supported"));
+        assert_eq!(errors[0].hint.as_deref(), Some("rootsmith builds for: amd64, arm64"), "{arch}");
     }
 }
 
