@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -224,15 +224,8 @@ fn killed_build_leaves_a_consistent_cache(lab: &Lab, mounts_before: &[String]) {
     let recipe = pause_recipe(lab, "killed", "\"sleep $PAUSE; touch /etc/killed-test\"");
     let mut child = lab.command(&["build", "--fast", "--set", "pause=4", "--out"]).arg(&lab.out).arg(&recipe).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     // Wait until the extra stage runs, then kill without warning.
-    let started = Instant::now();
     let mut stderr = child.stderr.take().unwrap();
-    let mut seen = String::new();
-    while !seen.contains("extra (run): building") {
-        let mut buffer = [0u8; 256];
-        let read = std::io::Read::read(&mut stderr, &mut buffer).unwrap();
-        assert!(read > 0 && started.elapsed() < Duration::from_secs(300), "build ended before the extra stage: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
-    }
+    read_until(&mut stderr, "extra (run): building", Duration::from_secs(300));
     std::thread::sleep(Duration::from_millis(1500));
     child.kill().unwrap();
     child.wait().unwrap();

@@ -6,24 +6,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{needs_root, rootsmith, run, tar_base};
-
-/// A tree whose /bin/sh and /bin/sleep are the host's static busybox.
-fn busybox_tree(dir: &Path) {
-    let bin = dir.join("tree/bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
-    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed (make deps)");
-    for applet in ["sh", "sleep", "touch"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-    }
-    tar_base(dir);
-}
+use common::{busybox_tree, needs_root, read_until, rootsmith, run};
 
 /// Processes whose command line holds `marker`.
 fn processes_with(marker: &str) -> Vec<String> {
@@ -44,7 +31,7 @@ fn a_killed_build_leaves_no_process_of_its_stage_behind() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    busybox_tree(dir.path());
+    busybox_tree(dir.path(), &["sh", "sleep", "touch"]);
     // The stage starts a grandchild in the background, then waits itself.
     let recipe = dir.path().join("sleeper.yaml");
     std::fs::write(&recipe, "rootsmith: 1\nname: sleeper\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - run: { sh: \"sleep 371 & sleep 372; touch /etc/done\" }\n").unwrap();
@@ -60,13 +47,7 @@ fn a_killed_build_leaves_no_process_of_its_stage_behind() {
         .unwrap();
     let started = Instant::now();
     let mut stderr = child.stderr.take().unwrap();
-    let mut seen = String::new();
-    while !seen.contains("run (run): building") {
-        let mut buffer = [0u8; 256];
-        let read = stderr.read(&mut buffer).unwrap();
-        assert!(read > 0 && started.elapsed() < Duration::from_secs(120), "the build ended before its run stage: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
-    }
+    read_until(&mut stderr, "run (run): building", Duration::from_secs(120));
     // Both sleeps run before the build is killed.
     while processes_with("sleep 371").is_empty() || processes_with("sleep 372").is_empty() {
         assert!(started.elapsed() < Duration::from_secs(60), "the stage's processes never started");
@@ -86,7 +67,7 @@ fn a_killed_build_leaves_no_process_of_its_stage_behind() {
 }
 
 fn one_run_stage(dir: &Path, shell: &str) -> std::path::PathBuf {
-    busybox_tree(dir);
+    busybox_tree(dir, &["sh", "sleep", "touch"]);
     let recipe = dir.join("stage.yaml");
     std::fs::write(&recipe, format!("rootsmith: 1\nname: stage\nversion: 1.0.0\nstages:\n  - tarball: {{ path: base.tar }}\n  - name: work\n    run: {{ sh: \"{shell}\" }}\n")).unwrap();
     recipe

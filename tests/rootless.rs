@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -188,13 +187,7 @@ fn a_killed_user_build_leaves_nothing_behind() {
     let user = ordinary_user();
     let place = Place::new(&user);
     let base = place.path("base");
-    std::fs::create_dir_all(base.join("tree/bin")).unwrap();
-    std::fs::create_dir_all(base.join("tree/etc")).unwrap();
-    std::fs::copy("/bin/busybox", base.join("tree/bin/busybox")).expect("busybox-static is installed (make deps)");
-    for applet in ["sh", "sleep", "touch", "chown"] {
-        std::os::unix::fs::symlink("busybox", base.join("tree/bin").join(applet)).unwrap();
-    }
-    tar_base(&base);
+    busybox_tree(&base, &["sh", "sleep", "touch", "chown"]);
     let recipe = place.path("base/sleeper.yaml");
     std::fs::write(&recipe, "rootsmith: 1\nname: sleeper\nversion: 1.0.0\nvars:\n  pause: \"0\"\nstages:\n  - tarball: { path: base.tar }\n  - run: { sh: \"chown 1234:5678 /etc; sleep $PAUSE; touch /etc/done\", env: { PAUSE: \"${pause}\" } }\n").unwrap();
     for entry in walkdir::WalkDir::new(&base) {
@@ -205,13 +198,7 @@ fn a_killed_user_build_leaves_nothing_behind() {
     let mut child = command.arg(place.path("user/out")).arg(&recipe).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     let mut stderr = child.stderr.take().unwrap();
-    let mut seen = String::new();
-    while !seen.contains("run (run): building") {
-        let mut buffer = [0u8; 256];
-        let read = stderr.read(&mut buffer).unwrap();
-        assert!(read > 0 && started.elapsed() < Duration::from_secs(120), "the build ended before its run stage: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
-    }
+    read_until(&mut stderr, "run (run): building", Duration::from_secs(120));
     while !processes_of(&user, place.dir.path()).iter().any(|line| line.contains("sleep 381")) {
         assert!(started.elapsed() < Duration::from_secs(60), "the stage's sleep never started: {:?}", processes_of(&user, place.dir.path()));
         std::thread::sleep(Duration::from_millis(100));

@@ -176,6 +176,34 @@ impl Drop for ServeProcess {
     }
 }
 
+/// `DIR/tree` whose `/bin` has the host's static busybox and `applets`
+/// linked to it, and `DIR/base.tar` made of it (a tarball base that runs
+/// scripts in a second).
+pub fn busybox_tree(dir: &Path, applets: &[&str]) {
+    let bin = dir.join("tree/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed (make deps)");
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    tar_base(dir);
+}
+
+/// Read a child's standard error until it holds `needle`; what was read.
+/// Fails when the stream ends first or `limit` passes.
+pub fn read_until(stderr: &mut impl std::io::Read, needle: &str, limit: std::time::Duration) -> String {
+    let started = std::time::Instant::now();
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        let mut buffer = [0u8; 256];
+        let read = stderr.read(&mut buffer).unwrap();
+        assert!(read > 0 && started.elapsed() < limit, "the output ended (or {limit:?} passed) before `{needle}`: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    seen
+}
+
 /// `DIR/base.tar` made of `DIR/tree`, for the tarball base of a test recipe.
 pub fn tar_base(dir: &Path) {
     let status = Command::new("tar").arg("-C").arg(dir.join("tree")).args(["-cf", "base.tar", "."]).current_dir(dir).status().unwrap();
