@@ -174,6 +174,45 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_signature_file_is_refused_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, public) = key_pair(dir.path(), "release");
+        let bundle = dir.path().join("bundle");
+        fs_err::create_dir_all(&bundle).unwrap();
+        fs_err::write(bundle.join(MANIFEST), b"{}").unwrap();
+        signer.sign_bundle(&bundle).unwrap();
+        assert!(check_bundle(&bundle, &public).is_ok());
+        // Larger than any signature: refused without reading it all.
+        fs_err::write(bundle.join(SIGNATURE), vec![b'A'; (MAX_SIGNATURE_BYTES + 1) as usize]).unwrap();
+        let error = check_bundle(&bundle, &public).unwrap_err();
+        assert!(error.starts_with(SIGNATURE), "{error}");
+        // A FIFO (a read would wait forever) or a symlink out of the bundle is never read.
+        fs_err::remove_file(bundle.join(SIGNATURE)).unwrap();
+        nix::unistd::mkfifo(&bundle.join(SIGNATURE), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let (dir_path, key) = (bundle.clone(), public.clone());
+        std::thread::spawn(move || sender.send(check_bundle(&dir_path, &key)));
+        let result = receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("a FIFO signature hung the check");
+        assert!(result.unwrap_err().starts_with(SIGNATURE));
+        fs_err::remove_file(bundle.join(SIGNATURE)).unwrap();
+        let secret = dir.path().join("secret");
+        fs_err::write(&secret, signer.sign(b"{}").unwrap()).unwrap();
+        std::os::unix::fs::symlink(&secret, bundle.join(SIGNATURE)).unwrap();
+        assert!(check_bundle(&bundle, &public).unwrap_err().starts_with(SIGNATURE), "a symlinked signature is not the bundle's file");
+    }
+
+    #[test]
+    fn a_key_file_too_large_to_be_a_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        fs_err::write(&big, vec![b'A'; (MAX_KEY_BYTES + 1) as usize]).unwrap();
+        let error = format!("{:#}", SigningKey::read(&big).unwrap_err());
+        assert!(error.contains("not a key"), "{error}");
+        let error = format!("{:#}", read_public_key(&big).unwrap_err());
+        assert!(error.contains("not a key"), "{error}");
+    }
+
+    #[test]
     fn encrypted_keys_need_their_passphrase_and_bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("locked");
