@@ -118,9 +118,9 @@ impl Stash {
             let full = tree.join(&placeholder.path);
             if placeholder.metadata.nlink() > 1 {
                 bail!(
-                    "{} stands for a {} device and has {} hard links: mksquashfs takes a device from a pseudo file only as one link\nhint: build as root, or remove the extra links in a stage",
+                    "{} stands for a {} and has {} hard links: mksquashfs takes a device from a pseudo file only as one link\nhint: build as root, or remove the extra links in a stage",
                     full.display(),
-                    kind_name(placeholder.device.kind),
+                    placeholder.device.kind.name(),
                     placeholder.metadata.nlink()
                 );
             }
@@ -191,13 +191,6 @@ impl Drop for Stash {
         if !self.out.is_empty() {
             let _ = self.restore();
         }
-    }
-}
-
-fn kind_name(kind: DeviceKind) -> &'static str {
-    match kind {
-        DeviceKind::Char => "character",
-        DeviceKind::Block => "block",
     }
 }
 
@@ -323,7 +316,7 @@ pub fn verify(squashfs: &Path, tree: &Path, devices: &Devices) -> Result<Check> 
     if image_devices != tree_devices {
         let differing = image_devices.keys().chain(tree_devices.keys()).find(|path| image_devices.get(*path) != tree_devices.get(*path)).expect("the maps differ");
         let shown = |device: Option<&(DeviceKind, u32)>| match device {
-            Some((kind, number)) => format!("{} device {}:{}", kind_name(*kind), libc::major(u64::from(*number)), libc::minor(u64::from(*number))),
+            Some((kind, number)) => format!("{} {}:{}", kind.name(), libc::major(u64::from(*number)), libc::minor(u64::from(*number))),
             None => "no device".to_string(),
         };
         bail!("{}: {} is {} in the image but {} in the tree", squashfs.display(), differing.display(), shown(image_devices.get(differing)), shown(tree_devices.get(differing)));

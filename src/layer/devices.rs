@@ -33,6 +33,21 @@ pub enum DeviceKind {
     Block,
 }
 
+impl DeviceKind {
+    /// Its file type bits (`S_IFCHR`, `S_IFBLK`) of `st_mode`.
+    pub fn file_type(self) -> u32 {
+        match self {
+            DeviceKind::Char => libc::S_IFCHR,
+            DeviceKind::Block => libc::S_IFBLK,
+        }
+    }
+
+    /// What messages call it: `character device`, `block device`.
+    pub fn name(self) -> &'static str {
+        crate::fileops::kind_name(self.file_type())
+    }
+}
+
 /// The device a node (or its placeholder) is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Device {
@@ -120,10 +135,7 @@ impl Devices {
         let with_path = |error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", path.display()));
         let permissions = std::fs::Permissions::from_mode(mode & 0o7777);
         if !self.placeholders_only {
-            let flag = match kind {
-                DeviceKind::Char => SFlag::S_IFCHR,
-                DeviceKind::Block => SFlag::S_IFBLK,
-            };
+            let flag = SFlag::from_bits_truncate(kind.file_type());
             match mknod(&path, flag, Mode::from_bits_truncate(mode), makedev(major.into(), minor.into())) {
                 Ok(()) => return std::fs::set_permissions(&path, permissions).map_err(with_path),
                 Err(nix::errno::Errno::EPERM) => {}
