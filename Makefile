@@ -13,7 +13,7 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                pxelinux syslinux-common umoci skopeo docker-registry busybox-static \
                uidmap binutils systemd-boot-efi ovmf gcc-aarch64-linux-gnu \
                libc6-dev-arm64-cross qemu-user-static binfmt-support arch-test \
-               openssh-client
+               openssh-client ipxe osslsigncode sbsigntool openssl
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: all deps init build install install-built demo test bench clean

@@ -245,9 +245,23 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
 /// `--via`: how the rootfs reaches the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ViaArg {
+    /// The rootfs as a second initrd after the thin initramfs
     Appended,
+    /// The init fetches the rootfs over HTTP
     Http,
+    /// The NIC's iPXE ROM loads boot.ipxe over TFTP, the kernel and initramfs over HTTP
     Pxe,
+    /// OVMF (UEFI) starts iPXE, which fetches the kernel's UKI over HTTP; the init fetches the rootfs from the URL the UKI carries
+    Uki,
+}
+
+/// `--secure-boot`: whether `--via uki` enforces Secure Boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecureBootArg {
+    /// When the bundle's UKIs are signed
+    Auto,
+    On,
+    Off,
 }
 
 impl From<ViaArg> for rootsmith::lab::boottest::Via {
@@ -256,6 +270,7 @@ impl From<ViaArg> for rootsmith::lab::boottest::Via {
             ViaArg::Appended => Self::Appended,
             ViaArg::Http => Self::Http,
             ViaArg::Pxe => Self::Pxe,
+            ViaArg::Uki => Self::Uki,
         }
     }
 }
@@ -341,6 +356,18 @@ pub struct BootArgs {
     /// For --via pxe: load boot.ipxe from rootsmith's own TFTP server instead of QEMU's
     #[arg(long)]
     pub tftp: bool,
+    /// For --via uki: enforce Secure Boot in the firmware
+    #[arg(long, value_enum, default_value = "auto")]
+    pub secure_boot: SecureBootArg,
+    /// For --via uki: the OVMF variable store to start from, with your keys enrolled [default: Debian's snakeoil one with Secure Boot, else an empty one]
+    #[arg(long, value_name = "FILE")]
+    pub efi_vars: Option<PathBuf>,
+    /// For --via uki with Secure Boot: the key (PEM) that signs iPXE, whose certificate the variable store's db holds [default: Debian's snakeoil test key]
+    #[arg(long, value_name = "KEY", requires = "efi_cert")]
+    pub efi_key: Option<PathBuf>,
+    /// The certificate (PEM) of --efi-key
+    #[arg(long, value_name = "CERT", requires = "efi_key")]
+    pub efi_cert: Option<PathBuf>,
 }
 
 impl BootArgs {
@@ -354,6 +381,12 @@ impl BootArgs {
             append: self.append.clone(),
             server: self.server.clone(),
             own_tftp: self.tftp,
+            secure_boot: match self.secure_boot {
+                SecureBootArg::Auto => rootsmith::lab::boottest::SecureBootChoice::Auto,
+                SecureBootArg::On => rootsmith::lab::boottest::SecureBootChoice::On,
+                SecureBootArg::Off => rootsmith::lab::boottest::SecureBootChoice::Off,
+            },
+            efi: rootsmith::lab::efi::EfiSettings { secure_boot: false, vars: self.efi_vars.clone(), loader_key: self.efi_key.clone().zip(self.efi_cert.clone()) },
         }
     }
 }
@@ -393,6 +426,12 @@ pub enum ReleaseAction {
         /// Sign TO with this OpenSSH private key (FROM's signature is not carried over: TO has a manifest of its own)
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// The Secure Boot key (PEM) that signs TO's UKIs, which a promotion makes anew; needed when FROM's are signed
+        #[arg(long, value_name = "KEY", requires = "uki_cert")]
+        uki_key: Option<PathBuf>,
+        /// The certificate (PEM) of --uki-key
+        #[arg(long, value_name = "CERT", requires = "uki_key")]
+        uki_cert: Option<PathBuf>,
     },
     /// Sign a version: an SSH signature over its manifest (which pins every artifact's SHA-256), in manifest.json.sig
     Sign {

@@ -110,7 +110,9 @@ fn main() {
         Command::Release { action } => match action {
             ReleaseAction::Ls { out, json } => commands::release::ls(&out.out, *json),
             ReleaseAction::Show { name, version, out, json } => commands::release::show(&out.out, name, version, *json),
-            ReleaseAction::Promote { name, from, to, out, sign } => commands::release::promote(&out.out, name, from, to, sign.as_deref()),
+            ReleaseAction::Promote { name, from, to, out, sign, uki_key, uki_cert } => {
+                commands::release::promote(&out.out, name, from, to, sign.as_deref(), uki_key.as_deref().zip(uki_cert.as_deref()))
+            }
             ReleaseAction::Sign { name, version, key, out } => commands::release::sign(&out.out, name, version, key),
             ReleaseAction::Verify { dir, rebuild, key, json, privileges: _ } => commands::release::verify(dir, rebuild.as_deref(), key.as_deref(), *json),
             ReleaseAction::Diff { name, a, b, out, json } => commands::release::diff(&out.out, name, a, b, *json),

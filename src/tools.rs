@@ -20,6 +20,11 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("objdump", "binutils"),
     // A file, not a program: the EFI stub of a Unified Kernel Image.
     ("linuxx64.efi.stub", "systemd-boot-efi"),
+    ("osslsigncode", "osslsigncode"),
+    ("sbverify", "sbsigntool"),
+    // Files: iPXE's EFI build and OVMF's firmware for `boot-test --via uki`.
+    ("ipxe.efi", "ipxe"),
+    ("OVMF_CODE_4M.fd", "ovmf"),
 ];
 
 /// The full path of `program` on `PATH`.

@@ -67,6 +67,7 @@ impl Lab {
             accel: self.accel,
             network: Some(UserNetwork { tftp: None, bootfile: Some(format!("tftp://10.0.2.2:{}/{file}", self.tftp_port)), mac: Some(mac.into()) }),
             disk: Some(disk.to_path_buf()),
+            firmware: None,
         };
         let result = qemu::boot_until(&guest.argv(), expect, Duration::from_secs(400)).unwrap();
         std::fs::write(log, &result.console).unwrap();
@@ -138,6 +139,7 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
         accel: Accel::Kvm,
         network: None,
         disk: None,
+        firmware: None,
     };
     let accel = qemu::probe_kvm_remembered(&probe.argv(), "rootsmith-init:", Duration::from_secs(20));
     let lab = Lab { accel, tftp_port: server.tftp.as_ref().unwrap().rsplit(':').next().unwrap().parse().unwrap(), bundle_path: "out/provision-agent/0.1.0/".into() };

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use rootsmith::artifact::uki;
-use rootsmith::lab::qemu::boot_until;
 
 fn build(dir: &Path, out: &str, recipe: &Path) -> PathBuf {
     let mut command = rootsmith();
@@ -89,26 +88,140 @@ fn a_uki_per_kernel_is_deterministic_and_boots_under_ovmf() {
     let (code, _, stderr) = run(rootsmith().arg("release").arg("verify").arg(&promoted));
     assert_eq!(code, 0, "{stderr}");
 
-    // OVMF boots it from an ESP; the init fetches the rootfs from `serve` on
-    // the host, which QEMU's user network makes the DHCP server 10.0.2.2.
-    // TCG: about a minute, and no nested KVM to hang on.
-    let _server = ServeProcess::start_with(&dir.path().join("out"), false, &["--addr", &format!("127.0.0.1:{port}")]);
-    let esp = dir.path().join("esp");
-    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
-    std::fs::copy(first.join(name), esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap();
-    let vars = dir.path().join("OVMF_VARS_4M.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-    let argv: Vec<String> = [
-        "qemu-system-x86_64", "-machine", "q35", "-m", "1024", "-accel", "tcg", "-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none",
-        "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(["-drive".to_string(), format!("if=pflash,format=raw,file={}", vars.display())])
-    .chain(["-drive".to_string(), format!("format=raw,file=fat:rw:{}", esp.display())])
-    .chain(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="].iter().map(|s| s.to_string()))
-    .collect();
-    let result = boot_until(&argv, "rootsmith-init: switching root", Duration::from_secs(240)).unwrap();
-    assert!(result.found, "the UKI did not reach the rootfs; console:\n{}", result.console);
-    assert!(result.console.contains("names the DHCP server, 10.0.2.2"), "{}", result.console);
+    // OVMF (Secure Boot off) starts iPXE, which fetches the UKI from the
+    // server boot-test starts where the baked URL points (the DHCP server,
+    // 10.0.2.2 to QEMU, this port); the init fetches the rootfs from it.
+    let log = dir.path().join("boot.log");
+    let (code, stdout, stderr) = boot_test(&first, &["--secure-boot", "off", "--log", log.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["secure_boot"], false, "{stdout}");
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert!(console.contains("names the DHCP server, 10.0.2.2"), "{console}");
+    assert!(!console.contains("Secure boot enabled"), "{console}");
+}
+
+/// `rootsmith boot-test BUNDLE --via uki --json` plus `extra`, expecting the
+/// init's switch to the rootfs. TCG: about half a minute.
+fn boot_test(bundle: &Path, extra: &[&str]) -> (i32, String, String) {
+    run(rootsmith().arg("boot-test").arg(bundle).args(["--via", "uki", "--json", "--timeout", "300", "--expect", "rootsmith-init: switching root"]).args(extra))
+}
+
+/// A copy of the bundle `bundle` under `root` (the same NAME/VERSION path, so
+/// the URL baked into its UKI still finds its rootfs) with `change` applied
+/// to its file `name`.
+fn tampered_copy(bundle: &Path, root: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let copy = root.join(bundle.strip_prefix(bundle.parent().unwrap().parent().unwrap()).unwrap());
+    copy_tree(bundle, &copy);
+    let mut bytes = std::fs::read(copy.join(name)).unwrap();
+    change(&mut bytes);
+    std::fs::write(copy.join(name), bytes).unwrap();
+    copy
+}
+
+/// The chain of trust under OVMF with Secure Boot enforced (Debian's snakeoil
+/// test key enrolled): firmware → iPXE signed with the test key → the UKI
+/// rootsmith signed with it → the rootfs the init verifies. A UKI with one
+/// flipped byte, an unsigned UKI and a flipped rootfs byte are each refused.
+#[test]
+fn a_signed_uki_boots_with_secure_boot_enforced_and_a_changed_one_does_not() {
+    if !needs_root("a_signed_uki_boots_with_secure_boot_enforced_and_a_changed_one_does_not") {
+        return;
+    }
+    let (key, cert) = ("/usr/share/ovmf/PkKek-1-snakeoil.key", "/usr/share/ovmf/PkKek-1-snakeoil.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let recipe = dir.path().join("ukisb.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "rootsmith: 1\nname: ukisb\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - debootstrap: {{ suite: bookworm }}\n  - kernel: {{ name: debian, package: linux-image-amd64 }}\noutputs:\n  initramfs: {{ modules: [virtio_pci, virtio_net] }}\n  uki:\n    rootfs_url: \"http://dhcp-server:{port}/ukisb/1.0.0/ukisb-1.0.0-rootfs.img\"\n    sign: {{ key: {key}, cert: {cert} }}\nboot:\n  cmdline: \"console=ttyS0 panic=-1 rootsmith.init=/bin/sh rootsmith.on_fail=poweroff\"\n"
+        ),
+    )
+    .unwrap();
+    // The snakeoil key is encrypted: without its passphrase nothing is built.
+    let (code, _, stderr) = run(rootsmith().arg("build").arg("--fast").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(dir.path().join("out")).arg(&recipe).env_remove("ROOTSMITH_UKI_KEY_PASSPHRASE"));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is encrypted: put its passphrase in ROOTSMITH_UKI_KEY_PASSPHRASE"), "{stderr}");
+    assert!(!dir.path().join("out/ukisb/1.0.0").exists());
+    std::env::set_var("ROOTSMITH_UKI_KEY_PASSPHRASE", "snakeoil");
+    let first = build(dir.path(), "out", &recipe);
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = build(dir.path(), "again", &recipe);
+    let name = "ukisb-1.0.0-debian.efi";
+    let signed = std::fs::read(first.join(name)).unwrap();
+    assert!(signed == std::fs::read(second.join(name)).unwrap(), "two publishes signed with the same key differ");
+    // sbsigntool's verifier accepts the signature; the manifest names the certificate.
+    let sbverify = std::process::Command::new("sbverify").args(["--cert", cert]).arg(first.join(name)).output().unwrap();
+    assert!(sbverify.status.success(), "{}", String::from_utf8_lossy(&sbverify.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(first.join("manifest.json")).unwrap()).unwrap();
+    let fingerprint = std::process::Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in", cert]).output().unwrap();
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout).trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+    assert_eq!(manifest["boot"]["uki"]["signed_cert_sha256"], fingerprint.as_str());
+    let (code, _, stderr) = run(rootsmith().arg("release").arg("verify").arg(&first));
+    assert_eq!(code, 0, "{stderr}");
+
+    // The signed UKI boots with Secure Boot on, and the kernel says so.
+    let log = dir.path().join("secure.log");
+    let (code, stdout, stderr) = boot_test(&first, &["--log", log.to_str().unwrap()]);
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{stderr}\n{console}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["secure_boot"], true, "{stdout}");
+    assert!(console.contains("Secure boot enabled") && console.contains("Kernel is locked down"), "{console}");
+    assert!(console.contains("rootsmith-init: rootfs.img verified"), "{console}");
+
+    // One flipped byte in the UKI's os-release (harmless to boot, fatal to
+    // its signature): iPXE gets the firmware's refusal...
+    let tampered = dir.path().join("tampered");
+    let changed = tampered_copy(&first, &tampered, name, |bytes| {
+        let at = bytes.windows(13).position(|window| window == b"NAME=\"ukisb\"\n").expect("the os-release");
+        bytes[at + 6] ^= 0x20;
+    });
+    let (code, stdout, stderr) = boot_test(&changed, &[]);
+    assert_ne!(code, 0, "a changed UKI booted: {stdout}");
+    assert!(stderr.contains("the boot was refused") && stderr.contains("Could not boot image"), "{stderr}");
+    assert!(!stderr.contains("Linux version"), "{stderr}");
+    // ...and OVMF itself says Access Denied when it is the ESP's boot loader.
+    let scratch = tempfile::tempdir().unwrap();
+    let settings = rootsmith::lab::efi::EfiSettings { secure_boot: true, vars: None, loader_key: None };
+    let firmware = rootsmith::lab::efi::firmware(&settings, scratch.path(), 0).unwrap();
+    std::fs::copy(changed.join(name), firmware.esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap();
+    let guest = rootsmith::lab::qemu::Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 1024, accel: rootsmith::lab::qemu::Accel::Tcg, network: None, disk: None, firmware: Some(firmware) };
+    let result = rootsmith::lab::qemu::boot_until_any(&guest.argv(), "Linux version", &["Access Denied"], Duration::from_secs(180)).unwrap();
+    assert!(!result.found, "{}", result.console);
+    assert!(result.refused.as_deref().is_some_and(|line| line.contains("HARDDISK")), "{}", result.console);
+
+    // The unsigned UKI (its signature removed) is refused as well.
+    let unsigned = dir.path().join("unsigned");
+    let stripped = tampered_copy(&first, &unsigned, name, |_| {});
+    std::fs::remove_file(stripped.join(name)).unwrap();
+    let status = std::process::Command::new("osslsigncode").arg("remove-signature").arg("-in").arg(first.join(name)).arg("-out").arg(stripped.join(name)).stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(status.success());
+    assert!(!std::process::Command::new("sbverify").args(["--cert", cert]).arg(stripped.join(name)).output().unwrap().status.success());
+    let (code, _, stderr) = boot_test(&stripped, &["--secure-boot", "on"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("Could not boot image"), "{stderr}");
+
+    // A flipped rootfs byte: the firmware accepts the UKI, the init refuses the rootfs.
+    let rootfs = dir.path().join("rootfs");
+    let flipped = tampered_copy(&first, &rootfs, "ukisb-1.0.0-rootfs.img", |bytes| {
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+    });
+    let log = dir.path().join("rootfs.log");
+    let (code, _, stderr) = boot_test(&flipped, &["--log", log.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert!(console.contains("Secure boot enabled") && console.contains("does not match"), "{stderr}\n{console}");
+
+    // A promotion makes the UKIs anew: it needs the key, and signs with it.
+    let (code, _, stderr) = run(rootsmith().arg("release").arg("promote").arg("--out").arg(dir.path().join("out")).args(["ukisb", "1.0.0", "1.0.1"]));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("signed for Secure Boot") && stderr.contains("--uki-key KEY --uki-cert CERT"), "{stderr}");
+    assert!(!dir.path().join("out/ukisb/1.0.1").exists());
+    let (code, _, stderr) = run(rootsmith().arg("release").arg("promote").arg("--out").arg(dir.path().join("out")).args(["ukisb", "1.0.0", "1.0.1", "--uki-key", key, "--uki-cert", cert]));
+    assert_eq!(code, 0, "{stderr}");
+    let promoted = dir.path().join("out/ukisb/1.0.1/ukisb-1.0.1-debian.efi");
+    assert!(std::process::Command::new("sbverify").args(["--cert", cert]).arg(&promoted).output().unwrap().status.success());
+    assert!(String::from_utf8(section(&std::fs::read(&promoted).unwrap(), ".osrel")).unwrap().contains("VERSION=\"1.0.1\"\n"));
 }

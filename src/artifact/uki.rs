@@ -147,6 +147,91 @@ pub fn write(host: &dyn Host, stub: &Path, parts: &Parts, output: &Path, epoch: 
     Ok(placed)
 }
 
+/// A certificate or key file larger than this is not one.
+const MAX_PEM_BYTES: u64 = 256 << 10;
+
+/// The environment variable that holds the passphrase of an encrypted
+/// Secure Boot signing key.
+pub const KEY_PASSPHRASE_ENV: &str = "ROOTSMITH_UKI_KEY_PASSPHRASE";
+
+/// What signs UKIs for Secure Boot: a PEM private key and its X.509
+/// certificate. osslsigncode signs (it takes the signing time as an
+/// argument, `SOURCE_DATE_EPOCH`, where sbsign writes the clock's: with an
+/// RSA key, whose PKCS#1 v1.5 signatures are deterministic, the same inputs
+/// give the same signed bytes).
+#[derive(Debug, Clone)]
+pub struct SecureBootSigner {
+    pub key: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    /// The SHA-256 of the certificate (DER), as `openssl x509 -fingerprint -sha256` shows it without colons.
+    pub cert_sha256: String,
+    /// The key is encrypted: its passphrase comes from [`KEY_PASSPHRASE_ENV`].
+    passphrase: Option<String>,
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<String> {
+    let file = crate::fileops::open_regular(path).with_context(|| format!("the Secure Boot {what} {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_PEM_BYTES + 1).read_to_string(&mut text).with_context(|| format!("the Secure Boot {what} {} is not a PEM text file", path.display()))?;
+    if text.len() as u64 > MAX_PEM_BYTES {
+        bail!("the Secure Boot {what} {} is larger than {} KiB: not a PEM file", path.display(), MAX_PEM_BYTES >> 10);
+    }
+    Ok(text)
+}
+
+/// The DER bytes of the first `label` block of a PEM text.
+pub fn pem_block(text: &str, label: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let body = text.split_once(&begin)?.1.split_once(&end)?.0;
+    let joined: String = body.split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(joined).ok()
+}
+
+impl SecureBootSigner {
+    /// Check the key and certificate before anything is built: both PEM
+    /// files, the key's passphrase given when it is encrypted, and the
+    /// signing tool installed.
+    pub fn open(key: &Path, cert: &Path) -> Result<SecureBootSigner> {
+        Self::open_with(key, cert, std::env::var(KEY_PASSPHRASE_ENV).ok())
+    }
+
+    /// [`SecureBootSigner::open`] with the passphrase given.
+    pub fn open_with(key: &Path, cert: &Path, passphrase: Option<String>) -> Result<SecureBootSigner> {
+        crate::tools::require("osslsigncode", "to sign a UKI for Secure Boot")?;
+        let cert_text = read_pem(cert, "certificate")?;
+        let der = pem_block(&cert_text, "CERTIFICATE").with_context(|| format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cert.display()))?;
+        let key_text = read_pem(key, "key")?;
+        if !key_text.contains("-----BEGIN") || !key_text.contains("PRIVATE KEY-----") {
+            bail!("{} holds no PEM private key", key.display());
+        }
+        let encrypted = key_text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || key_text.contains("Proc-Type: 4,ENCRYPTED");
+        let passphrase = match (encrypted, passphrase) {
+            (false, _) => None,
+            (true, Some(passphrase)) => Some(passphrase),
+            (true, None) => bail!("the Secure Boot key {} is encrypted: put its passphrase in {KEY_PASSPHRASE_ENV}", key.display()),
+        };
+        Ok(SecureBootSigner { key: key.to_path_buf(), cert: cert.to_path_buf(), cert_sha256: crate::digest::sha256_hex(&der), passphrase })
+    }
+
+    /// Sign the PE image `input` into `output` (Authenticode, SHA-256),
+    /// dated `epoch`.
+    pub fn sign(&self, host: &dyn Host, input: &Path, output: &Path, epoch: i64, log: &Path) -> Result<()> {
+        let osslsigncode = crate::tools::require("osslsigncode", "to sign a UKI for Secure Boot")?;
+        let mut args: Vec<std::ffi::OsString> = vec!["sign".into(), "-h".into(), "sha256".into(), "-time".into(), epoch.max(0).to_string().into(), "-certs".into(), self.cert.clone().into(), "-key".into(), self.key.clone().into()];
+        // The passphrase goes through a file only this process can read, not the argv others see.
+        let secret = tempfile::NamedTempFile::new()?;
+        if let Some(passphrase) = &self.passphrase {
+            fs_err::write(secret.path(), passphrase)?;
+            args.extend(["-readpass".into(), secret.path().into()]);
+        }
+        let _ = fs_err::remove_file(output);
+        args.extend(["-in".into(), input.into(), "-out".into(), output.into()]);
+        host.run(&Command::on_host(osslsigncode, args, log)).with_context(|| format!("signing {} for Secure Boot with {}", input.display(), self.key.display()))
+    }
+}
+
 /// The UKIs of a bundle: which kernels get one and the rootfs URL they carry.
 pub struct BundleUkis<'a> {
     /// Whether the kernel stage of this name gets one.
@@ -155,6 +240,8 @@ pub struct BundleUkis<'a> {
     pub rootfs_url: Option<&'a str>,
     pub cookie: &'a str,
     pub epoch: i64,
+    /// Sign them for Secure Boot.
+    pub signer: Option<&'a SecureBootSigner>,
 }
 
 /// Write the UKIs of the bundle in `dir` (which holds its kernels' vmlinuz
@@ -171,13 +258,23 @@ pub fn write_for_bundle(host: &dyn Host, dir: &Path, names: &BundleNames, kernel
     for kernel in kernels.iter_mut().filter(|kernel| (ukis.covers)(&kernel.name)) {
         let file = names.uki(&kernel.name);
         let parts = Parts { os_release: &os_release, cmdline: &cmdline, linux: &dir.join(&kernel.vmlinuz), initrd: &dir.join(&boot.initramfs) };
-        write(host, Path::new(STUB), &parts, &dir.join(&file), ukis.epoch, &scratch.path().join(&kernel.name), &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+        match ukis.signer {
+            None => {
+                write(host, Path::new(STUB), &parts, &dir.join(&file), ukis.epoch, &scratch.path().join(&kernel.name), &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+            }
+            Some(signer) => {
+                let unsigned = scratch.path().join(format!("{}.efi", kernel.name));
+                write(host, Path::new(STUB), &parts, &unsigned, ukis.epoch, &scratch.path().join(&kernel.name), &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+                signer.sign(host, &unsigned, &dir.join(&file), ukis.epoch, &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+            }
+        }
         let (sha256, size) = crate::digest::hash_reader(fs_err::File::open(dir.join(&file))?)?;
         artifacts.push(ManifestArtifact { name: file.clone(), size, sha256 });
         kernel.uki = Some(file);
     }
     let stub_sha256 = crate::digest::hash_file(Path::new(STUB))?;
-    Ok((ManifestUki { rootfs_url_default: rootfs_url == default_url, cmdline, rootfs_url, stub_sha256 }, artifacts))
+    let signed_cert_sha256 = ukis.signer.map(|signer| signer.cert_sha256.clone());
+    Ok((ManifestUki { rootfs_url_default: rootfs_url == default_url, cmdline, rootfs_url, stub_sha256, signed_cert_sha256 }, artifacts))
 }
 
 fn read_stub(stub: &Path) -> Result<Vec<u8>> {
@@ -374,6 +471,51 @@ mod tests {
         let raw = fs_err::read(&raw).unwrap();
         let (_, checksum) = header_offsets(&raw).unwrap();
         assert_eq!(u32::from_le_bytes(raw[checksum..checksum + 4].try_into().unwrap()), pe_checksum(&raw, checksum));
+    }
+
+    const SNAKEOIL_KEY: &str = "/usr/share/ovmf/PkKek-1-snakeoil.key";
+    const SNAKEOIL_CERT: &str = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
+
+    /// The certificate's digest is its DER's, as openssl's fingerprint; a
+    /// signature is the same bytes every time; an encrypted key needs its
+    /// passphrase, and what is not a PEM certificate or key is refused.
+    #[test]
+    fn secure_boot_signing_is_deterministic_and_checks_its_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = format!("{:#}", SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), Path::new(SNAKEOIL_CERT), None).unwrap_err());
+        assert!(error.contains("is encrypted") && error.contains(KEY_PASSPHRASE_ENV), "{error}");
+        let signer = SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), Path::new(SNAKEOIL_CERT), Some("snakeoil".into())).unwrap();
+        let openssl = std::process::Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in", SNAKEOIL_CERT]).output().unwrap();
+        let fingerprint = String::from_utf8_lossy(&openssl.stdout).trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+        assert_eq!(signer.cert_sha256, fingerprint);
+        let host = crate::host::RealHost { echo: false };
+        let log = dir.path().join("log");
+        let (first, second) = (dir.path().join("a.efi"), dir.path().join("b.efi"));
+        signer.sign(&host, Path::new(STUB), &first, 1_700_000_000, &log).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        signer.sign(&host, Path::new(STUB), &second, 1_700_000_000, &log).unwrap();
+        assert!(fs_err::read(&first).unwrap() == fs_err::read(&second).unwrap(), "two signatures of the same image differ");
+        let verified = std::process::Command::new("sbverify").args(["--cert", SNAKEOIL_CERT]).arg(&first).output().unwrap();
+        assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+        // Another date, another signature (the time is the one given).
+        signer.sign(&host, Path::new(STUB), &second, 1_700_000_001, &log).unwrap();
+        assert!(fs_err::read(&first).unwrap() != fs_err::read(&second).unwrap());
+        // Not a certificate, not a key, a FIFO, a huge file.
+        let text = dir.path().join("text.pem");
+        fs_err::write(&text, "hello\n").unwrap();
+        let fifo = dir.path().join("fifo.pem");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let huge = dir.path().join("huge.pem");
+        fs_err::write(&huge, vec![b'A'; (MAX_PEM_BYTES + 1) as usize]).unwrap();
+        for (key, cert, why) in [
+            (SNAKEOIL_KEY, text.to_str().unwrap(), "holds no PEM certificate"),
+            (text.to_str().unwrap(), SNAKEOIL_CERT, "holds no PEM private key"),
+            (SNAKEOIL_KEY, fifo.to_str().unwrap(), "certificate"),
+            (SNAKEOIL_KEY, huge.to_str().unwrap(), "not a PEM file"),
+        ] {
+            let error = format!("{:#}", SecureBootSigner::open_with(Path::new(key), Path::new(cert), Some("snakeoil".into())).unwrap_err());
+            assert!(error.contains(why), "{key} {cert}: {error}");
+        }
     }
 
     #[test]

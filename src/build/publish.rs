@@ -29,6 +29,10 @@ pub fn preflight(recipe: &Recipe, plan: &crate::plan::Plan, options: &BuildOptio
     let parent = options.out_dir.join(&plan.recipe);
     fs_err::create_dir_all(&parent).with_context(|| format!("the out directory {} cannot be made", options.out_dir.display()))?;
     tempfile::tempfile_in(&parent).with_context(|| format!("the out directory {} cannot be written", parent.display()))?;
+    // A Secure Boot key that cannot sign stops the build before any stage runs.
+    if let Some(sign) = plan.outputs.uki.as_ref().and_then(|uki| uki.sign.as_ref()) {
+        uki::SecureBootSigner::open(&sign.key.resolved, &sign.cert.resolved).context("outputs.uki.sign")?;
+    }
     let bundle = parent.join(&options.version);
     let Ok(bytes) = fs_err::read(bundle.join("manifest.json")) else { return Ok(()) };
     let Ok(existing) = serde_json::from_slice::<Manifest>(&bytes) else { return Ok(()) };
@@ -130,7 +134,8 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
     if let Some(settings) = &runner.plan.outputs.uki {
         // Made here, not cached with the outputs: a UKI names the bundle's
         // version, and making one is a fast objcopy of files already here.
-        let ukis = uki::BundleUkis { covers: &|kernel| settings.covers(kernel), rootfs_url: settings.rootfs_url.as_deref(), cookie: &record.cookie, epoch: runner.plan.source_date_epoch };
+        let signer = settings.sign.as_ref().map(|sign| uki::SecureBootSigner::open(&sign.key.resolved, &sign.cert.resolved)).transpose().context("outputs.uki.sign")?;
+        let ukis = uki::BundleUkis { covers: &|kernel| settings.covers(kernel), rootfs_url: settings.rootfs_url.as_deref(), cookie: &record.cookie, epoch: runner.plan.source_date_epoch, signer: signer.as_ref() };
         let (made, files) = uki::write_for_bundle(runner.host, staging.path(), &names, &mut kernels, &boot, &ukis)?;
         boot.uki = Some(made);
         artifacts.extend(files);

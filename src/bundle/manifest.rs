@@ -74,6 +74,10 @@ pub struct ManifestUki {
     pub rootfs_url_default: bool,
     /// The SHA-256 of the EFI stub the UKIs are made on.
     pub stub_sha256: String,
+    /// Signed for Secure Boot (`outputs.uki.sign`): the SHA-256 of the
+    /// signing certificate (DER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

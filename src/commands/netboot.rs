@@ -56,10 +56,11 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     let prepared = boottest::prepare(&args.options)?;
     let expect = boottest::expected_line(&prepared.manifest, args.expect.as_deref());
     let via = format!("{:?}", args.options.via).to_lowercase();
+    let shown_via = if prepared.secure_boot { format!("{via} (Secure Boot enforced)") } else { via.clone() };
     let log_path = args.log.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rootsmith-boot-test-{}-{}-{via}.log", prepared.manifest.name, prepared.manifest.version)));
     if !args.json {
         eprintln!(
-            "booting {} {} (kernel {}) via {via} with {:?}, waiting up to {} s for {expect:?}; console log: {}",
+            "booting {} {} (kernel {}) via {shown_via} with {:?}, waiting up to {} s for {expect:?}; console log: {}",
             prepared.manifest.name,
             prepared.manifest.version,
             prepared.kernel.name,
@@ -68,7 +69,7 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
             log_path.display()
         );
     }
-    let result = qemu::boot_until(&prepared.guest.argv(), &expect, args.timeout)?;
+    let result = qemu::boot_until_any(&prepared.guest.argv(), &expect, boottest::fatal_lines(args.options.via), args.timeout)?;
     let mut log = result.console.clone();
     let http = prepared.http_log.lock().expect("log lock").clone();
     if !http.is_empty() {
@@ -78,7 +79,7 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     }
     fs_err::write(&log_path, &log)?;
     if args.json {
-        outln!("{}", serde_json::json!({ "passed": result.found, "via": via, "expect": expect, "seconds": result.seconds, "accel": format!("{:?}", prepared.guest.accel).to_lowercase(), "log": log_path }));
+        outln!("{}", serde_json::json!({ "passed": result.found, "via": via, "secure_boot": prepared.secure_boot, "refused": result.refused, "expect": expect, "seconds": result.seconds, "accel": format!("{:?}", prepared.guest.accel).to_lowercase(), "log": log_path }));
     }
     if result.found {
         if !args.json {
@@ -87,6 +88,9 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
         return Ok(());
     }
     let tail: Vec<&str> = result.console.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+    if let Some(line) = &result.refused {
+        bail!("the boot was refused after {:.0} s: {}\n(the image's signature is not one the firmware's db accepts, or it is not a bootable image); the console's last lines:\n{}\n(whole log: {})", result.seconds, line.trim(), tail.join("\n"), log_path.display());
+    }
     bail!("{expect:?} did not appear within {:.0} s; the console's last lines:\n{}\n(whole log: {})", result.seconds, tail.join("\n"), log_path.display())
 }
 

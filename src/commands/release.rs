@@ -90,11 +90,12 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn promote(out: &Path, name: &str, from: &str, to: &str, sign: Option<&Path>) -> Result<()> {
+pub fn promote(out: &Path, name: &str, from: &str, to: &str, sign: Option<&Path>, uki_sign: Option<(&Path, &Path)>) -> Result<()> {
     super::must_be_bundle(&out.join(name).join(from))?;
-    // The key is read before anything is written.
+    // The keys are read before anything is written.
     let key = sign.map(rootsmith::bundle::signature::SigningKey::read).transpose()?;
-    let target = release::promote::promote(out, name, from, to)?;
+    let uki_signer = uki_sign.map(|(key, cert)| rootsmith::artifact::uki::SecureBootSigner::open(key, cert)).transpose()?;
+    let target = release::promote::promote(out, name, from, to, uki_signer.as_ref())?;
     outln!("promoted {name} {from} to {to}: {}", target.display());
     if let Some(key) = key {
         release::sign(out, name, to, &key)?;

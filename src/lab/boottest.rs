@@ -2,6 +2,9 @@
 //! as a second initrd, fetched over HTTP by the init, or the whole chain over
 //! the network (the NIC's iPXE ROM takes `boot.ipxe` from QEMU's TFTP server,
 //! then the kernel and initramfs over HTTP, and the init fetches the rootfs).
+//! A fourth way boots the bundle's Unified Kernel Image under UEFI firmware
+//! (`lab::efi`): iPXE fetches the UKI, the init the rootfs from the URL the
+//! UKI carries, with Secure Boot enforced when the UKI is signed.
 //! The HTTP server is rootsmith's own, on 127.0.0.1; the guest sees the host
 //! as 10.0.2.2.
 
@@ -24,6 +27,18 @@ pub enum Via {
     Appended,
     Http,
     Pxe,
+    /// The kernel's UKI, fetched by iPXE under OVMF.
+    Uki,
+}
+
+/// Whether `--via uki` enforces Secure Boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecureBootChoice {
+    /// When the bundle's UKIs are signed.
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +63,17 @@ pub struct BootOptions {
     /// For `--via pxe`: serve boot.ipxe with rootsmith's own TFTP server
     /// instead of QEMU's built-in one.
     pub own_tftp: bool,
+    /// For `--via uki`.
+    pub secure_boot: SecureBootChoice,
+    /// For `--via uki`: the firmware's variable store and iPXE's signing key.
+    pub efi: crate::lab::efi::EfiSettings,
 }
 
 /// A guest ready to start, with what keeps its files and server alive.
 pub struct Prepared {
     pub guest: Guest,
+    /// `--via uki` with Secure Boot enforced.
+    pub secure_boot: bool,
     pub manifest: Manifest,
     pub kernel: ManifestKernel,
     pub http_log: Arc<Mutex<Vec<String>>>,
@@ -105,13 +126,14 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
     let initramfs = file(&manifest.boot.initramfs)?;
     let http_log = Arc::new(Mutex::new(Vec::new()));
     let mut cmdline = test_cmdline(&manifest, &options.append);
+    let mut secure_boot = false;
     let base = || -> Result<String> {
         Ok(match &options.server {
             Some(url) => format!("{}/", url.trim_end_matches('/')),
             None => format!("http://{HOST_FROM_GUEST}:{}/", start_server(&options.bundle, http_log.clone())?),
         })
     };
-    let mut guest = Guest { kernel: Some(vmlinuz), initrd: Some(initramfs.clone()), cmdline: String::new(), memory_mib: options.memory_mib, accel: Accel::Tcg, network: None, disk: None };
+    let mut guest = Guest { kernel: Some(vmlinuz), initrd: Some(initramfs.clone()), cmdline: String::new(), memory_mib: options.memory_mib, accel: Accel::Tcg, network: None, disk: None, firmware: None };
     match options.via {
         Via::Appended => {
             // QEMU takes one initrd file: the two, concatenated (each is 4-byte aligned).
@@ -146,9 +168,47 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
                 UserNetwork { tftp: Some(tftp), bootfile: Some("boot.ipxe".into()), mac: None }
             });
         }
+        Via::Uki => {
+            let Some(uki) = &kernel.uki else {
+                bail!("{} {} has no UKI for kernel {}; add `uki: true` to the recipe's outputs", manifest.name, manifest.version, kernel.name);
+            };
+            let made = manifest.boot.uki.as_ref().context("the manifest lists a UKI but not what it holds")?;
+            open(uki)?;
+            let uki_url = match &options.server {
+                Some(url) => format!("{}/{uki}", url.trim_end_matches('/')),
+                None => {
+                    let baked = crate::lab::efi::baked_server(&options.bundle, &made.rootfs_url, &manifest.boot.rootfs_image)?;
+                    let server = Server::bind(&baked.root, &format!("127.0.0.1:{}", baked.port), 16, access_log(http_log.clone()))
+                        .with_context(|| format!("the UKI fetches its rootfs from port {} of the DHCP server (this machine, to QEMU)\nhint: stop what listens there, or serve the bundle yourself and pass --server URL", baked.port))?;
+                    server.spawn();
+                    format!("http://{HOST_FROM_GUEST}:{}{}{uki}", baked.port, baked.bundle_path)
+                }
+            };
+            let mut settings = options.efi.clone();
+            settings.secure_boot = match options.secure_boot {
+                SecureBootChoice::On => true,
+                SecureBootChoice::Off => false,
+                SecureBootChoice::Auto => made.signed_cert_sha256.is_some(),
+            };
+            guest.firmware = Some(crate::lab::efi::firmware(&settings, scratch.path(), manifest.source_date_epoch)?);
+            secure_boot = settings.secure_boot;
+            guest.kernel = None;
+            guest.initrd = None;
+            // iPXE passes an EFI image its own name as its command line when
+            // given none, and without Secure Boot systemd's stub takes any
+            // command line it is passed in place of the UKI's: so the script
+            // passes the UKI's own (under Secure Boot the stub ignores it).
+            let tftp = scratch.path().join("tftp");
+            fs_err::create_dir(&tftp)?;
+            fs_err::write(tftp.join("uki.ipxe"), uki_script(&uki_url, &made.cmdline))?;
+            guest.network = Some(UserNetwork { tftp: Some(tftp), bootfile: Some("uki.ipxe".into()), mac: None });
+        }
     }
     guest.cmdline = cmdline;
     guest.accel = match options.accel {
+        // OVMF guests crash under a nested KVM that still passes the probe:
+        // a UKI boots under TCG unless KVM is asked for.
+        AccelChoice::Auto if options.via == Via::Uki => Accel::Tcg,
         AccelChoice::Tcg => Accel::Tcg,
         AccelChoice::Kvm => Accel::Kvm,
         AccelChoice::Auto => {
@@ -156,7 +216,22 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             qemu::probe_kvm_remembered(&probe.argv(), "rootsmith-init:", Duration::from_secs(20))
         }
     };
-    Ok(Prepared { guest, manifest, kernel, http_log, _scratch: scratch })
+    Ok(Prepared { guest, secure_boot, manifest, kernel, http_log, _scratch: scratch })
+}
+
+/// The iPXE script that boots a UKI from `url` with its own command line.
+pub fn uki_script(url: &str, cmdline: &str) -> String {
+    format!("#!ipxe\nchain --autofree {url} {cmdline}\n")
+}
+
+/// Console lines after which a boot `via` goes no further: iPXE's and the
+/// firmware's refusal of an image (under Secure Boot, one whose signature
+/// the firmware's db does not accept).
+pub fn fatal_lines(via: Via) -> &'static [&'static str] {
+    match via {
+        Via::Uki => &["Could not boot image", "Access Denied", "No more network devices"],
+        _ => &[],
+    }
 }
 
 /// The line a boot test waits for: given, else the recipe's marker, else the init's last word.

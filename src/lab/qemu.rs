@@ -32,7 +32,7 @@ impl DirectBoot {
     /// The QEMU argv (program first). The machine powers off instead of
     /// rebooting, so a kernel panic with `panic=-1` ends the run.
     pub fn argv(&self) -> Vec<String> {
-        Guest { kernel: Some(self.kernel.clone()), initrd: self.initrd.clone(), cmdline: self.cmdline.clone(), memory_mib: self.memory_mib, accel: self.accel, network: None, disk: None }.argv()
+        Guest { kernel: Some(self.kernel.clone()), initrd: self.initrd.clone(), cmdline: self.cmdline.clone(), memory_mib: self.memory_mib, accel: self.accel, network: None, disk: None, firmware: None }.argv()
     }
 }
 
@@ -46,8 +46,21 @@ pub struct UserNetwork {
     pub mac: Option<String>,
 }
 
+/// UEFI firmware (OVMF) in place of the BIOS, with an EFI system partition
+/// (a directory QEMU shows as a FAT disk).
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    /// The firmware's code (read-only).
+    pub code: PathBuf,
+    /// A private copy of its variable store (the enrolled keys live here).
+    pub vars: PathBuf,
+    /// Enforce Secure Boot: the firmware's SMM-protected build, a secure flash.
+    pub secure_boot: bool,
+    pub esp: PathBuf,
+}
+
 /// A guest: booted directly from a kernel, or (no kernel) by its NIC's iPXE
-/// ROM from the network.
+/// ROM from the network, or (firmware) by OVMF from its EFI system partition.
 #[derive(Debug, Clone)]
 pub struct Guest {
     pub kernel: Option<PathBuf>,
@@ -58,6 +71,7 @@ pub struct Guest {
     pub network: Option<UserNetwork>,
     /// A raw disk image, as a virtio disk (the BIOS's first drive).
     pub disk: Option<PathBuf>,
+    pub firmware: Option<Firmware>,
 }
 
 impl Guest {
@@ -65,7 +79,7 @@ impl Guest {
         let mut argv = vec![
             "qemu-system-x86_64".to_string(),
             "-machine".into(),
-            format!("q35,accel={}", if self.accel == Accel::Kvm { "kvm" } else { "tcg" }),
+            format!("q35,{}accel={}", if self.firmware.as_ref().is_some_and(|firmware| firmware.secure_boot) { "smm=on," } else { "" }, if self.accel == Accel::Kvm { "kvm" } else { "tcg" }),
             "-m".into(),
             self.memory_mib.to_string(),
             "-nodefaults".into(),
@@ -77,6 +91,14 @@ impl Guest {
         ];
         if let Some(kernel) = &self.kernel {
             argv.extend(["-kernel".into(), kernel.display().to_string()]);
+        }
+        if let Some(firmware) = &self.firmware {
+            if firmware.secure_boot {
+                argv.extend(["-global".into(), "driver=cfi.pflash01,property=secure,value=on".into()]);
+            }
+            argv.extend(["-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={}", firmware.code.display())]);
+            argv.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", firmware.vars.display())]);
+            argv.extend(["-drive".into(), format!("format=raw,file=fat:rw:{}", firmware.esp.display())]);
         }
         if self.accel == Accel::Kvm {
             argv.extend(["-cpu".into(), "host".into()]);
@@ -90,7 +112,10 @@ impl Guest {
                 netdev.push_str(&format!(",bootfile={bootfile}"));
             }
             let mac = network.mac.as_ref().map(|mac| format!(",mac={mac}")).unwrap_or_default();
-            argv.extend(["-netdev".into(), netdev, "-device".into(), format!("virtio-net-pci,netdev=net0{mac}")]);
+            // Under UEFI the firmware's own virtio-net driver serves the NIC:
+            // QEMU's iPXE option ROM is not signed for Secure Boot.
+            let rom = if self.firmware.is_some() { ",romfile=" } else { "" };
+            argv.extend(["-netdev".into(), netdev, "-device".into(), format!("virtio-net-pci,netdev=net0{mac}{rom}")]);
         }
         if let Some(disk) = &self.disk {
             argv.extend(["-drive".into(), format!("file={},format=raw,if=virtio", disk.display())]);
@@ -100,7 +125,7 @@ impl Guest {
                 argv.extend(["-initrd".into(), initrd.display().to_string()]);
             }
             argv.extend(["-append".into(), self.cmdline.clone()]);
-        } else {
+        } else if self.firmware.is_none() {
             argv.extend(["-boot".into(), "n".into()]);
         }
         argv
@@ -111,6 +136,8 @@ impl Guest {
 #[derive(Debug)]
 pub struct BootResult {
     pub found: bool,
+    /// The console line that ended the boot as a failure (one of `fatal`).
+    pub refused: Option<String>,
     pub console: String,
     pub seconds: f64,
 }
@@ -118,6 +145,12 @@ pub struct BootResult {
 /// Run QEMU until a console line contains `expect`, the guest stops, or
 /// `timeout` passes; QEMU is killed in every case.
 pub fn boot_until(argv: &[String], expect: &str, timeout: Duration) -> Result<BootResult> {
+    boot_until_any(argv, expect, &[], timeout)
+}
+
+/// [`boot_until`], also stopping at a line that contains one of `fatal`
+/// (a refusal after which the guest would only wait).
+pub fn boot_until_any(argv: &[String], expect: &str, fatal: &[&str], timeout: Duration) -> Result<BootResult> {
     let started = Instant::now();
     let mut child: Child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -138,6 +171,7 @@ pub fn boot_until(argv: &[String], expect: &str, timeout: Duration) -> Result<Bo
     });
     let mut console = String::new();
     let mut found = false;
+    let mut refused = None;
     while let Some(left) = timeout.checked_sub(started.elapsed()) {
         match receive.recv_timeout(left) {
             Ok(line) => {
@@ -145,6 +179,10 @@ pub fn boot_until(argv: &[String], expect: &str, timeout: Duration) -> Result<Bo
                 console.push('\n');
                 if line.contains(expect) {
                     found = true;
+                    break;
+                }
+                if fatal.iter().any(|word| line.contains(word)) {
+                    refused = Some(line);
                     break;
                 }
             }
@@ -162,7 +200,7 @@ pub fn boot_until(argv: &[String], expect: &str, timeout: Duration) -> Result<Bo
             bail!("QEMU failed: {stderr}");
         }
     }
-    Ok(BootResult { found, console, seconds: started.elapsed().as_secs_f64() })
+    Ok(BootResult { found, refused, console, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// KVM when `/dev/kvm` opens and a probe boot with it reaches `expect` within
@@ -224,9 +262,23 @@ mod tests {
 
     #[test]
     fn a_network_boot_has_no_kernel_and_boots_from_the_nic() {
-        let guest = Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 512, accel: Accel::Tcg, network: Some(UserNetwork { tftp: Some("/t".into()), bootfile: Some("boot.ipxe".into()), mac: None }), disk: None };
+        let guest = Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 512, accel: Accel::Tcg, network: Some(UserNetwork { tftp: Some("/t".into()), bootfile: Some("boot.ipxe".into()), mac: None }), disk: None, firmware: None };
         let argv = guest.argv().join(" ");
         assert!(argv.ends_with("-netdev user,id=net0,tftp=/t,bootfile=boot.ipxe -device virtio-net-pci,netdev=net0 -boot n"), "{argv}");
         assert!(!argv.contains("-kernel") && !argv.contains("-append"));
+    }
+
+    #[test]
+    fn secure_boot_firmware_has_smm_a_secure_flash_and_no_option_rom() {
+        let firmware = Firmware { code: "/f/CODE.fd".into(), vars: "/s/VARS.fd".into(), secure_boot: true, esp: "/s/esp".into() };
+        let guest = Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 1024, accel: Accel::Tcg, network: Some(UserNetwork { tftp: None, bootfile: Some("http://10.0.2.2:8080/u.efi".into()), mac: None }), disk: None, firmware: Some(firmware.clone()) };
+        let argv = guest.argv().join(" ");
+        assert!(argv.contains("-machine q35,smm=on,accel=tcg"), "{argv}");
+        assert!(argv.contains("-global driver=cfi.pflash01,property=secure,value=on"), "{argv}");
+        assert!(argv.contains("-drive if=pflash,format=raw,unit=0,readonly=on,file=/f/CODE.fd -drive if=pflash,format=raw,unit=1,file=/s/VARS.fd -drive format=raw,file=fat:rw:/s/esp"), "{argv}");
+        assert!(argv.ends_with("-device virtio-net-pci,netdev=net0,romfile="), "{argv}");
+        assert!(!argv.contains("-boot n"), "{argv}");
+        let plain = Guest { firmware: Some(Firmware { secure_boot: false, ..firmware }), ..guest }.argv().join(" ");
+        assert!(plain.contains("-machine q35,accel=tcg") && !plain.contains("secure,value=on"), "{plain}");
     }
 }

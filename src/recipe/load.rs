@@ -516,7 +516,7 @@ impl Checker<'_> {
     fn check_uki(&mut self, raw: RawUki, stages: &[Stage]) -> Option<Uki> {
         let settings = match raw {
             RawUki::Enabled(false) => return None,
-            RawUki::Enabled(true) => RawUkiSettings { kernels: None, rootfs_url: None },
+            RawUki::Enabled(true) => RawUkiSettings { kernels: None, rootfs_url: None, sign: None },
             RawUki::Settings(settings) => settings,
         };
         let kernels: Vec<&str> = stages.iter().filter(|stage| matches!(stage.kind, StageKind::Kernel(_))).map(|stage| stage.name.as_str()).collect();
@@ -538,7 +538,14 @@ impl Checker<'_> {
                 self.at_value("outputs.uki.rootfs_url", why, "write http://HOST[:PORT]/PATH/NAME-VERSION-rootfs.img; the host `dhcp-server` stands for the DHCP server of the lease");
             }
         }
-        Some(Uki { kernels: chosen, rootfs_url })
+        let sign = settings.sign.and_then(|sign| {
+            let key = self.subst("outputs.uki.sign.key", &sign.key);
+            let cert = self.subst("outputs.uki.sign.cert", &sign.cert);
+            let key = self.local_file("outputs.uki.sign.key", &key, false);
+            let cert = self.local_file("outputs.uki.sign.cert", &cert, false);
+            Some(UkiSign { key: key?, cert: cert? })
+        });
+        Some(Uki { kernels: chosen, rootfs_url, sign })
     }
 
     /// The inventory's own problems, at their place in the inventory file.

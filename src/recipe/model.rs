@@ -117,7 +117,7 @@ pub enum BootstrapTool {
 
 /// A local file, with the path as the recipe wrote it (for keys and messages)
 /// and resolved against the recipe's directory (for reading).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LocalPath {
     pub written: String,
     pub resolved: PathBuf,
@@ -244,6 +244,17 @@ pub struct Uki {
     /// `rootsmith.rootfs_url` of the baked command line; `None`:
     /// [`Uki::default_rootfs_url`].
     pub rootfs_url: Option<String>,
+    /// `outputs.uki.sign`: sign each UKI for Secure Boot.
+    pub sign: Option<UkiSign>,
+}
+
+/// `outputs.uki.sign`: the key (PEM, read at publish only: never in a key, a
+/// record or a bundle) and the certificate (its SHA-256 goes in the
+/// manifest) that sign the UKIs for Secure Boot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UkiSign {
+    pub key: LocalPath,
+    pub cert: LocalPath,
 }
 
 impl Uki {

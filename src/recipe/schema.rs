@@ -195,6 +195,17 @@ pub struct RawUkiSettings {
     /// The rootfs URL baked into the command line.
     #[serde(default)]
     pub rootfs_url: Option<String>,
+    /// Sign each UKI for Secure Boot.
+    #[serde(default)]
+    pub sign: Option<RawUkiSign>,
+}
+
+/// `outputs.uki.sign`: the Secure Boot signing key and its certificate (PEM files).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUkiSign {
+    pub key: String,
+    pub cert: String,
 }
 
 impl<'de> Deserialize<'de> for RawUki {
@@ -203,7 +214,7 @@ impl<'de> Deserialize<'de> for RawUki {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = RawUki;
             fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-                formatter.write_str("true, false, or a mapping with `kernels` and `rootfs_url`")
+                formatter.write_str("true, false, or a mapping with `kernels`, `rootfs_url` and `sign`")
             }
             fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<RawUki, E> {
                 Ok(RawUki::Enabled(value))

@@ -301,7 +301,11 @@ fn uki_output_is_true_or_its_settings() {
         let source = format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n  - kernel: {{ name: debian, package: linux-image-amd64 }}\n  - kernel: {{ name: lts, package: linux-image-amd64 }}\noutputs:\n  uki: {outputs}\n");
         load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default())
     };
-    assert_eq!(load("true").unwrap().outputs.uki, Some(Uki { kernels: None, rootfs_url: None }));
+    assert_eq!(load("true").unwrap().outputs.uki, Some(Uki { kernels: None, rootfs_url: None, sign: None }));
+    // Signing: the key and certificate, relative to the recipe.
+    let signed = load("{ sign: { key: configure.sh, cert: base.tar } }").unwrap().outputs.uki.unwrap().sign.unwrap();
+    assert_eq!((signed.key.written.as_str(), signed.key.resolved.clone()), ("configure.sh", dir.path().join("configure.sh")));
+    assert_eq!(signed.cert.resolved, dir.path().join("base.tar"));
     assert_eq!(load("false").unwrap().outputs.uki, None);
     let uki = load("{ kernels: [lts], rootfs_url: \"http://dhcp-server:80/b/r.img\" }").unwrap().outputs.uki.unwrap();
     assert!(uki.covers("lts") && !uki.covers("debian"));
@@ -313,9 +317,18 @@ fn uki_output_is_true_or_its_settings() {
 fn uki_output_errors_point_at_the_value() {
     let errors = |stages: &str, outputs: &str| errors_of(&format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n{stages}outputs:\n  uki: {outputs}\n"));
     let kernel = "  - kernel: { name: debian, package: linux-image-amd64 }\n";
-    let unknown = errors(kernel, "{ sign: key.pem }");
+    let unknown = errors(kernel, "{ signed: key.pem }");
     assert_eq!((unknown[0].0, unknown[0].1), (8, 10), "{unknown:?}");
-    assert!(unknown[0].2.contains("unknown field `sign`"), "{unknown:?}");
+    assert!(unknown[0].2.contains("unknown field `signed`"), "{unknown:?}");
+    // A key that is not there, a certificate that is a FIFO: each at its value.
+    let sign = errors(kernel, "{ sign: { key: no-such.key, cert: fifo.tar } }");
+    assert_eq!(sign.len(), 2, "{sign:?}");
+    assert_eq!((sign[0].0, sign[0].1), (8, 23), "{sign:?}");
+    assert!(sign[0].2.contains("file `no-such.key` does not exist"), "{sign:?}");
+    assert_eq!((sign[1].0, sign[1].1), (8, 42), "{sign:?}");
+    assert!(sign[1].2.contains("`fifo.tar` is a FIFO"), "{sign:?}");
+    let missing_cert = errors(kernel, "{ sign: { key: configure.sh } }");
+    assert!(missing_cert[0].2.contains("missing field `cert`"), "{missing_cert:?}");
     let bad_type = errors(kernel, "yes please");
     assert_eq!(bad_type[0].0, 8, "{bad_type:?}");
     assert!(bad_type[0].2.contains("true, false, or a mapping"), "{bad_type:?}");

@@ -42,7 +42,9 @@ fn take(dir: &Path, name: &str, size: u64, to: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> {
+/// `uki_signer` signs the new UKIs for Secure Boot; it is needed when the
+/// candidate's were signed (a promotion makes them anew).
+pub fn promote(out: &Path, name: &str, from: &str, to: &str, uki_signer: Option<&uki::SecureBootSigner>) -> Result<PathBuf> {
     // All three become paths under `out`: checked before anything is read.
     crate::bundle::check_id(name, from)?;
     crate::names::check_version(to).map_err(|why| anyhow::anyhow!("`{to}` is not a valid version: {why}"))?;
@@ -51,6 +53,9 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
     let report = super::verify::verify_bundle(&candidate);
     if !report.ok() {
         bail!("{name} {from} fails verification, so it is not promoted:\n{}\nhint: rootsmith release verify {}", report.failures(), source.display());
+    }
+    if let (Some(cert), None) = (candidate.manifest.boot.uki.as_ref().and_then(|made| made.signed_cert_sha256.as_ref()), uki_signer) {
+        bail!("the UKIs of {name} {from} are signed for Secure Boot (certificate SHA-256 {cert}), and a promotion makes them anew for {to}\nhint: pass the signing key and certificate: --uki-key KEY --uki-cert CERT");
     }
     let target = out.join(name).join(to);
     if target.exists() {
@@ -84,7 +89,7 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str) -> Result<PathBuf> 
     if let Some(made) = manifest.boot.uki.take() {
         let covered: std::collections::BTreeSet<String> = manifest.kernels.iter().filter(|kernel| kernel.uki.is_some()).map(|kernel| kernel.name.clone()).collect();
         let rootfs_url = (!made.rootfs_url_default).then_some(made.rootfs_url.as_str());
-        let settings = uki::BundleUkis { covers: &|kernel| covered.contains(kernel), rootfs_url, cookie: &manifest.rootfs.cookie, epoch: manifest.source_date_epoch };
+        let settings = uki::BundleUkis { covers: &|kernel| covered.contains(kernel), rootfs_url, cookie: &manifest.rootfs.cookie, epoch: manifest.source_date_epoch, signer: uki_signer };
         let (made, files) = uki::write_for_bundle(&crate::host::RealHost { echo: false }, staging.path(), &BundleNames::new(name, to), &mut manifest.kernels, &manifest.boot, &settings)
             .with_context(|| format!("making the UKIs of {name} {to}"))?;
         manifest.boot.uki = Some(made);
@@ -117,7 +122,7 @@ mod tests {
         fs_err::create_dir_all(&elsewhere).unwrap();
         nix::unistd::mkfifo(&elsewhere.join("manifest.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         for (name, from, to) in [("rel", "../../elsewhere/rel/1.0.0", "2.0.0"), ("../elsewhere/rel", "1.0.0", "2.0.0"), ("rel", "1.0.0-rc1", "../../x"), ("rel", "1.0.0-rc1", "")] {
-            let error = format!("{:#}", promote(&out, name, from, to).unwrap_err());
+            let error = format!("{:#}", promote(&out, name, from, to, None).unwrap_err());
             assert!(error.contains("is not a valid"), "{name} {from} {to}: {error}");
         }
         assert_eq!(fs_err::read_dir(out.join("rel")).unwrap().count(), 0, "nothing was staged");
