@@ -500,29 +500,37 @@ fn a_second_machine_pulls_every_stage_from_the_remote_cache() {
     let (code, a, stderr) = build_json(&recipe, &dir.path().join("cache-a"), &dir.path().join("out-a"), &["--cache-remote", &remote]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(states(&a), ["built", "built"]);
+    assert_eq!(a["outputs"]["state"], "built");
 
-    // Machine B, empty cache: every stage pulled, none built, the same bytes.
+    // Machine B, empty cache: every stage and the outputs pulled, nothing built, the same bytes.
     let (code, b, stderr) = build_json(&recipe, &dir.path().join("cache-b"), &dir.path().join("out-b"), &["--cache-remote", &remote]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(states(&b), ["pulled", "pulled"], "{stderr}");
+    assert_eq!(b["outputs"]["state"], "pulled", "{stderr}");
     let sums = |out: &str| std::fs::read_to_string(dir.path().join(out).join("shared/1.0.0/SHA256SUMS")).unwrap();
     assert_eq!(sums("out-a"), sums("out-b"));
+    // With --cache-only, too: nothing may be built, and nothing needs to be.
+    let (code, g, stderr) = build_json(&recipe, &dir.path().join("cache-g"), &dir.path().join("out-g"), &["--cache-remote", &remote, "--cache-only"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((states(&g), g["outputs"]["state"].as_str()), (vec!["pulled".to_string(), "pulled".to_string()], Some("pulled")));
+    assert_eq!(sums("out-g"), sums("out-a"));
 
     // `cache pull` fills a third cache; it then builds with no remote and no stage to build.
     let mut command = rootsmith();
     command.arg("cache").arg("--cache").arg(dir.path().join("cache-c")).args(["pull", &remote]);
     let (code, stdout, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("2 stages pulled"), "{stdout}");
+    assert!(stdout.contains("2 stages pulled") && stdout.contains("1 outputs pulled"), "{stdout}");
     let (code, c, stderr) = build_json(&recipe, &dir.path().join("cache-c"), &dir.path().join("out-c"), &[]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(states(&c), ["cached", "cached"]);
+    assert_eq!(c["outputs"]["state"], "cached");
     assert_eq!(sums("out-c"), sums("out-a"));
     let mut command = rootsmith();
     command.arg("cache").arg("--cache").arg(dir.path().join("cache-c")).args(["push", &remote]);
     let (code, stdout, _) = run(&mut command);
     assert_eq!(code, 0);
-    assert!(stdout.contains("0 stages pushed") && stdout.contains("2 already there"), "{stdout}");
+    assert!(stdout.contains("0 stages pushed") && stdout.contains("2 already there") && stdout.contains("0 outputs pushed, 1 already there"), "{stdout}");
 
     // An unreachable remote is a warning, unless --cache-only.
     let dead = "127.0.0.1:9/rootsmith/cache";

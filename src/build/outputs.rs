@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::options::StageOutcome;
@@ -45,8 +45,15 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
 let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
     let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
     if let Some(record) = runner.store.output::<OutputRecord>(&key) {
+        runner.share_outputs(&key)?;
         runner.progress.done("outputs", "cached", 0.0);
         return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
+    }
+    if runner.pull_outputs(&key)? {
+        let record = runner.store.output::<OutputRecord>(&key).with_context(|| format!("the output record {key} pulled from the remote cache is not one this rootsmith reads"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        runner.progress.done("outputs", "pulled from the remote cache", seconds);
+        return Ok((outcome("pulled", seconds), record));
     }
     if cache_only {
         bail!("the outputs are not in the cache (key {key}) and --cache-only forbids building them");
@@ -100,6 +107,7 @@ let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
     }
     let record = OutputRecord { key: key.clone(), files, cookie, squashfs_entries: check.entries, initramfs, created: crate::time::now_seconds() };
     runner.store.put_output(&key, &staged, &record)?;
+    runner.share_outputs(&key)?;
     let seconds = started.elapsed().as_secs_f64();
     runner.progress.done("outputs", "built", seconds);
     Ok((outcome("built", seconds), record))

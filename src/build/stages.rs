@@ -231,6 +231,31 @@ impl<'a> StageRunner<'a> {
         }
     }
 
+    /// The outputs `key` from the remote cache, when it has them: `true`
+    /// once they are in the store.
+    pub fn pull_outputs(&mut self, key: &str) -> Result<bool> {
+        let Some(remote) = &self.remote else { return Ok(false) };
+        let progress = self.progress;
+        match remote.pull_outputs(&self.store, key, &|line| progress.note(line)) {
+            Ok(found) => Ok(found),
+            Err(error) => self.remote_failed(error).map(|()| false),
+        }
+    }
+
+    /// Give the remote cache the outputs `key` when it lacks them.
+    pub fn share_outputs(&mut self, key: &str) -> Result<()> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        let progress = self.progress;
+        match remote.push_outputs(&self.store, key, &|_| {}) {
+            Ok(true) => {
+                progress.note(&format!("outputs pushed to the remote cache {}", remote.repository));
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(error) => self.remote_failed(error),
+        }
+    }
+
     /// A remote cache that fails is a warning (and not asked again), unless --cache-only.
     fn remote_failed(&mut self, error: anyhow::Error) -> Result<()> {
         let repository = self.remote.take().map(|remote| remote.repository).unwrap_or_default();

@@ -85,7 +85,8 @@ impl Store {
         records
     }
 
-    fn output_headers(&self) -> Vec<(OutputHeader, u64)> {
+    /// Every output record in the cache, with the size of its directory.
+    pub fn output_headers(&self) -> Vec<(OutputHeader, u64)> {
         let Ok(entries) = fs_err::read_dir(self.layout().outputs()) else { return Vec::new() };
         let mut records: Vec<(OutputHeader, u64)> = entries
             .flatten()

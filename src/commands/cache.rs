@@ -54,7 +54,16 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
                     present += 1;
                 }
             }
-            outln!("{pushed} stages pushed to {}, {present} already there", remote.repository);
+            let (mut outputs_pushed, mut outputs_present) = (0, 0);
+            for (header, _) in store.output_headers() {
+                if remote.push_outputs(&store, &header.key, &|_| {})? {
+                    outputs_pushed += 1;
+                    outln!("pushed {} (outputs)", short(&header.key));
+                } else {
+                    outputs_present += 1;
+                }
+            }
+            outln!("{pushed} stages pushed to {}, {present} already there; {outputs_pushed} outputs pushed, {outputs_present} already there", remote.repository);
         }
         CacheAction::Pull { repository } => {
             let remote = rootsmith::share::RemoteCache::connect(repository)?;
@@ -69,7 +78,16 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
                     outln!("pulled {} ({} `{}` of {})", short(&key), record.kind, record.stage, record.recipe);
                 }
             }
-            outln!("{pulled} stages pulled from {}, {present} already here", remote.repository);
+            let (mut outputs_pulled, mut outputs_present) = (0, 0);
+            for key in remote.output_keys()? {
+                if store.output::<serde_json::Value>(&key).is_some() {
+                    outputs_present += 1;
+                } else if remote.pull_outputs(&store, &key, &|_| {})? {
+                    outputs_pulled += 1;
+                    outln!("pulled {} (outputs)", short(&key));
+                }
+            }
+            outln!("{pulled} stages pulled from {}, {present} already here; {outputs_pulled} outputs pulled, {outputs_present} already here", remote.repository);
         }
         CacheAction::Verify { repair } => {
             let report = store.verify()?;
