@@ -200,7 +200,7 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             // passes the UKI's own (under Secure Boot the stub ignores it).
             let tftp = scratch.path().join("tftp");
             fs_err::create_dir(&tftp)?;
-            fs_err::write(tftp.join("uki.ipxe"), uki_script(&uki_url, &made.cmdline))?;
+            fs_err::write(tftp.join("uki.ipxe"), uki_script(&uki_url, &made.cmdline)?)?;
             guest.network = Some(UserNetwork { tftp: Some(tftp), bootfile: Some("uki.ipxe".into()), mac: None });
         }
     }
@@ -220,8 +220,28 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
 }
 
 /// The iPXE script that boots a UKI from `url` with its own command line.
-pub fn uki_script(url: &str, cmdline: &str) -> String {
-    format!("#!ipxe\nchain --autofree {url} {cmdline}\n")
+/// The command line comes from a bundle's manifest: a control character
+/// (a line break would start another iPXE command) or a `${` (iPXE would
+/// expand it) is refused.
+pub fn uki_script(url: &str, cmdline: &str) -> Result<String> {
+    if let Some(bad) = [url, cmdline].into_iter().find(|text| text.chars().any(char::is_control) || text.contains("${")) {
+        bail!("the manifest's UKI command line or URL {bad:?} holds a control character or `${{`, which an iPXE script cannot carry");
+    }
+    Ok(format!("#!ipxe\nchain --autofree {url} {cmdline}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uki_script_passes_the_command_line_and_nothing_else() {
+        let script = uki_script("http://10.0.2.2:8080/d/1/d-1-debian.efi", "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img").unwrap();
+        assert_eq!(script, "#!ipxe\nchain --autofree http://10.0.2.2:8080/d/1/d-1-debian.efi console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img\n");
+        for hostile in ["quiet\nshell", "quiet\r\nshell", "x=${net0/mac}"] {
+            assert!(uki_script("http://h/u.efi", hostile).is_err(), "{hostile:?}");
+        }
+    }
 }
 
 /// Console lines after which a boot `via` goes no further: iPXE's and the
