@@ -42,7 +42,7 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     let (squashfs_compression, tarball_compression) = output_compressions(runner.plan, fast);
     let final_tree = runner.parent_tree().expect("a recipe has stages").to_string();
     let kernels = kernels_of(&runner.records)?;
-let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
+    let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
     let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
     if let Some(record) = runner.store.output::<OutputRecord>(&key) {
         runner.share_outputs(&key)?;
@@ -131,6 +131,8 @@ pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, kernels: &[KernelPr
     let kernels: Vec<(&str, &str, &str)> = kernels.iter().map(|k| (k.name.as_str(), k.release.as_str(), k.products.as_str())).collect();
     let inputs = serde_json::json!({
         "format": CACHE_FORMAT,
+        // The rootfs image's build id, the initramfs's and the SBOM name the recipe.
+        "name": plan.recipe,
         "tree": final_tree,
         "squashfs": squashfs_compression,
         "tarball": tarball_compression,

@@ -184,3 +184,19 @@ fn an_unwritable_out_dir_or_a_clashing_version_stops_the_build_before_any_stage(
     assert!(host.programs().is_empty(), "a stage ran: {:?}", host.programs());
     assert!(!crate::cache::Layout::new(&cache).stages().exists(), "a stage was cached");
 }
+
+/// Two recipes with the same tree but other names do not share outputs: the
+/// rootfs image's build id, the initramfs and the SBOM name the recipe.
+#[test]
+fn outputs_are_keyed_by_the_recipe_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = recipe(dir.path());
+    let renamed = load_str(&dir.path().join("other.yaml"), &unit.source.replace("name: unit", "name: other"), &LoadOptions::default()).unwrap();
+    let host = RecordingHost::default();
+    let key = |recipe: &Recipe| {
+        let plan = plan(recipe, &options(), &host).unwrap();
+        super::output_key(&plan, false, "tree-id", &[], &host)
+    };
+    assert_eq!(key(&unit), key(&unit));
+    assert_ne!(key(&unit), key(&renamed));
+}
