@@ -192,3 +192,46 @@ fn a_failing_script_file_is_named_by_its_path_and_line_never_quoted() {
     assert!(listing.lines().any(|line| line == "etc/ran"), "{listing}");
     assert!(!listing.contains("rootsmith-run"), "{listing}");
 }
+
+/// The outputs are two cache entries: a new init (another initramfs) makes
+/// the initramfs again and reuses the rootfs image, tarball and SBOM as they
+/// are; nothing changed makes nothing.
+#[test]
+fn a_new_init_makes_only_the_initramfs_again() {
+    if !needs_root("a_new_init_makes_only_the_initramfs_again") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    busybox_tree(dir.path(), &["sh"]);
+    let recipe = dir.path().join("r.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: split\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    let build = |out: &str, env: &[(&str, &std::ffi::OsStr)]| -> serde_json::Value {
+        let mut command = rootsmith();
+        command.args(["build", "--fast", "--json", "--cache"]).arg(dir.path().join("cache")).arg("--out").arg(dir.path().join(out)).arg(&recipe).envs(env.iter().copied());
+        let (code, stdout, stderr) = run(&mut command);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    };
+    let entries = || std::fs::read_dir(dir.path().join("cache/v1/outputs")).unwrap().filter(|entry| entry.as_ref().unwrap().path().is_dir()).count();
+    let first = build("a", &[]);
+    assert_eq!(first["outputs"]["state"], "built");
+    assert_eq!(entries(), 2, "a rootfs entry and an initramfs entry");
+    let again = build("b", &[]);
+    assert_eq!((again["outputs"]["state"].as_str(), entries()), (Some("cached"), 2));
+
+    // Another init: the same program with bytes after its end (still a valid ELF).
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_rootsmith"));
+    let init = exe.parent().unwrap().parent().unwrap().join("x86_64-unknown-linux-gnu/init/rootsmith-init");
+    let mut bytes = std::fs::read(&init).expect("the init is built (make init)");
+    bytes.extend_from_slice(b"\0another init");
+    let other = dir.path().join("rootsmith-init");
+    std::fs::write(&other, bytes).unwrap();
+    let changed = build("c", &[("ROOTSMITH_INIT", other.as_os_str())]);
+    assert_eq!(changed["outputs"]["state"], "built");
+    assert_eq!(entries(), 3, "only an initramfs entry was added");
+    let file = |out: &str, name: &str| std::fs::read(dir.path().join(out).join("split/1.0.0").join(format!("split-1.0.0-{name}"))).unwrap();
+    assert!(file("a", "rootfs.img") == file("c", "rootfs.img"), "the rootfs image was made again");
+    assert!(file("a", "initramfs.img") != file("c", "initramfs.img"), "the initramfs holds the new init");
+    let (code, _, stderr) = run(rootsmith().arg("release").arg("verify").arg(dir.path().join("c/split/1.0.0")));
+    assert_eq!(code, 0, "{stderr}");
+}

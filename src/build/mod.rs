@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 pub use options::{BuildOptions, BuildSummary, LockedBuild, StageFailed, StageOutcome, TOOL};
-pub use outputs::{output_key, OutputRecord};
+pub use outputs::{output_key, OutputRecord, RootfsRecord};
 use stages::StageRunner;
 
 use crate::cache::{Corrupt, Store};

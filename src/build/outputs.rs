@@ -1,7 +1,11 @@
 //! Making a tree's outputs: the squashfs wrapped in the rootfs image, the
 //! thin initramfs, the tarball, the package list and the SBOM. They are cached
-//! under a key of everything that decides their bytes, so a rebuild with
-//! nothing changed does no work.
+//! in two entries, each under a key of everything that decides its bytes, so
+//! a rebuild with nothing changed does no work, and a new init (or other
+//! initramfs settings) makes only the initramfs again: the rootfs entry
+//! (rootfs image, tarball, package list, SBOM) is keyed by the tree and the
+//! rootfs settings, the initramfs entry by the rootfs entry's key, the init,
+//! the kernels and the initramfs settings.
 
 use std::time::Instant;
 
@@ -20,37 +24,60 @@ use crate::plan::Plan;
 use crate::recipe::{Algorithm, Compression};
 use crate::stage::kernel::{kernels_of, KernelProducts};
 
-/// Assembled outputs of one tree, by output key (the record in the cache's
+/// The rootfs entry: what is made from the tree alone (the record in its
 /// output directory).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutputRecord {
+pub struct RootfsRecord {
     pub key: String,
     /// file name in the output directory → SHA-256
     pub files: std::collections::BTreeMap<String, String>,
     pub cookie: String,
     pub squashfs_entries: u64,
+    pub created: u64,
+}
+
+/// Assembled outputs of one tree, by output key: the initramfs entry's
+/// record, which names the rootfs entry it was made for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub key: String,
+    /// file name in the output directory → SHA-256 (the initramfs)
+    pub files: std::collections::BTreeMap<String, String>,
+    pub rootfs: RootfsRecord,
+    pub cookie: String,
+    pub squashfs_entries: u64,
     /// The thin initramfs's size and modules.
-    #[serde(default)]
     pub initramfs: thin_initramfs::Built,
     pub created: u64,
 }
 
-/// The outputs of the runner's final tree: from the cache, or assembled and
-/// stored there.
+impl OutputRecord {
+    /// Every output file: (the key of the entry holding it, its name, its SHA-256).
+    pub fn all_files(&self) -> Vec<(&str, &str, &str)> {
+        let mut all: Vec<(&str, &str, &str)> = self.rootfs.files.iter().map(|(name, digest)| (self.rootfs.key.as_str(), name.as_str(), digest.as_str())).collect();
+        all.extend(self.files.iter().map(|(name, digest)| (self.key.as_str(), name.as_str(), digest.as_str())));
+        all.sort_by_key(|(_, name, _)| *name);
+        all
+    }
+}
+
+/// The outputs of the runner's final tree: from the cache (or the remote
+/// cache), or assembled and stored there.
 pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Result<(StageOutcome, OutputRecord)> {
     let started = Instant::now();
-    let (squashfs_compression, tarball_compression) = output_compressions(runner.plan, fast);
     let final_tree = runner.parent_tree().expect("a recipe has stages").to_string();
     let kernels = kernels_of(&runner.records)?;
-    let key = output_key(runner.plan, fast, &final_tree, &kernels, runner.host);
+    let rootfs_key = rootfs_key(runner.plan, fast, &final_tree, runner.host);
+    let key = initramfs_key(runner.plan, &rootfs_key, &kernels);
     let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
-    if let Some(record) = runner.store.output::<OutputRecord>(&key) {
+    if let Some(record) = cached(runner, &key) {
+        runner.share_outputs(&record.rootfs.key)?;
         runner.share_outputs(&key)?;
         runner.progress.done("outputs", "cached", 0.0);
         return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
     }
-    if runner.pull_outputs(&key)? {
-        let record = runner.store.output::<OutputRecord>(&key).with_context(|| format!("the output record {key} pulled from the remote cache is not one this rootsmith reads"))?;
+    if runner.pull_outputs(&key)? && (runner.store.output::<RootfsRecord>(&rootfs_key).is_some() || runner.pull_outputs(&rootfs_key)?) {
+        let record = cached(runner, &key).with_context(|| format!("the outputs {key} pulled from the remote cache are not ones this rootsmith reads"))?;
         let seconds = started.elapsed().as_secs_f64();
         runner.progress.done("outputs", "pulled from the remote cache", seconds);
         return Ok((outcome("pulled", seconds), record));
@@ -58,20 +85,83 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     if cache_only {
         bail!("the outputs are not in the cache (key {key}) and --cache-only forbids building them");
     }
-    runner.progress.start("outputs", "squashfs, rootfs image, initramfs, tarball");
     let _lock = runner.store.lock(&key)?;
-    if let Some(record) = runner.store.output::<OutputRecord>(&key) {
+    if let Some(record) = cached(runner, &key) {
         return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
     }
+    let rootfs = match runner.store.output::<RootfsRecord>(&rootfs_key) {
+        Some(rootfs) => {
+            runner.progress.start("outputs", "initramfs (the rootfs image, tarball and SBOM are cached)");
+            rootfs
+        }
+        None => {
+            runner.progress.start("outputs", "squashfs, rootfs image, initramfs, tarball");
+            build_rootfs(runner, fast, &rootfs_key)?
+        }
+    };
+    let stages = runner.plan.stages.len();
+    runner.prepare_tree(stages)?;
+    let work = runner.work();
+    let tree = work.tree();
+    // depmod's and dpkg-deb's output; it outlives the build.
+    let log = runner.store.layout().stage_log(&key);
+    fs_err::write(&log, b"")?;
+    let staged = work.dir.path().join("initramfs-output");
+    fs_err::create_dir(&staged)?;
+    let kernels = kernels.iter().map(|kernel| KernelFiles { name: &kernel.name, release: &kernel.release, debs: &kernel.debs, products: kernel.dir(runner.store.layout()) }).collect();
+    let rootfs_image = runner.store.layout().output(&rootfs.key).join("rootfs.img");
+    let request = thin_initramfs::Request {
+        host: runner.host,
+        log: &log,
+        settings: &runner.plan.outputs.initramfs,
+        tree: &tree,
+        kernels,
+        scratch: work.dir.path(),
+        rootfs_image: &rootfs_image,
+        build: rootsmith_init::contract::BuildId { cookie: rootfs.cookie.clone(), name: runner.plan.recipe.clone() },
+        epoch: runner.plan.source_date_epoch,
+        arch: &runner.plan.arch,
+    };
+    let initramfs = thin_initramfs::write(&request, &staged.join("initramfs.img"))?;
+    let files = digests_of(&staged)?;
+    let record = OutputRecord { key: key.clone(), files, cookie: rootfs.cookie.clone(), squashfs_entries: rootfs.squashfs_entries, rootfs, initramfs, created: crate::time::now_seconds() };
+    runner.store.put_output(&key, &staged, &record)?;
+    runner.share_outputs(&record.rootfs.key)?;
+    runner.share_outputs(&key)?;
+    let seconds = started.elapsed().as_secs_f64();
+    runner.progress.done("outputs", "built", seconds);
+    Ok((outcome("built", seconds), record))
+}
+
+/// The outputs `key` when the cache holds both of their entries.
+fn cached(runner: &StageRunner<'_>, key: &str) -> Option<OutputRecord> {
+    let record = runner.store.output::<OutputRecord>(key)?;
+    runner.store.output::<RootfsRecord>(&record.rootfs.key).is_some().then_some(record)
+}
+
+/// Each file of a staged output directory and its SHA-256.
+fn digests_of(staged: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in fs_err::read_dir(staged)? {
+        let entry = entry?;
+        files.insert(entry.file_name().to_string_lossy().into_owned(), crate::digest::hash_file(&entry.path())?);
+    }
+    Ok(files)
+}
+
+/// The rootfs entry of the final tree: the squashfs in the rootfs image,
+/// the tarball, the package list and the SBOM, stored under `key`.
+fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<RootfsRecord> {
+    let (squashfs_compression, tarball_compression) = output_compressions(runner.plan, fast);
     let stages = runner.plan.stages.len();
     runner.prepare_tree(stages)?;
     let work = runner.work();
     let tree = work.tree();
     artifact::clamp_mtimes(&tree, runner.plan.source_date_epoch)?;
-    // mksquashfs's, dpkg-deb's and depmod's output; it outlives the build.
-    let log = runner.store.layout().stage_log(&key);
+    // mksquashfs's output; it outlives the build.
+    let log = runner.store.layout().stage_log(key);
     fs_err::write(&log, b"")?;
-    let staged = work.dir.path().join("outputs");
+    let staged = work.dir.path().join("rootfs-output");
     fs_err::create_dir(&staged)?;
     let squashfs_path = work.dir.path().join("root.squashfs");
     let devices = work.devices();
@@ -82,35 +172,13 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     let build_id = rootsmith_init::contract::BuildId { cookie: cookie.clone(), name: runner.plan.recipe.clone() };
     artifact::cpio::write_rootfs_image(&squashfs_path, &build_id, &staged.join("rootfs.img"), runner.plan.source_date_epoch)?;
     fs_err::remove_file(&squashfs_path)?;
-    let kernels = kernels.iter().map(|kernel| KernelFiles { name: &kernel.name, release: &kernel.release, debs: &kernel.debs, products: kernel.dir(runner.store.layout()) }).collect();
-    let request = thin_initramfs::Request {
-        host: runner.host,
-        log: &log,
-        settings: &runner.plan.outputs.initramfs,
-        tree: &tree,
-        kernels,
-        scratch: work.dir.path(),
-        rootfs_image: &staged.join("rootfs.img"),
-        build: build_id,
-        epoch: runner.plan.source_date_epoch,
-        arch: &runner.plan.arch,
-    };
-    let initramfs = thin_initramfs::write(&request, &staged.join("initramfs.img"))?;
     tarball::write_rootfs_tarball(&tree, devices, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, runner.plan.source_date_epoch)?;
     fs_err::write(staged.join(PACKAGES), artifact::packages::installed(&tree))?;
     let created = crate::time::rfc3339(runner.plan.source_date_epoch);
     fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &runner.plan.recipe, &cookie, &created))?;
-    let mut files = std::collections::BTreeMap::new();
-    for entry in fs_err::read_dir(&staged)? {
-        let entry = entry?;
-        files.insert(entry.file_name().to_string_lossy().into_owned(), crate::digest::hash_file(&entry.path())?);
-    }
-    let record = OutputRecord { key: key.clone(), files, cookie, squashfs_entries: check.entries, initramfs, created: crate::time::now_seconds() };
-    runner.store.put_output(&key, &staged, &record)?;
-    runner.share_outputs(&key)?;
-    let seconds = started.elapsed().as_secs_f64();
-    runner.progress.done("outputs", "built", seconds);
-    Ok((outcome("built", seconds), record))
+    let record = RootfsRecord { key: key.to_string(), files: digests_of(&staged)?, cookie, squashfs_entries: check.entries, created: crate::time::now_seconds() };
+    runner.store.put_output(key, &staged, &record)?;
+    Ok(record)
 }
 
 /// Squashfs and tarball compression: the recipe's, or cheap ones for `--fast`.
@@ -123,15 +191,20 @@ pub fn output_compressions(plan: &Plan, fast: bool) -> (Compression, Compression
     }
 }
 
-/// The cache key of the outputs of the tree `final_tree`: everything that
-/// decides their bytes.
+/// The cache key of the outputs of the tree `final_tree` (the initramfs
+/// entry's, which names the rootfs entry's): everything that decides their bytes.
 pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, kernels: &[KernelProducts], host: &dyn Host) -> String {
+    initramfs_key(plan, &rootfs_key(plan, fast, final_tree, host), kernels)
+}
+
+/// The key of the rootfs entry: the tree and what decides the rootfs
+/// image's, the tarball's and the SBOM's bytes.
+pub fn rootfs_key(plan: &Plan, fast: bool, final_tree: &str, host: &dyn Host) -> String {
     let (squashfs_compression, tarball_compression) = output_compressions(plan, fast);
-    // A kernel that is not installed in the tree still decides the initramfs's modules.
-    let kernels: Vec<(&str, &str, &str)> = kernels.iter().map(|k| (k.name.as_str(), k.release.as_str(), k.products.as_str())).collect();
     let inputs = serde_json::json!({
         "format": CACHE_FORMAT,
-        // The rootfs image's build id, the initramfs's and the SBOM name the recipe.
+        "entry": "rootfs",
+        // The rootfs image's build id and the SBOM name the recipe.
         "name": plan.recipe,
         "tree": final_tree,
         "squashfs": squashfs_compression,
@@ -139,10 +212,26 @@ pub fn output_key(plan: &Plan, fast: bool, final_tree: &str, kernels: &[KernelPr
         "source_date_epoch": plan.source_date_epoch,
         "squashfs_writer": squashfs::writer_name(host),
         "contract": rootsmith_init::contract::CONTRACT_VERSION,
+        "sbom": 2,
+    });
+    sha256_hex(&serde_json::to_vec(&inputs).expect("output key inputs serialize"))
+}
+
+/// The key of the initramfs entry: the rootfs entry it carries the chunk
+/// list of, the init, the kernels and the initramfs settings.
+pub fn initramfs_key(plan: &Plan, rootfs_key: &str, kernels: &[KernelProducts]) -> String {
+    // A kernel that is not installed in the tree still decides the initramfs's modules.
+    let kernels: Vec<(&str, &str, &str)> = kernels.iter().map(|k| (k.name.as_str(), k.release.as_str(), k.products.as_str())).collect();
+    let inputs = serde_json::json!({
+        "format": CACHE_FORMAT,
+        "entry": "initramfs",
+        "rootfs": rootfs_key,
+        "name": plan.recipe,
+        "source_date_epoch": plan.source_date_epoch,
+        "contract": rootsmith_init::contract::CONTRACT_VERSION,
         "initramfs": plan.outputs.initramfs,
         "init": thin_initramfs::init_digest(&plan.arch),
         "kernels": kernels,
-        "sbom": 2,
     });
     sha256_hex(&serde_json::to_vec(&inputs).expect("output key inputs serialize"))
 }

@@ -77,22 +77,21 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         }
     }
     if let Some(locked) = &options.lock {
-        let list = fs_err::read_to_string(runner.store.layout().output(&record.key).join(PACKAGES))?;
+        let list = fs_err::read_to_string(runner.store.layout().output(&record.rootfs.key).join(PACKAGES))?;
         let differences = locked.lock.differences(&artifact::packages::parse(&list, Some(&runner.plan.arch)));
         if !differences.is_empty() {
             bail!("the tree's packages differ from the lock, so nothing is published:\n  {}", differences.join("\n  "));
         }
     }
     let staging = tempfile::Builder::new().prefix(&partial_prefix).tempdir_in(&parent)?;
-    let source = runner.store.layout().output(&record.key);
     let mut artifacts = Vec::new();
-    for (file, digest) in &record.files {
+    for (entry, file, digest) in record.all_files() {
         // Files about the tree, not boot artifacts, keep their names.
         let target = names.output(file);
-        fs_err::copy(source.join(file), staging.path().join(&target))?;
+        fs_err::copy(runner.store.layout().output(entry).join(file), staging.path().join(&target))?;
         let actual = crate::digest::hash_file(&staging.path().join(&target))?;
-        if &actual != digest {
-            return Err(Corrupt { what: format!("cached output {file} ({})", &record.key[..12]), why: "its bytes do not match its digest".into(), entry: CorruptEntry::Output(record.key.clone()) }.into());
+        if actual != digest {
+            return Err(Corrupt { what: format!("cached output {file} ({})", &entry[..12]), why: "its bytes do not match its digest".into(), entry: CorruptEntry::Output(entry.to_string()) }.into());
         }
         artifacts.push(ManifestArtifact { size: fs_err::metadata(staging.path().join(&target))?.len(), name: target, sha256: actual });
     }

@@ -56,7 +56,8 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
     let (key, state, changed) = match final_tree {
         Some(tree) => {
             let key = rootsmith::build::output_key(&plan, fast, &tree, &rootsmith::stage::kernel::kernels_of(&hit_records)?, &RealHost::default());
-            let state = if store.output::<rootsmith::build::OutputRecord>(&key).is_some() { "hit" } else { "miss" };
+            let cached = store.output::<rootsmith::build::OutputRecord>(&key).is_some_and(|record| store.output::<rootsmith::build::RootfsRecord>(&record.rootfs.key).is_some());
+            let state = if cached { "hit" } else { "miss" };
             (Some(key), state, vec!["the last stage's tree has no outputs with these settings yet".to_string()])
         }
         None => (None, "pending", vec!["waits for the stages to be built".to_string()]),
