@@ -160,6 +160,9 @@ fn a_signed_uki_boots_with_secure_boot_enforced_and_a_changed_one_does_not() {
     assert_eq!(manifest["boot"]["uki"]["signed_cert_sha256"], fingerprint.as_str());
     let (code, _, stderr) = run(rootsmith().arg("release").arg("verify").arg(&first));
     assert_eq!(code, 0, "{stderr}");
+    let (code, shown, stderr) = run(rootsmith().args(["release", "show", "ukisb", "1.0.0", "--out"]).arg(dir.path().join("out")));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(shown.contains(&format!("UKIs: {name} (signed for Secure Boot, certificate sha256 {fingerprint})")), "{shown}");
 
     // The signed UKI boots with Secure Boot on, and the kernel says so.
     let log = dir.path().join("secure.log");

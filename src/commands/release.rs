@@ -83,6 +83,14 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     let modules: usize = m.boot.modules.values().map(Vec::len).sum();
     outln!("initramfs: {} ({}, {}, {modules} modules{})", m.boot.initramfs, mib(m.boot.initramfs_size), m.boot.initramfs_compression, if m.boot.shell { ", shell" } else { "" });
     outln!("boot: cmdline {:?}, marker {:?}", m.boot.cmdline, m.boot.marker.as_deref().unwrap_or("-"));
+    if let Some(uki) = &m.boot.uki {
+        let files: Vec<&str> = m.kernels.iter().filter_map(|kernel| kernel.uki.as_deref()).collect();
+        let signed = match &uki.signed_cert_sha256 {
+            Some(cert) => format!("signed for Secure Boot, certificate sha256 {cert}"),
+            None => "not signed for Secure Boot".into(),
+        };
+        outln!("UKIs: {} ({signed}); rootfs from {}", files.join(", "), uki.rootfs_url);
+    }
     outln!("\nartifacts ({}):", mib(bundle.size()));
     for artifact in &m.artifacts {
         outln!("  {:<48} {:>11}  {}", artifact.name, mib(artifact.size), &artifact.sha256[..16]);
