@@ -350,7 +350,7 @@ pub struct BootArgs {
     /// Extra kernel arguments (repeatable)
     #[arg(long = "append", value_name = "ARG")]
     pub append: Vec<String>,
-    /// For --via http|pxe: use this server (its base URL as the guest reaches it, e.g. http://10.0.2.2:8080/b/) instead of starting one
+    /// For --via http|pxe|uki: use this server (its base URL as the guest reaches it, e.g. http://10.0.2.2:8080/b/) instead of starting one
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// For --via pxe: load boot.ipxe from rootsmith's own TFTP server instead of QEMU's
