@@ -62,6 +62,9 @@ fn a_uki_per_kernel_is_deterministic_and_boots_under_ovmf() {
     assert_eq!(manifest["boot"]["uki"]["cmdline"], cmdline.as_str());
     let (code, _, stderr) = run(rootsmith().arg("release").arg("verify").arg(&first));
     assert_eq!(code, 0, "{stderr}");
+    // boot.ipxe offers it, passing its own command line.
+    let menu = std::fs::read_to_string(first.join("boot.ipxe")).unwrap();
+    assert!(menu.contains(&format!("\n:debian-uki\nchain --autofree {name} {cmdline}\n")), "{menu}");
 
     // Its sections: what went in, where objdump says they are.
     assert_eq!(section(&bytes, ".linux"), std::fs::read(first.join("ukitest-1.0.0-debian-vmlinuz")).unwrap());

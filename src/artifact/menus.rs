@@ -17,6 +17,10 @@ pub struct MenuInput {
     pub initramfs: String,
     pub rootfs: String,
     pub cmdline: String,
+    /// (kernel name, UKI file) of the kernels with a Unified Kernel Image.
+    pub ukis: Vec<(String, String)>,
+    /// The command line baked into the UKIs (iPXE passes it on: see [`ipxe_uki_entry`]).
+    pub uki_cmdline: String,
 }
 
 impl MenuInput {
@@ -28,6 +32,8 @@ impl MenuInput {
             initramfs: boot.initramfs.clone(),
             rootfs: boot.rootfs_image.clone(),
             cmdline: boot.cmdline.clone(),
+            ukis: kernels.iter().filter_map(|kernel| kernel.uki.clone().map(|file| (kernel.name.clone(), file))).collect(),
+            uki_cmdline: boot.uki.as_ref().map(|uki| uki.cmdline.clone()).unwrap_or_default(),
         }
     }
 
@@ -80,6 +86,19 @@ pub fn ipxe_entry(input: &MenuInput, prefix: &str, rootfs_base: &str, vmlinuz: &
     }
 }
 
+/// The entry id of a kernel's UKI.
+pub fn uki_entry_id(kernel: &str) -> String {
+    format!("{kernel}-uki")
+}
+
+/// The iPXE lines that boot a UKI (`prefix` + `file`). They pass the UKI's
+/// own command line: iPXE gives an EFI image its name as command line when
+/// given none, and without Secure Boot systemd's stub takes what it is given
+/// in place of the one inside (with Secure Boot it ignores it).
+pub fn ipxe_uki_entry(prefix: &str, file: &str, cmdline: &str) -> String {
+    format!("chain --autofree {prefix}{file} {cmdline}\n")
+}
+
 /// One PXELINUX `LABEL` block.
 pub fn pxelinux_label(input: &MenuInput, rootfs_base: &str, kernel: &str, vmlinuz: &str, fetched: bool) -> String {
     let id = entry_id(kernel, fetched);
@@ -123,11 +142,17 @@ pub fn ipxe(input: &MenuInput, base: Option<&str>, default: Option<&str>) -> Str
         text.push_str(&format!("item {} {kernel}: rootfs appended as a second initrd\n", entry_id(kernel, false)));
         text.push_str(&format!("item {} {kernel}: rootfs fetched over HTTP by the init\n", entry_id(kernel, true)));
     }
+    for (kernel, _) in &input.ukis {
+        text.push_str(&format!("item {} {kernel}: Unified Kernel Image (UEFI, Secure Boot), rootfs fetched by the init\n", uki_entry_id(kernel)));
+    }
     text.push_str(&format!("choose --default {first} --timeout 3000 target && goto ${{target}}\nexit\n"));
     for (kernel, vmlinuz) in &input.kernels {
         for fetched in [false, true] {
             text.push_str(&format!("\n:{}\n{}", entry_id(kernel, fetched), ipxe_entry(input, prefix, rootfs_base, vmlinuz, fetched)));
         }
+    }
+    for (kernel, file) in &input.ukis {
+        text.push_str(&format!("\n:{}\n{}", uki_entry_id(kernel), ipxe_uki_entry(prefix, file, &input.uki_cmdline)));
     }
     text
 }
@@ -183,7 +208,22 @@ mod tests {
             initramfs: "demo-1.0-initramfs.img".into(),
             rootfs: "demo-1.0-rootfs.img".into(),
             cmdline: "console=ttyS0".into(),
+            ukis: Vec::new(),
+            uki_cmdline: String::new(),
         }
+    }
+
+    #[test]
+    fn ipxe_offers_each_uki_with_its_own_command_line() {
+        let mut with_uki = input();
+        with_uki.ukis = vec![("debian".into(), "demo-1.0-debian.efi".into())];
+        with_uki.uki_cmdline = "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img".into();
+        let text = ipxe(&with_uki, None, None);
+        assert!(text.contains("item debian-uki debian: Unified Kernel Image"), "{text}");
+        assert!(text.ends_with("\n:debian-uki\nchain --autofree demo-1.0-debian.efi console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img\n"), "{text}");
+        let served = ipxe(&with_uki, Some("http://10.0.2.2:80/b/"), None);
+        assert!(served.contains("chain --autofree http://10.0.2.2:80/b/demo-1.0-debian.efi console=ttyS0"), "{served}");
+        assert!(!ipxe(&input(), None, None).contains("uki"));
     }
 
     #[test]

@@ -227,7 +227,7 @@ pub fn uki_script(url: &str, cmdline: &str) -> Result<String> {
     if let Some(bad) = [url, cmdline].into_iter().find(|text| text.chars().any(char::is_control) || text.contains("${")) {
         bail!("the manifest's UKI command line or URL {bad:?} holds a control character or `${{`, which an iPXE script cannot carry");
     }
-    Ok(format!("#!ipxe\nchain --autofree {url} {cmdline}\n"))
+    Ok(format!("#!ipxe\n{}", menus::ipxe_uki_entry("", url, cmdline)))
 }
 
 #[cfg(test)]
