@@ -27,12 +27,51 @@ pub struct Names {
     pub elf_machine: u16,
     /// QEMU's name: `qemu-NAME-static`, the binfmt_misc entry `qemu-NAME`.
     pub qemu: &'static str,
+    /// How a bundle of this architecture boots in QEMU.
+    pub machine: Machine,
+}
+
+/// A QEMU system emulator for an architecture's bundles: its program, the
+/// Debian package that has it, the machine and CPU it emulates, and the
+/// serial console the kernel writes to there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    pub program: &'static str,
+    pub package: &'static str,
+    /// `-machine` (`accel=…` is added).
+    pub machine: &'static str,
+    /// `-cpu` under TCG, if QEMU's default will not do (the `virt` machine's
+    /// default is a 32-bit cortex-a15).
+    pub tcg_cpu: Option<&'static str>,
+    /// The kernel's name of the first serial port: `console=NAME`.
+    pub console: &'static str,
+    /// The firmware's network boot (the NIC's iPXE option ROM) works without
+    /// a firmware image: only a PC BIOS has one built in.
+    pub network_boot: bool,
 }
 
 const NAMES: &[Names] = &[
-    Names { debian: "amd64", rust_target: "x86_64-unknown-linux-gnu", elf_machine: 62, qemu: "x86_64" },
-    Names { debian: "arm64", rust_target: "aarch64-unknown-linux-gnu", elf_machine: 183, qemu: "aarch64" },
+    Names {
+        debian: "amd64",
+        rust_target: "x86_64-unknown-linux-gnu",
+        elf_machine: 62,
+        qemu: "x86_64",
+        machine: Machine { program: "qemu-system-x86_64", package: "qemu-system-x86", machine: "q35", tcg_cpu: None, console: "ttyS0", network_boot: true },
+    },
+    Names {
+        debian: "arm64",
+        rust_target: "aarch64-unknown-linux-gnu",
+        elf_machine: 183,
+        qemu: "aarch64",
+        machine: Machine { program: "qemu-system-aarch64", package: "qemu-system-arm", machine: "virt", tcg_cpu: Some("max"), console: "ttyAMA0", network_boot: false },
+    },
 ];
+
+/// The QEMU machine of a supported architecture; amd64's for any other
+/// (a bundle's manifest was checked when it was read).
+pub fn machine(arch: &str) -> &'static Machine {
+    &names(arch).unwrap_or(&NAMES[0]).machine
+}
 
 /// The other names of a supported architecture.
 pub fn names(arch: &str) -> Option<&'static Names> {
@@ -199,6 +238,8 @@ mod tests {
         }
         assert_eq!(names("arm64").unwrap().rust_target, "aarch64-unknown-linux-gnu");
         assert_eq!(names("amd64").unwrap().elf_machine, 62);
+        assert_eq!((machine("arm64").program, machine("arm64").console), ("qemu-system-aarch64", "ttyAMA0"));
+        assert_eq!((machine("amd64").program, machine("amd64").console), ("qemu-system-x86_64", "ttyS0"));
     }
 
     #[test]

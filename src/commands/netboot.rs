@@ -52,8 +52,8 @@ pub struct BootTestArgs {
 
 pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     super::must_be_bundle(&args.options.bundle)?;
-    rootsmith::tools::require("qemu-system-x86_64", "to boot a bundle")?;
     let prepared = boottest::prepare(&args.options)?;
+    rootsmith::tools::require(rootsmith::arch::machine(&prepared.manifest.arch).program, &format!("to boot an {} bundle", prepared.manifest.arch))?;
     let expect = boottest::expected_line(&prepared.manifest, args.expect.as_deref());
     let via = format!("{:?}", args.options.via).to_lowercase();
     let log_path = args.log.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rootsmith-boot-test-{}-{}-{via}.log", prepared.manifest.name, prepared.manifest.version)));
@@ -68,7 +68,7 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
             log_path.display()
         );
     }
-    let result = qemu::boot_until(&prepared.guest.argv(), &expect, args.timeout)?;
+    let result = qemu::boot_until(&prepared.argv(), &expect, args.timeout)?;
     let mut log = result.console.clone();
     let http = prepared.http_log.lock().expect("log lock").clone();
     if !http.is_empty() {
@@ -93,9 +93,9 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
 /// Boot interactively: the serial console is this terminal (Ctrl-A X quits).
 pub fn interactive(options: &BootOptions) -> Result<()> {
     super::must_be_bundle(&options.bundle)?;
-    rootsmith::tools::require("qemu-system-x86_64", "to boot a bundle")?;
     let prepared = boottest::prepare(options)?;
-    let argv: Vec<String> = prepared.guest.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();
+    rootsmith::tools::require(rootsmith::arch::machine(&prepared.manifest.arch).program, &format!("to boot an {} bundle", prepared.manifest.arch))?;
+    let argv: Vec<String> = prepared.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();
     eprintln!("starting {} {} (kernel {}); quit with Ctrl-A X", prepared.manifest.name, prepared.manifest.version, prepared.kernel.name);
     let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status()?;
     if !status.success() {
