@@ -143,6 +143,19 @@ impl Gap {
     }
 }
 
+impl Gap {
+    /// The command that closes the gap without installing anything (a mount,
+    /// an entry enabled): one that root may run for the user, unasked, since
+    /// a reboot undoes both. `None` for a package to install.
+    pub fn enabling_argv(&self) -> Option<Vec<String>> {
+        match self {
+            Gap::BinfmtMisc => Some(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"].map(String::from).to_vec()),
+            Gap::Disabled { qemu } | Gap::NotRegistered { qemu } => Some(vec!["update-binfmts".into(), "--enable".into(), format!("qemu-{qemu}")]),
+            Gap::Interpreter { .. } | Gap::NotFixBinary { .. } | Gap::ArchTest => None,
+        }
+    }
+}
+
 /// What the host under `root` lacks to run `arch`'s programs when it is a
 /// `host` machine: nothing when they are the same architecture. Reads
 /// `root/usr/bin` and `root/proc/sys/fs/binfmt_misc` only, so a test can
@@ -276,6 +289,17 @@ mod tests {
         for (programs, mounted, entry, want) in cases {
             let dir = root(programs, *mounted, *entry);
             assert_eq!(emulation_gaps(dir.path(), "amd64", "arm64"), *want, "{programs:?} mounted={mounted} {entry:?}");
+        }
+    }
+
+    /// Root may mount binfmt_misc and enable an entry; it never installs a package for the user.
+    #[test]
+    fn only_a_mount_and_an_enable_are_done_for_the_user() {
+        assert_eq!(Gap::BinfmtMisc.enabling_argv().unwrap().join(" "), "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc");
+        assert_eq!(Gap::Disabled { qemu: "aarch64" }.enabling_argv().unwrap().join(" "), "update-binfmts --enable qemu-aarch64");
+        assert_eq!(Gap::NotRegistered { qemu: "aarch64" }.enabling_argv().unwrap().join(" "), "update-binfmts --enable qemu-aarch64");
+        for gap in [Gap::Interpreter { qemu: "aarch64" }, Gap::NotFixBinary { qemu: "aarch64" }, Gap::ArchTest] {
+            assert_eq!(gap.enabling_argv(), None, "{gap:?}");
         }
     }
 
