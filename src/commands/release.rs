@@ -120,7 +120,7 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, key: Option<&Path>, json: bool
     };
     // A signature that does not hold ends it: nothing the bundle says is used.
     if let Some(recipe) = rebuild.filter(|_| !signed || report.ok()) {
-        let recipe = super::load_recipe(&crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new() })?;
+        let recipe = super::load_recipe(&crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new(), arch: None })?;
         let bundle = Bundle::open(dir)?;
         let outcome = release::rebuild::rebuild_and_compare(&bundle, &recipe)?;
         let (ok, detail) = match outcome {

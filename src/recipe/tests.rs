@@ -171,6 +171,27 @@ fn only_supported_architectures_are_accepted() {
     }
 }
 
+/// `--set arch=A` (what `--arch A` passes) builds the recipe for A as the
+/// bundle NAME-A, and `${arch}` is the architecture built for.
+#[test]
+fn set_arch_builds_the_recipe_for_another_architecture_as_its_own_bundle() {
+    let dir = fixture_dir();
+    let source = format!("{HEAD}arch: amd64\nstages:\n  - debootstrap: {{ suite: bookworm }}\n  - kernel: {{ package: \"linux-image-${{arch}}\" }}\n");
+    let package = |recipe: &Recipe| match &recipe.stages[1].kind {
+        StageKind::Kernel(Kernel::Package { package }) => package.clone(),
+        other => panic!("{other:?}"),
+    };
+    let plain = load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap();
+    assert_eq!((plain.name.as_str(), plain.arch.as_str(), package(&plain).as_str()), ("demo", "amd64", "linux-image-amd64"));
+    let options = LoadOptions { sets: vec![("arch".into(), "arm64".into())] };
+    let arm64 = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap();
+    assert_eq!((arm64.name.as_str(), arm64.arch.as_str(), package(&arm64).as_str()), ("demo-arm64", "arm64", "linux-image-arm64"));
+    let options = LoadOptions { sets: vec![("arch".into(), "armhf".into())] };
+    let Diagnostics(errors) = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap_err();
+    assert_eq!(errors[0].message, "--set arch=armhf: architecture `armhf` is not supported");
+    assert_eq!(errors[0].line_column(), (4, 1), "at `arch:`");
+}
+
 #[test]
 fn set_of_an_undeclared_variable_is_an_error() {
     let dir = fixture_dir();
