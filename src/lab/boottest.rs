@@ -165,7 +165,7 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
         AccelChoice::Auto if foreign => Accel::Tcg,
         AccelChoice::Auto => {
             let probe = Guest { accel: Accel::Kvm, ..guest.clone() };
-            qemu::probe_kvm_remembered(&probe.argv(), "rootsmith-init:", Duration::from_secs(20))
+            qemu::probe_kvm_remembered(&probe.argv_for(&manifest.arch), "rootsmith-init:", Duration::from_secs(20))
         }
     };
     Ok(Prepared { guest, manifest, kernel, http_log, _scratch: scratch })
