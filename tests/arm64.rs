@@ -78,3 +78,34 @@ fn arm64_bundle_builds_under_emulation_and_boots_in_qemu_system_aarch64() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("boot-test boots it --via appended or --via http"), "{stderr}");
 }
+
+/// `--arch` and `--set arch=` build one recipe for arm64 beside its amd64
+/// bundle, as NAME-arm64, which `release verify --rebuild` rebuilds for arm64.
+/// A tarball base runs nothing in the tree, so this needs no emulation.
+#[test]
+fn one_recipe_builds_for_both_architectures_into_separate_bundles() {
+    if !needs_root("one_recipe_builds_for_both_architectures_into_separate_bundles") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tree/etc")).unwrap();
+    std::fs::write(dir.path().join("tree/etc/hello"), "hello\n").unwrap();
+    tar_base(dir.path());
+    let recipe = dir.path().join("both.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: both\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    let (cache, out) = (dir.path().join("cache"), dir.path().join("out"));
+    for extra in [&[][..], &["--arch", "arm64"][..], &["--set", "arch=arm64"][..]] {
+        let (code, _, stderr) = run(rootsmith().arg("build").arg("--cache").arg(&cache).arg("--out").arg(&out).arg(&recipe).args(extra));
+        assert_eq!(code, 0, "{extra:?}: {stderr}");
+    }
+    for (name, arch) in [("both", "amd64"), ("both-arm64", "arm64")] {
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(name).join("1.0.0/manifest.json")).unwrap()).unwrap();
+        assert_eq!((manifest["name"].as_str(), manifest["arch"].as_str()), (Some(name), Some(arch)));
+    }
+    let (code, stdout, stderr) = run(rootsmith().args(["release", "verify"]).arg(out.join("both-arm64/1.0.0")).arg("--rebuild").arg(&recipe));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("ok     rebuild"), "{stdout}");
+    let (code, _, stderr) = run(rootsmith().args(["check", "--arch", "armhf"]).arg(&recipe));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("[possible values: amd64, arm64]"), "{stderr}");
+}

@@ -120,8 +120,14 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, key: Option<&Path>, json: bool
     };
     // A signature that does not hold ends it: nothing the bundle says is used.
     if let Some(recipe) = rebuild.filter(|_| !signed || report.ok()) {
-        let recipe = super::load_recipe(&crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new(), arch: None })?;
         let bundle = Bundle::open(dir)?;
+        let mut args = crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new(), arch: None };
+        let mut recipe = super::load_recipe(&args)?;
+        if bundle.manifest.name == format!("{}-{}", recipe.name, bundle.manifest.arch) {
+            // A bundle `build --arch` made: rebuilt for its architecture.
+            args.arch = Some(bundle.manifest.arch.clone());
+            recipe = super::load_recipe(&args)?;
+        }
         let outcome = release::rebuild::rebuild_and_compare(&bundle, &recipe)?;
         let (ok, detail) = match outcome {
             release::rebuild::Rebuilt::Same(detail) => (true, detail),
