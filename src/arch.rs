@@ -29,6 +29,10 @@ pub struct Names {
     pub qemu: &'static str,
     /// How a bundle of this architecture boots in QEMU.
     pub machine: Machine,
+    /// The GNU triplet's prefix of the cross compiler that builds this
+    /// architecture's kernels elsewhere (`CROSS_COMPILE`), and its package.
+    pub cross_compile: &'static str,
+    pub cross_gcc_package: &'static str,
 }
 
 /// A QEMU system emulator for an architecture's bundles: its program, the
@@ -57,6 +61,8 @@ const NAMES: &[Names] = &[
         elf_machine: 62,
         qemu: "x86_64",
         machine: Machine { program: "qemu-system-x86_64", package: "qemu-system-x86", machine: "q35", tcg_cpu: None, console: "ttyS0", network_boot: true },
+        cross_compile: "x86_64-linux-gnu-",
+        cross_gcc_package: "gcc-x86-64-linux-gnu",
     },
     Names {
         debian: "arm64",
@@ -64,6 +70,8 @@ const NAMES: &[Names] = &[
         elf_machine: 183,
         qemu: "aarch64",
         machine: Machine { program: "qemu-system-aarch64", package: "qemu-system-arm", machine: "virt", tcg_cpu: Some("max"), console: "ttyAMA0", network_boot: false },
+        cross_compile: "aarch64-linux-gnu-",
+        cross_gcc_package: "gcc-aarch64-linux-gnu",
     },
 ];
 
@@ -76,6 +84,13 @@ pub fn machine(arch: &str) -> &'static Machine {
 /// The other names of a supported architecture.
 pub fn names(arch: &str) -> Option<&'static Names> {
     NAMES.iter().find(|names| names.debian == arch)
+}
+
+/// `CROSS_COMPILE` for building `arch`'s kernels on this host, and the
+/// package of its gcc: `None` for the host's own architecture (or one
+/// rootsmith does not know).
+pub fn cross_compile(arch: &str) -> Option<(&'static str, &'static str)> {
+    names(arch).filter(|names| names.debian != host()).map(|names| (names.cross_compile, names.cross_gcc_package))
 }
 
 /// The Debian name of a Rust `target_arch` (`std::env::consts::ARCH`); an

@@ -109,3 +109,46 @@ fn one_recipe_builds_for_both_architectures_into_separate_bundles() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("[possible values: amd64, arm64]"), "{stderr}");
 }
+
+/// A kernel built from source for arm64 on this amd64 host is cross-compiled
+/// (`CROSS_COMPILE=aarch64-linux-gnu-`, ccache, `make bindeb-pkg`): an arm64
+/// tinyconfig with `fixtures/kernel/arm64-virt.config` gives an `Image` and
+/// an arm64 .deb, and boots on QEMU's virt machine to an initramfs's marker.
+#[test]
+fn a_cross_built_arm64_kernel_boots_to_a_marker() {
+    if !needs_root("a_cross_built_arm64_kernel_boots_to_a_marker") {
+        return;
+    }
+    const KERNEL_MARKER: &str = "ROOTSMITH-ARM64-KERNEL-MARKER";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tree/etc")).unwrap();
+    std::fs::write(dir.path().join("tree/etc/motd"), "arm64 kernel test\n").unwrap();
+    tar_base(dir.path());
+    std::fs::copy(repo().join("fixtures/kernel/arm64-virt.config"), dir.path().join("arm64-virt.config")).unwrap();
+    let recipe = dir.path().join("karm.yaml");
+    std::fs::write(
+        &recipe,
+        "rootsmith: 1\nname: karm\nversion: 1.0.0\narch: arm64\nsource_date_epoch: 1700000000\nstages:\n  - tarball: { path: base.tar }\n  - kernel:\n      name: tiny\n      source: { package: linux-source-6.1 }\n      config: { base: tinyconfig, fragments: [arm64-virt.config] }\n      localversion: \"-rootsmith\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let started = Instant::now();
+    let (code, _, stderr) = run(rootsmith().arg("build").arg("--fast").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(&out).arg(&recipe));
+    eprintln!("arm64 tinyconfig cross build: {:.0} s", started.elapsed().as_secs_f64());
+    assert_eq!(code, 0, "{stderr}");
+    let bundle = out.join("karm/1.0.0");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let release = manifest["kernels"][0]["release"].as_str().unwrap().to_string();
+    assert!(release.ends_with("-rootsmith"), "{release}");
+    let deb = manifest["kernels"][0]["debs"][0].as_str().unwrap();
+    assert!(deb.starts_with(&format!("kernel/linux-image-{release}_")) && deb.ends_with("_arm64.deb"), "{deb}");
+    // An arm64 Image: "ARM\x64" at byte 56 of its header.
+    let vmlinuz = bundle.join(format!("karm-1.0.0-tiny-vmlinuz"));
+    assert_eq!(&std::fs::read(&vmlinuz).unwrap()[56..60], b"ARM\x64");
+
+    let initramfs = marker_initramfs(dir.path(), "aarch64-linux-gnu-gcc", KERNEL_MARKER);
+    let guest = rootsmith::lab::qemu::Guest { kernel: Some(vmlinuz), initrd: Some(initramfs), cmdline: "console=ttyAMA0 panic=-1".into(), memory_mib: 256, accel: rootsmith::lab::qemu::Accel::Tcg, network: None, disk: None };
+    let result = rootsmith::lab::qemu::boot_until(&guest.argv_for("arm64"), KERNEL_MARKER, std::time::Duration::from_secs(180)).unwrap();
+    assert!(result.found, "no marker; console:\n{}", result.console);
+    assert!(result.console.contains(&release), "the console does not show release {release}:\n{}", result.console);
+}

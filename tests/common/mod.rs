@@ -307,3 +307,24 @@ pub fn a_flipped_byte_is_refused(bundle: &Path, dir: &Path, logs: &Path) -> Vec<
     assert!(!console.contains("switching root"));
     original
 }
+
+/// An initramfs whose `/init`, a static program built with `gcc` (the
+/// host's, or a cross compiler such as `aarch64-linux-gnu-gcc`), prints
+/// `marker` on the console: a kernel that boots it reaches userspace.
+pub fn marker_initramfs(dir: &Path, gcc: &str, marker: &str) -> PathBuf {
+    let source = dir.join("init.c");
+    std::fs::write(&source, format!("#include <unistd.h>\nint main(void) {{ static const char m[] = \"{marker}\\n\"; write(1, m, sizeof m - 1); return 0; }}\n")).unwrap();
+    let init = dir.join("init");
+    let status = Command::new(gcc).args(["-static", "-Os", "-o"]).arg(&init).arg(&source).status().unwrap();
+    assert!(status.success(), "{gcc} -static failed (libc6-dev, or libc6-dev-arm64-cross for aarch64-linux-gnu-gcc, provides the static libc)");
+    let binary = std::fs::read(&init).unwrap();
+    let image = dir.join("marker.cpio");
+    let mut out = std::fs::File::create(&image).unwrap();
+    cpio::newc::Builder::new("dev").mode(0o040755).nlink(2).write(&mut out, 0).finish().unwrap();
+    cpio::newc::Builder::new("dev/console").mode(0o020600).rdev_major(5).rdev_minor(1).write(&mut out, 0).finish().unwrap();
+    let mut entry = cpio::newc::Builder::new("init").mode(0o100755).write(&mut out, binary.len() as u32);
+    std::io::Write::write_all(&mut entry, &binary).unwrap();
+    entry.finish().unwrap();
+    cpio::newc::trailer(&mut out).unwrap();
+    image
+}
