@@ -2,11 +2,15 @@
 //! (minbase, a package, Debian's packaged arm64 kernel, a run stage that
 //! checks it runs as aarch64) built under QEMU user-mode emulation, then
 //! booted in qemu-system-aarch64 (`virt`, TCG) with the rootfs appended and
-//! over HTTP to its marker; a rootfs.img with a flipped byte is refused.
+//! over HTTP to its marker; a rootfs.img with a flipped byte is refused. One
+//! recipe built for amd64 and with `--arch arm64` beside it; a tinyconfig
+//! arm64 kernel cross-compiled and booted to a marker.
 //! Needs root, the package archive, qemu-user-static, binfmt-support,
-//! arch-test and qemu-system-arm (CI has them all). As root, rootsmith
-//! mounts binfmt_misc and enables `qemu-aarch64` itself when they are not:
-//! the test leaves them enabled, which only lets arm64 programs run.
+//! arch-test, qemu-system-arm and gcc-aarch64-linux-gnu (CI has them all).
+//! As root, rootsmith mounts binfmt_misc and enables `qemu-aarch64` itself
+//! when they are not: the test leaves them enabled, which only lets arm64
+//! programs run. The emulation check's every gap and its error are unit
+//! tests of `rootsmith::arch` (a fake root directory).
 
 mod common;
 
