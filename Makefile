@@ -12,7 +12,7 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                patch libelf-dev libssl-dev qemu-system-x86 ipxe-qemu curl \
                pxelinux syslinux-common umoci skopeo docker-registry busybox-static \
                uidmap binutils systemd-boot-efi ovmf gcc-aarch64-linux-gnu \
-               libc6-dev-arm64-cross qemu-user-static binfmt-support arch-test \
+               libc6-dev-arm64-cross qemu-user-static binfmt-support arch-test qemu-system-arm \
                openssh-client ipxe osslsigncode sbsigntool openssl
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 

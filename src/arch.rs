@@ -27,16 +27,70 @@ pub struct Names {
     pub elf_machine: u16,
     /// QEMU's name: `qemu-NAME-static`, the binfmt_misc entry `qemu-NAME`.
     pub qemu: &'static str,
+    /// How a bundle of this architecture boots in QEMU.
+    pub machine: Machine,
+    /// The GNU triplet's prefix of the cross compiler that builds this
+    /// architecture's kernels elsewhere (`CROSS_COMPILE`), and its package.
+    pub cross_compile: &'static str,
+    pub cross_gcc_package: &'static str,
+}
+
+/// A QEMU system emulator for an architecture's bundles: its program, the
+/// Debian package that has it, the machine and CPU it emulates, and the
+/// serial console the kernel writes to there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    pub program: &'static str,
+    pub package: &'static str,
+    /// `-machine` (`accel=…` is added).
+    pub machine: &'static str,
+    /// `-cpu` under TCG, if QEMU's default will not do (the `virt` machine's
+    /// default is a 32-bit cortex-a15).
+    pub tcg_cpu: Option<&'static str>,
+    /// The kernel's name of the first serial port: `console=NAME`.
+    pub console: &'static str,
+    /// The firmware's network boot (the NIC's iPXE option ROM) works without
+    /// a firmware image: only a PC BIOS has one built in.
+    pub network_boot: bool,
 }
 
 const NAMES: &[Names] = &[
-    Names { debian: "amd64", rust_target: "x86_64-unknown-linux-gnu", elf_machine: 62, qemu: "x86_64" },
-    Names { debian: "arm64", rust_target: "aarch64-unknown-linux-gnu", elf_machine: 183, qemu: "aarch64" },
+    Names {
+        debian: "amd64",
+        rust_target: "x86_64-unknown-linux-gnu",
+        elf_machine: 62,
+        qemu: "x86_64",
+        machine: Machine { program: "qemu-system-x86_64", package: "qemu-system-x86", machine: "q35", tcg_cpu: None, console: "ttyS0", network_boot: true },
+        cross_compile: "x86_64-linux-gnu-",
+        cross_gcc_package: "gcc-x86-64-linux-gnu",
+    },
+    Names {
+        debian: "arm64",
+        rust_target: "aarch64-unknown-linux-gnu",
+        elf_machine: 183,
+        qemu: "aarch64",
+        machine: Machine { program: "qemu-system-aarch64", package: "qemu-system-arm", machine: "virt", tcg_cpu: Some("max"), console: "ttyAMA0", network_boot: false },
+        cross_compile: "aarch64-linux-gnu-",
+        cross_gcc_package: "gcc-aarch64-linux-gnu",
+    },
 ];
+
+/// The QEMU machine of a supported architecture; amd64's for any other
+/// (a bundle's manifest was checked when it was read).
+pub fn machine(arch: &str) -> &'static Machine {
+    &names(arch).unwrap_or(&NAMES[0]).machine
+}
 
 /// The other names of a supported architecture.
 pub fn names(arch: &str) -> Option<&'static Names> {
     NAMES.iter().find(|names| names.debian == arch)
+}
+
+/// `CROSS_COMPILE` for building `arch`'s kernels on this host, and the
+/// package of its gcc: `None` for the host's own architecture (or one
+/// rootsmith does not know).
+pub fn cross_compile(arch: &str) -> Option<(&'static str, &'static str)> {
+    names(arch).filter(|names| names.debian != host()).map(|names| (names.cross_compile, names.cross_gcc_package))
 }
 
 /// The Debian name of a Rust `target_arch` (`std::env::consts::ARCH`); an
@@ -100,6 +154,19 @@ impl Gap {
             Gap::Disabled { qemu } => format!("update-binfmts --enable qemu-{qemu}"),
             Gap::NotFixBinary { qemu } => format!("apt-get install --reinstall qemu-user-static && update-binfmts --enable qemu-{qemu}"),
             Gap::ArchTest => "apt-get install arch-test".into(),
+        }
+    }
+}
+
+impl Gap {
+    /// The command that closes the gap without installing anything (a mount,
+    /// an entry enabled): one that root may run for the user, unasked, since
+    /// a reboot undoes both. `None` for a package to install.
+    pub fn enabling_argv(&self) -> Option<Vec<String>> {
+        match self {
+            Gap::BinfmtMisc => Some(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"].map(String::from).to_vec()),
+            Gap::Disabled { qemu } | Gap::NotRegistered { qemu } => Some(vec!["update-binfmts".into(), "--enable".into(), format!("qemu-{qemu}")]),
+            Gap::Interpreter { .. } | Gap::NotFixBinary { .. } | Gap::ArchTest => None,
         }
     }
 }
@@ -199,6 +266,8 @@ mod tests {
         }
         assert_eq!(names("arm64").unwrap().rust_target, "aarch64-unknown-linux-gnu");
         assert_eq!(names("amd64").unwrap().elf_machine, 62);
+        assert_eq!((machine("arm64").program, machine("arm64").console), ("qemu-system-aarch64", "ttyAMA0"));
+        assert_eq!((machine("amd64").program, machine("amd64").console), ("qemu-system-x86_64", "ttyS0"));
     }
 
     #[test]
@@ -235,6 +304,17 @@ mod tests {
         for (programs, mounted, entry, want) in cases {
             let dir = root(programs, *mounted, *entry);
             assert_eq!(emulation_gaps(dir.path(), "amd64", "arm64"), *want, "{programs:?} mounted={mounted} {entry:?}");
+        }
+    }
+
+    /// Root may mount binfmt_misc and enable an entry; it never installs a package for the user.
+    #[test]
+    fn only_a_mount_and_an_enable_are_done_for_the_user() {
+        assert_eq!(Gap::BinfmtMisc.enabling_argv().unwrap().join(" "), "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc");
+        assert_eq!(Gap::Disabled { qemu: "aarch64" }.enabling_argv().unwrap().join(" "), "update-binfmts --enable qemu-aarch64");
+        assert_eq!(Gap::NotRegistered { qemu: "aarch64" }.enabling_argv().unwrap().join(" "), "update-binfmts --enable qemu-aarch64");
+        for gap in [Gap::Interpreter { qemu: "aarch64" }, Gap::NotFixBinary { qemu: "aarch64" }, Gap::ArchTest] {
+            assert_eq!(gap.enabling_argv(), None, "{gap:?}");
         }
     }
 

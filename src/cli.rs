@@ -18,6 +18,9 @@ pub struct RecipeArgs {
     /// Override a recipe variable (repeatable)
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
     pub sets: Vec<(String, String)>,
+    /// Build for this architecture instead of the recipe's `arch:`, as the bundle NAME-ARCH (the same as --set arch=ARCH)
+    #[arg(long = "arch", value_name = "ARCH", value_parser = clap::builder::PossibleValuesParser::new(rootsmith::arch::SUPPORTED))]
+    pub arch: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

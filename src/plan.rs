@@ -222,7 +222,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
                     "localversion": k.localversion,
                     "install": k.install,
                     "headers": k.headers,
-                    "compiler": crate::stage::kernel::build::compiler_version(host),
+                    "compiler": crate::stage::kernel::build::compiler_version(host, &recipe.arch),
                 });
                 (params, files, remote)
             }

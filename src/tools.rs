@@ -14,6 +14,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
     ("dpkg-deb", "dpkg"),
     ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-system-aarch64", "qemu-system-arm"),
     ("newuidmap", "uidmap"),
     ("newgidmap", "uidmap"),
     ("objcopy", "binutils"),

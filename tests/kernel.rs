@@ -63,24 +63,6 @@ fn kernel_stage_with(name: &str, fragments: &[&str], localversion: &str, extra: 
 }
 
 /// A tiny initramfs: a static `/init` that prints the marker, and `/dev/console`.
-fn marker_initramfs(dir: &Path) -> PathBuf {
-    let source = dir.join("init.c");
-    std::fs::write(&source, format!("#include <unistd.h>\nint main(void) {{ static const char m[] = \"{MARKER}\\n\"; write(1, m, sizeof m - 1); return 0; }}\n")).unwrap();
-    let init = dir.join("init");
-    let status = std::process::Command::new("gcc").args(["-static", "-Os", "-o"]).arg(&init).arg(&source).status().unwrap();
-    assert!(status.success(), "gcc -static failed (libc6-dev provides the static libc)");
-    let binary = std::fs::read(&init).unwrap();
-    let image = dir.join("marker.cpio");
-    let mut out = std::fs::File::create(&image).unwrap();
-    cpio::newc::Builder::new("dev").mode(0o040755).nlink(2).write(&mut out, 0).finish().unwrap();
-    cpio::newc::Builder::new("dev/console").mode(0o020600).rdev_major(5).rdev_minor(1).write(&mut out, 0).finish().unwrap();
-    let mut entry = cpio::newc::Builder::new("init").mode(0o100755).write(&mut out, binary.len() as u32);
-    std::io::Write::write_all(&mut entry, &binary).unwrap();
-    entry.finish().unwrap();
-    cpio::newc::trailer(&mut out).unwrap();
-    image
-}
-
 fn vmlinuz(summary: &serde_json::Value, kernel: &str) -> PathBuf {
     PathBuf::from(summary["bundle"].as_str().unwrap()).join(format!("ktest-{}-{kernel}-vmlinuz", summary["version"].as_str().unwrap()))
 }
@@ -125,7 +107,7 @@ fn kernel_from_source_lifecycle() {
     assert!(check.success());
 
     // The bzImage boots under QEMU to the test initramfs's marker.
-    let initramfs = marker_initramfs(lab.dir.path());
+    let initramfs = marker_initramfs(lab.dir.path(), "gcc", MARKER);
     let mut boot = DirectBoot { kernel: vmlinuz(&cold, "tiny"), initrd: Some(initramfs), cmdline: "console=ttyS0 panic=-1".into(), memory_mib: 256, accel: Accel::Tcg };
     boot.accel = choose_accel(&boot, MARKER, Duration::from_secs(20));
     let result = boot_until(&boot.argv(), MARKER, Duration::from_secs(180)).unwrap();

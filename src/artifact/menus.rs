@@ -21,13 +21,16 @@ pub struct MenuInput {
     pub ukis: Vec<(String, String)>,
     /// The command line baked into the UKIs (iPXE passes it on: see [`ipxe_uki_entry`]).
     pub uki_cmdline: String,
+    /// The bundle's Debian architecture: which loaders boot it ([`loaders`]).
+    pub arch: String,
 }
 
 impl MenuInput {
-    pub fn new(name: &str, version: &str, kernels: &[crate::bundle::manifest::ManifestKernel], boot: &crate::bundle::manifest::ManifestBoot) -> MenuInput {
+    pub fn new(name: &str, version: &str, arch: &str, kernels: &[crate::bundle::manifest::ManifestKernel], boot: &crate::bundle::manifest::ManifestBoot) -> MenuInput {
         MenuInput {
             name: name.into(),
             version: version.into(),
+            arch: arch.into(),
             kernels: kernels.iter().map(|kernel| (kernel.name.clone(), kernel.vmlinuz.clone())).collect(),
             initramfs: boot.initramfs.clone(),
             rootfs: boot.rootfs_image.clone(),
@@ -38,18 +41,32 @@ impl MenuInput {
     }
 
     pub fn from_manifest(manifest: &crate::bundle::manifest::Manifest) -> MenuInput {
-        MenuInput::new(&manifest.name, &manifest.version, &manifest.kernels, &manifest.boot)
+        MenuInput::new(&manifest.name, &manifest.version, &manifest.arch, &manifest.kernels, &manifest.boot)
     }
 }
 
-/// Write the three menus of a bundle into `dir`; returns them as artifacts.
-/// A bundle without a kernel has none.
+/// The loaders that boot an `arch` bundle: iPXE and GRUB everywhere,
+/// PXELINUX (BIOS and x86 EFI only) on amd64.
+pub fn loaders(arch: &str) -> &'static [Loader] {
+    match arch {
+        "amd64" => &[Loader::Ipxe, Loader::Pxelinux, Loader::Grub],
+        _ => &[Loader::Ipxe, Loader::Grub],
+    }
+}
+
+/// Write the menus of a bundle's loaders into `dir`; returns them as
+/// artifacts. A bundle without a kernel has none.
 pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Vec<crate::bundle::manifest::ManifestArtifact>> {
     let mut artifacts = Vec::new();
     if input.kernels.is_empty() {
         return Ok(artifacts);
     }
-    for (file, text) in [("boot.ipxe", ipxe(input, None, None)), ("pxelinux.cfg/default", pxelinux(input, None)), ("grub.cfg", grub(input, None))] {
+    for loader in loaders(&input.arch) {
+        let (file, text) = match loader {
+            Loader::Ipxe => ("boot.ipxe", ipxe(input, None, None)),
+            Loader::Pxelinux => ("pxelinux.cfg/default", pxelinux(input, None)),
+            Loader::Grub => ("grub.cfg", grub(input, None)),
+        };
         let target = dir.join(file);
         fs_err::create_dir_all(target.parent().expect("in the bundle"))?;
         fs_err::write(&target, &text)?;
@@ -179,7 +196,11 @@ pub fn pxelinux(input: &MenuInput, base: Option<&str>) -> String {
 /// fetched entries at `http://$net_default_server/` unless `base` is given.
 pub fn grub(input: &MenuInput, base: Option<&str>) -> String {
     let rootfs_base = base.unwrap_or(GRUB_BASE_VARIABLE);
-    let mut text = format!("# rootsmith bundle {} {}\nset timeout=3\nset default=0\n", input.name, input.version);
+    let mut text = format!("# rootsmith bundle {} {}\n", input.name, input.version);
+    if input.arch == "arm64" {
+        text.push_str("# For GRUB arm64-efi (grubnetaa64.efi): `linux` loads the kernel's EFI stub.\n");
+    }
+    text.push_str("set timeout=3\nset default=0\n");
     for (kernel, vmlinuz) in &input.kernels {
         for fetched in [false, true] {
             text.push_str(&grub_entry(input, rootfs_base, kernel, vmlinuz, fetched));
@@ -210,6 +231,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             ukis: Vec::new(),
             uki_cmdline: String::new(),
+            arch: "amd64".into(),
         }
     }
 
@@ -224,6 +246,18 @@ mod tests {
         let served = ipxe(&with_uki, Some("http://10.0.2.2:80/b/"), None);
         assert!(served.contains("chain --autofree http://10.0.2.2:80/b/demo-1.0-debian.efi console=ttyS0"), "{served}");
         assert!(!ipxe(&input(), None, None).contains("uki"));
+    }
+
+    #[test]
+    fn an_arm64_bundle_has_ipxe_and_grub_arm64_efi_menus_and_no_pxelinux() {
+        let dir = tempfile::tempdir().unwrap();
+        let arm64 = MenuInput { arch: "arm64".into(), cmdline: "console=ttyAMA0".into(), ..input() };
+        let written: Vec<String> = write_all(dir.path(), &arm64).unwrap().into_iter().map(|artifact| artifact.name).collect();
+        assert_eq!(written, ["boot.ipxe", "grub.cfg"]);
+        assert!(!dir.path().join("pxelinux.cfg").exists());
+        let grub = fs_err::read_to_string(dir.path().join("grub.cfg")).unwrap();
+        assert!(grub.contains("GRUB arm64-efi") && grub.contains("  linux demo-1.0-debian-vmlinuz console=ttyAMA0\n"), "{grub}");
+        assert!(!super::grub(&input(), None).contains("arm64"));
     }
 
     #[test]

@@ -139,7 +139,7 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         boot.uki = Some(made);
         artifacts.extend(files);
     }
-    artifacts.extend(menus::write_all(staging.path(), &menus::MenuInput::new(name, version, &kernels, &boot))?);
+    artifacts.extend(menus::write_all(staging.path(), &menus::MenuInput::new(name, version, &runner.plan.arch, &kernels, &boot))?);
     if let Some(hosts) = &recipe.hosts {
         // The inventory travels with the bundle it describes (`serve --hosts BUNDLE/hosts.yaml`).
         let bytes = fs_err::read(&hosts.resolved)?;

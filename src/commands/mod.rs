@@ -40,7 +40,9 @@ pub struct UsageError(pub String);
 pub struct RecipeError(pub Diagnostics);
 
 pub fn load_recipe(args: &RecipeArgs) -> Result<Recipe> {
-    rootsmith::recipe::load(&args.recipe, &LoadOptions { sets: args.sets.clone() }).map_err(|diagnostics| RecipeError(diagnostics).into())
+    let mut sets = args.sets.clone();
+    sets.extend(args.arch.iter().map(|arch| ("arch".to_string(), arch.clone())));
+    rootsmith::recipe::load(&args.recipe, &LoadOptions { sets }).map_err(|diagnostics| RecipeError(diagnostics).into())
 }
 
 pub fn cache_dir(args: &CacheArgs) -> PathBuf {

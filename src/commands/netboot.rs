@@ -52,8 +52,8 @@ pub struct BootTestArgs {
 
 pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     super::must_be_bundle(&args.options.bundle)?;
-    rootsmith::tools::require("qemu-system-x86_64", "to boot a bundle")?;
     let prepared = boottest::prepare(&args.options)?;
+    rootsmith::tools::require(rootsmith::arch::machine(&prepared.manifest.arch).program, &format!("to boot an {} bundle", prepared.manifest.arch))?;
     let expect = boottest::expected_line(&prepared.manifest, args.expect.as_deref());
     let via = format!("{:?}", args.options.via).to_lowercase();
     let shown_via = if prepared.secure_boot { format!("{via} (Secure Boot enforced)") } else { via.clone() };
@@ -69,7 +69,7 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
             log_path.display()
         );
     }
-    let result = qemu::boot_until_any(&prepared.guest.argv(), &expect, boottest::fatal_lines(args.options.via), args.timeout)?;
+    let result = qemu::boot_until_any(&prepared.argv(), &expect, boottest::fatal_lines(args.options.via), args.timeout)?;
     let mut log = result.console.clone();
     let http = prepared.http_log.lock().expect("log lock").clone();
     if !http.is_empty() {
@@ -97,9 +97,9 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
 /// Boot interactively: the serial console is this terminal (Ctrl-A X quits).
 pub fn interactive(options: &BootOptions) -> Result<()> {
     super::must_be_bundle(&options.bundle)?;
-    rootsmith::tools::require("qemu-system-x86_64", "to boot a bundle")?;
     let prepared = boottest::prepare(options)?;
-    let argv: Vec<String> = prepared.guest.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();
+    rootsmith::tools::require(rootsmith::arch::machine(&prepared.manifest.arch).program, &format!("to boot an {} bundle", prepared.manifest.arch))?;
+    let argv: Vec<String> = prepared.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();
     eprintln!("starting {} {} (kernel {}); quit with Ctrl-A X", prepared.manifest.name, prepared.manifest.version, prepared.kernel.name);
     let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status()?;
     if !status.success() {

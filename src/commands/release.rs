@@ -32,7 +32,7 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
     if json {
         let mut rows: Vec<_> = bundles
             .iter()
-            .map(|b| serde_json::json!({ "name": b.manifest.name, "version": b.manifest.version, "published": published(b), "size": b.size(), "kernels": b.manifest.kernels.iter().map(|k| &k.release).collect::<Vec<_>>(), "state": b.state(), "promoted_from": b.manifest.promoted_from.as_ref().map(|p| &p.version), "dir": b.dir }))
+            .map(|b| serde_json::json!({ "name": b.manifest.name, "version": b.manifest.version, "arch": b.manifest.arch, "published": published(b), "size": b.size(), "kernels": b.manifest.kernels.iter().map(|k| &k.release).collect::<Vec<_>>(), "state": b.state(), "promoted_from": b.manifest.promoted_from.as_ref().map(|p| &p.version), "dir": b.dir }))
             .collect();
         rows.extend(listing.broken.iter().map(|broken| {
             let (name, version) = place(&broken.dir);
@@ -44,14 +44,14 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
     if bundles.is_empty() {
         outln!("no bundles in {}", out.display());
     } else {
-        outln!("{:<20} {:<14} {:<20} {:>11}  {:<10} kernels", "name", "version", "published (UTC)", "size", "state");
+        outln!("{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} kernels", "name", "version", "arch", "published (UTC)", "size", "state");
     }
     for bundle in bundles {
         let state = match &bundle.manifest.promoted_from {
             Some(from) => format!("{} (from {})", bundle.state(), from.version),
             None => bundle.state().to_string(),
         };
-        outln!("{:<20} {:<14} {:<20} {:>11}  {:<10} {}", bundle.manifest.name, bundle.manifest.version, published(bundle), mib(bundle.size()), state, kernels(bundle));
+        outln!("{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} {}", bundle.manifest.name, bundle.manifest.version, bundle.manifest.arch, published(bundle), mib(bundle.size()), state, kernels(bundle));
     }
     for broken in &listing.broken {
         eprintln!("warning: {} is broken and not listed: {:#}", broken.dir.display(), broken.error);
@@ -129,8 +129,14 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, key: Option<&Path>, json: bool
     };
     // A signature that does not hold ends it: nothing the bundle says is used.
     if let Some(recipe) = rebuild.filter(|_| !signed || report.ok()) {
-        let recipe = super::load_recipe(&crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new() })?;
         let bundle = Bundle::open(dir)?;
+        let mut args = crate::cli::RecipeArgs { recipe: recipe.to_path_buf(), sets: Vec::new(), arch: None };
+        let mut recipe = super::load_recipe(&args)?;
+        if bundle.manifest.name == format!("{}-{}", recipe.name, bundle.manifest.arch) {
+            // A bundle `build --arch` made: rebuilt for its architecture.
+            args.arch = Some(bundle.manifest.arch.clone());
+            recipe = super::load_recipe(&args)?;
+        }
         let outcome = release::rebuild::rebuild_and_compare(&bundle, &recipe)?;
         let (ok, detail) = match outcome {
             release::rebuild::Rebuilt::Same(detail) => (true, detail),

@@ -88,11 +88,13 @@ fn choose_kernel(manifest: &Manifest, name: Option<&str>) -> Result<ManifestKern
     }
 }
 
-/// The recipe's command line with what a serial-console test needs.
+/// The recipe's command line with what a serial-console test needs: the
+/// console of the bundle's machine (ttyS0 on a PC, ttyAMA0 on arm64's virt).
 fn test_cmdline(manifest: &Manifest, append: &[String]) -> String {
     let mut words: Vec<String> = rootsmith_init::cmdline::words(&manifest.boot.cmdline);
-    if !words.iter().any(|word| word == "console=ttyS0" || word.starts_with("console=ttyS0,")) {
-        words.push("console=ttyS0".into());
+    let console = format!("console={}", crate::arch::machine(&manifest.arch).console);
+    if !words.iter().any(|word| *word == console || word.starts_with(&format!("{console},"))) {
+        words.push(console);
     }
     // A panic powers the guest off (QEMU runs with -no-reboot) instead of hanging the test.
     words.push("panic=-1".into());
@@ -112,6 +114,14 @@ fn start_server(bundle: &Path, log: Arc<Mutex<Vec<String>>>) -> Result<u16> {
 pub fn prepare(options: &BootOptions) -> Result<Prepared> {
     let manifest = crate::bundle::Bundle::open(&options.bundle)?.manifest;
     let kernel = choose_kernel(&manifest, options.kernel.as_deref())?;
+    let machine = crate::arch::machine(&manifest.arch);
+    if options.via == Via::Pxe && !machine.network_boot {
+        bail!("{} {} is an {} bundle: boot-test boots it --via appended or --via http (QEMU's {} machine has no network boot without UEFI firmware, which boot-test does not set up)", manifest.name, manifest.version, manifest.arch, machine.machine);
+    }
+    let foreign = manifest.arch != crate::arch::host();
+    if foreign && options.accel == AccelChoice::Kvm {
+        bail!("KVM runs only the host's own architecture ({}); {} {} is {}: leave out --accel kvm", crate::arch::host(), manifest.name, manifest.version, manifest.arch);
+    }
     let scratch = tempfile::Builder::new().prefix("rootsmith-boot-").tempdir()?;
     // A bundle's file, checked as every name from a manifest is: a regular
     // file in the bundle, reached without a symbolic link.
@@ -169,6 +179,9 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             });
         }
         Via::Uki => {
+            if manifest.arch != "amd64" {
+                bail!("--via uki boots x86-64 UKIs under OVMF; {} {} is an {} bundle", manifest.name, manifest.version, manifest.arch);
+            }
             let Some(uki) = &kernel.uki else {
                 bail!("{} {} has no UKI for kernel {}; add `uki: true` to the recipe's outputs", manifest.name, manifest.version, kernel.name);
             };
@@ -211,9 +224,11 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
         AccelChoice::Auto if options.via == Via::Uki => Accel::Tcg,
         AccelChoice::Tcg => Accel::Tcg,
         AccelChoice::Kvm => Accel::Kvm,
+        // Another architecture's guest is emulated (TCG): KVM cannot run it.
+        AccelChoice::Auto if foreign => Accel::Tcg,
         AccelChoice::Auto => {
             let probe = Guest { accel: Accel::Kvm, ..guest.clone() };
-            qemu::probe_kvm_remembered(&probe.argv(), "rootsmith-init:", Duration::from_secs(20))
+            qemu::probe_kvm_remembered(&probe.argv_for(&manifest.arch), "rootsmith-init:", Duration::from_secs(20))
         }
     };
     Ok(Prepared { guest, secure_boot, manifest, kernel, http_log, _scratch: scratch })
@@ -251,6 +266,13 @@ pub fn fatal_lines(via: Via) -> &'static [&'static str] {
     match via {
         Via::Uki => &["Could not boot image", "Access Denied", "No more network devices"],
         _ => &[],
+    }
+}
+
+impl Prepared {
+    /// The QEMU argv of the guest, for the bundle's architecture.
+    pub fn argv(&self) -> Vec<String> {
+        self.guest.argv_for(&self.manifest.arch)
     }
 }
 

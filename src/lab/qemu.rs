@@ -75,11 +75,19 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// The argv of an amd64 guest.
     pub fn argv(&self) -> Vec<String> {
+        self.argv_for(crate::arch::DEFAULT)
+    }
+
+    /// The argv of a guest of the Debian architecture `arch`: its QEMU
+    /// program, machine and CPU ([`crate::arch::Machine`]).
+    pub fn argv_for(&self, arch: &str) -> Vec<String> {
+        let machine = crate::arch::machine(arch);
         let mut argv = vec![
-            "qemu-system-x86_64".to_string(),
+            machine.program.to_string(),
             "-machine".into(),
-            format!("q35,{}accel={}", if self.firmware.as_ref().is_some_and(|firmware| firmware.secure_boot) { "smm=on," } else { "" }, if self.accel == Accel::Kvm { "kvm" } else { "tcg" }),
+            format!("{},{}accel={}", machine.machine, if self.firmware.as_ref().is_some_and(|firmware| firmware.secure_boot) { "smm=on," } else { "" }, if self.accel == Accel::Kvm { "kvm" } else { "tcg" }),
             "-m".into(),
             self.memory_mib.to_string(),
             "-nodefaults".into(),
@@ -102,6 +110,8 @@ impl Guest {
         }
         if self.accel == Accel::Kvm {
             argv.extend(["-cpu".into(), "host".into()]);
+        } else if let Some(cpu) = machine.tcg_cpu {
+            argv.extend(["-cpu".into(), cpu.into()]);
         }
         if let Some(network) = &self.network {
             let mut netdev = "user,id=net0".to_string();
@@ -158,7 +168,7 @@ pub fn boot_until_any(argv: &[String], expect: &str, fatal: &[&str], timeout: Du
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {}\nhint: apt-get install qemu-system-x86", argv[0]))?;
+        .with_context(|| format!("starting {}\nhint: apt-get install {}", argv[0], crate::tools::package_of(&argv[0])))?;
     let stdout = child.stdout.take().expect("piped");
     let (lines, receive) = mpsc::channel();
     std::thread::spawn(move || {
@@ -258,6 +268,16 @@ mod tests {
         );
         let kvm = DirectBoot { accel: Accel::Kvm, initrd: None, ..boot }.argv().join(" ");
         assert!(kvm.contains("accel=kvm") && kvm.contains("-cpu host") && !kvm.contains("-initrd"));
+    }
+
+    #[test]
+    fn an_arm64_guest_is_a_virt_machine_with_an_emulated_cpu() {
+        let guest = Guest { kernel: Some("/b/vmlinuz".into()), initrd: Some("/b/initrd".into()), cmdline: "console=ttyAMA0".into(), memory_mib: 1024, accel: Accel::Tcg, network: Some(UserNetwork::default()), disk: None, firmware: None };
+        assert_eq!(
+            guest.argv_for("arm64").join(" "),
+            "qemu-system-aarch64 -machine virt,accel=tcg -m 1024 -nodefaults -no-reboot -display none -serial stdio -kernel /b/vmlinuz -cpu max -netdev user,id=net0 -device virtio-net-pci,netdev=net0 -initrd /b/initrd -append console=ttyAMA0"
+        );
+        assert_eq!(guest.argv_for("amd64"), guest.argv());
     }
 
     #[test]

@@ -120,6 +120,9 @@ impl Routes {
             base.push('/');
         }
         let input = MenuInput::from_manifest(&manifest);
+        if kind == "pxelinux" && !menus::loaders(&manifest.arch).contains(&menus::Loader::Pxelinux) {
+            return None;
+        }
         Some(match kind {
             "boot.ipxe" => menus::ipxe(&input, Some(&base), None),
             "grub.cfg" => menus::grub(&input, Some(&base)),

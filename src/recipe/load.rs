@@ -103,17 +103,30 @@ impl Checker<'_> {
         if let Err(why) = check_version(&raw.version) {
             self.at_value("version", format!("invalid version `{}`: {why}", raw.version), "use a semver-like version such as 1.2.0 or 1.2.0-rc1");
         }
-        let arch = raw.arch.clone().unwrap_or_else(|| crate::arch::DEFAULT.to_string());
+        let mut arch = raw.arch.clone().unwrap_or_else(|| crate::arch::DEFAULT.to_string());
         if !crate::arch::is_supported(&arch) {
             self.at_value("arch", format!("architecture `{arch}` is not supported"), format!("rootsmith builds for: {}", crate::arch::SUPPORTED.join(", ")));
         }
+        let mut recipe_name = raw.name.clone();
         for (name, value) in &options.sets {
             if self.vars.contains_key(name) {
                 self.vars.insert(name.clone(), value.clone());
+            } else if name == "arch" {
+                // `--set arch=A` (or `--arch A`): the same recipe for A,
+                // published as a bundle of its own, NAME-A.
+                if crate::arch::is_supported(value) {
+                    arch = value.clone();
+                    recipe_name = format!("{}-{value}", raw.name);
+                } else {
+                    self.at_key("arch", format!("--set arch={value}: architecture `{value}` is not supported"), format!("rootsmith builds for: {}", crate::arch::SUPPORTED.join(", ")));
+                }
             } else {
                 self.at_key("vars", format!("--set names `{name}`, which `vars:` does not define"), "declare the variable with a default under `vars:`");
             }
         }
+        // `${arch}` in a stage is the architecture built for (e.g.
+        // `package: linux-image-${arch}`), unless `vars:` has its own.
+        self.vars.entry("arch".to_string()).or_insert_with(|| arch.clone());
         if raw.stages.is_empty() {
             self.at_key("stages", "the recipe has no stages", "start with a base stage: debootstrap, tarball, release or oci");
         }
@@ -162,6 +175,10 @@ impl Checker<'_> {
             }
         }
         let outputs = self.check_outputs(raw.outputs, &stages);
+        if outputs.uki.is_some() && arch != "amd64" {
+            // The stub is Debian's x86-64 one (systemd-boot-efi:amd64).
+            self.at_key("outputs.uki", format!("outputs.uki makes x86-64 Unified Kernel Images, and this recipe builds for {arch}"), "leave `uki` out for this architecture; its kernels boot from boot.ipxe or grub.cfg");
+        }
         let boot = self.check_boot(raw.boot);
         let hosts = raw.hosts.and_then(|written| {
             let written = self.subst("hosts", &written);
@@ -173,7 +190,7 @@ impl Checker<'_> {
         Recipe {
             file: self.file.to_path_buf(),
             dir: self.dir.to_path_buf(),
-            name: raw.name,
+            name: recipe_name,
             version: raw.version,
             arch,
             source_date_epoch: raw.source_date_epoch,

@@ -171,6 +171,27 @@ fn only_supported_architectures_are_accepted() {
     }
 }
 
+/// `--set arch=A` (what `--arch A` passes) builds the recipe for A as the
+/// bundle NAME-A, and `${arch}` is the architecture built for.
+#[test]
+fn set_arch_builds_the_recipe_for_another_architecture_as_its_own_bundle() {
+    let dir = fixture_dir();
+    let source = format!("{HEAD}arch: amd64\nstages:\n  - debootstrap: {{ suite: bookworm }}\n  - kernel: {{ package: \"linux-image-${{arch}}\" }}\n");
+    let package = |recipe: &Recipe| match &recipe.stages[1].kind {
+        StageKind::Kernel(Kernel::Package { package }) => package.clone(),
+        other => panic!("{other:?}"),
+    };
+    let plain = load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap();
+    assert_eq!((plain.name.as_str(), plain.arch.as_str(), package(&plain).as_str()), ("demo", "amd64", "linux-image-amd64"));
+    let options = LoadOptions { sets: vec![("arch".into(), "arm64".into())] };
+    let arm64 = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap();
+    assert_eq!((arm64.name.as_str(), arm64.arch.as_str(), package(&arm64).as_str()), ("demo-arm64", "arm64", "linux-image-arm64"));
+    let options = LoadOptions { sets: vec![("arch".into(), "armhf".into())] };
+    let Diagnostics(errors) = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap_err();
+    assert_eq!(errors[0].message, "--set arch=armhf: architecture `armhf` is not supported");
+    assert_eq!(errors[0].line_column(), (4, 1), "at `arch:`");
+}
+
 #[test]
 fn set_of_an_undeclared_variable_is_an_error() {
     let dir = fixture_dir();
@@ -336,6 +357,9 @@ fn uki_output_errors_point_at_the_value() {
     assert_eq!(other_kernel.len(), 1, "{other_kernel:?}");
     assert_eq!((other_kernel[0].0, other_kernel[0].1), (8, 28), "{other_kernel:?}");
     assert!(other_kernel[0].2.contains("`lts`, which is not a kernel stage"), "{other_kernel:?}");
+    let arm64 = errors_of(&format!("{HEAD}arch: arm64\nstages:\n  - tarball: {{ path: base.tar }}\n{kernel}outputs:\n  uki: true\n"));
+    assert_eq!(arm64.len(), 1, "{arm64:?}");
+    assert!(arm64[0].2.contains("x86-64 Unified Kernel Images, and this recipe builds for arm64"), "{arm64:?}");
     let no_kernel = errors("", "true");
     assert_eq!((no_kernel[0].0, no_kernel[0].1), (7, 3), "{no_kernel:?}");
     assert!(no_kernel[0].2.contains("no kernel stage"), "{no_kernel:?}");

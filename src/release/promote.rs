@@ -96,7 +96,7 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str, uki_signer: Option<
         artifacts.extend(files);
     }
     manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: candidate.manifest_sha256.clone() });
-    artifacts.extend(menus::write_all(staging.path(), &MenuInput::new(name, to, &manifest.kernels, &manifest.boot))?);
+    artifacts.extend(menus::write_all(staging.path(), &MenuInput::new(name, to, &manifest.arch, &manifest.kernels, &manifest.boot))?);
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     manifest.artifacts = artifacts;
     crate::bundle::manifest::write_index(staging.path(), &manifest)?;

@@ -250,3 +250,81 @@ pub fn run_within(command: &mut Command, limit: std::time::Duration) -> (i32, St
     };
     (status.code().unwrap_or(-1), stdout.join().unwrap(), stderr.join().unwrap())
 }
+
+/// `rootsmith boot-test --via VIA` of `bundle` (timeout 300 s), its console
+/// log in `log`: (exit code, stdout, the console).
+pub fn boot_test(bundle: &Path, via: &str, extra: &[&str], log: &Path) -> (i32, String, String) {
+    let mut command = rootsmith();
+    command.args(["boot-test", "--via", via, "--timeout", "300", "--log"]).arg(log).args(extra).arg(bundle);
+    let (code, stdout, stderr) = run(&mut command);
+    let console = std::fs::read_to_string(log).unwrap_or_default();
+    eprintln!("boot-test --via {via} {extra:?}: exit {code}\n{stderr}");
+    (code, stdout, console)
+}
+
+/// A copy of `bundle` made of hard links (rootsmith reads a bundle's files
+/// only as regular files, never through symlinks), except `rootfs.img`,
+/// which is `rootfs`.
+pub fn bundle_with_rootfs(bundle: &Path, dir: &Path, rootfs: Vec<u8>) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in walkdir::WalkDir::new(bundle).min_depth(1) {
+        let entry = entry.unwrap();
+        let target = dir.join(entry.path().strip_prefix(bundle).unwrap());
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else if name.ends_with("-rootfs.img") {
+            std::fs::write(&target, &rootfs).unwrap();
+        } else {
+            std::fs::hard_link(entry.path(), &target).unwrap();
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// The bundle's `NAME-VERSION-rootfs.img`.
+pub fn rootfs_image(bundle: &Path) -> PathBuf {
+    std::fs::read_dir(bundle).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with("-rootfs.img")).unwrap()
+}
+
+/// A copy of `bundle` whose rootfs.img has one byte flipped, booted over
+/// HTTP: the init stops at the chunk that holds it, before unpacking it, and
+/// names the chunk, its offset and both digests. Returns the original rootfs.img.
+pub fn a_flipped_byte_is_refused(bundle: &Path, dir: &Path, logs: &Path) -> Vec<u8> {
+    use rootsmith_init::contract::CHUNK_SIZE;
+    let original = std::fs::read(rootfs_image(bundle)).unwrap();
+    let offset = 5 * (1 << 20) + 123;
+    let mut flipped = original.clone();
+    flipped[offset] ^= 0x40;
+    let chunk = offset / CHUNK_SIZE as usize;
+    let range = chunk * CHUNK_SIZE as usize..((chunk + 1) * CHUNK_SIZE as usize).min(original.len());
+    let (expected, actual) = (hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&original[range.clone()])), hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&flipped[range])));
+    let tampered = bundle_with_rootfs(bundle, &dir.join("flipped"), flipped);
+    let (code, _, console) = boot_test(&tampered, "http", &["--expect", "does not match"], &logs.join("flipped.log"));
+    assert_eq!(code, 0, "{console}");
+    let line = format!("rootsmith-init: error: rootfs.img chunk {chunk} at byte offset {} does not match: expected sha256 {expected}, got {actual}", chunk as u64 * CHUNK_SIZE);
+    assert!(console.contains(&line), "wanted {line:?} in:\n{console}");
+    assert!(!console.contains("switching root"));
+    original
+}
+
+/// An initramfs whose `/init`, a static program built with `gcc` (the
+/// host's, or a cross compiler such as `aarch64-linux-gnu-gcc`), prints
+/// `marker` on the console: a kernel that boots it reaches userspace.
+pub fn marker_initramfs(dir: &Path, gcc: &str, marker: &str) -> PathBuf {
+    let source = dir.join("init.c");
+    std::fs::write(&source, format!("#include <unistd.h>\nint main(void) {{ static const char m[] = \"{marker}\\n\"; write(1, m, sizeof m - 1); return 0; }}\n")).unwrap();
+    let init = dir.join("init");
+    let status = Command::new(gcc).args(["-static", "-Os", "-o"]).arg(&init).arg(&source).status().unwrap();
+    assert!(status.success(), "{gcc} -static failed (libc6-dev, or libc6-dev-arm64-cross for aarch64-linux-gnu-gcc, provides the static libc)");
+    let binary = std::fs::read(&init).unwrap();
+    let image = dir.join("marker.cpio");
+    let mut out = std::fs::File::create(&image).unwrap();
+    cpio::newc::Builder::new("dev").mode(0o040755).nlink(2).write(&mut out, 0).finish().unwrap();
+    cpio::newc::Builder::new("dev/console").mode(0o020600).rdev_major(5).rdev_minor(1).write(&mut out, 0).finish().unwrap();
+    let mut entry = cpio::newc::Builder::new("init").mode(0o100755).write(&mut out, binary.len() as u32);
+    std::io::Write::write_all(&mut entry, &binary).unwrap();
+    entry.finish().unwrap();
+    cpio::newc::trailer(&mut out).unwrap();
+    image
+}

@@ -41,13 +41,16 @@ const TOOLCHAIN: &[(&str, &str)] = &[
     ("/usr/include/openssl/opensslv.h", "libssl-dev"),
 ];
 
-/// Every missing build dependency at once, with the command that installs them.
-pub fn check_toolchain(find: impl Fn(&str) -> bool) -> Result<()> {
-    let missing: Vec<(&str, &str)> = TOOLCHAIN.iter().copied().filter(|(tool, _)| !find(tool)).collect();
+/// Every missing build dependency at once (for a kernel of another
+/// architecture, its cross compiler too), with the command that installs them.
+pub fn check_toolchain(find: impl Fn(&str) -> bool, arch: &str) -> Result<()> {
+    let cross_gcc = crate::arch::cross_compile(arch).map(|(prefix, package)| (format!("{prefix}gcc"), package));
+    let needed = TOOLCHAIN.iter().map(|(tool, package)| (tool.to_string(), *package)).chain(cross_gcc);
+    let missing: Vec<(String, &str)> = needed.filter(|(tool, _)| !find(tool)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let tools: Vec<&str> = missing.iter().map(|(tool, _)| *tool).collect();
+    let tools: Vec<&str> = missing.iter().map(|(tool, _)| tool.as_str()).collect();
     let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
     packages.dedup();
     bail!("building a kernel needs {} which {} not installed\nhint: apt-get install {}", tools.join(", "), if tools.len() == 1 { "is" } else { "are" }, packages.join(" "))
@@ -61,9 +64,16 @@ fn host_has(tool: &str) -> bool {
     }
 }
 
-/// The compiler's own version line: part of every kernel key.
-pub fn compiler_version(host: &dyn Host) -> String {
-    host.capture(&Command::on_host("gcc", ["--version"], Path::new("/dev/null"))).ok().and_then(|text| text.lines().next().map(str::to_string)).unwrap_or_else(|| "gcc (not installed)".into())
+/// The gcc that compiles `arch`'s kernels here: the host's, or a cross
+/// compiler (`aarch64-linux-gnu-gcc` for arm64 on amd64).
+fn gcc(arch: &str) -> String {
+    format!("{}gcc", crate::arch::cross_compile(arch).map(|(prefix, _)| prefix).unwrap_or(""))
+}
+
+/// The version line of the compiler of `arch`'s kernels: part of every kernel key.
+pub fn compiler_version(host: &dyn Host, arch: &str) -> String {
+    let gcc = gcc(arch);
+    host.capture(&Command::on_host(&gcc, ["--version"], Path::new("/dev/null"))).ok().and_then(|text| text.lines().next().map(str::to_string)).unwrap_or_else(|| format!("{gcc} (not installed)"))
 }
 
 fn kernel_arch(arch: &str) -> Result<&'static str> {
@@ -96,7 +106,7 @@ pub struct BuildContext<'a> {
 
 pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelProducts> {
     let started = std::time::Instant::now();
-    check_toolchain(host_has)?;
+    check_toolchain(host_has, context.arch)?;
     let arch = kernel_arch(context.arch)?;
     let host = context.host;
     let source = source::prepare(host, build, context.source_digest, context.layout, context.log)?;
@@ -121,6 +131,10 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     fs_err::create_dir_all(&objects)?;
     let make = |targets: &[&str]| -> Command {
         let mut command = Command::on_host("make", ["-C".as_ref(), source.as_os_str()], context.log).arg(format!("O={}", objects.display())).arg(format!("ARCH={arch}"));
+        if let Some((prefix, _)) = crate::arch::cross_compile(context.arch) {
+            // Kconfig asks the compiler what it supports, so every step cross-compiles.
+            command = command.arg(format!("CROSS_COMPILE={prefix}"));
+        }
         command.argv.extend(targets.iter().map(|target| target.to_string()));
         command.env("LC_ALL", "C").env("SOURCE_DATE_EPOCH", context.source_date_epoch.to_string())
     };
@@ -159,7 +173,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let key_text = format!(
         "format {CACHE_FORMAT}\nsource {}\nconfig {config_sha256}\ncompiler {}\narch {arch}\nvariables {}\nheaders {}\n",
         source::source_id(build, context.source_digest)?,
-        compiler_version(host),
+        compiler_version(host, context.arch),
         variables.join(" "),
         build.headers
     );
@@ -181,7 +195,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut compile = make(&[&format!("-j{jobs}"), "bindeb-pkg"]);
     compile.argv.extend(variables.iter().cloned());
-    let compile = compile.arg("CC=ccache gcc").env("CCACHE_DIR", ccache_dir.display().to_string()).env("CCACHE_MAXSIZE", std::env::var("ROOTSMITH_CCACHE_SIZE").unwrap_or_else(|_| CCACHE_DEFAULT_SIZE.into()));
+    let compile = compile.arg(format!("CC=ccache {}", gcc(context.arch))).env("CCACHE_DIR", ccache_dir.display().to_string()).env("CCACHE_MAXSIZE", std::env::var("ROOTSMITH_CCACHE_SIZE").unwrap_or_else(|_| CCACHE_DEFAULT_SIZE.into()));
     // On a miss, compile the output of the preprocessor run ccache already
     // did instead of preprocessing a second time: on a cold build of small,
     // header-heavy kernel files that second pass costs a third of the time.
@@ -279,9 +293,14 @@ mod tests {
 
     #[test]
     fn missing_toolchain_names_every_package_in_one_command() {
-        let error = check_toolchain(|tool| !matches!(tool, "bc" | "flex" | "/usr/include/libelf.h")).unwrap_err().to_string();
+        let error = check_toolchain(|tool| !matches!(tool, "bc" | "flex" | "/usr/include/libelf.h"), crate::arch::host()).unwrap_err().to_string();
         assert!(error.contains("needs bc, flex, /usr/include/libelf.h which are not installed"), "{error}");
         assert!(error.ends_with("hint: apt-get install bc flex libelf-dev"), "{error}");
-        assert!(check_toolchain(|_| true).is_ok());
+        assert!(check_toolchain(|_| true, crate::arch::host()).is_ok());
+        // Another architecture's kernel needs its cross compiler.
+        let foreign = if crate::arch::host() == "amd64" { "arm64" } else { "amd64" };
+        let (prefix, package) = crate::arch::cross_compile(foreign).unwrap();
+        let error = check_toolchain(|tool| !tool.ends_with("-linux-gnu-gcc"), foreign).unwrap_err().to_string();
+        assert!(error.contains(&format!("needs {prefix}gcc which is not installed")) && error.ends_with(&format!("hint: apt-get install {package}")), "{error}");
     }
 }
