@@ -114,6 +114,8 @@ pub fn paths(inventory: &Inventory) -> Vec<String> {
             paths.extend([format!("hosts/{ip}.ipxe"), format!("pxelinux.cfg/{hex}"), format!("grub.cfg-{hex}")]);
         }
     }
+    let pxelinux = menus::loaders(&inventory.menu.arch).contains(&menus::Loader::Pxelinux);
+    paths.retain(|path| pxelinux || !path.starts_with("pxelinux.cfg/"));
     paths
 }
 
@@ -139,6 +141,11 @@ pub fn file(inventory: &Inventory, state: &State, path: &str, urls: &Urls) -> Op
             }
         }
     };
+    // A loader that cannot boot the bundle's architecture (PXELINUX for
+    // arm64) gets no file, as its bundle has none.
+    if !menus::loaders(&inventory.menu.arch).contains(&loader) {
+        return None;
+    }
     let entry = host.map(|host| current_entry(inventory, state, host)).unwrap_or_else(|| inventory.default.clone());
     let host = host.map(|host| For { host, token: state.tokens.get(&host.name).map(String::as_str) });
     Some(match loader {

@@ -248,3 +248,17 @@ fn a_report_without_the_hosts_token_changes_nothing() {
     assert!(served.is_private(&root.join("lab.state/state.json")));
     assert!(!served.is_private(&root.join("lab.yaml")) && !served.is_private(&root.join("lab/1.0.0/manifest.json")));
 }
+
+/// An arm64 bundle has no PXELINUX menu (PXELINUX boots only x86): its
+/// inventory serves and writes none either.
+#[test]
+fn an_arm64_inventory_has_no_pxelinux_files() {
+    let mut inventory = inventory(LAB).unwrap();
+    inventory.menu.arch = "arm64".into();
+    let state = State::default();
+    let file = |path: &str| render::file(&inventory, &state, path, &urls());
+    assert!(file("pxelinux.cfg/default").is_none() && file("pxelinux.cfg/01-52-54-00-00-00-11").is_none());
+    assert!(file("hosts/52-54-00-00-00-11.ipxe").is_some() && file("grub.cfg-01-52-54-00-00-00-11").is_some());
+    let paths = render::paths(&inventory);
+    assert!(!paths.iter().any(|path| path.starts_with("pxelinux.cfg/")) && paths.contains(&"grub.cfg".to_string()), "{paths:?}");
+}
