@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::cache::{FileDigest, KeyInputs, Layout, StageRecord, Store, CACHE_FORMAT};
@@ -105,12 +105,15 @@ impl PlanOptions {
 
 /// The rootfs tarball of a published bundle, and its SHA-256 as the bundle's
 /// manifest gives it (the stage checks the file against it when it runs).
-fn release_tarball(release: &crate::recipe::Release, default_out: &Path) -> Result<(std::path::PathBuf, String)> {
+fn release_tarball(release: &crate::recipe::Release, default_out: &Path, arch: &str) -> Result<(std::path::PathBuf, String)> {
     let out = release.out.as_deref().unwrap_or(default_out);
     let dir = out.join(&release.name).join(&release.version);
     let bundle = crate::bundle::Bundle::open(&dir).with_context(|| format!("the release base {} {} is not in {}\nhint: build or promote it there, or set the stage's `out:` (or build --out)", release.name, release.version, out.display()))?;
     // The manifest found there must be that release's (not a copy of another version).
     bundle.check_place()?;
+    if bundle.manifest.arch != arch {
+        bail!("the release base {} {} is an {} bundle, and this recipe builds for {arch}\nhint: start from a release built for {arch} (build --arch {arch} makes one beside it)", release.name, release.version, bundle.manifest.arch);
+    }
     let prefix = crate::bundle::names::BundleNames::new(&release.name, &release.version).rootfs_tarball_prefix();
     let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
     // A regular file of the size the manifest states (not a FIFO the stage would wait on).
@@ -154,7 +157,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
         let kind = stage.kind.clone();
         let resolved = match &kind {
             StageKind::Release(release) => {
-                let (path, sha256) = release_tarball(release, &options.out_dir)?;
+                let (path, sha256) = release_tarball(release, &options.out_dir, &recipe.arch)?;
                 Resolved::ReleaseTarball { path, sha256 }
             }
             StageKind::Oci(oci) => Resolved::Image(crate::stage::oci::resolve(oci, &recipe.arch)?),

@@ -282,6 +282,11 @@ fn a_release_is_a_base_for_development() {
     let (code, _, stderr) = build(&["--version", "0.2.0", "--rebuild", "release"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("but the release's manifest says"), "{stderr}");
+    // A release of another architecture is not a base for this one.
+    std::fs::write(&recipe, "rootsmith: 1\nname: dev\nversion: 0.1.0\narch: arm64\nstages:\n  - release: { name: rel, version: 1.0.0 }\n").unwrap();
+    let (code, _, stderr) = build(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("the release base rel 1.0.0 is an amd64 bundle, and this recipe builds for arm64"), "{stderr}");
     // A release that is not there says where it looked.
     std::fs::write(&recipe, "rootsmith: 1\nname: dev\nversion: 0.1.0\nstages:\n  - release: { name: rel, version: 9.9.9 }\n").unwrap();
     let (code, _, stderr) = build(&[]);
