@@ -5,12 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(foundation rootless kernel netboot uki fleet oci)
+[ ${#sections[@]} -gt 0 ] || sections=(foundation rootless kernel netboot uki fleet oci peers)
 doc=docs/benchmarks.md
 declare -A body
 # Keep what the sections not run this time said last.
 if [ -f "$doc" ]; then
-  for name in foundation rootless kernel netboot uki fleet oci; do
+  for name in foundation rootless kernel netboot uki fleet oci peers; do
     body[$name]=$(awk -v n="$name" '$0=="<!-- section:" n " -->"{on=1;next} $0=="<!-- end:" n " -->"{on=0} on' "$doc")
   done
 fi
@@ -31,7 +31,7 @@ mem=$(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)
   echo
   echo "- Machine: ${cpu}, $(nproc) cores, ${mem}, $(uname -sr)"
   echo "- rootsmith $(target/release/rootsmith --version | cut -d' ' -f2)"
-  for name in foundation rootless kernel netboot uki fleet oci; do
+  for name in foundation rootless kernel netboot uki fleet oci peers; do
     echo
     echo "<!-- section:$name -->"
     echo "${body[$name]:-_(not measured yet: run \`bench/run.sh $name\`)_}"
