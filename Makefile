@@ -107,7 +107,7 @@ demo: deps build
 test: deps init
 	$(CARGO) test --locked --workspace
 
-bench: APT_PACKAGES += tftpd-hpa python3
+bench: APT_PACKAGES += tftpd-hpa python3 python3-yaml mkosi debos
 bench: deps build
 	bench/run.sh
 
