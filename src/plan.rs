@@ -112,7 +112,7 @@ fn release_tarball(release: &crate::recipe::Release, default_out: &Path, arch: &
     // The manifest found there must be that release's (not a copy of another version).
     bundle.check_place()?;
     if bundle.manifest.arch != arch {
-        bail!("the release base {} {} is an {} bundle, and this recipe builds for {arch}\nhint: start from a release built for {arch} (build --arch {arch} makes one beside it)", release.name, release.version, bundle.manifest.arch);
+        bail!("the release base {} {} is an {} bundle, and this recipe builds for {arch}\nhint: start from a release built for {arch} (`build --arch {arch}` publishes one as NAME-{arch}: name that in `release:`)", release.name, release.version, bundle.manifest.arch);
     }
     let prefix = crate::bundle::names::BundleNames::new(&release.name, &release.version).rootfs_tarball_prefix();
     let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;

@@ -30,6 +30,8 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.rootsmith.stage.v1";
 pub const MEDIA_OUTPUT_RECORD: &str = "application/vnd.rootsmith.outputs.v1+json";
 pub const MEDIA_OUTPUT_FILE: &str = "application/vnd.rootsmith.output-file.v1";
 pub const OUTPUTS_ARTIFACT_TYPE: &str = "application/vnd.rootsmith.outputs.v1";
+/// An output record larger than this is not one (they are a few KiB).
+const MAX_RECORD_BYTES: u64 = 1 << 20;
 /// The annotation that names a layer's file.
 const TITLE: &str = "org.opencontainers.image.title";
 
@@ -160,11 +162,17 @@ impl RemoteCache {
 
     /// The outputs `key` from the remote into `store`; `false` when the remote lacks them.
     pub fn pull_outputs(&self, store: &Store, key: &str, note: &dyn Fn(&str)) -> Result<bool> {
+        if !crate::digest::is_sha256_hex(key) {
+            bail!("`{key}` is not an output key");
+        }
         let reference = self.registry.tagged(&outputs_tag(key));
         let Some((bytes, _)) = self.registry.find_manifest(&reference)? else { return Ok(false) };
         let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("{} is not an outputs manifest", reference.whole()))?;
         if manifest.config.media_type != MEDIA_OUTPUT_RECORD {
             bail!("{} is not a rootsmith outputs artifact (config {})", reference.whole(), manifest.config.media_type);
+        }
+        if manifest.config.size > MAX_RECORD_BYTES {
+            bail!("{} has an output record of {} bytes, more than an output record's {MAX_RECORD_BYTES}", reference.whole(), manifest.config.size);
         }
         let scratch = store.work_dir("pull-outputs")?;
         let record_path = scratch.path().join("record.json");
@@ -220,12 +228,12 @@ impl RemoteCache {
 
     /// The stage keys the remote holds.
     pub fn keys(&self) -> Result<Vec<String>> {
-        Ok(self.registry.tags()?.into_iter().filter_map(|tag| tag.strip_prefix("stage-").map(str::to_string)).collect())
+        Ok(self.registry.tags()?.into_iter().filter_map(|tag| tag.strip_prefix("stage-").map(str::to_string)).filter(|key| crate::digest::is_sha256_hex(key)).collect())
     }
 
     /// The output keys the remote holds.
     pub fn output_keys(&self) -> Result<Vec<String>> {
-        Ok(self.registry.tags()?.into_iter().filter_map(|tag| tag.strip_prefix("outputs-").map(str::to_string)).collect())
+        Ok(self.registry.tags()?.into_iter().filter_map(|tag| tag.strip_prefix("outputs-").map(str::to_string)).filter(|key| crate::digest::is_sha256_hex(key)).collect())
     }
 }
 

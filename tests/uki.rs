@@ -225,6 +225,13 @@ fn a_signed_uki_boots_with_secure_boot_enforced_and_a_changed_one_does_not() {
     assert_ne!(code, 0);
     assert!(stderr.contains("signed for Secure Boot") && stderr.contains("--uki-key KEY --uki-cert CERT"), "{stderr}");
     assert!(!dir.path().join("out/ukisb/1.0.1").exists());
+    // Another certificate would change which machines boot it: refused.
+    let (other_key, other_cert) = (dir.path().join("other.key"), dir.path().join("other.pem"));
+    let made = std::process::Command::new("openssl").args(["req", "-newkey", "rsa:2048", "-nodes", "-x509", "-sha256", "-days", "30", "-subj", "/CN=other/", "-keyout"]).arg(&other_key).arg("-out").arg(&other_cert).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (code, _, stderr) = run(rootsmith().arg("release").arg("promote").arg("--out").arg(dir.path().join("out")).args(["ukisb", "1.0.0", "1.0.1", "--uki-key"]).arg(&other_key).arg("--uki-cert").arg(&other_cert));
+    assert_ne!(code, 0);
+    assert!(stderr.contains(&format!("signed for the certificate with SHA-256 {fingerprint}")), "{stderr}");
     let (code, _, stderr) = run(rootsmith().arg("release").arg("promote").arg("--out").arg(dir.path().join("out")).args(["ukisb", "1.0.0", "1.0.1", "--uki-key", key, "--uki-cert", cert]));
     assert_eq!(code, 0, "{stderr}");
     let promoted = dir.path().join("out/ukisb/1.0.1/ukisb-1.0.1-debian.efi");

@@ -159,7 +159,7 @@ pub const KEY_PASSPHRASE_ENV: &str = "ROOTSMITH_UKI_KEY_PASSPHRASE";
 /// argument, `SOURCE_DATE_EPOCH`, where sbsign writes the clock's: with an
 /// RSA key, whose PKCS#1 v1.5 signatures are deterministic, the same inputs
 /// give the same signed bytes).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SecureBootSigner {
     pub key: std::path::PathBuf,
     pub cert: std::path::PathBuf,
@@ -167,6 +167,13 @@ pub struct SecureBootSigner {
     pub cert_sha256: String,
     /// The key is encrypted: its passphrase comes from [`KEY_PASSPHRASE_ENV`].
     passphrase: Option<String>,
+}
+
+/// The passphrase is never shown.
+impl std::fmt::Debug for SecureBootSigner {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("SecureBootSigner").field("key", &self.key).field("cert", &self.cert).field("cert_sha256", &self.cert_sha256).field("passphrase", &self.passphrase.as_ref().map(|_| "(given)")).finish()
+    }
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<String> {

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::options::StageOutcome;
@@ -70,35 +70,50 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     let rootfs_key = rootfs_key(runner.plan, fast, &final_tree, runner.host);
     let key = initramfs_key(runner.plan, &rootfs_key, &kernels);
     let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
-    if let Some(record) = cached(runner, &key) {
+    if let Some(record) = cached(runner, &key, &rootfs_key) {
         runner.share_outputs(&record.rootfs.key)?;
         runner.share_outputs(&key)?;
         runner.progress.done("outputs", "cached", 0.0);
         return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
     }
     if runner.pull_outputs(&key)? && (runner.store.output::<RootfsRecord>(&rootfs_key).is_some() || runner.pull_outputs(&rootfs_key)?) {
-        let record = cached(runner, &key).with_context(|| format!("the outputs {key} pulled from the remote cache are not ones this rootsmith reads"))?;
-        let seconds = started.elapsed().as_secs_f64();
-        runner.progress.done("outputs", "pulled from the remote cache", seconds);
-        return Ok((outcome("pulled", seconds), record));
+        if let Some(record) = cached(runner, &key, &rootfs_key) {
+            let seconds = started.elapsed().as_secs_f64();
+            runner.progress.done("outputs", "pulled from the remote cache", seconds);
+            return Ok((outcome("pulled", seconds), record));
+        }
+        // Records this rootsmith does not read, or that do not belong together: built here instead.
+        runner.progress.warn(&format!("the outputs {} pulled from the remote cache are not usable here; building them", &key[..12]));
     }
     if cache_only {
         bail!("the outputs are not in the cache (key {key}) and --cache-only forbids building them");
     }
     let _lock = runner.store.lock(&key)?;
-    if let Some(record) = cached(runner, &key) {
+    if let Some(record) = cached(runner, &key, &rootfs_key) {
         return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
     }
-    let rootfs = match runner.store.output::<RootfsRecord>(&rootfs_key) {
-        Some(rootfs) => {
-            runner.progress.start("outputs", "initramfs (the rootfs image, tarball and SBOM are cached)");
-            rootfs
-        }
-        None => {
-            runner.progress.start("outputs", "squashfs, rootfs image, initramfs, tarball");
-            build_rootfs(runner, fast, &rootfs_key)?
+    // An initramfs entry that is not for this rootfs entry (or unreadable) is replaced.
+    runner.store.discard(&crate::cache::CorruptEntry::Output(key.clone()))?;
+    let rootfs = {
+        // The rootfs entry has its own lock: builds that differ only in the
+        // initramfs share it, and one of them makes it.
+        let _rootfs_lock = runner.store.lock(&rootfs_key)?;
+        match runner.store.output::<RootfsRecord>(&rootfs_key).filter(|rootfs| rootfs.key == rootfs_key) {
+            Some(rootfs) => {
+                runner.progress.start("outputs", "initramfs (the rootfs image, tarball and SBOM are cached)");
+                rootfs
+            }
+            None => {
+                runner.progress.start("outputs", "squashfs, rootfs image, initramfs, tarball");
+                runner.store.discard(&crate::cache::CorruptEntry::Output(rootfs_key.clone()))?;
+                build_rootfs(runner, fast, &rootfs_key)?
+            }
         }
     };
+    let image_digest = crate::digest::hash_file(&runner.store.layout().output(&rootfs.key).join("rootfs.img"))?;
+    if rootfs.files.get("rootfs.img") != Some(&image_digest) {
+        return Err(crate::cache::Corrupt { what: format!("cached output rootfs.img ({})", &rootfs.key[..12]), why: "its bytes do not match its digest".into(), entry: crate::cache::CorruptEntry::Output(rootfs.key.clone()) }.into());
+    }
     let stages = runner.plan.stages.len();
     runner.prepare_tree(stages)?;
     let work = runner.work();
@@ -133,10 +148,13 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     Ok((outcome("built", seconds), record))
 }
 
-/// The outputs `key` when the cache holds both of their entries.
-fn cached(runner: &StageRunner<'_>, key: &str) -> Option<OutputRecord> {
-    let record = runner.store.output::<OutputRecord>(key)?;
-    runner.store.output::<RootfsRecord>(&record.rootfs.key).is_some().then_some(record)
+/// The outputs `key` when the cache holds both of their entries, and they
+/// belong together: the initramfs entry is for this rootfs entry, whose
+/// files and cookie are the ones it was made from.
+fn cached(runner: &StageRunner<'_>, key: &str, rootfs_key: &str) -> Option<OutputRecord> {
+    let record = runner.store.output::<OutputRecord>(key).filter(|record| record.key == key && record.rootfs.key == rootfs_key)?;
+    let rootfs = runner.store.output::<RootfsRecord>(rootfs_key)?;
+    (rootfs.key == rootfs_key && rootfs.files == record.rootfs.files && rootfs.cookie == record.rootfs.cookie).then_some(record)
 }
 
 /// Each file of a staged output directory and its SHA-256.

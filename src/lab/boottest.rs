@@ -190,7 +190,7 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             let uki_url = match &options.server {
                 Some(url) => format!("{}/{uki}", url.trim_end_matches('/')),
                 None => {
-                    let baked = crate::lab::efi::baked_server(&options.bundle, &made.rootfs_url, &manifest.boot.rootfs_image)?;
+                    let baked = crate::lab::efi::baked_server(&options.bundle, &manifest.name, &manifest.version, &made.rootfs_url, &manifest.boot.rootfs_image)?;
                     let server = Server::bind(&baked.root, &format!("127.0.0.1:{}", baked.port), 16, access_log(http_log.clone()))
                         .with_context(|| format!("the UKI fetches its rootfs from port {} of the DHCP server (this machine, to QEMU)\nhint: stop what listens there, or serve the bundle yourself and pass --server URL", baked.port))?;
                     server.spawn();
@@ -239,8 +239,9 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
 /// (a line break would start another iPXE command) or a `${` (iPXE would
 /// expand it) is refused.
 pub fn uki_script(url: &str, cmdline: &str) -> Result<String> {
-    if let Some(bad) = [url, cmdline].into_iter().find(|text| text.chars().any(char::is_control) || text.contains("${")) {
-        bail!("the manifest's UKI command line or URL {bad:?} holds a control character or `${{`, which an iPXE script cannot carry");
+    let unsafe_text = |text: &str| text.chars().any(|c| c.is_control() || c == '"' || c == '\'' || c == '\\') || ["${", "||", "&&"].iter().any(|operator| text.contains(operator));
+    if unsafe_text(cmdline) || unsafe_text(url) || url.contains(' ') {
+        bail!("the manifest's UKI command line {cmdline:?} or URL {url:?} holds what an iPXE script would read as more than words (a control character, a quote, `${{`, `||`, `&&`, or a blank in the URL)");
     }
     Ok(format!("#!ipxe\n{}", menus::ipxe_uki_entry("", url, cmdline)))
 }
@@ -253,9 +254,10 @@ mod tests {
     fn a_uki_script_passes_the_command_line_and_nothing_else() {
         let script = uki_script("http://10.0.2.2:8080/d/1/d-1-debian.efi", "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img").unwrap();
         assert_eq!(script, "#!ipxe\nchain --autofree http://10.0.2.2:8080/d/1/d-1-debian.efi console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img\n");
-        for hostile in ["quiet\nshell", "quiet\r\nshell", "x=${net0/mac}"] {
+        for hostile in ["quiet\nshell", "quiet\r\nshell", "x=${net0/mac}", "quiet || shell", "quiet && shell", "x=\"a b\""] {
             assert!(uki_script("http://h/u.efi", hostile).is_err(), "{hostile:?}");
         }
+        assert!(uki_script("http://h/u.efi shell", "quiet").is_err());
     }
 }
 

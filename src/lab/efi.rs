@@ -85,7 +85,10 @@ pub struct BakedServer {
     pub bundle_path: String,
 }
 
-pub fn baked_server(bundle: &Path, rootfs_url: &str, rootfs_image: &str) -> Result<BakedServer> {
+/// Only the two layouts `serve` has are served: the bundle's directory
+/// itself, or the directory above `NAME/VERSION` (never further up: a URL
+/// from a manifest must not make the whole disk served).
+pub fn baked_server(bundle: &Path, name: &str, version: &str, rootfs_url: &str, rootfs_image: &str) -> Result<BakedServer> {
     let url = rootsmith_init::http::Url::parse(rootfs_url).map_err(|why| anyhow::anyhow!("the UKI's rootfs URL: {why}"))?;
     if !url.names_dhcp_server() {
         bail!("the UKI's rootfs URL {rootfs_url} names the host {}, not `{}` (the DHCP server, which in QEMU is this machine)\nhint: serve the bundle there and pass --server URL", url.host, rootsmith_init::contract::DHCP_SERVER_HOST);
@@ -93,6 +96,9 @@ pub fn baked_server(bundle: &Path, rootfs_url: &str, rootfs_image: &str) -> Resu
     let Some(directories) = url.path.strip_suffix(rootfs_image).and_then(|rest| rest.strip_suffix('/')) else {
         bail!("the UKI's rootfs URL {rootfs_url} does not end in the bundle's rootfs image, {rootfs_image}\nhint: serve it yourself and pass --server URL");
     };
+    if !directories.is_empty() && directories != format!("/{name}/{version}") {
+        bail!("the UKI's rootfs URL {rootfs_url} puts the rootfs under {directories}/, not at the root or under /{name}/{version}/ where `rootsmith serve` has it\nhint: serve it yourself and pass --server URL");
+    }
     let mut root = bundle.canonicalize().with_context(|| format!("the bundle {}", bundle.display()))?;
     for directory in directories.split('/').filter(|part| !part.is_empty()).rev() {
         if root.file_name() != Some(std::ffi::OsStr::new(directory)) {
@@ -113,17 +119,19 @@ mod tests {
         let bundle = dir.path().join("out/demo/1.0");
         fs_err::create_dir_all(&bundle).unwrap();
         let out = dir.path().join("out").canonicalize().unwrap();
-        let served = baked_server(&bundle, "http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img", "demo-1.0-rootfs.img").unwrap();
+        let served = baked_server(&bundle, "demo", "1.0", "http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img", "demo-1.0-rootfs.img").unwrap();
         assert_eq!(served, BakedServer { port: 8080, root: out.clone(), bundle_path: "/demo/1.0/".into() });
-        let at_root = baked_server(&bundle, "http://dhcp-server/demo-1.0-rootfs.img", "demo-1.0-rootfs.img").unwrap();
+        let at_root = baked_server(&bundle, "demo", "1.0", "http://dhcp-server/demo-1.0-rootfs.img", "demo-1.0-rootfs.img").unwrap();
         assert_eq!(at_root, BakedServer { port: 80, root: bundle.canonicalize().unwrap(), bundle_path: "/".into() });
         for (url, why) in [
             ("http://192.0.2.1:8080/demo/1.0/demo-1.0-rootfs.img", "not `dhcp-server`"),
             ("http://dhcp-server:8080/demo/1.0/other-rootfs.img", "does not end in the bundle's rootfs image"),
-            ("http://dhcp-server:8080/other/1.0/demo-1.0-rootfs.img", "which is not where"),
+            ("http://dhcp-server:8080/other/1.0/demo-1.0-rootfs.img", "where `rootsmith serve` has it"),
+            // A URL naming the bundle's real place further up is not served from there.
+            (&format!("http://dhcp-server:8080{}/demo-1.0-rootfs.img", bundle.canonicalize().unwrap().display()), "where `rootsmith serve` has it"),
             ("https://dhcp-server/demo-1.0-rootfs.img", "only http://"),
         ] {
-            let error = format!("{:#}", baked_server(&bundle, url, "demo-1.0-rootfs.img").unwrap_err());
+            let error = format!("{:#}", baked_server(&bundle, "demo", "1.0", url, "demo-1.0-rootfs.img").unwrap_err());
             assert!(error.contains(why), "{url}: {error}");
         }
     }

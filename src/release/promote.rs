@@ -54,8 +54,15 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str, uki_signer: Option<
     if !report.ok() {
         bail!("{name} {from} fails verification, so it is not promoted:\n{}\nhint: rootsmith release verify {}", report.failures(), source.display());
     }
-    if let (Some(cert), None) = (candidate.manifest.boot.uki.as_ref().and_then(|made| made.signed_cert_sha256.as_ref()), uki_signer) {
-        bail!("the UKIs of {name} {from} are signed for Secure Boot (certificate SHA-256 {cert}), and a promotion makes them anew for {to}\nhint: pass the signing key and certificate: --uki-key KEY --uki-cert CERT");
+    let signed_for = candidate.manifest.boot.uki.as_ref().and_then(|made| made.signed_cert_sha256.as_ref());
+    match (signed_for, uki_signer) {
+        (Some(cert), None) => bail!("the UKIs of {name} {from} are signed for Secure Boot (certificate SHA-256 {cert}), and a promotion makes them anew for {to}\nhint: pass the signing key and certificate: --uki-key KEY --uki-cert CERT"),
+        // A promotion changes the version, not which machines boot it.
+        (Some(cert), Some(signer)) if signer.cert_sha256 != *cert => {
+            bail!("the UKIs of {name} {from} are signed for the certificate with SHA-256 {cert}, not {} ({}): machines enrolled for the first would refuse {to}", signer.cert_sha256, signer.cert.display())
+        }
+        (_, Some(_)) if candidate.manifest.boot.uki.is_none() => bail!("{name} {from} has no UKIs for --uki-key to sign"),
+        _ => {}
     }
     let target = out.join(name).join(to);
     if target.exists() {
