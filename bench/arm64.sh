@@ -43,26 +43,10 @@ mkdir -p "$work/base/etc" "$work/fragments"
 echo bench > "$work/base/etc/motd"
 tar -C "$work/base" -cf "$work/base.tar" .
 cp fixtures/kernel/arm64-virt.config fixtures/kernel/ikconfig.config "$work/fragments/"
-kernel_recipe() {
-  cat > "$work/kernel.yaml" <<YAML
-rootsmith: 1
-name: karm
-version: 1.0.0
-arch: arm64
-source_date_epoch: 1700000000
-stages:
-  - tarball: { path: base.tar }
-  - kernel:
-      name: tiny
-      source: { package: linux-source-6.1 }
-      config: { base: tinyconfig, fragments: [$1] }
-      localversion: -bench
-YAML
-}
 build_kernel() { "$bin" build --json --fast --cache "$work/kcache" --out "$work/kout" --version "$1" "$work/kernel.yaml"; }
-kernel_recipe "fragments/arm64-virt.config"
+tiny_kernel_recipe karm arm64 "fragments/arm64-virt.config"
 echo "rootsmith: arm64 kernel cold (cross)" >&2; k_cold=$(timed build_kernel 1.0.0)
-kernel_recipe "fragments/arm64-virt.config, fragments/ikconfig.config"
+tiny_kernel_recipe karm arm64 "fragments/arm64-virt.config, fragments/ikconfig.config"
 echo "rootsmith: arm64 kernel config change" >&2; k_change=$(timed build_kernel 1.1.0)
 
 cat <<DOC

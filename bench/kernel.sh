@@ -47,29 +47,14 @@ mkdir -p "$work/base/etc" "$work/fragments"
 echo bench > "$work/base/etc/motd"
 tar -C "$work/base" -cf "$work/base.tar" .
 cp fixtures/kernel/*.config "$work/fragments/"
-recipe() {
-  cat > "$work/kernel.yaml" <<YAML
-rootsmith: 1
-name: kbench
-version: 1.0.0
-source_date_epoch: 1700000000
-stages:
-  - tarball: { path: base.tar }
-  - kernel:
-      name: tiny
-      source: { package: linux-source-6.1 }
-      config: { base: tinyconfig, fragments: [$1] }
-      localversion: -bench
-YAML
-}
 build() { "$bin" build --json --fast --cache "$work/cache" --out "$work/out" --version "$1" "$work/kernel.yaml"; }
 
 echo "by hand: cold" >&2;                     h_cold=$(timed by_hand)
 echo "by hand: plain gcc compile" >&2;        h_plain=$(timed plain_gcc)
 echo "by hand: config change (incremental make)" >&2; h_change=$(timed hand_change)
-recipe "fragments/boot.config"
+tiny_kernel_recipe kbench amd64 "fragments/boot.config"
 echo "rootsmith: cold" >&2;                   r_cold=$(timed build 1.0.0)
-recipe "fragments/boot.config, fragments/ikconfig.config"
+tiny_kernel_recipe kbench amd64 "fragments/boot.config, fragments/ikconfig.config"
 echo "rootsmith: config change (ccache)" >&2; r_change=$(timed build 1.1.0)
 echo "rootsmith: no change" >&2;              r_same=$(timed build 1.1.1)
 
