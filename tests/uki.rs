@@ -20,6 +20,18 @@ fn build(dir: &Path, out: &str, recipe: &Path) -> PathBuf {
     PathBuf::from(summary["bundle"].as_str().unwrap())
 }
 
+/// `DIR/NAME.yaml`: bookworm minbase and Debian's kernel, with `outputs.uki`
+/// set to `uki` (flow YAML). A minbase rootfs has no /sbin/init: the init
+/// runs /bin/sh after switching root.
+fn uki_recipe(dir: &Path, name: &str, uki: &str) -> PathBuf {
+    let recipe = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "rootsmith: 1\nname: {name}\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - debootstrap: {{ suite: bookworm }}\n  - kernel: {{ name: debian, package: linux-image-amd64 }}\noutputs:\n  initramfs: {{ modules: [virtio_pci, virtio_net] }}\n  uki: {uki}\nboot:\n  cmdline: \"console=ttyS0 panic=-1 rootsmith.init=/bin/sh rootsmith.on_fail=poweroff\"\n"
+    );
+    std::fs::write(&recipe, text).unwrap();
+    recipe
+}
+
 fn section(bytes: &[u8], name: &str) -> Vec<u8> {
     uki::sections(bytes).unwrap().into_iter().find(|(found, _, _)| found == name).unwrap_or_else(|| panic!("no {name}")).2
 }
@@ -35,15 +47,7 @@ fn a_uki_per_kernel_is_deterministic_and_boots_under_ovmf() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let recipe = dir.path().join("uki.yaml");
-    // A minbase rootfs has no /sbin/init: the init runs /bin/sh after switching root.
-    std::fs::write(
-        &recipe,
-        format!(
-            "rootsmith: 1\nname: ukitest\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - debootstrap: {{ suite: bookworm }}\n  - kernel: {{ name: debian, package: linux-image-amd64 }}\noutputs:\n  initramfs: {{ modules: [virtio_pci, virtio_net] }}\n  uki: {{ rootfs_url: \"http://dhcp-server:{port}/ukitest/1.0.0/ukitest-1.0.0-rootfs.img\" }}\nboot:\n  cmdline: \"console=ttyS0 panic=-1 rootsmith.init=/bin/sh rootsmith.on_fail=poweroff\"\n"
-        ),
-    )
-    .unwrap();
+    let recipe = uki_recipe(dir.path(), "ukitest", &format!("{{ rootfs_url: \"http://dhcp-server:{port}/ukitest/1.0.0/ukitest-1.0.0-rootfs.img\" }}"));
     let first = build(dir.path(), "out", &recipe);
     // The same cache, another out directory: the UKI is made again, by a later objcopy.
     std::thread::sleep(Duration::from_millis(1100));
@@ -134,14 +138,7 @@ fn a_signed_uki_boots_with_secure_boot_enforced_and_a_changed_one_does_not() {
     let (key, cert) = ("/usr/share/ovmf/PkKek-1-snakeoil.key", "/usr/share/ovmf/PkKek-1-snakeoil.pem");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let recipe = dir.path().join("ukisb.yaml");
-    std::fs::write(
-        &recipe,
-        format!(
-            "rootsmith: 1\nname: ukisb\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - debootstrap: {{ suite: bookworm }}\n  - kernel: {{ name: debian, package: linux-image-amd64 }}\noutputs:\n  initramfs: {{ modules: [virtio_pci, virtio_net] }}\n  uki:\n    rootfs_url: \"http://dhcp-server:{port}/ukisb/1.0.0/ukisb-1.0.0-rootfs.img\"\n    sign: {{ key: {key}, cert: {cert} }}\nboot:\n  cmdline: \"console=ttyS0 panic=-1 rootsmith.init=/bin/sh rootsmith.on_fail=poweroff\"\n"
-        ),
-    )
-    .unwrap();
+    let recipe = uki_recipe(dir.path(), "ukisb", &format!("{{ rootfs_url: \"http://dhcp-server:{port}/ukisb/1.0.0/ukisb-1.0.0-rootfs.img\", sign: {{ key: {key}, cert: {cert} }} }}"));
     // The snakeoil key is encrypted: without its passphrase nothing is built.
     let (code, _, stderr) = run(rootsmith().arg("build").arg("--fast").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(dir.path().join("out")).arg(&recipe).env_remove("ROOTSMITH_UKI_KEY_PASSPHRASE"));
     assert_ne!(code, 0);
