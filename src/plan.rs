@@ -25,7 +25,8 @@ fn kind_version(kind: &StageKind) -> u32 {
         StageKind::Packages(_) => 2,
         StageKind::Files(_) => 2,
         StageKind::Run(_) => 2,
-        StageKind::Kernel(_) => 2,
+        // 3: the products hold the kernel's device trees.
+        StageKind::Kernel(_) => 3,
         StageKind::Release(_) => 1,
         StageKind::Oci(_) => 1,
     }

@@ -54,6 +54,11 @@ fn arm64_bundle_builds_under_emulation_and_boots_in_qemu_system_aarch64() {
     for needed in ["/squashfs.ko", "/overlay.ko", "/virtio_net.ko"] {
         assert!(modules.iter().any(|m| m.as_str().unwrap().ends_with(needed)), "{needed} in {modules:?}");
     }
+    // The packaged kernel's device trees, as one archive beside it.
+    assert_eq!(manifest["kernels"][0]["device_trees"], "kernel/debian-dtbs.tar");
+    let trees = device_trees_in(&bundle.join("kernel/debian-dtbs.tar"));
+    assert!(trees.len() > 100 && trees.iter().any(|t| t == "broadcom/bcm2711-rpi-4-b.dtb"), "{trees:?}");
+    assert!(std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap().contains("  kernel/debian-dtbs.tar\n"));
     // Menus for the loaders that boot arm64: iPXE and GRUB arm64-efi, no PXELINUX.
     assert!(bundle.join("boot.ipxe").is_file());
     assert!(std::fs::read_to_string(bundle.join("grub.cfg")).unwrap().contains("GRUB arm64-efi"));
@@ -83,6 +88,21 @@ fn arm64_bundle_builds_under_emulation_and_boots_in_qemu_system_aarch64() {
     assert!(stderr.contains("boot-test boots it --via appended or --via http"), "{stderr}");
 }
 
+/// The entries of a device-tree archive, checked to be plain `.dtb`/`.dtbo` files owned by 0.
+fn device_trees_in(archive: &std::path::Path) -> Vec<String> {
+    let listing = std::process::Command::new("tar").arg("-tvf").arg(archive).output().unwrap();
+    assert!(listing.status.success(), "tar -tvf {}", archive.display());
+    let text = String::from_utf8(listing.stdout).unwrap();
+    text.lines()
+        .map(|line| {
+            assert!(line.starts_with("-rw-r--r-- 0/0 "), "{line}");
+            let name = line.rsplit(' ').next().unwrap().to_string();
+            assert!(name.ends_with(".dtb") || name.ends_with(".dtbo"), "{line}");
+            name
+        })
+        .collect()
+}
+
 /// `--arch` and `--set arch=` build one recipe for arm64 beside its amd64
 /// bundle, as NAME-arm64, which `release verify --rebuild` rebuilds for arm64.
 /// A tarball base runs nothing in the tree, so this needs no emulation.
@@ -109,6 +129,24 @@ fn one_recipe_builds_for_both_architectures_into_separate_bundles() {
     let (code, stdout, stderr) = run(rootsmith().args(["release", "verify"]).arg(out.join("both-arm64/1.0.0")).arg("--rebuild").arg(&recipe));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("ok     rebuild"), "{stdout}");
+    // An arm64 recipe starts from the arm64 release, a `files` stage on top;
+    // the amd64 release is refused as its base, saying why.
+    std::fs::create_dir_all(dir.path().join("extra/etc")).unwrap();
+    std::fs::write(dir.path().join("extra/etc/on-top"), "arm64 development\n").unwrap();
+    let on_top = dir.path().join("on-top.yaml");
+    for (base, ok) in [("both-arm64", true), ("both", false)] {
+        std::fs::write(&on_top, format!("rootsmith: 1\nname: on-top\nversion: 0.1.0\narch: arm64\nstages:\n  - release: {{ name: {base}, version: 1.0.0 }}\n  - files: {{ src: extra, dest: / }}\n")).unwrap();
+        let (code, _, stderr) = run(rootsmith().arg("build").arg("--fast").arg("--cache").arg(&cache).arg("--out").arg(&out).arg(&on_top));
+        if ok {
+            assert_eq!(code, 0, "{stderr}");
+            let listing = std::process::Command::new("tar").arg("--zstd").arg("-tf").arg(out.join("on-top/0.1.0/on-top-0.1.0-rootfs.tar.zst")).output().unwrap();
+            let listing = String::from_utf8_lossy(&listing.stdout);
+            assert!(listing.contains("etc/hello") && listing.contains("etc/on-top"), "{listing}");
+        } else {
+            assert_ne!(code, 0);
+            assert!(stderr.contains("amd64") && stderr.contains("arm64"), "{stderr}");
+        }
+    }
     let (code, _, stderr) = run(rootsmith().args(["check", "--arch", "armhf"]).arg(&recipe));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("[possible values: amd64, arm64]"), "{stderr}");
@@ -117,7 +155,8 @@ fn one_recipe_builds_for_both_architectures_into_separate_bundles() {
 /// A kernel built from source for arm64 on this amd64 host is cross-compiled
 /// (`CROSS_COMPILE=aarch64-linux-gnu-`, ccache, `make bindeb-pkg`): an arm64
 /// tinyconfig with `fixtures/kernel/arm64-virt.config` gives an `Image` and
-/// an arm64 .deb, and boots on QEMU's virt machine to an initramfs's marker.
+/// an arm64 .deb and the device trees of the platform it enables, and boots
+/// on QEMU's virt machine to an initramfs's marker.
 #[test]
 fn a_cross_built_arm64_kernel_boots_to_a_marker() {
     if !needs_root("a_cross_built_arm64_kernel_boots_to_a_marker") {
@@ -129,10 +168,12 @@ fn a_cross_built_arm64_kernel_boots_to_a_marker() {
     std::fs::write(dir.path().join("tree/etc/motd"), "arm64 kernel test\n").unwrap();
     tar_base(dir.path());
     std::fs::copy(repo().join("fixtures/kernel/arm64-virt.config"), dir.path().join("arm64-virt.config")).unwrap();
+    // One platform, so that the build makes device trees (Arm's own boards: juno, fvp).
+    std::fs::write(dir.path().join("dtbs.config"), "CONFIG_ARCH_VEXPRESS=y\n").unwrap();
     let recipe = dir.path().join("karm.yaml");
     std::fs::write(
         &recipe,
-        "rootsmith: 1\nname: karm\nversion: 1.0.0\narch: arm64\nsource_date_epoch: 1700000000\nstages:\n  - tarball: { path: base.tar }\n  - kernel:\n      name: tiny\n      source: { package: linux-source-6.1 }\n      config: { base: tinyconfig, fragments: [arm64-virt.config] }\n      localversion: \"-rootsmith\"\n",
+        "rootsmith: 1\nname: karm\nversion: 1.0.0\narch: arm64\nsource_date_epoch: 1700000000\nstages:\n  - tarball: { path: base.tar }\n  - kernel:\n      name: tiny\n      source: { package: linux-source-6.1 }\n      config: { base: tinyconfig, fragments: [arm64-virt.config, dtbs.config] }\n      localversion: \"-rootsmith\"\n",
     )
     .unwrap();
     let out = dir.path().join("out");
@@ -146,6 +187,10 @@ fn a_cross_built_arm64_kernel_boots_to_a_marker() {
     assert!(release.ends_with("-rootsmith"), "{release}");
     let deb = manifest["kernels"][0]["debs"][0].as_str().unwrap();
     assert!(deb.starts_with(&format!("kernel/linux-image-{release}_")) && deb.ends_with("_arm64.deb"), "{deb}");
+    // The device trees it built, published beside it.
+    assert_eq!(manifest["kernels"][0]["device_trees"], "kernel/tiny-dtbs.tar");
+    let trees = device_trees_in(&bundle.join("kernel/tiny-dtbs.tar"));
+    assert!(trees.iter().any(|t| t == "arm/juno.dtb"), "{trees:?}");
     // An arm64 Image: "ARM\x64" at byte 56 of its header.
     let vmlinuz = bundle.join(format!("karm-1.0.0-tiny-vmlinuz"));
     assert_eq!(&std::fs::read(&vmlinuz).unwrap()[56..60], b"ARM\x64");

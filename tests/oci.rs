@@ -187,6 +187,16 @@ fn layers_apply_like_umoci_from_a_multi_platform_layout() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(ours.join("usr/bin/tool")).unwrap().ino(), std::fs::metadata(ours.join("usr/bin/tool2")).unwrap().ino(), "the hard link stays one file");
 
+    // Built for arm64, the same recipe takes the index's arm64 manifest.
+    let mut command = rootsmith();
+    command.arg("build").arg("--fast").arg("--arch").arg("arm64").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(dir.path().join("out")).arg(dir.path().join("recipe.yaml"));
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    let arm = dir.path().join("arm");
+    unpack_tar_zst(&dir.path().join("out/from-oci-arm64/1.0.0/from-oci-arm64-1.0.0-rootfs.tar.zst"), &arm);
+    assert_eq!(listing(&arm).get("etc/arch").map(String::as_str), Some("arm64\n"), "the arm64 manifest of the index");
+    assert!(!arm.join("etc/a").exists());
+
     // The key is the manifest digest: the same image is a hit, a moved tag a miss.
     let mut command = rootsmith();
     command.arg("plan").arg("--cache").arg(dir.path().join("cache")).arg(dir.path().join("recipe.yaml")).arg("--json");

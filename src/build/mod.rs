@@ -30,16 +30,15 @@ pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Ho
     let started = Instant::now();
     crate::names::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
     publish::preflight(recipe, plan, options)?;
-    ready_emulation(&plan.arch, host, progress)?;
     healing(&options.cache_dir, progress, || build_once(recipe, plan, options, host, progress, started))
 }
 
-/// Before anything runs for a foreign `arch`: the host's user-mode emulation
-/// checked. As the machine's root, rootsmith closes the gaps a reboot opens
+/// Before anything runs for a foreign `arch` (a build: before its first stage
+/// that is not cached): the host's user-mode emulation checked. As the machine's root, rootsmith closes the gaps a reboot opens
 /// again (binfmt_misc unmounted, the `qemu-…` entry disabled or not yet
 /// registered) itself, and says so; a missing package is never installed
 /// for the user but named, with every other gap, in the error.
-fn ready_emulation(arch: &str, host: &dyn Host, progress: &dyn Progress) -> Result<()> {
+pub(crate) fn ready_emulation(arch: &str, host: &dyn Host, progress: &dyn Progress) -> Result<()> {
     let root = Path::new("/");
     if crate::host::userns::standing() == crate::host::userns::Standing::Root {
         // Mounting binfmt_misc reveals whether the entry is registered and

@@ -116,7 +116,11 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         for deb in &kernel.debs {
             copy(deb, format!("kernel/{deb}"))?;
         }
-        kernels.push(ManifestKernel { name: kernel.name.clone(), release: kernel.release.clone(), config_sha256: kernel.config_sha256.clone(), vmlinuz, debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect(), uki: None });
+        let device_trees = (kernel.device_trees > 0).then(|| names.device_trees(&kernel.name));
+        if let Some(name) = &device_trees {
+            copy(crate::stage::kernel::device_trees::ARCHIVE, name.clone())?;
+        }
+        kernels.push(ManifestKernel { name: kernel.name.clone(), release: kernel.release.clone(), config_sha256: kernel.config_sha256.clone(), vmlinuz, debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect(), device_trees, uki: None });
     }
     let initramfs_compression = runner.plan.outputs.initramfs.compression;
     let mut boot = ManifestBoot {

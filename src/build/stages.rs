@@ -53,6 +53,9 @@ pub struct StageRunner<'a> {
     apt_pins: Option<&'a str>,
     /// The shared stage cache while it answers (dropped, with a warning, when it does not).
     remote: Option<RemoteCache>,
+    /// Whether the host's emulation of a foreign architecture was checked (at
+    /// the first stage that runs: a build whose stages are all cached needs none).
+    emulation_ready: bool,
 }
 
 impl<'a> StageRunner<'a> {
@@ -88,6 +91,7 @@ impl<'a> StageRunner<'a> {
             cache_only: options.cache_only,
             apt_pins: options.lock.as_ref().map(|lock| lock.pins.as_str()),
             remote,
+            emulation_ready: false,
         })
     }
 
@@ -126,6 +130,10 @@ impl<'a> StageRunner<'a> {
         }
         if self.cache_only {
             bail!("stage `{}` is not in the cache (key {key}) and --cache-only forbids building it", planned.name);
+        }
+        if !self.emulation_ready {
+            super::ready_emulation(&self.plan.arch, self.host, self.progress)?;
+            self.emulation_ready = true;
         }
         self.progress.start(&label, if forced { "rebuilding (--rebuild)" } else { "building" });
         let progress = self.progress;

@@ -88,6 +88,9 @@ pub struct ManifestKernel {
     pub config_sha256: String,
     pub vmlinuz: String,
     pub debs: Vec<String>,
+    /// The kernel's device trees, `kernel/KERNEL-dtbs.tar`, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_trees: Option<String>,
     /// `outputs.uki`: its Unified Kernel Image, `NAME-VERSION-KERNEL.efi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uki: Option<String>,
@@ -145,8 +148,8 @@ impl Manifest {
         file("boot.rootfs_image", &self.boot.rootfs_image);
         for kernel in &self.kernels {
             file(&format!("kernel {:?}", kernel.name), &kernel.vmlinuz);
-            if let Some(uki) = &kernel.uki {
-                file(&format!("kernel {:?}", kernel.name), uki);
+            for extra in kernel.uki.iter().chain(&kernel.device_trees) {
+                file(&format!("kernel {:?}", kernel.name), extra);
             }
             for deb in &kernel.debs {
                 file(&format!("kernel {:?}", kernel.name), deb);
@@ -208,7 +211,7 @@ pub fn sample(name: &str, version: &str) -> Manifest {
         fast: true,
         stages: Vec::new(),
         rootfs: ManifestRootfs { cookie: "c".into(), squashfs_writer: "mksquashfs".into(), squashfs_compression: "zstd".into(), squashfs_entries: 1, contract_version: 2 },
-        kernels: vec![ManifestKernel { name: "small".into(), release: "6.1.0".into(), config_sha256: crate::digest::sha256_hex(b""), vmlinuz: format!("{prefix}small-vmlinuz"), debs: vec!["kernel/linux-image-6.1.0_1_amd64.deb".into()], uki: None }],
+        kernels: vec![ManifestKernel { name: "small".into(), release: "6.1.0".into(), config_sha256: crate::digest::sha256_hex(b""), vmlinuz: format!("{prefix}small-vmlinuz"), debs: vec!["kernel/linux-image-6.1.0_1_amd64.deb".into()], device_trees: None, uki: None }],
         boot: ManifestBoot { initramfs: format!("{prefix}initramfs.img"), initramfs_size: 1, initramfs_compression: "zstd".into(), rootfs_image: format!("{prefix}rootfs.img"), cmdline: String::new(), marker: None, modules: Default::default(), shell: false, uki: None },
         artifacts: vec![ManifestArtifact { name: format!("{prefix}rootfs.img"), size: 3, sha256: crate::digest::sha256_hex(b"abc") }],
         lock_sha256: None,

@@ -92,6 +92,11 @@ impl<'a> BundleNames<'a> {
         format!("{}{kernel}-vmlinuz", self.prefix())
     }
 
+    /// A kernel's device trees, one tar (`kernel/KERNEL-dtbs.tar`).
+    pub fn device_trees(&self, kernel: &str) -> String {
+        format!("{KERNEL_DIR}/{kernel}-dtbs.tar")
+    }
+
     /// The Unified Kernel Image of a kernel (`outputs.uki`).
     pub fn uki(&self, kernel: &str) -> String {
         format!("{}{kernel}.efi", self.prefix())

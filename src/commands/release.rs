@@ -78,7 +78,8 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     }
     outln!("\nrootfs: cookie {}, squashfs {} ({}, {} entries)", m.rootfs.cookie, m.rootfs.squashfs_compression, m.rootfs.squashfs_writer, m.rootfs.squashfs_entries);
     for kernel in &m.kernels {
-        outln!("kernel {}: {} ({})", kernel.name, kernel.release, kernel.vmlinuz);
+        let trees = kernel.device_trees.as_ref().map(|t| format!(", device trees {t}")).unwrap_or_default();
+        outln!("kernel {}: {} ({}{trees})", kernel.name, kernel.release, kernel.vmlinuz);
     }
     let modules: usize = m.boot.modules.values().map(Vec::len).sum();
     outln!("initramfs: {} ({}, {}, {modules} modules{})", m.boot.initramfs, mib(m.boot.initramfs_size), m.boot.initramfs_compression, if m.boot.shell { ", shell" } else { "" });

@@ -85,6 +85,9 @@ fn kernel_arch(arch: &str) -> Result<&'static str> {
     })
 }
 
+/// What a build's products hold; bump when they change (2: device trees).
+const PRODUCTS_VERSION: u32 = 2;
+
 fn image_path(arch: &str) -> &'static str {
     if arch == "arm64" { "arch/arm64/boot/Image" } else { "arch/x86/boot/bzImage" }
 }
@@ -171,7 +174,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
 
     let variables = make_variables(build, context, &release);
     let key_text = format!(
-        "format {CACHE_FORMAT}\nsource {}\nconfig {config_sha256}\ncompiler {}\narch {arch}\nvariables {}\nheaders {}\n",
+        "format {CACHE_FORMAT}\nsource {}\nconfig {config_sha256}\ncompiler {}\narch {arch}\nvariables {}\nheaders {}\nproducts {PRODUCTS_VERSION}\n",
         source::source_id(build, context.source_digest)?,
         compiler_version(host, context.arch),
         variables.join(" "),
@@ -210,6 +213,9 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     fs_err::copy(&image, staging.path().join("vmlinuz"))?;
     fs_err::copy(objects.join("System.map"), staging.path().join("System.map"))?;
     fs_err::copy(objects.join(".config"), staging.path().join("config"))?;
+    // Built beside the image (arch/SRCARCH/boot/dts), as `make dtbs_install` finds them.
+    let dts = objects.join(image_path(context.arch)).with_file_name("dts");
+    let device_trees = super::device_trees::archive(&dts, &staging.path().join(super::device_trees::ARCHIVE), context.source_date_epoch)?;
     let mut debs = Vec::new();
     for entry in fs_err::read_dir(context.build_dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -229,6 +235,7 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
         config_sha256,
         products: key.clone(),
         debs,
+        device_trees,
         compiled: true,
         ccache_hits: after.0.saturating_sub(before.0),
         ccache_misses: after.1.saturating_sub(before.1),

@@ -1,11 +1,12 @@
 //! `kernel` stage: build a kernel from source on the host (`build.rs`), or
 //! install a packaged one in the tree and take its vmlinuz (`package` mode).
-//! Either way the products (vmlinuz, debs, System.map, config) are stored in
+//! Either way the products (vmlinuz, debs, System.map, config, device trees) are stored in
 //! the cache and published in the bundle; the tree changes only when a kernel
 //! is installed into it.
 
 pub mod build;
 pub mod config;
+pub mod device_trees;
 pub mod products;
 pub mod source;
 
@@ -97,12 +98,16 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
     if let Ok(map) = fs_err::read(boot.join(format!("System.map-{release}"))) {
         fs_err::write(staging.join("System.map"), map)?;
     }
+    // Debian's kernel packages install their device trees here.
+    let trees = context.tree.join(format!("usr/lib/linux-image-{release}"));
+    let device_trees = device_trees::archive(&trees, &staging.join(device_trees::ARCHIVE), context.source_date_epoch)?;
     let record = KernelProducts {
         name: context.stage_name.to_string(),
         release,
         config_sha256: crate::digest::sha256_hex(&config),
         products: context.stage_key.to_string(),
         debs: Vec::new(),
+        device_trees,
         compiled: false,
         ccache_hits: 0,
         ccache_misses: 0,

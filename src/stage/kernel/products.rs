@@ -21,6 +21,9 @@ pub struct KernelProducts {
     /// The directory in the layout's products area holding vmlinuz, config, System.map and the debs.
     pub products: String,
     pub debs: Vec<String>,
+    /// How many device trees `dtbs.tar` in the products holds (0: none, no file).
+    #[serde(default)]
+    pub device_trees: usize,
     /// Whether this build compiled (false: the products were already cached).
     pub compiled: bool,
     pub ccache_hits: u64,
@@ -69,6 +72,7 @@ mod tests {
             config_sha256: "c".repeat(64),
             products: "d".repeat(64),
             debs: vec!["linux-image-6.1.0_1_amd64.deb".into()],
+            device_trees: 5,
             compiled: true,
             ccache_hits: 1,
             ccache_misses: 2,
