@@ -156,6 +156,39 @@ fn a_user_build_gives_the_bytes_of_a_root_build() {
     assert_eq!(mount_table(), mounts_before, "the user's commands changed the host's mount table");
 }
 
+/// An arm64 recipe built by the user on this amd64 host: its `run` stage runs
+/// under QEMU user-mode emulation inside the user's namespace (binfmt's
+/// `F` flag opened the interpreter when it was enabled), and the bundle is
+/// root's, byte for byte. The tree's /bin/sh is a static aarch64 program
+/// (aarch64-linux-gnu-gcc) that writes the machine `uname` reports.
+#[test]
+fn a_user_builds_for_arm64_under_emulation() {
+    if !needs_root("a_user_builds_for_arm64_under_emulation") {
+        return;
+    }
+    let user = ordinary_user();
+    let place = Place::new(&user);
+    let tree = place.path("arm64/tree");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    let source = place.path("arm64/machine.c");
+    std::fs::write(&source, "#include <sys/utsname.h>\n#include <fcntl.h>\n#include <string.h>\n#include <unistd.h>\nint main(void) { struct utsname u; uname(&u); int fd = open(\"/etc/machine\", O_WRONLY | O_CREAT | O_TRUNC, 0644); if (fd < 0) return 1; write(fd, u.machine, strlen(u.machine)); write(fd, \"\\n\", 1); return close(fd); }\n").unwrap();
+    let status = Command::new("aarch64-linux-gnu-gcc").args(["-static", "-Os", "-o"]).arg(tree.join("bin/sh")).arg(&source).status().unwrap();
+    assert!(status.success(), "aarch64-linux-gnu-gcc -static (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross)");
+    let status = Command::new("tar").arg("-C").arg(&tree).args(["-cf"]).arg(place.path("arm64/base.tar")).arg(".").status().unwrap();
+    assert!(status.success());
+    let recipe = place.path("arm64/emu.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: emu\nversion: 1.0.0\narch: arm64\nstages:\n  - tarball: { path: base.tar }\n  - run: { sh: \"uname -m > /etc/machine\" }\n").unwrap();
+    for entry in walkdir::WalkDir::new(place.path("arm64")) {
+        std::os::unix::fs::lchown(entry.unwrap().path(), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let user_bundle = place.build("user", &user, &recipe);
+    let root_bundle = place.build("root", &user, &recipe);
+    assert_eq!(sums(&user_bundle), sums(&root_bundle), "the user's arm64 bundle differs from root's");
+    let machine = Command::new("tar").args(["--zstd", "-xOf"]).arg(user_bundle.join("emu-1.0.0-rootfs.tar.zst")).arg("etc/machine").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&machine.stdout), "aarch64\n", "the run stage ran as aarch64");
+}
+
 /// Processes of the user or of its subordinate ids that belong to the build
 /// under `place` (its command line or its root is there: other tests build
 /// as the same user at the same time).

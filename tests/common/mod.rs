@@ -77,6 +77,8 @@ pub fn install_for_users(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("lib/rootsmith")).unwrap();
     std::fs::copy(&exe, &bin).unwrap();
     std::fs::copy(&init, dir.join("lib/rootsmith/rootsmith-init")).expect("the init is built (make init)");
+    let arm64_init = exe.parent().unwrap().parent().unwrap().join("aarch64-unknown-linux-gnu/init/rootsmith-init");
+    std::fs::copy(&arm64_init, dir.join("lib/rootsmith/rootsmith-init-arm64")).expect("the arm64 init is built (make init)");
     bin
 }
 
