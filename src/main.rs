@@ -61,7 +61,13 @@ fn main() {
     if let Some((privileges, writable)) = privileges_needed(&cli.command) {
         let writable: Vec<(&str, &std::path::Path)> = writable.iter().map(|(what, path)| (*what, path.as_path())).collect();
         match rootsmith::host::userns::enter(privileges.mode(), &writable) {
-            Ok(None) => {}
+            Ok(None) => {
+                // As root: a mount namespace of its own, where work trees may
+                // be overlay mounts that die with the process.
+                if let Err(error) = rootsmith::host::overlay::private_mounts() {
+                    eprintln!("warning: no private mount namespace ({error:#}); work trees are extracted");
+                }
+            }
             Ok(Some(code)) => std::process::exit(code),
             Err(error) => {
                 eprintln!("error: {error}");

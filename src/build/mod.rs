@@ -1,6 +1,8 @@
 //! A build: run the plan's stages (`stages`), make the outputs of the final
 //! tree (`outputs`), publish the bundle whole or not at all (`publish`).
 
+mod emulation;
+mod kept_tree;
 mod options;
 mod outputs;
 mod publish;
@@ -16,7 +18,7 @@ pub use outputs::{output_key, OutputRecord, RootfsRecord};
 use stages::StageRunner;
 
 use crate::cache::{Corrupt, Store};
-use crate::host::{Command, Host};
+use crate::host::Host;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::recipe::Recipe;
@@ -31,36 +33,6 @@ pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Ho
     crate::names::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
     publish::preflight(recipe, plan, options)?;
     healing(&options.cache_dir, progress, || build_once(recipe, plan, options, host, progress, started))
-}
-
-/// Before anything runs for a foreign `arch` (a build: before its first stage
-/// that is not cached): the host's user-mode emulation checked. As the machine's root, rootsmith closes the gaps a reboot opens
-/// again (binfmt_misc unmounted, the `qemu-…` entry disabled or not yet
-/// registered) itself, and says so; a missing package is never installed
-/// for the user but named, with every other gap, in the error.
-pub(crate) fn ready_emulation(arch: &str, host: &dyn Host, progress: &dyn Progress) -> Result<()> {
-    let root = Path::new("/");
-    if crate::host::userns::standing() == crate::host::userns::Standing::Root {
-        // Mounting binfmt_misc reveals whether the entry is registered and
-        // enabled, so look again after each round.
-        for _ in 0..2 {
-            let gaps = crate::arch::emulation_gaps(root, crate::arch::host(), arch);
-            let fixes: Vec<Vec<String>> = gaps.iter().filter_map(crate::arch::Gap::enabling_argv).collect();
-            if fixes.is_empty() {
-                break;
-            }
-            let log = tempfile::NamedTempFile::new()?;
-            for argv in fixes {
-                progress.note(&format!("building for {arch} on this {} host: running `{}` (as root) to enable QEMU user-mode emulation", crate::arch::host(), argv.join(" ")));
-                if let Err(error) = host.run(&Command::on_host(&argv[0], &argv[1..], log.path())) {
-                    // The check below names every gap left and its fix.
-                    progress.warn(&format!("{error:#}"));
-                    return crate::arch::check_emulation(root, crate::arch::host(), arch);
-                }
-            }
-        }
-    }
-    crate::arch::check_emulation(root, crate::arch::host(), arch)
 }
 
 /// Run `work`; when it meets a corrupt cache entry, discard that entry (with
@@ -103,7 +75,7 @@ pub fn materialize<T>(
     progress: &dyn Progress,
     use_tree: impl FnOnce(&StageContext<'_>) -> Result<T>,
 ) -> Result<T> {
-    ready_emulation(&plan.arch, host, progress)?;
+    emulation::ready(&plan.arch, host, progress)?;
     let options = BuildOptions::stages_only(cache_dir.to_path_buf(), plan.version.clone());
     let runner = healing(cache_dir, progress, || {
         let mut runner = StageRunner::open(plan, &options, host, progress)?;

@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 
 use super::options::{BuildOptions, StageFailed, StageOutcome};
 use crate::cache::{tree_id, StageRecord, Store, WorkDir};
+use crate::host::overlay::{self, OverlayMount};
 use crate::host::Host;
+use super::kept_tree::{self, KeptTree};
 use crate::layer::{apply_layer, Change, Devices, Snapshot, TreeTarWriter};
 use crate::plan::Plan;
 use crate::progress::Progress;
@@ -22,6 +24,9 @@ const LAYER_ZSTD_LEVEL: i32 = 3;
 
 /// The work tree: the state after `stages_applied` stages.
 pub struct Work {
+    /// When the tree is an overlay over a kept tree: the mount (dropped, so
+    /// unmounted, before the work dir is removed) and the kept tree's lock.
+    _overlay: Option<(OverlayMount, KeptTree)>,
     pub dir: WorkDir,
     stages_applied: usize,
     /// The tree's device placeholders (a new tree starts without any).
@@ -132,7 +137,7 @@ impl<'a> StageRunner<'a> {
             bail!("stage `{}` is not in the cache (key {key}) and --cache-only forbids building it", planned.name);
         }
         if !self.emulation_ready {
-            super::ready_emulation(&self.plan.arch, self.host, self.progress)?;
+            super::emulation::ready(&self.plan.arch, self.host, self.progress)?;
             self.emulation_ready = true;
         }
         self.progress.start(&label, if forced { "rebuilding (--rebuild)" } else { "building" });
@@ -282,17 +287,74 @@ impl<'a> StageRunner<'a> {
         }
         self.work = None;
         let dir = self.store.work_dir(&self.plan.recipe)?;
+        if index > 0 && overlay::available() && overlay::works_in(&dir.path().join("probe")) {
+            match self.overlay_tree(&dir, index) {
+                Ok(mounted) => {
+                    self.work = Some(Work { _overlay: Some(mounted), dir, stages_applied: index, devices: Devices::default() });
+                    return Ok(());
+                }
+                // Corrupt layers are healed by the caller; anything else
+                // (a filesystem without overlay's needs) falls back.
+                Err(error) if error.downcast_ref::<crate::cache::Corrupt>().is_some() => return Err(error),
+                Err(error) => {
+                    self.progress.warn(&format!("the tree after {index} stages: {error:#}; extracting it instead"));
+                    let dir_path = dir.path().to_path_buf();
+                    for leftover in ["tree", "upper", "overlay"] {
+                        let _ = crate::fileops::remove_tree(&dir_path.join(leftover));
+                    }
+                }
+            }
+        }
         let tree = dir.path().join("tree");
         fs_err::create_dir(&tree)?;
-        set_root_mode(&tree)?;
+        let devices = self.extract(&tree, index)?;
+        self.work = Some(Work { _overlay: None, dir, stages_applied: index, devices });
+        Ok(())
+    }
+
+    /// Extract the layers of the first `index` stages into the empty `tree`;
+    /// the device placeholders it needed.
+    fn extract(&self, tree: &Path, index: usize) -> Result<Devices> {
+        set_root_mode(tree)?;
         let devices = Devices::default();
         for record in &self.records[..index] {
             let blob = self.store.open_blob(&record.layer)?;
             let decoder = zstd::Decoder::new(blob)?;
-            apply_layer(decoder, &tree, &format!("{} ({})", record.stage, &record.layer[..12]), &devices)?;
+            apply_layer(decoder, tree, &format!("{} ({})", record.stage, &record.layer[..12]), &devices)?;
         }
-        self.work = Some(Work { dir, stages_applied: index, devices });
-        Ok(())
+        Ok(devices)
+    }
+
+    /// The tree after `index` stages as an overlay: an empty upper directory
+    /// in `dir` over the kept tree of that tree id (extracted first when
+    /// there is none).
+    fn overlay_tree(&self, dir: &WorkDir, index: usize) -> Result<(OverlayMount, KeptTree)> {
+        let tree_id = &self.records[index - 1].tree;
+        let (kept, made) = kept_tree::ensure(&self.store, tree_id, |tree| {
+            let devices = self.extract(tree, index)?;
+            // As root every device is a real node; a placeholder would need
+            // its Devices kept beside the tree.
+            anyhow::ensure!(devices.is_empty(), "the tree needed device placeholders");
+            Ok(())
+        })?;
+        if !made {
+            self.progress.note(&format!("the tree after {index} stages: the kept tree {} (an overlay, nothing extracted)", &tree_id[..12]));
+        }
+        let (tree, upper, scratch) = (dir.path().join("tree"), dir.path().join("upper"), dir.path().join("overlay"));
+        for new in [&tree, &upper, &scratch] {
+            fs_err::create_dir(new)?;
+        }
+        // The merged root is the upper directory's: give it the kept root's
+        // mode, owner and times, as an extracted tree's root has them.
+        let root = fs_err::symlink_metadata(kept.path())?;
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            std::os::unix::fs::lchown(&upper, Some(root.uid()), Some(root.gid()))?;
+            fs_err::set_permissions(&upper, std::fs::Permissions::from_mode(root.mode() & 0o7777))?;
+        }
+        filetime::set_file_times(&upper, filetime::FileTime::from_last_access_time(&root), filetime::FileTime::from_last_modification_time(&root))?;
+        let mount = overlay::mount(kept.path(), &upper, &scratch, &tree)?;
+        Ok((mount, kept))
     }
 
     /// Store what changed between `before` and `after` as a layer blob (a

@@ -18,6 +18,7 @@
 //! CACHE/v1/ccache/                   the compiler cache of kernel builds
 //! CACHE/v1/oci/blobs/sha256/HEX      blobs of images pulled by `oci` stages
 //! CACHE/v1/logs/KEY.log             the log of each stage's last run
+//! CACHE/v1/trees/ID/                 kept trees (the tree after some stages, by tree id) that work trees overlay
 //! CACHE/v1/tmp/                      work trees and partial files of running builds
 //! ```
 
@@ -197,6 +198,16 @@ impl Layout {
         self.logs().join(format!("{}.log", component(key)))
     }
 
+    /// Kept trees: each the whole tree after some stages, read-only, under
+    /// its tree id; `ID.lock` is held shared while a build's overlay uses it.
+    pub fn kept_trees(&self) -> PathBuf {
+        self.root.join("trees")
+    }
+
+    pub fn kept_tree(&self, tree_id: &str) -> PathBuf {
+        self.kept_trees().join(component(tree_id))
+    }
+
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
@@ -220,6 +231,7 @@ impl Layout {
             area("ccache", self.ccache(), "compiler cache (bounded by ccache itself)", Never, false),
             area("oci-blobs", self.oci_blobs(), "blobs of pulled OCI images, by digest", LeastRecentlyUsed, true),
             area("logs", self.logs(), "stage logs of recent builds", LeastRecentlyUsed, false),
+            area("trees", self.kept_trees(), "kept trees that work trees overlay", LeastRecentlyUsed, false),
             area("tmp", self.tmp(), "work dirs of running builds", Never, false),
         ]
     }
@@ -244,6 +256,7 @@ mod tests {
             layout.kernel_source(&key),
             layout.kernel_build("r", "s"),
             layout.oci_blob(&key),
+            layout.kept_tree(&key),
         ] {
             assert!(path.starts_with("/c/v1"), "{}", path.display());
         }

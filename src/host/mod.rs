@@ -6,6 +6,7 @@
 //! fail a chosen call), for tests without root.
 
 mod command;
+pub mod overlay;
 mod real;
 mod recording;
 pub mod userns;
