@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sections=("$@")
 # Every section, in the order docs/benchmarks.md shows them.
-all=(foundation rootless kernel netboot uki fleet oci arm64 peers)
+all=(foundation rootless kernel netboot iterate uki fleet oci arm64 peers)
 [ ${#sections[@]} -gt 0 ] || sections=("${all[@]}")
 doc=docs/benchmarks.md
 declare -A body

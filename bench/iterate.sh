@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Iteration benchmark: a developer changes one file of the `overlay` files
+# stage of recipes/debian-netboot.yaml and builds again. Measured side by
+# side in one run: the work tree overlaid on a kept tree (the default as
+# root) and extracted from the layers (ROOTSMITH_OVERLAY=0), with release
+# compression and with --fast; per stage from `build --json`; and mksquashfs
+# alone on the same tree at the release's zstd 15, the floor of a release
+# build that recompresses the whole tree. Prints its section of
+# docs/benchmarks.md. Needs root and the archive.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+recipes=$work/recipes
+cp -a recipes "$recipes"
+recipe=$recipes/debian-netboot.yaml
+changed=$recipes/debian-netboot/overlay/etc/rootsmith-iteration
+n=0
+
+# build [ENV…] -- [ARGS…]: one build after one more changed file; sets
+# $result to "whole files-stage configure outputs" seconds (no subshell, so
+# the count of changes goes on).
+build() {
+  local env=()
+  while [ "$1" != "--" ]; do env+=("$1"); shift; done
+  shift
+  n=$((n + 1))
+  echo "iteration $n" > "$changed"
+  local start; start=$(now)
+  env "${env[@]}" "$bin" build --json --cache "$work/cache" --out "$work/out" --version "0.1.$n" "$@" "$recipe" > "$work/last.json" 2> "$work/last.log" || { cat "$work/last.log" >&2; exit 1; }
+  local whole; whole=$(seconds "$start" "$(now)")
+  result=$(python3 - "$work/last.json" "$whole" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+stage = {x["name"]: x for x in s["stages"]}
+assert stage["overlay"]["state"] == "built" and stage["base"]["state"] == "cached", s
+print(sys.argv[2], "%.1f %.1f %.1f" % (stage["overlay"]["seconds"], stage["configure"]["seconds"], s["outputs"]["seconds"]))
+PY
+)
+}
+
+echo "cold build" >&2
+cold=$(timed "$bin" build --cache "$work/cache" --out "$work/out" --version 0.0.0 "$recipe")
+echo "first change: the kept tree is made" >&2
+build ROOTSMITH_OVERLAY=1 --; first=$result
+echo "one file changed: overlay / extracted, release compression" >&2
+build ROOTSMITH_OVERLAY=1 --; o_rel=$result
+build ROOTSMITH_OVERLAY=0 --; x_rel=$result
+echo "one file changed: overlay / extracted, --fast" >&2
+build ROOTSMITH_OVERLAY=1 -- --fast; o_fast=$result
+build ROOTSMITH_OVERLAY=0 -- --fast; x_fast=$result
+
+echo "mksquashfs alone" >&2
+tree=$work/tree
+mkdir -p "$tree"
+tar -C "$tree" --zstd -xf "$work/out/debian-netboot/0.1.$n/debian-netboot-0.1.$n-rootfs.tar.zst"
+mksq=$(timed mksquashfs "$tree" "$work/alone.squashfs" -noappend -reproducible -xattrs -no-progress -quiet -comp zstd -Xcompression-level 15 -mkfs-time 1700000000)
+entries=$(find "$tree" | wc -l)
+size=$(du -sm --apparent-size "$tree" | cut -f1)
+
+field() { echo "$1" | cut -d' ' -f"$2"; }
+row() { echo "| $1 | $(field "$2" 1) s | $(field "$2" 2) s | $(field "$2" 3) s | $(field "$2" 4) s |"; }
+
+cat <<DOC
+## Changing one file
+
+\`recipes/debian-netboot.yaml\` (${size} MB, ${entries} entries; cold build
+${cold} s), then one file of its \`overlay\` files stage changed before each
+build: the \`overlay\` and \`configure\` stages run again and the outputs are
+made again. The work tree either overlays the kept tree of the stages
+before \`overlay\` (the default as root, [cache.md](cache.md#kept-trees)) or
+is extracted from their layers (\`ROOTSMITH_OVERLAY=0\`), side by side in
+one run. The first build after the cold one makes the kept tree.
+
+| one file changed | whole build | \`overlay\` stage | \`configure\` stage | outputs |
+|---|---:|---:|---:|---:|
+$(row "first change (kept tree made)" "$first")
+$(row "overlay, release compression" "$o_rel")
+$(row "extracted, release compression" "$x_rel")
+$(row "overlay, \`--fast\`" "$o_fast")
+$(row "extracted, \`--fast\`" "$x_fast")
+
+mksquashfs alone on the same tree at zstd 15 (\`-processors\` all cores):
+${mksq} s. With release compression the outputs recompress the whole tree
+(squashfs, tarball), so they, not the stages, are most of an iteration.
+DOC
