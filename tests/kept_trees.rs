@@ -4,7 +4,9 @@
 //! byte for byte the one an extracted tree gives (`ROOTSMITH_OVERLAY=0`),
 //! also when the stage changes the kept tree in the ways overlayfs treats
 //! specially: a hard-linked file changed through one name, a directory
-//! renamed, a file deleted, a directory removed and made again. The host's
+//! renamed, a file deleted, a directory removed and made again, an empty
+//! lock file only opened for writing (copied up by the overlay, untouched on
+//! a directory: neither is in the layer). The host's
 //! mount table is the same before and after. Needs root.
 
 mod common;
@@ -36,7 +38,7 @@ fn base(path: &Path) {
         builder.append_data(&mut header, name, body).unwrap();
     };
     file(&mut builder, "bin/busybox", &std::fs::read("/bin/busybox").expect("the static busybox (apt-get install busybox-static)"), 0o755);
-    for (name, body) in [("etc/a", "linked\n"), ("opt/d/x", "x\n"), ("opt/d/y", "y\n"), ("srv/gone", "removed later\n"), ("var/keep/old", "old\n")] {
+    for (name, body) in [("etc/a", "linked\n"), ("opt/d/x", "x\n"), ("opt/d/y", "y\n"), ("srv/gone", "removed later\n"), ("var/keep/old", "old\n"), ("etc/.pwd.lock", "")] {
         file(&mut builder, name, body.as_bytes(), 0o644);
     }
     let link = |builder: &mut tar::Builder<Vec<u8>>, name: &str, target: &str, kind: tar::EntryType| {
@@ -83,7 +85,7 @@ fn an_overlay_over_a_kept_tree_gives_the_bytes_of_an_extracted_tree() {
     base(&dir.path().join("base.tar"));
     let mounts_before = mount_table();
     let first = recipe(dir.path(), "1.0.0", "echo one > /var/one");
-    let changes = recipe(dir.path(), "2.0.0", "chmod 600 /etc/a && echo more >> /etc/b && mv /opt/d /opt/e && rm /srv/gone && rm -r /var/keep && mkdir /var/keep && echo new > /var/keep/n");
+    let changes = recipe(dir.path(), "2.0.0", ": >> /etc/.pwd.lock && chmod 600 /etc/a && echo more >> /etc/b && mv /opt/d /opt/e && rm /srv/gone && rm -r /var/keep && mkdir /var/keep && echo new > /var/keep/n");
     let again = recipe(dir.path(), "3.0.0", "echo three > /etc/a && ln -s a /etc/c");
     let mut sums = Vec::new();
     for (cache, overlay) in [("overlay", true), ("extract", false)] {

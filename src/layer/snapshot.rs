@@ -4,6 +4,15 @@
 //! user space, so any write, chmod, chown or xattr change moves it. Directories
 //! compare by mode, owner and mtime instead, because their ctime also moves
 //! whenever a child is added or removed.
+//!
+//! One exception: an empty regular file whose inode, mode, owner, mtime and
+//! link count are the same is unchanged whatever its ctime says. A program
+//! that only opens a lock file for writing (`/etc/.pwd.lock`, dpkg's locks)
+//! leaves a plain directory's ctime alone, but copies the file up in an
+//! overlay work tree (see `host::overlay`), which moves it; an empty file's
+//! bytes cannot have changed, so both trees give the same layer. (A chmod
+//! or chown of an empty file to the mode or owner it had, or an xattr set on
+//! one, is not recorded either way.)
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -14,6 +23,8 @@ use walkdir::WalkDir;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct EntryState {
     is_dir: bool,
+    is_file: bool,
+    nlink: u64,
     device: u64,
     inode: u64,
     ctime: (i64, i64),
@@ -51,6 +62,8 @@ impl Snapshot {
                 relative,
                 EntryState {
                     is_dir: metadata.is_dir(),
+                    is_file: metadata.is_file(),
+                    nlink: metadata.nlink(),
                     device: metadata.dev(),
                     inode: metadata.ino(),
                     ctime: (metadata.ctime(), metadata.ctime_nsec()),
@@ -86,6 +99,7 @@ impl Snapshot {
                 None => true,
                 Some(old) if old.is_dir != new.is_dir => true,
                 Some(old) if new.is_dir => (old.mode, old.uid, old.gid, old.mtime) != (new.mode, new.uid, new.gid, new.mtime),
+                Some(old) if untouched_empty_file(old, new) => false,
                 Some(old) => old != new,
             };
             if changed {
@@ -106,6 +120,11 @@ impl Snapshot {
         changes.sort_by(|a, b| change_path(a).cmp(change_path(b)));
         changes
     }
+}
+
+/// An empty regular file the same in all but its ctime (see the module's note).
+fn untouched_empty_file(old: &EntryState, new: &EntryState) -> bool {
+    old.is_file && new.is_file && old.size == 0 && new.size == 0 && (old.device, old.inode, old.mode, old.uid, old.gid, old.mtime, old.nlink) == (new.device, new.inode, new.mode, new.uid, new.gid, new.mtime, new.nlink)
 }
 
 fn change_path(change: &Change) -> &Path {
@@ -147,6 +166,27 @@ mod tests {
         let changes: Vec<Change> = changes.into_iter().filter(|c| *c != Change::Write("etc".into())).collect();
         let expect: Vec<Change> = expect.into_iter().filter(|c| *c != Change::Write("etc".into())).collect();
         assert_eq!(changes, expect);
+    }
+
+    #[test]
+    fn an_empty_file_opened_for_writing_is_unchanged_and_one_written_is_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for name in ["lock", "chmod", "filled", "linked"] {
+            fs::write(root.join(name), "").unwrap();
+        }
+        let before = Snapshot::take(root).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        // ctime moves on each of these; only the first leaves the file as it was.
+        fs::set_permissions(root.join("lock"), fs::Permissions::from_mode(fs::metadata(root.join("lock")).unwrap().permissions().mode())).unwrap();
+        fs::set_permissions(root.join("chmod"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(root.join("filled"), "now with bytes").unwrap();
+        fs::hard_link(root.join("linked"), root.join("second-name")).unwrap();
+        let after = Snapshot::take(root).unwrap();
+        let changes = before.changes(&after);
+        let written: Vec<&Path> = changes.iter().map(change_path).collect();
+        assert_eq!(written, [Path::new("chmod"), Path::new("filled"), Path::new("linked"), Path::new("second-name")]);
     }
 
     #[test]
