@@ -8,6 +8,12 @@
 //! same bytes a real node gives. They come back afterwards, error or not, and
 //! the directories they left get their mtimes back.
 
+pub mod blockcache;
+mod codec;
+pub mod writer;
+#[cfg(test)]
+mod writer_tests;
+
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
