@@ -310,3 +310,27 @@ fn mtimes_are_clamped_to_the_epoch_and_an_empty_tree_is_an_image() {
     let bytes = fs_err::read(&image).unwrap();
     assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as i64, EPOCH, "the mkfs time");
 }
+
+#[test]
+fn a_changed_small_file_changes_few_fragment_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs_err::create_dir_all(&tree).unwrap();
+    for index in 0..400 {
+        fs_err::write(tree.join(format!("{index:03}")), noise(1500 + index * 37 % 4500, index as u64)).unwrap();
+    }
+    let entries = dir.path().join("cache");
+    let cache = BlockCache::new(Box::new(move |settings, digest| entries.join(format!("{settings}-{digest}"))));
+    write(&tree, &Devices::default(), &dir.path().join("before"), 2, Some(&cache));
+    let blocks = cache.misses.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(blocks > 8, "{blocks} fragment blocks");
+    for (file, len) in [("200", 900), ("201", 6000), ("050", 2)] {
+        fs_err::write(tree.join(file), noise(len, 777)).unwrap();
+        let misses = cache.misses.load(std::sync::atomic::Ordering::Relaxed);
+        write(&tree, &Devices::default(), &dir.path().join("incremental"), 2, Some(&cache));
+        let changed = cache.misses.load(std::sync::atomic::Ordering::Relaxed) - misses;
+        assert!(changed <= 2, "changing {file} changed {changed} of {blocks} fragment blocks");
+        write(&tree, &Devices::default(), &dir.path().join("clean"), 2, None);
+        assert!(fs_err::read(dir.path().join("incremental")).unwrap() == fs_err::read(dir.path().join("clean")).unwrap());
+    }
+}
