@@ -10,8 +10,10 @@
 //! it must decompress to exactly the block it is looked up for, or it is
 //! ignored, recompressed and replaced.
 //!
-//! Where entries live is the cache's business (`cache::Layout`): the writer
-//! gets a function from (settings, digest) to the entry's path.
+//! Where entries live is the cache's business (`cache::Layout::squashfs_block`):
+//! the writer gets a function from (settings, digest) to the entry's path.
+//! Entries of one setting share a directory, which `cache gc` removes whole
+//! when it is the least recently used; a hit marks the directory used.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -62,8 +64,10 @@ impl BlockCache {
         match sound {
             Some(cached) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                // Its last use, for `cache gc`.
-                let _ = filetime::set_file_mtime(&path, filetime::FileTime::now());
+                // The last use of the settings' directory, for `cache gc`.
+                if let Some(parent) = path.parent() {
+                    let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
+                }
                 Some(cached)
             }
             None => {
