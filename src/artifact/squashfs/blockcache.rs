@@ -15,7 +15,7 @@
 //! Entries of one setting share a directory, which `cache gc` removes whole
 //! when it is the least recently used; a hit marks the directory used.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,11 +50,18 @@ impl BlockCache {
     /// The entry for `raw` (whose SHA-256 is `digest`), if there is a sound one.
     pub fn get(&self, settings: &Settings, digest: &str, raw: &[u8]) -> Option<Cached> {
         let path = (self.entry_path)(&settings.label(), digest);
-        let Ok(bytes) = std::fs::read(&path) else {
+        if std::fs::symlink_metadata(&path).is_err() {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
-        };
-        let sound = match bytes.split_first() {
+        }
+        // A regular file no longer than a flag and a block, or not an entry
+        // (a FIFO or a device would never end, a huge file fill the memory).
+        let bytes = crate::fileops::open_regular_no_follow(&path).ok().and_then(|file| {
+            let mut bytes = Vec::new();
+            file.take(u64::from(settings.block_size) + 2).read_to_end(&mut bytes).ok()?;
+            Some(bytes)
+        });
+        let sound = match bytes.as_deref().and_then(|bytes| bytes.split_first()) {
             Some((0, [])) => Some(Cached::Stored),
             Some((1, rest)) if !rest.is_empty() && rest.len() < raw.len() => {
                 codec::decompress(settings, rest, settings.block_size as usize).ok().filter(|out| out == raw).map(|_| Cached::Compressed(rest.to_vec()))

@@ -250,12 +250,18 @@ fn the_image_does_not_depend_on_threads_runs_or_the_block_cache() {
     let other = compressed.next().unwrap();
     fs_err::copy(other, swapped).unwrap();
     fs_err::write(names.last().unwrap(), b"\x07garbage").unwrap();
+    // Neither a FIFO nor an entry too long for a block is read.
+    let fifo = &names[names.len() - 2];
+    fs_err::remove_file(fifo).unwrap();
+    nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let long = &names[names.len() - 3];
+    fs_err::write(long, [&[1u8][..], &vec![0u8; BLOCK_SIZE as usize + 10]].concat()).unwrap();
     let fresh = BlockCache::new(Box::new({
         let entries = cache_dir.clone();
         move |settings, digest| entries.join(format!("{settings}-{digest}"))
     }));
     assert!(one == image("repaired", 2, Some(&fresh)), "a write from a corrupt cache differs");
-    assert_eq!(fresh.corrupt.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(fresh.corrupt.load(std::sync::atomic::Ordering::Relaxed), 5);
     assert!(fs_err::read(truncated).unwrap() == bytes, "the corrupt entry is replaced");
 
     // A changed file: the other files' blocks come from the cache.
