@@ -92,7 +92,8 @@ pub struct Summary {
 
 enum Kind {
     Dir(Vec<(Vec<u8>, usize)>),
-    File { path: PathBuf, size: u64 },
+    /// `allocated`: the bytes the file takes on disk (`st_blocks` × 512).
+    File { path: PathBuf, size: u64, allocated: u64 },
     Symlink(Vec<u8>),
     Device { kind: DeviceKind, number: u32 },
     Fifo,
@@ -173,7 +174,7 @@ impl Scan<'_> {
         let kind = if let Some(device) = (file_type.is_file() && !self.devices.is_empty()).then(|| self.devices.lookup(metadata)).flatten() {
             Kind::Device { kind: device.kind, number: encode_device(device.major, device.minor) }
         } else if file_type.is_file() {
-            Kind::File { path: path.to_path_buf(), size: metadata.len() }
+            Kind::File { path: path.to_path_buf(), size: metadata.len(), allocated: metadata.blocks() * 512 }
         } else if file_type.is_symlink() {
             Kind::Symlink(fs_err::read_link(path)?.into_os_string().into_vec())
         } else if file_type.is_char_device() || file_type.is_block_device() {
@@ -855,7 +856,11 @@ impl Tables<'_, '_> {
         let xattr = self.xattrs.of(&node.xattrs)?;
         let file_size = listing.len() as u64 + 3;
         let mut out = Vec::new();
-        if index_entries.is_empty() && file_size < 1 << 16 && xattr == NO_XATTR {
+        // Extended as mksquashfs makes them: also for more than 256 entries or
+        // 8 KiB of entries (not counting headers), index or not.
+        let entry_bytes: usize = entries.iter().map(|(name, _)| 8 + name.len()).sum();
+        let large = entries.len() > 256 || entry_bytes >= METADATA_SIZE;
+        if !large && index_entries.is_empty() && file_size < 1 << 16 && xattr == NO_XATTR {
             self.header(&mut out, DIR, node)?;
             le32(&mut out, block_index as u32);
             le32(&mut out, node.nlink);
@@ -923,16 +928,21 @@ pub fn write(tree: &Path, devices: &Devices, output: &Path, options: &Options) -
         stored: HashMap::new(),
     };
     let mut data = HashMap::new();
-    let mut batch: Vec<(usize, &Path, u64)> = Vec::new();
+    let mut batch: Vec<(usize, &Path, u64, u64)> = Vec::new();
     let mut batch_bytes = 0;
     for (position, &index) in order.iter().enumerate() {
-        let Kind::File { path, size } = &nodes[index].kind else { unreachable!("a file") };
-        batch.push((index, path, *size));
+        let Kind::File { path, size, allocated } = &nodes[index].kind else { unreachable!("a file") };
+        batch.push((index, path, *size, *allocated));
         batch_bytes += size;
         if batch_bytes >= BATCH_BYTES || position + 1 == order.len() {
-            let files: Vec<(&Path, u64)> = batch.iter().map(|(_, path, size)| (*path, *size)).collect();
+            let files: Vec<(&Path, u64)> = batch.iter().map(|(_, path, size, _)| (*path, *size)).collect();
             let written = data_writer.batch(&files)?;
-            for ((index, _, _), file_data) in batch.drain(..).zip(written) {
+            for ((index, _, size, allocated), mut file_data) in batch.drain(..).zip(written) {
+                // Zero blocks are holes either way; as mksquashfs does, only
+                // a file sparse on disk gets an extended inode saying so.
+                if allocated >= size {
+                    file_data.sparse = 0;
+                }
                 data.insert(index, file_data);
             }
             batch_bytes = 0;
