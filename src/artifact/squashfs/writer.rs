@@ -371,14 +371,13 @@ fn parallel<J: Sync, R: Send>(jobs: &[J], threads: usize, settings: Settings, ca
         }
         Ok(())
     })?;
-    let mut out = Vec::with_capacity(jobs.len());
-    for slot in results {
-        match slot.into_inner().expect("a result slot") {
-            Some(result) => out.push(result?),
-            None => bail!("a compressing thread stopped early"),
-        }
+    // The first error in the jobs' order, not a job left undone after it.
+    let results: Vec<Option<Result<R>>> = results.into_iter().map(|slot| slot.into_inner().expect("a result slot")).collect();
+    if let Some(position) = results.iter().position(|result| matches!(result, Some(Err(_)))) {
+        let Some(Some(Err(error))) = results.into_iter().nth(position) else { unreachable!("an error") };
+        return Err(error);
     }
-    Ok(out)
+    results.into_iter().map(|result| result.context("a compressing thread stopped early")?).collect()
 }
 
 /// A piece of a file to read (and compress, unless it is a tail for a fragment).
@@ -1053,4 +1052,31 @@ pub fn write(tree: &Path, devices: &Devices, output: &Path, options: &Options) -
     file.write_all(&superblock)?;
     file.sync_all()?;
     Ok(Summary { inodes, entries, bytes: padded })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Algorithm;
+
+    #[test]
+    fn parallel_keeps_the_order_and_reports_the_first_error() {
+        let settings = Settings::of(Compression { algorithm: Algorithm::Zstd, level: Some(1) }, BLOCK_SIZE).unwrap();
+        let jobs: Vec<u32> = (0..200).collect();
+        for threads in [1, 2, 5] {
+            let doubled = parallel(&jobs, threads, settings, None, &|_, job: &u32| Ok(job * 2)).unwrap();
+            assert_eq!(doubled, jobs.iter().map(|job| job * 2).collect::<Vec<_>>());
+            let error = parallel(&jobs, threads, settings, None, &|_, job: &u32| if *job >= 50 { bail!("job {job} failed") } else { Ok(*job) }).unwrap_err();
+            assert_eq!(error.to_string(), "job 50 failed");
+        }
+    }
+
+    #[test]
+    fn device_numbers_are_encoded_as_the_kernel_decodes_them() {
+        assert_eq!(encode_device(1, 3), 0x103);
+        assert_eq!(encode_device(8, 0), 0x800);
+        // Minor numbers past 255 go above the major (new_encode_dev).
+        assert_eq!(encode_device(300, 70000), (70000 & 0xff) | (300 << 8) | ((70000 & !0xff) << 12));
+        assert_eq!(u64::from(encode_device(259, 65537)), libc::makedev(259, 65537) & 0xffff_ffff);
+    }
 }
