@@ -4,9 +4,13 @@
 //! blocks, files smaller than a block packed into fragment blocks, tail ends of
 //! larger files in blocks of their own, zero blocks stored as holes, identical
 //! files stored once, xattrs in the `user.`, `trusted.` and `security.`
-//! namespaces), deterministically: entries sorted by the bytes of their
-//! names, mtimes clamped to the epoch, the mkfs time the epoch, no export
-//! table, and the same bytes whatever the number of threads.
+//! namespaces, inode types and directory runs and indexes as mksquashfs
+//! chooses them, so `unsquashfs -lln` lists both images alike),
+//! deterministically: entries sorted by the bytes of their names, mtimes
+//! clamped to the epoch, the mkfs time the epoch, no export table, and the
+//! same bytes whatever the number of threads. One difference: fragment blocks
+//! end at points the small files' own bytes choose ([`cuts_after`]), so that
+//! a changed file changes few of them; images are about 0.4% larger for it.
 //!
 //! Image layout: superblock, data and fragment blocks (in the tree's
 //! pre-order, sorted), inode table, directory table, fragment table, id table,
