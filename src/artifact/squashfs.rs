@@ -71,8 +71,8 @@ pub fn write(host: &dyn Host, tree: &Path, devices: &Devices, output: &Path, com
         let summary = writer::write(tree, devices, output, &writer::Options { compression, epoch, threads, cache: blocks }).with_context(|| format!("writing {}", output.display()))?;
         let mut line = format!("{WRITER}: {} inodes, {} bytes, {} threads, {:.1} s", summary.inodes, summary.bytes, threads, started.elapsed().as_secs_f64());
         if let Some(cache) = blocks {
-            let (hits, misses, corrupt) = (cache.hits.load(Ordering::Relaxed), cache.misses.load(Ordering::Relaxed), cache.corrupt.load(Ordering::Relaxed));
-            line.push_str(&format!("; block cache: {hits} blocks copied, {misses} compressed, {corrupt} corrupt entries replaced"));
+            let (hits, misses, corrupt, unwritten) = (cache.hits.load(Ordering::Relaxed), cache.misses.load(Ordering::Relaxed), cache.corrupt.load(Ordering::Relaxed), cache.unwritten.load(Ordering::Relaxed));
+            line.push_str(&format!("; block cache: {hits} blocks copied, {misses} compressed, {corrupt} corrupt entries replaced, {unwritten} not stored"));
         }
         line.push('\n');
         use std::io::Write;

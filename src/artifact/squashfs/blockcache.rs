@@ -7,8 +7,13 @@
 //! (1) or as it is (0), then the compressed bytes. Entries are written
 //! atomically (a temporary file beside the entry, renamed into place), so an
 //! interrupted write leaves whole entries or none. An entry is never trusted:
-//! it must decompress to exactly the block it is looked up for, or it is
-//! ignored, recompressed and replaced.
+//! it must decompress to exactly the block it is looked up for, as the
+//! kernel's decoder reads it (one frame or stream, nothing after it, a
+//! window of one block), or it is ignored, recompressed and replaced. The
+//! settings' label carries a fingerprint of the compressor, so blocks a
+//! different zstd, zlib or liblzma made are never copied. What is trusted
+//! is the one-byte "does not compress" entry: a wrong one (only planted by
+//! hand) gives a valid image with that block stored, not the clean bytes.
 //!
 //! Where entries live is the cache's business (`cache::Layout::squashfs_block`):
 //! the writer gets a function from (settings, digest) to the entry's path.
@@ -32,6 +37,9 @@ pub struct BlockCache {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub corrupt: AtomicU64,
+    /// Entries that could not be stored (a full disk, a read-only cache):
+    /// the cache only saves work, so the image is written all the same.
+    pub unwritten: AtomicU64,
 }
 
 /// What the cache holds for a block.
@@ -44,7 +52,7 @@ pub enum Cached {
 
 impl BlockCache {
     pub fn new(entry_path: Box<EntryPath>) -> BlockCache {
-        BlockCache { entry_path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0) }
+        BlockCache { entry_path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0) }
     }
 
     /// The entry for `raw` (whose SHA-256 is `digest`), if there is a sound one.

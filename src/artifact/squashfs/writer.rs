@@ -331,7 +331,9 @@ impl Worker<'_> {
             Some(Cached::Stored) => Ok(Block::Stored(raw)),
             None => {
                 let compressed = self.codec.compress(&raw)?;
-                cache.put(&self.settings, &hex, compressed.as_deref())?;
+                if cache.put(&self.settings, &hex, compressed.as_deref()).is_err() {
+                    cache.unwritten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(match compressed {
                     Some(compressed) => Block::Compressed(compressed),
                     None => Block::Stored(raw),
