@@ -1,45 +1,87 @@
-//! `root.squashfs`: written with mksquashfs when installed (multi-threaded,
-//! keeps xattrs), else with backhand; always read back with backhand to check it.
+//! `root.squashfs`: written by rootsmith's own writer ([`writer`]: zstd,
+//! gzip, xz; multi-threaded, keeps xattrs, copies blocks compressed before
+//! from a [`BlockCache`]), with mksquashfs for the compressors it lacks (lz4,
+//! lzo); always read back with backhand to check it.
 //!
 //! A placeholder standing for a device node (a rootless build, see
-//! [`Devices`]) goes in as the device. mksquashfs cannot be told that a file is
-//! a device, so the placeholders leave the tree while it runs and a pseudo file
-//! (`-pf`) adds the devices with the placeholders' mode, owner and mtime: the
-//! same bytes a real node gives. They come back afterwards, error or not, and
-//! the directories they left get their mtimes back.
+//! [`Devices`]) goes in as the device. rootsmith's writer asks `Devices`;
+//! mksquashfs cannot be told that a file is a device, so the placeholders
+//! leave the tree while it runs and a pseudo file (`-pf`) adds the devices
+//! with the placeholders' mode, owner and mtime: the same bytes a real node
+//! gives. They come back afterwards, error or not, and the directories they
+//! left get their mtimes back.
+
+pub mod blockcache;
+mod codec;
+pub mod writer;
+#[cfg(test)]
+mod writer_tests;
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use filetime::FileTime;
 use sha2::{Digest, Sha256};
 
+pub use blockcache::BlockCache;
+
 use crate::host::{Command, Host};
 use crate::layer::{Device, DeviceKind, Devices, Placeholder};
-use crate::recipe::{Algorithm, Compression};
+use crate::recipe::Compression;
 
-/// Which writer made the squashfs, for the manifest and the output key.
-pub fn writer_name(host: &dyn Host) -> String {
+/// rootsmith's writer, as the manifest and the output key name it; the
+/// number changes whenever the bytes it writes for a tree do.
+pub const WRITER: &str = "rootsmith-squashfs 1";
+
+/// Whether rootsmith's own writer has `compression`'s compressor.
+fn own_writer(compression: Compression) -> bool {
+    codec::Settings::of(compression, writer::BLOCK_SIZE).is_ok()
+}
+
+/// Which writer makes a squashfs compressed with `compression`, for the
+/// manifest and the output key.
+pub fn writer_name(host: &dyn Host, compression: Compression) -> String {
+    if own_writer(compression) {
+        return WRITER.to_string();
+    }
     match crate::tools::find("mksquashfs") {
         Some(path) => {
             let text = host.capture(&Command::on_host(path, ["-version"], Path::new("/dev/null"))).unwrap_or_default();
             let first = text.lines().next().unwrap_or("");
             format!("mksquashfs {}", first.split_whitespace().nth(2).unwrap_or("?"))
         }
-        None => "backhand 0.20".to_string(),
+        None => "none".to_string(),
     }
 }
 
-/// Write `tree` (whose placeholders `devices` knows) as the squashfs `output`.
-/// With mksquashfs, placeholders wait beside the tree (`TREE.placeholders`) while it runs.
-pub fn write(host: &dyn Host, tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64, log: &Path) -> Result<()> {
+/// Write `tree` (whose placeholders `devices` knows) as the squashfs `output`,
+/// what the writer did to `log`. rootsmith's writer takes compressed blocks
+/// from `blocks` and keeps the ones it compresses there; with mksquashfs (lz4,
+/// lzo), placeholders wait beside the tree (`TREE.placeholders`) while it runs.
+#[allow(clippy::too_many_arguments)]
+pub fn write(host: &dyn Host, tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64, log: &Path, blocks: Option<&BlockCache>) -> Result<()> {
+    if own_writer(compression) {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let started = std::time::Instant::now();
+        let summary = writer::write(tree, devices, output, &writer::Options { compression, epoch, threads, cache: blocks }).with_context(|| format!("writing {}", output.display()))?;
+        let mut line = format!("{WRITER}: {} inodes, {} bytes, {} threads, {:.1} s", summary.inodes, summary.bytes, threads, started.elapsed().as_secs_f64());
+        if let Some(cache) = blocks {
+            let (hits, misses, corrupt, unwritten) = (cache.hits.load(Ordering::Relaxed), cache.misses.load(Ordering::Relaxed), cache.corrupt.load(Ordering::Relaxed), cache.unwritten.load(Ordering::Relaxed));
+            line.push_str(&format!("; block cache: {hits} blocks copied, {misses} compressed, {corrupt} corrupt entries replaced, {unwritten} not stored"));
+        }
+        line.push('\n');
+        use std::io::Write;
+        fs_err::OpenOptions::new().append(true).create(true).open(log)?.write_all(line.as_bytes())?;
+        return Ok(());
+    }
     match crate::tools::find("mksquashfs") {
         Some(mksquashfs) => write_with_mksquashfs(host, mksquashfs_command(&mksquashfs, tree, output, compression, epoch, log), tree, devices),
-        None => write_with_backhand(tree, devices, output, compression, epoch),
+        None => bail!("a {} squashfs needs mksquashfs\nhint: apt-get install squashfs-tools, or compress the squashfs with zstd, gzip or xz", compression.algorithm.name()),
     }
 }
 
@@ -194,84 +236,6 @@ impl Drop for Stash {
     }
 }
 
-/// Opens its file on first read, so a tree of thousands of files does not hold
-/// thousands of descriptors while backhand collects them.
-enum LazyFile {
-    Unopened(PathBuf),
-    Open(std::fs::File),
-    /// Read to the end and closed again; further reads give end of file.
-    Done,
-}
-
-impl Read for LazyFile {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        if let LazyFile::Unopened(path) = self {
-            *self = LazyFile::Open(fs_err::File::open(&*path)?.into_parts().0);
-        }
-        let LazyFile::Open(file) = self else { return Ok(0) };
-        let read = file.read(buffer)?;
-        if read == 0 && !buffer.is_empty() {
-            *self = LazyFile::Done;
-        }
-        Ok(read)
-    }
-}
-
-fn write_with_backhand(tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64) -> Result<()> {
-    use backhand::compression::Compressor;
-    use backhand::{FilesystemCompressor, FilesystemWriter, NodeHeader};
-    let compressor = match compression.algorithm {
-        Algorithm::Zstd => Compressor::Zstd,
-        Algorithm::Gzip => Compressor::Gzip,
-        Algorithm::Xz => Compressor::Xz,
-        other => bail!("{} squashfs needs mksquashfs\nhint: apt-get install squashfs-tools", other.name()),
-    };
-    let mut writer = FilesystemWriter::default();
-    use backhand::compression::{CompressionOptions, Gzip, Zstd};
-    let options = match (compression.algorithm, compression.level) {
-        (Algorithm::Zstd, Some(level)) => Some(CompressionOptions::Zstd(Zstd { compression_level: level as u32 })),
-        (Algorithm::Gzip, Some(level)) => Some(CompressionOptions::Gzip(Gzip { compression_level: level as u32, window_size: 15, strategies: 0 })),
-        _ => None,
-    };
-    writer.set_compressor(FilesystemCompressor::new(compressor, options)?);
-    writer.set_time(epoch as u32);
-    let root_metadata = fs_err::metadata(tree)?;
-    writer.set_root_mode((root_metadata.mode() & 0o7777) as u16);
-    writer.set_root_uid(root_metadata.uid());
-    writer.set_root_gid(root_metadata.gid());
-    for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
-        let entry = entry?;
-        let metadata = entry.path().symlink_metadata()?;
-        let path = Path::new("/").join(entry.path().strip_prefix(tree).expect("under tree"));
-        let header = NodeHeader::new((metadata.mode() & 0o7777) as u16, metadata.uid(), metadata.gid(), metadata.mtime().clamp(0, epoch) as u32);
-        let kind = metadata.file_type();
-        if kind.is_dir() {
-            writer.push_dir(&path, header)?;
-        } else if kind.is_symlink() {
-            writer.push_symlink(fs_err::read_link(entry.path())?, &path, header)?;
-        } else if let Some(device) = devices.lookup(&metadata) {
-            // A placeholder: the device it stands for, numbered as a node's rdev.
-            match device.kind {
-                DeviceKind::Char => writer.push_char_device(device.rdev() as u32, &path, header)?,
-                DeviceKind::Block => writer.push_block_device(device.rdev() as u32, &path, header)?,
-            }
-        } else if kind.is_file() {
-            writer.push_file(LazyFile::Unopened(entry.path().to_path_buf()), &path, header)?;
-        } else if kind.is_char_device() {
-            writer.push_char_device(metadata.rdev() as u32, &path, header)?;
-        } else if kind.is_block_device() {
-            writer.push_block_device(metadata.rdev() as u32, &path, header)?;
-        } else if kind.is_fifo() {
-            writer.push_fifo(&path, header)?;
-        } else {
-            writer.push_socket(&path, header)?;
-        }
-    }
-    let file = fs_err::File::create(output)?;
-    writer.write(std::io::BufWriter::new(file)).context("writing squashfs with backhand")?;
-    Ok(())
-}
-
 /// What reading the squashfs back found.
 #[derive(Debug)]
 pub struct Check {
@@ -341,9 +305,15 @@ pub fn verify(squashfs: &Path, tree: &Path, devices: &Devices) -> Result<Check> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recipe::Algorithm;
+
+    /// rootsmith's writer, with no block cache.
+    fn write_own(tree: &Path, devices: &Devices, output: &Path) {
+        writer::write(tree, devices, output, &writer::Options { compression: zstd(), epoch: 1_000, threads: 2, cache: None }).unwrap();
+    }
 
     #[test]
-    fn backhand_writer_output_reads_back_and_matches_the_tree() {
+    fn own_writer_output_reads_back_and_matches_the_tree() {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
         fs_err::create_dir_all(tree.join("etc/sub")).unwrap();
@@ -351,7 +321,17 @@ mod tests {
         fs_err::write(tree.join("etc/sub/big"), vec![7u8; 300_000]).unwrap();
         std::os::unix::fs::symlink("motd", tree.join("etc/link")).unwrap();
         let output = dir.path().join("root.squashfs");
-        write_with_backhand(&tree, &Devices::default(), &output, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_000).unwrap();
+        let log = dir.path().join("log");
+        let host = crate::host::RecordingHost::default();
+        let blocks = dir.path().join("blocks");
+        let cache = BlockCache::new(Box::new(move |settings, hex| blocks.join(settings).join(hex)));
+        write(&host, &tree, &Devices::default(), &output, zstd(), 1_000, &log, Some(&cache)).unwrap();
+        assert!(host.commands.lock().unwrap().is_empty(), "no host program ran");
+        assert_eq!(writer_name(&host, zstd()), WRITER);
+        let logged = fs_err::read_to_string(&log).unwrap();
+        assert!(logged.starts_with("rootsmith-squashfs 1: 6 inodes, 4096 bytes") && logged.contains("block cache: "), "{logged}");
+        // Three blocks of etc/sub/big (two alike) and a fragment block, each looked up once.
+        assert_eq!(cache.hits.load(Ordering::Relaxed) + cache.misses.load(Ordering::Relaxed), 4);
         assert_eq!(&fs_err::read(&output).unwrap()[..4], rootsmith_init::contract::SQUASHFS_MAGIC);
         let check = verify(&output, &tree, &Devices::default()).unwrap();
         assert_eq!(check.entries, 6);
@@ -417,12 +397,13 @@ mod tests {
         assert_eq!(devices.placeholders(&placeholders).unwrap().len(), 3);
         let state = tree_state(&placeholders);
 
-        // The backhand writer.
-        let from_nodes = dir.path().join("nodes.backhand");
-        let from_placeholders = dir.path().join("placeholders.backhand");
-        write_with_backhand(&nodes, &Devices::default(), &from_nodes, zstd(), 1_000).unwrap();
-        write_with_backhand(&placeholders, &devices, &from_placeholders, zstd(), 1_000).unwrap();
-        assert!(fs_err::read(&from_nodes).unwrap() == fs_err::read(&from_placeholders).unwrap(), "backhand: the images differ");
+        // rootsmith's writer, which asks `devices`.
+        let from_nodes = dir.path().join("nodes.own");
+        let from_placeholders = dir.path().join("placeholders.own");
+        write_own(&nodes, &Devices::default(), &from_nodes);
+        write_own(&placeholders, &devices, &from_placeholders);
+        assert!(fs_err::read(&from_nodes).unwrap() == fs_err::read(&from_placeholders).unwrap(), "rootsmith's writer: the images differ");
+        assert_eq!(tree_state(&placeholders), state, "the tree is left alone");
         verify(&from_placeholders, &placeholders, &devices).unwrap();
 
         // mksquashfs, which must not see the placeholders.
@@ -471,6 +452,11 @@ mod tests {
         let error = write_with_mksquashfs(&host, command, &tree, &devices).unwrap_err().to_string();
         assert!(error.contains("dev/null stands for a character device and has 2 hard links"), "{error}");
         assert!(host.commands.lock().unwrap().is_empty(), "mksquashfs did not run");
+        assert_eq!(tree_state(&tree), state);
+        // rootsmith's writer gives the device its two links.
+        let output = dir.path().join("own.squashfs");
+        write_own(&tree, &devices, &output);
+        verify(&output, &tree, &devices).unwrap();
         assert_eq!(tree_state(&tree), state);
     }
 

@@ -176,14 +176,16 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<R
     let work = runner.work();
     let tree = work.tree();
     artifact::clamp_mtimes(&tree, runner.plan.source_date_epoch)?;
-    // mksquashfs's output; it outlives the build.
+    // The squashfs writer's output; it outlives the build.
     let log = runner.store.layout().stage_log(key);
     fs_err::write(&log, b"")?;
     let staged = work.dir.path().join("rootfs-output");
     fs_err::create_dir(&staged)?;
     let squashfs_path = work.dir.path().join("root.squashfs");
     let devices = work.devices();
-    squashfs::write(runner.host, &tree, devices, &squashfs_path, squashfs_compression, runner.plan.source_date_epoch, &log)?;
+    let layout = runner.store.layout().clone();
+    let blocks = squashfs::BlockCache::new(Box::new(move |settings, hex| layout.squashfs_block(settings, hex)));
+    squashfs::write(runner.host, &tree, devices, &squashfs_path, squashfs_compression, runner.plan.source_date_epoch, &log, Some(&blocks))?;
     let check = squashfs::verify(&squashfs_path, &tree, devices)?;
     let squashfs_digest = crate::digest::hash_file(&squashfs_path)?;
     let cookie = rootsmith_init::contract::cookie_for(&squashfs_digest);
@@ -228,7 +230,7 @@ pub fn rootfs_key(plan: &Plan, fast: bool, final_tree: &str, host: &dyn Host) ->
         "squashfs": squashfs_compression,
         "tarball": tarball_compression,
         "source_date_epoch": plan.source_date_epoch,
-        "squashfs_writer": squashfs::writer_name(host),
+        "squashfs_writer": squashfs::writer_name(host, squashfs_compression),
         "contract": rootsmith_init::contract::CONTRACT_VERSION,
         "sbom": 2,
     });

@@ -168,7 +168,7 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         stages: runner.records.iter().map(|r| ManifestStage { name: r.stage.clone(), kind: r.kind.clone(), key: r.key.clone(), layer: r.layer.clone() }).collect(),
         rootfs: ManifestRootfs {
             cookie: record.cookie.clone(),
-            squashfs_writer: squashfs::writer_name(runner.host),
+            squashfs_writer: squashfs::writer_name(runner.host, squashfs_compression),
             squashfs_compression: compression_name(squashfs_compression),
             squashfs_entries: record.squashfs_entries,
             contract_version: rootsmith_init::contract::CONTRACT_VERSION,

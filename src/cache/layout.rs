@@ -17,6 +17,7 @@
 //! CACHE/v1/kernel/downloads/         kernel source packages and tarballs
 //! CACHE/v1/ccache/                   the compiler cache of kernel builds
 //! CACHE/v1/oci/blobs/sha256/HEX      blobs of images pulled by `oci` stages
+//! CACHE/v1/squashfs/blocks/SETTINGS/HEX compressed squashfs blocks, by the SHA-256 of their bytes
 //! CACHE/v1/logs/KEY.log             the log of each stage's last run
 //! CACHE/v1/trees/ID/                 kept trees (the tree after some stages, by tree id) that work trees overlay
 //! CACHE/v1/tmp/                      work trees and partial files of running builds
@@ -188,6 +189,17 @@ impl Layout {
         self.oci_blobs().join(component(hex))
     }
 
+    /// The block cache of rootsmith's squashfs writer: one directory per
+    /// compressor setting (`zstd-15-131072`), each a least-recently-used entry.
+    pub fn squashfs_blocks(&self) -> PathBuf {
+        self.root.join("squashfs/blocks")
+    }
+
+    /// The compressed form of a block whose uncompressed bytes have SHA-256 `hex`.
+    pub fn squashfs_block(&self, settings: &str, hex: &str) -> PathBuf {
+        self.squashfs_blocks().join(component(settings)).join(component(hex))
+    }
+
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
@@ -230,6 +242,7 @@ impl Layout {
             area("kernel-dl", self.kernel_downloads(), "kernel source downloads", LeastRecentlyUsed, false),
             area("ccache", self.ccache(), "compiler cache (bounded by ccache itself)", Never, false),
             area("oci-blobs", self.oci_blobs(), "blobs of pulled OCI images, by digest", LeastRecentlyUsed, true),
+            area("squashfs-blocks", self.squashfs_blocks(), "compressed squashfs blocks, per compressor setting", LeastRecentlyUsed, false),
             area("logs", self.logs(), "stage logs of recent builds", LeastRecentlyUsed, false),
             area("trees", self.kept_trees(), "kept trees that work trees overlay", LeastRecentlyUsed, false),
             area("tmp", self.tmp(), "work dirs of running builds", Never, false),
@@ -257,6 +270,7 @@ mod tests {
             layout.kernel_build("r", "s"),
             layout.oci_blob(&key),
             layout.kept_tree(&key),
+            layout.squashfs_block("zstd-15-131072", &key),
         ] {
             assert!(path.starts_with("/c/v1"), "{}", path.display());
         }

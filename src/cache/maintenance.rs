@@ -418,4 +418,23 @@ mod tests {
         assert_eq!(report.removed_other.get("oci-blobs"), Some(&1));
         assert_eq!(report.removed_other.get("kernel-src"), Some(&1));
     }
+
+    #[test]
+    fn gc_and_ls_reach_the_squashfs_block_cache_one_setting_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layout = store.layout().clone();
+        for settings in ["zstd-15-131072", "xz-6-131072"] {
+            for block in [b"one".as_slice(), b"two"] {
+                let entry = layout.squashfs_block(settings, &crate::digest::sha256_hex(block));
+                fs_err::create_dir_all(entry.parent().unwrap()).unwrap();
+                fs_err::write(&entry, [&[1u8][..], block].concat()).unwrap();
+            }
+        }
+        let listed: Vec<String> = store.list().into_iter().filter(|entry| entry.kind == "squashfs-blocks").map(|entry| entry.key).collect();
+        assert_eq!(listed.len(), 2, "one entry per setting: {listed:?}");
+        let report = store.gc(&GcOptions { keep_size: Some(0), older_than: None, grace_seconds: 0 }).unwrap();
+        assert_eq!(report.removed_other.get("squashfs-blocks"), Some(&2));
+        assert!(!layout.squashfs_blocks().join("zstd-15-131072").exists());
+    }
 }
