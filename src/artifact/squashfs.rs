@@ -34,9 +34,7 @@ use crate::host::{Command, Host};
 use crate::layer::{Device, DeviceKind, Devices, Placeholder};
 use crate::recipe::Compression;
 
-/// rootsmith's writer, as the manifest and the output key name it; the
-/// number changes whenever the bytes it writes for a tree do.
-pub const WRITER: &str = "rootsmith-squashfs 1";
+pub use codec::WRITER;
 
 /// Whether rootsmith's own writer has `compression`'s compressor.
 fn own_writer(compression: Compression) -> bool {

@@ -7,6 +7,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::recipe::{Algorithm, Compression};
 
+/// The writer's name and version, in manifests, output keys and the block
+/// cache's fingerprints: bump it when the same tree would give other bytes.
+pub const WRITER: &str = "rootsmith-squashfs 1";
+
 /// The squashfs compressor ids (the superblock's `compression_id`).
 pub const GZIP: u16 = 1;
 pub const XZ: u16 = 4;
@@ -76,7 +80,7 @@ impl Settings {
         let probe: Vec<u8> = (0..self.block_size as usize).map(|i| if i % 3 == 0 { (i * 7 % 251) as u8 } else { b"rootsmith squashfs probe "[i % 25] }).collect();
         let Ok(Some(compressed)) = Codec::new(*self).and_then(|mut codec| codec.compress(&probe)) else { return "unknown".into() };
         let mut hasher = sha2::Sha256::new();
-        hasher.update(super::WRITER.as_bytes());
+        hasher.update(WRITER.as_bytes());
         hasher.update(&compressed);
         hex::encode(&hasher.finalize()[..6])
     }
@@ -136,11 +140,13 @@ pub fn decompress(settings: &Settings, compressed: &[u8], limit: usize) -> Resul
             if frame != compressed.len() {
                 bail!("{} bytes after the zstd frame", compressed.len().saturating_sub(frame));
             }
-            let mut decompressor = zstd::bulk::Decompressor::new()?;
-            // The kernel's zstd works with a window of one block at most.
+            // The kernel streams with a window of one block at most (a
+            // one-shot decompression would not hold a frame to that).
             let window_log = settings.block_size.max(1024).next_power_of_two().trailing_zeros();
-            decompressor.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(window_log))?;
-            return decompressor.decompress(compressed, limit).context("zstd decompression");
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)?.single_frame();
+            decoder.window_log_max(window_log)?;
+            (&mut decoder).take(limit as u64 + 1).read_to_end(&mut out).context("zstd decompression")?;
+            frame as u64
         }
         Algorithm::Gzip => {
             let mut decoder = flate2::read::ZlibDecoder::new(compressed);
