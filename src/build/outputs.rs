@@ -192,7 +192,13 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<R
     let build_id = rootsmith_init::contract::BuildId { cookie: cookie.clone(), name: runner.plan.recipe.clone() };
     artifact::cpio::write_rootfs_image(&squashfs_path, &build_id, &staged.join("rootfs.img"), runner.plan.source_date_epoch)?;
     fs_err::remove_file(&squashfs_path)?;
-    tarball::write_rootfs_tarball(&tree, devices, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, runner.plan.source_date_epoch)?;
+    let layout = runner.store.layout().clone();
+    let frames = tarball::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
+    tarball::write_rootfs_tarball(&tree, devices, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, runner.plan.source_date_epoch, Some(&frames))?;
+    if tarball_compression.algorithm == Algorithm::Zstd {
+        use std::io::Write;
+        fs_err::OpenOptions::new().append(true).open(&log)?.write_all(format!("{}\n", frames.summary()).as_bytes())?;
+    }
     fs_err::write(staged.join(PACKAGES), artifact::packages::installed(&tree))?;
     let created = crate::time::rfc3339(runner.plan.source_date_epoch);
     fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &runner.plan.recipe, &cookie, &created))?;
@@ -231,6 +237,7 @@ pub fn rootfs_key(plan: &Plan, fast: bool, final_tree: &str, host: &dyn Host) ->
         "tarball": tarball_compression,
         "source_date_epoch": plan.source_date_epoch,
         "squashfs_writer": squashfs::writer_name(host, squashfs_compression),
+        "tarball_writer": tarball::WRITER,
         "contract": rootsmith_init::contract::CONTRACT_VERSION,
         "sbom": 2,
     });
