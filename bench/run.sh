@@ -18,7 +18,9 @@ if [ -f "$doc" ]; then
 fi
 for name in "${sections[@]}"; do
   echo "== $name" >&2
-  body[$name]="$(bench/$name.sh)
+  # A failing section stops the run; docs/benchmarks.md keeps what it said.
+  section=$(bench/"$name".sh) || { echo "bench/$name.sh failed; $doc is left as it was" >&2; exit 1; }
+  body[$name]="$section
 
 Measured $(date -u +%Y-%m-%d)."
 done
