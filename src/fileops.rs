@@ -40,6 +40,28 @@ pub fn kind_name(mode: u32) -> &'static str {
     }
 }
 
+/// `root/relative` read from outside a tree (rootsmith's view of a stage's
+/// tree), where an absolute symlink would point into the host: `None` when a
+/// component is missing, an error naming it when one is a symbolic link.
+pub fn in_tree(root: &Path, relative: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    let mut path = root.to_path_buf();
+    for component in relative.components() {
+        let std::path::Component::Normal(name) = component else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is not a plain relative path", relative.display())));
+        };
+        path.push(name);
+        match fs_err::symlink_metadata(&path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is a symbolic link; rootsmith reads it from outside the tree and follows no link there", path.display())));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(Some(path))
+}
+
 /// Open `path` (symlinks followed) for reading, refusing anything but a
 /// regular file: a FIFO would block the open or the read forever, a device
 /// such as `/dev/zero` never ends. The type is checked before the open and
@@ -98,6 +120,23 @@ pub fn try_lock_file(path: &Path) -> std::io::Result<Option<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_in_a_tree_never_follows_a_link_out_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/lib/linux-image-1")).unwrap();
+        std::fs::create_dir_all(dir.path().join("host/secret")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("host"), tree.join("boot")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("host/secret"), tree.join("usr/lib/linux-image-2")).unwrap();
+        assert_eq!(in_tree(&tree, Path::new("usr/lib/linux-image-1")).unwrap(), Some(tree.join("usr/lib/linux-image-1")));
+        assert_eq!(in_tree(&tree, Path::new("usr/lib/linux-image-3")).unwrap(), None);
+        for linked in ["boot/vmlinuz-1", "usr/lib/linux-image-2"] {
+            let error = in_tree(&tree, Path::new(linked)).unwrap_err().to_string();
+            assert!(error.contains("is a symbolic link"), "{error}");
+        }
+        assert!(in_tree(&tree, Path::new("usr/../../host")).is_err());
+    }
 
     /// Run `f` on a thread and fail (instead of hanging) when it takes too long.
     fn within_seconds<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -18,11 +18,12 @@ pub const ARCHIVE: &str = "dtbs.tar";
 /// The device trees under `dir` (regular files only; symbolic links are not
 /// followed), as paths relative to it in byte order.
 pub fn find(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
+    // Not through a link: the directory is read from outside its tree.
+    if !fs_err::symlink_metadata(dir).is_ok_and(|metadata| metadata.is_dir()) {
         return Ok(Vec::new());
     }
     let mut found = Vec::new();
-    for entry in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(dir).follow_links(false).follow_root_links(false).sort_by_file_name() {
         let entry = entry.with_context(|| format!("reading the device trees under {}", dir.display()))?;
         let is_tree = entry.path().extension().is_some_and(|e| e == "dtb" || e == "dtbo");
         if entry.file_type().is_file() && is_tree {
@@ -98,6 +99,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("dts")).unwrap();
         std::fs::write(dir.path().join("dts/Makefile"), "").unwrap();
         assert_eq!(archive(&dir.path().join("dts"), &out, 1).unwrap(), 0);
+        // A directory that is a link (into the host, seen from outside the tree) holds none.
+        std::fs::create_dir(dir.path().join("host")).unwrap();
+        std::fs::write(dir.path().join("host/board.dtb"), "host file").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("host"), dir.path().join("linked")).unwrap();
+        assert_eq!(archive(&dir.path().join("linked"), &out, 1).unwrap(), 0);
         assert!(!out.exists());
     }
 }

@@ -79,7 +79,10 @@ pub fn run(kernel: &Kernel, context: &StageContext<'_>) -> Result<Option<KernelP
 /// After installing a kernel package: its vmlinuz, config and System.map from
 /// /boot become the stage's products.
 fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
-    let boot = context.tree.join("boot");
+    // Read from outside the tree: a link (an absolute one would point into
+    // the host) is never followed.
+    let in_tree = |relative: &str| crate::fileops::in_tree(context.tree, std::path::Path::new(relative));
+    let Some(boot) = in_tree("boot")? else { bail!("the package installed no /boot/vmlinuz-*; is it a kernel image package?") };
     let mut releases: Vec<String> = fs_err::read_dir(&boot)?
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_string))
@@ -92,15 +95,22 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
     let staging = context.scratch.join("kernel-products");
     let _ = crate::fileops::remove_tree(&staging);
     fs_err::create_dir_all(&staging)?;
-    fs_err::copy(boot.join(format!("vmlinuz-{release}")), staging.join("vmlinuz"))?;
-    let config = fs_err::read(boot.join(format!("config-{release}"))).unwrap_or_default();
+    let read = |name: String| -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut crate::fileops::open_regular_no_follow(&boot.join(name))?, &mut bytes)?;
+        Ok(bytes)
+    };
+    fs_err::write(staging.join("vmlinuz"), read(format!("vmlinuz-{release}")).context("the packaged kernel's vmlinuz")?)?;
+    let config = read(format!("config-{release}")).unwrap_or_default();
     fs_err::write(staging.join("config"), &config)?;
-    if let Ok(map) = fs_err::read(boot.join(format!("System.map-{release}"))) {
+    if let Ok(map) = read(format!("System.map-{release}")) {
         fs_err::write(staging.join("System.map"), map)?;
     }
     // Debian's kernel packages install their device trees here.
-    let trees = context.tree.join(format!("usr/lib/linux-image-{release}"));
-    let device_trees = device_trees::archive(&trees, &staging.join(device_trees::ARCHIVE), context.source_date_epoch)?;
+    let device_trees = match in_tree(&format!("usr/lib/linux-image-{release}"))? {
+        Some(trees) => device_trees::archive(&trees, &staging.join(device_trees::ARCHIVE), context.source_date_epoch)?,
+        None => 0,
+    };
     let record = KernelProducts {
         name: context.stage_name.to_string(),
         release,
