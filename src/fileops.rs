@@ -77,6 +77,15 @@ pub fn open_regular_no_follow(path: &Path) -> std::io::Result<File> {
     open_checked(path, false)
 }
 
+/// The first `at_most` bytes of the regular file `path` (opened as by
+/// [`open_regular_no_follow`]): cache entries, files of a stage's tree.
+pub fn read_regular_no_follow(path: &Path, at_most: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_regular_no_follow(path)?.take(at_most).read_to_end(&mut bytes).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
+    Ok(bytes)
+}
+
 fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
     use fs_err::os::unix::fs::OpenOptionsExt;
     use std::os::unix::fs::MetadataExt;

@@ -98,11 +98,7 @@ impl FrameCache {
             return None;
         }
         // No frame is much larger than its group: read no further.
-        let bytes = crate::fileops::open_regular_no_follow(&path).ok().and_then(|file| {
-            let mut bytes = Vec::new();
-            file.take(group.len() as u64 + 4096).read_to_end(&mut bytes).ok()?;
-            Some(bytes)
-        });
+        let bytes = crate::fileops::read_regular_no_follow(&path, group.len() as u64 + 4096).ok();
         match bytes.filter(|frame| decodes_to(frame, group)) {
             Some(frame) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);

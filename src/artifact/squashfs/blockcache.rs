@@ -20,7 +20,7 @@
 //! Entries of one setting share a directory, which `cache gc` removes whole
 //! when it is the least recently used; a hit marks the directory used.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -64,11 +64,7 @@ impl BlockCache {
         }
         // A regular file no longer than a flag and a block, or not an entry
         // (a FIFO or a device would never end, a huge file fill the memory).
-        let bytes = crate::fileops::open_regular_no_follow(&path).ok().and_then(|file| {
-            let mut bytes = Vec::new();
-            file.take(u64::from(settings.block_size) + 2).read_to_end(&mut bytes).ok()?;
-            Some(bytes)
-        });
+        let bytes = crate::fileops::read_regular_no_follow(&path, u64::from(settings.block_size) + 2).ok();
         let sound = match bytes.as_deref().and_then(|bytes| bytes.split_first()) {
             Some((0, [])) => Some(Cached::Stored),
             Some((1, rest)) if !rest.is_empty() && rest.len() < raw.len() => {

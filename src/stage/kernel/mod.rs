@@ -95,11 +95,7 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
     let staging = context.scratch.join("kernel-products");
     let _ = crate::fileops::remove_tree(&staging);
     fs_err::create_dir_all(&staging)?;
-    let read = |name: String| -> std::io::Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut crate::fileops::open_regular_no_follow(&boot.join(name))?, &mut bytes)?;
-        Ok(bytes)
-    };
+    let read = |name: String| crate::fileops::read_regular_no_follow(&boot.join(name), u64::MAX);
     fs_err::write(staging.join("vmlinuz"), read(format!("vmlinuz-{release}")).context("the packaged kernel's vmlinuz")?)?;
     let config = read(format!("config-{release}")).unwrap_or_default();
     fs_err::write(staging.join("config"), &config)?;
