@@ -127,7 +127,21 @@ pub fn mount(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Result<O
     let Some(options) = options(lower, upper, work) else {
         bail!("{} or its work dir has a character overlay's options cannot carry", lower.display());
     };
-    nix::mount::mount(Some("overlay"), merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str())).with_context(|| format!("mounting an overlay at {} ({options})", merged.display()))?;
+    // `volatile`: no sync of the upper filesystem, at any time and above all
+    // at unmount, which would otherwise wait for every dirty page of the
+    // cache's filesystem (the outputs and bundle just written: a second or
+    // more). What a stage wrote reaches the cache as a layer blob, written
+    // and synced on its own; the upper dir is thrown away, and a work dir
+    // left by a crash is swept, never mounted again. Kernels before 5.10
+    // do not know the option and mount without it.
+    let volatile = format!("{options},volatile");
+    let flags = nix::mount::MsFlags::empty();
+    let mounted = nix::mount::mount(Some("overlay"), merged, Some("overlay"), flags, Some(volatile.as_str()));
+    if mounted == Err(nix::errno::Errno::EINVAL) {
+        nix::mount::mount(Some("overlay"), merged, Some("overlay"), flags, Some(options.as_str())).with_context(|| format!("mounting an overlay at {} ({options})", merged.display()))?;
+    } else {
+        mounted.with_context(|| format!("mounting an overlay at {} ({volatile})", merged.display()))?;
+    }
     Ok(OverlayMount { merged: merged.to_path_buf() })
 }
 
