@@ -34,6 +34,37 @@ pub fn hash_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
+/// A writer that passes everything on to `inner` and hashes it on the way,
+/// so a file just written needs no second read for its digest.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    pub fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter { inner, hasher: Sha256::new() }
+    }
+
+    /// The writer, flushed, and the SHA-256 (hex) of what went through it.
+    pub fn finish(mut self) -> std::io::Result<(W, String)> {
+        self.inner.flush()?;
+        Ok((self.inner, hex::encode(self.hasher.finalize())))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Whether `text` has the form of a SHA-256 hex digest (64 lower-case hex
 /// digits): the check every digest from outside passes before it names a file.
 pub fn is_sha256_hex(text: &str) -> bool {

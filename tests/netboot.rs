@@ -73,7 +73,7 @@ fn thin_initramfs_without_modules_is_under_one_mib() {
         busybox: None,
     };
     let compression = rootsmith::recipe::Compression { algorithm: rootsmith::recipe::Algorithm::Zstd, level: Some(19) };
-    let size = initramfs::write(&contents, compression, 0, &dir.path().join("initramfs.img")).unwrap();
+    let size = initramfs::write(&contents, compression, 0, &dir.path().join("initramfs.img"), None).unwrap();
     eprintln!("thin initramfs without modules: {size} bytes");
     assert!(size < 1 << 20, "{size} bytes");
 }

@@ -1,36 +1,133 @@
 //! The rootfs image: an uncompressed newc cpio holding `root.squashfs` first and
 //! the cookie after it (the format is fixed in the init crate's contract).
 
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use rootsmith_init::contract::{BuildId, ROOTFS_COOKIE, ROOTFS_SQUASHFS};
+use rootsmith_init::contract::{BuildId, ChunkList, CHUNK_SIZE, ROOTFS_COOKIE, ROOTFS_SQUASHFS, SQUASHFS_MAGIC_OFFSET};
+use sha2::{Digest, Sha256};
 
-pub fn write_rootfs_image(squashfs: &Path, build: &BuildId, output: &Path, epoch: i64) -> Result<()> {
-    let size = fs_err::metadata(squashfs)?.len();
-    if size > u32::MAX as u64 {
-        bail!("{} is {size} bytes; a newc cpio entry holds at most 4 GiB", squashfs.display());
+/// Where `root.squashfs`'s bytes start in a rootfs image: after its entry's header.
+pub const SQUASHFS_OFFSET: u64 = SQUASHFS_MAGIC_OFFSET as u64;
+
+/// A finished rootfs image: its build id, SHA-256 and chunk list.
+#[derive(Debug)]
+pub struct RootfsImage {
+    pub build: BuildId,
+    pub sha256: String,
+    pub chunks: ChunkList,
+}
+
+/// A new rootfs image at `path`, positioned where the squashfs goes: the
+/// squashfs is written there in place (not copied in afterwards), then
+/// [`finish_rootfs_image`] adds what goes around it.
+pub fn start_rootfs_image(path: &Path) -> Result<std::fs::File> {
+    // Read back as well: finishing hashes the squashfs.
+    let mut file = fs_err::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?.into_parts().0;
+    file.seek(SeekFrom::Start(SQUASHFS_OFFSET))?;
+    Ok(file)
+}
+
+/// Finish the image in `file` whose `squashfs_len` squashfs bytes are in
+/// place: the squashfs entry's header before them; after them the build id
+/// (the recipe `name` and the cookie of the squashfs's digest) and the
+/// trailer. The squashfs is read once, on two threads: its digest, and the
+/// image's digest and chunk list (the init's contract) as the image goes.
+pub fn finish_rootfs_image(file: &mut std::fs::File, squashfs_len: u64, name: &str, epoch: i64) -> Result<RootfsImage> {
+    if squashfs_len > u32::MAX as u64 {
+        bail!("the squashfs is {squashfs_len} bytes; a newc cpio entry holds at most 4 GiB");
     }
     let mtime = epoch.clamp(0, u32::MAX as i64) as u32;
-    let mut out = std::io::BufWriter::new(fs_err::File::create(output)?);
-    let mut source = fs_err::File::open(squashfs)?;
-    let mut entry = cpio::newc::Builder::new(ROOTFS_SQUASHFS).ino(1).mode(0o100644).nlink(1).mtime(mtime).write(&mut out, size as u32);
-    std::io::copy(&mut source, &mut entry)?;
-    entry.finish()?;
+    let header = cpio::newc::Builder::new(ROOTFS_SQUASHFS).ino(1).mode(0o100644).nlink(1).mtime(mtime).write(Vec::new(), squashfs_len as u32).finish()?;
+    if header.len() as u64 != SQUASHFS_OFFSET {
+        bail!("internal error: the squashfs entry's header is {} bytes, not {SQUASHFS_OFFSET}", header.len());
+    }
+    let mut image = ImageHasher::default();
+    image.update(&header);
+    let mut squashfs = Sha256::new();
+    let mut buffer = vec![0u8; 4 << 20];
+    let mut at = 0;
+    while at < squashfs_len {
+        let len = (squashfs_len - at).min(buffer.len() as u64) as usize;
+        file.read_exact_at(&mut buffer[..len], SQUASHFS_OFFSET + at)?;
+        let piece = &buffer[..len];
+        std::thread::scope(|scope| {
+            scope.spawn(|| squashfs.update(piece));
+            image.update(piece);
+        });
+        at += len as u64;
+    }
+    let build = BuildId { cookie: rootsmith_init::contract::cookie_for(&hex::encode(squashfs.finalize())), name: name.to_string() };
+    // newc pads the squashfs's data to 4 bytes; then the cookie and the trailer.
+    let mut tail = vec![0u8; ((SQUASHFS_OFFSET + squashfs_len).div_ceil(4) * 4 - (SQUASHFS_OFFSET + squashfs_len)) as usize];
     let cookie_line = build.to_text();
-    let mut entry = cpio::newc::Builder::new(ROOTFS_COOKIE).ino(2).mode(0o100644).nlink(1).mtime(mtime).write(&mut out, cookie_line.len() as u32);
+    let mut entry = cpio::newc::Builder::new(ROOTFS_COOKIE).ino(2).mode(0o100644).nlink(1).mtime(mtime).write(&mut tail, cookie_line.len() as u32);
     entry.write_all(cookie_line.as_bytes())?;
     entry.finish()?;
-    let mut out = cpio::newc::trailer(out)?;
-    out.flush()?;
-    drop(out);
+    cpio::newc::trailer(&mut tail)?;
+    image.update(&tail);
+    file.write_all_at(&header, 0)?;
+    file.write_all_at(&tail, SQUASHFS_OFFSET + squashfs_len)?;
+    let length = SQUASHFS_OFFSET + squashfs_len + tail.len() as u64;
+    file.set_len(length)?;
     // newc pads every entry to 4 bytes, so the image already ends aligned.
-    let length = fs_err::metadata(output)?.len();
     if length % 4 != 0 {
         bail!("internal error: rootfs image is {length} bytes, not a multiple of 4");
     }
-    Ok(())
+    let (sha256, chunks) = image.finish();
+    Ok(RootfsImage { build, sha256, chunks })
+}
+
+/// The SHA-256 and the chunk list of a rootfs image already written (one
+/// read for both).
+pub fn hash_rootfs_image(path: &Path) -> Result<(String, ChunkList)> {
+    use std::io::Read;
+    let mut file = crate::fileops::open_regular(path)?;
+    let mut image = ImageHasher::default();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(image.finish());
+        }
+        image.update(&buffer[..read]);
+    }
+}
+
+/// The SHA-256 and the chunk list of bytes given in pieces.
+#[derive(Default)]
+struct ImageHasher {
+    whole: Sha256,
+    chunk: Sha256,
+    in_chunk: u64,
+    size: u64,
+    digests: Vec<[u8; 32]>,
+}
+
+impl ImageHasher {
+    fn update(&mut self, mut bytes: &[u8]) {
+        self.whole.update(bytes);
+        self.size += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let take = (CHUNK_SIZE - self.in_chunk).min(bytes.len() as u64) as usize;
+            self.chunk.update(&bytes[..take]);
+            self.in_chunk += take as u64;
+            bytes = &bytes[take..];
+            if self.in_chunk == CHUNK_SIZE {
+                self.digests.push(std::mem::take(&mut self.chunk).finalize().into());
+                self.in_chunk = 0;
+            }
+        }
+    }
+
+    fn finish(mut self) -> (String, ChunkList) {
+        if self.in_chunk > 0 {
+            self.digests.push(self.chunk.finalize().into());
+        }
+        (hex::encode(self.whole.finalize()), ChunkList { chunk_size: CHUNK_SIZE, size: self.size, digests: self.digests })
+    }
 }
 
 /// Where `root.squashfs` lies in a rootfs image (offset, length), and the
@@ -69,10 +166,11 @@ mod tests {
     #[test]
     fn squashfs_data_starts_at_the_contract_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let squashfs = dir.path().join("s");
-        fs_err::write(&squashfs, b"hsqs and the rest").unwrap();
         let image = dir.path().join("img");
-        write_rootfs_image(&squashfs, &BuildId { cookie: "c0ffee".into(), name: "t".into() }, &image, 5).unwrap();
+        let mut file = start_rootfs_image(&image).unwrap();
+        file.write_all(b"hsqs and the rest").unwrap();
+        let made = finish_rootfs_image(&mut file, 17, "t", 5).unwrap();
+        drop(file);
         let bytes = fs_err::read(&image).unwrap();
         assert_eq!(&bytes[SQUASHFS_MAGIC_OFFSET..SQUASHFS_MAGIC_OFFSET + 4], SQUASHFS_MAGIC);
         assert_eq!(bytes.len() % 4, 0);
@@ -80,6 +178,45 @@ mod tests {
         assert_eq!(reader.entry().name(), ROOTFS_SQUASHFS);
         let (offset, length, build) = read_rootfs_image(&image).unwrap();
         assert_eq!((offset, length), (SQUASHFS_MAGIC_OFFSET as u64, 17));
-        assert_eq!(build.cookie, "c0ffee");
+        assert_eq!(build.cookie, rootsmith_init::contract::cookie_for(&crate::digest::sha256_hex(b"hsqs and the rest")));
+        assert_eq!(build, made.build);
+        assert_eq!(made.sha256, crate::digest::sha256_hex(&bytes));
+        assert_eq!(made.chunks.to_text(), ChunkList::from_reader(bytes.as_slice(), CHUNK_SIZE).unwrap().to_text());
+    }
+
+    #[test]
+    fn chunks_of_an_image_of_several_chunks_are_those_the_init_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("img");
+        let mut file = start_rootfs_image(&image).unwrap();
+        // Longer than the read buffer and not a whole number of chunks.
+        let squashfs: Vec<u8> = (0..(5 * CHUNK_SIZE as usize + 12_345)).map(|i| (i * 31 % 251) as u8).collect();
+        file.write_all(&squashfs).unwrap();
+        let made = finish_rootfs_image(&mut file, squashfs.len() as u64, "t", 5).unwrap();
+        let bytes = fs_err::read(&image).unwrap();
+        let expected = ChunkList::from_reader(bytes.as_slice(), CHUNK_SIZE).unwrap();
+        assert_eq!(made.chunks.digests.len(), 6);
+        assert_eq!(made.chunks.to_text(), expected.to_text());
+        assert_eq!(made.sha256, crate::digest::sha256_hex(&bytes));
+        assert_eq!(made.build.cookie, rootsmith_init::contract::cookie_for(&crate::digest::sha256_hex(&squashfs)));
+    }
+
+    #[test]
+    fn hashing_a_written_image_gives_what_writing_it_gave() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("img");
+        let mut file = start_rootfs_image(&image).unwrap();
+        let squashfs = vec![7u8; 3 * CHUNK_SIZE as usize];
+        file.write_all(&squashfs).unwrap();
+        let made = finish_rootfs_image(&mut file, squashfs.len() as u64, "t", 5).unwrap();
+        let (sha256, chunks) = hash_rootfs_image(&image).unwrap();
+        assert_eq!((sha256, chunks.to_text()), (made.sha256, made.chunks.to_text()));
+    }
+
+    #[test]
+    fn a_squashfs_over_4_gib_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = start_rootfs_image(&dir.path().join("img")).unwrap();
+        assert!(finish_rootfs_image(&mut file, u32::MAX as u64 + 1, "t", 5).unwrap_err().to_string().contains("at most 4 GiB"));
     }
 }

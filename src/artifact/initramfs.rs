@@ -1,7 +1,14 @@
-//! The thin initramfs: a newc cpio with rootsmith-init as `/init`, the build
+//! The thin initramfs: newc cpio with rootsmith-init as `/init`, the build
 //! id and chunk list of the rootfs it belongs to, the module closure of each
 //! kernel, and optionally a busybox shell. Entries are sorted, owned by root,
 //! timestamped with SOURCE_DATE_EPOCH, so the same inputs give the same bytes.
+//!
+//! It is two archives one after the other, each compressed on its own (the
+//! kernel unpacks such a sequence in order, as it does early microcode before
+//! an initramfs): first the fixed part (the init, the modules, the shell, the
+//! directories), then the part that changes with every rootfs (the build id
+//! and the chunk list). The fixed part's frame comes from a [`FrameCache`],
+//! so a changed rootfs compresses a few kilobytes, not the modules again.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rootsmith_init::contract::{self, BuildId, ChunkList};
 
+use super::frames::{self, FrameCache};
 use crate::recipe::{Algorithm, Compression};
 
 /// The modules of one kernel release, in load order.
@@ -38,7 +46,8 @@ enum Entry {
 /// Applets linked to busybox when the initramfs carries a shell.
 const APPLETS: [&str; 14] = ["sh", "cat", "dmesg", "ip", "less", "ls", "mkdir", "mount", "ps", "umount", "wget", "vi", "sha256sum", "poweroff"];
 
-fn entries(contents: &Contents) -> BTreeMap<String, Entry> {
+/// The two archives' entries: (the fixed part, the rootfs's build id and chunk list).
+fn entries(contents: &Contents) -> (BTreeMap<String, Entry>, BTreeMap<String, Entry>) {
     let mut entries = BTreeMap::new();
     for dir in ["dev", "proc", "sys", "run", "sysroot", "rootsmith", contract::INITRAMFS_MODULES] {
         entries.insert(dir.to_string(), Entry::Dir);
@@ -65,15 +74,24 @@ fn entries(contents: &Contents) -> BTreeMap<String, Entry> {
     for parent in parents {
         entries.entry(parent).or_insert(Entry::Dir);
     }
-    entries
+    // Their directory is in the fixed part, which is unpacked first.
+    let contract = [contract::INITRAMFS_BUILD, contract::INITRAMFS_CHUNKS].iter().filter_map(|path| entries.remove_entry(*path)).collect();
+    (entries, contract)
 }
 
-/// The uncompressed cpio.
-pub fn cpio_bytes(contents: &Contents, epoch: i64) -> Result<Vec<u8>> {
+/// The two uncompressed archives: the fixed part, then the rootfs's part.
+pub fn cpio_segments(contents: &Contents, epoch: i64) -> Result<[Vec<u8>; 2]> {
+    let (fixed, contract) = entries(contents);
+    let fixed_bytes = cpio_of(&fixed, 1, epoch)?;
+    Ok([fixed_bytes, cpio_of(&contract, fixed.len() as u32 + 1, epoch)?])
+}
+
+/// One newc archive of `entries`, numbered from `first_ino`.
+fn cpio_of(entries: &BTreeMap<String, Entry>, first_ino: u32, epoch: i64) -> Result<Vec<u8>> {
     let mtime = epoch.clamp(0, u32::MAX as i64) as u32;
     let mut out = Vec::new();
-    for (ino, (path, entry)) in entries(contents).iter().enumerate() {
-        let builder = cpio::newc::Builder::new(path).ino(ino as u32 + 1).uid(0).gid(0).mtime(mtime);
+    for (ino, (path, entry)) in entries.iter().enumerate() {
+        let builder = cpio::newc::Builder::new(path).ino(first_ino + ino as u32).uid(0).gid(0).mtime(mtime);
         let (builder, data): (_, &[u8]) = match entry {
             Entry::Dir => (builder.mode(0o040755).nlink(2), &[]),
             Entry::File { data, mode } => (builder.mode(0o100000 | mode).nlink(1), data),
@@ -88,23 +106,34 @@ pub fn cpio_bytes(contents: &Contents, epoch: i64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Write the initramfs, compressed, to `output`; returns its size.
-pub fn write(contents: &Contents, compression: Compression, epoch: i64, output: &Path) -> Result<u64> {
-    let cpio = cpio_bytes(contents, epoch)?;
-    let mut bytes = match compression.algorithm {
-        Algorithm::Zstd => zstd::bulk::compress(&cpio, compression.level.unwrap_or(19))?,
-        Algorithm::Gzip => {
-            // No name and mtime 0 in the gzip header: the bytes depend on the contents only.
-            let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(compression.level.unwrap_or(9) as u32));
-            encoder.write_all(&cpio)?;
-            encoder.finish()?
-        }
-        Algorithm::None => cpio,
-        other => bail!("an initramfs cannot be compressed with {}", other.name()),
-    };
-    // A second initrd appended after this one must start 4-byte aligned; the
-    // kernel skips zero padding between archives.
-    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+/// Write the initramfs, compressed, to `output` (with zstd, the fixed
+/// part's frame from `frames` when it holds it); returns its size.
+pub fn write(contents: &Contents, compression: Compression, epoch: i64, output: &Path, frames: Option<&FrameCache>) -> Result<u64> {
+    let [fixed, rootfs] = cpio_segments(contents, epoch)?;
+    let mut bytes = Vec::new();
+    for (index, cpio) in [fixed, rootfs].into_iter().enumerate() {
+        let compressed = match compression.algorithm {
+            Algorithm::Zstd => {
+                let level = compression.level.unwrap_or(19);
+                match frames {
+                    Some(cache) if index == 0 => cache.frame(&frames::label(level)?, &cpio, level)?,
+                    _ => frames::compress(&cpio, level)?,
+                }
+            }
+            Algorithm::Gzip => {
+                // No name and mtime 0 in the gzip header: the bytes depend on the contents only.
+                let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(compression.level.unwrap_or(9) as u32));
+                encoder.write_all(&cpio)?;
+                encoder.finish()?
+            }
+            Algorithm::None => cpio,
+            other => bail!("an initramfs cannot be compressed with {}", other.name()),
+        };
+        bytes.extend_from_slice(&compressed);
+        // The next archive, and a second initrd appended after this one,
+        // start 4-byte aligned; the kernel skips zero padding between archives.
+        bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    }
     fs_err::write(output, &bytes)?;
     Ok(bytes.len() as u64)
 }
@@ -114,37 +143,75 @@ pub fn read_files(image: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     read_files_from(fs_err::read(image)?, image)
 }
 
-/// [`read_files`] of an initramfs's bytes, read by the caller (`image` names it in errors).
-pub fn read_files_from(raw: Vec<u8>, image: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+/// At most this many archives in one initramfs are read (rootsmith writes
+/// two; a hostile file of many tiny ones would only cost time).
+const MAX_SEGMENTS: usize = 64;
+
+/// An archive unpacks to at most this many bytes: an initramfs from a bundle
+/// is hostile input, and a small compressed file can claim gigabytes.
+/// (Unit tests lower it, to refuse without unpacking a gigabyte.)
+const MAX_UNPACKED: u64 = if cfg!(test) { 8 << 20 } else { 1 << 30 };
+
+/// What `decoder` gives, refused past [`MAX_UNPACKED`].
+fn unpack(decoder: impl std::io::Read, image: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let cpio = if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        // One frame: the zero padding after it is not another frame.
-        let mut out = Vec::new();
-        zstd::stream::read::Decoder::new(raw.as_slice())?.single_frame().read_to_end(&mut out).with_context(|| format!("decompressing {}", image.display()))?;
-        out
-    } else if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice()).read_to_end(&mut out).with_context(|| format!("decompressing {}", image.display()))?;
-        out
-    } else {
-        raw
-    };
+    let mut out = Vec::new();
+    decoder.take(MAX_UNPACKED + 1).read_to_end(&mut out).with_context(|| format!("decompressing {}", image.display()))?;
+    if out.len() as u64 > MAX_UNPACKED {
+        bail!("{} unpacks to more than {} MiB", image.display(), MAX_UNPACKED >> 20);
+    }
+    Ok(out)
+}
+
+/// [`read_files`] of an initramfs's bytes, read by the caller (`image` names
+/// it in errors): every archive in it, each zstd, gzip or uncompressed, as
+/// the kernel unpacks them (a later file of the same path wins).
+pub fn read_files_from(raw: Vec<u8>, image: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut files = BTreeMap::new();
-    let mut rest = cpio.as_slice();
+    let mut rest = raw.as_slice();
+    for _ in 0..MAX_SEGMENTS {
+        // Zero padding between archives is skipped, as the kernel does.
+        rest = &rest[rest.iter().position(|&byte| byte != 0).unwrap_or(rest.len())..];
+        if rest.is_empty() {
+            return Ok(files);
+        }
+        if rest.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let length = zstd::zstd_safe::find_frame_compressed_size(rest).map_err(|_| anyhow::anyhow!("{}: a zstd frame that does not end", image.display()))?;
+            let out = unpack(zstd::stream::read::Decoder::new(&rest[..length])?.single_frame(), image)?;
+            read_archive(&out, image, &mut files)?;
+            rest = &rest[length..];
+        } else if rest.starts_with(&[0x1f, 0x8b]) {
+            let mut input = rest;
+            let out = unpack(flate2::bufread::GzDecoder::new(&mut input), image)?;
+            read_archive(&out, image, &mut files)?;
+            rest = input;
+        } else {
+            let length = read_archive(rest, image, &mut files)?;
+            rest = &rest[length..];
+        }
+    }
+    bail!("{} holds more than {MAX_SEGMENTS} archives", image.display())
+}
+
+/// The regular files of the newc archive at the start of `bytes` into
+/// `files`; the archive's length, its trailer included.
+fn read_archive(bytes: &[u8], image: &Path, files: &mut BTreeMap<String, Vec<u8>>) -> Result<usize> {
+    use std::io::Read;
+    let mut rest = bytes;
     loop {
         let mut reader = cpio::NewcReader::new(rest).with_context(|| format!("{} is not a newc cpio", image.display()))?;
-        if reader.entry().is_trailer() {
-            break;
-        }
+        let trailer = reader.entry().is_trailer();
         let (name, mode) = (reader.entry().name().to_string(), reader.entry().mode());
         let mut data = Vec::new();
         reader.read_to_end(&mut data)?;
-        if mode & 0o170000 == 0o100000 {
+        if !trailer && mode & 0o170000 == 0o100000 {
             files.insert(name, data);
         }
         rest = reader.finish()?;
+        if trailer {
+            return Ok(bytes.len() - rest.len());
+        }
     }
-    Ok(files)
 }
 
 /// The build id and chunk list an initramfs carries.
@@ -307,13 +374,20 @@ mod tests {
 
     #[test]
     fn sorted_entries_with_the_contract_files_and_module_order() {
-        let bytes = cpio_bytes(&contents(), 1000).unwrap();
-        let entries = read_entries(&bytes);
+        let [fixed, rootfs] = cpio_segments(&contents(), 1000).unwrap();
+        let (fixed, rootfs) = (read_entries(&fixed), read_entries(&rootfs));
+        for part in [&fixed, &rootfs] {
+            let names: Vec<&str> = part.iter().map(|(name, _, _)| name.as_str()).collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            assert_eq!(names, sorted);
+        }
+        // What changes with the rootfs is the second archive, nothing else.
+        let rootfs_names: Vec<&str> = rootfs.iter().map(|(name, _, _)| name.as_str()).collect();
+        assert_eq!(rootfs_names, ["rootsmith/build", "rootsmith/rootfs.chunks"]);
+        let entries: Vec<_> = fixed.into_iter().chain(rootfs).collect();
         let names: Vec<&str> = entries.iter().map(|(name, _, _)| name.as_str()).collect();
-        let mut sorted = names.clone();
-        sorted.sort();
-        assert_eq!(names, sorted);
-        for needed in ["dev/console", "init", "lib/modules/6.1.0-test/kernel", "rootsmith/build", "rootsmith/rootfs.chunks", "sysroot"] {
+        for needed in ["dev/console", "init", "lib/modules/6.1.0-test/kernel", "rootsmith", "rootsmith/build", "rootsmith/rootfs.chunks", "sysroot"] {
             assert!(names.contains(&needed), "{needed} in {names:?}");
         }
         let find = |name: &str| entries.iter().find(|(n, _, _)| n == name).unwrap();
@@ -331,14 +405,14 @@ mod tests {
         for algorithm in [Algorithm::Zstd, Algorithm::Gzip, Algorithm::None] {
             let compression = Compression { algorithm, level: if algorithm == Algorithm::None { None } else { Some(3) } };
             let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-            let size = write(&contents(), compression, 1000, &a).unwrap();
-            write(&contents(), compression, 1000, &b).unwrap();
+            let size = write(&contents(), compression, 1000, &a, None).unwrap();
+            write(&contents(), compression, 1000, &b, None).unwrap();
             assert_eq!(fs_err::read(&a).unwrap(), fs_err::read(&b).unwrap());
             assert_eq!(size % 4, 0);
         }
         let mut with_shell = contents();
         with_shell.busybox = Some(b"busybox".to_vec());
-        let names: Vec<String> = read_entries(&cpio_bytes(&with_shell, 0).unwrap()).into_iter().map(|(name, _, _)| name).collect();
+        let names: Vec<String> = read_entries(&cpio_segments(&with_shell, 0).unwrap()[0]).into_iter().map(|(name, _, _)| name).collect();
         assert!(names.contains(&"bin/sh".to_string()) && names.contains(&"bin/busybox".to_string()));
     }
 
@@ -348,11 +422,60 @@ mod tests {
         for algorithm in [Algorithm::Zstd, Algorithm::Gzip, Algorithm::None] {
             let compression = Compression { algorithm, level: if algorithm == Algorithm::None { None } else { Some(3) } };
             let image = dir.path().join("i");
-            write(&contents(), compression, 0, &image).unwrap();
+            write(&contents(), compression, 0, &image, None).unwrap();
             let (build, chunks) = read_contract(&image).unwrap();
             assert_eq!(build, contents().build);
             assert_eq!(chunks, contents().chunks);
+            assert_eq!(read_files(&image).unwrap()["init"], contents().init, "{}", algorithm.name());
         }
+    }
+
+    #[test]
+    fn the_fixed_part_comes_from_the_frame_cache_and_a_new_rootfs_changes_only_the_second_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let frames_dir = dir.path().join("frames");
+        let cache = FrameCache::new(Box::new(move |label, hex| frames_dir.join(label).join(hex)));
+        let zstd = Compression { algorithm: Algorithm::Zstd, level: Some(19) };
+        let (clean, first, second) = (dir.path().join("clean"), dir.path().join("first"), dir.path().join("second"));
+        write(&contents(), zstd, 0, &clean, None).unwrap();
+        write(&contents(), zstd, 0, &first, Some(&cache)).unwrap();
+        let mut other = contents();
+        other.build.cookie = "beef".into();
+        write(&other, zstd, 0, &second, Some(&cache)).unwrap();
+        assert_eq!(cache.hits.load(std::sync::atomic::Ordering::Relaxed), 1, "the second write copied the fixed part");
+        // From the cache or not, the same bytes.
+        assert_eq!(fs_err::read(&clean).unwrap(), fs_err::read(&first).unwrap());
+        let (first, second) = (fs_err::read(&first).unwrap(), fs_err::read(&second).unwrap());
+        let fixed = zstd::zstd_safe::find_frame_compressed_size(&first).unwrap();
+        assert_eq!(first[..fixed], second[..fixed]);
+        assert_ne!(first, second);
+        assert_eq!(read_contract(&dir.path().join("second")).unwrap().0.cookie, "beef");
+    }
+
+    #[test]
+    fn hostile_initramfs_files_are_refused_not_unpacked_without_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("i");
+        // A frame claiming more than the limit: zeros compress to nothing.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(MAX_UNPACKED >> 20) + 1 {
+            std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+        }
+        fs_err::write(&image, encoder.finish().unwrap()).unwrap();
+        assert!(read_files(&image).unwrap_err().to_string().contains("unpacks to more than"));
+        // A truncated frame, and many empty archives.
+        let mut bytes = Vec::new();
+        write(&contents(), Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 0, &image, None).unwrap();
+        bytes.extend_from_slice(&fs_err::read(&image).unwrap()[..20]);
+        fs_err::write(&image, &bytes).unwrap();
+        assert!(read_files(&image).is_err());
+        let mut many = Vec::new();
+        for _ in 0..=MAX_SEGMENTS {
+            cpio::newc::trailer(&mut many).unwrap();
+        }
+        fs_err::write(&image, &many).unwrap();
+        assert!(read_files(&image).unwrap_err().to_string().contains("more than"));
     }
 
     /// Each architecture's init has its own variable, cargo directory and

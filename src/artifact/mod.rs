@@ -2,6 +2,7 @@
 //! timestamps, numeric owners, fixed compression settings.
 
 pub mod cpio;
+pub mod frames;
 pub mod initramfs;
 pub mod menus;
 pub mod modules;

@@ -57,16 +57,19 @@ pub fn writer_name(host: &dyn Host, compression: Compression) -> String {
     }
 }
 
-/// Write `tree` (whose placeholders `devices` knows) as the squashfs `output`,
-/// what the writer did to `log`. rootsmith's writer takes compressed blocks
-/// from `blocks` and keeps the ones it compresses there; with mksquashfs (lz4,
-/// lzo), placeholders wait beside the tree (`TREE.placeholders`) while it runs.
+/// Write `tree` (whose placeholders `devices` knows) as a squashfs into
+/// `out` (named `name` in errors) from its current position on, what the
+/// writer did to `log`; returns the squashfs's length. rootsmith's writer
+/// writes in place, takes compressed blocks from `blocks` and keeps the ones
+/// it compresses there; mksquashfs (lz4, lzo) writes into `scratch`, and the
+/// image is copied into `out`; placeholders wait beside the tree
+/// (`TREE.placeholders`) while it runs.
 #[allow(clippy::too_many_arguments)]
-pub fn write(host: &dyn Host, tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64, log: &Path, blocks: Option<&BlockCache>) -> Result<()> {
+pub fn write_into(host: &dyn Host, tree: &Path, devices: &Devices, out: &mut std::fs::File, name: &Path, scratch: &Path, compression: Compression, epoch: i64, log: &Path, blocks: Option<&BlockCache>) -> Result<u64> {
     if own_writer(compression) {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let started = std::time::Instant::now();
-        let summary = writer::write(tree, devices, output, &writer::Options { compression, epoch, threads, cache: blocks }).with_context(|| format!("writing {}", output.display()))?;
+        let summary = writer::write_into(tree, devices, out, &writer::Options { compression, epoch, threads, cache: blocks }).with_context(|| format!("writing {}", name.display()))?;
         let mut line = format!("{WRITER}: {} inodes, {} bytes, {} threads, {:.1} s", summary.inodes, summary.bytes, threads, started.elapsed().as_secs_f64());
         if let Some(cache) = blocks {
             let (hits, misses, corrupt, unwritten) = (cache.hits.load(Ordering::Relaxed), cache.misses.load(Ordering::Relaxed), cache.corrupt.load(Ordering::Relaxed), cache.unwritten.load(Ordering::Relaxed));
@@ -75,12 +78,16 @@ pub fn write(host: &dyn Host, tree: &Path, devices: &Devices, output: &Path, com
         line.push('\n');
         use std::io::Write;
         fs_err::OpenOptions::new().append(true).create(true).open(log)?.write_all(line.as_bytes())?;
-        return Ok(());
+        return Ok(summary.bytes);
     }
-    match crate::tools::find("mksquashfs") {
-        Some(mksquashfs) => write_with_mksquashfs(host, mksquashfs_command(&mksquashfs, tree, output, compression, epoch, log), tree, devices),
-        None => bail!("a {} squashfs needs mksquashfs\nhint: apt-get install squashfs-tools, or compress the squashfs with zstd, gzip or xz", compression.algorithm.name()),
-    }
+    let Some(mksquashfs) = crate::tools::find("mksquashfs") else {
+        bail!("a {} squashfs needs mksquashfs\nhint: apt-get install squashfs-tools, or compress the squashfs with zstd, gzip or xz", compression.algorithm.name());
+    };
+    let output = scratch.join("root.squashfs");
+    write_with_mksquashfs(host, mksquashfs_command(&mksquashfs, tree, &output, compression, epoch, log), tree, devices)?;
+    let length = std::io::copy(&mut fs_err::File::open(&output)?, out).with_context(|| format!("writing {}", name.display()))?;
+    fs_err::remove_file(&output)?;
+    Ok(length)
 }
 
 /// mksquashfs writing `tree` to `output`, its output to `log`.
@@ -241,13 +248,13 @@ pub struct Check {
     pub sampled_files: usize,
 }
 
-/// Read `squashfs` with backhand: it must hold as many entries as `tree`, the
+/// Read `squashfs` (from `offset` in that file) with backhand: it must hold as many entries as `tree`, the
 /// same device nodes (a placeholder `devices` knows counting as its device),
 /// and a sample of its files must hash as the tree's do.
-pub fn verify(squashfs: &Path, tree: &Path, devices: &Devices) -> Result<Check> {
+pub fn verify(squashfs: &Path, offset: u64, tree: &Path, devices: &Devices) -> Result<Check> {
     use backhand::{FilesystemReader, InnerNode};
     let reader = BufReader::new(fs_err::File::open(squashfs)?);
-    let filesystem = FilesystemReader::from_reader(reader).with_context(|| format!("reading back {}", squashfs.display()))?;
+    let filesystem = FilesystemReader::from_reader_with_offset(reader, offset).with_context(|| format!("reading back {}", squashfs.display()))?;
     let mut tree_entries = 0;
     // Device nodes by path, with their kind and squashfs device number.
     let mut tree_devices = BTreeMap::new();
@@ -323,20 +330,26 @@ mod tests {
         let host = crate::host::RecordingHost::default();
         let blocks = dir.path().join("blocks");
         let cache = BlockCache::new(Box::new(move |settings, hex| blocks.join(settings).join(hex)));
-        write(&host, &tree, &Devices::default(), &output, zstd(), 1_000, &log, Some(&cache)).unwrap();
+        // Written in place from an offset, as into a rootfs image.
+        let mut file = fs_err::File::create(&output).unwrap().into_parts().0;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(112)).unwrap();
+        let length = write_into(&host, &tree, &Devices::default(), &mut file, &output, dir.path(), zstd(), 1_000, &log, Some(&cache)).unwrap();
+        drop(file);
+        assert_eq!(length, 4096);
+        assert_eq!(fs_err::metadata(&output).unwrap().len(), 112 + 4096);
         assert!(host.commands.lock().unwrap().is_empty(), "no host program ran");
         assert_eq!(writer_name(&host, zstd()), WRITER);
         let logged = fs_err::read_to_string(&log).unwrap();
         assert!(logged.starts_with("rootsmith-squashfs 1: 6 inodes, 4096 bytes") && logged.contains("block cache: "), "{logged}");
         // Three blocks of etc/sub/big (two alike) and a fragment block, each looked up once.
         assert_eq!(cache.hits.load(Ordering::Relaxed) + cache.misses.load(Ordering::Relaxed), 4);
-        assert_eq!(&fs_err::read(&output).unwrap()[..4], rootsmith_init::contract::SQUASHFS_MAGIC);
-        let check = verify(&output, &tree, &Devices::default()).unwrap();
+        assert_eq!(&fs_err::read(&output).unwrap()[112..116], rootsmith_init::contract::SQUASHFS_MAGIC);
+        let check = verify(&output, 112, &tree, &Devices::default()).unwrap();
         assert_eq!(check.entries, 6);
         assert_eq!(check.sampled_files, 2);
         // A tree that differs from the image is caught.
         fs_err::write(tree.join("etc/motd"), "changed\n").unwrap();
-        assert!(verify(&output, &tree, &Devices::default()).unwrap_err().to_string().contains("differs from the tree"));
+        assert!(verify(&output, 112, &tree, &Devices::default()).unwrap_err().to_string().contains("differs from the tree"));
     }
 
     use std::os::unix::fs::PermissionsExt;
@@ -402,7 +415,7 @@ mod tests {
         write_own(&placeholders, &devices, &from_placeholders);
         assert!(fs_err::read(&from_nodes).unwrap() == fs_err::read(&from_placeholders).unwrap(), "rootsmith's writer: the images differ");
         assert_eq!(tree_state(&placeholders), state, "the tree is left alone");
-        verify(&from_placeholders, &placeholders, &devices).unwrap();
+        verify(&from_placeholders, 0, &placeholders, &devices).unwrap();
 
         // mksquashfs, which must not see the placeholders.
         let Some(mksquashfs) = crate::tools::find("mksquashfs") else {
@@ -419,13 +432,13 @@ mod tests {
         assert_eq!(tree_state(&placeholders), state, "the placeholders are back, their directories' mtimes unchanged");
         assert_eq!(devices.placeholders(&placeholders).unwrap().len(), 3);
         assert!(!dir.path().join("placeholders.placeholders").exists(), "the stash is removed");
-        verify(&from_placeholders, &placeholders, &devices).unwrap();
-        verify(&from_nodes, &nodes, &Devices::default()).unwrap();
+        verify(&from_placeholders, 0, &placeholders, &devices).unwrap();
+        verify(&from_nodes, 0, &nodes, &Devices::default()).unwrap();
 
         // A tree whose placeholder stands for another device does not pass.
         let other = Devices::placeholders_only();
         let wrong = device_tree(dir.path(), "wrong", &|tree, relative, kind, major, minor| other.make(tree, relative, kind, major, minor + 1, 0o600).unwrap());
-        let error = verify(&from_placeholders, &wrong, &other).unwrap_err().to_string();
+        let error = verify(&from_placeholders, 0, &wrong, &other).unwrap_err().to_string();
         assert!(error.contains("/dev/disk/sda is block device 8:0 in the image but block device 8:1 in the tree"), "{error}");
 
         // mksquashfs failing: the placeholders come back all the same.
@@ -454,7 +467,7 @@ mod tests {
         // rootsmith's writer gives the device its two links.
         let output = dir.path().join("own.squashfs");
         write_own(&tree, &devices, &output);
-        verify(&output, &tree, &devices).unwrap();
+        verify(&output, 0, &tree, &devices).unwrap();
         assert_eq!(tree_state(&tree), state);
     }
 

@@ -14,20 +14,20 @@
 //! bytes whichever way it is compressed.
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use super::frames::{self, FrameCache};
+use crate::digest::HashingWriter;
 use crate::layer::{Devices, TreeTarWriter};
 use crate::recipe::{Algorithm, Compression};
 
-/// The framed writer's name and version, in the rootfs output key: bump it
-/// when the same tree would give other bytes.
-pub const WRITER: &str = "rootsmith-tar-frames 1";
+/// The framed writer's name and version, in the rootfs output key.
+pub use super::frames::WRITER;
 
 /// A group is cut after an entry at this size or more, when the entry's path allows.
 const MIN_GROUP: usize = 1 << 20;
@@ -61,103 +61,6 @@ pub fn extension(compression: Compression) -> &'static str {
         Algorithm::Xz => "tar.xz",
         _ => "tar",
     }
-}
-
-/// Where a frame cache keeps a frame: (settings label, SHA-256 hex of the
-/// group's tar bytes) → its path. The cache's layout decides.
-pub type FramePath = dyn Fn(&str, &str) -> PathBuf + Send + Sync;
-
-/// zstd frames of tar groups already compressed once. An entry is never
-/// trusted: it is used only when it is one zstd frame, nothing after it,
-/// that decompresses to exactly the group it is looked up for; otherwise
-/// it is compressed again and replaced. A frame that cannot be stored is
-/// counted, never fatal.
-pub struct FrameCache {
-    path: Box<FramePath>,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub corrupt: AtomicU64,
-    pub unwritten: AtomicU64,
-}
-
-impl FrameCache {
-    pub fn new(path: Box<FramePath>) -> FrameCache {
-        FrameCache { path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0) }
-    }
-
-    /// A line for the outputs log.
-    pub fn summary(&self) -> String {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        format!("{WRITER}: frame cache: {} frames copied, {} compressed, {} corrupt entries replaced, {} not stored", load(&self.hits), load(&self.misses), load(&self.corrupt), load(&self.unwritten))
-    }
-
-    fn get(&self, label: &str, hex: &str, group: &[u8]) -> Option<Vec<u8>> {
-        let path = (self.path)(label, hex);
-        if std::fs::symlink_metadata(&path).is_err() {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        // No frame is much larger than its group: read no further.
-        let bytes = crate::fileops::read_regular_no_follow(&path, group.len() as u64 + 4096).ok();
-        match bytes.filter(|frame| decodes_to(frame, group)) {
-            Some(frame) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                if let Some(parent) = path.parent() {
-                    let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
-                }
-                Some(frame)
-            }
-            None => {
-                self.corrupt.fetch_add(1, Ordering::Relaxed);
-                let _ = std::fs::remove_file(&path);
-                None
-            }
-        }
-    }
-
-    fn put(&self, label: &str, hex: &str, frame: &[u8]) {
-        let path = (self.path)(label, hex);
-        let stored = (|| -> Result<()> {
-            let parent = path.parent().context("a frame cache entry has no directory")?;
-            fs_err::create_dir_all(parent)?;
-            let mut temp = tempfile::NamedTempFile::new_in(parent)?;
-            temp.write_all(frame)?;
-            temp.persist(&path)?;
-            Ok(())
-        })();
-        if stored.is_err() {
-            self.unwritten.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Whether `frame` is one zstd frame, nothing after it, of exactly `group`.
-fn decodes_to(frame: &[u8], group: &[u8]) -> bool {
-    if zstd::zstd_safe::find_frame_compressed_size(frame) != Ok(frame.len()) {
-        return false;
-    }
-    let Ok(decoder) = zstd::stream::read::Decoder::with_buffer(frame) else { return false };
-    let mut out = Vec::with_capacity(group.len());
-    decoder.single_frame().take(group.len() as u64 + 1).read_to_end(&mut out).is_ok() && out == group
-}
-
-/// The settings' label: the level and 12 hex digits of the digest of the
-/// writer's name and a fixed probe compressed at that level (another zstd
-/// library never shares frames with this one).
-fn label(level: i32) -> Result<String> {
-    let probe: Vec<u8> = (0..64 * 1024).map(|i: usize| if i % 3 == 0 { (i * 7 % 251) as u8 } else { b"rootsmith tar probe "[i % 20] }).collect();
-    let mut hasher = Sha256::new();
-    hasher.update(WRITER.as_bytes());
-    hasher.update(compress(&probe, level)?);
-    Ok(format!("zstd-{level}-{}", hex::encode(&hasher.finalize()[..6])))
-}
-
-/// `group` as one zstd frame with its content size and checksum.
-fn compress(group: &[u8], level: i32) -> Result<Vec<u8>> {
-    let mut compressor = zstd::bulk::Compressor::new(level)?;
-    compressor.include_checksum(true)?;
-    compressor.include_contentsize(true)?;
-    Ok(compressor.compress(group)?)
 }
 
 /// A `Write` into a buffer the caller can take groups out of between entries.
@@ -216,18 +119,8 @@ impl<W: Write> Framer<'_, W> {
                         for index in (t..groups.len()).step_by(threads) {
                             let group = &groups[index];
                             let frame = match cache {
-                                Some(cache) => {
-                                    let hex = hex::encode(Sha256::digest(group));
-                                    match cache.get(label, &hex, group) {
-                                        Some(frame) => frame,
-                                        None => {
-                                            let frame = compress(group, level)?;
-                                            cache.put(label, &hex, &frame);
-                                            frame
-                                        }
-                                    }
-                                }
-                                None => compress(group, level)?,
+                                Some(cache) => cache.frame(label, group, level)?,
+                                None => frames::compress(group, level)?,
                             };
                             done.push((index, frame));
                         }
@@ -253,19 +146,23 @@ impl<W: Write> Framer<'_, W> {
 
 /// Write the tree as `output`; with zstd, as frames of tar groups (from
 /// `frames` when it holds them).
-pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64, frames: Option<&FrameCache>) -> Result<()> {
-    let file = std::io::BufWriter::new(fs_err::File::create(output)?);
+pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64, frames: Option<&FrameCache>) -> Result<String> {
+    let file = HashingWriter::new(std::io::BufWriter::new(fs_err::File::create(output)?));
     if compression.algorithm != Algorithm::Zstd {
-        let mut writer = TreeTarWriter::new(compressor(file, compression)?, epoch, devices);
-        for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
-            let entry = entry?;
-            writer.append(tree, entry.path().strip_prefix(tree).expect("under tree"))?;
+        let digest = Rc::new(RefCell::new(None));
+        {
+            let mut writer = TreeTarWriter::new(compressor(Finishing { inner: Some(file), digest: digest.clone() }, compression)?, epoch, devices);
+            for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
+                let entry = entry?;
+                writer.append(tree, entry.path().strip_prefix(tree).expect("under tree"))?;
+            }
+            writer.finish()?.flush()?;
         }
-        writer.finish()?.flush()?;
-        return Ok(());
+        let digest = digest.borrow_mut().take();
+        return digest.context("the tarball was not finished")?;
     }
     let level = compression.level.unwrap_or(3);
-    let mut framer = Framer { out: file, level, label: label(level)?, cache: frames, batch: Vec::new(), batch_len: 0 };
+    let mut framer = Framer { out: file, level, label: frames::label(level)?, cache: frames, batch: Vec::new(), batch_len: 0 };
     let buffer = Shared::default();
     let mut writer = TreeTarWriter::new(buffer.clone(), epoch, devices);
     for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
@@ -283,13 +180,42 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
     let last = std::mem::take(&mut *buffer.0.borrow_mut());
     framer.push(last)?;
     framer.flush()?;
-    framer.out.flush()?;
-    Ok(())
+    let (_, digest) = framer.out.finish()?;
+    Ok(digest)
+}
+
+/// The end of a compressed tarball's writers: when the compressor drops it
+/// (after writing its last bytes), it flushes the file and leaves the
+/// digest of everything written, or the error flushing met.
+struct Finishing<W: Write> {
+    inner: Option<HashingWriter<W>>,
+    digest: Rc<RefCell<Option<Result<String>>>>,
+}
+
+impl<W: Write> Write for Finishing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.inner.as_mut().expect("written before dropped").write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.as_mut().expect("written before dropped").flush()
+    }
+}
+
+impl<W: Write> Drop for Finishing<W> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            *self.digest.borrow_mut() = Some(inner.finish().map(|(_, digest)| digest).map_err(Into::into));
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::path::PathBuf;
+    use std::sync::atomic::Ordering;
 
     /// A tree of many small files and a few large ones (groups of several sizes).
     fn tree(dir: &Path) -> PathBuf {
@@ -307,8 +233,21 @@ mod tests {
     }
 
     fn write(root: &Path, out: &Path, cache: Option<&FrameCache>) -> Vec<u8> {
-        write_rootfs_tarball(root, &Devices::default(), out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, cache).unwrap();
-        fs_err::read(out).unwrap()
+        let digest = write_rootfs_tarball(root, &Devices::default(), out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, cache).unwrap();
+        let bytes = fs_err::read(out).unwrap();
+        assert_eq!(digest, crate::digest::sha256_hex(&bytes), "the digest of what was written");
+        bytes
+    }
+
+    #[test]
+    fn the_digest_of_a_gzip_xz_or_plain_tarball_is_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = tree(dir.path());
+        for algorithm in [Algorithm::Gzip, Algorithm::Xz, Algorithm::None] {
+            let out = dir.path().join(format!("out.{}", algorithm.name()));
+            let digest = write_rootfs_tarball(&root, &Devices::default(), &out, Compression { algorithm, level: None }, 1_700_000_000, None).unwrap();
+            assert_eq!(digest, crate::digest::hash_file(&out).unwrap(), "{}", algorithm.name());
+        }
     }
 
     fn unzstd(bytes: &[u8]) -> Vec<u8> {

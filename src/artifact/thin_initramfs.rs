@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rootsmith_init::contract::{BuildId, ChunkList, CHUNK_SIZE};
+use rootsmith_init::contract::{BuildId, ChunkList};
 
 use crate::artifact::initramfs::{self, Contents, KernelModules};
 use crate::artifact::modules::{self, ModuleTree};
@@ -76,17 +76,19 @@ pub struct Request<'a> {
     pub tree: &'a Path,
     pub kernels: Vec<KernelFiles<'a>>,
     pub scratch: &'a Path,
-    pub rootfs_image: &'a Path,
+    /// The chunk list of the rootfs image the init fetches and checks.
+    pub chunks: ChunkList,
     pub build: BuildId,
     pub epoch: i64,
     /// The bundle's architecture: whose init goes in.
     pub arch: &'a str,
+    /// zstd frames made before: the fixed part (init, modules) is copied from here.
+    pub frames: Option<&'a crate::artifact::frames::FrameCache>,
 }
 
 /// Write the initramfs to `output`.
 pub fn write(request: &Request, output: &Path) -> Result<Built> {
     let init = fs_err::read(initramfs::find_init(request.arch)?)?;
-    let chunks = ChunkList::from_reader(fs_err::File::open(request.rootfs_image)?, CHUNK_SIZE)?;
     let names = request.settings.module_names();
     let mut built = Built::default();
     let mut kernel_modules = Vec::new();
@@ -111,8 +113,8 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
         kernel_modules.push(KernelModules { release: kernel.release.to_string(), files });
     }
     let busybox = if request.settings.shell { Some(initramfs::find_busybox(request.tree)?) } else { None };
-    let contents = Contents { init, build: request.build.clone(), chunks, modules: kernel_modules, busybox };
-    built.size = initramfs::write(&contents, request.settings.compression, request.epoch, output)?;
+    let contents = Contents { init, build: request.build.clone(), chunks: request.chunks.clone(), modules: kernel_modules, busybox };
+    built.size = initramfs::write(&contents, request.settings.compression, request.epoch, output, request.frames)?;
     Ok(built)
 }
 

@@ -7,6 +7,7 @@
 //! rootfs settings, the initramfs entry by the rootfs entry's key, the init,
 //! the kernels and the initramfs settings.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -23,6 +24,7 @@ use crate::host::Host;
 use crate::plan::Plan;
 use crate::recipe::{Algorithm, Compression};
 use crate::stage::kernel::{kernels_of, KernelProducts};
+use rootsmith_init::contract::ChunkList;
 
 /// The rootfs entry: what is made from the tree alone (the record in its
 /// output directory).
@@ -101,19 +103,31 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
         match runner.store.output::<RootfsRecord>(&rootfs_key).filter(|rootfs| rootfs.key == rootfs_key) {
             Some(rootfs) => {
                 runner.progress.start("outputs", "initramfs (the rootfs image, tarball and SBOM are cached)");
-                rootfs
+                (rootfs, None)
             }
             None => {
                 runner.progress.start("outputs", "squashfs, rootfs image, initramfs, tarball");
                 runner.store.discard(&crate::cache::CorruptEntry::Output(rootfs_key.clone()))?;
-                build_rootfs(runner, fast, &rootfs_key)?
+                let (rootfs, chunks) = build_rootfs(runner, fast, &rootfs_key)?;
+                (rootfs, Some(chunks))
             }
         }
     };
-    let image_digest = crate::digest::hash_file(&runner.store.layout().output(&rootfs.key).join("rootfs.img"))?;
-    if rootfs.files.get("rootfs.img") != Some(&image_digest) {
-        return Err(crate::cache::Corrupt { what: format!("cached output rootfs.img ({})", &rootfs.key[..12]), why: "its bytes do not match its digest".into(), entry: crate::cache::CorruptEntry::Output(rootfs.key.clone()) }.into());
-    }
+    let (rootfs, chunks) = rootfs;
+    let mut steps = Steps::start();
+    // A rootfs image just made was hashed as it was written; a cached one is
+    // checked against its record, and its chunk list made, in one read.
+    let chunks = match chunks {
+        Some(chunks) => chunks,
+        None => {
+            let (image_digest, chunks) = artifact::cpio::hash_rootfs_image(&runner.store.layout().output(&rootfs.key).join("rootfs.img"))?;
+            if rootfs.files.get("rootfs.img") != Some(&image_digest) {
+                return Err(crate::cache::Corrupt { what: format!("cached output rootfs.img ({})", &rootfs.key[..12]), why: "its bytes do not match its digest".into(), entry: crate::cache::CorruptEntry::Output(rootfs.key.clone()) }.into());
+            }
+            steps.done("rootfs-image-check");
+            chunks
+        }
+    };
     let stages = runner.plan.stages.len();
     runner.prepare_tree(stages)?;
     let work = runner.work();
@@ -123,8 +137,9 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     fs_err::write(&log, b"")?;
     let staged = work.dir.path().join("initramfs-output");
     fs_err::create_dir(&staged)?;
+    let layout = runner.store.layout().clone();
+    let frames = artifact::frames::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
     let kernels = kernels.iter().map(|kernel| KernelFiles { name: &kernel.name, release: &kernel.release, debs: &kernel.debs, products: kernel.dir(runner.store.layout()) }).collect();
-    let rootfs_image = runner.store.layout().output(&rootfs.key).join("rootfs.img");
     let request = thin_initramfs::Request {
         host: runner.host,
         log: &log,
@@ -132,15 +147,19 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
         tree: &tree,
         kernels,
         scratch: work.dir.path(),
-        rootfs_image: &rootfs_image,
+        chunks,
         build: rootsmith_init::contract::BuildId { cookie: rootfs.cookie.clone(), name: runner.plan.recipe.clone() },
         epoch: runner.plan.source_date_epoch,
         arch: &runner.plan.arch,
+        frames: Some(&frames),
     };
     let initramfs = thin_initramfs::write(&request, &staged.join("initramfs.img"))?;
-    let files = digests_of(&staged)?;
+    steps.done("initramfs");
+    let files = digests_of(&staged, BTreeMap::new())?;
     let record = OutputRecord { key: key.clone(), files, cookie: rootfs.cookie.clone(), squashfs_entries: rootfs.squashfs_entries, rootfs, initramfs, created: crate::time::now_seconds() };
     runner.store.put_output(&key, &staged, &record)?;
+    steps.done("store");
+    steps.append_to(&log)?;
     runner.share_outputs(&record.rootfs.key)?;
     runner.share_outputs(&key)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -157,44 +176,93 @@ fn cached(runner: &StageRunner<'_>, key: &str, rootfs_key: &str) -> Option<Outpu
     (rootfs.key == rootfs_key && rootfs.files == record.rootfs.files && rootfs.cookie == record.rootfs.cookie).then_some(record)
 }
 
-/// Each file of a staged output directory and its SHA-256.
-fn digests_of(staged: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>> {
-    let mut files = std::collections::BTreeMap::new();
+/// How long each step of making an entry took: lines `step NAME SECONDS`
+/// appended to the entry's log when it is done (bench/iterate.sh reports them).
+struct Steps {
+    last: Instant,
+    lines: String,
+}
+
+impl Steps {
+    fn start() -> Steps {
+        Steps { last: Instant::now(), lines: String::new() }
+    }
+
+    /// The step `name` ends now.
+    fn done(&mut self, name: &str) {
+        let now = Instant::now();
+        self.lines.push_str(&format!("step {name} {:.3}\n", (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn append_to(&self, log: &std::path::Path) -> Result<()> {
+        use std::io::Write;
+        fs_err::OpenOptions::new().append(true).open(log)?.write_all(self.lines.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Each file of a staged output directory and its SHA-256: from `known`
+/// (digests taken as the files were written), else hashed now.
+fn digests_of(staged: &std::path::Path, known: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
     for entry in fs_err::read_dir(staged)? {
         let entry = entry?;
-        files.insert(entry.file_name().to_string_lossy().into_owned(), crate::digest::hash_file(&entry.path())?);
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let digest = match known.get(&name) {
+            Some(digest) => digest.clone(),
+            None => crate::digest::hash_file(&entry.path())?,
+        };
+        files.insert(name, digest);
     }
     Ok(files)
 }
 
 /// The rootfs entry of the final tree: the squashfs in the rootfs image,
-/// the tarball, the package list and the SBOM, stored under `key`.
-fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<RootfsRecord> {
+/// the tarball, the package list and the SBOM, stored under `key`; and the
+/// rootfs image's chunk list.
+fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(RootfsRecord, ChunkList)> {
     let (squashfs_compression, tarball_compression) = output_compressions(runner.plan, fast);
+    let mut steps = Steps::start();
     let stages = runner.plan.stages.len();
     runner.prepare_tree(stages)?;
     let work = runner.work();
     let tree = work.tree();
     artifact::clamp_mtimes(&tree, runner.plan.source_date_epoch)?;
+    steps.done("tree");
     // The squashfs writer's output; it outlives the build.
     let log = runner.store.layout().stage_log(key);
     fs_err::write(&log, b"")?;
     let staged = work.dir.path().join("rootfs-output");
     fs_err::create_dir(&staged)?;
-    let squashfs_path = work.dir.path().join("root.squashfs");
     let devices = work.devices();
     let layout = runner.store.layout().clone();
     let blocks = squashfs::BlockCache::new(Box::new(move |settings, hex| layout.squashfs_block(settings, hex)));
-    squashfs::write(runner.host, &tree, devices, &squashfs_path, squashfs_compression, runner.plan.source_date_epoch, &log, Some(&blocks))?;
-    let check = squashfs::verify(&squashfs_path, &tree, devices)?;
-    let squashfs_digest = crate::digest::hash_file(&squashfs_path)?;
-    let cookie = rootsmith_init::contract::cookie_for(&squashfs_digest);
-    let build_id = rootsmith_init::contract::BuildId { cookie: cookie.clone(), name: runner.plan.recipe.clone() };
-    artifact::cpio::write_rootfs_image(&squashfs_path, &build_id, &staged.join("rootfs.img"), runner.plan.source_date_epoch)?;
-    fs_err::remove_file(&squashfs_path)?;
     let layout = runner.store.layout().clone();
-    let frames = tarball::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
-    tarball::write_rootfs_tarball(&tree, devices, &staged.join(format!("rootfs.{}", tarball::extension(tarball_compression))), tarball_compression, runner.plan.source_date_epoch, Some(&frames))?;
+    let frames = artifact::frames::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
+    let tarball_name = format!("rootfs.{}", tarball::extension(tarball_compression));
+    let tarball_path = staged.join(&tarball_name);
+    let epoch = runner.plan.source_date_epoch;
+    // The tarball is written beside the squashfs: each leaves a core idle
+    // part of the time (reading the tree, writing in order).
+    let (squashfs, tarball_digest) = std::thread::scope(|scope| {
+        let tarball = scope.spawn(|| tarball::write_rootfs_tarball(&tree, devices, &tarball_path, tarball_compression, epoch, Some(&frames)));
+        let squashfs = (|| -> Result<_> {
+            // The squashfs is written straight into the rootfs image, after its header.
+            let image_path = staged.join("rootfs.img");
+            let mut image = artifact::cpio::start_rootfs_image(&image_path)?;
+            let squashfs_len = squashfs::write_into(runner.host, &tree, devices, &mut image, &image_path, work.dir.path(), squashfs_compression, epoch, &log, Some(&blocks))?;
+            let check = squashfs::verify(&image_path, artifact::cpio::SQUASHFS_OFFSET, &tree, devices)?;
+            let made = artifact::cpio::finish_rootfs_image(&mut image, squashfs_len, &runner.plan.recipe, epoch)?;
+            Ok((check, made))
+        })();
+        (squashfs, tarball.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the tarball's thread panicked"))))
+    });
+    let (check, made) = squashfs?;
+    let tarball_digest = tarball_digest?;
+    steps.done("squashfs-and-tarball");
+    let cookie = made.build.cookie.clone();
+    let known = BTreeMap::from([("rootfs.img".to_string(), made.sha256), (tarball_name, tarball_digest)]);
     if tarball_compression.algorithm == Algorithm::Zstd {
         use std::io::Write;
         fs_err::OpenOptions::new().append(true).open(&log)?.write_all(format!("{}\n", frames.summary()).as_bytes())?;
@@ -202,9 +270,12 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<R
     fs_err::write(staged.join(PACKAGES), artifact::packages::installed(&tree))?;
     let created = crate::time::rfc3339(runner.plan.source_date_epoch);
     fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &runner.plan.recipe, &cookie, &created))?;
-    let record = RootfsRecord { key: key.to_string(), files: digests_of(&staged)?, cookie, squashfs_entries: check.entries, created: crate::time::now_seconds() };
+    steps.done("packages-sbom");
+    let record = RootfsRecord { key: key.to_string(), files: digests_of(&staged, known)?, cookie, squashfs_entries: check.entries, created: crate::time::now_seconds() };
     runner.store.put_output(key, &staged, &record)?;
-    Ok(record)
+    steps.done("store");
+    steps.append_to(&log)?;
+    Ok((record, made.chunks))
 }
 
 /// Squashfs and tarball compression: the recipe's, or cheap ones for `--fast`.

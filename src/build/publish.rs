@@ -84,17 +84,28 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         }
     }
     let staging = tempfile::Builder::new().prefix(&partial_prefix).tempdir_in(&parent)?;
-    let mut artifacts = Vec::new();
-    for (entry, file, digest) in record.all_files() {
-        // Files about the tree, not boot artifacts, keep their names.
-        let target = names.output(file);
-        fs_err::copy(runner.store.layout().output(entry).join(file), staging.path().join(&target))?;
-        let actual = crate::digest::hash_file(&staging.path().join(&target))?;
-        if actual != digest {
-            return Err(Corrupt { what: format!("cached output {file} ({})", &entry[..12]), why: "its bytes do not match its digest".into(), entry: CorruptEntry::Output(entry.to_string()) }.into());
-        }
-        artifacts.push(ManifestArtifact { size: fs_err::metadata(staging.path().join(&target))?.len(), name: target, sha256: actual });
-    }
+    // The outputs are copied and checked on every core: the rootfs image and
+    // the tarball are hundreds of megabytes each.
+    let outputs = record.all_files();
+    let layout = runner.store.layout();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let copied: Vec<Result<ManifestArtifact>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..std::thread::available_parallelism().map_or(1, |n| n.get()).min(outputs.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some(&(entry, file, digest)) = outputs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        done.push((file, copy_output(layout, staging.path(), &names, entry, file, digest)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut all: Vec<_> = workers.into_iter().flat_map(|worker| worker.join().expect("a copying thread panicked")).collect();
+        all.sort_by_key(|(file, _)| *file);
+        all.into_iter().map(|(_, result)| result).collect()
+    });
+    let mut artifacts = copied.into_iter().collect::<Result<Vec<_>>>()?;
     let mut kernels = Vec::new();
     for kernel in kernels_of(&runner.records)? {
         let products = kernel.dir(runner.store.layout());
@@ -197,6 +208,19 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         return Err(error).with_context(|| format!("moving the bundle into {}", bundle.display()));
     }
     Ok((bundle, false))
+}
+
+/// Copy the cached output `file` of entry `entry` into the bundle under its
+/// bundle name, checked against its recorded `digest` on the way.
+fn copy_output(layout: &crate::cache::Layout, staging: &Path, names: &BundleNames, entry: &str, file: &str, digest: &str) -> Result<ManifestArtifact> {
+    // Files about the tree, not boot artifacts, keep their names.
+    let target = names.output(file);
+    fs_err::copy(layout.output(entry).join(file), staging.join(&target))?;
+    let actual = crate::digest::hash_file(&staging.join(&target))?;
+    if actual != digest {
+        return Err(Corrupt { what: format!("cached output {file} ({})", &entry[..12]), why: "its bytes do not match its digest".into(), entry: CorruptEntry::Output(entry.to_string()) }.into());
+    }
+    Ok(ManifestArtifact { size: fs_err::metadata(staging.join(&target))?.len(), name: target, sha256: actual })
 }
 
 /// The `outputs.oci` image: into its layout, to its registry.

@@ -18,7 +18,7 @@
 //! CACHE/v1/ccache/                   the compiler cache of kernel builds
 //! CACHE/v1/oci/blobs/sha256/HEX      blobs of images pulled by `oci` stages
 //! CACHE/v1/squashfs/blocks/SETTINGS/HEX compressed squashfs blocks, by the SHA-256 of their bytes
-//! CACHE/v1/tarball/frames/SETTINGS/HEX zstd frames of the rootfs tarball's groups, by the SHA-256 of their tar bytes
+//! CACHE/v1/tarball/frames/SETTINGS/HEX zstd frames (tarball groups, the initramfs's fixed part), by the SHA-256 of their bytes
 //! CACHE/v1/logs/KEY.log             the log of each stage's last run
 //! CACHE/v1/trees/ID/                 kept trees (the tree after some stages, by tree id) that work trees overlay
 //! CACHE/v1/tmp/                      work trees and partial files of running builds
@@ -253,7 +253,7 @@ impl Layout {
             area("ccache", self.ccache(), "compiler cache (bounded by ccache itself)", Never, false),
             area("oci-blobs", self.oci_blobs(), "blobs of pulled OCI images, by digest", LeastRecentlyUsed, true),
             area("squashfs-blocks", self.squashfs_blocks(), "compressed squashfs blocks, per compressor setting", LeastRecentlyUsed, false),
-            area("tarball-frames", self.tarball_frames(), "zstd frames of rootfs tarball groups, per level", LeastRecentlyUsed, false),
+            area("tarball-frames", self.tarball_frames(), "zstd frames of tarball groups and initramfs parts, per level", LeastRecentlyUsed, false),
             area("logs", self.logs(), "stage logs of recent builds", LeastRecentlyUsed, false),
             area("trees", self.kept_trees(), "kept trees that work trees overlay", LeastRecentlyUsed, false),
             area("tmp", self.tmp(), "work dirs of running builds", Never, false),

@@ -40,6 +40,8 @@ pub struct BlockCache {
     /// Entries that could not be stored (a full disk, a read-only cache):
     /// the cache only saves work, so the image is written all the same.
     pub unwritten: AtomicU64,
+    /// Whether a hit has marked its settings' directory used (once per write is enough for `cache gc`).
+    marked: std::sync::atomic::AtomicBool,
 }
 
 /// What the cache holds for a block.
@@ -52,7 +54,7 @@ pub enum Cached {
 
 impl BlockCache {
     pub fn new(entry_path: Box<EntryPath>) -> BlockCache {
-        BlockCache { entry_path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0) }
+        BlockCache { entry_path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), marked: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// The entry for `raw` (whose SHA-256 is `digest`), if there is a sound one.
@@ -76,8 +78,10 @@ impl BlockCache {
             Some(cached) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 // The last use of the settings' directory, for `cache gc`.
-                if let Some(parent) = path.parent() {
-                    let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
+                if !self.marked.swap(true, Ordering::Relaxed) {
+                    if let Some(parent) = path.parent() {
+                        let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
+                    }
                 }
                 Some(cached)
             }

@@ -900,6 +900,14 @@ impl Tables<'_, '_> {
 
 /// Write `tree` (whose device placeholders `devices` knows) to `output`.
 pub fn write(tree: &Path, devices: &Devices, output: &Path, options: &Options) -> Result<Summary> {
+    write_into(tree, devices, &mut fs_err::File::create(output)?.into_parts().0, options)
+}
+
+/// [`write`] into `file` from its current position on (a rootfs image
+/// holds the squashfs after a header): every offset in the image is from
+/// that position, as the kernel reads an image. The file is not synced.
+pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, options: &Options) -> Result<Summary> {
+    let base = file.stream_position()?;
     let settings = Settings::of(options.compression, BLOCK_SIZE)?;
     let epoch = u32::try_from(options.epoch).map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH {} does not fit a squashfs", options.epoch))?;
 
@@ -914,8 +922,7 @@ pub fn write(tree: &Path, devices: &Devices, output: &Path, options: &Options) -
     let mut inodes = 0;
     number(&mut nodes, root, &mut inodes);
 
-    let file = fs_err::File::create(output)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *file);
     out.write_all(&[0; SUPERBLOCK_SIZE as usize])?;
 
     // Data, batch by batch.
@@ -1053,10 +1060,10 @@ pub fn write(tree: &Path, devices: &Devices, output: &Path, options: &Options) -
     le64(&mut superblock, directory_table_start);
     le64(&mut superblock, fragment_table_start);
     le64(&mut superblock, INVALID);
-    let mut file = out.into_inner().map_err(|error| error.into_error())?;
-    file.seek(SeekFrom::Start(0))?;
+    let file = out.into_inner().map_err(|error| error.into_error())?;
+    file.seek(SeekFrom::Start(base))?;
     file.write_all(&superblock)?;
-    file.sync_all()?;
+    file.seek(SeekFrom::Start(base + padded))?;
     Ok(Summary { inodes, entries, bytes: padded })
 }
 

@@ -178,7 +178,7 @@ fn the_writer_lists_as_mksquashfs_and_extracts_to_the_tree() {
     assert_eq!(summary.bytes % 4096, 0);
 
     // backhand reads it back: every entry, the devices, a sample of files.
-    let check = super::verify(&ours, &tree, &devices).unwrap();
+    let check = super::verify(&ours, 0, &tree, &devices).unwrap();
     assert_eq!(check.entries, summary.entries);
 
     let Some(unsquashfs) = tool("unsquashfs") else { return };
@@ -294,7 +294,7 @@ fn every_compressor_writes_what_unsquashfs_reads() {
         for file in ["a/text", "a/noise", "small"] {
             assert!(fs_err::read(tree.join(file)).unwrap() == fs_err::read(extracted.join(file)).unwrap(), "{} {file}", algorithm.name());
         }
-        super::verify(&image, &tree, &Devices::default()).unwrap();
+        super::verify(&image, 0, &tree, &Devices::default()).unwrap();
     }
     let error = writer::write(&tree, &Devices::default(), &dir.path().join("lz4"), &Options { compression: Compression { algorithm: Algorithm::Lz4, level: None }, epoch: EPOCH, threads: 1, cache: None }).unwrap_err();
     assert!(error.to_string().contains("no lz4 compressor"), "{error}");
@@ -307,7 +307,7 @@ fn mtimes_are_clamped_to_the_epoch_and_an_empty_tree_is_an_image() {
     fs_err::create_dir_all(&tree).unwrap();
     let image = dir.path().join("empty.squashfs");
     writer::write(&tree, &Devices::default(), &image, &Options { compression: zstd15(), epoch: EPOCH, threads: 1, cache: None }).unwrap();
-    super::verify(&image, &tree, &Devices::default()).unwrap();
+    super::verify(&image, 0, &tree, &Devices::default()).unwrap();
     fs_err::write(tree.join("late"), b"x").unwrap();
     filetime::set_file_mtime(tree.join("late"), FileTime::from_unix_time(EPOCH + 5000, 0)).unwrap();
     writer::write(&tree, &Devices::default(), &image, &Options { compression: zstd15(), epoch: EPOCH, threads: 1, cache: None }).unwrap();

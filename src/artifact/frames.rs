@@ -1,0 +1,133 @@
+//! zstd frames already made once, by the SHA-256 of the bytes they hold, the
+//! level and a fingerprint of the compressor: the rootfs tarball's groups of
+//! entries and the thin initramfs's fixed part (its init and modules) are
+//! compressed once and copied afterwards, so a small change compresses
+//! only what changed. The bytes are a clean write's: a frame is the
+//! compression of its bytes at its level, whoever asks for it.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+/// The frames' writer and version, in the label of every frame (and so in
+/// the output keys): bump it when the same bytes would give another frame.
+pub const WRITER: &str = "rootsmith-tar-frames 1";
+
+/// Where a frame cache keeps a frame: (settings label, SHA-256 hex of the
+/// bytes it holds) → its path. The cache's layout decides.
+pub type FramePath = dyn Fn(&str, &str) -> PathBuf + Send + Sync;
+
+/// zstd frames already made once. An entry is never
+/// trusted: it is used only when it is one zstd frame, nothing after it,
+/// that decompresses to exactly the group it is looked up for; otherwise
+/// it is compressed again and replaced. A frame that cannot be stored is
+/// counted, never fatal.
+pub struct FrameCache {
+    path: Box<FramePath>,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub unwritten: AtomicU64,
+    /// Whether a hit has marked its settings' directory used (once per write is enough for `cache gc`).
+    marked: std::sync::atomic::AtomicBool,
+}
+
+impl FrameCache {
+    pub fn new(path: Box<FramePath>) -> FrameCache {
+        FrameCache { path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), marked: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// A line for the outputs log.
+    pub fn summary(&self) -> String {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        format!("{WRITER}: frame cache: {} frames copied, {} compressed, {} corrupt entries replaced, {} not stored", load(&self.hits), load(&self.misses), load(&self.corrupt), load(&self.unwritten))
+    }
+
+    pub fn get(&self, label: &str, hex: &str, group: &[u8]) -> Option<Vec<u8>> {
+        let path = (self.path)(label, hex);
+        if std::fs::symlink_metadata(&path).is_err() {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // No frame is much larger than its group: read no further.
+        let bytes = crate::fileops::read_regular_no_follow(&path, group.len() as u64 + 4096).ok();
+        match bytes.filter(|frame| decodes_to(frame, group)) {
+            Some(frame) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                if !self.marked.swap(true, Ordering::Relaxed) {
+                    if let Some(parent) = path.parent() {
+                        let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
+                    }
+                }
+                Some(frame)
+            }
+            None => {
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    pub fn put(&self, label: &str, hex: &str, frame: &[u8]) {
+        let path = (self.path)(label, hex);
+        let stored = (|| -> Result<()> {
+            let parent = path.parent().context("a frame cache entry has no directory")?;
+            fs_err::create_dir_all(parent)?;
+            let mut temp = tempfile::NamedTempFile::new_in(parent)?;
+            temp.write_all(frame)?;
+            temp.persist(&path)?;
+            Ok(())
+        })();
+        if stored.is_err() {
+            self.unwritten.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether `frame` is one zstd frame, nothing after it, of exactly `group`.
+fn decodes_to(frame: &[u8], group: &[u8]) -> bool {
+    if zstd::zstd_safe::find_frame_compressed_size(frame) != Ok(frame.len()) {
+        return false;
+    }
+    let Ok(decoder) = zstd::stream::read::Decoder::with_buffer(frame) else { return false };
+    let mut out = Vec::with_capacity(group.len());
+    decoder.single_frame().take(group.len() as u64 + 1).read_to_end(&mut out).is_ok() && out == group
+}
+
+/// The settings' label: the level and 12 hex digits of the digest of the
+/// writer's name and a fixed probe compressed at that level (another zstd
+/// library never shares frames with this one).
+pub fn label(level: i32) -> Result<String> {
+    let probe: Vec<u8> = (0..64 * 1024).map(|i: usize| if i % 3 == 0 { (i * 7 % 251) as u8 } else { b"rootsmith tar probe "[i % 20] }).collect();
+    let mut hasher = Sha256::new();
+    hasher.update(WRITER.as_bytes());
+    hasher.update(compress(&probe, level)?);
+    Ok(format!("zstd-{level}-{}", hex::encode(&hasher.finalize()[..6])))
+}
+
+/// `group` as one zstd frame with its content size and checksum.
+pub fn compress(group: &[u8], level: i32) -> Result<Vec<u8>> {
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    compressor.include_checksum(true)?;
+    compressor.include_contentsize(true)?;
+    Ok(compressor.compress(group)?)
+}
+
+impl FrameCache {
+    /// `bytes` as one zstd frame at `level` (labelled `label`, from
+    /// [`label`]): copied from the cache when it holds it, else compressed
+    /// and kept.
+    pub fn frame(&self, label: &str, bytes: &[u8], level: i32) -> Result<Vec<u8>> {
+        let hex = hex::encode(Sha256::digest(bytes));
+        if let Some(frame) = self.get(label, &hex, bytes) {
+            return Ok(frame);
+        }
+        let frame = compress(bytes, level)?;
+        self.put(label, &hex, &frame);
+        Ok(frame)
+    }
+}
