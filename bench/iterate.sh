@@ -17,12 +17,16 @@ changed=$recipes/debian-netboot/overlay/etc/rootsmith-iteration
 n=0
 
 # The newest outputs log's squashfs line "SECONDS BYTES COPIED COMPRESSED", then its
-# tarball line "FRAMES-COPIED FRAMES-COMPRESSED".
+# tarball line "FRAMES-COPIED FRAMES-COMPRESSED", then the seconds of the step that
+# writes both side by side, then those of the newest thin initramfs.
 squashfs_line() {
   local log
   log=$(ls -t $(grep -l "^rootsmith-squashfs" "$work"/cache/v1/logs/*.log) | head -n1)
   sed -n 's/^rootsmith-squashfs [0-9]*: [0-9]* inodes, \([0-9]*\) bytes, [0-9]* threads, \([0-9.]*\) s; block cache: \([0-9]*\) blocks copied, \([0-9]*\) compressed.*/\2 \1 \3 \4/p' "$log" | tail -n1
   sed -n 's/^rootsmith-tar-frames [0-9]*: frame cache: \([0-9]*\) frames copied, \([0-9]*\) compressed.*/\1 \2/p' "$log" | tail -n1
+  sed -n 's/^step squashfs-and-tarball \([0-9.]*\)$/\1/p' "$log" | tail -n1
+  log=$(ls -t $(grep -l "^step initramfs" "$work"/cache/v1/logs/*.log) | head -n1)
+  sed -n 's/^step initramfs \([0-9.]*\)$/\1/p' "$log" | tail -n1
 }
 
 # build [ENV…] -- [ARGS…]: one build after one more changed file; sets
@@ -71,7 +75,7 @@ entries=$(find "$tree" | wc -l)
 size=$(du -sm --apparent-size "$tree" | cut -f1)
 
 field() { echo "$1" | cut -d' ' -f"$2"; }
-row() { echo "| $1 | $(field "$2" 1) s | $(field "$2" 2) s | $(field "$2" 3) s | $(field "$2" 4) s | $(field "$2" 5) s: $(field "$2" 7) copied, $(field "$2" 8) compressed | $(field "$2" 9) copied, $(field "$2" 10) compressed |"; }
+row() { echo "| $1 | $(field "$2" 1) s | $(field "$2" 2) s | $(field "$2" 3) s | $(field "$2" 4) s | $(field "$2" 11) s | $(field "$2" 7) copied, $(field "$2" 8) compressed | $(field "$2" 9) copied, $(field "$2" 10) compressed | $(field "$2" 12) s |"; }
 mksq_size=$(stat -c %s "$work/alone.squashfs")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
 
@@ -86,8 +90,8 @@ before \`overlay\` (the default as root, [cache.md](cache.md#kept-trees)) or
 is extracted from their layers (\`ROOTSMITH_OVERLAY=0\`), side by side in
 one run. The first build after the cold one makes the kept tree.
 
-| one file changed | whole build | \`overlay\` stage | \`configure\` stage | outputs | of which the squashfs: its blocks | tarball frames |
-|---|---:|---:|---:|---:|---|---|
+| one file changed | whole build | \`overlay\` stage | \`configure\` stage | outputs | of which squashfs and tarball (side by side) | squashfs blocks | tarball frames | thin initramfs |
+|---|---:|---:|---:|---:|---:|---|---|---:|
 $(row "first change (kept tree made)" "$first")
 $(row "overlay, release compression" "$o_rel")
 $(row "extracted, release compression" "$x_rel")
@@ -106,8 +110,12 @@ mksquashfs alone on the same tree at zstd 15 (\`-processors\` all cores):
 
 After one changed file the squashfs copies all but a few blocks from its
 block cache and the tarball all but one or two frames from its frame
-cache; the rest of the outputs (the rootfs image's digest, the thin
-initramfs with its modules, the SBOM) are made again. Both caches are keyed
+cache; both still read and hash every file of the tree. The squashfs is
+written straight into the rootfs image, whose digest, chunk list and
+cookie come from one read of it; the thin initramfs copies its fixed part
+(init and modules) from the frame cache and compresses only the build id
+and chunk list. The rest of the whole build is the stages' work trees and
+publishing the bundle (copying and checking its files). Both caches are keyed
 by the compression level, so the first \`--fast\` build after release
 builds compresses everything once at its levels.
 DOC

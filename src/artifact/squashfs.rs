@@ -13,6 +13,7 @@
 
 pub mod blockcache;
 mod codec;
+pub mod memo;
 pub mod writer;
 #[cfg(test)]
 mod writer_tests;
@@ -74,6 +75,9 @@ pub fn write_into(host: &dyn Host, tree: &Path, devices: &Devices, out: &mut std
         if let Some(cache) = blocks {
             let (hits, misses, corrupt, unwritten) = (cache.hits.load(Ordering::Relaxed), cache.misses.load(Ordering::Relaxed), cache.corrupt.load(Ordering::Relaxed), cache.unwritten.load(Ordering::Relaxed));
             line.push_str(&format!("; block cache: {hits} blocks copied, {misses} compressed, {corrupt} corrupt entries replaced, {unwritten} not stored"));
+            if let Some(known) = summary.memo_known {
+                line.push_str(&format!("; memo: {known} of {} files known, not read", summary.files));
+            }
         }
         line.push('\n');
         use std::io::Write;

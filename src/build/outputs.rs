@@ -237,7 +237,9 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
     fs_err::create_dir(&staged)?;
     let devices = work.devices();
     let layout = runner.store.layout().clone();
-    let blocks = squashfs::BlockCache::new(Box::new(move |settings, hex| layout.squashfs_block(settings, hex)));
+    let memos = runner.store.layout().clone();
+    let recipe = runner.plan.recipe.clone();
+    let blocks = squashfs::BlockCache::new(Box::new(move |settings, hex| layout.squashfs_block(settings, hex))).with_memo(Box::new(move |settings| memos.squashfs_memo(&recipe, settings)));
     let layout = runner.store.layout().clone();
     let frames = artifact::frames::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
     let tarball_name = format!("rootfs.{}", tarball::extension(tarball_compression));

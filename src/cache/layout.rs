@@ -18,6 +18,7 @@
 //! CACHE/v1/ccache/                   the compiler cache of kernel builds
 //! CACHE/v1/oci/blobs/sha256/HEX      blobs of images pulled by `oci` stages
 //! CACHE/v1/squashfs/blocks/SETTINGS/HEX compressed squashfs blocks, by the SHA-256 of their bytes
+//! CACHE/v1/squashfs/memo/RECIPE.SETTINGS the squashfs writer's memo of a recipe's files (stamps → block digests)
 //! CACHE/v1/tarball/frames/SETTINGS/HEX zstd frames (tarball groups, the initramfs's fixed part), by the SHA-256 of their bytes
 //! CACHE/v1/logs/KEY.log             the log of each stage's last run
 //! CACHE/v1/trees/ID/                 kept trees (the tree after some stages, by tree id) that work trees overlay
@@ -201,6 +202,16 @@ impl Layout {
         self.squashfs_blocks().join(component(settings)).join(component(hex))
     }
 
+    /// The squashfs writer's memos: what its last write of each recipe's
+    /// tree, per compressor setting, learnt about the files (one file each).
+    pub fn squashfs_memos(&self) -> PathBuf {
+        self.root.join("squashfs/memo")
+    }
+
+    pub fn squashfs_memo(&self, recipe: &str, settings: &str) -> PathBuf {
+        self.squashfs_memos().join(component(&format!("{}.{}", component(recipe), component(settings))))
+    }
+
     pub fn tarball_frames(&self) -> PathBuf {
         self.root.join("tarball/frames")
     }
@@ -253,6 +264,7 @@ impl Layout {
             area("ccache", self.ccache(), "compiler cache (bounded by ccache itself)", Never, false),
             area("oci-blobs", self.oci_blobs(), "blobs of pulled OCI images, by digest", LeastRecentlyUsed, true),
             area("squashfs-blocks", self.squashfs_blocks(), "compressed squashfs blocks, per compressor setting", LeastRecentlyUsed, false),
+            area("squashfs-memo", self.squashfs_memos(), "what the squashfs writer knows of each recipe's files", LeastRecentlyUsed, false),
             area("tarball-frames", self.tarball_frames(), "zstd frames of tarball groups and initramfs parts, per level", LeastRecentlyUsed, false),
             area("logs", self.logs(), "stage logs of recent builds", LeastRecentlyUsed, false),
             area("trees", self.kept_trees(), "kept trees that work trees overlay", LeastRecentlyUsed, false),

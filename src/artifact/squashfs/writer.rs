@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 
 use super::blockcache::{BlockCache, Cached};
 use super::codec::{Codec, Settings};
+use super::memo::{self, How, Memo, Stamp};
 use crate::layer::{DeviceKind, Devices};
 use crate::recipe::Compression;
 
@@ -88,6 +89,9 @@ pub struct Summary {
     pub entries: u64,
     /// The image's size, padding included.
     pub bytes: u64,
+    /// Regular files with data, and how many of them the memo knew (with a memo).
+    pub files: usize,
+    pub memo_known: Option<usize>,
 }
 
 // ---------------------------------------------------------------------------
@@ -97,7 +101,7 @@ pub struct Summary {
 enum Kind {
     Dir(Vec<(Vec<u8>, usize)>),
     /// `allocated`: the bytes the file takes on disk (`st_blocks` × 512).
-    File { path: PathBuf, size: u64, allocated: u64 },
+    File { path: PathBuf, size: u64, allocated: u64, stamp: Stamp },
     Symlink(Vec<u8>),
     Device { kind: DeviceKind, number: u32 },
     Fifo,
@@ -178,7 +182,7 @@ impl Scan<'_> {
         let kind = if let Some(device) = (file_type.is_file() && !self.devices.is_empty()).then(|| self.devices.lookup(metadata)).flatten() {
             Kind::Device { kind: device.kind, number: encode_device(device.major, device.minor) }
         } else if file_type.is_file() {
-            Kind::File { path: path.to_path_buf(), size: metadata.len(), allocated: metadata.blocks() * 512 }
+            Kind::File { path: path.to_path_buf(), size: metadata.len(), allocated: metadata.blocks() * 512, stamp: Stamp::of(metadata) }
         } else if file_type.is_symlink() {
             Kind::Symlink(fs_err::read_link(path)?.into_os_string().into_vec())
         } else if file_type.is_char_device() || file_type.is_block_device() {
@@ -317,28 +321,44 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    /// `raw` as it goes into the image: from the cache when it holds it.
-    fn block(&mut self, raw: Vec<u8>, digest: &[u8; 32]) -> Result<Block> {
+    /// `raw` as it goes into the image: from the cache when it holds it;
+    /// and how a memo can find it again.
+    fn block(&mut self, raw: Vec<u8>, digest: &[u8; 32]) -> Result<(Block, How)> {
         let Some(cache) = self.cache else {
             return Ok(match self.codec.compress(&raw)? {
-                Some(compressed) => Block::Compressed(compressed),
-                None => Block::Stored(raw),
+                Some(compressed) => (Block::Compressed(compressed), How::Read),
+                None => (Block::Stored(raw), How::Read),
             });
         };
         let hex = hex::encode(digest);
         match cache.get(&self.settings, &hex, &raw) {
-            Some(Cached::Compressed(bytes)) => Ok(Block::Compressed(bytes)),
-            Some(Cached::Stored) => Ok(Block::Stored(raw)),
+            Some((Cached::Compressed(bytes), entry)) => Ok((Block::Compressed(bytes), How::Entry(entry))),
+            Some((Cached::Stored, _)) => Ok((Block::Stored(raw), How::Read)),
             None => {
                 let compressed = self.codec.compress(&raw)?;
-                if cache.put(&self.settings, &hex, compressed.as_deref()).is_err() {
-                    cache.unwritten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                let how = match cache.put(&self.settings, &hex, compressed.as_deref()) {
+                    Ok(entry) if compressed.is_some() => How::Entry(entry),
+                    Ok(_) => How::Read,
+                    Err(_) => {
+                        cache.unwritten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        How::Read
+                    }
+                };
                 Ok(match compressed {
-                    Some(compressed) => Block::Compressed(compressed),
-                    None => Block::Stored(raw),
+                    Some(compressed) => (Block::Compressed(compressed), how),
+                    None => (Block::Stored(raw), How::Read),
                 })
             }
+        }
+    }
+
+    /// The compressed block the memo's `known` piece names, when the cache
+    /// still holds that very entry.
+    fn known(&self, known: &memo::Piece) -> Option<Block> {
+        match known.how {
+            How::Sparse => Some(Block::Sparse),
+            How::Entry(entry) => self.cache?.get_trusted(&self.settings, &hex::encode(known.raw), &entry).map(Block::Compressed),
+            How::Read => None,
         }
     }
 }
@@ -386,17 +406,47 @@ fn parallel<J: Sync, R: Send>(jobs: &[J], threads: usize, settings: Settings, ca
     results.into_iter().map(|result| result.context("a compressing thread stopped early")?).collect()
 }
 
-/// A piece of a file to read (and compress, unless it is a tail for a fragment).
+/// A piece of a file to read (and compress, unless it is a tail for a
+/// fragment), or to take from the block cache as the memo says.
 struct Piece<'a> {
     path: &'a Path,
     offset: u64,
     len: usize,
     tail: bool,
+    known: Option<memo::Piece>,
 }
 
 enum Read {
-    Block(Block, [u8; 32]),
-    Tail(Vec<u8>, [u8; 32]),
+    Block(Block, [u8; 32], How),
+    Tail(TailPart),
+}
+
+/// A tail on its way into a fragment block: its bytes, or where they are
+/// when the memo knew their digest (read only if the block must be made).
+struct TailPart {
+    bytes: Option<Vec<u8>>,
+    path: PathBuf,
+    offset: u64,
+    len: usize,
+    digest: [u8; 32],
+}
+
+impl TailPart {
+    fn append_to(&self, raw: &mut Vec<u8>) -> Result<()> {
+        match &self.bytes {
+            Some(bytes) => raw.extend_from_slice(bytes),
+            None => {
+                let start = raw.len();
+                raw.resize(start + self.len, 0);
+                let file = crate::fileops::open_regular_no_follow(&self.path)?;
+                file.read_exact_at(&mut raw[start..], self.offset).with_context(|| format!("reading {} (did it change while being written?)", self.path.display()))?;
+                if sha256(&raw[start..]) != self.digest {
+                    bail!("{} is not what it was when last written, though its inode, size and times are (was its ctime set back?)", self.path.display());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -420,10 +470,15 @@ struct DataWriter<'a, W: Write> {
     settings: Settings,
     threads: usize,
     cache: Option<&'a BlockCache>,
-    /// Tail ends waiting to fill a fragment block.
-    fragment: Vec<u8>,
+    /// What the last write learnt, and what this one learns.
+    memo: Option<&'a Memo>,
+    /// The tree, for the paths the memo knows files by.
+    tree: &'a Path,
+    /// Tail ends waiting to fill a fragment block, and their length.
+    fragment: Vec<TailPart>,
+    fragment_len: usize,
     /// Fragment blocks filled, not yet compressed.
-    full_fragments: Vec<Vec<u8>>,
+    full_fragments: Vec<Vec<TailPart>>,
     /// The fragment table: (start, size field).
     fragments: Vec<(u64, u32)>,
     /// Files already stored, by size and digest of their blocks.
@@ -437,47 +492,65 @@ impl<W: Write> DataWriter<'_, W> {
         Ok(())
     }
 
+    /// The path the memo knows `path` by.
+    fn relative<'p>(&self, path: &'p Path) -> &'p [u8] {
+        path.strip_prefix(self.tree).unwrap_or(path).as_os_str().as_bytes()
+    }
+
     /// The files of one batch, in order.
-    fn batch(&mut self, files: &[(&Path, u64)]) -> Result<Vec<FileData>> {
+    fn batch(&mut self, files: &[(&Path, u64, Stamp)]) -> Result<Vec<FileData>> {
         let block = u64::from(self.settings.block_size);
         let mut pieces = Vec::new();
-        for &(path, size) in files {
-            if size < block {
-                if size > 0 {
-                    pieces.push(Piece { path, offset: 0, len: size as usize, tail: true });
-                }
-                continue;
-            }
+        for &(path, size, stamp) in files {
+            let count = if size >= block { size.div_ceil(block) as usize } else { usize::from(size > 0) };
+            // What the memo knows of this very file, if it knows as many pieces.
+            let known = self.memo.and_then(|memo| memo.file(self.relative(path), stamp)).filter(|known| known.len() == count);
             let mut offset = 0;
-            while offset < size {
+            for index in 0..count {
                 let len = (size - offset).min(block) as usize;
-                pieces.push(Piece { path, offset, len, tail: false });
+                pieces.push(Piece { path, offset, len, tail: size < block, known: known.map(|known| known[index]) });
                 offset += len as u64;
             }
         }
         let read = parallel(&pieces, self.threads, self.settings, self.cache, &|worker, piece: &Piece| {
+            if let Some(known) = &piece.known {
+                if piece.tail {
+                    return Ok(Read::Tail(TailPart { bytes: None, path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest: known.raw }));
+                }
+                if let Some(block) = worker.known(known) {
+                    return Ok(Read::Block(block, known.raw, known.how));
+                }
+            }
             let file = crate::fileops::open_regular_no_follow(piece.path)?;
             let mut raw = vec![0; piece.len];
             file.read_exact_at(&mut raw, piece.offset).with_context(|| format!("reading {} (did it change while being written?)", piece.path.display()))?;
             let digest = sha256(&raw);
             if piece.tail {
-                return Ok(Read::Tail(raw, digest));
+                return Ok(Read::Tail(TailPart { bytes: Some(raw), path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest }));
             }
             if raw.iter().all(|&byte| byte == 0) {
-                return Ok(Read::Block(Block::Sparse, digest));
+                return Ok(Read::Block(Block::Sparse, digest, How::Sparse));
             }
-            Ok(Read::Block(worker.block(raw, &digest)?, digest))
+            let (block, how) = worker.block(raw, &digest)?;
+            Ok(Read::Block(block, digest, how))
         })?;
         let mut read = read.into_iter();
         let mut data = Vec::with_capacity(files.len());
-        for &(_, size) in files {
+        for &(path, size, stamp) in files {
             let count = if size >= block { size.div_ceil(block) as usize } else { usize::from(size > 0) };
             let pieces: Vec<Read> = read.by_ref().take(count).collect();
             let mut identity = Sha256::new();
+            let mut learnt = Vec::with_capacity(pieces.len());
             for piece in &pieces {
-                match piece {
-                    Read::Block(_, digest) | Read::Tail(_, digest) => identity.update(digest),
-                }
+                let (digest, how) = match piece {
+                    Read::Block(_, digest, how) => (digest, *how),
+                    Read::Tail(part) => (&part.digest, How::Read),
+                };
+                identity.update(digest);
+                learnt.push(memo::Piece { raw: *digest, how });
+            }
+            if let Some(memo) = self.memo {
+                memo.learn_file(self.relative(path), stamp, learnt);
             }
             let key = (size, identity.finalize().into());
             if let Some(stored) = self.stored.get(&key) {
@@ -487,7 +560,7 @@ impl<W: Write> DataWriter<'_, W> {
             let mut file = FileData::default();
             for piece in pieces {
                 match piece {
-                    Read::Block(block, _) => {
+                    Read::Block(block, _, _) => {
                         if file.sizes.is_empty() {
                             file.start = self.position;
                         }
@@ -497,15 +570,17 @@ impl<W: Write> DataWriter<'_, W> {
                         file.sizes.push(block.size_field());
                         self.write_bytes(block.bytes())?;
                     }
-                    Read::Tail(raw, digest) => {
-                        if self.fragment.len() + raw.len() > self.settings.block_size as usize {
-                            self.full_fragments.push(std::mem::take(&mut self.fragment));
+                    Read::Tail(part) => {
+                        if self.fragment_len + part.len > self.settings.block_size as usize {
+                            self.close_fragment();
                         }
                         let index = (self.fragments.len() + self.full_fragments.len()) as u32;
-                        file.fragment = Some((index, self.fragment.len() as u32));
-                        self.fragment.extend_from_slice(&raw);
-                        if cuts_after(&digest, self.fragment.len(), self.settings.block_size) {
-                            self.full_fragments.push(std::mem::take(&mut self.fragment));
+                        file.fragment = Some((index, self.fragment_len as u32));
+                        self.fragment_len += part.len;
+                        let digest = part.digest;
+                        self.fragment.push(part);
+                        if cuts_after(&digest, self.fragment_len, self.settings.block_size) {
+                            self.close_fragment();
                         }
                     }
                 }
@@ -519,10 +594,35 @@ impl<W: Write> DataWriter<'_, W> {
         Ok(data)
     }
 
-    /// Compress and write the full fragment blocks.
+    fn close_fragment(&mut self) {
+        self.full_fragments.push(std::mem::take(&mut self.fragment));
+        self.fragment_len = 0;
+    }
+
+    /// Compress and write the full fragment blocks: a block the memo knows
+    /// by its tails is copied from the cache without reading them.
     fn write_fragments(&mut self) -> Result<()> {
         let full = std::mem::take(&mut self.full_fragments);
-        let blocks = parallel(&full, self.threads, self.settings, self.cache, &|worker, raw: &Vec<u8>| worker.block(raw.clone(), &sha256(raw)))?;
+        let memo = self.memo;
+        let blocks = parallel(&full, self.threads, self.settings, self.cache, &|worker, parts: &Vec<TailPart>| {
+            let identity = memo::fragment_identity(parts.iter().map(|part| (&part.digest, part.len)));
+            if let Some(known) = memo.and_then(|memo| memo.fragment(&identity)) {
+                if let Some(block) = worker.known(&known).filter(|block| matches!(block, Block::Compressed(_))) {
+                    memo.expect("a memo").learn_fragment(identity, known);
+                    return Ok(block);
+                }
+            }
+            let mut raw = Vec::with_capacity(parts.iter().map(|part| part.len).sum());
+            for part in parts {
+                part.append_to(&mut raw)?;
+            }
+            let digest = sha256(&raw);
+            let (block, how) = worker.block(raw, &digest)?;
+            if let Some(memo) = memo {
+                memo.learn_fragment(identity, memo::Piece { raw: digest, how });
+            }
+            Ok(block)
+        })?;
         for block in blocks {
             self.fragments.push((self.position, block.size_field()));
             self.write_bytes(block.bytes())?;
@@ -532,8 +632,7 @@ impl<W: Write> DataWriter<'_, W> {
 
     fn finish(&mut self) -> Result<()> {
         if !self.fragment.is_empty() {
-            let last = std::mem::take(&mut self.fragment);
-            self.full_fragments.push(last);
+            self.close_fragment();
         }
         self.write_fragments()
     }
@@ -908,6 +1007,8 @@ pub fn write(tree: &Path, devices: &Devices, output: &Path, options: &Options) -
 /// that position, as the kernel reads an image. The file is not synced.
 pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, options: &Options) -> Result<Summary> {
     let base = file.stream_position()?;
+    // Files changed after this are never remembered as they are now.
+    let began = std::time::SystemTime::now();
     let settings = Settings::of(options.compression, BLOCK_SIZE)?;
     let epoch = u32::try_from(options.epoch).map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH {} does not fit a squashfs", options.epoch))?;
 
@@ -928,28 +1029,33 @@ pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, opti
     // Data, batch by batch.
     let mut order = Vec::new();
     data_order(&nodes, root, &mut vec![false; nodes.len()], &mut order);
+    let memo_path = options.cache.and_then(|cache| cache.memo_path(&settings));
+    let memo = memo_path.as_deref().map(Memo::load);
     let mut data_writer = DataWriter {
         out: &mut out,
         position: SUPERBLOCK_SIZE,
         settings,
         threads: options.threads.max(1),
         cache: options.cache,
+        memo: memo.as_ref(),
+        tree,
         fragment: Vec::new(),
+        fragment_len: 0,
         full_fragments: Vec::new(),
         fragments: Vec::new(),
         stored: HashMap::new(),
     };
     let mut data = HashMap::new();
-    let mut batch: Vec<(usize, &Path, u64, u64)> = Vec::new();
+    let mut batch: Vec<(usize, &Path, u64, u64, Stamp)> = Vec::new();
     let mut batch_bytes = 0;
     for (position, &index) in order.iter().enumerate() {
-        let Kind::File { path, size, allocated } = &nodes[index].kind else { unreachable!("a file") };
-        batch.push((index, path, *size, *allocated));
+        let Kind::File { path, size, allocated, stamp } = &nodes[index].kind else { unreachable!("a file") };
+        batch.push((index, path, *size, *allocated, *stamp));
         batch_bytes += size;
         if batch_bytes >= BATCH_BYTES || position + 1 == order.len() {
-            let files: Vec<(&Path, u64)> = batch.iter().map(|(_, path, size, _)| (*path, *size)).collect();
+            let files: Vec<(&Path, u64, Stamp)> = batch.iter().map(|(_, path, size, _, stamp)| (*path, *size, *stamp)).collect();
             let written = data_writer.batch(&files)?;
-            for ((index, _, size, allocated), mut file_data) in batch.drain(..).zip(written) {
+            for ((index, _, size, allocated, _), mut file_data) in batch.drain(..).zip(written) {
                 // Zero blocks are holes either way; as mksquashfs does, only
                 // a file sparse on disk gets an extended inode saying so.
                 if allocated >= size {
@@ -963,6 +1069,12 @@ pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, opti
     data_writer.finish()?;
     let mut position = data_writer.position;
     let fragments = std::mem::take(&mut data_writer.fragments);
+    let mut memo_known = None;
+    if let (Some(memo), Some(path)) = (&memo, &memo_path) {
+        memo_known = Some(memo.known_files());
+        // Only saves work: a memo that cannot be written is no error.
+        let _ = memo.save(path, began);
+    }
 
     // Inode and directory tables.
     let mut inode_codec = Codec::new(settings)?;
@@ -1064,7 +1176,7 @@ pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, opti
     file.seek(SeekFrom::Start(base))?;
     file.write_all(&superblock)?;
     file.seek(SeekFrom::Start(base + padded))?;
-    Ok(Summary { inodes, entries, bytes: padded })
+    Ok(Summary { inodes, entries, bytes: padded, files: order.len(), memo_known })
 }
 
 #[cfg(test)]

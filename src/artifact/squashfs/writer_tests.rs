@@ -278,6 +278,72 @@ fn the_image_does_not_depend_on_threads_runs_or_the_block_cache() {
 }
 
 #[test]
+fn a_memo_skips_unchanged_files_and_never_changes_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = Devices::placeholders_only();
+    let tree = sample_tree(dir.path(), &devices);
+    let (entries, memo) = (dir.path().join("cache"), dir.path().join("memo"));
+    let cache = || {
+        let (entries, memo) = (entries.clone(), memo.clone());
+        BlockCache::new(Box::new(move |settings, digest| entries.join(format!("{settings}-{digest}")))).with_memo(Box::new(move |settings| memo.join(settings)))
+    };
+    let image = |name: &str, cache: Option<&BlockCache>| {
+        let path = dir.path().join(name);
+        let summary = write(&tree, &devices, &path, 2, cache);
+        (fs_err::read(path).unwrap(), summary)
+    };
+    let (clean, _) = image("clean", None);
+    let (first, summary) = image("first", Some(&cache()));
+    assert!(clean == first, "a write learning a memo differs");
+    assert_eq!(summary.memo_known, Some(0));
+    let known = cache();
+    let (second, summary) = image("second", Some(&known));
+    assert!(clean == second, "a write from the memo differs");
+    assert_eq!(summary.memo_known, Some(summary.files), "every file known");
+    assert!(summary.files > 10);
+
+    // Rewritten in place with the same size and mtime: only the ctime tells.
+    let noise_path = tree.join("etc/noise");
+    let before = fs_err::metadata(&noise_path).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    {
+        use std::io::Write;
+        let mut file = fs_err::OpenOptions::new().write(true).open(&noise_path).unwrap();
+        file.write_all(&noise(2 * BLOCK_SIZE as usize + 77, 4242)).unwrap();
+    }
+    filetime::set_file_mtime(&noise_path, FileTime::from_last_modification_time(&before)).unwrap();
+    assert_eq!(fs_err::metadata(&noise_path).unwrap().ino(), before.ino());
+    // A small file changed too (its fragment block is made again from the
+    // other tails, which the memo knows without their bytes).
+    fs_err::write(tree.join("usr/bin/tool07"), noise(7001, 777)).unwrap();
+    let (clean, _) = image("changed-clean", None);
+    let (changed, summary) = image("changed", Some(&cache()));
+    assert!(clean == changed, "an incremental write from the memo differs from a clean one");
+    assert_eq!(summary.memo_known, Some(summary.files - 2));
+
+    // Entries the memo names but whose bytes are no longer those: read and checked instead.
+    let mut names: Vec<_> = fs_err::read_dir(&entries).unwrap().map(|entry| entry.unwrap().path()).collect();
+    names.sort();
+    for path in names.iter().filter(|path| fs_err::read(path).unwrap()[0] == 1).take(3) {
+        let bytes = fs_err::read(path).unwrap();
+        fs_err::write(path, &bytes[..bytes.len() - 1]).unwrap();
+    }
+    let (repaired, summary) = image("repaired", Some(&cache()));
+    assert!(clean == repaired, "a write from a memo over damaged entries differs");
+    assert_eq!(summary.memo_known, Some(summary.files));
+    // A damaged memo is no memo.
+    for path in fs_err::read_dir(&memo).unwrap() {
+        let path = path.unwrap().path();
+        let mut bytes = fs_err::read(&path).unwrap();
+        bytes[100] ^= 0xff;
+        fs_err::write(&path, &bytes).unwrap();
+    }
+    let (unmemoized, summary) = image("unmemoized", Some(&cache()));
+    assert!(clean == unmemoized);
+    assert_eq!(summary.memo_known, Some(0));
+}
+
+#[test]
 fn every_compressor_writes_what_unsquashfs_reads() {
     let Some(unsquashfs) = tool("unsquashfs") else { return };
     let dir = tempfile::tempdir().unwrap();
