@@ -31,19 +31,21 @@ pub struct FrameCache {
     pub misses: AtomicU64,
     pub corrupt: AtomicU64,
     pub unwritten: AtomicU64,
+    /// Entries of the last write its memo knew (the tarball's; for the log).
+    pub known_entries: AtomicU64,
     /// Whether a hit has marked its settings' directory used (once per write is enough for `cache gc`).
     marked: std::sync::atomic::AtomicBool,
 }
 
 impl FrameCache {
     pub fn new(path: Box<FramePath>) -> FrameCache {
-        FrameCache { path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), marked: std::sync::atomic::AtomicBool::new(false) }
+        FrameCache { path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), known_entries: AtomicU64::new(0), marked: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// A line for the outputs log.
     pub fn summary(&self) -> String {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        format!("{WRITER}: frame cache: {} frames copied, {} compressed, {} corrupt entries replaced, {} not stored", load(&self.hits), load(&self.misses), load(&self.corrupt), load(&self.unwritten))
+        format!("{WRITER}: frame cache: {} frames copied, {} compressed, {} corrupt entries replaced, {} not stored", load(&self.hits), load(&self.misses), load(&self.corrupt), load(&self.unwritten)) + &format!("; memo: {} entries known", load(&self.known_entries))
     }
 
     pub fn get(&self, label: &str, hex: &str, group: &[u8]) -> Option<Vec<u8>> {
@@ -122,12 +124,36 @@ impl FrameCache {
     /// [`label`]): copied from the cache when it holds it, else compressed
     /// and kept.
     pub fn frame(&self, label: &str, bytes: &[u8], level: i32) -> Result<Vec<u8>> {
-        let hex = hex::encode(Sha256::digest(bytes));
-        if let Some(frame) = self.get(label, &hex, bytes) {
-            return Ok(frame);
+        Ok(self.frame_and_digests(label, bytes, level)?.0)
+    }
+
+    /// [`Self::frame`], with the SHA-256 of `bytes` and of the frame (what
+    /// a memo needs to find the frame again without the bytes).
+    pub fn frame_and_digests(&self, label: &str, bytes: &[u8], level: i32) -> Result<(Vec<u8>, [u8; 32], [u8; 32])> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let hex = hex::encode(digest);
+        let frame = match self.get(label, &hex, bytes) {
+            Some(frame) => frame,
+            None => {
+                let frame = compress(bytes, level)?;
+                self.put(label, &hex, &frame);
+                frame
+            }
+        };
+        let frame_digest = Sha256::digest(&frame).into();
+        Ok((frame, digest, frame_digest))
+    }
+
+    /// The frame of the bytes with SHA-256 `digest` when the entry's bytes
+    /// hash to `frame` (what a memo recorded once the frame was checked
+    /// against those bytes), read no further than `at_most`; nothing otherwise.
+    pub fn get_trusted(&self, label: &str, digest: &[u8; 32], frame: &[u8; 32], at_most: u64) -> Option<Vec<u8>> {
+        let path = (self.path)(label, &hex::encode(digest));
+        let bytes = crate::fileops::read_regular_no_follow(&path, at_most).ok()?;
+        if Sha256::digest(&bytes).as_slice() != frame {
+            return None;
         }
-        let frame = compress(bytes, level)?;
-        self.put(label, &hex, &frame);
-        Ok(frame)
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(bytes)
     }
 }

@@ -4,12 +4,14 @@
 pub mod cpio;
 pub mod frames;
 pub mod initramfs;
+pub mod memo;
 pub mod menus;
 pub mod modules;
 pub mod packages;
 pub mod sbom;
 pub mod squashfs;
 pub mod tarball;
+pub mod tarball_memo;
 pub mod thin_initramfs;
 pub mod uki;
 

@@ -15,19 +15,27 @@
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::frames::{self, FrameCache};
+use super::memo::Stamp;
+use super::tarball_memo::{group_identity, Key, KnownGroup, TarballMemo};
 use crate::digest::HashingWriter;
 use crate::layer::{Devices, TreeTarWriter};
 use crate::recipe::{Algorithm, Compression};
 
 /// The framed writer's name and version, in the rootfs output key.
 pub use super::frames::WRITER;
+
+/// Where a recipe's tarball memo for a frame label is (the cache's layout decides).
+pub type MemoPath = dyn Fn(&str) -> PathBuf + Sync;
 
 /// A group is cut after an entry at this size or more, when the entry's path allows.
 const MIN_GROUP: usize = 1 << 20;
@@ -84,20 +92,38 @@ fn cut_after(path: &Path, group_len: usize) -> bool {
     group_len >= MAX_GROUP || (group_len >= MIN_GROUP && Sha256::digest(path.as_os_str().as_bytes())[0] % 8 == 0)
 }
 
+/// What goes into the tarball next: a group to compress (with its
+/// identity when a memo may learn it), or a frame the memo found.
+enum Item {
+    Group(Vec<u8>, Option<[u8; 32]>),
+    Frame(Vec<u8>),
+}
+
 /// Compresses groups in batches on every core and writes their frames in order.
 struct Framer<'c, W: Write> {
     out: W,
     level: i32,
     label: String,
     cache: Option<&'c FrameCache>,
-    batch: Vec<Vec<u8>>,
+    batch: Vec<Item>,
     batch_len: usize,
+    /// Groups compressed or found, by identity, for the memo.
+    learnt: Vec<([u8; 32], KnownGroup)>,
 }
 
 impl<W: Write> Framer<'_, W> {
-    fn push(&mut self, group: Vec<u8>) -> Result<()> {
+    fn push(&mut self, group: Vec<u8>, identity: Option<[u8; 32]>) -> Result<()> {
         self.batch_len += group.len();
-        self.batch.push(group);
+        self.batch.push(Item::Group(group, identity));
+        if self.batch_len >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn push_frame(&mut self, frame: Vec<u8>) -> Result<()> {
+        self.batch_len += frame.len();
+        self.batch.push(Item::Frame(frame));
         if self.batch_len >= BATCH {
             self.flush()?;
         }
@@ -109,20 +135,25 @@ impl<W: Write> Framer<'_, W> {
         self.batch_len = 0;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(groups.len().max(1));
         let (level, label, cache) = (self.level, self.label.as_str(), self.cache);
+        type Done = Vec<(usize, Vec<u8>, Option<([u8; 32], KnownGroup)>)>;
         // Thread t takes groups t, t + threads, …; the frames go back in order.
-        let frames: Vec<Result<Vec<(usize, Vec<u8>)>>> = std::thread::scope(|scope| {
+        let frames: Vec<Result<Done>> = std::thread::scope(|scope| {
             let groups = &groups;
             let workers: Vec<_> = (0..threads)
                 .map(|t| {
-                    scope.spawn(move || -> Result<Vec<(usize, Vec<u8>)>> {
+                    scope.spawn(move || -> Result<Done> {
                         let mut done = Vec::new();
                         for index in (t..groups.len()).step_by(threads) {
-                            let group = &groups[index];
-                            let frame = match cache {
-                                Some(cache) => cache.frame(label, group, level)?,
-                                None => frames::compress(group, level)?,
-                            };
-                            done.push((index, frame));
+                            match &groups[index] {
+                                Item::Frame(frame) => done.push((index, frame.clone(), None)),
+                                Item::Group(group, identity) => match cache {
+                                    Some(cache) => {
+                                        let (frame, group, frame_digest) = cache.frame_and_digests(label, group, level)?;
+                                        done.push((index, frame, identity.map(|identity| (identity, KnownGroup { group, frame: frame_digest }))));
+                                    }
+                                    None => done.push((index, frames::compress(group, level)?, None)),
+                                },
+                            }
                         }
                         Ok(done)
                     })
@@ -132,8 +163,9 @@ impl<W: Write> Framer<'_, W> {
         });
         let mut ordered: Vec<Option<Vec<u8>>> = vec![None; groups.len()];
         for done in frames {
-            for (index, frame) in done? {
+            for (index, frame, learnt) in done? {
                 ordered[index] = Some(frame);
+                self.learnt.extend(learnt);
             }
         }
         for frame in ordered {
@@ -146,7 +178,7 @@ impl<W: Write> Framer<'_, W> {
 
 /// Write the tree as `output`; with zstd, as frames of tar groups (from
 /// `frames` when it holds them).
-pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64, frames: Option<&FrameCache>) -> Result<String> {
+pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64, frames: Option<&FrameCache>, memo: Option<&MemoPath>) -> Result<String> {
     let file = HashingWriter::new(std::io::BufWriter::new(fs_err::File::create(output)?));
     if compression.algorithm != Algorithm::Zstd {
         let digest = Rc::new(RefCell::new(None));
@@ -162,24 +194,96 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
         return digest.context("the tarball was not finished")?;
     }
     let level = compression.level.unwrap_or(3);
-    let mut framer = Framer { out: file, level, label: frames::label(level)?, cache: frames, batch: Vec::new(), batch_len: 0 };
+    let label = frames::label(level)?;
+    // Entries changed after this are never remembered as they are now.
+    let began = std::time::SystemTime::now();
+    let memo_path = memo.filter(|_| devices.is_empty() && frames.is_some()).map(|path| path(&label));
+    let mut memo = memo_path.as_deref().map(|path| TarballMemo::load(path, epoch));
+    let mut framer = Framer { out: file, level, label: label.clone(), cache: frames, batch: Vec::new(), batch_len: 0, learnt: Vec::new() };
     let buffer = Shared::default();
     let mut writer = TreeTarWriter::new(buffer.clone(), epoch, devices);
+    // The group so far: its entries, and while the memo knew every one of
+    // them, their length (their bytes are not in the buffer yet).
+    let mut group: Vec<(PathBuf, Option<Key>)> = Vec::new();
+    let mut known_len = memo.as_ref().map(|_| 0u64);
     for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
         let entry = entry?;
         let relative = entry.path().strip_prefix(tree).expect("under tree");
-        writer.append(tree, relative)?;
-        let group_len = buffer.0.borrow().len();
-        if cut_after(relative, group_len) {
-            let group = std::mem::take(&mut *buffer.0.borrow_mut());
-            framer.push(group)?;
+        let key = match &memo {
+            Some(_) => {
+                let metadata = entry.metadata()?;
+                // A hard link's bytes name whichever path was written first.
+                (metadata.is_dir() || metadata.nlink() == 1).then(|| (relative.as_os_str().as_bytes().to_vec(), Stamp::of(&metadata)))
+            }
+            None => None,
+        };
+        let length = known_len.and(key.as_ref()).and_then(|key| memo.as_ref()?.entry(key));
+        match (known_len, length) {
+            (Some(so_far), Some(length)) => known_len = Some(so_far + length),
+            _ => {
+                if known_len.take().is_some() {
+                    for (path, _) in &group {
+                        writer.append(tree, path)?;
+                    }
+                }
+                let before = buffer.0.borrow().len();
+                writer.append(tree, relative)?;
+                if let (Some(memo), Some(key)) = (memo.as_mut(), &key) {
+                    memo.learn_entry(key.clone(), (buffer.0.borrow().len() - before) as u64);
+                }
+            }
+        }
+        if let (Some(memo), Some(key), Some(length)) = (memo.as_mut(), &key, length) {
+            memo.learn_entry(key.clone(), length);
+        }
+        group.push((relative.to_path_buf(), key));
+        let group_len = known_len.unwrap_or(buffer.0.borrow().len() as u64);
+        if cut_after(relative, group_len as usize) {
+            // Its identity, when the memo may learn it: every entry known by a settled stamp.
+            let identity = group.iter().all(|(_, key)| key.as_ref().is_some_and(|key| key.1.settled_before(began))).then(|| group_identity(group.iter().filter_map(|(_, key)| key.as_ref())));
+            let found = match (known_len, identity, &memo, frames) {
+                (Some(length), Some(identity), Some(memo), Some(frames)) => memo.group(&identity).and_then(|known| frames.get_trusted(&label, &known.group, &known.frame, length + 4096).map(|frame| (identity, known, frame))),
+                _ => None,
+            };
+            match found {
+                Some((identity, known, frame)) => {
+                    framer.learnt.push((identity, known));
+                    framer.push_frame(frame)?;
+                }
+                None => {
+                    if known_len.is_some() {
+                        for (path, _) in &group {
+                            writer.append(tree, path)?;
+                        }
+                    }
+                    let bytes = std::mem::take(&mut *buffer.0.borrow_mut());
+                    framer.push(bytes, identity)?;
+                }
+            }
+            group.clear();
+            known_len = memo.as_ref().map(|_| 0);
+        }
+    }
+    if known_len.is_some() {
+        for (path, _) in &group {
+            writer.append(tree, path)?;
         }
     }
     // The end-of-archive blocks close the last group.
     writer.finish()?;
     let last = std::mem::take(&mut *buffer.0.borrow_mut());
-    framer.push(last)?;
+    framer.push(last, None)?;
     framer.flush()?;
+    if let (Some(memo), Some(path)) = (memo.as_mut(), &memo_path) {
+        for (identity, known) in std::mem::take(&mut framer.learnt) {
+            memo.learn_group(identity, known);
+        }
+        // Only saves work: a memo that cannot be written is no error.
+        let _ = memo.save(path, began);
+        if let Some(frames) = frames {
+            frames.known_entries.store(memo.known_entries() as u64, Ordering::Relaxed);
+        }
+    }
     let (_, digest) = framer.out.finish()?;
     Ok(digest)
 }
@@ -214,8 +318,6 @@ impl<W: Write> Drop for Finishing<W> {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::path::PathBuf;
-    use std::sync::atomic::Ordering;
 
     /// A tree of many small files and a few large ones (groups of several sizes).
     fn tree(dir: &Path) -> PathBuf {
@@ -233,7 +335,7 @@ mod tests {
     }
 
     fn write(root: &Path, out: &Path, cache: Option<&FrameCache>) -> Vec<u8> {
-        let digest = write_rootfs_tarball(root, &Devices::default(), out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, cache).unwrap();
+        let digest = write_rootfs_tarball(root, &Devices::default(), out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, cache, None).unwrap();
         let bytes = fs_err::read(out).unwrap();
         assert_eq!(digest, crate::digest::sha256_hex(&bytes), "the digest of what was written");
         bytes
@@ -245,7 +347,7 @@ mod tests {
         let root = tree(dir.path());
         for algorithm in [Algorithm::Gzip, Algorithm::Xz, Algorithm::None] {
             let out = dir.path().join(format!("out.{}", algorithm.name()));
-            let digest = write_rootfs_tarball(&root, &Devices::default(), &out, Compression { algorithm, level: None }, 1_700_000_000, None).unwrap();
+            let digest = write_rootfs_tarball(&root, &Devices::default(), &out, Compression { algorithm, level: None }, 1_700_000_000, None, None).unwrap();
             assert_eq!(digest, crate::digest::hash_file(&out).unwrap(), "{}", algorithm.name());
         }
     }
@@ -259,6 +361,61 @@ mod tests {
     fn cache(dir: &Path) -> FrameCache {
         let dir = dir.to_path_buf();
         FrameCache::new(Box::new(move |label, hex| dir.join(label).join(hex)))
+    }
+
+    #[test]
+    fn a_memo_skips_unchanged_groups_and_never_changes_the_tarball() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = tree(dir.path());
+        // Hard links are never known by the memo, and must stay links.
+        fs_err::hard_link(root.join("usr/share/d03/f04"), root.join("usr/share/d39/link")).unwrap();
+        let frames_dir = dir.path().join("frames");
+        let memo_dir = dir.path().join("memo");
+        let memo = move |label: &str| memo_dir.join(label);
+        let out = dir.path().join("out.tar.zst");
+        let write_memo = |cache: &FrameCache| {
+            write_rootfs_tarball(&root, &Devices::default(), &out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, Some(cache), Some(&memo)).unwrap();
+            fs_err::read(&out).unwrap()
+        };
+        let clean = write(&root, &dir.path().join("clean"), None);
+        let first = cache(&frames_dir);
+        assert!(write_memo(&first) == clean, "a write learning a memo differs");
+        assert_eq!(first.known_entries.load(Ordering::Relaxed), 0);
+        let second = cache(&frames_dir);
+        assert!(write_memo(&second) == clean, "a write from the memo differs");
+        let entries = walkdir::WalkDir::new(&root).min_depth(1).into_iter().count() as u64;
+        // Every entry but the two names of the hard link.
+        assert_eq!(second.known_entries.load(Ordering::Relaxed), entries - 2);
+        assert_eq!(second.misses.load(Ordering::Relaxed), 0);
+
+        // Rewritten in place with the same size and mtime: only the ctime tells.
+        let path = root.join("usr/share/d20/f10");
+        let before = fs_err::metadata(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut body = fs_err::read(&path).unwrap();
+        body[0] ^= 0xff;
+        {
+            use std::io::Write;
+            fs_err::OpenOptions::new().write(true).open(&path).unwrap().write_all(&body).unwrap();
+        }
+        filetime::set_file_mtime(&path, filetime::FileTime::from_last_modification_time(&before)).unwrap();
+        assert_eq!(fs_err::metadata(&path).unwrap().ino(), before.ino());
+        let clean = write(&root, &dir.path().join("changed-clean"), None);
+        let third = cache(&frames_dir);
+        assert!(write_memo(&third) == clean, "an incremental write from the memo differs from a clean one");
+        assert_eq!(third.known_entries.load(Ordering::Relaxed), entries - 3);
+        assert!((1..=3).contains(&third.misses.load(Ordering::Relaxed)), "the changed group is compressed again");
+
+        // Frames the memo names whose bytes are no longer those: built and checked instead.
+        for label in fs_err::read_dir(&frames_dir).unwrap() {
+            for entry in fs_err::read_dir(label.unwrap().path()).unwrap().take(3) {
+                let path = entry.unwrap().path();
+                let bytes = fs_err::read(&path).unwrap();
+                fs_err::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+            }
+        }
+        assert!(write_memo(&cache(&frames_dir)) == clean, "a write from a memo over damaged frames differs");
     }
 
     #[test]

@@ -245,10 +245,14 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
     let tarball_name = format!("rootfs.{}", tarball::extension(tarball_compression));
     let tarball_path = staged.join(&tarball_name);
     let epoch = runner.plan.source_date_epoch;
+    let tarball_memo = {
+        let (layout, recipe) = (runner.store.layout().clone(), runner.plan.recipe.clone());
+        move |label: &str| layout.tarball_memo(&recipe, label)
+    };
     // The tarball is written beside the squashfs: each leaves a core idle
     // part of the time (reading the tree, writing in order).
     let (squashfs, tarball_digest) = std::thread::scope(|scope| {
-        let tarball = scope.spawn(|| tarball::write_rootfs_tarball(&tree, devices, &tarball_path, tarball_compression, epoch, Some(&frames)));
+        let tarball = scope.spawn(|| tarball::write_rootfs_tarball(&tree, devices, &tarball_path, tarball_compression, epoch, Some(&frames), Some(&tarball_memo)));
         let squashfs = (|| -> Result<_> {
             // The squashfs is written straight into the rootfs image, after its header.
             let image_path = staged.join("rootfs.img");

@@ -20,6 +20,7 @@
 //! CACHE/v1/squashfs/blocks/SETTINGS/HEX compressed squashfs blocks, by the SHA-256 of their bytes
 //! CACHE/v1/squashfs/memo/RECIPE.SETTINGS the squashfs writer's memo of a recipe's files (stamps → block digests)
 //! CACHE/v1/tarball/frames/SETTINGS/HEX zstd frames (tarball groups, the initramfs's fixed part), by the SHA-256 of their bytes
+//! CACHE/v1/tarball/memo/RECIPE.LEVEL the tarball writer's memo of a recipe's entries (stamps → lengths, groups → frames)
 //! CACHE/v1/logs/KEY.log             the log of each stage's last run
 //! CACHE/v1/trees/ID/                 kept trees (the tree after some stages, by tree id) that work trees overlay
 //! CACHE/v1/tmp/                      work trees and partial files of running builds
@@ -216,6 +217,16 @@ impl Layout {
         self.root.join("tarball/frames")
     }
 
+    /// The tarball writer's memos: what its last write of each recipe's tree,
+    /// per level, learnt about the entries and groups (one file each).
+    pub fn tarball_memos(&self) -> PathBuf {
+        self.root.join("tarball/memo")
+    }
+
+    pub fn tarball_memo(&self, recipe: &str, settings: &str) -> PathBuf {
+        self.tarball_memos().join(component(&format!("{}.{}", component(recipe), component(settings))))
+    }
+
     /// The zstd frame of a tarball group whose tar bytes have SHA-256 `hex`.
     pub fn tarball_frame(&self, settings: &str, hex: &str) -> PathBuf {
         self.tarball_frames().join(component(settings)).join(component(hex))
@@ -266,6 +277,7 @@ impl Layout {
             area("squashfs-blocks", self.squashfs_blocks(), "compressed squashfs blocks, per compressor setting", LeastRecentlyUsed, false),
             area("squashfs-memo", self.squashfs_memos(), "what the squashfs writer knows of each recipe's files", LeastRecentlyUsed, false),
             area("tarball-frames", self.tarball_frames(), "zstd frames of tarball groups and initramfs parts, per level", LeastRecentlyUsed, false),
+            area("tarball-memo", self.tarball_memos(), "what the tarball writer knows of each recipe's entries", LeastRecentlyUsed, false),
             area("logs", self.logs(), "stage logs of recent builds", LeastRecentlyUsed, false),
             area("trees", self.kept_trees(), "kept trees that work trees overlay", LeastRecentlyUsed, false),
             area("tmp", self.tmp(), "work dirs of running builds", Never, false),
