@@ -20,11 +20,13 @@ pub const WRITER: &str = "rootsmith-tar-frames 1";
 /// bytes it holds) → its path. The cache's layout decides.
 pub type FramePath = dyn Fn(&str, &str) -> PathBuf + Send + Sync;
 
-/// zstd frames already made once. An entry is never
-/// trusted: it is used only when it is one zstd frame, nothing after it,
-/// that decompresses to exactly the group it is looked up for; otherwise
-/// it is compressed again and replaced. A frame that cannot be stored is
-/// counted, never fatal.
+/// zstd frames already made once. An entry looked up with the bytes it
+/// should hold is used only when it is one zstd frame, nothing after it,
+/// that decompresses to exactly those bytes; otherwise it is compressed
+/// again and replaced. Looked up by a memo without the bytes
+/// ([`FrameCache::get_trusted`]), it is used only when its own bytes hash
+/// to what the memo recorded after such a check. A frame that cannot be
+/// stored is counted, never fatal.
 pub struct FrameCache {
     path: Box<FramePath>,
     pub hits: AtomicU64,
@@ -54,16 +56,11 @@ impl FrameCache {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        // No frame is much larger than its group: read no further.
-        let bytes = crate::fileops::read_regular_no_follow(&path, group.len() as u64 + 4096).ok();
+        let bytes = crate::fileops::read_regular_no_follow(&path, max_frame_len(group.len() as u64)).ok();
         match bytes.filter(|frame| decodes_to(frame, group)) {
             Some(frame) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                if !self.marked.swap(true, Ordering::Relaxed) {
-                    if let Some(parent) = path.parent() {
-                        let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
-                    }
-                }
+                self.mark_used(&path);
                 Some(frame)
             }
             None => {
@@ -147,13 +144,81 @@ impl FrameCache {
     /// The frame of the bytes with SHA-256 `digest` when the entry's bytes
     /// hash to `frame` (what a memo recorded once the frame was checked
     /// against those bytes), read no further than `at_most`; nothing otherwise.
-    pub fn get_trusted(&self, label: &str, digest: &[u8; 32], frame: &[u8; 32], at_most: u64) -> Option<Vec<u8>> {
+    pub fn get_trusted(&self, label: &str, digest: &[u8; 32], frame: &[u8; 32], len: u64) -> Option<Vec<u8>> {
         let path = (self.path)(label, &hex::encode(digest));
-        let bytes = crate::fileops::read_regular_no_follow(&path, at_most).ok()?;
+        let bytes = crate::fileops::read_regular_no_follow(&path, max_frame_len(len)).ok()?;
         if Sha256::digest(&bytes).as_slice() != frame {
             return None;
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
+        self.mark_used(&path);
         Some(bytes)
+    }
+
+    /// The last use of the settings' directory, for `cache gc` (once per write).
+    fn mark_used(&self, entry: &std::path::Path) {
+        if !self.marked.swap(true, Ordering::Relaxed) {
+            if let Some(parent) = entry.parent() {
+                let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
+            }
+        }
+    }
+}
+
+/// Generously more than a zstd frame of `len` bytes can take (an
+/// incompressible 128 KiB block is stored with a 3-byte header): an entry
+/// is read no further, so a huge file planted there is never read whole.
+/// One bound for both lookups.
+fn max_frame_len(len: u64) -> u64 {
+    len + len / 128 + 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dir: &std::path::Path) -> FrameCache {
+        let dir = dir.to_path_buf();
+        FrameCache::new(Box::new(move |label, hex| dir.join(label).join(hex)))
+    }
+
+    /// Bytes that do not compress (xorshift).
+    fn noise(len: usize) -> Vec<u8> {
+        let mut state = 88172645463325252u64;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_larger_than_its_bytes_is_copied_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = noise(4 << 20);
+        let label = label(1).unwrap();
+        let (frame, digest, frame_digest) = cache(dir.path()).frame_and_digests(&label, &bytes, 1).unwrap();
+        assert!(frame.len() > bytes.len(), "incompressible: {} bytes for {}", frame.len(), bytes.len());
+        let warm = cache(dir.path());
+        assert_eq!(warm.frame(&label, &bytes, 1).unwrap(), frame);
+        assert_eq!((warm.hits.load(Ordering::Relaxed), warm.corrupt.load(Ordering::Relaxed)), (1, 0));
+        assert_eq!(warm.get_trusted(&label, &digest, &frame_digest, bytes.len() as u64), Some(frame));
+        // An entry that does not hash as the memo says is not used.
+        assert_eq!(warm.get_trusted(&label, &digest, &[0; 32], bytes.len() as u64), None);
+    }
+
+    #[test]
+    fn a_frame_found_through_a_memo_marks_its_directory_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let label = label(3).unwrap();
+        let (_, digest, frame_digest) = cache(dir.path()).frame_and_digests(&label, b"some bytes", 3).unwrap();
+        let settings = dir.path().join(&label);
+        let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_mtime(&settings, old).unwrap();
+        assert!(cache(dir.path()).get_trusted(&label, &digest, &frame_digest, 10).is_some());
+        assert!(filetime::FileTime::from_last_modification_time(&fs_err::metadata(&settings).unwrap()) > old, "cache gc would take the directory as unused");
     }
 }

@@ -242,7 +242,7 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
             // Its identity, when the memo may learn it: every entry known by a settled stamp.
             let identity = group.iter().all(|(_, key)| key.as_ref().is_some_and(|key| key.1.settled_before(began))).then(|| group_identity(group.iter().filter_map(|(_, key)| key.as_ref())));
             let found = match (known_len, identity, &memo, frames) {
-                (Some(length), Some(identity), Some(memo), Some(frames)) => memo.group(&identity).and_then(|known| frames.get_trusted(&label, &known.group, &known.frame, length + length / 64 + 4096).map(|frame| (identity, known, frame))),
+                (Some(length), Some(identity), Some(memo), Some(frames)) => memo.group(&identity).and_then(|known| frames.get_trusted(&label, &known.group, &known.frame, length).map(|frame| (identity, known, frame))),
                 _ => None,
             };
             match found {
