@@ -1,6 +1,7 @@
 //! Filesystem operations more than one module needs: removing a tree a stage
-//! may have left read-only, waiting for an exclusive lock file, and opening a
-//! file that must be a regular one (never blocking on a FIFO or reading a device).
+//! may have left read-only, waiting for an exclusive lock file, opening a
+//! file that must be a regular one (never blocking on a FIFO or reading a
+//! device), and walking a tree in tar order.
 
 use std::fs::File;
 use std::path::Path;
@@ -86,6 +87,57 @@ pub fn read_regular_no_follow(path: &Path, at_most: u64) -> std::io::Result<Vec<
     Ok(bytes)
 }
 
+/// Call `visit` with every entry below `root` (its path relative to `root`
+/// and its metadata, symlinks not followed) in tar order: parents before
+/// their children, siblings by the bytes of their names (the order of
+/// `Path`). Each directory is read once and its entries are looked at
+/// through it, not by a path walked from the root (a tree of 15 k entries
+/// on an overlay costs a fraction of the per-path walk). With
+/// `same_file_system`, a directory on another file system is visited but
+/// not entered.
+pub fn walk_tree<E: From<std::io::Error>>(root: &Path, same_file_system: bool, visit: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), E>) -> Result<(), E> {
+    use std::os::unix::fs::MetadataExt;
+    let device = same_file_system.then(|| fs_err::symlink_metadata(root).map(|metadata| metadata.dev())).transpose()?;
+    walk_dir(root, &std::path::PathBuf::new(), device, visit)
+}
+
+fn walk_dir<E: From<std::io::Error>>(root: &Path, relative: &Path, device: Option<u64>, visit: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), E>) -> Result<(), E> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = root.join(relative);
+    let named = |error: std::io::Error, path: &Path| std::io::Error::new(error.kind(), format!("{}: {error}", path.display()));
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|error| named(error, &dir))? {
+        let entry = entry.map_err(|error| named(error, &dir))?;
+        // fstatat through the open directory, not following a symlink.
+        let metadata = entry.metadata().map_err(|error| named(error, &entry.path()))?;
+        children.push((entry.file_name(), metadata));
+    }
+    children.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    for (name, metadata) in children {
+        let path = relative.join(&name);
+        visit(&path, &metadata)?;
+        if metadata.is_dir() && device.is_none_or(|device| metadata.dev() == device) {
+            walk_dir(root, &path, device, visit)?;
+        }
+    }
+    Ok(())
+}
+
+/// Make `to` a hard link of the regular file `from`: `true` when it is one,
+/// `false` (and nothing at `to`) where the file system cannot link them (other
+/// file systems, no hard links) or `from` is not a regular file, for the
+/// caller to copy instead. A symlink at `from` is never linked.
+pub fn hard_link_regular(from: &Path, to: &Path) -> std::io::Result<bool> {
+    if std::fs::hard_link(from, to).is_err() {
+        return Ok(false);
+    }
+    if fs_err::symlink_metadata(to)?.is_file() {
+        return Ok(true);
+    }
+    fs_err::remove_file(to)?;
+    Ok(false)
+}
+
 fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
     use fs_err::os::unix::fs::OpenOptionsExt;
     use std::os::unix::fs::MetadataExt;
@@ -145,6 +197,46 @@ mod tests {
             assert!(error.contains("is a symbolic link"), "{error}");
         }
         assert!(in_tree(&tree, Path::new("usr/../../host")).is_err());
+    }
+
+    #[test]
+    fn a_tree_is_walked_in_tar_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for path in ["a/b/c", "a.b/x", "a-b", "ab/z", "a/b.c/d", "b"] {
+            std::fs::create_dir_all(root.join(path)).unwrap();
+        }
+        std::fs::write(root.join("a/file"), "f").unwrap();
+        std::os::unix::fs::symlink("/", root.join("a/b/link")).unwrap();
+        let mut seen = Vec::new();
+        walk_tree::<std::io::Error>(root, true, &mut |path, metadata| {
+            seen.push((path.to_path_buf(), metadata.file_type().is_symlink()));
+            Ok(())
+        })
+        .unwrap();
+        let paths: Vec<&Path> = seen.iter().map(|(path, _)| path.as_path()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        assert_eq!(paths, sorted, "tar order is the order of Path");
+        assert_eq!(paths.len(), 13, "{paths:?}");
+        assert!(paths.iter().position(|p| *p == Path::new("a/b/c")) < paths.iter().position(|p| *p == Path::new("a-b")), "a directory's children come before its next sibling");
+        assert!(seen.iter().any(|(path, symlink)| path == Path::new("a/b/link") && *symlink), "a symlink is an entry, not followed");
+        let error = walk_tree::<std::io::Error>(&root.join("missing"), false, &mut |_, _| Ok(())).unwrap_err().to_string();
+        assert!(error.contains("missing"), "{error}");
+    }
+
+    #[test]
+    fn only_a_regular_file_is_hard_linked() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"bytes").unwrap();
+        assert!(hard_link_regular(&dir.path().join("file"), &dir.path().join("linked")).unwrap());
+        assert_eq!(std::fs::metadata(dir.path().join("linked")).unwrap().ino(), std::fs::metadata(dir.path().join("file")).unwrap().ino());
+        std::os::unix::fs::symlink(dir.path().join("file"), dir.path().join("symlink")).unwrap();
+        assert!(!hard_link_regular(&dir.path().join("symlink"), &dir.path().join("from-symlink")).unwrap());
+        assert!(std::fs::symlink_metadata(dir.path().join("from-symlink")).is_err(), "nothing is left where the link was refused");
+        assert!(!hard_link_regular(&dir.path().join("missing"), &dir.path().join("from-missing")).unwrap());
+        assert!(!hard_link_regular(&dir.path().join("file"), &dir.path().join("linked")).unwrap(), "an existing name is never replaced");
     }
 
     /// Run `f` on a thread and fail (instead of hanging) when it takes too long.

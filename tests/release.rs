@@ -43,6 +43,11 @@ impl Lab {
     }
 
     fn build_into(&self, version: &str, motd: &str, packages: &[(&str, &str)], cache: &str, out: &Path) -> PathBuf {
+        self.build_logged(version, motd, packages, cache, out).0
+    }
+
+    /// [`Self::build_into`], also giving the build's stderr.
+    fn build_logged(&self, version: &str, motd: &str, packages: &[(&str, &str)], cache: &str, out: &Path) -> (PathBuf, String) {
         let recipe = self.dir.path().join(format!("rel-{version}.yaml"));
         let overlay = self.dir.path().join(format!("overlay-{motd}"));
         std::fs::create_dir_all(overlay.join("etc")).unwrap();
@@ -57,7 +62,7 @@ impl Lab {
         command.arg("build").arg("--fast").arg("--cache").arg(self.dir.path().join(cache)).arg("--out").arg(out).arg(&recipe);
         let (code, _, stderr) = run(&mut command);
         assert_eq!(code, 0, "{stderr}");
-        out.join("rel").join(version)
+        (out.join("rel").join(version), stderr)
     }
 
     fn release(&self, args: &[&str]) -> (i32, String, String) {
@@ -189,6 +194,36 @@ fn promote_renames_the_same_bytes_and_refuses_a_tampered_candidate() {
     assert!(!lab.out().join("rel/1.3.0").exists());
     let leftovers: Vec<_> = std::fs::read_dir(lab.out().join("rel")).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The rootfs image and tarball of a bundle are the cache's files (hard
+/// links), not copies; a bundle changed in place, as none should be, damages
+/// the cache's copy, and the next build that publishes it finds that, makes
+/// it again and publishes the right bytes.
+#[test]
+fn a_bundle_changed_in_place_heals_the_cache_it_shares() {
+    use std::os::unix::fs::MetadataExt;
+    if !needs_root("a_bundle_changed_in_place_heals_the_cache_it_shares") {
+        return;
+    }
+    let lab = Lab::new();
+    let first = lab.build("2.1.0", "shared");
+    let image = first.join("rel-2.1.0-rootfs.img");
+    let digest = sha256(&image);
+    for shared in ["rel-2.1.0-rootfs.img", "rel-2.1.0-rootfs.tar.zst"] {
+        assert_eq!(std::fs::metadata(first.join(shared)).unwrap().nlink(), 2, "{shared} is not the cache's file");
+    }
+    assert_eq!(std::fs::metadata(first.join("rel-2.1.0-initramfs.img")).unwrap().nlink(), 1, "the initramfs is a copy");
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[200] ^= 0xff;
+    std::fs::write(&image, bytes).unwrap();
+    let (second, stderr) = lab.build_logged("2.1.1", "shared", &[], "cache", &lab.out());
+    assert!(stderr.contains("cached output rootfs.img") && stderr.contains("discarding it and building it again"), "{stderr}");
+    assert_eq!(sha256(&second.join("rel-2.1.1-rootfs.img")), digest);
+    let (code, output) = verify(&lab, &second);
+    assert_eq!(code, 0, "{output}");
+    let (code, output) = verify(&lab, &first);
+    assert_eq!(code, 1, "the bundle changed in place still fails: {output}");
 }
 
 /// Give a built bundle a kernel entry and config, as a kernel stage would.

@@ -33,8 +33,10 @@ pub fn start_rootfs_image(path: &Path) -> Result<std::fs::File> {
 /// Finish the image in `file` whose `squashfs_len` squashfs bytes are in
 /// place: the squashfs entry's header before them; after them the build id
 /// (the recipe `name` and the cookie of the squashfs's digest) and the
-/// trailer. The squashfs is read once, on two threads: its digest, and the
-/// image's digest and chunk list (the init's contract) as the image goes.
+/// trailer. The squashfs is hashed three ways at once, each on a thread of
+/// its own reading the image: its digest (for the cookie), the image's digest
+/// and the image's chunk list (the init's contract); the last two take the
+/// tail once the cookie is known.
 pub fn finish_rootfs_image(file: &mut std::fs::File, squashfs_len: u64, name: &str, epoch: i64) -> Result<RootfsImage> {
     if squashfs_len > u32::MAX as u64 {
         bail!("the squashfs is {squashfs_len} bytes; a newc cpio entry holds at most 4 GiB");
@@ -44,21 +46,36 @@ pub fn finish_rootfs_image(file: &mut std::fs::File, squashfs_len: u64, name: &s
     if header.len() as u64 != SQUASHFS_OFFSET {
         bail!("internal error: the squashfs entry's header is {} bytes, not {SQUASHFS_OFFSET}", header.len());
     }
-    let mut image = ImageHasher::default();
-    image.update(&header);
-    let mut squashfs = Sha256::new();
-    let mut buffer = vec![0u8; 4 << 20];
-    let mut at = 0;
-    while at < squashfs_len {
-        let len = (squashfs_len - at).min(buffer.len() as u64) as usize;
-        file.read_exact_at(&mut buffer[..len], SQUASHFS_OFFSET + at)?;
-        let piece = &buffer[..len];
-        std::thread::scope(|scope| {
-            scope.spawn(|| squashfs.update(piece));
-            image.update(piece);
+    let image: &std::fs::File = file;
+    // The squashfs's bytes, piece by piece, into `update`.
+    let hash_squashfs = |update: &mut dyn FnMut(&[u8])| -> std::io::Result<()> {
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < squashfs_len {
+            let len = (squashfs_len - at).min(buffer.len() as u64) as usize;
+            image.read_exact_at(&mut buffer[..len], SQUASHFS_OFFSET + at)?;
+            update(&buffer[..len]);
+            at += len as u64;
+        }
+        Ok(())
+    };
+    let (squashfs, mut whole, mut chunks) = std::thread::scope(|scope| -> std::io::Result<_> {
+        let whole = scope.spawn(|| {
+            let mut whole = Sha256::new();
+            whole.update(&header);
+            hash_squashfs(&mut |piece| whole.update(piece)).map(|()| whole)
         });
-        at += len as u64;
-    }
+        let chunks = scope.spawn(|| {
+            let mut chunks = ChunkHasher::default();
+            chunks.update(&header);
+            hash_squashfs(&mut |piece| chunks.update(piece)).map(|()| chunks)
+        });
+        let mut squashfs = Sha256::new();
+        hash_squashfs(&mut |piece| squashfs.update(piece))?;
+        let whole = whole.join().expect("a hashing thread panicked")?;
+        let chunks = chunks.join().expect("a hashing thread panicked")?;
+        Ok((squashfs, whole, chunks))
+    })?;
     let build = BuildId { cookie: rootsmith_init::contract::cookie_for(&hex::encode(squashfs.finalize())), name: name.to_string() };
     // newc pads the squashfs's data to 4 bytes; then the cookie and the trailer.
     let mut tail = vec![0u8; ((SQUASHFS_OFFSET + squashfs_len).div_ceil(4) * 4 - (SQUASHFS_OFFSET + squashfs_len)) as usize];
@@ -67,7 +84,8 @@ pub fn finish_rootfs_image(file: &mut std::fs::File, squashfs_len: u64, name: &s
     entry.write_all(cookie_line.as_bytes())?;
     entry.finish()?;
     cpio::newc::trailer(&mut tail)?;
-    image.update(&tail);
+    whole.update(&tail);
+    chunks.update(&tail);
     file.write_all_at(&header, 0)?;
     file.write_all_at(&tail, SQUASHFS_OFFSET + squashfs_len)?;
     let length = SQUASHFS_OFFSET + squashfs_len + tail.len() as u64;
@@ -76,8 +94,7 @@ pub fn finish_rootfs_image(file: &mut std::fs::File, squashfs_len: u64, name: &s
     if length % 4 != 0 {
         bail!("internal error: rootfs image is {length} bytes, not a multiple of 4");
     }
-    let (sha256, chunks) = image.finish();
-    Ok(RootfsImage { build, sha256, chunks })
+    Ok(RootfsImage { build, sha256: hex::encode(whole.finalize()), chunks: chunks.finish() })
 }
 
 /// The SHA-256 and the chunk list of a rootfs image already written (one
@@ -100,15 +117,31 @@ pub fn hash_rootfs_image(path: &Path) -> Result<(String, ChunkList)> {
 #[derive(Default)]
 struct ImageHasher {
     whole: Sha256,
+    chunks: ChunkHasher,
+}
+
+impl ImageHasher {
+    fn update(&mut self, bytes: &[u8]) {
+        self.whole.update(bytes);
+        self.chunks.update(bytes);
+    }
+
+    fn finish(self) -> (String, ChunkList) {
+        (hex::encode(self.whole.finalize()), self.chunks.finish())
+    }
+}
+
+/// The chunk list of the bytes given to it.
+#[derive(Default)]
+struct ChunkHasher {
     chunk: Sha256,
     in_chunk: u64,
     size: u64,
     digests: Vec<[u8; 32]>,
 }
 
-impl ImageHasher {
+impl ChunkHasher {
     fn update(&mut self, mut bytes: &[u8]) {
-        self.whole.update(bytes);
         self.size += bytes.len() as u64;
         while !bytes.is_empty() {
             let take = (CHUNK_SIZE - self.in_chunk).min(bytes.len() as u64) as usize;
@@ -122,11 +155,11 @@ impl ImageHasher {
         }
     }
 
-    fn finish(mut self) -> (String, ChunkList) {
+    fn finish(mut self) -> ChunkList {
         if self.in_chunk > 0 {
             self.digests.push(self.chunk.finalize().into());
         }
-        (hex::encode(self.whole.finalize()), ChunkList { chunk_size: CHUNK_SIZE, size: self.size, digests: self.digests })
+        ChunkList { chunk_size: CHUNK_SIZE, size: self.size, digests: self.digests }
     }
 }
 

@@ -59,8 +59,8 @@ fn build_once(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn H
     for index in 0..plan.stages.len() {
         stages.push(runner.stage(index)?);
     }
-    let (outputs, record) = outputs::outputs(&mut runner, options.fast, options.cache_only).inspect_err(|error| progress.fail("outputs", &format!("{error:#}")))?;
-    let (bundle, up_to_date) = publish::publish(&runner, options, recipe, &record)?;
+    let (outputs, record, made_here) = outputs::outputs(&mut runner, options.fast, options.cache_only).inspect_err(|error| progress.fail("outputs", &format!("{error:#}")))?;
+    let (bundle, up_to_date) = publish::publish(&runner, options, recipe, &record, &made_here)?;
     Ok(BuildSummary { name: plan.recipe.clone(), version: options.version.clone(), bundle, stages, outputs, up_to_date, seconds: started.elapsed().as_secs_f64() })
 }
 

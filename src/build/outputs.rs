@@ -64,8 +64,9 @@ impl OutputRecord {
 }
 
 /// The outputs of the runner's final tree: from the cache (or the remote
-/// cache), or assembled and stored there.
-pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Result<(StageOutcome, OutputRecord)> {
+/// cache), or assembled and stored there. Also the keys of the entries this
+/// call made: their digests were taken from the bytes as they were written.
+pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Result<(StageOutcome, OutputRecord, Vec<String>)> {
     let started = Instant::now();
     let final_tree = runner.parent_tree().expect("a recipe has stages").to_string();
     let kernels = kernels_of(&runner.records)?;
@@ -76,13 +77,13 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
         runner.share_outputs(&record.rootfs.key)?;
         runner.share_outputs(&key)?;
         runner.progress.done("outputs", "cached", 0.0);
-        return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
+        return Ok((outcome("cached", started.elapsed().as_secs_f64()), record, Vec::new()));
     }
     if runner.pull_outputs(&key)? && (runner.store.output::<RootfsRecord>(&rootfs_key).is_some() || runner.pull_outputs(&rootfs_key)?) {
         if let Some(record) = cached(runner, &key, &rootfs_key) {
             let seconds = started.elapsed().as_secs_f64();
             runner.progress.done("outputs", "pulled from the remote cache", seconds);
-            return Ok((outcome("pulled", seconds), record));
+            return Ok((outcome("pulled", seconds), record, Vec::new()));
         }
         // Records this rootsmith does not read, or that do not belong together: built here instead.
         runner.progress.warn(&format!("the outputs {} pulled from the remote cache are not usable here; building them", &key[..12]));
@@ -92,7 +93,7 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     }
     let _lock = runner.store.lock(&key)?;
     if let Some(record) = cached(runner, &key, &rootfs_key) {
-        return Ok((outcome("cached", started.elapsed().as_secs_f64()), record));
+        return Ok((outcome("cached", started.elapsed().as_secs_f64()), record, Vec::new()));
     }
     // An initramfs entry that is not for this rootfs entry (or unreadable) is replaced.
     runner.store.discard(&crate::cache::CorruptEntry::Output(key.clone()))?;
@@ -114,6 +115,10 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
         }
     };
     let (rootfs, chunks) = rootfs;
+    let mut made_here = Vec::new();
+    if chunks.is_some() {
+        made_here.push(rootfs_key.clone());
+    }
     let mut steps = Steps::start();
     // A rootfs image just made was hashed as it was written; a cached one is
     // checked against its record, and its chunk list made, in one read.
@@ -164,7 +169,8 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     runner.share_outputs(&key)?;
     let seconds = started.elapsed().as_secs_f64();
     runner.progress.done("outputs", "built", seconds);
-    Ok((outcome("built", seconds), record))
+    made_here.push(key.clone());
+    Ok((outcome("built", seconds), record, made_here))
 }
 
 /// The outputs `key` when the cache holds both of their entries, and they
@@ -252,21 +258,33 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
     // The tarball is written beside the squashfs: each leaves a core idle
     // part of the time (reading the tree, writing in order).
     let (squashfs, tarball_digest) = std::thread::scope(|scope| {
-        let tarball = scope.spawn(|| tarball::write_rootfs_tarball(&tree, devices, &tarball_path, tarball_compression, epoch, Some(&frames), Some(&tarball_memo)));
+        let tarball = scope.spawn(|| {
+            let mut steps = Steps::start();
+            let digest = tarball::write_rootfs_tarball(&tree, devices, &tarball_path, tarball_compression, epoch, Some(&frames), Some(&tarball_memo));
+            steps.done("tarball");
+            digest.map(|digest| (digest, steps))
+        });
         let squashfs = (|| -> Result<_> {
+            let mut steps = Steps::start();
             // The squashfs is written straight into the rootfs image, after its header.
             let image_path = staged.join("rootfs.img");
             let mut image = artifact::cpio::start_rootfs_image(&image_path)?;
             let squashfs_len = squashfs::write_into(runner.host, &tree, devices, &mut image, &image_path, work.dir.path(), squashfs_compression, epoch, &log, Some(&blocks))?;
+            steps.done("squashfs");
             let check = squashfs::verify(&image_path, artifact::cpio::SQUASHFS_OFFSET, &tree, devices)?;
+            steps.done("squashfs-check");
             let made = artifact::cpio::finish_rootfs_image(&mut image, squashfs_len, &runner.plan.recipe, epoch)?;
-            Ok((check, made))
+            steps.done("rootfs-image");
+            Ok((check, made, steps))
         })();
         (squashfs, tarball.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the tarball's thread panicked"))))
     });
-    let (check, made) = squashfs?;
-    let tarball_digest = tarball_digest?;
+    let (check, made, squashfs_steps) = squashfs?;
+    let (tarball_digest, tarball_steps) = tarball_digest?;
     steps.done("squashfs-and-tarball");
+    // The two threads' own steps, within the one above.
+    steps.lines.push_str(&squashfs_steps.lines);
+    steps.lines.push_str(&tarball_steps.lines);
     let cookie = made.build.cookie.clone();
     let known = BTreeMap::from([("rootfs.img".to_string(), made.sha256), (tarball_name, tarball_digest)]);
     if tarball_compression.algorithm == Algorithm::Zstd {

@@ -59,7 +59,9 @@ pub fn preflight(recipe: &Recipe, plan: &crate::plan::Plan, options: &BuildOptio
 /// Write `OUT/NAME/VERSION` aside and rename it into place. An existing
 /// version is never overwritten: identical contents are "up to date",
 /// anything else is an error.
-pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe, record: &OutputRecord) -> Result<(PathBuf, bool)> {
+/// `made_here` names the output entries this build wrote: their files are
+/// not hashed again.
+pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe, record: &OutputRecord, made_here: &[String]) -> Result<(PathBuf, bool)> {
     let name = &runner.plan.recipe;
     let version = &options.version;
     let names = BundleNames::new(name, version);
@@ -95,7 +97,9 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
                 scope.spawn(|| {
                     let mut done = Vec::new();
                     while let Some(&(entry, file, digest)) = outputs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                        done.push((file, copy_output(layout, staging.path(), &names, entry, file, digest)));
+                        let link = entry == record.rootfs.key;
+                        let check = !made_here.iter().any(|made| made == entry);
+                        done.push((file, copy_output(layout, staging.path(), &names, entry, file, digest, link, check)));
                     }
                     done
                 })
@@ -211,16 +215,25 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
 }
 
 /// Copy the cached output `file` of entry `entry` into the bundle under its
-/// bundle name, checked against its recorded `digest` on the way.
-fn copy_output(layout: &crate::cache::Layout, staging: &Path, names: &BundleNames, entry: &str, file: &str, digest: &str) -> Result<ManifestArtifact> {
+/// bundle name; with `check`, checked against its recorded `digest` on the
+/// way (an entry this build wrote was hashed as it was written). With
+/// `link`, the bundle's file is a hard link to the cache's where the file
+/// system allows: the rootfs image and tarball are hundreds of megabytes,
+/// and a published bundle is never changed in place (docs/releases.md). A
+/// cached entry is checked again each time it is published.
+#[allow(clippy::too_many_arguments)]
+fn copy_output(layout: &crate::cache::Layout, staging: &Path, names: &BundleNames, entry: &str, file: &str, digest: &str, link: bool, check: bool) -> Result<ManifestArtifact> {
     // Files about the tree, not boot artifacts, keep their names.
-    let target = names.output(file);
-    fs_err::copy(layout.output(entry).join(file), staging.join(&target))?;
-    let actual = crate::digest::hash_file(&staging.join(&target))?;
+    let target = staging.join(names.output(file));
+    let source = layout.output(entry).join(file);
+    if !(link && crate::fileops::hard_link_regular(&source, &target)?) {
+        fs_err::copy(&source, &target)?;
+    }
+    let actual = if check { crate::digest::hash_file_no_follow(&target)? } else { digest.to_string() };
     if actual != digest {
         return Err(Corrupt { what: format!("cached output {file} ({})", &entry[..12]), why: "its bytes do not match its digest".into(), entry: CorruptEntry::Output(entry.to_string()) }.into());
     }
-    Ok(ManifestArtifact { size: fs_err::metadata(staging.join(&target))?.len(), name: target, sha256: actual })
+    Ok(ManifestArtifact { size: fs_err::metadata(&target)?.len(), name: names.output(file), sha256: actual })
 }
 
 /// The `outputs.oci` image: into its layout, to its registry.
