@@ -22,14 +22,16 @@ use std::path::Path;
 pub fn clamp_mtimes(tree: &Path, epoch: i64) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let limit = filetime::FileTime::from_unix_time(epoch, 0);
-    // Children before their directory: changing a child's times does not touch
-    // the directory, but keep the order anyway for clarity.
-    for entry in walkdir::WalkDir::new(tree).contents_first(true).same_file_system(true) {
-        let entry = entry.map_err(std::io::Error::other)?;
-        let metadata = entry.path().symlink_metadata()?;
-        if metadata.mtime() > epoch || (metadata.mtime() == epoch && metadata.mtime_nsec() != 0) {
-            filetime::set_symlink_file_times(entry.path(), limit, limit)?;
+    let after_epoch = |metadata: &std::fs::Metadata| metadata.mtime() > epoch || (metadata.mtime() == epoch && metadata.mtime_nsec() != 0);
+    // Changing a child's times does not touch its directory's.
+    crate::fileops::walk_tree::<std::io::Error>(tree, true, &mut |relative, metadata| {
+        if after_epoch(metadata) {
+            filetime::set_symlink_file_times(tree.join(relative), limit, limit)?;
         }
+        Ok(())
+    })?;
+    if after_epoch(&fs_err::symlink_metadata(tree)?) {
+        filetime::set_symlink_file_times(tree, limit, limit)?;
     }
     Ok(())
 }

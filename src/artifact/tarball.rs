@@ -184,10 +184,7 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
         let digest = Rc::new(RefCell::new(None));
         {
             let mut writer = TreeTarWriter::new(compressor(Finishing { inner: Some(file), digest: digest.clone() }, compression)?, epoch, devices);
-            for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
-                let entry = entry?;
-                writer.append(tree, entry.path().strip_prefix(tree).expect("under tree"))?;
-            }
+            crate::fileops::walk_tree::<anyhow::Error>(tree, false, &mut |relative, _| writer.append(tree, relative).map_err(Into::into))?;
             writer.finish()?.flush()?;
         }
         let digest = digest.borrow_mut().take();
@@ -206,14 +203,11 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
     // them, their length (their bytes are not in the buffer yet).
     let mut group: Vec<(PathBuf, Option<Key>)> = Vec::new();
     let mut known_len = memo.as_ref().map(|_| 0u64);
-    for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
-        let entry = entry?;
-        let relative = entry.path().strip_prefix(tree).expect("under tree");
+    crate::fileops::walk_tree::<anyhow::Error>(tree, false, &mut |relative, metadata| {
         let key = match &memo {
             Some(_) => {
-                let metadata = entry.metadata()?;
                 // A hard link's bytes name whichever path was written first.
-                (metadata.is_dir() || metadata.nlink() == 1).then(|| (relative.as_os_str().as_bytes().to_vec(), Stamp::of(&metadata)))
+                (metadata.is_dir() || metadata.nlink() == 1).then(|| (relative.as_os_str().as_bytes().to_vec(), Stamp::of(metadata)))
             }
             None => None,
         };
@@ -263,7 +257,8 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
             group.clear();
             known_len = memo.as_ref().map(|_| 0);
         }
-    }
+        Ok(())
+    })?;
     if known_len.is_some() {
         for (path, _) in &group {
             writer.append(tree, path)?;

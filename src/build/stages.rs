@@ -61,6 +61,11 @@ pub struct StageRunner<'a> {
     /// Whether the host's emulation of a foreign architecture was checked (at
     /// the first stage that runs: a build whose stages are all cached needs none).
     emulation_ready: bool,
+    /// The snapshot of the work tree the last built stage left (with the
+    /// number of stages applied to it): the next stage's "before", instead of
+    /// a second walk of the same tree. Taken out by each stage; dropped
+    /// whenever the work tree is replaced.
+    snapshot: Option<(usize, Snapshot)>,
 }
 
 impl<'a> StageRunner<'a> {
@@ -97,6 +102,7 @@ impl<'a> StageRunner<'a> {
             apt_pins: options.lock.as_ref().map(|lock| lock.pins.as_str()),
             remote,
             emulation_ready: false,
+            snapshot: None,
         })
     }
 
@@ -154,11 +160,18 @@ impl<'a> StageRunner<'a> {
                 return Ok(outcome("cached", started.elapsed().as_secs_f64()));
             }
         }
+        // The snapshot the last stage left of this work tree, when the tree
+        // is still the one it was taken of.
+        let remembered = self.snapshot.take();
         self.prepare_tree(index)?;
         let work = self.work.as_ref().expect("prepared above");
         let tree = work.tree();
         let is_base = planned.kind.is_base();
-        let before = if is_base { Snapshot::default() } else { Snapshot::take(&tree)? };
+        let before = match remembered {
+            _ if is_base => Snapshot::default(),
+            Some((applied, snapshot)) if applied == index && work.stages_applied == index => snapshot,
+            _ => Snapshot::take(&tree)?,
+        };
         // The log outlives the build (a failure names it); each run starts it afresh.
         let log = self.store.layout().stage_log(&key);
         fs_err::write(&log, b"")?;
@@ -195,8 +208,8 @@ impl<'a> StageRunner<'a> {
             set_root_mode(&tree)?;
         }
         crate::stage::scrub::scrub(&tree).context("removing build-time noise from the tree")?;
-        let after = Snapshot::take(&tree)?;
-        let (layer, layer_size) = self.write_layer(&tree, &work.devices, &before, &after)?;
+        let mut after = Snapshot::take(&tree)?;
+        let (layer, layer_size) = self.write_layer(&tree, &work.devices, &before, &mut after)?;
         let seconds = started.elapsed().as_secs_f64();
         let record = StageRecord {
             key: key.clone(),
@@ -216,6 +229,7 @@ impl<'a> StageRunner<'a> {
         self.share(&record)?;
         self.records.push(record);
         self.work.as_mut().expect("prepared above").stages_applied = index + 1;
+        self.snapshot = Some((index + 1, after));
         self.progress.done(&label, "built", seconds);
         Ok(outcome("built", seconds))
     }
@@ -286,6 +300,7 @@ impl<'a> StageRunner<'a> {
             return Ok(());
         }
         self.work = None;
+        self.snapshot = None;
         let dir = self.store.work_dir(&self.plan.recipe)?;
         if index > 0 && overlay::available() && overlay::works_in(&dir.path().join("probe")) {
             match self.overlay_tree(&dir, index) {
@@ -359,7 +374,9 @@ impl<'a> StageRunner<'a> {
 
     /// Store what changed between `before` and `after` as a layer blob (a
     /// placeholder as the device it stands for).
-    fn write_layer(&self, tree: &Path, devices: &Devices, before: &Snapshot, after: &Snapshot) -> Result<(String, u64)> {
+    /// `after` is refreshed for the paths whose times this sets, so it stays
+    /// the tree's snapshot (the next stage starts from it).
+    fn write_layer(&self, tree: &Path, devices: &Devices, before: &Snapshot, after: &mut Snapshot) -> Result<(String, u64)> {
         let temp = self.store.temp_file()?;
         {
             let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(temp.as_file()), LAYER_ZSTD_LEVEL)?;
@@ -377,15 +394,18 @@ impl<'a> StageRunner<'a> {
             // clamped), so the next stage sees the same tree either way and
             // captures the same layer bytes.
             let epoch = filetime::FileTime::from_unix_time(self.plan.source_date_epoch, 0);
+            let mut retimed = Vec::new();
             for change in changes {
                 if let Change::Write(path) = change {
-                    let full = tree.join(path);
+                    let full = tree.join(&path);
                     let metadata = fs_err::symlink_metadata(&full)?;
                     if filetime::FileTime::from_last_modification_time(&metadata) > epoch {
                         filetime::set_symlink_file_times(&full, epoch, epoch)?;
+                        retimed.push(path);
                     }
                 }
             }
+            after.refresh(tree, retimed.iter().map(PathBuf::as_path))?;
         }
         self.store.put_blob(temp)
     }

@@ -14,11 +14,9 @@
 //! or chown of an empty file to the mode or owner it had, or an xattr set on
 //! one, is not recorded either way.)
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-use walkdir::WalkDir;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct EntryState {
@@ -35,10 +33,29 @@ struct EntryState {
     size: u64,
 }
 
-/// The state of every path of a tree, relative to its root.
+impl EntryState {
+    fn of(metadata: &std::fs::Metadata) -> EntryState {
+        EntryState {
+            is_dir: metadata.is_dir(),
+            is_file: metadata.is_file(),
+            nlink: metadata.nlink(),
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+            mode: metadata.mode(),
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            mtime: metadata.mtime(),
+            size: metadata.size(),
+        }
+    }
+}
+
+/// The state of every path of a tree, relative to its root, in tar order
+/// (parents before children, siblings by name: the order of `Path`).
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    entries: BTreeMap<PathBuf, EntryState>,
+    entries: Vec<(PathBuf, EntryState)>,
 }
 
 /// One path a stage changed.
@@ -51,30 +68,14 @@ pub enum Change {
 }
 
 impl Snapshot {
-    /// Record `root` (not following symlinks, not crossing into other filesystems).
+    /// Record `root` (not following symlinks, not crossing into other
+    /// filesystems), in tar order as [`crate::fileops::walk_tree`] walks it.
     pub fn take(root: &Path) -> std::io::Result<Snapshot> {
-        let mut entries = BTreeMap::new();
-        for entry in WalkDir::new(root).min_depth(1).same_file_system(true) {
-            let entry = entry.map_err(std::io::Error::other)?;
-            let metadata = entry.metadata().map_err(std::io::Error::other)?;
-            let relative = entry.path().strip_prefix(root).expect("walkdir stays under root").to_path_buf();
-            entries.insert(
-                relative,
-                EntryState {
-                    is_dir: metadata.is_dir(),
-                    is_file: metadata.is_file(),
-                    nlink: metadata.nlink(),
-                    device: metadata.dev(),
-                    inode: metadata.ino(),
-                    ctime: (metadata.ctime(), metadata.ctime_nsec()),
-                    mode: metadata.mode(),
-                    uid: metadata.uid(),
-                    gid: metadata.gid(),
-                    mtime: metadata.mtime(),
-                    size: metadata.size(),
-                },
-            );
-        }
+        let mut entries = Vec::new();
+        crate::fileops::walk_tree::<std::io::Error>(root, true, &mut |path, metadata| {
+            entries.push((path.to_path_buf(), EntryState::of(metadata)));
+            Ok(())
+        })?;
         Ok(Snapshot { entries })
     }
 
@@ -88,37 +89,76 @@ impl Snapshot {
 
     /// Every path, in tar order (parents before children).
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.entries.keys().map(PathBuf::as_path)
+        self.entries.iter().map(|(path, _)| path.as_path())
+    }
+
+    /// Record `paths` of `root` again (after their times were set); a path
+    /// that is not in the snapshot is left out.
+    pub fn refresh<'p>(&mut self, root: &Path, paths: impl IntoIterator<Item = &'p Path>) -> std::io::Result<()> {
+        for path in paths {
+            if let Ok(at) = self.entries.binary_search_by(|(known, _)| compare(known, path)) {
+                let metadata = std::fs::symlink_metadata(root.join(path)).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", root.join(path).display())))?;
+                self.entries[at].1 = EntryState::of(&metadata);
+            }
+        }
+        Ok(())
     }
 
     /// What changed from `self` (before) to `after`, sorted by path.
     pub fn changes(&self, after: &Snapshot) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (path, new) in &after.entries {
-            let changed = match self.entries.get(path) {
-                None => true,
-                Some(old) if old.is_dir != new.is_dir => true,
-                Some(old) if new.is_dir => (old.mode, old.uid, old.gid, old.mtime) != (new.mode, new.uid, new.gid, new.mtime),
-                Some(old) if untouched_empty_file(old, new) => false,
-                Some(old) => old != new,
-            };
-            if changed {
-                changes.push(Change::Write(path.clone()));
-            }
-        }
+        let (mut before_at, mut after_at) = (0, 0);
         let mut last_deleted: Option<&Path> = None;
-        for path in self.entries.keys() {
-            if after.entries.contains_key(path) {
-                continue;
+        loop {
+            let order = match (self.entries.get(before_at), after.entries.get(after_at)) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((old, _)), Some((new, _))) => compare(old, new),
+            };
+            match order {
+                // Only in the snapshot before: removed (below a removed
+                // directory, the directory's whiteout says it).
+                Ordering::Less => {
+                    let path = &self.entries[before_at].0;
+                    if !last_deleted.is_some_and(|parent| path.starts_with(parent)) {
+                        changes.push(Change::Delete(path.clone()));
+                        last_deleted = Some(path);
+                    }
+                    before_at += 1;
+                }
+                Ordering::Greater => {
+                    changes.push(Change::Write(after.entries[after_at].0.clone()));
+                    after_at += 1;
+                }
+                Ordering::Equal => {
+                    let (old, (path, new)) = (&self.entries[before_at].1, &after.entries[after_at]);
+                    let changed = match () {
+                        _ if old.is_dir != new.is_dir => true,
+                        _ if new.is_dir => (old.mode, old.uid, old.gid, old.mtime) != (new.mode, new.uid, new.gid, new.mtime),
+                        _ if untouched_empty_file(old, new) => false,
+                        _ => old != new,
+                    };
+                    if changed {
+                        changes.push(Change::Write(path.clone()));
+                    }
+                    before_at += 1;
+                    after_at += 1;
+                }
             }
-            if last_deleted.is_some_and(|parent| path.starts_with(parent)) {
-                continue;
-            }
-            changes.push(Change::Delete(path.clone()));
-            last_deleted = Some(path);
         }
         changes.sort_by(|a, b| change_path(a).cmp(change_path(b)));
         changes
+    }
+}
+
+/// Two paths in tar order; most paths compared are equal, which their bytes
+/// tell faster than their components.
+fn compare(a: &Path, b: &Path) -> Ordering {
+    if a.as_os_str() == b.as_os_str() {
+        Ordering::Equal
+    } else {
+        a.cmp(b)
     }
 }
 
@@ -187,6 +227,37 @@ mod tests {
         let changes = before.changes(&after);
         let written: Vec<&Path> = changes.iter().map(change_path).collect();
         assert_eq!(written, [Path::new("chmod"), Path::new("filled"), Path::new("linked"), Path::new("second-name")]);
+    }
+
+    #[test]
+    fn a_refreshed_path_is_recorded_as_it_is_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("etc")).unwrap();
+        fs::write(root.join("etc/file"), "x").unwrap();
+        let mut before = Snapshot::take(root).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        filetime::set_file_mtime(root.join("etc/file"), filetime::FileTime::from_unix_time(1, 0)).unwrap();
+        let now = Snapshot::take(root).unwrap();
+        assert_eq!(before.changes(&now), [Change::Write("etc/file".into())]);
+        before.refresh(root, [Path::new("etc/file"), Path::new("not/there")]).unwrap();
+        assert!(before.changes(&now).is_empty());
+    }
+
+    #[test]
+    fn a_changed_entry_type_and_a_removed_tree_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("d/e/f")).unwrap();
+        fs::write(root.join("d/e/f/g"), "g").unwrap();
+        fs::write(root.join("kind"), "file").unwrap();
+        fs::write(root.join("z"), "z").unwrap();
+        let before = Snapshot::take(root).unwrap();
+        fs::remove_dir_all(root.join("d")).unwrap();
+        fs::remove_file(root.join("kind")).unwrap();
+        fs::create_dir(root.join("kind")).unwrap();
+        let after = Snapshot::take(root).unwrap();
+        assert_eq!(before.changes(&after), [Change::Delete("d".into()), Change::Write("kind".into())]);
     }
 
     #[test]

@@ -212,17 +212,19 @@ impl Scan<'_> {
         let index = self.nodes.len() - 1;
         let mut names = Vec::new();
         for entry in fs_err::read_dir(path)? {
-            names.push(entry?.file_name());
+            let entry = entry?;
+            // fstatat through the open directory, not a walk from the root per entry.
+            let metadata = entry.metadata()?;
+            names.push((entry.file_name(), metadata));
         }
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        names.sort_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
         let mut children = Vec::with_capacity(names.len());
         let mut subdirs = 0;
-        for name in names {
+        for (name, child_metadata) in names {
             if name.len() > 256 {
                 bail!("{}: a name longer than 256 bytes does not fit a squashfs", path.join(&name).display());
             }
             let child_path = path.join(&name);
-            let child_metadata = fs_err::symlink_metadata(&child_path)?;
             let child = if child_metadata.is_dir() {
                 subdirs += 1;
                 self.dir(&child_path, &child_metadata)?
