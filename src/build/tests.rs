@@ -200,3 +200,38 @@ fn outputs_are_keyed_by_the_recipe_name() {
     assert_eq!(key(&unit), key(&unit));
     assert_ne!(key(&unit), key(&renamed));
 }
+
+/// A stage starts from the snapshot the stage before it ended with: the
+/// times that stage's layer writer clamped are recorded again, so the next
+/// stage's layer holds only what it changed (with the first stage's
+/// snapshot left stale, a layer would carry the stage before's files too).
+#[test]
+fn each_layer_holds_only_what_its_own_stage_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    recipe(dir.path());
+    for (sub, file) in [("first", "one"), ("second", "two")] {
+        fs_err::create_dir_all(dir.path().join(sub)).unwrap();
+        fs_err::write(dir.path().join(sub).join(file), file).unwrap();
+    }
+    let source = "rootsmith: 1\nname: unit\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - files: { src: first, dest: /etc }\n  - files: { src: second, dest: /usr }\n";
+    let recipe = load_str(&dir.path().join("unit.yaml"), source, &LoadOptions::default()).unwrap();
+    let cache = dir.path().join("cache");
+    let host = RecordingHost::default();
+    let plan = plan(&recipe, &options(), &host).unwrap();
+    materialize(&plan, &cache, 3, &host, &Silent, |_| Ok(())).unwrap();
+    let store = Store::open(&cache).unwrap();
+    let layers: Vec<Vec<String>> = plan
+        .statuses(&store, None)
+        .into_iter()
+        .map(|status| {
+            let StageStatus::Hit(record) = status else { panic!("every stage was built") };
+            let mut archive = tar::Archive::new(zstd::Decoder::new(store.open_blob(&record.layer).unwrap()).unwrap());
+            archive.entries().unwrap().map(|entry| entry.unwrap().path().unwrap().to_string_lossy().trim_end_matches('/').to_string()).collect()
+        })
+        .collect();
+    // A directory shows when its mtime moved; nothing of the base may.
+    let first: Vec<&String> = layers[1].iter().filter(|path| *path != "etc").collect();
+    assert_eq!(first, ["etc/one"], "the first files stage's layer: {:?}", layers[1]);
+    let second: Vec<&String> = layers[2].iter().filter(|path| *path != "usr").collect();
+    assert_eq!(second, ["usr/two"], "the second files stage's layer: {:?}", layers[2]);
+}
