@@ -13,7 +13,7 @@
 //! first), nor is anything in a tree with device placeholders.
 //!
 //! One file per recipe and level (`cache::Layout::tarball_memo`), replaced
-//! whole after each write; a memo for another `SOURCE_DATE_EPOCH` is no memo.
+//! whole after each write over a kept tree (never from an extracted one); a memo for another `SOURCE_DATE_EPOCH` is no memo.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -245,7 +245,14 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
     let layout = runner.store.layout().clone();
     let memos = runner.store.layout().clone();
     let recipe = runner.plan.recipe.clone();
-    let blocks = squashfs::BlockCache::new(Box::new(move |settings, hex| layout.squashfs_block(settings, hex))).with_memo(Box::new(move |settings| memos.squashfs_memo(&recipe, settings)));
+    // The memos know files by their stamps: those of an extracted tree are
+    // never seen again, and would only replace what the last build over a
+    // kept tree learnt.
+    let memos_apply = work.files_outlive_the_build();
+    let mut blocks = squashfs::BlockCache::new(Box::new(move |settings, hex| layout.squashfs_block(settings, hex)));
+    if memos_apply {
+        blocks = blocks.with_memo(Box::new(move |settings| memos.squashfs_memo(&recipe, settings)));
+    }
     let layout = runner.store.layout().clone();
     let frames = artifact::frames::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
     let tarball_name = format!("rootfs.{}", tarball::extension(tarball_compression));
@@ -260,7 +267,8 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
     let (squashfs, tarball_digest) = std::thread::scope(|scope| {
         let tarball = scope.spawn(|| {
             let mut steps = Steps::start();
-            let digest = tarball::write_rootfs_tarball(&tree, devices, &tarball_path, tarball_compression, epoch, Some(&frames), Some(&tarball_memo));
+            let memo: Option<&tarball::MemoPath> = if memos_apply { Some(&tarball_memo) } else { None };
+            let digest = tarball::write_rootfs_tarball(&tree, devices, &tarball_path, tarball_compression, epoch, Some(&frames), memo);
             steps.done("tarball");
             digest.map(|digest| (digest, steps))
         });

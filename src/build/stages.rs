@@ -34,6 +34,13 @@ pub struct Work {
 }
 
 impl Work {
+    /// Whether the tree's unchanged files are those of a kept tree, which
+    /// outlives this build (their inodes and ctimes are the same in the next
+    /// build's overlay); an extracted tree's files are new every time.
+    pub fn files_outlive_the_build(&self) -> bool {
+        self._overlay.is_some()
+    }
+
     pub fn tree(&self) -> PathBuf {
         self.dir.path().join("tree")
     }

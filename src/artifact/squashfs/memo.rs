@@ -12,8 +12,9 @@
 //! is read and checked as without a memo.
 //!
 //! The memo is one file per recipe and compressor setting
-//! (`cache::Layout::squashfs_memo`), replaced whole after each write with
-//! what that write learnt.
+//! (`cache::Layout::squashfs_memo`), replaced whole after each write over a
+//! kept tree with what that write learnt (a write from an extracted tree,
+//! whose inodes are never seen again, leaves it alone).
 
 use std::collections::HashMap;
 use std::path::Path;
