@@ -133,12 +133,15 @@ cache, and with their memos ([cache.md](cache.md#the-squashfs-and-tarball-memos)
 neither reads a file whose inode, size, mtime and ctime are those of the
 last write: on the kept tree's overlay that is every file the stages did
 not touch. An extracted tree has new inodes every time, so there every
-file is read, hashed and checked against the caches. The squashfs is
-written straight into the rootfs image, whose digest, chunk list and
-cookie come from one read of it; the thin initramfs copies its fixed part
-(init and modules) from the frame cache and compresses only the build id
-and chunk list. The rest of the whole build is the stages' work trees and
-publishing the bundle (copying and checking its files). Both caches are keyed
+file is read, hashed and checked against the caches (and the memos are
+left to the kept tree's builds). The squashfs is written straight into the
+rootfs image, whose digest, chunk list and cookie are taken by three
+threads reading it at once; the thin initramfs copies its fixed part (init
+and modules) from the frame cache and compresses only the build id and
+chunk list. Each stage walks its tree once (it starts from the snapshot the
+stage before ended with). The rest of the whole build is preparing the work
+tree and publishing the bundle, whose rootfs image and tarball are hard
+links to the cache's files ([releases.md](releases.md#a-bundle-is-never-changed-in-place)). Both caches are keyed
 by the compression level, so the first \`--fast\` build after release
 builds compresses everything once at its levels.
 DOC

@@ -35,13 +35,12 @@ pub struct FrameCache {
     pub unwritten: AtomicU64,
     /// Entries of the last write its memo knew (the tarball's; for the log).
     pub known_entries: AtomicU64,
-    /// Whether a hit has marked its settings' directory used (once per write is enough for `cache gc`).
-    marked: std::sync::atomic::AtomicBool,
+    marked: UsedMark,
 }
 
 impl FrameCache {
     pub fn new(path: Box<FramePath>) -> FrameCache {
-        FrameCache { path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), known_entries: AtomicU64::new(0), marked: std::sync::atomic::AtomicBool::new(false) }
+        FrameCache { path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), known_entries: AtomicU64::new(0), marked: UsedMark::default() }
     }
 
     /// A line for the outputs log.
@@ -60,7 +59,7 @@ impl FrameCache {
         match bytes.filter(|frame| decodes_to(frame, group)) {
             Some(frame) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                self.mark_used(&path);
+                self.marked.mark(&path);
                 Some(frame)
             }
             None => {
@@ -151,13 +150,21 @@ impl FrameCache {
             return None;
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
-        self.mark_used(&path);
+        self.marked.mark(&path);
         Some(bytes)
     }
+}
 
-    /// The last use of the settings' directory, for `cache gc` (once per write).
-    fn mark_used(&self, entry: &std::path::Path) {
-        if !self.marked.swap(true, Ordering::Relaxed) {
+/// Marks the directory of a cache's entries used, once per write: `cache gc`
+/// removes the least recently used directories first (the block cache and
+/// the frame cache both keep one per compression setting).
+#[derive(Default)]
+pub struct UsedMark(std::sync::atomic::AtomicBool);
+
+impl UsedMark {
+    /// The directory holding `entry` was used now (the first call only).
+    pub fn mark(&self, entry: &std::path::Path) {
+        if !self.0.swap(true, Ordering::Relaxed) {
             if let Some(parent) = entry.parent() {
                 let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
             }

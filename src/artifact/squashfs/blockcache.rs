@@ -45,8 +45,7 @@ pub struct BlockCache {
     /// Entries that could not be stored (a full disk, a read-only cache):
     /// the cache only saves work, so the image is written all the same.
     pub unwritten: AtomicU64,
-    /// Whether a hit has marked its settings' directory used (once per write is enough for `cache gc`).
-    marked: std::sync::atomic::AtomicBool,
+    marked: crate::artifact::frames::UsedMark,
 }
 
 /// What the cache holds for a block.
@@ -59,7 +58,7 @@ pub enum Cached {
 
 impl BlockCache {
     pub fn new(entry_path: Box<EntryPath>) -> BlockCache {
-        BlockCache { entry_path, memo_path: None, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), marked: std::sync::atomic::AtomicBool::new(false) }
+        BlockCache { entry_path, memo_path: None, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), marked: crate::artifact::frames::UsedMark::default() }
     }
 
     /// The cache with a memo of what each write learnt, at `memo_path(label)`.
@@ -84,7 +83,7 @@ impl BlockCache {
         match bytes.split_first() {
             Some((1, rest)) if !rest.is_empty() => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                self.mark_used(&path);
+                self.marked.mark(&path);
                 Some(rest.to_vec())
             }
             _ => None,
@@ -113,7 +112,7 @@ impl BlockCache {
         match sound {
             Some(cached) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                self.mark_used(&path);
+                self.marked.mark(&path);
                 Some((cached, entry))
             }
             None => {
@@ -124,14 +123,6 @@ impl BlockCache {
         }
     }
 
-    /// The last use of the settings' directory, for `cache gc` (once per write).
-    fn mark_used(&self, entry: &std::path::Path) {
-        if !self.marked.swap(true, Ordering::Relaxed) {
-            if let Some(parent) = entry.parent() {
-                let _ = filetime::set_file_mtime(parent, filetime::FileTime::now());
-            }
-        }
-    }
 
     /// Keep what `raw` (SHA-256 `digest`) compressed to, atomically; the
     /// SHA-256 of the entry's bytes.
