@@ -57,7 +57,7 @@ const UNCOMPRESSED_METADATA: u16 = 0x8000;
 const FLAG_DUPLICATES: u16 = 0x0040;
 /// Raw bytes of data read and compressed per batch: fixed, so the layout
 /// never depends on the number of threads.
-const BATCH_BYTES: u64 = 16 << 20;
+pub(super) const BATCH_BYTES: u64 = 16 << 20;
 
 // Inode types.
 const DIR: u16 = 1;
@@ -92,6 +92,9 @@ pub struct Summary {
     /// Regular files with data, and how many of them the memo knew (with a memo).
     pub files: usize,
     pub memo_known: Option<usize>,
+    /// The most compressed bytes held at once between compressing and
+    /// writing: about one batch, whatever the size of the largest file.
+    pub max_held_bytes: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -451,6 +454,37 @@ impl TailPart {
     }
 }
 
+/// One piece of a file: from the block cache when the memo knows it (a
+/// tail by its digest alone), else read, hashed and compressed.
+fn read_piece(worker: &mut Worker, piece: &Piece) -> Result<Read> {
+    if let Some(known) = &piece.known {
+        if piece.tail {
+            return Ok(Read::Tail(TailPart { bytes: None, path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest: known.raw }));
+        }
+        if let Some(block) = worker.known(known) {
+            return Ok(Read::Block(block, known.raw, known.how));
+        }
+    }
+    let raw = read_raw(piece)?;
+    let digest = sha256(&raw);
+    if piece.tail {
+        return Ok(Read::Tail(TailPart { bytes: Some(raw), path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest }));
+    }
+    if raw.iter().all(|&byte| byte == 0) {
+        return Ok(Read::Block(Block::Sparse, digest, How::Sparse));
+    }
+    let (block, how) = worker.block(raw, &digest)?;
+    Ok(Read::Block(block, digest, how))
+}
+
+/// The bytes of one piece of a file.
+fn read_raw(piece: &Piece) -> Result<Vec<u8>> {
+    let file = crate::fileops::open_regular_no_follow(piece.path)?;
+    let mut raw = vec![0; piece.len];
+    file.read_exact_at(&mut raw, piece.offset).with_context(|| format!("reading {} (did it change while being written?)", piece.path.display()))?;
+    Ok(raw)
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
@@ -485,6 +519,8 @@ struct DataWriter<'a, W: Write> {
     fragments: Vec<(u64, u32)>,
     /// Files already stored, by size and digest of their blocks.
     stored: HashMap<(u64, [u8; 32]), FileData>,
+    /// See [`Summary::max_held_bytes`].
+    max_held: u64,
 }
 
 impl<W: Write> DataWriter<'_, W> {
@@ -499,8 +535,72 @@ impl<W: Write> DataWriter<'_, W> {
         path.strip_prefix(self.tree).unwrap_or(path).as_os_str().as_bytes()
     }
 
-    /// The files of one batch, in order.
-    fn batch(&mut self, files: &[(&Path, u64, Stamp)]) -> Result<Vec<FileData>> {
+    /// A file larger than a batch, written a batch's worth of blocks at a
+    /// time, so a write holds at most a batch of compressed blocks whatever
+    /// the size of its files. Its identity (whether an identical file was
+    /// stored already) comes first: from the memo, or from a read that only
+    /// hashes its blocks; the blocks read again to be written must hash the
+    /// same. The image's bytes are those of a batch holding the file whole.
+    fn large_file(&mut self, path: &Path, size: u64, stamp: Stamp) -> Result<FileData> {
+        let block = u64::from(self.settings.block_size);
+        let count = size.div_ceil(block) as usize;
+        let known = self.memo.and_then(|memo| memo.file(self.relative(path), stamp)).filter(|known| known.len() == count).map(<[memo::Piece]>::to_vec);
+        let pieces: Vec<Piece> = (0..count)
+            .map(|index| {
+                let offset = index as u64 * block;
+                Piece { path, offset, len: (size - offset).min(block) as usize, tail: false, known: known.as_ref().map(|known| known[index]) }
+            })
+            .collect();
+        let digests: Vec<[u8; 32]> = match &known {
+            Some(known) => known.iter().map(|piece| piece.raw).collect(),
+            None => parallel(&pieces, self.threads, self.settings, None, &|_, piece: &Piece| Ok(sha256(&read_raw(piece)?)))?,
+        };
+        let mut identity = Sha256::new();
+        for digest in &digests {
+            identity.update(digest);
+        }
+        let key = (size, identity.finalize().into());
+        if let Some(stored) = self.stored.get(&key) {
+            if let Some(memo) = self.memo {
+                // Known by its blocks' digests; their bytes are read next time they are needed.
+                memo.learn_file(self.relative(path), stamp, digests.iter().map(|&raw| memo::Piece { raw, how: How::Read }).collect());
+            }
+            return Ok(stored.clone());
+        }
+        let mut file = FileData { start: self.position, ..FileData::default() };
+        let mut learnt = Vec::with_capacity(count);
+        let per_batch = (BATCH_BYTES / block).max(1) as usize;
+        for (segment, expected) in pieces.chunks(per_batch).zip(digests.chunks(per_batch)) {
+            let read = parallel(segment, self.threads, self.settings, self.cache, &read_piece)?;
+            self.held(&read);
+            for (piece, expected) in read.into_iter().zip(expected) {
+                let Read::Block(block, digest, how) = piece else { unreachable!("a file larger than a block has no tail") };
+                if digest != *expected {
+                    bail!("{} changed while being written", path.display());
+                }
+                if matches!(block, Block::Sparse) {
+                    file.sparse += (size - file.sizes.len() as u64 * u64::from(self.settings.block_size)).min(u64::from(self.settings.block_size));
+                }
+                file.sizes.push(block.size_field());
+                self.write_bytes(block.bytes())?;
+                learnt.push(memo::Piece { raw: digest, how });
+            }
+        }
+        if let Some(memo) = self.memo {
+            memo.learn_file(self.relative(path), stamp, learnt);
+        }
+        self.stored.insert(key, file.clone());
+        Ok(file)
+    }
+
+    /// Count what `read` holds toward [`Summary::max_held_bytes`].
+    fn held(&mut self, read: &[Read]) {
+        let bytes = read.iter().map(|piece| if let Read::Block(block, _, _) = piece { block.bytes().len() as u64 } else { 0 }).sum();
+        self.max_held = self.max_held.max(bytes);
+    }
+
+    /// The files of one batch, in order (their tails into fragment blocks, not yet written).
+    fn batch_data(&mut self, files: &[(&Path, u64, Stamp)]) -> Result<Vec<FileData>> {
         let block = u64::from(self.settings.block_size);
         let mut pieces = Vec::new();
         for &(path, size, stamp) in files {
@@ -514,28 +614,8 @@ impl<W: Write> DataWriter<'_, W> {
                 offset += len as u64;
             }
         }
-        let read = parallel(&pieces, self.threads, self.settings, self.cache, &|worker, piece: &Piece| {
-            if let Some(known) = &piece.known {
-                if piece.tail {
-                    return Ok(Read::Tail(TailPart { bytes: None, path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest: known.raw }));
-                }
-                if let Some(block) = worker.known(known) {
-                    return Ok(Read::Block(block, known.raw, known.how));
-                }
-            }
-            let file = crate::fileops::open_regular_no_follow(piece.path)?;
-            let mut raw = vec![0; piece.len];
-            file.read_exact_at(&mut raw, piece.offset).with_context(|| format!("reading {} (did it change while being written?)", piece.path.display()))?;
-            let digest = sha256(&raw);
-            if piece.tail {
-                return Ok(Read::Tail(TailPart { bytes: Some(raw), path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest }));
-            }
-            if raw.iter().all(|&byte| byte == 0) {
-                return Ok(Read::Block(Block::Sparse, digest, How::Sparse));
-            }
-            let (block, how) = worker.block(raw, &digest)?;
-            Ok(Read::Block(block, digest, how))
-        })?;
+        let read = parallel(&pieces, self.threads, self.settings, self.cache, &read_piece)?;
+        self.held(&read);
         let mut read = read.into_iter();
         let mut data = Vec::with_capacity(files.len());
         for &(path, size, stamp) in files {
@@ -592,7 +672,6 @@ impl<W: Write> DataWriter<'_, W> {
             }
             data.push(file);
         }
-        self.write_fragments()?;
         Ok(data)
     }
 
@@ -1046,30 +1125,45 @@ pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, opti
         full_fragments: Vec::new(),
         fragments: Vec::new(),
         stored: HashMap::new(),
+        max_held: 0,
     };
     let mut data = HashMap::new();
     let mut batch: Vec<(usize, &Path, u64, u64, Stamp)> = Vec::new();
     let mut batch_bytes = 0;
+    // Zero blocks are holes either way; as mksquashfs does, only a file
+    // sparse on disk gets an extended inode saying so.
+    let mut keep = |index: usize, size: u64, allocated: u64, mut file_data: FileData| {
+        if allocated >= size {
+            file_data.sparse = 0;
+        }
+        data.insert(index, file_data);
+    };
     for (position, &index) in order.iter().enumerate() {
         let Kind::File { path, size, allocated, stamp } = &nodes[index].kind else { unreachable!("a file") };
-        batch.push((index, path, *size, *allocated, *stamp));
-        batch_bytes += size;
-        if batch_bytes >= BATCH_BYTES || position + 1 == order.len() {
+        let large = *size > BATCH_BYTES;
+        if !large {
+            batch.push((index, path, *size, *allocated, *stamp));
+            batch_bytes += size;
+        }
+        if large || batch_bytes >= BATCH_BYTES || position + 1 == order.len() {
+            // A file larger than a batch closes the batch it comes in, as the
+            // last of it: the files before it, it, then their fragment blocks.
             let files: Vec<(&Path, u64, Stamp)> = batch.iter().map(|(_, path, size, _, stamp)| (*path, *size, *stamp)).collect();
-            let written = data_writer.batch(&files)?;
-            for ((index, _, size, allocated, _), mut file_data) in batch.drain(..).zip(written) {
-                // Zero blocks are holes either way; as mksquashfs does, only
-                // a file sparse on disk gets an extended inode saying so.
-                if allocated >= size {
-                    file_data.sparse = 0;
-                }
-                data.insert(index, file_data);
+            let written = data_writer.batch_data(&files)?;
+            for ((index, _, size, allocated, _), file_data) in batch.drain(..).zip(written) {
+                keep(index, size, allocated, file_data);
             }
+            if large {
+                let file_data = data_writer.large_file(path, *size, *stamp)?;
+                keep(index, *size, *allocated, file_data);
+            }
+            data_writer.write_fragments()?;
             batch_bytes = 0;
         }
     }
     data_writer.finish()?;
     let mut position = data_writer.position;
+    let data_writer_held = data_writer.max_held;
     let fragments = std::mem::take(&mut data_writer.fragments);
     let mut memo_known = None;
     if let (Some(memo), Some(path)) = (&memo, &memo_path) {
@@ -1178,7 +1272,7 @@ pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, opti
     file.seek(SeekFrom::Start(base))?;
     file.write_all(&superblock)?;
     file.seek(SeekFrom::Start(base + padded))?;
-    Ok(Summary { inodes, entries, bytes: padded, files: order.len(), memo_known })
+    Ok(Summary { inodes, entries, bytes: padded, files: order.len(), memo_known, max_held_bytes: data_writer_held })
 }
 
 #[cfg(test)]

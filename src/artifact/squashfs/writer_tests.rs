@@ -9,7 +9,7 @@ use std::process::Command;
 use filetime::FileTime;
 
 use super::blockcache::BlockCache;
-use super::writer::{self, Options, BLOCK_SIZE};
+use super::writer::{self, Options, BATCH_BYTES, BLOCK_SIZE};
 use crate::layer::{DeviceKind, Devices};
 use crate::recipe::{Algorithm, Compression};
 
@@ -406,4 +406,62 @@ fn a_changed_small_file_changes_few_fragment_blocks() {
         write(&tree, &Devices::default(), &dir.path().join("clean"), 2, None);
         assert!(fs_err::read(dir.path().join("incremental")).unwrap() == fs_err::read(dir.path().join("clean")).unwrap());
     }
+}
+
+/// A file larger than a batch is written a batch's worth of blocks at a time
+/// (the writer holds about one batch of compressed blocks, not the file);
+/// an identical copy of it is still stored once, and the image is what
+/// mksquashfs's lists and extracts to, the same for any thread count and
+/// from the memo.
+#[test]
+fn a_file_larger_than_a_batch_is_written_a_batch_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs_err::create_dir_all(tree.join("data")).unwrap();
+    let batch = BATCH_BYTES as usize;
+    let large = noise(2 * batch + 3 * BLOCK_SIZE as usize + 4321, 11);
+    fs_err::write(tree.join("data/a-small"), noise(9000, 12)).unwrap();
+    fs_err::write(tree.join("data/b-large"), &large).unwrap();
+    fs_err::write(tree.join("data/c-large-copy"), &large).unwrap();
+    // Mostly a hole: blocks of zeros inside a file larger than a batch.
+    let mut holes = vec![0u8; batch + 5 * BLOCK_SIZE as usize];
+    holes[batch + 7] = 1;
+    fs_err::write(tree.join("data/d-holes"), &holes).unwrap();
+    fs_err::write(tree.join("data/e-small"), noise(5000, 13)).unwrap();
+    // Before the epoch, which mksquashfs does not clamp to.
+    for path in ["data/a-small", "data/b-large", "data/c-large-copy", "data/d-holes", "data/e-small", "data", ""] {
+        let time = FileTime::from_unix_time(EPOCH - 1000, 0);
+        filetime::set_file_times(tree.join(path), time, time).unwrap();
+    }
+    let devices = Devices::default();
+    let (entries, memo) = (dir.path().join("cache"), dir.path().join("memo"));
+    let cache = || {
+        let (entries, memo) = (entries.clone(), memo.clone());
+        BlockCache::new(Box::new(move |settings, digest| entries.join(format!("{settings}-{digest}")))).with_memo(Box::new(move |settings| memo.join(settings)))
+    };
+    let image = |name: &str, threads: usize, cache: Option<&BlockCache>| {
+        let path = dir.path().join(name);
+        let summary = write(&tree, &devices, &path, threads, cache);
+        (fs_err::read(path).unwrap(), summary)
+    };
+    let (one, summary) = image("one", 1, None);
+    assert!(summary.max_held_bytes <= BATCH_BYTES + BATCH_BYTES / 16, "{} bytes held at once for a file of {}", summary.max_held_bytes, large.len());
+    assert!(summary.max_held_bytes >= BATCH_BYTES / 2, "{}", summary.max_held_bytes);
+    assert!((one.len() as u64) < large.len() as u64 + BATCH_BYTES / 4, "the copy is stored once: {} bytes", one.len());
+    assert!(one == image("three", 3, None).0, "1 and 3 threads differ");
+    assert!(one == image("learning", 2, Some(&cache())).0, "a write learning a memo differs");
+    let (from_memo, summary) = image("from-memo", 2, Some(&cache()));
+    assert!(one == from_memo, "a write from the memo differs");
+    assert_eq!(summary.memo_known, Some(summary.files));
+
+    let Some(unsquashfs) = tool("unsquashfs") else { return };
+    let extracted = dir.path().join("extracted");
+    output_of(Command::new(&unsquashfs).arg("-no-progress").arg("-d").arg(&extracted).arg(dir.path().join("one")));
+    for name in ["a-small", "b-large", "c-large-copy", "d-holes", "e-small"] {
+        assert!(fs_err::read(extracted.join("data").join(name)).unwrap() == fs_err::read(tree.join("data").join(name)).unwrap(), "{name} differs");
+    }
+    let theirs = dir.path().join("theirs.squashfs");
+    mksquashfs(&tree, &theirs);
+    let listing = |image: &Path| output_of(Command::new(&unsquashfs).arg("-lln").arg(image));
+    assert_eq!(listing(&dir.path().join("one")), listing(&theirs));
 }
