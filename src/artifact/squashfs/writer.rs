@@ -465,7 +465,11 @@ fn read_piece(worker: &mut Worker, piece: &Piece) -> Result<Read> {
             return Ok(Read::Block(block, known.raw, known.how));
         }
     }
-    let raw = read_raw(piece)?;
+    let raw = match read_raw(piece)? {
+        Raw::Hole if !piece.tail => return Ok(Read::Block(Block::Sparse, zeros_digest(piece.len), How::Sparse)),
+        Raw::Hole => vec![0; piece.len],
+        Raw::Bytes(raw) => raw,
+    };
     let digest = sha256(&raw);
     if piece.tail {
         return Ok(Read::Tail(TailPart { bytes: Some(raw), path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest }));
@@ -477,12 +481,46 @@ fn read_piece(worker: &mut Worker, piece: &Piece) -> Result<Read> {
     Ok(Read::Block(block, digest, how))
 }
 
-/// The bytes of one piece of a file.
-fn read_raw(piece: &Piece) -> Result<Vec<u8>> {
+/// One piece of a file as read: its bytes, or a hole (zeros, not read).
+enum Raw {
+    Bytes(Vec<u8>),
+    Hole,
+}
+
+/// The bytes of one piece of a file. A piece that lies in a hole of a
+/// sparse file is known by one `lseek(SEEK_DATA)` without being read: a
+/// sparse disk image of many gigabytes in a tree costs what its data costs.
+fn read_raw(piece: &Piece) -> Result<Raw> {
     let file = crate::fileops::open_regular_no_follow(piece.path)?;
+    if in_hole(&file, piece.offset, piece.len) {
+        return Ok(Raw::Hole);
+    }
     let mut raw = vec![0; piece.len];
     file.read_exact_at(&mut raw, piece.offset).with_context(|| format!("reading {} (did it change while being written?)", piece.path.display()))?;
-    Ok(raw)
+    Ok(Raw::Bytes(raw))
+}
+
+/// Whether `len` bytes at `offset` of `file` are all in a hole (no data
+/// before their end). A filesystem that cannot tell says no, and the bytes
+/// are read.
+fn in_hole(file: &std::fs::File, offset: u64, len: usize) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(start) = i64::try_from(offset) else { return false };
+    match nix::unistd::lseek(file.as_raw_fd(), start, nix::unistd::Whence::SeekData) {
+        Ok(data) => data as u64 >= offset + len as u64,
+        Err(nix::errno::Errno::ENXIO) => true,
+        Err(_) => false,
+    }
+}
+
+/// The SHA-256 of `len` zero bytes (a whole block's is computed once).
+fn zeros_digest(len: usize) -> [u8; 32] {
+    static BLOCK: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    if len == BLOCK_SIZE as usize {
+        *BLOCK.get_or_init(|| sha256(&vec![0; len]))
+    } else {
+        sha256(&vec![0; len])
+    }
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -553,7 +591,12 @@ impl<W: Write> DataWriter<'_, W> {
             .collect();
         let digests: Vec<[u8; 32]> = match &known {
             Some(known) => known.iter().map(|piece| piece.raw).collect(),
-            None => parallel(&pieces, self.threads, self.settings, None, &|_, piece: &Piece| Ok(sha256(&read_raw(piece)?)))?,
+            None => parallel(&pieces, self.threads, self.settings, None, &|_, piece: &Piece| {
+                Ok(match read_raw(piece)? {
+                    Raw::Bytes(raw) => sha256(&raw),
+                    Raw::Hole => zeros_digest(piece.len),
+                })
+            })?,
         };
         let mut identity = Sha256::new();
         for digest in &digests {

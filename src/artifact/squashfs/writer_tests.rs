@@ -465,3 +465,55 @@ fn a_file_larger_than_a_batch_is_written_a_batch_at_a_time() {
     let listing = |image: &Path| output_of(Command::new(&unsquashfs).arg("-lln").arg(image));
     assert_eq!(listing(&dir.path().join("one")), listing(&theirs));
 }
+
+/// Sizes and counts past what one field or one metadata block holds: a file
+/// over 4 GiB (sparse: a hole, then a byte) and, as root, more uids and gids
+/// than one id table block holds (2048). unsquashfs lists the image as it
+/// lists mksquashfs's and extracts the large file's size and last byte.
+#[test]
+fn a_file_over_4_gib_and_thousands_of_owners_list_as_mksquashfs() {
+    let Some(unsquashfs) = tool("unsquashfs") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    fs_err::create_dir_all(tree.join("owners")).unwrap();
+    let large_len = (4u64 << 30) + 3 * u64::from(BLOCK_SIZE) + 5;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(tree.join("large")).unwrap();
+        file.set_len(large_len).unwrap();
+        file.write_all_at(b"end", large_len - 3).unwrap();
+    }
+    let owners = if is_root() { 1100 } else { 0 };
+    for index in 0..owners {
+        let path = tree.join(format!("owners/{index:04}"));
+        fs_err::write(&path, format!("{index}\n")).unwrap();
+        nix::unistd::chown(&path, Some((10_000 + index).into()), Some((20_000 + index).into())).unwrap();
+    }
+    let mut paths: Vec<PathBuf> = walkdir::WalkDir::new(&tree).into_iter().map(|entry| entry.unwrap().into_path()).collect();
+    paths.sort();
+    for path in paths {
+        let time = FileTime::from_unix_time(EPOCH - 1000, 0);
+        filetime::set_file_times(path, time, time).unwrap();
+    }
+    let ours = dir.path().join("ours.squashfs");
+    let summary = write(&tree, &Devices::default(), &ours, 2, None);
+    assert!(summary.bytes < 1 << 20, "a hole is not stored: {} bytes", summary.bytes);
+    let theirs = dir.path().join("theirs.squashfs");
+    mksquashfs(&tree, &theirs);
+    let listing = |image: &Path| output_of(Command::new(&unsquashfs).arg("-lln").arg(image));
+    let ours_listing = listing(&ours);
+    assert!(ours_listing.contains(&format!(" {large_len} ")), "{}", &ours_listing[..ours_listing.len().min(2000)]);
+    assert!(ours_listing == listing(&theirs), "unsquashfs -lln differs from mksquashfs's");
+    if owners > 0 {
+        assert!(ours_listing.contains(&format!(" {}/{} ", 10_000 + owners - 1, 20_000 + owners - 1)), "the last owner is listed");
+    } else {
+        eprintln!("SKIPPED more than 2048 uids and gids: chown needs root");
+    }
+    let extracted = dir.path().join("extracted");
+    output_of(Command::new(&unsquashfs).arg("-no-progress").arg("-d").arg(&extracted).arg(&ours).arg("large"));
+    let file = std::fs::File::open(extracted.join("large")).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), large_len);
+    let mut end = [0u8; 3];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut end, large_len - 3).unwrap();
+    assert_eq!(&end, b"end");
+}
