@@ -43,10 +43,10 @@ impl FrameCache {
         FrameCache { path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), known_entries: AtomicU64::new(0), marked: UsedMark::default() }
     }
 
-    /// A line for the outputs log.
+    /// A line for the outputs log, after the writer's name.
     pub fn summary(&self) -> String {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        format!("{WRITER}: frame cache: {} frames copied, {} compressed, {} corrupt entries replaced, {} not stored", load(&self.hits), load(&self.misses), load(&self.corrupt), load(&self.unwritten)) + &format!("; memo: {} entries known", load(&self.known_entries))
+        format!("frame cache: {} frames copied, {} compressed, {} corrupt entries replaced, {} not stored", load(&self.hits), load(&self.misses), load(&self.corrupt), load(&self.unwritten)) + &format!("; memo: {} entries known", load(&self.known_entries))
     }
 
     pub fn get(&self, label: &str, hex: &str, group: &[u8]) -> Option<Vec<u8>> {

@@ -12,6 +12,11 @@
 //! rebuild after a small change compresses only the groups that changed,
 //! and writes the bytes a clean write gives. The tar inside is the same
 //! bytes whichever way it is compressed.
+//!
+//! A regular file larger than a batch (64 MiB) is not held whole: the group
+//! before it ends, and its own tar bytes are cut into groups of exactly 16
+//! MiB (the last one shorter) as they are read, so a write holds about one
+//! batch of groups whatever the size of its largest file.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -31,8 +36,10 @@ use crate::digest::HashingWriter;
 use crate::layer::{Devices, TreeTarWriter};
 use crate::recipe::{Algorithm, Compression};
 
-/// The framed writer's name and version, in the rootfs output key.
-pub use super::frames::WRITER;
+/// The framed writer's name and version, in the rootfs output key: where
+/// groups are cut (2: a file larger than a batch is cut into groups of its
+/// own). How a group becomes a frame is `frames::WRITER`'s.
+pub const WRITER: &str = "rootsmith-tar-frames 2";
 
 /// Where a recipe's tarball memo for a frame label is (the cache's layout decides).
 pub type MemoPath = dyn Fn(&str) -> PathBuf + Sync;
@@ -43,6 +50,9 @@ const MIN_GROUP: usize = 1 << 20;
 const MAX_GROUP: usize = 16 << 20;
 /// Groups are compressed in batches of about this many bytes (what a write holds in memory).
 const BATCH: usize = 64 << 20;
+/// A regular file larger than this is cut into groups of its own as it is
+/// read (a smaller one is held whole while its group is made).
+const LARGE_FILE: u64 = BATCH as u64;
 
 /// A compressing writer with fixed settings. zstd runs multi-threaded; its
 /// output does not depend on the number of workers.
@@ -71,13 +81,38 @@ pub fn extension(compression: Compression) -> &'static str {
     }
 }
 
-/// A `Write` into a buffer the caller can take groups out of between entries.
+/// A `Write` into a buffer the caller can take groups out of between
+/// entries; while `spill` is set, every full group of [`MAX_GROUP`] bytes
+/// goes to it as it is written (a large file's bytes, cut as they come).
 #[derive(Clone, Default)]
-struct Shared(Rc<RefCell<Vec<u8>>>);
+struct Shared<'s> {
+    bytes: Rc<RefCell<Vec<u8>>>,
+    spill: Rc<RefCell<Option<Spill<'s>>>>,
+}
 
-impl Write for Shared {
+/// Where full groups of a large file go as they are written.
+type Spill<'s> = Box<dyn FnMut(Vec<u8>) -> Result<()> + 's>;
+
+impl Shared<'_> {
+    fn len(&self) -> usize {
+        self.bytes.borrow().len()
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.bytes.borrow_mut())
+    }
+}
+
+impl Write for Shared<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(bytes);
+        let mut buffer = self.bytes.borrow_mut();
+        buffer.extend_from_slice(bytes);
+        if let Some(spill) = self.spill.borrow_mut().as_mut() {
+            while buffer.len() >= MAX_GROUP {
+                let rest = buffer.split_off(MAX_GROUP);
+                spill(std::mem::replace(&mut *buffer, rest)).map_err(std::io::Error::other)?;
+            }
+        }
         Ok(bytes.len())
     }
 
@@ -195,79 +230,19 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
     // Entries changed after this are never remembered as they are now.
     let began = std::time::SystemTime::now();
     let memo_path = memo.filter(|_| devices.is_empty() && frames.is_some()).map(|path| path(&label));
-    let mut memo = memo_path.as_deref().map(|path| TarballMemo::load(path, epoch));
-    let mut framer = Framer { out: file, level, label: label.clone(), cache: frames, batch: Vec::new(), batch_len: 0, learnt: Vec::new() };
+    let memo = memo_path.as_deref().map(|path| TarballMemo::load(path, epoch));
+    let framer = Rc::new(RefCell::new(Framer { out: file, level, label: label.clone(), cache: frames, batch: Vec::new(), batch_len: 0, learnt: Vec::new() }));
     let buffer = Shared::default();
-    let mut writer = TreeTarWriter::new(buffer.clone(), epoch, devices);
-    // The group so far: its entries, and while the memo knew every one of
-    // them, their length (their bytes are not in the buffer yet).
-    let mut group: Vec<(PathBuf, Option<Key>)> = Vec::new();
-    let mut known_len = memo.as_ref().map(|_| 0u64);
-    crate::fileops::walk_tree::<anyhow::Error>(tree, false, &mut |relative, metadata| {
-        let key = match &memo {
-            Some(_) => {
-                // A hard link's bytes name whichever path was written first.
-                (metadata.is_dir() || metadata.nlink() == 1).then(|| (relative.as_os_str().as_bytes().to_vec(), Stamp::of(metadata)))
-            }
-            None => None,
-        };
-        let length = known_len.and(key.as_ref()).and_then(|key| memo.as_ref()?.entry(key));
-        match (known_len, length) {
-            (Some(so_far), Some(length)) => known_len = Some(so_far + length),
-            _ => {
-                if known_len.take().is_some() {
-                    for (path, _) in &group {
-                        writer.append(tree, path)?;
-                    }
-                }
-                let before = buffer.0.borrow().len();
-                writer.append(tree, relative)?;
-                if let (Some(memo), Some(key)) = (memo.as_mut(), &key) {
-                    memo.learn_entry(key.clone(), (buffer.0.borrow().len() - before) as u64);
-                }
-            }
-        }
-        if let (Some(memo), Some(key), Some(length)) = (memo.as_mut(), &key, length) {
-            memo.learn_entry(key.clone(), length);
-        }
-        group.push((relative.to_path_buf(), key));
-        let group_len = known_len.unwrap_or(buffer.0.borrow().len() as u64);
-        if cut_after(relative, group_len as usize) {
-            // Its identity, when the memo may learn it: every entry known by a settled stamp.
-            let identity = group.iter().all(|(_, key)| key.as_ref().is_some_and(|key| key.1.settled_before(began))).then(|| group_identity(group.iter().filter_map(|(_, key)| key.as_ref())));
-            let found = match (known_len, identity, &memo, frames) {
-                (Some(length), Some(identity), Some(memo), Some(frames)) => memo.group(&identity).and_then(|known| frames.get_trusted(&label, &known.group, &known.frame, length).map(|frame| (identity, known, frame))),
-                _ => None,
-            };
-            match found {
-                Some((identity, known, frame)) => {
-                    framer.learnt.push((identity, known));
-                    framer.push_frame(frame)?;
-                }
-                None => {
-                    if known_len.is_some() {
-                        for (path, _) in &group {
-                            writer.append(tree, path)?;
-                        }
-                    }
-                    let bytes = std::mem::take(&mut *buffer.0.borrow_mut());
-                    framer.push(bytes, identity)?;
-                }
-            }
-            group.clear();
-            known_len = memo.as_ref().map(|_| 0);
-        }
-        Ok(())
-    })?;
-    if known_len.is_some() {
-        for (path, _) in &group {
-            writer.append(tree, path)?;
-        }
-    }
+    let known_len = memo.as_ref().map(|_| 0u64);
+    let mut groups = Groups { tree, writer: TreeTarWriter::new(buffer.clone(), epoch, devices), buffer, framer: framer.clone(), memo, frames, label, began, group: Vec::new(), known_len };
+    crate::fileops::walk_tree::<anyhow::Error>(tree, false, &mut |relative, metadata| groups.entry(relative, metadata))?;
+    groups.materialize()?;
     // The end-of-archive blocks close the last group.
+    let Groups { writer, buffer, mut memo, framer: shared, .. } = groups;
+    drop(shared);
     writer.finish()?;
-    let last = std::mem::take(&mut *buffer.0.borrow_mut());
-    framer.push(last, None)?;
+    let mut framer = Rc::try_unwrap(framer).map_err(|_| anyhow::anyhow!("the tarball's framer is still shared"))?.into_inner();
+    framer.push(buffer.take(), None)?;
     framer.flush()?;
     if let (Some(memo), Some(path)) = (memo.as_mut(), &memo_path) {
         for (identity, known) in std::mem::take(&mut framer.learnt) {
@@ -281,6 +256,106 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
     }
     let (_, digest) = framer.out.finish()?;
     Ok(digest)
+}
+
+/// The tree's entries on their way into groups (see the module's note).
+struct Groups<'a, W: Write> {
+    tree: &'a Path,
+    writer: TreeTarWriter<'a, Shared<'a>>,
+    buffer: Shared<'a>,
+    framer: Rc<RefCell<Framer<'a, W>>>,
+    memo: Option<TarballMemo>,
+    frames: Option<&'a FrameCache>,
+    label: String,
+    /// When the write began: entries changed since are not remembered.
+    began: std::time::SystemTime,
+    /// The group so far: its entries, and while the memo knew every one of
+    /// them, their length (their bytes are not in the buffer yet).
+    group: Vec<(PathBuf, Option<Key>)>,
+    known_len: Option<u64>,
+}
+
+impl<'a, W: Write + 'a> Groups<'a, W> {
+    fn entry(&mut self, relative: &Path, metadata: &std::fs::Metadata) -> Result<()> {
+        if metadata.is_file() && metadata.len() > LARGE_FILE {
+            return self.large_file(relative);
+        }
+        // A hard link's bytes name whichever path was written first.
+        let key = self.memo.as_ref().and_then(|_| (metadata.is_dir() || metadata.nlink() == 1).then(|| (relative.as_os_str().as_bytes().to_vec(), Stamp::of(metadata))));
+        let length = self.known_len.and(key.as_ref()).and_then(|key| self.memo.as_ref()?.entry(key));
+        match (self.known_len, length) {
+            (Some(so_far), Some(length)) => self.known_len = Some(so_far + length),
+            _ => {
+                self.materialize()?;
+                let before = self.buffer.len();
+                self.writer.append(self.tree, relative)?;
+                if let (Some(memo), Some(key)) = (self.memo.as_mut(), &key) {
+                    memo.learn_entry(key.clone(), (self.buffer.len() - before) as u64);
+                }
+            }
+        }
+        if let (Some(memo), Some(key), Some(length)) = (self.memo.as_mut(), &key, length) {
+            memo.learn_entry(key.clone(), length);
+        }
+        self.group.push((relative.to_path_buf(), key));
+        let group_len = self.known_len.unwrap_or(self.buffer.len() as u64);
+        if cut_after(relative, group_len as usize) {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
+    /// The entries the memo knew, whose bytes the group now needs after all.
+    fn materialize(&mut self) -> Result<()> {
+        if self.known_len.take().is_some() {
+            for (path, _) in &self.group {
+                self.writer.append(self.tree, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// End the group here: its frame from the memo and the frame cache, or
+    /// its bytes to compress (or look up by their digest).
+    fn cut(&mut self) -> Result<()> {
+        // Its identity, when the memo may learn it: every entry known by a settled stamp.
+        let identity = self.group.iter().all(|(_, key)| key.as_ref().is_some_and(|key| key.1.settled_before(self.began))).then(|| group_identity(self.group.iter().filter_map(|(_, key)| key.as_ref())));
+        let found = match (self.known_len, identity, &self.memo, self.frames) {
+            (Some(length), Some(identity), Some(memo), Some(frames)) => memo.group(&identity).and_then(|known| frames.get_trusted(&self.label, &known.group, &known.frame, length).map(|frame| (identity, known, frame))),
+            _ => None,
+        };
+        match found {
+            Some((identity, known, frame)) => {
+                let mut framer = self.framer.borrow_mut();
+                framer.learnt.push((identity, known));
+                framer.push_frame(frame)?;
+            }
+            None => {
+                self.materialize()?;
+                self.framer.borrow_mut().push(self.buffer.take(), identity)?;
+            }
+        }
+        self.group.clear();
+        self.known_len = self.memo.as_ref().map(|_| 0);
+        Ok(())
+    }
+
+    /// A regular file larger than [`LARGE_FILE`]: the group before it ends, and its
+    /// tar bytes are cut into groups of [`MAX_GROUP`] as they are read (never
+    /// held whole, never remembered by the memo).
+    fn large_file(&mut self, relative: &Path) -> Result<()> {
+        if !self.group.is_empty() {
+            self.cut()?;
+        }
+        let framer = self.framer.clone();
+        *self.buffer.spill.borrow_mut() = Some(Box::new(move |group| framer.borrow_mut().push(group, None)));
+        let appended = self.writer.append(self.tree, relative);
+        *self.buffer.spill.borrow_mut() = None;
+        appended?;
+        self.framer.borrow_mut().push(self.buffer.take(), None)?;
+        self.known_len = self.memo.as_ref().map(|_| 0);
+        Ok(())
+    }
 }
 
 /// The end of a compressed tarball's writers: when the compressor drops it
@@ -439,6 +514,45 @@ mod tests {
         assert!(frames > 3, "{frames} frames");
         let listed = std::process::Command::new("tar").arg("--zstd").arg("-tf").arg(dir.path().join("a.tar.zst")).output().unwrap();
         assert!(listed.status.success() && String::from_utf8_lossy(&listed.stdout).lines().count() > 1200);
+    }
+
+    /// A file larger than a batch is cut into groups of 16 MiB as it is read:
+    /// no frame holds more than that (a write never holds the file whole),
+    /// the tar inside is the plain stream's, and writes from the frame cache
+    /// and the memo give the same bytes.
+    #[test]
+    fn a_file_larger_than_a_batch_is_cut_into_groups_as_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        fs_err::create_dir_all(root.join("var")).unwrap();
+        fs_err::write(root.join("var/a-small"), b"before\n").unwrap();
+        let large: Vec<u8> = (0..LARGE_FILE as usize + (5 << 20) + 123).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        fs_err::write(root.join("var/large"), &large).unwrap();
+        fs_err::write(root.join("var/z-small"), b"after\n").unwrap();
+        let framed = write(&root, &dir.path().join("a.tar.zst"), None);
+        let devices = Devices::default();
+        let mut plain = TreeTarWriter::new(Vec::new(), 1_700_000_000, &devices);
+        for entry in walkdir::WalkDir::new(&root).min_depth(1).sort_by_file_name() {
+            let entry = entry.unwrap();
+            plain.append(&root, entry.path().strip_prefix(&root).unwrap()).unwrap();
+        }
+        assert!(unzstd(&framed) == plain.finish().unwrap(), "the framed tarball holds another tar");
+        let mut sizes = Vec::new();
+        let mut rest = &framed[..];
+        while !rest.is_empty() {
+            let size = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+            sizes.push(unzstd(&rest[..size]).len());
+            rest = &rest[size..];
+        }
+        assert!(sizes.iter().all(|&size| size <= MAX_GROUP), "a frame holds more than a group: {sizes:?}");
+        assert!(sizes.iter().filter(|&&size| size == MAX_GROUP).count() >= 4, "{sizes:?}");
+        let (frames_dir, memo_dir) = (dir.path().join("frames"), dir.path().join("memo"));
+        let memo = move |label: &str| memo_dir.join(label);
+        for pass in ["learning", "from the memo"] {
+            let out = dir.path().join("memo.tar.zst");
+            write_rootfs_tarball(&root, &Devices::default(), &out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, Some(&cache(&frames_dir)), Some(&memo)).unwrap();
+            assert!(fs_err::read(&out).unwrap() == framed, "a write {pass} differs");
+        }
     }
 
     #[test]

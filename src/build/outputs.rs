@@ -297,7 +297,7 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
     let known = BTreeMap::from([("rootfs.img".to_string(), made.sha256), (tarball_name, tarball_digest)]);
     if tarball_compression.algorithm == Algorithm::Zstd {
         use std::io::Write;
-        fs_err::OpenOptions::new().append(true).open(&log)?.write_all(format!("{}\n", frames.summary()).as_bytes())?;
+        fs_err::OpenOptions::new().append(true).open(&log)?.write_all(format!("{}: {}\n", tarball::WRITER, frames.summary()).as_bytes())?;
     }
     fs_err::write(staged.join(PACKAGES), artifact::packages::installed(&tree))?;
     let created = crate::time::rfc3339(runner.plan.source_date_epoch);
