@@ -352,7 +352,12 @@ impl<'a, W: Write + 'a> Groups<'a, W> {
         let appended = self.writer.append(self.tree, relative);
         *self.buffer.spill.borrow_mut() = None;
         appended?;
-        self.framer.borrow_mut().push(self.buffer.take(), None)?;
+        // What is left after the last full group (nothing when the entry's
+        // tar bytes end exactly there).
+        let rest = self.buffer.take();
+        if !rest.is_empty() {
+            self.framer.borrow_mut().push(rest, None)?;
+        }
         self.known_len = self.memo.as_ref().map(|_| 0);
         Ok(())
     }

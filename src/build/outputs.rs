@@ -104,19 +104,21 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
         match runner.store.output::<RootfsRecord>(&rootfs_key).filter(|rootfs| rootfs.key == rootfs_key) {
             Some(rootfs) => {
                 runner.progress.start("outputs", "initramfs (the rootfs image, tarball and SBOM are cached)");
-                (rootfs, None)
+                (rootfs, None, false)
             }
             None => {
                 runner.progress.start("outputs", "squashfs, rootfs image, initramfs, tarball");
                 runner.store.discard(&crate::cache::CorruptEntry::Output(rootfs_key.clone()))?;
-                let (rootfs, chunks) = build_rootfs(runner, fast, &rootfs_key)?;
-                (rootfs, Some(chunks))
+                let (rootfs, chunks, stored) = build_rootfs(runner, fast, &rootfs_key)?;
+                (rootfs, Some(chunks), stored)
             }
         }
     };
-    let (rootfs, chunks) = rootfs;
+    let (rootfs, chunks, rootfs_stored) = rootfs;
+    // The entries whose files are the ones this build wrote (not another
+    // build's, stored under the same key first).
     let mut made_here = Vec::new();
-    if chunks.is_some() {
+    if rootfs_stored {
         made_here.push(rootfs_key.clone());
     }
     let mut steps = Steps::start();
@@ -162,14 +164,16 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     steps.done("initramfs");
     let files = digests_of(&staged, BTreeMap::new())?;
     let record = OutputRecord { key: key.clone(), files, cookie: rootfs.cookie.clone(), squashfs_entries: rootfs.squashfs_entries, rootfs, initramfs, created: crate::time::now_seconds() };
-    runner.store.put_output(&key, &staged, &record)?;
+    let initramfs_stored = runner.store.put_output(&key, &staged, &record)?;
     steps.done("store");
     steps.append_to(&log)?;
     runner.share_outputs(&record.rootfs.key)?;
     runner.share_outputs(&key)?;
     let seconds = started.elapsed().as_secs_f64();
     runner.progress.done("outputs", "built", seconds);
-    made_here.push(key.clone());
+    if initramfs_stored {
+        made_here.push(key.clone());
+    }
     Ok((outcome("built", seconds), record, made_here))
 }
 
@@ -225,9 +229,10 @@ fn digests_of(staged: &std::path::Path, known: BTreeMap<String, String>) -> Resu
 }
 
 /// The rootfs entry of the final tree: the squashfs in the rootfs image,
-/// the tarball, the package list and the SBOM, stored under `key`; and the
-/// rootfs image's chunk list.
-fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(RootfsRecord, ChunkList)> {
+/// the tarball, the package list and the SBOM, stored under `key`; the
+/// rootfs image's chunk list; and whether the entry stored is this one (not
+/// another build's, stored first).
+fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(RootfsRecord, ChunkList, bool)> {
     let (squashfs_compression, tarball_compression) = output_compressions(runner.plan, fast);
     let mut steps = Steps::start();
     let stages = runner.plan.stages.len();
@@ -304,10 +309,10 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
     fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &runner.plan.recipe, &cookie, &created))?;
     steps.done("packages-sbom");
     let record = RootfsRecord { key: key.to_string(), files: digests_of(&staged, known)?, cookie, squashfs_entries: check.entries, created: crate::time::now_seconds() };
-    runner.store.put_output(key, &staged, &record)?;
+    let stored = runner.store.put_output(key, &staged, &record)?;
     steps.done("store");
     steps.append_to(&log)?;
-    Ok((record, made.chunks))
+    Ok((record, made.chunks, stored))
 }
 
 /// Squashfs and tarball compression: the recipe's, or cheap ones for `--fast`.

@@ -401,18 +401,17 @@ impl<'a> StageRunner<'a> {
             // clamped), so the next stage sees the same tree either way and
             // captures the same layer bytes.
             let epoch = filetime::FileTime::from_unix_time(self.plan.source_date_epoch, 0);
-            let mut retimed = Vec::new();
-            for change in changes {
-                if let Change::Write(path) = change {
-                    let full = tree.join(&path);
-                    let metadata = fs_err::symlink_metadata(&full)?;
-                    if filetime::FileTime::from_last_modification_time(&metadata) > epoch {
-                        filetime::set_symlink_file_times(&full, epoch, epoch)?;
-                        retimed.push(path);
-                    }
+            let written: Vec<PathBuf> = changes.into_iter().filter_map(|change| if let Change::Write(path) = change { Some(path) } else { None }).collect();
+            for path in &written {
+                let full = tree.join(path);
+                let metadata = fs_err::symlink_metadata(&full)?;
+                if filetime::FileTime::from_last_modification_time(&metadata) > epoch {
+                    filetime::set_symlink_file_times(&full, epoch, epoch)?;
                 }
             }
-            after.refresh(tree, retimed.iter().map(PathBuf::as_path))?;
+            // Every written path, not only those retimed here: the other
+            // names of a hard-linked file were retimed through the first.
+            after.refresh(tree, written.iter().map(PathBuf::as_path))?;
         }
         self.store.put_blob(temp)
     }

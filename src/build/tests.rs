@@ -213,6 +213,10 @@ fn each_layer_holds_only_what_its_own_stage_changed() {
         fs_err::create_dir_all(dir.path().join(sub)).unwrap();
         fs_err::write(dir.path().join(sub).join(file), file).unwrap();
     }
+    // A base with two names of one file (GNU tar keeps the link): the layer
+    // writer retimes both through the first.
+    fs_err::hard_link(dir.path().join("tree/etc/hostname"), dir.path().join("tree/etc/hostname-link")).unwrap();
+    assert!(std::process::Command::new("tar").arg("-C").arg(dir.path().join("tree")).arg("-cf").arg(dir.path().join("base.tar")).arg(".").status().unwrap().success());
     let source = "rootsmith: 1\nname: unit\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - files: { src: first, dest: /etc }\n  - files: { src: second, dest: /usr }\n";
     let recipe = load_str(&dir.path().join("unit.yaml"), source, &LoadOptions::default()).unwrap();
     let cache = dir.path().join("cache");
@@ -231,6 +235,7 @@ fn each_layer_holds_only_what_its_own_stage_changed() {
         .collect();
     // A directory shows when its mtime moved; nothing of the base may.
     let first: Vec<&String> = layers[1].iter().filter(|path| *path != "etc").collect();
+    assert!(layers[0].contains(&"etc/hostname-link".to_string()), "{:?}", layers[0]);
     assert_eq!(first, ["etc/one"], "the first files stage's layer: {:?}", layers[1]);
     let second: Vec<&String> = layers[2].iter().filter(|path| *path != "usr").collect();
     assert_eq!(second, ["usr/two"], "the second files stage's layer: {:?}", layers[2]);

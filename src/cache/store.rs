@@ -295,14 +295,16 @@ impl Store {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Move a directory of assembled outputs into place under `key`.
-    pub fn put_output(&self, key: &str, staged: &Path, record: &impl Serialize) -> Result<()> {
+    /// Move a directory of assembled outputs into place under `key`: `true`
+    /// when it is the entry now, `false` when another build's was there first.
+    pub fn put_output(&self, key: &str, staged: &Path, record: &impl Serialize) -> Result<bool> {
         fs_err::write(staged.join(OUTPUT_RECORD), serde_json::to_vec_pretty(record)?)?;
         let destination = self.layout.output(key);
         match fs_err::rename(staged, &destination) {
-            Ok(()) => Ok(()),
-            // Another build stored the same outputs first: theirs are as good.
-            Err(_) if destination.join(OUTPUT_RECORD).exists() => Ok(()),
+            Ok(()) => Ok(true),
+            // Another build stored the same outputs first: theirs are as good
+            // (and are checked like any cached entry when published).
+            Err(_) if destination.join(OUTPUT_RECORD).exists() => Ok(false),
             Err(error) => Err(error).with_context(|| format!("storing outputs {key}")),
         }
     }
@@ -386,7 +388,13 @@ mod tests {
         let outputs = staged.path().join("o");
         fs_err::create_dir(&outputs).unwrap();
         let made = Made { key: "k".repeat(64), files: Default::default(), created: 1, extra: 7 };
-        store.put_output(&made.key, &outputs, &made).unwrap();
+        assert!(store.put_output(&made.key, &outputs, &made).unwrap(), "the first is stored");
+        // Another build's outputs for the same key, stored second: the first stay.
+        let second = staged.path().join("second");
+        fs_err::create_dir(&second).unwrap();
+        fs_err::write(second.join("file"), b"theirs").unwrap();
+        assert!(!store.put_output(&made.key, &second, &made).unwrap(), "the second is not the entry");
+        assert!(!store.layout().output(&made.key).join("file").exists());
         assert_eq!(store.output::<Made>(&made.key), Some(made));
         assert!(store.output::<Made>(&"0".repeat(64)).is_none());
     }

@@ -502,13 +502,16 @@ fn read_raw(piece: &Piece) -> Result<Raw> {
 
 /// Whether `len` bytes at `offset` of `file` are all in a hole (no data
 /// before their end). A filesystem that cannot tell says no, and the bytes
-/// are read.
+/// are read; so does a file that is shorter now than the range (lseek says
+/// ENXIO past the end too, and the read must fail).
 fn in_hole(file: &std::fs::File, offset: u64, len: usize) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(start) = i64::try_from(offset) else { return false };
+    let end = offset + len as u64;
+    let in_file = || file.metadata().is_ok_and(|metadata| metadata.len() >= end);
     match nix::unistd::lseek(file.as_raw_fd(), start, nix::unistd::Whence::SeekData) {
-        Ok(data) => data as u64 >= offset + len as u64,
-        Err(nix::errno::Errno::ENXIO) => true,
+        Ok(data) => data as u64 >= end && in_file(),
+        Err(nix::errno::Errno::ENXIO) => in_file(),
         Err(_) => false,
     }
 }
@@ -1342,5 +1345,21 @@ mod tests {
         // Minor numbers past 255 go above the major (new_encode_dev).
         assert_eq!(encode_device(300, 70000), (70000 & 0xff) | (300 << 8) | ((70000 & !0xff) << 12));
         assert_eq!(u64::from(encode_device(259, 65537)), libc::makedev(259, 65537) & 0xffff_ffff);
+    }
+
+    #[test]
+    fn a_hole_is_known_and_a_range_past_the_end_is_not_one() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("sparse")).unwrap();
+        let block = BLOCK_SIZE as u64;
+        file.set_len(64 * block).unwrap();
+        file.write_all_at(b"data", 40 * block).unwrap();
+        assert!(in_hole(&file, 0, block as usize), "a block inside the hole");
+        assert!(!in_hole(&file, 40 * block, block as usize), "the block with data");
+        assert!(!in_hole(&file, 39 * block, 2 * block as usize), "a range reaching the data");
+        assert!(in_hole(&file, 63 * block, block as usize), "the hole after the data, to the end");
+        assert!(!in_hole(&file, 64 * block, block as usize), "past the end: read, and the read fails");
+        assert!(!in_hole(&file, 63 * block, 2 * block as usize), "a range longer than the file");
     }
 }
