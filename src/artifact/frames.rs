@@ -189,23 +189,10 @@ mod tests {
         FrameCache::new(Box::new(move |label, hex| dir.join(label).join(hex)))
     }
 
-    /// Bytes that do not compress (xorshift).
-    fn noise(len: usize) -> Vec<u8> {
-        let mut state = 88172645463325252u64;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn a_frame_larger_than_its_bytes_is_copied_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = noise(4 << 20);
+        let bytes = crate::artifact::noise(4 << 20, 88172645463325252);
         let label = label(1).unwrap();
         let (frame, digest, frame_digest) = cache(dir.path()).frame_and_digests(&label, &bytes, 1).unwrap();
         assert!(frame.len() > bytes.len(), "incompressible: {} bytes for {}", frame.len(), bytes.len());

@@ -35,3 +35,17 @@ pub fn clamp_mtimes(tree: &Path, epoch: i64) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Bytes that do not compress (xorshift), for the writers' tests.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

@@ -571,6 +571,17 @@ impl<W: Write> DataWriter<'_, W> {
         Ok(())
     }
 
+    /// Write the next data block of `file` (of `size` bytes): a hole counts
+    /// toward its sparse bytes.
+    fn write_block(&mut self, file: &mut FileData, size: u64, block: &Block) -> Result<()> {
+        let block_size = u64::from(self.settings.block_size);
+        if matches!(block, Block::Sparse) {
+            file.sparse += (size - file.sizes.len() as u64 * block_size).min(block_size);
+        }
+        file.sizes.push(block.size_field());
+        self.write_bytes(block.bytes())
+    }
+
     /// The path the memo knows `path` by.
     fn relative<'p>(&self, path: &'p Path) -> &'p [u8] {
         path.strip_prefix(self.tree).unwrap_or(path).as_os_str().as_bytes()
@@ -624,11 +635,7 @@ impl<W: Write> DataWriter<'_, W> {
                 if digest != *expected {
                     bail!("{} changed while being written", path.display());
                 }
-                if matches!(block, Block::Sparse) {
-                    file.sparse += (size - file.sizes.len() as u64 * u64::from(self.settings.block_size)).min(u64::from(self.settings.block_size));
-                }
-                file.sizes.push(block.size_field());
-                self.write_bytes(block.bytes())?;
+                self.write_block(&mut file, size, &block)?;
                 learnt.push(memo::Piece { raw: digest, how });
             }
         }
@@ -692,11 +699,7 @@ impl<W: Write> DataWriter<'_, W> {
                         if file.sizes.is_empty() {
                             file.start = self.position;
                         }
-                        if matches!(block, Block::Sparse) {
-                            file.sparse += (size - file.sizes.len() as u64 * u64::from(self.settings.block_size)).min(u64::from(self.settings.block_size));
-                        }
-                        file.sizes.push(block.size_field());
-                        self.write_bytes(block.bytes())?;
+                        self.write_block(&mut file, size, &block)?;
                     }
                     Read::Tail(part) => {
                         if self.fragment_len + part.len > self.settings.block_size as usize {

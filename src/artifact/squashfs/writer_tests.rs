@@ -10,6 +10,7 @@ use filetime::FileTime;
 
 use super::blockcache::BlockCache;
 use super::writer::{self, Options, BATCH_BYTES, BLOCK_SIZE};
+use crate::artifact::noise;
 use crate::layer::{DeviceKind, Devices};
 use crate::recipe::{Algorithm, Compression};
 
@@ -19,18 +20,6 @@ fn zstd15() -> Compression {
     Compression { algorithm: Algorithm::Zstd, level: Some(15) }
 }
 
-/// Bytes that do not compress (xorshift).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn text(len: usize) -> Vec<u8> {
     let line = b"the quick brown fox jumps over the lazy dog 0123456789\n";
