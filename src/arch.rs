@@ -60,7 +60,14 @@ const NAMES: &[Names] = &[
         rust_target: "x86_64-unknown-linux-gnu",
         elf_machine: 62,
         qemu: "x86_64",
-        machine: Machine { program: "qemu-system-x86_64", package: "qemu-system-x86", machine: "q35", tcg_cpu: None, console: "ttyS0", network_boot: true },
+        machine: Machine {
+            program: "qemu-system-x86_64",
+            package: "qemu-system-x86",
+            machine: "q35",
+            tcg_cpu: None,
+            console: "ttyS0",
+            network_boot: true,
+        },
         cross_compile: "x86_64-linux-gnu-",
         cross_gcc_package: "gcc-x86-64-linux-gnu",
     },
@@ -69,7 +76,14 @@ const NAMES: &[Names] = &[
         rust_target: "aarch64-unknown-linux-gnu",
         elf_machine: 183,
         qemu: "aarch64",
-        machine: Machine { program: "qemu-system-aarch64", package: "qemu-system-arm", machine: "virt", tcg_cpu: Some("max"), console: "ttyAMA0", network_boot: false },
+        machine: Machine {
+            program: "qemu-system-aarch64",
+            package: "qemu-system-arm",
+            machine: "virt",
+            tcg_cpu: Some("max"),
+            console: "ttyAMA0",
+            network_boot: false,
+        },
         cross_compile: "aarch64-linux-gnu-",
         cross_gcc_package: "gcc-aarch64-linux-gnu",
     },
@@ -150,9 +164,13 @@ impl Gap {
         match self {
             Gap::Interpreter { .. } => "apt-get install qemu-user-static".into(),
             Gap::BinfmtMisc => "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc".into(),
-            Gap::NotRegistered { qemu } => format!("apt-get install binfmt-support qemu-user-static && update-binfmts --enable qemu-{qemu}"),
+            Gap::NotRegistered { qemu } => {
+                format!("apt-get install binfmt-support qemu-user-static && update-binfmts --enable qemu-{qemu}")
+            }
             Gap::Disabled { qemu } => format!("update-binfmts --enable qemu-{qemu}"),
-            Gap::NotFixBinary { qemu } => format!("apt-get install --reinstall qemu-user-static && update-binfmts --enable qemu-{qemu}"),
+            Gap::NotFixBinary { qemu } => {
+                format!("apt-get install --reinstall qemu-user-static && update-binfmts --enable qemu-{qemu}")
+            }
             Gap::ArchTest => "apt-get install arch-test".into(),
         }
     }
@@ -164,8 +182,12 @@ impl Gap {
     /// a reboot undoes both. `None` for a package to install.
     pub fn enabling_argv(&self) -> Option<Vec<String>> {
         match self {
-            Gap::BinfmtMisc => Some(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"].map(String::from).to_vec()),
-            Gap::Disabled { qemu } | Gap::NotRegistered { qemu } => Some(vec!["update-binfmts".into(), "--enable".into(), format!("qemu-{qemu}")]),
+            Gap::BinfmtMisc => Some(
+                ["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"].map(String::from).to_vec(),
+            ),
+            Gap::Disabled { qemu } | Gap::NotRegistered { qemu } => {
+                Some(vec!["update-binfmts".into(), "--enable".into(), format!("qemu-{qemu}")])
+            }
             Gap::Interpreter { .. } | Gap::NotFixBinary { .. } | Gap::ArchTest => None,
         }
     }
@@ -297,8 +319,18 @@ mod tests {
             // Not mounted: the entry cannot be read, so only the mount is named.
             (ALL, false, None, &[Gap::BinfmtMisc]),
             (ALL, true, None, &[Gap::NotRegistered { qemu: "aarch64" }]),
-            (ALL, true, Some("disabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n"), &[Gap::Disabled { qemu: "aarch64" }]),
-            (ALL, true, Some("enabled\ninterpreter /usr/bin/qemu-aarch64\nflags: \n"), &[Gap::NotFixBinary { qemu: "aarch64" }]),
+            (
+                ALL,
+                true,
+                Some("disabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n"),
+                &[Gap::Disabled { qemu: "aarch64" }],
+            ),
+            (
+                ALL,
+                true,
+                Some("enabled\ninterpreter /usr/bin/qemu-aarch64\nflags: \n"),
+                &[Gap::NotFixBinary { qemu: "aarch64" }],
+            ),
             (&[], false, None, &[Gap::Interpreter { qemu: "aarch64" }, Gap::BinfmtMisc, Gap::ArchTest]),
         ];
         for (programs, mounted, entry, want) in cases {
@@ -310,9 +342,18 @@ mod tests {
     /// Root may mount binfmt_misc and enable an entry; it never installs a package for the user.
     #[test]
     fn only_a_mount_and_an_enable_are_done_for_the_user() {
-        assert_eq!(Gap::BinfmtMisc.enabling_argv().unwrap().join(" "), "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc");
-        assert_eq!(Gap::Disabled { qemu: "aarch64" }.enabling_argv().unwrap().join(" "), "update-binfmts --enable qemu-aarch64");
-        assert_eq!(Gap::NotRegistered { qemu: "aarch64" }.enabling_argv().unwrap().join(" "), "update-binfmts --enable qemu-aarch64");
+        assert_eq!(
+            Gap::BinfmtMisc.enabling_argv().unwrap().join(" "),
+            "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc"
+        );
+        assert_eq!(
+            Gap::Disabled { qemu: "aarch64" }.enabling_argv().unwrap().join(" "),
+            "update-binfmts --enable qemu-aarch64"
+        );
+        assert_eq!(
+            Gap::NotRegistered { qemu: "aarch64" }.enabling_argv().unwrap().join(" "),
+            "update-binfmts --enable qemu-aarch64"
+        );
         for gap in [Gap::Interpreter { qemu: "aarch64" }, Gap::NotFixBinary { qemu: "aarch64" }, Gap::ArchTest] {
             assert_eq!(gap.enabling_argv(), None, "{gap:?}");
         }

@@ -389,7 +389,11 @@ impl BootArgs {
                 SecureBootArg::On => rootsmith::lab::boottest::SecureBootChoice::On,
                 SecureBootArg::Off => rootsmith::lab::boottest::SecureBootChoice::Off,
             },
-            efi: rootsmith::lab::efi::EfiSettings { secure_boot: false, vars: self.efi_vars.clone(), loader_key: self.efi_key.clone().zip(self.efi_cert.clone()) },
+            efi: rootsmith::lab::efi::EfiSettings {
+                secure_boot: false,
+                vars: self.efi_vars.clone(),
+                loader_key: self.efi_key.clone().zip(self.efi_cert.clone()),
+            },
         }
     }
 }
@@ -543,12 +547,15 @@ pub enum CacheAction {
 }
 
 fn parse_set(text: &str) -> Result<(String, String), String> {
-    text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
 }
 
 /// `500M`, `20G`, `1024` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let (number, unit) = text.trim().split_at(text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(text.trim().len()));
+    let (number, unit) =
+        text.trim().split_at(text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(text.trim().len()));
     let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size like 500M or 20G"))?;
     let factor = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
         "" => 1,

@@ -23,7 +23,9 @@ pub fn path() -> Option<PathBuf> {
     if let Some(file) = std::env::var_os("ROOTSMITH_CONFIG") {
         return Some(file.into());
     }
-    let base = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
     Some(base.join("rootsmith/config.yaml"))
 }
 
@@ -39,7 +41,16 @@ pub fn parse(file: &Path, source: &str) -> Result<Config> {
     if source.trim().is_empty() {
         return Ok(Config::default());
     }
-    serde_yaml::from_str(source).map_err(|error| crate::diagnostic::Diagnostics(vec![crate::diagnostic::yaml_diagnostic(file, source, &error, "the settings file knows `cache_remote`; docs/cache.md", crate::diagnostic::keys_of::<Config>())]).into())
+    serde_yaml::from_str(source).map_err(|error| {
+        crate::diagnostic::Diagnostics(vec![crate::diagnostic::yaml_diagnostic(
+            file,
+            source,
+            &error,
+            "the settings file knows `cache_remote`; docs/cache.md",
+            crate::diagnostic::keys_of::<Config>(),
+        )])
+        .into()
+    })
 }
 
 #[cfg(test)]
@@ -49,7 +60,10 @@ mod tests {
     #[test]
     fn settings_parse_with_positions() {
         let file = Path::new("config.yaml");
-        assert_eq!(parse(file, "cache_remote: 127.0.0.1:5000/r/cache\n").unwrap().cache_remote.as_deref(), Some("127.0.0.1:5000/r/cache"));
+        assert_eq!(
+            parse(file, "cache_remote: 127.0.0.1:5000/r/cache\n").unwrap().cache_remote.as_deref(),
+            Some("127.0.0.1:5000/r/cache")
+        );
         assert_eq!(parse(file, "").unwrap(), Config::default());
         let error = parse(file, "cache_remote: a\ncache_remot: b\n").unwrap_err();
         let diagnostics = error.downcast_ref::<crate::diagnostic::Diagnostics>().unwrap();

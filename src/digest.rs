@@ -24,7 +24,9 @@ pub fn hash_file_no_follow(path: &Path) -> std::io::Result<String> {
 }
 
 fn hash_opened(path: &Path, file: std::fs::File) -> std::io::Result<String> {
-    hash_reader(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display()))).map(|(digest, _)| digest)
+    hash_reader(std::io::BufReader::with_capacity(1 << 16, file))
+        .map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))
+        .map(|(digest, _)| digest)
 }
 
 /// SHA-256 (hex) and length of everything `reader` gives.

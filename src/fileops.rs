@@ -48,14 +48,23 @@ pub fn in_tree(root: &Path, relative: &Path) -> std::io::Result<Option<std::path
     let mut path = root.to_path_buf();
     for component in relative.components() {
         let std::path::Component::Normal(name) = component else {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is not a plain relative path", relative.display())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a plain relative path", relative.display()),
+            ));
         };
         path.push(name);
         match fs_err::symlink_metadata(&path) {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error),
             Ok(metadata) if metadata.file_type().is_symlink() => {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is a symbolic link; rootsmith reads it from outside the tree and follows no link there", path.display())));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a symbolic link; rootsmith reads it from outside the tree and follows no link there",
+                        path.display()
+                    ),
+                ));
             }
             Ok(_) => {}
         }
@@ -83,7 +92,10 @@ pub fn open_regular_no_follow(path: &Path) -> std::io::Result<File> {
 pub fn read_regular_no_follow(path: &Path, at_most: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    open_regular_no_follow(path)?.take(at_most).read_to_end(&mut bytes).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
+    open_regular_no_follow(path)?
+        .take(at_most)
+        .read_to_end(&mut bytes)
+        .map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
     Ok(bytes)
 }
 
@@ -95,16 +107,26 @@ pub fn read_regular_no_follow(path: &Path, at_most: u64) -> std::io::Result<Vec<
 /// on an overlay costs a fraction of the per-path walk). With
 /// `same_file_system`, a directory on another file system is visited but
 /// not entered.
-pub fn walk_tree<E: From<std::io::Error>>(root: &Path, same_file_system: bool, visit: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), E>) -> Result<(), E> {
+pub fn walk_tree<E: From<std::io::Error>>(
+    root: &Path,
+    same_file_system: bool,
+    visit: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), E>,
+) -> Result<(), E> {
     use std::os::unix::fs::MetadataExt;
     let device = same_file_system.then(|| fs_err::symlink_metadata(root).map(|metadata| metadata.dev())).transpose()?;
     walk_dir(root, &std::path::PathBuf::new(), device, visit)
 }
 
-fn walk_dir<E: From<std::io::Error>>(root: &Path, relative: &Path, device: Option<u64>, visit: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), E>) -> Result<(), E> {
+fn walk_dir<E: From<std::io::Error>>(
+    root: &Path,
+    relative: &Path,
+    device: Option<u64>,
+    visit: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), E>,
+) -> Result<(), E> {
     use std::os::unix::fs::MetadataExt;
     let dir = root.join(relative);
-    let named = |error: std::io::Error, path: &Path| std::io::Error::new(error.kind(), format!("{}: {error}", path.display()));
+    let named =
+        |error: std::io::Error, path: &Path| std::io::Error::new(error.kind(), format!("{}: {error}", path.display()));
     let mut children = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(|error| named(error, &dir))? {
         let entry = entry.map_err(|error| named(error, &dir))?;
@@ -141,7 +163,12 @@ pub fn hard_link_regular(from: &Path, to: &Path) -> std::io::Result<bool> {
 fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
     use fs_err::os::unix::fs::OpenOptionsExt;
     use std::os::unix::fs::MetadataExt;
-    let not_regular = |mode: u32| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is a {}, not a regular file", path.display(), kind_name(mode)));
+    let not_regular = |mode: u32| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is a {}, not a regular file", path.display(), kind_name(mode)),
+        )
+    };
     let metadata = if follow { fs_err::metadata(path)? } else { fs_err::symlink_metadata(path)? };
     if !metadata.is_file() {
         return Err(not_regular(metadata.mode()));
@@ -151,12 +178,17 @@ fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
         flags |= libc::O_NOFOLLOW;
     }
     let file = fs_err::OpenOptions::new().read(true).custom_flags(flags).open(path)?.into_parts().0;
-    let opened = file.metadata().map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
+    let opened =
+        file.metadata().map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
     if !opened.is_file() {
         return Err(not_regular(opened.mode()));
     }
     // Reads of a regular file never block; the flag only mattered for the open.
-    nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty())).map_err(|errno| std::io::Error::new(std::io::Error::from(errno).kind(), format!("{}: {errno}", path.display())))?;
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|errno| std::io::Error::new(std::io::Error::from(errno).kind(), format!("{}: {errno}", path.display())))?;
     Ok(file)
 }
 
@@ -164,7 +196,8 @@ fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
 /// released when the file is dropped, or when the process dies.
 pub fn lock_file(path: &Path) -> std::io::Result<File> {
     let file = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(path)?.into_parts().0;
-    file.lock_exclusive().map_err(|error| std::io::Error::new(error.kind(), format!("locking {}: {error}", path.display())))?;
+    file.lock_exclusive()
+        .map_err(|error| std::io::Error::new(error.kind(), format!("locking {}: {error}", path.display())))?;
     Ok(file)
 }
 
@@ -190,7 +223,10 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("host/secret")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("host"), tree.join("boot")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("host/secret"), tree.join("usr/lib/linux-image-2")).unwrap();
-        assert_eq!(in_tree(&tree, Path::new("usr/lib/linux-image-1")).unwrap(), Some(tree.join("usr/lib/linux-image-1")));
+        assert_eq!(
+            in_tree(&tree, Path::new("usr/lib/linux-image-1")).unwrap(),
+            Some(tree.join("usr/lib/linux-image-1"))
+        );
         assert_eq!(in_tree(&tree, Path::new("usr/lib/linux-image-3")).unwrap(), None);
         for linked in ["boot/vmlinuz-1", "usr/lib/linux-image-2"] {
             let error = in_tree(&tree, Path::new(linked)).unwrap_err().to_string();
@@ -219,9 +255,16 @@ mod tests {
         sorted.sort();
         assert_eq!(paths, sorted, "tar order is the order of Path");
         assert_eq!(paths.len(), 13, "{paths:?}");
-        assert!(paths.iter().position(|p| *p == Path::new("a/b/c")) < paths.iter().position(|p| *p == Path::new("a-b")), "a directory's children come before its next sibling");
-        assert!(seen.iter().any(|(path, symlink)| path == Path::new("a/b/link") && *symlink), "a symlink is an entry, not followed");
-        let error = walk_tree::<std::io::Error>(&root.join("missing"), false, &mut |_, _| Ok(())).unwrap_err().to_string();
+        assert!(
+            paths.iter().position(|p| *p == Path::new("a/b/c")) < paths.iter().position(|p| *p == Path::new("a-b")),
+            "a directory's children come before its next sibling"
+        );
+        assert!(
+            seen.iter().any(|(path, symlink)| path == Path::new("a/b/link") && *symlink),
+            "a symlink is an entry, not followed"
+        );
+        let error =
+            walk_tree::<std::io::Error>(&root.join("missing"), false, &mut |_, _| Ok(())).unwrap_err().to_string();
         assert!(error.contains("missing"), "{error}");
     }
 
@@ -231,12 +274,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("file"), b"bytes").unwrap();
         assert!(hard_link_regular(&dir.path().join("file"), &dir.path().join("linked")).unwrap());
-        assert_eq!(std::fs::metadata(dir.path().join("linked")).unwrap().ino(), std::fs::metadata(dir.path().join("file")).unwrap().ino());
+        assert_eq!(
+            std::fs::metadata(dir.path().join("linked")).unwrap().ino(),
+            std::fs::metadata(dir.path().join("file")).unwrap().ino()
+        );
         std::os::unix::fs::symlink(dir.path().join("file"), dir.path().join("symlink")).unwrap();
         assert!(!hard_link_regular(&dir.path().join("symlink"), &dir.path().join("from-symlink")).unwrap());
-        assert!(std::fs::symlink_metadata(dir.path().join("from-symlink")).is_err(), "nothing is left where the link was refused");
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("from-symlink")).is_err(),
+            "nothing is left where the link was refused"
+        );
         assert!(!hard_link_regular(&dir.path().join("missing"), &dir.path().join("from-missing")).unwrap());
-        assert!(!hard_link_regular(&dir.path().join("file"), &dir.path().join("linked")).unwrap(), "an existing name is never replaced");
+        assert!(
+            !hard_link_regular(&dir.path().join("file"), &dir.path().join("linked")).unwrap(),
+            "an existing name is never replaced"
+        );
     }
 
     /// Run `f` on a thread and fail (instead of hanging) when it takes too long.
@@ -255,7 +307,14 @@ mod tests {
         fs_err::write(&regular, "x").unwrap();
         std::os::unix::fs::symlink(&fifo, dir.path().join("to-fifo")).unwrap();
         std::os::unix::fs::symlink(&regular, dir.path().join("to-file")).unwrap();
-        let cases = [(fifo.clone(), Some("is a FIFO, not a regular file")), (dir.path().join("to-fifo"), Some("is a FIFO")), (std::path::PathBuf::from("/dev/zero"), Some("is a character device")), (dir.path().to_path_buf(), Some("is a directory")), (regular.clone(), None), (dir.path().join("to-file"), None)];
+        let cases = [
+            (fifo.clone(), Some("is a FIFO, not a regular file")),
+            (dir.path().join("to-fifo"), Some("is a FIFO")),
+            (std::path::PathBuf::from("/dev/zero"), Some("is a character device")),
+            (dir.path().to_path_buf(), Some("is a directory")),
+            (regular.clone(), None),
+            (dir.path().join("to-file"), None),
+        ];
         for (path, expected) in cases {
             let shown = path.display().to_string();
             let result = within_seconds(10, move || open_regular(&path).map(|_| ()).map_err(|error| error.to_string()));

@@ -62,9 +62,11 @@ impl Entry {
     /// Whether the bundle has what this entry boots.
     pub fn check(&self, bundle: &BundleKernels) -> Result<(), NoSuchKernel> {
         match self {
-            Entry::Kernel { kernel, .. } if !bundle.kernels.iter().any(|name| name == kernel) => {
-                Err(NoSuchKernel { bundle: format!("{} {}", bundle.name, bundle.version), kernel: kernel.clone(), kernels: bundle.kernels.join(", ") })
-            }
+            Entry::Kernel { kernel, .. } if !bundle.kernels.iter().any(|name| name == kernel) => Err(NoSuchKernel {
+                bundle: format!("{} {}", bundle.name, bundle.version),
+                kernel: kernel.clone(),
+                kernels: bundle.kernels.join(", "),
+            }),
             _ => Ok(()),
         }
     }
@@ -120,7 +122,9 @@ impl Host {
 
     /// Whether `key` (a name, a MAC in any usual spelling, or an IP) is this host.
     pub fn is(&self, key: &str) -> bool {
-        key == self.name || (parse_mac(key).is_some() && parse_mac(key) == self.mac) || (key.parse::<Ipv4Addr>().ok().is_some() && key.parse().ok() == self.ip)
+        key == self.name
+            || (parse_mac(key).is_some() && parse_mac(key) == self.mac)
+            || (key.parse::<Ipv4Addr>().ok().is_some() && key.parse().ok() == self.ip)
     }
 }
 
@@ -166,7 +170,9 @@ pub struct RawHost {
 pub fn check_for_recipe(file: &Path, source: &str, bundle: &BundleKernels) -> Result<(), Diagnostics> {
     let mut parsed = parse(file, source)?;
     if parsed.raw.bundle.is_some() {
-        let diagnostic = Diagnostic::new(file, source, parsed.spans.key("bundle"), "a recipe's inventory names no bundle").with_hint("it goes into the bundle the recipe builds; remove `bundle:`");
+        let diagnostic =
+            Diagnostic::new(file, source, parsed.spans.key("bundle"), "a recipe's inventory names no bundle")
+                .with_hint("it goes into the bundle the recipe builds; remove `bundle:`");
         parsed.problems.push(diagnostic);
     }
     check(file, source, &parsed, bundle).map(|_| ())
@@ -183,21 +189,37 @@ pub struct Parsed {
 pub fn parse(file: &Path, source: &str) -> Result<Parsed, Diagnostics> {
     let spans = SpanIndex::build(source);
     let hint = "an inventory has `bundle`, `default` and `hosts` (name, mac, ip, entry, args); docs/fleet.md";
-    let (raw, problems) = crate::diagnostic::parse_all::<RawInventory>(file, source, &spans, &|error| crate::diagnostic::yaml_diagnostic(file, source, error, hint, crate::diagnostic::keys_of::<RawInventory>()))?;
+    let (raw, problems) = crate::diagnostic::parse_all::<RawInventory>(file, source, &spans, &|error| {
+        crate::diagnostic::yaml_diagnostic(file, source, error, hint, crate::diagnostic::keys_of::<RawInventory>())
+    })?;
     Ok(Parsed { raw, spans, problems })
 }
 
 /// Every problem of a parsed inventory at once, or its default entry and hosts.
-pub fn check(file: &Path, source: &str, parsed: &Parsed, bundle: &BundleKernels) -> Result<(Entry, Vec<Host>), Diagnostics> {
+pub fn check(
+    file: &Path,
+    source: &str,
+    parsed: &Parsed,
+    bundle: &BundleKernels,
+) -> Result<(Entry, Vec<Host>), Diagnostics> {
     let (raw, spans) = (&parsed.raw, &parsed.spans);
-    let problem = |position: Position, message: String, hint: &str| Diagnostic::new(file, source, position, message).with_hint(hint);
+    let problem = |position: Position, message: String, hint: &str| {
+        Diagnostic::new(file, source, position, message).with_hint(hint)
+    };
     let mut problems = parsed.problems.clone();
     let entry_at = |path: &str, text: Option<&String>, problems: &mut Vec<Diagnostic>| -> Entry {
         let Some(text) = text else { return Entry::Local };
-        match Entry::parse(text).ok_or_else(|| format!("`{text}` is not an entry")).and_then(|entry| entry.check(bundle).map(|()| entry).map_err(|error| error.to_string())) {
+        match Entry::parse(text)
+            .ok_or_else(|| format!("`{text}` is not an entry"))
+            .and_then(|entry| entry.check(bundle).map(|()| entry).map_err(|error| error.to_string()))
+        {
             Ok(entry) => entry,
             Err(message) => {
-                problems.push(problem(spans.value(path), message, &format!("an entry is one of: {}", entry_choices(bundle))));
+                problems.push(problem(
+                    spans.value(path),
+                    message,
+                    &format!("an entry is one of: {}", entry_choices(bundle)),
+                ));
                 Entry::Local
             }
         }
@@ -213,24 +235,40 @@ pub fn check(file: &Path, source: &str, parsed: &Parsed, bundle: &BundleKernels)
             None => default.clone(),
         };
         if !crate::names::valid_name(&raw_host.name) {
-            problems.push(problem(spans.value(&format!("{path}.name")), format!("invalid host name `{}`", raw_host.name), "use lower-case letters, digits, `.`, `_` and `-`"));
+            problems.push(problem(
+                spans.value(&format!("{path}.name")),
+                format!("invalid host name `{}`", raw_host.name),
+                "use lower-case letters, digits, `.`, `_` and `-`",
+            ));
         }
         let mac = raw_host.mac.as_ref().and_then(|text| {
             let mac = parse_mac(text);
             if mac.is_none() {
-                problems.push(problem(spans.value(&format!("{path}.mac")), format!("`{text}` is not a MAC address"), "write six hex bytes: 52:54:00:12:34:56"));
+                problems.push(problem(
+                    spans.value(&format!("{path}.mac")),
+                    format!("`{text}` is not a MAC address"),
+                    "write six hex bytes: 52:54:00:12:34:56",
+                ));
             }
             mac
         });
         let ip = raw_host.ip.as_ref().and_then(|text| {
             let ip = text.parse::<Ipv4Addr>().ok();
             if ip.is_none() {
-                problems.push(problem(spans.value(&format!("{path}.ip")), format!("`{text}` is not an IPv4 address"), "write a dotted address: 10.0.2.15"));
+                problems.push(problem(
+                    spans.value(&format!("{path}.ip")),
+                    format!("`{text}` is not an IPv4 address"),
+                    "write a dotted address: 10.0.2.15",
+                ));
             }
             ip
         });
         if raw_host.mac.is_none() && raw_host.ip.is_none() {
-            problems.push(problem(spans.key(&path), format!("host `{}` has neither a MAC nor an IP", raw_host.name), "a host is found by `mac:`, `ip:` or both"));
+            problems.push(problem(
+                spans.key(&path),
+                format!("host `{}` has neither a MAC nor an IP", raw_host.name),
+                "a host is found by `mac:`, `ip:` or both",
+            ));
         }
         let host = Host { name: raw_host.name.clone(), mac, ip, entry, args: raw_host.args.trim().to_string() };
         let keys = [
@@ -242,7 +280,11 @@ pub fn check(file: &Path, source: &str, parsed: &Parsed, bundle: &BundleKernels)
             let Some(key) = key else { continue };
             let position = spans.value(&format!("{path}.{field}"));
             if let Some((line, other)) = seen.get(&key) {
-                problems.push(problem(position, format!("duplicate {key}: host `{other}` (line {line}) has it too"), "each host's name, MAC and IP appear once"));
+                problems.push(problem(
+                    position,
+                    format!("duplicate {key}: host `{other}` (line {line}) has it too"),
+                    "each host's name, MAC and IP appear once",
+                ));
             } else {
                 seen.insert(key, (position.line, host.name.clone()));
             }
@@ -255,7 +297,6 @@ pub fn check(file: &Path, source: &str, parsed: &Parsed, bundle: &BundleKernels)
     Ok((default, hosts))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,8 +305,11 @@ mod tests {
     fn an_unknown_key_does_not_hide_a_duplicate_mac() {
         let source = "hosts:\n  - name: a\n    mac: 52:54:00:00:00:11\n    colour: blue\n  - name: b\n    mac: 52:54:00:00:00:11\n";
         let bundle = BundleKernels { name: "lab".into(), version: "1.0.0".into(), kernels: vec!["debian".into()] };
-        let Err(Diagnostics(problems)) = check_for_recipe(Path::new("hosts.yaml"), source, &bundle) else { panic!("the inventory has two problems") };
-        let found: Vec<(usize, usize, &str)> = problems.iter().map(|p| (p.position.line, p.position.column, p.message.as_str())).collect();
+        let Err(Diagnostics(problems)) = check_for_recipe(Path::new("hosts.yaml"), source, &bundle) else {
+            panic!("the inventory has two problems")
+        };
+        let found: Vec<(usize, usize, &str)> =
+            problems.iter().map(|p| (p.position.line, p.position.column, p.message.as_str())).collect();
         assert!(found.iter().any(|(line, column, message)| (*line, *column) == (4, 5) && message.contains("unknown field `colour`")), "{found:?}");
         assert!(found.iter().any(|(line, _, message)| *line == 6 && message.contains("duplicate MAC")), "{found:?}");
     }

@@ -11,12 +11,12 @@ pub mod control;
 pub mod diagnostic;
 pub mod digest;
 pub mod fileops;
+pub mod host;
 pub mod names;
 pub mod progress;
 pub mod reference;
 pub mod time;
 pub mod tools;
-pub mod host;
 
 // What users write.
 pub mod config;

@@ -33,8 +33,10 @@ pub fn path_for(recipe: &Path) -> PathBuf {
 }
 
 pub fn read(path: &Path) -> Result<Lock> {
-    let text = fs_err::read_to_string(path).with_context(|| format!("no lock file {}\nhint: write it with `rootsmith lock`", path.display()))?;
-    let lock: Lock = serde_yaml::from_str(&text).with_context(|| format!("{} is not a rootsmith lock file", path.display()))?;
+    let text = fs_err::read_to_string(path)
+        .with_context(|| format!("no lock file {}\nhint: write it with `rootsmith lock`", path.display()))?;
+    let lock: Lock =
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not a rootsmith lock file", path.display()))?;
     if lock.lock != LOCK_VERSION {
         bail!("{} is lock format {}, this rootsmith reads {LOCK_VERSION}", path.display(), lock.lock);
     }
@@ -42,7 +44,10 @@ pub fn read(path: &Path) -> Result<Lock> {
 }
 
 pub fn write(path: &Path, lock: &Lock) -> Result<()> {
-    let text = format!("# Written by `rootsmith lock`; `rootsmith build --locked` installs exactly these.\n{}", serde_yaml::to_string(lock)?);
+    let text = format!(
+        "# Written by `rootsmith lock`; `rootsmith build --locked` installs exactly these.\n{}",
+        serde_yaml::to_string(lock)?
+    );
     let temp = path.with_extension("lock.partial");
     fs_err::write(&temp, text)?;
     fs_err::rename(&temp, path)?;
@@ -88,7 +93,10 @@ impl Lock {
             let bare = name.split(':').next().unwrap_or(name);
             match available.get(bare) {
                 Some(versions) if versions.contains(version) => {}
-                Some(versions) => missing.push(format!("{bare} {version} (the mirror has {})", versions.iter().cloned().collect::<Vec<_>>().join(", "))),
+                Some(versions) => missing.push(format!(
+                    "{bare} {version} (the mirror has {})",
+                    versions.iter().cloned().collect::<Vec<_>>().join(", ")
+                )),
                 None => missing.push(format!("{bare} {version} (the mirror has no such package)")),
             }
         }
@@ -124,7 +132,8 @@ mod tests {
             recipe: "demo".into(),
             recipe_sha256: "r".into(),
             remote: [("http://m/dists/bookworm/InRelease".to_string(), "aa".to_string())].into(),
-            packages: [("curl".to_string(), "7.88.1-10".to_string()), ("libc6:i386".to_string(), "2.36-9".to_string())].into(),
+            packages: [("curl".to_string(), "7.88.1-10".to_string()), ("libc6:i386".to_string(), "2.36-9".to_string())]
+                .into(),
         }
     }
 
@@ -142,12 +151,29 @@ mod tests {
 
     #[test]
     fn says_what_is_stale_missing_or_different() {
-        let remote: BTreeMap<String, String> = [("http://m/dists/bookworm/InRelease".to_string(), "bb".to_string())].into();
-        assert_eq!(lock().staleness("r2", &remote), vec!["the recipe changed since it was locked", "http://m/dists/bookworm/InRelease changed since it was locked"]);
+        let remote: BTreeMap<String, String> =
+            [("http://m/dists/bookworm/InRelease".to_string(), "bb".to_string())].into();
+        assert_eq!(
+            lock().staleness("r2", &remote),
+            vec![
+                "the recipe changed since it was locked",
+                "http://m/dists/bookworm/InRelease changed since it was locked"
+            ]
+        );
         assert!(lock().staleness("r", &lock().remote).is_empty());
         let available = [("curl".to_string(), ["7.88.1-10+deb12u5".to_string()].into())].into();
-        assert_eq!(lock().missing_from(&available), vec!["curl 7.88.1-10 (the mirror has 7.88.1-10+deb12u5)", "libc6 2.36-9 (the mirror has no such package)"]);
+        assert_eq!(
+            lock().missing_from(&available),
+            vec!["curl 7.88.1-10 (the mirror has 7.88.1-10+deb12u5)", "libc6 2.36-9 (the mirror has no such package)"]
+        );
         let installed = crate::artifact::packages::parse("curl\t7.88.1-11\tamd64\njq\t1.6\tamd64\n", Some("amd64"));
-        assert_eq!(lock().differences(&installed), vec!["curl is 7.88.1-11, the lock says 7.88.1-10", "libc6:i386 2.36-9 is locked but not installed", "jq 1.6 is installed but not locked"]);
+        assert_eq!(
+            lock().differences(&installed),
+            vec![
+                "curl is 7.88.1-11, the lock says 7.88.1-10",
+                "libc6:i386 2.36-9 is locked but not installed",
+                "jq 1.6 is installed but not locked"
+            ]
+        );
     }
 }

@@ -44,12 +44,22 @@ use commands::{RecipeError, EXIT_FAILURE, EXIT_RECIPE};
 fn privileges_needed(command: &Command) -> Option<(&cli::PrivilegeArgs, Vec<(&'static str, std::path::PathBuf)>)> {
     let cache = |args: &cli::CacheArgs| ("cache directory", commands::cache_dir(args));
     match command {
-        Command::Build { privileges, cache: args, out, .. } => Some((privileges, vec![cache(args), ("out directory", out.clone())])),
-        Command::Shell { privileges, cache: args, .. } | Command::Lock { privileges, cache: args, .. } => Some((privileges, vec![cache(args)])),
+        Command::Build { privileges, cache: args, out, .. } => {
+            Some((privileges, vec![cache(args), ("out directory", out.clone())]))
+        }
+        Command::Shell { privileges, cache: args, .. } | Command::Lock { privileges, cache: args, .. } => {
+            Some((privileges, vec![cache(args)]))
+        }
         // The rebuild has a cache of its own under the temporary directory.
-        Command::Release { action: ReleaseAction::Verify { rebuild: Some(_), privileges, .. } } => Some((privileges, vec![("temporary directory", std::env::temp_dir())])),
+        Command::Release { action: ReleaseAction::Verify { rebuild: Some(_), privileges, .. } } => {
+            Some((privileges, vec![("temporary directory", std::env::temp_dir())]))
+        }
         // Collecting and repairing remove work trees whose files belong to a build's ids.
-        Command::Cache { privileges, cache: args, action: cli::CacheAction::Gc { .. } | cli::CacheAction::Verify { repair: true } } => Some((privileges, vec![cache(args)])),
+        Command::Cache {
+            privileges,
+            cache: args,
+            action: cli::CacheAction::Gc { .. } | cli::CacheAction::Verify { repair: true },
+        } => Some((privileges, vec![cache(args)])),
         _ => None,
     }
 }
@@ -59,7 +69,8 @@ fn main() {
     // A command that builds, run by an ordinary user, runs again inside a
     // user namespace (before anything else happens in this process).
     if let Some((privileges, writable)) = privileges_needed(&cli.command) {
-        let writable: Vec<(&str, &std::path::Path)> = writable.iter().map(|(what, path)| (*what, path.as_path())).collect();
+        let writable: Vec<(&str, &std::path::Path)> =
+            writable.iter().map(|(what, path)| (*what, path.as_path())).collect();
         match rootsmith::host::userns::enter(privileges.mode(), &writable) {
             Ok(None) => {
                 // As root: a mount namespace of its own, where work trees may
@@ -80,7 +91,21 @@ fn main() {
         }
     }
     let result = match &cli.command {
-        Command::Build { recipe, cache, out, version, rebuild, fast, cache_only, cache_remote, locked, json, sign, output, privileges: _ } => commands::build::run(
+        Command::Build {
+            recipe,
+            cache,
+            out,
+            version,
+            rebuild,
+            fast,
+            cache_only,
+            cache_remote,
+            locked,
+            json,
+            sign,
+            output,
+            privileges: _,
+        } => commands::build::run(
             recipe,
             cache,
             commands::build::Settings {
@@ -97,30 +122,43 @@ fn main() {
             },
         ),
         Command::Check { recipe } => commands::check::run(recipe),
-        Command::Plan { recipe, cache, explain, fast, json } => commands::plan::run(recipe, cache, *explain, *fast, *json),
-        Command::Shell { recipe, cache, stage, command, privileges: _ } => commands::shell::run(recipe, cache, stage.as_deref(), command),
+        Command::Plan { recipe, cache, explain, fast, json } => {
+            commands::plan::run(recipe, cache, *explain, *fast, *json)
+        }
+        Command::Shell { recipe, cache, stage, command, privileges: _ } => {
+            commands::shell::run(recipe, cache, stage.as_deref(), command)
+        }
         Command::Cache { cache, action, privileges: _ } => commands::cache::run(cache, action),
         Command::Lock { recipe, cache, output, privileges: _ } => commands::lock::run(recipe, cache, output),
         Command::Serve { dir, addr, max_connections, tftp, hosts, public_url } => {
             commands::netboot::serve(dir, addr, *max_connections, tftp.as_deref(), hosts.as_deref(), public_url.clone())
         }
         Command::Hosts { inventory, action } => commands::hosts::run(inventory, action),
-        Command::BootTest { boot, expect, timeout, log, json } => commands::netboot::boot_test(&commands::netboot::BootTestArgs {
-            options: boot.options(),
-            expect: expect.clone(),
-            timeout: std::time::Duration::from_secs(*timeout),
-            log: log.clone(),
-            json: *json,
-        }),
+        Command::BootTest { boot, expect, timeout, log, json } => {
+            commands::netboot::boot_test(&commands::netboot::BootTestArgs {
+                options: boot.options(),
+                expect: expect.clone(),
+                timeout: std::time::Duration::from_secs(*timeout),
+                log: log.clone(),
+                json: *json,
+            })
+        }
         Command::Qemu { boot } => commands::netboot::interactive(&boot.options()),
         Command::Release { action } => match action {
             ReleaseAction::Ls { out, json } => commands::release::ls(&out.out, *json),
             ReleaseAction::Show { name, version, out, json } => commands::release::show(&out.out, name, version, *json),
-            ReleaseAction::Promote { name, from, to, out, sign, uki_key, uki_cert } => {
-                commands::release::promote(&out.out, name, from, to, sign.as_deref(), uki_key.as_deref().zip(uki_cert.as_deref()))
-            }
+            ReleaseAction::Promote { name, from, to, out, sign, uki_key, uki_cert } => commands::release::promote(
+                &out.out,
+                name,
+                from,
+                to,
+                sign.as_deref(),
+                uki_key.as_deref().zip(uki_cert.as_deref()),
+            ),
             ReleaseAction::Sign { name, version, key, out } => commands::release::sign(&out.out, name, version, key),
-            ReleaseAction::Verify { dir, rebuild, key, json, privileges: _ } => commands::release::verify(dir, rebuild.as_deref(), key.as_deref(), *json),
+            ReleaseAction::Verify { dir, rebuild, key, json, privileges: _ } => {
+                commands::release::verify(dir, rebuild.as_deref(), key.as_deref(), *json)
+            }
             ReleaseAction::Diff { name, a, b, out, json } => commands::release::diff(&out.out, name, a, b, *json),
         },
         Command::Init { name } => commands::init::run(name),
@@ -138,7 +176,10 @@ fn main() {
             eprintln!("error: {usage}");
             std::process::exit(EXIT_RECIPE);
         }
-        let diagnostics = error.downcast_ref::<RecipeError>().map(|RecipeError(diagnostics)| diagnostics).or_else(|| error.downcast_ref::<rootsmith::diagnostic::Diagnostics>());
+        let diagnostics = error
+            .downcast_ref::<RecipeError>()
+            .map(|RecipeError(diagnostics)| diagnostics)
+            .or_else(|| error.downcast_ref::<rootsmith::diagnostic::Diagnostics>());
         if let Some(diagnostics) = diagnostics {
             for diagnostic in &diagnostics.0 {
                 eprintln!("error: {diagnostic}\n");

@@ -19,7 +19,11 @@ pub fn host_mirror(apt_dir: &Path) -> Result<String> {
         let Ok(text) = fs_err::read_to_string(&file) else { continue };
         match file.extension().and_then(|e| e.to_str()) {
             Some("sources") => candidates.extend(deb822_sources(&text)),
-            _ if file.file_name().is_some_and(|n| n == "sources.list") || file.extension().is_some_and(|e| e == "list") => candidates.extend(one_line_sources(&text)),
+            _ if file.file_name().is_some_and(|n| n == "sources.list")
+                || file.extension().is_some_and(|e| e == "list") =>
+            {
+                candidates.extend(one_line_sources(&text))
+            }
             _ => {}
         }
     }
@@ -27,7 +31,12 @@ pub fn host_mirror(apt_dir: &Path) -> Result<String> {
         .into_iter()
         .find(|(_, suite)| !suite.contains('-') && !suite.contains('/'))
         .map(|(uri, _)| uri.trim_end_matches('/').to_string())
-        .with_context(|| format!("the host's apt sources ({}) name no Debian mirror; set `mirror:` in the debootstrap stage", apt_dir.display()))
+        .with_context(|| {
+            format!(
+                "the host's apt sources ({}) name no Debian mirror; set `mirror:` in the debootstrap stage",
+                apt_dir.display()
+            )
+        })
 }
 
 /// (uri, suite) pairs of `deb URI SUITE COMPONENTS…` lines.
@@ -57,7 +66,9 @@ fn deb822_sources(text: &str) -> Vec<(String, String)> {
     let mut found = Vec::new();
     for stanza in crate::control::stanzas(text) {
         let field = |name: &str| crate::control::field(stanza, name);
-        if !field("Types").is_some_and(|t| t.split_whitespace().any(|w| w == "deb")) || field("Enabled").is_some_and(|e| e == "no") {
+        if !field("Types").is_some_and(|t| t.split_whitespace().any(|w| w == "deb"))
+            || field("Enabled").is_some_and(|e| e == "no")
+        {
             continue;
         }
         let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else { continue };
@@ -79,15 +90,24 @@ pub fn in_release_digest(mirror: &str, suite: &str) -> Result<String> {
 
 /// Every version of every package the mirror has for `suite`, `components`
 /// and `arch` (from `Packages.xz`).
-pub fn available_versions(mirror: &str, suite: &str, components: &[String], arch: &str) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
-    let mut versions: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = std::collections::BTreeMap::new();
+pub fn available_versions(
+    mirror: &str,
+    suite: &str,
+    components: &[String],
+    arch: &str,
+) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+    let mut versions: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
     for component in components {
         let url = format!("{}/dists/{suite}/{component}/binary-{arch}/Packages.xz", mirror.trim_end_matches('/'));
         let compressed = fetch(&url, suite)?;
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut xz2::read::XzDecoder::new(compressed.as_slice()), &mut text).with_context(|| format!("decompressing {url}"))?;
+        std::io::Read::read_to_string(&mut xz2::read::XzDecoder::new(compressed.as_slice()), &mut text)
+            .with_context(|| format!("decompressing {url}"))?;
         for stanza in crate::control::stanzas(&text) {
-            if let (Some(name), Some(version)) = (crate::control::field(stanza, "Package"), crate::control::field(stanza, "Version")) {
+            if let (Some(name), Some(version)) =
+                (crate::control::field(stanza, "Package"), crate::control::field(stanza, "Version"))
+            {
                 versions.entry(name).or_default().insert(version);
             }
         }
@@ -106,7 +126,8 @@ fn fetch(url: &str, suite: &str) -> Result<Vec<u8>> {
             Err(error) => bail!("{url}: {error}"),
         };
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).with_context(|| format!("reading {url}"))?;
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes)
+            .with_context(|| format!("reading {url}"))?;
         bytes
     };
     Ok(bytes)
@@ -151,7 +172,9 @@ pub fn resolve_in_release(mirror: &str, suite: &str, memory: Option<&Path>) -> R
             Ok(Resolved { sha256, warning: None })
         }
         Err(error) => {
-            let remembered = file.and_then(|f| fs_err::read(f).ok()).and_then(|bytes| serde_json::from_slice::<Remembered>(&bytes).ok());
+            let remembered = file
+                .and_then(|f| fs_err::read(f).ok())
+                .and_then(|bytes| serde_json::from_slice::<Remembered>(&bytes).ok());
             match remembered {
                 Some(record) => {
                     let age = crate::time::now_seconds().saturating_sub(record.seen);
@@ -193,7 +216,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(host_mirror(dir.path()).unwrap(), "http://mirror.test/debian");
-        fs_err::write(dir.path().join("sources.list"), "# old style\ndeb [arch=amd64] http://other.test/debian bookworm main\n").unwrap();
+        fs_err::write(
+            dir.path().join("sources.list"),
+            "# old style\ndeb [arch=amd64] http://other.test/debian bookworm main\n",
+        )
+        .unwrap();
         assert_eq!(host_mirror(dir.path()).unwrap(), "http://other.test/debian");
     }
 

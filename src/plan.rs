@@ -12,8 +12,8 @@ use serde_json::json;
 use crate::cache::{FileDigest, KeyInputs, Layout, StageRecord, Store, CACHE_FORMAT};
 use crate::digest::sha256_hex;
 use crate::host::Host;
-use crate::stage::Resolved;
 use crate::recipe::{ConfigBase, Kernel, KernelSource, Recipe, Script, StageKind};
+use crate::stage::Resolved;
 
 /// Versions of each stage kind's implementation: bump one when the same inputs
 /// would now give a different tree, so old cached layers stop matching.
@@ -64,7 +64,10 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub enum StageStatus {
     Hit(Box<StageRecord>),
-    Miss { key: String, inputs: KeyInputs },
+    Miss {
+        key: String,
+        inputs: KeyInputs,
+    },
     /// After a miss: the key depends on a tree not built yet.
     Pending,
 }
@@ -94,7 +97,10 @@ impl PlanOptions {
     pub fn from_environment() -> Result<PlanOptions> {
         let epoch_from_env = match std::env::var("SOURCE_DATE_EPOCH") {
             Ok(value) => {
-                let epoch: i64 = value.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"))?;
+                let epoch: i64 = value
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"))?;
                 Some(crate::time::check_epoch(epoch).with_context(|| format!("SOURCE_DATE_EPOCH={value:?}"))?)
             }
             Err(_) => None,
@@ -106,7 +112,11 @@ impl PlanOptions {
 
 /// The rootfs tarball of a published bundle, and its SHA-256 as the bundle's
 /// manifest gives it (the stage checks the file against it when it runs).
-fn release_tarball(release: &crate::recipe::Release, default_out: &Path, arch: &str) -> Result<(std::path::PathBuf, String)> {
+fn release_tarball(
+    release: &crate::recipe::Release,
+    default_out: &Path,
+    arch: &str,
+) -> Result<(std::path::PathBuf, String)> {
     let out = release.out.as_deref().unwrap_or(default_out);
     let dir = out.join(&release.name).join(&release.version);
     let bundle = crate::bundle::Bundle::open(&dir).with_context(|| format!("the release base {} {} is not in {}\nhint: build or promote it there, or set the stage's `out:` (or build --out)", release.name, release.version, out.display()))?;
@@ -116,7 +126,12 @@ fn release_tarball(release: &crate::recipe::Release, default_out: &Path, arch: &
         bail!("the release base {} {} is an {} bundle, and this recipe builds for {arch}\nhint: start from a release built for {arch} (`build --arch {arch}` publishes one as NAME-{arch}: name that in `release:`)", release.name, release.version, bundle.manifest.arch);
     }
     let prefix = crate::bundle::names::BundleNames::new(&release.name, &release.version).rootfs_tarball_prefix();
-    let artifact = bundle.manifest.artifacts.iter().find(|artifact| artifact.name.starts_with(&prefix)).with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
+    let artifact = bundle
+        .manifest
+        .artifacts
+        .iter()
+        .find(|artifact| artifact.name.starts_with(&prefix))
+        .with_context(|| format!("{} has no rootfs tarball", dir.display()))?;
     // A regular file of the size the manifest states (not a FIFO the stage would wait on).
     let tarball = crate::bundle::files::open_sized(&dir, &artifact.name, artifact.size)?;
     Ok((tarball.path, artifact.sha256.clone()))
@@ -144,8 +159,16 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
             Some(url) => url.clone(),
             None => crate::mirror::host_mirror(&options.apt_dir)?,
         };
-        let resolved = crate::mirror::resolve_in_release(&url, &base.suite, options.remote_memory.as_ref().map(|layout| layout.remote_record(&crate::mirror::in_release_url(&url, &base.suite))).as_deref())
-            .with_context(|| format!("resolving the mirror's release file for suite `{}`", base.suite))?;
+        let resolved = crate::mirror::resolve_in_release(
+            &url,
+            &base.suite,
+            options
+                .remote_memory
+                .as_ref()
+                .map(|layout| layout.remote_record(&crate::mirror::in_release_url(&url, &base.suite)))
+                .as_deref(),
+        )
+        .with_context(|| format!("resolving the mirror's release file for suite `{}`", base.suite))?;
         warnings.extend(resolved.warning);
         apt_remote.insert(format!("{url}/dists/{}/InRelease", base.suite), resolved.sha256);
         mirror = Some(url);
@@ -165,15 +188,22 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
             _ => Resolved::Nothing,
         };
         let (params, files, remote) = match (&kind, &resolved) {
-            (StageKind::Release(r), Resolved::ReleaseTarball { path, sha256 }) => {
-                (json!({ "release": r.name, "version": r.version, "tarball": path.file_name().map(|n| n.to_string_lossy().into_owned()), "sha256": sha256 }), Vec::new(), BTreeMap::new())
-            }
+            (StageKind::Release(r), Resolved::ReleaseTarball { path, sha256 }) => (
+                json!({ "release": r.name, "version": r.version, "tarball": path.file_name().map(|n| n.to_string_lossy().into_owned()), "sha256": sha256 }),
+                Vec::new(),
+                BTreeMap::new(),
+            ),
             (StageKind::Oci(oci), Resolved::Image(resolved)) => {
                 // The manifest digest names the config and every layer: the key needs nothing else.
                 let (source, remote) = match &oci.source {
-                    crate::recipe::OciSource::Layout { dir, reference } => (json!({ "layout": dir.written, "ref": reference }), BTreeMap::new()),
+                    crate::recipe::OciSource::Layout { dir, reference } => {
+                        (json!({ "layout": dir.written, "ref": reference }), BTreeMap::new())
+                    }
                     // A registry tag is a remote input: `lock` records its digest, and a plain build warns when it moved.
-                    crate::recipe::OciSource::Registry { reference } => (json!({ "image": reference }), BTreeMap::from([(reference.clone(), resolved.manifest_digest.clone())])),
+                    crate::recipe::OciSource::Registry { reference } => (
+                        json!({ "image": reference }),
+                        BTreeMap::from([(reference.clone(), resolved.manifest_digest.clone())]),
+                    ),
                 };
                 (json!({ "source": source, "manifest": resolved.manifest_digest }), Vec::new(), remote)
             }
@@ -183,14 +213,22 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
                 Vec::new(),
                 apt_remote.clone(),
             ),
-            (StageKind::Tarball(t), _) => (json!({ "path": t.path.written }), vec![file_digest(&t.path.resolved, &t.path.written)?], BTreeMap::new()),
-            (StageKind::Packages(p), _) => (json!({ "install": p.install, "remove": p.remove }), Vec::new(), apt_remote.clone()),
+            (StageKind::Tarball(t), _) => (
+                json!({ "path": t.path.written }),
+                vec![file_digest(&t.path.resolved, &t.path.written)?],
+                BTreeMap::new(),
+            ),
+            (StageKind::Packages(p), _) => {
+                (json!({ "install": p.install, "remove": p.remove }), Vec::new(), apt_remote.clone())
+            }
             (StageKind::Files(f), _) => (
                 json!({ "src": f.src.written, "dest": f.dest, "uid": f.uid, "gid": f.gid, "modes": f.modes }),
                 tree_digests(&f.src.resolved)?,
                 BTreeMap::new(),
             ),
-            (StageKind::Kernel(Kernel::Package { package }), _) => (json!({ "package": package }), Vec::new(), apt_remote.clone()),
+            (StageKind::Kernel(Kernel::Package { package }), _) => {
+                (json!({ "package": package }), Vec::new(), apt_remote.clone())
+            }
             (StageKind::Kernel(Kernel::Build(k)), _) => {
                 let mut remote = BTreeMap::new();
                 let source = match &k.source {
@@ -232,7 +270,11 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
             }
             (StageKind::Run(r), _) => match &r.script {
                 Script::Inline(text) => (json!({ "sh": text, "env": r.env }), Vec::new(), BTreeMap::new()),
-                Script::File(path) => (json!({ "script": path.written, "env": r.env }), vec![file_digest(&path.resolved, &path.written)?], BTreeMap::new()),
+                Script::File(path) => (
+                    json!({ "script": path.written, "env": r.env }),
+                    vec![file_digest(&path.resolved, &path.written)?],
+                    BTreeMap::new(),
+                ),
             },
         };
         stages.push(PlannedStage { name: stage.name.clone(), kind, resolved, params, files, remote });
@@ -302,7 +344,12 @@ impl Plan {
 fn file_digest(path: &Path, written: &str) -> Result<FileDigest> {
     let metadata = fs_err::metadata(path)?;
     let sha256 = crate::digest::hash_file(path).with_context(|| format!("reading `{written}`"))?;
-    Ok(FileDigest { path: written.to_string(), kind: "file".into(), mode: metadata.permissions().mode() & 0o7777, sha256 })
+    Ok(FileDigest {
+        path: written.to_string(),
+        kind: "file".into(),
+        mode: metadata.permissions().mode() & 0o7777,
+        sha256,
+    })
 }
 
 /// Digests of every entry under `root`, by path relative to it, sorted, as
@@ -314,10 +361,12 @@ fn tree_digests(root: &Path) -> Result<Vec<FileDigest>> {
     let mut digests = Vec::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let entry = entry.with_context(|| format!("reading {}", root.display()))?;
-        let metadata = entry.path().symlink_metadata().with_context(|| format!("reading {}", entry.path().display()))?;
+        let metadata =
+            entry.path().symlink_metadata().with_context(|| format!("reading {}", entry.path().display()))?;
         let relative = entry.path().strip_prefix(root).expect("under root").to_string_lossy().into_owned();
         let file_type = metadata.file_type();
-        let device = || sha256_hex(format!("{}:{}", libc::major(metadata.rdev()), libc::minor(metadata.rdev())).as_bytes());
+        let device =
+            || sha256_hex(format!("{}:{}", libc::major(metadata.rdev()), libc::minor(metadata.rdev())).as_bytes());
         let (kind, sha256) = if file_type.is_dir() {
             ("dir", String::new())
         } else if file_type.is_symlink() {
@@ -333,7 +382,12 @@ fn tree_digests(root: &Path) -> Result<Vec<FileDigest>> {
         } else {
             continue;
         };
-        digests.push(FileDigest { path: relative, kind: kind.into(), mode: metadata.permissions().mode() & 0o7777, sha256 });
+        digests.push(FileDigest {
+            path: relative,
+            kind: kind.into(),
+            mode: metadata.permissions().mode() & 0o7777,
+            sha256,
+        });
     }
     Ok(digests)
 }
@@ -388,7 +442,11 @@ mod tests {
         let file = dir.join("r.yaml");
         let recipe = load_str(&file, source, &LoadOptions::default()).unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || sender.send(plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}"))));
+        std::thread::spawn(move || {
+            sender.send(
+                plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}")),
+            )
+        });
         receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("planning hung")
     }
 
@@ -404,9 +462,14 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", overlay.join("zero")).unwrap();
         let source = "rootsmith: 1\nname: f\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - files: { src: overlay }\n";
         let plan = plan_within_seconds(dir.path(), source).unwrap();
-        let kinds: Vec<(&str, &str)> = plan.stages[1].files.iter().map(|f| (f.path.as_str(), f.kind.as_str())).collect();
+        let kinds: Vec<(&str, &str)> =
+            plan.stages[1].files.iter().map(|f| (f.path.as_str(), f.kind.as_str())).collect();
         assert_eq!(kinds, [("motd", "file"), ("pipe", "fifo"), ("shadow", "symlink"), ("zero", "symlink")]);
-        assert_eq!(plan.stages[1].files[2].sha256, sha256_hex(b"/etc/shadow"), "a symlink is digested by its target, never followed");
+        assert_eq!(
+            plan.stages[1].files[2].sha256,
+            sha256_hex(b"/etc/shadow"),
+            "a symlink is digested by its target, never followed"
+        );
     }
 
     #[test]
@@ -415,12 +478,21 @@ mod tests {
         let tarball = dir.path().join("base.tar");
         fs_err::write(&tarball, "").unwrap();
         let file = dir.path().join("r.yaml");
-        let recipe = load_str(&file, "rootsmith: 1\nname: f\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n", &LoadOptions::default()).unwrap();
+        let recipe = load_str(
+            &file,
+            "rootsmith: 1\nname: f\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n",
+            &LoadOptions::default(),
+        )
+        .unwrap();
         // Swapped after the recipe was checked.
         fs_err::remove_file(&tarball).unwrap();
         nix::unistd::mkfifo(&tarball, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || sender.send(plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}"))));
+        std::thread::spawn(move || {
+            sender.send(
+                plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}")),
+            )
+        });
         let error = receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("planning hung").unwrap_err();
         assert!(error.contains("base.tar is a FIFO, not a regular file"), "{error}");
     }

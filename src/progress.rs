@@ -40,7 +40,9 @@ pub fn for_mode(mode: Mode) -> Box<dyn Progress> {
         Mode::Quiet => Box::new(Silent),
         Mode::Auto if !std::io::stderr().is_terminal() => Box::new(Lines),
         Mode::Plain => Box::new(Lines),
-        Mode::Auto | Mode::Tty => Box::new(Bars { multi: MultiProgress::new(), bars: std::sync::Mutex::new(Vec::new()) }),
+        Mode::Auto | Mode::Tty => {
+            Box::new(Bars { multi: MultiProgress::new(), bars: std::sync::Mutex::new(Vec::new()) })
+        }
     }
 }
 
@@ -101,7 +103,9 @@ impl Bars {
 impl Progress for Bars {
     fn start(&self, label: &str, what: &str) {
         let bar = self.multi.add(ProgressBar::new_spinner());
-        bar.set_style(ProgressStyle::with_template("{spinner} {prefix:<24} {msg} {elapsed:>4}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:<24} {msg} {elapsed:>4}").expect("valid template"),
+        );
         bar.set_prefix(label.to_string());
         bar.set_message(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
@@ -110,7 +114,11 @@ impl Progress for Bars {
     fn done(&self, label: &str, state: &str, seconds: f64) {
         let bar = self.bar(label);
         bar.set_style(ProgressStyle::with_template("✓ {prefix:<24} {msg}").expect("valid template"));
-        bar.finish_with_message(if state == "cached" { "cached".to_string() } else { format!("{state} in {seconds:.1}s") });
+        bar.finish_with_message(if state == "cached" {
+            "cached".to_string()
+        } else {
+            format!("{state} in {seconds:.1}s")
+        });
     }
     fn fail(&self, label: &str, why: &str) {
         let bar = self.bar(label);
@@ -134,5 +142,9 @@ pub fn human_size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

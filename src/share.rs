@@ -20,9 +20,9 @@ use serde_json::json;
 
 use crate::cache::{OutputHeader, StageRecord, Store, OUTPUT_RECORD};
 use crate::oci::image::{descriptor, MEDIA_LAYER_ZSTD};
-use crate::stage::kernel::KernelProducts;
 use crate::oci::registry::{Blob, Registry};
 use crate::oci::{Descriptor, Manifest, MEDIA_MANIFEST};
+use crate::stage::kernel::KernelProducts;
 
 pub const MEDIA_STAGE_RECORD: &str = "application/vnd.rootsmith.stage.v1+json";
 pub const MEDIA_KERNEL_PRODUCTS: &str = "application/vnd.rootsmith.kernel-products.v1.tar+zstd";
@@ -51,19 +51,28 @@ pub fn outputs_tag(key: &str) -> String {
 /// An output file's name as a record or a registry gives it: one plain
 /// component, not the record's own name.
 fn valid_output_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('.') && name != OUTPUT_RECORD && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name != OUTPUT_RECORD
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
 }
 
 /// Which layer of an outputs manifest holds which file: every layer a file
 /// the record lists, with its digest, each once, and every file there.
-fn output_layers<'a>(header: &OutputHeader, manifest: &'a Manifest) -> std::result::Result<Vec<(&'a str, &'a Descriptor)>, String> {
+fn output_layers<'a>(
+    header: &OutputHeader,
+    manifest: &'a Manifest,
+) -> std::result::Result<Vec<(&'a str, &'a Descriptor)>, String> {
     let mut found = Vec::new();
     for layer in &manifest.layers {
         let name = layer.annotations.get(TITLE).ok_or_else(|| format!("layer {} has no {TITLE}", layer.digest))?;
         if !valid_output_name(name) {
             return Err(format!("layer {} is named {name:?}, not an output file's name", layer.digest));
         }
-        let Some(digest) = header.files.get(name) else { return Err(format!("layer {name:?} is not a file of the record")) };
+        let Some(digest) = header.files.get(name) else {
+            return Err(format!("layer {name:?} is not a file of the record"));
+        };
         if layer.digest != format!("sha256:{digest}") {
             return Err(format!("layer {name:?} has digest {}, the record says sha256:{digest}", layer.digest));
         }
@@ -90,14 +99,16 @@ impl RemoteCache {
     pub fn pull(&self, store: &Store, key: &str, note: &dyn Fn(&str)) -> Result<Option<StageRecord>> {
         let reference = self.registry.tagged(&tag(key));
         let Some((bytes, _)) = self.registry.find_manifest(&reference)? else { return Ok(None) };
-        let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a stage manifest", reference.whole()))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is not a stage manifest", reference.whole()))?;
         if manifest.config.media_type != MEDIA_STAGE_RECORD || manifest.layers.is_empty() {
             bail!("{} is not a rootsmith stage (config {})", reference.whole(), manifest.config.media_type);
         }
         let scratch = store.work_dir("pull")?;
         let record_path = scratch.path().join("record.json");
         self.registry.fetch_blob_of(&reference, &manifest.config, &record_path, note)?;
-        let record: StageRecord = serde_json::from_slice(&fs_err::read(&record_path)?).with_context(|| format!("the stage record of {}", reference.whole()))?;
+        let record: StageRecord = serde_json::from_slice(&fs_err::read(&record_path)?)
+            .with_context(|| format!("the stage record of {}", reference.whole()))?;
         let layer = &manifest.layers[0];
         if let Some(why) = record.inconsistency(key) {
             bail!("{} holds an unusable record of stage {key}: {why}", reference.whole());
@@ -120,7 +131,12 @@ impl RemoteCache {
                 // Products are plain files: a device in them would be made (or
                 // stood for) in a tree nobody writes out again.
                 let devices = crate::layer::Devices::default();
-                crate::layer::apply_layer(zstd::Decoder::new(fs_err::File::open(&archive)?)?, &unpacking, &format!("kernel products of {}", reference.whole()), &devices)?;
+                crate::layer::apply_layer(
+                    zstd::Decoder::new(fs_err::File::open(&archive)?)?,
+                    &unpacking,
+                    &format!("kernel products of {}", reference.whole()),
+                    &devices,
+                )?;
                 fs_err::rename(&unpacking, &dir)?;
             }
         }
@@ -138,8 +154,17 @@ impl RemoteCache {
         let record_bytes = serde_json::to_vec(record)?;
         let config = descriptor(MEDIA_STAGE_RECORD, &record_bytes);
         let layer_path = store.layout().blob(&record.layer);
-        let mut layers = vec![Descriptor { media_type: MEDIA_LAYER_ZSTD.into(), digest: format!("sha256:{}", record.layer), size: record.layer_size, platform: None, annotations: Default::default() }];
-        let mut blobs = vec![Blob::File(layers[0].digest.clone(), layer_path.as_path()), Blob::Bytes(config.digest.clone(), &record_bytes)];
+        let mut layers = vec![Descriptor {
+            media_type: MEDIA_LAYER_ZSTD.into(),
+            digest: format!("sha256:{}", record.layer),
+            size: record.layer_size,
+            platform: None,
+            annotations: Default::default(),
+        }];
+        let mut blobs = vec![
+            Blob::File(layers[0].digest.clone(), layer_path.as_path()),
+            Blob::Bytes(config.digest.clone(), &record_bytes),
+        ];
         let products;
         if let Some(products_record) = &record.products {
             let kernel = KernelProducts::from_products(products_record)?;
@@ -167,22 +192,30 @@ impl RemoteCache {
         }
         let reference = self.registry.tagged(&outputs_tag(key));
         let Some((bytes, _)) = self.registry.find_manifest(&reference)? else { return Ok(false) };
-        let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("{} is not an outputs manifest", reference.whole()))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not an outputs manifest", reference.whole()))?;
         if manifest.config.media_type != MEDIA_OUTPUT_RECORD {
             bail!("{} is not a rootsmith outputs artifact (config {})", reference.whole(), manifest.config.media_type);
         }
         if manifest.config.size > MAX_RECORD_BYTES {
-            bail!("{} has an output record of {} bytes, more than an output record's {MAX_RECORD_BYTES}", reference.whole(), manifest.config.size);
+            bail!(
+                "{} has an output record of {} bytes, more than an output record's {MAX_RECORD_BYTES}",
+                reference.whole(),
+                manifest.config.size
+            );
         }
         let scratch = store.work_dir("pull-outputs")?;
         let record_path = scratch.path().join("record.json");
         self.registry.fetch_blob_of(&reference, &manifest.config, &record_path, note)?;
-        let record: serde_json::Value = serde_json::from_slice(&fs_err::read(&record_path)?).with_context(|| format!("the output record of {}", reference.whole()))?;
-        let header: OutputHeader = serde_json::from_value(record.clone()).with_context(|| format!("the output record of {}", reference.whole()))?;
+        let record: serde_json::Value = serde_json::from_slice(&fs_err::read(&record_path)?)
+            .with_context(|| format!("the output record of {}", reference.whole()))?;
+        let header: OutputHeader = serde_json::from_value(record.clone())
+            .with_context(|| format!("the output record of {}", reference.whole()))?;
         if header.key != key {
             bail!("{} holds the outputs {}, not {key}", reference.whole(), header.key);
         }
-        let layers = output_layers(&header, &manifest).map_err(|why| anyhow::anyhow!("{} holds unusable outputs: {why}", reference.whole()))?;
+        let layers = output_layers(&header, &manifest)
+            .map_err(|why| anyhow::anyhow!("{} holds unusable outputs: {why}", reference.whole()))?;
         let staged = scratch.path().join("outputs");
         fs_err::create_dir(&staged)?;
         let mut received = 0;
@@ -203,16 +236,24 @@ impl RemoteCache {
         }
         let dir = store.layout().output(key);
         let record_bytes = fs_err::read(dir.join(OUTPUT_RECORD))?;
-        let header: OutputHeader = serde_json::from_slice(&record_bytes).with_context(|| format!("the output record of {key}"))?;
+        let header: OutputHeader =
+            serde_json::from_slice(&record_bytes).with_context(|| format!("the output record of {key}"))?;
         let config = descriptor(MEDIA_OUTPUT_RECORD, &record_bytes);
         let mut layers = Vec::new();
         let paths: Vec<_> = header.files.keys().map(|name| dir.join(name)).collect();
         for ((name, digest), path) in header.files.iter().zip(&paths) {
             let mut annotations = std::collections::BTreeMap::new();
             annotations.insert(TITLE.to_string(), name.clone());
-            layers.push(Descriptor { media_type: MEDIA_OUTPUT_FILE.into(), digest: format!("sha256:{digest}"), size: fs_err::metadata(path)?.len(), platform: None, annotations });
+            layers.push(Descriptor {
+                media_type: MEDIA_OUTPUT_FILE.into(),
+                digest: format!("sha256:{digest}"),
+                size: fs_err::metadata(path)?.len(),
+                platform: None,
+                annotations,
+            });
         }
-        let mut blobs: Vec<Blob<'_>> = layers.iter().zip(&paths).map(|(layer, path)| Blob::File(layer.digest.clone(), path.as_path())).collect();
+        let mut blobs: Vec<Blob<'_>> =
+            layers.iter().zip(&paths).map(|(layer, path)| Blob::File(layer.digest.clone(), path.as_path())).collect();
         blobs.push(Blob::Bytes(config.digest.clone(), &record_bytes));
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
@@ -228,12 +269,24 @@ impl RemoteCache {
 
     /// The stage keys the remote holds.
     pub fn keys(&self) -> Result<Vec<String>> {
-        Ok(self.registry.tags()?.into_iter().filter_map(|tag| tag.strip_prefix("stage-").map(str::to_string)).filter(|key| crate::digest::is_sha256_hex(key)).collect())
+        Ok(self
+            .registry
+            .tags()?
+            .into_iter()
+            .filter_map(|tag| tag.strip_prefix("stage-").map(str::to_string))
+            .filter(|key| crate::digest::is_sha256_hex(key))
+            .collect())
     }
 
     /// The output keys the remote holds.
     pub fn output_keys(&self) -> Result<Vec<String>> {
-        Ok(self.registry.tags()?.into_iter().filter_map(|tag| tag.strip_prefix("outputs-").map(str::to_string)).filter(|key| crate::digest::is_sha256_hex(key)).collect())
+        Ok(self
+            .registry
+            .tags()?
+            .into_iter()
+            .filter_map(|tag| tag.strip_prefix("outputs-").map(str::to_string))
+            .filter(|key| crate::digest::is_sha256_hex(key))
+            .collect())
     }
 }
 
@@ -242,8 +295,15 @@ mod tests {
     use super::*;
 
     fn layer(name: Option<&str>, digest: &str) -> Descriptor {
-        let annotations = name.map(|name| [(TITLE.to_string(), name.to_string())].into_iter().collect()).unwrap_or_default();
-        Descriptor { media_type: MEDIA_OUTPUT_FILE.into(), digest: format!("sha256:{digest}"), size: 1, platform: None, annotations }
+        let annotations =
+            name.map(|name| [(TITLE.to_string(), name.to_string())].into_iter().collect()).unwrap_or_default();
+        Descriptor {
+            media_type: MEDIA_OUTPUT_FILE.into(),
+            digest: format!("sha256:{digest}"),
+            size: 1,
+            platform: None,
+            annotations,
+        }
     }
 
     fn manifest(layers: Vec<Descriptor>) -> Manifest {
@@ -255,7 +315,10 @@ mod tests {
     #[test]
     fn pulled_output_layers_are_the_record_files() {
         let (a, b) = ("a".repeat(64), "b".repeat(64));
-        let header: OutputHeader = serde_json::from_value(json!({ "key": "k", "files": { "rootfs.img": a, "packages.txt": b }, "created": 0 })).unwrap();
+        let header: OutputHeader = serde_json::from_value(
+            json!({ "key": "k", "files": { "rootfs.img": a, "packages.txt": b }, "created": 0 }),
+        )
+        .unwrap();
         let good = manifest(vec![layer(Some("packages.txt"), &b), layer(Some("rootfs.img"), &a)]);
         let names: Vec<&str> = output_layers(&header, &good).unwrap().into_iter().map(|(name, _)| name).collect();
         assert_eq!(names, ["packages.txt", "rootfs.img"]);
@@ -266,8 +329,14 @@ mod tests {
             (vec![layer(None, &a), layer(Some("packages.txt"), &b)], "has no"),
             (vec![layer(Some("rootfs.img"), &b), layer(Some("packages.txt"), &b)], "the record says"),
             (vec![layer(Some("rootfs.img"), &a)], "which no layer holds"),
-            (vec![layer(Some("rootfs.img"), &a), layer(Some("rootfs.img"), &a), layer(Some("packages.txt"), &b)], "appears twice"),
-            (vec![layer(Some("sbom.json"), &a), layer(Some("rootfs.img"), &a), layer(Some("packages.txt"), &b)], "is not a file of the record"),
+            (
+                vec![layer(Some("rootfs.img"), &a), layer(Some("rootfs.img"), &a), layer(Some("packages.txt"), &b)],
+                "appears twice",
+            ),
+            (
+                vec![layer(Some("sbom.json"), &a), layer(Some("rootfs.img"), &a), layer(Some("packages.txt"), &b)],
+                "is not a file of the record",
+            ),
         ] {
             let error = output_layers(&header, &manifest(layers)).unwrap_err();
             assert!(error.contains(why), "{why}: {error}");
@@ -281,7 +350,8 @@ fn products_archive(dir: &Path, epoch: i64) -> Result<Vec<u8>> {
     // A products directory comes from the cache, where nothing stands for a device.
     let devices = crate::layer::Devices::default();
     let mut writer = crate::layer::TreeTarWriter::new(encoder, epoch, &devices);
-    let mut names: Vec<_> = fs_err::read_dir(dir)?.map(|entry| entry.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
+    let mut names: Vec<_> =
+        fs_err::read_dir(dir)?.map(|entry| entry.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
     names.sort();
     for name in names {
         writer.append(dir, Path::new(&name))?;

@@ -30,7 +30,8 @@ pub const TOOLS: &[(&str, &str)] = &[
 
 /// The full path of `program` on `PATH`.
 pub fn find(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
@@ -42,7 +43,9 @@ pub fn package_of(program: &str) -> &'static str {
 pub fn require(program: &str, purpose: &str) -> Result<PathBuf> {
     match find(program) {
         Some(path) => Ok(path),
-        None => bail!("`{program}` is needed {purpose} but is not installed\nhint: apt-get install {}", package_of(program)),
+        None => {
+            bail!("`{program}` is needed {purpose} but is not installed\nhint: apt-get install {}", package_of(program))
+        }
     }
 }
 

@@ -203,7 +203,10 @@ fn tokenize(stripped: &str) -> Vec<Token> {
             i += 1;
         } else if ch.is_whitespace() {
             i += 1;
-        } else if ch == 'r' && c.get(i + 1) == Some(&'#') && c.get(i + 2).is_some_and(|&d| is_ident_char(d) && !d.is_ascii_digit()) {
+        } else if ch == 'r'
+            && c.get(i + 1) == Some(&'#')
+            && c.get(i + 2).is_some_and(|&d| is_ident_char(d) && !d.is_ascii_digit())
+        {
             // Raw identifier r#name.
             let mut j = i + 2;
             while j < n && is_ident_char(c[j]) {
@@ -366,7 +369,9 @@ fn contexts(tokens: &[Token]) -> (Vec<Ctx>, Vec<ModDecl>) {
     while i < tokens.len() {
         let current = stack.last().map(|(_, ctx)| ctx.clone()).unwrap_or_else(|| root.clone());
         // Attributes: #[..] and #![..]; note #[cfg(test)].
-        if is_punct(tokens, i, '#') && (is_punct(tokens, i + 1, '[') || (is_punct(tokens, i + 1, '!') && is_punct(tokens, i + 2, '['))) {
+        if is_punct(tokens, i, '#')
+            && (is_punct(tokens, i + 1, '[') || (is_punct(tokens, i + 1, '!') && is_punct(tokens, i + 2, '[')))
+        {
             let inner = is_punct(tokens, i + 1, '!');
             let open = if inner { i + 2 } else { i + 1 };
             let close = matching_close(tokens, open);
@@ -612,7 +617,10 @@ struct Crate {
 }
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         if path.is_dir() {
@@ -656,7 +664,11 @@ fn load_crate(src: &Path) -> Crate {
     let mut module_files = BTreeMap::new();
     let mut top_modules = BTreeSet::new();
     for (rel, modpath, text) in raw {
-        let side = if rel == "src/main.rs" || modpath.first().is_some_and(|t| binary_modules.contains(t)) { Side::Binary } else { Side::Library };
+        let side = if rel == "src/main.rs" || modpath.first().is_some_and(|t| binary_modules.contains(t)) {
+            Side::Binary
+        } else {
+            Side::Library
+        };
         if let Some(top) = modpath.first() {
             top_modules.insert(top.clone());
             module_files.insert(modpath.join("::"), files.len());
@@ -727,7 +739,15 @@ impl Crate {
             let side = if self.binary_modules.contains(*from) || *from == "main" { " [binary]" } else { "" };
             let list: Vec<String> = tos
                 .iter()
-                .map(|(to, (normal, test))| if *normal == 0 { format!("{to} (test {test})") } else { format!("{to} ({})", normal + test) })
+                .map(
+                    |(to, (normal, test))| {
+                        if *normal == 0 {
+                            format!("{to} (test {test})")
+                        } else {
+                            format!("{to} ({})", normal + test)
+                        }
+                    },
+                )
                 .collect();
             let list = if list.is_empty() { "—".to_string() } else { list.join(", ") };
             let _ = writeln!(out, "  {from}{side} -> {list}");
@@ -791,7 +811,8 @@ fn parse_map(text: &str, shown: &str) -> Map {
             continue;
         }
         let Some(module) = backticked(cells[0]) else {
-            map.errors.push(format!("{shown}:{number}: the first cell is one backticked module name, e.g. `cache`: {line}"));
+            map.errors
+                .push(format!("{shown}:{number}: the first cell is one backticked module name, e.g. `cache`: {line}"));
             continue;
         };
         let allowed = match cells[1] {
@@ -809,7 +830,10 @@ fn parse_map(text: &str, shown: &str) -> Map {
             }
         };
         if let Some(previous) = map.rows.get(&module) {
-            map.errors.push(format!("{shown}:{number}: a second row for `{module}` (the first is on line {})", previous.line));
+            map.errors.push(format!(
+                "{shown}:{number}: a second row for `{module}` (the first is on line {})",
+                previous.line
+            ));
             continue;
         }
         map.rows.insert(module, Row { line: number, allowed });
@@ -885,7 +909,15 @@ fn cycles(n: usize, edges: &BTreeMap<usize, BTreeSet<usize>>) -> Vec<Vec<usize>>
             }
         }
     }
-    let mut s = State { edges, index: vec![None; n], low: vec![0; n], on_stack: vec![false; n], stack: Vec::new(), next: 0, out: Vec::new() };
+    let mut s = State {
+        edges,
+        index: vec![None; n],
+        low: vec![0; n],
+        on_stack: vec![false; n],
+        stack: Vec::new(),
+        next: 0,
+        out: Vec::new(),
+    };
     for v in 0..n {
         if s.index[v].is_none() {
             visit(&mut s, v);
@@ -930,12 +962,18 @@ fn every_module_has_a_row_and_the_map_has_no_cycle() {
         if module == "main" || module == "lib" {
             problems.push(format!("{shown}:{}: `{module}` is a crate root, not a module; leave its row out", row.line));
         } else if !krate.top_modules.contains(module) {
-            problems.push(format!("{shown}:{}: a row for `{module}`, but there is no src/{module}.rs or src/{module}/", row.line));
+            problems.push(format!(
+                "{shown}:{}: a row for `{module}`, but there is no src/{module}.rs or src/{module}/",
+                row.line
+            ));
         }
         if let Allowed::These(set) = &row.allowed {
             for name in set {
                 if !krate.top_modules.contains(name) {
-                    problems.push(format!("{shown}:{}: `{module}` may import `{name}`, which is not a top-level module", row.line));
+                    problems.push(format!(
+                        "{shown}:{}: `{module}` may import `{name}`, which is not a top-level module",
+                        row.line
+                    ));
                 }
                 if !krate.binary_modules.contains(module) && (krate.binary_modules.contains(name) || name == "main") {
                     problems.push(format!(
@@ -964,17 +1002,29 @@ fn every_module_has_a_row_and_the_map_has_no_cycle() {
     }
     for component in cycles(names.len(), &edges) {
         let members: BTreeSet<usize> = component.iter().copied().collect();
-        let mut text = format!("{shown}: the map allows a cycle among {}:", component.iter().map(|&i| format!("`{}`", names[i])).collect::<Vec<_>>().join(", "));
+        let mut text = format!(
+            "{shown}: the map allows a cycle among {}:",
+            component.iter().map(|&i| format!("`{}`", names[i])).collect::<Vec<_>>().join(", ")
+        );
         for &from in &component {
             for to in edges.get(&from).into_iter().flatten().filter(|t| members.contains(t)) {
-                let _ = write!(text, "\n    `{}` (line {}) may import `{}`", names[from], map.rows[names[from]].line, names[*to]);
+                let _ = write!(
+                    text,
+                    "\n    `{}` (line {}) may import `{}`",
+                    names[from], map.rows[names[from]].line, names[*to]
+                );
             }
         }
         problems.push(text);
     }
     if !problems.is_empty() {
         let body: String = problems.iter().map(|p| format!("  {p}\n")).collect();
-        fail(&format!("The module map in {shown} does not match src/ ({} problems):", problems.len()), &body, HOW_TO_FIX, &krate);
+        fail(
+            &format!("The module map in {shown} does not match src/ ({} problems):", problems.len()),
+            &body,
+            HOW_TO_FIX,
+            &krate,
+        );
     }
 }
 
@@ -982,14 +1032,21 @@ fn every_module_has_a_row_and_the_map_has_no_cycle() {
 fn imports_follow_the_map() {
     let krate = load_crate(&src_dir());
     let (map, shown) = load_map();
-    assert!(map.errors.is_empty() || !map.rows.is_empty(), "the module map {shown} does not parse:\n  {}", map.errors.join("\n  "));
+    assert!(
+        map.errors.is_empty() || !map.rows.is_empty(),
+        "the module map {shown} does not parse:\n  {}",
+        map.errors.join("\n  ")
+    );
     let mut violations = Vec::new();
     // The library never declares the binary's modules.
     for file in &krate.files {
         if file.rel == "src/lib.rs" {
             for decl in &file.scan.mods {
                 if krate.binary_modules.contains(&decl.name) || BINARY_MODULES.contains(&decl.name.as_str()) {
-                    violations.push(format!("src/lib.rs:{}: the library declares `mod {}`; it is the binary's (declare it in main.rs)", decl.line, decl.name));
+                    violations.push(format!(
+                        "src/lib.rs:{}: the library declares `mod {}`; it is the binary's (declare it in main.rs)",
+                        decl.line, decl.name
+                    ));
                 }
             }
         }
@@ -1021,7 +1078,13 @@ fn imports_follow_the_map() {
             None => false,
         };
         if !ok {
-            violations.push(format!("{}:{}: {from} imports {to} ({shown} allows {from}: {}); path {}{test}", file.rel, r.line, describe(allowed), show_path(r)));
+            violations.push(format!(
+                "{}:{}: {from} imports {to} ({shown} allows {from}: {}); path {}{test}",
+                file.rel,
+                r.line,
+                describe(allowed),
+                show_path(r)
+            ));
         }
     }
     if !violations.is_empty() {
@@ -1040,18 +1103,27 @@ fn no_two_modules_import_each_other() {
             continue;
         }
         let test = if r.test { " (in test code)" } else { "" };
-        example.entry((from, to)).or_insert_with(|| format!("{}:{}: {}{test}", krate.files[index].rel, r.line, show_path(r)));
+        example
+            .entry((from, to))
+            .or_insert_with(|| format!("{}:{}: {}{test}", krate.files[index].rel, r.line, show_path(r)));
     }
     let mut pairs = Vec::new();
     for ((from, to), here) in &example {
         if from < to {
             if let Some(back) = example.get(&(to.clone(), from.clone())) {
-                pairs.push(format!("  {from} <-> {to}\n    {from} imports {to} at {here}\n    {to} imports {from} at {back}\n"));
+                pairs.push(format!(
+                    "  {from} <-> {to}\n    {from} imports {to} at {here}\n    {to} imports {from} at {back}\n"
+                ));
             }
         }
     }
     if !pairs.is_empty() {
-        fail(&format!("{} pair(s) of top-level modules import each other:", pairs.len()), &pairs.concat(), HOW_TO_FIX_PAIRS, &krate);
+        fail(
+            &format!("{} pair(s) of top-level modules import each other:", pairs.len()),
+            &pairs.concat(),
+            HOW_TO_FIX_PAIRS,
+            &krate,
+        );
     }
 }
 
@@ -1081,10 +1153,21 @@ fn no_file_cycles() {
         let mut body = String::new();
         for component in &found {
             let members: BTreeSet<usize> = component.iter().copied().collect();
-            let _ = writeln!(body, "  cycle among {} files: {}", component.len(), component.iter().map(|&i| krate.files[i].rel.as_str()).collect::<Vec<_>>().join(", "));
+            let _ = writeln!(
+                body,
+                "  cycle among {} files: {}",
+                component.len(),
+                component.iter().map(|&i| krate.files[i].rel.as_str()).collect::<Vec<_>>().join(", ")
+            );
             for &from in component {
                 for &to in edges.get(&from).into_iter().flatten().filter(|t| members.contains(t)) {
-                    let _ = writeln!(body, "    {} -> {}   ({})", krate.files[from].rel, krate.files[to].rel, example[&(from, to)]);
+                    let _ = writeln!(
+                        body,
+                        "    {} -> {}   ({})",
+                        krate.files[from].rel,
+                        krate.files[to].rel,
+                        example[&(from, to)]
+                    );
                 }
             }
         }
@@ -1174,13 +1257,17 @@ fn map_parser_reads_the_table() {
     assert_eq!(map.rows.keys().cloned().collect::<Vec<_>>(), vec!["cache", "cli", "progress", "time"]);
     assert_eq!(map.rows["time"].allowed, Allowed::These(BTreeSet::new()));
     assert_eq!(map.rows["cli"].allowed, Allowed::Anything);
-    assert_eq!(map.rows["cache"].allowed, Allowed::These(["digest", "fileops", "time"].iter().map(|s| s.to_string()).collect()));
+    assert_eq!(
+        map.rows["cache"].allowed,
+        Allowed::These(["digest", "fileops", "time"].iter().map(|s| s.to_string()).collect())
+    );
     assert_eq!(map.errors.len(), 1, "{:?}", map.errors);
     assert!(map.errors[0].starts_with("doc:11:"), "{:?}", map.errors);
 }
 
 #[test]
 fn cycles_are_found() {
-    let edges: BTreeMap<usize, BTreeSet<usize>> = [(0, [1].into()), (1, [2].into()), (2, [0].into()), (3, [0].into()), (4, [4].into())].into_iter().collect();
+    let edges: BTreeMap<usize, BTreeSet<usize>> =
+        [(0, [1].into()), (1, [2].into()), (2, [0].into()), (3, [0].into()), (4, [4].into())].into_iter().collect();
     assert_eq!(cycles(5, &edges), vec![vec![0, 1, 2]]);
 }

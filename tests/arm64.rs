@@ -33,17 +33,29 @@ fn arm64_bundle_builds_under_emulation_and_boots_in_qemu_system_aarch64() {
     let (cache, out) = (dir.path().join("cache"), dir.path().join("out"));
     let started = Instant::now();
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--cache").arg(&cache).arg("--out").arg(&out).arg(repo().join("recipes/debian-arm64.yaml")).env_remove("SOURCE_DATE_EPOCH");
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--out")
+        .arg(&out)
+        .arg(repo().join("recipes/debian-arm64.yaml"))
+        .env_remove("SOURCE_DATE_EPOCH");
     let (code, _, stderr) = run(&mut command);
     eprintln!("arm64 build: {:.0} s\n{stderr}", started.elapsed().as_secs_f64());
     assert_eq!(code, 0, "{stderr}");
     if !was_enabled {
-        assert!(stderr.contains("(as root) to enable QEMU user-mode emulation"), "rootsmith says what it enabled:\n{stderr}");
+        assert!(
+            stderr.contains("(as root) to enable QEMU user-mode emulation"),
+            "rootsmith says what it enabled:\n{stderr}"
+        );
     }
     assert!(std::fs::read_to_string(ENTRY).unwrap().starts_with("enabled"));
 
     let bundle = out.join("debian-arm64/0.1.0");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["arch"], "arm64");
     let release = manifest["kernels"][0]["release"].as_str().unwrap();
     assert!(release.ends_with("-arm64"), "{release}");
@@ -116,17 +128,21 @@ fn one_recipe_builds_for_both_architectures_into_separate_bundles() {
     std::fs::write(dir.path().join("tree/etc/hello"), "hello\n").unwrap();
     tar_base(dir.path());
     let recipe = dir.path().join("both.yaml");
-    std::fs::write(&recipe, "rootsmith: 1\nname: both\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    std::fs::write(&recipe, "rootsmith: 1\nname: both\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n")
+        .unwrap();
     let (cache, out) = (dir.path().join("cache"), dir.path().join("out"));
     for extra in [&[][..], &["--arch", "arm64"][..], &["--set", "arch=arm64"][..]] {
-        let (code, _, stderr) = run(rootsmith().arg("build").arg("--cache").arg(&cache).arg("--out").arg(&out).arg(&recipe).args(extra));
+        let (code, _, stderr) =
+            run(rootsmith().arg("build").arg("--cache").arg(&cache).arg("--out").arg(&out).arg(&recipe).args(extra));
         assert_eq!(code, 0, "{extra:?}: {stderr}");
     }
     for (name, arch) in [("both", "amd64"), ("both-arm64", "arm64")] {
-        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(name).join("1.0.0/manifest.json")).unwrap()).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(name).join("1.0.0/manifest.json")).unwrap()).unwrap();
         assert_eq!((manifest["name"].as_str(), manifest["arch"].as_str()), (Some(name), Some(arch)));
     }
-    let (code, stdout, stderr) = run(rootsmith().args(["release", "verify"]).arg(out.join("both-arm64/1.0.0")).arg("--rebuild").arg(&recipe));
+    let (code, stdout, stderr) =
+        run(rootsmith().args(["release", "verify"]).arg(out.join("both-arm64/1.0.0")).arg("--rebuild").arg(&recipe));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("ok     rebuild"), "{stdout}");
     // An arm64 recipe starts from the arm64 release, a `files` stage on top;
@@ -136,10 +152,16 @@ fn one_recipe_builds_for_both_architectures_into_separate_bundles() {
     let on_top = dir.path().join("on-top.yaml");
     for (base, ok) in [("both-arm64", true), ("both", false)] {
         std::fs::write(&on_top, format!("rootsmith: 1\nname: on-top\nversion: 0.1.0\narch: arm64\nstages:\n  - release: {{ name: {base}, version: 1.0.0 }}\n  - files: {{ src: extra, dest: / }}\n")).unwrap();
-        let (code, _, stderr) = run(rootsmith().arg("build").arg("--fast").arg("--cache").arg(&cache).arg("--out").arg(&out).arg(&on_top));
+        let (code, _, stderr) =
+            run(rootsmith().arg("build").arg("--fast").arg("--cache").arg(&cache).arg("--out").arg(&out).arg(&on_top));
         if ok {
             assert_eq!(code, 0, "{stderr}");
-            let listing = std::process::Command::new("tar").arg("--zstd").arg("-tf").arg(out.join("on-top/0.1.0/on-top-0.1.0-rootfs.tar.zst")).output().unwrap();
+            let listing = std::process::Command::new("tar")
+                .arg("--zstd")
+                .arg("-tf")
+                .arg(out.join("on-top/0.1.0/on-top-0.1.0-rootfs.tar.zst"))
+                .output()
+                .unwrap();
             let listing = String::from_utf8_lossy(&listing.stdout);
             assert!(listing.contains("etc/hello") && listing.contains("etc/on-top"), "{listing}");
         } else {
@@ -178,11 +200,19 @@ fn a_cross_built_arm64_kernel_boots_to_a_marker() {
     .unwrap();
     let out = dir.path().join("out");
     let started = Instant::now();
-    let (code, _, stderr) = run(rootsmith().arg("build").arg("--fast").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(&out).arg(&recipe));
+    let (code, _, stderr) = run(rootsmith()
+        .arg("build")
+        .arg("--fast")
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(&out)
+        .arg(&recipe));
     eprintln!("arm64 tinyconfig cross build: {:.0} s", started.elapsed().as_secs_f64());
     assert_eq!(code, 0, "{stderr}");
     let bundle = out.join("karm/1.0.0");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     let release = manifest["kernels"][0]["release"].as_str().unwrap().to_string();
     assert!(release.ends_with("-rootsmith"), "{release}");
     let deb = manifest["kernels"][0]["debs"][0].as_str().unwrap();
@@ -196,8 +226,19 @@ fn a_cross_built_arm64_kernel_boots_to_a_marker() {
     assert_eq!(&std::fs::read(&vmlinuz).unwrap()[56..60], b"ARM\x64");
 
     let initramfs = marker_initramfs(dir.path(), "aarch64-linux-gnu-gcc", KERNEL_MARKER);
-    let guest = rootsmith::lab::qemu::Guest { kernel: Some(vmlinuz), initrd: Some(initramfs), cmdline: "console=ttyAMA0 panic=-1".into(), memory_mib: 256, accel: rootsmith::lab::qemu::Accel::Tcg, network: None, disk: None, firmware: None };
-    let result = rootsmith::lab::qemu::boot_until(&guest.argv_for("arm64"), KERNEL_MARKER, std::time::Duration::from_secs(180)).unwrap();
+    let guest = rootsmith::lab::qemu::Guest {
+        kernel: Some(vmlinuz),
+        initrd: Some(initramfs),
+        cmdline: "console=ttyAMA0 panic=-1".into(),
+        memory_mib: 256,
+        accel: rootsmith::lab::qemu::Accel::Tcg,
+        network: None,
+        disk: None,
+        firmware: None,
+    };
+    let result =
+        rootsmith::lab::qemu::boot_until(&guest.argv_for("arm64"), KERNEL_MARKER, std::time::Duration::from_secs(180))
+            .unwrap();
     assert!(result.found, "no marker; console:\n{}", result.console);
     assert!(result.console.contains(&release), "the console does not show release {release}:\n{}", result.console);
 }

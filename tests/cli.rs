@@ -26,7 +26,16 @@ fn every_problem_is_reported_at_once() {
     std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - run: { script: missing.sh }\n  - tarball: { path: gone.tar }\n").unwrap();
     let (code, _, stderr) = run(rootsmith().arg("check").arg(&recipe));
     assert_eq!(code, 2);
-    for expected in [":5:20", "file `missing.sh` does not exist", ":5:5", "not a base stage", ":6:22", "file `gone.tar` does not exist", ":6:5", "must be the first stage"] {
+    for expected in [
+        ":5:20",
+        "file `missing.sh` does not exist",
+        ":5:5",
+        "not a base stage",
+        ":6:22",
+        "file `gone.tar` does not exist",
+        ":6:5",
+        "must be the first stage",
+    ] {
         assert!(stderr.contains(expected), "missing {expected:?} in\n{stderr}");
     }
 }
@@ -35,7 +44,8 @@ fn every_problem_is_reported_at_once() {
 fn unknown_rebuild_stage_points_at_the_stages() {
     let recipe = repo().join("recipes/debian-minimal.yaml");
     let cache = tempfile::tempdir().unwrap();
-    let (code, _, stderr) = run(rootsmith().args(["build", "--rebuild", "nope", "--cache"]).arg(cache.path()).arg(&recipe));
+    let (code, _, stderr) =
+        run(rootsmith().args(["build", "--rebuild", "nope", "--cache"]).arg(cache.path()).arg(&recipe));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--rebuild names stage `nope`"), "{stderr}");
     assert!(stderr.contains("debian-minimal.yaml:10:1"), "{stderr}");
@@ -91,24 +101,40 @@ fn an_epoch_no_output_can_hold_is_refused_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("base.tar"), b"").unwrap();
     let recipe = dir.path().join("epoch.yaml");
-    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nsource_date_epoch: -5\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    std::fs::write(
+        &recipe,
+        "rootsmith: 1\nname: demo\nversion: 1.0.0\nsource_date_epoch: -5\nstages:\n  - tarball: { path: base.tar }\n",
+    )
+    .unwrap();
     let (code, _, stderr) = run(rootsmith().arg("check").arg(&recipe));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains(&format!("{}:4:20", recipe.display())) && stderr.contains("outside the times"), "{stderr}");
 
-    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n")
+        .unwrap();
     let cache = dir.path().join("cache");
-    let (code, _, stderr) = run(rootsmith().env("SOURCE_DATE_EPOCH", "-1").args(["build", "--cache"]).arg(&cache).arg("--out").arg(dir.path().join("out")).arg(&recipe));
+    let (code, _, stderr) = run(rootsmith()
+        .env("SOURCE_DATE_EPOCH", "-1")
+        .args(["build", "--cache"])
+        .arg(&cache)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(&recipe));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("SOURCE_DATE_EPOCH=\"-1\"") && stderr.contains("outside the times"), "{stderr}");
-    assert!(!cache.join("v1/stages").exists() || std::fs::read_dir(cache.join("v1/stages")).unwrap().next().is_none(), "a stage was built");
+    assert!(
+        !cache.join("v1/stages").exists() || std::fs::read_dir(cache.join("v1/stages")).unwrap().next().is_none(),
+        "a stage was built"
+    );
 }
 
 #[test]
 fn a_file_the_command_line_names_that_is_not_there_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    for args in [vec!["check"], vec!["hosts", "ls", "--hosts"], vec!["boot-test"], vec!["release", "verify"], vec!["serve"]] {
+    for args in
+        [vec!["check"], vec!["hosts", "ls", "--hosts"], vec!["boot-test"], vec!["release", "verify"], vec!["serve"]]
+    {
         let (code, _, stderr) = run(rootsmith().args(&args).arg(&missing));
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains(&missing.display().to_string()), "{args:?} names the path: {stderr}");
@@ -120,7 +146,13 @@ fn a_file_the_command_line_names_that_is_not_there_is_a_usage_error() {
 fn a_closed_standard_output_ends_quietly() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = rootsmith().args(["cache", "ls", "--json", "--cache"]).arg(dir.path()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = rootsmith()
+        .args(["cache", "ls", "--json", "--cache"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     drop(child.stdout.take());
     let status = child.wait().unwrap();
     let mut stderr = String::new();
@@ -190,11 +222,20 @@ fn cache_dir_resolves_as_the_other_commands_do() {
 
 #[test]
 fn completions_and_man_pages_cover_the_commands() {
-    for (shell, marker) in [("bash", "_rootsmith()"), ("zsh", "#compdef rootsmith"), ("fish", "complete -c rootsmith"), ("elvish", "rootsmith"), ("powershell", "rootsmith")] {
+    for (shell, marker) in [
+        ("bash", "_rootsmith()"),
+        ("zsh", "#compdef rootsmith"),
+        ("fish", "complete -c rootsmith"),
+        ("elvish", "rootsmith"),
+        ("powershell", "rootsmith"),
+    ] {
         let (code, stdout, stderr) = run(rootsmith().args(["completions", shell]));
         assert_eq!(code, 0, "{shell}: {stderr}");
         assert!(stdout.contains(marker), "{shell}: no {marker:?} in\n{stdout}");
-        assert!(stdout.contains("boot-test") && stdout.contains("promote"), "{shell}: the subcommands are not completed");
+        assert!(
+            stdout.contains("boot-test") && stdout.contains("promote"),
+            "{shell}: the subcommands are not completed"
+        );
     }
     let (code, _, stderr) = run(rootsmith().args(["completions", "tcsh"]));
     assert_eq!(code, 2, "{stderr}");
@@ -221,7 +262,8 @@ fn an_installed_binary_builds_without_rootsmith_init() {
     if !needs_root("an_installed_binary_builds_without_rootsmith_init") {
         return;
     }
-    let init = rootsmith::artifact::initramfs::find_init("amd64").expect("the init is built by `make test` (make init)");
+    let init =
+        rootsmith::artifact::initramfs::find_init("amd64").expect("the init is built by `make test` (make init)");
     let dir = tempfile::tempdir().unwrap();
     let destdir = dir.path().join("dest");
     let output = std::process::Command::new("make")
@@ -231,10 +273,20 @@ fn an_installed_binary_builds_without_rootsmith_init() {
         .arg(format!("DESTDIR={}", destdir.display()))
         .arg(format!("BIN={}", env!("CARGO_BIN_EXE_rootsmith")))
         .arg(format!("INIT_BIN={}", init.display()))
-        .arg(format!("INIT_BIN_ARM64={}", rootsmith::artifact::initramfs::find_init("arm64").expect("the arm64 init is built by `make test` (make init)").display()))
+        .arg(format!(
+            "INIT_BIN_ARM64={}",
+            rootsmith::artifact::initramfs::find_init("arm64")
+                .expect("the arm64 init is built by `make test` (make init)")
+                .display()
+        ))
         .output()
         .expect("make runs");
-    assert!(output.status.success(), "make install-built: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "make install-built: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let prefix = destdir.join("usr");
     for file in [
         "bin/rootsmith",
@@ -247,14 +299,22 @@ fn an_installed_binary_builds_without_rootsmith_init() {
         "share/man/man1/rootsmith-build.1",
     ] {
         let path = prefix.join(file);
-        assert!(std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() > 0), "{} is not installed", path.display());
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() > 0),
+            "{} is not installed",
+            path.display()
+        );
     }
 
     // A tiny tarball base, no kernel: the outputs still need the init.
     std::fs::create_dir_all(dir.path().join("tree/etc")).unwrap();
     std::fs::write(dir.path().join("tree/etc/hostname"), "installed\n").unwrap();
     tar_base(dir.path());
-    std::fs::write(dir.path().join("r.yaml"), "rootsmith: 1\nname: installed\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "rootsmith: 1\nname: installed\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n",
+    )
+    .unwrap();
     let (code, _, stderr) = run(std::process::Command::new(prefix.join("bin/rootsmith"))
         .args(["build", "--fast", "r.yaml", "--cache", "cache", "--out", "out"])
         .current_dir(dir.path())

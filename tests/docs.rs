@@ -61,7 +61,11 @@ fn command_lines(name: &str, text: &str) -> Vec<Shown> {
         } else if in_fence {
             let command = trimmed.strip_prefix("$ ").unwrap_or(trimmed);
             if is_command(command) {
-                shown.push(Shown { place: format!("{name}:{}", index + 1), text: strip_comment(command).to_string(), fenced: true });
+                shown.push(Shown {
+                    place: format!("{name}:{}", index + 1),
+                    text: strip_comment(command).to_string(),
+                    fenced: true,
+                });
             }
         } else {
             prose.push_str(line);
@@ -142,7 +146,11 @@ fn words(text: &str) -> Vec<String> {
     }
     let mut kept = Vec::new();
     for word in words {
-        if ["|", "||", "&&", ";", "&"].contains(&word.as_str()) || word.starts_with('>') || word.starts_with("2>") || word.starts_with('<') {
+        if ["|", "||", "&&", ";", "&"].contains(&word.as_str())
+            || word.starts_with('>')
+            || word.starts_with("2>")
+            || word.starts_with('<')
+        {
             break;
         }
         let word: String = word.chars().filter(|c| !matches!(c, '[' | ']')).collect();
@@ -157,7 +165,8 @@ fn words(text: &str) -> Vec<String> {
 fn is_placeholder(word: &str) -> bool {
     word.contains('…')
         || word.contains('|')
-        || (word.starts_with(|c: char| c.is_ascii_uppercase()) && word.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '_' | '=' | '-' | '.')))
+        || (word.starts_with(|c: char| c.is_ascii_uppercase())
+            && word.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '_' | '=' | '-' | '.')))
 }
 
 /// What one command's `--help` offers.
@@ -211,7 +220,8 @@ fn level(path: &[String], levels: &mut HashMap<Vec<String>, Level>) -> Level {
                 let mut takes_value = false;
                 for (index, field) in fields.iter().enumerate() {
                     let field = field.trim_end_matches(',');
-                    let is_option = (field.starts_with("--") && field.len() > 2) || (field.len() == 2 && field.starts_with('-') && field != "--");
+                    let is_option = (field.starts_with("--") && field.len() > 2)
+                        || (field.len() == 2 && field.starts_with('-') && field != "--");
                     if !is_option {
                         break;
                     }
@@ -256,7 +266,10 @@ fn check_value(value: &str, accepted: Option<&BTreeSet<String>>, what: &str) -> 
     }
     for alternative in value.split('|') {
         if !accepted.contains(alternative) {
-            return Err(format!("`{alternative}` is not a value of {what} (it takes {})", accepted.iter().cloned().collect::<Vec<_>>().join(", ")));
+            return Err(format!(
+                "`{alternative}` is not a value of {what} (it takes {})",
+                accepted.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
     }
     Ok(())
@@ -285,7 +298,11 @@ fn check_arguments(words: &[String], levels: &mut HashMap<Vec<String>, Level>) -
                 None => (word.as_str(), None),
             };
             let Some((takes_value, accepted)) = current.options.get(name) else {
-                return Err(format!("`{name}` is not an option of `{}` (it has {})", command_name(&path), current.options.keys().cloned().collect::<Vec<_>>().join(", ")));
+                return Err(format!(
+                    "`{name}` is not an option of `{}` (it has {})",
+                    command_name(&path),
+                    current.options.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
             };
             let value = match inline {
                 Some(value) => Some(value),
@@ -300,7 +317,11 @@ fn check_arguments(words: &[String], levels: &mut HashMap<Vec<String>, Level>) -
             }
         } else if !current.subcommands.is_empty() {
             if !current.subcommands.contains(word) {
-                return Err(format!("`{word}` is not a command of `{}` (it has {})", command_name(&path), current.subcommands.iter().cloned().collect::<Vec<_>>().join(", ")));
+                return Err(format!(
+                    "`{word}` is not a command of `{}` (it has {})",
+                    command_name(&path),
+                    current.subcommands.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
             }
             path.push(word.clone());
             current = level(&path, levels);
@@ -321,9 +342,18 @@ fn runs_offline(path: &[String], words: &[String]) -> bool {
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     let safe = matches!(
         path.as_slice(),
-        [] | ["check"] | ["init"] | ["completions"] | ["man"] | ["cache", "dir"] | ["cache", "ls"] | ["cache", "verify"] | ["release", "ls"]
+        [] | ["check"]
+            | ["init"]
+            | ["completions"]
+            | ["man"]
+            | ["cache", "dir"]
+            | ["cache", "ls"]
+            | ["cache", "verify"]
+            | ["release", "ls"]
     );
-    safe && !words.iter().any(|word| word == "--repair" || word == "--dir" || word.starts_with("--dir=") || word == "--cache" || word == "--out")
+    safe && !words.iter().any(|word| {
+        word == "--repair" || word == "--dir" || word.starts_with("--dir=") || word == "--cache" || word == "--out"
+    })
 }
 
 /// A document's scratch directory: `recipes/` and `fixtures/` of the
@@ -399,22 +429,55 @@ fn every_documented_command_line_is_accepted_and_the_offline_ones_run() {
 fn the_checker_catches_what_drifts() {
     let mut levels = HashMap::new();
     let check = |line: &str, levels: &mut HashMap<Vec<String>, Level>| check_arguments(&words(line), levels);
-    assert_eq!(check("rootsmith release verify DIR --rebuild RECIPE --json", &mut levels).unwrap(), ["release", "verify"]);
-    assert_eq!(check("rootsmith hosts [--hosts FILE] [--bundle DIR] ls [--json]", &mut levels).unwrap(), ["hosts", "ls"]);
-    assert_eq!(check("rootsmith boot-test BUNDLE [--via appended\\|http\\|pxe] [--memory MIB] [--append ARG]…", &mut levels).unwrap(), ["boot-test"]);
+    assert_eq!(
+        check("rootsmith release verify DIR --rebuild RECIPE --json", &mut levels).unwrap(),
+        ["release", "verify"]
+    );
+    assert_eq!(
+        check("rootsmith hosts [--hosts FILE] [--bundle DIR] ls [--json]", &mut levels).unwrap(),
+        ["hosts", "ls"]
+    );
+    assert_eq!(
+        check("rootsmith boot-test BUNDLE [--via appended\\|http\\|pxe] [--memory MIB] [--append ARG]…", &mut levels)
+            .unwrap(),
+        ["boot-test"]
+    );
     assert_eq!(check("rootsmith shell RECIPE [--stage S] [-- CMD…]", &mut levels).unwrap(), ["shell"]);
-    assert_eq!(check("rootsmith completions bash > /etc/bash_completion.d/rootsmith", &mut levels).unwrap(), ["completions"]);
-    assert!(check("rootsmith release verify DIR --out out", &mut levels).unwrap_err().contains("`--out` is not an option of `rootsmith release verify`"));
-    assert!(check("rootsmith --cache DIR build RECIPE", &mut levels).unwrap_err().contains("`--cache` is not an option of `rootsmith`"));
-    assert!(check("rootsmith release undo NAME", &mut levels).unwrap_err().contains("`undo` is not a command of `rootsmith release`"));
-    assert!(check("rootsmith serve out/ --tftp=0.0.0.0:69 --adr 0.0.0.0:8080", &mut levels).unwrap_err().contains("`--adr`"));
-    assert!(check("rootsmith boot-test out/b/1 --via htpp", &mut levels).unwrap_err().contains("`htpp` is not a value of `--via` of `rootsmith boot-test`"));
-    assert!(check("rootsmith qemu BUNDLE [--accel auto\\|kvm\\|hvf]", &mut levels).unwrap_err().contains("`hvf` is not a value of `--accel`"));
-    assert!(check("rootsmith completions bash\\|zsh\\|tcsh", &mut levels).unwrap_err().contains("`tcsh` is not a value of argument 1 of `rootsmith completions`"));
+    assert_eq!(
+        check("rootsmith completions bash > /etc/bash_completion.d/rootsmith", &mut levels).unwrap(),
+        ["completions"]
+    );
+    assert!(check("rootsmith release verify DIR --out out", &mut levels)
+        .unwrap_err()
+        .contains("`--out` is not an option of `rootsmith release verify`"));
+    assert!(check("rootsmith --cache DIR build RECIPE", &mut levels)
+        .unwrap_err()
+        .contains("`--cache` is not an option of `rootsmith`"));
+    assert!(check("rootsmith release undo NAME", &mut levels)
+        .unwrap_err()
+        .contains("`undo` is not a command of `rootsmith release`"));
+    assert!(check("rootsmith serve out/ --tftp=0.0.0.0:69 --adr 0.0.0.0:8080", &mut levels)
+        .unwrap_err()
+        .contains("`--adr`"));
+    assert!(check("rootsmith boot-test out/b/1 --via htpp", &mut levels)
+        .unwrap_err()
+        .contains("`htpp` is not a value of `--via` of `rootsmith boot-test`"));
+    assert!(check("rootsmith qemu BUNDLE [--accel auto\\|kvm\\|hvf]", &mut levels)
+        .unwrap_err()
+        .contains("`hvf` is not a value of `--accel`"));
+    assert!(check("rootsmith completions bash\\|zsh\\|tcsh", &mut levels)
+        .unwrap_err()
+        .contains("`tcsh` is not a value of argument 1 of `rootsmith completions`"));
 
     let shown = command_lines("t.md", "A `rootsmith hosts --hosts lab.yaml write DIR --url\nhttp://h/` span.\n\n```sh\nrootsmith check r.yaml   # note\n```\n`rootsmith-init` and `rootsmith.host=X` are not commands.\n");
     let lines: Vec<(&str, &str, bool)> = shown.iter().map(|s| (s.place.as_str(), s.text.as_str(), s.fenced)).collect();
-    assert_eq!(lines, [("t.md:1", "rootsmith hosts --hosts lab.yaml write DIR --url http://h/", false), ("t.md:5", "rootsmith check r.yaml", true)]);
+    assert_eq!(
+        lines,
+        [
+            ("t.md:1", "rootsmith hosts --hosts lab.yaml write DIR --url http://h/", false),
+            ("t.md:5", "rootsmith check r.yaml", true)
+        ]
+    );
     assert!(is_placeholder("NAME") && is_placeholder("k=v…") && is_placeholder("a|b") && is_placeholder("BUNDLE_URL"));
     assert!(!is_placeholder("20G") && !is_placeholder("recipes/debian-minimal.yaml") && !is_placeholder("1.2.0-rc1"));
 }

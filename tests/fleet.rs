@@ -25,7 +25,10 @@ const DISK_MARKER: &str = "rootsmith-test-disk: booted from disk";
 fn disk_image(payload: usize) -> Vec<u8> {
     // cli; xor ax,ax; mov ds,ax; mov si,0x7c17; mov dx,0x3f8; cld;
     // next: lodsb; test al,al; jz done; out dx,al; jmp next; done: hlt; jmp done
-    let code = [0xFA, 0x31, 0xC0, 0x8E, 0xD8, 0xBE, 0x17, 0x7C, 0xBA, 0xF8, 0x03, 0xFC, 0xAC, 0x84, 0xC0, 0x74, 0x03, 0xEE, 0xEB, 0xF8, 0xF4, 0xEB, 0xFD];
+    let code = [
+        0xFA, 0x31, 0xC0, 0x8E, 0xD8, 0xBE, 0x17, 0x7C, 0xBA, 0xF8, 0x03, 0xFC, 0xAC, 0x84, 0xC0, 0x74, 0x03, 0xEE,
+        0xEB, 0xF8, 0xF4, 0xEB, 0xFD,
+    ];
     let mut image = code.to_vec();
     image.extend_from_slice(format!("{DISK_MARKER}\r\n\0").as_bytes());
     image.resize(510, 0);
@@ -65,13 +68,21 @@ impl Lab {
             cmdline: String::new(),
             memory_mib: 1024,
             accel: self.accel,
-            network: Some(UserNetwork { tftp: None, bootfile: Some(format!("tftp://10.0.2.2:{}/{file}", self.tftp_port)), mac: Some(mac.into()) }),
+            network: Some(UserNetwork {
+                tftp: None,
+                bootfile: Some(format!("tftp://10.0.2.2:{}/{file}", self.tftp_port)),
+                mac: Some(mac.into()),
+            }),
             disk: Some(disk.to_path_buf()),
             firmware: None,
         };
         let result = qemu::boot_until(&guest.argv(), expect, Duration::from_secs(400)).unwrap();
         std::fs::write(log, &result.console).unwrap();
-        assert!(result.found, "{mac}: {expect:?} did not appear in {:.0} s; console:\n{}", result.seconds, result.console);
+        assert!(
+            result.found,
+            "{mac}: {expect:?} did not appear in {:.0} s; console:\n{}",
+            result.seconds, result.console
+        );
         eprintln!("{mac}: {expect:?} after {:.1} s", result.seconds);
         result.console
     }
@@ -97,7 +108,14 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("srv");
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(root.join("out")).arg(repo().join("recipes/provision-agent.yaml"));
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(root.join("out"))
+        .arg(repo().join("recipes/provision-agent.yaml"));
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
     let bundle = root.join("out/provision-agent/0.1.0");
@@ -130,7 +148,11 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
 
     let http = format!("127.0.0.1:{http_port}");
     let public = format!("http://10.0.2.2:{http_port}/");
-    let server = ServeProcess::start_with(&root, true, &["--addr", &http, "--hosts", inventory.to_str().unwrap(), "--public-url", &public]);
+    let server = ServeProcess::start_with(
+        &root,
+        true,
+        &["--addr", &http, "--hosts", inventory.to_str().unwrap(), "--public-url", &public],
+    );
     let probe = Guest {
         kernel: Some(bundle.join("provision-agent-0.1.0-agent-vmlinuz")),
         initrd: Some(bundle.join("provision-agent-0.1.0-initramfs.img")),
@@ -142,7 +164,11 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
         firmware: None,
     };
     let accel = qemu::probe_kvm_remembered(&probe.argv(), "rootsmith-init:", Duration::from_secs(20));
-    let lab = Lab { accel, tftp_port: server.tftp.as_ref().unwrap().rsplit(':').next().unwrap().parse().unwrap(), bundle_path: "out/provision-agent/0.1.0/".into() };
+    let lab = Lab {
+        accel,
+        tftp_port: server.tftp.as_ref().unwrap().rsplit(':').next().unwrap().parse().unwrap(),
+        bundle_path: "out/provision-agent/0.1.0/".into(),
+    };
     let logs = dir.path().join("logs");
     std::fs::create_dir(&logs).unwrap();
 
@@ -155,12 +181,21 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
     assert_eq!(&written[..image.len()], &image[..], "the disk holds the image");
     assert!(written[image.len()..].iter().all(|byte| *byte == 0), "nothing past it");
     let log = server.logged();
-    for line in ["tftp \"out/provision-agent/0.1.0/boot.ipxe\" sent", "tftp \"out/provision-agent/0.1.0/hosts/52-54-00-00-00-11.ipxe\" sent", "\"GET /out/provision-agent/0.1.0/provision-agent-0.1.0-rootfs.img\" 200", "\"POST /.rootsmith/report/box1?status=ok&step=done\" 200"] {
+    for line in [
+        "tftp \"out/provision-agent/0.1.0/boot.ipxe\" sent",
+        "tftp \"out/provision-agent/0.1.0/hosts/52-54-00-00-00-11.ipxe\" sent",
+        "\"GET /out/provision-agent/0.1.0/provision-agent-0.1.0-rootfs.img\" 200",
+        "\"POST /.rootsmith/report/box1?status=ok&step=done\" 200",
+    ] {
         assert!(log.contains(line), "TFTP for the first stage, HTTP for the rest: {line:?} in\n{log}");
     }
     let listed = hosts_ls(&inventory);
     let box1 = host(&listed, "box1");
-    assert_eq!((box1["entry"].as_str(), box1["report"]["status"].as_str(), box1["report"]["cleared"].as_bool()), (Some("local"), Some("ok"), Some(true)), "{listed}");
+    assert_eq!(
+        (box1["entry"].as_str(), box1["report"]["status"].as_str(), box1["report"]["cleared"].as_bool()),
+        (Some("local"), Some("ok"), Some(true)),
+        "{listed}"
+    );
     let report = std::fs::read_to_string(box1["report"]["log"].as_str().unwrap()).unwrap();
     assert!(report.contains("image written and verified"), "the agent's log came with its report:\n{report}");
 
@@ -170,7 +205,11 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
     // A machine the inventory lacks gets the default (local): it boots that disk too.
     lab.boot("52:54:00:00:00:99", &disk1, DISK_MARKER, &logs.join("unknown.log"));
     let log = server.logged();
-    assert!(log.contains("tftp \"out/provision-agent/0.1.0/hosts/52-54-00-00-00-99.ipxe\" file not found") && log.contains("tftp \"out/provision-agent/0.1.0/hosts/default.ipxe\" sent"), "{log}");
+    assert!(
+        log.contains("tftp \"out/provision-agent/0.1.0/hosts/52-54-00-00-00-99.ipxe\" file not found")
+            && log.contains("tftp \"out/provision-agent/0.1.0/hosts/default.ipxe\" sent"),
+        "{log}"
+    );
 
     // box2: the image on the server does not match its checksum; the disk is left as it was.
     let disk2 = dir.path().join("disk2.raw");
@@ -179,11 +218,22 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
     disk.resize(64 << 20, 0x5a);
     std::fs::write(&disk2, &disk).unwrap();
     let console = lab.boot("52:54:00:00:00:12", &disk2, "rootsmith-agent: powering off", &logs.join("box2.log"));
-    assert!(console.contains(&format!("failed at verify: the image does not match: expected sha256 {}, got {}; the disk was not touched", sha(&image), sha(&corrupted))), "{console}");
+    assert!(
+        console.contains(&format!(
+            "failed at verify: the image does not match: expected sha256 {}, got {}; the disk was not touched",
+            sha(&image),
+            sha(&corrupted)
+        )),
+        "{console}"
+    );
     assert_eq!(std::fs::read(&disk2).unwrap(), disk, "the disk is unchanged");
     let listed = hosts_ls(&inventory);
     let box2 = host(&listed, "box2");
-    assert_eq!((box2["report"]["status"].as_str(), box2["report"]["step"].as_str(), box2["entry"].as_str()), (Some("failed"), Some("verify"), Some("agent-http")), "{listed}");
+    assert_eq!(
+        (box2["report"]["status"].as_str(), box2["report"]["step"].as_str(), box2["entry"].as_str()),
+        (Some("failed"), Some("verify"), Some("agent-http")),
+        "{listed}"
+    );
 
     // PXELINUX (Debian's lpxelinux.0, loaded by the ROM's iPXE with the bundle's
     // URL as its path prefix, DHCP option 210): box3 finds its own file by MAC
@@ -193,13 +243,29 @@ fn pxe_agent_images_the_disk_and_the_next_boot_is_from_it() {
         std::fs::copy(file, bundle.join(Path::new(file).file_name().unwrap())).unwrap();
     }
     let base = format!("{public}{}", lab.bundle_path);
-    std::fs::write(root.join("pxelinux.ipxe"), format!("#!ipxe\nset 210:string {base}\nchain {base}lpxelinux.0\n")).unwrap();
-    let console = lab.boot_file("pxelinux.ipxe", "52:54:00:00:00:13", &disk2, "rootsmith-init: fetching", &logs.join("box3-pxelinux.log"));
+    std::fs::write(root.join("pxelinux.ipxe"), format!("#!ipxe\nset 210:string {base}\nchain {base}lpxelinux.0\n"))
+        .unwrap();
+    let console = lab.boot_file(
+        "pxelinux.ipxe",
+        "52:54:00:00:00:13",
+        &disk2,
+        "rootsmith-init: fetching",
+        &logs.join("box3-pxelinux.log"),
+    );
     let command_line = console.lines().find(|line| line.contains("Command line:")).unwrap_or_default();
-    assert!(command_line.contains("rootsmith.agent.on_fail=stay rootsmith.host=box3 rootsmith.report=") && command_line.contains(" rootsmith.report_token="), "{command_line}");
+    assert!(
+        command_line.contains("rootsmith.agent.on_fail=stay rootsmith.host=box3 rootsmith.report=")
+            && command_line.contains(" rootsmith.report_token="),
+        "{command_line}"
+    );
     lab.boot_file("pxelinux.ipxe", "52:54:00:00:00:98", &disk1, DISK_MARKER, &logs.join("unknown-pxelinux.log"));
     let log = server.logged();
-    for line in ["\"GET /out/provision-agent/0.1.0/pxelinux.cfg/01-52-54-00-00-00-13\" 200", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/01-52-54-00-00-00-98\" 404", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/0A00020F\" 404", "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/default\" 200"] {
+    for line in [
+        "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/01-52-54-00-00-00-13\" 200",
+        "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/01-52-54-00-00-00-98\" 404",
+        "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/0A00020F\" 404",
+        "\"GET /out/provision-agent/0.1.0/pxelinux.cfg/default\" 200",
+    ] {
         assert!(log.contains(line), "{line:?} in\n{log}");
     }
 }

@@ -49,7 +49,10 @@ fn hosts(inventory: &Path, args: &[&str]) -> (i32, String, String) {
 
 fn curl(args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new("curl").args(["-s", "-S", "-f"]).args(args).output().expect("curl runs");
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+    )
 }
 
 /// The report token a host's boot file gives its kernel, if any.
@@ -88,7 +91,11 @@ fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
     let (ok, a) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-11.ipxe")]);
     assert!(ok && a.contains("sanboot --no-describe --drive 0x80"), "rack1-a boots its disk:\n{a}");
     let (ok, b) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe")]);
-    assert!(ok && b.contains(&format!("kernel {http}/lab/1.0.0/lab-1.0.0-small-vmlinuz")) && b.contains("rootsmith.host=rack1-b"), "{b}");
+    assert!(
+        ok && b.contains(&format!("kernel {http}/lab/1.0.0/lab-1.0.0-small-vmlinuz"))
+            && b.contains("rootsmith.host=rack1-b"),
+        "{b}"
+    );
     let (ok, unknown) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-99.ipxe")]);
     assert!(!ok && unknown.contains("404"), "an unknown host has no script: {unknown}");
     let (ok, dispatcher) = curl(&[&format!("{http}/lab/1.0.0/boot.ipxe")]);
@@ -96,7 +103,11 @@ fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
 
     // TFTP: PXELINUX's names, with --public-url in the files.
     let (ok, pxe_b) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/01-52-54-00-00-00-12")]);
-    assert!(ok && pxe_b.contains("DEFAULT small-appended") && pxe_b.contains("rootsmith.report=http://10.9.8.7:8080/.rootsmith/report/rack1-b"), "{pxe_b}");
+    assert!(
+        ok && pxe_b.contains("DEFAULT small-appended")
+            && pxe_b.contains("rootsmith.report=http://10.9.8.7:8080/.rootsmith/report/rack1-b"),
+        "{pxe_b}"
+    );
     let (ok, pxe_a) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/0A00020F")]);
     assert!(ok && pxe_a.contains("LOCALBOOT 0"), "{pxe_a}");
     let (ok, default) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/default")]);
@@ -110,7 +121,11 @@ fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
     assert!(stderr.contains("rack1-a boots debian-http, then local after its next successful report"), "{stderr}");
     let (_, a) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-11.ipxe")]);
     assert!(a.contains(&format!("kernel {http}/lab/1.0.0/lab-1.0.0-debian-vmlinuz")), "{a}");
-    assert!(a.contains(&format!("rootsmith.agent.image={http}/images/a.img")) && a.contains(&format!("rootsmith.rootfs_url={http}/lab/1.0.0/lab-1.0.0-rootfs.img")), "{a}");
+    assert!(
+        a.contains(&format!("rootsmith.agent.image={http}/images/a.img"))
+            && a.contains(&format!("rootsmith.rootfs_url={http}/lab/1.0.0/lab-1.0.0-rootfs.img")),
+        "{a}"
+    );
     let (_, grub_a) = curl(&[&format!("{http}/lab/1.0.0/grub.cfg-01-52-54-00-00-00-11")]);
     assert!(grub_a.contains("set default=debian-http"), "{grub_a}");
     let listed = ls(&lab.inventory);
@@ -122,18 +137,35 @@ fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
     let token = token_in(&a).expect("a report token on the kernel's command line");
     let (ok, reply) = send_report(http, "rack1-a", "status=failed&step=verify", Some(&token), "step two broke");
     assert!(ok && reply.contains("rack1-a boots debian-http next"), "{reply}");
-    let (ok, reply) = curl(&["-X", "PUT", "--data-binary", "all good", "-H", &format!("Authorization: Bearer {token}"), &format!("{http}/.rootsmith/report/rack1-a?status=ok&step=done")]);
+    let (ok, reply) = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "all good",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{http}/.rootsmith/report/rack1-a?status=ok&step=done"),
+    ]);
     assert!(ok && reply.contains("rack1-a boots local next"), "{reply}");
     let listed = ls(&lab.inventory);
     let report = &listed["hosts"][0]["report"];
-    assert_eq!((listed["hosts"][0]["entry"].as_str(), report["status"].as_str(), report["cleared"].as_bool()), (Some("local"), Some("ok"), Some(true)), "{listed}");
+    assert_eq!(
+        (listed["hosts"][0]["entry"].as_str(), report["status"].as_str(), report["cleared"].as_bool()),
+        (Some("local"), Some("ok"), Some(true)),
+        "{listed}"
+    );
     assert_eq!(report["entry"], "debian-http");
     assert_eq!(std::fs::read_to_string(report["log"].as_str().unwrap()).unwrap(), "all good");
     let (_, a) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-11.ipxe")]);
     assert!(a.contains("sanboot"), "back to its disk:\n{a}");
     let (code, table, _) = hosts(&lab.inventory, &["ls"]);
     assert_eq!(code, 0);
-    assert!(table.lines().any(|line| line.starts_with("rack1-a") && line.contains("52:54:00:00:00:11") && line.contains(" ok at done via debian-http")), "{table}");
+    assert!(
+        table.lines().any(|line| line.starts_with("rack1-a")
+            && line.contains("52:54:00:00:00:11")
+            && line.contains(" ok at done via debian-http")),
+        "{table}"
+    );
 
     // Reports for hosts the inventory lacks, or without a status, are refused.
     let (ok, reply) = send_report(http, "rack9", "status=ok", Some(&token), "x");
@@ -141,7 +173,11 @@ fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
     let (ok, reply) = send_report(http, "rack1-b", "", token_in(&b).as_deref(), "x");
     assert!(!ok && reply.contains("400"), "{reply}");
     let log = server.logged();
-    assert!(log.contains("\"POST /.rootsmith/report/rack1-a?status=ok&step=done\" 200") || log.contains("\"PUT /.rootsmith/report/rack1-a?status=ok&step=done\" 200"), "{log}");
+    assert!(
+        log.contains("\"POST /.rootsmith/report/rack1-a?status=ok&step=done\" 200")
+            || log.contains("\"PUT /.rootsmith/report/rack1-a?status=ok&step=done\" 200"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -164,14 +200,26 @@ fn hosts_set_names_what_exists() {
 #[test]
 fn a_bad_inventory_stops_serve_with_line_and_column() {
     let lab = lab();
-    std::fs::write(&lab.inventory, INVENTORY.replace("52:54:00:00:00:12", "52:54:00:00:00:11").replace("small-appended", "tiny-http")).unwrap();
+    std::fs::write(
+        &lab.inventory,
+        INVENTORY.replace("52:54:00:00:00:12", "52:54:00:00:00:11").replace("small-appended", "tiny-http"),
+    )
+    .unwrap();
     let mut command = rootsmith();
-    command.arg("serve").arg(lab.dir.path().join("root")).args(["--addr", "127.0.0.1:0", "--hosts"]).arg(&lab.inventory);
+    command
+        .arg("serve")
+        .arg(lab.dir.path().join("root"))
+        .args(["--addr", "127.0.0.1:0", "--hosts"])
+        .arg(&lab.inventory);
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 2, "{stderr}");
     let file = lab.inventory.display().to_string();
     assert!(stderr.contains(&format!("{file}:11:12")) && stderr.contains("has no kernel `tiny`"), "{stderr}");
-    assert!(stderr.contains(&format!("{file}:10:10")) && stderr.contains("duplicate MAC 52:54:00:00:00:11: host `rack1-a` (line 5)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:10:10"))
+            && stderr.contains("duplicate MAC 52:54:00:00:00:11: host `rack1-a` (line 5)"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -183,11 +231,26 @@ fn a_recipes_inventory_goes_into_its_bundle_and_its_state_stays_outside() {
     std::fs::create_dir_all(dir.path().join("tree/etc")).unwrap();
     std::fs::write(dir.path().join("tree/etc/hostname"), "lab\n").unwrap();
     tar_base(dir.path());
-    std::fs::write(dir.path().join("lab.yaml"), "default: menu\nhosts:\n  - name: rack1-a\n    mac: 52:54:00:00:00:11\n    entry: local\n").unwrap();
-    std::fs::write(dir.path().join("lab-recipe.yaml"), "rootsmith: 1\nname: lab\nversion: 2.0.0\nstages:\n  - tarball: { path: base.tar }\nhosts: lab.yaml\n").unwrap();
+    std::fs::write(
+        dir.path().join("lab.yaml"),
+        "default: menu\nhosts:\n  - name: rack1-a\n    mac: 52:54:00:00:00:11\n    entry: local\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("lab-recipe.yaml"),
+        "rootsmith: 1\nname: lab\nversion: 2.0.0\nstages:\n  - tarball: { path: base.tar }\nhosts: lab.yaml\n",
+    )
+    .unwrap();
     let out = dir.path().join("out");
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(&out).arg(dir.path().join("lab-recipe.yaml"));
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(&out)
+        .arg(dir.path().join("lab-recipe.yaml"));
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
     let bundle = out.join("lab/2.0.0");
@@ -225,12 +288,16 @@ fn a_recipes_inventory_goes_into_its_bundle_and_its_state_stays_outside() {
 fn hosts_write_gives_the_files_serve_would() {
     let lab = lab();
     let written = lab.dir.path().join("tftp-root");
-    let (code, _, stderr) = hosts(&lab.inventory, &["write", written.to_str().unwrap(), "--url", "http://10.9.8.7:8080/lab/1.0.0"]);
+    let (code, _, stderr) =
+        hosts(&lab.inventory, &["write", written.to_str().unwrap(), "--url", "http://10.9.8.7:8080/lab/1.0.0"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("wrote 13 files for 2 hosts"), "{stderr}");
-    let server = ServeProcess::start_with(&lab.dir.path().join("root"), false, &["--hosts", lab.inventory.to_str().unwrap()]);
+    let server =
+        ServeProcess::start_with(&lab.dir.path().join("root"), false, &["--hosts", lab.inventory.to_str().unwrap()]);
     let mut compared = 0;
-    for entry in walkdir::WalkDir::new(&written).into_iter().map(Result::unwrap).filter(|entry| entry.file_type().is_file()) {
+    for entry in
+        walkdir::WalkDir::new(&written).into_iter().map(Result::unwrap).filter(|entry| entry.file_type().is_file())
+    {
         let path = entry.path().strip_prefix(&written).unwrap().to_str().unwrap().to_string();
         let (ok, served) = curl(&["-H", "Host: 10.9.8.7:8080", &format!("{}/lab/1.0.0/{path}", server.http)]);
         assert!(ok, "{path}: {served}");
@@ -238,7 +305,12 @@ fn hosts_write_gives_the_files_serve_would() {
         compared += 1;
     }
     assert_eq!(compared, 13);
-    for path in ["pxelinux.cfg/01-52-54-00-00-00-11", "pxelinux.cfg/0A00020F", "grub.cfg-01-52-54-00-00-00-12", "hosts/10.0.2.15.ipxe"] {
+    for path in [
+        "pxelinux.cfg/01-52-54-00-00-00-11",
+        "pxelinux.cfg/0A00020F",
+        "grub.cfg-01-52-54-00-00-00-12",
+        "hosts/10.0.2.15.ipxe",
+    ] {
         assert!(written.join(path).is_file(), "{path}");
     }
 }
@@ -247,7 +319,10 @@ fn hosts_write_gives_the_files_serve_would() {
 /// a job fetched from the server names the image; the disk is a file.
 fn agent(work: &Path, args: &[&str]) -> (i32, String, String) {
     let mut command = std::process::Command::new("bash");
-    command.arg(repo().join("recipes/provision-agent/overlay/usr/local/sbin/rootsmith-agent")).args(args).env("ROOTSMITH_AGENT_WORK", work);
+    command
+        .arg(repo().join("recipes/provision-agent/overlay/usr/local/sbin/rootsmith-agent"))
+        .args(args)
+        .env("ROOTSMITH_AGENT_WORK", work);
     run(&mut command)
 }
 
@@ -263,7 +338,8 @@ fn the_agent_script_writes_only_a_verified_image_and_reports() {
     let good = hex::encode(sha2::Sha256::digest(&compressed));
     let server = ServeProcess::start_with(&root, false, &["--hosts", lab.inventory.to_str().unwrap()]);
     let http = &server.http;
-    std::fs::write(root.join("images/job.sh"), format!("IMAGE_URL={http}/images/disk.img.zst\nIMAGE_SHA256={good}\n")).unwrap();
+    std::fs::write(root.join("images/job.sh"), format!("IMAGE_URL={http}/images/disk.img.zst\nIMAGE_SHA256={good}\n"))
+        .unwrap();
     let report = format!("{http}/.rootsmith/report/rack1-b");
     let (_, file) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe")]);
     let token = token_in(&file).expect("rack1-b's file gives a report token");
@@ -271,13 +347,30 @@ fn the_agent_script_writes_only_a_verified_image_and_reports() {
     for stage in ["auto", "never"] {
         let disk = lab.dir.path().join(format!("disk-{stage}.raw"));
         std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
-        let (code, stdout, stderr) = agent(&lab.dir.path().join("work"), &["--job", &format!("{http}/images/job.sh"), "--disk", disk.to_str().unwrap(), "--stage", stage, "--report", &report, "--report-token", &token]);
+        let (code, stdout, stderr) = agent(
+            &lab.dir.path().join("work"),
+            &[
+                "--job",
+                &format!("{http}/images/job.sh"),
+                "--disk",
+                disk.to_str().unwrap(),
+                "--stage",
+                stage,
+                "--report",
+                &report,
+                "--report-token",
+                &token,
+            ],
+        );
         assert_eq!(code, 0, "{stdout}{stderr}");
         assert!(stdout.contains(&format!("image written and verified: {} bytes", image.len())), "{stdout}");
         let written = std::fs::read(&disk).unwrap();
         assert_eq!((&written[..image.len()], written.len()), (&image[..], 4 << 20), "--stage {stage}");
         let listed = ls(&lab.inventory);
-        assert_eq!((listed["hosts"][1]["report"]["status"].as_str(), listed["hosts"][1]["report"]["step"].as_str()), (Some("ok"), Some("done")));
+        assert_eq!(
+            (listed["hosts"][1]["report"]["status"].as_str(), listed["hosts"][1]["report"]["step"].as_str()),
+            (Some("ok"), Some("done"))
+        );
     }
 
     // A checksum the download does not match, an image larger than the disk, a
@@ -291,9 +384,18 @@ fn the_agent_script_writes_only_a_verified_image_and_reports() {
     let broken = hex::encode(sha2::Sha256::digest(b"not zstd at all"));
     let url = format!("{http}/images/disk.img.zst");
     let cases: [(&[&str], &str); 3] = [
-        (&["--image", &url, "--sha256", &"0".repeat(64), "--disk", disk.to_str().unwrap()], "the image does not match: expected sha256 0000"),
-        (&["--image", &url, "--sha256", &good, "--disk", small.to_str().unwrap()], &format!("the image is {} bytes", image.len())),
-        (&["--image", &format!("{http}/images/broken.zst"), "--sha256", &broken, "--disk", disk.to_str().unwrap()], "cannot read the image"),
+        (
+            &["--image", &url, "--sha256", &"0".repeat(64), "--disk", disk.to_str().unwrap()],
+            "the image does not match: expected sha256 0000",
+        ),
+        (
+            &["--image", &url, "--sha256", &good, "--disk", small.to_str().unwrap()],
+            &format!("the image is {} bytes", image.len()),
+        ),
+        (
+            &["--image", &format!("{http}/images/broken.zst"), "--sha256", &broken, "--disk", disk.to_str().unwrap()],
+            "cannot read the image",
+        ),
     ];
     for (args, message) in cases {
         let mut args = args.to_vec();
@@ -304,7 +406,11 @@ fn the_agent_script_writes_only_a_verified_image_and_reports() {
         assert_eq!(std::fs::read(&disk).unwrap(), kept, "the disk is untouched");
         assert_eq!(std::fs::read(&small).unwrap(), vec![7u8; 1 << 20]);
         let listed = ls(&lab.inventory);
-        assert_eq!((listed["hosts"][1]["report"]["status"].as_str(), listed["hosts"][1]["report"]["step"].as_str()), (Some("failed"), Some("verify")), "{listed}");
+        assert_eq!(
+            (listed["hosts"][1]["report"]["status"].as_str(), listed["hosts"][1]["report"]["step"].as_str()),
+            (Some("failed"), Some("verify")),
+            "{listed}"
+        );
     }
 }
 
@@ -312,7 +418,11 @@ fn the_agent_script_writes_only_a_verified_image_and_reports() {
 fn a_report_needs_the_hosts_own_token_and_hosts_set_renews_it() {
     let lab = lab();
     let root = lab.dir.path().join("root");
-    let server = ServeProcess::start_with(&root, true, &["--hosts", lab.inventory.to_str().unwrap(), "--public-url", "http://10.9.8.7:8080"]);
+    let server = ServeProcess::start_with(
+        &root,
+        true,
+        &["--hosts", lab.inventory.to_str().unwrap(), "--public-url", "http://10.9.8.7:8080"],
+    );
     let http = &server.http;
     let tftp = server.tftp.clone().unwrap();
     let file = |mac: &str| curl(&[&format!("{http}/lab/1.0.0/hosts/{mac}.ipxe")]).1;
@@ -327,7 +437,10 @@ fn a_report_needs_the_hosts_own_token_and_hosts_set_renews_it() {
     let b = file("52-54-00-00-00-12");
     let token = token_in(&b).unwrap_or_else(|| panic!("a report token on rack1-b's command line:\n{b}"));
     assert!(token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
-    assert!(b.contains(&format!("rootsmith.report={http}/.rootsmith/report/rack1-b rootsmith.report_token={token}")), "{b}");
+    assert!(
+        b.contains(&format!("rootsmith.report={http}/.rootsmith/report/rack1-b rootsmith.report_token={token}")),
+        "{b}"
+    );
     let (ok, pxe) = curl(&[&format!("tftp://{tftp}/lab/1.0.0/pxelinux.cfg/01-52-54-00-00-00-12")]);
     assert!(ok && token_in(&pxe) == Some(token.clone()), "the same token over TFTP:\n{pxe}");
     assert_eq!(token_in(&file("52-54-00-00-00-12")), Some(token.clone()), "the token stays until `hosts set`");
@@ -340,14 +453,29 @@ fn a_report_needs_the_hosts_own_token_and_hosts_set_renews_it() {
     for (args, what) in [
         (vec!["-X", "POST", "--data-binary", "x", url.as_str()], "no token"),
         (vec!["-X", "POST", "--data-binary", "x", "-H", bearer.as_str(), url.as_str()], "rack1-a's token"),
-        (vec!["-X", "PUT", "--data-binary", "x", "-H", "Authorization: Bearer 00000000000000000000000000000000", url.as_str()], "a made-up token"),
+        (
+            vec![
+                "-X",
+                "PUT",
+                "--data-binary",
+                "x",
+                "-H",
+                "Authorization: Bearer 00000000000000000000000000000000",
+                url.as_str(),
+            ],
+            "a made-up token",
+        ),
         (vec!["-X", "POST", "--data-binary", "x", &format!("{url}&token={token}")], "the token in the query"),
     ] {
         let (ok, reply) = curl(&args);
         assert!(!ok && reply.contains("403"), "{what}: {reply}");
     }
     let listed = ls(&lab.inventory);
-    assert_eq!((listed["hosts"][1]["entry"].as_str(), listed["hosts"][1]["once"].as_bool()), (Some("debian-http"), Some(true)), "{listed}");
+    assert_eq!(
+        (listed["hosts"][1]["entry"].as_str(), listed["hosts"][1]["once"].as_bool()),
+        (Some("debian-http"), Some(true)),
+        "{listed}"
+    );
     assert!(listed["hosts"][1]["report"].is_null(), "{listed}");
     assert!(!listed.to_string().contains(&token), "hosts ls does not show tokens: {listed}");
     let state = lab.dir.path().join("hosts.state");
@@ -386,7 +514,9 @@ fn the_state_beside_an_inventory_in_the_served_directory_is_not_served() {
     let tftp = server.tftp.clone().unwrap();
     let (ok, _) = curl(&[&format!("{}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe", server.http)]);
     assert!(ok);
-    for path in ["lab.state/state.json", "lab.state/reports/rack1-b.log", "lab.state/lock", "lab/../lab.state/state.json"] {
+    for path in
+        ["lab.state/state.json", "lab.state/reports/rack1-b.log", "lab.state/lock", "lab/../lab.state/state.json"]
+    {
         let (ok, reply) = curl(&["--path-as-is", &format!("{}/{path}", server.http)]);
         assert!(!ok && reply.contains("404"), "{path}: {reply}");
         let (ok, reply) = curl(&[&format!("tftp://{tftp}/{path}")]);
@@ -405,7 +535,13 @@ fn reports_are_kept_and_printed_without_control_characters() {
     let (_, file) = curl(&[&format!("{http}/lab/1.0.0/hosts/52-54-00-00-00-12.ipxe")]);
     let token = token_in(&file);
     // Escape sequences in the step (percent-encoded) and in the log.
-    let (ok, reply) = send_report(http, "rack1-b", "status=failed&step=%1B%5D0%3Bpwned%07%1B%5B2Jverify%0D", token.as_deref(), "\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\u{9b}2J");
+    let (ok, reply) = send_report(
+        http,
+        "rack1-b",
+        "status=failed&step=%1B%5D0%3Bpwned%07%1B%5B2Jverify%0D",
+        token.as_deref(),
+        "\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\u{9b}2J",
+    );
     assert!(ok, "{reply}");
     let listed = ls(&lab.inventory);
     assert_eq!(listed["hosts"][1]["report"]["step"], "]0;pwned[2Jverify", "{listed}");
@@ -429,5 +565,9 @@ fn reports_are_kept_and_printed_without_control_characters() {
     assert!(printable(&table) && table.contains(" failed at [2J]0;raw via small-appended"), "{table:?}");
     let logged = server.log_containing("step=\\u{1b}[2J");
     assert!(printable(&logged), "the access log escapes them: {logged:?}");
-    assert!(logged.contains("step=\\u{1b}[2J\\u{1b}]0;raw\\u{7} HTTP") || logged.contains("step=\\u{1b}[2J\\u{1b}]0;raw\\u{7}\" 200"), "{logged}");
+    assert!(
+        logged.contains("step=\\u{1b}[2J\\u{1b}]0;raw\\u{7} HTTP")
+            || logged.contains("step=\\u{1b}[2J\\u{1b}]0;raw\\u{7}\" 200"),
+        "{logged}"
+    );
 }

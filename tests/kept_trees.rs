@@ -37,8 +37,20 @@ fn base(path: &Path) {
         header.set_size(body.len() as u64);
         builder.append_data(&mut header, name, body).unwrap();
     };
-    file(&mut builder, "bin/busybox", &std::fs::read("/bin/busybox").expect("the static busybox (apt-get install busybox-static)"), 0o755);
-    for (name, body) in [("etc/a", "linked\n"), ("opt/d/x", "x\n"), ("opt/d/y", "y\n"), ("srv/gone", "removed later\n"), ("var/keep/old", "old\n"), ("etc/.pwd.lock", "")] {
+    file(
+        &mut builder,
+        "bin/busybox",
+        &std::fs::read("/bin/busybox").expect("the static busybox (apt-get install busybox-static)"),
+        0o755,
+    );
+    for (name, body) in [
+        ("etc/a", "linked\n"),
+        ("opt/d/x", "x\n"),
+        ("opt/d/y", "y\n"),
+        ("srv/gone", "removed later\n"),
+        ("var/keep/old", "old\n"),
+        ("etc/.pwd.lock", ""),
+    ] {
         file(&mut builder, name, body.as_bytes(), 0o644);
     }
     let link = |builder: &mut tar::Builder<Vec<u8>>, name: &str, target: &str, kind: tar::EntryType| {
@@ -93,18 +105,49 @@ fn an_overlay_over_a_kept_tree_gives_the_bytes_of_an_extracted_tree() {
         let (two, stderr) = build(dir.path(), cache, &changes, overlay);
         assert!(!stderr.contains("an overlay, nothing extracted"), "the first time, the kept tree is made:\n{stderr}");
         let (three, stderr) = build(dir.path(), cache, &again, overlay);
-        assert_eq!(stderr.contains("the kept tree") && stderr.contains("an overlay, nothing extracted"), overlay, "{stderr}");
-        let kept: Vec<String> = std::fs::read_dir(dir.path().join(cache).join("v1/trees")).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            stderr.contains("the kept tree") && stderr.contains("an overlay, nothing extracted"),
+            overlay,
+            "{stderr}"
+        );
+        let kept: Vec<String> = std::fs::read_dir(dir.path().join(cache).join("v1/trees"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(kept.len(), usize::from(overlay), "{cache}: kept trees {kept:?}");
         sums.push([two, three].map(|bundle| std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap()));
 
         // What the stage did, as a real filesystem does it: both names of the
         // hard link changed, one file still.
-        let listing = std::process::Command::new("tar").args(["--zstd", "-tvf"]).arg(dir.path().join(format!("out-{cache}/kept/2.0.0/kept-2.0.0-rootfs.tar.zst"))).output().unwrap();
+        let listing = std::process::Command::new("tar")
+            .args(["--zstd", "-tvf"])
+            .arg(dir.path().join(format!("out-{cache}/kept/2.0.0/kept-2.0.0-rootfs.tar.zst")))
+            .output()
+            .unwrap();
         let listing = String::from_utf8_lossy(&listing.stdout);
-        let line = |name: &str| listing.lines().find(|line| line.ends_with(&format!(" {name}")) || line.contains(&format!(" {name} link to "))).unwrap_or_else(|| panic!("{cache}: no {name} in\n{listing}")).to_string();
-        assert!(line("etc/a").starts_with("-rw------- ") && line("etc/b").starts_with("hrw------- ") && line("etc/b").contains("etc/b link to etc/a"), "{cache}:\n{listing}");
-        assert!(line("opt/e/x").starts_with('-') && !listing.contains(" opt/d") && !listing.contains("srv/gone") && !listing.contains("var/keep/old") && line("var/keep/n").starts_with('-'), "{cache}:\n{listing}");
+        let line = |name: &str| {
+            listing
+                .lines()
+                .find(|line| line.ends_with(&format!(" {name}")) || line.contains(&format!(" {name} link to ")))
+                .unwrap_or_else(|| panic!("{cache}: no {name} in\n{listing}"))
+                .to_string()
+        };
+        assert!(
+            line("etc/a").starts_with("-rw------- ")
+                && line("etc/b").starts_with("hrw------- ")
+                && line("etc/b").contains("etc/b link to etc/a"),
+            "{cache}:\n{listing}"
+        );
+        assert!(
+            line("opt/e/x").starts_with('-')
+                && !listing.contains(" opt/d")
+                && !listing.contains("srv/gone")
+                && !listing.contains("var/keep/old")
+                && line("var/keep/n").starts_with('-'),
+            "{cache}:\n{listing}"
+        );
     }
     assert_eq!(sums[0], sums[1], "an overlay work tree and an extracted one gave different bundles");
 
@@ -117,14 +160,34 @@ fn an_overlay_over_a_kept_tree_gives_the_bytes_of_an_extracted_tree() {
     build(dir.path(), "overlay", &recipe(dir.path(), "4.0.0", "echo four > /etc/d"), true);
     build(dir.path(), "overlay", &recipe(dir.path(), "4.5.0", "echo extracted > /etc/d"), false);
     let logs_dir = dir.path().join("overlay/v1/logs");
-    let earlier: std::collections::BTreeSet<PathBuf> = std::fs::read_dir(&logs_dir).unwrap().flatten().map(|entry| entry.path()).collect();
+    let earlier: std::collections::BTreeSet<PathBuf> =
+        std::fs::read_dir(&logs_dir).unwrap().flatten().map(|entry| entry.path()).collect();
     let five = recipe(dir.path(), "5.0.0", "echo five > /etc/d");
     let (from_memos, _) = build(dir.path(), "overlay", &five, true);
     let (extracted, _) = build(dir.path(), "extract", &five, false);
     // The logs of the last build only.
-    let logs: String = std::fs::read_dir(&logs_dir).unwrap().flatten().filter(|entry| !earlier.contains(&entry.path())).map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default()).collect();
-    let known = |prefix: &str| logs.lines().filter(|line| line.starts_with(prefix)).filter_map(|line| line.split("; memo: ").nth(1)).map(|text| text.split(' ').next().unwrap().parse::<u64>().unwrap()).max().unwrap_or(0);
-    assert!(known("rootsmith-squashfs") > 0 && known("rootsmith-tar-frames") > 0, "no file was taken from a memo:\n{logs}");
-    assert_eq!(std::fs::read_to_string(from_memos.join("SHA256SUMS")).unwrap(), std::fs::read_to_string(extracted.join("SHA256SUMS")).unwrap(), "a build from the memos differs from an extracted tree's");
+    let logs: String = std::fs::read_dir(&logs_dir)
+        .unwrap()
+        .flatten()
+        .filter(|entry| !earlier.contains(&entry.path()))
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
+        .collect();
+    let known = |prefix: &str| {
+        logs.lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.split("; memo: ").nth(1))
+            .map(|text| text.split(' ').next().unwrap().parse::<u64>().unwrap())
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(
+        known("rootsmith-squashfs") > 0 && known("rootsmith-tar-frames") > 0,
+        "no file was taken from a memo:\n{logs}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(from_memos.join("SHA256SUMS")).unwrap(),
+        std::fs::read_to_string(extracted.join("SHA256SUMS")).unwrap(),
+        "a build from the memos differs from an extracted tree's"
+    );
     assert_eq!(mount_table(), mounts_before, "a build changed the host's mount table");
 }

@@ -23,7 +23,14 @@ impl Lab {
         copy_tree(&repo().join("fixtures/kernel"), &lab.path("fragments"));
         std::fs::create_dir_all(lab.path("base/etc")).unwrap();
         std::fs::write(lab.path("base/etc/motd"), "kernel test\n").unwrap();
-        let status = std::process::Command::new("tar").arg("-C").arg(lab.path("base")).arg("-cf").arg(lab.path("base.tar")).arg(".").status().unwrap();
+        let status = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(lab.path("base"))
+            .arg("-cf")
+            .arg(lab.path("base.tar"))
+            .arg(".")
+            .status()
+            .unwrap();
         assert!(status.success());
         lab
     }
@@ -41,7 +48,15 @@ impl Lab {
 
     fn build(&self, recipe: &Path, version: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
         let mut command = rootsmith();
-        command.arg("build").arg("--cache").arg(self.path("cache")).arg("--out").arg(self.path("out")).args(["--json", "--fast", "--version", version]).args(extra).arg(recipe);
+        command
+            .arg("build")
+            .arg("--cache")
+            .arg(self.path("cache"))
+            .arg("--out")
+            .arg(self.path("out"))
+            .args(["--json", "--fast", "--version", version])
+            .args(extra)
+            .arg(recipe);
         let (code, stdout, stderr) = run(&mut command);
         (code, serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null), stderr)
     }
@@ -64,7 +79,8 @@ fn kernel_stage_with(name: &str, fragments: &[&str], localversion: &str, extra: 
 
 /// A tiny initramfs: a static `/init` that prints the marker, and `/dev/console`.
 fn vmlinuz(summary: &serde_json::Value, kernel: &str) -> PathBuf {
-    PathBuf::from(summary["bundle"].as_str().unwrap()).join(format!("ktest-{}-{kernel}-vmlinuz", summary["version"].as_str().unwrap()))
+    PathBuf::from(summary["bundle"].as_str().unwrap())
+        .join(format!("ktest-{}-{kernel}-vmlinuz", summary["version"].as_str().unwrap()))
 }
 
 fn kernel_outcome<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -97,18 +113,29 @@ fn kernel_from_source_lifecycle() {
     let release = cold_record["kernel"]["release"].as_str().unwrap().to_string();
     assert!(release.ends_with("-rootsmith"), "{release}");
     let bundle = PathBuf::from(cold["bundle"].as_str().unwrap());
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["kernels"].as_array().unwrap().len(), 1);
     assert_eq!(manifest["kernels"][0]["release"], release.as_str());
     let deb = manifest["kernels"][0]["debs"][0].as_str().unwrap();
     assert!(deb.starts_with(&format!("kernel/linux-image-{release}_")), "{deb}");
     assert!(bundle.join(deb).is_file());
-    let check = std::process::Command::new("sha256sum").args(["-c", "--quiet", "SHA256SUMS"]).current_dir(&bundle).status().unwrap();
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", "--quiet", "SHA256SUMS"])
+        .current_dir(&bundle)
+        .status()
+        .unwrap();
     assert!(check.success());
 
     // The bzImage boots under QEMU to the test initramfs's marker.
     let initramfs = marker_initramfs(lab.dir.path(), "gcc", MARKER);
-    let mut boot = DirectBoot { kernel: vmlinuz(&cold, "tiny"), initrd: Some(initramfs), cmdline: "console=ttyS0 panic=-1".into(), memory_mib: 256, accel: Accel::Tcg };
+    let mut boot = DirectBoot {
+        kernel: vmlinuz(&cold, "tiny"),
+        initrd: Some(initramfs),
+        cmdline: "console=ttyS0 panic=-1".into(),
+        memory_mib: 256,
+        accel: Accel::Tcg,
+    };
     boot.accel = choose_accel(&boot, MARKER, Duration::from_secs(20));
     let result = boot_until(&boot.argv(), MARKER, Duration::from_secs(180)).unwrap();
     assert!(result.found, "no marker ({:?}); console:\n{}", boot.accel, result.console);
@@ -124,7 +151,8 @@ fn kernel_from_source_lifecycle() {
     assert_eq!(changed_record["kernel"]["compiled"], true);
     let hits = changed_record["kernel"]["ccache_hits"].as_u64().unwrap();
     assert!(hits > 0, "ccache hits after a config change: {hits}");
-    let (cold_seconds, warm_seconds) = (cold_stage["seconds"].as_f64().unwrap(), changed_stage["seconds"].as_f64().unwrap());
+    let (cold_seconds, warm_seconds) =
+        (cold_stage["seconds"].as_f64().unwrap(), changed_stage["seconds"].as_f64().unwrap());
     assert!(warm_seconds < cold_seconds, "warm {warm_seconds}s is not faster than cold {cold_seconds}s");
     assert_ne!(changed_record["kernel"]["config_sha256"], cold_record["kernel"]["config_sha256"]);
 
@@ -149,9 +177,19 @@ fn kernel_from_source_lifecycle() {
     assert_eq!(code, 0, "{stderr}");
     let again_record = lab.stage_record(kernel_outcome(&again, "tiny")["key"].as_str().unwrap());
     assert_eq!(again_record["kernel"]["compiled"], true);
-    assert_eq!(sha256(&vmlinuz(&again, "tiny")), sha256(&vmlinuz(&cold, "tiny")), "two builds of the same inputs gave different bzImages");
-    let deb = |summary: &serde_json::Value| PathBuf::from(summary["bundle"].as_str().unwrap()).join(manifest["kernels"][0]["debs"][0].as_str().unwrap());
-    assert_eq!(sha256(&deb(&again)), sha256(&deb(&cold)), "two builds of the same inputs gave different kernel packages");
+    assert_eq!(
+        sha256(&vmlinuz(&again, "tiny")),
+        sha256(&vmlinuz(&cold, "tiny")),
+        "two builds of the same inputs gave different bzImages"
+    );
+    let deb = |summary: &serde_json::Value| {
+        PathBuf::from(summary["bundle"].as_str().unwrap()).join(manifest["kernels"][0]["debs"][0].as_str().unwrap())
+    };
+    assert_eq!(
+        sha256(&deb(&again)),
+        sha256(&deb(&cold)),
+        "two builds of the same inputs gave different kernel packages"
+    );
 
     // An ordinary user (in a user namespace) builds the same bundle bytes.
     user_builds_the_same_kernel_bundle(&lab, &PathBuf::from(cold["bundle"].as_str().unwrap()));
@@ -161,7 +199,12 @@ fn kernel_from_source_lifecycle() {
     let two = format!(
         "{}{}",
         kernel_stage_with("small", &["boot.config"], "-small", "      install: true\n"),
-        kernel_stage_with("patched", &["boot.config", "ikconfig.config"], "-patched", "      patches: [fragments/banner.patch]\n")
+        kernel_stage_with(
+            "patched",
+            &["boot.config", "ikconfig.config"],
+            "-patched",
+            "      patches: [fragments/banner.patch]\n"
+        )
     );
     let recipe = lab.path("two.yaml");
     std::fs::write(&recipe, format!("rootsmith: 1\nname: ktest\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - debootstrap: {{ suite: bookworm }}\n{two}")).unwrap();
@@ -169,13 +212,18 @@ fn kernel_from_source_lifecycle() {
     assert_eq!(code, 0, "{stderr}");
     assert!(vmlinuz(&both, "small").is_file() && vmlinuz(&both, "patched").is_file());
     let bundle = PathBuf::from(both["bundle"].as_str().unwrap());
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
-    let releases: Vec<String> = manifest["kernels"].as_array().unwrap().iter().map(|k| k["release"].as_str().unwrap().to_string()).collect();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let releases: Vec<String> =
+        manifest["kernels"].as_array().unwrap().iter().map(|k| k["release"].as_str().unwrap().to_string()).collect();
     assert_eq!(releases.len(), 2);
     assert!(releases[0].ends_with("-small") && releases[1].ends_with("-patched"), "{releases:?}");
     assert!(bundle.join("kernel/small-config").is_file() && bundle.join("kernel/patched-System.map").is_file());
     let packages = std::fs::read_to_string(bundle.join("packages.txt")).unwrap();
-    assert!(packages.lines().any(|l| l.starts_with(&format!("linux-image-{}\t", releases[0]))), "the installed kernel is not in the tree's dpkg status");
+    assert!(
+        packages.lines().any(|l| l.starts_with(&format!("linux-image-{}\t", releases[0]))),
+        "the installed kernel is not in the tree's dpkg status"
+    );
     // The patch is in the kernel: it prints its line at boot.
     let patched = DirectBoot { kernel: vmlinuz(&both, "patched"), ..boot.clone() };
     let result = boot_until(&patched.argv(), MARKER, Duration::from_secs(180)).unwrap();
@@ -199,7 +247,18 @@ fn user_builds_the_same_kernel_bundle(lab: &Lab, root_bundle: &Path) {
     }
     let mut command = std::process::Command::new(&bin);
     user.command(&mut command);
-    command.current_dir(place.path()).args(["build", "--json", "--fast", "--version", "1.0.0", "--cache", "cache", "--out", "out", "tiny.yaml"]);
+    command.current_dir(place.path()).args([
+        "build",
+        "--json",
+        "--fast",
+        "--version",
+        "1.0.0",
+        "--cache",
+        "cache",
+        "--out",
+        "out",
+        "tiny.yaml",
+    ]);
     let (code, stdout, stderr) = run(&mut command);
     assert_eq!(code, 0, "the user's kernel build failed:\n{stderr}");
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -224,12 +283,21 @@ fn packaged_kernel_from_the_rootfs() {
     let header = std::fs::read(&kernel).unwrap();
     assert_eq!(&header[0x202..0x206], b"HdrS", "not a bzImage");
     let bundle = PathBuf::from(summary["bundle"].as_str().unwrap());
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     let release = manifest["kernels"][0]["release"].as_str().unwrap().to_string();
     assert!(release.ends_with("-amd64"), "{release}");
-    let listing = std::process::Command::new("tar").args(["--quoting-style=literal", "-tf"]).arg(bundle.join("ktest-1.0.0-rootfs.tar.zst")).output().unwrap();
+    let listing = std::process::Command::new("tar")
+        .args(["--quoting-style=literal", "-tf"])
+        .arg(bundle.join("ktest-1.0.0-rootfs.tar.zst"))
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.lines().any(|l| l == format!("lib/modules/{release}/modules.dep") || l == format!("usr/lib/modules/{release}/modules.dep")), "no modules.dep for {release}");
+    assert!(
+        listing.lines().any(|l| l == format!("lib/modules/{release}/modules.dep")
+            || l == format!("usr/lib/modules/{release}/modules.dep")),
+        "no modules.dep for {release}"
+    );
     assert!(!listing.lines().any(|l| l.starts_with("boot/initrd.img")), "an initramfs was built inside the chroot");
     assert!(!listing.lines().any(|l| l == "usr/sbin/update-initramfs.distrib"), "the diversion was left behind");
 }

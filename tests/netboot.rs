@@ -86,11 +86,20 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let (cache, out) = (dir.path().join("cache"), dir.path().join("out"));
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--cache").arg(&cache).arg("--out").arg(&out).arg(repo().join("recipes/debian-netboot.yaml")).env_remove("SOURCE_DATE_EPOCH");
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--out")
+        .arg(&out)
+        .arg(repo().join("recipes/debian-netboot.yaml"))
+        .env_remove("SOURCE_DATE_EPOCH");
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
     let bundle = out.join("debian-netboot/0.1.0");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     let boot = &manifest["boot"];
     let modules = boot["modules"].as_object().unwrap().values().next().unwrap().as_array().unwrap();
     for needed in ["/squashfs.ko", "/overlay.ko", "/loop.ko", "/virtio_net.ko", "/virtio_pci.ko"] {
@@ -100,7 +109,10 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
     assert_eq!(std::fs::metadata(&initramfs).unwrap().len(), boot["initramfs_size"].as_u64().unwrap());
     for menu in ["boot.ipxe", "pxelinux.cfg/default", "grub.cfg"] {
         let text = std::fs::read_to_string(bundle.join(menu)).unwrap();
-        assert!(text.contains("debian-netboot-0.1.0-debian-vmlinuz") && text.contains("rootsmith.rootfs_url="), "{menu}:\n{text}");
+        assert!(
+            text.contains("debian-netboot-0.1.0-debian-vmlinuz") && text.contains("rootsmith.rootfs_url="),
+            "{menu}:\n{text}"
+        );
     }
     let logs = dir.path().join("logs");
     std::fs::create_dir(&logs).unwrap();
@@ -116,18 +128,37 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
         }
     }
     // The first stage over rootsmith's own TFTP server, as firmware that only speaks TFTP would.
-    let (code, _, console) = boot_test(&bundle, "pxe", &["--tftp", "--expect", "rootsmith-init: switching root"], &logs.join("pxe-tftp.log"));
+    let (code, _, console) = boot_test(
+        &bundle,
+        "pxe",
+        &["--tftp", "--expect", "rootsmith-init: switching root"],
+        &logs.join("pxe-tftp.log"),
+    );
     assert_eq!(code, 0, "{console}");
-    assert!(console.contains("tftp \"boot.ipxe\" sent"), "iPXE loaded boot.ipxe from rootsmith's TFTP server:\n{console}");
+    assert!(
+        console.contains("tftp \"boot.ipxe\" sent"),
+        "iPXE loaded boot.ipxe from rootsmith's TFTP server:\n{console}"
+    );
 
     // A line that never comes: exit 1 with the console's last lines.
     let mut command = rootsmith();
-    command.args(["boot-test", "--via", "appended", "--expect", "a line no boot prints", "--timeout", "8", "--log"]).arg(logs.join("never.log")).arg(&bundle);
+    command
+        .args(["boot-test", "--via", "appended", "--expect", "a line no boot prints", "--timeout", "8", "--log"])
+        .arg(logs.join("never.log"))
+        .arg(&bundle);
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("\"a line no boot prints\" did not appear within") && stderr.contains("the console's last lines:"), "{stderr}");
+    assert!(
+        stderr.contains("\"a line no boot prints\" did not appear within")
+            && stderr.contains("the console's last lines:"),
+        "{stderr}"
+    );
     let pxe = std::fs::read_to_string(logs.join("pxe.log")).unwrap();
-    assert!(pxe.contains("\"GET /debian-netboot-0.1.0-debian-vmlinuz\" 200") && pxe.contains("\"GET /debian-netboot-0.1.0-initramfs.img\" 200"), "iPXE fetched the kernel and initramfs over HTTP:\n{pxe}");
+    assert!(
+        pxe.contains("\"GET /debian-netboot-0.1.0-debian-vmlinuz\" 200")
+            && pxe.contains("\"GET /debian-netboot-0.1.0-initramfs.img\" 200"),
+        "iPXE fetched the kernel and initramfs over HTTP:\n{pxe}"
+    );
 
     // One flipped byte: the fetch stops at its chunk, before unpacking it.
     let original = a_flipped_byte_is_refused(&bundle, dir.path(), &logs);
@@ -137,14 +168,31 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
     std::fs::create_dir_all(other.join("tree/etc")).unwrap();
     std::fs::write(other.join("tree/etc/other"), "another build\n").unwrap();
     tar_base(&other);
-    std::fs::write(other.join("other.yaml"), "rootsmith: 1\nname: other\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
+    std::fs::write(
+        other.join("other.yaml"),
+        "rootsmith: 1\nname: other\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n",
+    )
+    .unwrap();
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--cache").arg(&cache).arg("--out").arg(other.join("out")).arg(other.join("other.yaml"));
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--out")
+        .arg(other.join("out"))
+        .arg(other.join("other.yaml"));
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
-    let other_manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(other.join("out/other/1.0.0/manifest.json")).unwrap()).unwrap();
-    let swapped = bundle_with_rootfs(&bundle, &dir.path().join("swapped"), std::fs::read(rootfs_image(&other.join("out/other/1.0.0"))).unwrap());
-    let (code, _, console) = boot_test(&swapped, "appended", &["--expect", "from another build"], &logs.join("swapped.log"));
+    let other_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(other.join("out/other/1.0.0/manifest.json")).unwrap()).unwrap();
+    let swapped = bundle_with_rootfs(
+        &bundle,
+        &dir.path().join("swapped"),
+        std::fs::read(rootfs_image(&other.join("out/other/1.0.0"))).unwrap(),
+    );
+    let (code, _, console) =
+        boot_test(&swapped, "appended", &["--expect", "from another build"], &logs.join("swapped.log"));
     assert_eq!(code, 0, "{console}");
     let names_both = format!(
         "this initramfs belongs to debian-netboot (cookie {}), the rootfs.img is other (cookie {})",
@@ -155,11 +203,22 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
 
     // No rootfs at all: the init says which kernel arguments would fix it.
     let vmlinuz = bundle.join("debian-netboot-0.1.0-debian-vmlinuz");
-    let guest = rootsmith::lab::qemu::DirectBoot { kernel: vmlinuz, initrd: Some(initramfs.clone()), cmdline: "console=ttyS0 panic=-1".into(), memory_mib: 1024, accel: rootsmith::lab::qemu::Accel::Tcg };
-    let result = rootsmith::lab::qemu::boot_until(&guest.argv(), "rootsmith.iface=IFACE", Duration::from_secs(240)).unwrap();
+    let guest = rootsmith::lab::qemu::DirectBoot {
+        kernel: vmlinuz,
+        initrd: Some(initramfs.clone()),
+        cmdline: "console=ttyS0 panic=-1".into(),
+        memory_mib: 1024,
+        accel: rootsmith::lab::qemu::Accel::Tcg,
+    };
+    let result =
+        rootsmith::lab::qemu::boot_until(&guest.argv(), "rootsmith.iface=IFACE", Duration::from_secs(240)).unwrap();
     assert!(result.found, "{}", result.console);
     assert!(result.console.contains("rootsmith-init: error: no rootfs: nothing was appended and the kernel command line has no rootsmith.rootfs_url="), "{}", result.console);
-    assert!(result.console.contains("rootsmith.rootfs_url=http://SERVER/PATH/debian-netboot-VERSION-rootfs.img"), "{}", result.console);
+    assert!(
+        result.console.contains("rootsmith.rootfs_url=http://SERVER/PATH/debian-netboot-VERSION-rootfs.img"),
+        "{}",
+        result.console
+    );
 
     // A server without Content-Length that drops the rootfs download halfway once.
     let server = rootsmith::lab::serve::Server::bind(&bundle, "127.0.0.1:0", 8, Arc::new(|_: &str| {})).unwrap();
@@ -169,7 +228,12 @@ fn netboot_bundle_boots_three_ways_and_fails_clearly() {
     let (code, _, console) = boot_test(&bundle, "http", &["--server", &base], &logs.join("resume.log"));
     assert_eq!(code, 0, "{console}");
     assert!(console.contains("rootsmith-init: download broke"), "{console}");
-    let verified = console.lines().find_map(|line| line.split("resuming at verified byte ").nth(1)).and_then(|rest| rest.split(' ').next()).expect("the resume line names its byte").to_string();
+    let verified = console
+        .lines()
+        .find_map(|line| line.split("resuming at verified byte ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the resume line names its byte")
+        .to_string();
     let verified: u64 = verified.parse().unwrap();
     assert_eq!(verified % CHUNK_SIZE, 0, "resumes at a chunk boundary");
     assert!(verified > 0 && verified <= original.len() as u64 / 2);

@@ -91,7 +91,11 @@ impl ImageLayout {
                 descriptor
             })
             .collect();
-        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "manifests": manifests })).unwrap()).unwrap();
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "manifests": manifests })).unwrap(),
+        )
+        .unwrap();
     }
 }
 
@@ -103,9 +107,30 @@ fn layers(second: &'static str) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             "application/vnd.oci.image.layer.v1.tar+gzip",
-            layer(&[("etc/", D, ""), ("etc/a", F, "first\n"), ("etc/gone", F, "removed later\n"), ("etc/link", S, "a"), ("opt/", D, ""), ("opt/d/", D, ""), ("opt/d/old", F, "hidden by the opaque dir\n"), ("usr/", D, ""), ("usr/bin/", D, ""), ("usr/bin/tool", F, "#!/bin/true\n"), ("usr/bin/tool2", H, "usr/bin/tool")]),
+            layer(&[
+                ("etc/", D, ""),
+                ("etc/a", F, "first\n"),
+                ("etc/gone", F, "removed later\n"),
+                ("etc/link", S, "a"),
+                ("opt/", D, ""),
+                ("opt/d/", D, ""),
+                ("opt/d/old", F, "hidden by the opaque dir\n"),
+                ("usr/", D, ""),
+                ("usr/bin/", D, ""),
+                ("usr/bin/tool", F, "#!/bin/true\n"),
+                ("usr/bin/tool2", H, "usr/bin/tool"),
+            ]),
         ),
-        (second, layer(&[("etc/.wh.gone", F, ""), ("etc/a", F, "second\n"), ("opt/d/", D, ""), ("opt/d/.wh..wh..opq", F, ""), ("opt/d/new", F, "after the opaque marker\n")])),
+        (
+            second,
+            layer(&[
+                ("etc/.wh.gone", F, ""),
+                ("etc/a", F, "second\n"),
+                ("opt/d/", D, ""),
+                ("opt/d/.wh..wh..opq", F, ""),
+                ("opt/d/new", F, "after the opaque marker\n"),
+            ]),
+        ),
         ("application/vnd.oci.image.layer.v1.tar", layer(&[("srv/", D, ""), ("srv/data", F, "third layer\n")])),
     ]
 }
@@ -135,10 +160,21 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
 }
 
 fn build(dir: &Path, stage: &str) -> (i32, String, PathBuf) {
-    std::fs::write(dir.join("recipe.yaml"), format!("rootsmith: 1\nname: from-oci\nversion: 1.0.0\nstages:\n  - {stage}\n")).unwrap();
+    std::fs::write(
+        dir.join("recipe.yaml"),
+        format!("rootsmith: 1\nname: from-oci\nversion: 1.0.0\nstages:\n  - {stage}\n"),
+    )
+    .unwrap();
     let out = dir.join("out");
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--cache").arg(dir.join("cache")).arg("--out").arg(&out).arg(dir.join("recipe.yaml"));
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .arg("--out")
+        .arg(&out)
+        .arg(dir.join("recipe.yaml"));
     let (code, _, stderr) = run(&mut command);
     (code, stderr, out.join("from-oci/1.0.0"))
 }
@@ -149,7 +185,8 @@ fn unpack_bundle(bundle: &Path, into: &Path) {
 
 fn unpack_tar_zst(archive: &Path, into: &Path) {
     std::fs::create_dir_all(into).unwrap();
-    let status = std::process::Command::new("tar").arg("-C").arg(into).arg("--zstd").arg("-xf").arg(archive).status().unwrap();
+    let status =
+        std::process::Command::new("tar").arg("-C").arg(into).arg("--zstd").arg("-xf").arg(archive).status().unwrap();
     assert!(status.success(), "unpacking {}", archive.display());
 }
 
@@ -162,7 +199,8 @@ fn layers_apply_like_umoci_from_a_multi_platform_layout() {
     let image = ImageLayout::new(&dir.path().join("image"));
     let amd64 = image.image(&layers("application/vnd.oci.image.layer.v1.tar+zstd"));
     let amd64_gzip = image.image(&layers("application/vnd.oci.image.layer.v1.tar+gzip"));
-    let arm64 = image.image(&[("application/vnd.oci.image.layer.v1.tar", layer(&[("etc/", D, ""), ("etc/arch", F, "arm64\n")]))]);
+    let arm64 = image
+        .image(&[("application/vnd.oci.image.layer.v1.tar", layer(&[("etc/", D, ""), ("etc/arch", F, "arm64\n")]))]);
     let mut platforms = Vec::new();
     for (descriptor, arch) in [(&arm64, "arm64"), (&amd64, "amd64")] {
         let mut descriptor = descriptor.clone();
@@ -177,19 +215,41 @@ fn layers_apply_like_umoci_from_a_multi_platform_layout() {
     let ours = dir.path().join("ours");
     unpack_bundle(&bundle, &ours);
     let theirs = dir.path().join("theirs");
-    let output = std::process::Command::new("umoci").args(["raw", "unpack", "--image"]).arg(format!("{}:single", image.dir.display())).arg(&theirs).output().expect("umoci runs (apt-get install umoci)");
+    let output = std::process::Command::new("umoci")
+        .args(["raw", "unpack", "--image"])
+        .arg(format!("{}:single", image.dir.display()))
+        .arg(&theirs)
+        .output()
+        .expect("umoci runs (apt-get install umoci)");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let (ours_list, theirs_list) = (listing(&ours), listing(&theirs));
     assert_eq!(ours_list, theirs_list, "rootsmith's tree and umoci's differ");
     assert_eq!(ours_list.get("etc/a").map(String::as_str), Some("second\n"));
-    assert!(!ours_list.contains_key("etc/gone") && !ours_list.contains_key("opt/d/old") && ours_list.contains_key("opt/d/new"));
+    assert!(
+        !ours_list.contains_key("etc/gone")
+            && !ours_list.contains_key("opt/d/old")
+            && ours_list.contains_key("opt/d/new")
+    );
     assert!(!ours_list.contains_key("etc/arch"), "the amd64 manifest of the index, not arm64's");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(ours.join("usr/bin/tool")).unwrap().ino(), std::fs::metadata(ours.join("usr/bin/tool2")).unwrap().ino(), "the hard link stays one file");
+    assert_eq!(
+        std::fs::metadata(ours.join("usr/bin/tool")).unwrap().ino(),
+        std::fs::metadata(ours.join("usr/bin/tool2")).unwrap().ino(),
+        "the hard link stays one file"
+    );
 
     // Built for arm64, the same recipe takes the index's arm64 manifest.
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--arch").arg("arm64").arg("--cache").arg(dir.path().join("cache")).arg("--out").arg(dir.path().join("out")).arg(dir.path().join("recipe.yaml"));
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--arch")
+        .arg("arm64")
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(dir.path().join("recipe.yaml"));
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
     let arm = dir.path().join("arm");
@@ -200,11 +260,19 @@ fn layers_apply_like_umoci_from_a_multi_platform_layout() {
     // The key is the manifest digest: the same image is a hit, a moved tag a miss.
     let mut command = rootsmith();
     command.arg("plan").arg("--cache").arg(dir.path().join("cache")).arg(dir.path().join("recipe.yaml")).arg("--json");
-    let state = |stdout: &str| serde_json::from_str::<serde_json::Value>(stdout).unwrap()[0]["state"].as_str().unwrap().to_string();
+    let state = |stdout: &str| {
+        serde_json::from_str::<serde_json::Value>(stdout).unwrap()[0]["state"].as_str().unwrap().to_string()
+    };
     let (code, stdout, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(state(&stdout), "hit", "{stdout}");
-    image.index(&[("multi", image.image(&[("application/vnd.oci.image.layer.v1.tar", layer(&[("etc/", D, ""), ("etc/moved", F, "the tag moved\n")]))]))]);
+    image.index(&[(
+        "multi",
+        image.image(&[(
+            "application/vnd.oci.image.layer.v1.tar",
+            layer(&[("etc/", D, ""), ("etc/moved", F, "the tag moved\n")]),
+        )]),
+    )]);
     let (code, stdout, _) = run(&mut command);
     assert_eq!(code, 0);
     assert_eq!(state(&stdout), "miss", "a moved tag is a new manifest digest: {stdout}");
@@ -228,14 +296,23 @@ fn hostile_layers_are_refused_and_write_nothing_outside() {
         std::fs::write(dir.path().join("outside/secret"), "secret\n").unwrap();
         let image = ImageLayout::new(&dir.path().join("image"));
         let good = layer(&[("etc/", D, ""), ("etc/ok", F, "fine\n")]);
-        let manifest = image.image(&[("application/vnd.oci.image.layer.v1.tar", good), ("application/vnd.oci.image.layer.v1.tar", layer(&entries))]);
+        let manifest = image.image(&[
+            ("application/vnd.oci.image.layer.v1.tar", good),
+            ("application/vnd.oci.image.layer.v1.tar", layer(&entries)),
+        ]);
         image.index(&[("bad", manifest.clone())]);
         let before = listing(dir.path());
         let (code, stderr, bundle) = build(dir.path(), "oci: { layout: image, ref: bad }");
         assert_ne!(code, 0, "{name}: {stderr}");
-        assert!(stderr.contains("layer 2 of 2") && stderr.contains(entry), "{name}: the layer and the entry are named:\n{stderr}");
+        assert!(
+            stderr.contains("layer 2 of 2") && stderr.contains(entry),
+            "{name}: the layer and the entry are named:\n{stderr}"
+        );
         assert!(!bundle.exists(), "{name}: no bundle");
-        let ours = |path: &str| ["cache", "out"].iter().any(|dir| path == *dir || path.starts_with(&format!("{dir}/"))) || path == "recipe.yaml";
+        let ours = |path: &str| {
+            ["cache", "out"].iter().any(|dir| path == *dir || path.starts_with(&format!("{dir}/")))
+                || path == "recipe.yaml"
+        };
         let after: BTreeMap<String, String> = listing(dir.path()).into_iter().filter(|(path, _)| !ours(path)).collect();
         assert_eq!(after, before, "{name}: nothing changed outside the cache");
     }
@@ -250,7 +327,11 @@ fn a_corrupted_blob_is_refused_before_it_is_read() {
     let image = ImageLayout::new(&dir.path().join("image"));
     let manifest = image.image(&layers("application/vnd.oci.image.layer.v1.tar+zstd"));
     image.index(&[("latest", manifest)]);
-    let gzip_layer = std::fs::read_dir(image.dir.join("blobs/sha256")).unwrap().map(|e| e.unwrap().path()).find(|p| std::fs::read(p).unwrap().starts_with(&[0x1f, 0x8b])).unwrap();
+    let gzip_layer = std::fs::read_dir(image.dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p).unwrap().starts_with(&[0x1f, 0x8b]))
+        .unwrap();
     let mut bytes = std::fs::read(&gzip_layer).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -272,7 +353,13 @@ impl RegistryProcess {
         let address = format!("127.0.0.1:{port}");
         let config = dir.join("registry.yml");
         std::fs::write(&config, format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n", dir.join("storage").display())).unwrap();
-        let child = std::process::Command::new("docker-registry").arg("serve").arg(&config).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("docker-registry runs (apt-get install docker-registry)");
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry runs (apt-get install docker-registry)");
         for _ in 0..100 {
             if std::net::TcpStream::connect(&address).is_ok() {
                 return RegistryProcess { child, address };
@@ -310,7 +397,10 @@ fn start_proxy(upstream: String, cut: usize, flip: bool) -> (String, std::sync::
             let Ok(client) = client else { continue };
             let mut reader = BufReader::new(client.try_clone().unwrap());
             // The proxy closes each connection itself.
-            let head: String = read_request_head(&mut reader).split_inclusive("\r\n").filter(|line| !line.to_lowercase().starts_with("connection:")).collect();
+            let head: String = read_request_head(&mut reader)
+                .split_inclusive("\r\n")
+                .filter(|line| !line.to_lowercase().starts_with("connection:"))
+                .collect();
             if head.is_empty() {
                 continue;
             }
@@ -322,9 +412,14 @@ fn start_proxy(upstream: String, cut: usize, flip: bool) -> (String, std::sync::
             let mut response = Vec::new();
             let _ = server.read_to_end(&mut response);
             let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(response.len());
-            let cut_this = !cut_done && first.contains("/blobs/sha256:") && first.starts_with("GET") && !ranged && response.len() - body_at > 2 * cut;
+            let cut_this = !cut_done
+                && first.contains("/blobs/sha256:")
+                && first.starts_with("GET")
+                && !ranged
+                && response.len() - body_at > 2 * cut;
             cut_done |= cut_this;
-            let big_blob = first.contains("/blobs/sha256:") && first.starts_with("GET") && response.len() - body_at > 2 * cut;
+            let big_blob =
+                first.contains("/blobs/sha256:") && first.starts_with("GET") && response.len() - body_at > 2 * cut;
             if flip && big_blob {
                 response[body_at + cut] ^= 0x01;
             }
@@ -344,7 +439,8 @@ fn pulls_from_a_local_registry_resuming_a_broken_download() {
     }
     let dir = tempfile::tempdir().unwrap();
     let image = ImageLayout::new(&dir.path().join("image"));
-    let big: String = (0..200_000u32).map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26)).collect();
+    let big: String =
+        (0..200_000u32).map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26)).collect();
     let mut layers = layers("application/vnd.oci.image.layer.v1.tar+zstd");
     layers.push(("application/vnd.oci.image.layer.v1.tar+gzip", layer(&[("var/", D, ""), ("var/big", F, &big)])));
     let amd64 = image.image(&layers);
@@ -374,14 +470,20 @@ fn pulls_from_a_local_registry_resuming_a_broken_download() {
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
     let lock = std::fs::read_to_string(dir.path().join("recipe.lock")).unwrap();
-    let inspected = skopeo(&["inspect", "--tls-verify=false", &format!("docker://{}/rootsmith/test:1", registry.address)]);
+    let inspected =
+        skopeo(&["inspect", "--tls-verify=false", &format!("docker://{}/rootsmith/test:1", registry.address)]);
     let digest = inspected["Digest"].as_str().unwrap();
-    assert!(lock.contains(&format!("{proxy}/rootsmith/test:1: {digest}")) || lock.contains(&format!("{proxy}/rootsmith/test:1': {digest}")), "{lock}");
+    assert!(
+        lock.contains(&format!("{proxy}/rootsmith/test:1: {digest}"))
+            || lock.contains(&format!("{proxy}/rootsmith/test:1': {digest}")),
+        "{lock}"
+    );
 
     // The same tree as from the layout itself.
     let layout_dir = dir.path().join("from-layout");
     std::fs::create_dir(&layout_dir).unwrap();
-    let (code, stderr, layout_bundle) = build(&layout_dir, &format!("oci: {{ layout: {}, ref: base }}", image.dir.display()));
+    let (code, stderr, layout_bundle) =
+        build(&layout_dir, &format!("oci: {{ layout: {}, ref: base }}", image.dir.display()));
     assert_eq!(code, 0, "{stderr}");
     let from_layout = dir.path().join("from-layout-tree");
     unpack_bundle(&layout_bundle, &from_layout);
@@ -396,7 +498,8 @@ fn pulls_from_a_local_registry_resuming_a_broken_download() {
     assert_ne!(code, 0);
     assert!(!bundle.exists());
     assert!(stderr.contains("after 5 tries") && stderr.to_lowercase().contains("digest"), "{stderr}");
-    let kept: Vec<PathBuf> = std::fs::read_dir(corrupt.join("cache/v1/oci/blobs/sha256")).unwrap().map(|e| e.unwrap().path()).collect();
+    let kept: Vec<PathBuf> =
+        std::fs::read_dir(corrupt.join("cache/v1/oci/blobs/sha256")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(kept.len(), 3, "the three small layers, not the corrupted one: {kept:?}");
     for blob in kept {
         assert_eq!(sha256(&blob), blob.file_name().unwrap().to_string_lossy(), "every kept blob is what its name says");
@@ -405,11 +508,15 @@ fn pulls_from_a_local_registry_resuming_a_broken_download() {
     // Another recipe of the same image on the same cache: no blob is downloaded again.
     seen.lock().unwrap().clear();
     std::fs::remove_dir_all(dir.path().join("out")).unwrap();
-    let (code, stderr, _) = build(dir.path(), &format!("oci: {{ image: \"{proxy}/rootsmith/test:1\" }}\n    name: again"));
+    let (code, stderr, _) =
+        build(dir.path(), &format!("oci: {{ image: \"{proxy}/rootsmith/test:1\" }}\n    name: again"));
     assert_eq!(code, 0, "{stderr}");
     let requests = seen.lock().unwrap().clone();
     assert!(!requests.iter().any(|line| line.contains("/blobs/")), "{requests:?}");
-    assert!(requests.iter().any(|line| line.contains("/manifests/1")), "the tag is resolved at plan time: {requests:?}");
+    assert!(
+        requests.iter().any(|line| line.contains("/manifests/1")),
+        "the tag is resolved at plan time: {requests:?}"
+    );
 }
 
 fn skopeo(args: &[&str]) -> serde_json::Value {
@@ -438,16 +545,29 @@ fn the_oci_output_round_trips_through_a_registry() {
     std::fs::write(source.join("roundtrip.yaml"), &recipe).unwrap();
     let build_into = |cache: &str, out: &str| {
         let mut command = rootsmith();
-        command.arg("build").arg("--fast").arg("--cache").arg(dir.path().join(cache)).arg("--out").arg(dir.path().join(out)).arg(source.join("roundtrip.yaml"));
+        command
+            .arg("build")
+            .arg("--fast")
+            .arg("--cache")
+            .arg(dir.path().join(cache))
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .arg(source.join("roundtrip.yaml"));
         let (code, _, stderr) = run(&mut command);
         assert_eq!(code, 0, "{stderr}");
-        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(out).join("roundtrip/1.0.0/manifest.json")).unwrap()).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(out).join("roundtrip/1.0.0/manifest.json")).unwrap())
+                .unwrap();
         manifest["oci_image"].as_str().unwrap().to_string()
     };
     let digest = build_into("cache-a", "out-a");
 
     let pushed = skopeo(&["inspect", "--tls-verify=false", &format!("docker://{reference}")]);
-    assert_eq!((pushed["Digest"].as_str(), pushed["Architecture"].as_str(), pushed["Os"].as_str()), (Some(digest.as_str()), Some("amd64"), Some("linux")), "{pushed}");
+    assert_eq!(
+        (pushed["Digest"].as_str(), pushed["Architecture"].as_str(), pushed["Os"].as_str()),
+        (Some(digest.as_str()), Some("amd64"), Some("linux")),
+        "{pushed}"
+    );
     assert_eq!(pushed["Layers"].as_array().unwrap().len(), 2, "one layer per stage: {pushed}");
     assert_eq!(pushed["Created"].as_str(), Some("2023-11-14T22:13:20Z"), "created is SOURCE_DATE_EPOCH");
     let layout = skopeo(&["inspect", &format!("oci:{}:1.0.0", source.join("image").display())]);
@@ -455,7 +575,12 @@ fn the_oci_output_round_trips_through_a_registry() {
     let config = skopeo(&["inspect", "--config", "--tls-verify=false", &format!("docker://{reference}")]);
     assert_eq!(config["history"].as_array().unwrap().len(), 2, "{config}");
     let copied = dir.path().join("copied");
-    let output = std::process::Command::new("skopeo").args(["copy", "--src-tls-verify=false", "--insecure-policy"]).arg(format!("docker://{reference}")).arg(format!("oci:{}:copied", copied.display())).output().unwrap();
+    let output = std::process::Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--insecure-policy"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:copied", copied.display()))
+        .output()
+        .unwrap();
     assert!(output.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&output.stderr));
 
     // Pulled back by the oci stage on an empty cache: the same tree, the same rootfs bytes.
@@ -487,7 +612,16 @@ fn two_stage_recipe(dir: &Path) -> PathBuf {
 
 fn build_json(recipe: &Path, cache: &Path, out: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--json").arg("--cache").arg(cache).arg("--out").arg(out).args(extra).arg(recipe);
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--json")
+        .arg("--cache")
+        .arg(cache)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .arg(recipe);
     let (code, stdout, stderr) = run(&mut command);
     (code, serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null), stderr)
 }
@@ -507,22 +641,32 @@ fn a_second_machine_pulls_every_stage_from_the_remote_cache() {
     let remote = format!("{}/rootsmith/cache", registry.address);
 
     // Machine A builds and shares.
-    let (code, a, stderr) = build_json(&recipe, &dir.path().join("cache-a"), &dir.path().join("out-a"), &["--cache-remote", &remote]);
+    let (code, a, stderr) =
+        build_json(&recipe, &dir.path().join("cache-a"), &dir.path().join("out-a"), &["--cache-remote", &remote]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(states(&a), ["built", "built"]);
     assert_eq!(a["outputs"]["state"], "built");
 
     // Machine B, empty cache: every stage and the outputs pulled, nothing built, the same bytes.
-    let (code, b, stderr) = build_json(&recipe, &dir.path().join("cache-b"), &dir.path().join("out-b"), &["--cache-remote", &remote]);
+    let (code, b, stderr) =
+        build_json(&recipe, &dir.path().join("cache-b"), &dir.path().join("out-b"), &["--cache-remote", &remote]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(states(&b), ["pulled", "pulled"], "{stderr}");
     assert_eq!(b["outputs"]["state"], "pulled", "{stderr}");
     let sums = |out: &str| std::fs::read_to_string(dir.path().join(out).join("shared/1.0.0/SHA256SUMS")).unwrap();
     assert_eq!(sums("out-a"), sums("out-b"));
     // With --cache-only, too: nothing may be built, and nothing needs to be.
-    let (code, g, stderr) = build_json(&recipe, &dir.path().join("cache-g"), &dir.path().join("out-g"), &["--cache-remote", &remote, "--cache-only"]);
+    let (code, g, stderr) = build_json(
+        &recipe,
+        &dir.path().join("cache-g"),
+        &dir.path().join("out-g"),
+        &["--cache-remote", &remote, "--cache-only"],
+    );
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!((states(&g), g["outputs"]["state"].as_str()), (vec!["pulled".to_string(), "pulled".to_string()], Some("pulled")));
+    assert_eq!(
+        (states(&g), g["outputs"]["state"].as_str()),
+        (vec!["pulled".to_string(), "pulled".to_string()], Some("pulled"))
+    );
     assert_eq!(sums("out-g"), sums("out-a"));
 
     // `cache pull` fills a third cache; it then builds with no remote and no stage to build.
@@ -540,15 +684,26 @@ fn a_second_machine_pulls_every_stage_from_the_remote_cache() {
     command.arg("cache").arg("--cache").arg(dir.path().join("cache-c")).args(["push", &remote]);
     let (code, stdout, _) = run(&mut command);
     assert_eq!(code, 0);
-    assert!(stdout.contains("0 stages pushed") && stdout.contains("2 already there") && stdout.contains("0 outputs pushed, 2 already there"), "{stdout}");
+    assert!(
+        stdout.contains("0 stages pushed")
+            && stdout.contains("2 already there")
+            && stdout.contains("0 outputs pushed, 2 already there"),
+        "{stdout}"
+    );
 
     // An unreachable remote is a warning, unless --cache-only.
     let dead = "127.0.0.1:9/rootsmith/cache";
-    let (code, d, stderr) = build_json(&recipe, &dir.path().join("cache-d"), &dir.path().join("out-d"), &["--cache-remote", dead]);
+    let (code, d, stderr) =
+        build_json(&recipe, &dir.path().join("cache-d"), &dir.path().join("out-d"), &["--cache-remote", dead]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(states(&d), ["built", "built"]);
     assert!(stderr.contains("warning: remote cache 127.0.0.1:9/rootsmith/cache"), "{stderr}");
-    let (code, _, stderr) = build_json(&recipe, &dir.path().join("cache-e"), &dir.path().join("out-e"), &["--cache-remote", dead, "--cache-only"]);
+    let (code, _, stderr) = build_json(
+        &recipe,
+        &dir.path().join("cache-e"),
+        &dir.path().join("out-e"),
+        &["--cache-remote", dead, "--cache-only"],
+    );
     assert_ne!(code, 0);
     assert!(stderr.contains("the remote cache 127.0.0.1:9/rootsmith/cache (--cache-only needs it)"), "{stderr}");
 
@@ -556,7 +711,16 @@ fn a_second_machine_pulls_every_stage_from_the_remote_cache() {
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, format!("cache_remote: {remote}\n")).unwrap();
     let mut command = rootsmith();
-    command.arg("build").arg("--fast").arg("--json").arg("--cache").arg(dir.path().join("cache-f")).arg("--out").arg(dir.path().join("out-f")).arg(&recipe).env("ROOTSMITH_CONFIG", &config);
+    command
+        .arg("build")
+        .arg("--fast")
+        .arg("--json")
+        .arg("--cache")
+        .arg(dir.path().join("cache-f"))
+        .arg("--out")
+        .arg(dir.path().join("out-f"))
+        .arg(&recipe)
+        .env("ROOTSMITH_CONFIG", &config);
     let (code, stdout, stderr) = run(&mut command);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(states(&serde_json::from_str(&stdout).unwrap()), ["pulled", "pulled"]);
@@ -604,15 +768,28 @@ fn oversized_and_bomb_layers_are_refused_quickly() {
     use std::os::unix::fs::MetadataExt;
     let cases: [(&str, &str, Vec<u8>, &str); 2] = [
         // 4 EiB: more than any filesystem has free.
-        ("sparse", "application/vnd.oci.image.layer.v1.tar+gzip", sparse_layer(1 << 62), "entry `huge`: it claims 4611686018427387904 bytes (4.0 EiB)"),
-        ("pax-bomb", "application/vnd.oci.image.layer.v1.tar+zstd", pax_bomb_layer(256 << 20), "the archive runs on past byte 16777216 with more than 16777216 bytes (16.0 MiB) of headers"),
+        (
+            "sparse",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            sparse_layer(1 << 62),
+            "entry `huge`: it claims 4611686018427387904 bytes (4.0 EiB)",
+        ),
+        (
+            "pax-bomb",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            pax_bomb_layer(256 << 20),
+            "the archive runs on past byte 16777216 with more than 16777216 bytes (16.0 MiB) of headers",
+        ),
     ];
     for (name, media_type, tar, reason) in cases {
         let dir = tempfile::tempdir().unwrap();
         let image = ImageLayout::new(&dir.path().join("image"));
         let manifest = image.image(&[(media_type, tar)]);
         image.index(&[("bad", manifest)]);
-        let blobs: u64 = std::fs::read_dir(dir.path().join("image/blobs/sha256")).unwrap().map(|entry| entry.unwrap().metadata().unwrap().len()).sum();
+        let blobs: u64 = std::fs::read_dir(dir.path().join("image/blobs/sha256"))
+            .unwrap()
+            .map(|entry| entry.unwrap().metadata().unwrap().len())
+            .sum();
         assert!(blobs < 1 << 20, "{name}: the image is {blobs} bytes");
         let started = std::time::Instant::now();
         let (code, stderr, bundle) = build(dir.path(), "oci: { layout: image, ref: bad }");
@@ -620,7 +797,12 @@ fn oversized_and_bomb_layers_are_refused_quickly() {
         assert_ne!(code, 0, "{name}: {stderr}");
         assert!(stderr.contains("layer 1 of 1") && stderr.contains(reason), "{name}:\n{stderr}");
         assert!(!bundle.exists(), "{name}: no bundle");
-        let written: u64 = walkdir::WalkDir::new(dir.path().join("cache")).into_iter().map(Result::unwrap).filter(|entry| entry.file_type().is_file()).map(|entry| entry.metadata().unwrap().blocks() * 512).sum();
+        let written: u64 = walkdir::WalkDir::new(dir.path().join("cache"))
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|entry| entry.file_type().is_file())
+            .map(|entry| entry.metadata().unwrap().blocks() * 512)
+            .sum();
         assert!(written < 64 << 20, "{name}: the cache grew by {written} bytes");
     }
 }

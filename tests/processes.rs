@@ -80,19 +80,34 @@ fn verbose_streams_a_commands_output_and_a_failure_is_a_json_object_with_its_log
     }
     let dir = tempfile::tempdir().unwrap();
     let recipe = one_run_stage(dir.path(), "echo marker-from-the-stage; exit 3");
-    let build = |extra: &[&str]| run(rootsmith().args(["build", "--fast", "--cache"]).arg(dir.path().join("cache")).arg("--out").arg(dir.path().join("out")).args(extra).arg(&recipe));
+    let build = |extra: &[&str]| {
+        run(rootsmith()
+            .args(["build", "--fast", "--cache"])
+            .arg(dir.path().join("cache"))
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .args(extra)
+            .arg(&recipe))
+    };
 
     let (code, _, stderr) = build(&["-v"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("marker-from-the-stage"), "-v streams the command's output: {stderr}");
     let (_, _, quiet) = build(&["-q"]);
-    assert!(!quiet.contains("building") && quiet.contains("stage `work` (run) failed"), "-q shows only the error: {quiet}");
+    assert!(
+        !quiet.contains("building") && quiet.contains("stage `work` (run) failed"),
+        "-q shows only the error: {quiet}"
+    );
 
     let (code, stdout, _) = build(&["--json"]);
     assert_eq!(code, 1);
-    let error: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("--json prints an error object: {stdout}"));
+    let error: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("--json prints an error object: {stdout}"));
     assert_eq!(error["stage"], "work");
     assert_eq!(error["status"], "exit status 3");
     let log = std::path::PathBuf::from(error["log"].as_str().unwrap());
-    assert!(std::fs::read_to_string(&log).unwrap().contains("marker-from-the-stage"), "the log named on failure is still there after the build");
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains("marker-from-the-stage"),
+        "the log named on failure is still there after the build"
+    );
 }

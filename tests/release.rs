@@ -24,7 +24,15 @@ impl Lab {
         std::fs::create_dir_all(tree.join("etc")).unwrap();
         std::fs::write(tree.join("etc/motd"), "release test\n").unwrap();
         std::fs::write(tree.join("etc/data"), vec![42u8; 3 << 20]).unwrap();
-        assert!(std::process::Command::new("tar").arg("-C").arg(&tree).args(["-cf"]).arg(lab.dir.path().join("base.tar")).arg(".").status().unwrap().success());
+        assert!(std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&tree)
+            .args(["-cf"])
+            .arg(lab.dir.path().join("base.tar"))
+            .arg(".")
+            .status()
+            .unwrap()
+            .success());
         lab
     }
 
@@ -47,19 +55,40 @@ impl Lab {
     }
 
     /// [`Self::build_into`], also giving the build's stderr.
-    fn build_logged(&self, version: &str, motd: &str, packages: &[(&str, &str)], cache: &str, out: &Path) -> (PathBuf, String) {
+    fn build_logged(
+        &self,
+        version: &str,
+        motd: &str,
+        packages: &[(&str, &str)],
+        cache: &str,
+        out: &Path,
+    ) -> (PathBuf, String) {
         let recipe = self.dir.path().join(format!("rel-{version}.yaml"));
         let overlay = self.dir.path().join(format!("overlay-{motd}"));
         std::fs::create_dir_all(overlay.join("etc")).unwrap();
         std::fs::write(overlay.join("etc/motd"), format!("{motd}\n")).unwrap();
         if !packages.is_empty() {
             std::fs::create_dir_all(overlay.join("var/lib/dpkg")).unwrap();
-            let status: String = packages.iter().map(|(name, version)| format!("Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {version}\n\n")).collect();
+            let status: String = packages
+                .iter()
+                .map(|(name, version)| {
+                    format!(
+                        "Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {version}\n\n"
+                    )
+                })
+                .collect();
             std::fs::write(overlay.join("var/lib/dpkg/status"), status).unwrap();
         }
         std::fs::write(&recipe, format!("rootsmith: 1\nname: rel\nversion: {version}\nsource_date_epoch: 1700000000\nstages:\n  - tarball: {{ path: base.tar }}\n  - files: {{ src: overlay-{motd}, dest: / }}\n")).unwrap();
         let mut command = rootsmith();
-        command.arg("build").arg("--fast").arg("--cache").arg(self.dir.path().join(cache)).arg("--out").arg(out).arg(&recipe);
+        command
+            .arg("build")
+            .arg("--fast")
+            .arg("--cache")
+            .arg(self.dir.path().join(cache))
+            .arg("--out")
+            .arg(out)
+            .arg(&recipe);
         let (code, _, stderr) = run(&mut command);
         assert_eq!(code, 0, "{stderr}");
         (out.join("rel").join(version), stderr)
@@ -107,7 +136,11 @@ fn verify_catches_every_kind_of_damage() {
     for check in ["manifest", "SHA256SUMS", "chunk list", "cookie", "squashfs"] {
         assert!(output.lines().any(|line| line.starts_with("ok") && line.contains(check)), "{check}: {output}");
     }
-    let artifacts: Vec<String> = std::fs::read_to_string(bundle.join("SHA256SUMS")).unwrap().lines().map(|line| line.split("  ").nth(1).unwrap().to_string()).collect();
+    let artifacts: Vec<String> = std::fs::read_to_string(bundle.join("SHA256SUMS"))
+        .unwrap()
+        .lines()
+        .map(|line| line.split("  ").nth(1).unwrap().to_string())
+        .collect();
     assert!(artifacts.len() >= 5, "{artifacts:?}");
 
     // A flipped byte in each artifact, one at a time.
@@ -124,14 +157,26 @@ fn verify_catches_every_kind_of_damage() {
         let (code, output) = verify(&lab, &broken);
         assert_eq!(code, 1, "a flipped byte in {artifact} passed:\n{output}");
         let expected = if artifact == "manifest.json" { "manifest" } else { artifact.as_str() };
-        assert!(output.lines().any(|line| line.starts_with("FAILED") && line.contains(expected)), "{artifact}:\n{output}");
+        assert!(
+            output.lines().any(|line| line.starts_with("FAILED") && line.contains(expected)),
+            "{artifact}:\n{output}"
+        );
     }
     // The rootfs.img of another build (with its SHA256SUMS line, so only the contract catches it).
     let other = lab.build("2.0.0", "two");
     let swapped = copy_bundle(&bundle, &lab.dir.path().join("swap/rel/1.0.0"));
     std::fs::copy(other.join("rel-2.0.0-rootfs.img"), swapped.join("rel-1.0.0-rootfs.img")).unwrap();
     let sums = std::fs::read_to_string(swapped.join("SHA256SUMS")).unwrap();
-    let fixed: String = sums.lines().map(|line| if line.ends_with("rel-1.0.0-rootfs.img") { format!("{}  rel-1.0.0-rootfs.img\n", sha256(&swapped.join("rel-1.0.0-rootfs.img"))) } else { format!("{line}\n") }).collect();
+    let fixed: String = sums
+        .lines()
+        .map(|line| {
+            if line.ends_with("rel-1.0.0-rootfs.img") {
+                format!("{}  rel-1.0.0-rootfs.img\n", sha256(&swapped.join("rel-1.0.0-rootfs.img")))
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
     std::fs::write(swapped.join("SHA256SUMS"), fixed).unwrap();
     let (code, output) = verify(&lab, &swapped);
     assert_eq!(code, 1, "{output}");
@@ -156,22 +201,37 @@ fn promote_renames_the_same_bytes_and_refuses_a_tampered_candidate() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("promoted rel 1.2.0-rc2 to 1.2.0"), "{stdout}");
     let released = lab.out().join("rel/1.2.0");
-    for (old, new) in [("rel-1.2.0-rc2-rootfs.img", "rel-1.2.0-rootfs.img"), ("rel-1.2.0-rc2-initramfs.img", "rel-1.2.0-initramfs.img"), ("rel-1.2.0-rc2-rootfs.tar.zst", "rel-1.2.0-rootfs.tar.zst"), ("packages.txt", "packages.txt")] {
+    for (old, new) in [
+        ("rel-1.2.0-rc2-rootfs.img", "rel-1.2.0-rootfs.img"),
+        ("rel-1.2.0-rc2-initramfs.img", "rel-1.2.0-initramfs.img"),
+        ("rel-1.2.0-rc2-rootfs.tar.zst", "rel-1.2.0-rootfs.tar.zst"),
+        ("packages.txt", "packages.txt"),
+    ] {
         assert_eq!(sha256(&candidate.join(old)), sha256(&released.join(new)), "{new} has {old}'s bytes");
         assert!(old == new || !released.join(old).exists());
     }
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(released.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(released.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["version"], "1.2.0");
     assert_eq!(manifest["promoted_from"]["version"], "1.2.0-rc2");
     assert_eq!(manifest["promoted_from"]["manifest_sha256"], sha256(&candidate.join("manifest.json")));
     assert_eq!(manifest["boot"]["rootfs_image"], "rel-1.2.0-rootfs.img");
-    assert_ne!(std::fs::read(released.join("SHA256SUMS")).unwrap(), std::fs::read(candidate.join("SHA256SUMS")).unwrap());
+    assert_ne!(
+        std::fs::read(released.join("SHA256SUMS")).unwrap(),
+        std::fs::read(candidate.join("SHA256SUMS")).unwrap()
+    );
     let (code, output) = verify(&lab, &released);
     assert_eq!(code, 0, "{output}");
     // ls and show describe both.
     let (code, stdout, _) = lab.release(&["ls"]);
     assert_eq!(code, 0);
-    let line = |version: &str| stdout.lines().find(|l| l.split_whitespace().nth(1) == Some(version)).unwrap_or_else(|| panic!("{version} in {stdout}")).to_string();
+    let line = |version: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(version))
+            .unwrap_or_else(|| panic!("{version} in {stdout}"))
+            .to_string()
+    };
     assert!(line("1.2.0-rc2").contains("candidate"), "{stdout}");
     assert!(line("1.2.0").contains("released (from 1.2.0-rc2)"), "{stdout}");
     let (code, stdout, _) = lab.release(&["show", "rel", "1.2.0"]);
@@ -190,9 +250,17 @@ fn promote_renames_the_same_bytes_and_refuses_a_tampered_candidate() {
     std::fs::write(&image, bytes).unwrap();
     let (code, _, stderr) = lab.release(&["promote", "rel", "1.3.0-rc1", "1.3.0"]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("fails verification, so it is not promoted") && stderr.contains("rel-1.3.0-rc1-rootfs.img differs"), "{stderr}");
+    assert!(
+        stderr.contains("fails verification, so it is not promoted")
+            && stderr.contains("rel-1.3.0-rc1-rootfs.img differs"),
+        "{stderr}"
+    );
     assert!(!lab.out().join("rel/1.3.0").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(lab.out().join("rel")).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(lab.out().join("rel"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -218,7 +286,10 @@ fn a_bundle_changed_in_place_heals_the_cache_it_shares() {
     bytes[200] ^= 0xff;
     std::fs::write(&image, bytes).unwrap();
     let (second, stderr) = lab.build_logged("2.1.1", "shared", &[], "cache", &lab.out());
-    assert!(stderr.contains("cached output rootfs.img") && stderr.contains("discarding it and building it again"), "{stderr}");
+    assert!(
+        stderr.contains("cached output rootfs.img") && stderr.contains("discarding it and building it again"),
+        "{stderr}"
+    );
     assert_eq!(sha256(&second.join("rel-2.1.1-rootfs.img")), digest);
     let (code, output) = verify(&lab, &second);
     assert_eq!(code, 0, "{output}");
@@ -243,8 +314,16 @@ fn diff_names_exactly_what_changed() {
     }
     let lab = Lab::new();
     let a = lab.build_with("1.0.0", "same", &[("base-files", "12.4"), ("curl", "7.88.1-10"), ("less", "590-2")]);
-    let b = lab.build_with("1.1.0", "other", &[("base-files", "12.4"), ("curl", "7.88.1-10"), ("less", "590-2"), ("jq", "1.6-2.1")]);
-    let c = lab.build_with("1.2.0", "third", &[("base-files", "12.4"), ("curl", "7.88.1-10+deb12u5"), ("less", "590-2"), ("jq", "1.6-2.1")]);
+    let b = lab.build_with(
+        "1.1.0",
+        "other",
+        &[("base-files", "12.4"), ("curl", "7.88.1-10"), ("less", "590-2"), ("jq", "1.6-2.1")],
+    );
+    let c = lab.build_with(
+        "1.2.0",
+        "third",
+        &[("base-files", "12.4"), ("curl", "7.88.1-10+deb12u5"), ("less", "590-2"), ("jq", "1.6-2.1")],
+    );
     add_kernel_config(&a, "CONFIG_A=y\n# CONFIG_IKCONFIG is not set\nCONFIG_LOCALVERSION=\"-x\"\n");
     add_kernel_config(&b, "CONFIG_A=y\nCONFIG_IKCONFIG=y\nCONFIG_LOCALVERSION=\"-x\"\n");
     let (code, stdout, stderr) = lab.release(&["diff", "rel", "1.0.0", "1.1.0", "--json"]);
@@ -258,8 +337,13 @@ fn diff_names_exactly_what_changed() {
     assert_eq!(diff["kernels"].as_array().unwrap().len(), 1);
     // Only the stage whose input changed has a new key.
     assert_eq!(diff["stages"].as_object().unwrap().keys().collect::<Vec<_>>(), ["files"]);
-    let artifacts: Vec<&str> = diff["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
-    assert!(artifacts.contains(&"packages.txt") && artifacts.iter().all(|name| !name.contains("1.0.0") && !name.contains("1.1.0")), "sizes compared by generic names: {artifacts:?}");
+    let artifacts: Vec<&str> =
+        diff["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert!(
+        artifacts.contains(&"packages.txt")
+            && artifacts.iter().all(|name| !name.contains("1.0.0") && !name.contains("1.1.0")),
+        "sizes compared by generic names: {artifacts:?}"
+    );
     // The SBOM of each bundle lists its packages.
     let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(c.join("sbom.spdx.json")).unwrap()).unwrap();
     assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
@@ -272,9 +356,23 @@ fn diff_names_exactly_what_changed() {
     // The rootfs files that changed, with their sizes; nothing else.
     let changed: Vec<&String> = diff["files"]["changed"].as_object().unwrap().keys().collect();
     assert_eq!(changed, ["/etc/motd", "/var/lib/dpkg/status"], "{}", diff["files"]);
-    assert_eq!((diff["files"]["changed"]["/etc/motd"][0]["size"].as_u64(), diff["files"]["changed"]["/etc/motd"][1]["size"].as_u64()), (Some(5), Some(6)));
-    assert!(diff["files"]["added"].as_object().unwrap().is_empty() && diff["files"]["removed"].as_object().unwrap().is_empty(), "{}", diff["files"]);
-    assert!(text.contains("files: 0 added, 0 removed, 2 changed\n") && text.contains("  ~ /etc/motd (content, 5 → 6 B)\n"), "{text}");
+    assert_eq!(
+        (
+            diff["files"]["changed"]["/etc/motd"][0]["size"].as_u64(),
+            diff["files"]["changed"]["/etc/motd"][1]["size"].as_u64()
+        ),
+        (Some(5), Some(6))
+    );
+    assert!(
+        diff["files"]["added"].as_object().unwrap().is_empty()
+            && diff["files"]["removed"].as_object().unwrap().is_empty(),
+        "{}",
+        diff["files"]
+    );
+    assert!(
+        text.contains("files: 0 added, 0 removed, 2 changed\n") && text.contains("  ~ /etc/motd (content, 5 → 6 B)\n"),
+        "{text}"
+    );
     // A changed version shows as a change, both versions named.
     let (code, text, _) = lab.release(&["diff", "rel", "1.1.0", "1.2.0"]);
     assert_eq!(code, 0);
@@ -296,7 +394,14 @@ fn a_release_is_a_base_for_development() {
     std::fs::write(&recipe, "rootsmith: 1\nname: dev\nversion: 0.1.0\nstages:\n  - release: { name: rel, version: 1.0.0 }\n  - files: { src: extra, dest: / }\n").unwrap();
     let build = |extra: &[&str]| {
         let mut command = rootsmith();
-        command.args(["build", "--fast", "--json"]).arg("--cache").arg(lab.dir.path().join("cache")).arg("--out").arg(lab.out()).args(extra).arg(&recipe);
+        command
+            .args(["build", "--fast", "--json"])
+            .arg("--cache")
+            .arg(lab.dir.path().join("cache"))
+            .arg("--out")
+            .arg(lab.out())
+            .args(extra)
+            .arg(&recipe);
         run(&mut command)
     };
     let (code, stdout, stderr) = build(&[]);
@@ -304,9 +409,17 @@ fn a_release_is_a_base_for_development() {
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let kinds: Vec<&str> = summary["stages"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["release", "files"], "the release's own stages do not run again");
-    let listing = std::process::Command::new("tar").arg("-tf").arg(lab.out().join("dev/0.1.0/dev-0.1.0-rootfs.tar.zst")).arg("--zstd").output().unwrap();
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(lab.out().join("dev/0.1.0/dev-0.1.0-rootfs.tar.zst"))
+        .arg("--zstd")
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.contains("etc/motd") && listing.contains("etc/dev-tool") && listing.contains("etc/data"), "{listing}");
+    assert!(
+        listing.contains("etc/motd") && listing.contains("etc/dev-tool") && listing.contains("etc/data"),
+        "{listing}"
+    );
 
     // A release tarball that no longer matches its manifest is refused.
     let tarball = release.join("rel-1.0.0-rootfs.tar.zst");
@@ -318,12 +431,23 @@ fn a_release_is_a_base_for_development() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("but the release's manifest says"), "{stderr}");
     // A release of another architecture is not a base for this one.
-    std::fs::write(&recipe, "rootsmith: 1\nname: dev\nversion: 0.1.0\narch: arm64\nstages:\n  - release: { name: rel, version: 1.0.0 }\n").unwrap();
+    std::fs::write(
+        &recipe,
+        "rootsmith: 1\nname: dev\nversion: 0.1.0\narch: arm64\nstages:\n  - release: { name: rel, version: 1.0.0 }\n",
+    )
+    .unwrap();
     let (code, _, stderr) = build(&[]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("the release base rel 1.0.0 is an amd64 bundle, and this recipe builds for arm64"), "{stderr}");
+    assert!(
+        stderr.contains("the release base rel 1.0.0 is an amd64 bundle, and this recipe builds for arm64"),
+        "{stderr}"
+    );
     // A release that is not there says where it looked.
-    std::fs::write(&recipe, "rootsmith: 1\nname: dev\nversion: 0.1.0\nstages:\n  - release: { name: rel, version: 9.9.9 }\n").unwrap();
+    std::fs::write(
+        &recipe,
+        "rootsmith: 1\nname: dev\nversion: 0.1.0\nstages:\n  - release: { name: rel, version: 9.9.9 }\n",
+    )
+    .unwrap();
     let (code, _, stderr) = build(&[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("the release base rel 9.9.9 is not in"), "{stderr}");
@@ -351,9 +475,15 @@ fn verify_rebuild_passes_for_a_reproducible_recipe() {
     let lab = Lab::new();
     let bundle = lab.build("1.0.0", "again");
     let recipe = lab.dir.path().join("rel-1.0.0.yaml");
-    let (code, stdout, stderr) = lab.release(&["verify", bundle.to_str().unwrap(), "--rebuild", recipe.to_str().unwrap()]);
+    let (code, stdout, stderr) =
+        lab.release(&["verify", bundle.to_str().unwrap(), "--rebuild", recipe.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.lines().any(|line| line.starts_with("ok") && line.contains("rebuild") && line.contains("gives the same")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("ok") && line.contains("rebuild") && line.contains("gives the same")),
+        "{stdout}"
+    );
     // Another recipe is refused: it is not the one the bundle was built from.
     let other = lab.dir.path().join("other.yaml");
     std::fs::write(&other, std::fs::read_to_string(&recipe).unwrap() + "# changed\n").unwrap();
@@ -370,7 +500,12 @@ fn tamper(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value), extra: &[Str
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     edit(&mut manifest);
     std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
-    let mut lines: Vec<String> = manifest["artifacts"].as_array().unwrap().iter().map(|a| format!("{}  {}", a["sha256"].as_str().unwrap(), a["name"].as_str().unwrap())).collect();
+    let mut lines: Vec<String> = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}  {}", a["sha256"].as_str().unwrap(), a["name"].as_str().unwrap()))
+        .collect();
     lines.push(format!("{}  manifest.json", sha256(&path)));
     lines.extend(extra.iter().cloned());
     std::fs::write(bundle.join("SHA256SUMS"), lines.join("\n") + "\n").unwrap();
@@ -411,7 +546,11 @@ fn a_hostile_bundle_reaches_nothing_outside_itself() {
     assert!(!lab.out().join("rel/1.0.0").exists());
     let (code, output) = verify(&lab, &candidate);
     assert_eq!(code, 1, "{output}");
-    assert!(output.lines().any(|line| line.starts_with("FAILED manifest") && line.contains("is not a file a bundle may hold: it is an absolute path")), "{output}");
+    assert!(
+        output.lines().any(|line| line.starts_with("FAILED manifest")
+            && line.contains("is not a file a bundle may hold: it is an absolute path")),
+        "{output}"
+    );
 
     // FROM is a version, not a path: a bundle outside --out is not promoted.
     let (code, _, stderr) = lab.release(&["promote", "rel", "../../elsewhere/rel/1.0.0-rc1", "2.0.0"]);
@@ -428,7 +567,11 @@ fn a_hostile_bundle_reaches_nothing_outside_itself() {
     let (code, output) = verify(&lab, &sums);
     assert_eq!(code, 1, "{output}");
     assert!(!output.contains(&sha256(&secret)), "verify printed the digest of a host file:\n{output}");
-    assert!(output.lines().any(|line| line.starts_with("FAILED SHA256SUMS") && line.contains("\"../../../secret\" is not a file a bundle may hold")), "{output}");
+    assert!(
+        output.lines().any(|line| line.starts_with("FAILED SHA256SUMS")
+            && line.contains("\"../../../secret\" is not a file a bundle may hold")),
+        "{output}"
+    );
 }
 
 #[test]
@@ -445,7 +588,11 @@ fn special_files_in_a_bundle_fail_promptly() {
     nix::unistd::mkfifo(&image, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let (code, stdout, stderr) = lab.release_within(&["verify", fifo.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}{stderr}");
-    assert!(stdout.lines().any(|line| line.starts_with("FAILED SHA256SUMS") && line.contains("rel-1.0.0-rc1-rootfs.img: is a FIFO, not a regular file")), "{stdout}");
+    assert!(
+        stdout.lines().any(|line| line.starts_with("FAILED SHA256SUMS")
+            && line.contains("rel-1.0.0-rc1-rootfs.img: is a FIFO, not a regular file")),
+        "{stdout}"
+    );
     // The initramfs a symlink to /dev/zero: not followed, nothing read.
     let zero = copy_bundle(&candidate, &lab.dir.path().join("zero/rel/1.0.0-rc1"));
     let initramfs = zero.join("rel-1.0.0-rc1-initramfs.img");
@@ -477,18 +624,31 @@ fn ls_names_a_broken_bundle_and_verify_a_misplaced_one() {
     std::fs::write(lab.out().join("rel/1.0.2/manifest.json"), "{ not json").unwrap();
     let (code, output) = verify(&lab, &misplaced);
     assert_eq!(code, 1, "{output}");
-    assert!(output.lines().any(|line| line.starts_with("FAILED manifest") && line.contains("manifest.json says version 1.0.0, but the bundle is in the directory of version \"1.0.1\"")), "{output}");
+    assert!(
+        output.lines().any(|line| line.starts_with("FAILED manifest")
+            && line
+                .contains("manifest.json says version 1.0.0, but the bundle is in the directory of version \"1.0.1\"")),
+        "{output}"
+    );
     let (code, stdout, stderr) = lab.release(&["ls"]);
     assert_eq!(code, 0, "{stderr}");
     let versions: Vec<&str> = stdout.lines().skip(1).filter_map(|line| line.split_whitespace().nth(1)).collect();
     assert_eq!(versions, ["1.0.0"], "{stdout}");
     for (version, why) in [("1.0.1", "says version 1.0.0"), ("1.0.2", "does not follow the manifest schema")] {
-        assert!(stderr.lines().any(|line| line.contains(&format!("rel/{version} is broken")) && line.contains(why)), "{version}: {stderr}");
+        assert!(
+            stderr.lines().any(|line| line.contains(&format!("rel/{version} is broken")) && line.contains(why)),
+            "{version}: {stderr}"
+        );
     }
     let (code, stdout, _) = lab.release(&["ls", "--json"]);
     assert_eq!(code, 0);
     let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let states: Vec<(&str, &str)> = rows.as_array().unwrap().iter().map(|row| (row["version"].as_str().unwrap(), row["state"].as_str().unwrap())).collect();
+    let states: Vec<(&str, &str)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["version"].as_str().unwrap(), row["state"].as_str().unwrap()))
+        .collect();
     assert_eq!(states, [("1.0.0", "released"), ("1.0.1", "broken"), ("1.0.2", "broken")]);
     let (code, _, stderr) = lab.release(&["show", "rel", "1.0.1"]);
     assert_eq!(code, 1);
@@ -498,7 +658,11 @@ fn ls_names_a_broken_bundle_and_verify_a_misplaced_one() {
 /// A key pair from ssh-keygen: (private key, public key).
 fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(name);
-    let status = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status().expect("ssh-keygen (openssh-client) runs");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client) runs");
     assert!(status.success());
     (key.clone(), key.with_extension("pub"))
 }
@@ -518,13 +682,15 @@ fn signed_releases_are_checked_before_anything_else() {
     let (key, public) = key_pair(&keys, "release");
     let (other_key, other_public) = key_pair(&keys, "other");
     let verify_with = |bundle: &Path, public: &Path| {
-        let (code, stdout, stderr) = lab.release(&["verify", bundle.to_str().unwrap(), "--key", public.to_str().unwrap()]);
+        let (code, stdout, stderr) =
+            lab.release(&["verify", bundle.to_str().unwrap(), "--key", public.to_str().unwrap()]);
         (code, format!("{stdout}{stderr}"))
     };
 
     // build --sign: the bundle verifies with the key, and unsigned checks still pass.
     let recipe_bundle = lab.build("2.0.0-rc1", "signed");
-    let (code, stdout, stderr) = run(rootsmith().args(["release", "sign", "rel", "2.0.0-rc1", "--key"]).arg(&key).arg("--out").arg(lab.out()));
+    let (code, stdout, stderr) =
+        run(rootsmith().args(["release", "sign", "rel", "2.0.0-rc1", "--key"]).arg(&key).arg("--out").arg(lab.out()));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("signed rel 2.0.0-rc1 with SHA256:"), "{stdout}");
     let signature = recipe_bundle.join("manifest.json.sig");
@@ -542,8 +708,19 @@ fn signed_releases_are_checked_before_anything_else() {
     let allowed = keys.join("allowed_signers");
     std::fs::write(&allowed, format!("release@rootsmith {}", std::fs::read_to_string(&public).unwrap())).unwrap();
     let manifest = std::fs::File::open(recipe_bundle.join("manifest.json")).unwrap();
-    let check = std::process::Command::new("ssh-keygen").args(["-Y", "verify", "-n", "rootsmith-release", "-I", "release@rootsmith", "-f"]).arg(&allowed).arg("-s").arg(&signature).stdin(manifest).output().unwrap();
-    assert!(check.status.success(), "ssh-keygen refuses rootsmith's signature: {}", String::from_utf8_lossy(&check.stderr));
+    let check = std::process::Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-n", "rootsmith-release", "-I", "release@rootsmith", "-f"])
+        .arg(&allowed)
+        .arg("-s")
+        .arg(&signature)
+        .stdin(manifest)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "ssh-keygen refuses rootsmith's signature: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     // Another key, no signature, a flipped byte in the manifest, in an artifact.
     let (code, output) = verify_with(&recipe_bundle, &other_public);
@@ -576,20 +753,38 @@ fn signed_releases_are_checked_before_anything_else() {
     let (code, output) = verify_with(&lab.out().join("rel/2.0.0"), &public);
     assert_eq!(code, 1);
     assert!(output.contains("not signed"), "{output}");
-    let (code, _, stderr) = run(rootsmith().args(["release", "promote", "rel", "2.0.0-rc1", "2.0.1", "--sign"]).arg(&other_key).arg("--out").arg(lab.out()));
+    let (code, _, stderr) = run(rootsmith()
+        .args(["release", "promote", "rel", "2.0.0-rc1", "2.0.1", "--sign"])
+        .arg(&other_key)
+        .arg("--out")
+        .arg(lab.out()));
     assert_eq!(code, 0, "{stderr}");
     let (code, output) = verify_with(&lab.out().join("rel/2.0.1"), &other_public);
     assert_eq!(code, 0, "{output}");
 
     // build --sign signs what it publishes; a bad key stops it before anything runs.
     let recipe = lab.dir.path().join("rel-2.0.0-rc1.yaml");
-    let (code, stdout, stderr) = run(rootsmith().args(["build", "--fast", "--json", "--version", "2.1.0", "--sign"]).arg(&key).arg("--cache").arg(lab.dir.path().join("cache")).arg("--out").arg(lab.out()).arg(&recipe));
+    let (code, stdout, stderr) = run(rootsmith()
+        .args(["build", "--fast", "--json", "--version", "2.1.0", "--sign"])
+        .arg(&key)
+        .arg("--cache")
+        .arg(lab.dir.path().join("cache"))
+        .arg("--out")
+        .arg(lab.out())
+        .arg(&recipe));
     assert_eq!(code, 0, "{stderr}");
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(summary["signed_by"].as_str().unwrap().starts_with("SHA256:"), "{summary}");
     let (code, output) = verify_with(&lab.out().join("rel/2.1.0"), &public);
     assert_eq!(code, 0, "{output}");
-    let (code, _, stderr) = run(rootsmith().args(["build", "--fast", "--version", "2.2.0", "--sign"]).arg(&public).arg("--cache").arg(lab.dir.path().join("cache")).arg("--out").arg(lab.out()).arg(&recipe));
+    let (code, _, stderr) = run(rootsmith()
+        .args(["build", "--fast", "--version", "2.2.0", "--sign"])
+        .arg(&public)
+        .arg("--cache")
+        .arg(lab.dir.path().join("cache"))
+        .arg("--out")
+        .arg(lab.out())
+        .arg(&recipe));
     assert_eq!(code, 1);
     assert!(stderr.contains("is not an OpenSSH private key"), "{stderr}");
     assert!(!lab.out().join("rel/2.2.0").exists(), "a build with a bad key published");

@@ -60,7 +60,11 @@ impl Place {
         if who == "user" {
             user.command(&mut command);
         } else {
-            command.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8").env("HOME", "/root");
+            command
+                .env_clear()
+                .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("LANG", "C.UTF-8")
+                .env("HOME", "/root");
         }
         command.current_dir(self.dir.path());
         command
@@ -106,7 +110,10 @@ fn a_user_build_gives_the_bytes_of_a_root_build() {
     let base = user_bundle.join("debian-minimal-0.1.0-rootfs.tar.zst");
     let listing = Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(&base).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.lines().any(|line| line.starts_with("crw-rw-rw- 0/0") && line.ends_with(" dev/null")), "the base has /dev/null:\n{listing}");
+    assert!(
+        listing.lines().any(|line| line.starts_with("crw-rw-rw- 0/0") && line.ends_with(" dev/null")),
+        "the base has /dev/null:\n{listing}"
+    );
     let tarball_recipe = place.recipes.join("from-tarball.yaml");
     std::fs::write(
         &tarball_recipe,
@@ -117,12 +124,19 @@ fn a_user_build_gives_the_bytes_of_a_root_build() {
     let user_tarball = place.build("user", &user, &tarball_recipe);
     let root_tarball = place.build("root", &user, &tarball_recipe);
     // The manifests (in the sums) name the OCI image's digest too.
-    assert_eq!(sums(&user_tarball), sums(&root_tarball), "the tarball recipe's bundle differs between the user and root");
+    assert_eq!(
+        sums(&user_tarball),
+        sums(&root_tarball),
+        "the tarball recipe's bundle differs between the user and root"
+    );
 
     // `oci` and `release` bases: that OCI image, and the bundle just published.
     // The release one also gives a file a capability (setcap in the chroot).
     let capability = "  - packages: { install: [libcap2-bin] }\n  - run: { sh: \"cp /bin/true /usr/local/bin/capped && setcap cap_net_raw+ep /usr/local/bin/capped\" }\n";
-    for (name, base, more) in [("from-oci", "oci: { layout: image, ref: 1.0.0 }", ""), ("from-release", "release: { name: from-tarball, version: 1.0.0 }", capability)] {
+    for (name, base, more) in [
+        ("from-oci", "oci: { layout: image, ref: 1.0.0 }", ""),
+        ("from-release", "release: { name: from-tarball, version: 1.0.0 }", capability),
+    ] {
         let recipe = place.recipes.join(format!("{name}.yaml"));
         std::fs::write(&recipe, format!("rootsmith: 1\nname: {name}\nversion: 1.0.0\nstages:\n  - {base}\n  - run: {{ sh: \"chown 4242:4243 /etc/from-tarball\" }}\n{more}")).unwrap();
         std::os::unix::fs::lchown(&recipe, Some(user.uid), Some(user.gid)).unwrap();
@@ -131,11 +145,16 @@ fn a_user_build_gives_the_bytes_of_a_root_build() {
         assert_eq!(sums(&user_bundle), sums(&root_bundle), "{name}: the user's bundle differs from root's");
         if !more.is_empty() {
             let tarball = user_bundle.join(format!("{name}-1.0.0-rootfs.tar.zst"));
-            let listing = Command::new("tar").args(["--xattrs", "--xattrs-include=*", "-tvvf"]).arg(&tarball).output().unwrap();
+            let listing =
+                Command::new("tar").args(["--xattrs", "--xattrs-include=*", "-tvvf"]).arg(&tarball).output().unwrap();
             let unpacked = Command::new("zstd").args(["-dc"]).arg(&tarball).output().unwrap();
             let needle: &[u8] = b"SCHILY.xattr.security.capability";
             let capability_record = unpacked.stdout.windows(needle.len()).any(|w| w == needle);
-            assert!(capability_record, "the user's rootfs tarball carries no file capability:\n{}", String::from_utf8_lossy(&listing.stdout));
+            assert!(
+                capability_record,
+                "the user's rootfs tarball carries no file capability:\n{}",
+                String::from_utf8_lossy(&listing.stdout)
+            );
         }
     }
 
@@ -144,7 +163,8 @@ fn a_user_build_gives_the_bytes_of_a_root_build() {
     let (code, stdout, stderr) = run(&mut place.rootsmith("user", &user, &["plan", "--fast", recipe_arg]));
     assert_eq!(code, 0, "plan as the user: {stderr}");
     assert!(stdout.contains(" hit") && !stdout.contains(" miss"), "the user's plan finds everything cached:\n{stdout}");
-    let (code, stdout, stderr) = run(&mut place.rootsmith("user", &user, &["shell", recipe_arg, "--", "cat", "/etc/hostname"]));
+    let (code, stdout, stderr) =
+        run(&mut place.rootsmith("user", &user, &["shell", recipe_arg, "--", "cat", "/etc/hostname"]));
     assert_eq!((code, stdout.trim()), (0, "debian-minimal"), "shell as the user: {stderr}");
     let (code, _, stderr) = run(&mut place.rootsmith("user", &user, &["lock", recipe_arg]));
     assert_eq!(code, 0, "lock as the user: {stderr}");
@@ -173,9 +193,21 @@ fn a_user_builds_for_arm64_under_emulation() {
     std::fs::create_dir_all(tree.join("etc")).unwrap();
     let source = place.path("arm64/machine.c");
     std::fs::write(&source, "#include <sys/utsname.h>\n#include <fcntl.h>\n#include <string.h>\n#include <unistd.h>\nint main(void) { struct utsname u; uname(&u); int fd = open(\"/etc/machine\", O_WRONLY | O_CREAT | O_TRUNC, 0644); if (fd < 0) return 1; write(fd, u.machine, strlen(u.machine)); write(fd, \"\\n\", 1); return close(fd); }\n").unwrap();
-    let status = Command::new("aarch64-linux-gnu-gcc").args(["-static", "-Os", "-o"]).arg(tree.join("bin/sh")).arg(&source).status().unwrap();
+    let status = Command::new("aarch64-linux-gnu-gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(tree.join("bin/sh"))
+        .arg(&source)
+        .status()
+        .unwrap();
     assert!(status.success(), "aarch64-linux-gnu-gcc -static (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross)");
-    let status = Command::new("tar").arg("-C").arg(&tree).args(["-cf"]).arg(place.path("arm64/base.tar")).arg(".").status().unwrap();
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .args(["-cf"])
+        .arg(place.path("arm64/base.tar"))
+        .arg(".")
+        .status()
+        .unwrap();
     assert!(status.success());
     let recipe = place.path("arm64/emu.yaml");
     std::fs::write(&recipe, "rootsmith: 1\nname: emu\nversion: 1.0.0\narch: arm64\nstages:\n  - tarball: { path: base.tar }\n  - run: { sh: \"uname -m > /etc/machine\" }\n").unwrap();
@@ -185,7 +217,12 @@ fn a_user_builds_for_arm64_under_emulation() {
     let user_bundle = place.build("user", &user, &recipe);
     let root_bundle = place.build("root", &user, &recipe);
     assert_eq!(sums(&user_bundle), sums(&root_bundle), "the user's arm64 bundle differs from root's");
-    let machine = Command::new("tar").args(["--zstd", "-xOf"]).arg(user_bundle.join("emu-1.0.0-rootfs.tar.zst")).arg("etc/machine").output().unwrap();
+    let machine = Command::new("tar")
+        .args(["--zstd", "-xOf"])
+        .arg(user_bundle.join("emu-1.0.0-rootfs.tar.zst"))
+        .arg("etc/machine")
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&machine.stdout), "aarch64\n", "the run stage ran as aarch64");
 }
 
@@ -196,9 +233,16 @@ fn processes_of(user: &User, place: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
-        let Some(uid) = status.lines().find_map(|line| line.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok()) else { continue };
+        let Some(uid) = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if uid == user.uid || (USER_RANGE.0..=USER_RANGE.1).contains(&uid) {
-            let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+            let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
             let root = std::fs::read_link(entry.path().join("root")).unwrap_or_default();
             if cmdline.contains(place.to_str().unwrap()) || root.starts_with(place) {
                 found.push(format!("{uid}: {cmdline}"));
@@ -228,19 +272,28 @@ fn a_killed_user_build_leaves_nothing_behind() {
     }
     let mounts_before = mount_table();
     let mut command = place.rootsmith("user", &user, &["build", "--fast", "--set", "pause=381", "--out"]);
-    let mut child = command.arg(place.path("user/out")).arg(&recipe).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        command.arg(place.path("user/out")).arg(&recipe).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     let mut stderr = child.stderr.take().unwrap();
     read_until(&mut stderr, "run (run): building", Duration::from_secs(120));
     while !processes_of(&user, place.dir.path()).iter().any(|line| line.contains("sleep 381")) {
-        assert!(started.elapsed() < Duration::from_secs(60), "the stage's sleep never started: {:?}", processes_of(&user, place.dir.path()));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the stage's sleep never started: {:?}",
+            processes_of(&user, place.dir.path())
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_of(&user, place.dir.path()).is_empty() {
-        assert!(Instant::now() < deadline, "processes of the killed build are left: {:?}", processes_of(&user, place.dir.path()));
+        assert!(
+            Instant::now() < deadline,
+            "processes of the killed build are left: {:?}",
+            processes_of(&user, place.dir.path())
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(mount_table(), mounts_before, "the killed build left mounts");
@@ -272,13 +325,27 @@ fn what_a_user_build_needs_is_named_before_anything_runs() {
     std::fs::create_dir_all(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut command = Command::new(&place.bin);
-    command.args(["build", "--cache"]).arg(open.join("cache")).arg("--out").arg(open.join("out")).arg(&recipe).env_clear().env("PATH", "/usr/bin:/bin").env("HOME", &open).uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    command
+        .args(["build", "--cache"])
+        .arg(open.join("cache"))
+        .arg("--out")
+        .arg(open.join("out"))
+        .arg(&recipe)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &open)
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw());
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("for nobody in /etc/subuid"), "{stderr}");
     assert!(stderr.contains("usermod --add-subuids ") && stderr.contains(" nobody"), "{stderr}");
     assert!(stderr.contains("nothing was built"), "{stderr}");
-    assert!(!open.join("cache/v1/stages").exists() || std::fs::read_dir(open.join("cache/v1/stages")).unwrap().next().is_none(), "a stage was cached");
+    assert!(
+        !open.join("cache/v1/stages").exists()
+            || std::fs::read_dir(open.join("cache/v1/stages")).unwrap().next().is_none(),
+        "a stage was cached"
+    );
 
     // No newuidmap on PATH.
     let mut command = place.rootsmith("user", &user, &["build", "--out"]);
@@ -289,10 +356,22 @@ fn what_a_user_build_needs_is_named_before_anything_runs() {
 
     // A cache directory of root's.
     let mut command = place.bare("user", &user);
-    command.args(["build", "--cache"]).arg(place.path("root/cache")).arg("--out").arg(place.path("user/out")).arg(&recipe);
+    command
+        .args(["build", "--cache"])
+        .arg(place.path("root/cache"))
+        .arg("--out")
+        .arg(place.path("user/out"))
+        .arg(&recipe);
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains(&format!("the cache directory {} cannot be written by uid {}", place.path("root/cache").display(), user.uid)), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the cache directory {} cannot be written by uid {}",
+            place.path("root/cache").display(),
+            user.uid
+        )),
+        "{stderr}"
+    );
 
     // Root only, as the user.
     let (code, _, stderr) = run(&mut place.rootsmith("user", &user, &["build", "--privileges", "root", recipe_arg]));

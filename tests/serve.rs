@@ -35,9 +35,17 @@ fn serve_with(extra: &[&str], setup: impl FnOnce(&Path)) -> Served {
 
 /// (status, headers lowercased, body)
 fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
-    let output = Command::new("curl").args(["-s", "-S", "-D", "/dev/stderr", "-o", "-", "--path-as-is"]).args(args).output().expect("curl runs (apt-get install curl)");
+    let output = Command::new("curl")
+        .args(["-s", "-S", "-D", "/dev/stderr", "-o", "-", "--path-as-is"])
+        .args(args)
+        .output()
+        .expect("curl runs (apt-get install curl)");
     let headers = String::from_utf8_lossy(&output.stderr).to_lowercase();
-    let status = headers.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status in {headers:?}"));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {headers:?}"));
     (status, headers, output.stdout)
 }
 
@@ -124,7 +132,10 @@ fn a_bundles_boot_ipxe_carries_the_servers_url() {
     assert_eq!(header(&headers, "content-length"), Some(text.len().to_string().as_str()));
     assert!(text.starts_with("#!ipxe\n"), "{text}");
     assert!(text.contains(&format!("kernel {}/demo/1.0/demo-1.0-k-vmlinuz", served.server.http)), "{text}");
-    assert!(text.contains(&format!("rootsmith.rootfs_url={}/demo/1.0/demo-1.0-rootfs.img", served.server.http)), "{text}");
+    assert!(
+        text.contains(&format!("rootsmith.rootfs_url={}/demo/1.0/demo-1.0-rootfs.img", served.server.http)),
+        "{text}"
+    );
 }
 
 #[test]
@@ -176,7 +187,10 @@ fn connections_waiting_for_a_request_head_give_way_to_new_clients() {
     slow[0].set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut rest = Vec::new();
     let closed = slow[0].read_to_end(&mut rest);
-    assert!(closed.is_ok() || closed.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionReset), "{closed:?}");
+    assert!(
+        closed.is_ok() || closed.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionReset),
+        "{closed:?}"
+    );
     let log = served.server.log_containing("waited longest for a request head");
     assert!(log.contains("waited longest for a request head"), "{log}");
 }
@@ -206,7 +220,10 @@ fn a_request_head_has_ten_seconds_in_all_not_per_read() {
         }
     }
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(8) && took < Duration::from_secs(15), "the connection was closed after {took:?}");
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(15),
+        "the connection was closed after {took:?}"
+    );
     // The server answers 408 and closes; the client's next byte may meet a
     // reset that discards that answer, so it is checked only when it came.
     let answer = String::from_utf8_lossy(&answer);

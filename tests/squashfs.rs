@@ -33,11 +33,20 @@ fn tree(dir: &Path) -> std::path::PathBuf {
     std::fs::write(tree.join("bin/small"), &noise[..1000]).unwrap();
     std::fs::write(tree.join("bin/numbers"), (0..100_000).map(|n| format!("{n}\n")).collect::<String>()).unwrap();
     std::fs::hard_link(tree.join("bin/numbers"), tree.join("numbers-link")).unwrap();
-    xattr::set(tree.join("bin/small"), "security.capability", &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    xattr::set(
+        tree.join("bin/small"),
+        "security.capability",
+        &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )
+    .unwrap();
     xattr::set(tree.join("bin/numbers"), "user.note", b"counted").unwrap();
     std::os::unix::fs::symlink("bin/numbers", tree.join("link")).unwrap();
     for index in 0..2000 {
-        std::fs::write(tree.join("big").join(format!("{index:05}-{}", "x".repeat(100 + index % 120))), format!("{index}\n")).unwrap();
+        std::fs::write(
+            tree.join("big").join(format!("{index:05}-{}", "x".repeat(100 + index % 120))),
+            format!("{index}\n"),
+        )
+        .unwrap();
     }
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
     mknod(&tree.join("dev/null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 3)).unwrap();
@@ -60,8 +69,15 @@ fn describe(tree: &Path) -> Vec<String> {
             let entry = entry.unwrap();
             let path = entry.path();
             let metadata = path.symlink_metadata().unwrap();
-            let contents = if metadata.is_file() { rootsmith::digest::sha256_hex(&std::fs::read(path).unwrap()) } else { String::new() };
-            let mut xattrs: Vec<String> = xattr::list(path).unwrap().map(|name| format!("{}={:?}", name.to_string_lossy(), xattr::get(path, &name).unwrap())).collect();
+            let contents = if metadata.is_file() {
+                rootsmith::digest::sha256_hex(&std::fs::read(path).unwrap())
+            } else {
+                String::new()
+            };
+            let mut xattrs: Vec<String> = xattr::list(path)
+                .unwrap()
+                .map(|name| format!("{}={:?}", name.to_string_lossy(), xattr::get(path, &name).unwrap()))
+                .collect();
             xattrs.sort();
             let size = if metadata.is_dir() { 0 } else { metadata.len() };
             format!(
@@ -89,10 +105,21 @@ fn kernel_mounts_rootsmiths_squashfs_as_root() {
     let tree = tree(dir.path());
     for (algorithm, level) in [(Algorithm::Zstd, Some(15)), (Algorithm::Xz, None), (Algorithm::Gzip, Some(9))] {
         let image = dir.path().join(format!("{}.squashfs", algorithm.name()));
-        writer::write(&tree, &Devices::default(), &image, &Options { compression: Compression { algorithm, level }, epoch: EPOCH, threads: 2, cache: None }).unwrap();
+        writer::write(
+            &tree,
+            &Devices::default(),
+            &image,
+            &Options { compression: Compression { algorithm, level }, epoch: EPOCH, threads: 2, cache: None },
+        )
+        .unwrap();
         let mountpoint = dir.path().join(format!("mnt-{}", algorithm.name()));
         std::fs::create_dir(&mountpoint).unwrap();
-        let status = Command::new("mount").args(["-t", "squashfs", "-o", "loop,ro"]).arg(&image).arg(&mountpoint).status().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "squashfs", "-o", "loop,ro"])
+            .arg(&image)
+            .arg(&mountpoint)
+            .status()
+            .unwrap();
         assert!(status.success(), "mount -t squashfs {}", image.display());
         let mounted = std::panic::catch_unwind(|| {
             assert_eq!(describe(&mountpoint), describe(&tree), "{}", algorithm.name());

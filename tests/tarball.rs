@@ -30,11 +30,19 @@ fn hostile_tarball(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
 
 fn build(dir: &Path, tarball: &Path) -> (i32, String) {
     let recipe = dir.join("r.yaml");
-    std::fs::write(&recipe, format!("rootsmith: 1\nname: hostile\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n", tarball.display())).unwrap();
+    std::fs::write(
+        &recipe,
+        format!(
+            "rootsmith: 1\nname: hostile\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n",
+            tarball.display()
+        ),
+    )
+    .unwrap();
     // Each archive publishes into its own out directory: a version is never
     // published twice, and a clash would stop the build before its stage.
     let out = dir.join("out").join(tarball.file_name().unwrap());
-    let (code, _, stderr) = run(rootsmith().args(["build", "--fast", "--cache"]).arg(dir.join("cache")).arg("--out").arg(out).arg(&recipe));
+    let (code, _, stderr) =
+        run(rootsmith().args(["build", "--fast", "--cache"]).arg(dir.join("cache")).arg("--out").arg(out).arg(&recipe));
     (code, stderr)
 }
 
@@ -80,16 +88,30 @@ fn hostile_tarball_bases_never_write_outside_the_tree() {
     assert!(stderr.contains("hard link target: absolute path"), "{stderr}");
 
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "something was written outside the tree");
-    let listing = std::process::Command::new("tar").args(["--quoting-style=literal", "-tf"]).arg(dir.path().join("out/absolute.tar.gz/hostile/1.0.0/hostile-1.0.0-rootfs.tar.zst")).output().unwrap();
+    let listing = std::process::Command::new("tar")
+        .args(["--quoting-style=literal", "-tf"])
+        .arg(dir.path().join("out/absolute.tar.gz/hostile/1.0.0/hostile-1.0.0-rootfs.tar.zst"))
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
     let inside = format!("{}/evil", outside_text.trim_start_matches('/'));
-    assert!(listing.lines().any(|line| line == inside), "the file written through the symlink is not inside the tree:\n{listing}");
+    assert!(
+        listing.lines().any(|line| line == inside),
+        "the file written through the symlink is not inside the tree:\n{listing}"
+    );
 }
 
 /// Build with `tarball` as the base, giving up (and failing) after a minute
 /// instead of hanging; `env` is added to the build's environment.
 fn build_within_a_minute(dir: &Path, tarball: &Path, env: &[(&str, &str)]) -> (i32, String) {
-    build_recipe_within_a_minute(dir, &format!("rootsmith: 1\nname: special\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n", tarball.display()), env)
+    build_recipe_within_a_minute(
+        dir,
+        &format!(
+            "rootsmith: 1\nname: special\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n",
+            tarball.display()
+        ),
+        env,
+    )
 }
 
 fn build_recipe_within_a_minute(dir: &Path, recipe_text: &str, env: &[(&str, &str)]) -> (i32, String) {
@@ -138,9 +160,13 @@ fn an_environment_given_as_tarball_is_not_printed() {
     let dir = tempfile::tempdir().unwrap();
     // Long enough that the environment fills a tar header on its own.
     let secret = format!("hunter2-{}", "s".repeat(600));
-    let (code, stderr) = build_within_a_minute(dir.path(), Path::new("/proc/self/environ"), &[("ROOTSMITH_TEST_SECRET", &secret)]);
+    let (code, stderr) =
+        build_within_a_minute(dir.path(), Path::new("/proc/self/environ"), &[("ROOTSMITH_TEST_SECRET", &secret)]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(!stderr.contains("hunter2") && !stderr.contains("ROOTSMITH_TEST_SECRET"), "the error prints the environment:\n{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stderr.contains("ROOTSMITH_TEST_SECRET"),
+        "the error prints the environment:\n{stderr}"
+    );
     assert!(stderr.contains("not a tar archive"), "{stderr}");
 }
 
@@ -173,7 +199,11 @@ fn a_failing_script_file_is_named_by_its_path_and_line_never_quoted() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.tar");
     shell_only_tarball(&base);
-    std::fs::write(dir.path().join("fail.sh"), "token=hunter2-in-the-script\necho marker-before-failing\nno-such-command-here\n").unwrap();
+    std::fs::write(
+        dir.path().join("fail.sh"),
+        "token=hunter2-in-the-script\necho marker-before-failing\nno-such-command-here\n",
+    )
+    .unwrap();
     let recipe = format!("rootsmith: 1\nname: scripted\nversion: 1.0.0\nstages:\n  - tarball: {{ path: {} }}\n  - run: {{ script: fail.sh }}\n", base.display());
     let (code, stderr) = build_recipe_within_a_minute(dir.path(), &recipe, &[]);
     assert_eq!(code, 1, "{stderr}");
@@ -187,7 +217,11 @@ fn a_failing_script_file_is_named_by_its_path_and_line_never_quoted() {
     std::fs::write(dir.path().join("fail.sh"), "echo ran > /etc/ran\n").unwrap();
     let (code, stderr) = build_recipe_within_a_minute(dir.path(), &recipe, &[]);
     assert_eq!(code, 0, "{stderr}");
-    let listing = std::process::Command::new("tar").args(["--quoting-style=literal", "-tf"]).arg(dir.path().join("out/scripted/1.0.0/scripted-1.0.0-rootfs.tar.zst")).output().unwrap();
+    let listing = std::process::Command::new("tar")
+        .args(["--quoting-style=literal", "-tf"])
+        .arg(dir.path().join("out/scripted/1.0.0/scripted-1.0.0-rootfs.tar.zst"))
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.lines().any(|line| line == "etc/ran"), "{listing}");
     assert!(!listing.contains("rootsmith-run"), "{listing}");
@@ -207,12 +241,23 @@ fn a_new_init_makes_only_the_initramfs_again() {
     std::fs::write(&recipe, "rootsmith: 1\nname: split\nversion: 1.0.0\nsource_date_epoch: 1700000000\nstages:\n  - tarball: { path: base.tar }\n").unwrap();
     let build = |out: &str, env: &[(&str, &std::ffi::OsStr)]| -> serde_json::Value {
         let mut command = rootsmith();
-        command.args(["build", "--fast", "--json", "--cache"]).arg(dir.path().join("cache")).arg("--out").arg(dir.path().join(out)).arg(&recipe).envs(env.iter().copied());
+        command
+            .args(["build", "--fast", "--json", "--cache"])
+            .arg(dir.path().join("cache"))
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .arg(&recipe)
+            .envs(env.iter().copied());
         let (code, stdout, stderr) = run(&mut command);
         assert_eq!(code, 0, "{stderr}");
         serde_json::from_str(&stdout).unwrap()
     };
-    let entries = || std::fs::read_dir(dir.path().join("cache/v1/outputs")).unwrap().filter(|entry| entry.as_ref().unwrap().path().is_dir()).count();
+    let entries = || {
+        std::fs::read_dir(dir.path().join("cache/v1/outputs"))
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().path().is_dir())
+            .count()
+    };
     let first = build("a", &[]);
     assert_eq!(first["outputs"]["state"], "built");
     assert_eq!(entries(), 2, "a rootfs entry and an initramfs entry");
@@ -229,7 +274,9 @@ fn a_new_init_makes_only_the_initramfs_again() {
     let changed = build("c", &[("ROOTSMITH_INIT", other.as_os_str())]);
     assert_eq!(changed["outputs"]["state"], "built");
     assert_eq!(entries(), 3, "only an initramfs entry was added");
-    let file = |out: &str, name: &str| std::fs::read(dir.path().join(out).join("split/1.0.0").join(format!("split-1.0.0-{name}"))).unwrap();
+    let file = |out: &str, name: &str| {
+        std::fs::read(dir.path().join(out).join("split/1.0.0").join(format!("split-1.0.0-{name}"))).unwrap()
+    };
     assert!(file("a", "rootfs.img") == file("c", "rootfs.img"), "the rootfs image was made again");
     assert!(file("a", "initramfs.img") != file("c", "initramfs.img"), "the initramfs holds the new init");
     let (code, _, stderr) = run(rootsmith().arg("release").arg("verify").arg(dir.path().join("c/split/1.0.0")));

@@ -43,7 +43,12 @@ fn expected(served: &Served) -> Vec<u8> {
 fn curl_fetches_with_and_without_blksize() {
     let served = serve();
     for extra in [&[][..], &["--tftp-blksize", "1468"][..], &["--tftp-blksize", "8192"][..]] {
-        let output = std::process::Command::new("curl").args(["-s", "-S"]).args(extra).arg(format!("tftp://{}/sub/image.bin", served.tftp)).output().expect("curl runs");
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-S"])
+            .args(extra)
+            .arg(format!("tftp://{}/sub/image.bin", served.tftp))
+            .output()
+            .expect("curl runs");
         assert!(output.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&output.stderr));
         assert_eq!(output.stdout, expected(&served), "{extra:?}");
     }
@@ -75,7 +80,9 @@ fn a_dropped_acknowledgement_is_recovered() {
     let served = serve();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    client.send_to(&request("sub/image.bin", &[("blksize", "512"), ("tsize", "0"), ("timeout", "1")]), &served.tftp).unwrap();
+    client
+        .send_to(&request("sub/image.bin", &[("blksize", "512"), ("tsize", "0"), ("timeout", "1")]), &served.tftp)
+        .unwrap();
     let mut buffer = [0u8; 2048];
     let (len, transfer) = client.recv_from(&mut buffer).unwrap();
     assert_eq!(&buffer[..2], &[0, 6], "an OACK first");
@@ -164,7 +171,11 @@ fn a_client_sending_junk_instead_of_acknowledging_loses_its_transfer() {
     assert!((4..=5).contains(&oacks), "the OACK was sent {oacks} times");
     let log = served.server.log_containing("no acknowledgement of block 0 after 5 tries");
     assert!(log.contains("tftp \"sub/image.bin\" no acknowledgement of block 0 after 5 tries"), "{log}");
-    let output = std::process::Command::new("curl").args(["-s", "-S"]).arg(format!("tftp://{}/sub/image.bin", served.tftp)).output().expect("curl runs");
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-S"])
+        .arg(format!("tftp://{}/sub/image.bin", served.tftp))
+        .output()
+        .expect("curl runs");
     assert!(output.status.success(), "the slot is free again: {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.stdout, expected(&served));
 }

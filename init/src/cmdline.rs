@@ -58,7 +58,14 @@ pub fn words(line: &str) -> Vec<String> {
 }
 
 pub fn parse(line: &str) -> Cmdline {
-    let mut cmdline = Cmdline { rootfs_url: None, iface: None, init: "/sbin/init".into(), on_fail: OnFail::Default, retries: 8, unknown: Vec::new() };
+    let mut cmdline = Cmdline {
+        rootfs_url: None,
+        iface: None,
+        init: "/sbin/init".into(),
+        on_fail: OnFail::Default,
+        retries: 8,
+        unknown: Vec::new(),
+    };
     for word in words(line) {
         let (key, value) = word.split_once('=').unwrap_or((word.as_str(), ""));
         match key {

@@ -137,7 +137,8 @@ impl ChunkList {
     }
 
     pub fn to_text(&self) -> String {
-        let mut text = format!("rootsmith-chunks 1\nalgorithm sha256\nchunk_size {}\nsize {}\n", self.chunk_size, self.size);
+        let mut text =
+            format!("rootsmith-chunks 1\nalgorithm sha256\nchunk_size {}\nsize {}\n", self.chunk_size, self.size);
         for digest in &self.digests {
             text.push_str(&hex::encode(digest));
             text.push('\n');

@@ -72,7 +72,9 @@ impl CpioStream {
                     data = &data[take..];
                     self.offset += take as u64;
                     if self.pending.len() == *padded {
-                        let name = std::str::from_utf8(&self.pending[..*len - 1]).map_err(|_| invalid(format!("cpio entry name at byte {} is not UTF-8", self.offset)))?.to_string();
+                        let name = std::str::from_utf8(&self.pending[..*len - 1])
+                            .map_err(|_| invalid(format!("cpio entry name at byte {} is not UTF-8", self.offset)))?
+                            .to_string();
                         let (mode, size) = (*mode, *size);
                         self.pending.clear();
                         if name == "TRAILER!!!" {
@@ -128,7 +130,8 @@ impl CpioStream {
             return Err(invalid(format!("no newc cpio header at byte {start}")));
         }
         let field = |index: usize| -> io::Result<u64> {
-            let text = std::str::from_utf8(&header[6 + index * 8..14 + index * 8]).map_err(|_| invalid(format!("bad cpio header at byte {start}")))?;
+            let text = std::str::from_utf8(&header[6 + index * 8..14 + index * 8])
+                .map_err(|_| invalid(format!("bad cpio header at byte {start}")))?;
             u64::from_str_radix(text, 16).map_err(|_| invalid(format!("bad cpio header at byte {start}")))
         };
         let mode = field(1)? as u32;
@@ -174,7 +177,11 @@ mod tests {
     fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
         for (ino, (name, data)) in entries.iter().enumerate() {
-            let mut writer = cpio::newc::Builder::new(name).ino(ino as u32).mode(0o100644).nlink(1).write(&mut out, data.len() as u32);
+            let mut writer = cpio::newc::Builder::new(name)
+                .ino(ino as u32)
+                .mode(0o100644)
+                .nlink(1)
+                .write(&mut out, data.len() as u32);
             writer.write_all(data).unwrap();
             writer.finish().unwrap();
         }

@@ -88,7 +88,17 @@ pub fn parse_reply(packet: &[u8]) -> Result<Reply, String> {
     let xid = u32::from_be_bytes(packet[4..8].try_into().unwrap());
     let yiaddr = address(&packet[16..20]).unwrap();
     let next_server = address(&packet[20..24]).filter(|address| !address.is_unspecified());
-    let mut reply = Reply { kind: MessageType::Discover, xid, address: yiaddr, server: None, next_server, netmask: None, router: None, dns: Vec::new(), lease_seconds: None };
+    let mut reply = Reply {
+        kind: MessageType::Discover,
+        xid,
+        address: yiaddr,
+        server: None,
+        next_server,
+        netmask: None,
+        router: None,
+        dns: Vec::new(),
+        lease_seconds: None,
+    };
     let mut kind = None;
     let mut options = &packet[FIXED_LEN + 4..];
     while let Some((&code, rest)) = options.split_first() {
@@ -189,7 +199,13 @@ mod tests {
 
     #[test]
     fn decodes_an_ack_with_its_options() {
-        let packet = server_reply(5, &[1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 6, 8, 10, 0, 2, 3, 1, 1, 1, 1, 51, 4, 0, 0, 0x0e, 0x10, 54, 4, 10, 0, 2, 2]);
+        let packet = server_reply(
+            5,
+            &[
+                1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 6, 8, 10, 0, 2, 3, 1, 1, 1, 1, 51, 4, 0, 0, 0x0e, 0x10, 54,
+                4, 10, 0, 2, 2,
+            ],
+        );
         let reply = parse_reply(&packet).unwrap();
         assert_eq!(reply.kind, MessageType::Ack);
         assert_eq!(reply.xid, 42);

@@ -14,7 +14,9 @@ pub struct Url {
 
 impl Url {
     pub fn parse(url: &str) -> Result<Url, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs can be fetched (the chunk list makes TLS unnecessary for integrity)"))?;
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("{url}: only http:// URLs can be fetched (the chunk list makes TLS unnecessary for integrity)")
+        })?;
         let (authority, path) = match rest.find('/') {
             Some(slash) => (&rest[..slash], &rest[slash..]),
             None => (rest, "/"),
@@ -108,7 +110,10 @@ pub fn read_head(reader: &mut impl BufRead) -> io::Result<ResponseHead> {
     let version = parts.next().unwrap_or("");
     let status = parts.next().and_then(|code| code.parse().ok());
     let Some(status) = status.filter(|_| version.starts_with("HTTP/1.")) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP/1.x status line: {status_line:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not an HTTP/1.x status line: {status_line:?}"),
+        ));
     };
     let mut headers = Vec::new();
     loop {
@@ -173,7 +178,9 @@ impl<R: BufRead> Read for Body<R> {
                 if *left == 0 {
                     let size_line = line(inner)?;
                     let size = size_line.split(';').next().unwrap_or("").trim();
-                    *left = u64::from_str_radix(size, 16).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size line {size_line:?}")))?;
+                    *left = u64::from_str_radix(size, 16).map_err(|_| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size line {size_line:?}"))
+                    })?;
                     if *left == 0 {
                         // Trailers, then the empty line.
                         while !line(inner)?.is_empty() {}
@@ -204,7 +211,10 @@ mod tests {
     #[test]
     fn the_dhcp_server_host_becomes_the_lease_server() {
         let server = Some(std::net::Ipv4Addr::new(10, 0, 2, 2));
-        assert_eq!(at_dhcp_server("http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img", server).unwrap(), "http://10.0.2.2:8080/demo/1.0/demo-1.0-rootfs.img");
+        assert_eq!(
+            at_dhcp_server("http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img", server).unwrap(),
+            "http://10.0.2.2:8080/demo/1.0/demo-1.0-rootfs.img"
+        );
         assert_eq!(at_dhcp_server("http://DHCP-Server/r.img?x=1", server).unwrap(), "http://10.0.2.2:80/r.img?x=1");
         assert_eq!(at_dhcp_server("http://dhcp-server", server).unwrap(), "http://10.0.2.2:80/");
         // Other hosts, and host names that only start like it, stay as written.
@@ -220,8 +230,14 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        assert_eq!(Url::parse("http://10.0.2.2:8080/a/b.img?x=1").unwrap(), Url { host: "10.0.2.2".into(), port: 8080, path: "/a/b.img?x=1".into() });
-        assert_eq!(Url::parse("http://boot.test").unwrap(), Url { host: "boot.test".into(), port: 80, path: "/".into() });
+        assert_eq!(
+            Url::parse("http://10.0.2.2:8080/a/b.img?x=1").unwrap(),
+            Url { host: "10.0.2.2".into(), port: 8080, path: "/a/b.img?x=1".into() }
+        );
+        assert_eq!(
+            Url::parse("http://boot.test").unwrap(),
+            Url { host: "boot.test".into(), port: 80, path: "/".into() }
+        );
         assert_eq!(Url::parse("http://[fd00::1]:81/r").unwrap().host, "fd00::1");
         assert!(Url::parse("https://x/").unwrap_err().contains("only http://"));
         assert!(Url::parse("http://x:port/").unwrap_err().contains("bad port"));
@@ -247,10 +263,13 @@ mod tests {
 
     #[test]
     fn reads_bodies_by_length_chunks_or_close() {
-        let (head, data) = body(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\ncontent-range: bytes 10-14/15\r\n\r\nhelloEXTRA");
+        let (head, data) = body(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\ncontent-range: bytes 10-14/15\r\n\r\nhelloEXTRA",
+        );
         assert_eq!((head.status, head.range_start()), (206, Some(10)));
         assert_eq!(data.unwrap(), b"hello");
-        let (head, data) = body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n");
+        let (head, data) =
+            body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n");
         assert!(head.chunked());
         assert_eq!(data.unwrap(), b"abcde");
         let (head, data) = body(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil the end");

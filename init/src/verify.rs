@@ -22,7 +22,9 @@ impl std::fmt::Display for VerifyError {
             VerifyError::Mismatch { index, offset, expected, actual } => {
                 write!(f, "rootfs.img chunk {index} at byte offset {offset} does not match: expected sha256 {expected}, got {actual}")
             }
-            VerifyError::TooLong { size } => write!(f, "rootfs.img is longer than the {size} bytes its chunk list gives"),
+            VerifyError::TooLong { size } => {
+                write!(f, "rootfs.img is longer than the {size} bytes its chunk list gives")
+            }
             VerifyError::TooShort { received, size } => write!(f, "rootfs.img ended at byte {received} of {size}"),
         }
     }
@@ -54,7 +56,11 @@ impl<'a> ChunkVerifier<'a> {
     }
 
     /// Take bytes; each chunk that completes and matches goes to `sink`.
-    pub fn push<E: From<VerifyError>>(&mut self, mut data: &[u8], sink: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn push<E: From<VerifyError>>(
+        &mut self,
+        mut data: &[u8],
+        sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         while !data.is_empty() {
             if self.index >= self.list.digests.len() {
                 return Err(VerifyError::TooLong { size: self.list.size }.into());
@@ -94,7 +100,12 @@ pub fn check_chunk(list: &ChunkList, index: usize, chunk: &[u8]) -> Result<(), V
     };
     let actual: [u8; 32] = Sha256::digest(chunk).into();
     if &actual != expected || chunk.len() as u64 != list.chunk_len(index) {
-        return Err(VerifyError::Mismatch { index, offset: index as u64 * list.chunk_size, expected: hex::encode(expected), actual: hex::encode(actual) });
+        return Err(VerifyError::Mismatch {
+            index,
+            offset: index as u64 * list.chunk_size,
+            expected: hex::encode(expected),
+            actual: hex::encode(actual),
+        });
     }
     Ok(())
 }

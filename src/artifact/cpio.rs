@@ -25,7 +25,8 @@ pub struct RootfsImage {
 /// [`finish_rootfs_image`] adds what goes around it.
 pub fn start_rootfs_image(path: &Path) -> Result<std::fs::File> {
     // Read back as well: finishing hashes the squashfs.
-    let mut file = fs_err::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?.into_parts().0;
+    let mut file =
+        fs_err::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?.into_parts().0;
     file.seek(SeekFrom::Start(SQUASHFS_OFFSET))?;
     Ok(file)
 }
@@ -42,7 +43,13 @@ pub fn finish_rootfs_image(file: &mut std::fs::File, squashfs_len: u64, name: &s
         bail!("the squashfs is {squashfs_len} bytes; a newc cpio entry holds at most 4 GiB");
     }
     let mtime = epoch.clamp(0, u32::MAX as i64) as u32;
-    let header = cpio::newc::Builder::new(ROOTFS_SQUASHFS).ino(1).mode(0o100644).nlink(1).mtime(mtime).write(Vec::new(), squashfs_len as u32).finish()?;
+    let header = cpio::newc::Builder::new(ROOTFS_SQUASHFS)
+        .ino(1)
+        .mode(0o100644)
+        .nlink(1)
+        .mtime(mtime)
+        .write(Vec::new(), squashfs_len as u32)
+        .finish()?;
     if header.len() as u64 != SQUASHFS_OFFSET {
         bail!("internal error: the squashfs entry's header is {} bytes, not {SQUASHFS_OFFSET}", header.len());
     }
@@ -76,11 +83,20 @@ pub fn finish_rootfs_image(file: &mut std::fs::File, squashfs_len: u64, name: &s
         let chunks = chunks.join().expect("a hashing thread panicked")?;
         Ok((squashfs, whole, chunks))
     })?;
-    let build = BuildId { cookie: rootsmith_init::contract::cookie_for(&hex::encode(squashfs.finalize())), name: name.to_string() };
+    let build = BuildId {
+        cookie: rootsmith_init::contract::cookie_for(&hex::encode(squashfs.finalize())),
+        name: name.to_string(),
+    };
     // newc pads the squashfs's data to 4 bytes; then the cookie and the trailer.
-    let mut tail = vec![0u8; ((SQUASHFS_OFFSET + squashfs_len).div_ceil(4) * 4 - (SQUASHFS_OFFSET + squashfs_len)) as usize];
+    let mut tail =
+        vec![0u8; ((SQUASHFS_OFFSET + squashfs_len).div_ceil(4) * 4 - (SQUASHFS_OFFSET + squashfs_len)) as usize];
     let cookie_line = build.to_text();
-    let mut entry = cpio::newc::Builder::new(ROOTFS_COOKIE).ino(2).mode(0o100644).nlink(1).mtime(mtime).write(&mut tail, cookie_line.len() as u32);
+    let mut entry = cpio::newc::Builder::new(ROOTFS_COOKIE)
+        .ino(2)
+        .mode(0o100644)
+        .nlink(1)
+        .mtime(mtime)
+        .write(&mut tail, cookie_line.len() as u32);
     entry.write_all(cookie_line.as_bytes())?;
     entry.finish()?;
     cpio::newc::trailer(&mut tail)?;
@@ -170,9 +186,13 @@ pub fn read_rootfs_image(image: &Path) -> Result<(u64, u64, BuildId)> {
 }
 
 /// [`read_rootfs_image`] of an image the caller opened (`image` names it in errors).
-pub fn read_rootfs_image_from(mut file: impl std::io::Read + std::io::Seek, image: &Path) -> Result<(u64, u64, BuildId)> {
+pub fn read_rootfs_image_from(
+    mut file: impl std::io::Read + std::io::Seek,
+    image: &Path,
+) -> Result<(u64, u64, BuildId)> {
     use std::io::{Read, SeekFrom};
-    let reader = cpio::NewcReader::new(&mut file).map_err(|error| anyhow::anyhow!("{} is not a newc cpio: {error}", image.display()))?;
+    let reader = cpio::NewcReader::new(&mut file)
+        .map_err(|error| anyhow::anyhow!("{} is not a newc cpio: {error}", image.display()))?;
     if reader.entry().name() != ROOTFS_SQUASHFS {
         bail!("{}: the first entry is {:?}, not {ROOTFS_SQUASHFS}", image.display(), reader.entry().name());
     }
@@ -181,13 +201,15 @@ pub fn read_rootfs_image_from(mut file: impl std::io::Read + std::io::Seek, imag
     let offset = (110 + name_len).div_ceil(4) * 4;
     drop(reader);
     file.seek(SeekFrom::Start((offset + length).div_ceil(4) * 4))?;
-    let mut reader = cpio::NewcReader::new(&mut file).map_err(|error| anyhow::anyhow!("{}: no entry after {ROOTFS_SQUASHFS}: {error}", image.display()))?;
+    let mut reader = cpio::NewcReader::new(&mut file)
+        .map_err(|error| anyhow::anyhow!("{}: no entry after {ROOTFS_SQUASHFS}: {error}", image.display()))?;
     if reader.entry().name() != ROOTFS_COOKIE {
         bail!("{}: the second entry is {:?}, not {ROOTFS_COOKIE}", image.display(), reader.entry().name());
     }
     let mut text = String::new();
     reader.read_to_string(&mut text)?;
-    let build = BuildId::parse(&text).map_err(|error| anyhow::anyhow!("{}: {ROOTFS_COOKIE}: {error}", image.display()))?;
+    let build =
+        BuildId::parse(&text).map_err(|error| anyhow::anyhow!("{}: {ROOTFS_COOKIE}: {error}", image.display()))?;
     Ok((offset, length, build))
 }
 
@@ -211,7 +233,10 @@ mod tests {
         assert_eq!(reader.entry().name(), ROOTFS_SQUASHFS);
         let (offset, length, build) = read_rootfs_image(&image).unwrap();
         assert_eq!((offset, length), (SQUASHFS_MAGIC_OFFSET as u64, 17));
-        assert_eq!(build.cookie, rootsmith_init::contract::cookie_for(&crate::digest::sha256_hex(b"hsqs and the rest")));
+        assert_eq!(
+            build.cookie,
+            rootsmith_init::contract::cookie_for(&crate::digest::sha256_hex(b"hsqs and the rest"))
+        );
         assert_eq!(build, made.build);
         assert_eq!(made.sha256, crate::digest::sha256_hex(&bytes));
         assert_eq!(made.chunks.to_text(), ChunkList::from_reader(bytes.as_slice(), CHUNK_SIZE).unwrap().to_text());
@@ -250,6 +275,9 @@ mod tests {
     fn a_squashfs_over_4_gib_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut file = start_rootfs_image(&dir.path().join("img")).unwrap();
-        assert!(finish_rootfs_image(&mut file, u32::MAX as u64 + 1, "t", 5).unwrap_err().to_string().contains("at most 4 GiB"));
+        assert!(finish_rootfs_image(&mut file, u32::MAX as u64 + 1, "t", 5)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 4 GiB"));
     }
 }

@@ -40,13 +40,27 @@ pub struct FrameCache {
 
 impl FrameCache {
     pub fn new(path: Box<FramePath>) -> FrameCache {
-        FrameCache { path, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), known_entries: AtomicU64::new(0), marked: UsedMark::default() }
+        FrameCache {
+            path,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            corrupt: AtomicU64::new(0),
+            unwritten: AtomicU64::new(0),
+            known_entries: AtomicU64::new(0),
+            marked: UsedMark::default(),
+        }
     }
 
     /// A line for the outputs log, after the writer's name.
     pub fn summary(&self) -> String {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        format!("frame cache: {} frames copied, {} compressed, {} corrupt entries replaced, {} not stored", load(&self.hits), load(&self.misses), load(&self.corrupt), load(&self.unwritten)) + &format!("; memo: {} entries known", load(&self.known_entries))
+        format!(
+            "frame cache: {} frames copied, {} compressed, {} corrupt entries replaced, {} not stored",
+            load(&self.hits),
+            load(&self.misses),
+            load(&self.corrupt),
+            load(&self.unwritten)
+        ) + &format!("; memo: {} entries known", load(&self.known_entries))
     }
 
     pub fn get(&self, label: &str, hex: &str, group: &[u8]) -> Option<Vec<u8>> {
@@ -100,7 +114,9 @@ fn decodes_to(frame: &[u8], group: &[u8]) -> bool {
 /// writer's name and a fixed probe compressed at that level (another zstd
 /// library never shares frames with this one).
 pub fn label(level: i32) -> Result<String> {
-    let probe: Vec<u8> = (0..64 * 1024).map(|i: usize| if i % 3 == 0 { (i * 7 % 251) as u8 } else { b"rootsmith tar probe "[i % 20] }).collect();
+    let probe: Vec<u8> = (0..64 * 1024)
+        .map(|i: usize| if i % 3 == 0 { (i * 7 % 251) as u8 } else { b"rootsmith tar probe "[i % 20] })
+        .collect();
     let mut hasher = Sha256::new();
     hasher.update(WRITER.as_bytes());
     hasher.update(compress(&probe, level)?);
@@ -213,6 +229,9 @@ mod tests {
         let old = filetime::FileTime::from_unix_time(1_000_000, 0);
         filetime::set_file_mtime(&settings, old).unwrap();
         assert!(cache(dir.path()).get_trusted(&label, &digest, &frame_digest, 10).is_some());
-        assert!(filetime::FileTime::from_last_modification_time(&fs_err::metadata(&settings).unwrap()) > old, "cache gc would take the directory as unused");
+        assert!(
+            filetime::FileTime::from_last_modification_time(&fs_err::metadata(&settings).unwrap()) > old,
+            "cache gc would take the directory as unused"
+        );
     }
 }

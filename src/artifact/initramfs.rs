@@ -44,7 +44,8 @@ enum Entry {
 }
 
 /// Applets linked to busybox when the initramfs carries a shell.
-const APPLETS: [&str; 14] = ["sh", "cat", "dmesg", "ip", "less", "ls", "mkdir", "mount", "ps", "umount", "wget", "vi", "sha256sum", "poweroff"];
+const APPLETS: [&str; 14] =
+    ["sh", "cat", "dmesg", "ip", "less", "ls", "mkdir", "mount", "ps", "umount", "wget", "vi", "sha256sum", "poweroff"];
 
 /// The two archives' entries: (the fixed part, the rootfs's build id and chunk list).
 fn entries(contents: &Contents) -> (BTreeMap<String, Entry>, BTreeMap<String, Entry>) {
@@ -54,11 +55,20 @@ fn entries(contents: &Contents) -> (BTreeMap<String, Entry>, BTreeMap<String, En
     }
     entries.insert("dev/console".into(), Entry::CharDevice(5, 1));
     entries.insert("init".into(), Entry::File { data: contents.init.clone(), mode: 0o755 });
-    entries.insert(contract::INITRAMFS_BUILD.into(), Entry::File { data: contents.build.to_text().into_bytes(), mode: 0o644 });
-    entries.insert(contract::INITRAMFS_CHUNKS.into(), Entry::File { data: contents.chunks.to_text().into_bytes(), mode: 0o644 });
+    entries.insert(
+        contract::INITRAMFS_BUILD.into(),
+        Entry::File { data: contents.build.to_text().into_bytes(), mode: 0o644 },
+    );
+    entries.insert(
+        contract::INITRAMFS_CHUNKS.into(),
+        Entry::File { data: contents.chunks.to_text().into_bytes(), mode: 0o644 },
+    );
     for kernel in &contents.modules {
         let list: String = kernel.files.iter().map(|(path, _)| format!("/{path}\n")).collect();
-        entries.insert(format!("{}/{}", contract::INITRAMFS_MODULES, kernel.release), Entry::File { data: list.into_bytes(), mode: 0o644 });
+        entries.insert(
+            format!("{}/{}", contract::INITRAMFS_MODULES, kernel.release),
+            Entry::File { data: list.into_bytes(), mode: 0o644 },
+        );
         for (path, data) in &kernel.files {
             entries.insert(path.clone(), Entry::File { data: data.clone(), mode: 0o644 });
         }
@@ -70,12 +80,18 @@ fn entries(contents: &Contents) -> (BTreeMap<String, Entry>, BTreeMap<String, En
         }
     }
     // Every parent directory is an entry of its own.
-    let parents: Vec<String> = entries.keys().flat_map(|path| path.match_indices('/').map(|(at, _)| path[..at].to_string()).collect::<Vec<_>>()).collect();
+    let parents: Vec<String> = entries
+        .keys()
+        .flat_map(|path| path.match_indices('/').map(|(at, _)| path[..at].to_string()).collect::<Vec<_>>())
+        .collect();
     for parent in parents {
         entries.entry(parent).or_insert(Entry::Dir);
     }
     // Their directory is in the fixed part, which is unpacked first.
-    let contract = [contract::INITRAMFS_BUILD, contract::INITRAMFS_CHUNKS].iter().filter_map(|path| entries.remove_entry(*path)).collect();
+    let contract = [contract::INITRAMFS_BUILD, contract::INITRAMFS_CHUNKS]
+        .iter()
+        .filter_map(|path| entries.remove_entry(*path))
+        .collect();
     (entries, contract)
 }
 
@@ -96,7 +112,9 @@ fn cpio_of(entries: &BTreeMap<String, Entry>, first_ino: u32, epoch: i64) -> Res
             Entry::Dir => (builder.mode(0o040755).nlink(2), &[]),
             Entry::File { data, mode } => (builder.mode(0o100000 | mode).nlink(1), data),
             Entry::Symlink(target) => (builder.mode(0o120777).nlink(1), target.as_bytes()),
-            Entry::CharDevice(major, minor) => (builder.mode(0o020600).nlink(1).rdev_major(*major).rdev_minor(*minor), &[]),
+            Entry::CharDevice(major, minor) => {
+                (builder.mode(0o020600).nlink(1).rdev_major(*major).rdev_minor(*minor), &[])
+            }
         };
         let mut writer = builder.write(&mut out, data.len() as u32);
         writer.write_all(data)?;
@@ -108,7 +126,13 @@ fn cpio_of(entries: &BTreeMap<String, Entry>, first_ino: u32, epoch: i64) -> Res
 
 /// Write the initramfs, compressed, to `output` (with zstd, the fixed
 /// part's frame from `frames` when it holds it); returns its size.
-pub fn write(contents: &Contents, compression: Compression, epoch: i64, output: &Path, frames: Option<&FrameCache>) -> Result<u64> {
+pub fn write(
+    contents: &Contents,
+    compression: Compression,
+    epoch: i64,
+    output: &Path,
+    frames: Option<&FrameCache>,
+) -> Result<u64> {
     let [fixed, rootfs] = cpio_segments(contents, epoch)?;
     let mut bytes = Vec::new();
     for (index, cpio) in [fixed, rootfs].into_iter().enumerate() {
@@ -122,7 +146,9 @@ pub fn write(contents: &Contents, compression: Compression, epoch: i64, output: 
             }
             Algorithm::Gzip => {
                 // No name and mtime 0 in the gzip header: the bytes depend on the contents only.
-                let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(compression.level.unwrap_or(9) as u32));
+                let mut encoder = flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(Vec::new(), flate2::Compression::new(compression.level.unwrap_or(9) as u32));
                 encoder.write_all(&cpio)?;
                 encoder.finish()?
             }
@@ -156,7 +182,10 @@ const MAX_UNPACKED: u64 = if cfg!(test) { 8 << 20 } else { 1 << 30 };
 fn unpack(decoder: impl std::io::Read, image: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
-    decoder.take(MAX_UNPACKED + 1).read_to_end(&mut out).with_context(|| format!("decompressing {}", image.display()))?;
+    decoder
+        .take(MAX_UNPACKED + 1)
+        .read_to_end(&mut out)
+        .with_context(|| format!("decompressing {}", image.display()))?;
     if out.len() as u64 > MAX_UNPACKED {
         bail!("{} unpacks to more than {} MiB", image.display(), MAX_UNPACKED >> 20);
     }
@@ -176,7 +205,8 @@ pub fn read_files_from(raw: Vec<u8>, image: &Path) -> Result<BTreeMap<String, Ve
             return Ok(files);
         }
         if rest.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            let length = zstd::zstd_safe::find_frame_compressed_size(rest).map_err(|_| anyhow::anyhow!("{}: a zstd frame that does not end", image.display()))?;
+            let length = zstd::zstd_safe::find_frame_compressed_size(rest)
+                .map_err(|_| anyhow::anyhow!("{}: a zstd frame that does not end", image.display()))?;
             let out = unpack(zstd::stream::read::Decoder::new(&rest[..length])?.single_frame(), image)?;
             read_archive(&out, image, &mut files)?;
             rest = &rest[length..];
@@ -199,7 +229,8 @@ fn read_archive(bytes: &[u8], image: &Path, files: &mut BTreeMap<String, Vec<u8>
     use std::io::Read;
     let mut rest = bytes;
     loop {
-        let mut reader = cpio::NewcReader::new(rest).with_context(|| format!("{} is not a newc cpio", image.display()))?;
+        let mut reader =
+            cpio::NewcReader::new(rest).with_context(|| format!("{} is not a newc cpio", image.display()))?;
         let trailer = reader.entry().is_trailer();
         let (name, mode) = (reader.entry().name().to_string(), reader.entry().mode());
         let mut data = Vec::new();
@@ -226,8 +257,10 @@ pub fn read_contract_from(raw: Vec<u8>, image: &Path) -> Result<(BuildId, ChunkL
         let bytes = files.get(path).with_context(|| format!("{} has no {path}", image.display()))?;
         Ok(String::from_utf8_lossy(bytes).into_owned())
     };
-    let build = BuildId::parse(&text(contract::INITRAMFS_BUILD)?).map_err(|error| anyhow::anyhow!("{}: {error}", contract::INITRAMFS_BUILD))?;
-    let chunks = ChunkList::parse(&text(contract::INITRAMFS_CHUNKS)?).map_err(|error| anyhow::anyhow!("{}: {error}", contract::INITRAMFS_CHUNKS))?;
+    let build = BuildId::parse(&text(contract::INITRAMFS_BUILD)?)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", contract::INITRAMFS_BUILD))?;
+    let chunks = ChunkList::parse(&text(contract::INITRAMFS_CHUNKS)?)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", contract::INITRAMFS_CHUNKS))?;
     Ok((build, chunks))
 }
 
@@ -257,13 +290,21 @@ pub fn elf_machine(bytes: &[u8]) -> Option<u16> {
 /// The variable that names `arch`'s init: `ROOTSMITH_INIT` for amd64 (as
 /// before there was another), `ROOTSMITH_INIT_ARM64` for arm64.
 pub fn init_variable(arch: &str) -> String {
-    if arch == "amd64" { "ROOTSMITH_INIT".into() } else { format!("ROOTSMITH_INIT_{}", arch.to_uppercase()) }
+    if arch == "amd64" {
+        "ROOTSMITH_INIT".into()
+    } else {
+        format!("ROOTSMITH_INIT_{}", arch.to_uppercase())
+    }
 }
 
 /// The file name of `arch`'s init under `PREFIX/lib/rootsmith/`, where
 /// `make install` puts it: `rootsmith-init` for amd64, `rootsmith-init-arm64`.
 pub fn installed_init_name(arch: &str) -> String {
-    if arch == "amd64" { "rootsmith-init".into() } else { format!("rootsmith-init-{arch}") }
+    if arch == "amd64" {
+        "rootsmith-init".into()
+    } else {
+        format!("rootsmith-init-{arch}")
+    }
 }
 
 /// Where `arch`'s init is looked for, in order: the file `variable` names
@@ -324,7 +365,9 @@ fn first_init(arch: &str, variable: &str, candidates: &[PathBuf]) -> Result<Path
 /// (a recipe that installs busybox-static), else the host's.
 pub fn find_busybox(tree: &Path) -> Result<Vec<u8>> {
     let in_tree = ["bin/busybox", "usr/bin/busybox"].map(|path| tree.join(path));
-    for candidate in in_tree.iter().map(PathBuf::as_path).chain([Path::new("/bin/busybox"), Path::new("/usr/bin/busybox")]) {
+    for candidate in
+        in_tree.iter().map(PathBuf::as_path).chain([Path::new("/bin/busybox"), Path::new("/usr/bin/busybox")])
+    {
         // Follow no symlink out of the tree: read the file itself.
         if candidate.symlink_metadata().is_ok_and(|m| m.is_file()) {
             if let Ok(bytes) = fs_err::read(candidate) {
@@ -349,7 +392,10 @@ mod tests {
             chunks: ChunkList::from_reader(&b"rootfs image"[..], 4).unwrap(),
             modules: vec![KernelModules {
                 release: "6.1.0-test".into(),
-                files: vec![("lib/modules/6.1.0-test/kernel/b.ko".into(), b"b".to_vec()), ("lib/modules/6.1.0-test/kernel/a.ko".into(), b"a".to_vec())],
+                files: vec![
+                    ("lib/modules/6.1.0-test/kernel/b.ko".into(), b"b".to_vec()),
+                    ("lib/modules/6.1.0-test/kernel/a.ko".into(), b"a".to_vec()),
+                ],
             }],
             busybox: None,
         }
@@ -387,23 +433,38 @@ mod tests {
         assert_eq!(rootfs_names, ["rootsmith/build", "rootsmith/rootfs.chunks"]);
         let entries: Vec<_> = fixed.into_iter().chain(rootfs).collect();
         let names: Vec<&str> = entries.iter().map(|(name, _, _)| name.as_str()).collect();
-        for needed in ["dev/console", "init", "lib/modules/6.1.0-test/kernel", "rootsmith", "rootsmith/build", "rootsmith/rootfs.chunks", "sysroot"] {
+        for needed in [
+            "dev/console",
+            "init",
+            "lib/modules/6.1.0-test/kernel",
+            "rootsmith",
+            "rootsmith/build",
+            "rootsmith/rootfs.chunks",
+            "sysroot",
+        ] {
             assert!(names.contains(&needed), "{needed} in {names:?}");
         }
         let find = |name: &str| entries.iter().find(|(n, _, _)| n == name).unwrap();
         assert_eq!(find("init").1, 0o100755);
         assert_eq!(find("dev/console").1, 0o020600);
         // The module list keeps the load order, not the sorted order.
-        assert_eq!(find("rootsmith/modules/6.1.0-test").2, b"/lib/modules/6.1.0-test/kernel/b.ko\n/lib/modules/6.1.0-test/kernel/a.ko\n");
+        assert_eq!(
+            find("rootsmith/modules/6.1.0-test").2,
+            b"/lib/modules/6.1.0-test/kernel/b.ko\n/lib/modules/6.1.0-test/kernel/a.ko\n"
+        );
         assert_eq!(BuildId::parse(std::str::from_utf8(&find("rootsmith/build").2).unwrap()).unwrap().cookie, "c0ffee");
-        assert_eq!(ChunkList::parse(std::str::from_utf8(&find("rootsmith/rootfs.chunks").2).unwrap()).unwrap().size, 12);
+        assert_eq!(
+            ChunkList::parse(std::str::from_utf8(&find("rootsmith/rootfs.chunks").2).unwrap()).unwrap().size,
+            12
+        );
     }
 
     #[test]
     fn same_inputs_same_bytes_in_every_compression() {
         let dir = tempfile::tempdir().unwrap();
         for algorithm in [Algorithm::Zstd, Algorithm::Gzip, Algorithm::None] {
-            let compression = Compression { algorithm, level: if algorithm == Algorithm::None { None } else { Some(3) } };
+            let compression =
+                Compression { algorithm, level: if algorithm == Algorithm::None { None } else { Some(3) } };
             let (a, b) = (dir.path().join("a"), dir.path().join("b"));
             let size = write(&contents(), compression, 1000, &a, None).unwrap();
             write(&contents(), compression, 1000, &b, None).unwrap();
@@ -412,7 +473,8 @@ mod tests {
         }
         let mut with_shell = contents();
         with_shell.busybox = Some(b"busybox".to_vec());
-        let names: Vec<String> = read_entries(&cpio_segments(&with_shell, 0).unwrap()[0]).into_iter().map(|(name, _, _)| name).collect();
+        let names: Vec<String> =
+            read_entries(&cpio_segments(&with_shell, 0).unwrap()[0]).into_iter().map(|(name, _, _)| name).collect();
         assert!(names.contains(&"bin/sh".to_string()) && names.contains(&"bin/busybox".to_string()));
     }
 
@@ -420,7 +482,8 @@ mod tests {
     fn contract_files_read_back_from_every_compression() {
         let dir = tempfile::tempdir().unwrap();
         for algorithm in [Algorithm::Zstd, Algorithm::Gzip, Algorithm::None] {
-            let compression = Compression { algorithm, level: if algorithm == Algorithm::None { None } else { Some(3) } };
+            let compression =
+                Compression { algorithm, level: if algorithm == Algorithm::None { None } else { Some(3) } };
             let image = dir.path().join("i");
             write(&contents(), compression, 0, &image, None).unwrap();
             let (build, chunks) = read_contract(&image).unwrap();

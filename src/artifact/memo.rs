@@ -40,7 +40,12 @@ pub struct Stamp {
 impl Stamp {
     pub fn of(metadata: &std::fs::Metadata) -> Stamp {
         use std::os::unix::fs::MetadataExt;
-        Stamp { ino: metadata.ino(), size: metadata.len(), mtime: (metadata.mtime(), metadata.mtime_nsec()), ctime: (metadata.ctime(), metadata.ctime_nsec()) }
+        Stamp {
+            ino: metadata.ino(),
+            size: metadata.len(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
     }
 
     /// Whether the file's last change was at least [`SETTLED`] before `began`.
@@ -52,7 +57,9 @@ impl Stamp {
     }
 
     pub fn put(&self, out: &mut Vec<u8>) {
-        for value in [self.ino, self.size, self.mtime.0 as u64, self.mtime.1 as u64, self.ctime.0 as u64, self.ctime.1 as u64] {
+        for value in
+            [self.ino, self.size, self.mtime.0 as u64, self.mtime.1 as u64, self.ctime.0 as u64, self.ctime.1 as u64]
+        {
             out.extend(value.to_le_bytes());
         }
     }
@@ -121,7 +128,12 @@ impl<'a> Reader<'a> {
         for value in &mut values {
             *value = self.u64()?;
         }
-        Some(Stamp { ino: values[0], size: values[1], mtime: (values[2] as i64, values[3] as i64), ctime: (values[4] as i64, values[5] as i64) })
+        Some(Stamp {
+            ino: values[0],
+            size: values[1],
+            mtime: (values[2] as i64, values[3] as i64),
+            ctime: (values[4] as i64, values[5] as i64),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -147,7 +159,15 @@ mod tests {
         assert_eq!(open(&path, b"magic 1\n").as_deref(), Some(&b"records"[..]));
         assert_eq!(open(&path, b"magic 2\n"), None);
         let bytes = fs_err::read(&path).unwrap();
-        for damaged in [bytes[..bytes.len() - 1].to_vec(), { let mut b = bytes.clone(); b[9] ^= 1; b }, Vec::new()] {
+        for damaged in [
+            bytes[..bytes.len() - 1].to_vec(),
+            {
+                let mut b = bytes.clone();
+                b[9] ^= 1;
+                b
+            },
+            Vec::new(),
+        ] {
             fs_err::write(&path, &damaged).unwrap();
             assert_eq!(open(&path, b"magic 1\n"), None);
         }

@@ -26,7 +26,13 @@ pub struct MenuInput {
 }
 
 impl MenuInput {
-    pub fn new(name: &str, version: &str, arch: &str, kernels: &[crate::bundle::manifest::ManifestKernel], boot: &crate::bundle::manifest::ManifestBoot) -> MenuInput {
+    pub fn new(
+        name: &str,
+        version: &str,
+        arch: &str,
+        kernels: &[crate::bundle::manifest::ManifestKernel],
+        boot: &crate::bundle::manifest::ManifestBoot,
+    ) -> MenuInput {
         MenuInput {
             name: name.into(),
             version: version.into(),
@@ -35,7 +41,10 @@ impl MenuInput {
             initramfs: boot.initramfs.clone(),
             rootfs: boot.rootfs_image.clone(),
             cmdline: boot.cmdline.clone(),
-            ukis: kernels.iter().filter_map(|kernel| kernel.uki.clone().map(|file| (kernel.name.clone(), file))).collect(),
+            ukis: kernels
+                .iter()
+                .filter_map(|kernel| kernel.uki.clone().map(|file| (kernel.name.clone(), file)))
+                .collect(),
             uki_cmdline: boot.uki.as_ref().map(|uki| uki.cmdline.clone()).unwrap_or_default(),
         }
     }
@@ -56,7 +65,10 @@ pub fn loaders(arch: &str) -> &'static [Loader] {
 
 /// Write the menus of a bundle's loaders into `dir`; returns them as
 /// artifacts. A bundle without a kernel has none.
-pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Vec<crate::bundle::manifest::ManifestArtifact>> {
+pub fn write_all(
+    dir: &std::path::Path,
+    input: &MenuInput,
+) -> std::io::Result<Vec<crate::bundle::manifest::ManifestArtifact>> {
     let mut artifacts = Vec::new();
     if input.kernels.is_empty() {
         return Ok(artifacts);
@@ -70,7 +82,11 @@ pub fn write_all(dir: &std::path::Path, input: &MenuInput) -> std::io::Result<Ve
         let target = dir.join(file);
         fs_err::create_dir_all(target.parent().expect("in the bundle"))?;
         fs_err::write(&target, &text)?;
-        artifacts.push(crate::bundle::manifest::ManifestArtifact { name: file.into(), size: text.len() as u64, sha256: crate::digest::sha256_hex(text.as_bytes()) });
+        artifacts.push(crate::bundle::manifest::ManifestArtifact {
+            name: file.into(),
+            size: text.len() as u64,
+            sha256: crate::digest::sha256_hex(text.as_bytes()),
+        });
     }
     Ok(artifacts)
 }
@@ -123,7 +139,10 @@ pub fn pxelinux_label(input: &MenuInput, rootfs_base: &str, kernel: &str, vmlinu
         let line = cmdline(input, &format!("{}={rootfs_base}{}", args::ROOTFS_URL, input.rootfs));
         format!("\nLABEL {id}\n  MENU LABEL {kernel}: rootfs fetched over HTTP\n  KERNEL {vmlinuz}\n  APPEND initrd={} {line}\n", input.initramfs)
     } else {
-        format!("\nLABEL {id}\n  MENU LABEL {kernel}: rootfs appended\n  KERNEL {vmlinuz}\n  APPEND initrd={},{} {}\n", input.initramfs, input.rootfs, input.cmdline)
+        format!(
+            "\nLABEL {id}\n  MENU LABEL {kernel}: rootfs appended\n  KERNEL {vmlinuz}\n  APPEND initrd={},{} {}\n",
+            input.initramfs, input.rootfs, input.cmdline
+        )
     }
 }
 
@@ -134,7 +153,10 @@ pub fn grub_entry(input: &MenuInput, rootfs_base: &str, kernel: &str, vmlinuz: &
         let line = cmdline(input, &format!("{}={rootfs_base}{}", args::ROOTFS_URL, input.rootfs));
         format!("\nmenuentry '{kernel}: rootfs fetched over HTTP' --id {id} {{\n  linux {vmlinuz} {line}\n  initrd {}\n}}\n", input.initramfs)
     } else {
-        format!("\nmenuentry '{kernel}: rootfs appended' --id {id} {{\n  linux {vmlinuz} {}\n  initrd {} {}\n}}\n", input.cmdline, input.initramfs, input.rootfs)
+        format!(
+            "\nmenuentry '{kernel}: rootfs appended' --id {id} {{\n  linux {vmlinuz} {}\n  initrd {} {}\n}}\n",
+            input.cmdline, input.initramfs, input.rootfs
+        )
     }
 }
 
@@ -153,19 +175,28 @@ pub fn ipxe(input: &MenuInput, base: Option<&str>, default: Option<&str>) -> Str
     if base.is_none() {
         text.push_str(IPXE_BASE_DEFAULT);
     }
-    let first = default.map(str::to_string).unwrap_or_else(|| entry_id(&input.kernels.first().map(|k| k.0.clone()).unwrap_or_default(), false));
+    let first = default
+        .map(str::to_string)
+        .unwrap_or_else(|| entry_id(&input.kernels.first().map(|k| k.0.clone()).unwrap_or_default(), false));
     text.push_str(&format!("menu {} {}\n", input.name, input.version));
     for (kernel, _) in &input.kernels {
         text.push_str(&format!("item {} {kernel}: rootfs appended as a second initrd\n", entry_id(kernel, false)));
         text.push_str(&format!("item {} {kernel}: rootfs fetched over HTTP by the init\n", entry_id(kernel, true)));
     }
     for (kernel, _) in &input.ukis {
-        text.push_str(&format!("item {} {kernel}: Unified Kernel Image (UEFI, Secure Boot), rootfs fetched by the init\n", uki_entry_id(kernel)));
+        text.push_str(&format!(
+            "item {} {kernel}: Unified Kernel Image (UEFI, Secure Boot), rootfs fetched by the init\n",
+            uki_entry_id(kernel)
+        ));
     }
     text.push_str(&format!("choose --default {first} --timeout 3000 target && goto ${{target}}\nexit\n"));
     for (kernel, vmlinuz) in &input.kernels {
         for fetched in [false, true] {
-            text.push_str(&format!("\n:{}\n{}", entry_id(kernel, fetched), ipxe_entry(input, prefix, rootfs_base, vmlinuz, fetched)));
+            text.push_str(&format!(
+                "\n:{}\n{}",
+                entry_id(kernel, fetched),
+                ipxe_entry(input, prefix, rootfs_base, vmlinuz, fetched)
+            ));
         }
     }
     for (kernel, file) in &input.ukis {
@@ -183,7 +214,8 @@ pub const IPXE_BASE_DEFAULT: &str = "# Paths are relative to this script. The ht
 pub fn pxelinux(input: &MenuInput, base: Option<&str>) -> String {
     let rootfs_base = base.unwrap_or(PXELINUX_BASE_PLACEHOLDER);
     let first = input.kernels.first().map(|k| entry_id(&k.0, false)).unwrap_or_default();
-    let mut text = format!("# rootsmith bundle {} {}\nDEFAULT {first}\nPROMPT 1\nTIMEOUT 30\n", input.name, input.version);
+    let mut text =
+        format!("# rootsmith bundle {} {}\nDEFAULT {first}\nPROMPT 1\nTIMEOUT 30\n", input.name, input.version);
     for (kernel, vmlinuz) in &input.kernels {
         for fetched in [false, true] {
             text.push_str(&pxelinux_label(input, rootfs_base, kernel, vmlinuz, fetched));
@@ -225,7 +257,10 @@ mod tests {
         MenuInput {
             name: "demo".into(),
             version: "1.0".into(),
-            kernels: vec![("debian".into(), "demo-1.0-debian-vmlinuz".into()), ("small".into(), "demo-1.0-small-vmlinuz".into())],
+            kernels: vec![
+                ("debian".into(), "demo-1.0-debian-vmlinuz".into()),
+                ("small".into(), "demo-1.0-small-vmlinuz".into()),
+            ],
             initramfs: "demo-1.0-initramfs.img".into(),
             rootfs: "demo-1.0-rootfs.img".into(),
             cmdline: "console=ttyS0".into(),
@@ -239,7 +274,8 @@ mod tests {
     fn ipxe_offers_each_uki_with_its_own_command_line() {
         let mut with_uki = input();
         with_uki.ukis = vec![("debian".into(), "demo-1.0-debian.efi".into())];
-        with_uki.uki_cmdline = "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img".into();
+        with_uki.uki_cmdline =
+            "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img".into();
         let text = ipxe(&with_uki, None, None);
         assert!(text.contains("item debian-uki debian: Unified Kernel Image"), "{text}");
         assert!(text.ends_with("\n:debian-uki\nchain --autofree demo-1.0-debian.efi console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img\n"), "{text}");
@@ -252,11 +288,15 @@ mod tests {
     fn an_arm64_bundle_has_ipxe_and_grub_arm64_efi_menus_and_no_pxelinux() {
         let dir = tempfile::tempdir().unwrap();
         let arm64 = MenuInput { arch: "arm64".into(), cmdline: "console=ttyAMA0".into(), ..input() };
-        let written: Vec<String> = write_all(dir.path(), &arm64).unwrap().into_iter().map(|artifact| artifact.name).collect();
+        let written: Vec<String> =
+            write_all(dir.path(), &arm64).unwrap().into_iter().map(|artifact| artifact.name).collect();
         assert_eq!(written, ["boot.ipxe", "grub.cfg"]);
         assert!(!dir.path().join("pxelinux.cfg").exists());
         let grub = fs_err::read_to_string(dir.path().join("grub.cfg")).unwrap();
-        assert!(grub.contains("GRUB arm64-efi") && grub.contains("  linux demo-1.0-debian-vmlinuz console=ttyAMA0\n"), "{grub}");
+        assert!(
+            grub.contains("GRUB arm64-efi") && grub.contains("  linux demo-1.0-debian-vmlinuz console=ttyAMA0\n"),
+            "{grub}"
+        );
         assert!(!super::grub(&input(), None).contains("arm64"));
     }
 
@@ -277,7 +317,8 @@ mod tests {
     #[test]
     fn the_menus_written_are_the_menu_files_a_bundle_may_hold() {
         let dir = tempfile::tempdir().unwrap();
-        let written: Vec<String> = write_all(dir.path(), &input()).unwrap().into_iter().map(|artifact| artifact.name).collect();
+        let written: Vec<String> =
+            write_all(dir.path(), &input()).unwrap().into_iter().map(|artifact| artifact.name).collect();
         assert_eq!(written, MENU_FILES);
         assert!(written.iter().all(|name| crate::bundle::names::check_file_name(name).is_ok()));
     }

@@ -22,7 +22,9 @@ use std::path::Path;
 pub fn clamp_mtimes(tree: &Path, epoch: i64) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let limit = filetime::FileTime::from_unix_time(epoch, 0);
-    let after_epoch = |metadata: &std::fs::Metadata| metadata.mtime() > epoch || (metadata.mtime() == epoch && metadata.mtime_nsec() != 0);
+    let after_epoch = |metadata: &std::fs::Metadata| {
+        metadata.mtime() > epoch || (metadata.mtime() == epoch && metadata.mtime_nsec() != 0)
+    };
     // Changing a child's times does not touch its directory's.
     crate::fileops::walk_tree::<std::io::Error>(tree, true, &mut |relative, metadata| {
         if after_epoch(metadata) {

@@ -35,16 +35,19 @@ impl ModuleTree {
 
     pub fn open(dir: &Path) -> Result<ModuleTree> {
         let dep_file = dir.join("modules.dep");
-        let text = fs_err::read_to_string(&dep_file).with_context(|| format!("{} has no modules.dep; run depmod for it", dir.display()))?;
+        let text = fs_err::read_to_string(&dep_file)
+            .with_context(|| format!("{} has no modules.dep; run depmod for it", dir.display()))?;
         let deps = parse_modules_dep(&text);
-        let builtin = fs_err::read_to_string(dir.join("modules.builtin")).unwrap_or_default().lines().map(module_name).collect();
+        let builtin =
+            fs_err::read_to_string(dir.join("modules.builtin")).unwrap_or_default().lines().map(module_name).collect();
         Ok(ModuleTree { dir: dir.to_path_buf(), deps, builtin })
     }
 
     /// The files to load for `names`, dependencies first, each once. Built-in
     /// modules are skipped; an unknown name is an error naming the kernel.
     pub fn closure(&self, names: &[String], release: &str) -> Result<Vec<String>> {
-        let by_path: BTreeMap<&str, &Vec<String>> = self.deps.values().map(|(path, deps)| (path.as_str(), deps)).collect();
+        let by_path: BTreeMap<&str, &Vec<String>> =
+            self.deps.values().map(|(path, deps)| (path.as_str(), deps)).collect();
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for name in names {
@@ -59,7 +62,13 @@ impl ModuleTree {
     }
 }
 
-fn visit(path: &str, by_path: &BTreeMap<&str, &Vec<String>>, seen: &mut BTreeSet<String>, order: &mut Vec<String>, depth: usize) -> Result<()> {
+fn visit(
+    path: &str,
+    by_path: &BTreeMap<&str, &Vec<String>>,
+    seen: &mut BTreeSet<String>,
+    order: &mut Vec<String>,
+    depth: usize,
+) -> Result<()> {
     if depth > 64 {
         bail!("modules.dep has a dependency loop through {path}");
     }
@@ -95,13 +104,15 @@ pub fn read_module(file: &Path) -> Result<Vec<u8>> {
     let name = file.to_string_lossy();
     let bytes = if name.ends_with(".ko.xz") {
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut xz2::read::XzDecoder::new(raw.as_slice()), &mut out).with_context(|| format!("decompressing {name}"))?;
+        std::io::Read::read_to_end(&mut xz2::read::XzDecoder::new(raw.as_slice()), &mut out)
+            .with_context(|| format!("decompressing {name}"))?;
         out
     } else if name.ends_with(".ko.zst") {
         zstd::decode_all(raw.as_slice()).with_context(|| format!("decompressing {name}"))?
     } else if name.ends_with(".ko.gz") {
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(raw.as_slice()), &mut out).with_context(|| format!("decompressing {name}"))?;
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(raw.as_slice()), &mut out)
+            .with_context(|| format!("decompressing {name}"))?;
         out
     } else {
         raw
@@ -111,7 +122,11 @@ pub fn read_module(file: &Path) -> Result<Vec<u8>> {
 
 /// The path a module gets inside the initramfs (always uncompressed).
 pub fn initramfs_path(release: &str, relative: &str) -> String {
-    let relative = relative.strip_suffix(".xz").or_else(|| relative.strip_suffix(".zst")).or_else(|| relative.strip_suffix(".gz")).unwrap_or(relative);
+    let relative = relative
+        .strip_suffix(".xz")
+        .or_else(|| relative.strip_suffix(".zst"))
+        .or_else(|| relative.strip_suffix(".gz"))
+        .unwrap_or(relative);
     format!("lib/modules/{release}/{relative}")
 }
 
@@ -138,7 +153,9 @@ mod tests {
              kernel/lib/zstd/zstd_decompress.ko.xz:\n",
             "kernel/drivers/block/loop.ko\n",
         );
-        let order = tree.closure(&["loop".into(), "squashfs".into(), "virtio-net".into(), "failover".into()], "6.1.0-test").unwrap();
+        let order = tree
+            .closure(&["loop".into(), "squashfs".into(), "virtio-net".into(), "failover".into()], "6.1.0-test")
+            .unwrap();
         assert_eq!(
             order,
             vec![

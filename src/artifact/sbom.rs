@@ -10,14 +10,22 @@ use serde_json::{json, Value};
 
 /// License names from a DEP-5 copyright file (`License:` fields), sorted.
 fn licenses(tree: &Path, package: &str) -> Vec<String> {
-    let Ok(text) = fs_err::read_to_string(tree.join("usr/share/doc").join(package).join("copyright")) else { return Vec::new() };
+    let Ok(text) = fs_err::read_to_string(tree.join("usr/share/doc").join(package).join("copyright")) else {
+        return Vec::new();
+    };
     if !text.starts_with("Format:") {
         return Vec::new();
     }
     let names: BTreeSet<String> = text
         .lines()
         .filter_map(|line| line.strip_prefix("License:"))
-        .flat_map(|value| value.split(|c: char| c.is_whitespace() || c == ',').filter(|word| !word.is_empty() && !matches!(*word, "or" | "and" | "with" | "OR" | "AND" | "WITH")).map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|value| {
+            value
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|word| !word.is_empty() && !matches!(*word, "or" | "and" | "with" | "OR" | "AND" | "WITH"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .collect();
     names.into_iter().collect()
 }
@@ -37,9 +45,14 @@ pub fn spdx(tree: &Path, name: &str, cookie: &str, created: &str) -> String {
         if !field("Status").is_some_and(|s| s.ends_with(" installed")) {
             continue;
         }
-        let (Some(package), Some(version), Some(arch)) = (field("Package"), field("Version"), field("Architecture")) else { continue };
+        let (Some(package), Some(version), Some(arch)) = (field("Package"), field("Version"), field("Architecture"))
+        else {
+            continue;
+        };
         // `Source: glibc (2.36-9)` names the source package and, when it differs, its version.
-        let source = field("Source").map(|s| s.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_else(|| package.clone());
+        let source = field("Source")
+            .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+            .unwrap_or_else(|| package.clone());
         rows.push((package, version, arch, source));
     }
     rows.sort();
@@ -60,7 +73,9 @@ pub fn spdx(tree: &Path, name: &str, cookie: &str, created: &str) -> String {
         if !license_names.is_empty() {
             entry["licenseComments"] = json!(format!("Debian copyright file: {}", license_names.join(", ")));
         }
-        relationships.push(json!({ "spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": id }));
+        relationships.push(
+            json!({ "spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": id }),
+        );
         packages.push(entry);
     }
     let document = json!({
@@ -102,7 +117,10 @@ mod tests {
         assert_eq!(packages[0]["name"], "curl");
         assert_eq!(packages[0]["licenseComments"], "Debian copyright file: BSD-3-clause, ISC, curl");
         assert_eq!(packages[1]["sourceInfo"], "built from the Debian source package glibc");
-        assert_eq!(packages[1]["externalRefs"][0]["referenceLocator"], "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64");
+        assert_eq!(
+            packages[1]["externalRefs"][0]["referenceLocator"],
+            "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64"
+        );
         assert_eq!(document["relationships"].as_array().unwrap().len(), 2);
     }
 }

@@ -66,14 +66,38 @@ pub fn writer_name(host: &dyn Host, compression: Compression) -> String {
 /// image is copied into `out`; placeholders wait beside the tree
 /// (`TREE.placeholders`) while it runs.
 #[allow(clippy::too_many_arguments)]
-pub fn write_into(host: &dyn Host, tree: &Path, devices: &Devices, out: &mut std::fs::File, name: &Path, scratch: &Path, compression: Compression, epoch: i64, log: &Path, blocks: Option<&BlockCache>) -> Result<u64> {
+pub fn write_into(
+    host: &dyn Host,
+    tree: &Path,
+    devices: &Devices,
+    out: &mut std::fs::File,
+    name: &Path,
+    scratch: &Path,
+    compression: Compression,
+    epoch: i64,
+    log: &Path,
+    blocks: Option<&BlockCache>,
+) -> Result<u64> {
     if own_writer(compression) {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let started = std::time::Instant::now();
-        let summary = writer::write_into(tree, devices, out, &writer::Options { compression, epoch, threads, cache: blocks }).with_context(|| format!("writing {}", name.display()))?;
-        let mut line = format!("{WRITER}: {} inodes, {} bytes, {} threads, {:.1} s", summary.inodes, summary.bytes, threads, started.elapsed().as_secs_f64());
+        let summary =
+            writer::write_into(tree, devices, out, &writer::Options { compression, epoch, threads, cache: blocks })
+                .with_context(|| format!("writing {}", name.display()))?;
+        let mut line = format!(
+            "{WRITER}: {} inodes, {} bytes, {} threads, {:.1} s",
+            summary.inodes,
+            summary.bytes,
+            threads,
+            started.elapsed().as_secs_f64()
+        );
         if let Some(cache) = blocks {
-            let (hits, misses, corrupt, unwritten) = (cache.hits.load(Ordering::Relaxed), cache.misses.load(Ordering::Relaxed), cache.corrupt.load(Ordering::Relaxed), cache.unwritten.load(Ordering::Relaxed));
+            let (hits, misses, corrupt, unwritten) = (
+                cache.hits.load(Ordering::Relaxed),
+                cache.misses.load(Ordering::Relaxed),
+                cache.corrupt.load(Ordering::Relaxed),
+                cache.unwritten.load(Ordering::Relaxed),
+            );
             line.push_str(&format!("; block cache: {hits} blocks copied, {misses} compressed, {corrupt} corrupt entries replaced, {unwritten} not stored"));
             if let Some(known) = summary.memo_known {
                 line.push_str(&format!("; memo: {known} of {} files known, not read", summary.files));
@@ -88,18 +112,36 @@ pub fn write_into(host: &dyn Host, tree: &Path, devices: &Devices, out: &mut std
         bail!("a {} squashfs needs mksquashfs\nhint: apt-get install squashfs-tools, or compress the squashfs with zstd, gzip or xz", compression.algorithm.name());
     };
     let output = scratch.join("root.squashfs");
-    write_with_mksquashfs(host, mksquashfs_command(&mksquashfs, tree, &output, compression, epoch, log), tree, devices)?;
-    let length = std::io::copy(&mut fs_err::File::open(&output)?, out).with_context(|| format!("writing {}", name.display()))?;
+    write_with_mksquashfs(
+        host,
+        mksquashfs_command(&mksquashfs, tree, &output, compression, epoch, log),
+        tree,
+        devices,
+    )?;
+    let length =
+        std::io::copy(&mut fs_err::File::open(&output)?, out).with_context(|| format!("writing {}", name.display()))?;
     fs_err::remove_file(&output)?;
     Ok(length)
 }
 
 /// mksquashfs writing `tree` to `output`, its output to `log`.
-fn mksquashfs_command(mksquashfs: &Path, tree: &Path, output: &Path, compression: Compression, epoch: i64, log: &Path) -> Command {
+fn mksquashfs_command(
+    mksquashfs: &Path,
+    tree: &Path,
+    output: &Path,
+    compression: Compression,
+    epoch: i64,
+    log: &Path,
+) -> Command {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut command = Command::on_host(mksquashfs, [tree.as_os_str(), output.as_os_str()], log);
     command.argv.extend(["-noappend", "-reproducible", "-xattrs", "-no-progress", "-quiet"].map(String::from));
-    command.argv.extend(["-mkfs-time".to_string(), epoch.to_string(), "-comp".to_string(), compression.algorithm.name().to_string()]);
+    command.argv.extend([
+        "-mkfs-time".to_string(),
+        epoch.to_string(),
+        "-comp".to_string(),
+        compression.algorithm.name().to_string(),
+    ]);
     if let Some(level) = compression.level {
         command.argv.extend(["-Xcompression-level".to_string(), level.to_string()]);
     }
@@ -142,9 +184,13 @@ fn pseudo_line(placeholder: &Placeholder) -> Result<Vec<u8>> {
         DeviceKind::Char => 'C',
         DeviceKind::Block => 'B',
     };
-    let mtime = u32::try_from(metadata.mtime()).map_err(|_| anyhow::anyhow!("{}: mtime {} does not fit a squashfs", path.display(), metadata.mtime()))?;
+    let mtime = u32::try_from(metadata.mtime())
+        .map_err(|_| anyhow::anyhow!("{}: mtime {} does not fit a squashfs", path.display(), metadata.mtime()))?;
     let mode = metadata.mode() & 0o7777;
-    line.extend_from_slice(format!(" {kind} {mtime} {mode:o} {} {} {} {}\n", metadata.uid(), metadata.gid(), device.major, device.minor).as_bytes());
+    line.extend_from_slice(
+        format!(" {kind} {mtime} {mode:o} {} {} {} {}\n", metadata.uid(), metadata.gid(), device.major, device.minor)
+            .as_bytes(),
+    );
     Ok(line)
 }
 
@@ -180,7 +226,9 @@ impl Stash {
             }
             pseudo.extend(pseudo_line(placeholder)?);
         }
-        let name = tree.file_name().with_context(|| format!("{} has no name to put its placeholders beside", tree.display()))?;
+        let name = tree
+            .file_name()
+            .with_context(|| format!("{} has no name to put its placeholders beside", tree.display()))?;
         let mut dir = tree.with_file_name(name);
         dir.as_mut_os_string().push(".placeholders");
         fs_err::create_dir(&dir)?;
@@ -190,7 +238,10 @@ impl Stash {
             let parent = tree.join(placeholder.path.parent().unwrap_or(Path::new("")));
             if let std::collections::btree_map::Entry::Vacant(vacant) = stash.parents.entry(parent) {
                 let metadata = fs_err::metadata(vacant.key())?;
-                vacant.insert((FileTime::from_last_access_time(&metadata), FileTime::from_last_modification_time(&metadata)));
+                vacant.insert((
+                    FileTime::from_last_access_time(&metadata),
+                    FileTime::from_last_modification_time(&metadata),
+                ));
             }
         }
         for (index, placeholder) in placeholders.iter().enumerate() {
@@ -208,7 +259,8 @@ impl Stash {
 
     fn restore_times(&self) -> Result<()> {
         for (parent, (atime, mtime)) in &self.parents {
-            filetime::set_file_times(parent, *atime, *mtime).with_context(|| format!("restoring the times of {}", parent.display()))?;
+            filetime::set_file_times(parent, *atime, *mtime)
+                .with_context(|| format!("restoring the times of {}", parent.display()))?;
         }
         Ok(())
     }
@@ -224,7 +276,12 @@ impl Stash {
         }
         let times = self.restore_times();
         if !failed.is_empty() {
-            bail!("cannot put device placeholders back into {} (they stay in {}): {}", self.tree.display(), self.dir.display(), failed.join("; "));
+            bail!(
+                "cannot put device placeholders back into {} (they stay in {}): {}",
+                self.tree.display(),
+                self.dir.display(),
+                failed.join("; ")
+            );
         }
         times?;
         let _ = fs_err::remove_file(self.pseudo_file());
@@ -258,7 +315,8 @@ pub struct Check {
 pub fn verify(squashfs: &Path, offset: u64, tree: &Path, devices: &Devices) -> Result<Check> {
     use backhand::{FilesystemReader, InnerNode};
     let reader = BufReader::new(fs_err::File::open(squashfs)?);
-    let filesystem = FilesystemReader::from_reader_with_offset(reader, offset).with_context(|| format!("reading back {}", squashfs.display()))?;
+    let filesystem = FilesystemReader::from_reader_with_offset(reader, offset)
+        .with_context(|| format!("reading back {}", squashfs.display()))?;
     let mut tree_entries = 0;
     // Device nodes by path, with their kind and squashfs device number.
     let mut tree_devices = BTreeMap::new();
@@ -269,7 +327,10 @@ pub fn verify(squashfs: &Path, offset: u64, tree: &Path, devices: &Devices) -> R
         if kind.is_char_device() || kind.is_block_device() || (kind.is_file() && !devices.is_empty()) {
             let metadata = entry.path().symlink_metadata()?;
             if let Some(device) = Device::of_node(&metadata).or_else(|| devices.lookup(&metadata)) {
-                tree_devices.insert(Path::new("/").join(entry.path().strip_prefix(tree).expect("under tree")), (device.kind, device.rdev() as u32));
+                tree_devices.insert(
+                    Path::new("/").join(entry.path().strip_prefix(tree).expect("under tree")),
+                    (device.kind, device.rdev() as u32),
+                );
             }
         }
     }
@@ -281,18 +342,32 @@ pub fn verify(squashfs: &Path, offset: u64, tree: &Path, devices: &Devices) -> R
     let image_devices: BTreeMap<PathBuf, (DeviceKind, u32)> = nodes
         .iter()
         .filter_map(|node| match &node.inner {
-            InnerNode::CharacterDevice(device) => Some((node.fullpath.clone(), (DeviceKind::Char, device.device_number))),
+            InnerNode::CharacterDevice(device) => {
+                Some((node.fullpath.clone(), (DeviceKind::Char, device.device_number)))
+            }
             InnerNode::BlockDevice(device) => Some((node.fullpath.clone(), (DeviceKind::Block, device.device_number))),
             _ => None,
         })
         .collect();
     if image_devices != tree_devices {
-        let differing = image_devices.keys().chain(tree_devices.keys()).find(|path| image_devices.get(*path) != tree_devices.get(*path)).expect("the maps differ");
+        let differing = image_devices
+            .keys()
+            .chain(tree_devices.keys())
+            .find(|path| image_devices.get(*path) != tree_devices.get(*path))
+            .expect("the maps differ");
         let shown = |device: Option<&(DeviceKind, u32)>| match device {
-            Some((kind, number)) => format!("{} {}:{}", kind.name(), libc::major(u64::from(*number)), libc::minor(u64::from(*number))),
+            Some((kind, number)) => {
+                format!("{} {}:{}", kind.name(), libc::major(u64::from(*number)), libc::minor(u64::from(*number)))
+            }
             None => "no device".to_string(),
         };
-        bail!("{}: {} is {} in the image but {} in the tree", squashfs.display(), differing.display(), shown(image_devices.get(differing)), shown(tree_devices.get(differing)));
+        bail!(
+            "{}: {} is {} in the image but {} in the tree",
+            squashfs.display(),
+            differing.display(),
+            shown(image_devices.get(differing)),
+            shown(tree_devices.get(differing))
+        );
     }
     let files: Vec<_> = nodes.iter().filter(|node| matches!(node.inner, InnerNode::File(_))).collect();
     let step = (files.len() / 64).max(1);
@@ -318,7 +393,13 @@ mod tests {
 
     /// rootsmith's writer, with no block cache.
     fn write_own(tree: &Path, devices: &Devices, output: &Path) {
-        writer::write(tree, devices, output, &writer::Options { compression: zstd(), epoch: 1_000, threads: 2, cache: None }).unwrap();
+        writer::write(
+            tree,
+            devices,
+            output,
+            &writer::Options { compression: zstd(), epoch: 1_000, threads: 2, cache: None },
+        )
+        .unwrap();
     }
 
     #[test]
@@ -337,14 +418,29 @@ mod tests {
         // Written in place from an offset, as into a rootfs image.
         let mut file = fs_err::File::create(&output).unwrap().into_parts().0;
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(112)).unwrap();
-        let length = write_into(&host, &tree, &Devices::default(), &mut file, &output, dir.path(), zstd(), 1_000, &log, Some(&cache)).unwrap();
+        let length = write_into(
+            &host,
+            &tree,
+            &Devices::default(),
+            &mut file,
+            &output,
+            dir.path(),
+            zstd(),
+            1_000,
+            &log,
+            Some(&cache),
+        )
+        .unwrap();
         drop(file);
         assert_eq!(length, 4096);
         assert_eq!(fs_err::metadata(&output).unwrap().len(), 112 + 4096);
         assert!(host.commands.lock().unwrap().is_empty(), "no host program ran");
         assert_eq!(writer_name(&host, zstd()), WRITER);
         let logged = fs_err::read_to_string(&log).unwrap();
-        assert!(logged.starts_with("rootsmith-squashfs 1: 6 inodes, 4096 bytes") && logged.contains("block cache: "), "{logged}");
+        assert!(
+            logged.starts_with("rootsmith-squashfs 1: 6 inodes, 4096 bytes") && logged.contains("block cache: "),
+            "{logged}"
+        );
         // Three blocks of etc/sub/big (two alike) and a fragment block, each looked up once.
         assert_eq!(cache.hits.load(Ordering::Relaxed) + cache.misses.load(Ordering::Relaxed), 4);
         assert_eq!(&fs_err::read(&output).unwrap()[112..116], rootsmith_init::contract::SQUASHFS_MAGIC);
@@ -353,7 +449,10 @@ mod tests {
         assert_eq!(check.sampled_files, 2);
         // A tree that differs from the image is caught.
         fs_err::write(tree.join("etc/motd"), "changed\n").unwrap();
-        assert!(verify(&output, 112, &tree, &Devices::default()).unwrap_err().to_string().contains("differs from the tree"));
+        assert!(verify(&output, 112, &tree, &Devices::default())
+            .unwrap_err()
+            .to_string()
+            .contains("differs from the tree"));
     }
 
     use std::os::unix::fs::PermissionsExt;
@@ -365,12 +464,21 @@ mod tests {
         fs_err::create_dir_all(tree.join("etc")).unwrap();
         fs_err::create_dir_all(tree.join("dev/disk")).unwrap();
         fs_err::write(tree.join("etc/motd"), "hello\n").unwrap();
-        for (relative, kind, major, minor, mode, gid, mtime) in [("dev/null", DeviceKind::Char, 1, 3, 0o666, 0, 900), ("dev/tty", DeviceKind::Char, 5, 0, 0o620, 5, 901), ("dev/disk/sda", DeviceKind::Block, 8, 0, 0o660, 6, 902)] {
+        for (relative, kind, major, minor, mode, gid, mtime) in [
+            ("dev/null", DeviceKind::Char, 1, 3, 0o666, 0, 900),
+            ("dev/tty", DeviceKind::Char, 5, 0, 0o620, 5, 901),
+            ("dev/disk/sda", DeviceKind::Block, 8, 0, 0o660, 6, 902),
+        ] {
             make_device(&tree, Path::new(relative), kind, major, minor);
             let path = tree.join(relative);
             nix::unistd::chown(&path, Some(0.into()), Some(gid.into())).unwrap();
             fs_err::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            filetime::set_symlink_file_times(&path, FileTime::from_unix_time(mtime, 0), FileTime::from_unix_time(mtime, 0)).unwrap();
+            filetime::set_symlink_file_times(
+                &path,
+                FileTime::from_unix_time(mtime, 0),
+                FileTime::from_unix_time(mtime, 0),
+            )
+            .unwrap();
         }
         for (relative, mtime) in [("etc/motd", 700), ("etc", 701), ("dev/disk", 702), ("dev", 703), ("", 704)] {
             filetime::set_file_mtime(tree.join(relative), FileTime::from_unix_time(mtime, 123)).unwrap();
@@ -386,7 +494,17 @@ mod tests {
             .map(|entry| {
                 let entry = entry.unwrap();
                 let metadata = entry.path().symlink_metadata().unwrap();
-                format!("{} {:o} {}:{} {}.{} {} {}", entry.path().display(), metadata.mode(), metadata.uid(), metadata.gid(), metadata.mtime(), metadata.mtime_nsec(), metadata.len(), metadata.ino())
+                format!(
+                    "{} {:o} {}:{} {}.{} {} {}",
+                    entry.path().display(),
+                    metadata.mode(),
+                    metadata.uid(),
+                    metadata.gid(),
+                    metadata.mtime(),
+                    metadata.mtime_nsec(),
+                    metadata.len(),
+                    metadata.ino()
+                )
             })
             .collect()
     }
@@ -405,10 +523,13 @@ mod tests {
         let nodes = device_tree(dir.path(), "nodes", &|tree, relative, kind, major, minor| {
             use nix::sys::stat::{makedev, mknod, Mode, SFlag};
             let flag = if kind == DeviceKind::Char { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
-            mknod(&tree.join(relative), flag, Mode::from_bits_truncate(0o600), makedev(major.into(), minor.into())).unwrap();
+            mknod(&tree.join(relative), flag, Mode::from_bits_truncate(0o600), makedev(major.into(), minor.into()))
+                .unwrap();
         });
         let devices = Devices::placeholders_only();
-        let placeholders = device_tree(dir.path(), "placeholders", &|tree, relative, kind, major, minor| devices.make(tree, relative, kind, major, minor, 0o600).unwrap());
+        let placeholders = device_tree(dir.path(), "placeholders", &|tree, relative, kind, major, minor| {
+            devices.make(tree, relative, kind, major, minor, 0o600).unwrap()
+        });
         assert_eq!(devices.placeholders(&placeholders).unwrap().len(), 3);
         let state = tree_state(&placeholders);
 
@@ -417,7 +538,10 @@ mod tests {
         let from_placeholders = dir.path().join("placeholders.own");
         write_own(&nodes, &Devices::default(), &from_nodes);
         write_own(&placeholders, &devices, &from_placeholders);
-        assert!(fs_err::read(&from_nodes).unwrap() == fs_err::read(&from_placeholders).unwrap(), "rootsmith's writer: the images differ");
+        assert!(
+            fs_err::read(&from_nodes).unwrap() == fs_err::read(&from_placeholders).unwrap(),
+            "rootsmith's writer: the images differ"
+        );
         assert_eq!(tree_state(&placeholders), state, "the tree is left alone");
         verify(&from_placeholders, 0, &placeholders, &devices).unwrap();
 
@@ -430,9 +554,24 @@ mod tests {
         let log = dir.path().join("log");
         let from_nodes = dir.path().join("nodes.squashfs");
         let from_placeholders = dir.path().join("placeholders.squashfs");
-        write_with_mksquashfs(&host, mksquashfs_command(&mksquashfs, &nodes, &from_nodes, zstd(), 1_000, &log), &nodes, &Devices::default()).unwrap();
-        write_with_mksquashfs(&host, mksquashfs_command(&mksquashfs, &placeholders, &from_placeholders, zstd(), 1_000, &log), &placeholders, &devices).unwrap();
-        assert!(fs_err::read(&from_nodes).unwrap() == fs_err::read(&from_placeholders).unwrap(), "mksquashfs: the images differ");
+        write_with_mksquashfs(
+            &host,
+            mksquashfs_command(&mksquashfs, &nodes, &from_nodes, zstd(), 1_000, &log),
+            &nodes,
+            &Devices::default(),
+        )
+        .unwrap();
+        write_with_mksquashfs(
+            &host,
+            mksquashfs_command(&mksquashfs, &placeholders, &from_placeholders, zstd(), 1_000, &log),
+            &placeholders,
+            &devices,
+        )
+        .unwrap();
+        assert!(
+            fs_err::read(&from_nodes).unwrap() == fs_err::read(&from_placeholders).unwrap(),
+            "mksquashfs: the images differ"
+        );
         assert_eq!(tree_state(&placeholders), state, "the placeholders are back, their directories' mtimes unchanged");
         assert_eq!(devices.placeholders(&placeholders).unwrap().len(), 3);
         assert!(!dir.path().join("placeholders.placeholders").exists(), "the stash is removed");
@@ -441,12 +580,18 @@ mod tests {
 
         // A tree whose placeholder stands for another device does not pass.
         let other = Devices::placeholders_only();
-        let wrong = device_tree(dir.path(), "wrong", &|tree, relative, kind, major, minor| other.make(tree, relative, kind, major, minor + 1, 0o600).unwrap());
+        let wrong = device_tree(dir.path(), "wrong", &|tree, relative, kind, major, minor| {
+            other.make(tree, relative, kind, major, minor + 1, 0o600).unwrap()
+        });
         let error = verify(&from_placeholders, 0, &wrong, &other).unwrap_err().to_string();
-        assert!(error.contains("/dev/disk/sda is block device 8:0 in the image but block device 8:1 in the tree"), "{error}");
+        assert!(
+            error.contains("/dev/disk/sda is block device 8:0 in the image but block device 8:1 in the tree"),
+            "{error}"
+        );
 
         // mksquashfs failing: the placeholders come back all the same.
-        let command = mksquashfs_command(&mksquashfs, &placeholders, &dir.path().join("missing/x.squashfs"), zstd(), 1_000, &log);
+        let command =
+            mksquashfs_command(&mksquashfs, &placeholders, &dir.path().join("missing/x.squashfs"), zstd(), 1_000, &log);
         let error = write_with_mksquashfs(&host, command, &placeholders, &devices).unwrap_err();
         assert!(format!("{error:#}").contains("mksquashfs"), "{error:#}");
         assert_eq!(tree_state(&placeholders), state);
@@ -463,7 +608,14 @@ mod tests {
         fs_err::hard_link(tree.join("dev/null"), tree.join("dev/null-too")).unwrap();
         let state = tree_state(&tree);
         let host = crate::host::RecordingHost::default();
-        let command = mksquashfs_command(Path::new("/usr/bin/mksquashfs"), &tree, &dir.path().join("x.squashfs"), zstd(), 1_000, &dir.path().join("log"));
+        let command = mksquashfs_command(
+            Path::new("/usr/bin/mksquashfs"),
+            &tree,
+            &dir.path().join("x.squashfs"),
+            zstd(),
+            1_000,
+            &dir.path().join("log"),
+        );
         let error = write_with_mksquashfs(&host, command, &tree, &devices).unwrap_err().to_string();
         assert!(error.contains("dev/null stands for a character device and has 2 hard links"), "{error}");
         assert!(host.commands.lock().unwrap().is_empty(), "mksquashfs did not run");

@@ -65,7 +65,9 @@ pub fn compressor<'a, W: Write + 'a>(writer: W, compression: Compression) -> Res
             encoder.include_checksum(true)?;
             Box::new(encoder.auto_finish())
         }
-        Algorithm::Gzip => Box::new(flate2::GzBuilder::new().mtime(0).write(writer, flate2::Compression::new(level as u32))),
+        Algorithm::Gzip => {
+            Box::new(flate2::GzBuilder::new().mtime(0).write(writer, flate2::Compression::new(level as u32)))
+        }
         Algorithm::Xz => Box::new(xz2::write::XzEncoder::new(writer, level as u32)),
         _ => Box::new(writer),
     })
@@ -183,8 +185,14 @@ impl<W: Write> Framer<'_, W> {
                                 Item::Frame(frame) => done.push((index, frame.clone(), None)),
                                 Item::Group(group, identity) => match cache {
                                     Some(cache) => {
-                                        let (frame, group, frame_digest) = cache.frame_and_digests(label, group, level)?;
-                                        done.push((index, frame, identity.map(|identity| (identity, KnownGroup { group, frame: frame_digest }))));
+                                        let (frame, group, frame_digest) =
+                                            cache.frame_and_digests(label, group, level)?;
+                                        done.push((
+                                            index,
+                                            frame,
+                                            identity
+                                                .map(|identity| (identity, KnownGroup { group, frame: frame_digest })),
+                                        ));
                                     }
                                     None => done.push((index, frames::compress(group, level)?, None)),
                                 },
@@ -194,7 +202,10 @@ impl<W: Write> Framer<'_, W> {
                     })
                 })
                 .collect();
-            workers.into_iter().map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a compressing thread panicked")))).collect()
+            workers
+                .into_iter()
+                .map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a compressing thread panicked"))))
+                .collect()
         });
         let mut ordered: Vec<Option<Vec<u8>>> = vec![None; groups.len()];
         for done in frames {
@@ -213,13 +224,27 @@ impl<W: Write> Framer<'_, W> {
 
 /// Write the tree as `output`; with zstd, as frames of tar groups (from
 /// `frames` when it holds them).
-pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compression: Compression, epoch: i64, frames: Option<&FrameCache>, memo: Option<&MemoPath>) -> Result<String> {
+pub fn write_rootfs_tarball(
+    tree: &Path,
+    devices: &Devices,
+    output: &Path,
+    compression: Compression,
+    epoch: i64,
+    frames: Option<&FrameCache>,
+    memo: Option<&MemoPath>,
+) -> Result<String> {
     let file = HashingWriter::new(std::io::BufWriter::new(fs_err::File::create(output)?));
     if compression.algorithm != Algorithm::Zstd {
         let digest = Rc::new(RefCell::new(None));
         {
-            let mut writer = TreeTarWriter::new(compressor(Finishing { inner: Some(file), digest: digest.clone() }, compression)?, epoch, devices);
-            crate::fileops::walk_tree::<anyhow::Error>(tree, false, &mut |relative, _| writer.append(tree, relative).map_err(Into::into))?;
+            let mut writer = TreeTarWriter::new(
+                compressor(Finishing { inner: Some(file), digest: digest.clone() }, compression)?,
+                epoch,
+                devices,
+            );
+            crate::fileops::walk_tree::<anyhow::Error>(tree, false, &mut |relative, _| {
+                writer.append(tree, relative).map_err(Into::into)
+            })?;
             writer.finish()?.flush()?;
         }
         let digest = digest.borrow_mut().take();
@@ -231,17 +256,39 @@ pub fn write_rootfs_tarball(tree: &Path, devices: &Devices, output: &Path, compr
     let began = std::time::SystemTime::now();
     let memo_path = memo.filter(|_| devices.is_empty() && frames.is_some()).map(|path| path(&label));
     let memo = memo_path.as_deref().map(|path| TarballMemo::load(path, epoch));
-    let framer = Rc::new(RefCell::new(Framer { out: file, level, label: label.clone(), cache: frames, batch: Vec::new(), batch_len: 0, learnt: Vec::new() }));
+    let framer = Rc::new(RefCell::new(Framer {
+        out: file,
+        level,
+        label: label.clone(),
+        cache: frames,
+        batch: Vec::new(),
+        batch_len: 0,
+        learnt: Vec::new(),
+    }));
     let buffer = Shared::default();
     let known_len = memo.as_ref().map(|_| 0u64);
-    let mut groups = Groups { tree, writer: TreeTarWriter::new(buffer.clone(), epoch, devices), buffer, framer: framer.clone(), memo, frames, label, began, group: Vec::new(), known_len };
-    crate::fileops::walk_tree::<anyhow::Error>(tree, false, &mut |relative, metadata| groups.entry(relative, metadata))?;
+    let mut groups = Groups {
+        tree,
+        writer: TreeTarWriter::new(buffer.clone(), epoch, devices),
+        buffer,
+        framer: framer.clone(),
+        memo,
+        frames,
+        label,
+        began,
+        group: Vec::new(),
+        known_len,
+    };
+    crate::fileops::walk_tree::<anyhow::Error>(tree, false, &mut |relative, metadata| {
+        groups.entry(relative, metadata)
+    })?;
     groups.materialize()?;
     // The end-of-archive blocks close the last group.
     let Groups { writer, buffer, mut memo, framer: shared, .. } = groups;
     drop(shared);
     writer.finish()?;
-    let mut framer = Rc::try_unwrap(framer).map_err(|_| anyhow::anyhow!("the tarball's framer is still shared"))?.into_inner();
+    let mut framer =
+        Rc::try_unwrap(framer).map_err(|_| anyhow::anyhow!("the tarball's framer is still shared"))?.into_inner();
     framer.push(buffer.take(), None)?;
     framer.flush()?;
     if let (Some(memo), Some(path)) = (memo.as_mut(), &memo_path) {
@@ -281,7 +328,10 @@ impl<'a, W: Write + 'a> Groups<'a, W> {
             return self.large_file(relative);
         }
         // A hard link's bytes name whichever path was written first.
-        let key = self.memo.as_ref().and_then(|_| (metadata.is_dir() || metadata.nlink() == 1).then(|| (relative.as_os_str().as_bytes().to_vec(), Stamp::of(metadata))));
+        let key = self.memo.as_ref().and_then(|_| {
+            (metadata.is_dir() || metadata.nlink() == 1)
+                .then(|| (relative.as_os_str().as_bytes().to_vec(), Stamp::of(metadata)))
+        });
         let length = self.known_len.and(key.as_ref()).and_then(|key| self.memo.as_ref()?.entry(key));
         match (self.known_len, length) {
             (Some(so_far), Some(length)) => self.known_len = Some(so_far + length),
@@ -319,9 +369,17 @@ impl<'a, W: Write + 'a> Groups<'a, W> {
     /// its bytes to compress (or look up by their digest).
     fn cut(&mut self) -> Result<()> {
         // Its identity, when the memo may learn it: every entry known by a settled stamp.
-        let identity = self.group.iter().all(|(_, key)| key.as_ref().is_some_and(|key| key.1.settled_before(self.began))).then(|| group_identity(self.group.iter().filter_map(|(_, key)| key.as_ref())));
+        let identity = self
+            .group
+            .iter()
+            .all(|(_, key)| key.as_ref().is_some_and(|key| key.1.settled_before(self.began)))
+            .then(|| group_identity(self.group.iter().filter_map(|(_, key)| key.as_ref())));
         let found = match (self.known_len, identity, &self.memo, self.frames) {
-            (Some(length), Some(identity), Some(memo), Some(frames)) => memo.group(&identity).and_then(|known| frames.get_trusted(&self.label, &known.group, &known.frame, length).map(|frame| (identity, known, frame))),
+            (Some(length), Some(identity), Some(memo), Some(frames)) => memo.group(&identity).and_then(|known| {
+                frames
+                    .get_trusted(&self.label, &known.group, &known.frame, length)
+                    .map(|frame| (identity, known, frame))
+            }),
             _ => None,
         };
         match found {
@@ -401,7 +459,8 @@ mod tests {
             let sub = root.join(format!("usr/share/d{d:02}"));
             fs_err::create_dir_all(&sub).unwrap();
             for f in 0..30 {
-                let body: Vec<u8> = (0..(d * 997 + f * 131) % 60_000).map(|i| ((i * (d + 1) + f) % 251) as u8).collect();
+                let body: Vec<u8> =
+                    (0..(d * 997 + f * 131) % 60_000).map(|i| ((i * (d + 1) + f) % 251) as u8).collect();
                 fs_err::write(sub.join(format!("f{f:02}")), body).unwrap();
             }
         }
@@ -410,7 +469,16 @@ mod tests {
     }
 
     fn write(root: &Path, out: &Path, cache: Option<&FrameCache>) -> Vec<u8> {
-        let digest = write_rootfs_tarball(root, &Devices::default(), out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, cache, None).unwrap();
+        let digest = write_rootfs_tarball(
+            root,
+            &Devices::default(),
+            out,
+            Compression { algorithm: Algorithm::Zstd, level: Some(3) },
+            1_700_000_000,
+            cache,
+            None,
+        )
+        .unwrap();
         let bytes = fs_err::read(out).unwrap();
         assert_eq!(digest, crate::digest::sha256_hex(&bytes), "the digest of what was written");
         bytes
@@ -422,7 +490,16 @@ mod tests {
         let root = tree(dir.path());
         for algorithm in [Algorithm::Gzip, Algorithm::Xz, Algorithm::None] {
             let out = dir.path().join(format!("out.{}", algorithm.name()));
-            let digest = write_rootfs_tarball(&root, &Devices::default(), &out, Compression { algorithm, level: None }, 1_700_000_000, None, None).unwrap();
+            let digest = write_rootfs_tarball(
+                &root,
+                &Devices::default(),
+                &out,
+                Compression { algorithm, level: None },
+                1_700_000_000,
+                None,
+                None,
+            )
+            .unwrap();
             assert_eq!(digest, crate::digest::hash_file(&out).unwrap(), "{}", algorithm.name());
         }
     }
@@ -450,7 +527,16 @@ mod tests {
         let memo = move |label: &str| memo_dir.join(label);
         let out = dir.path().join("out.tar.zst");
         let write_memo = |cache: &FrameCache| {
-            write_rootfs_tarball(&root, &Devices::default(), &out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, Some(cache), Some(&memo)).unwrap();
+            write_rootfs_tarball(
+                &root,
+                &Devices::default(),
+                &out,
+                Compression { algorithm: Algorithm::Zstd, level: Some(3) },
+                1_700_000_000,
+                Some(cache),
+                Some(&memo),
+            )
+            .unwrap();
             fs_err::read(&out).unwrap()
         };
         let clean = write(&root, &dir.path().join("clean"), None);
@@ -517,7 +603,12 @@ mod tests {
             frames += 1;
         }
         assert!(frames > 3, "{frames} frames");
-        let listed = std::process::Command::new("tar").arg("--zstd").arg("-tf").arg(dir.path().join("a.tar.zst")).output().unwrap();
+        let listed = std::process::Command::new("tar")
+            .arg("--zstd")
+            .arg("-tf")
+            .arg(dir.path().join("a.tar.zst"))
+            .output()
+            .unwrap();
         assert!(listed.status.success() && String::from_utf8_lossy(&listed.stdout).lines().count() > 1200);
     }
 
@@ -531,7 +622,8 @@ mod tests {
         let root = dir.path().join("tree");
         fs_err::create_dir_all(root.join("var")).unwrap();
         fs_err::write(root.join("var/a-small"), b"before\n").unwrap();
-        let large: Vec<u8> = (0..LARGE_FILE as usize + (5 << 20) + 123).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let large: Vec<u8> =
+            (0..LARGE_FILE as usize + (5 << 20) + 123).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         fs_err::write(root.join("var/large"), &large).unwrap();
         fs_err::write(root.join("var/z-small"), b"after\n").unwrap();
         let framed = write(&root, &dir.path().join("a.tar.zst"), None);
@@ -555,7 +647,16 @@ mod tests {
         let memo = move |label: &str| memo_dir.join(label);
         for pass in ["learning", "from the memo"] {
             let out = dir.path().join("memo.tar.zst");
-            write_rootfs_tarball(&root, &Devices::default(), &out, Compression { algorithm: Algorithm::Zstd, level: Some(3) }, 1_700_000_000, Some(&cache(&frames_dir)), Some(&memo)).unwrap();
+            write_rootfs_tarball(
+                &root,
+                &Devices::default(),
+                &out,
+                Compression { algorithm: Algorithm::Zstd, level: Some(3) },
+                1_700_000_000,
+                Some(&cache(&frames_dir)),
+                Some(&memo),
+            )
+            .unwrap();
             assert!(fs_err::read(&out).unwrap() == framed, "a write {pass} differs");
         }
     }
@@ -566,7 +667,10 @@ mod tests {
         let root = tree(dir.path());
         let frames = cache(&dir.path().join("cache"));
         let clean = write(&root, &dir.path().join("clean.tar.zst"), None);
-        assert!(write(&root, &dir.path().join("cold.tar.zst"), Some(&frames)) == clean, "a write filling the cache differs");
+        assert!(
+            write(&root, &dir.path().join("cold.tar.zst"), Some(&frames)) == clean,
+            "a write filling the cache differs"
+        );
         let stored = frames.misses.load(Ordering::Relaxed);
         let warm = cache(&dir.path().join("cache"));
         assert!(write(&root, &dir.path().join("warm.tar.zst"), Some(&warm)) == clean, "a write from the cache differs");
@@ -576,7 +680,10 @@ mod tests {
         fs_err::write(root.join("usr/share/d17/f05"), vec![1u8; 70_000]).unwrap();
         let changed_clean = write(&root, &dir.path().join("changed-clean.tar.zst"), None);
         let again = cache(&dir.path().join("cache"));
-        assert!(write(&root, &dir.path().join("changed.tar.zst"), Some(&again)) == changed_clean, "an incremental write differs from a clean one");
+        assert!(
+            write(&root, &dir.path().join("changed.tar.zst"), Some(&again)) == changed_clean,
+            "an incremental write differs from a clean one"
+        );
         let misses = again.misses.load(Ordering::Relaxed);
         assert!((1..=2).contains(&misses), "{misses} of {stored} groups compressed again");
     }
@@ -588,7 +695,11 @@ mod tests {
         let clean = write(&root, &dir.path().join("clean.tar.zst"), None);
         let frames = cache(&dir.path().join("cache"));
         write(&root, &dir.path().join("cold.tar.zst"), Some(&frames));
-        let mut entries: Vec<PathBuf> = walkdir::WalkDir::new(dir.path().join("cache")).into_iter().map(|e| e.unwrap().into_path()).filter(|p| p.is_file()).collect();
+        let mut entries: Vec<PathBuf> = walkdir::WalkDir::new(dir.path().join("cache"))
+            .into_iter()
+            .map(|e| e.unwrap().into_path())
+            .filter(|p| p.is_file())
+            .collect();
         entries.sort();
         // Truncated; with bytes after the frame; another group's frame; a FIFO.
         let bytes = fs_err::read(&entries[0]).unwrap();
@@ -599,7 +710,10 @@ mod tests {
         fs_err::remove_file(&entries[4]).unwrap();
         nix::unistd::mkfifo(&entries[4], nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let fresh = cache(&dir.path().join("cache"));
-        assert!(write(&root, &dir.path().join("repaired.tar.zst"), Some(&fresh)) == clean, "a write from a corrupt cache differs");
+        assert!(
+            write(&root, &dir.path().join("repaired.tar.zst"), Some(&fresh)) == clean,
+            "a write from a corrupt cache differs"
+        );
         assert_eq!(fresh.corrupt.load(Ordering::Relaxed), 4);
         assert!(entries[4].is_file(), "the FIFO is replaced by a frame");
     }

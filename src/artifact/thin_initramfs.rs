@@ -35,7 +35,13 @@ pub struct KernelFiles<'a> {
 /// The modules directory of `kernel`: in the rootfs when the kernel is
 /// installed there, else unpacked from its linux-image package into `scratch`.
 /// `None` for a kernel without loadable modules.
-fn module_dir(host: &dyn Host, tree: &Path, kernel: &KernelFiles<'_>, scratch: &Path, log: &Path) -> Result<Option<PathBuf>> {
+fn module_dir(
+    host: &dyn Host,
+    tree: &Path,
+    kernel: &KernelFiles<'_>,
+    scratch: &Path,
+    log: &Path,
+) -> Result<Option<PathBuf>> {
     if let Some(dir) = modules_under(tree, kernel.release) {
         return Ok(Some(dir));
     }
@@ -44,13 +50,21 @@ fn module_dir(host: &dyn Host, tree: &Path, kernel: &KernelFiles<'_>, scratch: &
     let root = scratch.join(format!("kernel-{}", kernel.name));
     fs_err::create_dir_all(&root)?;
     let dpkg_deb = crate::tools::require("dpkg-deb", "to unpack a kernel's modules")?;
-    host.run(&Command::on_host(dpkg_deb, ["-x".as_ref(), kernel.products.join(image).as_os_str(), root.as_os_str()], log)).with_context(|| format!("unpacking the modules of {image}"))?;
+    host.run(&Command::on_host(
+        dpkg_deb,
+        ["-x".as_ref(), kernel.products.join(image).as_os_str(), root.as_os_str()],
+        log,
+    ))
+    .with_context(|| format!("unpacking the modules of {image}"))?;
     Ok(modules_under(&root, kernel.release))
 }
 
 /// `lib/modules/RELEASE` (or under `usr/`) of a root, when it holds modules.
 fn modules_under(root: &Path, release: &str) -> Option<PathBuf> {
-    ["lib/modules", "usr/lib/modules"].iter().map(|base| root.join(base).join(release)).find(|dir| dir.join("kernel").is_dir())
+    ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|base| root.join(base).join(release))
+        .find(|dir| dir.join("kernel").is_dir())
 }
 
 /// Make sure `dir` has a modules.dep (a kernel package leaves it to its
@@ -60,12 +74,14 @@ fn ensure_depmod(host: &dyn Host, dir: &Path, release: &str, log: &Path) -> Resu
         return Ok(());
     }
     // dir is BASE/lib/modules/RELEASE or BASE/usr/lib/modules/RELEASE.
-    let mut base = dir.parent().and_then(Path::parent).and_then(Path::parent).context("modules dir too shallow")?.to_path_buf();
+    let mut base =
+        dir.parent().and_then(Path::parent).and_then(Path::parent).context("modules dir too shallow")?.to_path_buf();
     if base.ends_with("usr") {
         base.pop();
     }
     let depmod = crate::tools::require("depmod", "to index a kernel's modules")?;
-    host.run(&Command::on_host(depmod, ["-b".as_ref(), base.as_os_str(), release.as_ref()], log)).with_context(|| format!("indexing the modules of {release}"))
+    host.run(&Command::on_host(depmod, ["-b".as_ref(), base.as_os_str(), release.as_ref()], log))
+        .with_context(|| format!("indexing the modules of {release}"))
 }
 
 pub struct Request<'a> {
@@ -102,9 +118,13 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
         let tree = ModuleTree::open(&dir)?;
         let mut names = names.clone();
         if request.settings.default_modules {
-            names.extend(Initramfs::DEFAULT_MODULES.iter().filter(|name| tree.has_module(name)).map(|name| name.to_string()));
+            names.extend(
+                Initramfs::DEFAULT_MODULES.iter().filter(|name| tree.has_module(name)).map(|name| name.to_string()),
+            );
         }
-        let order = tree.closure(&names, kernel.release).with_context(|| format!("resolving the initramfs modules of kernel {}", kernel.name))?;
+        let order = tree
+            .closure(&names, kernel.release)
+            .with_context(|| format!("resolving the initramfs modules of kernel {}", kernel.name))?;
         let mut files = Vec::new();
         for relative in &order {
             files.push((modules::initramfs_path(kernel.release, relative), modules::read_module(&dir.join(relative))?));
@@ -113,7 +133,13 @@ pub fn write(request: &Request, output: &Path) -> Result<Built> {
         kernel_modules.push(KernelModules { release: kernel.release.to_string(), files });
     }
     let busybox = if request.settings.shell { Some(initramfs::find_busybox(request.tree)?) } else { None };
-    let contents = Contents { init, build: request.build.clone(), chunks: request.chunks.clone(), modules: kernel_modules, busybox };
+    let contents = Contents {
+        init,
+        build: request.build.clone(),
+        chunks: request.chunks.clone(),
+        modules: kernel_modules,
+        busybox,
+    };
     built.size = initramfs::write(&contents, request.settings.compression, request.epoch, output, request.frames)?;
     Ok(built)
 }

@@ -67,7 +67,8 @@ pub fn stub_layout(bytes: &[u8]) -> Result<StubLayout> {
     let mut sections = Vec::new();
     for section in file.section_table().iter() {
         let start = u64::from(section.virtual_address.get(object::LittleEndian));
-        let size = u64::from(section.virtual_size.get(object::LittleEndian)).max(u64::from(section.size_of_raw_data.get(object::LittleEndian)));
+        let size = u64::from(section.virtual_size.get(object::LittleEndian))
+            .max(u64::from(section.size_of_raw_data.get(object::LittleEndian)));
         end = end.max(start + size);
         sections.push(String::from_utf8_lossy(section.raw_name()).into_owned());
     }
@@ -112,7 +113,15 @@ pub struct Parts<'a> {
 /// Write the UKI of `parts` on `stub` to `output`; `scratch` holds the small
 /// section files; objcopy's output goes to `log`. Returns the added
 /// sections, checked in the file written.
-pub fn write(host: &dyn Host, stub: &Path, parts: &Parts, output: &Path, epoch: i64, scratch: &Path, log: &Path) -> Result<Vec<Placed>> {
+pub fn write(
+    host: &dyn Host,
+    stub: &Path,
+    parts: &Parts,
+    output: &Path,
+    epoch: i64,
+    scratch: &Path,
+    log: &Path,
+) -> Result<Vec<Placed>> {
     let stub_bytes = read_stub(stub)?;
     let layout = stub_layout(&stub_bytes).with_context(|| format!("reading {}", stub.display()))?;
     if let Some(taken) = layout.sections.iter().find(|name| SECTIONS.contains(&name.as_str())) {
@@ -135,7 +144,10 @@ pub fn write(host: &dyn Host, stub: &Path, parts: &Parts, output: &Path, epoch: 
         let mut add = std::ffi::OsString::from(format!("{}=", section.name));
         add.push(file);
         args.extend(["--add-section".into(), add]);
-        args.extend(["--change-section-vma".into(), format!("{}={:#x}", section.name, layout.image_base + section.rva).into()]);
+        args.extend([
+            "--change-section-vma".into(),
+            format!("{}={:#x}", section.name, layout.image_base + section.rva).into(),
+        ]);
     }
     args.push(stub.into());
     args.push(output.into());
@@ -172,14 +184,23 @@ pub struct SecureBootSigner {
 /// The passphrase is never shown.
 impl std::fmt::Debug for SecureBootSigner {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("SecureBootSigner").field("key", &self.key).field("cert", &self.cert).field("cert_sha256", &self.cert_sha256).field("passphrase", &self.passphrase.as_ref().map(|_| "(given)")).finish()
+        formatter
+            .debug_struct("SecureBootSigner")
+            .field("key", &self.key)
+            .field("cert", &self.cert)
+            .field("cert_sha256", &self.cert_sha256)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "(given)"))
+            .finish()
     }
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<String> {
-    let file = crate::fileops::open_regular(path).with_context(|| format!("the Secure Boot {what} {}", path.display()))?;
+    let file =
+        crate::fileops::open_regular(path).with_context(|| format!("the Secure Boot {what} {}", path.display()))?;
     let mut text = String::new();
-    file.take(MAX_PEM_BYTES + 1).read_to_string(&mut text).with_context(|| format!("the Secure Boot {what} {} is not a PEM text file", path.display()))?;
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("the Secure Boot {what} {} is not a PEM text file", path.display()))?;
     if text.len() as u64 > MAX_PEM_BYTES {
         bail!("the Secure Boot {what} {} is larger than {} KiB: not a PEM file", path.display(), MAX_PEM_BYTES >> 10);
     }
@@ -208,25 +229,44 @@ impl SecureBootSigner {
     pub fn open_with(key: &Path, cert: &Path, passphrase: Option<String>) -> Result<SecureBootSigner> {
         crate::tools::require("osslsigncode", "to sign a UKI for Secure Boot")?;
         let cert_text = read_pem(cert, "certificate")?;
-        let der = pem_block(&cert_text, "CERTIFICATE").with_context(|| format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cert.display()))?;
+        let der = pem_block(&cert_text, "CERTIFICATE")
+            .with_context(|| format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cert.display()))?;
         let key_text = read_pem(key, "key")?;
         if !key_text.contains("-----BEGIN") || !key_text.contains("PRIVATE KEY-----") {
             bail!("{} holds no PEM private key", key.display());
         }
-        let encrypted = key_text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || key_text.contains("Proc-Type: 4,ENCRYPTED");
+        let encrypted =
+            key_text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || key_text.contains("Proc-Type: 4,ENCRYPTED");
         let passphrase = match (encrypted, passphrase) {
             (false, _) => None,
             (true, Some(passphrase)) => Some(passphrase),
-            (true, None) => bail!("the Secure Boot key {} is encrypted: put its passphrase in {KEY_PASSPHRASE_ENV}", key.display()),
+            (true, None) => {
+                bail!("the Secure Boot key {} is encrypted: put its passphrase in {KEY_PASSPHRASE_ENV}", key.display())
+            }
         };
-        Ok(SecureBootSigner { key: key.to_path_buf(), cert: cert.to_path_buf(), cert_sha256: crate::digest::sha256_hex(&der), passphrase })
+        Ok(SecureBootSigner {
+            key: key.to_path_buf(),
+            cert: cert.to_path_buf(),
+            cert_sha256: crate::digest::sha256_hex(&der),
+            passphrase,
+        })
     }
 
     /// Sign the PE image `input` into `output` (Authenticode, SHA-256),
     /// dated `epoch`.
     pub fn sign(&self, host: &dyn Host, input: &Path, output: &Path, epoch: i64, log: &Path) -> Result<()> {
         let osslsigncode = crate::tools::require("osslsigncode", "to sign a UKI for Secure Boot")?;
-        let mut args: Vec<std::ffi::OsString> = vec!["sign".into(), "-h".into(), "sha256".into(), "-time".into(), epoch.max(0).to_string().into(), "-certs".into(), self.cert.clone().into(), "-key".into(), self.key.clone().into()];
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "sign".into(),
+            "-h".into(),
+            "sha256".into(),
+            "-time".into(),
+            epoch.max(0).to_string().into(),
+            "-certs".into(),
+            self.cert.clone().into(),
+            "-key".into(),
+            self.key.clone().into(),
+        ];
         // The passphrase goes through a file only this process can read, not the argv others see.
         let secret = tempfile::NamedTempFile::new()?;
         if let Some(passphrase) = &self.passphrase {
@@ -235,7 +275,8 @@ impl SecureBootSigner {
         }
         let _ = fs_err::remove_file(output);
         args.extend(["-in".into(), input.into(), "-out".into(), output.into()]);
-        host.run(&Command::on_host(osslsigncode, args, log)).with_context(|| format!("signing {} for Secure Boot with {}", input.display(), self.key.display()))
+        host.run(&Command::on_host(osslsigncode, args, log))
+            .with_context(|| format!("signing {} for Secure Boot with {}", input.display(), self.key.display()))
     }
 }
 
@@ -254,25 +295,54 @@ pub struct BundleUkis<'a> {
 /// Write the UKIs of the bundle in `dir` (which holds its kernels' vmlinuz
 /// and its initramfs, named as `kernels` and `boot` say), set each kernel's
 /// `uki`, and return what the manifest says of them with the files written.
-pub fn write_for_bundle(host: &dyn Host, dir: &Path, names: &BundleNames, kernels: &mut [ManifestKernel], boot: &ManifestBoot, ukis: &BundleUkis) -> Result<(ManifestUki, Vec<ManifestArtifact>)> {
+pub fn write_for_bundle(
+    host: &dyn Host,
+    dir: &Path,
+    names: &BundleNames,
+    kernels: &mut [ManifestKernel],
+    boot: &ManifestBoot,
+    ukis: &BundleUkis,
+) -> Result<(ManifestUki, Vec<ManifestArtifact>)> {
     let default_url = crate::recipe::Uki::default_rootfs_url(names.name, names.version, &boot.rootfs_image);
     let rootfs_url = ukis.rootfs_url.unwrap_or(&default_url).to_string();
-    let cmdline = [boot.cmdline.as_str(), &format!("{}={rootfs_url}", rootsmith_init::contract::args::ROOTFS_URL)].iter().filter(|part| !part.is_empty()).copied().collect::<Vec<_>>().join(" ");
+    let cmdline = [boot.cmdline.as_str(), &format!("{}={rootfs_url}", rootsmith_init::contract::args::ROOTFS_URL)]
+        .iter()
+        .filter(|part| !part.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
     let os_release = os_release(names.name, names.version, ukis.cookie);
     let scratch = tempfile::tempdir()?;
     let log = scratch.path().join("objcopy.log");
     let mut artifacts = Vec::new();
     for kernel in kernels.iter_mut().filter(|kernel| (ukis.covers)(&kernel.name)) {
         let file = names.uki(&kernel.name);
-        let parts = Parts { os_release: &os_release, cmdline: &cmdline, linux: &dir.join(&kernel.vmlinuz), initrd: &dir.join(&boot.initramfs) };
+        let parts = Parts {
+            os_release: &os_release,
+            cmdline: &cmdline,
+            linux: &dir.join(&kernel.vmlinuz),
+            initrd: &dir.join(&boot.initramfs),
+        };
         match ukis.signer {
             None => {
-                write(host, Path::new(STUB), &parts, &dir.join(&file), ukis.epoch, &scratch.path().join(&kernel.name), &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+                write(
+                    host,
+                    Path::new(STUB),
+                    &parts,
+                    &dir.join(&file),
+                    ukis.epoch,
+                    &scratch.path().join(&kernel.name),
+                    &log,
+                )
+                .with_context(|| format!("the UKI of kernel {}", kernel.name))?;
             }
             Some(signer) => {
                 let unsigned = scratch.path().join(format!("{}.efi", kernel.name));
-                write(host, Path::new(STUB), &parts, &unsigned, ukis.epoch, &scratch.path().join(&kernel.name), &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
-                signer.sign(host, &unsigned, &dir.join(&file), ukis.epoch, &log).with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+                write(host, Path::new(STUB), &parts, &unsigned, ukis.epoch, &scratch.path().join(&kernel.name), &log)
+                    .with_context(|| format!("the UKI of kernel {}", kernel.name))?;
+                signer
+                    .sign(host, &unsigned, &dir.join(&file), ukis.epoch, &log)
+                    .with_context(|| format!("the UKI of kernel {}", kernel.name))?;
             }
         }
         let (sha256, size) = crate::digest::hash_reader(fs_err::File::open(dir.join(&file))?)?;
@@ -281,12 +351,25 @@ pub fn write_for_bundle(host: &dyn Host, dir: &Path, names: &BundleNames, kernel
     }
     let stub_sha256 = crate::digest::hash_file(Path::new(STUB))?;
     let signed_cert_sha256 = ukis.signer.map(|signer| signer.cert_sha256.clone());
-    Ok((ManifestUki { rootfs_url_default: rootfs_url == default_url, cmdline, rootfs_url, stub_sha256, signed_cert_sha256 }, artifacts))
+    Ok((
+        ManifestUki {
+            rootfs_url_default: rootfs_url == default_url,
+            cmdline,
+            rootfs_url,
+            stub_sha256,
+            signed_cert_sha256,
+        },
+        artifacts,
+    ))
 }
 
 fn read_stub(stub: &Path) -> Result<Vec<u8>> {
     let file = crate::fileops::open_regular(stub).with_context(|| {
-        format!("the EFI stub {} is needed to make a Unified Kernel Image\nhint: apt-get install {}", stub.display(), crate::tools::package_of("linuxx64.efi.stub"))
+        format!(
+            "the EFI stub {} is needed to make a Unified Kernel Image\nhint: apt-get install {}",
+            stub.display(),
+            crate::tools::package_of("linuxx64.efi.stub")
+        )
     })?;
     let mut bytes = Vec::new();
     file.take(MAX_STUB_BYTES + 1).read_to_end(&mut bytes)?;
@@ -359,9 +442,17 @@ pub fn sections(bytes: &[u8]) -> Result<Vec<(String, u64, Vec<u8>)>> {
 fn check(bytes: &[u8], placed: &[Placed], files: [&Path; 4]) -> Result<()> {
     let found = sections(bytes)?;
     for (section, file) in placed.iter().zip(files) {
-        let Some((_, rva, data)) = found.iter().find(|(name, _, _)| name == section.name) else { bail!("objcopy left out {}", section.name) };
+        let Some((_, rva, data)) = found.iter().find(|(name, _, _)| name == section.name) else {
+            bail!("objcopy left out {}", section.name)
+        };
         if *rva != section.rva || data.len() as u64 != section.size {
-            bail!("{} is at {rva:#x} with {} bytes, not at {:#x} with {}", section.name, data.len(), section.rva, section.size);
+            bail!(
+                "{} is at {rva:#x} with {} bytes, not at {:#x} with {}",
+                section.name,
+                data.len(),
+                section.rva,
+                section.size
+            );
         }
         if crate::digest::sha256_hex(data) != crate::digest::hash_file(file)? {
             bail!("{} does not hold the bytes of {}", section.name, file.display());
@@ -443,11 +534,17 @@ mod tests {
         let initrd = dir.path().join("initrd");
         fs_err::write(&linux, (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>()).unwrap();
         fs_err::write(&initrd, b"07070100000000".repeat(1000)).unwrap();
-        let parts = Parts { os_release: &os_release("demo", "1.0", "c0ffee"), cmdline: "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img", linux: &linux, initrd: &initrd };
+        let parts = Parts {
+            os_release: &os_release("demo", "1.0", "c0ffee"),
+            cmdline: "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img",
+            linux: &linux,
+            initrd: &initrd,
+        };
         let host = crate::host::RealHost { echo: false };
         let log = dir.path().join("log");
         let first = dir.path().join("a.efi");
-        let placed = write(&host, Path::new(STUB), &parts, &first, 1_700_000_000, &dir.path().join("s1"), &log).unwrap();
+        let placed =
+            write(&host, Path::new(STUB), &parts, &first, 1_700_000_000, &dir.path().join("s1"), &log).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let second = dir.path().join("b.efi");
         write(&host, Path::new(STUB), &parts, &second, 1_700_000_000, &dir.path().join("s2"), &log).unwrap();
@@ -455,25 +552,38 @@ mod tests {
         assert!(bytes == fs_err::read(&second).unwrap(), "two UKIs of the same parts differ");
         let (stamp, checksum) = header_offsets(&bytes).unwrap();
         assert_eq!(u32::from_le_bytes(bytes[stamp..stamp + 4].try_into().unwrap()), 1_700_000_000);
-        assert_eq!(u32::from_le_bytes(bytes[checksum..checksum + 4].try_into().unwrap()), pe_checksum(&bytes, checksum));
+        assert_eq!(
+            u32::from_le_bytes(bytes[checksum..checksum + 4].try_into().unwrap()),
+            pe_checksum(&bytes, checksum)
+        );
         let stub_end = stub_layout(&stub()).unwrap().end;
         assert!(placed[0].rva >= stub_end && placed.iter().all(|p| p.rva % MIN_ALIGNMENT == 0), "{placed:?}");
         let found = sections(&bytes).unwrap();
-        assert_eq!(found.iter().map(|(name, rva, _)| (name.as_str(), *rva)).collect::<Vec<_>>(), placed.iter().map(|p| (p.name, p.rva)).collect::<Vec<_>>());
+        assert_eq!(
+            found.iter().map(|(name, rva, _)| (name.as_str(), *rva)).collect::<Vec<_>>(),
+            placed.iter().map(|p| (p.name, p.rva)).collect::<Vec<_>>()
+        );
         assert_eq!(found[1].2, parts.cmdline.as_bytes());
         assert_eq!(found[3].2, fs_err::read(&linux).unwrap());
         // objdump agrees on the addresses.
         let objdump = std::process::Command::new("objdump").arg("-h").arg(&first).output().unwrap();
         let listing = String::from_utf8_lossy(&objdump.stdout);
         for section in &placed {
-            let line = listing.lines().find(|line| line.split_whitespace().nth(1) == Some(section.name)).unwrap_or_else(|| panic!("{} not in {listing}", section.name));
+            let line = listing
+                .lines()
+                .find(|line| line.split_whitespace().nth(1) == Some(section.name))
+                .unwrap_or_else(|| panic!("{} not in {listing}", section.name));
             let fields: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(u64::from_str_radix(fields[2], 16).unwrap(), section.size, "{line}");
             assert_eq!(u64::from_str_radix(fields[3], 16).unwrap(), section.rva, "{line}");
         }
         // Without the fix, objcopy's own time stamp and checksum are there; its checksum is the PE one.
         let raw = dir.path().join("raw.efi");
-        let status = std::process::Command::new("objcopy").args(["--add-section", &format!(".osrel={}", initrd.display()), STUB]).arg(&raw).status().unwrap();
+        let status = std::process::Command::new("objcopy")
+            .args(["--add-section", &format!(".osrel={}", initrd.display()), STUB])
+            .arg(&raw)
+            .status()
+            .unwrap();
         assert!(status.success());
         let raw = fs_err::read(&raw).unwrap();
         let (_, checksum) = header_offsets(&raw).unwrap();
@@ -489,11 +599,20 @@ mod tests {
     #[test]
     fn secure_boot_signing_is_deterministic_and_checks_its_inputs() {
         let dir = tempfile::tempdir().unwrap();
-        let error = format!("{:#}", SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), Path::new(SNAKEOIL_CERT), None).unwrap_err());
+        let error = format!(
+            "{:#}",
+            SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), Path::new(SNAKEOIL_CERT), None).unwrap_err()
+        );
         assert!(error.contains("is encrypted") && error.contains(KEY_PASSPHRASE_ENV), "{error}");
-        let signer = SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), Path::new(SNAKEOIL_CERT), Some("snakeoil".into())).unwrap();
-        let openssl = std::process::Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in", SNAKEOIL_CERT]).output().unwrap();
-        let fingerprint = String::from_utf8_lossy(&openssl.stdout).trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+        let signer =
+            SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), Path::new(SNAKEOIL_CERT), Some("snakeoil".into()))
+                .unwrap();
+        let openssl = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in", SNAKEOIL_CERT])
+            .output()
+            .unwrap();
+        let fingerprint =
+            String::from_utf8_lossy(&openssl.stdout).trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
         assert_eq!(signer.cert_sha256, fingerprint);
         let host = crate::host::RealHost { echo: false };
         let log = dir.path().join("log");
@@ -501,8 +620,12 @@ mod tests {
         signer.sign(&host, Path::new(STUB), &first, 1_700_000_000, &log).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         signer.sign(&host, Path::new(STUB), &second, 1_700_000_000, &log).unwrap();
-        assert!(fs_err::read(&first).unwrap() == fs_err::read(&second).unwrap(), "two signatures of the same image differ");
-        let verified = std::process::Command::new("sbverify").args(["--cert", SNAKEOIL_CERT]).arg(&first).output().unwrap();
+        assert!(
+            fs_err::read(&first).unwrap() == fs_err::read(&second).unwrap(),
+            "two signatures of the same image differ"
+        );
+        let verified =
+            std::process::Command::new("sbverify").args(["--cert", SNAKEOIL_CERT]).arg(&first).output().unwrap();
         assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
         // Another date, another signature (the time is the one given).
         signer.sign(&host, Path::new(STUB), &second, 1_700_000_001, &log).unwrap();
@@ -520,7 +643,10 @@ mod tests {
             (SNAKEOIL_KEY, fifo.to_str().unwrap(), "certificate"),
             (SNAKEOIL_KEY, huge.to_str().unwrap(), "not a PEM file"),
         ] {
-            let error = format!("{:#}", SecureBootSigner::open_with(Path::new(key), Path::new(cert), Some("snakeoil".into())).unwrap_err());
+            let error = format!(
+                "{:#}",
+                SecureBootSigner::open_with(Path::new(key), Path::new(cert), Some("snakeoil".into())).unwrap_err()
+            );
             assert!(error.contains(why), "{key} {cert}: {error}");
         }
     }
@@ -530,7 +656,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nowhere = dir.path().join("linuxx64.efi.stub");
         let parts = Parts { os_release: "", cmdline: "", linux: &nowhere, initrd: &nowhere };
-        let error = format!("{:#}", write(&crate::host::RealHost { echo: false }, &nowhere, &parts, &dir.path().join("x.efi"), 0, dir.path(), &dir.path().join("log")).unwrap_err());
+        let error = format!(
+            "{:#}",
+            write(
+                &crate::host::RealHost { echo: false },
+                &nowhere,
+                &parts,
+                &dir.path().join("x.efi"),
+                0,
+                dir.path(),
+                &dir.path().join("log")
+            )
+            .unwrap_err()
+        );
         assert!(error.contains("apt-get install systemd-boot-efi"), "{error}");
     }
 }

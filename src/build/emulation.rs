@@ -33,7 +33,11 @@ pub fn ready(arch: &str, host: &dyn Host, progress: &dyn Progress) -> Result<()>
                 if argv[0] == "mount" && !original.is_empty() {
                     let _ = host.run(&Command::on_host(&original[0], original[1..].iter().chain(&argv), log.path()));
                 }
-                progress.note(&format!("building for {arch} on this {} host: running `{}` (as root) to enable QEMU user-mode emulation", crate::arch::host(), argv.join(" ")));
+                progress.note(&format!(
+                    "building for {arch} on this {} host: running `{}` (as root) to enable QEMU user-mode emulation",
+                    crate::arch::host(),
+                    argv.join(" ")
+                ));
                 if let Err(error) = host.run(&Command::on_host(&argv[0], &argv[1..], log.path())) {
                     // The check below names every gap left and its fix.
                     progress.warn(&format!("{error:#}"));

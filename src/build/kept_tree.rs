@@ -44,14 +44,23 @@ fn keep() -> usize {
 /// second value says whether it was made now.
 pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(KeptTree, bool)> {
     let path = store.layout().kept_tree(tree_id);
-    let lock = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(path.with_extension("lock"))?.into_parts().0;
-    fs4::fs_std::FileExt::lock_shared(&lock).with_context(|| format!("locking {}", path.with_extension("lock").display()))?;
+    let lock = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("lock"))?
+        .into_parts()
+        .0;
+    fs4::fs_std::FileExt::lock_shared(&lock)
+        .with_context(|| format!("locking {}", path.with_extension("lock").display()))?;
     let mut made = false;
     if !path.is_dir() {
         let _making = store.lock(&format!("tree-{tree_id}"))?;
         if !path.is_dir() {
             sweep_partials(store);
-            let partial = tempfile::Builder::new().prefix(&format!(".partial-{tree_id}-")).tempdir_in(store.layout().kept_trees())?;
+            let partial = tempfile::Builder::new()
+                .prefix(&format!(".partial-{tree_id}-"))
+                .tempdir_in(store.layout().kept_trees())?;
             let tree = partial.path().join("tree");
             fs_err::create_dir(&tree)?;
             fill(&tree)?;
@@ -73,7 +82,9 @@ fn evict(store: &Store, in_use: &Path, keep: usize) {
     let Ok(entries) = fs_err::read_dir(store.layout().kept_trees()) else { return };
     let mut trees: Vec<(std::time::SystemTime, PathBuf)> = entries
         .flatten()
-        .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() && entry.path() != in_use)
+        .filter(|entry| {
+            !entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() && entry.path() != in_use
+        })
         .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
         .collect();
     trees.sort();
@@ -95,7 +106,9 @@ fn sweep_partials(store: &Store) {
         if !crate::digest::is_sha256_hex(tree_id) {
             continue;
         }
-        if let Ok(Some(_nobody_making_it)) = crate::fileops::try_lock_file(&store.layout().lock(&format!("tree-{tree_id}"))) {
+        if let Ok(Some(_nobody_making_it)) =
+            crate::fileops::try_lock_file(&store.layout().lock(&format!("tree-{tree_id}")))
+        {
             let _ = remove_tree(&entry.path());
         }
     }
@@ -118,7 +131,8 @@ mod tests {
     #[test]
     fn a_kept_tree_is_made_once_and_then_reused() {
         let (_dir, store) = store();
-        let (kept, made) = ensure(&store, &id(1), |tree| Ok(fs_err::write(tree.join("etc-hostname"), "kept\n")?)).unwrap();
+        let (kept, made) =
+            ensure(&store, &id(1), |tree| Ok(fs_err::write(tree.join("etc-hostname"), "kept\n")?)).unwrap();
         assert!(made);
         assert_eq!(std::fs::read_to_string(kept.path().join("etc-hostname")).unwrap(), "kept\n");
         drop(kept);
@@ -136,7 +150,8 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("layer 3 is corrupt"));
         assert!(!store.layout().kept_tree(&id(2)).exists());
-        let leftovers: Vec<_> = std::fs::read_dir(store.layout().kept_trees()).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
+        let leftovers: Vec<_> =
+            std::fs::read_dir(store.layout().kept_trees()).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 

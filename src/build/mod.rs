@@ -28,9 +28,16 @@ use crate::stage::StageContext;
 /// it gives up (each attempt removes the entry it tripped on).
 const CORRUPT_RETRIES: usize = 8;
 
-pub fn build(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Host, progress: &dyn Progress) -> Result<BuildSummary> {
+pub fn build(
+    recipe: &Recipe,
+    plan: &Plan,
+    options: &BuildOptions,
+    host: &dyn Host,
+    progress: &dyn Progress,
+) -> Result<BuildSummary> {
     let started = Instant::now();
-    crate::names::check_version(&options.version).map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
+    crate::names::check_version(&options.version)
+        .map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
     publish::preflight(recipe, plan, options)?;
     healing(&options.cache_dir, progress, || build_once(recipe, plan, options, host, progress, started))
 }
@@ -53,15 +60,31 @@ fn healing<T>(cache_dir: &Path, progress: &dyn Progress, mut work: impl FnMut() 
     }
 }
 
-fn build_once(recipe: &Recipe, plan: &Plan, options: &BuildOptions, host: &dyn Host, progress: &dyn Progress, started: Instant) -> Result<BuildSummary> {
+fn build_once(
+    recipe: &Recipe,
+    plan: &Plan,
+    options: &BuildOptions,
+    host: &dyn Host,
+    progress: &dyn Progress,
+    started: Instant,
+) -> Result<BuildSummary> {
     let mut runner = StageRunner::open(plan, options, host, progress)?;
     let mut stages = Vec::new();
     for index in 0..plan.stages.len() {
         stages.push(runner.stage(index)?);
     }
-    let (outputs, record, made_here) = outputs::outputs(&mut runner, options.fast, options.cache_only).inspect_err(|error| progress.fail("outputs", &format!("{error:#}")))?;
+    let (outputs, record, made_here) = outputs::outputs(&mut runner, options.fast, options.cache_only)
+        .inspect_err(|error| progress.fail("outputs", &format!("{error:#}")))?;
     let (bundle, up_to_date) = publish::publish(&runner, options, recipe, &record, &made_here)?;
-    Ok(BuildSummary { name: plan.recipe.clone(), version: options.version.clone(), bundle, stages, outputs, up_to_date, seconds: started.elapsed().as_secs_f64() })
+    Ok(BuildSummary {
+        name: plan.recipe.clone(),
+        version: options.version.clone(),
+        bundle,
+        stages,
+        outputs,
+        up_to_date,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Bring the tree after the first `stages` stages into a work dir (building

@@ -24,7 +24,16 @@ pub struct BuildOptions {
 impl BuildOptions {
     /// Options that only bring stages into the cache (`shell`, `lock`).
     pub fn stages_only(cache_dir: PathBuf, version: String) -> BuildOptions {
-        BuildOptions { cache_dir, out_dir: PathBuf::new(), version, rebuild_from: None, fast: false, cache_only: false, lock: None, cache_remote: None }
+        BuildOptions {
+            cache_dir,
+            out_dir: PathBuf::new(),
+            version,
+            rebuild_from: None,
+            fast: false,
+            cache_only: false,
+            lock: None,
+            cache_remote: None,
+        }
     }
 }
 

@@ -56,7 +56,12 @@ pub struct OutputRecord {
 impl OutputRecord {
     /// Every output file: (the key of the entry holding it, its name, its SHA-256).
     pub fn all_files(&self) -> Vec<(&str, &str, &str)> {
-        let mut all: Vec<(&str, &str, &str)> = self.rootfs.files.iter().map(|(name, digest)| (self.rootfs.key.as_str(), name.as_str(), digest.as_str())).collect();
+        let mut all: Vec<(&str, &str, &str)> = self
+            .rootfs
+            .files
+            .iter()
+            .map(|(name, digest)| (self.rootfs.key.as_str(), name.as_str(), digest.as_str()))
+            .collect();
         all.extend(self.files.iter().map(|(name, digest)| (self.key.as_str(), name.as_str(), digest.as_str())));
         all.sort_by_key(|(_, name, _)| *name);
         all
@@ -66,27 +71,42 @@ impl OutputRecord {
 /// The outputs of the runner's final tree: from the cache (or the remote
 /// cache), or assembled and stored there. Also the keys of the entries this
 /// call made: their digests were taken from the bytes as they were written.
-pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Result<(StageOutcome, OutputRecord, Vec<String>)> {
+pub fn outputs(
+    runner: &mut StageRunner<'_>,
+    fast: bool,
+    cache_only: bool,
+) -> Result<(StageOutcome, OutputRecord, Vec<String>)> {
     let started = Instant::now();
     let final_tree = runner.parent_tree().expect("a recipe has stages").to_string();
     let kernels = kernels_of(&runner.records)?;
     let rootfs_key = rootfs_key(runner.plan, fast, &final_tree, runner.host);
     let key = initramfs_key(runner.plan, &rootfs_key, &kernels);
-    let outcome = |state: &str, seconds: f64| StageOutcome { name: "outputs".into(), kind: "outputs".into(), key: key.clone(), state: state.into(), seconds };
+    let outcome = |state: &str, seconds: f64| StageOutcome {
+        name: "outputs".into(),
+        kind: "outputs".into(),
+        key: key.clone(),
+        state: state.into(),
+        seconds,
+    };
     if let Some(record) = cached(runner, &key, &rootfs_key) {
         runner.share_outputs(&record.rootfs.key)?;
         runner.share_outputs(&key)?;
         runner.progress.done("outputs", "cached", 0.0);
         return Ok((outcome("cached", started.elapsed().as_secs_f64()), record, Vec::new()));
     }
-    if runner.pull_outputs(&key)? && (runner.store.output::<RootfsRecord>(&rootfs_key).is_some() || runner.pull_outputs(&rootfs_key)?) {
+    if runner.pull_outputs(&key)?
+        && (runner.store.output::<RootfsRecord>(&rootfs_key).is_some() || runner.pull_outputs(&rootfs_key)?)
+    {
         if let Some(record) = cached(runner, &key, &rootfs_key) {
             let seconds = started.elapsed().as_secs_f64();
             runner.progress.done("outputs", "pulled from the remote cache", seconds);
             return Ok((outcome("pulled", seconds), record, Vec::new()));
         }
         // Records this rootsmith does not read, or that do not belong together: built here instead.
-        runner.progress.warn(&format!("the outputs {} pulled from the remote cache are not usable here; building them", &key[..12]));
+        runner.progress.warn(&format!(
+            "the outputs {} pulled from the remote cache are not usable here; building them",
+            &key[..12]
+        ));
     }
     if cache_only {
         bail!("the outputs are not in the cache (key {key}) and --cache-only forbids building them");
@@ -127,9 +147,15 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     let chunks = match chunks {
         Some(chunks) => chunks,
         None => {
-            let (image_digest, chunks) = artifact::cpio::hash_rootfs_image(&runner.store.layout().output(&rootfs.key).join("rootfs.img"))?;
+            let (image_digest, chunks) =
+                artifact::cpio::hash_rootfs_image(&runner.store.layout().output(&rootfs.key).join("rootfs.img"))?;
             if rootfs.files.get("rootfs.img") != Some(&image_digest) {
-                return Err(crate::cache::Corrupt { what: format!("cached output rootfs.img ({})", &rootfs.key[..12]), why: "its bytes do not match its digest".into(), entry: crate::cache::CorruptEntry::Output(rootfs.key.clone()) }.into());
+                return Err(crate::cache::Corrupt {
+                    what: format!("cached output rootfs.img ({})", &rootfs.key[..12]),
+                    why: "its bytes do not match its digest".into(),
+                    entry: crate::cache::CorruptEntry::Output(rootfs.key.clone()),
+                }
+                .into());
             }
             steps.done("rootfs-image-check");
             chunks
@@ -146,7 +172,15 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     fs_err::create_dir(&staged)?;
     let layout = runner.store.layout().clone();
     let frames = artifact::frames::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
-    let kernels = kernels.iter().map(|kernel| KernelFiles { name: &kernel.name, release: &kernel.release, debs: &kernel.debs, products: kernel.dir(runner.store.layout()) }).collect();
+    let kernels = kernels
+        .iter()
+        .map(|kernel| KernelFiles {
+            name: &kernel.name,
+            release: &kernel.release,
+            debs: &kernel.debs,
+            products: kernel.dir(runner.store.layout()),
+        })
+        .collect();
     let request = thin_initramfs::Request {
         host: runner.host,
         log: &log,
@@ -163,7 +197,15 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
     let initramfs = thin_initramfs::write(&request, &staged.join("initramfs.img"))?;
     steps.done("initramfs");
     let files = digests_of(&staged, BTreeMap::new())?;
-    let record = OutputRecord { key: key.clone(), files, cookie: rootfs.cookie.clone(), squashfs_entries: rootfs.squashfs_entries, rootfs, initramfs, created: crate::time::now_seconds() };
+    let record = OutputRecord {
+        key: key.clone(),
+        files,
+        cookie: rootfs.cookie.clone(),
+        squashfs_entries: rootfs.squashfs_entries,
+        rootfs,
+        initramfs,
+        created: crate::time::now_seconds(),
+    };
     let initramfs_stored = runner.store.put_output(&key, &staged, &record)?;
     steps.done("store");
     steps.append_to(&log)?;
@@ -181,9 +223,13 @@ pub fn outputs(runner: &mut StageRunner<'_>, fast: bool, cache_only: bool) -> Re
 /// belong together: the initramfs entry is for this rootfs entry, whose
 /// files and cookie are the ones it was made from.
 fn cached(runner: &StageRunner<'_>, key: &str, rootfs_key: &str) -> Option<OutputRecord> {
-    let record = runner.store.output::<OutputRecord>(key).filter(|record| record.key == key && record.rootfs.key == rootfs_key)?;
+    let record = runner
+        .store
+        .output::<OutputRecord>(key)
+        .filter(|record| record.key == key && record.rootfs.key == rootfs_key)?;
     let rootfs = runner.store.output::<RootfsRecord>(rootfs_key)?;
-    (rootfs.key == rootfs_key && rootfs.files == record.rootfs.files && rootfs.cookie == record.rootfs.cookie).then_some(record)
+    (rootfs.key == rootfs_key && rootfs.files == record.rootfs.files && rootfs.cookie == record.rootfs.cookie)
+        .then_some(record)
 }
 
 /// How long each step of making an entry took: lines `step NAME SECONDS`
@@ -273,7 +319,15 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
         let tarball = scope.spawn(|| {
             let mut steps = Steps::start();
             let memo: Option<&tarball::MemoPath> = if memos_apply { Some(&tarball_memo) } else { None };
-            let digest = tarball::write_rootfs_tarball(&tree, devices, &tarball_path, tarball_compression, epoch, Some(&frames), memo);
+            let digest = tarball::write_rootfs_tarball(
+                &tree,
+                devices,
+                &tarball_path,
+                tarball_compression,
+                epoch,
+                Some(&frames),
+                memo,
+            );
             steps.done("tarball");
             digest.map(|digest| (digest, steps))
         });
@@ -282,7 +336,18 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
             // The squashfs is written straight into the rootfs image, after its header.
             let image_path = staged.join("rootfs.img");
             let mut image = artifact::cpio::start_rootfs_image(&image_path)?;
-            let squashfs_len = squashfs::write_into(runner.host, &tree, devices, &mut image, &image_path, work.dir.path(), squashfs_compression, epoch, &log, Some(&blocks))?;
+            let squashfs_len = squashfs::write_into(
+                runner.host,
+                &tree,
+                devices,
+                &mut image,
+                &image_path,
+                work.dir.path(),
+                squashfs_compression,
+                epoch,
+                &log,
+                Some(&blocks),
+            )?;
             steps.done("squashfs");
             let check = squashfs::verify(&image_path, artifact::cpio::SQUASHFS_OFFSET, &tree, devices)?;
             steps.done("squashfs-check");
@@ -302,13 +367,22 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
     let known = BTreeMap::from([("rootfs.img".to_string(), made.sha256), (tarball_name, tarball_digest)]);
     if tarball_compression.algorithm == Algorithm::Zstd {
         use std::io::Write;
-        fs_err::OpenOptions::new().append(true).open(&log)?.write_all(format!("{}: {}\n", tarball::WRITER, frames.summary()).as_bytes())?;
+        fs_err::OpenOptions::new()
+            .append(true)
+            .open(&log)?
+            .write_all(format!("{}: {}\n", tarball::WRITER, frames.summary()).as_bytes())?;
     }
     fs_err::write(staged.join(PACKAGES), artifact::packages::installed(&tree))?;
     let created = crate::time::rfc3339(runner.plan.source_date_epoch);
     fs_err::write(staged.join(SBOM), artifact::sbom::spdx(&tree, &runner.plan.recipe, &cookie, &created))?;
     steps.done("packages-sbom");
-    let record = RootfsRecord { key: key.to_string(), files: digests_of(&staged, known)?, cookie, squashfs_entries: check.entries, created: crate::time::now_seconds() };
+    let record = RootfsRecord {
+        key: key.to_string(),
+        files: digests_of(&staged, known)?,
+        cookie,
+        squashfs_entries: check.entries,
+        created: crate::time::now_seconds(),
+    };
     let stored = runner.store.put_output(key, &staged, &record)?;
     steps.done("store");
     steps.append_to(&log)?;
@@ -319,7 +393,10 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
 pub fn output_compressions(plan: &Plan, fast: bool) -> (Compression, Compression) {
     if fast {
         // The developer loop: same tree, cheap compression.
-        (Compression { algorithm: Algorithm::Zstd, level: Some(3) }, Compression { algorithm: Algorithm::Zstd, level: Some(1) })
+        (
+            Compression { algorithm: Algorithm::Zstd, level: Some(3) },
+            Compression { algorithm: Algorithm::Zstd, level: Some(1) },
+        )
     } else {
         (plan.outputs.squashfs, plan.outputs.tarball)
     }
@@ -356,7 +433,8 @@ pub fn rootfs_key(plan: &Plan, fast: bool, final_tree: &str, host: &dyn Host) ->
 /// list of, the init, the kernels and the initramfs settings.
 pub fn initramfs_key(plan: &Plan, rootfs_key: &str, kernels: &[KernelProducts]) -> String {
     // A kernel that is not installed in the tree still decides the initramfs's modules.
-    let kernels: Vec<(&str, &str, &str)> = kernels.iter().map(|k| (k.name.as_str(), k.release.as_str(), k.products.as_str())).collect();
+    let kernels: Vec<(&str, &str, &str)> =
+        kernels.iter().map(|k| (k.name.as_str(), k.release.as_str(), k.products.as_str())).collect();
     let inputs = serde_json::json!({
         "format": CACHE_FORMAT,
         "entry": "initramfs",
@@ -378,4 +456,3 @@ pub fn compression_name(compression: Compression) -> String {
         None => compression.algorithm.name().into(),
     }
 }
-

@@ -12,7 +12,9 @@ use super::options::{BuildOptions, TOOL};
 use super::outputs::{compression_name, output_compressions, OutputRecord};
 use super::stages::StageRunner;
 use crate::artifact::{self, menus, squashfs, uki};
-use crate::bundle::manifest::{self, Manifest, ManifestArtifact, ManifestBoot, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION};
+use crate::bundle::manifest::{
+    self, Manifest, ManifestArtifact, ManifestBoot, ManifestKernel, ManifestRootfs, ManifestStage, MANIFEST_VERSION,
+};
 use crate::bundle::names::{BundleNames, HOSTS_FILE, PACKAGES};
 use crate::cache::{Corrupt, CorruptEntry};
 use crate::digest::sha256_hex;
@@ -27,8 +29,10 @@ use crate::stage::kernel::kernels_of;
 /// at its end).
 pub fn preflight(recipe: &Recipe, plan: &crate::plan::Plan, options: &BuildOptions) -> Result<()> {
     let parent = options.out_dir.join(&plan.recipe);
-    fs_err::create_dir_all(&parent).with_context(|| format!("the out directory {} cannot be made", options.out_dir.display()))?;
-    tempfile::tempfile_in(&parent).with_context(|| format!("the out directory {} cannot be written", parent.display()))?;
+    fs_err::create_dir_all(&parent)
+        .with_context(|| format!("the out directory {} cannot be made", options.out_dir.display()))?;
+    tempfile::tempfile_in(&parent)
+        .with_context(|| format!("the out directory {} cannot be written", parent.display()))?;
     // A Secure Boot key that cannot sign stops the build before any stage runs.
     if let Some(sign) = plan.outputs.uki.as_ref().and_then(|uki| uki.sign.as_ref()) {
         uki::SecureBootSigner::open(&sign.key.resolved, &sign.cert.resolved).context("outputs.uki.sign")?;
@@ -41,7 +45,11 @@ pub fn preflight(recipe: &Recipe, plan: &crate::plan::Plan, options: &BuildOptio
         differences.push("another recipe text".to_string());
     }
     if existing.fast != options.fast {
-        differences.push(if existing.fast { "it was built with --fast".into() } else { "it was built without --fast".into() });
+        differences.push(if existing.fast {
+            "it was built with --fast".into()
+        } else {
+            "it was built without --fast".into()
+        });
     }
     if existing.source_date_epoch != plan.source_date_epoch {
         differences.push(format!("SOURCE_DATE_EPOCH {}", existing.source_date_epoch));
@@ -61,7 +69,13 @@ pub fn preflight(recipe: &Recipe, plan: &crate::plan::Plan, options: &BuildOptio
 /// anything else is an error.
 /// `made_here` names the output entries this build wrote: their files are
 /// not hashed again.
-pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe, record: &OutputRecord, made_here: &[String]) -> Result<(PathBuf, bool)> {
+pub fn publish(
+    runner: &StageRunner<'_>,
+    options: &BuildOptions,
+    recipe: &Recipe,
+    record: &OutputRecord,
+    made_here: &[String],
+) -> Result<(PathBuf, bool)> {
     let name = &runner.plan.recipe;
     let version = &options.version;
     let names = BundleNames::new(name, version);
@@ -96,16 +110,22 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
             .map(|_| {
                 scope.spawn(|| {
                     let mut done = Vec::new();
-                    while let Some(&(entry, file, digest)) = outputs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                    while let Some(&(entry, file, digest)) =
+                        outputs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
                         let link = entry == record.rootfs.key;
                         let check = !made_here.iter().any(|made| made == entry);
-                        done.push((file, copy_output(layout, staging.path(), &names, entry, file, digest, link, check)));
+                        done.push((
+                            file,
+                            copy_output(layout, staging.path(), &names, entry, file, digest, link, check),
+                        ));
                     }
                     done
                 })
             })
             .collect();
-        let mut all: Vec<_> = workers.into_iter().flat_map(|worker| worker.join().expect("a copying thread panicked")).collect();
+        let mut all: Vec<_> =
+            workers.into_iter().flat_map(|worker| worker.join().expect("a copying thread panicked")).collect();
         all.sort_by_key(|(file, _)| *file);
         all.into_iter().map(|(_, result)| result).collect()
     });
@@ -118,8 +138,17 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
             if let Some(parent) = target.parent() {
                 fs_err::create_dir_all(parent)?;
             }
-            fs_err::copy(products.join(from), &target).with_context(|| format!("kernel {} products are missing from the cache; rebuild with --rebuild {}", kernel.name, kernel.name))?;
-            artifacts.push(ManifestArtifact { size: fs_err::metadata(&target)?.len(), sha256: crate::digest::hash_file(&target)?, name: to });
+            fs_err::copy(products.join(from), &target).with_context(|| {
+                format!(
+                    "kernel {} products are missing from the cache; rebuild with --rebuild {}",
+                    kernel.name, kernel.name
+                )
+            })?;
+            artifacts.push(ManifestArtifact {
+                size: fs_err::metadata(&target)?.len(),
+                sha256: crate::digest::hash_file(&target)?,
+                name: to,
+            });
             Ok(())
         };
         let vmlinuz = names.vmlinuz(&kernel.name);
@@ -135,7 +164,15 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         if let Some(name) = &device_trees {
             copy(crate::stage::kernel::device_trees::ARCHIVE, name.clone())?;
         }
-        kernels.push(ManifestKernel { name: kernel.name.clone(), release: kernel.release.clone(), config_sha256: kernel.config_sha256.clone(), vmlinuz, debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect(), device_trees, uki: None });
+        kernels.push(ManifestKernel {
+            name: kernel.name.clone(),
+            release: kernel.release.clone(),
+            config_sha256: kernel.config_sha256.clone(),
+            vmlinuz,
+            debs: kernel.debs.iter().map(|d| format!("kernel/{d}")).collect(),
+            device_trees,
+            uki: None,
+        });
     }
     let initramfs_compression = runner.plan.outputs.initramfs.compression;
     let mut boot = ManifestBoot {
@@ -152,22 +189,45 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
     if let Some(settings) = &runner.plan.outputs.uki {
         // Made here, not cached with the outputs: a UKI names the bundle's
         // version, and making one is a fast objcopy of files already here.
-        let signer = settings.sign.as_ref().map(|sign| uki::SecureBootSigner::open(&sign.key.resolved, &sign.cert.resolved)).transpose().context("outputs.uki.sign")?;
-        let ukis = uki::BundleUkis { covers: &|kernel| settings.covers(kernel), rootfs_url: settings.rootfs_url.as_deref(), cookie: &record.cookie, epoch: runner.plan.source_date_epoch, signer: signer.as_ref() };
+        let signer = settings
+            .sign
+            .as_ref()
+            .map(|sign| uki::SecureBootSigner::open(&sign.key.resolved, &sign.cert.resolved))
+            .transpose()
+            .context("outputs.uki.sign")?;
+        let ukis = uki::BundleUkis {
+            covers: &|kernel| settings.covers(kernel),
+            rootfs_url: settings.rootfs_url.as_deref(),
+            cookie: &record.cookie,
+            epoch: runner.plan.source_date_epoch,
+            signer: signer.as_ref(),
+        };
         let (made, files) = uki::write_for_bundle(runner.host, staging.path(), &names, &mut kernels, &boot, &ukis)?;
         boot.uki = Some(made);
         artifacts.extend(files);
     }
-    artifacts.extend(menus::write_all(staging.path(), &menus::MenuInput::new(name, version, &runner.plan.arch, &kernels, &boot))?);
+    artifacts.extend(menus::write_all(
+        staging.path(),
+        &menus::MenuInput::new(name, version, &runner.plan.arch, &kernels, &boot),
+    )?);
     if let Some(hosts) = &recipe.hosts {
         // The inventory travels with the bundle it describes (`serve --hosts BUNDLE/hosts.yaml`).
         let bytes = fs_err::read(&hosts.resolved)?;
         fs_err::write(staging.path().join(HOSTS_FILE), &bytes)?;
-        artifacts.push(ManifestArtifact { name: HOSTS_FILE.into(), size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
+        artifacts.push(ManifestArtifact {
+            name: HOSTS_FILE.into(),
+            size: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+        });
     }
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     let image = match &runner.plan.outputs.oci {
-        Some(_) => Some(crate::oci::image::assemble(&runner.store, &runner.records, &runner.plan.arch, runner.plan.source_date_epoch)?),
+        Some(_) => Some(crate::oci::image::assemble(
+            &runner.store,
+            &runner.records,
+            &runner.plan.arch,
+            runner.plan.source_date_epoch,
+        )?),
         None => None,
     };
     let (squashfs_compression, _) = output_compressions(runner.plan, options.fast);
@@ -180,7 +240,16 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
         recipe_sha256: sha256_hex(recipe.source.as_bytes()),
         source_date_epoch: runner.plan.source_date_epoch,
         fast: options.fast,
-        stages: runner.records.iter().map(|r| ManifestStage { name: r.stage.clone(), kind: r.kind.clone(), key: r.key.clone(), layer: r.layer.clone() }).collect(),
+        stages: runner
+            .records
+            .iter()
+            .map(|r| ManifestStage {
+                name: r.stage.clone(),
+                kind: r.kind.clone(),
+                key: r.key.clone(),
+                layer: r.layer.clone(),
+            })
+            .collect(),
         rootfs: ManifestRootfs {
             cookie: record.cookie.clone(),
             squashfs_writer: squashfs::writer_name(runner.host, squashfs_compression),
@@ -222,7 +291,16 @@ pub fn publish(runner: &StageRunner<'_>, options: &BuildOptions, recipe: &Recipe
 /// and a published bundle is never changed in place (docs/releases.md). A
 /// cached entry is checked again each time it is published.
 #[allow(clippy::too_many_arguments)]
-fn copy_output(layout: &crate::cache::Layout, staging: &Path, names: &BundleNames, entry: &str, file: &str, digest: &str, link: bool, check: bool) -> Result<ManifestArtifact> {
+fn copy_output(
+    layout: &crate::cache::Layout,
+    staging: &Path,
+    names: &BundleNames,
+    entry: &str,
+    file: &str,
+    digest: &str,
+    link: bool,
+    check: bool,
+) -> Result<ManifestArtifact> {
     // Files about the tree, not boot artifacts, keep their names.
     let target = staging.join(names.output(file));
     let source = layout.output(entry).join(file);
@@ -231,20 +309,33 @@ fn copy_output(layout: &crate::cache::Layout, staging: &Path, names: &BundleName
     }
     let actual = if check { crate::digest::hash_file_no_follow(&target)? } else { digest.to_string() };
     if actual != digest {
-        return Err(Corrupt { what: format!("cached output {file} ({})", &entry[..12]), why: "its bytes do not match its digest".into(), entry: CorruptEntry::Output(entry.to_string()) }.into());
+        return Err(Corrupt {
+            what: format!("cached output {file} ({})", &entry[..12]),
+            why: "its bytes do not match its digest".into(),
+            entry: CorruptEntry::Output(entry.to_string()),
+        }
+        .into());
     }
     Ok(ManifestArtifact { size: fs_err::metadata(&target)?.len(), name: names.output(file), sha256: actual })
 }
 
 /// The `outputs.oci` image: into its layout, to its registry.
-fn write_image(image: &crate::oci::image::Image, oci: &crate::recipe::OciOutput, version: &str, progress: &dyn Progress) -> Result<()> {
+fn write_image(
+    image: &crate::oci::image::Image,
+    oci: &crate::recipe::OciOutput,
+    version: &str,
+    progress: &dyn Progress,
+) -> Result<()> {
     if let Some(dir) = &oci.layout {
-        crate::oci::layout::write_image(dir, version, image).with_context(|| format!("writing the OCI image into {}", dir.display()))?;
+        crate::oci::layout::write_image(dir, version, image)
+            .with_context(|| format!("writing the OCI image into {}", dir.display()))?;
         progress.note(&format!("oci: {} in {} as `{version}`", image.manifest_digest, dir.display()));
     }
     if let Some(reference) = &oci.push {
         let registry = crate::oci::registry::Registry::connect(reference)?;
-        registry.push(image, &|line| progress.note(&format!("oci: {line}"))).with_context(|| format!("pushing the OCI image to {reference}"))?;
+        registry
+            .push(image, &|line| progress.note(&format!("oci: {line}")))
+            .with_context(|| format!("pushing the OCI image to {reference}"))?;
         progress.note(&format!("oci: {} pushed to {reference}", image.manifest_digest));
     }
     Ok(())
@@ -260,4 +351,3 @@ fn same_bundle(bundle: &Path, manifest: &[u8]) -> Result<()> {
         bundle.display()
     )
 }
-

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use super::kept_tree::{self, KeptTree};
 use super::options::{BuildOptions, StageFailed, StageOutcome};
 use crate::cache::{tree_id, StageRecord, Store, WorkDir};
 use crate::host::overlay::{self, OverlayMount};
 use crate::host::Host;
-use super::kept_tree::{self, KeptTree};
 use crate::layer::{apply_layer, Change, Devices, Snapshot, TreeTarWriter};
 use crate::plan::Plan;
 use crate::progress::Progress;
@@ -77,7 +77,12 @@ pub struct StageRunner<'a> {
 
 impl<'a> StageRunner<'a> {
     /// Open the cache (and the remote cache, when one is set) for `plan`.
-    pub fn open(plan: &'a Plan, options: &'a BuildOptions, host: &'a dyn Host, progress: &'a dyn Progress) -> Result<StageRunner<'a>> {
+    pub fn open(
+        plan: &'a Plan,
+        options: &'a BuildOptions,
+        host: &'a dyn Host,
+        progress: &'a dyn Progress,
+    ) -> Result<StageRunner<'a>> {
         if !host.records_true_owners() {
             bail!(
                 "this process cannot give files their true owners (uid {}, or a user namespace that maps fewer than {} ids), and a layer cached that way would poison later builds; nothing was built\nhint: run rootsmith as an ordinary user (it makes its own user namespace) or as root, not inside a namespace that maps only some ids",
@@ -89,7 +94,9 @@ impl<'a> StageRunner<'a> {
         let remote = match &options.cache_remote {
             Some(repository) => match RemoteCache::connect(repository) {
                 Ok(remote) => Some(remote),
-                Err(error) if options.cache_only => return Err(error.context(format!("the remote cache {repository} (--cache-only needs it)"))),
+                Err(error) if options.cache_only => {
+                    return Err(error.context(format!("the remote cache {repository} (--cache-only needs it)")))
+                }
                 Err(error) => {
                     progress.warn(&format!("remote cache {repository}: {error:#}; building without it"));
                     None
@@ -131,7 +138,13 @@ impl<'a> StageRunner<'a> {
         let inputs = self.plan.inputs(index, self.parent_tree());
         let key = inputs.key();
         let forced = self.rebuild_from.is_some_and(|from| index >= from);
-        let outcome = |state: &str, seconds: f64| StageOutcome { name: planned.name.clone(), kind: planned.kind.kind_name().into(), key: key.clone(), state: state.into(), seconds };
+        let outcome = |state: &str, seconds: f64| StageOutcome {
+            name: planned.name.clone(),
+            kind: planned.kind.kind_name().into(),
+            key: key.clone(),
+            state: state.into(),
+            seconds,
+        };
         if !forced {
             if let Some(record) = self.store.stage(&key) {
                 self.share(&record)?;
@@ -204,11 +217,24 @@ impl<'a> StageRunner<'a> {
             Ok(kernel) => kernel,
             Err(error) => {
                 self.progress.fail(&label, &format!("{error:#}"));
-                return Err(error.context(StageFailed { stage: planned.name.clone(), kind: planned.kind.kind_name().into(), log: log.clone() }));
+                return Err(error.context(StageFailed {
+                    stage: planned.name.clone(),
+                    kind: planned.kind.kind_name().into(),
+                    log: log.clone(),
+                }));
             }
         };
         if let Some(kernel) = &kernel {
-            let compiled = if kernel.compiled { format!("compiled, ccache {} hits / {} misses, {} in ccache", kernel.ccache_hits, kernel.ccache_misses, crate::progress::human_size(kernel.ccache_size)) } else { "products already cached".to_string() };
+            let compiled = if kernel.compiled {
+                format!(
+                    "compiled, ccache {} hits / {} misses, {} in ccache",
+                    kernel.ccache_hits,
+                    kernel.ccache_misses,
+                    crate::progress::human_size(kernel.ccache_size)
+                )
+            } else {
+                "products already cached".to_string()
+            };
             self.progress.note(&format!("kernel {} ({compiled})", kernel.release));
         }
         if is_base {
@@ -312,7 +338,8 @@ impl<'a> StageRunner<'a> {
         if index > 0 && overlay::available() && overlay::works_in(&dir.path().join("probe")) {
             match self.overlay_tree(&dir, index) {
                 Ok(mounted) => {
-                    self.work = Some(Work { _overlay: Some(mounted), dir, stages_applied: index, devices: Devices::default() });
+                    self.work =
+                        Some(Work { _overlay: Some(mounted), dir, stages_applied: index, devices: Devices::default() });
                     return Ok(());
                 }
                 // Corrupt layers are healed by the caller; anything else
@@ -360,7 +387,10 @@ impl<'a> StageRunner<'a> {
             Ok(())
         })?;
         if !made {
-            self.progress.note(&format!("the tree after {index} stages: the kept tree {} (an overlay, nothing extracted)", &tree_id[..12]));
+            self.progress.note(&format!(
+                "the tree after {index} stages: the kept tree {} (an overlay, nothing extracted)",
+                &tree_id[..12]
+            ));
         }
         let (tree, upper, scratch) = (dir.path().join("tree"), dir.path().join("upper"), dir.path().join("overlay"));
         for new in [&tree, &upper, &scratch] {
@@ -374,7 +404,11 @@ impl<'a> StageRunner<'a> {
             std::os::unix::fs::lchown(&upper, Some(root.uid()), Some(root.gid()))?;
             fs_err::set_permissions(&upper, std::fs::Permissions::from_mode(root.mode() & 0o7777))?;
         }
-        filetime::set_file_times(&upper, filetime::FileTime::from_last_access_time(&root), filetime::FileTime::from_last_modification_time(&root))?;
+        filetime::set_file_times(
+            &upper,
+            filetime::FileTime::from_last_access_time(&root),
+            filetime::FileTime::from_last_modification_time(&root),
+        )?;
         let mount = overlay::mount(kept.path(), &upper, &scratch, &tree)?;
         Ok((mount, kept))
     }
@@ -383,7 +417,13 @@ impl<'a> StageRunner<'a> {
     /// placeholder as the device it stands for).
     /// `after` is refreshed for the paths whose times this sets, so it stays
     /// the tree's snapshot (the next stage starts from it).
-    fn write_layer(&self, tree: &Path, devices: &Devices, before: &Snapshot, after: &mut Snapshot) -> Result<(String, u64)> {
+    fn write_layer(
+        &self,
+        tree: &Path,
+        devices: &Devices,
+        before: &Snapshot,
+        after: &mut Snapshot,
+    ) -> Result<(String, u64)> {
         let temp = self.store.temp_file()?;
         {
             let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(temp.as_file()), LAYER_ZSTD_LEVEL)?;
@@ -401,7 +441,10 @@ impl<'a> StageRunner<'a> {
             // clamped), so the next stage sees the same tree either way and
             // captures the same layer bytes.
             let epoch = filetime::FileTime::from_unix_time(self.plan.source_date_epoch, 0);
-            let written: Vec<PathBuf> = changes.into_iter().filter_map(|change| if let Change::Write(path) = change { Some(path) } else { None }).collect();
+            let written: Vec<PathBuf> = changes
+                .into_iter()
+                .filter_map(|change| if let Change::Write(path) = change { Some(path) } else { None })
+                .collect();
             for path in &written {
                 let full = tree.join(path);
                 let metadata = fs_err::symlink_metadata(&full)?;

@@ -30,7 +30,10 @@ fn recipe(dir: &Path) -> Recipe {
 
 /// `/etc/motd` of the tree after every stage of `plan` (building what is missing).
 fn motd_after_all_stages(plan: &crate::plan::Plan, cache: &Path, host: &RecordingHost) -> String {
-    materialize(plan, cache, plan.stages.len(), host, &Silent, |context| Ok(fs_err::read_to_string(context.tree.join("etc/motd"))?)).unwrap()
+    materialize(plan, cache, plan.stages.len(), host, &Silent, |context| {
+        Ok(fs_err::read_to_string(context.tree.join("etc/motd"))?)
+    })
+    .unwrap()
 }
 
 fn options() -> PlanOptions {
@@ -76,7 +79,10 @@ fn a_second_build_runs_no_command_and_a_changed_file_rebuilds_only_its_stage() {
     let changed = plan(&recipe, &options(), &again).unwrap();
     let store = Store::open(&cache).unwrap();
     let statuses = changed.statuses(&store, None);
-    assert!(matches!(statuses[0], StageStatus::Hit(_)) && matches!(statuses[1], StageStatus::Hit(_)), "stages before the change stay cached");
+    assert!(
+        matches!(statuses[0], StageStatus::Hit(_)) && matches!(statuses[1], StageStatus::Hit(_)),
+        "stages before the change stay cached"
+    );
     assert!(matches!(statuses[2], StageStatus::Miss { .. }), "the files stage reads the changed file");
     let motd = motd_after_all_stages(&changed, &cache, &again);
     assert_eq!(motd, "changed\n");
@@ -161,7 +167,10 @@ fn an_unwritable_out_dir_or_a_clashing_version_stops_the_build_before_any_stage(
     let host = RecordingHost::default();
     let plan = plan(&recipe, &options(), &host).unwrap();
     let cache = dir.path().join("cache");
-    let options_for = |out: std::path::PathBuf| BuildOptions { out_dir: out, ..BuildOptions::stages_only(cache.clone(), "1.0.0".into()) };
+    let options_for = |out: std::path::PathBuf| BuildOptions {
+        out_dir: out,
+        ..BuildOptions::stages_only(cache.clone(), "1.0.0".into())
+    };
 
     // The out directory is a file.
     std::fs::write(dir.path().join("out-file"), b"").unwrap();
@@ -191,7 +200,12 @@ fn an_unwritable_out_dir_or_a_clashing_version_stops_the_build_before_any_stage(
 fn outputs_are_keyed_by_the_recipe_name() {
     let dir = tempfile::tempdir().unwrap();
     let unit = recipe(dir.path());
-    let renamed = load_str(&dir.path().join("other.yaml"), &unit.source.replace("name: unit", "name: other"), &LoadOptions::default()).unwrap();
+    let renamed = load_str(
+        &dir.path().join("other.yaml"),
+        &unit.source.replace("name: unit", "name: other"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let host = RecordingHost::default();
     let key = |recipe: &Recipe| {
         let plan = plan(recipe, &options(), &host).unwrap();
@@ -216,7 +230,15 @@ fn each_layer_holds_only_what_its_own_stage_changed() {
     // A base with two names of one file (GNU tar keeps the link): the layer
     // writer retimes both through the first.
     fs_err::hard_link(dir.path().join("tree/etc/hostname"), dir.path().join("tree/etc/hostname-link")).unwrap();
-    assert!(std::process::Command::new("tar").arg("-C").arg(dir.path().join("tree")).arg("-cf").arg(dir.path().join("base.tar")).arg(".").status().unwrap().success());
+    assert!(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir.path().join("tree"))
+        .arg("-cf")
+        .arg(dir.path().join("base.tar"))
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
     let source = "rootsmith: 1\nname: unit\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - files: { src: first, dest: /etc }\n  - files: { src: second, dest: /usr }\n";
     let recipe = load_str(&dir.path().join("unit.yaml"), source, &LoadOptions::default()).unwrap();
     let cache = dir.path().join("cache");
@@ -230,7 +252,11 @@ fn each_layer_holds_only_what_its_own_stage_changed() {
         .map(|status| {
             let StageStatus::Hit(record) = status else { panic!("every stage was built") };
             let mut archive = tar::Archive::new(zstd::Decoder::new(store.open_blob(&record.layer).unwrap()).unwrap());
-            archive.entries().unwrap().map(|entry| entry.unwrap().path().unwrap().to_string_lossy().trim_end_matches('/').to_string()).collect()
+            archive
+                .entries()
+                .unwrap()
+                .map(|entry| entry.unwrap().path().unwrap().to_string_lossy().trim_end_matches('/').to_string())
+                .collect()
         })
         .collect();
     // A directory shows when its mtime moved; nothing of the base may.

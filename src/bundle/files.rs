@@ -37,7 +37,9 @@ fn error(kind: io::ErrorKind, path: &Path, message: impl std::fmt::Display) -> i
 
 fn errno(errno: Errno, path: &Path) -> io::Error {
     match errno {
-        Errno::ELOOP => error(io::ErrorKind::InvalidData, path, "is a symbolic link; a bundle's files are regular files"),
+        Errno::ELOOP => {
+            error(io::ErrorKind::InvalidData, path, "is a symbolic link; a bundle's files are regular files")
+        }
         other => {
             let io = io::Error::from(other);
             error(io.kind(), path, io)
@@ -51,7 +53,11 @@ fn kind_of(mode: u32) -> String {
 }
 
 fn not_regular(path: &Path, mode: u32) -> io::Error {
-    error(io::ErrorKind::InvalidData, path, format!("is {}, not a regular file; a bundle's files are regular files", kind_of(mode)))
+    error(
+        io::ErrorKind::InvalidData,
+        path,
+        format!("is {}, not a regular file; a bundle's files are regular files", kind_of(mode)),
+    )
 }
 
 fn is_regular(mode: u32) -> bool {
@@ -60,7 +66,9 @@ fn is_regular(mode: u32) -> bool {
 
 /// `openat` with an owned result.
 fn open_at(dir: &OwnedFd, name: &str, flags: OFlag, path: &Path) -> io::Result<OwnedFd> {
-    let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty()).map_err(|e| errno(e, path))?;
+    let fd =
+        nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
+            .map_err(|e| errno(e, path))?;
     // SAFETY: openat just returned this descriptor, and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -73,7 +81,12 @@ fn open_at(dir: &OwnedFd, name: &str, flags: OFlag, path: &Path) -> io::Result<O
 pub fn open(dir: &Path, name: &str) -> io::Result<BundleFile> {
     check_file_name(name).map_err(|bad| io::Error::new(io::ErrorKind::InvalidInput, bad))?;
     let path = dir.join(name);
-    let mut parent: OwnedFd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(dir).map_err(|e| error(e.kind(), dir, e))?.into();
+    let mut parent: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| error(e.kind(), dir, e))?
+        .into();
     let parts: Vec<&str> = name.split('/').collect();
     let (last, dirs) = parts.split_last().expect("a checked name has a component");
     let mut so_far = dir.to_path_buf();
@@ -82,17 +95,24 @@ pub fn open(dir: &Path, name: &str) -> io::Result<BundleFile> {
         parent = match open_at(&parent, part, OFlag::O_RDONLY | OFlag::O_DIRECTORY, &so_far) {
             Ok(opened) => opened,
             // O_NOFOLLOW | O_DIRECTORY on a symbolic link says ENOTDIR: say what it is.
-            Err(refused) => match nix::sys::stat::fstatat(Some(parent.as_raw_fd()), *part, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(stat) if stat.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFDIR.bits() => {
-                    return Err(error(io::ErrorKind::InvalidData, &so_far, format!("is {}, not a directory", kind_of(stat.st_mode))))
+            Err(refused) => {
+                match nix::sys::stat::fstatat(Some(parent.as_raw_fd()), *part, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(stat) if stat.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFDIR.bits() => {
+                        return Err(error(
+                            io::ErrorKind::InvalidData,
+                            &so_far,
+                            format!("is {}, not a directory", kind_of(stat.st_mode)),
+                        ))
+                    }
+                    _ => return Err(refused),
                 }
-                _ => return Err(refused),
-            },
+            }
         };
     }
     // Look before opening, so a device is never opened; the descriptor is
     // looked at again below, in case the name changed in between.
-    let stat = nix::sys::stat::fstatat(Some(parent.as_raw_fd()), *last, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| errno(e, &path))?;
+    let stat = nix::sys::stat::fstatat(Some(parent.as_raw_fd()), *last, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(|e| errno(e, &path))?;
     if !is_regular(stat.st_mode) {
         return Err(not_regular(&path, stat.st_mode));
     }
@@ -111,7 +131,11 @@ pub fn open(dir: &Path, name: &str) -> io::Result<BundleFile> {
 pub fn open_sized(dir: &Path, name: &str, size: u64) -> io::Result<BundleFile> {
     let file = open(dir, name)?;
     if file.len != size {
-        return Err(error(io::ErrorKind::InvalidData, &file.path, format!("is {} bytes, but the manifest says {size}", file.len)));
+        return Err(error(
+            io::ErrorKind::InvalidData,
+            &file.path,
+            format!("is {} bytes, but the manifest says {size}", file.len),
+        ));
     }
     Ok(file)
 }
@@ -120,13 +144,15 @@ impl BundleFile {
     /// Copy the file's bytes into `out`, reading at most `size + 1`: exactly
     /// `size` bytes (the manifest's) must be there.
     pub fn copy_exactly(&self, size: u64, out: &mut impl Write) -> io::Result<()> {
-        let copied = io::copy(&mut (&self.file).take(size.saturating_add(1)), out).map_err(|e| error(e.kind(), &self.path, e))?;
+        let copied = io::copy(&mut (&self.file).take(size.saturating_add(1)), out)
+            .map_err(|e| error(e.kind(), &self.path, e))?;
         self.check_count(copied, size)
     }
 
     /// The SHA-256 of exactly `size` bytes (the manifest's), read at most `size + 1`.
     pub fn sha256(&self, size: u64) -> io::Result<String> {
-        let (digest, read) = crate::digest::hash_reader((&self.file).take(size.saturating_add(1))).map_err(|e| error(e.kind(), &self.path, e))?;
+        let (digest, read) = crate::digest::hash_reader((&self.file).take(size.saturating_add(1)))
+            .map_err(|e| error(e.kind(), &self.path, e))?;
         self.check_count(read, size)?;
         Ok(digest)
     }
@@ -134,7 +160,10 @@ impl BundleFile {
     /// All of the file, when it holds no more than `limit` bytes (read at most `limit + 1`).
     pub fn read_within(&self, limit: u64) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        (&self.file).take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| error(e.kind(), &self.path, e))?;
+        (&self.file)
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| error(e.kind(), &self.path, e))?;
         if bytes.len() as u64 > limit {
             return Err(error(io::ErrorKind::InvalidData, &self.path, format!("holds more than {limit} bytes")));
         }
@@ -150,10 +179,18 @@ impl BundleFile {
 
     fn check_count(&self, read: u64, size: u64) -> io::Result<()> {
         if read > size {
-            return Err(error(io::ErrorKind::InvalidData, &self.path, format!("holds more than the {size} bytes the manifest says")));
+            return Err(error(
+                io::ErrorKind::InvalidData,
+                &self.path,
+                format!("holds more than the {size} bytes the manifest says"),
+            ));
         }
         if read < size {
-            return Err(error(io::ErrorKind::InvalidData, &self.path, format!("ends after {read} of the {size} bytes the manifest says")));
+            return Err(error(
+                io::ErrorKind::InvalidData,
+                &self.path,
+                format!("ends after {read} of the {size} bytes the manifest says"),
+            ));
         }
         Ok(())
     }
@@ -188,7 +225,8 @@ impl io::Seek for Within<'_> {
             io::SeekFrom::End(delta) => self.end.checked_add_signed(delta),
             io::SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
         };
-        self.position = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file"))?;
+        self.position =
+            target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file"))?;
         Ok(self.position)
     }
 }
@@ -274,7 +312,12 @@ mod tests {
         fs_err::write(elsewhere.path().join("x"), b"x").unwrap();
         fs_err::remove_dir_all(path.join("kernel")).unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), path.join("kernel")).unwrap();
-        for (name, shown, what) in [("zero.img", "zero.img", "is a symbolic link"), ("link.img", "link.img", "is a symbolic link"), ("fifo.img", "fifo.img", "is a FIFO"), ("kernel/x", "kernel:", "is a symbolic link")] {
+        for (name, shown, what) in [
+            ("zero.img", "zero.img", "is a symbolic link"),
+            ("link.img", "link.img", "is a symbolic link"),
+            ("fifo.img", "fifo.img", "is a FIFO"),
+            ("kernel/x", "kernel:", "is a symbolic link"),
+        ] {
             let started = std::time::Instant::now();
             let error = sha256(path, name, 1).unwrap_err();
             assert!(error.to_string().contains(shown) && error.to_string().contains(what), "{name}: {error}");

@@ -171,7 +171,10 @@ impl Manifest {
                 problems.push(format!("artifact {:?} is listed twice", artifact.name));
             }
             if !crate::digest::is_sha256_hex(&artifact.sha256) {
-                problems.push(format!("artifact {:?} has sha256 {:?}, not 64 lower-case hex digits", artifact.name, artifact.sha256));
+                problems.push(format!(
+                    "artifact {:?} has sha256 {:?}, not 64 lower-case hex digits",
+                    artifact.name, artifact.sha256
+                ));
             }
         }
         problems
@@ -184,7 +187,11 @@ pub fn write_index(dir: &std::path::Path, manifest: &Manifest) -> std::io::Resul
     let bytes = serde_json::to_vec_pretty(manifest)?;
     fs_err::write(dir.join(MANIFEST), &bytes)?;
     let mut artifacts = manifest.artifacts.clone();
-    artifacts.push(ManifestArtifact { name: MANIFEST.into(), size: bytes.len() as u64, sha256: crate::digest::sha256_hex(&bytes) });
+    artifacts.push(ManifestArtifact {
+        name: MANIFEST.into(),
+        size: bytes.len() as u64,
+        sha256: crate::digest::sha256_hex(&bytes),
+    });
     fs_err::write(dir.join(SHA256SUMS), sha256sums(&artifacts))?;
     Ok(bytes)
 }
@@ -210,10 +217,38 @@ pub fn sample(name: &str, version: &str) -> Manifest {
         source_date_epoch: 0,
         fast: true,
         stages: Vec::new(),
-        rootfs: ManifestRootfs { cookie: "c".into(), squashfs_writer: "mksquashfs".into(), squashfs_compression: "zstd".into(), squashfs_entries: 1, contract_version: 2 },
-        kernels: vec![ManifestKernel { name: "small".into(), release: "6.1.0".into(), config_sha256: crate::digest::sha256_hex(b""), vmlinuz: format!("{prefix}small-vmlinuz"), debs: vec!["kernel/linux-image-6.1.0_1_amd64.deb".into()], device_trees: None, uki: None }],
-        boot: ManifestBoot { initramfs: format!("{prefix}initramfs.img"), initramfs_size: 1, initramfs_compression: "zstd".into(), rootfs_image: format!("{prefix}rootfs.img"), cmdline: String::new(), marker: None, modules: Default::default(), shell: false, uki: None },
-        artifacts: vec![ManifestArtifact { name: format!("{prefix}rootfs.img"), size: 3, sha256: crate::digest::sha256_hex(b"abc") }],
+        rootfs: ManifestRootfs {
+            cookie: "c".into(),
+            squashfs_writer: "mksquashfs".into(),
+            squashfs_compression: "zstd".into(),
+            squashfs_entries: 1,
+            contract_version: 2,
+        },
+        kernels: vec![ManifestKernel {
+            name: "small".into(),
+            release: "6.1.0".into(),
+            config_sha256: crate::digest::sha256_hex(b""),
+            vmlinuz: format!("{prefix}small-vmlinuz"),
+            debs: vec!["kernel/linux-image-6.1.0_1_amd64.deb".into()],
+            device_trees: None,
+            uki: None,
+        }],
+        boot: ManifestBoot {
+            initramfs: format!("{prefix}initramfs.img"),
+            initramfs_size: 1,
+            initramfs_compression: "zstd".into(),
+            rootfs_image: format!("{prefix}rootfs.img"),
+            cmdline: String::new(),
+            marker: None,
+            modules: Default::default(),
+            shell: false,
+            uki: None,
+        },
+        artifacts: vec![ManifestArtifact {
+            name: format!("{prefix}rootfs.img"),
+            size: 3,
+            sha256: crate::digest::sha256_hex(b"abc"),
+        }],
         lock_sha256: None,
         oci_image: None,
         promoted_from: None,
@@ -231,14 +266,22 @@ mod tests {
 
     #[test]
     fn names_versions_and_files_from_a_manifest_are_checked() {
-        let artifact = |name: &str| ManifestArtifact { name: name.into(), size: 1, sha256: crate::digest::sha256_hex(b"x") };
+        let artifact =
+            |name: &str| ManifestArtifact { name: name.into(), size: 1, sha256: crate::digest::sha256_hex(b"x") };
         let mut manifest = sample("demo", "1.0");
         manifest.name = "../demo".into();
         manifest.version = "../../1.0".into();
         manifest.boot.rootfs_image = "/abs/path".into();
         manifest.kernels[0].vmlinuz = "kernel/../../vmlinuz".into();
         manifest.kernels[0].name = "../k".into();
-        manifest.artifacts = vec![artifact("../../../x"), artifact("/abs/path"), artifact("a//b"), artifact("manifest.json"), artifact("ok.img"), artifact("ok.img")];
+        manifest.artifacts = vec![
+            artifact("../../../x"),
+            artifact("/abs/path"),
+            artifact("a//b"),
+            artifact("manifest.json"),
+            artifact("ok.img"),
+            artifact("ok.img"),
+        ];
         manifest.artifacts.push(ManifestArtifact { sha256: "short".into(), ..artifact("other.img") });
         manifest.promoted_from = Some(PromotedFrom { version: "../0.9".into(), manifest_sha256: String::new() });
         let problems = manifest.problems().join("\n");

@@ -42,10 +42,13 @@ impl Bundle {
     pub fn open(dir: &Path) -> Result<Bundle> {
         let path = dir.join(MANIFEST);
         let bytes = match files::read(dir, MANIFEST, files::MAX_INDEX_BYTES) {
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(error).with_context(|| format!("{} is not a bundle (no manifest.json)", dir.display())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("{} is not a bundle (no manifest.json)", dir.display()))
+            }
             other => other?,
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("{} does not follow the manifest schema", path.display()))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} does not follow the manifest schema", path.display()))?;
         let problems = manifest.problems();
         if !problems.is_empty() {
             bail!("{} is not a manifest rootsmith accepts: {}", path.display(), problems.join("; "));
@@ -68,9 +71,18 @@ impl Bundle {
     /// version's (or recipe's) directory is refused, naming both.
     pub fn check_place(&self) -> Result<()> {
         let (name, version) = (&self.manifest.name, &self.manifest.version);
-        let place = |path: &Path| -> Option<(String, String)> { Some((path.parent()?.file_name()?.to_string_lossy().into_owned(), path.file_name()?.to_string_lossy().into_owned())) };
+        let place = |path: &Path| -> Option<(String, String)> {
+            Some((
+                path.parent()?.file_name()?.to_string_lossy().into_owned(),
+                path.file_name()?.to_string_lossy().into_owned(),
+            ))
+        };
         // The path as given (a symlinked `current`, say), else where it leads.
-        let places: Vec<(String, String)> = [std::path::absolute(&self.dir).ok(), fs_err::canonicalize(&self.dir).ok()].into_iter().flatten().filter_map(|path| place(&path)).collect();
+        let places: Vec<(String, String)> = [std::path::absolute(&self.dir).ok(), fs_err::canonicalize(&self.dir).ok()]
+            .into_iter()
+            .flatten()
+            .filter_map(|path| place(&path))
+            .collect();
         if places.iter().any(|(n, v)| n == name && v == version) {
             return Ok(());
         }
@@ -155,7 +167,9 @@ pub fn list(out: &Path) -> Result<Listing> {
             }
         }
     }
-    listing.bundles.sort_by(|a, b| (&a.manifest.name, version_key(&a.manifest.version)).cmp(&(&b.manifest.name, version_key(&b.manifest.version))));
+    listing.bundles.sort_by(|a, b| {
+        (&a.manifest.name, version_key(&a.manifest.version)).cmp(&(&b.manifest.name, version_key(&b.manifest.version)))
+    });
     listing.broken.sort_by(|a, b| a.dir.cmp(&b.dir));
     Ok(listing)
 }
@@ -193,7 +207,11 @@ mod tests {
         manifest.artifacts[0].name = "../../../x".into();
         let dir = publish(out.path(), "rel/1.0.0", &manifest);
         let error = format!("{:#}", Bundle::open(&dir).unwrap_err());
-        assert!(error.contains("is not a manifest rootsmith accepts") && error.contains("\"../../../x\" is not a file a bundle may hold"), "{error}");
+        assert!(
+            error.contains("is not a manifest rootsmith accepts")
+                && error.contains("\"../../../x\" is not a file a bundle may hold"),
+            "{error}"
+        );
         // A FIFO for a manifest is named, not waited on.
         let fifo = out.path().join("fifo/1.0.0");
         fs_err::create_dir_all(&fifo).unwrap();
@@ -207,7 +225,14 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         publish(outside.path(), "rel/1.0.0", &manifest::sample("rel", "1.0.0"));
         let from = format!("../../{}/rel/1.0.0", outside.path().display());
-        for (name, version) in [("rel", from.as_str()), ("../rel", "1.0.0"), ("rel", "../1.0.0"), ("rel", "/1.0.0"), ("", "1.0.0"), ("rel", "")] {
+        for (name, version) in [
+            ("rel", from.as_str()),
+            ("../rel", "1.0.0"),
+            ("rel", "../1.0.0"),
+            ("rel", "/1.0.0"),
+            ("", "1.0.0"),
+            ("rel", ""),
+        ] {
             let error = format!("{:#}", Bundle::open_in(out.path(), name, version).unwrap_err());
             assert!(error.contains("is not a valid"), "{name} {version}: {error}");
         }
@@ -221,10 +246,16 @@ mod tests {
         // Copied into another version's directory, and another recipe's.
         publish(out.path(), "rel/1.0.1", &manifest::sample("rel", "1.0.0"));
         let error = format!("{:#}", Bundle::open_in(out.path(), "rel", "1.0.1").unwrap_err());
-        assert!(error.contains("manifest.json says version 1.0.0, but the bundle is in the directory of version \"1.0.1\""), "{error}");
+        assert!(
+            error.contains("manifest.json says version 1.0.0, but the bundle is in the directory of version \"1.0.1\""),
+            "{error}"
+        );
         publish(out.path(), "other/1.0.0", &manifest::sample("rel", "1.0.0"));
         let error = format!("{:#}", Bundle::open_in(out.path(), "other", "1.0.0").unwrap_err());
-        assert!(error.contains("manifest.json names the recipe rel, but the bundle is in the directory of \"other\""), "{error}");
+        assert!(
+            error.contains("manifest.json names the recipe rel, but the bundle is in the directory of \"other\""),
+            "{error}"
+        );
         // A symlink to a version's directory is that version.
         std::os::unix::fs::symlink("1.0.0", out.path().join("rel/current")).unwrap();
         assert!(Bundle::open(&out.path().join("rel/current")).unwrap().check_place().is_ok());
@@ -245,9 +276,16 @@ mod tests {
         let listing = list(out.path()).unwrap();
         let versions: Vec<&str> = listing.bundles.iter().map(|b| b.manifest.version.as_str()).collect();
         assert_eq!(versions, ["1.0.0", "1.1.0-rc1"]);
-        let broken: Vec<String> = listing.broken.iter().map(|b| format!("{}: {:#}", b.dir.strip_prefix(out.path()).unwrap().display(), b.error)).collect();
+        let broken: Vec<String> = listing
+            .broken
+            .iter()
+            .map(|b| format!("{}: {:#}", b.dir.strip_prefix(out.path()).unwrap().display(), b.error))
+            .collect();
         assert_eq!(broken.len(), 2, "{broken:?}");
         assert!(broken[0].starts_with("rel/1.0.1: ") && broken[0].contains("says version 1.0.0"), "{broken:?}");
-        assert!(broken[1].starts_with("rel/2.0.0: ") && broken[1].contains("does not follow the manifest schema"), "{broken:?}");
+        assert!(
+            broken[1].starts_with("rel/2.0.0: ") && broken[1].contains("does not follow the manifest schema"),
+            "{broken:?}"
+        );
     }
 }

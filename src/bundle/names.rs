@@ -159,17 +159,58 @@ mod tests {
     #[test]
     fn the_files_a_bundle_holds_have_names_it_may_hold() {
         let names = BundleNames::new("demo", "1.2.0-rc1+b~2");
-        for name in [names.vmlinuz("debian"), names.uki("debian"), names.initramfs(), names.rootfs_image(), names.output("rootfs.tar.zst"), PACKAGES.into(), SBOM.into(), HOSTS_FILE.into(), MANIFEST.into(), SHA256SUMS.into()] {
+        for name in [
+            names.vmlinuz("debian"),
+            names.uki("debian"),
+            names.initramfs(),
+            names.rootfs_image(),
+            names.output("rootfs.tar.zst"),
+            PACKAGES.into(),
+            SBOM.into(),
+            HOSTS_FILE.into(),
+            MANIFEST.into(),
+            SHA256SUMS.into(),
+        ] {
             assert_eq!(check_file_name(&name), Ok(()), "{name}");
         }
-        for name in MENU_FILES.iter().map(|m| m.to_string()).chain(["kernel/debian-config".into(), "kernel/linux-image-6.1.0-tiny+_6.1.0-1_amd64.deb".into(), "kernel/x%3a1.deb".into()]) {
+        for name in MENU_FILES.iter().map(|m| m.to_string()).chain([
+            "kernel/debian-config".into(),
+            "kernel/linux-image-6.1.0-tiny+_6.1.0-1_amd64.deb".into(),
+            "kernel/x%3a1.deb".into(),
+        ]) {
             assert_eq!(check_file_name(&name), Ok(()), "{name}");
         }
     }
 
     #[test]
     fn names_that_leave_the_bundle_or_break_a_menu_are_refused() {
-        for name in ["", "/etc/shadow", "../x", "../../../x", "kernel/../../x", "a/../b", "./a", "kernel//x", "kernel/", "x/", "..", ".", ".hidden", "kernel/.x", "other/x", "pxelinux.cfg/other", "kernel/a/b", "a b", "a\nb", "a\tb", "a;b", "${x}", "a,b", "-rf", "a\0b"] {
+        for name in [
+            "",
+            "/etc/shadow",
+            "../x",
+            "../../../x",
+            "kernel/../../x",
+            "a/../b",
+            "./a",
+            "kernel//x",
+            "kernel/",
+            "x/",
+            "..",
+            ".",
+            ".hidden",
+            "kernel/.x",
+            "other/x",
+            "pxelinux.cfg/other",
+            "kernel/a/b",
+            "a b",
+            "a\nb",
+            "a\tb",
+            "a;b",
+            "${x}",
+            "a,b",
+            "-rf",
+            "a\0b",
+        ] {
             assert!(check_file_name(name).is_err(), "{name:?} passed");
         }
         assert!(check_file_name(&"a".repeat(256)).is_err());

@@ -41,13 +41,22 @@ impl SigningKey {
     /// Read an OpenSSH private key file; an encrypted one needs its
     /// passphrase in [`PASSPHRASE_VARIABLE`].
     pub fn read(path: &Path) -> Result<SigningKey> {
-        let text = read_small(path, MAX_KEY_BYTES).with_context(|| format!("reading the signing key {}", path.display()))?;
+        let text =
+            read_small(path, MAX_KEY_BYTES).with_context(|| format!("reading the signing key {}", path.display()))?;
         let key = PrivateKey::from_openssh(&text).map_err(|error| anyhow::anyhow!("{} is not an OpenSSH private key ({error})\nhint: make one with `ssh-keygen -t ed25519 -f release-key`", path.display()))?;
         let key = if key.is_encrypted() {
             let Some(passphrase) = std::env::var_os(PASSPHRASE_VARIABLE) else {
-                bail!("the signing key {} is encrypted\nhint: give its passphrase in {PASSPHRASE_VARIABLE}", path.display());
+                bail!(
+                    "the signing key {} is encrypted\nhint: give its passphrase in {PASSPHRASE_VARIABLE}",
+                    path.display()
+                );
             };
-            key.decrypt(passphrase.as_encoded_bytes()).map_err(|_| anyhow::anyhow!("the passphrase in {PASSPHRASE_VARIABLE} does not open the signing key {}", path.display()))?
+            key.decrypt(passphrase.as_encoded_bytes()).map_err(|_| {
+                anyhow::anyhow!(
+                    "the passphrase in {PASSPHRASE_VARIABLE} does not open the signing key {}",
+                    path.display()
+                )
+            })?
         } else {
             key
         };
@@ -70,7 +79,8 @@ impl SigningKey {
     /// Sign the bundle in `dir`: its manifest.json as it is on disk, the
     /// signature written aside and renamed into place.
     pub fn sign_bundle(&self, dir: &Path) -> Result<()> {
-        let manifest = files::read(dir, MANIFEST, files::MAX_INDEX_BYTES).with_context(|| format!("reading {}", dir.join(MANIFEST).display()))?;
+        let manifest = files::read(dir, MANIFEST, files::MAX_INDEX_BYTES)
+            .with_context(|| format!("reading {}", dir.join(MANIFEST).display()))?;
         let text = self.sign(&manifest)?;
         let temp = tempfile::NamedTempFile::new_in(dir)?;
         fs_err::write(temp.path(), text)?;
@@ -108,7 +118,10 @@ pub fn check(manifest: &[u8], signature: Option<&[u8]>, key: &PublicKey) -> Resu
     let Some(signature) = signature else { return Err(SignatureProblem::Missing) };
     let signature = SshSig::from_pem(signature).map_err(|error| SignatureProblem::Unreadable(error.to_string()))?;
     if signature.public_key() != key.key_data() {
-        return Err(SignatureProblem::OtherKey { signer: signature.public_key().fingerprint(HashAlg::Sha256).to_string(), expected: key.fingerprint(HashAlg::Sha256).to_string() });
+        return Err(SignatureProblem::OtherKey {
+            signer: signature.public_key().fingerprint(HashAlg::Sha256).to_string(),
+            expected: key.fingerprint(HashAlg::Sha256).to_string(),
+        });
     }
     if signature.namespace() != NAMESPACE {
         return Err(SignatureProblem::Namespace(signature.namespace().to_string()));
@@ -119,7 +132,8 @@ pub fn check(manifest: &[u8], signature: Option<&[u8]>, key: &PublicKey) -> Resu
 /// Check the bundle in `dir` against `key`: its manifest.json and signature
 /// read as regular files, bounded. Returns the key's fingerprint.
 pub fn check_bundle(dir: &Path, key: &PublicKey) -> Result<String, String> {
-    let manifest = files::read(dir, MANIFEST, files::MAX_INDEX_BYTES).map_err(|error| format!("{MANIFEST}: {error}"))?;
+    let manifest =
+        files::read(dir, MANIFEST, files::MAX_INDEX_BYTES).map_err(|error| format!("{MANIFEST}: {error}"))?;
     let signature = match files::read(dir, SIGNATURE, MAX_SIGNATURE_BYTES) {
         Ok(bytes) => Some(bytes),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
@@ -135,7 +149,10 @@ fn read_small(path: &Path, limit: u64) -> std::io::Result<String> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(file, limit + 1), &mut text)?;
     if text.len() as u64 > limit {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is larger than {limit} bytes: not a key", path.display())));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is larger than {limit} bytes: not a key", path.display()),
+        ));
     }
     Ok(text)
 }
@@ -147,7 +164,11 @@ mod tests {
     /// A fresh Ed25519 key pair from ssh-keygen (the tool users make keys with).
     fn key_pair(dir: &Path, name: &str) -> (SigningKey, PublicKey) {
         let path = dir.join(name);
-        let status = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&path).status().expect("ssh-keygen (openssh-client) runs");
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .status()
+            .expect("ssh-keygen (openssh-client) runs");
         assert!(status.success());
         (SigningKey::read(&path).unwrap(), read_public_key(&path.with_extension("pub")).unwrap())
     }
@@ -192,13 +213,17 @@ mod tests {
         let (sender, receiver) = std::sync::mpsc::channel();
         let (dir_path, key) = (bundle.clone(), public.clone());
         std::thread::spawn(move || sender.send(check_bundle(&dir_path, &key)));
-        let result = receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("a FIFO signature hung the check");
+        let result =
+            receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("a FIFO signature hung the check");
         assert!(result.unwrap_err().starts_with(SIGNATURE));
         fs_err::remove_file(bundle.join(SIGNATURE)).unwrap();
         let secret = dir.path().join("secret");
         fs_err::write(&secret, signer.sign(b"{}").unwrap()).unwrap();
         std::os::unix::fs::symlink(&secret, bundle.join(SIGNATURE)).unwrap();
-        assert!(check_bundle(&bundle, &public).unwrap_err().starts_with(SIGNATURE), "a symlinked signature is not the bundle's file");
+        assert!(
+            check_bundle(&bundle, &public).unwrap_err().starts_with(SIGNATURE),
+            "a symlinked signature is not the bundle's file"
+        );
     }
 
     #[test]
@@ -216,7 +241,11 @@ mod tests {
     fn encrypted_keys_need_their_passphrase_and_bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("locked");
-        let status = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "secret words", "-f"]).arg(&path).status().unwrap();
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "secret words", "-f"])
+            .arg(&path)
+            .status()
+            .unwrap();
         assert!(status.success());
         // The test process's environment has no passphrase variable.
         if std::env::var_os(PASSPHRASE_VARIABLE).is_none() {

@@ -89,7 +89,12 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, S
         serde_json::Value::Array(items) if prefix == "files" => {
             for item in items {
                 let name = item.get("path").and_then(|p| p.as_str()).unwrap_or("?");
-                let summary = format!("{} {:o} {}", item["kind"].as_str().unwrap_or(""), item["mode"].as_u64().unwrap_or(0), short(item["sha256"].as_str().unwrap_or("")));
+                let summary = format!(
+                    "{} {:o} {}",
+                    item["kind"].as_str().unwrap_or(""),
+                    item["mode"].as_u64().unwrap_or(0),
+                    short(item["sha256"].as_str().unwrap_or(""))
+                );
                 out.insert(format!("files[{name}]"), summary);
             }
         }

@@ -64,7 +64,10 @@ pub struct Area {
 /// gets has been checked (a digest, a key, a recipe or stage name), so one
 /// that is not is a bug, never a path outside the cache.
 fn component(name: &str) -> &str {
-    assert!(!name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0'), "`{name}` is not a single path component");
+    assert!(
+        !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0'),
+        "`{name}` is not a single path component"
+    );
     name
 }
 
@@ -259,7 +262,8 @@ impl Layout {
     /// Every area, in the order `cache ls` shows them.
     pub fn areas(&self) -> Vec<Area> {
         use Collect::*;
-        let area = |name, path, holds, collect, content_addressed| Area { name, path, holds, collect, content_addressed };
+        let area =
+            |name, path, holds, collect, content_addressed| Area { name, path, holds, collect, content_addressed };
         vec![
             area("layers", self.blobs(), "stage layers, by digest", Referenced, true),
             area("stages", self.stages(), "stage records", Never, false),
@@ -274,10 +278,34 @@ impl Layout {
             area("kernel-dl", self.kernel_downloads(), "kernel source downloads", LeastRecentlyUsed, false),
             area("ccache", self.ccache(), "compiler cache (bounded by ccache itself)", Never, false),
             area("oci-blobs", self.oci_blobs(), "blobs of pulled OCI images, by digest", LeastRecentlyUsed, true),
-            area("squashfs-blocks", self.squashfs_blocks(), "compressed squashfs blocks, per compressor setting", LeastRecentlyUsed, false),
-            area("squashfs-memo", self.squashfs_memos(), "what the squashfs writer knows of each recipe's files", LeastRecentlyUsed, false),
-            area("tarball-frames", self.tarball_frames(), "zstd frames of tarball groups and initramfs parts, per level", LeastRecentlyUsed, false),
-            area("tarball-memo", self.tarball_memos(), "what the tarball writer knows of each recipe's entries", LeastRecentlyUsed, false),
+            area(
+                "squashfs-blocks",
+                self.squashfs_blocks(),
+                "compressed squashfs blocks, per compressor setting",
+                LeastRecentlyUsed,
+                false,
+            ),
+            area(
+                "squashfs-memo",
+                self.squashfs_memos(),
+                "what the squashfs writer knows of each recipe's files",
+                LeastRecentlyUsed,
+                false,
+            ),
+            area(
+                "tarball-frames",
+                self.tarball_frames(),
+                "zstd frames of tarball groups and initramfs parts, per level",
+                LeastRecentlyUsed,
+                false,
+            ),
+            area(
+                "tarball-memo",
+                self.tarball_memos(),
+                "what the tarball writer knows of each recipe's entries",
+                LeastRecentlyUsed,
+                false,
+            ),
             area("logs", self.logs(), "stage logs of recent builds", LeastRecentlyUsed, false),
             area("trees", self.kept_trees(), "kept trees that work trees overlay", LeastRecentlyUsed, false),
             area("tmp", self.tmp(), "work dirs of running builds", Never, false),

@@ -80,7 +80,9 @@ enum Removal {
 
 impl Store {
     pub fn stage_records(&self) -> Vec<StageRecord> {
-        let mut records: Vec<StageRecord> = json_files(&self.layout().stages()).filter_map(|path| serde_json::from_slice(&fs_err::read(path).ok()?).ok()).collect();
+        let mut records: Vec<StageRecord> = json_files(&self.layout().stages())
+            .filter_map(|path| serde_json::from_slice(&fs_err::read(path).ok()?).ok())
+            .collect();
         records.sort_by_key(|record| record.created);
         records
     }
@@ -91,7 +93,8 @@ impl Store {
         let mut records: Vec<(OutputHeader, u64)> = entries
             .flatten()
             .filter_map(|entry| {
-                let record: OutputHeader = serde_json::from_slice(&fs_err::read(entry.path().join(OUTPUT_RECORD)).ok()?).ok()?;
+                let record: OutputHeader =
+                    serde_json::from_slice(&fs_err::read(entry.path().join(OUTPUT_RECORD)).ok()?).ok()?;
                 Some((record, dir_size(&entry.path())))
             })
             .collect();
@@ -112,7 +115,12 @@ impl Store {
                     continue;
                 }
                 let Ok(metadata) = fs_err::symlink_metadata(&path) else { continue };
-                let used = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
+                let used = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 let size = if metadata.is_dir() { dir_size(&path) } else { metadata.len() };
                 entries.push((area.name, path, used, size));
             }
@@ -127,23 +135,57 @@ impl Store {
         let mut entries: Vec<CacheEntry> = self
             .stage_records()
             .into_iter()
-            .map(|record| CacheEntry { kind: record.kind, key: record.key, recipe: record.recipe, stage: record.stage, size: record.layer_size, created: record.created })
+            .map(|record| CacheEntry {
+                kind: record.kind,
+                key: record.key,
+                recipe: record.recipe,
+                stage: record.stage,
+                size: record.layer_size,
+                created: record.created,
+            })
             .collect();
         for (record, size) in self.output_headers() {
-            entries.push(CacheEntry { kind: "outputs".into(), key: record.key, recipe: String::new(), stage: String::new(), size, created: record.created });
+            entries.push(CacheEntry {
+                kind: "outputs".into(),
+                key: record.key,
+                recipe: String::new(),
+                stage: String::new(),
+                size,
+                created: record.created,
+            });
         }
         let referenced = self.referenced_products();
         if let Ok(children) = fs_err::read_dir(self.layout().products()) {
             for child in children.flatten() {
                 let name = child.file_name().to_string_lossy().into_owned();
-                let used = child.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
+                let used = child
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 let stage = if referenced.contains(&name) { String::new() } else { "(unreferenced)".into() };
-                entries.push(CacheEntry { kind: "products".into(), key: name, recipe: String::new(), stage, size: dir_size(&child.path()), created: used });
+                entries.push(CacheEntry {
+                    kind: "products".into(),
+                    key: name,
+                    recipe: String::new(),
+                    stage,
+                    size: dir_size(&child.path()),
+                    created: used,
+                });
             }
         }
         for (area, path, used, size) in self.loose_entries() {
             let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-            entries.push(CacheEntry { kind: area.into(), key: name, recipe: String::new(), stage: String::new(), size, created: used });
+            entries.push(CacheEntry {
+                kind: area.into(),
+                key: name,
+                recipe: String::new(),
+                stage: String::new(),
+                size,
+                created: used,
+            });
         }
         entries.sort_by_key(|entry| entry.created);
         entries
@@ -158,7 +200,11 @@ impl Store {
         let mut report = GcReport::default();
         let mut candidates: Vec<Candidate> = Vec::new();
         for record in self.stage_records() {
-            candidates.push(Candidate { at: record.created, size: record.layer_size, what: Removal::Stage(record.key) });
+            candidates.push(Candidate {
+                at: record.created,
+                size: record.layer_size,
+                what: Removal::Stage(record.key),
+            });
         }
         for (record, size) in self.output_headers() {
             candidates.push(Candidate { at: record.created, size, what: Removal::Output(record.key) });
@@ -244,7 +290,11 @@ impl Store {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let label = if area.name == "layers" { "blob".to_string() } else { format!("{} blob", area.name) };
                 report.checked_blobs += 1;
-                let broken = if area.name == "layers" { CorruptEntry::Blob(name.clone()) } else { CorruptEntry::File(entry.path()) };
+                let broken = if area.name == "layers" {
+                    CorruptEntry::Blob(name.clone())
+                } else {
+                    CorruptEntry::File(entry.path())
+                };
                 match hash_file(&entry.path()) {
                     Ok(actual) if actual == name => {}
                     Ok(actual) => {
@@ -260,11 +310,16 @@ impl Store {
         }
         for path in json_files(&self.layout().stages()) {
             report.checked_stages += 1;
-            let record: StageRecord = match fs_err::read(&path).map_err(|e| e.to_string()).and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string())) {
+            let record: StageRecord = match fs_err::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+            {
                 Ok(record) => record,
                 Err(error) => {
                     report.problems.push(format!("stage record {}: {error}", path.display()));
-                    report.broken.push(CorruptEntry::Record(path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default()));
+                    report.broken.push(CorruptEntry::Record(
+                        path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default(),
+                    ));
                     continue;
                 }
             };
@@ -274,9 +329,12 @@ impl Store {
                 report.broken.push(CorruptEntry::Record(record.key.clone()));
             }
             if let Some(products) = &record.products {
-                let present = !products.dir.contains('/') && self.layout().products_dir(&products.dir).join(PRODUCTS_RECORD).is_file();
+                let present = !products.dir.contains('/')
+                    && self.layout().products_dir(&products.dir).join(PRODUCTS_RECORD).is_file();
                 if !present {
-                    report.problems.push(format!("stage {} ({short}): its products ({}) are missing", record.stage, products.dir));
+                    report
+                        .problems
+                        .push(format!("stage {} ({short}): its products ({}) are missing", record.stage, products.dir));
                     report.broken.push(CorruptEntry::Record(record.key.clone()));
                 }
             }
@@ -318,15 +376,31 @@ impl Store {
 pub const PRODUCTS_RECORD: &str = "record.json";
 
 fn age(path: &Path) -> u64 {
-    fs_err::symlink_metadata(path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0)
+    fs_err::symlink_metadata(path)
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn json_files(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
-    fs_err::read_dir(dir).into_iter().flatten().flatten().map(|entry| entry.path()).filter(|path| path.extension().is_some_and(|e| e == "json"))
+    fs_err::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
 }
 
 fn dir_size(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir).into_iter().flatten().filter_map(|entry| entry.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 #[cfg(test)]
@@ -351,7 +425,20 @@ mod tests {
             files: Vec::new(),
             remote: Default::default(),
         };
-        let record = StageRecord { key: inputs.key(), recipe: "r".into(), stage: stage.into(), kind: "run".into(), tree: crate::cache::tree_id(None, &layer), layer, layer_size, inputs, seconds: 0.0, created, products: None, owners_recorded: true };
+        let record = StageRecord {
+            key: inputs.key(),
+            recipe: "r".into(),
+            stage: stage.into(),
+            kind: "run".into(),
+            tree: crate::cache::tree_id(None, &layer),
+            layer,
+            layer_size,
+            inputs,
+            seconds: 0.0,
+            created,
+            products: None,
+            owners_recorded: true,
+        };
         store.put_stage(&record).unwrap();
         record
     }
@@ -431,7 +518,8 @@ mod tests {
                 fs_err::write(&entry, [&[1u8][..], block].concat()).unwrap();
             }
         }
-        let listed: Vec<String> = store.list().into_iter().filter(|entry| entry.kind == "squashfs-blocks").map(|entry| entry.key).collect();
+        let listed: Vec<String> =
+            store.list().into_iter().filter(|entry| entry.kind == "squashfs-blocks").map(|entry| entry.key).collect();
         assert_eq!(listed.len(), 2, "one entry per setting: {listed:?}");
         let report = store.gc(&GcOptions { keep_size: Some(0), older_than: None, grace_seconds: 0 }).unwrap();
         assert_eq!(report.removed_other.get("squashfs-blocks"), Some(&2));

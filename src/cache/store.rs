@@ -63,7 +63,9 @@ impl StageRecord {
             }
         }
         if !self.owners_recorded {
-            return Some("its layer does not record the files' true owners (made by an unprivileged or older build)".into());
+            return Some(
+                "its layer does not record the files' true owners (made by an unprivileged or older build)".into(),
+            );
         }
         None
     }
@@ -175,7 +177,8 @@ impl Store {
                 let holder = {
                     // A process id, at most a few bytes: read no more.
                     let mut text = String::new();
-                    let read = fs_err::File::open(&path).and_then(|file| std::io::Read::read_to_string(&mut std::io::Read::take(file, 32), &mut text));
+                    let read = fs_err::File::open(&path)
+                        .and_then(|file| std::io::Read::read_to_string(&mut std::io::Read::take(file, 32), &mut text));
                     read.ok().and_then(|_| text.trim().parse().ok())
                 };
                 waiting(holder);
@@ -226,7 +229,12 @@ impl Store {
         let path = self.layout.blob(digest);
         let actual = hash_file(&path).with_context(|| format!("reading layer blob {digest}"))?;
         if actual != digest {
-            return Err(Corrupt { what: format!("layer blob {digest}"), why: format!("its bytes hash to {actual}"), entry: CorruptEntry::Blob(digest.to_string()) }.into());
+            return Err(Corrupt {
+                what: format!("layer blob {digest}"),
+                why: format!("its bytes hash to {actual}"),
+                entry: CorruptEntry::Blob(digest.to_string()),
+            }
+            .into());
         }
         Ok(fs_err::File::open(&path)?.into_parts().0)
     }
@@ -255,7 +263,10 @@ impl Store {
                     let _ = fs_err::remove_file(self.layout.blob(digest));
                 }
                 for path in fs_err::read_dir(self.layout.stages())?.flatten().map(|entry| entry.path()) {
-                    let uses = fs_err::read(&path).ok().and_then(|bytes| serde_json::from_slice::<StageRecord>(&bytes).ok()).is_some_and(|record| &record.layer == digest);
+                    let uses = fs_err::read(&path)
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice::<StageRecord>(&bytes).ok())
+                        .is_some_and(|record| &record.layer == digest);
                     if uses {
                         fs_err::remove_file(&path)?;
                     }
@@ -338,7 +349,11 @@ fn sweep_stale_work_dirs(tmp: &Path) -> Result<()> {
                 let _ = fs_err::remove_file(&path);
             }
         } else if !path.with_extension("lock").exists() {
-            let old = fs_err::symlink_metadata(&path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > ORPHAN_AGE);
+            let old = fs_err::symlink_metadata(&path)
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > ORPHAN_AGE);
             if old {
                 let _ = remove_tree(&path).or_else(|_| fs_err::remove_file(&path));
             }
@@ -346,8 +361,6 @@ fn sweep_stale_work_dirs(tmp: &Path) -> Result<()> {
     }
     Ok(())
 }
-
-
 
 #[cfg(test)]
 mod tests {
@@ -428,7 +441,20 @@ mod tests {
         };
         let layer = "a".repeat(64);
         let key = inputs.key();
-        let good = StageRecord { key: key.clone(), recipe: "r".into(), stage: "s".into(), kind: "run".into(), tree: super::super::key::tree_id(None, &layer), layer: layer.clone(), layer_size: 1, inputs, seconds: 0.0, created: 0, products: None, owners_recorded: true };
+        let good = StageRecord {
+            key: key.clone(),
+            recipe: "r".into(),
+            stage: "s".into(),
+            kind: "run".into(),
+            tree: super::super::key::tree_id(None, &layer),
+            layer: layer.clone(),
+            layer_size: 1,
+            inputs,
+            seconds: 0.0,
+            created: 0,
+            products: None,
+            owners_recorded: true,
+        };
         assert_eq!(good.inconsistency(&key), None);
         let with = |change: &dyn Fn(&mut StageRecord)| {
             let mut record = good.clone();
@@ -439,6 +465,7 @@ mod tests {
         assert!(with(&|r| r.layer = "../../etc/passwd".into()).contains("not a digest"));
         assert!(with(&|r| r.layer = "c".repeat(64)).contains("tree id"));
         assert!(with(&|r| r.owners_recorded = false).contains("true owners"));
-        assert!(with(&|r| r.products = Some(Products { dir: "../../elsewhere".into(), details: Default::default() })).contains("not named by a digest"));
+        assert!(with(&|r| r.products = Some(Products { dir: "../../elsewhere".into(), details: Default::default() }))
+            .contains("not named by a digest"));
     }
 }

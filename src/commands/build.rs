@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use rootsmith::build::{build, BuildOptions};
 use crate::cli::{CacheArgs, RecipeArgs};
+use rootsmith::build::{build, BuildOptions};
 use rootsmith::plan::{plan, PlanOptions};
 
 pub struct Settings {
@@ -53,7 +53,11 @@ fn error_object(error: &anyhow::Error) -> serde_json::Value {
 fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
     let rebuild_from = match &settings.rebuild {
-        Some(name) => Some(recipe.stage_index(name, "--rebuild").map_err(|d| super::RecipeError(rootsmith::diagnostic::Diagnostics(vec![d])))?),
+        Some(name) => Some(
+            recipe
+                .stage_index(name, "--rebuild")
+                .map_err(|d| super::RecipeError(rootsmith::diagnostic::Diagnostics(vec![d])))?,
+        ),
         None => None,
     };
     // A key that cannot sign stops the build before anything runs.
@@ -66,7 +70,11 @@ fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: 
     let locked = if settings.locked {
         let lock = rootsmith::lock::read(&lock_path)?;
         if lock.recipe_sha256 != recipe_sha256 {
-            bail!("{} was written for another version of the recipe\nhint: rootsmith lock {}", lock_path.display(), recipe.file.display());
+            bail!(
+                "{} was written for another version of the recipe\nhint: rootsmith lock {}",
+                lock_path.display(),
+                recipe.file.display()
+            );
         }
         let digest = lock.digest();
         options.lock_digest = Some(digest.clone());
@@ -85,7 +93,11 @@ fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: 
             if let Ok(lock) = rootsmith::lock::read(&lock_path) {
                 let reasons = lock.staleness(&recipe_sha256, &plan.remote_inputs());
                 if !reasons.is_empty() {
-                    eprintln!("warning: {} is stale ({}); `rootsmith lock` renews it, `build --locked` builds what it pins", lock_path.display(), reasons.join("; "));
+                    eprintln!(
+                        "warning: {} is stale ({}); `rootsmith lock` renews it, `build --locked` builds what it pins",
+                        lock_path.display(),
+                        reasons.join("; ")
+                    );
                 }
             }
         }
@@ -122,7 +134,15 @@ fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: 
     } else {
         let built = summary.stages.iter().filter(|s| s.state == "built").count();
         let note = if summary.up_to_date { " (already built, identical)" } else { "" };
-        outln!("{} {}: {} of {} stages built, outputs {}, {:.1}s{note}", summary.name, summary.version, built, summary.stages.len(), summary.outputs.state, summary.seconds);
+        outln!(
+            "{} {}: {} of {} stages built, outputs {}, {:.1}s{note}",
+            summary.name,
+            summary.version,
+            built,
+            summary.stages.len(),
+            summary.outputs.state,
+            summary.seconds
+        );
         outln!("bundle: {}", summary.bundle.display());
         if let Some(fingerprint) = signed_by {
             outln!("signed with {fingerprint}");
@@ -133,11 +153,18 @@ fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: 
 
 /// Every version the lock pins must still be on the mirror, or the build
 /// stops before it starts and names each one that is gone.
-fn check_lock_resolves(recipe: &rootsmith::recipe::Recipe, plan: &rootsmith::plan::Plan, lock: &rootsmith::lock::Lock) -> Result<()> {
-    let (Some(mirror), Some(rootsmith::recipe::StageKind::Debootstrap(base))) = (&plan.mirror, recipe.stages.first().map(|stage| &stage.kind)) else {
+fn check_lock_resolves(
+    recipe: &rootsmith::recipe::Recipe,
+    plan: &rootsmith::plan::Plan,
+    lock: &rootsmith::lock::Lock,
+) -> Result<()> {
+    let (Some(mirror), Some(rootsmith::recipe::StageKind::Debootstrap(base))) =
+        (&plan.mirror, recipe.stages.first().map(|stage| &stage.kind))
+    else {
         return Ok(());
     };
-    let available = rootsmith::mirror::available_versions(mirror, &base.suite, &base.components, &plan.arch).context("checking the lock's versions against the mirror")?;
+    let available = rootsmith::mirror::available_versions(mirror, &base.suite, &base.components, &plan.arch)
+        .context("checking the lock's versions against the mirror")?;
     let missing = lock.missing_from(&available);
     if !missing.is_empty() {
         bail!(

@@ -3,8 +3,8 @@
 use anyhow::{bail, Result};
 
 use super::short;
-use rootsmith::cache::{GcOptions, Store};
 use crate::cli::{CacheAction, CacheArgs};
+use rootsmith::cache::{GcOptions, Store};
 
 pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
     if let CacheAction::Dir = action {
@@ -22,7 +22,14 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
             } else {
                 outln!("{:<12} {:<12} {:<20} {:<20} {:>10}", "KEY", "KIND", "RECIPE", "STAGE", "SIZE");
                 for entry in &entries {
-                    outln!("{:<12} {:<12} {:<20} {:<20} {:>10}", short(&entry.key), entry.kind, entry.recipe, entry.stage, human_size(entry.size));
+                    outln!(
+                        "{:<12} {:<12} {:<20} {:<20} {:>10}",
+                        short(&entry.key),
+                        entry.kind,
+                        entry.recipe,
+                        entry.stage,
+                        human_size(entry.size)
+                    );
                 }
                 outln!("{} entries, {}", entries.len(), human_size(entries.iter().map(|e| e.size).sum()));
             }
@@ -91,7 +98,12 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
         }
         CacheAction::Verify { repair } => {
             let report = store.verify()?;
-            outln!("checked {} layers, {} stage records, {} outputs", report.checked_blobs, report.checked_stages, report.checked_outputs);
+            outln!(
+                "checked {} layers, {} stage records, {} outputs",
+                report.checked_blobs,
+                report.checked_stages,
+                report.checked_outputs
+            );
             for problem in &report.problems {
                 outln!("problem: {problem}");
             }

@@ -3,20 +3,25 @@
 use anyhow::{Context, Result};
 
 use crate::cli::{HostsAction, InventoryArgs};
-use rootsmith::lab::hosts::state::{self, current_entry, Override, StateStore};
 use rootsmith::lab::hosts::render::{self, Urls};
+use rootsmith::lab::hosts::state::{self, current_entry, Override, StateStore};
 use rootsmith::lab::hosts::{self, Inventory};
 
 pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
     super::must_exist(&args.file, "the inventory")?;
-    let inventory = hosts::load(&args.file, args.bundle.as_deref()).with_context(|| format!("reading the inventory {}", args.file.display()))?;
+    let inventory = hosts::load(&args.file, args.bundle.as_deref())
+        .with_context(|| format!("reading the inventory {}", args.file.display()))?;
     let store = StateStore::for_inventory(&args.file);
     match action {
         HostsAction::Ls { json } => ls(&inventory, &store, *json),
         HostsAction::Set { host, entry, once } => {
             let host = find(&inventory, host)?;
             let entry = inventory.entry(entry)?;
-            let set = Override { entry: entry.name(), once: *once, at: rootsmith::time::rfc3339(rootsmith::time::now_seconds() as i64) };
+            let set = Override {
+                entry: entry.name(),
+                once: *once,
+                at: rootsmith::time::rfc3339(rootsmith::time::now_seconds() as i64),
+            };
             // A new report token: a report from an earlier boot cannot end this entry.
             let token = state::new_token()?;
             store.update(|state| {
@@ -24,7 +29,11 @@ pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
                 state.tokens.insert(host.name.clone(), token);
                 Ok(())
             })?;
-            let after = if *once { format!(", then {} after its next successful report", host.entry.name()) } else { String::new() };
+            let after = if *once {
+                format!(", then {} after its next successful report", host.entry.name())
+            } else {
+                String::new()
+            };
             eprintln!("{} boots {}{after}", host.name, entry.name());
             Ok(())
         }
@@ -41,13 +50,21 @@ pub fn run(args: &InventoryArgs, action: &HostsAction) -> Result<()> {
     }
 }
 
-fn write(inventory: &Inventory, store: &StateStore, dir: &std::path::Path, url: &str, server_url: Option<&str>) -> Result<()> {
+fn write(
+    inventory: &Inventory,
+    store: &StateStore,
+    dir: &std::path::Path,
+    url: &str,
+    server_url: Option<&str>,
+) -> Result<()> {
     let with_slash = |url: &str| format!("{}/", url.trim_end_matches('/'));
     let bundle = with_slash(url);
     let server = match server_url {
         Some(server) => with_slash(server),
         None => {
-            let (scheme, rest) = bundle.split_once("://").with_context(|| format!("`{url}` is not a URL like http://192.168.1.2/NAME/VERSION/"))?;
+            let (scheme, rest) = bundle
+                .split_once("://")
+                .with_context(|| format!("`{url}` is not a URL like http://192.168.1.2/NAME/VERSION/"))?;
             format!("{scheme}://{}/", rest.split('/').next().unwrap_or(rest))
         }
     };
@@ -93,7 +110,12 @@ fn ls(inventory: &Inventory, store: &StateStore, json: bool) -> Result<()> {
         })
         .collect();
     if json {
-        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "bundle": inventory.bundle, "default": inventory.default.name(), "hosts": rows }))?);
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "bundle": inventory.bundle, "default": inventory.default.name(), "hosts": rows })
+            )?
+        );
         return Ok(());
     }
     outln!("{} {} (hosts not listed boot {})", inventory.menu.name, inventory.menu.version, inventory.default.name());
@@ -105,7 +127,13 @@ fn ls(inventory: &Inventory, store: &StateStore, json: bool) -> Result<()> {
         let entry = format!("{}{}", text(&row["entry"]), if row["once"] == true { " (once)" } else { "" });
         let report = match &row["report"] {
             serde_json::Value::Null => "-".to_string(),
-            report => format!("{} {}{} via {}", text(&report["at"]), text(&report["status"]), report["step"].as_str().map(|step| format!(" at {}", state::single_line(step))).unwrap_or_default(), text(&report["entry"])),
+            report => format!(
+                "{} {}{} via {}",
+                text(&report["at"]),
+                text(&report["status"]),
+                report["step"].as_str().map(|step| format!(" at {}", state::single_line(step))).unwrap_or_default(),
+                text(&report["entry"])
+            ),
         };
         outln!("{:<16} {:<17} {:<15} {:<24} {report}", text(&row["name"]), text(&row["mac"]), text(&row["ip"]), entry);
     }

@@ -65,7 +65,9 @@ pub fn run(name: &str) -> Result<()> {
     // Nothing is written when any of them is there: no half-made starter.
     for (path, _) in &files {
         if std::fs::symlink_metadata(path).is_ok() {
-            return Err(UsageError(format!("{} already exists; rootsmith init overwrites nothing", path.display())).into());
+            return Err(
+                UsageError(format!("{} already exists; rootsmith init overwrites nothing", path.display())).into()
+            );
         }
     }
     for (path, text) in &files {

@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 
-use rootsmith::build::materialize;
 use crate::cli::{CacheArgs, RecipeArgs};
+use rootsmith::build::materialize;
 use rootsmith::host::RealHost;
 use rootsmith::lock::{self, Lock, LOCK_VERSION};
 use rootsmith::plan::{plan, PlanOptions};
@@ -13,12 +13,19 @@ use rootsmith::plan::{plan, PlanOptions};
 pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, output: &crate::cli::OutputArgs) -> Result<()> {
     let host = output.host();
     let recipe = super::load_recipe(recipe_args)?;
-    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)), &RealHost::default())?;
+    let plan = plan(
+        &recipe,
+        &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)),
+        &RealHost::default(),
+    )?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
     let progress = rootsmith::progress::for_mode(output.mode(false));
-    let list = materialize(&plan, &super::cache_dir(cache_args), plan.stages.len(), &host, progress.as_ref(), |context| Ok(rootsmith::artifact::packages::installed(context.tree)))?;
+    let list =
+        materialize(&plan, &super::cache_dir(cache_args), plan.stages.len(), &host, progress.as_ref(), |context| {
+            Ok(rootsmith::artifact::packages::installed(context.tree))
+        })?;
     let lock = Lock {
         lock: LOCK_VERSION,
         recipe: recipe.name.clone(),

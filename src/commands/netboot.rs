@@ -6,12 +6,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use rootsmith::lab::qemu;
 use rootsmith::lab::boottest::{self, BootOptions};
 use rootsmith::lab::hosts::served::ServedInventory;
+use rootsmith::lab::qemu;
 use rootsmith::lab::serve::Server;
 
-pub fn serve(dir: &Path, addr: &str, max_connections: usize, tftp: Option<&str>, hosts: Option<&Path>, public_url: Option<String>) -> Result<()> {
+pub fn serve(
+    dir: &Path,
+    addr: &str,
+    max_connections: usize,
+    tftp: Option<&str>,
+    hosts: Option<&Path>,
+    public_url: Option<String>,
+) -> Result<()> {
     super::must_exist(dir, "the directory to serve")?;
     if let Some(hosts) = hosts {
         super::must_exist(hosts, "the inventory")?;
@@ -25,7 +32,8 @@ pub fn serve(dir: &Path, addr: &str, max_connections: usize, tftp: Option<&str>,
     let local = server.local_addr();
     let public_url = public_url.or_else(|| (!local.ip().is_unspecified()).then(|| format!("http://{local}/")));
     let hosts = hosts.map(|file| ServedInventory::open(file, dir, public_url).map(Arc::new)).transpose()?;
-    let mut tftp = tftp.map(|tftp| rootsmith::lab::tftp::TftpServer::bind(dir, tftp, max_connections, log)).transpose()?;
+    let mut tftp =
+        tftp.map(|tftp| rootsmith::lab::tftp::TftpServer::bind(dir, tftp, max_connections, log)).transpose()?;
     if let Some(hosts) = &hosts {
         server = server.with_hosts(hosts.clone());
         tftp = tftp.map(|tftp| tftp.with_hosts(hosts.clone()));
@@ -53,11 +61,17 @@ pub struct BootTestArgs {
 pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     super::must_be_bundle(&args.options.bundle)?;
     let prepared = boottest::prepare(&args.options)?;
-    rootsmith::tools::require(rootsmith::arch::machine(&prepared.manifest.arch).program, &format!("to boot an {} bundle", prepared.manifest.arch))?;
+    rootsmith::tools::require(
+        rootsmith::arch::machine(&prepared.manifest.arch).program,
+        &format!("to boot an {} bundle", prepared.manifest.arch),
+    )?;
     let expect = boottest::expected_line(&prepared.manifest, args.expect.as_deref());
     let via = format!("{:?}", args.options.via).to_lowercase();
     let shown_via = if prepared.secure_boot { format!("{via} (Secure Boot enforced)") } else { via.clone() };
-    let log_path = args.log.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rootsmith-boot-test-{}-{}-{via}.log", prepared.manifest.name, prepared.manifest.version)));
+    let log_path = args.log.clone().unwrap_or_else(|| {
+        std::env::temp_dir()
+            .join(format!("rootsmith-boot-test-{}-{}-{via}.log", prepared.manifest.name, prepared.manifest.version))
+    });
     if !args.json {
         eprintln!(
             "booting {} {} (kernel {}) via {shown_via} with {:?}, waiting up to {} s for {expect:?}; console log: {}",
@@ -69,7 +83,8 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
             log_path.display()
         );
     }
-    let result = qemu::boot_until_any(&prepared.argv(), &expect, boottest::fatal_lines(args.options.via), args.timeout)?;
+    let result =
+        qemu::boot_until_any(&prepared.argv(), &expect, boottest::fatal_lines(args.options.via), args.timeout)?;
     let mut log = result.console.clone();
     let http = prepared.http_log.lock().expect("log lock").clone();
     if !http.is_empty() {
@@ -79,7 +94,10 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     }
     fs_err::write(&log_path, &log)?;
     if args.json {
-        outln!("{}", serde_json::json!({ "passed": result.found, "via": via, "secure_boot": prepared.secure_boot, "refused": result.refused, "expect": expect, "seconds": result.seconds, "accel": format!("{:?}", prepared.guest.accel).to_lowercase(), "log": log_path }));
+        outln!(
+            "{}",
+            serde_json::json!({ "passed": result.found, "via": via, "secure_boot": prepared.secure_boot, "refused": result.refused, "expect": expect, "seconds": result.seconds, "accel": format!("{:?}", prepared.guest.accel).to_lowercase(), "log": log_path })
+        );
     }
     if result.found {
         if !args.json {
@@ -91,16 +109,28 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     if let Some(line) = &result.refused {
         bail!("the boot was refused after {:.0} s: {}\n(the image's signature is not one the firmware's db accepts, or it is not a bootable image); the console's last lines:\n{}\n(whole log: {})", result.seconds, line.trim(), tail.join("\n"), log_path.display());
     }
-    bail!("{expect:?} did not appear within {:.0} s; the console's last lines:\n{}\n(whole log: {})", result.seconds, tail.join("\n"), log_path.display())
+    bail!(
+        "{expect:?} did not appear within {:.0} s; the console's last lines:\n{}\n(whole log: {})",
+        result.seconds,
+        tail.join("\n"),
+        log_path.display()
+    )
 }
 
 /// Boot interactively: the serial console is this terminal (Ctrl-A X quits).
 pub fn interactive(options: &BootOptions) -> Result<()> {
     super::must_be_bundle(&options.bundle)?;
     let prepared = boottest::prepare(options)?;
-    rootsmith::tools::require(rootsmith::arch::machine(&prepared.manifest.arch).program, &format!("to boot an {} bundle", prepared.manifest.arch))?;
-    let argv: Vec<String> = prepared.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();
-    eprintln!("starting {} {} (kernel {}); quit with Ctrl-A X", prepared.manifest.name, prepared.manifest.version, prepared.kernel.name);
+    rootsmith::tools::require(
+        rootsmith::arch::machine(&prepared.manifest.arch).program,
+        &format!("to boot an {} bundle", prepared.manifest.arch),
+    )?;
+    let argv: Vec<String> =
+        prepared.argv().into_iter().map(|arg| if arg == "stdio" { "mon:stdio".into() } else { arg }).collect();
+    eprintln!(
+        "starting {} {} (kernel {}); quit with Ctrl-A X",
+        prepared.manifest.name, prepared.manifest.version, prepared.kernel.name
+    );
     let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status()?;
     if !status.success() {
         bail!("QEMU exited with {status}");

@@ -1,12 +1,12 @@
 //! `rootsmith plan RECIPE [--explain]`: each stage's key and cache state.
 
-use rootsmith::host::RealHost;
 use anyhow::Result;
+use rootsmith::host::RealHost;
 use serde::Serialize;
 
 use super::short;
-use rootsmith::cache::Store;
 use crate::cli::{CacheArgs, RecipeArgs};
+use rootsmith::cache::Store;
 use rootsmith::plan::{plan, PlanOptions, StageStatus};
 
 #[derive(Serialize)]
@@ -20,7 +20,11 @@ struct Row {
 
 pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast: bool, json: bool) -> Result<()> {
     let recipe = super::load_recipe(recipe_args)?;
-    let plan = plan(&recipe, &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)), &RealHost::default())?;
+    let plan = plan(
+        &recipe,
+        &PlanOptions::from_environment()?.remembering_in(&super::cache_dir(cache_args)),
+        &RealHost::default(),
+    )?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
@@ -31,7 +35,10 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
         Some(StageStatus::Hit(record)) => Some(record.tree.clone()),
         _ => None,
     };
-    let hit_records: Vec<rootsmith::cache::StageRecord> = statuses.iter().filter_map(|status| if let StageStatus::Hit(record) = status { Some((**record).clone()) } else { None }).collect();
+    let hit_records: Vec<rootsmith::cache::StageRecord> = statuses
+        .iter()
+        .filter_map(|status| if let StageStatus::Hit(record) = status { Some((**record).clone()) } else { None })
+        .collect();
     for (stage, status) in plan.stages.iter().zip(statuses) {
         let (key, state, changed) = match status {
             StageStatus::Hit(record) => (Some(record.key), "hit", Vec::new()),
@@ -42,9 +49,19 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
                         let lines: Vec<String> = inputs
                             .differences(&previous)
                             .into_iter()
-                            .map(|line| if line.starts_with("parent:") { "parent: an earlier stage's output changed".to_string() } else { line })
+                            .map(|line| {
+                                if line.starts_with("parent:") {
+                                    "parent: an earlier stage's output changed".to_string()
+                                } else {
+                                    line
+                                }
+                            })
                             .collect();
-                        if lines.is_empty() { vec!["same inputs as its last build, whose layer is no longer cached".to_string()] } else { lines }
+                        if lines.is_empty() {
+                            vec!["same inputs as its last build, whose layer is no longer cached".to_string()]
+                        } else {
+                            lines
+                        }
                     }
                 };
                 (Some(key), "miss", changed)
@@ -55,8 +72,16 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, explain: bool, fast
     }
     let (key, state, changed) = match final_tree {
         Some(tree) => {
-            let key = rootsmith::build::output_key(&plan, fast, &tree, &rootsmith::stage::kernel::kernels_of(&hit_records)?, &RealHost::default());
-            let cached = store.output::<rootsmith::build::OutputRecord>(&key).is_some_and(|record| store.output::<rootsmith::build::RootfsRecord>(&record.rootfs.key).is_some());
+            let key = rootsmith::build::output_key(
+                &plan,
+                fast,
+                &tree,
+                &rootsmith::stage::kernel::kernels_of(&hit_records)?,
+                &RealHost::default(),
+            );
+            let cached = store
+                .output::<rootsmith::build::OutputRecord>(&key)
+                .is_some_and(|record| store.output::<rootsmith::build::RootfsRecord>(&record.rootfs.key).is_some());
             let state = if cached { "hit" } else { "miss" };
             (Some(key), state, vec!["the last stage's tree has no outputs with these settings yet".to_string()])
         }

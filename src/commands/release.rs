@@ -28,7 +28,12 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
     let listing = release::list(out)?;
     let bundles = &listing.bundles;
     // A broken bundle is named, and hides none of the others.
-    let place = |dir: &Path| (dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()), dir.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let place = |dir: &Path| {
+        (
+            dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()),
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+        )
+    };
     if json {
         let mut rows: Vec<_> = bundles
             .iter()
@@ -44,14 +49,31 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
     if bundles.is_empty() {
         outln!("no bundles in {}", out.display());
     } else {
-        outln!("{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} kernels", "name", "version", "arch", "published (UTC)", "size", "state");
+        outln!(
+            "{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} kernels",
+            "name",
+            "version",
+            "arch",
+            "published (UTC)",
+            "size",
+            "state"
+        );
     }
     for bundle in bundles {
         let state = match &bundle.manifest.promoted_from {
             Some(from) => format!("{} (from {})", bundle.state(), from.version),
             None => bundle.state().to_string(),
         };
-        outln!("{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} {}", bundle.manifest.name, bundle.manifest.version, bundle.manifest.arch, published(bundle), mib(bundle.size()), state, kernels(bundle));
+        outln!(
+            "{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} {}",
+            bundle.manifest.name,
+            bundle.manifest.version,
+            bundle.manifest.arch,
+            published(bundle),
+            mib(bundle.size()),
+            state,
+            kernels(bundle)
+        );
     }
     for broken in &listing.broken {
         eprintln!("warning: {} is broken and not listed: {:#}", broken.dir.display(), broken.error);
@@ -67,7 +89,14 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(m)?);
         return Ok(());
     }
-    outln!("{} {} ({}, {}){}", m.name, m.version, m.arch, bundle.state(), if m.fast { ", built with --fast" } else { "" });
+    outln!(
+        "{} {} ({}, {}){}",
+        m.name,
+        m.version,
+        m.arch,
+        bundle.state(),
+        if m.fast { ", built with --fast" } else { "" }
+    );
     if let Some(from) = &m.promoted_from {
         outln!("promoted from {} (manifest sha256 {})", from.version, from.manifest_sha256);
     }
@@ -76,13 +105,25 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     for stage in &m.stages {
         outln!("  {:<20} {:<12} {}", stage.name, stage.kind, stage.key.get(..12).unwrap_or(&stage.key));
     }
-    outln!("\nrootfs: cookie {}, squashfs {} ({}, {} entries)", m.rootfs.cookie, m.rootfs.squashfs_compression, m.rootfs.squashfs_writer, m.rootfs.squashfs_entries);
+    outln!(
+        "\nrootfs: cookie {}, squashfs {} ({}, {} entries)",
+        m.rootfs.cookie,
+        m.rootfs.squashfs_compression,
+        m.rootfs.squashfs_writer,
+        m.rootfs.squashfs_entries
+    );
     for kernel in &m.kernels {
         let trees = kernel.device_trees.as_ref().map(|t| format!(", device trees {t}")).unwrap_or_default();
         outln!("kernel {}: {} ({}{trees})", kernel.name, kernel.release, kernel.vmlinuz);
     }
     let modules: usize = m.boot.modules.values().map(Vec::len).sum();
-    outln!("initramfs: {} ({}, {}, {modules} modules{})", m.boot.initramfs, mib(m.boot.initramfs_size), m.boot.initramfs_compression, if m.boot.shell { ", shell" } else { "" });
+    outln!(
+        "initramfs: {} ({}, {}, {modules} modules{})",
+        m.boot.initramfs,
+        mib(m.boot.initramfs_size),
+        m.boot.initramfs_compression,
+        if m.boot.shell { ", shell" } else { "" }
+    );
     outln!("boot: cmdline {:?}, marker {:?}", m.boot.cmdline, m.boot.marker.as_deref().unwrap_or("-"));
     if let Some(uki) = &m.boot.uki {
         let files: Vec<&str> = m.kernels.iter().filter_map(|kernel| kernel.uki.as_deref()).collect();
@@ -99,11 +140,19 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn promote(out: &Path, name: &str, from: &str, to: &str, sign: Option<&Path>, uki_sign: Option<(&Path, &Path)>) -> Result<()> {
+pub fn promote(
+    out: &Path,
+    name: &str,
+    from: &str,
+    to: &str,
+    sign: Option<&Path>,
+    uki_sign: Option<(&Path, &Path)>,
+) -> Result<()> {
     super::must_be_bundle(&out.join(name).join(from))?;
     // The keys are read before anything is written.
     let key = sign.map(rootsmith::bundle::signature::SigningKey::read).transpose()?;
-    let uki_signer = uki_sign.map(|(key, cert)| rootsmith::artifact::uki::SecureBootSigner::open(key, cert)).transpose()?;
+    let uki_signer =
+        uki_sign.map(|(key, cert)| rootsmith::artifact::uki::SecureBootSigner::open(key, cert)).transpose()?;
     let target = release::promote::promote(out, name, from, to, uki_signer.as_ref())?;
     outln!("promoted {name} {from} to {to}: {}", target.display());
     if let Some(key) = key {
@@ -117,7 +166,11 @@ pub fn sign(out: &Path, name: &str, version: &str, key: &Path) -> Result<()> {
     super::must_be_bundle(&out.join(name).join(version))?;
     let key = rootsmith::bundle::signature::SigningKey::read(key)?;
     let dir = release::sign(out, name, version, &key)?;
-    outln!("signed {name} {version} with {}: {}", key.fingerprint(), dir.join(rootsmith::bundle::names::SIGNATURE).display());
+    outln!(
+        "signed {name} {version} with {}: {}",
+        key.fingerprint(),
+        dir.join(rootsmith::bundle::names::SIGNATURE).display()
+    );
     Ok(())
 }
 

@@ -20,7 +20,13 @@ pub struct Diagnostic {
 impl Diagnostic {
     pub fn new(file: &std::path::Path, source: &str, position: Position, message: impl Into<String>) -> Self {
         let source_line = source.lines().nth(position.line.saturating_sub(1)).unwrap_or("").to_string();
-        Diagnostic { file: file.to_path_buf(), position, message: message.into(), hint: None, source_line: Some(source_line) }
+        Diagnostic {
+            file: file.to_path_buf(),
+            position,
+            message: message.into(),
+            hint: None,
+            source_line: Some(source_line),
+        }
     }
 
     /// A problem at a place in a file whose text is not shown: a file that
@@ -52,7 +58,11 @@ impl fmt::Display for Diagnostic {
                 writeln!(f, "{:gutter$} |", "")?;
                 writeln!(f, "{line} | {source_line}")?;
                 // Keep tabs so the caret lines up under tab-indented text.
-                let pad: String = source_line.chars().take(column.saturating_sub(1)).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+                let pad: String = source_line
+                    .chars()
+                    .take(column.saturating_sub(1))
+                    .map(|c| if c == '\t' { '\t' } else { ' ' })
+                    .collect();
                 write!(f, "{:gutter$} | {pad}^", "")?;
             }
             None => write!(f, "{:gutter$}--> {}:{line}:{column}", "", self.file.display())?,
@@ -94,8 +104,17 @@ impl std::error::Error for Diagnostics {}
 /// meant to be given (a key, `/etc/shadow`, whose lines are YAML keys, an
 /// environment), so the diagnostic names the file, the line and column, and
 /// quotes nothing of it.
-pub fn yaml_diagnostic(file: &std::path::Path, source: &str, error: &serde_yaml::Error, hint: &str, keys: &[&str]) -> Diagnostic {
-    let position = error.location().map(|location| Position { line: location.line(), column: location.column() }).unwrap_or(Position { line: 1, column: 1 });
+pub fn yaml_diagnostic(
+    file: &std::path::Path,
+    source: &str,
+    error: &serde_yaml::Error,
+    hint: &str,
+    keys: &[&str],
+) -> Diagnostic {
+    let position = error
+        .location()
+        .map(|location| Position { line: location.line(), column: location.column() })
+        .unwrap_or(Position { line: 1, column: 1 });
     let without_location = |error: &serde_yaml::Error| {
         // serde_yaml appends " at line L column C"; the diagnostic shows that itself.
         let mut message = error.to_string();
@@ -110,16 +129,31 @@ pub fn yaml_diagnostic(file: &std::path::Path, source: &str, error: &serde_yaml:
                 return Diagnostic::new(file, source, position, without_location(error)).with_hint(hint);
             }
             let shown: Vec<String> = keys.iter().map(|key| format!("`{key}`")).collect();
-            return Diagnostic::unquoted(file, position, format!("none of the file's keys is one it may have ({}); its text is not shown", shown.join(", "))).with_hint(hint);
+            return Diagnostic::unquoted(
+                file,
+                position,
+                format!("none of the file's keys is one it may have ({}); its text is not shown", shown.join(", ")),
+            )
+            .with_hint(hint);
         }
         // The YAML parser's own messages name the problem, never the text.
-        Err(syntax) => return Diagnostic::unquoted(file, position, format!("not valid YAML: {}", without_location(&syntax))).with_hint(hint),
+        Err(syntax) => {
+            return Diagnostic::unquoted(file, position, format!("not valid YAML: {}", without_location(&syntax)))
+                .with_hint(hint)
+        }
         Ok(serde_yaml::Value::Null) => "nothing",
-        Ok(serde_yaml::Value::Bool(_) | serde_yaml::Value::Number(_) | serde_yaml::Value::String(_)) => "a single value",
+        Ok(serde_yaml::Value::Bool(_) | serde_yaml::Value::Number(_) | serde_yaml::Value::String(_)) => {
+            "a single value"
+        }
         Ok(serde_yaml::Value::Sequence(_)) => "a list",
         Ok(serde_yaml::Value::Tagged(_)) => "a tagged value",
     };
-    Diagnostic::unquoted(file, Position { line: 1, column: 1 }, format!("not YAML keys and values: the file reads as {kind} (its text is not shown)")).with_hint(hint)
+    Diagnostic::unquoted(
+        file,
+        Position { line: 1, column: 1 },
+        format!("not YAML keys and values: the file reads as {kind} (its text is not shown)"),
+    )
+    .with_hint(hint)
 }
 
 /// The field names of a struct that derives `Deserialize`: the keys a file of
@@ -132,7 +166,12 @@ pub fn keys_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
         fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
             Err(Error::custom("not a struct"))
         }
-        fn deserialize_struct<V: Visitor<'de>>(self, _: &'static str, fields: &'static [&'static str], _: V) -> Result<V::Value, Self::Error> {
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
             self.0.set(fields);
             Err(Error::custom("only its fields were wanted"))
         }
@@ -153,8 +192,13 @@ mod tests {
     #[test]
     fn renders_file_line_caret_and_hint() {
         let source = "name: x\nstages:\n  - packagez: {}\n";
-        let diagnostic = Diagnostic::new(std::path::Path::new("r.yaml"), source, Position { line: 3, column: 5 }, "unknown stage kind `packagez`")
-            .with_hint("a stage is one of: packages, run");
+        let diagnostic = Diagnostic::new(
+            std::path::Path::new("r.yaml"),
+            source,
+            Position { line: 3, column: 5 },
+            "unknown stage kind `packagez`",
+        )
+        .with_hint("a stage is one of: packages, run");
         let text = diagnostic.to_string();
         assert_eq!(
             text,
@@ -181,7 +225,11 @@ mod tests {
             assert!(text.contains(expected), "{text}");
         };
         // /etc/shadow: its lines end in `:`, so YAML reads them as keys.
-        check("root:$y$j9T$hunter2hash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n", "hunter2", "none of the file's keys is one it may have (`hosts`, `bundle`); its text is not shown\n --> hosts.yaml:");
+        check(
+            "root:$y$j9T$hunter2hash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",
+            "hunter2",
+            "none of the file's keys is one it may have (`hosts`, `bundle`); its text is not shown\n --> hosts.yaml:",
+        );
         check("{\"auths\": {\"registry\": {\"auth\": \"aHVudGVyMg==\"}}}\n", "aHVudGVyMg", "none of the file's keys");
         // A private key, an environment file: a string, a list, no YAML at all.
         check("PASSWORD=hunter2\n", "hunter2", "not YAML keys and values: the file reads as a single value (its text is not shown)\n --> hosts.yaml:1:1\nhint:");

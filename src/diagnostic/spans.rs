@@ -55,11 +55,7 @@ impl SpanIndex {
     fn lookup(&self, path: &str, value_first: bool) -> Position {
         let mut current = path.to_string();
         loop {
-            let (first, second) = if value_first {
-                (&self.values, &self.keys)
-            } else {
-                (&self.keys, &self.values)
-            };
+            let (first, second) = if value_first { (&self.values, &self.keys) } else { (&self.keys, &self.values) };
             if let Some(position) = first.get(&current).or_else(|| second.get(&current)) {
                 return *position;
             }

@@ -3,14 +3,19 @@
 
 use std::path::Path;
 
-use super::spans::{Position, SpanIndex};
 use super::report::{Diagnostic, Diagnostics};
+use super::spans::{Position, SpanIndex};
 
 /// Parse `source` as a `T`, with every unknown key reported at once: each one
 /// is reported at its place, taken out, and the rest parsed again. Other
 /// structural errors (a wrong type, a missing field) stop the parse. `report`
 /// turns a serde error into a diagnostic (with the caller's hints).
-pub fn parse_all<T: serde::de::DeserializeOwned>(file: &Path, source: &str, spans: &SpanIndex, report: &dyn Fn(&serde_yaml::Error) -> Diagnostic) -> Result<(T, Vec<Diagnostic>), Diagnostics> {
+pub fn parse_all<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    source: &str,
+    spans: &SpanIndex,
+    report: &dyn Fn(&serde_yaml::Error) -> Diagnostic,
+) -> Result<(T, Vec<Diagnostic>), Diagnostics> {
     let mut problems = Vec::new();
     let mut text = source.to_string();
     // Each round removes one key, so this ends; the bound is for safety.
@@ -26,7 +31,8 @@ pub fn parse_all<T: serde::de::DeserializeOwned>(file: &Path, source: &str, span
         if let Some(parent) = field.as_deref().and_then(|field| path.strip_suffix(field)) {
             path = parent.trim_end_matches('.').to_string();
         }
-        let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|error| Diagnostics(vec![report(&error)]))?;
+        let mut value: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|error| Diagnostics(vec![report(&error)]))?;
         let removed = field.as_deref().is_some_and(|field| remove_key(&mut value, &path, field));
         let diagnostic = report(&inner);
         // The first parse is of the text as written, so its own position is
@@ -76,7 +82,11 @@ fn yaml_path(path: &serde_path_to_error::Path) -> String {
 }
 
 fn join_path(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// The key serde refused as unknown. serde gives no structured form of it,
@@ -106,4 +116,3 @@ fn remove_key(value: &mut serde_yaml::Value, path: &str, key: &str) -> bool {
     }
     node.as_mapping_mut().and_then(|mapping| mapping.remove(key)).is_some()
 }
-

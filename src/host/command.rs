@@ -35,7 +35,13 @@ pub fn chroot_mounts(resolv_conf: Option<&Path>, apt_archives: Option<&Path>) ->
         kind: MountKind::Fresh { read_only },
         data,
     };
-    let bind = |source: &Path, target: &str| Mount { source: Some(source.to_path_buf()), target: PathBuf::from(target), fstype: None, kind: MountKind::Bind, data: None };
+    let bind = |source: &Path, target: &str| Mount {
+        source: Some(source.to_path_buf()),
+        target: PathBuf::from(target),
+        fstype: None,
+        kind: MountKind::Bind,
+        data: None,
+    };
     let mut mounts = vec![
         fresh("proc", "/proc", false, None),
         fresh("sysfs", "/sys", true, None),
@@ -93,10 +99,25 @@ pub struct Command {
 impl Command {
     /// A host program (not chrooted, no mounts) with rootsmith's own
     /// environment, its output appended to `log`.
-    pub fn on_host<S: AsRef<std::ffi::OsStr>>(program: impl AsRef<std::ffi::OsStr>, args: impl IntoIterator<Item = S>, log: &Path) -> Command {
+    pub fn on_host<S: AsRef<std::ffi::OsStr>>(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl IntoIterator<Item = S>,
+        log: &Path,
+    ) -> Command {
         let mut argv = vec![program.as_ref().to_string_lossy().into_owned()];
         argv.extend(args.into_iter().map(|arg| arg.as_ref().to_string_lossy().into_owned()));
-        Command { argv, env: std::env::vars().collect(), root: None, mounts: Vec::new(), log: log.to_path_buf(), stdin: None, interactive: false, cwd: None, private_mounts: false, label: None }
+        Command {
+            argv,
+            env: std::env::vars().collect(),
+            root: None,
+            mounts: Vec::new(),
+            log: log.to_path_buf(),
+            stdin: None,
+            interactive: false,
+            cwd: None,
+            private_mounts: false,
+            label: None,
+        }
     }
 
     pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -201,7 +222,13 @@ fn check_exit(command: &Command, code: i32) -> anyhow::Result<()> {
         return Ok(());
     }
     let status = if code > 128 { format!("signal {}", code - 128) } else { format!("exit status {code}") };
-    Err(CommandError { command: command.shown(), status, tail: log_tail(&command.log, 25), log: command.log.display().to_string() }.into())
+    Err(CommandError {
+        command: command.shown(),
+        status,
+        tail: log_tail(&command.log, 25),
+        log: command.log.display().to_string(),
+    }
+    .into())
 }
 
 /// The last `lines` lines of a log file.
@@ -214,7 +241,6 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     #[test]
     fn chroot_gets_the_pseudo_filesystems_then_resolver_and_apt_cache() {
@@ -243,7 +269,10 @@ mod tests {
         let script = format!("apt-get update\necho {}\n", "x".repeat(10_000));
         let mut command = Command::on_host("/bin/sh", ["-e", "-c", script.as_str(), "rootsmith-run"], &log);
         let error = check_exit(&command, 1).unwrap_err().to_string();
-        assert!(error.starts_with("`/bin/sh -e -c apt-get update… rootsmith-run` failed with exit status 1\n"), "{error}");
+        assert!(
+            error.starts_with("`/bin/sh -e -c apt-get update… rootsmith-run` failed with exit status 1\n"),
+            "{error}"
+        );
         assert!(error.ends_with("line 1\nfailed here"), "{error}");
         assert!(error.len() < 300, "{} bytes", error.len());
         command.label = Some("script `configure.sh`".to_string());

@@ -41,7 +41,14 @@ pub fn private_mounts() -> Result<()> {
     }
     let original = File::open("/proc/self/ns/mnt").context("opening /proc/self/ns/mnt")?;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
-    nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE, None::<&str>).context("making / private")?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making / private")?;
     let _ = ORIGINAL.set(original);
     PRIVATE.store(true, Ordering::SeqCst);
     Ok(())
@@ -95,7 +102,8 @@ pub fn works_in(dir: &Path) -> bool {
     static WORKS: OnceLock<bool> = OnceLock::new();
     *WORKS.get_or_init(|| {
         let paths = ["lower", "upper", "work", "merged"].map(|name| dir.join(name));
-        let mounted = paths.iter().all(|path| fs_err::create_dir_all(path).is_ok()) && mount(&paths[0], &paths[1], &paths[2], &paths[3]).is_ok();
+        let mounted = paths.iter().all(|path| fs_err::create_dir_all(path).is_ok())
+            && mount(&paths[0], &paths[1], &paths[2], &paths[3]).is_ok();
         for path in &paths {
             let _ = crate::fileops::remove_tree(path);
         }
@@ -115,7 +123,10 @@ pub fn options(lower: &Path, upper: &Path, work: &Path) -> Option<String> {
         }
         paths.push(text);
     }
-    Some(format!("lowerdir={},upperdir={},workdir={},index=on,redirect_dir=on,metacopy=off", paths[0], paths[1], paths[2]))
+    Some(format!(
+        "lowerdir={},upperdir={},workdir={},index=on,redirect_dir=on,metacopy=off",
+        paths[0], paths[1], paths[2]
+    ))
 }
 
 /// Mount `upper` over `lower` at `merged` (`work`: overlay's own scratch
@@ -138,7 +149,8 @@ pub fn mount(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Result<O
     let flags = nix::mount::MsFlags::empty();
     let mounted = nix::mount::mount(Some("overlay"), merged, Some("overlay"), flags, Some(volatile.as_str()));
     if mounted == Err(nix::errno::Errno::EINVAL) {
-        nix::mount::mount(Some("overlay"), merged, Some("overlay"), flags, Some(options.as_str())).with_context(|| format!("mounting an overlay at {} ({options})", merged.display()))?;
+        nix::mount::mount(Some("overlay"), merged, Some("overlay"), flags, Some(options.as_str()))
+            .with_context(|| format!("mounting an overlay at {} ({options})", merged.display()))?;
     } else {
         mounted.with_context(|| format!("mounting an overlay at {} ({volatile})", merged.display()))?;
     }
@@ -151,7 +163,8 @@ mod tests {
 
     #[test]
     fn options_keep_hard_links_and_refuse_paths_they_cannot_carry() {
-        let text = options(Path::new("/c/trees/abc"), Path::new("/c/tmp/w/upper"), Path::new("/c/tmp/w/overlay")).unwrap();
+        let text =
+            options(Path::new("/c/trees/abc"), Path::new("/c/tmp/w/upper"), Path::new("/c/tmp/w/overlay")).unwrap();
         assert_eq!(text, "lowerdir=/c/trees/abc,upperdir=/c/tmp/w/upper,workdir=/c/tmp/w/overlay,index=on,redirect_dir=on,metacopy=off");
         for bad in ["/c/a,b", "/c/a:b", "/c/a\\b", "/c/a b", "/c/a\nb"] {
             assert_eq!(options(Path::new(bad), Path::new("/u"), Path::new("/w")), None, "{bad:?}");

@@ -67,7 +67,9 @@ impl RealHost {
             let target = root_path.join(mount.target.strip_prefix("/").unwrap_or(&mount.target));
             let (flags, remount_read_only) = match mount.kind {
                 MountKind::Bind => (libc::MS_BIND | libc::MS_REC, false),
-                MountKind::Fresh { read_only } => (libc::MS_NOSUID | libc::MS_NODEV | if read_only { libc::MS_RDONLY } else { 0 }, false),
+                MountKind::Fresh { read_only } => {
+                    (libc::MS_NOSUID | libc::MS_NODEV | if read_only { libc::MS_RDONLY } else { 0 }, false)
+                }
             };
             prepared.push(PreparedMount {
                 source: c_string(mount.source.as_ref().map(|s| s.as_os_str().as_bytes()).unwrap_or(b"none")),
@@ -157,7 +159,11 @@ impl RealHost {
                                     libc::_exit(125);
                                 }
                             }
-                            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                            let code = if libc::WIFEXITED(status) {
+                                libc::WEXITSTATUS(status)
+                            } else {
+                                128 + libc::WTERMSIG(status)
+                            };
                             libc::_exit(code);
                         }
                     }
@@ -165,7 +171,14 @@ impl RealHost {
                 if !isolate {
                     return Ok(());
                 }
-                if libc::mount(std::ptr::null(), slash.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+                if libc::mount(
+                    std::ptr::null(),
+                    slash.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 for mount in &prepared {
@@ -175,7 +188,13 @@ impl RealHost {
                         let error = std::io::Error::last_os_error();
                         let bound = match &mount.bind_instead {
                             Some(source) if error.raw_os_error() == Some(libc::EPERM) => {
-                                libc::mount(source.as_ptr(), mount.target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) == 0
+                                libc::mount(
+                                    source.as_ptr(),
+                                    mount.target.as_ptr(),
+                                    std::ptr::null(),
+                                    libc::MS_BIND | libc::MS_REC,
+                                    std::ptr::null(),
+                                ) == 0
                             }
                             _ => false,
                         };
@@ -184,7 +203,13 @@ impl RealHost {
                         }
                     }
                     if mount.remount_read_only
-                        && libc::mount(std::ptr::null(), mount.target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, std::ptr::null()) != 0
+                        && libc::mount(
+                            std::ptr::null(),
+                            mount.target.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                            std::ptr::null(),
+                        ) != 0
                     {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -228,7 +253,8 @@ impl RealHost {
         };
         let mut stdout = Vec::new();
         if let Some(mut pipe) = child.stdout.take() {
-            std::io::Read::read_to_end(&mut pipe, &mut stdout).with_context(|| format!("reading the output of {argv}"))?;
+            std::io::Read::read_to_end(&mut pipe, &mut stdout)
+                .with_context(|| format!("reading the output of {argv}"))?;
         }
         let status = child.wait().with_context(|| format!("waiting for {argv}"))?;
         if let Some(copier) = copier {

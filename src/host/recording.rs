@@ -67,7 +67,10 @@ mod tests {
         assert!(host.run(&Command::on_host("make", ["defconfig"], log)).is_ok());
         let error = host.run(&Command::on_host("/usr/bin/make", ["olddefconfig"], log)).unwrap_err();
         assert!(error.to_string().contains("exit status 2"), "{error}");
-        assert_eq!(host.capture(&Command::on_host("gcc", ["--version"], log)).unwrap(), "gcc (Debian 12.2.0-14) 12.2.0\n");
+        assert_eq!(
+            host.capture(&Command::on_host("gcc", ["--version"], log)).unwrap(),
+            "gcc (Debian 12.2.0-14) 12.2.0\n"
+        );
         assert_eq!(host.programs(), ["make", "make", "gcc"]);
     }
 }

@@ -247,14 +247,17 @@ pub fn preflight() -> Result<(IdRange, IdRange)> {
 fn run_again_in_namespace() -> Result<i32> {
     let (uids, gids) = preflight()?;
     let exe = CString::new("/proc/self/exe").expect("no NUL");
-    let args: Vec<CString> = std::env::args_os().map(|arg| CString::new(arg.as_bytes()).context("an argument has a NUL byte")).collect::<Result<_>>()?;
+    let args: Vec<CString> = std::env::args_os()
+        .map(|arg| CString::new(arg.as_bytes()).context("an argument has a NUL byte"))
+        .collect::<Result<_>>()?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|arg| arg.as_ptr()).collect();
     argv.push(std::ptr::null());
     let slash = CString::new("/").expect("no NUL");
     let (ready_read, ready_write) = nix::unistd::pipe()?;
     let (go_read, go_write) = nix::unistd::pipe()?;
     use std::os::fd::AsRawFd;
-    let (ready_read_fd, ready_write_fd, go_read_fd, go_write_fd) = (ready_read.as_raw_fd(), ready_write.as_raw_fd(), go_read.as_raw_fd(), go_write.as_raw_fd());
+    let (ready_read_fd, ready_write_fd, go_read_fd, go_write_fd) =
+        (ready_read.as_raw_fd(), ready_write.as_raw_fd(), go_read.as_raw_fd(), go_write.as_raw_fd());
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the process has one thread; the child only makes
     // async-signal-safe system calls on data prepared above, then execs or exits.
@@ -291,7 +294,13 @@ fn run_again_in_namespace() -> Result<i32> {
                 libc::_exit(126);
             }
             // Nothing mounted in here may reach the host.
-            libc::mount(std::ptr::null(), slash.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null());
+            libc::mount(
+                std::ptr::null(),
+                slash.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
             libc::execv(exe.as_ptr(), argv.as_ptr());
             libc::_exit(127);
         }
@@ -303,7 +312,8 @@ fn run_again_in_namespace() -> Result<i32> {
     let errno = i32::from_ne_bytes(report);
     if read != 4 || errno != 0 {
         let _ = wait_for(child);
-        let why = if read == 4 { std::io::Error::from_raw_os_error(errno).to_string() } else { "it ended first".into() };
+        let why =
+            if read == 4 { std::io::Error::from_raw_os_error(errno).to_string() } else { "it ended first".into() };
         return Err(not_possible(format!(
             "cannot make a user namespace ({why}), which a build without root needs\nhint: unprivileged user namespaces may be forbidden here (a container's seccomp policy, or sysctls such as user.max_user_namespaces); build as root, or allow them"
         )));
@@ -326,9 +336,18 @@ fn run_again_in_namespace() -> Result<i32> {
 /// `newuidmap PID 0 OWN 1 1 START COUNT` (or newgidmap): 0 is the caller, 1…
 /// its subordinate range.
 fn map_ids(helper: &str, pid: libc::pid_t, own: u32, range: IdRange) -> Result<()> {
-    let program = crate::tools::find(helper).with_context(|| format!("`{helper}` went missing (apt-get install uidmap)"))?;
+    let program =
+        crate::tools::find(helper).with_context(|| format!("`{helper}` went missing (apt-get install uidmap)"))?;
     let output = std::process::Command::new(&program)
-        .args([pid.to_string(), "0".into(), own.to_string(), "1".into(), "1".into(), range.start.to_string(), range.count.to_string()])
+        .args([
+            pid.to_string(),
+            "0".into(),
+            own.to_string(),
+            "1".into(),
+            "1".into(),
+            range.start.to_string(),
+            range.count.to_string(),
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("cannot run {}", program.display()))?;

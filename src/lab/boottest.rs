@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::artifact::menus::{self, MenuInput};
 use crate::bundle::manifest::{Manifest, ManifestKernel};
 use crate::lab::qemu::{self, Accel, Guest, UserNetwork};
-use crate::artifact::menus::{self, MenuInput};
 use crate::lab::serve::Server;
 
 /// The host as the guest of QEMU's user-mode network sees it.
@@ -83,8 +83,15 @@ pub struct Prepared {
 fn choose_kernel(manifest: &Manifest, name: Option<&str>) -> Result<ManifestKernel> {
     let names = || manifest.kernels.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ");
     match name {
-        None => manifest.kernels.first().cloned().with_context(|| format!("{} {} has no kernel to boot; add a kernel stage to the recipe", manifest.name, manifest.version)),
-        Some(name) => manifest.kernels.iter().find(|k| k.name == name).cloned().with_context(|| format!("the bundle has no kernel `{name}` (it has: {})", names())),
+        None => manifest.kernels.first().cloned().with_context(|| {
+            format!("{} {} has no kernel to boot; add a kernel stage to the recipe", manifest.name, manifest.version)
+        }),
+        Some(name) => manifest
+            .kernels
+            .iter()
+            .find(|k| k.name == name)
+            .cloned()
+            .with_context(|| format!("the bundle has no kernel `{name}` (it has: {})", names())),
     }
 }
 
@@ -120,7 +127,13 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
     }
     let foreign = manifest.arch != crate::arch::host();
     if foreign && options.accel == AccelChoice::Kvm {
-        bail!("KVM runs only the host's own architecture ({}); {} {} is {}: leave out --accel kvm", crate::arch::host(), manifest.name, manifest.version, manifest.arch);
+        bail!(
+            "KVM runs only the host's own architecture ({}); {} {} is {}: leave out --accel kvm",
+            crate::arch::host(),
+            manifest.name,
+            manifest.version,
+            manifest.arch
+        );
     }
     let scratch = tempfile::Builder::new().prefix("rootsmith-boot-").tempdir()?;
     // A bundle's file, checked as every name from a manifest is: a regular
@@ -143,7 +156,16 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             None => format!("http://{HOST_FROM_GUEST}:{}/", start_server(&options.bundle, http_log.clone())?),
         })
     };
-    let mut guest = Guest { kernel: Some(vmlinuz), initrd: Some(initramfs.clone()), cmdline: String::new(), memory_mib: options.memory_mib, accel: Accel::Tcg, network: None, disk: None, firmware: None };
+    let mut guest = Guest {
+        kernel: Some(vmlinuz),
+        initrd: Some(initramfs.clone()),
+        cmdline: String::new(),
+        memory_mib: options.memory_mib,
+        accel: Accel::Tcg,
+        network: None,
+        disk: None,
+        firmware: None,
+    };
     match options.via {
         Via::Appended => {
             // QEMU takes one initrd file: the two, concatenated (each is 4-byte aligned).
@@ -156,7 +178,12 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             guest.initrd = Some(both);
         }
         Via::Http => {
-            cmdline.push_str(&format!(" {}={}{}", rootsmith_init::contract::args::ROOTFS_URL, base()?, manifest.boot.rootfs_image));
+            cmdline.push_str(&format!(
+                " {}={}{}",
+                rootsmith_init::contract::args::ROOTFS_URL,
+                base()?,
+                manifest.boot.rootfs_image
+            ));
             guest.network = Some(UserNetwork::default());
         }
         Via::Pxe => {
@@ -171,26 +198,47 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
             guest.initrd = None;
             guest.network = Some(if options.own_tftp {
                 // The NIC's iPXE takes a tftp:// URL as its DHCP boot file.
-                let server = crate::lab::tftp::TftpServer::bind(&tftp, "127.0.0.1:0", 16, access_log(http_log.clone()))?;
+                let server =
+                    crate::lab::tftp::TftpServer::bind(&tftp, "127.0.0.1:0", 16, access_log(http_log.clone()))?;
                 let port = server.spawn().port();
-                UserNetwork { tftp: None, bootfile: Some(format!("tftp://{HOST_FROM_GUEST}:{port}/boot.ipxe")), mac: None }
+                UserNetwork {
+                    tftp: None,
+                    bootfile: Some(format!("tftp://{HOST_FROM_GUEST}:{port}/boot.ipxe")),
+                    mac: None,
+                }
             } else {
                 UserNetwork { tftp: Some(tftp), bootfile: Some("boot.ipxe".into()), mac: None }
             });
         }
         Via::Uki => {
             if manifest.arch != "amd64" {
-                bail!("--via uki boots x86-64 UKIs under OVMF; {} {} is an {} bundle", manifest.name, manifest.version, manifest.arch);
+                bail!(
+                    "--via uki boots x86-64 UKIs under OVMF; {} {} is an {} bundle",
+                    manifest.name,
+                    manifest.version,
+                    manifest.arch
+                );
             }
             let Some(uki) = &kernel.uki else {
-                bail!("{} {} has no UKI for kernel {}; add `uki: true` to the recipe's outputs", manifest.name, manifest.version, kernel.name);
+                bail!(
+                    "{} {} has no UKI for kernel {}; add `uki: true` to the recipe's outputs",
+                    manifest.name,
+                    manifest.version,
+                    kernel.name
+                );
             };
             let made = manifest.boot.uki.as_ref().context("the manifest lists a UKI but not what it holds")?;
             open(uki)?;
             let uki_url = match &options.server {
                 Some(url) => format!("{}/{uki}", url.trim_end_matches('/')),
                 None => {
-                    let baked = crate::lab::efi::baked_server(&options.bundle, &manifest.name, &manifest.version, &made.rootfs_url, &manifest.boot.rootfs_image)?;
+                    let baked = crate::lab::efi::baked_server(
+                        &options.bundle,
+                        &manifest.name,
+                        &manifest.version,
+                        &made.rootfs_url,
+                        &manifest.boot.rootfs_image,
+                    )?;
                     let server = Server::bind(&baked.root, &format!("127.0.0.1:{}", baked.port), 16, access_log(http_log.clone()))
                         .with_context(|| format!("the UKI fetches its rootfs from port {} of the DHCP server (this machine, to QEMU)\nhint: stop what listens there, or serve the bundle yourself and pass --server URL", baked.port))?;
                     server.spawn();
@@ -239,7 +287,10 @@ pub fn prepare(options: &BootOptions) -> Result<Prepared> {
 /// (a line break would start another iPXE command) or a `${` (iPXE would
 /// expand it) is refused.
 pub fn uki_script(url: &str, cmdline: &str) -> Result<String> {
-    let unsafe_text = |text: &str| text.chars().any(|c| c.is_control() || c == '"' || c == '\'' || c == '\\') || ["${", "||", "&&"].iter().any(|operator| text.contains(operator));
+    let unsafe_text = |text: &str| {
+        text.chars().any(|c| c.is_control() || c == '"' || c == '\'' || c == '\\')
+            || ["${", "||", "&&"].iter().any(|operator| text.contains(operator))
+    };
     if unsafe_text(cmdline) || unsafe_text(url) || url.contains(' ') {
         bail!("the manifest's UKI command line {cmdline:?} or URL {url:?} holds what an iPXE script would read as more than words (a control character, a quote, `${{`, `||`, `&&`, or a blank in the URL)");
     }
@@ -252,9 +303,15 @@ mod tests {
 
     #[test]
     fn a_uki_script_passes_the_command_line_and_nothing_else() {
-        let script = uki_script("http://10.0.2.2:8080/d/1/d-1-debian.efi", "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img").unwrap();
+        let script = uki_script(
+            "http://10.0.2.2:8080/d/1/d-1-debian.efi",
+            "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img",
+        )
+        .unwrap();
         assert_eq!(script, "#!ipxe\nchain --autofree http://10.0.2.2:8080/d/1/d-1-debian.efi console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img\n");
-        for hostile in ["quiet\nshell", "quiet\r\nshell", "x=${net0/mac}", "quiet || shell", "quiet && shell", "x=\"a b\""] {
+        for hostile in
+            ["quiet\nshell", "quiet\r\nshell", "x=${net0/mac}", "quiet || shell", "quiet && shell", "x=\"a b\""]
+        {
             assert!(uki_script("http://h/u.efi", hostile).is_err(), "{hostile:?}");
         }
         assert!(uki_script("http://h/u.efi shell", "quiet").is_err());
@@ -280,5 +337,8 @@ impl Prepared {
 
 /// The line a boot test waits for: given, else the recipe's marker, else the init's last word.
 pub fn expected_line(manifest: &Manifest, expect: Option<&str>) -> String {
-    expect.map(str::to_string).or_else(|| manifest.boot.marker.clone()).unwrap_or_else(|| "rootsmith-init: switching root".into())
+    expect
+        .map(str::to_string)
+        .or_else(|| manifest.boot.marker.clone())
+        .unwrap_or_else(|| "rootsmith-init: switching root".into())
 }

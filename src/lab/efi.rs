@@ -64,9 +64,21 @@ pub fn firmware(settings: &EfiSettings, scratch: &Path, epoch: i64) -> Result<Fi
     if settings.secure_boot {
         let signer = match &settings.loader_key {
             Some((key, cert)) => SecureBootSigner::open(key, cert)?,
-            None => SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), Path::new(SNAKEOIL_CERT), Some(SNAKEOIL_PASSPHRASE.into()))?,
+            None => SecureBootSigner::open_with(
+                Path::new(SNAKEOIL_KEY),
+                Path::new(SNAKEOIL_CERT),
+                Some(SNAKEOIL_PASSPHRASE.into()),
+            )?,
         };
-        signer.sign(&crate::host::RealHost { echo: false }, Path::new(IPXE_EFI), &loader, epoch, &scratch.join("sign.log")).context("signing iPXE for the Secure Boot test")?;
+        signer
+            .sign(
+                &crate::host::RealHost { echo: false },
+                Path::new(IPXE_EFI),
+                &loader,
+                epoch,
+                &scratch.join("sign.log"),
+            )
+            .context("signing iPXE for the Secure Boot test")?;
     } else {
         fs_err::copy(IPXE_EFI, &loader)?;
     }
@@ -88,8 +100,15 @@ pub struct BakedServer {
 /// Only the two layouts `serve` has are served: the bundle's directory
 /// itself, or the directory above `NAME/VERSION` (never further up: a URL
 /// from a manifest must not make the whole disk served).
-pub fn baked_server(bundle: &Path, name: &str, version: &str, rootfs_url: &str, rootfs_image: &str) -> Result<BakedServer> {
-    let url = rootsmith_init::http::Url::parse(rootfs_url).map_err(|why| anyhow::anyhow!("the UKI's rootfs URL: {why}"))?;
+pub fn baked_server(
+    bundle: &Path,
+    name: &str,
+    version: &str,
+    rootfs_url: &str,
+    rootfs_image: &str,
+) -> Result<BakedServer> {
+    let url =
+        rootsmith_init::http::Url::parse(rootfs_url).map_err(|why| anyhow::anyhow!("the UKI's rootfs URL: {why}"))?;
     if !url.names_dhcp_server() {
         bail!("the UKI's rootfs URL {rootfs_url} names the host {}, not `{}` (the DHCP server, which in QEMU is this machine)\nhint: serve the bundle there and pass --server URL", url.host, rootsmith_init::contract::DHCP_SERVER_HOST);
     }
@@ -119,16 +138,28 @@ mod tests {
         let bundle = dir.path().join("out/demo/1.0");
         fs_err::create_dir_all(&bundle).unwrap();
         let out = dir.path().join("out").canonicalize().unwrap();
-        let served = baked_server(&bundle, "demo", "1.0", "http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img", "demo-1.0-rootfs.img").unwrap();
+        let served = baked_server(
+            &bundle,
+            "demo",
+            "1.0",
+            "http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img",
+            "demo-1.0-rootfs.img",
+        )
+        .unwrap();
         assert_eq!(served, BakedServer { port: 8080, root: out.clone(), bundle_path: "/demo/1.0/".into() });
-        let at_root = baked_server(&bundle, "demo", "1.0", "http://dhcp-server/demo-1.0-rootfs.img", "demo-1.0-rootfs.img").unwrap();
+        let at_root =
+            baked_server(&bundle, "demo", "1.0", "http://dhcp-server/demo-1.0-rootfs.img", "demo-1.0-rootfs.img")
+                .unwrap();
         assert_eq!(at_root, BakedServer { port: 80, root: bundle.canonicalize().unwrap(), bundle_path: "/".into() });
         for (url, why) in [
             ("http://192.0.2.1:8080/demo/1.0/demo-1.0-rootfs.img", "not `dhcp-server`"),
             ("http://dhcp-server:8080/demo/1.0/other-rootfs.img", "does not end in the bundle's rootfs image"),
             ("http://dhcp-server:8080/other/1.0/demo-1.0-rootfs.img", "where `rootsmith serve` has it"),
             // A URL naming the bundle's real place further up is not served from there.
-            (&format!("http://dhcp-server:8080{}/demo-1.0-rootfs.img", bundle.canonicalize().unwrap().display()), "where `rootsmith serve` has it"),
+            (
+                &format!("http://dhcp-server:8080{}/demo-1.0-rootfs.img", bundle.canonicalize().unwrap().display()),
+                "where `rootsmith serve` has it",
+            ),
             ("https://dhcp-server/demo-1.0-rootfs.img", "only http://"),
         ] {
             let error = format!("{:#}", baked_server(&bundle, "demo", "1.0", url, "demo-1.0-rootfs.img").unwrap_err());
@@ -139,7 +170,8 @@ mod tests {
     #[test]
     fn missing_firmware_parts_are_named_with_their_package() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = EfiSettings { secure_boot: false, vars: Some(dir.path().join("no-such-vars.fd")), loader_key: None };
+        let settings =
+            EfiSettings { secure_boot: false, vars: Some(dir.path().join("no-such-vars.fd")), loader_key: None };
         let error = format!("{:#}", firmware(&settings, dir.path(), 0).unwrap_err());
         assert!(error.contains("no-such-vars.fd") && error.contains("apt-get install ovmf"), "{error}");
     }

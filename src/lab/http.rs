@@ -23,7 +23,8 @@ pub type AccessLog = Arc<dyn Fn(&str) + Send + Sync>;
 /// read on a terminal.
 pub fn printable_log(log: AccessLog) -> AccessLog {
     Arc::new(move |line: &str| {
-        let escaped: String = line.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+        let escaped: String =
+            line.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
         log(&escaped)
     })
 }
@@ -102,7 +103,11 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 pub fn error(status: u16, message: &str) -> Response {
-    Response { status, headers: vec![("Content-Type", "text/plain; charset=utf-8".into())], body: Body::Bytes(format!("{status} {}: {message}\n", reason(status)).into_bytes()) }
+    Response {
+        status,
+        headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+        body: Body::Bytes(format!("{status} {}: {message}\n", reason(status)).into_bytes()),
+    }
 }
 
 pub fn content_type(path: &Path) -> &'static str {
@@ -170,7 +175,11 @@ pub fn parse_range(value: Option<&str>, size: u64) -> Option<Result<(u64, u64), 
         (size - len, len)
     } else {
         let start: u64 = first.parse().ok()?;
-        let end = if last.is_empty() { size.saturating_sub(1) } else { last.parse::<u64>().ok()?.min(size.saturating_sub(1)) };
+        let end = if last.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            last.parse::<u64>().ok()?.min(size.saturating_sub(1))
+        };
         if start >= size || end < start {
             return Some(Err(()));
         }
@@ -181,17 +190,23 @@ pub fn parse_range(value: Option<&str>, size: u64) -> Option<Result<(u64, u64), 
 
 pub fn etag(metadata: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
-    let modified = metadata.modified().ok().and_then(|time| time.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    let modified = metadata
+        .modified()
+        .ok()
+        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("\"{:x}-{:x}-{modified:x}\"", metadata.ino(), metadata.len())
 }
 
 pub fn etag_matches(header: Option<&str>, tag: &str) -> bool {
-    header.is_some_and(|value| value.split(',').any(|candidate| {
-        let candidate = candidate.trim();
-        candidate == "*" || candidate.trim_start_matches("W/") == tag
-    }))
+    header.is_some_and(|value| {
+        value.split(',').any(|candidate| {
+            let candidate = candidate.trim();
+            candidate == "*" || candidate.trim_start_matches("W/") == tag
+        })
+    })
 }
-
 
 /// Text made for a request (a menu, a per-host file), with an ETag of its bytes.
 pub fn generated(request: &Request, text: String) -> Response {
@@ -278,7 +293,9 @@ impl Listener {
                 continue;
             };
             if let Some(evicted) = evicted {
-                (shared.log)(&format!("{evicted} - closed: it waited longest for a request head, and {peer} needed its slot"));
+                (shared.log)(&format!(
+                    "{evicted} - closed: it waited longest for a request head, and {peer} needed its slot"
+                ));
             }
             let (listener, handler) = (shared.clone(), handler.clone());
             std::thread::spawn(move || {
@@ -365,7 +382,11 @@ impl Slots {
         let mut table = slots.table();
         let mut evicted = None;
         if table.open.len() >= slots.max {
-            let (&oldest, _) = table.open.iter().filter_map(|(id, open)| Some((id, open.waiting_since?))).min_by_key(|(_, since)| *since)?;
+            let (&oldest, _) = table
+                .open
+                .iter()
+                .filter_map(|(id, open)| Some((id, open.waiting_since?)))
+                .min_by_key(|(_, since)| *since)?;
             let open = table.open.remove(&oldest).expect("just found");
             let _ = open.stream.shutdown(Shutdown::Both);
             evicted = Some(open.peer);
@@ -436,7 +457,12 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Result<Request, 
         let read = match reader.take(8192).read_until(b'\n', &mut line) {
             Ok(read) => read,
             Err(error) if timed_out(&error) && total == 0 && line.is_empty() => return Ok(None),
-            Err(error) if timed_out(&error) => return Ok(Some(Err((408, format!("the request head did not arrive within {} s", HEAD_TIMEOUT.as_secs()))))),
+            Err(error) if timed_out(&error) => {
+                return Ok(Some(Err((
+                    408,
+                    format!("the request head did not arrive within {} s", HEAD_TIMEOUT.as_secs()),
+                ))))
+            }
             Err(error) => return Err(error),
         };
         if read == 0 {
@@ -462,8 +488,18 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Result<Request, 
     if !version.starts_with("HTTP/1.") {
         return Ok(Some(Err((400, format!("unsupported protocol {version}")))));
     }
-    let headers = lines[1..].iter().filter_map(|line| line.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    Ok(Some(Ok(Request { method: method.to_string(), path: path.to_string(), headers, http10: version == "HTTP/1.0", body: Vec::new() })))
+    let headers = lines[1..]
+        .iter()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Some(Ok(Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        headers,
+        http10: version == "HTTP/1.0",
+        body: Vec::new(),
+    })))
 }
 
 /// The body of a request that has one, up to `max` bytes; else a status and why.
@@ -475,7 +511,9 @@ fn read_body(reader: &mut impl BufRead, request: &mut Request, max: u64) -> Resu
     }
     let mut body = Vec::with_capacity(length as usize);
     match reader.take(length).read_to_end(&mut body) {
-        Err(error) if timed_out(&error) => return Err((408, format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()))),
+        Err(error) if timed_out(&error) => {
+            return Err((408, format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs())))
+        }
         Err(error) => return Err((400, error.to_string())),
         Ok(_) => {}
     }
@@ -487,7 +525,12 @@ fn read_body(reader: &mut impl BufRead, request: &mut Request, max: u64) -> Resu
 }
 
 pub fn write_response(stream: &mut TcpStream, response: Response, head_only: bool, keep_alive: bool) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {} {}\r\nServer: rootsmith\r\nContent-Length: {}\r\n", response.status, reason(response.status), response.body.len());
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nServer: rootsmith\r\nContent-Length: {}\r\n",
+        response.status,
+        reason(response.status),
+        response.body.len()
+    );
     for (key, value) in &response.headers {
         head.push_str(&format!("{key}: {value}\r\n"));
     }
@@ -548,7 +591,13 @@ mod tests {
 
     #[test]
     fn bearer_tokens_and_printable_log_lines() {
-        let request = |value: &str| Request { method: "POST".into(), path: "/".into(), headers: vec![("authorization".into(), value.into())], http10: false, body: Vec::new() };
+        let request = |value: &str| Request {
+            method: "POST".into(),
+            path: "/".into(),
+            headers: vec![("authorization".into(), value.into())],
+            http10: false,
+            body: Vec::new(),
+        };
         assert_eq!(request("Bearer abc").bearer_token(), Some("abc"));
         assert_eq!(request("bearer  abc ").bearer_token(), Some("abc"));
         assert_eq!(request("Basic abc").bearer_token(), None);

@@ -32,7 +32,17 @@ impl DirectBoot {
     /// The QEMU argv (program first). The machine powers off instead of
     /// rebooting, so a kernel panic with `panic=-1` ends the run.
     pub fn argv(&self) -> Vec<String> {
-        Guest { kernel: Some(self.kernel.clone()), initrd: self.initrd.clone(), cmdline: self.cmdline.clone(), memory_mib: self.memory_mib, accel: self.accel, network: None, disk: None, firmware: None }.argv()
+        Guest {
+            kernel: Some(self.kernel.clone()),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            memory_mib: self.memory_mib,
+            accel: self.accel,
+            network: None,
+            disk: None,
+            firmware: None,
+        }
+        .argv()
     }
 }
 
@@ -87,7 +97,12 @@ impl Guest {
         let mut argv = vec![
             machine.program.to_string(),
             "-machine".into(),
-            format!("{},{}accel={}", machine.machine, if self.firmware.as_ref().is_some_and(|firmware| firmware.secure_boot) { "smm=on," } else { "" }, if self.accel == Accel::Kvm { "kvm" } else { "tcg" }),
+            format!(
+                "{},{}accel={}",
+                machine.machine,
+                if self.firmware.as_ref().is_some_and(|firmware| firmware.secure_boot) { "smm=on," } else { "" },
+                if self.accel == Accel::Kvm { "kvm" } else { "tcg" }
+            ),
             "-m".into(),
             self.memory_mib.to_string(),
             "-nodefaults".into(),
@@ -104,7 +119,10 @@ impl Guest {
             if firmware.secure_boot {
                 argv.extend(["-global".into(), "driver=cfi.pflash01,property=secure,value=on".into()]);
             }
-            argv.extend(["-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={}", firmware.code.display())]);
+            argv.extend([
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={}", firmware.code.display()),
+            ]);
             argv.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", firmware.vars.display())]);
             argv.extend(["-drive".into(), format!("format=raw,file=fat:rw:{}", firmware.esp.display())]);
         }
@@ -168,7 +186,9 @@ pub fn boot_until_any(argv: &[String], expect: &str, fatal: &[&str], timeout: Du
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {}\nhint: apt-get install {}", argv[0], crate::tools::package_of(&argv[0])))?;
+        .with_context(|| {
+            format!("starting {}\nhint: apt-get install {}", argv[0], crate::tools::package_of(&argv[0]))
+        })?;
     let stdout = child.stdout.take().expect("piped");
     let (lines, receive) = mpsc::channel();
     std::thread::spawn(move || {
@@ -260,7 +280,13 @@ mod tests {
 
     #[test]
     fn argv_boots_directly_on_the_serial_console() {
-        let boot = DirectBoot { kernel: "/b/vmlinuz".into(), initrd: Some("/b/initrd".into()), cmdline: "console=ttyS0 panic=-1".into(), memory_mib: 256, accel: Accel::Tcg };
+        let boot = DirectBoot {
+            kernel: "/b/vmlinuz".into(),
+            initrd: Some("/b/initrd".into()),
+            cmdline: "console=ttyS0 panic=-1".into(),
+            memory_mib: 256,
+            accel: Accel::Tcg,
+        };
         let argv = boot.argv().join(" ");
         assert_eq!(
             argv,
@@ -272,7 +298,16 @@ mod tests {
 
     #[test]
     fn an_arm64_guest_is_a_virt_machine_with_an_emulated_cpu() {
-        let guest = Guest { kernel: Some("/b/vmlinuz".into()), initrd: Some("/b/initrd".into()), cmdline: "console=ttyAMA0".into(), memory_mib: 1024, accel: Accel::Tcg, network: Some(UserNetwork::default()), disk: None, firmware: None };
+        let guest = Guest {
+            kernel: Some("/b/vmlinuz".into()),
+            initrd: Some("/b/initrd".into()),
+            cmdline: "console=ttyAMA0".into(),
+            memory_mib: 1024,
+            accel: Accel::Tcg,
+            network: Some(UserNetwork::default()),
+            disk: None,
+            firmware: None,
+        };
         assert_eq!(
             guest.argv_for("arm64").join(" "),
             "qemu-system-aarch64 -machine virt,accel=tcg -m 1024 -nodefaults -no-reboot -display none -serial stdio -kernel /b/vmlinuz -cpu max -netdev user,id=net0 -device virtio-net-pci,netdev=net0 -initrd /b/initrd -append console=ttyAMA0"
@@ -282,16 +317,40 @@ mod tests {
 
     #[test]
     fn a_network_boot_has_no_kernel_and_boots_from_the_nic() {
-        let guest = Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 512, accel: Accel::Tcg, network: Some(UserNetwork { tftp: Some("/t".into()), bootfile: Some("boot.ipxe".into()), mac: None }), disk: None, firmware: None };
+        let guest = Guest {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            memory_mib: 512,
+            accel: Accel::Tcg,
+            network: Some(UserNetwork { tftp: Some("/t".into()), bootfile: Some("boot.ipxe".into()), mac: None }),
+            disk: None,
+            firmware: None,
+        };
         let argv = guest.argv().join(" ");
-        assert!(argv.ends_with("-netdev user,id=net0,tftp=/t,bootfile=boot.ipxe -device virtio-net-pci,netdev=net0 -boot n"), "{argv}");
+        assert!(
+            argv.ends_with(
+                "-netdev user,id=net0,tftp=/t,bootfile=boot.ipxe -device virtio-net-pci,netdev=net0 -boot n"
+            ),
+            "{argv}"
+        );
         assert!(!argv.contains("-kernel") && !argv.contains("-append"));
     }
 
     #[test]
     fn secure_boot_firmware_has_smm_a_secure_flash_and_no_option_rom() {
-        let firmware = Firmware { code: "/f/CODE.fd".into(), vars: "/s/VARS.fd".into(), secure_boot: true, esp: "/s/esp".into() };
-        let guest = Guest { kernel: None, initrd: None, cmdline: String::new(), memory_mib: 1024, accel: Accel::Tcg, network: Some(UserNetwork { tftp: None, bootfile: Some("http://10.0.2.2:8080/u.efi".into()), mac: None }), disk: None, firmware: Some(firmware.clone()) };
+        let firmware =
+            Firmware { code: "/f/CODE.fd".into(), vars: "/s/VARS.fd".into(), secure_boot: true, esp: "/s/esp".into() };
+        let guest = Guest {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            memory_mib: 1024,
+            accel: Accel::Tcg,
+            network: Some(UserNetwork { tftp: None, bootfile: Some("http://10.0.2.2:8080/u.efi".into()), mac: None }),
+            disk: None,
+            firmware: Some(firmware.clone()),
+        };
         let argv = guest.argv().join(" ");
         assert!(argv.contains("-machine q35,smm=on,accel=tcg"), "{argv}");
         assert!(argv.contains("-global driver=cfi.pflash01,property=secure,value=on"), "{argv}");

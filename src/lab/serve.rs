@@ -11,8 +11,11 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use super::http::{content_type, error, etag, file_like, generated, percent_decode, resolve, Body, Handler, Listener, Request, Response};
 pub use super::http::AccessLog;
+use super::http::{
+    content_type, error, etag, file_like, generated, percent_decode, resolve, Body, Handler, Listener, Request,
+    Response,
+};
 use crate::artifact::menus::{self, MenuInput};
 use crate::lab::hosts::served::{ServedInventory, MAX_REPORT_BYTES};
 
@@ -65,8 +68,13 @@ impl Handler for Routes {
     fn respond(&self, request: &Request, local: SocketAddr, peer: &str) -> Response {
         if let (Some(hosts), "POST" | "PUT") = (&self.hosts, request.method.as_str()) {
             let peer = peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-            return match hosts.report(request.path.trim_start_matches('/'), request.bearer_token(), &request.body, peer) {
-                Ok(reply) => Response { status: 200, headers: vec![("Content-Type", "text/plain; charset=utf-8".into())], body: Body::Bytes(reply.into_bytes()) },
+            return match hosts.report(request.path.trim_start_matches('/'), request.bearer_token(), &request.body, peer)
+            {
+                Ok(reply) => Response {
+                    status: 200,
+                    headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+                    body: Body::Bytes(reply.into_bytes()),
+                },
                 Err((status, message)) => error(status, &message),
             };
         }
@@ -86,7 +94,9 @@ impl Handler for Routes {
                 None => {}
             }
         }
-        let Some(path) = resolve(&self.root, &request.path).filter(|path| !self.hosts.as_ref().is_some_and(|hosts| hosts.is_private(path))) else {
+        let Some(path) = resolve(&self.root, &request.path)
+            .filter(|path| !self.hosts.as_ref().is_some_and(|hosts| hosts.is_private(path)))
+        else {
             return error(404, "no such file here");
         };
         if let Some(menu) = self.generated_menu(&path, request, local) {
@@ -130,4 +140,3 @@ impl Routes {
         })
     }
 }
-

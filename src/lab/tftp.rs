@@ -67,7 +67,10 @@ pub fn parse(packet: &[u8]) -> Option<Packet> {
         }
         WRQ => Packet::Write,
         ACK if rest.len() >= 2 => Packet::Ack(u16::from_be_bytes([rest[0], rest[1]])),
-        ERROR if rest.len() >= 2 => Packet::Error(u16::from_be_bytes([rest[0], rest[1]]), String::from_utf8_lossy(&rest[2..]).trim_end_matches('\0').to_string()),
+        ERROR if rest.len() >= 2 => Packet::Error(
+            u16::from_be_bytes([rest[0], rest[1]]),
+            String::from_utf8_lossy(&rest[2..]).trim_end_matches('\0').to_string(),
+        ),
         other => Packet::Other(other),
     })
 }
@@ -142,7 +145,10 @@ impl TftpServer {
             return Ok((Box::new(std::io::Cursor::new(text.into_bytes())), size));
         }
         let private = |path: &std::path::Path| self.hosts.as_ref().is_some_and(|hosts| hosts.is_private(path));
-        let file = resolve(&self.root, name).filter(|path| path.is_file() && !private(path)).and_then(|path| std::fs::File::open(path).ok()).ok_or("file not found")?;
+        let file = resolve(&self.root, name)
+            .filter(|path| path.is_file() && !private(path))
+            .and_then(|path| std::fs::File::open(path).ok())
+            .ok_or("file not found")?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok((Box::new(file), size))
     }
@@ -224,7 +230,9 @@ impl TftpServer {
                     Ok(read) => filled += read,
                 }
             }
-            if let Err(outcome) = send_until_acked(&socket, peer, &data_packet(block, &buffer[..filled]), block, timeout) {
+            if let Err(outcome) =
+                send_until_acked(&socket, peer, &data_packet(block, &buffer[..filled]), block, timeout)
+            {
                 return outcome;
             }
             sent += filled as u64;
@@ -241,7 +249,13 @@ impl TftpServer {
 /// ignored (no resend on them, which would double every later block), and
 /// like any other packet that is not the acknowledgement they do not put off
 /// the next resend or the end: time counts, not packets.
-fn send_until_acked(socket: &UdpSocket, peer: SocketAddr, packet: &[u8], block: u16, timeout: Duration) -> std::result::Result<(), String> {
+fn send_until_acked(
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    packet: &[u8],
+    block: u16,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
     let mut reply = [0u8; 516];
     for _ in 0..TRIES {
         socket.send_to(packet, peer).map_err(|error| error.to_string())?;
@@ -278,7 +292,11 @@ mod tests {
         let packet = b"\x00\x01boot.ipxe\x00octet\x00BLKSIZE\x001468\x00tsize\x000\x00";
         assert_eq!(
             parse(packet),
-            Some(Packet::Read(ReadRequest { filename: "boot.ipxe".into(), mode: "octet".into(), options: vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())] }))
+            Some(Packet::Read(ReadRequest {
+                filename: "boot.ipxe".into(),
+                mode: "octet".into(),
+                options: vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())]
+            }))
         );
         assert_eq!(parse(b"\x00\x04\x00\x07"), Some(Packet::Ack(7)));
         assert_eq!(parse(b"\x00\x05\x00\x01nope\x00"), Some(Packet::Error(1, "nope".into())));
@@ -288,10 +306,22 @@ mod tests {
 
     #[test]
     fn negotiates_blksize_tsize_and_timeout() {
-        let options = vec![("blksize".to_string(), "100000".to_string()), ("tsize".to_string(), "0".to_string()), ("timeout".to_string(), "3".to_string()), ("windowsize".to_string(), "4".to_string())];
+        let options = vec![
+            ("blksize".to_string(), "100000".to_string()),
+            ("tsize".to_string(), "0".to_string()),
+            ("timeout".to_string(), "3".to_string()),
+            ("windowsize".to_string(), "4".to_string()),
+        ];
         let (blksize, timeout, granted) = negotiate(&options, 4242);
         assert_eq!((blksize, timeout), (65464, Duration::from_secs(3)));
-        assert_eq!(granted, vec![("blksize".to_string(), "65464".to_string()), ("tsize".to_string(), "4242".to_string()), ("timeout".to_string(), "3".to_string())]);
+        assert_eq!(
+            granted,
+            vec![
+                ("blksize".to_string(), "65464".to_string()),
+                ("tsize".to_string(), "4242".to_string()),
+                ("timeout".to_string(), "3".to_string())
+            ]
+        );
         assert_eq!(negotiate(&[], 1).0, 512);
     }
 }

@@ -55,7 +55,11 @@ pub const HEADER_ALLOWANCE: u64 = 16 << 20;
 /// `devices` makes its device nodes (and remembers their placeholders).
 /// Returns the number of entries applied.
 pub fn apply_layer(reader: impl Read, root: &Path, layer: &str, devices: &Devices) -> Result<u64, ApplyError> {
-    let free = free_space(root).map_err(|error| ApplyError { layer: layer.to_string(), entry: "(archive)".to_string(), reason: format!("cannot tell the free space of {}: {error}", root.display()) })?;
+    let free = free_space(root).map_err(|error| ApplyError {
+        layer: layer.to_string(),
+        entry: "(archive)".to_string(),
+        reason: format!("cannot tell the free space of {}: {error}", root.display()),
+    })?;
     apply_layer_with_space(reader, root, layer, devices, free)
 }
 
@@ -66,19 +70,45 @@ fn free_space(path: &Path) -> nix::Result<u64> {
 }
 
 /// [`apply_layer`] with the free space given (tests make it small).
-pub(super) fn apply_layer_with_space(reader: impl Read, root: &Path, layer: &str, devices: &Devices, free: u64) -> Result<u64, ApplyError> {
+pub(super) fn apply_layer_with_space(
+    reader: impl Read,
+    root: &Path,
+    layer: &str,
+    devices: &Devices,
+    free: u64,
+) -> Result<u64, ApplyError> {
     let stream = Rc::new(Stream::default());
     stream.limit.set(HEADER_ALLOWANCE);
     let mut archive = tar::Archive::new(Counted { inner: reader, stream: Rc::clone(&stream) });
-    let mut applier = Applier { root, layer, devices, written: HashSet::new(), directory_times: Vec::new(), is_root: nix::unistd::geteuid().is_root(), free, claimed: 0, freed: 0 };
+    let mut applier = Applier {
+        root,
+        layer,
+        devices,
+        written: HashSet::new(),
+        directory_times: Vec::new(),
+        is_root: nix::unistd::geteuid().is_root(),
+        free,
+        claimed: 0,
+        freed: 0,
+    };
     let entries = archive.entries().map_err(|_| applier.unreadable(&stream))?;
     let mut count = 0;
     for entry in entries {
         let entry = entry.map_err(|_| applier.unreadable(&stream))?;
         // The stream now stands at the entry's data: it may go on through that
         // data (padded to whole blocks) and the next entry's headers.
-        let in_stream = if entry.header().entry_type() == EntryType::GNUSparse { entry.header().entry_size().unwrap_or(u64::MAX) } else { entry.size() };
-        stream.limit.set(stream.read.get().saturating_add(in_stream.div_ceil(512).saturating_mul(512)).saturating_add(HEADER_ALLOWANCE));
+        let in_stream = if entry.header().entry_type() == EntryType::GNUSparse {
+            entry.header().entry_size().unwrap_or(u64::MAX)
+        } else {
+            entry.size()
+        };
+        stream.limit.set(
+            stream
+                .read
+                .get()
+                .saturating_add(in_stream.div_ceil(512).saturating_mul(512))
+                .saturating_add(HEADER_ALLOWANCE),
+        );
         applier.apply(entry)?;
         count += 1;
     }
@@ -218,7 +248,9 @@ impl Applier<'_> {
             // The root itself ("./"); data it carries was read all the same.
             return self.claim(&shown, entry.size());
         };
-        let parent = self.resolve_parent(relative.parent().unwrap_or(Path::new(""))).map_err(|reason| self.error(&shown, reason))?;
+        let parent = self
+            .resolve_parent(relative.parent().unwrap_or(Path::new("")))
+            .map_err(|reason| self.error(&shown, reason))?;
         let parent_full = self.root.join(&parent);
         let name_bytes = name.as_bytes();
 
@@ -232,11 +264,13 @@ impl Applier<'_> {
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
             // `.wh..` would delete the directory itself, `.wh...` its parent.
             if matches!(hidden, b"" | b"." | b"..") {
-                return Err(self.error(&shown, "a whiteout must name an entry of its directory, not the directory or its parent"));
+                return Err(self
+                    .error(&shown, "a whiteout must name an entry of its directory, not the directory or its parent"));
             }
             let target = parent_full.join(std::ffi::OsStr::from_bytes(hidden));
             self.devices.forget(&target);
-            return remove_any(&target).map_err(|error| self.error(&shown, format!("cannot delete {}: {error}", target.display())));
+            return remove_any(&target)
+                .map_err(|error| self.error(&shown, format!("cannot delete {}: {error}", target.display())));
         }
 
         let destination = parent_full.join(&name);
@@ -284,11 +318,15 @@ impl Applier<'_> {
                 entry.unpack(&destination).map_err(|error| self.error(&shown, with_causes(&error)))?;
             }
             EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| self.error(&shown, "symlink without a target"))?.into_owned();
+                let target =
+                    entry.link_name_bytes().ok_or_else(|| self.error(&shown, "symlink without a target"))?.into_owned();
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &destination).map_err(io)?;
             }
             EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| self.error(&shown, "hard link without a target"))?.into_owned();
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.error(&shown, "hard link without a target"))?
+                    .into_owned();
                 let source = self.resolve_link_target(&target).map_err(|reason| self.error(&shown, reason))?;
                 fs_err::hard_link(&source, &destination).map_err(io)?;
                 self.written.insert(parent.join(&name));
@@ -299,17 +337,26 @@ impl Applier<'_> {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 // The error names the path already.
-                self.devices.make(self.root, &parent.join(&name), device_kind, major, minor, mode).map_err(|error| self.error(&shown, error.to_string()))?;
+                self.devices
+                    .make(self.root, &parent.join(&name), device_kind, major, minor, mode)
+                    .map_err(|error| self.error(&shown, error.to_string()))?;
             }
             EntryType::Fifo => {
                 use nix::sys::stat::{mknod, Mode, SFlag};
-                mknod(&destination, SFlag::S_IFIFO, Mode::from_bits_truncate(mode), 0).map_err(|errno| io(errno.into()))?;
+                mknod(&destination, SFlag::S_IFIFO, Mode::from_bits_truncate(mode), 0)
+                    .map_err(|errno| io(errno.into()))?;
             }
             other => return Err(self.error(&shown, format!("unsupported entry type {other:?}"))),
         }
         let uid = header.uid().unwrap_or(0) as u32;
         let gid = header.gid().unwrap_or(0) as u32;
-        let chown = nix::unistd::fchownat(None, &destination, Some(uid.into()), Some(gid.into()), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        let chown = nix::unistd::fchownat(
+            None,
+            &destination,
+            Some(uid.into()),
+            Some(gid.into()),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
         if let Err(errno) = chown {
             if self.is_root {
                 return Err(io(errno.into()));

@@ -89,7 +89,9 @@ struct Node {
 
 impl Node {
     fn is(&self, metadata: &Metadata) -> bool {
-        self.dev == metadata.dev() && self.ino == metadata.ino() && (self.born.is_none() || self.born == metadata.created().ok())
+        self.dev == metadata.dev()
+            && self.ino == metadata.ino()
+            && (self.born.is_none() || self.born == metadata.created().ok())
     }
 }
 
@@ -129,7 +131,15 @@ impl Devices {
     /// refused (EPERM: a user namespace), an empty regular file stands for the
     /// device instead. Owner, xattrs and mtime are the caller's to set, on the
     /// placeholder as on a device.
-    pub fn make(&self, root: &Path, relative: &Path, kind: DeviceKind, major: u32, minor: u32, mode: u32) -> io::Result<()> {
+    pub fn make(
+        &self,
+        root: &Path,
+        relative: &Path,
+        kind: DeviceKind,
+        major: u32,
+        minor: u32,
+        mode: u32,
+    ) -> io::Result<()> {
         use nix::sys::stat::{makedev, mknod, Mode, SFlag};
         let path = root.join(relative);
         let with_path = |error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", path.display()));
@@ -143,10 +153,21 @@ impl Devices {
             }
         }
         // O_CREAT|O_EXCL never follows a symlink standing at the path.
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).mode(mode & 0o777).open(&path).map_err(with_path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(mode & 0o777)
+            .open(&path)
+            .map_err(with_path)?;
         file.set_permissions(permissions).map_err(with_path)?;
         let metadata = file.metadata().map_err(with_path)?;
-        let node = Node { device: Device { kind, major, minor }, dev: metadata.dev(), ino: metadata.ino(), born: metadata.created().ok() };
+        let node = Node {
+            device: Device { kind, major, minor },
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            born: metadata.created().ok(),
+        };
         self.nodes().insert(relative.to_path_buf(), node);
         Ok(())
     }
@@ -198,7 +219,10 @@ impl Devices {
             if !entry.file_type().is_file() {
                 continue;
             }
-            let metadata = entry.path().symlink_metadata().map_err(|error| io::Error::new(error.kind(), format!("{}: {error}", entry.path().display())))?;
+            let metadata = entry
+                .path()
+                .symlink_metadata()
+                .map_err(|error| io::Error::new(error.kind(), format!("{}: {error}", entry.path().display())))?;
             if let Some(device) = self.lookup(&metadata) {
                 let path = entry.path().strip_prefix(root).expect("walkdir stays under root").to_path_buf();
                 found.push(Placeholder { path, device, metadata });
@@ -228,8 +252,12 @@ mod tests {
 
         // Another link to it is the same device.
         std::fs::hard_link(root.join("dev/null"), root.join("null-too")).unwrap();
-        let listed: Vec<_> = devices.placeholders(root).unwrap().into_iter().map(|p| (p.path, p.device.major, p.device.minor)).collect();
-        assert_eq!(listed, [(PathBuf::from("dev/null"), 1, 3), (PathBuf::from("dev/sda"), 8, 0), (PathBuf::from("null-too"), 1, 3)]);
+        let listed: Vec<_> =
+            devices.placeholders(root).unwrap().into_iter().map(|p| (p.path, p.device.major, p.device.minor)).collect();
+        assert_eq!(
+            listed,
+            [(PathBuf::from("dev/null"), 1, 3), (PathBuf::from("dev/sda"), 8, 0), (PathBuf::from("null-too"), 1, 3)]
+        );
 
         // Written into, replaced, removed: no longer a device.
         std::fs::write(root.join("dev/null"), "data").unwrap();
@@ -242,7 +270,10 @@ mod tests {
         // Nothing is made where something stands, and a symlink is not followed.
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path().join("target"), root.join("dev/tty")).unwrap();
-        assert_eq!(devices.make(root, Path::new("dev/tty"), DeviceKind::Char, 5, 0, 0o666).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            devices.make(root, Path::new("dev/tty"), DeviceKind::Char, 5, 0, 0o666).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
         assert!(!outside.path().join("target").exists());
     }
 

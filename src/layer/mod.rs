@@ -18,6 +18,5 @@ pub use snapshot::{Change, Snapshot};
 pub use whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use writer::TreeTarWriter;
 
-
 #[cfg(test)]
 mod tests;

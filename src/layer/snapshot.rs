@@ -97,7 +97,9 @@ impl Snapshot {
     pub fn refresh<'p>(&mut self, root: &Path, paths: impl IntoIterator<Item = &'p Path>) -> std::io::Result<()> {
         for path in paths {
             if let Ok(at) = self.entries.binary_search_by(|(known, _)| compare(known, path)) {
-                let metadata = std::fs::symlink_metadata(root.join(path)).map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", root.join(path).display())))?;
+                let metadata = std::fs::symlink_metadata(root.join(path)).map_err(|error| {
+                    std::io::Error::new(error.kind(), format!("{}: {error}", root.join(path).display()))
+                })?;
                 self.entries[at].1 = EntryState::of(&metadata);
             }
         }
@@ -135,7 +137,9 @@ impl Snapshot {
                     let (old, (path, new)) = (&self.entries[before_at].1, &after.entries[after_at]);
                     let changed = match () {
                         _ if old.is_dir != new.is_dir => true,
-                        _ if new.is_dir => (old.mode, old.uid, old.gid, old.mtime) != (new.mode, new.uid, new.gid, new.mtime),
+                        _ if new.is_dir => {
+                            (old.mode, old.uid, old.gid, old.mtime) != (new.mode, new.uid, new.gid, new.mtime)
+                        }
                         _ if untouched_empty_file(old, new) => false,
                         _ => old != new,
                     };
@@ -164,7 +168,12 @@ fn compare(a: &Path, b: &Path) -> Ordering {
 
 /// An empty regular file the same in all but its ctime (see the module's note).
 fn untouched_empty_file(old: &EntryState, new: &EntryState) -> bool {
-    old.is_file && new.is_file && old.size == 0 && new.size == 0 && (old.device, old.inode, old.mode, old.uid, old.gid, old.mtime, old.nlink) == (new.device, new.inode, new.mode, new.uid, new.gid, new.mtime, new.nlink)
+    old.is_file
+        && new.is_file
+        && old.size == 0
+        && new.size == 0
+        && (old.device, old.inode, old.mode, old.uid, old.gid, old.mtime, old.nlink)
+            == (new.device, new.inode, new.mode, new.uid, new.gid, new.mtime, new.nlink)
 }
 
 fn change_path(change: &Change) -> &Path {
@@ -219,7 +228,11 @@ mod tests {
         let before = Snapshot::take(root).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(10));
         // ctime moves on each of these; only the first leaves the file as it was.
-        fs::set_permissions(root.join("lock"), fs::Permissions::from_mode(fs::metadata(root.join("lock")).unwrap().permissions().mode())).unwrap();
+        fs::set_permissions(
+            root.join("lock"),
+            fs::Permissions::from_mode(fs::metadata(root.join("lock")).unwrap().permissions().mode()),
+        )
+        .unwrap();
         fs::set_permissions(root.join("chmod"), fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(root.join("filled"), "now with bytes").unwrap();
         fs::hard_link(root.join("linked"), root.join("second-name")).unwrap();

@@ -5,8 +5,8 @@ use std::fs;
 use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::*;
 use super::apply::{apply_layer_with_space, HEADER_ALLOWANCE};
+use super::*;
 use std::io::Read as _;
 
 /// Capture `before → after` of `root` as a layer tar.
@@ -34,7 +34,8 @@ fn listing(root: &Path) -> Vec<String> {
         .map(|entry| {
             let entry = entry.unwrap();
             let metadata = entry.path().symlink_metadata().unwrap();
-            let content = if metadata.is_file() { fs::read_to_string(entry.path()).unwrap_or_default() } else { String::new() };
+            let content =
+                if metadata.is_file() { fs::read_to_string(entry.path()).unwrap_or_default() } else { String::new() };
             format!("{} {:o} {}", entry.path().strip_prefix(root).unwrap().display(), metadata.mode(), content)
         })
         .collect();
@@ -70,9 +71,16 @@ fn layer_replays_writes_and_deletions() {
     apply_layer(layer.as_slice(), &replica, "change", &Devices::default()).unwrap();
     assert_eq!(listing(&source), listing(&replica));
     assert!(!replica.join("removed").exists());
-    assert_eq!(fs::metadata(replica.join("etc/new-link")).unwrap().ino(), fs::metadata(replica.join("etc/new")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(replica.join("etc/new-link")).unwrap().ino(),
+        fs::metadata(replica.join("etc/new")).unwrap().ino()
+    );
     // Nothing unchanged was carried: the unmodified base file is absent from the layer.
-    let names: Vec<String> = tar::Archive::new(layer.as_slice()).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    let names: Vec<String> = tar::Archive::new(layer.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
     assert!(names.contains(&"etc/.wh.old".to_string()), "{names:?}");
     assert!(names.contains(&".wh.removed".to_string()), "{names:?}");
     assert!(!names.iter().any(|n| n.starts_with("etc/old/")), "{names:?}");
@@ -122,11 +130,17 @@ fn hostile_entries_never_write_outside_the_target() {
         (hostile(&[("up", Symlink, Some("../..")), ("up/outside/evil", Regular, None)]), Some("leaves the tree")),
         (hostile(&[("link", Link, Some("../outside/secret"))]), Some("hard link target")),
         (hostile(&[(".wh...", Regular, None)]), Some("a whiteout must name an entry of its directory")),
-        (hostile(&[("sub/", Directory, None), ("sub/.wh..", Regular, None)]), Some("a whiteout must name an entry of its directory")),
+        (
+            hostile(&[("sub/", Directory, None), ("sub/.wh..", Regular, None)]),
+            Some("a whiteout must name an entry of its directory"),
+        ),
         // An absolute symlink is followed inside the tree, like a chroot would.
         (hostile(&[("abs", Symlink, Some(outside.to_str().unwrap())), ("abs/evil", Regular, None)]), None),
         // A symlink at the final component is replaced, not written through.
-        (hostile(&[("target", Symlink, Some(outside.join("evil").to_str().unwrap())), ("target", Regular, None)]), None),
+        (
+            hostile(&[("target", Symlink, Some(outside.join("evil").to_str().unwrap())), ("target", Regular, None)]),
+            None,
+        ),
     ];
     for (index, (archive, expected)) in cases.into_iter().enumerate() {
         let root = work.path().join(format!("root{index}"));
@@ -172,9 +186,15 @@ fn xattrs_survive_a_layer_round_trip() {
     fs::write(source.join("ping"), "binary").unwrap();
     // File capabilities need root; a user xattr shows the same path through the code.
     let name = if nix::unistd::geteuid().is_root() { "security.capability" } else { "user.rootsmith" };
-    let value: &[u8] = if name == "security.capability" { &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] } else { b"kept" };
+    let value: &[u8] = if name == "security.capability" {
+        &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    } else {
+        b"kept"
+    };
     if xattr::set(source.join("ping"), name, value).is_err() {
-        panic!("the test directory's filesystem does not take xattrs; run the tests on one that does (ext4, xfs, tmpfs)");
+        panic!(
+            "the test directory's filesystem does not take xattrs; run the tests on one that does (ext4, xfs, tmpfs)"
+        );
     }
     let layer = capture(&source, &Snapshot::default());
     let replica = work.path().join("replica");
@@ -235,7 +255,10 @@ fn a_sparse_entry_of_a_tebibyte_is_refused_or_kept_sparse_quickly() {
     match result {
         Err(error) => {
             let text = error.to_string();
-            assert!(text.starts_with("layer sparse.tar: entry `big`: it claims 1099511627776 bytes (1.0 TiB)"), "{text}");
+            assert!(
+                text.starts_with("layer sparse.tar: entry `big`: it claims 1099511627776 bytes (1.0 TiB)"),
+                "{text}"
+            );
             assert!(text.contains("free on the filesystem of"), "{text}");
             assert!(!root.path().join("big").exists());
         }
@@ -289,14 +312,24 @@ fn entries_may_claim_no_more_than_the_free_space() {
     assert!(compressed.len() < 64 * 1024, "{} bytes", compressed.len());
     let read = std::rc::Rc::new(std::cell::Cell::new(0));
     let reader = Counting { inner: zstd::Decoder::new(compressed.as_slice()).unwrap(), count: read.clone() };
-    let error = apply_layer_with_space(reader, root.path(), "bomb.tar.zst", &Devices::default(), 8 * MIB).unwrap_err().to_string();
+    let error = apply_layer_with_space(reader, root.path(), "bomb.tar.zst", &Devices::default(), 8 * MIB)
+        .unwrap_err()
+        .to_string();
     assert!(error.starts_with("layer bomb.tar.zst: entry `zeros-0`: it claims 67108864 bytes (64.0 MiB), and with the 0 bytes the archive's earlier entries claimed that is more than the 8388608 bytes (8.0 MiB) free"), "{error}");
     assert!(read.get() <= HEADER_ALLOWANCE, "{} bytes of the stream were read", read.get());
     assert!(!root.path().join("zeros-0").exists());
 
     // Entries that fit one by one but not together: refused at the first one too many.
     let compressed = zeros_archive_zstd(16, MIB);
-    let error = apply_layer_with_space(zstd::Decoder::new(compressed.as_slice()).unwrap(), root.path(), "many.tar.zst", &Devices::default(), 8 * MIB).unwrap_err().to_string();
+    let error = apply_layer_with_space(
+        zstd::Decoder::new(compressed.as_slice()).unwrap(),
+        root.path(),
+        "many.tar.zst",
+        &Devices::default(),
+        8 * MIB,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(error.starts_with("layer many.tar.zst: entry `zeros-8`: it claims 1048576 bytes (1.0 MiB), and with the 8388608 bytes (8.0 MiB)"), "{error}");
     assert!(root.path().join("zeros-7").exists() && !root.path().join("zeros-8").exists());
 
@@ -304,7 +337,9 @@ fn entries_may_claim_no_more_than_the_free_space() {
     let mut builder = tar::Builder::new(Vec::new());
     raw_entry(&mut builder, ".wh.gone", tar::EntryType::Regular, None, &vec![0; 2 * MIB as usize]);
     let archive = builder.into_inner().unwrap();
-    let error = apply_layer_with_space(archive.as_slice(), root.path(), "whiteout.tar", &Devices::default(), MIB).unwrap_err().to_string();
+    let error = apply_layer_with_space(archive.as_slice(), root.path(), "whiteout.tar", &Devices::default(), MIB)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("entry `.wh.gone`: it claims 2097152 bytes"), "{error}");
 }
 
@@ -329,10 +364,16 @@ fn a_decompression_bomb_in_the_headers_is_cut_off() {
     bomb(tar::EntryType::GNULongName, size, &mut zstd);
     let zstd = zstd.finish().unwrap();
     let root = tempfile::tempdir().unwrap();
-    for (name, reader) in [("pax.tar.gz", Box::new(flate2::read::GzDecoder::new(gzip.as_slice())) as Box<dyn std::io::Read>), ("longname.tar.zst", Box::new(zstd::Decoder::new(zstd.as_slice()).unwrap()))] {
+    for (name, reader) in [
+        ("pax.tar.gz", Box::new(flate2::read::GzDecoder::new(gzip.as_slice())) as Box<dyn std::io::Read>),
+        ("longname.tar.zst", Box::new(zstd::Decoder::new(zstd.as_slice()).unwrap())),
+    ] {
         let read = std::rc::Rc::new(std::cell::Cell::new(0));
         let started = std::time::Instant::now();
-        let error = apply_layer(Counting { inner: reader, count: read.clone() }, root.path(), name, &Devices::default()).unwrap_err().to_string();
+        let error =
+            apply_layer(Counting { inner: reader, count: read.clone() }, root.path(), name, &Devices::default())
+                .unwrap_err()
+                .to_string();
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name}: took {:?}", started.elapsed());
         assert!(error.contains("entry `(archive)`: the archive runs on past byte 16777216 with more than 16777216 bytes (16.0 MiB) of headers"), "{name}: {error}");
         assert!(read.get() <= HEADER_ALLOWANCE, "{name}: {} bytes of the stream were read", read.get());
@@ -352,7 +393,8 @@ fn an_archive_that_is_no_tar_is_named_by_offset_never_quoted() {
     raw_entry(&mut builder, "a", tar::EntryType::Regular, None, b"a");
     raw_entry(&mut builder, "b", tar::EntryType::Regular, None, b"b");
     let archive = builder.into_inner().unwrap();
-    let error = apply_layer(&archive[..1024 + 100], root.path(), "cut.tar", &Devices::default()).unwrap_err().to_string();
+    let error =
+        apply_layer(&archive[..1024 + 100], root.path(), "cut.tar", &Devices::default()).unwrap_err().to_string();
     assert!(error.contains("the archive ends after 1124 bytes"), "{error}");
 }
 
@@ -361,7 +403,13 @@ fn an_archive_that_is_no_tar_is_named_by_offset_never_quoted() {
 /// mtimes of their own.
 fn devices_archive() -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
-    let mut entry = |name: &str, kind: tar::EntryType, mode: u32, owner: (u64, u64), mtime: u64, device: (u32, u32), link: Option<&str>| {
+    let mut entry = |name: &str,
+                     kind: tar::EntryType,
+                     mode: u32,
+                     owner: (u64, u64),
+                     mtime: u64,
+                     device: (u32, u32),
+                     link: Option<&str>| {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(kind);
         header.set_mode(mode);
@@ -443,7 +491,9 @@ fn placeholders_write_the_same_tar_as_device_nodes() {
         "dev/tty Char 5:0 620 0:5 902 -> ",
     ];
     // An ordinary user cannot give files away: compare without the owners.
-    let without_owner = |line: &str| line.split(' ').enumerate().filter(|(index, _)| *index != 4).map(|(_, part)| part).collect::<Vec<_>>().join(" ");
+    let without_owner = |line: &str| {
+        line.split(' ').enumerate().filter(|(index, _)| *index != 4).map(|(_, part)| part).collect::<Vec<_>>().join(" ")
+    };
     if nix::unistd::geteuid().is_root() {
         assert_eq!(entries, expected);
     } else {
@@ -463,7 +513,10 @@ fn placeholders_write_the_same_tar_as_device_nodes() {
     assert_eq!(write_tree(&nodes, &real), written, "the same bytes");
 
     // A layer captured from the placeholder tree is the one captured from the nodes.
-    assert_eq!(capture_with(&placeholders, &Snapshot::default(), &devices), capture_with(&nodes, &Snapshot::default(), &real));
+    assert_eq!(
+        capture_with(&placeholders, &Snapshot::default(), &devices),
+        capture_with(&nodes, &Snapshot::default(), &real)
+    );
 }
 
 #[test]

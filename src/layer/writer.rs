@@ -39,7 +39,14 @@ impl<'d, W: Write> TreeTarWriter<'d, W> {
 
     /// Append `root/relative` under the entry name `name`, with the owner and mode
     /// replaced where given (the `files` stage copies a tree this way).
-    pub fn append_with(&mut self, root: &Path, relative: &Path, name: &Path, owner: Option<(u32, u32)>, mode: Option<u32>) -> std::io::Result<()> {
+    pub fn append_with(
+        &mut self,
+        root: &Path,
+        relative: &Path,
+        name: &Path,
+        owner: Option<(u32, u32)>,
+        mode: Option<u32>,
+    ) -> std::io::Result<()> {
         let full = root.join(relative);
         let relative = name;
         let metadata = fs_err::symlink_metadata(&full).map_err(|error| with_path(error, &full))?;

@@ -36,7 +36,13 @@ impl Image {
 }
 
 pub fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
-    Descriptor { media_type: media_type.into(), digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))), size: bytes.len() as u64, platform: None, annotations: Default::default() }
+    Descriptor {
+        media_type: media_type.into(),
+        digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))),
+        size: bytes.len() as u64,
+        platform: None,
+        annotations: Default::default(),
+    }
 }
 
 /// SHA-256 of a layer's uncompressed tar: its `diff_id`.
@@ -52,7 +58,16 @@ pub fn assemble(store: &Store, records: &[StageRecord], debian_arch: &str, sourc
     let mut history = Vec::new();
     for record in records {
         let path = store.layout().blob(&record.layer);
-        layers.push((Descriptor { media_type: MEDIA_LAYER_ZSTD.into(), digest: format!("sha256:{}", record.layer), size: record.layer_size, platform: None, annotations: Default::default() }, path));
+        layers.push((
+            Descriptor {
+                media_type: MEDIA_LAYER_ZSTD.into(),
+                digest: format!("sha256:{}", record.layer),
+                size: record.layer_size,
+                platform: None,
+                annotations: Default::default(),
+            },
+            path,
+        ));
         diff_ids.push(diff_id(store, &record.layer)?);
         history.push(json!({ "created": created, "created_by": format!("rootsmith {} stage `{}`", record.kind, record.stage), "comment": format!("stage key {}", record.key) }));
     }

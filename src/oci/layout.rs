@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 
 use super::image::Image;
-use super::{check_digest, choose_platform, verify_blob, Descriptor, Index, Manifest, DOCKER_LIST, MEDIA_INDEX, REF_NAME};
+use super::{
+    check_digest, choose_platform, verify_blob, Descriptor, Index, Manifest, DOCKER_LIST, MEDIA_INDEX, REF_NAME,
+};
 
 pub struct Layout {
     pub dir: PathBuf,
@@ -25,10 +27,16 @@ pub struct ResolvedImage {
 impl Layout {
     pub fn open(dir: &Path) -> Result<Layout> {
         let marker = dir.join("oci-layout");
-        let text = fs_err::read_to_string(&marker).with_context(|| format!("{} is not an OCI image layout (no oci-layout file)", dir.display()))?;
-        let version: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", marker.display()))?;
+        let text = fs_err::read_to_string(&marker)
+            .with_context(|| format!("{} is not an OCI image layout (no oci-layout file)", dir.display()))?;
+        let version: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", marker.display()))?;
         if version["imageLayoutVersion"] != "1.0.0" {
-            bail!("{}: image layout version {} (rootsmith reads 1.0.0)", marker.display(), version["imageLayoutVersion"]);
+            bail!(
+                "{}: image layout version {} (rootsmith reads 1.0.0)",
+                marker.display(),
+                version["imageLayoutVersion"]
+            );
         }
         Ok(Layout { dir: dir.to_path_buf() })
     }
@@ -46,19 +54,34 @@ impl Layout {
 
     fn read_json<T: DeserializeOwned>(&self, descriptor: &Descriptor) -> Result<T> {
         let path = self.checked_blob(descriptor)?;
-        serde_json::from_slice(&fs_err::read(&path)?).with_context(|| format!("{} ({}) does not follow the image spec", descriptor.digest, descriptor.media_type))
+        serde_json::from_slice(&fs_err::read(&path)?).with_context(|| {
+            format!("{} ({}) does not follow the image spec", descriptor.digest, descriptor.media_type)
+        })
     }
 
     /// The image tagged `reference` (the index's `org.opencontainers.image.ref.name`;
     /// with no reference, the only image), for `debian_arch` when it is a
     /// multi-platform index.
     pub fn resolve(&self, reference: Option<&str>, debian_arch: &str) -> Result<ResolvedImage> {
-        let index: Index = serde_json::from_slice(&fs_err::read(self.dir.join("index.json"))?).with_context(|| format!("{}/index.json does not follow the image spec", self.dir.display()))?;
-        let names = || index.manifests.iter().filter_map(|d| d.annotations.get(REF_NAME).cloned()).collect::<Vec<_>>().join(", ");
+        let index: Index = serde_json::from_slice(&fs_err::read(self.dir.join("index.json"))?)
+            .with_context(|| format!("{}/index.json does not follow the image spec", self.dir.display()))?;
+        let names = || {
+            index.manifests.iter().filter_map(|d| d.annotations.get(REF_NAME).cloned()).collect::<Vec<_>>().join(", ")
+        };
         let mut descriptor = match reference {
-            Some(reference) => index.manifests.iter().find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(reference)).cloned().with_context(|| format!("{} has no image `{reference}` (it has: {})", self.dir.display(), names()))?,
+            Some(reference) => index
+                .manifests
+                .iter()
+                .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(reference))
+                .cloned()
+                .with_context(|| format!("{} has no image `{reference}` (it has: {})", self.dir.display(), names()))?,
             None if index.manifests.len() == 1 => index.manifests[0].clone(),
-            None => bail!("{} holds {} images; say which with `ref:` (it has: {})", self.dir.display(), index.manifests.len(), names()),
+            None => bail!(
+                "{} holds {} images; say which with `ref:` (it has: {})",
+                self.dir.display(),
+                index.manifests.len(),
+                names()
+            ),
         };
         if descriptor.media_type == MEDIA_INDEX || descriptor.media_type == DOCKER_LIST {
             let nested: Index = self.read_json(&descriptor)?;
@@ -89,13 +112,16 @@ pub fn write_image(dir: &Path, tag: &str, image: &Image) -> Result<()> {
     };
     for (descriptor, path) in &image.layers {
         // A hard link when the layout is on the cache's filesystem, else a copy.
-        put(&descriptor.digest, &|temp| fs_err::hard_link(path, temp).or_else(|_| fs_err::copy(path, temp).map(|_| ())))?;
+        put(&descriptor.digest, &|temp| {
+            fs_err::hard_link(path, temp).or_else(|_| fs_err::copy(path, temp).map(|_| ()))
+        })?;
     }
     put(&image.config_descriptor().digest, &|temp| fs_err::write(temp, &image.config))?;
     put(&image.manifest_digest, &|temp| fs_err::write(temp, &image.manifest))?;
     let index_path = dir.join("index.json");
     let mut index: Index = match fs_err::read(&index_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} does not follow the image spec", index_path.display()))?,
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} does not follow the image spec", index_path.display()))?,
         Err(_) => Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), manifests: Vec::new() },
     };
     index.manifests.retain(|descriptor| descriptor.annotations.get(REF_NAME).map(String::as_str) != Some(tag));

@@ -70,10 +70,18 @@ pub enum LayerCompression {
 
 pub fn layer_compression(media_type: &str) -> Result<LayerCompression> {
     Ok(match media_type {
-        "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => LayerCompression::None,
-        "application/vnd.oci.image.layer.v1.tar+gzip" | "application/vnd.docker.image.rootfs.diff.tar.gzip" => LayerCompression::Gzip,
-        "application/vnd.oci.image.layer.v1.tar+zstd" | "application/vnd.docker.image.rootfs.diff.tar.zstd" => LayerCompression::Zstd,
-        other => bail!("layer media type `{other}` is not a filesystem layer rootsmith can apply (tar, tar+gzip, tar+zstd)"),
+        "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
+            LayerCompression::None
+        }
+        "application/vnd.oci.image.layer.v1.tar+gzip" | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            LayerCompression::Gzip
+        }
+        "application/vnd.oci.image.layer.v1.tar+zstd" | "application/vnd.docker.image.rootfs.diff.tar.zstd" => {
+            LayerCompression::Zstd
+        }
+        other => {
+            bail!("layer media type `{other}` is not a filesystem layer rootsmith can apply (tar, tar+gzip, tar+zstd)")
+        }
     })
 }
 
@@ -95,11 +103,30 @@ pub fn platform_for(debian_arch: &str) -> (&'static str, Option<&'static str>) {
 pub fn choose_platform<'a>(index: &'a Index, debian_arch: &str) -> Result<&'a Descriptor> {
     let (architecture, variant) = platform_for(debian_arch);
     let fits = |descriptor: &&Descriptor| {
-        descriptor.platform.as_ref().is_some_and(|platform| platform.os == "linux" && platform.architecture == architecture && (variant.is_none() || platform.variant.as_deref() == variant))
+        descriptor.platform.as_ref().is_some_and(|platform| {
+            platform.os == "linux"
+                && platform.architecture == architecture
+                && (variant.is_none() || platform.variant.as_deref() == variant)
+        })
     };
     index.manifests.iter().find(fits).with_context(|| {
-        let offered: Vec<String> = index.manifests.iter().filter_map(|d| d.platform.as_ref()).map(|p| format!("{}/{}{}", p.os, p.architecture, p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default())).collect();
-        format!("the image has no linux/{architecture} manifest for the recipe's arch `{debian_arch}` (it has: {})", offered.join(", "))
+        let offered: Vec<String> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref())
+            .map(|p| {
+                format!(
+                    "{}/{}{}",
+                    p.os,
+                    p.architecture,
+                    p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        format!(
+            "the image has no linux/{architecture} manifest for the recipe's arch `{debian_arch}` (it has: {})",
+            offered.join(", ")
+        )
     })
 }
 
@@ -107,7 +134,9 @@ pub fn choose_platform<'a>(index: &'a Index, debian_arch: &str) -> Result<&'a De
 /// is also safe as a file name).
 pub fn check_digest(digest: &str) -> Result<&str> {
     match digest.strip_prefix("sha256:") {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(hex),
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+            Ok(hex)
+        }
         _ => bail!("`{digest}` is not a sha256 digest"),
     }
 }
@@ -130,7 +159,12 @@ mod tests {
     fn digests_are_checked_before_use_as_paths() {
         let good = format!("sha256:{}", "a".repeat(64));
         assert_eq!(check_digest(&good).unwrap(), "a".repeat(64));
-        for bad in ["sha256:../../etc/passwd", "sha512:00", &format!("sha256:{}", "A".repeat(64)), &format!("sha256:{}", "a".repeat(63))] {
+        for bad in [
+            "sha256:../../etc/passwd",
+            "sha512:00",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("sha256:{}", "a".repeat(63)),
+        ] {
             assert!(check_digest(bad).is_err(), "{bad}");
         }
     }
@@ -141,14 +175,25 @@ mod tests {
             media_type: MEDIA_MANIFEST.into(),
             digest: format!("sha256:{}", "0".repeat(64)),
             size: 1,
-            platform: Some(Platform { architecture: arch.into(), os: "linux".into(), variant: variant.map(str::to_string) }),
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: variant.map(str::to_string),
+            }),
             annotations: BTreeMap::new(),
         };
-        let index = Index { schema_version: 2, media_type: None, manifests: vec![descriptor("arm", Some("v6")), descriptor("arm", Some("v7")), descriptor("amd64", None)] };
+        let index = Index {
+            schema_version: 2,
+            media_type: None,
+            manifests: vec![descriptor("arm", Some("v6")), descriptor("arm", Some("v7")), descriptor("amd64", None)],
+        };
         assert_eq!(choose_platform(&index, "armhf").unwrap().platform.as_ref().unwrap().variant.as_deref(), Some("v7"));
         assert_eq!(choose_platform(&index, "amd64").unwrap().platform.as_ref().unwrap().architecture, "amd64");
         let error = choose_platform(&index, "s390x").unwrap_err().to_string();
-        assert!(error.contains("no linux/s390x manifest") && error.contains("linux/arm/v6, linux/arm/v7, linux/amd64"), "{error}");
+        assert!(
+            error.contains("no linux/s390x manifest") && error.contains("linux/arm/v6, linux/arm/v7, linux/amd64"),
+            "{error}"
+        );
         assert_eq!(layer_compression("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(), LayerCompression::Zstd);
         assert!(layer_compression("application/vnd.oci.image.layer.nondistributable.v1.tar").is_err());
     }

@@ -20,7 +20,10 @@ use sha2::Digest;
 
 use super::image::Image;
 use super::layout::ResolvedImage;
-use super::{check_digest, choose_platform, Descriptor, Index, Manifest, DOCKER_LIST, DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST};
+use super::{
+    check_digest, choose_platform, Descriptor, Index, Manifest, DOCKER_LIST, DOCKER_MANIFEST, MEDIA_INDEX,
+    MEDIA_MANIFEST,
+};
 
 /// Attempts per blob before a broken download is an error.
 const BLOB_TRIES: u32 = 5;
@@ -34,9 +37,18 @@ pub struct Registry {
 
 /// Whether rootsmith talks plain HTTP to `registry` (`host[:port]`).
 fn insecure(registry: &str) -> bool {
-    let host = registry.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map(|(host, _)| host).unwrap_or(registry);
-    let loopback = host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    loopback || std::env::var("ROOTSMITH_INSECURE_REGISTRIES").unwrap_or_default().split(',').any(|listed| listed.trim() == registry)
+    let host = registry
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(host, _)| host)
+        .unwrap_or(registry);
+    let loopback = host == "localhost"
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback
+        || std::env::var("ROOTSMITH_INSECURE_REGISTRIES")
+            .unwrap_or_default()
+            .split(',')
+            .any(|listed| listed.trim() == registry)
 }
 
 /// Credentials for `registry` from the usual files, else anonymous.
@@ -54,13 +66,25 @@ fn credentials(registry: &str) -> Result<RegistryAuth> {
         files.push(PathBuf::from(runtime).join("containers/auth.json"));
     }
     for file in files.iter().filter(|file| file.is_file()) {
-        let config: serde_json::Value = serde_json::from_slice(&fs_err::read(file)?).with_context(|| format!("{} is not JSON", file.display()))?;
-        let Some(entry) = config["auths"].as_object().and_then(|auths| auths.iter().find(|(key, _)| key.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/') == registry)) else { continue };
+        let config: serde_json::Value =
+            serde_json::from_slice(&fs_err::read(file)?).with_context(|| format!("{} is not JSON", file.display()))?;
+        let Some(entry) = config["auths"].as_object().and_then(|auths| {
+            auths.iter().find(|(key, _)| {
+                key.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/') == registry
+            })
+        }) else {
+            continue;
+        };
         let Some(encoded) = entry.1["auth"].as_str() else { continue };
         use base64::Engine;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).with_context(|| format!("{}: the auth of {registry} is not base64", file.display()))?;
-        let text = String::from_utf8(decoded).with_context(|| format!("{}: the auth of {registry} is not text", file.display()))?;
-        let (user, password) = text.split_once(':').with_context(|| format!("{}: the auth of {registry} is not USER:PASSWORD", file.display()))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .with_context(|| format!("{}: the auth of {registry} is not base64", file.display()))?;
+        let text = String::from_utf8(decoded)
+            .with_context(|| format!("{}: the auth of {registry} is not text", file.display()))?;
+        let (user, password) = text
+            .split_once(':')
+            .with_context(|| format!("{}: the auth of {registry} is not USER:PASSWORD", file.display()))?;
         return Ok(RegistryAuth::Basic(user.to_string(), password.to_string()));
     }
     Ok(RegistryAuth::Anonymous)
@@ -86,7 +110,10 @@ fn is_not_found(error: &oci_client::errors::OciDistributionError) -> bool {
     match error {
         OciDistributionError::ImageManifestNotFoundError(_) => true,
         OciDistributionError::ServerError { code: 404, .. } => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|error| matches!(error.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|error| matches!(error.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
         OciDistributionError::RequestError(error) => error.status().is_some_and(|status| status.as_u16() == 404),
         _ => false,
     }
@@ -100,7 +127,11 @@ impl Registry {
     pub fn connect(reference: &str) -> Result<Registry> {
         let reference = parse_reference(reference)?;
         let registry = reference.resolve_registry().to_string();
-        let protocol = if insecure(&registry) { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
+        let protocol = if insecure(&registry) {
+            ClientProtocol::HttpsExcept(vec![registry.clone()])
+        } else {
+            ClientProtocol::Https
+        };
         let config = ClientConfig { protocol, platform_resolver: None, ..Default::default() };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(Registry { client: Client::new(config), auth: credentials(&registry)?, runtime, reference })
@@ -109,7 +140,10 @@ impl Registry {
     /// The manifest bytes `reference` names, checked against the digest the
     /// registry gives (and the reference's own digest, when it has one).
     pub fn manifest_bytes(&self, reference: &Reference) -> Result<(Vec<u8>, String)> {
-        let (bytes, digest) = self.runtime.block_on(self.client.pull_manifest_raw(reference, &self.auth, &ACCEPTED_MANIFESTS)).with_context(|| format!("fetching the manifest of {}", reference.whole()))?;
+        let (bytes, digest) = self
+            .runtime
+            .block_on(self.client.pull_manifest_raw(reference, &self.auth, &ACCEPTED_MANIFESTS))
+            .with_context(|| format!("fetching the manifest of {}", reference.whole()))?;
         checked_manifest(reference, &bytes, digest)
     }
 
@@ -118,7 +152,9 @@ impl Registry {
     pub fn find_manifest(&self, reference: &Reference) -> Result<Option<(Vec<u8>, String)>> {
         match self.runtime.block_on(self.client.pull_manifest_raw(reference, &self.auth, &ACCEPTED_MANIFESTS)) {
             Err(error) if is_not_found(&error) => Ok(None),
-            Err(error) => Err(anyhow::Error::new(error).context(format!("fetching the manifest of {}", reference.whole()))),
+            Err(error) => {
+                Err(anyhow::Error::new(error).context(format!("fetching the manifest of {}", reference.whole())))
+            }
             Ok((bytes, digest)) => checked_manifest(reference, &bytes, digest).map(Some),
         }
     }
@@ -126,15 +162,20 @@ impl Registry {
     /// The image manifest for `debian_arch`, and its digest.
     pub fn resolve(&self, debian_arch: &str) -> Result<ResolvedImage> {
         let (bytes, digest) = self.manifest_bytes(&self.reference)?;
-        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)?["mediaType"].as_str().unwrap_or(MEDIA_MANIFEST).to_string();
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)?["mediaType"]
+            .as_str()
+            .unwrap_or(MEDIA_MANIFEST)
+            .to_string();
         let (bytes, digest) = if media_type == MEDIA_INDEX || media_type == DOCKER_LIST {
-            let index: Index = serde_json::from_slice(&bytes).with_context(|| format!("the index of {} does not follow the image spec", self.reference.whole()))?;
+            let index: Index = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the index of {} does not follow the image spec", self.reference.whole()))?;
             let chosen = choose_platform(&index, debian_arch)?;
             self.manifest_bytes(&self.reference.clone_with_digest(chosen.digest.clone()))?
         } else {
             (bytes, digest)
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("the manifest of {} does not follow the image spec", self.reference.whole()))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the manifest of {} does not follow the image spec", self.reference.whole()))?;
         Ok(ResolvedImage { manifest_digest: digest, manifest })
     }
 
@@ -146,7 +187,13 @@ impl Registry {
     }
 
     /// The same, for a blob of `reference`'s repository.
-    pub fn fetch_blob_of(&self, reference: &Reference, descriptor: &Descriptor, target: &Path, note: &dyn Fn(&str)) -> Result<u64> {
+    pub fn fetch_blob_of(
+        &self,
+        reference: &Reference,
+        descriptor: &Descriptor,
+        target: &Path,
+        note: &dyn Fn(&str),
+    ) -> Result<u64> {
         let expected = check_digest(&descriptor.digest)?.to_string();
         let partial = target.with_extension("partial");
         // The digest is computed as the bytes arrive; what an earlier, killed
@@ -190,7 +237,10 @@ impl Registry {
             if progress.have >= descriptor.size {
                 let _ = fs_err::remove_file(&partial);
             }
-            return Err(error.context(format!("downloading {} ({} bytes) after {BLOB_TRIES} tries", descriptor.digest, descriptor.size)));
+            return Err(error.context(format!(
+                "downloading {} ({} bytes) after {BLOB_TRIES} tries",
+                descriptor.digest, descriptor.size
+            )));
         }
         let actual = hex::encode(progress.hasher.finalize());
         if progress.have != descriptor.size || actual != expected {
@@ -207,7 +257,13 @@ impl Registry {
 
     /// One request: append to `partial` from `progress.have`, hashing what is
     /// written. On failure, the bytes written so far stay for the next attempt.
-    fn download(&self, reference: &Reference, descriptor: &Descriptor, partial: &Path, progress: &mut Progress) -> Result<()> {
+    fn download(
+        &self,
+        reference: &Reference,
+        descriptor: &Descriptor,
+        partial: &Path,
+        progress: &mut Progress,
+    ) -> Result<()> {
         let digest = descriptor.digest.as_str();
         self.runtime.block_on(async {
             let response = if progress.have == 0 {
@@ -223,7 +279,8 @@ impl Registry {
             if !append {
                 *progress = Progress { hasher: sha2::Sha256::new(), have: 0 };
             }
-            let mut file = std::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(partial)?;
+            let mut file =
+                std::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(partial)?;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 if progress.have + chunk.len() as u64 > descriptor.size {
@@ -248,13 +305,24 @@ struct Progress {
 impl Registry {
     /// Push `image` to this reference: the blobs the registry lacks, then the manifest.
     pub fn push(&self, image: &Image, note: &dyn Fn(&str)) -> Result<()> {
-        let mut blobs: Vec<Blob<'_>> = image.layers.iter().map(|(descriptor, path)| Blob::File(descriptor.digest.clone(), path.as_path())).collect();
+        let mut blobs: Vec<Blob<'_>> = image
+            .layers
+            .iter()
+            .map(|(descriptor, path)| Blob::File(descriptor.digest.clone(), path.as_path()))
+            .collect();
         blobs.push(Blob::Bytes(image.config_descriptor().digest, &image.config));
         self.push_to(&self.reference, &blobs, &image.manifest, MEDIA_MANIFEST, note)
     }
 
     /// Push blobs (those the registry lacks) and then a manifest to `reference`.
-    pub fn push_to(&self, reference: &Reference, blobs: &[Blob<'_>], manifest: &[u8], media_type: &'static str, note: &dyn Fn(&str)) -> Result<()> {
+    pub fn push_to(
+        &self,
+        reference: &Reference,
+        blobs: &[Blob<'_>],
+        manifest: &[u8],
+        media_type: &'static str,
+        note: &dyn Fn(&str),
+    ) -> Result<()> {
         self.runtime.block_on(async {
             self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth).await;
             for blob in blobs {
@@ -265,23 +333,36 @@ impl Registry {
                 }
                 let data = blob.bytes()?;
                 let size = data.len();
-                self.client.push_blob(reference, data, digest).await.with_context(|| format!("pushing {digest} to {}", reference.whole()))?;
+                self.client
+                    .push_blob(reference, data, digest)
+                    .await
+                    .with_context(|| format!("pushing {digest} to {}", reference.whole()))?;
                 note(&format!("{digest}: pushed {:.1} MB", size as f64 / 1e6));
             }
-            self.client.push_manifest_raw(reference, manifest.to_vec(), http::HeaderValue::from_static(media_type)).await.with_context(|| format!("pushing the manifest to {}", reference.whole()))?;
+            self.client
+                .push_manifest_raw(reference, manifest.to_vec(), http::HeaderValue::from_static(media_type))
+                .await
+                .with_context(|| format!("pushing the manifest to {}", reference.whole()))?;
             Ok(())
         })
     }
 
     /// The tags of this reference's repository.
     pub fn tags(&self) -> Result<Vec<String>> {
-        let response = self.runtime.block_on(self.client.list_tags(&self.reference, &self.auth, None, None)).with_context(|| format!("listing the tags of {}", self.reference.repository()))?;
+        let response = self
+            .runtime
+            .block_on(self.client.list_tags(&self.reference, &self.auth, None, None))
+            .with_context(|| format!("listing the tags of {}", self.reference.repository()))?;
         Ok(response.tags)
     }
 
     /// This repository with another tag.
     pub fn tagged(&self, tag: &str) -> Reference {
-        Reference::with_tag(self.reference.registry().to_string(), self.reference.repository().to_string(), tag.to_string())
+        Reference::with_tag(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            tag.to_string(),
+        )
     }
 }
 

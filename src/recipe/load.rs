@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use super::model::*;
 use super::schema::*;
+use super::vars::substitute;
 use crate::diagnostic::{yaml_diagnostic, Diagnostic, Diagnostics, Position, SpanIndex};
 use crate::names::{check_version, valid_name};
-use super::vars::substitute;
-use super::model::*;
 
 /// What the command line adds to a recipe.
 #[derive(Debug, Default, Clone)]
@@ -17,14 +17,19 @@ pub struct LoadOptions {
     pub sets: Vec<(String, String)>,
 }
 
-const VARIANTS: &[&str] = &["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"];
+const VARIANTS: &[&str] =
+    &["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"];
 const STAGE_KINDS: &str = "debootstrap, tarball, release, oci, packages, files, run, kernel";
 const CONFIG_TARGETS: &[&str] = &["defconfig", "tinyconfig", "allnoconfig"];
 
 /// Read and check the recipe at `file`.
 pub fn load(file: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
     let source = fs_err::read_to_string(file).map_err(|error| {
-        Diagnostics(vec![Diagnostic::unquoted(file, Position { line: 1, column: 1 }, format!("cannot read recipe: {error}"))])
+        Diagnostics(vec![Diagnostic::unquoted(
+            file,
+            Position { line: 1, column: 1 },
+            format!("cannot read recipe: {error}"),
+        )])
     })?;
     load_str(file, &source, options)
 }
@@ -33,7 +38,9 @@ pub fn load(file: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
 /// against `file`'s directory).
 pub fn load_str(file: &Path, source: &str, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
     let spans = SpanIndex::build(source);
-    let (raw, structural) = crate::diagnostic::parse_all::<RawRecipe>(file, source, &spans, &|error| serde_diagnostic(file, source, error))?;
+    let (raw, structural) = crate::diagnostic::parse_all::<RawRecipe>(file, source, &spans, &|error| {
+        serde_diagnostic(file, source, error)
+    })?;
     // Absolute, so resolved paths stay right for commands run elsewhere
     // (merge_config.sh runs in the kernel's build directory).
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -68,7 +75,6 @@ fn serde_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error) -> Dia
     yaml_diagnostic(file, source, error, &hint, crate::diagnostic::keys_of::<RawRecipe>())
 }
 
-
 struct Checker<'a> {
     file: &'a Path,
     source: &'a str,
@@ -95,17 +101,33 @@ impl Checker<'_> {
 
     fn check(&mut self, raw: RawRecipe, options: &LoadOptions) -> Recipe {
         if raw.rootsmith != SCHEMA_VERSION {
-            self.at_value("rootsmith", format!("unsupported recipe schema version {}", raw.rootsmith), format!("this rootsmith reads `rootsmith: {SCHEMA_VERSION}`"));
+            self.at_value(
+                "rootsmith",
+                format!("unsupported recipe schema version {}", raw.rootsmith),
+                format!("this rootsmith reads `rootsmith: {SCHEMA_VERSION}`"),
+            );
         }
         if !valid_name(&raw.name) {
-            self.at_value("name", format!("invalid recipe name `{}`", raw.name), "use lower-case letters, digits, `.`, `_` and `-`, starting with a letter or digit");
+            self.at_value(
+                "name",
+                format!("invalid recipe name `{}`", raw.name),
+                "use lower-case letters, digits, `.`, `_` and `-`, starting with a letter or digit",
+            );
         }
         if let Err(why) = check_version(&raw.version) {
-            self.at_value("version", format!("invalid version `{}`: {why}", raw.version), "use a semver-like version such as 1.2.0 or 1.2.0-rc1");
+            self.at_value(
+                "version",
+                format!("invalid version `{}`: {why}", raw.version),
+                "use a semver-like version such as 1.2.0 or 1.2.0-rc1",
+            );
         }
         let mut arch = raw.arch.clone().unwrap_or_else(|| crate::arch::DEFAULT.to_string());
         if !crate::arch::is_supported(&arch) {
-            self.at_value("arch", format!("architecture `{arch}` is not supported"), format!("rootsmith builds for: {}", crate::arch::SUPPORTED.join(", ")));
+            self.at_value(
+                "arch",
+                format!("architecture `{arch}` is not supported"),
+                format!("rootsmith builds for: {}", crate::arch::SUPPORTED.join(", ")),
+            );
         }
         let mut recipe_name = raw.name.clone();
         for (name, value) in &options.sets {
@@ -118,17 +140,29 @@ impl Checker<'_> {
                     arch = value.clone();
                     recipe_name = format!("{}-{value}", raw.name);
                 } else {
-                    self.at_key("arch", format!("--set arch={value}: architecture `{value}` is not supported"), format!("rootsmith builds for: {}", crate::arch::SUPPORTED.join(", ")));
+                    self.at_key(
+                        "arch",
+                        format!("--set arch={value}: architecture `{value}` is not supported"),
+                        format!("rootsmith builds for: {}", crate::arch::SUPPORTED.join(", ")),
+                    );
                 }
             } else {
-                self.at_key("vars", format!("--set names `{name}`, which `vars:` does not define"), "declare the variable with a default under `vars:`");
+                self.at_key(
+                    "vars",
+                    format!("--set names `{name}`, which `vars:` does not define"),
+                    "declare the variable with a default under `vars:`",
+                );
             }
         }
         // `${arch}` in a stage is the architecture built for (e.g.
         // `package: linux-image-${arch}`), unless `vars:` has its own.
         self.vars.entry("arch".to_string()).or_insert_with(|| arch.clone());
         if raw.stages.is_empty() {
-            self.at_key("stages", "the recipe has no stages", "start with a base stage: debootstrap, tarball, release or oci");
+            self.at_key(
+                "stages",
+                "the recipe has no stages",
+                "start with a base stage: debootstrap, tarball, release or oci",
+            );
         }
         let mut stages = Vec::new();
         let mut names = BTreeSet::new();
@@ -137,7 +171,11 @@ impl Checker<'_> {
             let path = format!("stages[{index}]");
             let kernel_name = raw_stage.kernel.as_ref().and_then(|kernel| kernel.name.clone());
             if kernel_name.is_some() && raw_stage.name.is_some() {
-                self.at_key(&format!("{path}.kernel.name"), "this kernel stage is named twice", "keep `name:` either beside `kernel:` or inside it");
+                self.at_key(
+                    &format!("{path}.kernel.name"),
+                    "this kernel stage is named twice",
+                    "keep `name:` either beside `kernel:` or inside it",
+                );
             }
             let raw_name_inside = raw_stage.name.is_none() && kernel_name.is_some();
             let name_given = raw_stage.name.clone().or(kernel_name);
@@ -146,9 +184,17 @@ impl Checker<'_> {
             if let [kind_name] = raw_stage.kind_names().as_slice() {
                 let is_base = matches!(*kind_name, "debootstrap" | "tarball" | "release" | "oci");
                 if is_base && index > 0 {
-                    self.at_key(&format!("{path}.{kind_name}"), format!("base stage `{kind_name}` must be the first stage"), "a recipe has one base (debootstrap, tarball, release or oci) and it comes first");
+                    self.at_key(
+                        &format!("{path}.{kind_name}"),
+                        format!("base stage `{kind_name}` must be the first stage"),
+                        "a recipe has one base (debootstrap, tarball, release or oci) and it comes first",
+                    );
                 } else if !is_base && index == 0 {
-                    self.at_key(&format!("{path}.{kind_name}"), format!("the first stage is `{kind_name}`, not a base stage"), "start with a base stage: debootstrap, tarball, release or oci");
+                    self.at_key(
+                        &format!("{path}.{kind_name}"),
+                        format!("the first stage is `{kind_name}`, not a base stage"),
+                        "start with a base stage: debootstrap, tarball, release or oci",
+                    );
                 }
             }
             let Some(kind) = self.check_stage(&path, raw_stage) else { continue };
@@ -157,7 +203,11 @@ impl Checker<'_> {
             let name = match name_given {
                 Some(name) => {
                     if !valid_name(&name) {
-                        self.at_value(&name_path, format!("invalid stage name `{name}`"), "use lower-case letters, digits, `.`, `_` and `-`");
+                        self.at_value(
+                            &name_path,
+                            format!("invalid stage name `{name}`"),
+                            "use lower-case letters, digits, `.`, `_` and `-`",
+                        );
                     }
                     name
                 }
@@ -165,19 +215,31 @@ impl Checker<'_> {
                 None => format!("{}-{}", kind.kind_name(), index + 1),
             };
             if !names.insert(name.clone()) {
-                self.at_value(&name_path, format!("two stages are named `{name}`"), "stage names must be unique: give this one a `name:`");
+                self.at_value(
+                    &name_path,
+                    format!("two stages are named `{name}`"),
+                    "stage names must be unique: give this one a `name:`",
+                );
             }
             stages.push(Stage { name, kind });
         }
         if let Some(epoch) = raw.source_date_epoch {
             if let Err(error) = crate::time::check_epoch(epoch) {
-                self.at_value("source_date_epoch", format!("source_date_epoch {error}"), "give the seconds since 1970 of the release's date, e.g. `source_date_epoch: 1700000000`");
+                self.at_value(
+                    "source_date_epoch",
+                    format!("source_date_epoch {error}"),
+                    "give the seconds since 1970 of the release's date, e.g. `source_date_epoch: 1700000000`",
+                );
             }
         }
         let outputs = self.check_outputs(raw.outputs, &stages);
         if outputs.uki.is_some() && arch != "amd64" {
             // The stub is Debian's x86-64 one (systemd-boot-efi:amd64).
-            self.at_key("outputs.uki", format!("outputs.uki makes x86-64 Unified Kernel Images, and this recipe builds for {arch}"), "leave `uki` out for this architecture; its kernels boot from boot.ipxe or grub.cfg");
+            self.at_key(
+                "outputs.uki",
+                format!("outputs.uki makes x86-64 Unified Kernel Images, and this recipe builds for {arch}"),
+                "leave `uki` out for this architecture; its kernels boot from boot.ipxe or grub.cfg",
+            );
         }
         let boot = self.check_boot(raw.boot);
         let hosts = raw.hosts.and_then(|written| {
@@ -210,7 +272,11 @@ impl Checker<'_> {
             Ok(value) => value,
             Err(name) => {
                 let defined: Vec<&str> = self.vars.keys().map(String::as_str).collect();
-                let hint = if defined.is_empty() { "define it under `vars:`".to_string() } else { format!("defined variables: {}", defined.join(", ")) };
+                let hint = if defined.is_empty() {
+                    "define it under `vars:`".to_string()
+                } else {
+                    format!("defined variables: {}", defined.join(", "))
+                };
                 self.at_value(path, format!("undefined variable `{name}`"), hint);
                 text.to_string()
             }
@@ -237,7 +303,11 @@ impl Checker<'_> {
             let name = self.subst(&format!("{field}.name"), &value.name);
             let version = self.subst(&format!("{field}.version"), &value.version);
             if let Err(why) = check_version(&version) {
-                self.at_value(&format!("{field}.version"), format!("invalid version `{version}`: {why}"), "name a published version, e.g. `1.2.0`");
+                self.at_value(
+                    &format!("{field}.version"),
+                    format!("invalid version `{version}`: {why}"),
+                    "name a published version, e.g. `1.2.0`",
+                );
             }
             let out = value.out.map(|out| self.dir.join(self.subst(&format!("{field}.out"), &out)));
             kinds.push(("release", Some(StageKind::Release(Release { name, version, out }))));
@@ -250,7 +320,11 @@ impl Checker<'_> {
             let install = self.subst_list(&format!("{field}.install"), value.install);
             let remove = self.subst_list(&format!("{field}.remove"), value.remove);
             if install.is_empty() && remove.is_empty() {
-                self.at_key(&field, "a packages stage needs `install` or `remove`", "list packages, e.g. `install: [curl]`");
+                self.at_key(
+                    &field,
+                    "a packages stage needs `install` or `remove`",
+                    "list packages, e.g. `install: [curl]`",
+                );
             }
             kinds.push(("packages", Some(StageKind::Packages(Packages { install, remove }))));
         }
@@ -265,13 +339,21 @@ impl Checker<'_> {
         }
         match kinds.len() {
             0 => {
-                self.at_key(&format!("{path}.name"), "this stage has no kind", format!("a stage is `name:` plus one of: {STAGE_KINDS}"));
+                self.at_key(
+                    &format!("{path}.name"),
+                    "this stage has no kind",
+                    format!("a stage is `name:` plus one of: {STAGE_KINDS}"),
+                );
                 None
             }
             1 => kinds.pop().and_then(|(_, kind)| kind),
             _ => {
                 let second = kinds[1].0;
-                self.at_key(&format!("{path}.{second}"), format!("a stage has one kind, this one has `{}` and `{second}`", kinds[0].0), "split it into two stages, one per list item");
+                self.at_key(
+                    &format!("{path}.{second}"),
+                    format!("a stage has one kind, this one has `{}` and `{second}`", kinds[0].0),
+                    "split it into two stages, one per list item",
+                );
                 None
             }
         }
@@ -279,9 +361,16 @@ impl Checker<'_> {
 
     fn check_debootstrap(&mut self, path: &str, raw: RawDebootstrap) -> Option<StageKind> {
         let suite = self.subst(&format!("{path}.suite"), &raw.suite);
-        let variant = raw.variant.map(|value| self.subst(&format!("{path}.variant"), &value)).unwrap_or_else(|| "minbase".to_string());
+        let variant = raw
+            .variant
+            .map(|value| self.subst(&format!("{path}.variant"), &value))
+            .unwrap_or_else(|| "minbase".to_string());
         if !VARIANTS.contains(&variant.as_str()) {
-            self.at_value(&format!("{path}.variant"), format!("unknown variant `{variant}`"), format!("use one of: {}", VARIANTS.join(", ")));
+            self.at_value(
+                &format!("{path}.variant"),
+                format!("unknown variant `{variant}`"),
+                format!("use one of: {}", VARIANTS.join(", ")),
+            );
         }
         let mut components = self.subst_list(&format!("{path}.components"), raw.components);
         if components.is_empty() {
@@ -291,7 +380,11 @@ impl Checker<'_> {
         let mirror = raw.mirror.map(|value| self.subst(&format!("{path}.mirror"), &value));
         if let Some(mirror) = &mirror {
             if !(mirror.starts_with("http://") || mirror.starts_with("https://") || mirror.starts_with("file://")) {
-                self.at_value(&format!("{path}.mirror"), format!("mirror `{mirror}` is not a URL"), "write it as http://HOST/PATH, https://… or file:///PATH");
+                self.at_value(
+                    &format!("{path}.mirror"),
+                    format!("mirror `{mirror}` is not a URL"),
+                    "write it as http://HOST/PATH, https://… or file:///PATH",
+                );
             }
         }
         let tool = match raw.tool.as_deref() {
@@ -299,7 +392,11 @@ impl Checker<'_> {
             Some("mmdebstrap") => BootstrapTool::Mmdebstrap,
             Some("debootstrap") => BootstrapTool::Debootstrap,
             Some(other) => {
-                self.at_value(&format!("{path}.tool"), format!("unknown tool `{other}`"), "use auto (the default), mmdebstrap or debootstrap");
+                self.at_value(
+                    &format!("{path}.tool"),
+                    format!("unknown tool `{other}`"),
+                    "use auto (the default), mmdebstrap or debootstrap",
+                );
                 BootstrapTool::Auto
             }
         };
@@ -313,16 +410,28 @@ impl Checker<'_> {
                 None
             }
             (None, None) => {
-                self.at_key(path, "an oci stage needs `image: REF` or `layout: DIR`", "e.g. `oci: { layout: images/base, ref: bookworm }`");
+                self.at_key(
+                    path,
+                    "an oci stage needs `image: REF` or `layout: DIR`",
+                    "e.g. `oci: { layout: images/base, ref: bookworm }`",
+                );
                 None
             }
             (Some(image), None) => {
                 let reference = self.subst(&format!("{path}.image"), &image);
                 if raw.reference.is_some() {
-                    self.at_key(&format!("{path}.ref"), "`ref` names an image in a layout; a registry image has its tag in `image`", "write `image: HOST/REPO:TAG`");
+                    self.at_key(
+                        &format!("{path}.ref"),
+                        "`ref` names an image in a layout; a registry image has its tag in `image`",
+                        "write `image: HOST/REPO:TAG`",
+                    );
                 }
                 if let Err(error) = crate::reference::parse_reference(&reference) {
-                    self.at_value(&format!("{path}.image"), format!("{error:#}"), "e.g. `image: 127.0.0.1:5000/base/debian:bookworm`");
+                    self.at_value(
+                        &format!("{path}.image"),
+                        format!("{error:#}"),
+                        "e.g. `image: 127.0.0.1:5000/base/debian:bookworm`",
+                    );
                     return None;
                 }
                 Some(StageKind::Oci(Oci { source: OciSource::Registry { reference } }))
@@ -341,14 +450,22 @@ impl Checker<'_> {
         let src = self.local_file(&format!("{path}.src"), &written, true);
         let dest = raw.dest.map(|value| self.subst(&format!("{path}.dest"), &value)).unwrap_or_else(|| "/".to_string());
         if !dest.starts_with('/') || dest.split('/').any(|part| part == "..") {
-            self.at_value(&format!("{path}.dest"), format!("`dest` must be an absolute path inside the tree, not `{dest}`"), "write it like /etc/myapp");
+            self.at_value(
+                &format!("{path}.dest"),
+                format!("`dest` must be an absolute path inside the tree, not `{dest}`"),
+                "write it like /etc/myapp",
+            );
         }
         let (uid, gid) = match raw.owner.as_deref() {
             None => (0, 0),
             Some(owner) => match owner.split_once(':').and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?))) {
                 Some(pair) => pair,
                 None => {
-                    self.at_value(&format!("{path}.owner"), format!("owner `{owner}` is not UID:GID"), "write numeric ids, e.g. `owner: \"1000:1000\"`");
+                    self.at_value(
+                        &format!("{path}.owner"),
+                        format!("owner `{owner}` is not UID:GID"),
+                        "write numeric ids, e.g. `owner: \"1000:1000\"`",
+                    );
                     (0, 0)
                 }
             },
@@ -360,12 +477,20 @@ impl Checker<'_> {
                 Ok(value) if value <= 0o7777 => {
                     if let Some(src) = &src {
                         if fs_err::symlink_metadata(src.resolved.join(&file)).is_err() {
-                            self.at_key(&field, format!("`modes` names `{file}`, which is not in `{}`", src.written), "paths in `modes` are relative to `src`");
+                            self.at_key(
+                                &field,
+                                format!("`modes` names `{file}`, which is not in `{}`", src.written),
+                                "paths in `modes` are relative to `src`",
+                            );
                         }
                     }
                     modes.insert(file, value);
                 }
-                _ => self.at_value(&field, format!("mode `{mode}` is not an octal mode"), "quote it as a string, e.g. \"0600\""),
+                _ => self.at_value(
+                    &field,
+                    format!("mode `{mode}` is not an octal mode"),
+                    "quote it as a string, e.g. \"0600\"",
+                ),
             }
         }
         let src = src?;
@@ -373,10 +498,14 @@ impl Checker<'_> {
     }
 
     fn check_run(&mut self, path: &str, raw: RawRun) -> Option<StageKind> {
-        let env: BTreeMap<String, String> = raw.env.into_iter().map(|(key, value)| {
-            let value = self.subst(&format!("{path}.env.{key}"), &value);
-            (key, value)
-        }).collect();
+        let env: BTreeMap<String, String> = raw
+            .env
+            .into_iter()
+            .map(|(key, value)| {
+                let value = self.subst(&format!("{path}.env.{key}"), &value);
+                (key, value)
+            })
+            .collect();
         let script = match (raw.sh, raw.script) {
             (Some(text), None) => Script::Inline(text),
             (None, Some(file)) => {
@@ -384,11 +513,19 @@ impl Checker<'_> {
                 Script::File(self.local_file(&format!("{path}.script"), &written, false)?)
             }
             (Some(_), Some(_)) => {
-                self.at_key(&format!("{path}.script"), "a run stage takes `sh` or `script`, not both", "keep one of them");
+                self.at_key(
+                    &format!("{path}.script"),
+                    "a run stage takes `sh` or `script`, not both",
+                    "keep one of them",
+                );
                 return None;
             }
             (None, None) => {
-                self.at_key(path, "a run stage needs `sh` or `script`", "inline commands with `sh: |` or name a file with `script:`");
+                self.at_key(
+                    path,
+                    "a run stage needs `sh` or `script`",
+                    "inline commands with `sh: |` or name a file with `script:`",
+                );
                 return None;
             }
         };
@@ -397,26 +534,47 @@ impl Checker<'_> {
 
     fn check_kernel(&mut self, path: &str, raw: RawKernel) -> Option<StageKind> {
         let local_list = |checker: &mut Self, field: &str, items: Vec<String>| -> Vec<LocalPath> {
-            items.into_iter().enumerate().filter_map(|(index, item)| {
-                let at = format!("{path}.{field}[{index}]");
-                let written = checker.subst(&at, &item);
-                checker.local_file(&at, &written, false)
-            }).collect()
+            items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(index, item)| {
+                    let at = format!("{path}.{field}[{index}]");
+                    let written = checker.subst(&at, &item);
+                    checker.local_file(&at, &written, false)
+                })
+                .collect()
         };
         match (raw.source, raw.package) {
             (Some(_), Some(_)) => {
-                self.at_key(&format!("{path}.package"), "a kernel is built from `source` or taken from a `package`, not both", "keep one of them");
+                self.at_key(
+                    &format!("{path}.package"),
+                    "a kernel is built from `source` or taken from a `package`, not both",
+                    "keep one of them",
+                );
                 None
             }
             (None, None) => {
-                self.at_key(path, "a kernel stage needs `source` (to build one) or `package` (to install one)", "e.g. `source: { package: linux-source-6.1 }` with `config:`, or `package: linux-image-amd64`");
+                self.at_key(
+                    path,
+                    "a kernel stage needs `source` (to build one) or `package` (to install one)",
+                    "e.g. `source: { package: linux-source-6.1 }` with `config:`, or `package: linux-image-amd64`",
+                );
                 None
             }
             (None, Some(package)) => {
                 let package = self.subst(&format!("{path}.package"), &package);
-                for (field, given) in [("config", raw.config.is_some()), ("patches", !raw.patches.is_empty()), ("localversion", raw.localversion.is_some()), ("headers", raw.headers.is_some())] {
+                for (field, given) in [
+                    ("config", raw.config.is_some()),
+                    ("patches", !raw.patches.is_empty()),
+                    ("localversion", raw.localversion.is_some()),
+                    ("headers", raw.headers.is_some()),
+                ] {
                     if given {
-                        self.at_key(&format!("{path}.{field}"), format!("`{field}` only applies to a kernel built from `source`"), "a packaged kernel is installed as the package ships it");
+                        self.at_key(
+                            &format!("{path}.{field}"),
+                            format!("`{field}` only applies to a kernel built from `source`"),
+                            "a packaged kernel is installed as the package ships it",
+                        );
                     }
                 }
                 Some(StageKind::Kernel(Kernel::Package { package }))
@@ -424,27 +582,49 @@ impl Checker<'_> {
             (Some(source), None) => {
                 let source_path = format!("{path}.source");
                 let source = match (source.package, source.tarball, source.sha256) {
-                    (Some(package), None, None) => Some(KernelSource::Package(self.subst(&format!("{source_path}.package"), &package))),
+                    (Some(package), None, None) => {
+                        Some(KernelSource::Package(self.subst(&format!("{source_path}.package"), &package)))
+                    }
                     (None, Some(tarball), Some(sha256)) => {
                         let location = self.subst(&format!("{source_path}.tarball"), &tarball);
                         if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-                            self.at_value(&format!("{source_path}.sha256"), "`sha256` must be 64 hex digits", "sha256sum prints it");
+                            self.at_value(
+                                &format!("{source_path}.sha256"),
+                                "`sha256` must be 64 hex digits",
+                                "sha256sum prints it",
+                            );
                         }
-                        let local = if location.starts_with("http://") || location.starts_with("https://") { None } else { self.local_file(&format!("{source_path}.tarball"), &location, false) };
+                        let local = if location.starts_with("http://") || location.starts_with("https://") {
+                            None
+                        } else {
+                            self.local_file(&format!("{source_path}.tarball"), &location, false)
+                        };
                         Some(KernelSource::Tarball { location, local, sha256: sha256.to_ascii_lowercase() })
                     }
                     (None, Some(_), None) => {
-                        self.at_key(&format!("{source_path}.tarball"), "a kernel tarball needs its `sha256`", "add `sha256: HEX` (sha256sum prints it)");
+                        self.at_key(
+                            &format!("{source_path}.tarball"),
+                            "a kernel tarball needs its `sha256`",
+                            "add `sha256: HEX` (sha256sum prints it)",
+                        );
                         None
                     }
                     _ => {
-                        self.at_key(&source_path, "a kernel source is `{ package: NAME }` or `{ tarball: PATH-or-URL, sha256: HEX }`", "e.g. `source: { package: linux-source-6.1 }`");
+                        self.at_key(
+                            &source_path,
+                            "a kernel source is `{ package: NAME }` or `{ tarball: PATH-or-URL, sha256: HEX }`",
+                            "e.g. `source: { package: linux-source-6.1 }`",
+                        );
                         None
                     }
                 };
                 let patches = local_list(self, "patches", raw.patches);
                 let Some(config) = raw.config else {
-                    self.at_key(path, "a kernel built from source needs `config`", "e.g. `config: { base: defconfig, fragments: [kernel/netboot.config] }`");
+                    self.at_key(
+                        path,
+                        "a kernel built from source needs `config`",
+                        "e.g. `config: { base: defconfig, fragments: [kernel/netboot.config] }`",
+                    );
                     return None;
                 };
                 let base_text = self.subst(&format!("{path}.config.base"), &config.base);
@@ -454,9 +634,14 @@ impl Checker<'_> {
                     self.local_file(&format!("{path}.config.base"), &base_text, false).map(ConfigBase::File)
                 };
                 let fragments = local_list(self, "config.fragments", config.fragments);
-                let localversion = raw.localversion.map(|v| self.subst(&format!("{path}.localversion"), &v)).unwrap_or_default();
+                let localversion =
+                    raw.localversion.map(|v| self.subst(&format!("{path}.localversion"), &v)).unwrap_or_default();
                 if !localversion.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '+' | '_')) {
-                    self.at_value(&format!("{path}.localversion"), format!("`{localversion}` cannot go into a kernel release string"), "use letters, digits, `-`, `.`, `+` and `_`, e.g. -netboot");
+                    self.at_value(
+                        &format!("{path}.localversion"),
+                        format!("`{localversion}` cannot go into a kernel release string"),
+                        "use letters, digits, `-`, `.`, `+` and `_`, e.g. -netboot",
+                    );
                 }
                 Some(StageKind::Kernel(Kernel::Build(KernelBuild {
                     source: source?,
@@ -478,17 +663,37 @@ impl Checker<'_> {
         let resolved = self.dir.join(written);
         let what = if directory { "directory" } else { "file" };
         match fs_err::metadata(&resolved) {
-            Ok(metadata) if (directory && metadata.is_dir()) || (!directory && metadata.is_file()) => Some(LocalPath { written: written.to_string(), resolved }),
+            Ok(metadata) if (directory && metadata.is_dir()) || (!directory && metadata.is_file()) => {
+                Some(LocalPath { written: written.to_string(), resolved })
+            }
             Ok(metadata) if !directory && !metadata.is_dir() => {
-                self.at_value(field, format!("`{written}` is a {}, not a regular file", crate::fileops::kind_name(std::os::unix::fs::MetadataExt::mode(&metadata))), format!("`{}` must name a regular file; a FIFO or a device is never read", field.rsplit('.').next().unwrap_or(field)));
+                self.at_value(
+                    field,
+                    format!(
+                        "`{written}` is a {}, not a regular file",
+                        crate::fileops::kind_name(std::os::unix::fs::MetadataExt::mode(&metadata))
+                    ),
+                    format!(
+                        "`{}` must name a regular file; a FIFO or a device is never read",
+                        field.rsplit('.').next().unwrap_or(field)
+                    ),
+                );
                 None
             }
             Ok(_) => {
-                self.at_value(field, format!("`{written}` is not a {what}"), format!("`{}` must name a {what}", field.rsplit('.').next().unwrap_or(field)));
+                self.at_value(
+                    field,
+                    format!("`{written}` is not a {what}"),
+                    format!("`{}` must name a {what}", field.rsplit('.').next().unwrap_or(field)),
+                );
                 None
             }
             Err(_) => {
-                self.at_value(field, format!("{what} `{written}` does not exist"), format!("paths are relative to the recipe's directory, {}", self.dir.display()));
+                self.at_value(
+                    field,
+                    format!("{what} `{written}` does not exist"),
+                    format!("paths are relative to the recipe's directory, {}", self.dir.display()),
+                );
                 None
             }
         }
@@ -496,9 +701,17 @@ impl Checker<'_> {
 
     fn check_outputs(&mut self, raw: RawOutputs, stages: &[Stage]) -> Outputs {
         let squashfs = raw.rootfs.and_then(|rootfs| rootfs.squashfs);
-        let squashfs = self.check_compression("outputs.rootfs.squashfs", squashfs, Algorithm::Zstd, 15, &["zstd", "gzip", "xz", "lz4", "lzo"]);
-        let tarball = self.check_compression("outputs.tarball", raw.tarball, Algorithm::Zstd, 9, &["zstd", "gzip", "xz", "none"]);
-        let raw_initramfs = raw.initramfs.unwrap_or(RawInitramfs { compression: None, level: None, modules: None, shell: false });
+        let squashfs = self.check_compression(
+            "outputs.rootfs.squashfs",
+            squashfs,
+            Algorithm::Zstd,
+            15,
+            &["zstd", "gzip", "xz", "lz4", "lzo"],
+        );
+        let tarball =
+            self.check_compression("outputs.tarball", raw.tarball, Algorithm::Zstd, 9, &["zstd", "gzip", "xz", "none"]);
+        let raw_initramfs =
+            raw.initramfs.unwrap_or(RawInitramfs { compression: None, level: None, modules: None, shell: false });
         // No `modules:` at all: the common NIC and storage drivers, where the kernel has them.
         let default_modules = raw_initramfs.modules.is_none();
         let modules = raw_initramfs.modules.unwrap_or_default();
@@ -511,18 +724,30 @@ impl Checker<'_> {
         );
         for (index, module) in modules.iter().enumerate() {
             if module.is_empty() || !module.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                self.at_value(&format!("outputs.initramfs.modules[{index}]"), format!("`{module}` is not a module name"), "name modules as modprobe does, e.g. `virtio_net`");
+                self.at_value(
+                    &format!("outputs.initramfs.modules[{index}]"),
+                    format!("`{module}` is not a module name"),
+                    "name modules as modprobe does, e.g. `virtio_net`",
+                );
             }
         }
         let initramfs = Initramfs { compression, modules, default_modules, shell: raw_initramfs.shell };
         let oci = raw.oci.map(|raw| {
             if raw.layout.is_none() && raw.push.is_none() {
-                self.at_key("outputs.oci", "the oci output needs `layout: DIR`, `push: REF` or both", "e.g. `oci: { push: \"127.0.0.1:5000/lab/base:1.0.0\" }`");
+                self.at_key(
+                    "outputs.oci",
+                    "the oci output needs `layout: DIR`, `push: REF` or both",
+                    "e.g. `oci: { push: \"127.0.0.1:5000/lab/base:1.0.0\" }`",
+                );
             }
             let layout = raw.layout.map(|layout| self.dir.join(self.subst("outputs.oci.layout", &layout)));
             let push = raw.push.map(|push| self.subst("outputs.oci.push", &push));
             if let Some(Err(error)) = push.as_deref().map(crate::reference::parse_reference) {
-                self.at_value("outputs.oci.push", format!("{error:#}"), "e.g. `push: \"127.0.0.1:5000/lab/base:1.0.0\"`");
+                self.at_value(
+                    "outputs.oci.push",
+                    format!("{error:#}"),
+                    "e.g. `push: \"127.0.0.1:5000/lab/base:1.0.0\"`",
+                );
             }
             OciOutput { layout, push }
         });
@@ -536,18 +761,37 @@ impl Checker<'_> {
             RawUki::Enabled(true) => RawUkiSettings { kernels: None, rootfs_url: None, sign: None },
             RawUki::Settings(settings) => settings,
         };
-        let kernels: Vec<&str> = stages.iter().filter(|stage| matches!(stage.kind, StageKind::Kernel(_))).map(|stage| stage.name.as_str()).collect();
+        let kernels: Vec<&str> = stages
+            .iter()
+            .filter(|stage| matches!(stage.kind, StageKind::Kernel(_)))
+            .map(|stage| stage.name.as_str())
+            .collect();
         if kernels.is_empty() {
-            self.at_key("outputs.uki", "outputs.uki asks for a Unified Kernel Image, but the recipe has no kernel stage", "add a kernel stage, e.g. `- kernel: { name: debian, package: linux-image-amd64 }`");
+            self.at_key(
+                "outputs.uki",
+                "outputs.uki asks for a Unified Kernel Image, but the recipe has no kernel stage",
+                "add a kernel stage, e.g. `- kernel: { name: debian, package: linux-image-amd64 }`",
+            );
         }
         let chosen = settings.kernels.map(|names| self.subst_list("outputs.uki.kernels", names));
         for (index, name) in chosen.iter().flatten().enumerate() {
             if !kernels.contains(&name.as_str()) {
-                self.at_value(&format!("outputs.uki.kernels[{index}]"), format!("outputs.uki.kernels names `{name}`, which is not a kernel stage of this recipe"), format!("the kernel stages are: {}", if kernels.is_empty() { "none".to_string() } else { kernels.join(", ") }));
+                self.at_value(
+                    &format!("outputs.uki.kernels[{index}]"),
+                    format!("outputs.uki.kernels names `{name}`, which is not a kernel stage of this recipe"),
+                    format!(
+                        "the kernel stages are: {}",
+                        if kernels.is_empty() { "none".to_string() } else { kernels.join(", ") }
+                    ),
+                );
             }
         }
         if chosen.as_ref().is_some_and(Vec::is_empty) {
-            self.at_value("outputs.uki.kernels", "outputs.uki.kernels is empty", "name the kernel stages that get a UKI, or leave `kernels` out for every one");
+            self.at_value(
+                "outputs.uki.kernels",
+                "outputs.uki.kernels is empty",
+                "name the kernel stages that get a UKI, or leave `kernels` out for every one",
+            );
         }
         let rootfs_url = settings.rootfs_url.map(|url| self.subst("outputs.uki.rootfs_url", &url));
         if let Some(url) = &rootfs_url {
@@ -568,10 +812,18 @@ impl Checker<'_> {
     /// The inventory's own problems, at their place in the inventory file.
     fn check_inventory(&mut self, hosts: &LocalPath, name: &str, version: &str, stages: &[Stage]) {
         let Ok(source) = fs_err::read_to_string(&hosts.resolved) else {
-            self.at_value("hosts", format!("cannot read `{}`", hosts.written), "the inventory must be a readable text file");
+            self.at_value(
+                "hosts",
+                format!("cannot read `{}`", hosts.written),
+                "the inventory must be a readable text file",
+            );
             return;
         };
-        let kernels = stages.iter().filter(|stage| matches!(stage.kind, StageKind::Kernel(_))).map(|stage| stage.name.clone()).collect();
+        let kernels = stages
+            .iter()
+            .filter(|stage| matches!(stage.kind, StageKind::Kernel(_)))
+            .map(|stage| stage.name.clone())
+            .collect();
         let bundle = crate::inventory::BundleKernels { name: name.to_string(), version: version.to_string(), kernels };
         // Named as the user would write it from where the recipe was given.
         let shown = self.file.parent().unwrap_or(Path::new("")).join(&hosts.written);
@@ -585,23 +837,42 @@ impl Checker<'_> {
         let cmdline = raw.cmdline.map(|text| self.subst("boot.cmdline", &text)).unwrap_or_default();
         for word in rootsmith_init::cmdline::words(&cmdline) {
             if word.starts_with("rootsmith.rootfs_url=") {
-                self.at_value("boot.cmdline", "boot.cmdline sets rootsmith.rootfs_url", "leave it out: each menu's fetched entry adds it with the bundle's own URL");
+                self.at_value(
+                    "boot.cmdline",
+                    "boot.cmdline sets rootsmith.rootfs_url",
+                    "leave it out: each menu's fetched entry adds it with the bundle's own URL",
+                );
             }
         }
         let marker = raw.marker.map(|text| self.subst("boot.marker", &text));
         if marker.as_deref() == Some("") {
-            self.at_value("boot.marker", "boot.marker is empty", "give a line the booted rootfs prints, or leave `marker` out");
+            self.at_value(
+                "boot.marker",
+                "boot.marker is empty",
+                "give a line the booted rootfs prints, or leave `marker` out",
+            );
         }
         Boot { cmdline, marker }
     }
 
-    fn check_compression(&mut self, path: &str, raw: Option<RawCompression>, default: Algorithm, default_level: i32, allowed: &[&str]) -> Compression {
+    fn check_compression(
+        &mut self,
+        path: &str,
+        raw: Option<RawCompression>,
+        default: Algorithm,
+        default_level: i32,
+        allowed: &[&str],
+    ) -> Compression {
         let raw = raw.unwrap_or(RawCompression { compression: None, level: None });
         let algorithm = match raw.compression.as_deref() {
             None => default,
             Some(name) if allowed.contains(&name) => algorithm_named(name),
             Some(name) => {
-                self.at_value(&format!("{path}.compression"), format!("unknown compression `{name}`"), format!("use one of: {}", allowed.join(", ")));
+                self.at_value(
+                    &format!("{path}.compression"),
+                    format!("unknown compression `{name}`"),
+                    format!("use one of: {}", allowed.join(", ")),
+                );
                 default
             }
         };
@@ -613,13 +884,23 @@ impl Checker<'_> {
         };
         let level = match (range, raw.level) {
             (Some((low, high)), Some(level)) if level < low || level > high => {
-                self.at_value(&format!("{path}.level"), format!("{} level {level} is out of range", algorithm.name()), format!("use {low}..={high}"));
+                self.at_value(
+                    &format!("{path}.level"),
+                    format!("{} level {level} is out of range", algorithm.name()),
+                    format!("use {low}..={high}"),
+                );
                 Some(default_level.clamp(low, high))
             }
             (Some(_), Some(level)) => Some(level),
-            (Some((low, high)), None) => Some(if algorithm == default { default_level } else { default_level.clamp(low, high) }),
+            (Some((low, high)), None) => {
+                Some(if algorithm == default { default_level } else { default_level.clamp(low, high) })
+            }
             (None, Some(_)) => {
-                self.at_value(&format!("{path}.level"), format!("{} takes no level here", algorithm.name()), "remove `level`");
+                self.at_value(
+                    &format!("{path}.level"),
+                    format!("{} takes no level here", algorithm.name()),
+                    "remove `level`",
+                );
                 None
             }
             (None, None) => None,
@@ -650,4 +931,3 @@ fn algorithm_named(name: &str) -> Algorithm {
         _ => Algorithm::Zstd,
     }
 }
-

@@ -299,8 +299,22 @@ impl Initramfs {
     /// Without `modules:` in the recipe: the NICs of QEMU and of common
     /// servers, and the usual disk controllers (docs/netboot.md). Each is
     /// carried only if the kernel has it as a module.
-    pub const DEFAULT_MODULES: [&'static str; 14] =
-        ["virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "e1000", "e1000e", "igb", "ixgbe", "r8169", "tg3", "bnx2", "ahci", "nvme", "sd_mod"];
+    pub const DEFAULT_MODULES: [&'static str; 14] = [
+        "virtio_pci",
+        "virtio_net",
+        "virtio_blk",
+        "virtio_scsi",
+        "e1000",
+        "e1000e",
+        "igb",
+        "ixgbe",
+        "r8169",
+        "tg3",
+        "bnx2",
+        "ahci",
+        "nvme",
+        "sd_mod",
+    ];
 
     /// The modules to resolve, base ones first, without repeats.
     pub fn module_names(&self) -> Vec<String> {
@@ -331,8 +345,12 @@ impl Recipe {
             return Ok(index);
         }
         let names: Vec<&str> = self.stages.iter().map(|stage| stage.name.as_str()).collect();
-        Err(Diagnostic::new(&self.file, &self.source, self.spans.key("stages"), format!("{option} names stage `{name}`, which this recipe does not have"))
-            .with_hint(format!("the stages are: {}", names.join(", "))))
+        Err(Diagnostic::new(
+            &self.file,
+            &self.source,
+            self.spans.key("stages"),
+            format!("{option} names stage `{name}`, which this recipe does not have"),
+        )
+        .with_hint(format!("the stages are: {}", names.join(", "))))
     }
 }
-

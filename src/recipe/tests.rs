@@ -20,7 +20,9 @@ fn errors_of(source: &str) -> Vec<(usize, usize, String)> {
     let file = dir.path().join("recipe.yaml");
     match load_str(&file, source, &LoadOptions::default()) {
         Ok(_) => Vec::new(),
-        Err(Diagnostics(list)) => list.iter().map(|d| (d.position.line, d.position.column, d.message.clone())).collect(),
+        Err(Diagnostics(list)) => {
+            list.iter().map(|d| (d.position.line, d.position.column, d.message.clone())).collect()
+        }
     }
 }
 
@@ -136,15 +138,33 @@ fn bad_recipes_point_at_the_right_place() {
 #[test]
 fn header_errors_point_at_their_values() {
     let cases: &[(&str, usize, usize, &str)] = &[
-        ("rootsmith: 2\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x }\n", 1, 12, "schema version 2"),
-        ("rootsmith: 1\nname: Demo!\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x }\n", 2, 7, "invalid recipe name"),
+        (
+            "rootsmith: 2\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x }\n",
+            1,
+            12,
+            "schema version 2",
+        ),
+        (
+            "rootsmith: 1\nname: Demo!\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x }\n",
+            2,
+            7,
+            "invalid recipe name",
+        ),
         ("rootsmith: 1\nname: demo\nversion: 1/0\nstages:\n  - debootstrap: { suite: x }\n", 3, 10, "invalid version"),
         ("rootsmith: 1\nversion: 1.0.0\nstages: []\n", 1, 1, "missing field `name`"),
-        ("rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x\n", 6, 1, "did not find expected"),
+        (
+            "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: x\n",
+            6,
+            1,
+            "did not find expected",
+        ),
     ];
     for (source, line, column, message) in cases {
         let errors = errors_of(source);
-        assert!(errors.iter().any(|(l, c, m)| (*l, *c) == (*line, *column) && m.contains(message)), "{source:?}: {errors:?}");
+        assert!(
+            errors.iter().any(|(l, c, m)| (*l, *c) == (*line, *column) && m.contains(message)),
+            "{source:?}: {errors:?}"
+        );
     }
 }
 
@@ -156,11 +176,16 @@ fn only_supported_architectures_are_accepted() {
     let dir = fixture_dir();
     for arch in ["amd64", "arm64"] {
         let source = format!("{HEAD}arch: {arch}\nstages:\n  - debootstrap: {{ suite: bookworm }}\n");
-        let recipe = load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap_or_else(|errors| panic!("{arch}: {errors:?}"));
+        let recipe = load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default())
+            .unwrap_or_else(|errors| panic!("{arch}: {errors:?}"));
         assert_eq!(recipe.arch, arch);
     }
     let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm }}\n");
-    assert_eq!(load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap().arch, "amd64", "the default");
+    assert_eq!(
+        load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap().arch,
+        "amd64",
+        "the default"
+    );
     for arch in ["armhf", "i386", "ppc64el", "riscv64", "s390x", "x86_64", "aarch64", "AMD64"] {
         let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm }}\narch:   {arch}\n");
         let Diagnostics(errors) = load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap_err();
@@ -182,10 +207,16 @@ fn set_arch_builds_the_recipe_for_another_architecture_as_its_own_bundle() {
         other => panic!("{other:?}"),
     };
     let plain = load_str(&dir.path().join("r.yaml"), &source, &LoadOptions::default()).unwrap();
-    assert_eq!((plain.name.as_str(), plain.arch.as_str(), package(&plain).as_str()), ("demo", "amd64", "linux-image-amd64"));
+    assert_eq!(
+        (plain.name.as_str(), plain.arch.as_str(), package(&plain).as_str()),
+        ("demo", "amd64", "linux-image-amd64")
+    );
     let options = LoadOptions { sets: vec![("arch".into(), "arm64".into())] };
     let arm64 = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap();
-    assert_eq!((arm64.name.as_str(), arm64.arch.as_str(), package(&arm64).as_str()), ("demo-arm64", "arm64", "linux-image-arm64"));
+    assert_eq!(
+        (arm64.name.as_str(), arm64.arch.as_str(), package(&arm64).as_str()),
+        ("demo-arm64", "arm64", "linux-image-arm64")
+    );
     let options = LoadOptions { sets: vec![("arch".into(), "armhf".into())] };
     let Diagnostics(errors) = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap_err();
     assert_eq!(errors[0].message, "--set arch=armhf: architecture `armhf` is not supported");
@@ -211,7 +242,8 @@ fn missing_recipe_file_is_a_diagnostic() {
 #[test]
 fn paths_resolve_to_absolute_ones_from_a_relative_recipe_path() {
     let dir = fixture_dir();
-    let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm }}\n  - run: {{ script: configure.sh }}\n");
+    let source =
+        format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm }}\n  - run: {{ script: configure.sh }}\n");
     fs_err::write(dir.path().join("r.yaml"), &source).unwrap();
     let previous = std::env::current_dir().unwrap();
     std::env::set_current_dir(dir.path()).unwrap();
@@ -234,17 +266,28 @@ fn a_recipes_inventory_is_checked_against_its_kernels() {
     fs_err::write(dir.path().join("lab.yaml"), inventory).unwrap();
     let source = format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n  - kernel: {{ name: agent, package: linux-image-amd64 }}\nhosts: lab.yaml\n");
     let file = dir.path().join("recipe.yaml");
-    let Err(Diagnostics(list)) = load_str(&file, &source, &LoadOptions::default()) else { panic!("big-appended names no kernel of the recipe") };
+    let Err(Diagnostics(list)) = load_str(&file, &source, &LoadOptions::default()) else {
+        panic!("big-appended names no kernel of the recipe")
+    };
     assert_eq!(list.len(), 1, "{list:?}");
-    assert_eq!((list[0].file.clone(), list[0].position.line, list[0].position.column), (dir.path().join("lab.yaml"), 7, 12));
+    assert_eq!(
+        (list[0].file.clone(), list[0].position.line, list[0].position.column),
+        (dir.path().join("lab.yaml"), 7, 12)
+    );
     assert!(list[0].message.contains("has no kernel `big` (it has: agent)"), "{}", list[0].message);
 
     fs_err::write(dir.path().join("lab.yaml"), inventory.replace("big-appended", "local")).unwrap();
     let recipe = load_str(&file, &source, &LoadOptions::default()).unwrap();
     assert_eq!(recipe.hosts.unwrap().written, "lab.yaml");
 
-    fs_err::write(dir.path().join("lab.yaml"), format!("bundle: out/x/1\n{}", inventory.replace("big-appended", "local"))).unwrap();
-    let Err(Diagnostics(list)) = load_str(&file, &source, &LoadOptions::default()) else { panic!("a recipe's inventory names no bundle") };
+    fs_err::write(
+        dir.path().join("lab.yaml"),
+        format!("bundle: out/x/1\n{}", inventory.replace("big-appended", "local")),
+    )
+    .unwrap();
+    let Err(Diagnostics(list)) = load_str(&file, &source, &LoadOptions::default()) else {
+        panic!("a recipe's inventory names no bundle")
+    };
     assert_eq!((list[0].position.line, list[0].position.column), (1, 1));
     let missing = errors_of(&format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\nhosts: nowhere.yaml\n"));
     assert_eq!(missing, vec![(6, 8, "file `nowhere.yaml` does not exist".to_string())]);
@@ -272,9 +315,19 @@ fn oci_stages_name_one_source() {
 fn every_unknown_key_is_reported_in_one_run_with_the_other_problems() {
     let source = format!("{HEAD}stages:\n  - debootstrap: {{ suite: bookworm, varient: minbase }}\n  - packages: {{ instal: [curl] }}\n    nmae: tools\n  - run: {{ script: missing.sh }}\nouputs: {{}}\n");
     let errors = errors_of(&source);
-    let expected = [(5, 37, "unknown field `varient`"), (6, 17, "unknown field `instal`"), (7, 5, "unknown field `nmae`"), (8, 20, "file `missing.sh` does not exist"), (9, 1, "unknown field `ouputs`"), (6, 5, "a packages stage needs `install` or `remove`")];
+    let expected = [
+        (5, 37, "unknown field `varient`"),
+        (6, 17, "unknown field `instal`"),
+        (7, 5, "unknown field `nmae`"),
+        (8, 20, "file `missing.sh` does not exist"),
+        (9, 1, "unknown field `ouputs`"),
+        (6, 5, "a packages stage needs `install` or `remove`"),
+    ];
     for (line, column, message) in expected {
-        assert!(errors.iter().any(|(l, c, m)| (*l, *c) == (line, column) && m.contains(message)), "missing {line}:{column} {message} in {errors:?}");
+        assert!(
+            errors.iter().any(|(l, c, m)| (*l, *c) == (line, column) && m.contains(message)),
+            "missing {line}:{column} {message} in {errors:?}"
+        );
     }
     assert_eq!(errors.len(), expected.len(), "{errors:?}");
 }
@@ -282,7 +335,14 @@ fn every_unknown_key_is_reported_in_one_run_with_the_other_problems() {
 #[test]
 fn a_recipe_without_initramfs_modules_gets_the_default_drivers_and_an_empty_list_none() {
     let dir = fixture_dir();
-    let load = |outputs: &str| load_str(&dir.path().join("r.yaml"), &format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n{outputs}"), &LoadOptions::default()).unwrap();
+    let load = |outputs: &str| {
+        load_str(
+            &dir.path().join("r.yaml"),
+            &format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n{outputs}"),
+            &LoadOptions::default(),
+        )
+        .unwrap()
+    };
     assert!(load("").outputs.initramfs.default_modules);
     assert!(load("outputs:\n  initramfs: { compression: gzip }\n").outputs.initramfs.default_modules);
     let none = load("outputs:\n  initramfs: { modules: [] }\n").outputs.initramfs;
@@ -307,7 +367,12 @@ fn a_recipe_or_inventory_that_is_not_yaml_is_named_never_quoted() {
 
         // The same text given as the recipe's inventory.
         fs_err::write(dir.path().join("lab.yaml"), text).unwrap();
-        let Diagnostics(list) = load_str(&file, &format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\nhosts: lab.yaml\n"), &LoadOptions::default()).unwrap_err();
+        let Diagnostics(list) = load_str(
+            &file,
+            &format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\nhosts: lab.yaml\n"),
+            &LoadOptions::default(),
+        )
+        .unwrap_err();
         let shown = Diagnostics(list.clone()).to_string();
         assert!(!shown.contains("hunter2") && !shown.contains("b3Blbn"), "{shown}");
         assert_eq!(list[0].file, dir.path().join("lab.yaml"));
@@ -325,18 +390,26 @@ fn uki_output_is_true_or_its_settings() {
     assert_eq!(load("true").unwrap().outputs.uki, Some(Uki { kernels: None, rootfs_url: None, sign: None }));
     // Signing: the key and certificate, relative to the recipe.
     let signed = load("{ sign: { key: configure.sh, cert: base.tar } }").unwrap().outputs.uki.unwrap().sign.unwrap();
-    assert_eq!((signed.key.written.as_str(), signed.key.resolved.clone()), ("configure.sh", dir.path().join("configure.sh")));
+    assert_eq!(
+        (signed.key.written.as_str(), signed.key.resolved.clone()),
+        ("configure.sh", dir.path().join("configure.sh"))
+    );
     assert_eq!(signed.cert.resolved, dir.path().join("base.tar"));
     assert_eq!(load("false").unwrap().outputs.uki, None);
     let uki = load("{ kernels: [lts], rootfs_url: \"http://dhcp-server:80/b/r.img\" }").unwrap().outputs.uki.unwrap();
     assert!(uki.covers("lts") && !uki.covers("debian"));
     assert_eq!(uki.rootfs_url.as_deref(), Some("http://dhcp-server:80/b/r.img"));
-    assert_eq!(Uki::default_rootfs_url("demo", "1.0", "demo-1.0-rootfs.img"), "http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img");
+    assert_eq!(
+        Uki::default_rootfs_url("demo", "1.0", "demo-1.0-rootfs.img"),
+        "http://dhcp-server:8080/demo/1.0/demo-1.0-rootfs.img"
+    );
 }
 
 #[test]
 fn uki_output_errors_point_at_the_value() {
-    let errors = |stages: &str, outputs: &str| errors_of(&format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n{stages}outputs:\n  uki: {outputs}\n"));
+    let errors = |stages: &str, outputs: &str| {
+        errors_of(&format!("{HEAD}stages:\n  - tarball: {{ path: base.tar }}\n{stages}outputs:\n  uki: {outputs}\n"))
+    };
     let kernel = "  - kernel: { name: debian, package: linux-image-amd64 }\n";
     let unknown = errors(kernel, "{ signed: key.pem }");
     assert_eq!((unknown[0].0, unknown[0].1), (8, 10), "{unknown:?}");
@@ -357,7 +430,9 @@ fn uki_output_errors_point_at_the_value() {
     assert_eq!(other_kernel.len(), 1, "{other_kernel:?}");
     assert_eq!((other_kernel[0].0, other_kernel[0].1), (8, 28), "{other_kernel:?}");
     assert!(other_kernel[0].2.contains("`lts`, which is not a kernel stage"), "{other_kernel:?}");
-    let arm64 = errors_of(&format!("{HEAD}arch: arm64\nstages:\n  - tarball: {{ path: base.tar }}\n{kernel}outputs:\n  uki: true\n"));
+    let arm64 = errors_of(&format!(
+        "{HEAD}arch: arm64\nstages:\n  - tarball: {{ path: base.tar }}\n{kernel}outputs:\n  uki: true\n"
+    ));
     assert_eq!(arm64.len(), 1, "{arm64:?}");
     assert!(arm64[0].2.contains("x86-64 Unified Kernel Images, and this recipe builds for arm64"), "{arm64:?}");
     let no_kernel = errors("", "true");

@@ -133,14 +133,19 @@ pub fn diff(a: &Bundle, b: &Bundle) -> anyhow::Result<Diff> {
             diff.packages_removed.insert(name.clone(), version.clone());
         }
     }
-    let kernel_names: BTreeSet<&String> = a.manifest.kernels.iter().chain(&b.manifest.kernels).map(|k| &k.name).collect();
+    let kernel_names: BTreeSet<&String> =
+        a.manifest.kernels.iter().chain(&b.manifest.kernels).map(|k| &k.name).collect();
     for name in kernel_names {
-        let find = |bundle: &Bundle| bundle.manifest.kernels.iter().find(|k| &k.name == name).map(|k| k.release.clone());
+        let find =
+            |bundle: &Bundle| bundle.manifest.kernels.iter().find(|k| &k.name == name).map(|k| k.release.clone());
         let config = |bundle: &Bundle| config_options(&text(bundle, &format!("{KERNEL_DIR}/{name}-config")));
         let (ca, cb) = (config(a), config(b));
         let mut options = BTreeMap::new();
         for key in ca.keys().chain(cb.keys()) {
-            let (va, vb) = (ca.get(key).cloned().unwrap_or_else(|| "n".into()), cb.get(key).cloned().unwrap_or_else(|| "n".into()));
+            let (va, vb) = (
+                ca.get(key).cloned().unwrap_or_else(|| "n".into()),
+                cb.get(key).cloned().unwrap_or_else(|| "n".into()),
+            );
             if va != vb {
                 options.insert(key.clone(), (va, vb));
             }
@@ -150,7 +155,9 @@ pub fn diff(a: &Bundle, b: &Bundle) -> anyhow::Result<Diff> {
             diff.kernels.push(KernelDiff { name: name.clone(), release, options });
         }
     }
-    let sizes = |bundle: &Bundle| -> BTreeMap<String, u64> { bundle.manifest.artifacts.iter().map(|artifact| (generic(&artifact.name, bundle), artifact.size)).collect() };
+    let sizes = |bundle: &Bundle| -> BTreeMap<String, u64> {
+        bundle.manifest.artifacts.iter().map(|artifact| (generic(&artifact.name, bundle), artifact.size)).collect()
+    };
     let (sa, sb) = (sizes(a), sizes(b));
     for name in sa.keys().chain(sb.keys()).collect::<BTreeSet<_>>() {
         let (from, to) = (sa.get(name).copied(), sb.get(name).copied());
@@ -158,7 +165,9 @@ pub fn diff(a: &Bundle, b: &Bundle) -> anyhow::Result<Diff> {
             diff.artifacts.push(ArtifactDelta { name: name.clone(), from, to });
         }
     }
-    let keys = |bundle: &Bundle| -> BTreeMap<String, String> { bundle.manifest.stages.iter().map(|stage| (stage.name.clone(), stage.key.clone())).collect() };
+    let keys = |bundle: &Bundle| -> BTreeMap<String, String> {
+        bundle.manifest.stages.iter().map(|stage| (stage.name.clone(), stage.key.clone())).collect()
+    };
     let (ka, kb) = (keys(a), keys(b));
     for name in ka.keys().chain(kb.keys()).collect::<BTreeSet<_>>() {
         let (from, to) = (ka.get(name).cloned(), kb.get(name).cloned());
@@ -173,7 +182,9 @@ pub fn diff(a: &Bundle, b: &Bundle) -> anyhow::Result<Diff> {
 impl Diff {
     pub fn render(&self) -> String {
         let mut out = format!("{} → {}\n", self.from, self.to);
-        let short = |key: &Option<String>| key.as_deref().map(|k| k[..12.min(k.len())].to_string()).unwrap_or_else(|| "-".into());
+        let short = |key: &Option<String>| {
+            key.as_deref().map(|k| k[..12.min(k.len())].to_string()).unwrap_or_else(|| "-".into())
+        };
         if self.packages_added.is_empty() && self.packages_removed.is_empty() && self.packages_changed.is_empty() {
             out.push_str("packages: no change\n");
         } else {
@@ -190,7 +201,12 @@ impl Diff {
         }
         for kernel in &self.kernels {
             let release = |r: &Option<String>| r.clone().unwrap_or_else(|| "-".into());
-            out.push_str(&format!("kernel {}: {} → {}\n", kernel.name, release(&kernel.release.0), release(&kernel.release.1)));
+            out.push_str(&format!(
+                "kernel {}: {} → {}\n",
+                kernel.name,
+                release(&kernel.release.0),
+                release(&kernel.release.1)
+            ));
             for (option, (from, to)) in &kernel.options {
                 out.push_str(&format!("  {option}: {from} → {to}\n"));
             }
@@ -216,7 +232,12 @@ impl Diff {
         if files.added.is_empty() && files.removed.is_empty() && files.changed.is_empty() {
             out.push_str("files: no change\n");
         } else {
-            out.push_str(&format!("files: {} added, {} removed, {} changed\n", files.added.len(), files.removed.len(), files.changed.len()));
+            out.push_str(&format!(
+                "files: {} added, {} removed, {} changed\n",
+                files.added.len(),
+                files.removed.len(),
+                files.changed.len()
+            ));
             let describe = |entry: &Entry| match entry.kind {
                 "file" => format!("{} {} {}:{} {} B", entry.kind, entry.mode, entry.uid, entry.gid, entry.size),
                 "symlink" => format!("symlink → {}", entry.content),
@@ -234,7 +255,11 @@ impl Diff {
                     what.push(format!("{} → {}", from.kind, to.kind));
                 }
                 if from.content != to.content {
-                    what.push(if to.kind == "file" { format!("content, {} → {} B", from.size, to.size) } else { format!("{} → {}", from.content, to.content) });
+                    what.push(if to.kind == "file" {
+                        format!("content, {} → {} B", from.size, to.size)
+                    } else {
+                        format!("{} → {}", from.content, to.content)
+                    });
                 }
                 if from.mode != to.mode {
                     what.push(format!("mode {} → {}", from.mode, to.mode));

@@ -44,7 +44,13 @@ fn take(dir: &Path, name: &str, size: u64, to: &Path) -> Result<()> {
 
 /// `uki_signer` signs the new UKIs for Secure Boot; it is needed when the
 /// candidate's were signed (a promotion makes them anew).
-pub fn promote(out: &Path, name: &str, from: &str, to: &str, uki_signer: Option<&uki::SecureBootSigner>) -> Result<PathBuf> {
+pub fn promote(
+    out: &Path,
+    name: &str,
+    from: &str,
+    to: &str,
+    uki_signer: Option<&uki::SecureBootSigner>,
+) -> Result<PathBuf> {
     // All three become paths under `out`: checked before anything is read.
     crate::bundle::check_id(name, from)?;
     crate::names::check_version(to).map_err(|why| anyhow::anyhow!("`{to}` is not a valid version: {why}"))?;
@@ -52,7 +58,11 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str, uki_signer: Option<
     let source = &candidate.dir;
     let report = super::verify::verify_bundle(&candidate);
     if !report.ok() {
-        bail!("{name} {from} fails verification, so it is not promoted:\n{}\nhint: rootsmith release verify {}", report.failures(), source.display());
+        bail!(
+            "{name} {from} fails verification, so it is not promoted:\n{}\nhint: rootsmith release verify {}",
+            report.failures(),
+            source.display()
+        );
     }
     let signed_for = candidate.manifest.boot.uki.as_ref().and_then(|made| made.signed_cert_sha256.as_ref());
     match (signed_for, uki_signer) {
@@ -75,7 +85,8 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str, uki_signer: Option<
         None => file.to_string(),
     };
     let mut manifest = candidate.manifest.clone();
-    let ukis: std::collections::BTreeSet<&str> = candidate.manifest.kernels.iter().filter_map(|kernel| kernel.uki.as_deref()).collect();
+    let ukis: std::collections::BTreeSet<&str> =
+        candidate.manifest.kernels.iter().filter_map(|kernel| kernel.uki.as_deref()).collect();
     let mut artifacts = Vec::new();
     for artifact in &candidate.manifest.artifacts {
         if menus::MENU_FILES.contains(&artifact.name.as_str()) || ukis.contains(artifact.name.as_str()) {
@@ -84,7 +95,8 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str, uki_signer: Option<
         let renamed = rename(&artifact.name);
         // A checked name with a valid version in place of another stays one; checked all the same.
         check_file_name(&renamed)?;
-        take(source, &artifact.name, artifact.size, &staging.path().join(&renamed)).with_context(|| format!("taking {} into {to}", artifact.name))?;
+        take(source, &artifact.name, artifact.size, &staging.path().join(&renamed))
+            .with_context(|| format!("taking {} into {to}", artifact.name))?;
         artifacts.push(ManifestArtifact { name: renamed, ..artifact.clone() });
     }
     manifest.version = to.to_string();
@@ -94,16 +106,34 @@ pub fn promote(out: &Path, name: &str, from: &str, to: &str, uki_signer: Option<
     manifest.boot.initramfs = rename(&manifest.boot.initramfs);
     manifest.boot.rootfs_image = rename(&manifest.boot.rootfs_image);
     if let Some(made) = manifest.boot.uki.take() {
-        let covered: std::collections::BTreeSet<String> = manifest.kernels.iter().filter(|kernel| kernel.uki.is_some()).map(|kernel| kernel.name.clone()).collect();
+        let covered: std::collections::BTreeSet<String> =
+            manifest.kernels.iter().filter(|kernel| kernel.uki.is_some()).map(|kernel| kernel.name.clone()).collect();
         let rootfs_url = (!made.rootfs_url_default).then_some(made.rootfs_url.as_str());
-        let settings = uki::BundleUkis { covers: &|kernel| covered.contains(kernel), rootfs_url, cookie: &manifest.rootfs.cookie, epoch: manifest.source_date_epoch, signer: uki_signer };
-        let (made, files) = uki::write_for_bundle(&crate::host::RealHost { echo: false }, staging.path(), &BundleNames::new(name, to), &mut manifest.kernels, &manifest.boot, &settings)
-            .with_context(|| format!("making the UKIs of {name} {to}"))?;
+        let settings = uki::BundleUkis {
+            covers: &|kernel| covered.contains(kernel),
+            rootfs_url,
+            cookie: &manifest.rootfs.cookie,
+            epoch: manifest.source_date_epoch,
+            signer: uki_signer,
+        };
+        let (made, files) = uki::write_for_bundle(
+            &crate::host::RealHost { echo: false },
+            staging.path(),
+            &BundleNames::new(name, to),
+            &mut manifest.kernels,
+            &manifest.boot,
+            &settings,
+        )
+        .with_context(|| format!("making the UKIs of {name} {to}"))?;
         manifest.boot.uki = Some(made);
         artifacts.extend(files);
     }
-    manifest.promoted_from = Some(PromotedFrom { version: from.to_string(), manifest_sha256: candidate.manifest_sha256.clone() });
-    artifacts.extend(menus::write_all(staging.path(), &MenuInput::new(name, to, &manifest.arch, &manifest.kernels, &manifest.boot))?);
+    manifest.promoted_from =
+        Some(PromotedFrom { version: from.to_string(), manifest_sha256: candidate.manifest_sha256.clone() });
+    artifacts.extend(menus::write_all(
+        staging.path(),
+        &MenuInput::new(name, to, &manifest.arch, &manifest.kernels, &manifest.boot),
+    )?);
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     manifest.artifacts = artifacts;
     crate::bundle::manifest::write_index(staging.path(), &manifest)?;
@@ -128,7 +158,12 @@ mod tests {
         let elsewhere = root.path().join("elsewhere/rel/1.0.0");
         fs_err::create_dir_all(&elsewhere).unwrap();
         nix::unistd::mkfifo(&elsewhere.join("manifest.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        for (name, from, to) in [("rel", "../../elsewhere/rel/1.0.0", "2.0.0"), ("../elsewhere/rel", "1.0.0", "2.0.0"), ("rel", "1.0.0-rc1", "../../x"), ("rel", "1.0.0-rc1", "")] {
+        for (name, from, to) in [
+            ("rel", "../../elsewhere/rel/1.0.0", "2.0.0"),
+            ("../elsewhere/rel", "1.0.0", "2.0.0"),
+            ("rel", "1.0.0-rc1", "../../x"),
+            ("rel", "1.0.0-rc1", ""),
+        ] {
             let error = format!("{:#}", promote(&out, name, from, to, None).unwrap_err());
             assert!(error.contains("is not a valid"), "{name} {from} {to}: {error}");
         }

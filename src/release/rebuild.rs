@@ -46,7 +46,12 @@ pub enum Rebuilt {
 pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> {
     let manifest = &bundle.manifest;
     if crate::digest::sha256_hex(recipe.source.as_bytes()) != manifest.recipe_sha256 {
-        bail!("{} is not the recipe {} {} was built from (its SHA-256 differs from the manifest's recipe_sha256)", recipe.file.display(), manifest.name, manifest.version);
+        bail!(
+            "{} is not the recipe {} {} was built from (its SHA-256 differs from the manifest's recipe_sha256)",
+            recipe.file.display(),
+            manifest.name,
+            manifest.version
+        );
     }
     let scratch = tempfile::Builder::new().prefix("rootsmith-rebuild-").tempdir_in(std::env::temp_dir())?;
     let mut options = PlanOptions::from_environment()?;
@@ -64,9 +69,12 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> 
         cache_remote: None,
     };
     let progress = crate::progress::for_terminal(true);
-    let summary = build(recipe, &plan, &build_options, &RealHost::default(), progress.as_ref()).context("rebuilding the recipe")?;
+    let summary = build(recipe, &plan, &build_options, &RealHost::default(), progress.as_ref())
+        .context("rebuilding the recipe")?;
     let rebuilt = Bundle::open(&summary.bundle)?;
-    let digests = |b: &Bundle| -> BTreeMap<String, String> { b.manifest.artifacts.iter().map(|a| (a.name.clone(), a.sha256.clone())).collect() };
+    let digests = |b: &Bundle| -> BTreeMap<String, String> {
+        b.manifest.artifacts.iter().map(|a| (a.name.clone(), a.sha256.clone())).collect()
+    };
     let (original, again) = (digests(bundle), digests(&rebuilt));
     let mut problems = Vec::new();
     for (name, digest) in &original {
@@ -77,7 +85,12 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> 
                 if name == &manifest.boot.rootfs_image {
                     let paths = differing_paths(bundle, &rebuilt, name)?;
                     let shown: Vec<&String> = paths.iter().take(50).collect();
-                    line.push_str(&format!(" in {} path{}: {}", paths.len(), if paths.len() == 1 { "" } else { "s" }, shown.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")));
+                    line.push_str(&format!(
+                        " in {} path{}: {}",
+                        paths.len(),
+                        if paths.len() == 1 { "" } else { "s" },
+                        shown.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
                     if paths.len() > shown.len() {
                         line.push_str(", …");
                     }
@@ -90,5 +103,9 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> 
     for name in again.keys().filter(|name| !original.contains_key(*name)) {
         problems.push(format!("the rebuild also makes {name}"));
     }
-    Ok(if problems.is_empty() { Rebuilt::Same(format!("a rebuild on an empty cache gives the same {} artifacts", original.len())) } else { Rebuilt::Differs(problems.join("; ")) })
+    Ok(if problems.is_empty() {
+        Rebuilt::Same(format!("a rebuild on an empty cache gives the same {} artifacts", original.len()))
+    } else {
+        Rebuilt::Differs(problems.join("; "))
+    })
 }

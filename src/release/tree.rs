@@ -32,8 +32,10 @@ pub fn entries(bundle: &Bundle, name: &str) -> Result<BTreeMap<String, Entry>> {
     use backhand::InnerNode;
     let size = bundle.stated_size(name)?;
     let image = files::open_sized(&bundle.dir, name, size)?;
-    let (offset, _, _) = crate::artifact::cpio::read_rootfs_image_from(BufReader::new(image.within(size)), &image.path)?;
-    let filesystem = backhand::FilesystemReader::from_reader_with_offset(BufReader::new(image.within(size)), offset).with_context(|| format!("reading the squashfs in {}", image.path.display()))?;
+    let (offset, _, _) =
+        crate::artifact::cpio::read_rootfs_image_from(BufReader::new(image.within(size)), &image.path)?;
+    let filesystem = backhand::FilesystemReader::from_reader_with_offset(BufReader::new(image.within(size)), offset)
+        .with_context(|| format!("reading the squashfs in {}", image.path.display()))?;
     let mut entries = BTreeMap::new();
     for node in filesystem.files() {
         let header = &node.header;
@@ -49,7 +51,15 @@ pub fn entries(bundle: &Bundle, name: &str) -> Result<BTreeMap<String, Entry>> {
             InnerNode::NamedPipe => ("fifo", 0, String::new()),
             InnerNode::Socket => ("socket", 0, String::new()),
         };
-        let entry = Entry { kind, mode: format!("{:04o}", header.permissions), uid: header.uid, gid: header.gid, mtime: header.mtime, size, content };
+        let entry = Entry {
+            kind,
+            mode: format!("{:04o}", header.permissions),
+            uid: header.uid,
+            gid: header.gid,
+            mtime: header.mtime,
+            size,
+            content,
+        };
         entries.insert(node.fullpath.display().to_string(), entry);
     }
     Ok(entries)

@@ -35,7 +35,12 @@ impl Report {
 
     /// The failures, one per line (for errors that quote a verify).
     pub fn failures(&self) -> String {
-        self.findings.iter().filter(|f| !f.ok).map(|f| format!("{}: {}", f.check, f.detail)).collect::<Vec<_>>().join("\n")
+        self.findings
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| format!("{}: {}", f.check, f.detail))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn add(&mut self, check: &'static str, result: Result<String, String>) {
@@ -84,7 +89,10 @@ fn files_in(dir: &Path) -> Vec<String> {
 fn check_manifest(bundle: &Bundle) -> Result<String, String> {
     let manifest = &bundle.manifest;
     if manifest.manifest_version != MANIFEST_VERSION {
-        return Err(format!("manifest_version {} (this rootsmith reads {MANIFEST_VERSION})", manifest.manifest_version));
+        return Err(format!(
+            "manifest_version {} (this rootsmith reads {MANIFEST_VERSION})",
+            manifest.manifest_version
+        ));
     }
     bundle.check_place().map_err(|error| format!("{error:#}"))?;
     Ok(format!("{} {}, schema {MANIFEST_VERSION}", manifest.name, manifest.version))
@@ -95,7 +103,8 @@ fn check_sums(bundle: &Bundle) -> Result<String, String> {
     let text = files::read(dir, SHA256SUMS, files::MAX_INDEX_BYTES).map_err(|error| format!("SHA256SUMS: {error}"))?;
     let text = String::from_utf8(text).map_err(|_| "SHA256SUMS is not UTF-8 text".to_string())?;
     let (sums, mut problems) = parse_sums(&text);
-    let sizes: BTreeMap<&str, u64> = manifest.artifacts.iter().map(|artifact| (artifact.name.as_str(), artifact.size)).collect();
+    let sizes: BTreeMap<&str, u64> =
+        manifest.artifacts.iter().map(|artifact| (artifact.name.as_str(), artifact.size)).collect();
     for (name, digest) in &sums {
         // Only what the manifest lists is read, and no further than the size it states.
         let actual = if name == MANIFEST {
@@ -109,13 +118,20 @@ fn check_sums(bundle: &Bundle) -> Result<String, String> {
         match actual {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => problems.push(format!("{name} is missing")),
             Err(error) => problems.push(error.to_string()),
-            Ok(actual) if &actual != digest => problems.push(format!("{name} differs: SHA256SUMS says {digest}, the file is {actual}")),
+            Ok(actual) if &actual != digest => {
+                problems.push(format!("{name} differs: SHA256SUMS says {digest}, the file is {actual}"))
+            }
             Ok(_) => {}
         }
     }
     for artifact in &manifest.artifacts {
         if sums.get(&artifact.name) != Some(&artifact.sha256) {
-            problems.push(format!("{} is in manifest.json with sha256 {}, but SHA256SUMS {}", artifact.name, artifact.sha256, sums.get(&artifact.name).map(|d| format!("says {d}")).unwrap_or("lacks it".into())));
+            problems.push(format!(
+                "{} is in manifest.json with sha256 {}, but SHA256SUMS {}",
+                artifact.name,
+                artifact.sha256,
+                sums.get(&artifact.name).map(|d| format!("says {d}")).unwrap_or("lacks it".into())
+            ));
         }
     }
     for file in files_in(dir) {
@@ -153,18 +169,23 @@ fn read_contract(bundle: &Bundle) -> Contract {
 
 fn read_rootfs_image(bundle: &Bundle) -> RootfsImage {
     let (file, size) = open_artifact(bundle, &bundle.manifest.boot.rootfs_image)?;
-    crate::artifact::cpio::read_rootfs_image_from(std::io::BufReader::new(file.within(size)), &file.path).map_err(|error| format!("{error:#}"))
+    crate::artifact::cpio::read_rootfs_image_from(std::io::BufReader::new(file.within(size)), &file.path)
+        .map_err(|error| format!("{error:#}"))
 }
 
 fn check_chunks(contract: &Contract, bundle: &Bundle) -> Result<String, String> {
     let (_, expected) = contract.as_ref().map_err(Clone::clone)?;
     let (file, size) = open_artifact(bundle, &bundle.manifest.boot.rootfs_image)?;
-    let actual = ChunkList::from_reader(std::io::BufReader::new(file.within(size)), expected.chunk_size).map_err(|error| error.to_string())?;
+    let actual = ChunkList::from_reader(std::io::BufReader::new(file.within(size)), expected.chunk_size)
+        .map_err(|error| error.to_string())?;
     if actual.size != expected.size {
         return Err(format!("rootfs.img is {} bytes, the initramfs's chunk list says {}", actual.size, expected.size));
     }
     if let Some(index) = expected.digests.iter().zip(&actual.digests).position(|(a, b)| a != b) {
-        return Err(format!("chunk {index} (byte offset {}) of rootfs.img does not match the initramfs's chunk list", index as u64 * expected.chunk_size));
+        return Err(format!(
+            "chunk {index} (byte offset {}) of rootfs.img does not match the initramfs's chunk list",
+            index as u64 * expected.chunk_size
+        ));
     }
     Ok(format!("{} chunks of {} KiB match", expected.digests.len(), expected.chunk_size >> 10))
 }
@@ -184,10 +205,15 @@ fn check_cookies(contract: &Contract, image: &RootfsImage, manifest: &Manifest) 
 fn check_squashfs(image: &RootfsImage, bundle: &Bundle) -> Result<String, String> {
     let (offset, _, _) = image.as_ref().map_err(Clone::clone)?;
     let (file, size) = open_artifact(bundle, &bundle.manifest.boot.rootfs_image)?;
-    let filesystem = backhand::FilesystemReader::from_reader_with_offset(std::io::BufReader::new(file.within(size)), *offset).map_err(|error| format!("backhand cannot read the squashfs: {error}"))?;
+    let filesystem =
+        backhand::FilesystemReader::from_reader_with_offset(std::io::BufReader::new(file.within(size)), *offset)
+            .map_err(|error| format!("backhand cannot read the squashfs: {error}"))?;
     let entries = filesystem.files().count() as u64;
     if entries != bundle.manifest.rootfs.squashfs_entries {
-        return Err(format!("the squashfs holds {entries} entries, manifest.json says {}", bundle.manifest.rootfs.squashfs_entries));
+        return Err(format!(
+            "the squashfs holds {entries} entries, manifest.json says {}",
+            bundle.manifest.rootfs.squashfs_entries
+        ));
     }
     Ok(format!("{entries} entries"))
 }
@@ -197,7 +223,10 @@ fn check_squashfs(image: &RootfsImage, bundle: &Bundle) -> Result<String, String
 pub fn verify(dir: &Path) -> Report {
     match Bundle::open(dir) {
         Ok(bundle) => verify_bundle(&bundle),
-        Err(error) => Report { bundle: dir.to_path_buf(), findings: vec![Finding { check: "manifest", ok: false, detail: format!("{error:#}") }] },
+        Err(error) => Report {
+            bundle: dir.to_path_buf(),
+            findings: vec![Finding { check: "manifest", ok: false, detail: format!("{error:#}") }],
+        },
     }
 }
 
@@ -248,10 +277,18 @@ mod tests {
         let (sums, problems) = parse_sums(&format!("{A}  a.img\n{A}  pxelinux.cfg/default\n"));
         assert_eq!(sums["pxelinux.cfg/default"], A);
         assert!(problems.is_empty(), "{problems:?}");
-        let (sums, problems) = parse_sums(&format!("aa a.img\n{A}  ../../etc/shadow\n{A}  /etc/shadow\nAA  b.img\n{A}  c.img\n{A}  c.img\n"));
+        let (sums, problems) = parse_sums(&format!(
+            "aa a.img\n{A}  ../../etc/shadow\n{A}  /etc/shadow\nAA  b.img\n{A}  c.img\n{A}  c.img\n"
+        ));
         assert_eq!(sums.keys().collect::<Vec<_>>(), ["c.img"]);
         let problems = problems.join("\n");
-        for expected in ["line 1 is not `HEX  NAME`", "line 2: \"../../etc/shadow\" is not a file a bundle may hold", "line 3: \"/etc/shadow\" is not a file", "line 4: the digest of b.img", "lists c.img twice"] {
+        for expected in [
+            "line 1 is not `HEX  NAME`",
+            "line 2: \"../../etc/shadow\" is not a file a bundle may hold",
+            "line 3: \"/etc/shadow\" is not a file",
+            "line 4: the digest of b.img",
+            "lists c.img twice",
+        ] {
             assert!(problems.contains(expected), "{expected} in {problems}");
         }
     }
@@ -275,13 +312,20 @@ mod tests {
         let secret_digest = crate::digest::sha256_hex(b"host secret");
         let sums = fs_err::read_to_string(bundle.dir.join(SHA256SUMS)).unwrap();
         let zeros = "0".repeat(64);
-        fs_err::write(bundle.dir.join(SHA256SUMS), format!("{sums}{zeros}  ../../secret\n{zeros}  {}\n{zeros}  unlisted.img\n", secret.display())).unwrap();
+        fs_err::write(
+            bundle.dir.join(SHA256SUMS),
+            format!("{sums}{zeros}  ../../secret\n{zeros}  {}\n{zeros}  unlisted.img\n", secret.display()),
+        )
+        .unwrap();
         fs_err::copy(&secret, bundle.dir.join("unlisted.img")).unwrap();
         let problems = check_sums(&bundle).unwrap_err();
         assert!(!problems.contains(&secret_digest), "a host file's digest was printed: {problems}");
         assert!(problems.contains("\"../../secret\" is not a file a bundle may hold"), "{problems}");
         assert!(problems.contains("it is an absolute path"), "{problems}");
-        assert!(problems.contains("unlisted.img is in SHA256SUMS but not among manifest.json's artifacts"), "{problems}");
+        assert!(
+            problems.contains("unlisted.img is in SHA256SUMS but not among manifest.json's artifacts"),
+            "{problems}"
+        );
     }
 
     #[test]
@@ -300,7 +344,12 @@ mod tests {
             assert!(started.elapsed() < std::time::Duration::from_secs(10));
             let failures = report.failures();
             for check in ["SHA256SUMS", "squashfs"] {
-                assert!(failures.lines().any(|line| line.starts_with(check) && line.contains("rel-1.0.0-rootfs.img") && line.contains(what)), "{check} {what}: {failures}");
+                assert!(
+                    failures.lines().any(|line| line.starts_with(check)
+                        && line.contains("rel-1.0.0-rootfs.img")
+                        && line.contains(what)),
+                    "{check} {what}: {failures}"
+                );
             }
         }
     }
@@ -316,6 +365,12 @@ mod tests {
         }
         let report = verify(&copy);
         assert_eq!(report.findings.len(), 1);
-        assert!(report.failures().contains("manifest.json says version 1.0.0, but the bundle is in the directory of version \"1.0.1\""), "{}", report.failures());
+        assert!(
+            report
+                .failures()
+                .contains("manifest.json says version 1.0.0, but the bundle is in the directory of version \"1.0.1\""),
+            "{}",
+            report.failures()
+        );
     }
 }

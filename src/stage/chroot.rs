@@ -42,7 +42,8 @@ struct Scaffolding {
 impl Scaffolding {
     fn remember_directory(&mut self, directory: &Path) {
         if let Ok(metadata) = fs_err::metadata(directory) {
-            self.directory_times.push((directory.to_path_buf(), filetime::FileTime::from_last_modification_time(&metadata)));
+            self.directory_times
+                .push((directory.to_path_buf(), filetime::FileTime::from_last_modification_time(&metadata)));
         }
     }
 
@@ -122,7 +123,11 @@ pub fn run_chrooted(context: &StageContext<'_>, argv: &[&str], extra_env: &BTree
 
 /// Run `script` with `/bin/sh -e` inside `context.tree`, from a file put there
 /// for the run: neither the command's argv nor its errors carry the text.
-pub fn run_script_chrooted(context: &StageContext<'_>, script: &ScriptFile<'_>, extra_env: &BTreeMap<String, String>) -> Result<()> {
+pub fn run_script_chrooted(
+    context: &StageContext<'_>,
+    script: &ScriptFile<'_>,
+    extra_env: &BTreeMap<String, String>,
+) -> Result<()> {
     chrooted(context, &[], Some(script), extra_env, false).map(|_| ())
 }
 
@@ -136,9 +141,16 @@ pub fn run_interactive(context: &StageContext<'_>, argv: &[&str]) -> Result<i32>
     chrooted(context, argv, None, &env, true)
 }
 
-fn chrooted(context: &StageContext<'_>, argv: &[&str], script: Option<&ScriptFile<'_>>, extra_env: &BTreeMap<String, String>, interactive: bool) -> Result<i32> {
+fn chrooted(
+    context: &StageContext<'_>,
+    argv: &[&str],
+    script: Option<&ScriptFile<'_>>,
+    extra_env: &BTreeMap<String, String>,
+    interactive: bool,
+) -> Result<i32> {
     let tree = context.tree;
-    let mut scaffolding = Scaffolding { created: Vec::new(), created_directories: Vec::new(), directory_times: Vec::new() };
+    let mut scaffolding =
+        Scaffolding { created: Vec::new(), created_directories: Vec::new(), directory_times: Vec::new() };
     let result = (|| {
         if !tree.join("bin/sh").exists() && !tree.join("usr/bin/sh").exists() {
             bail!("the tree has no /bin/sh to run commands with; is the base stage a root filesystem?");
@@ -146,7 +158,8 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], script: Option<&ScriptFil
         let host_resolv = fs_err::canonicalize("/etc/resolv.conf").ok().filter(|p| p.is_file());
         // The interactive shell keeps its downloads to itself, so an open
         // shell never holds the shared apt lock.
-        let archives = (!interactive && tree.join("var/cache/apt/archives").is_dir()).then(|| context.layout.apt_archives());
+        let archives =
+            (!interactive && tree.join("var/cache/apt/archives").is_dir()).then(|| context.layout.apt_archives());
         let _apt_lock = match archives {
             Some(_) => Some(apt_lock(context.layout)?),
             None => None,
@@ -161,13 +174,19 @@ fn chrooted(context: &StageContext<'_>, argv: &[&str], script: Option<&ScriptFil
         if let Some(pins) = context.apt_pins {
             let directory = tree.join("etc/apt/preferences.d");
             let pin_file = directory.join(PINS_FILE);
-            if fs_err::symlink_metadata(&directory).is_ok_and(|m| m.is_dir()) && fs_err::symlink_metadata(&pin_file).is_err() {
+            if fs_err::symlink_metadata(&directory).is_ok_and(|m| m.is_dir())
+                && fs_err::symlink_metadata(&pin_file).is_err()
+            {
                 scaffolding.create_file(&pin_file, pins.as_bytes(), 0o644)?;
             }
         }
         let policy = tree.join(POLICY_RC_D);
         if tree.join("usr/sbin").is_dir() && fs_err::symlink_metadata(&policy).is_err() {
-            scaffolding.create_file(&policy, b"#!/bin/sh\n# rootsmith: no daemon starts while a stage runs\nexit 101\n", 0o755)?;
+            scaffolding.create_file(
+                &policy,
+                b"#!/bin/sh\n# rootsmith: no daemon starts while a stage runs\nexit 101\n",
+                0o755,
+            )?;
         }
         let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let mut label = None;
@@ -210,7 +229,12 @@ mod tests {
     use super::*;
     use crate::host::RecordingHost;
 
-    fn context<'a>(host: &'a RecordingHost, tree: &'a Path, scratch: &'a Path, layout: &'a crate::cache::Layout) -> StageContext<'a> {
+    fn context<'a>(
+        host: &'a RecordingHost,
+        tree: &'a Path,
+        scratch: &'a Path,
+        layout: &'a crate::cache::Layout,
+    ) -> StageContext<'a> {
         layout.create().unwrap();
         StageContext::for_test(host, tree, scratch, layout, 7)
     }
@@ -258,7 +282,8 @@ mod tests {
         std::os::unix::fs::symlink("/", tree.join("proc")).unwrap();
         let host = RecordingHost::default();
         let layout = crate::cache::Layout::new(&dir.path().join("cache"));
-        let error = run_chrooted(&context(&host, &tree, dir.path(), &layout), &["/bin/true"], &BTreeMap::new()).unwrap_err();
+        let error =
+            run_chrooted(&context(&host, &tree, dir.path(), &layout), &["/bin/true"], &BTreeMap::new()).unwrap_err();
         assert!(error.to_string().contains("/proc is a symlink"), "{error}");
         assert!(host.commands.lock().unwrap().is_empty());
     }
@@ -268,7 +293,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = RecordingHost::default();
         let layout = crate::cache::Layout::new(&dir.path().join("cache"));
-        let error = run_chrooted(&context(&host, dir.path(), dir.path(), &layout), &["/bin/true"], &BTreeMap::new()).unwrap_err();
+        let error = run_chrooted(&context(&host, dir.path(), dir.path(), &layout), &["/bin/true"], &BTreeMap::new())
+            .unwrap_err();
         assert!(error.to_string().contains("no /bin/sh"), "{error}");
     }
 }

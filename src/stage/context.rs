@@ -44,16 +44,36 @@ pub enum Resolved {
     ReleaseTarball { path: PathBuf, sha256: String },
 }
 
-
 #[cfg(test)]
 impl<'a> StageContext<'a> {
     /// A context for a stage's unit tests: recipe `r`, stage `s`, amd64, no
     /// mirror, no remote inputs, the log in `scratch`, devices made as the
     /// process can (a real node as root).
-    pub fn for_test(host: &'a dyn Host, tree: &'a Path, scratch: &'a Path, layout: &'a Layout, source_date_epoch: i64) -> StageContext<'a> {
+    pub fn for_test(
+        host: &'a dyn Host,
+        tree: &'a Path,
+        scratch: &'a Path,
+        layout: &'a Layout,
+        source_date_epoch: i64,
+    ) -> StageContext<'a> {
         static NO_REMOTE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
         // A few bytes per test; a test that wants placeholders sets its own.
         let devices = Box::leak(Box::new(Devices::default()));
-        StageContext { host, tree, devices, log: scratch.join("log"), arch: "amd64", source_date_epoch, mirror: None, scratch, layout, recipe: "r", stage_name: "s", stage_key: "k", remote: &NO_REMOTE, apt_pins: None }
+        StageContext {
+            host,
+            tree,
+            devices,
+            log: scratch.join("log"),
+            arch: "amd64",
+            source_date_epoch,
+            mirror: None,
+            scratch,
+            layout,
+            recipe: "r",
+            stage_name: "s",
+            stage_key: "k",
+            remote: &NO_REMOTE,
+            apt_pins: None,
+        }
     }
 }

@@ -67,10 +67,20 @@ fn complete_dev(tree: &Path, devices: &Devices) -> Result<()> {
                 fs_err::create_dir(&path)?;
                 fs_err::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
             }
-            DevEntry::Symlink { target } => std::os::unix::fs::symlink(target, &path).with_context(|| format!("creating {}", path.display()))?,
-            DevEntry::Char { mode, major, minor } => devices.make(tree, &relative, DeviceKind::Char, major, minor, mode)?,
+            DevEntry::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &path).with_context(|| format!("creating {}", path.display()))?
+            }
+            DevEntry::Char { mode, major, minor } => {
+                devices.make(tree, &relative, DeviceKind::Char, major, minor, mode)?
+            }
         }
-        let owned = nix::unistd::fchownat(None, &path, Some(0.into()), Some(0.into()), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        let owned = nix::unistd::fchownat(
+            None,
+            &path,
+            Some(0.into()),
+            Some(0.into()),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
         if let Err(errno) = owned {
             // Only a test running as an ordinary user gets here.
             if nix::unistd::geteuid().is_root() {
@@ -91,7 +101,6 @@ pub fn resolve_tool(tool: BootstrapTool) -> &'static str {
         BootstrapTool::Auto => "debootstrap",
     }
 }
-
 
 pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
     let mirror = context.mirror.context("no mirror was resolved for the debootstrap stage")?;
@@ -188,9 +197,13 @@ mod tests {
         let devices = Devices::placeholders_only();
         complete_dev(tree, &devices).unwrap();
         let root = nix::unistd::geteuid().is_root();
-        let mut names: Vec<String> = fs_err::read_dir(tree.join("dev")).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = fs_err::read_dir(tree.join("dev"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
-        let expected: Vec<&str> = MMDEBSTRAP_DEV.iter().map(|(name, _)| *name).filter(|name| !name.is_empty()).collect();
+        let expected: Vec<&str> =
+            MMDEBSTRAP_DEV.iter().map(|(name, _)| *name).filter(|name| !name.is_empty()).collect();
         assert_eq!(names, expected);
         let char_device = |name: &str, major, minor| {
             let metadata = fs_err::symlink_metadata(tree.join("dev").join(name)).unwrap();
@@ -208,7 +221,12 @@ mod tests {
         char_device("tty", 5, 0);
         char_device("urandom", 1, 9);
         char_device("zero", 1, 5);
-        for (name, target) in [("fd", "/proc/self/fd"), ("stderr", "/proc/self/fd/2"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")] {
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stderr", "/proc/self/fd/2"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+        ] {
             assert_eq!(fs_err::read_link(tree.join("dev").join(name)).unwrap(), Path::new(target), "{name}");
         }
         for name in ["pts", "shm"] {

@@ -19,18 +19,30 @@ pub fn run(stage: &Files, context: &StageContext<'_>) -> Result<()> {
     // The source is a directory of the host's: it has real nodes, never placeholders.
     let source_devices = Devices::default();
     {
-        let mut writer = TreeTarWriter::new(std::io::BufWriter::new(&mut archive), context.source_date_epoch, &source_devices);
+        let mut writer =
+            TreeTarWriter::new(std::io::BufWriter::new(&mut archive), context.source_date_epoch, &source_devices);
         for entry in walkdir::WalkDir::new(&stage.src.resolved).min_depth(1).sort_by_file_name() {
             let entry = entry.with_context(|| format!("reading {}", stage.src.resolved.display()))?;
             let relative = entry.path().strip_prefix(&stage.src.resolved).expect("under src");
             let mode = stage.modes.get(relative.to_string_lossy().as_ref()).copied();
-            writer.append_with(&stage.src.resolved, relative, &dest.join(relative), Some((stage.uid, stage.gid)), mode)?;
+            writer.append_with(
+                &stage.src.resolved,
+                relative,
+                &dest.join(relative),
+                Some((stage.uid, stage.gid)),
+                mode,
+            )?;
         }
         writer.finish()?;
     }
     use std::io::Seek;
     archive.rewind()?;
-    apply_layer(std::io::BufReader::new(archive), context.tree, &format!("files from {}", stage.src.written), context.devices)?;
+    apply_layer(
+        std::io::BufReader::new(archive),
+        context.tree,
+        &format!("files from {}", stage.src.written),
+        context.devices,
+    )?;
     Ok(())
 }
 
@@ -92,13 +104,19 @@ mod tests {
         }
         let tree = dir.path().join("tree");
         fs_err::create_dir_all(&tree).unwrap();
-        let stage = Files { src: LocalPath { written: "overlay".into(), resolved: src }, dest: "/etc".into(), uid: 0, gid: 0, modes: BTreeMap::new() };
+        let stage = Files {
+            src: LocalPath { written: "overlay".into(), resolved: src },
+            dest: "/etc".into(),
+            uid: 0,
+            gid: 0,
+            modes: BTreeMap::new(),
+        };
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 let host = RecordingHost::default();
                 let layout = crate::cache::Layout::new(Path::new("/nonexistent"));
-        let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 1_000);
+                let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 1_000);
                 sender.send(run(&stage, &context).map_err(|error| format!("{error:#}")))
             });
             receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("the copy hung").unwrap();

@@ -21,16 +21,28 @@ pub use chroot::{run_chrooted, run_interactive, PINS_FILE};
 pub use context::{Resolved, StageContext};
 
 /// Run one stage; a kernel stage also returns the kernel it built or took.
-pub fn run_stage(kind: &StageKind, resolved: &Resolved, context: &StageContext<'_>) -> Result<Option<kernel::KernelProducts>> {
+pub fn run_stage(
+    kind: &StageKind,
+    resolved: &Resolved,
+    context: &StageContext<'_>,
+) -> Result<Option<kernel::KernelProducts>> {
     match (kind, resolved) {
-        (StageKind::Release(stage), Resolved::ReleaseTarball { path, sha256 }) => release::run(stage, path, sha256, context).map(|()| None),
+        (StageKind::Release(stage), Resolved::ReleaseTarball { path, sha256 }) => {
+            release::run(stage, path, sha256, context).map(|()| None)
+        }
         (StageKind::Oci(stage), Resolved::Image(image)) => oci::run(stage, image, context).map(|()| None),
-        (StageKind::Release(_) | StageKind::Oci(_), _) => anyhow::bail!("the plan resolved nothing for this {} stage", kind.kind_name()),
+        (StageKind::Release(_) | StageKind::Oci(_), _) => {
+            anyhow::bail!("the plan resolved nothing for this {} stage", kind.kind_name())
+        }
         (kind, resolved) => run_plain(kind, resolved, context),
     }
 }
 
-fn run_plain(kind: &StageKind, _resolved: &Resolved, context: &StageContext<'_>) -> Result<Option<kernel::KernelProducts>> {
+fn run_plain(
+    kind: &StageKind,
+    _resolved: &Resolved,
+    context: &StageContext<'_>,
+) -> Result<Option<kernel::KernelProducts>> {
     match kind {
         StageKind::Release(_) | StageKind::Oci(_) => unreachable!("matched in run_stage"),
         StageKind::Debootstrap(stage) => debootstrap::run(stage, context).map(|()| None),

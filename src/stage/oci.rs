@@ -19,10 +19,18 @@ use crate::recipe::{Oci, OciSource};
 pub fn resolve(stage: &Oci, debian_arch: &str) -> Result<ResolvedImage> {
     match &stage.source {
         OciSource::Layout { dir, reference } => {
-            let what = format!("the OCI layout {}{}", dir.written, reference.as_ref().map(|r| format!(" image `{r}`")).unwrap_or_default());
-            ImageLayout::open(&dir.resolved).and_then(|layout| layout.resolve(reference.as_deref(), debian_arch)).with_context(|| format!("resolving {what}"))
+            let what = format!(
+                "the OCI layout {}{}",
+                dir.written,
+                reference.as_ref().map(|r| format!(" image `{r}`")).unwrap_or_default()
+            );
+            ImageLayout::open(&dir.resolved)
+                .and_then(|layout| layout.resolve(reference.as_deref(), debian_arch))
+                .with_context(|| format!("resolving {what}"))
         }
-        OciSource::Registry { reference } => Registry::connect(reference).and_then(|registry| registry.resolve(debian_arch)).with_context(|| format!("resolving the image {reference}")),
+        OciSource::Registry { reference } => Registry::connect(reference)
+            .and_then(|registry| registry.resolve(debian_arch))
+            .with_context(|| format!("resolving the image {reference}")),
     }
 }
 
@@ -32,7 +40,15 @@ fn layer_blobs(stage: &Oci, resolved: &ResolvedImage, context: &StageContext<'_>
     match &stage.source {
         OciSource::Layout { dir, .. } => {
             let layout = ImageLayout::open(&dir.resolved)?;
-            layers.iter().enumerate().map(|(index, descriptor)| layout.checked_blob(descriptor).with_context(|| format!("{} of {}", layer_name(index, layers.len(), descriptor), dir.written))).collect()
+            layers
+                .iter()
+                .enumerate()
+                .map(|(index, descriptor)| {
+                    layout
+                        .checked_blob(descriptor)
+                        .with_context(|| format!("{} of {}", layer_name(index, layers.len(), descriptor), dir.written))
+                })
+                .collect()
         }
         OciSource::Registry { reference } => {
             fs_err::create_dir_all(context.layout.oci_blobs())?;
@@ -52,8 +68,11 @@ fn layer_blobs(stage: &Oci, resolved: &ResolvedImage, context: &StageContext<'_>
                         None => registry.insert(Registry::connect(reference)?),
                     };
                     let started = std::time::Instant::now();
-                    let note = |line: &str| eprintln!("{} {}: {name}: {line}", crate::progress::clock(), context.stage_name);
-                    let received = registry.fetch_blob(descriptor, &path, &note).with_context(|| format!("{name} of {reference}"))?;
+                    let note =
+                        |line: &str| eprintln!("{} {}: {name}: {line}", crate::progress::clock(), context.stage_name);
+                    let received = registry
+                        .fetch_blob(descriptor, &path, &note)
+                        .with_context(|| format!("{name} of {reference}"))?;
                     note(&format!("{:.1} MB in {:.1} s", received as f64 / 1e6, started.elapsed().as_secs_f64()));
                 }
                 paths.push(path);

@@ -16,7 +16,9 @@ pub fn run(stage: &Packages, context: &StageContext<'_>) -> Result<()> {
 
 /// The shell script the stage runs (words are quoted for the shell).
 fn script(stage: &Packages) -> String {
-    let quote = |names: &[String]| names.iter().map(|n| format!("'{}'", n.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ");
+    let quote = |names: &[String]| {
+        names.iter().map(|n| format!("'{}'", n.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ")
+    };
     let apt = "apt-get -q -y -o Dpkg::Use-Pty=0 -o APT::Keep-Downloaded-Packages=true";
     let mut lines = vec!["apt-get -q -o Acquire::Languages=none update".to_string()];
     if !stage.install.is_empty() {
@@ -40,6 +42,10 @@ mod tests {
         let text = script(&Packages { install: vec!["curl".into(), "it's".into()], remove: vec!["nano".into()] });
         assert!(text.contains("install 'curl' 'it'\\''s'"), "{text}");
         assert!(text.contains("purge 'nano'"), "{text}");
-        assert!(text.trim_end().ends_with("find /var/lib/apt/lists -type f ! -name lock -delete; rm -f /var/cache/apt/*.bin"), "{text}");
+        assert!(
+            text.trim_end()
+                .ends_with("find /var/lib/apt/lists -type f ! -name lock -delete; rm -f /var/cache/apt/*.bin"),
+            "{text}"
+        );
     }
 }

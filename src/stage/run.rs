@@ -17,8 +17,14 @@ pub fn run(stage: &Run, context: &StageContext<'_>) -> Result<()> {
         Script::Inline(text) => run_chrooted(context, &["/bin/sh", "-e", "-c", text, "rootsmith-run"], &stage.env),
         Script::File(path) => {
             let mut text = Vec::new();
-            crate::fileops::open_regular(&path.resolved).and_then(|mut file| file.read_to_end(&mut text)).with_context(|| format!("reading the script `{}`", path.written))?;
-            let name = path.resolved.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "script".to_string());
+            crate::fileops::open_regular(&path.resolved)
+                .and_then(|mut file| file.read_to_end(&mut text))
+                .with_context(|| format!("reading the script `{}`", path.written))?;
+            let name = path
+                .resolved
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "script".to_string());
             let script = ScriptFile { name: &name, text: &text, label: format!("script `{}`", path.written) };
             run_script_chrooted(context, &script, &stage.env)
         }
@@ -45,7 +51,10 @@ mod tests {
         let layout = crate::cache::Layout::new(&dir.path().join("cache"));
         let host = RecordingHost::failing_at(0, 1);
         let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 0);
-        let stage = Run { script: Script::File(LocalPath { written: "scripts/configure.sh".into(), resolved: script }), env: BTreeMap::new() };
+        let stage = Run {
+            script: Script::File(LocalPath { written: "scripts/configure.sh".into(), resolved: script }),
+            env: BTreeMap::new(),
+        };
         let error = run(&stage, &context).unwrap_err();
         let text = format!("{error:#}");
         assert!(!text.contains("hunter2"), "{text}");
@@ -73,7 +82,10 @@ mod tests {
         let text = format!("apt-get update\n{}", "echo line\n".repeat(1000));
         let stage = Run { script: Script::Inline(text), env: BTreeMap::new() };
         let error = format!("{:#}", run(&stage, &context).unwrap_err());
-        assert!(error.starts_with("`/bin/sh -e -c apt-get update… rootsmith-run` failed with exit status 2"), "{error}");
+        assert!(
+            error.starts_with("`/bin/sh -e -c apt-get update… rootsmith-run` failed with exit status 2"),
+            "{error}"
+        );
         assert!(!error.contains("echo line"), "{error}");
     }
 }

@@ -24,7 +24,8 @@ pub fn run(stage: &Tarball, context: &StageContext<'_>) -> Result<()> {
     } else {
         Box::new(reader)
     };
-    crate::layer::apply_layer(decoded, context.tree, &stage.path.written, context.devices).with_context(|| format!("unpacking {}", path.display()))?;
+    crate::layer::apply_layer(decoded, context.tree, &stage.path.written, context.devices)
+        .with_context(|| format!("unpacking {}", path.display()))?;
     Ok(())
 }
 
@@ -115,7 +116,12 @@ mod tests {
         gzip.write_all(&tar).unwrap();
         let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
         xz.write_all(&tar).unwrap();
-        let variants = [("plain.tar", tar.clone()), ("a.tar.gz", gzip.finish().unwrap()), ("a.tar.zst", zstd::encode_all(tar.as_slice(), 3).unwrap()), ("a.tar.xz", xz.finish().unwrap())];
+        let variants = [
+            ("plain.tar", tar.clone()),
+            ("a.tar.gz", gzip.finish().unwrap()),
+            ("a.tar.zst", zstd::encode_all(tar.as_slice(), 3).unwrap()),
+            ("a.tar.xz", xz.finish().unwrap()),
+        ];
         for (name, bytes) in variants {
             let file = dir.path().join(name);
             fs_err::write(&file, bytes).unwrap();

@@ -16,7 +16,11 @@ pub fn repo() -> PathBuf {
 /// Run and return (exit code, stdout, stderr).
 pub fn run(command: &mut Command) -> (i32, String, String) {
     let Output { status, stdout, stderr } = command.output().expect("rootsmith runs");
-    (status.code().unwrap_or(-1), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
 }
 
 /// Tests that build real trees need root (chroot, mounts, device nodes) and the
@@ -49,10 +53,13 @@ pub fn ordinary_user() -> User {
         let status = Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", USER]).status().unwrap();
         assert!(status.success(), "useradd {USER}");
     }
-    let has_range = |file: &str| std::fs::read_to_string(file).unwrap_or_default().lines().any(|line| line.starts_with(&format!("{USER}:")));
+    let has_range = |file: &str| {
+        std::fs::read_to_string(file).unwrap_or_default().lines().any(|line| line.starts_with(&format!("{USER}:")))
+    };
     if !has_range("/etc/subuid") || !has_range("/etc/subgid") {
         let range = format!("{}-{}", USER_RANGE.0, USER_RANGE.1);
-        let status = Command::new("usermod").args(["--add-subuids", &range, "--add-subgids", &range, USER]).status().unwrap();
+        let status =
+            Command::new("usermod").args(["--add-subuids", &range, "--add-subgids", &range, USER]).status().unwrap();
         assert!(status.success(), "usermod --add-subuids {range}");
     }
     let user = nix::unistd::User::from_name(USER).unwrap().unwrap();
@@ -63,7 +70,13 @@ impl User {
     /// Make `command` run as this user, with a clean environment.
     pub fn command(&self, command: &mut Command) {
         use std::os::unix::process::CommandExt;
-        command.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8").env("HOME", &self.home).uid(self.uid).gid(self.gid);
+        command
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("HOME", &self.home)
+            .uid(self.uid)
+            .gid(self.gid);
     }
 }
 
@@ -78,7 +91,8 @@ pub fn install_for_users(dir: &Path) -> PathBuf {
     std::fs::copy(&exe, &bin).unwrap();
     std::fs::copy(&init, dir.join("lib/rootsmith/rootsmith-init")).expect("the init is built (make init)");
     let arm64_init = exe.parent().unwrap().parent().unwrap().join("aarch64-unknown-linux-gnu/init/rootsmith-init");
-    std::fs::copy(&arm64_init, dir.join("lib/rootsmith/rootsmith-init-arm64")).expect("the arm64 init is built (make init)");
+    std::fs::copy(&arm64_init, dir.join("lib/rootsmith/rootsmith-init-arm64"))
+        .expect("the arm64 init is built (make init)");
     bin
 }
 
@@ -139,7 +153,12 @@ impl ServeProcess {
         for _ in 0..if tftp { 2 } else { 1 } {
             let mut line = String::new();
             stderr.read_line(&mut line).unwrap();
-            let address = |marker: &str| line.split(marker).nth(1).and_then(|rest| rest.split(' ').next()).map(|a| a.trim_end_matches('/').to_string());
+            let address = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .map(|a| a.trim_end_matches('/').to_string())
+            };
             http = http.or_else(|| address(" on http://").map(|a| format!("http://{a}")));
             tftp_address = tftp_address.or_else(|| address("over TFTP on "));
         }
@@ -200,7 +219,10 @@ pub fn read_until(stderr: &mut impl std::io::Read, needle: &str, limit: std::tim
     while !seen.contains(needle) {
         let mut buffer = [0u8; 256];
         let read = stderr.read(&mut buffer).unwrap();
-        assert!(read > 0 && started.elapsed() < limit, "the output ended (or {limit:?} passed) before `{needle}`: {seen}");
+        assert!(
+            read > 0 && started.elapsed() < limit,
+            "the output ended (or {limit:?} passed) before `{needle}`: {seen}"
+        );
         seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
     }
     seen
@@ -208,7 +230,13 @@ pub fn read_until(stderr: &mut impl std::io::Read, needle: &str, limit: std::tim
 
 /// `DIR/base.tar` made of `DIR/tree`, for the tarball base of a test recipe.
 pub fn tar_base(dir: &Path) {
-    let status = Command::new("tar").arg("-C").arg(dir.join("tree")).args(["-cf", "base.tar", "."]).current_dir(dir).status().unwrap();
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("tree"))
+        .args(["-cf", "base.tar", "."])
+        .current_dir(dir)
+        .status()
+        .unwrap();
     assert!(status.success(), "tar of {}", dir.join("tree").display());
 }
 
@@ -229,7 +257,11 @@ pub fn read_request_head(reader: &mut impl std::io::BufRead) -> String {
 /// killed and the test fails, so a hang shows as a failure, not a stuck test.
 pub fn run_within(command: &mut Command, limit: std::time::Duration) -> (i32, String, String) {
     use std::io::Read;
-    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("the command starts");
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the command starts");
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -237,7 +269,8 @@ pub fn run_within(command: &mut Command, limit: std::time::Duration) -> (i32, St
             String::from_utf8_lossy(&bytes).into_owned()
         })
     };
-    let (stdout, stderr) = (drain(Box::new(child.stdout.take().unwrap())), drain(Box::new(child.stderr.take().unwrap())));
+    let (stdout, stderr) =
+        (drain(Box::new(child.stdout.take().unwrap())), drain(Box::new(child.stderr.take().unwrap())));
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -286,7 +319,11 @@ pub fn bundle_with_rootfs(bundle: &Path, dir: &Path, rootfs: Vec<u8>) -> PathBuf
 
 /// The bundle's `NAME-VERSION-rootfs.img`.
 pub fn rootfs_image(bundle: &Path) -> PathBuf {
-    std::fs::read_dir(bundle).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with("-rootfs.img")).unwrap()
+    std::fs::read_dir(bundle)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-rootfs.img"))
+        .unwrap()
 }
 
 /// A copy of `bundle` whose rootfs.img has one byte flipped, booted over
@@ -300,7 +337,10 @@ pub fn a_flipped_byte_is_refused(bundle: &Path, dir: &Path, logs: &Path) -> Vec<
     flipped[offset] ^= 0x40;
     let chunk = offset / CHUNK_SIZE as usize;
     let range = chunk * CHUNK_SIZE as usize..((chunk + 1) * CHUNK_SIZE as usize).min(original.len());
-    let (expected, actual) = (hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&original[range.clone()])), hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&flipped[range])));
+    let (expected, actual) = (
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&original[range.clone()])),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&flipped[range])),
+    );
     let tampered = bundle_with_rootfs(bundle, &dir.join("flipped"), flipped);
     let (code, _, console) = boot_test(&tampered, "http", &["--expect", "does not match"], &logs.join("flipped.log"));
     assert_eq!(code, 0, "{console}");
@@ -323,7 +363,13 @@ pub fn marker_initramfs(dir: &Path, gcc: &str, marker: &str) -> PathBuf {
     let image = dir.join("marker.cpio");
     let mut out = std::fs::File::create(&image).unwrap();
     cpio::newc::Builder::new("dev").mode(0o040755).nlink(2).write(&mut out, 0).finish().unwrap();
-    cpio::newc::Builder::new("dev/console").mode(0o020600).rdev_major(5).rdev_minor(1).write(&mut out, 0).finish().unwrap();
+    cpio::newc::Builder::new("dev/console")
+        .mode(0o020600)
+        .rdev_major(5)
+        .rdev_minor(1)
+        .write(&mut out, 0)
+        .finish()
+        .unwrap();
     let mut entry = cpio::newc::Builder::new("init").mode(0o100755).write(&mut out, binary.len() as u32);
     std::io::Write::write_all(&mut entry, &binary).unwrap();
     entry.finish().unwrap();

@@ -58,7 +58,15 @@ pub enum Cached {
 
 impl BlockCache {
     pub fn new(entry_path: Box<EntryPath>) -> BlockCache {
-        BlockCache { entry_path, memo_path: None, hits: AtomicU64::new(0), misses: AtomicU64::new(0), corrupt: AtomicU64::new(0), unwritten: AtomicU64::new(0), marked: crate::artifact::frames::UsedMark::default() }
+        BlockCache {
+            entry_path,
+            memo_path: None,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            corrupt: AtomicU64::new(0),
+            unwritten: AtomicU64::new(0),
+            marked: crate::artifact::frames::UsedMark::default(),
+        }
     }
 
     /// The cache with a memo of what each write learnt, at `memo_path(label)`.
@@ -105,7 +113,10 @@ impl BlockCache {
         let sound = match bytes.as_deref().and_then(|bytes| bytes.split_first()) {
             Some((0, [])) => Some(Cached::Stored),
             Some((1, rest)) if !rest.is_empty() && rest.len() < raw.len() => {
-                codec::decompress(settings, rest, settings.block_size as usize).ok().filter(|out| out == raw).map(|_| Cached::Compressed(rest.to_vec()))
+                codec::decompress(settings, rest, settings.block_size as usize)
+                    .ok()
+                    .filter(|out| out == raw)
+                    .map(|_| Cached::Compressed(rest.to_vec()))
             }
             _ => None,
         };
@@ -123,14 +134,14 @@ impl BlockCache {
         }
     }
 
-
     /// Keep what `raw` (SHA-256 `digest`) compressed to, atomically; the
     /// SHA-256 of the entry's bytes.
     pub fn put(&self, settings: &Settings, digest: &str, compressed: Option<&[u8]>) -> Result<[u8; 32]> {
         let path = (self.entry_path)(&settings.label(), digest);
         let parent = path.parent().context("a block cache entry has no directory")?;
         fs_err::create_dir_all(parent)?;
-        let mut temp = tempfile::NamedTempFile::new_in(parent).with_context(|| format!("a temporary file in {}", parent.display()))?;
+        let mut temp = tempfile::NamedTempFile::new_in(parent)
+            .with_context(|| format!("a temporary file in {}", parent.display()))?;
         let mut hasher = sha2::Sha256::new();
         match compressed {
             Some(bytes) => {

@@ -77,8 +77,12 @@ impl Settings {
     /// which leaves the label usable and the image's own errors to tell).
     fn fingerprint(&self) -> String {
         use sha2::Digest;
-        let probe: Vec<u8> = (0..self.block_size as usize).map(|i| if i % 3 == 0 { (i * 7 % 251) as u8 } else { b"rootsmith squashfs probe "[i % 25] }).collect();
-        let Ok(Some(compressed)) = Codec::new(*self).and_then(|mut codec| codec.compress(&probe)) else { return "unknown".into() };
+        let probe: Vec<u8> = (0..self.block_size as usize)
+            .map(|i| if i % 3 == 0 { (i * 7 % 251) as u8 } else { b"rootsmith squashfs probe "[i % 25] })
+            .collect();
+        let Ok(Some(compressed)) = Codec::new(*self).and_then(|mut codec| codec.compress(&probe)) else {
+            return "unknown".into();
+        };
         let mut hasher = sha2::Sha256::new();
         hasher.update(WRITER.as_bytes());
         hasher.update(&compressed);
@@ -107,17 +111,22 @@ impl Codec {
         let compressed = match self.settings.algorithm {
             Algorithm::Zstd => self.zstd.as_mut().expect("a zstd codec").compress(raw).context("zstd compression")?,
             Algorithm::Gzip => {
-                let mut encoder = flate2::write::ZlibEncoder::new(Vec::with_capacity(raw.len() / 2), flate2::Compression::new(self.settings.level as u32));
+                let mut encoder = flate2::write::ZlibEncoder::new(
+                    Vec::with_capacity(raw.len() / 2),
+                    flate2::Compression::new(self.settings.level as u32),
+                );
                 encoder.write_all(raw)?;
                 encoder.finish()?
             }
             _ => {
-                let mut options = xz2::stream::LzmaOptions::new_preset(self.settings.level as u32).context("xz preset")?;
+                let mut options =
+                    xz2::stream::LzmaOptions::new_preset(self.settings.level as u32).context("xz preset")?;
                 // The kernel's decoder holds a dictionary of one block, no more.
                 options.dict_size(self.settings.block_size.max(8192));
                 let mut filters = xz2::stream::Filters::new();
                 filters.lzma2(&options);
-                let stream = xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc32).context("an xz encoder")?;
+                let stream = xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc32)
+                    .context("an xz encoder")?;
                 let mut encoder = xz2::write::XzEncoder::new_stream(Vec::with_capacity(raw.len() / 2), stream);
                 encoder.write_all(raw)?;
                 encoder.finish()?
@@ -136,7 +145,8 @@ pub fn decompress(settings: &Settings, compressed: &[u8], limit: usize) -> Resul
     let mut out = Vec::new();
     let consumed = match settings.algorithm {
         Algorithm::Zstd => {
-            let frame = zstd::zstd_safe::find_frame_compressed_size(compressed).map_err(|code| anyhow::anyhow!("not a zstd frame ({})", zstd::zstd_safe::get_error_name(code)))?;
+            let frame = zstd::zstd_safe::find_frame_compressed_size(compressed)
+                .map_err(|code| anyhow::anyhow!("not a zstd frame ({})", zstd::zstd_safe::get_error_name(code)))?;
             if frame != compressed.len() {
                 bail!("{} bytes after the zstd frame", compressed.len().saturating_sub(frame));
             }

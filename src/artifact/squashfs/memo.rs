@@ -179,7 +179,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memo");
         let memo = Memo::default();
-        let pieces = vec![Piece { raw: [1; 32], how: How::Entry([2; 32]) }, Piece { raw: [3; 32], how: How::Sparse }, Piece { raw: [4; 32], how: How::Read }];
+        let pieces = vec![
+            Piece { raw: [1; 32], how: How::Entry([2; 32]) },
+            Piece { raw: [3; 32], how: How::Sparse },
+            Piece { raw: [4; 32], how: How::Read },
+        ];
         let began = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
         memo.learn_file(b"etc/old", stamp(900), pieces.clone());
         // Changed as the write began: not remembered.

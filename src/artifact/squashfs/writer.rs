@@ -104,9 +104,17 @@ pub struct Summary {
 enum Kind {
     Dir(Vec<(Vec<u8>, usize)>),
     /// `allocated`: the bytes the file takes on disk (`st_blocks` × 512).
-    File { path: PathBuf, size: u64, allocated: u64, stamp: Stamp },
+    File {
+        path: PathBuf,
+        size: u64,
+        allocated: u64,
+        stamp: Stamp,
+    },
     Symlink(Vec<u8>),
-    Device { kind: DeviceKind, number: u32 },
+    Device {
+        kind: DeviceKind,
+        number: u32,
+    },
     Fifo,
     Socket,
 }
@@ -151,7 +159,9 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             // mksquashfs leaves out what squashfs has no namespace for (system.*).
             continue;
         }
-        if let Some(value) = xattr::get(path, &name).with_context(|| format!("reading xattr {} of {}", name.to_string_lossy(), path.display()))? {
+        if let Some(value) = xattr::get(path, &name)
+            .with_context(|| format!("reading xattr {} of {}", name.to_string_lossy(), path.display()))?
+        {
             xattrs.push((bytes.to_vec(), value));
         }
     }
@@ -171,7 +181,16 @@ impl Scan<'_> {
     fn node(&self, path: &Path, metadata: &std::fs::Metadata, kind: Kind) -> Result<Node> {
         let mtime = metadata.mtime().clamp(0, i64::from(self.epoch)) as u32;
         let mode = (metadata.mode() & 0o7777) as u16;
-        Ok(Node { kind, mode, uid: metadata.uid(), gid: metadata.gid(), mtime, xattrs: read_xattrs(path)?, nlink: 1, number: 0 })
+        Ok(Node {
+            kind,
+            mode,
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            mtime,
+            xattrs: read_xattrs(path)?,
+            nlink: 1,
+            number: 0,
+        })
     }
 
     fn leaf(&mut self, path: &Path, metadata: &std::fs::Metadata) -> Result<usize> {
@@ -182,10 +201,17 @@ impl Scan<'_> {
             }
         }
         let file_type = metadata.file_type();
-        let kind = if let Some(device) = (file_type.is_file() && !self.devices.is_empty()).then(|| self.devices.lookup(metadata)).flatten() {
+        let kind = if let Some(device) =
+            (file_type.is_file() && !self.devices.is_empty()).then(|| self.devices.lookup(metadata)).flatten()
+        {
             Kind::Device { kind: device.kind, number: encode_device(device.major, device.minor) }
         } else if file_type.is_file() {
-            Kind::File { path: path.to_path_buf(), size: metadata.len(), allocated: metadata.blocks() * 512, stamp: Stamp::of(metadata) }
+            Kind::File {
+                path: path.to_path_buf(),
+                size: metadata.len(),
+                allocated: metadata.blocks() * 512,
+                stamp: Stamp::of(metadata),
+            }
         } else if file_type.is_symlink() {
             Kind::Symlink(fs_err::read_link(path)?.into_os_string().into_vec())
         } else if file_type.is_char_device() || file_type.is_block_device() {
@@ -362,7 +388,9 @@ impl Worker<'_> {
     fn known(&self, known: &memo::Piece) -> Option<Block> {
         match known.how {
             How::Sparse => Some(Block::Sparse),
-            How::Entry(entry) => self.cache?.get_trusted(&self.settings, &hex::encode(known.raw), &entry).map(Block::Compressed),
+            How::Entry(entry) => {
+                self.cache?.get_trusted(&self.settings, &hex::encode(known.raw), &entry).map(Block::Compressed)
+            }
             How::Read => None,
         }
     }
@@ -370,7 +398,13 @@ impl Worker<'_> {
 
 /// Run `work` on every job with `threads` threads, each with its own
 /// [`Worker`]; the results in the jobs' order.
-fn parallel<J: Sync, R: Send>(jobs: &[J], threads: usize, settings: Settings, cache: Option<&BlockCache>, work: &(dyn Fn(&mut Worker, &J) -> Result<R> + Sync)) -> Result<Vec<R>> {
+fn parallel<J: Sync, R: Send>(
+    jobs: &[J],
+    threads: usize,
+    settings: Settings,
+    cache: Option<&BlockCache>,
+    work: &(dyn Fn(&mut Worker, &J) -> Result<R> + Sync),
+) -> Result<Vec<R>> {
     let threads = threads.clamp(1, jobs.len().max(1));
     if threads == 1 {
         let mut worker = Worker { codec: Codec::new(settings)?, settings, cache };
@@ -403,7 +437,8 @@ fn parallel<J: Sync, R: Send>(jobs: &[J], threads: usize, settings: Settings, ca
         Ok(())
     })?;
     // The first error in the jobs' order, not a job left undone after it.
-    let results: Vec<Option<Result<R>>> = results.into_iter().map(|slot| slot.into_inner().expect("a result slot")).collect();
+    let results: Vec<Option<Result<R>>> =
+        results.into_iter().map(|slot| slot.into_inner().expect("a result slot")).collect();
     if let Some(position) = results.iter().position(|result| matches!(result, Some(Err(_)))) {
         let Some(Some(Err(error))) = results.into_iter().nth(position) else { unreachable!("an error") };
         return Err(error);
@@ -444,7 +479,8 @@ impl TailPart {
                 let start = raw.len();
                 raw.resize(start + self.len, 0);
                 let file = crate::fileops::open_regular_no_follow(&self.path)?;
-                file.read_exact_at(&mut raw[start..], self.offset).with_context(|| format!("reading {} (did it change while being written?)", self.path.display()))?;
+                file.read_exact_at(&mut raw[start..], self.offset)
+                    .with_context(|| format!("reading {} (did it change while being written?)", self.path.display()))?;
                 if sha256(&raw[start..]) != self.digest {
                     bail!("{} is not what it was when last written, though its inode, size and times are (was its ctime set back?)", self.path.display());
                 }
@@ -459,7 +495,13 @@ impl TailPart {
 fn read_piece(worker: &mut Worker, piece: &Piece) -> Result<Read> {
     if let Some(known) = &piece.known {
         if piece.tail {
-            return Ok(Read::Tail(TailPart { bytes: None, path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest: known.raw }));
+            return Ok(Read::Tail(TailPart {
+                bytes: None,
+                path: piece.path.to_path_buf(),
+                offset: piece.offset,
+                len: piece.len,
+                digest: known.raw,
+            }));
         }
         if let Some(block) = worker.known(known) {
             return Ok(Read::Block(block, known.raw, known.how));
@@ -472,7 +514,13 @@ fn read_piece(worker: &mut Worker, piece: &Piece) -> Result<Read> {
     };
     let digest = sha256(&raw);
     if piece.tail {
-        return Ok(Read::Tail(TailPart { bytes: Some(raw), path: piece.path.to_path_buf(), offset: piece.offset, len: piece.len, digest }));
+        return Ok(Read::Tail(TailPart {
+            bytes: Some(raw),
+            path: piece.path.to_path_buf(),
+            offset: piece.offset,
+            len: piece.len,
+            digest,
+        }));
     }
     if raw.iter().all(|&byte| byte == 0) {
         return Ok(Read::Block(Block::Sparse, digest, How::Sparse));
@@ -496,7 +544,8 @@ fn read_raw(piece: &Piece) -> Result<Raw> {
         return Ok(Raw::Hole);
     }
     let mut raw = vec![0; piece.len];
-    file.read_exact_at(&mut raw, piece.offset).with_context(|| format!("reading {} (did it change while being written?)", piece.path.display()))?;
+    file.read_exact_at(&mut raw, piece.offset)
+        .with_context(|| format!("reading {} (did it change while being written?)", piece.path.display()))?;
     Ok(Raw::Bytes(raw))
 }
 
@@ -596,11 +645,21 @@ impl<W: Write> DataWriter<'_, W> {
     fn large_file(&mut self, path: &Path, size: u64, stamp: Stamp) -> Result<FileData> {
         let block = u64::from(self.settings.block_size);
         let count = size.div_ceil(block) as usize;
-        let known = self.memo.and_then(|memo| memo.file(self.relative(path), stamp)).filter(|known| known.len() == count).map(<[memo::Piece]>::to_vec);
+        let known = self
+            .memo
+            .and_then(|memo| memo.file(self.relative(path), stamp))
+            .filter(|known| known.len() == count)
+            .map(<[memo::Piece]>::to_vec);
         let pieces: Vec<Piece> = (0..count)
             .map(|index| {
                 let offset = index as u64 * block;
-                Piece { path, offset, len: (size - offset).min(block) as usize, tail: false, known: known.as_ref().map(|known| known[index]) }
+                Piece {
+                    path,
+                    offset,
+                    len: (size - offset).min(block) as usize,
+                    tail: false,
+                    known: known.as_ref().map(|known| known[index]),
+                }
             })
             .collect();
         let digests: Vec<[u8; 32]> = match &known {
@@ -620,7 +679,11 @@ impl<W: Write> DataWriter<'_, W> {
         if let Some(stored) = self.stored.get(&key) {
             if let Some(memo) = self.memo {
                 // Known by its blocks' digests; their bytes are read next time they are needed.
-                memo.learn_file(self.relative(path), stamp, digests.iter().map(|&raw| memo::Piece { raw, how: How::Read }).collect());
+                memo.learn_file(
+                    self.relative(path),
+                    stamp,
+                    digests.iter().map(|&raw| memo::Piece { raw, how: How::Read }).collect(),
+                );
             }
             return Ok(stored.clone());
         }
@@ -631,7 +694,9 @@ impl<W: Write> DataWriter<'_, W> {
             let read = parallel(segment, self.threads, self.settings, self.cache, &read_piece)?;
             self.held(&read);
             for (piece, expected) in read.into_iter().zip(expected) {
-                let Read::Block(block, digest, how) = piece else { unreachable!("a file larger than a block has no tail") };
+                let Read::Block(block, digest, how) = piece else {
+                    unreachable!("a file larger than a block has no tail")
+                };
                 if digest != *expected {
                     bail!("{} changed while being written", path.display());
                 }
@@ -648,7 +713,10 @@ impl<W: Write> DataWriter<'_, W> {
 
     /// Count what `read` holds toward [`Summary::max_held_bytes`].
     fn held(&mut self, read: &[Read]) {
-        let bytes = read.iter().map(|piece| if let Read::Block(block, _, _) = piece { block.bytes().len() as u64 } else { 0 }).sum();
+        let bytes = read
+            .iter()
+            .map(|piece| if let Read::Block(block, _, _) = piece { block.bytes().len() as u64 } else { 0 })
+            .sum();
         self.max_held = self.max_held.max(bytes);
     }
 
@@ -659,7 +727,8 @@ impl<W: Write> DataWriter<'_, W> {
         for &(path, size, stamp) in files {
             let count = if size >= block { size.div_ceil(block) as usize } else { usize::from(size > 0) };
             // What the memo knows of this very file, if it knows as many pieces.
-            let known = self.memo.and_then(|memo| memo.file(self.relative(path), stamp)).filter(|known| known.len() == count);
+            let known =
+                self.memo.and_then(|memo| memo.file(self.relative(path), stamp)).filter(|known| known.len() == count);
             let mut offset = 0;
             for index in 0..count {
                 let len = (size - offset).min(block) as usize;
@@ -865,7 +934,10 @@ impl Ids {
         if let Some(&index) = self.index.get(&id) {
             return Ok(index);
         }
-        let index = u16::try_from(self.ids.len()).ok().filter(|&index| index < u16::MAX).context("more than 65535 distinct uids and gids")?;
+        let index = u16::try_from(self.ids.len())
+            .ok()
+            .filter(|&index| index < u16::MAX)
+            .context("more than 65535 distinct uids and gids")?;
         self.ids.push(id);
         self.index.insert(id, index);
         Ok(index)
@@ -1085,7 +1157,8 @@ impl Tables<'_, '_> {
         let start = self.directories.uncompressed();
         let (block_index, block_offset) = self.directories.position();
         self.directories.push(&listing)?;
-        let index_blocks: Vec<u64> = index_entries.iter().map(|(at, _)| self.directories.block_start(start + u64::from(*at))).collect();
+        let index_blocks: Vec<u64> =
+            index_entries.iter().map(|(at, _)| self.directories.block_start(start + u64::from(*at))).collect();
 
         let xattr = self.xattrs.of(&node.xattrs)?;
         let file_size = listing.len() as u64 + 3;
@@ -1140,7 +1213,8 @@ pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, opti
     // Files changed after this are never remembered as they are now.
     let began = std::time::SystemTime::now();
     let settings = Settings::of(options.compression, BLOCK_SIZE)?;
-    let epoch = u32::try_from(options.epoch).map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH {} does not fit a squashfs", options.epoch))?;
+    let epoch = u32::try_from(options.epoch)
+        .map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH {} does not fit a squashfs", options.epoch))?;
 
     let root_metadata = fs_err::symlink_metadata(tree)?;
     if !root_metadata.is_dir() {
@@ -1197,7 +1271,8 @@ pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, opti
         if large || batch_bytes >= BATCH_BYTES || position + 1 == order.len() {
             // A file larger than a batch closes the batch it comes in, as the
             // last of it: the files before it, it, then their fragment blocks.
-            let files: Vec<(&Path, u64, Stamp)> = batch.iter().map(|(_, path, size, _, stamp)| (*path, *size, *stamp)).collect();
+            let files: Vec<(&Path, u64, Stamp)> =
+                batch.iter().map(|(_, path, size, _, stamp)| (*path, *size, *stamp)).collect();
             let written = data_writer.batch_data(&files)?;
             for ((index, _, size, allocated, _), file_data) in batch.drain(..).zip(written) {
                 keep(index, size, allocated, file_data);
@@ -1252,7 +1327,11 @@ pub fn write_into(tree: &Path, devices: &Devices, file: &mut std::fs::File, opti
         le32(&mut fragment_entries, *size);
         le32(&mut fragment_entries, 0);
     }
-    let fragment_table_start = if fragments.is_empty() { position } else { write_table(&mut out, &mut position, &mut codec, &fragment_entries)? };
+    let fragment_table_start = if fragments.is_empty() {
+        position
+    } else {
+        write_table(&mut out, &mut position, &mut codec, &fragment_entries)?
+    };
     let mut id_entries = Vec::new();
     for id in &ids.ids {
         le32(&mut id_entries, *id);
@@ -1336,7 +1415,14 @@ mod tests {
         for threads in [1, 2, 5] {
             let doubled = parallel(&jobs, threads, settings, None, &|_, job: &u32| Ok(job * 2)).unwrap();
             assert_eq!(doubled, jobs.iter().map(|job| job * 2).collect::<Vec<_>>());
-            let error = parallel(&jobs, threads, settings, None, &|_, job: &u32| if *job >= 50 { bail!("job {job} failed") } else { Ok(*job) }).unwrap_err();
+            let error = parallel(&jobs, threads, settings, None, &|_, job: &u32| {
+                if *job >= 50 {
+                    bail!("job {job} failed")
+                } else {
+                    Ok(*job)
+                }
+            })
+            .unwrap_err();
             assert_eq!(error.to_string(), "job 50 failed");
         }
     }
@@ -1354,7 +1440,13 @@ mod tests {
     fn a_hole_is_known_and_a_range_past_the_end_is_not_one() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("sparse")).unwrap();
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("sparse"))
+            .unwrap();
         let block = BLOCK_SIZE as u64;
         file.set_len(64 * block).unwrap();
         file.write_all_at(b"data", 40 * block).unwrap();

@@ -20,7 +20,6 @@ fn zstd15() -> Compression {
     Compression { algorithm: Algorithm::Zstd, level: Some(15) }
 }
 
-
 fn text(len: usize) -> Vec<u8> {
     let line = b"the quick brown fox jumps over the lazy dog 0123456789\n";
     line.iter().copied().cycle().take(len).collect()
@@ -53,10 +52,16 @@ fn sample_tree(dir: &Path, devices: &Devices) -> PathBuf {
     fs_err::write(tree.join("etc/all-zeros"), vec![0u8; block + 100]).unwrap();
     // Enough small files to fill more than one fragment block.
     for index in 0..40 {
-        fs_err::write(tree.join(format!("usr/bin/tool{index:02}")), noise(7000 + index * 13, 100 + index as u64)).unwrap();
+        fs_err::write(tree.join(format!("usr/bin/tool{index:02}")), noise(7000 + index * 13, 100 + index as u64))
+            .unwrap();
     }
     fs_err::write(tree.join("usr/bin/ping"), noise(3000, 9)).unwrap();
-    xattr::set(tree.join("usr/bin/ping"), "security.capability", &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    xattr::set(
+        tree.join("usr/bin/ping"),
+        "security.capability",
+        &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )
+    .unwrap();
     xattr::set(tree.join("etc/motd"), "user.comment", b"greeting").unwrap();
     xattr::set(tree.join("etc/empty-dir"), "user.dir", b"yes").unwrap();
     fs_err::hard_link(tree.join("etc/text"), tree.join("usr/bin/text-link")).unwrap();
@@ -72,11 +77,16 @@ fn sample_tree(dir: &Path, devices: &Devices) -> PathBuf {
         fs_err::write(tree.join("big").join(name), format!("{index}\n")).unwrap();
     }
     fs_err::write(tree.join("big").join("x".repeat(255)), b"longest name\n").unwrap();
-    for (relative, kind, major, minor) in [("dev/null", DeviceKind::Char, 1, 3), ("dev/sda", DeviceKind::Block, 8, 0), ("dev/big", DeviceKind::Char, 300, 70000)] {
+    for (relative, kind, major, minor) in [
+        ("dev/null", DeviceKind::Char, 1, 3),
+        ("dev/sda", DeviceKind::Block, 8, 0),
+        ("dev/big", DeviceKind::Char, 300, 70000),
+    ] {
         if is_root() {
             use nix::sys::stat::{makedev, mknod, Mode, SFlag};
             let flag = if kind == DeviceKind::Char { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
-            mknod(&tree.join(relative), flag, Mode::from_bits_truncate(0o660), makedev(major.into(), minor.into())).unwrap();
+            mknod(&tree.join(relative), flag, Mode::from_bits_truncate(0o660), makedev(major.into(), minor.into()))
+                .unwrap();
         } else {
             devices.make(&tree, Path::new(relative), kind, major, minor, 0o660).unwrap();
         }
@@ -89,7 +99,8 @@ fn sample_tree(dir: &Path, devices: &Devices) -> PathBuf {
     fs_err::set_permissions(tree.join("usr/bin/ping"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     fs_err::set_permissions(tree.join("etc/empty-dir"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     // mtimes at or before the epoch (mksquashfs does not clamp them), and one after.
-    let mut paths: Vec<PathBuf> = walkdir::WalkDir::new(&tree).into_iter().map(|entry| entry.unwrap().into_path()).collect();
+    let mut paths: Vec<PathBuf> =
+        walkdir::WalkDir::new(&tree).into_iter().map(|entry| entry.unwrap().into_path()).collect();
     paths.sort();
     for (index, path) in paths.iter().enumerate().rev() {
         let time = FileTime::from_unix_time(EPOCH - 1000 + index as i64, 0);
@@ -122,7 +133,19 @@ fn mksquashfs(tree: &Path, output: &Path) {
         Command::new(mksquashfs)
             .arg(tree)
             .arg(output)
-            .args(["-noappend", "-reproducible", "-xattrs", "-no-progress", "-quiet", "-mkfs-time", &EPOCH.to_string(), "-comp", "zstd", "-Xcompression-level", "15"])
+            .args([
+                "-noappend",
+                "-reproducible",
+                "-xattrs",
+                "-no-progress",
+                "-quiet",
+                "-mkfs-time",
+                &EPOCH.to_string(),
+                "-comp",
+                "zstd",
+                "-Xcompression-level",
+                "15",
+            ])
             .env_remove("SOURCE_DATE_EPOCH"),
     );
 }
@@ -148,10 +171,25 @@ fn describe(tree: &Path, devices: &Devices) -> Vec<String> {
         } else {
             format!("{:?} rdev {}", kind, metadata.rdev())
         };
-        let mut xattrs: Vec<String> = xattr::list(path).unwrap().map(|name| format!("{}={}", name.to_string_lossy(), hex::encode(xattr::get(path, &name).unwrap().unwrap_or_default()))).collect();
+        let mut xattrs: Vec<String> = xattr::list(path)
+            .unwrap()
+            .map(|name| {
+                format!(
+                    "{}={}",
+                    name.to_string_lossy(),
+                    hex::encode(xattr::get(path, &name).unwrap().unwrap_or_default())
+                )
+            })
+            .collect();
         xattrs.sort();
         let mode = if devices.lookup(&metadata).is_some() { metadata.mode() & 0o7777 } else { metadata.mode() };
-        lines.push(format!("{relative} {what} {mode:o} {}:{} {} {}", metadata.uid(), metadata.gid(), metadata.mtime(), xattrs.join(",")));
+        lines.push(format!(
+            "{relative} {what} {mode:o} {}:{} {} {}",
+            metadata.uid(),
+            metadata.gid(),
+            metadata.mtime(),
+            xattrs.join(",")
+        ));
     }
     lines
 }
@@ -179,9 +217,11 @@ fn the_writer_lists_as_mksquashfs_and_extracts_to_the_tree() {
         let theirs = dir.path().join("theirs.squashfs");
         mksquashfs(&tree, &theirs);
         let theirs_listing = listing(&theirs);
-        let differing: Vec<_> = ours_listing.lines().zip(theirs_listing.lines()).filter(|(a, b)| a != b).take(5).collect();
+        let differing: Vec<_> =
+            ours_listing.lines().zip(theirs_listing.lines()).filter(|(a, b)| a != b).take(5).collect();
         assert!(ours_listing == theirs_listing, "unsquashfs -lln differs from mksquashfs's: {differing:#?}");
-        let (ours_size, theirs_size) = (fs_err::metadata(&ours).unwrap().len(), fs_err::metadata(&theirs).unwrap().len());
+        let (ours_size, theirs_size) =
+            (fs_err::metadata(&ours).unwrap().len(), fs_err::metadata(&theirs).unwrap().len());
         eprintln!("sample tree: rootsmith {ours_size} bytes, mksquashfs {theirs_size} bytes");
     } else {
         eprintln!("SKIPPED comparing with mksquashfs: the tree's devices are placeholders without root");
@@ -221,7 +261,10 @@ fn the_image_does_not_depend_on_threads_runs_or_the_block_cache() {
     assert!(one == image("cold", 2, Some(&cache)), "a write filling the cache differs");
     // Blocks repeated in the tree (etc/text-copy) are compressed once, unless
     // two threads happen to take both at the same time.
-    let (stored, repeated) = (cache.misses.load(std::sync::atomic::Ordering::Relaxed), cache.hits.load(std::sync::atomic::Ordering::Relaxed));
+    let (stored, repeated) = (
+        cache.misses.load(std::sync::atomic::Ordering::Relaxed),
+        cache.hits.load(std::sync::atomic::Ordering::Relaxed),
+    );
     assert!(stored > 0);
     assert!(repeated <= 4);
     assert!(one == image("warm", 2, Some(&cache)), "a write from the cache differs");
@@ -262,7 +305,8 @@ fn the_image_does_not_depend_on_threads_runs_or_the_block_cache() {
         move |settings, digest| entries.join(format!("{settings}-{digest}"))
     }));
     assert!(changed_cold == image("changed-warm", 2, Some(&warm)), "an incremental write differs from a clean one");
-    let (hits, misses) = (warm.hits.load(std::sync::atomic::Ordering::Relaxed), warm.misses.load(std::sync::atomic::Ordering::Relaxed));
+    let (hits, misses) =
+        (warm.hits.load(std::sync::atomic::Ordering::Relaxed), warm.misses.load(std::sync::atomic::Ordering::Relaxed));
     assert!(hits > misses, "{hits} blocks from the cache, {misses} compressed");
 }
 
@@ -274,7 +318,8 @@ fn a_memo_skips_unchanged_files_and_never_changes_the_image() {
     let (entries, memo) = (dir.path().join("cache"), dir.path().join("memo"));
     let cache = || {
         let (entries, memo) = (entries.clone(), memo.clone());
-        BlockCache::new(Box::new(move |settings, digest| entries.join(format!("{settings}-{digest}")))).with_memo(Box::new(move |settings| memo.join(settings)))
+        BlockCache::new(Box::new(move |settings, digest| entries.join(format!("{settings}-{digest}"))))
+            .with_memo(Box::new(move |settings| memo.join(settings)))
     };
     let image = |name: &str, cache: Option<&BlockCache>| {
         let path = dir.path().join(name);
@@ -341,17 +386,44 @@ fn every_compressor_writes_what_unsquashfs_reads() {
     fs_err::write(tree.join("a/text"), text(300_000)).unwrap();
     fs_err::write(tree.join("a/noise"), noise(200_000, 5)).unwrap();
     fs_err::write(tree.join("small"), b"small\n").unwrap();
-    for (algorithm, level) in [(Algorithm::Gzip, None), (Algorithm::Gzip, Some(1)), (Algorithm::Xz, None), (Algorithm::Zstd, Some(3)), (Algorithm::Zstd, None)] {
+    for (algorithm, level) in [
+        (Algorithm::Gzip, None),
+        (Algorithm::Gzip, Some(1)),
+        (Algorithm::Xz, None),
+        (Algorithm::Zstd, Some(3)),
+        (Algorithm::Zstd, None),
+    ] {
         let image = dir.path().join(format!("{}.squashfs", algorithm.name()));
-        writer::write(&tree, &Devices::default(), &image, &Options { compression: Compression { algorithm, level }, epoch: EPOCH, threads: 2, cache: None }).unwrap();
+        writer::write(
+            &tree,
+            &Devices::default(),
+            &image,
+            &Options { compression: Compression { algorithm, level }, epoch: EPOCH, threads: 2, cache: None },
+        )
+        .unwrap();
         let extracted = dir.path().join(format!("{}-{level:?}", algorithm.name()));
         output_of(Command::new(&unsquashfs).arg("-no-progress").arg("-d").arg(&extracted).arg(&image));
         for file in ["a/text", "a/noise", "small"] {
-            assert!(fs_err::read(tree.join(file)).unwrap() == fs_err::read(extracted.join(file)).unwrap(), "{} {file}", algorithm.name());
+            assert!(
+                fs_err::read(tree.join(file)).unwrap() == fs_err::read(extracted.join(file)).unwrap(),
+                "{} {file}",
+                algorithm.name()
+            );
         }
         super::verify(&image, 0, &tree, &Devices::default()).unwrap();
     }
-    let error = writer::write(&tree, &Devices::default(), &dir.path().join("lz4"), &Options { compression: Compression { algorithm: Algorithm::Lz4, level: None }, epoch: EPOCH, threads: 1, cache: None }).unwrap_err();
+    let error = writer::write(
+        &tree,
+        &Devices::default(),
+        &dir.path().join("lz4"),
+        &Options {
+            compression: Compression { algorithm: Algorithm::Lz4, level: None },
+            epoch: EPOCH,
+            threads: 1,
+            cache: None,
+        },
+    )
+    .unwrap_err();
     assert!(error.to_string().contains("no lz4 compressor"), "{error}");
 }
 
@@ -361,12 +433,25 @@ fn mtimes_are_clamped_to_the_epoch_and_an_empty_tree_is_an_image() {
     let tree = dir.path().join("tree");
     fs_err::create_dir_all(&tree).unwrap();
     let image = dir.path().join("empty.squashfs");
-    writer::write(&tree, &Devices::default(), &image, &Options { compression: zstd15(), epoch: EPOCH, threads: 1, cache: None }).unwrap();
+    writer::write(
+        &tree,
+        &Devices::default(),
+        &image,
+        &Options { compression: zstd15(), epoch: EPOCH, threads: 1, cache: None },
+    )
+    .unwrap();
     super::verify(&image, 0, &tree, &Devices::default()).unwrap();
     fs_err::write(tree.join("late"), b"x").unwrap();
     filetime::set_file_mtime(tree.join("late"), FileTime::from_unix_time(EPOCH + 5000, 0)).unwrap();
-    writer::write(&tree, &Devices::default(), &image, &Options { compression: zstd15(), epoch: EPOCH, threads: 1, cache: None }).unwrap();
-    let reader = backhand::FilesystemReader::from_reader(std::io::BufReader::new(fs_err::File::open(&image).unwrap())).unwrap();
+    writer::write(
+        &tree,
+        &Devices::default(),
+        &image,
+        &Options { compression: zstd15(), epoch: EPOCH, threads: 1, cache: None },
+    )
+    .unwrap();
+    let reader =
+        backhand::FilesystemReader::from_reader(std::io::BufReader::new(fs_err::File::open(&image).unwrap())).unwrap();
     let late = reader.files().find(|node| node.fullpath.as_os_str().as_bytes() == b"/late").unwrap();
     assert_eq!(late.header.mtime as i64, EPOCH);
     let bytes = fs_err::read(&image).unwrap();
@@ -393,7 +478,9 @@ fn a_changed_small_file_changes_few_fragment_blocks() {
         let changed = cache.misses.load(std::sync::atomic::Ordering::Relaxed) - misses;
         assert!(changed <= 2, "changing {file} changed {changed} of {blocks} fragment blocks");
         write(&tree, &Devices::default(), &dir.path().join("clean"), 2, None);
-        assert!(fs_err::read(dir.path().join("incremental")).unwrap() == fs_err::read(dir.path().join("clean")).unwrap());
+        assert!(
+            fs_err::read(dir.path().join("incremental")).unwrap() == fs_err::read(dir.path().join("clean")).unwrap()
+        );
     }
 }
 
@@ -426,7 +513,8 @@ fn a_file_larger_than_a_batch_is_written_a_batch_at_a_time() {
     let (entries, memo) = (dir.path().join("cache"), dir.path().join("memo"));
     let cache = || {
         let (entries, memo) = (entries.clone(), memo.clone());
-        BlockCache::new(Box::new(move |settings, digest| entries.join(format!("{settings}-{digest}")))).with_memo(Box::new(move |settings| memo.join(settings)))
+        BlockCache::new(Box::new(move |settings, digest| entries.join(format!("{settings}-{digest}"))))
+            .with_memo(Box::new(move |settings| memo.join(settings)))
     };
     let image = |name: &str, threads: usize, cache: Option<&BlockCache>| {
         let path = dir.path().join(name);
@@ -434,7 +522,12 @@ fn a_file_larger_than_a_batch_is_written_a_batch_at_a_time() {
         (fs_err::read(path).unwrap(), summary)
     };
     let (one, summary) = image("one", 1, None);
-    assert!(summary.max_held_bytes <= BATCH_BYTES + BATCH_BYTES / 16, "{} bytes held at once for a file of {}", summary.max_held_bytes, large.len());
+    assert!(
+        summary.max_held_bytes <= BATCH_BYTES + BATCH_BYTES / 16,
+        "{} bytes held at once for a file of {}",
+        summary.max_held_bytes,
+        large.len()
+    );
     assert!(summary.max_held_bytes >= BATCH_BYTES / 2, "{}", summary.max_held_bytes);
     assert!((one.len() as u64) < large.len() as u64 + BATCH_BYTES / 4, "the copy is stored once: {} bytes", one.len());
     assert!(one == image("three", 3, None).0, "1 and 3 threads differ");
@@ -447,7 +540,11 @@ fn a_file_larger_than_a_batch_is_written_a_batch_at_a_time() {
     let extracted = dir.path().join("extracted");
     output_of(Command::new(&unsquashfs).arg("-no-progress").arg("-d").arg(&extracted).arg(dir.path().join("one")));
     for name in ["a-small", "b-large", "c-large-copy", "d-holes", "e-small"] {
-        assert!(fs_err::read(extracted.join("data").join(name)).unwrap() == fs_err::read(tree.join("data").join(name)).unwrap(), "{name} differs");
+        assert!(
+            fs_err::read(extracted.join("data").join(name)).unwrap()
+                == fs_err::read(tree.join("data").join(name)).unwrap(),
+            "{name} differs"
+        );
     }
     let theirs = dir.path().join("theirs.squashfs");
     mksquashfs(&tree, &theirs);
@@ -478,7 +575,8 @@ fn a_file_over_4_gib_and_thousands_of_owners_list_as_mksquashfs() {
         fs_err::write(&path, format!("{index}\n")).unwrap();
         nix::unistd::chown(&path, Some((10_000 + index).into()), Some((20_000 + index).into())).unwrap();
     }
-    let mut paths: Vec<PathBuf> = walkdir::WalkDir::new(&tree).into_iter().map(|entry| entry.unwrap().into_path()).collect();
+    let mut paths: Vec<PathBuf> =
+        walkdir::WalkDir::new(&tree).into_iter().map(|entry| entry.unwrap().into_path()).collect();
     paths.sort();
     for path in paths {
         let time = FileTime::from_unix_time(EPOCH - 1000, 0);
@@ -494,7 +592,10 @@ fn a_file_over_4_gib_and_thousands_of_owners_list_as_mksquashfs() {
     assert!(ours_listing.contains(&format!(" {large_len} ")), "{}", &ours_listing[..ours_listing.len().min(2000)]);
     assert!(ours_listing == listing(&theirs), "unsquashfs -lln differs from mksquashfs's");
     if owners > 0 {
-        assert!(ours_listing.contains(&format!(" {}/{} ", 10_000 + owners - 1, 20_000 + owners - 1)), "the last owner is listed");
+        assert!(
+            ours_listing.contains(&format!(" {}/{} ", 10_000 + owners - 1, 20_000 + owners - 1)),
+            "the last owner is listed"
+        );
     } else {
         eprintln!("SKIPPED more than 2048 uids and gids: chown needs root");
     }

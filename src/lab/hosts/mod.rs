@@ -14,12 +14,16 @@ use std::path::{Path, PathBuf};
 use crate::artifact::menus::MenuInput;
 use crate::diagnostic::spans::Position;
 use crate::diagnostic::{Diagnostic, Diagnostics};
-pub use crate::inventory::{entry_choices, parse_mac, BundleKernels, Entry, Host};
 use crate::inventory;
+pub use crate::inventory::{entry_choices, parse_mac, BundleKernels, Entry, Host};
 
 /// The kernels an inventory's entries may name.
 pub fn bundle_kernels(menu: &MenuInput) -> BundleKernels {
-    BundleKernels { name: menu.name.clone(), version: menu.version.clone(), kernels: menu.kernels.iter().map(|(name, _)| name.clone()).collect() }
+    BundleKernels {
+        name: menu.name.clone(),
+        version: menu.version.clone(),
+        kernels: menu.kernels.iter().map(|(name, _)| name.clone()).collect(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,7 +51,9 @@ impl Inventory {
     /// Check an entry name against the bundle.
     pub fn entry(&self, text: &str) -> anyhow::Result<Entry> {
         let kernels = bundle_kernels(&self.menu);
-        let entry = Entry::parse(text).ok_or_else(|| anyhow::anyhow!("`{text}` is not an entry; the bundle's entries are: {}", entry_choices(&kernels)))?;
+        let entry = Entry::parse(text).ok_or_else(|| {
+            anyhow::anyhow!("`{text}` is not an entry; the bundle's entries are: {}", entry_choices(&kernels))
+        })?;
         entry.check(&kernels)?;
         Ok(entry)
     }
@@ -65,17 +71,31 @@ pub fn load(file: &Path, default_bundle: Option<&Path>) -> anyhow::Result<Invent
 pub fn load_str(file: &Path, source: &str, default_bundle: Option<&Path>) -> Result<Inventory, Diagnostics> {
     let parsed = inventory::parse(file, source)?;
     let (raw, spans) = (&parsed.raw, &parsed.spans);
-    let problem = |position: Position, message: String, hint: &str| Diagnostics(vec![Diagnostic::new(file, source, position, message).with_hint(hint)]);
+    let problem = |position: Position, message: String, hint: &str| {
+        Diagnostics(vec![Diagnostic::new(file, source, position, message).with_hint(hint)])
+    };
     let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let bundle = match (&raw.bundle, default_bundle) {
         (Some(bundle), _) => dir.join(bundle),
         (None, _) if dir.join("manifest.json").is_file() => dir.to_path_buf(),
         (None, Some(bundle)) => bundle.to_path_buf(),
-        (None, None) => return Err(problem(Position { line: 1, column: 1 }, "the inventory names no bundle".into(), "add `bundle: DIR` (relative to this file), or give --bundle")),
+        (None, None) => {
+            return Err(problem(
+                Position { line: 1, column: 1 },
+                "the inventory names no bundle".into(),
+                "add `bundle: DIR` (relative to this file), or give --bundle",
+            ))
+        }
     };
     let menu = match crate::bundle::Bundle::open(&bundle) {
         Ok(opened) => MenuInput::from_manifest(&opened.manifest),
-        Err(error) => return Err(problem(spans.value("bundle"), format!("{error:#}"), "`bundle:` is the directory of a built bundle (OUT/NAME/VERSION)")),
+        Err(error) => {
+            return Err(problem(
+                spans.value("bundle"),
+                format!("{error:#}"),
+                "`bundle:` is the directory of a built bundle (OUT/NAME/VERSION)",
+            ))
+        }
     };
     let (default, hosts) = inventory::check(file, source, &parsed, &bundle_kernels(&menu))?;
     Ok(Inventory { file: file.to_path_buf(), bundle, menu, default, hosts })

@@ -40,7 +40,11 @@ pub struct For<'a> {
 /// name, where to report and the token its reports carry.
 fn host_args(host: For, urls: &Urls) -> String {
     let own = host.host.args.replace("${server}", &urls.server);
-    let mut words = vec![own, format!("rootsmith.host={}", host.host.name), format!("rootsmith.report={}{REPORT_PATH}{}", urls.server, host.host.name)];
+    let mut words = vec![
+        own,
+        format!("rootsmith.host={}", host.host.name),
+        format!("rootsmith.report={}{REPORT_PATH}{}", urls.server, host.host.name),
+    ];
     words.extend(host.token.map(|token| format!("rootsmith.report_token={token}")));
     words.iter().filter(|word| !word.is_empty()).cloned().collect::<Vec<_>>().join(" ")
 }
@@ -48,7 +52,12 @@ fn host_args(host: For, urls: &Urls) -> String {
 fn menu_for(inventory: &Inventory, host: Option<For>, urls: &Urls) -> MenuInput {
     let mut menu = inventory.menu.clone();
     if let Some(host) = host {
-        menu.cmdline = [menu.cmdline.as_str(), &host_args(host, urls)].iter().filter(|part| !part.is_empty()).cloned().collect::<Vec<_>>().join(" ");
+        menu.cmdline = [menu.cmdline.as_str(), &host_args(host, urls)]
+            .iter()
+            .filter(|part| !part.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
     }
     menu
 }
@@ -58,7 +67,8 @@ fn vmlinuz<'a>(menu: &'a MenuInput, kernel: &str) -> &'a str {
 }
 
 fn heading(comment: &str, inventory: &Inventory, host: Option<For>, entry: &Entry) -> String {
-    let who = host.map(|host| format!("host {}", host.host.name)).unwrap_or_else(|| "hosts not in the inventory".into());
+    let who =
+        host.map(|host| format!("host {}", host.host.name)).unwrap_or_else(|| "hosts not in the inventory".into());
     format!("{comment} rootsmith bundle {} {}, {who}: {}\n", inventory.menu.name, inventory.menu.version, entry.name())
 }
 
@@ -77,8 +87,14 @@ pub fn ipxe(inventory: &Inventory, host: Option<For>, entry: &Entry, urls: &Urls
     let menu = menu_for(inventory, host, urls);
     match entry {
         Entry::Menu => menus::ipxe(&menu, Some(&urls.bundle), None),
-        Entry::Local => format!("#!ipxe\n{}sanboot --no-describe --drive 0x80 || exit\n", heading("#", inventory, host, entry)),
-        Entry::Kernel { kernel, fetched } => format!("#!ipxe\n{}{}", heading("#", inventory, host, entry), menus::ipxe_entry(&menu, &urls.bundle, &urls.bundle, vmlinuz(&menu, kernel), *fetched)),
+        Entry::Local => {
+            format!("#!ipxe\n{}sanboot --no-describe --drive 0x80 || exit\n", heading("#", inventory, host, entry))
+        }
+        Entry::Kernel { kernel, fetched } => format!(
+            "#!ipxe\n{}{}",
+            heading("#", inventory, host, entry),
+            menus::ipxe_entry(&menu, &urls.bundle, &urls.bundle, vmlinuz(&menu, kernel), *fetched)
+        ),
     }
 }
 
@@ -86,8 +102,16 @@ pub fn pxelinux(inventory: &Inventory, host: Option<For>, entry: &Entry, urls: &
     let menu = menu_for(inventory, host, urls);
     let text = match entry {
         Entry::Menu => return menus::pxelinux(&menu, Some(&urls.bundle)),
-        Entry::Local => format!("{}DEFAULT local\n\nLABEL local\n  MENU LABEL local disk\n  LOCALBOOT 0\n", heading("#", inventory, host, entry)),
-        Entry::Kernel { kernel, fetched } => format!("{}DEFAULT {}\n{}", heading("#", inventory, host, entry), entry.name(), menus::pxelinux_label(&menu, &urls.bundle, kernel, vmlinuz(&menu, kernel), *fetched)),
+        Entry::Local => format!(
+            "{}DEFAULT local\n\nLABEL local\n  MENU LABEL local disk\n  LOCALBOOT 0\n",
+            heading("#", inventory, host, entry)
+        ),
+        Entry::Kernel { kernel, fetched } => format!(
+            "{}DEFAULT {}\n{}",
+            heading("#", inventory, host, entry),
+            entry.name(),
+            menus::pxelinux_label(&menu, &urls.bundle, kernel, vmlinuz(&menu, kernel), *fetched)
+        ),
     };
     menus::trim_lines(&text)
 }
@@ -96,8 +120,16 @@ pub fn grub(inventory: &Inventory, host: Option<For>, entry: &Entry, urls: &Urls
     let menu = menu_for(inventory, host, urls);
     let text = match entry {
         Entry::Menu => return menus::grub(&menu, Some(&urls.bundle)),
-        Entry::Local => format!("{}set timeout=0\nset default=local\n\nmenuentry 'local disk' --id local {{\n  exit\n}}\n", heading("#", inventory, host, entry)),
-        Entry::Kernel { kernel, fetched } => format!("{}set timeout=0\nset default={}\n{}", heading("#", inventory, host, entry), entry.name(), menus::grub_entry(&menu, &urls.bundle, kernel, vmlinuz(&menu, kernel), *fetched)),
+        Entry::Local => format!(
+            "{}set timeout=0\nset default=local\n\nmenuentry 'local disk' --id local {{\n  exit\n}}\n",
+            heading("#", inventory, host, entry)
+        ),
+        Entry::Kernel { kernel, fetched } => format!(
+            "{}set timeout=0\nset default={}\n{}",
+            heading("#", inventory, host, entry),
+            entry.name(),
+            menus::grub_entry(&menu, &urls.bundle, kernel, vmlinuz(&menu, kernel), *fetched)
+        ),
     };
     menus::trim_lines(&text)
 }
@@ -105,7 +137,10 @@ pub fn grub(inventory: &Inventory, host: Option<For>, entry: &Entry, urls: &Urls
 /// Every file an inventory gives, relative to the bundle: the entry points
 /// and defaults, then each host's by MAC and by IP.
 pub fn paths(inventory: &Inventory) -> Vec<String> {
-    let mut paths: Vec<String> = ["boot.ipxe", "hosts/default.ipxe", "pxelinux.cfg/default", "grub.cfg"].iter().map(|path| path.to_string()).collect();
+    let mut paths: Vec<String> = ["boot.ipxe", "hosts/default.ipxe", "pxelinux.cfg/default", "grub.cfg"]
+        .iter()
+        .map(|path| path.to_string())
+        .collect();
     for host in &inventory.hosts {
         if let Some(mac) = host.mac_hyphens() {
             paths.extend([format!("hosts/{mac}.ipxe"), format!("pxelinux.cfg/01-{mac}"), format!("grub.cfg-01-{mac}")]);
@@ -123,7 +158,11 @@ pub fn paths(inventory: &Inventory) -> Vec<String> {
 /// inventory has no such file (a host it does not list gets a 404, and its
 /// loader moves on to the default).
 pub fn file(inventory: &Inventory, state: &State, path: &str, urls: &Urls) -> Option<String> {
-    let for_host = |key: &str| inventory.host_by_file_key(key).or_else(|| key.parse().ok().and_then(|ip| inventory.hosts.iter().find(|host| host.ip == Some(ip))));
+    let for_host = |key: &str| {
+        inventory
+            .host_by_file_key(key)
+            .or_else(|| key.parse().ok().and_then(|ip| inventory.hosts.iter().find(|host| host.ip == Some(ip))))
+    };
     let (host, loader) = match path {
         "boot.ipxe" => return Some(ipxe_dispatcher(inventory)),
         "hosts/default.ipxe" => (None, menus::Loader::Ipxe),

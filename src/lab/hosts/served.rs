@@ -38,11 +38,22 @@ impl ServedInventory {
         };
         let bundle_path: String = relative.iter().map(|part| format!("{}/", part.to_string_lossy())).collect();
         let public_url = public_url.map(|url| format!("{}/", url.trim_end_matches('/')));
-        Ok(ServedInventory { file: file.to_path_buf(), root, bundle_path, public_url, store: StateStore::for_inventory(file) })
+        Ok(ServedInventory {
+            file: file.to_path_buf(),
+            root,
+            bundle_path,
+            public_url,
+            store: StateStore::for_inventory(file),
+        })
     }
 
     pub fn summary(&self) -> String {
-        format!("hosts from {} for the bundle at /{} (state in {})", self.file.display(), self.bundle_path, self.store.dir.display())
+        format!(
+            "hosts from {} for the bundle at /{} (state in {})",
+            self.file.display(),
+            self.bundle_path,
+            self.store.dir.display()
+        )
     }
 
     fn inventory(&self) -> Result<Inventory> {
@@ -67,7 +78,9 @@ impl ServedInventory {
             return None;
         }
         let Some(urls) = self.urls(client_used) else {
-            return Some(Err(anyhow::anyhow!("per-host files over TFTP need `serve --public-url` (the HTTP URL machines reach this server at)")));
+            return Some(Err(anyhow::anyhow!(
+                "per-host files over TFTP need `serve --public-url` (the HTTP URL machines reach this server at)"
+            )));
         };
         let loaded = self.inventory().and_then(|inventory| Ok((self.store.load_with_tokens(&inventory)?, inventory)));
         match loaded {
@@ -86,16 +99,31 @@ impl ServedInventory {
     /// as the body and `token` the host's report token (HTTP's bearer token).
     /// Returns the reply text, or an HTTP status and message; a report without
     /// the host's token (403) changes nothing.
-    pub fn report(&self, path: &str, token: Option<&str>, body: &[u8], peer: SocketAddr) -> std::result::Result<String, (u16, String)> {
+    pub fn report(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+        peer: SocketAddr,
+    ) -> std::result::Result<String, (u16, String)> {
         let (target, query) = path.split_once('?').unwrap_or((path, ""));
-        let key = target.strip_prefix(REPORT_PATH).filter(|key| !key.is_empty() && !key.contains('/')).ok_or((404, format!("reports go to /{REPORT_PATH}HOST")))?;
+        let key = target
+            .strip_prefix(REPORT_PATH)
+            .filter(|key| !key.is_empty() && !key.contains('/'))
+            .ok_or((404, format!("reports go to /{REPORT_PATH}HOST")))?;
         let field = |name: &str| {
-            let value = query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))?;
+            let value =
+                query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))?;
             Some(state::single_line(&percent_decode(value).unwrap_or_else(|| value.to_string())))
         };
         let inventory = self.inventory().map_err(|error| (500, format!("{error:#}")))?;
-        let host = inventory.host(key).ok_or_else(|| (404, format!("no host `{}` in {}", state::single_line(key), self.file.display())))?.clone();
-        let refused = || (403, format!("a report for {} needs its token (rootsmith.report_token on its kernel command line) as `Authorization: Bearer TOKEN`", host.name));
+        let host = inventory
+            .host(key)
+            .ok_or_else(|| (404, format!("no host `{}` in {}", state::single_line(key), self.file.display())))?
+            .clone();
+        let refused = || {
+            (403, format!("a report for {} needs its token (rootsmith.report_token on its kernel command line) as `Authorization: Bearer TOKEN`", host.name))
+        };
         let known = self.store.load().map_err(|error| (500, format!("{error:#}")))?;
         if !state::token_matches(&known, &host.name, token) {
             return Err(refused());
@@ -104,7 +132,15 @@ impl ServedInventory {
         if status != "ok" && status != "failed" {
             return Err((400, "a report has ?status=ok or ?status=failed".into()));
         }
-        let report = Report { at: crate::time::rfc3339(crate::time::now_seconds() as i64), status, step: field("step"), entry: String::new(), cleared: false, log: String::new(), from: peer.ip().to_string() };
+        let report = Report {
+            at: crate::time::rfc3339(crate::time::now_seconds() as i64),
+            status,
+            step: field("step"),
+            entry: String::new(),
+            cleared: false,
+            log: String::new(),
+            from: peer.ip().to_string(),
+        };
         // Checked again under the lock: `hosts set` may have renewed the token meanwhile.
         let outcome = self.store.update(|state| {
             if !state::token_matches(state, &host.name, token) {
@@ -123,5 +159,8 @@ impl ServedInventory {
 
 /// Whether `path` (relative to the bundle) is one of the files an inventory generates.
 fn is_host_file(path: &str) -> bool {
-    matches!(path, "boot.ipxe" | "grub.cfg") || path.starts_with("hosts/") || path.starts_with("pxelinux.cfg/") || path.starts_with("grub.cfg-")
+    matches!(path, "boot.ipxe" | "grub.cfg")
+        || path.starts_with("hosts/")
+        || path.starts_with("pxelinux.cfg/")
+        || path.starts_with("grub.cfg-")
 }

@@ -78,7 +78,8 @@ impl StateStore {
 
     pub fn load(&self) -> Result<State> {
         match fs_err::read(self.file()) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is not a rootsmith hosts state", self.file().display())),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a rootsmith hosts state", self.file().display())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(error) => Err(error).with_context(|| format!("reading {}", self.file().display())),
         }

@@ -71,9 +71,14 @@ fn bad_inventories_name_line_and_column() {
 
     let missing_kernel = problems("hosts:\n  - name: a\n    mac: 52:54:00:00:00:11\n    entry: big-http\n");
     assert_eq!((missing_kernel[0].0, missing_kernel[0].1), (4, 12));
-    assert!(missing_kernel[0].2.contains("has no kernel `big`") && missing_kernel[0].2.contains("debian, small"), "{missing_kernel:?}");
+    assert!(
+        missing_kernel[0].2.contains("has no kernel `big`") && missing_kernel[0].2.contains("debian, small"),
+        "{missing_kernel:?}"
+    );
 
-    let malformed = problems("default: nowhere\nhosts:\n  - name: a\n    mac: 52:54:00:00:11\n  - name: b\n    ip: 10.0.2\n  - name: c\n");
+    let malformed = problems(
+        "default: nowhere\nhosts:\n  - name: a\n    mac: 52:54:00:00:11\n  - name: b\n    ip: 10.0.2\n  - name: c\n",
+    );
     let at: Vec<(usize, usize)> = malformed.iter().map(|p| (p.0, p.1)).collect();
     assert_eq!(at, vec![(1, 10), (4, 10), (6, 9), (7, 9)], "{malformed:?}");
     assert!(malformed[0].2.contains("`nowhere` is not an entry"));
@@ -99,8 +104,16 @@ fn per_host_files_for_ipxe_pxelinux_and_grub() {
     assert!(a.contains("kernel http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-debian-vmlinuz console=ttyS0 rootsmith.agent.image=http://10.0.2.2:8080/images/disk.img.zst rootsmith.host=rack1-a rootsmith.report=http://10.0.2.2:8080/.rootsmith/report/rack1-a rootsmith.report_token=a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1 initrd=lab-1.0.0-initramfs.img rootsmith.rootfs_url=http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-rootfs.img\n"), "{a}");
     assert_eq!(file("hosts/10.0.2.15.ipxe"), Some(a.clone()), "by IP too");
     let b = file("hosts/52-54-00-00-00-12.ipxe").unwrap();
-    assert!(b.contains("kernel http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-small-vmlinuz") && b.contains("initrd http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-rootfs.img"), "{b}");
-    assert!(b.contains("rootsmith.report=http://10.0.2.2:8080/.rootsmith/report/rack1-b initrd=") && !b.contains("report_token"), "no token in the state, none given: {b}");
+    assert!(
+        b.contains("kernel http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-small-vmlinuz")
+            && b.contains("initrd http://10.0.2.2:8080/lab/1.0.0/lab-1.0.0-rootfs.img"),
+        "{b}"
+    );
+    assert!(
+        b.contains("rootsmith.report=http://10.0.2.2:8080/.rootsmith/report/rack1-b initrd=")
+            && !b.contains("report_token"),
+        "no token in the state, none given: {b}"
+    );
     assert!(file("hosts/52-54-00-00-00-99.ipxe").is_none(), "an unknown host falls through to the default");
     assert!(file("hosts/default.ipxe").unwrap().contains("sanboot --no-describe --drive 0x80"));
 
@@ -112,7 +125,11 @@ fn per_host_files_for_ipxe_pxelinux_and_grub() {
     assert!(file("pxelinux.cfg/0A00020").is_none(), "PXELINUX's shortened names are not hosts");
 
     let grub_b = file("grub.cfg-01-52-54-00-00-00-12").unwrap();
-    assert!(grub_b.contains("set default=small-appended") && grub_b.contains("initrd lab-1.0.0-initramfs.img lab-1.0.0-rootfs.img"), "{grub_b}");
+    assert!(
+        grub_b.contains("set default=small-appended")
+            && grub_b.contains("initrd lab-1.0.0-initramfs.img lab-1.0.0-rootfs.img"),
+        "{grub_b}"
+    );
     assert!(file("grub.cfg").unwrap().contains("exit"));
     assert!(file("lab-1.0.0-rootfs.img").is_none());
 }
@@ -123,8 +140,19 @@ fn one_shot_entries_end_with_a_successful_report() {
     let bench = inventory.host("bench").unwrap().clone();
     let mut state = State::default();
     state.set.insert("bench".into(), Override { entry: "debian-http".into(), once: true, at: String::new() });
-    assert_eq!(state::current_entry(&inventory, &state, &bench), Entry::Kernel { kernel: "debian".into(), fetched: true });
-    let report = |status: &str| Report { at: String::new(), status: status.into(), step: None, entry: String::new(), cleared: false, log: String::new(), from: String::new() };
+    assert_eq!(
+        state::current_entry(&inventory, &state, &bench),
+        Entry::Kernel { kernel: "debian".into(), fetched: true }
+    );
+    let report = |status: &str| Report {
+        at: String::new(),
+        status: status.into(),
+        step: None,
+        entry: String::new(),
+        cleared: false,
+        log: String::new(),
+        from: String::new(),
+    };
 
     let next = state::record_report(&inventory, &mut state, &bench, report("failed"));
     assert_eq!(next.name(), "debian-http", "a failure keeps the one-shot entry");
@@ -146,10 +174,12 @@ fn state_is_kept_beside_the_inventory() {
     let store = state::StateStore::for_inventory(&dir.path().join("lab.yaml"));
     assert_eq!(store.dir, dir.path().join("lab.state"));
     assert_eq!(store.load().unwrap(), State::default());
-    store.update(|state| {
-        state.set.insert("a".into(), Override { entry: "local".into(), once: false, at: "t".into() });
-        Ok(())
-    }).unwrap();
+    store
+        .update(|state| {
+            state.set.insert("a".into(), Override { entry: "local".into(), once: false, at: "t".into() });
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(store.load().unwrap().set["a"].entry, "local");
     let failed: anyhow::Result<()> = store.update(|state| {
         state.set.clear();
@@ -186,12 +216,23 @@ fn report_tokens_are_random_per_host_and_made_once() {
 #[test]
 fn control_characters_are_removed_from_what_reports_bring() {
     assert_eq!(state::single_line("\x1b]0;title\x07\x1b[2Jverify\r\n\t\u{9b}1m\x7f"), "]0;title[2Jverify1m");
-    assert_eq!(state::log_text(b"\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\xc2\x9b\xff"), "[31mred[0m\nline\ttab\nend\u{fffd}");
+    assert_eq!(
+        state::log_text(b"\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\xc2\x9b\xff"),
+        "[31mred[0m\nline\ttab\nend\u{fffd}"
+    );
 
     let inventory = inventory(LAB).unwrap();
     let bench = inventory.host("bench").unwrap().clone();
     let mut state = State::default();
-    let report = Report { at: String::new(), status: "ok\x1b[8m".into(), step: Some("do\x1bne".into()), entry: String::new(), cleared: false, log: String::new(), from: "\n10.0.2.15".into() };
+    let report = Report {
+        at: String::new(),
+        status: "ok\x1b[8m".into(),
+        step: Some("do\x1bne".into()),
+        entry: String::new(),
+        cleared: false,
+        log: String::new(),
+        from: "\n10.0.2.15".into(),
+    };
     state::record_report(&inventory, &mut state, &bench, report);
     let kept = &state.reports["bench"];
     assert_eq!((kept.status.as_str(), kept.step.as_deref(), kept.from.as_str()), ("ok[8m", Some("done"), "10.0.2.15"));
@@ -205,7 +246,8 @@ fn served() -> (tempfile::TempDir, served::ServedInventory) {
     fs_err::copy(self::bundle().join("manifest.json"), bundle.join("manifest.json")).unwrap();
     let file = dir.path().join("root/lab.yaml");
     fs_err::write(&file, format!("bundle: lab/1.0.0\n{LAB}")).unwrap();
-    let served = served::ServedInventory::open(&file, &dir.path().join("root"), Some("http://10.0.2.2:8080".into())).unwrap();
+    let served =
+        served::ServedInventory::open(&file, &dir.path().join("root"), Some("http://10.0.2.2:8080".into())).unwrap();
     (dir, served)
 }
 
@@ -213,10 +255,13 @@ fn served() -> (tempfile::TempDir, served::ServedInventory) {
 fn a_report_without_the_hosts_token_changes_nothing() {
     let (dir, served) = served();
     let peer: std::net::SocketAddr = "10.0.2.15:40000".parse().unwrap();
-    served.store.update(|state| {
-        state.set.insert("rack1-a".into(), Override { entry: "menu".into(), once: true, at: String::new() });
-        Ok(())
-    }).unwrap();
+    served
+        .store
+        .update(|state| {
+            state.set.insert("rack1-a".into(), Override { entry: "menu".into(), once: true, at: String::new() });
+            Ok(())
+        })
+        .unwrap();
     let before = served.store.load().unwrap();
     assert!(before.tokens.is_empty());
     assert_eq!(served.report("lab/1.0.0/hosts/x", None, b"", peer).unwrap_err().0, 404);
@@ -229,15 +274,27 @@ fn a_report_without_the_hosts_token_changes_nothing() {
     assert!(file.contains(&format!(" rootsmith.report_token={token} ")), "{file}");
     let other = served.store.load().unwrap().tokens["rack1-b"].clone();
     for offered in [None, Some(other.as_str()), Some(&token[1..]), Some("")] {
-        let (status, message) = served.report(".rootsmith/report/rack1-a?status=ok&step=done", offered, b"log", peer).unwrap_err();
+        let (status, message) =
+            served.report(".rootsmith/report/rack1-a?status=ok&step=done", offered, b"log", peer).unwrap_err();
         assert_eq!(status, 403, "{offered:?}: {message}");
     }
     let after = served.store.load().unwrap();
-    assert_eq!((after.set.clone(), after.reports.clone()), (before.set.clone(), before.reports.clone()), "nothing changed");
+    assert_eq!(
+        (after.set.clone(), after.reports.clone()),
+        (before.set.clone(), before.reports.clone()),
+        "nothing changed"
+    );
     assert!(!served.store.dir.join("reports/rack1-a.log").exists());
 
     assert_eq!(served.report(".rootsmith/report/rack1-a?step=done", Some(&token), b"log", peer).unwrap_err().0, 400);
-    let reply = served.report(".rootsmith/report/52:54:00:00:00:11?status=ok&step=%1b%5b2Jdone", Some(&token), b"\x1b[2Jlog\r\n", peer).unwrap();
+    let reply = served
+        .report(
+            ".rootsmith/report/52:54:00:00:00:11?status=ok&step=%1b%5b2Jdone",
+            Some(&token),
+            b"\x1b[2Jlog\r\n",
+            peer,
+        )
+        .unwrap();
     assert_eq!(reply, "recorded; rack1-a boots debian-http next\n");
     let state = served.store.load().unwrap();
     assert!(state.set.is_empty() && state.reports["rack1-a"].step.as_deref() == Some("[2Jdone"), "{state:?}");
@@ -260,5 +317,8 @@ fn an_arm64_inventory_has_no_pxelinux_files() {
     assert!(file("pxelinux.cfg/default").is_none() && file("pxelinux.cfg/01-52-54-00-00-00-11").is_none());
     assert!(file("hosts/52-54-00-00-00-11.ipxe").is_some() && file("grub.cfg-01-52-54-00-00-00-11").is_some());
     let paths = render::paths(&inventory);
-    assert!(!paths.iter().any(|path| path.starts_with("pxelinux.cfg/")) && paths.contains(&"grub.cfg".to_string()), "{paths:?}");
+    assert!(
+        !paths.iter().any(|path| path.starts_with("pxelinux.cfg/")) && paths.contains(&"grub.cfg".to_string()),
+        "{paths:?}"
+    );
 }

@@ -11,11 +11,11 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::config;
-use super::source;
-use crate::host::{Command, Host};
 use super::products::KernelProducts;
+use super::source;
 use crate::cache::{Layout, CACHE_FORMAT, PRODUCTS_RECORD};
 use crate::digest::sha256_hex;
+use crate::host::{Command, Host};
 use crate::recipe::{ConfigBase, KernelBuild};
 
 /// Bound on the ccache directory; `ROOTSMITH_CCACHE_SIZE` overrides it.
@@ -53,7 +53,12 @@ pub fn check_toolchain(find: impl Fn(&str) -> bool, arch: &str) -> Result<()> {
     let tools: Vec<&str> = missing.iter().map(|(tool, _)| tool.as_str()).collect();
     let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
     packages.dedup();
-    bail!("building a kernel needs {} which {} not installed\nhint: apt-get install {}", tools.join(", "), if tools.len() == 1 { "is" } else { "are" }, packages.join(" "))
+    bail!(
+        "building a kernel needs {} which {} not installed\nhint: apt-get install {}",
+        tools.join(", "),
+        if tools.len() == 1 { "is" } else { "are" },
+        packages.join(" ")
+    )
 }
 
 fn host_has(tool: &str) -> bool {
@@ -73,7 +78,10 @@ fn gcc(arch: &str) -> String {
 /// The version line of the compiler of `arch`'s kernels: part of every kernel key.
 pub fn compiler_version(host: &dyn Host, arch: &str) -> String {
     let gcc = gcc(arch);
-    host.capture(&Command::on_host(&gcc, ["--version"], Path::new("/dev/null"))).ok().and_then(|text| text.lines().next().map(str::to_string)).unwrap_or_else(|| format!("{gcc} (not installed)"))
+    host.capture(&Command::on_host(&gcc, ["--version"], Path::new("/dev/null")))
+        .ok()
+        .and_then(|text| text.lines().next().map(str::to_string))
+        .unwrap_or_else(|| format!("{gcc} (not installed)"))
 }
 
 fn kernel_arch(arch: &str) -> Result<&'static str> {
@@ -89,7 +97,11 @@ fn kernel_arch(arch: &str) -> Result<&'static str> {
 const PRODUCTS_VERSION: u32 = 2;
 
 fn image_path(arch: &str) -> &'static str {
-    if arch == "arm64" { "arch/arm64/boot/Image" } else { "arch/x86/boot/bzImage" }
+    if arch == "arm64" {
+        "arch/arm64/boot/Image"
+    } else {
+        "arch/x86/boot/bzImage"
+    }
 }
 
 pub struct BuildContext<'a> {
@@ -133,7 +145,9 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let objects = context.build_dir.join("obj");
     fs_err::create_dir_all(&objects)?;
     let make = |targets: &[&str]| -> Command {
-        let mut command = Command::on_host("make", ["-C".as_ref(), source.as_os_str()], context.log).arg(format!("O={}", objects.display())).arg(format!("ARCH={arch}"));
+        let mut command = Command::on_host("make", ["-C".as_ref(), source.as_os_str()], context.log)
+            .arg(format!("O={}", objects.display()))
+            .arg(format!("ARCH={arch}"));
         if let Some((prefix, _)) = crate::arch::cross_compile(context.arch) {
             // Kconfig asks the compiler what it supports, so every step cross-compiles.
             command = command.arg(format!("CROSS_COMPILE={prefix}"));
@@ -150,27 +164,44 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
         }
     }
     if !build.fragments.is_empty() {
-        let mut merge = Command::on_host(source.join("scripts/kconfig/merge_config.sh"), ["-m".as_ref(), "-O".as_ref(), objects.as_os_str(), objects.join(".config").as_os_str()], context.log).current_dir(&objects);
+        let mut merge = Command::on_host(
+            source.join("scripts/kconfig/merge_config.sh"),
+            ["-m".as_ref(), "-O".as_ref(), objects.as_os_str(), objects.join(".config").as_os_str()],
+            context.log,
+        )
+        .current_dir(&objects);
         merge.argv.extend(build.fragments.iter().map(|f| f.resolved.display().to_string()));
         host.run(&merge).context("merging the config fragments")?;
     }
     host.run(&make(&["olddefconfig"])).context("make olddefconfig")?;
     let final_config = fs_err::read_to_string(objects.join(".config"))?;
-    let fragments: Vec<(String, String)> = build.fragments.iter().map(|f| Ok((f.written.clone(), fs_err::read_to_string(&f.resolved)?))).collect::<Result<_>>()?;
+    let fragments: Vec<(String, String)> = build
+        .fragments
+        .iter()
+        .map(|f| Ok((f.written.clone(), fs_err::read_to_string(&f.resolved)?)))
+        .collect::<Result<_>>()?;
     let dropped = config::dropped(&fragments, &final_config);
     if !dropped.is_empty() {
         let lines: Vec<String> = dropped
             .iter()
             .map(|d| {
                 let depends = config::dependencies(&source, &d.option);
-                let why = if depends.is_empty() { "no `depends on` found; it may need another option to select it".to_string() } else { format!("it depends on {}", depends.join("; ")) };
+                let why = if depends.is_empty() {
+                    "no `depends on` found; it may need another option to select it".to_string()
+                } else {
+                    format!("it depends on {}", depends.join("; "))
+                };
                 format!("  {}={} (from {}) ended up {}: {why}", d.option, d.wanted, d.fragment, d.got)
             })
             .collect();
         bail!("the kernel configuration dropped options a fragment asked for:\n{}\nhint: add what they depend on to a fragment", lines.join("\n"));
     }
     let config_sha256 = sha256_hex(final_config.as_bytes());
-    let release = host.capture(&make(&["-s", "kernelrelease", &format!("LOCALVERSION={}", build.localversion)])).context("make kernelrelease")?.trim().to_string();
+    let release = host
+        .capture(&make(&["-s", "kernelrelease", &format!("LOCALVERSION={}", build.localversion)]))
+        .context("make kernelrelease")?
+        .trim()
+        .to_string();
 
     let variables = make_variables(build, context, &release);
     let key_text = format!(
@@ -198,11 +229,15 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut compile = make(&[&format!("-j{jobs}"), "bindeb-pkg"]);
     compile.argv.extend(variables.iter().cloned());
-    let compile = compile.arg(format!("CC=ccache {}", gcc(context.arch))).env("CCACHE_DIR", ccache_dir.display().to_string()).env("CCACHE_MAXSIZE", std::env::var("ROOTSMITH_CCACHE_SIZE").unwrap_or_else(|_| CCACHE_DEFAULT_SIZE.into()));
+    let compile = compile
+        .arg(format!("CC=ccache {}", gcc(context.arch)))
+        .env("CCACHE_DIR", ccache_dir.display().to_string())
+        .env("CCACHE_MAXSIZE", std::env::var("ROOTSMITH_CCACHE_SIZE").unwrap_or_else(|_| CCACHE_DEFAULT_SIZE.into()));
     // On a miss, compile the output of the preprocessor run ccache already
     // did instead of preprocessing a second time: on a cold build of small,
     // header-heavy kernel files that second pass costs a third of the time.
-    let compile = compile.env("CCACHE_NOHASHDIR", "true").env("CCACHE_COMPILERCHECK", "content").env("CCACHE_NOCPP2", "true");
+    let compile =
+        compile.env("CCACHE_NOHASHDIR", "true").env("CCACHE_COMPILERCHECK", "content").env("CCACHE_NOCPP2", "true");
     let compile = with_epoch_date(compile, context.build_dir)?;
     host.run(&compile).context("make bindeb-pkg")?;
     let after = ccache_stats(host, &ccache_dir, context.log);
@@ -215,11 +250,16 @@ pub fn build(build: &KernelBuild, context: &BuildContext<'_>) -> Result<KernelPr
     fs_err::copy(objects.join(".config"), staging.path().join("config"))?;
     // Built beside the image (arch/SRCARCH/boot/dts), as `make dtbs_install` finds them.
     let dts = objects.join(image_path(context.arch)).with_file_name("dts");
-    let device_trees = super::device_trees::archive(&dts, &staging.path().join(super::device_trees::ARCHIVE), context.source_date_epoch)?;
+    let device_trees = super::device_trees::archive(
+        &dts,
+        &staging.path().join(super::device_trees::ARCHIVE),
+        context.source_date_epoch,
+    )?;
     let mut debs = Vec::new();
     for entry in fs_err::read_dir(context.build_dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let wanted = name.starts_with(&format!("linux-image-{release}_")) || (build.headers && name.starts_with(&format!("linux-headers-{release}_")));
+        let wanted = name.starts_with(&format!("linux-image-{release}_"))
+            || (build.headers && name.starts_with(&format!("linux-headers-{release}_")));
         if name.ends_with(".deb") && wanted {
             fs_err::copy(context.build_dir.join(&name), staging.path().join(&name))?;
             debs.push(name);
@@ -282,16 +322,25 @@ fn make_variables(build: &KernelBuild, context: &BuildContext<'_>, release: &str
     ]
 }
 
-
 /// (hits, misses) so far in the ccache at `dir`.
 pub fn ccache_stats(host: &dyn Host, dir: &Path, log: &Path) -> (u64, u64) {
-    let text = host.capture(&Command::on_host("ccache", ["--print-stats"], log).env("CCACHE_DIR", dir.display().to_string())).unwrap_or_default();
-    let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok())).unwrap_or(0);
+    let text = host
+        .capture(&Command::on_host("ccache", ["--print-stats"], log).env("CCACHE_DIR", dir.display().to_string()))
+        .unwrap_or_default();
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok())).unwrap_or(0)
+    };
     (value("direct_cache_hit\t") + value("preprocessed_cache_hit\t"), value("cache_miss\t"))
 }
 
 fn ccache_size(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir).into_iter().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 #[cfg(test)]
@@ -300,7 +349,10 @@ mod tests {
 
     #[test]
     fn missing_toolchain_names_every_package_in_one_command() {
-        let error = check_toolchain(|tool| !matches!(tool, "bc" | "flex" | "/usr/include/libelf.h"), crate::arch::host()).unwrap_err().to_string();
+        let error =
+            check_toolchain(|tool| !matches!(tool, "bc" | "flex" | "/usr/include/libelf.h"), crate::arch::host())
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("needs bc, flex, /usr/include/libelf.h which are not installed"), "{error}");
         assert!(error.ends_with("hint: apt-get install bc flex libelf-dev"), "{error}");
         assert!(check_toolchain(|_| true, crate::arch::host()).is_ok());
@@ -308,6 +360,10 @@ mod tests {
         let foreign = if crate::arch::host() == "amd64" { "arm64" } else { "amd64" };
         let (prefix, package) = crate::arch::cross_compile(foreign).unwrap();
         let error = check_toolchain(|tool| !tool.ends_with("-linux-gnu-gcc"), foreign).unwrap_err().to_string();
-        assert!(error.contains(&format!("needs {prefix}gcc which is not installed")) && error.ends_with(&format!("hint: apt-get install {package}")), "{error}");
+        assert!(
+            error.contains(&format!("needs {prefix}gcc which is not installed"))
+                && error.ends_with(&format!("hint: apt-get install {package}")),
+            "{error}"
+        );
     }
 }

@@ -114,10 +114,21 @@ mod tests {
 
     #[test]
     fn finds_options_the_final_config_dropped() {
-        let fragments = vec![("net.config".to_string(), "CONFIG_E1000=y\nCONFIG_PRINTK=y\n# CONFIG_DEBUG is not set\n".to_string())];
+        let fragments = vec![(
+            "net.config".to_string(),
+            "CONFIG_E1000=y\nCONFIG_PRINTK=y\n# CONFIG_DEBUG is not set\n".to_string(),
+        )];
         let final_config = "CONFIG_PRINTK=y\n# CONFIG_E1000 is not set\n";
         let found = dropped(&fragments, final_config);
-        assert_eq!(found, vec![Dropped { option: "CONFIG_E1000".into(), wanted: "y".into(), got: "not set".into(), fragment: "net.config".into() }]);
+        assert_eq!(
+            found,
+            vec![Dropped {
+                option: "CONFIG_E1000".into(),
+                wanted: "y".into(),
+                got: "not set".into(),
+                fragment: "net.config".into()
+            }]
+        );
     }
 
     #[test]

@@ -72,7 +72,14 @@ mod tests {
     fn device_trees_are_one_sorted_archive_of_dtb_files_only() {
         let dir = tempfile::tempdir().unwrap();
         let dts = dir.path().join("dts");
-        for (path, body) in [("vendor-b/board.dtb", "b"), ("vendor-a/z.dtb", "z"), ("vendor-a/a.dtb", "a"), ("vendor-a/a.dts", "source"), ("vendor-a/overlays/x.dtbo", "o"), ("Makefile", "m")] {
+        for (path, body) in [
+            ("vendor-b/board.dtb", "b"),
+            ("vendor-a/z.dtb", "z"),
+            ("vendor-a/a.dtb", "a"),
+            ("vendor-a/a.dts", "source"),
+            ("vendor-a/overlays/x.dtbo", "o"),
+            ("Makefile", "m"),
+        ] {
             let full = dts.join(path);
             std::fs::create_dir_all(full.parent().unwrap()).unwrap();
             std::fs::write(full, body).unwrap();
@@ -86,7 +93,8 @@ mod tests {
         let first = std::fs::read(&out).unwrap();
         // Same trees, other times and modes: the same bytes.
         filetime::set_file_mtime(dts.join("vendor-a/a.dtb"), filetime::FileTime::from_unix_time(5000, 0)).unwrap();
-        std::fs::set_permissions(dts.join("vendor-b/board.dtb"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dts.join("vendor-b/board.dtb"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         assert_eq!(archive(&dts, &out, 100).unwrap(), 4);
         assert_eq!(std::fs::read(&out).unwrap(), first);
     }

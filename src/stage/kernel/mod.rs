@@ -16,10 +16,10 @@ use anyhow::{bail, Context, Result};
 
 pub use products::{kernels_of, KernelProducts};
 
-use crate::stage::chroot::run_chrooted;
-use crate::stage::context::StageContext;
 use crate::cache::PRODUCTS_RECORD;
 use crate::recipe::Kernel;
+use crate::stage::chroot::run_chrooted;
+use crate::stage::context::StageContext;
 
 /// The key under which the plan records a kernel's resolved source.
 pub const SOURCE_REMOTE: &str = "kernel-source";
@@ -63,11 +63,19 @@ pub fn run(kernel: &Kernel, context: &StageContext<'_>) -> Result<Option<KernelP
             };
             let products = build::build(build, &build_context)?;
             if build.install {
-                let image = products.debs.iter().find(|d| d.starts_with("linux-image-")).expect("products hold a linux-image deb");
+                let image = products
+                    .debs
+                    .iter()
+                    .find(|d| d.starts_with("linux-image-"))
+                    .expect("products hold a linux-image deb");
                 let inside = context.tree.join("tmp").join(image);
                 fs_err::create_dir_all(context.tree.join("tmp"))?;
                 fs_err::copy(products.dir(context.layout).join(image), &inside)?;
-                let result = run_chrooted(context, &["/bin/sh", "-e", "-c", &install_script(&format!("dpkg -i '/tmp/{image}'")), "rootsmith-kernel"], &env);
+                let result = run_chrooted(
+                    context,
+                    &["/bin/sh", "-e", "-c", &install_script(&format!("dpkg -i '/tmp/{image}'")), "rootsmith-kernel"],
+                    &env,
+                );
                 let _ = fs_err::remove_file(&inside);
                 result.context("installing the kernel package into the tree")?;
             }
@@ -82,7 +90,9 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
     // Read from outside the tree: a link (an absolute one would point into
     // the host) is never followed.
     let in_tree = |relative: &str| crate::fileops::in_tree(context.tree, std::path::Path::new(relative));
-    let Some(boot) = in_tree("boot")? else { bail!("the package installed no /boot/vmlinuz-*; is it a kernel image package?") };
+    let Some(boot) = in_tree("boot")? else {
+        bail!("the package installed no /boot/vmlinuz-*; is it a kernel image package?")
+    };
     let mut releases: Vec<String> = fs_err::read_dir(&boot)?
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_string))
@@ -96,7 +106,10 @@ fn take_packaged_kernel(context: &StageContext<'_>) -> Result<KernelProducts> {
     let _ = crate::fileops::remove_tree(&staging);
     fs_err::create_dir_all(&staging)?;
     let read = |name: String| crate::fileops::read_regular_no_follow(&boot.join(name), u64::MAX);
-    fs_err::write(staging.join("vmlinuz"), read(format!("vmlinuz-{release}")).context("the packaged kernel's vmlinuz")?)?;
+    fs_err::write(
+        staging.join("vmlinuz"),
+        read(format!("vmlinuz-{release}")).context("the packaged kernel's vmlinuz")?,
+    )?;
     let config = read(format!("config-{release}")).unwrap_or_default();
     fs_err::write(staging.join("config"), &config)?;
     if let Ok(map) = read(format!("System.map-{release}")) {

@@ -37,7 +37,10 @@ pub struct KernelProducts {
 impl KernelProducts {
     /// The account the store keeps in the stage record.
     pub fn to_products(&self) -> Products {
-        let serde_json::Value::Object(mut details) = serde_json::to_value(self).expect("kernel products serialize") else { unreachable!("a struct serializes to an object") };
+        let serde_json::Value::Object(mut details) = serde_json::to_value(self).expect("kernel products serialize")
+        else {
+            unreachable!("a struct serializes to an object")
+        };
         details.remove("products");
         Products { dir: self.products.clone(), details }
     }
@@ -46,7 +49,8 @@ impl KernelProducts {
     pub fn from_products(products: &Products) -> Result<KernelProducts> {
         let mut details = products.details.clone();
         details.insert("products".into(), serde_json::Value::String(products.dir.clone()));
-        serde_json::from_value(serde_json::Value::Object(details)).context("a stage record's kernel products are not a kernel's")
+        serde_json::from_value(serde_json::Value::Object(details))
+            .context("a stage record's kernel products are not a kernel's")
     }
 
     /// The directory holding this kernel's files.

@@ -15,7 +15,9 @@ use crate::recipe::{KernelBuild, KernelSource};
 /// A source package's candidate version and the SHA-256 of its `.deb`, from the
 /// host's apt lists: the remote input of a kernel stage's key.
 pub fn resolve_package(host: &dyn Host, package: &str) -> Result<(String, String)> {
-    let (code, stdout) = host.output(&Command::on_host("apt-cache", ["show", "--no-all-versions", package], Path::new("/dev/null"))).context("running apt-cache (apt-get install apt)")?;
+    let (code, stdout) = host
+        .output(&Command::on_host("apt-cache", ["show", "--no-all-versions", package], Path::new("/dev/null")))
+        .context("running apt-cache (apt-get install apt)")?;
     let text = String::from_utf8_lossy(&stdout);
     let field = |name: &str| crate::control::field(&text, name);
     match (field("Version"), field("SHA256")) {
@@ -34,7 +36,13 @@ pub fn source_id(build: &KernelBuild, source_digest: &str) -> Result<String> {
 }
 
 /// The unpacked, patched source tree, made on first use.
-pub fn prepare(host: &dyn Host, build: &KernelBuild, source_digest: &str, layout: &Layout, log: &Path) -> Result<PathBuf> {
+pub fn prepare(
+    host: &dyn Host,
+    build: &KernelBuild,
+    source_digest: &str,
+    layout: &Layout,
+    log: &Path,
+) -> Result<PathBuf> {
     let id = source_id(build, source_digest)?;
     let sources = layout.kernel_sources();
     let tree = layout.kernel_source(&id);
@@ -48,10 +56,17 @@ pub fn prepare(host: &dyn Host, build: &KernelBuild, source_digest: &str, layout
     let archive = fetch(host, &build.source, source_digest, layout, staging.path(), log)?;
     let unpacked = staging.path().join("tree");
     fs_err::create_dir(&unpacked)?;
-    host.run(&Command::on_host("tar", ["-xf".as_ref(), archive.as_os_str(), "-C".as_ref(), unpacked.as_os_str(), "--strip-components=1".as_ref()], log))?;
+    host.run(&Command::on_host(
+        "tar",
+        ["-xf".as_ref(), archive.as_os_str(), "-C".as_ref(), unpacked.as_os_str(), "--strip-components=1".as_ref()],
+        log,
+    ))?;
     for patch in &build.patches {
         let text = fs_err::read(&patch.resolved)?;
-        host.run(&Command::on_host("patch", ["-p1", "--forward", "--batch"], log).current_dir(&unpacked).stdin_bytes(text)).with_context(|| format!("applying patch {}", patch.written))?;
+        host.run(
+            &Command::on_host("patch", ["-p1", "--forward", "--batch"], log).current_dir(&unpacked).stdin_bytes(text),
+        )
+        .with_context(|| format!("applying patch {}", patch.written))?;
     }
     if !unpacked.join("Makefile").is_file() {
         bail!("the kernel source has no top-level Makefile after unpacking");
@@ -66,7 +81,14 @@ pub fn prepare(host: &dyn Host, build: &KernelBuild, source_digest: &str, layout
 
 /// The source tarball, verified. `.deb` packages are downloaded into the cache
 /// and the tarball they carry is taken out of them.
-fn fetch(host: &dyn Host, source: &KernelSource, digest: &str, layout: &Layout, scratch: &Path, log: &Path) -> Result<PathBuf> {
+fn fetch(
+    host: &dyn Host,
+    source: &KernelSource,
+    digest: &str,
+    layout: &Layout,
+    scratch: &Path,
+    log: &Path,
+) -> Result<PathBuf> {
     let downloads = layout.kernel_downloads();
     fs_err::create_dir_all(&downloads)?;
     match source {
@@ -76,15 +98,25 @@ fn fetch(host: &dyn Host, source: &KernelSource, digest: &str, layout: &Layout, 
             let deb = match deb {
                 Some(deb) => deb,
                 None => {
-                    host.run(&Command::on_host("apt-get", ["download", "-q", &format!("{package}={version}")], log).current_dir(&downloads))
-                        .with_context(|| format!("downloading {package} {version} with apt-get"))?;
-                    find_deb(&downloads, package, sha256)?.with_context(|| format!("apt-get downloaded {package}, but no file has the SHA-256 apt announced ({sha256})"))?
+                    host.run(
+                        &Command::on_host("apt-get", ["download", "-q", &format!("{package}={version}")], log)
+                            .current_dir(&downloads),
+                    )
+                    .with_context(|| format!("downloading {package} {version} with apt-get"))?;
+                    find_deb(&downloads, package, sha256)?.with_context(|| {
+                        format!("apt-get downloaded {package}, but no file has the SHA-256 apt announced ({sha256})")
+                    })?
                 }
             };
             let script = "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards './usr/src/*.tar.*'";
-            host.run(&Command::on_host("sh", ["-c".as_ref(), script.as_ref(), "sh".as_ref(), deb.as_os_str(), scratch.as_os_str()], log))
-                .with_context(|| format!("taking the source tarball out of {}", deb.display()))?;
-            let mut tarballs: Vec<PathBuf> = fs_err::read_dir(scratch.join("usr/src"))?.flatten().map(|e| e.path()).collect();
+            host.run(&Command::on_host(
+                "sh",
+                ["-c".as_ref(), script.as_ref(), "sh".as_ref(), deb.as_os_str(), scratch.as_os_str()],
+                log,
+            ))
+            .with_context(|| format!("taking the source tarball out of {}", deb.display()))?;
+            let mut tarballs: Vec<PathBuf> =
+                fs_err::read_dir(scratch.join("usr/src"))?.flatten().map(|e| e.path()).collect();
             tarballs.sort();
             tarballs.pop().with_context(|| format!("{package} holds no /usr/src/*.tar.* source tarball"))
         }
@@ -99,7 +131,8 @@ fn fetch(host: &dyn Host, source: &KernelSource, digest: &str, layout: &Layout, 
                     None => {
                         let response = ureq::get(location).call().with_context(|| format!("downloading {location}"))?;
                         let mut file = fs_err::File::create(&temp)?;
-                        std::io::copy(&mut response.into_reader(), &mut file).with_context(|| format!("downloading {location}"))?;
+                        std::io::copy(&mut response.into_reader(), &mut file)
+                            .with_context(|| format!("downloading {location}"))?;
                     }
                 }
                 let actual = crate::digest::hash_file(&temp)?;
@@ -119,7 +152,10 @@ fn find_deb(dir: &Path, package: &str, sha256: &str) -> Result<Option<PathBuf>> 
     for entry in fs_err::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{package}_")) && name.ends_with(".deb") && crate::digest::hash_file(&path)? == sha256 {
+        if name.starts_with(&format!("{package}_"))
+            && name.ends_with(".deb")
+            && crate::digest::hash_file(&path)? == sha256
+        {
             return Ok(Some(path));
         }
     }
@@ -137,7 +173,11 @@ mod tests {
         let tarball = dir.path().join("linux.tar");
         fs_err::write(&tarball, b"not really a kernel").unwrap();
         let good = crate::digest::hash_file(&tarball).unwrap();
-        let source = |sha256: &str| KernelSource::Tarball { location: "linux.tar".into(), local: Some(LocalPath { written: "linux.tar".into(), resolved: tarball.clone() }), sha256: sha256.into() };
+        let source = |sha256: &str| KernelSource::Tarball {
+            location: "linux.tar".into(),
+            local: Some(LocalPath { written: "linux.tar".into(), resolved: tarball.clone() }),
+            sha256: sha256.into(),
+        };
         let log = dir.path().join("log");
         let bad = "0".repeat(64);
         let layout = Layout::new(dir.path());

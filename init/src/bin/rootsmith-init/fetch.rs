@@ -53,7 +53,10 @@ struct Unpack {
 impl CpioSink for Unpack {
     fn begin(&mut self, name: &str, _mode: u32, _size: u64) -> io::Result<()> {
         if name != ROOTFS_SQUASHFS && name != ROOTFS_COOKIE {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("rootfs.img holds an unexpected entry {name:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("rootfs.img holds an unexpected entry {name:?}"),
+            ));
         }
         self.file = Some(File::create(self.dir.join(name))?);
         Ok(())
@@ -78,7 +81,13 @@ struct Writer {
 
 impl Writer {
     fn new(list: Arc<ChunkList>, dir: &Path) -> Writer {
-        Writer { list, cpio: CpioStream::new(), unpack: Unpack { dir: dir.to_path_buf(), file: None }, started: Instant::now(), next_report: 0 }
+        Writer {
+            list,
+            cpio: CpioStream::new(),
+            unpack: Unpack { dir: dir.to_path_buf(), file: None },
+            started: Instant::now(),
+            next_report: 0,
+        }
     }
 
     fn write(&mut self, index: usize, chunk: &[u8]) -> Result<(), String> {
@@ -86,7 +95,13 @@ impl Writer {
         let (done, size) = (index as u64 * self.list.chunk_size + chunk.len() as u64, self.list.size);
         if done >= self.next_report || done == size {
             let seconds = self.started.elapsed().as_secs_f64().max(0.001);
-            log!("fetched {}% ({} of {} MiB, {:.1} MiB/s)", done * 100 / size.max(1), done >> 20, size >> 20, done as f64 / 1048576.0 / seconds);
+            log!(
+                "fetched {}% ({} of {} MiB, {:.1} MiB/s)",
+                done * 100 / size.max(1),
+                done >> 20,
+                size >> 20,
+                done as f64 / 1048576.0 / seconds
+            );
             self.next_report = done + size / 10 + 1;
         }
         Ok(())
@@ -97,8 +112,15 @@ type Checked = (usize, Vec<u8>, Result<(), VerifyError>);
 
 /// Where whole chunks go: checked and unpacked here, or handed to threads.
 enum Chunks {
-    Inline { writer: Writer, spare: Option<Vec<u8>> },
-    Threads { to_hashers: SyncSender<(usize, Vec<u8>)>, recycled: Receiver<Vec<u8>>, writer: JoinHandle<Result<Writer, String>> },
+    Inline {
+        writer: Writer,
+        spare: Option<Vec<u8>>,
+    },
+    Threads {
+        to_hashers: SyncSender<(usize, Vec<u8>)>,
+        recycled: Receiver<Vec<u8>>,
+        writer: JoinHandle<Result<Writer, String>>,
+    },
 }
 
 impl Chunks {
@@ -139,7 +161,9 @@ impl Chunks {
                 Ok(())
             }
             // A closed channel means the writer stopped at a bad chunk; `finish` says which.
-            Chunks::Threads { to_hashers, .. } => to_hashers.send((index, chunk)).map_err(|_| FetchError::Fatal("the chunk check stopped".into())),
+            Chunks::Threads { to_hashers, .. } => {
+                to_hashers.send((index, chunk)).map_err(|_| FetchError::Fatal("the chunk check stopped".into()))
+            }
         }
     }
 
@@ -169,7 +193,11 @@ fn hasher(list: &ChunkList, chunks: &Mutex<Receiver<(usize, Vec<u8>)>>, checked:
 
 /// The writer thread: hashers finish out of order; unpack in order and stop
 /// at the first bad chunk.
-fn write_in_order(mut writer: Writer, checked: Receiver<Checked>, recycle: SyncSender<Vec<u8>>) -> Result<Writer, String> {
+fn write_in_order(
+    mut writer: Writer,
+    checked: Receiver<Checked>,
+    recycle: SyncSender<Vec<u8>>,
+) -> Result<Writer, String> {
     let mut waiting = BTreeMap::new();
     let mut expected = 0usize;
     for (index, chunk, verdict) in checked {
@@ -210,7 +238,12 @@ fn attempt(url: &Url, list: &ChunkList, next: &mut usize, chunks: &mut Chunks) -
     match head.status {
         200 => skip = from,
         206 if head.range_start() == Some(from) => {}
-        206 => return Err(FetchError::Transient(format!("asked for bytes from {from}, the server sent a range starting at {:?}", head.range_start()))),
+        206 => {
+            return Err(FetchError::Transient(format!(
+                "asked for bytes from {from}, the server sent a range starting at {:?}",
+                head.range_start()
+            )))
+        }
         status @ 400..=499 => return Err(FetchError::Fatal(format!("the server answered {status} for {}", url.path))),
         status => return Err(FetchError::Transient(format!("the server answered {status}"))),
     }
@@ -247,7 +280,15 @@ fn attempt(url: &Url, list: &ChunkList, next: &mut usize, chunks: &mut Chunks) -
 pub fn fetch(url: &str, list: &ChunkList, dir: &Path, retries: u32) -> Result<(), String> {
     let url = Url::parse(url)?;
     std::fs::create_dir_all(dir).map_err(|error| format!("creating {}: {error}", dir.display()))?;
-    log!("fetching http://{}:{}{} ({} bytes, {} chunks of {} KiB)", url.host, url.port, url.path, list.size, list.digests.len(), list.chunk_size >> 10);
+    log!(
+        "fetching http://{}:{}{} ({} bytes, {} chunks of {} KiB)",
+        url.host,
+        url.port,
+        url.path,
+        list.size,
+        list.digests.len(),
+        list.chunk_size >> 10
+    );
     let started = Instant::now();
     let mut chunks = Chunks::new(list, dir);
     let mut next = 0usize;
@@ -274,6 +315,11 @@ pub fn fetch(url: &str, list: &ChunkList, dir: &Path, retries: u32) -> Result<()
     if !writer.cpio.done() {
         return Err("rootfs.img ended without its cpio trailer".into());
     }
-    log!("rootfs.img verified: {} chunks, {} bytes in {:.1} s", list.digests.len(), list.size, started.elapsed().as_secs_f64());
+    log!(
+        "rootfs.img verified: {} chunks, {} bytes in {:.1} s",
+        list.digests.len(),
+        list.size,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

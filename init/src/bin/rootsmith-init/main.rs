@@ -82,7 +82,8 @@ fn load_modules() -> Result<(), String> {
 }
 
 fn expected_build() -> Result<BuildId, String> {
-    BuildId::parse(&read(&format!("/{}", contract::INITRAMFS_BUILD))?).map_err(|error| format!("{}: {error}", contract::INITRAMFS_BUILD))
+    BuildId::parse(&read(&format!("/{}", contract::INITRAMFS_BUILD))?)
+        .map_err(|error| format!("{}: {error}", contract::INITRAMFS_BUILD))
 }
 
 /// Where the rootfs is: appended, fetched, or a message on how to give it.
@@ -99,15 +100,21 @@ fn find_rootfs(cmdline: &Cmdline, expected: &BuildId) -> Result<String, String> 
         return Ok(appended);
     }
     if let Some(url) = &cmdline.rootfs_url {
-        let list = ChunkList::parse(&read(&format!("/{}", contract::INITRAMFS_CHUNKS))?).map_err(|error| format!("{}: {error}", contract::INITRAMFS_CHUNKS))?;
-        let iface = net::choose_interface(cmdline.iface.as_deref(), Duration::from_secs(20)).map_err(|error| error.to_string())?;
+        let list = ChunkList::parse(&read(&format!("/{}", contract::INITRAMFS_CHUNKS))?)
+            .map_err(|error| format!("{}: {error}", contract::INITRAMFS_CHUNKS))?;
+        let iface = net::choose_interface(cmdline.iface.as_deref(), Duration::from_secs(20))
+            .map_err(|error| error.to_string())?;
         log!("bringing up {iface} with DHCP");
         let lease = net::lease(&iface).map_err(|error| error.to_string())?;
         net::configure(&iface, &lease).map_err(|error| error.to_string())?;
         // `http://dhcp-server…` (a UKI's baked command line): the server of this lease.
         let resolved = rootsmith_init::http::at_dhcp_server(url, lease.dhcp_server())?;
         if &resolved != url {
-            log!("{} names the DHCP server, {}", args::ROOTFS_URL, lease.dhcp_server().map(|server| server.to_string()).unwrap_or_default());
+            log!(
+                "{} names the DHCP server, {}",
+                args::ROOTFS_URL,
+                lease.dhcp_server().map(|server| server.to_string()).unwrap_or_default()
+            );
         }
         let dir = Path::new(WORK).join("fetched");
         fetch::fetch(&resolved, &list, &dir, cmdline.retries)?;
@@ -138,7 +145,8 @@ fn mount_root(squashfs: &str, cmdline: &Cmdline) -> Result<(), String> {
     for dir in ["upper", "work"] {
         std::fs::create_dir_all(format!("{rw}/{dir}")).map_err(io)?;
     }
-    sys::mount("overlay", NEW_ROOT, "overlay", 0, &format!("lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work")).map_err(io)?;
+    sys::mount("overlay", NEW_ROOT, "overlay", 0, &format!("lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work"))
+        .map_err(io)?;
     log!("mounted {squashfs} read-only on {device}, with a tmpfs overlay: nothing written survives a reboot");
     if !sys::exists_in(NEW_ROOT, &cmdline.init) {
         return Err(format!("the rootfs has no {} (set {}= to another program)", cmdline.init, args::INIT));
@@ -192,7 +200,10 @@ fn fail(message: &str, on_fail: OnFail) -> ! {
             }
         }
         _ => {
-            log!("powering off in 30 s (never rebooting into the same failure; {}=shell|halt changes this)", args::ON_FAIL);
+            log!(
+                "powering off in 30 s (never rebooting into the same failure; {}=shell|halt changes this)",
+                args::ON_FAIL
+            );
             std::thread::sleep(Duration::from_secs(30));
             sys::power_off()
         }
@@ -204,7 +215,9 @@ fn fail(message: &str, on_fail: OnFail) -> ! {
 fn tool_main(args: &[String]) -> ! {
     match args {
         [_, command, url, chunks, dir] if command == "fetch" => {
-            let result = read(chunks).and_then(|text| ChunkList::parse(&text)).and_then(|list| fetch::fetch(url, &list, Path::new(dir), 8));
+            let result = read(chunks)
+                .and_then(|text| ChunkList::parse(&text))
+                .and_then(|list| fetch::fetch(url, &list, Path::new(dir), 8));
             match result {
                 Ok(()) => std::process::exit(0),
                 Err(message) => {

@@ -49,7 +49,12 @@ fn ifreq(name: &str) -> IfReq {
 }
 
 fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
-    let inet = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(address).to_be() }, sin_zero: [0; 8] };
+    let inet = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(address).to_be() },
+        sin_zero: [0; 8],
+    };
     // SAFETY: both are 16-byte plain-data structs (transmute checks the sizes
     // at compile time); `sockaddr_in` has no padding, so every byte is
     // initialized, and any bytes are a valid `sockaddr` (integers and arrays).
@@ -156,7 +161,13 @@ fn read_sys(name: &str, file: &str) -> String {
 
 fn interfaces() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|name| name != "lo").collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name != "lo")
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -189,9 +200,15 @@ pub fn choose_interface(named: Option<&str>, wait: Duration) -> io::Result<Strin
         if started.elapsed() > wait {
             let seen = interfaces();
             let message = match named {
-                Some(name) if !seen.contains(&name.to_string()) => format!("no network interface {name} (there are: {})", if seen.is_empty() { "none".into() } else { seen.join(", ") }),
+                Some(name) if !seen.contains(&name.to_string()) => format!(
+                    "no network interface {name} (there are: {})",
+                    if seen.is_empty() { "none".into() } else { seen.join(", ") }
+                ),
                 Some(name) => format!("{name} has no link"),
-                None if seen.is_empty() => "no network interface appeared; is the NIC's driver in the initramfs (outputs.initramfs.modules)?".into(),
+                None if seen.is_empty() => {
+                    "no network interface appeared; is the NIC's driver in the initramfs (outputs.initramfs.modules)?"
+                        .into()
+                }
                 None => format!("no interface has a link (tried {})", seen.join(", ")),
             };
             return Err(io::Error::new(io::ErrorKind::NotFound, message));
@@ -202,7 +219,8 @@ pub fn choose_interface(named: Option<&str>, wait: Duration) -> io::Result<Strin
 
 fn mac(name: &str) -> io::Result<[u8; 6]> {
     let path = format!("/sys/class/net/{name}/address");
-    let text = std::fs::read_to_string(&path).map_err(|error| io::Error::new(error.kind(), format!("reading {path}: {error}")))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| io::Error::new(error.kind(), format!("reading {path}: {error}")))?;
     let mut mac = [0u8; 6];
     for (byte, part) in mac.iter_mut().zip(text.trim().split(':')) {
         *byte = u8::from_str_radix(part, 16).unwrap_or(0);
@@ -210,7 +228,13 @@ fn mac(name: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-fn exchange(socket: &UdpSocket, packet: &[u8], xid: u32, want: &[MessageType], timeout: Duration) -> io::Result<Option<Reply>> {
+fn exchange(
+    socket: &UdpSocket,
+    packet: &[u8],
+    xid: u32,
+    want: &[MessageType],
+    timeout: Duration,
+) -> io::Result<Option<Reply>> {
     socket.send_to(packet, SocketAddrV4::new(Ipv4Addr::BROADCAST, dhcp::SERVER_PORT))?;
     let deadline = Instant::now() + timeout;
     let mut buffer = [0u8; 1500];
@@ -239,7 +263,15 @@ pub fn lease(name: &str) -> io::Result<Reply> {
     // SAFETY: the socket's fd is open for the call; the option value points to
     // `device.len()` readable bytes (the kernel copies at most that many, and
     // at most IFNAMSIZ - 1, and needs no NUL), borrowed across the call.
-    let result = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, device.as_ptr().cast(), device.len() as libc::socklen_t) };
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            device.as_ptr().cast(),
+            device.len() as libc::socklen_t,
+        )
+    };
     if result < 0 {
         let error = io::Error::last_os_error();
         return Err(io::Error::new(error.kind(), format!("binding the DHCP socket to {name}: {error}")));
@@ -280,7 +312,11 @@ pub fn configure(name: &str, lease: &Reply) -> io::Result<()> {
         lease.address,
         dhcp::prefix_len(netmask),
         lease.router.map(|r| r.to_string()).unwrap_or_else(|| "no router".into()),
-        if lease.dns.is_empty() { "none".into() } else { lease.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" ") }
+        if lease.dns.is_empty() {
+            "none".into()
+        } else {
+            lease.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" ")
+        }
     );
     Ok(())
 }

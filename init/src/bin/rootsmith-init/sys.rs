@@ -78,7 +78,12 @@ const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 
 /// Attach `backing` read-only to a free loop device; returns its path.
 pub fn attach_loop(backing: &Path) -> io::Result<String> {
-    let control = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").map_err(|error| io::Error::new(error.kind(), format!("opening /dev/loop-control: {error} (is the loop module in the initramfs?)")))?;
+    let control = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("opening /dev/loop-control: {error} (is the loop module in the initramfs?)"),
+        )
+    })?;
     // SAFETY: LOOP_CTL_GET_FREE takes no argument and touches no memory of
     // ours; the fd is open while `control` lives.
     let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
