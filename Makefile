@@ -16,7 +16,7 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                openssh-client ipxe osslsigncode sbsigntool openssl
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps init build install install-built demo test bench clean
+.PHONY: all deps init build install install-built demo lint test bench clean
 
 # cargo's output directory (CARGO_TARGET_DIR when set).
 TARGET_DIR  ?= $(or $(CARGO_TARGET_DIR),target)
@@ -103,6 +103,11 @@ demo: deps build
 	bundle=$(OUT)/$$(sed -n 's/^name: *//p' $(RECIPE))/$$(sed -n 's/^version: *//p' $(RECIPE)); \
 	  $(SUDO) $(BIN) boot-test $$bundle --via http && \
 	  echo && echo "The bundle is in $$bundle/; boot it yourself with: $(BIN) qemu $$bundle"
+
+# rustfmt and clippy, as CI runs them (.ci/run): no warning passes.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 test: deps init
 	$(CARGO) test --locked --workspace

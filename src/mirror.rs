@@ -119,7 +119,7 @@ fn fetch(url: &str, suite: &str) -> Result<Vec<u8>> {
     let bytes = if let Some(path) = url.strip_prefix("file://") {
         fs_err::read(path).with_context(|| format!("reading {path}"))?
     } else {
-        let response = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30)).build().get(&url).call();
+        let response = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30)).build().get(url).call();
         let response = match response {
             Ok(response) => response,
             Err(ureq::Error::Status(code, _)) => bail!("{url}: HTTP {code} (is `{suite}` a suite of this mirror?)"),

@@ -443,9 +443,9 @@ mod tests {
         let recipe = load_str(&file, source, &LoadOptions::default()).unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            sender.send(
-                plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}")),
-            )
+            let planned =
+                plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}"));
+            let _ = sender.send(planned);
         });
         receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("planning hung")
     }
@@ -489,9 +489,9 @@ mod tests {
         nix::unistd::mkfifo(&tarball, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            sender.send(
-                plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}")),
-            )
+            let planned =
+                plan(&recipe, &PlanOptions::default(), &RecordingHost::default()).map_err(|error| format!("{error:#}"));
+            let _ = sender.send(planned);
         });
         let error = receiver.recv_timeout(std::time::Duration::from_secs(20)).expect("planning hung").unwrap_err();
         assert!(error.contains("base.tar is a FIFO, not a regular file"), "{error}");

@@ -290,6 +290,21 @@ impl RemoteCache {
     }
 }
 
+/// A zstd tar of a kernel's products directory, sorted and clamped.
+fn products_archive(dir: &Path, epoch: i64) -> Result<Vec<u8>> {
+    let encoder = zstd::Encoder::new(Vec::new(), 3)?;
+    // A products directory comes from the cache, where nothing stands for a device.
+    let devices = crate::layer::Devices::default();
+    let mut writer = crate::layer::TreeTarWriter::new(encoder, epoch, &devices);
+    let mut names: Vec<_> =
+        fs_err::read_dir(dir)?.map(|entry| entry.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
+    names.sort();
+    for name in names {
+        writer.append(dir, Path::new(&name))?;
+    }
+    Ok(writer.finish()?.finish()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,19 +357,4 @@ mod tests {
             assert!(error.contains(why), "{why}: {error}");
         }
     }
-}
-
-/// A zstd tar of a kernel's products directory, sorted and clamped.
-fn products_archive(dir: &Path, epoch: i64) -> Result<Vec<u8>> {
-    let encoder = zstd::Encoder::new(Vec::new(), 3)?;
-    // A products directory comes from the cache, where nothing stands for a device.
-    let devices = crate::layer::Devices::default();
-    let mut writer = crate::layer::TreeTarWriter::new(encoder, epoch, &devices);
-    let mut names: Vec<_> =
-        fs_err::read_dir(dir)?.map(|entry| entry.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
-    names.sort();
-    for name in names {
-        writer.append(dir, Path::new(&name))?;
-    }
-    Ok(writer.finish()?.finish()?)
 }

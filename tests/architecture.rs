@@ -246,6 +246,11 @@ fn ident(tokens: &[Token], i: usize) -> Option<&str> {
     }
 }
 
+/// `pub(in crate::a)`: the path after `in` is a visibility, not an import.
+fn is_visibility_path(tokens: &[Token], i: usize) -> bool {
+    i >= 3 && ident(tokens, i - 1) == Some("in") && is_punct(tokens, i - 2, '(') && ident(tokens, i - 3) == Some("pub")
+}
+
 fn is_punct(tokens: &[Token], i: usize, p: char) -> bool {
     matches!(tokens.get(i), Some(Token { tok: Tok::Punct(q), .. }) if *q == p)
 }
@@ -546,7 +551,7 @@ fn scan_source(src: &str, modpath: &[String], side: Side) -> Scan {
             && !is_sep(&tokens, i.wrapping_sub(1))
             && !is_punct(&tokens, i.wrapping_sub(1), '.')
             // pub(in crate::a) is a visibility, not an import
-            && !(i >= 3 && ident(&tokens, i - 1) == Some("in") && is_punct(&tokens, i - 2, '(') && ident(&tokens, i - 3) == Some("pub"));
+            && !is_visibility_path(&tokens, i);
         let known = match first {
             "crate" | "self" | "super" => true,
             "rootsmith" => side == Side::Binary,

@@ -222,7 +222,7 @@ fn a_cross_built_arm64_kernel_boots_to_a_marker() {
     let trees = device_trees_in(&bundle.join("kernel/tiny-dtbs.tar"));
     assert!(trees.iter().any(|t| t == "arm/juno.dtb"), "{trees:?}");
     // An arm64 Image: "ARM\x64" at byte 56 of its header.
-    let vmlinuz = bundle.join(format!("karm-1.0.0-tiny-vmlinuz"));
+    let vmlinuz = bundle.join("karm-1.0.0-tiny-vmlinuz");
     assert_eq!(&std::fs::read(&vmlinuz).unwrap()[56..60], b"ARM\x64");
 
     let initramfs = marker_initramfs(dir.path(), "aarch64-linux-gnu-gcc", KERNEL_MARKER);

@@ -283,7 +283,9 @@ fn hostile_layers_are_refused_and_write_nothing_outside() {
     if !needs_root("hostile_layers_are_refused_and_write_nothing_outside") {
         return;
     }
-    let cases: [(&str, Vec<(&str, tar::EntryType, &str)>, &str); 5] = [
+    // (name, the layer's entries as (path, type, content or link), the path refused)
+    type Case<'a> = (&'a str, Vec<(&'a str, tar::EntryType, &'a str)>, &'a str);
+    let cases: [Case; 5] = [
         ("dotdot", vec![("../escaped", F, "x")], "../escaped"),
         ("absolute", vec![("/escaped", F, "x")], "/escaped"),
         ("symlink-escape", vec![("up", S, "../../../.."), ("up/escaped", F, "x")], "up/escaped"),
@@ -353,7 +355,7 @@ impl RegistryProcess {
         let address = format!("127.0.0.1:{port}");
         let config = dir.join("registry.yml");
         std::fs::write(&config, format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n", dir.join("storage").display())).unwrap();
-        let child = std::process::Command::new("docker-registry")
+        let mut child = std::process::Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
             .stdout(std::process::Stdio::null())
@@ -366,6 +368,8 @@ impl RegistryProcess {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("docker-registry did not listen on {address}");
     }
 }

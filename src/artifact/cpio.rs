@@ -107,7 +107,7 @@ pub fn finish_rootfs_image(file: &mut std::fs::File, squashfs_len: u64, name: &s
     let length = SQUASHFS_OFFSET + squashfs_len + tail.len() as u64;
     file.set_len(length)?;
     // newc pads every entry to 4 bytes, so the image already ends aligned.
-    if length % 4 != 0 {
+    if !length.is_multiple_of(4) {
         bail!("internal error: rootfs image is {length} bytes, not a multiple of 4");
     }
     Ok(RootfsImage { build, sha256: hex::encode(whole.finalize()), chunks: chunks.finish() })

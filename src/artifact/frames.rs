@@ -115,7 +115,7 @@ fn decodes_to(frame: &[u8], group: &[u8]) -> bool {
 /// library never shares frames with this one).
 pub fn label(level: i32) -> Result<String> {
     let probe: Vec<u8> = (0..64 * 1024)
-        .map(|i: usize| if i % 3 == 0 { (i * 7 % 251) as u8 } else { b"rootsmith tar probe "[i % 20] })
+        .map(|i: usize| if i.is_multiple_of(3) { (i * 7 % 251) as u8 } else { b"rootsmith tar probe "[i % 20] })
         .collect();
     let mut hasher = Sha256::new();
     hasher.update(WRITER.as_bytes());

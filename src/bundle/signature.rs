@@ -73,7 +73,7 @@ impl SigningKey {
     /// key and manifest give the same bytes.
     pub fn sign(&self, manifest: &[u8]) -> Result<String> {
         let signature = self.key.sign(NAMESPACE, HashAlg::Sha512, manifest).context("signing the manifest")?;
-        Ok(signature.to_pem(LineEnding::LF).context("encoding the signature")?)
+        signature.to_pem(LineEnding::LF).context("encoding the signature")
     }
 
     /// Sign the bundle in `dir`: its manifest.json as it is on disk, the

@@ -107,7 +107,7 @@ impl RealHost {
             }
             process.stderr(sink);
             process.stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-            echo = tee.map(|(reader, writer, log)| (reader, writer, log));
+            echo = tee;
         }
         // Only a chroot, mounts or a tool that mounts need a mount namespace of
         // their own: host programs (make, mksquashfs…) run in rootsmith's.

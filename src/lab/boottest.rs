@@ -297,27 +297,6 @@ pub fn uki_script(url: &str, cmdline: &str) -> Result<String> {
     Ok(format!("#!ipxe\n{}", menus::ipxe_uki_entry("", url, cmdline)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_uki_script_passes_the_command_line_and_nothing_else() {
-        let script = uki_script(
-            "http://10.0.2.2:8080/d/1/d-1-debian.efi",
-            "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img",
-        )
-        .unwrap();
-        assert_eq!(script, "#!ipxe\nchain --autofree http://10.0.2.2:8080/d/1/d-1-debian.efi console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img\n");
-        for hostile in
-            ["quiet\nshell", "quiet\r\nshell", "x=${net0/mac}", "quiet || shell", "quiet && shell", "x=\"a b\""]
-        {
-            assert!(uki_script("http://h/u.efi", hostile).is_err(), "{hostile:?}");
-        }
-        assert!(uki_script("http://h/u.efi shell", "quiet").is_err());
-    }
-}
-
 /// Console lines after which a boot `via` goes no further: iPXE's and the
 /// firmware's refusal of an image (under Secure Boot, one whose signature
 /// the firmware's db does not accept).
@@ -341,4 +320,25 @@ pub fn expected_line(manifest: &Manifest, expect: Option<&str>) -> String {
         .map(str::to_string)
         .or_else(|| manifest.boot.marker.clone())
         .unwrap_or_else(|| "rootsmith-init: switching root".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uki_script_passes_the_command_line_and_nothing_else() {
+        let script = uki_script(
+            "http://10.0.2.2:8080/d/1/d-1-debian.efi",
+            "console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img",
+        )
+        .unwrap();
+        assert_eq!(script, "#!ipxe\nchain --autofree http://10.0.2.2:8080/d/1/d-1-debian.efi console=ttyS0 rootsmith.rootfs_url=http://dhcp-server:8080/d/1/d-1-rootfs.img\n");
+        for hostile in
+            ["quiet\nshell", "quiet\r\nshell", "x=${net0/mac}", "quiet || shell", "quiet && shell", "x=\"a b\""]
+        {
+            assert!(uki_script("http://h/u.efi", hostile).is_err(), "{hostile:?}");
+        }
+        assert!(uki_script("http://h/u.efi shell", "quiet").is_err());
+    }
 }

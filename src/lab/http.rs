@@ -83,6 +83,10 @@ impl Body {
             Body::File { len, .. } => *len,
         }
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub fn reason(status: u16) -> &'static str {

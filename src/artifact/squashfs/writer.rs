@@ -586,7 +586,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// every block after it (as filling each block to the brim would); the cost
 /// is fragment blocks about two thirds full.
 fn cuts_after(digest: &[u8; 32], filled: usize, block_size: u32) -> bool {
-    filled >= block_size as usize / 4 && digest[0] % 8 == 0
+    filled >= block_size as usize / 4 && digest[0].is_multiple_of(8)
 }
 
 /// Writes data blocks and fragment blocks at the end of the image so far.
