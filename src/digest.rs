@@ -67,6 +67,36 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
     }
 }
 
+/// A reader that passes on what `inner` gives and hashes it on the way, so
+/// what a stage reads can be checked against the digest its key was made of.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> HashingReader<R> {
+        HashingReader { inner, hasher: Sha256::new(), len: 0 }
+    }
+
+    /// Read what is left to the end, then the SHA-256 (hex) and length of
+    /// everything read through this reader.
+    pub fn finish(mut self) -> std::io::Result<(String, u64)> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok((hex::encode(self.hasher.finalize()), self.len))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.hasher.update(&buffer[..read]);
+        self.len += read as u64;
+        Ok(read)
+    }
+}
+
 /// Whether `text` has the form of a SHA-256 hex digest (64 lower-case hex
 /// digits): the check every digest from outside passes before it names a file.
 pub fn is_sha256_hex(text: &str) -> bool {
@@ -91,6 +121,10 @@ mod tests {
         assert!(!is_sha256_hex(&expected.to_uppercase()));
         let error = hash_file(&dir.path().join("missing")).unwrap_err();
         assert!(error.to_string().contains("missing"), "the error names the file: {error}");
+        let mut reader = HashingReader::new(&b"abc"[..]);
+        let mut first = [0u8; 1];
+        reader.read_exact(&mut first).unwrap();
+        assert_eq!(reader.finish().unwrap(), (expected.to_string(), 3), "what is left is read too");
         let error = hash_file(Path::new("/dev/zero")).unwrap_err();
         assert!(error.to_string().contains("/dev/zero is a character device"), "{error}");
     }

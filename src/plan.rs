@@ -223,7 +223,7 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
             }
             (StageKind::Files(f), _) => (
                 json!({ "src": f.src.written, "dest": f.dest, "uid": f.uid, "gid": f.gid, "modes": f.modes }),
-                tree_digests(&f.src.resolved)?,
+                crate::stage::source_digests(&f.src.resolved)?,
                 BTreeMap::new(),
             ),
             (StageKind::Kernel(Kernel::Package { package }), _) => {
@@ -242,20 +242,11 @@ pub fn plan(recipe: &Recipe, options: &PlanOptions, host: &dyn Host) -> Result<P
                         json!({ "tarball": location })
                     }
                 };
-                let mut files = Vec::new();
-                for patch in &k.patches {
-                    files.push(file_digest(&patch.resolved, &patch.written)?);
-                }
+                let files = kernel_files(k)?;
                 let base = match &k.base {
                     ConfigBase::Target(target) => json!(target),
-                    ConfigBase::File(file) => {
-                        files.push(file_digest(&file.resolved, &file.written)?);
-                        json!({ "file": file.written })
-                    }
+                    ConfigBase::File(file) => json!({ "file": file.written }),
                 };
-                for fragment in &k.fragments {
-                    files.push(file_digest(&fragment.resolved, &fragment.written)?);
-                }
                 let params = json!({
                     "source": source,
                     "patches": k.patches.iter().map(|p| &p.written).collect::<Vec<_>>(),
@@ -338,6 +329,42 @@ impl Plan {
     }
 }
 
+/// The local files a kernel build reads (patches, a config file, fragments),
+/// in the order its key lists them.
+fn kernel_files(kernel: &crate::recipe::KernelBuild) -> Result<Vec<FileDigest>> {
+    let mut files = Vec::new();
+    for patch in &kernel.patches {
+        files.push(file_digest(&patch.resolved, &patch.written)?);
+    }
+    if let ConfigBase::File(file) = &kernel.base {
+        files.push(file_digest(&file.resolved, &file.written)?);
+    }
+    for fragment in &kernel.fragments {
+        files.push(file_digest(&fragment.resolved, &fragment.written)?);
+    }
+    Ok(files)
+}
+
+/// After a stage that reads its local files while it runs (a kernel build:
+/// patches, config, fragments), whether they are still what the plan
+/// digested: a file edited during the build fails the stage, nothing is
+/// recorded. (The `files`, `run` and `tarball` stages check what they read
+/// as they read it.)
+pub fn check_files_unchanged(stage: &PlannedStage) -> Result<()> {
+    let StageKind::Kernel(Kernel::Build(kernel)) = &stage.kind else { return Ok(()) };
+    let now = kernel_files(kernel)?;
+    for (planned, read) in stage.files.iter().zip(&now) {
+        if planned != read {
+            return Err(crate::stage::changed_during_build(
+                &planned.path,
+                &format!("sha256 {}", planned.sha256),
+                &format!("sha256 {} after the stage", read.sha256),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A local file's digest, under the name the recipe gave it. Only a regular
 /// file is read (streamed, never whole into memory): a FIFO or a device is an
 /// error before anything is read.
@@ -352,46 +379,6 @@ fn file_digest(path: &Path, written: &str) -> Result<FileDigest> {
     })
 }
 
-/// Digests of every entry under `root`, by path relative to it, sorted, as
-/// the `files` stage copies them: symlinks by their target (never followed),
-/// FIFOs and device nodes by their device numbers (they are copied as nodes,
-/// never read), sockets left out (the copy skips them).
-fn tree_digests(root: &Path) -> Result<Vec<FileDigest>> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let mut digests = Vec::new();
-    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
-        let entry = entry.with_context(|| format!("reading {}", root.display()))?;
-        let metadata =
-            entry.path().symlink_metadata().with_context(|| format!("reading {}", entry.path().display()))?;
-        let relative = entry.path().strip_prefix(root).expect("under root").to_string_lossy().into_owned();
-        let file_type = metadata.file_type();
-        let device =
-            || sha256_hex(format!("{}:{}", libc::major(metadata.rdev()), libc::minor(metadata.rdev())).as_bytes());
-        let (kind, sha256) = if file_type.is_dir() {
-            ("dir", String::new())
-        } else if file_type.is_symlink() {
-            ("symlink", sha256_hex(fs_err::read_link(entry.path())?.as_os_str().as_encoded_bytes()))
-        } else if file_type.is_file() {
-            ("file", crate::digest::hash_file_no_follow(entry.path())?)
-        } else if file_type.is_fifo() {
-            ("fifo", String::new())
-        } else if file_type.is_char_device() {
-            ("char", device())
-        } else if file_type.is_block_device() {
-            ("block", device())
-        } else {
-            continue;
-        };
-        digests.push(FileDigest {
-            path: relative,
-            kind: kind.into(),
-            mode: metadata.permissions().mode() & 0o7777,
-            sha256,
-        });
-    }
-    Ok(digests)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +390,19 @@ mod tests {
         fs_err::write(dir.join("small.config"), "CONFIG_PRINTK=y\n").unwrap();
         let source = "rootsmith: 1\nname: k\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n  - kernel: { name: lts, source: { package: linux-source-6.1 }, config: { base: tinyconfig, fragments: [small.config] } }\n";
         load_str(&dir.join("k.yaml"), source, &LoadOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn a_kernel_fragment_edited_while_the_kernel_builds_fails_the_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = kernel_recipe(dir.path());
+        let host = RecordingHost::default();
+        host.answer("apt-cache", "Package: linux-source-6.1\nVersion: 6.1.99-1\nSHA256: 0123\n");
+        let plan = plan(&recipe, &PlanOptions::default(), &host).unwrap();
+        check_files_unchanged(&plan.stages[1]).unwrap();
+        fs_err::write(dir.path().join("small.config"), "CONFIG_PRINTK=n\n").unwrap();
+        let error = format!("{:#}", check_files_unchanged(&plan.stages[1]).unwrap_err());
+        assert!(error.starts_with("`small.config` changed during the build"), "{error}");
     }
 
     #[test]

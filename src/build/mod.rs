@@ -127,6 +127,7 @@ pub fn materialize<T>(
         stage_name: "shell",
         stage_key: "shell",
         remote: &no_remote,
+        planned_files: &[],
         apt_pins: None,
     };
     use_tree(&context)

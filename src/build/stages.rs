@@ -211,9 +211,12 @@ impl<'a> StageRunner<'a> {
             stage_name: &planned.name,
             stage_key: &key,
             remote: &planned.remote,
+            planned_files: &planned.files,
             apt_pins: self.apt_pins,
         };
-        let kernel = match run_stage(&planned.kind, &planned.resolved, &context) {
+        let ran = run_stage(&planned.kind, &planned.resolved, &context)
+            .and_then(|kernel| crate::plan::check_files_unchanged(planned).map(|()| kernel));
+        let kernel = match ran {
             Ok(kernel) => kernel,
             Err(error) => {
                 self.progress.fail(&label, &format!("{error:#}"));

@@ -266,3 +266,42 @@ fn each_layer_holds_only_what_its_own_stage_changed() {
     let second: Vec<&String> = layers[2].iter().filter(|path| *path != "usr").collect();
     assert_eq!(second, ["usr/two"], "the second files stage's layer: {:?}", layers[2]);
 }
+
+#[test]
+fn a_file_edited_during_the_build_and_reverted_is_never_cached_under_its_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let cache = dir.path().join("cache");
+    let host = RecordingHost::default();
+    // The plan hashes "hello"; an editor saves "edited" before the files
+    // stage copies it, and the old text again after the build.
+    let planned = plan(&recipe, &options(), &host).unwrap();
+    fs_err::write(dir.path().join("overlay/motd"), "edited\n").unwrap();
+    let error = materialize(&planned, &cache, 3, &host, &Silent, |_| Ok(())).unwrap_err();
+    let text = format!("{error:#}");
+    assert!(text.contains("`overlay/motd` changed during the build"), "{text}");
+    fs_err::write(dir.path().join("overlay/motd"), "hello\n").unwrap();
+
+    let reverted = plan(&recipe, &options(), &host).unwrap();
+    let store = Store::open(&cache).unwrap();
+    let statuses = reverted.statuses(&store, None);
+    assert!(matches!(statuses[2], StageStatus::Miss { .. }), "the edited copy was recorded");
+    drop(store);
+    assert_eq!(motd_after_all_stages(&reverted, &cache, &host), "hello\n");
+}
+
+#[test]
+fn a_base_tarball_replaced_after_the_plan_records_no_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let cache = dir.path().join("cache");
+    let host = RecordingHost::default();
+    let planned = plan(&recipe, &options(), &host).unwrap();
+    let mut other = fs_err::read(dir.path().join("base.tar")).unwrap();
+    other.extend_from_slice(&[0; 1024]);
+    fs_err::write(dir.path().join("base.tar"), other).unwrap();
+    let error = materialize(&planned, &cache, 1, &host, &Silent, |_| Ok(())).unwrap_err();
+    assert!(format!("{error:#}").contains("`base.tar` changed during the build"), "{error:#}");
+    let store = Store::open(&cache).unwrap();
+    assert!(matches!(planned.statuses(&store, None)[0], StageStatus::Miss { .. }));
+}

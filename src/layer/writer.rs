@@ -94,7 +94,7 @@ impl<'d, W: Write> TreeTarWriter<'d, W> {
             // A regular file when looked at: if something else stands there
             // now (a FIFO would block the read forever), that is an error.
             let file = crate::fileops::open_regular_no_follow(&full)?;
-            self.builder.append_data(&mut header, relative, file)
+            self.builder.append_data(&mut header, relative, ExactLength::new(file, metadata.len(), &full))
         } else {
             // A FIFO: its device numbers are those of a real node (zero).
             header.set_entry_type(EntryType::Fifo);
@@ -169,6 +169,40 @@ fn with_path(error: std::io::Error, path: &Path) -> std::io::Error {
     std::io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 
+/// A file's bytes, exactly as many as its header says: tar cannot hold an
+/// entry whose size changed while it was read (a file grown mid-write would
+/// shift every later entry), so a file shorter than that is an error and
+/// one that grew is read no further.
+struct ExactLength<'p, R> {
+    inner: R,
+    remaining: u64,
+    path: &'p Path,
+}
+
+impl<'p, R: std::io::Read> ExactLength<'p, R> {
+    fn new(inner: R, len: u64, path: &'p Path) -> Self {
+        ExactLength { inner, remaining: len, path }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for ExactLength<'_, R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 || buffer.is_empty() {
+            return Ok(0);
+        }
+        let want = buffer.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let read = self.inner.read(&mut buffer[..want])?;
+        if read == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} became shorter while it was read", self.path.display()),
+            ));
+        }
+        self.remaining -= read as u64;
+        Ok(read)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +213,16 @@ mod tests {
         let text = String::from_utf8(data).unwrap();
         let (length, _) = text.split_once(' ').unwrap();
         assert_eq!(length.parse::<usize>().unwrap(), text.len());
+    }
+
+    #[test]
+    fn a_file_is_read_to_the_length_its_header_gives_never_further() {
+        use std::io::Read;
+        let path = Path::new("etc/motd");
+        let mut grown = Vec::new();
+        ExactLength::new(&b"hello, and more written since"[..], 5, path).read_to_end(&mut grown).unwrap();
+        assert_eq!(grown, b"hello");
+        let error = ExactLength::new(&b"hel"[..], 5, path).read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("etc/motd became shorter"), "{error}");
     }
 }

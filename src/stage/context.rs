@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cache::Layout;
+use crate::cache::{FileDigest, Layout};
 use crate::host::Host;
 use crate::layer::Devices;
 use crate::oci::layout::ResolvedImage;
@@ -28,8 +28,31 @@ pub struct StageContext<'a> {
     pub stage_key: &'a str,
     /// Remote inputs the plan resolved for this stage.
     pub remote: &'a std::collections::BTreeMap<String, String>,
+    /// The digests of the local files the plan read for this stage's key:
+    /// what the stage reads must be the same bytes, or it fails and nothing
+    /// is recorded under a key that does not describe it.
+    pub planned_files: &'a [FileDigest],
     /// `build --locked`: apt preferences pinning every package to its locked version.
     pub apt_pins: Option<&'a str>,
+}
+
+impl StageContext<'_> {
+    /// The digest the plan read of the local file the recipe names `written`.
+    pub fn planned_digest(&self, written: &str) -> anyhow::Result<&FileDigest> {
+        self.planned_files
+            .iter()
+            .find(|file| file.path == written)
+            .ok_or_else(|| anyhow::anyhow!("the plan has no digest of `{written}`, which this stage reads"))
+    }
+}
+
+/// The error of a stage whose local input `written` is not what the plan
+/// read for its key (an editor saving it mid-build, a file replaced):
+/// nothing is recorded, since the key would name other bytes than the layer.
+pub fn changed_during_build(written: &str, planned: &str, read: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`{written}` changed during the build (the plan read {planned}, the stage read {read}); nothing was recorded\nhint: build again once it no longer changes"
+    )
 }
 
 /// What the plan found out for a stage beyond what its recipe says: the
@@ -73,7 +96,14 @@ impl<'a> StageContext<'a> {
             stage_name: "s",
             stage_key: "k",
             remote: &NO_REMOTE,
+            planned_files: &[],
             apt_pins: None,
         }
+    }
+
+    /// The same context with the plan's digests of the stage's local files.
+    pub fn with_planned_files(mut self, files: &'a [FileDigest]) -> StageContext<'a> {
+        self.planned_files = files;
+        self
     }
 }

@@ -18,7 +18,8 @@ use anyhow::Result;
 use crate::recipe::StageKind;
 
 pub use chroot::{run_chrooted, run_interactive, PINS_FILE};
-pub use context::{Resolved, StageContext};
+pub use context::{changed_during_build, Resolved, StageContext};
+pub use files::source_digests;
 
 /// Run one stage; a kernel stage also returns the kernel it built or took.
 pub fn run_stage(

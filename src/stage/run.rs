@@ -9,7 +9,7 @@ use std::io::Read;
 use anyhow::{Context, Result};
 
 use super::chroot::{run_chrooted, run_script_chrooted, ScriptFile};
-use super::context::StageContext;
+use super::context::{changed_during_build, StageContext};
 use crate::recipe::{Run, Script};
 
 pub fn run(stage: &Run, context: &StageContext<'_>) -> Result<()> {
@@ -20,6 +20,16 @@ pub fn run(stage: &Run, context: &StageContext<'_>) -> Result<()> {
             crate::fileops::open_regular(&path.resolved)
                 .and_then(|mut file| file.read_to_end(&mut text))
                 .with_context(|| format!("reading the script `{}`", path.written))?;
+            // The text that runs is the text the key was made of.
+            let planned = &context.planned_digest(&path.written)?.sha256;
+            let read = crate::digest::sha256_hex(&text);
+            if &read != planned {
+                return Err(changed_during_build(
+                    &path.written,
+                    &format!("sha256 {planned}"),
+                    &format!("sha256 {read}"),
+                ));
+            }
             let name = path
                 .resolved
                 .file_name()
@@ -39,6 +49,37 @@ mod tests {
     use crate::host::{CommandError, RecordingHost};
     use crate::recipe::LocalPath;
 
+    fn planned_script(written: &str, path: &std::path::Path) -> crate::cache::FileDigest {
+        crate::cache::FileDigest {
+            path: written.into(),
+            kind: "file".into(),
+            mode: 0o644,
+            sha256: crate::digest::hash_file(path).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_script_edited_after_the_plan_does_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs_err::create_dir_all(tree.join("bin")).unwrap();
+        fs_err::write(tree.join("bin/sh"), "").unwrap();
+        let script = dir.path().join("configure.sh");
+        fs_err::write(&script, "echo planned\n").unwrap();
+        let planned = [planned_script("configure.sh", &script)];
+        fs_err::write(&script, "echo edited\n").unwrap();
+        let layout = crate::cache::Layout::new(&dir.path().join("cache"));
+        let host = RecordingHost::default();
+        let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 0).with_planned_files(&planned);
+        let stage = Run {
+            script: Script::File(LocalPath { written: "configure.sh".into(), resolved: script }),
+            env: BTreeMap::new(),
+        };
+        let error = format!("{:#}", run(&stage, &context).unwrap_err());
+        assert!(error.starts_with("`configure.sh` changed during the build"), "{error}");
+        assert!(host.commands.lock().unwrap().is_empty(), "the edited script ran");
+    }
+
     #[test]
     fn a_failing_script_file_is_named_never_quoted() {
         let dir = tempfile::tempdir().unwrap();
@@ -50,7 +91,8 @@ mod tests {
         fs_err::write(&script, "echo \"token: hunter2\" > /etc/secret\nfalse\n").unwrap();
         let layout = crate::cache::Layout::new(&dir.path().join("cache"));
         let host = RecordingHost::failing_at(0, 1);
-        let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 0);
+        let planned = [planned_script("scripts/configure.sh", &script)];
+        let context = StageContext::for_test(&host, &tree, dir.path(), &layout, 0).with_planned_files(&planned);
         let stage = Run {
             script: Script::File(LocalPath { written: "scripts/configure.sh".into(), resolved: script }),
             env: BTreeMap::new(),

@@ -2,20 +2,40 @@
 //! none, told apart by their magic bytes), applied as an untrusted layer. Only
 //! a regular file is read: a FIFO or a device is refused when the recipe is
 //! checked and again here, on the file as opened (it may have changed since).
+//! The file is hashed as it is read: a tarball replaced after the plan
+//! hashed it fails the stage instead of being cached under the old key.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::context::StageContext;
+use super::context::{changed_during_build, StageContext};
 use crate::recipe::Tarball;
 
 pub fn run(stage: &Tarball, context: &StageContext<'_>) -> Result<()> {
-    let path = &stage.path.resolved;
-    let file = crate::fileops::open_regular(path).with_context(|| format!("tarball `{}`", stage.path.written))?;
+    let planned = &context.planned_digest(&stage.path.written)?.sha256;
+    let read = unpack(&stage.path.resolved, &stage.path.written, context)?;
+    if &read != planned {
+        return Err(changed_during_build(&stage.path.written, &format!("sha256 {planned}"), &format!("sha256 {read}")));
+    }
+    Ok(())
+}
+
+/// Apply the tar at `path` (the recipe's `written`) to the tree; the
+/// SHA-256 of every byte of the file, read once, for the caller to check.
+pub fn unpack(path: &Path, written: &str, context: &StageContext<'_>) -> Result<String> {
+    let file = crate::fileops::open_regular(path).with_context(|| format!("tarball `{written}`"))?;
+    let mut hashing = crate::digest::HashingReader::new(file);
+    apply(&mut hashing, path, written, context)?;
+    let (digest, _) = hashing.finish().with_context(|| format!("reading {}", path.display()))?;
+    Ok(digest)
+}
+
+fn apply(file: impl Read, path: &Path, written: &str, context: &StageContext<'_>) -> Result<()> {
     let mut reader = BufReader::new(file);
     let magic = reader.fill_buf()?.to_vec();
-    let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+    let decoded: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(reader))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::Decoder::with_buffer(reader)?)
@@ -24,7 +44,7 @@ pub fn run(stage: &Tarball, context: &StageContext<'_>) -> Result<()> {
     } else {
         Box::new(reader)
     };
-    crate::layer::apply_layer(decoded, context.tree, &stage.path.written, context.devices)
+    crate::layer::apply_layer(decoded, context.tree, written, context.devices)
         .with_context(|| format!("unpacking {}", path.display()))?;
     Ok(())
 }
@@ -51,9 +71,18 @@ mod tests {
     fn try_unpack(file: &Path) -> (std::path::PathBuf, Result<()>) {
         let tree = std::path::PathBuf::from(format!("{}.tree", file.display()));
         fs_err::create_dir(&tree).unwrap();
+        // The plan's digest of it (nothing for a FIFO, which it refuses too).
+        let sha256 = crate::digest::hash_file(file).unwrap_or_default();
+        try_unpack_planned(file, &sha256, tree)
+    }
+
+    fn try_unpack_planned(file: &Path, sha256: &str, tree: std::path::PathBuf) -> (std::path::PathBuf, Result<()>) {
         let host = RecordingHost::default();
         let layout = crate::cache::Layout::new(Path::new("/nonexistent"));
-        let context = StageContext::for_test(&host, &tree, file.parent().unwrap(), &layout, 0);
+        let planned =
+            [crate::cache::FileDigest { path: "x".into(), kind: "file".into(), mode: 0o644, sha256: sha256.into() }];
+        let context =
+            StageContext::for_test(&host, &tree, file.parent().unwrap(), &layout, 0).with_planned_files(&planned);
         let result = run(&Tarball { path: LocalPath { written: "x".into(), resolved: file.to_path_buf() } }, &context);
         (tree, result)
     }
@@ -128,5 +157,24 @@ mod tests {
             let tree = unpack(&file);
             assert_eq!(fs_err::read_to_string(tree.join("etc/hello")).unwrap(), "hi\n", "{name}");
         }
+    }
+
+    #[test]
+    fn a_tarball_replaced_after_the_plan_fails_the_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("base.tar");
+        fs_err::write(&file, sample_tar()).unwrap();
+        let planned = crate::digest::hash_file(&file).unwrap();
+        // Another tar in its place, as valid as the first (and longer: the
+        // end of the file after the archive is hashed too).
+        let mut other = sample_tar();
+        other.extend_from_slice(&[0; 10240]);
+        fs_err::write(&file, other).unwrap();
+        let tree = dir.path().join("tree");
+        fs_err::create_dir(&tree).unwrap();
+        let (_, result) = try_unpack_planned(&file, &planned, tree);
+        let error = format!("{:#}", result.unwrap_err());
+        assert!(error.starts_with("`x` changed during the build"), "{error}");
+        assert!(error.contains(&planned), "{error}");
     }
 }
