@@ -404,20 +404,57 @@ fn debootstrap_tool_builds_a_base() {
 
 /// Two cold builds of the default recipe on two empty caches give the same
 /// bytes: mmdebstrap and apt run with SOURCE_DATE_EPOCH, mtimes are clamped,
-/// and the logs and caches that record when a build ran are scrubbed.
+/// and the logs and caches that record when a build ran are scrubbed. The
+/// two caches differ in everything that must not matter: one is under a
+/// 0700 directory (apt cannot drop to `_apt` there) with umask 077, the other
+/// under a 0755 one with umask 022.
 #[test]
 fn debootstrap_recipe_is_reproducible_on_two_empty_caches() {
     if !needs_root("debootstrap_recipe_is_reproducible_on_two_empty_caches") {
         return;
     }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
     let (a, b) = (Lab::new(), Lab::new());
-    let bundle = |lab: &Lab| {
-        lab.build(&lab.recipe(), &[]);
-        std::fs::read_to_string(lab.out.join("debian-minimal/0.1.0/SHA256SUMS")).unwrap()
+    std::fs::set_permissions(a.cache.parent().unwrap(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(b.cache.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bundle = |lab: &Lab, umask: libc::mode_t| {
+        let mut command = lab.command(&["build", "--json", "--fast"]);
+        command.arg("--out").arg(&lab.out).arg(lab.recipe());
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            command.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        let (code, stdout, stderr) = run(&mut command);
+        assert_eq!(code, 0, "build failed:\n{stderr}");
+        let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let keys: Vec<(String, String)> = states(&summary);
+        (std::fs::read_to_string(lab.out.join("debian-minimal/0.1.0/SHA256SUMS")).unwrap(), keys)
     };
-    let (sums_a, sums_b) = (bundle(&a), bundle(&b));
-    assert_eq!(sums_a, sums_b, "two cold builds of recipes/debian-minimal.yaml differ");
+    let ((sums_a, keys_a), (sums_b, keys_b)) = (bundle(&a, 0o077), bundle(&b, 0o022));
+    assert_eq!(keys_a, keys_b);
+    assert_eq!(sums_a, sums_b, "two cold builds of recipes/debian-minimal.yaml differ (cache mode and umask)");
     assert!(sums_a.contains("-rootfs.img") && sums_a.contains("sbom.spdx.json"));
+    // Each stage's layer is the same bytes under the same key (the stage
+    // records of CACHE/v1/stages/KEY.json).
+    let layers = |lab: &Lab| {
+        let mut pairs: Vec<String> = std::fs::read_dir(lab.cache.join("v1/stages"))
+            .unwrap()
+            .map(|entry| {
+                let record: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+                format!("{} {} {}", record["stage"], record["key"], record["layer"])
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    let (layers_a, layers_b) = (layers(&a), layers(&b));
+    assert!(!layers_a.is_empty());
+    assert_eq!(layers_a, layers_b, "one key, two layers");
 }
 
 /// `release verify --rebuild` names the paths a non-reproducible step changes.

@@ -119,10 +119,14 @@ impl RealHost {
         // outlives the build. (Ordinary users only run host probes here.)
         let pid_namespace = nix::unistd::geteuid().is_root();
         // SAFETY: the closure only makes async-signal-safe system calls
-        // (prctl, unshare, fork, waitpid, close_range, mount, chroot, chdir,
-        // _exit) on data prepared above; no allocation, no locks.
+        // (umask, prctl, unshare, fork, waitpid, close_range, mount, chroot,
+        // chdir, _exit) on data prepared above; no allocation, no locks.
         unsafe {
             process.pre_exec(move || {
+                // Every command makes files with the same modes, whatever
+                // the umask rootsmith was started with: the same inputs give
+                // the same layer on every machine.
+                libc::umask(0o022);
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
