@@ -191,3 +191,61 @@ fn an_overlay_over_a_kept_tree_gives_the_bytes_of_an_extracted_tree() {
     );
     assert_eq!(mount_table(), mounts_before, "a build changed the host's mount table");
 }
+
+/// A kept tree changed behind the cache's back (a file rewritten with its
+/// mtime set back, a file replaced by a symlink) is found: `cache verify`
+/// names it, and the next build does not publish its content but extracts
+/// the tree again, giving the bundle a clean build gives.
+#[test]
+fn a_kept_tree_changed_in_place_is_never_published() {
+    if !needs_root("a_kept_tree_changed_in_place_is_never_published") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    base(&dir.path().join("base.tar"));
+    let first = recipe(dir.path(), "1.0.0", "echo one > /var/one");
+    let second = recipe(dir.path(), "2.0.0", "echo two > /var/two");
+    let third = recipe(dir.path(), "3.0.0", "echo three > /var/three");
+    build(dir.path(), "kept", &first, true);
+    // The second build makes the kept tree of the base stage.
+    build(dir.path(), "kept", &second, true);
+    let trees = dir.path().join("kept/v1/trees");
+    let tree = std::fs::read_dir(&trees).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
+    let file = tree.join("opt/d/x");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, "X\n").unwrap();
+    std::fs::File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
+    std::fs::remove_file(tree.join("etc/a")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", tree.join("etc/a")).unwrap();
+
+    let verify = |repair: bool| {
+        let mut command = rootsmith();
+        command.args(["cache", "verify"]).arg("--cache").arg(dir.path().join("kept"));
+        if repair {
+            command.arg("--repair");
+        }
+        run(&mut command)
+    };
+    let (code, stdout, stderr) = verify(false);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("kept tree") && stdout.contains("is not what it was"), "{stdout}");
+
+    let (tampered, stderr) = build(dir.path(), "kept", &third, true);
+    assert!(stderr.contains("differed from its record"), "{stderr}");
+    let (clean, _) = build(dir.path(), "clean", &third, false);
+    assert_eq!(
+        std::fs::read_to_string(tampered.join("SHA256SUMS")).unwrap(),
+        std::fs::read_to_string(clean.join("SHA256SUMS")).unwrap(),
+        "a build over a changed kept tree published its content"
+    );
+    let (code, stdout, stderr) = verify(false);
+    assert_eq!(code, 0, "the tree made again is sound:\n{stdout}{stderr}");
+
+    // --repair removes a changed tree; the next build makes it again.
+    let tree = std::fs::read_dir(&trees).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
+    std::fs::write(tree.join("opt/d/y"), "Y\n").unwrap();
+    let (code, stdout, _) = verify(true);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("removed 1 broken entries"), "{stdout}");
+    assert!(!tree.exists());
+}

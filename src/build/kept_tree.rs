@@ -9,6 +9,11 @@
 //! bound on how many are kept) removes only trees whose lock it can take
 //! alone. One is made under a build lock of its own, in a `.partial-`
 //! directory renamed into place, so a kept tree that exists is whole.
+//!
+//! A kept tree is checked before each use against the record written when
+//! it was made ([`crate::cache::tree_record`]: each entry's stamp, ctime and
+//! inode included): one changed in place or replaced is not used, but
+//! discarded and extracted again from its layers.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,11 +44,20 @@ fn keep() -> usize {
     std::env::var("ROOTSMITH_KEPT_TREES").ok().and_then(|text| text.parse().ok()).unwrap_or(DEFAULT_KEEP)
 }
 
-/// The kept tree `tree_id`, made with `fill` (which writes the whole tree
-/// into the empty directory it is given) when it is not there yet. The
-/// second value says whether it was made now.
-pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(KeptTree, bool)> {
-    let path = store.layout().kept_tree(tree_id);
+/// How [`ensure`] came by the kept tree it gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Came {
+    /// It was there and matches its record.
+    Reused,
+    /// It was not there: made now.
+    Made,
+    /// It was there but differed from its record (said how): discarded
+    /// and made again now.
+    Remade(String),
+}
+
+/// A shared lock on the kept tree at `path` (held while it is used).
+fn lock_shared(path: &Path) -> Result<File> {
     let lock = fs_err::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -53,7 +67,31 @@ pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<(
         .0;
     fs4::fs_std::FileExt::lock_shared(&lock)
         .with_context(|| format!("locking {}", path.with_extension("lock").display()))?;
-    let mut made = false;
+    Ok(lock)
+}
+
+/// The kept tree `tree_id`, made with `fill` (which writes the whole tree
+/// into the empty directory it is given) when it is not there yet, or when
+/// the one there differs from its record. The second value says which.
+pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(KeptTree, Came)> {
+    let path = store.layout().kept_tree(tree_id);
+    let record = store.layout().kept_tree_record(tree_id);
+    let mut lock = lock_shared(&path)?;
+    let mut came = Came::Reused;
+    if path.is_dir() {
+        if let Err(difference) = crate::cache::tree_record::check_stamps(&path, &record) {
+            // Discarded only when no other build has it mounted.
+            drop(lock);
+            if !store.discard_kept_tree(tree_id)? {
+                anyhow::bail!(
+                    "the kept tree {} differs from its record ({difference}), and another build is using it",
+                    &tree_id[..12.min(tree_id.len())]
+                );
+            }
+            lock = lock_shared(&path)?;
+            came = Came::Remade(difference.to_string());
+        }
+    }
     if !path.is_dir() {
         let _making = store.lock(&format!("tree-{tree_id}"))?;
         if !path.is_dir() {
@@ -64,8 +102,16 @@ pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<(
             let tree = partial.path().join("tree");
             fs_err::create_dir(&tree)?;
             fill(&tree)?;
+            // The record first: a tree without one is never used.
+            let listing = crate::cache::tree_record::make(&tree)
+                .with_context(|| format!("recording the kept tree {}", &tree_id[..12.min(tree_id.len())]))?;
+            let written = partial.path().join("record");
+            fs_err::write(&written, &listing)?;
+            fs_err::rename(&written, &record)?;
             fs_err::rename(&tree, &path)?;
-            made = true;
+            if came == Came::Reused {
+                came = Came::Made;
+            }
         }
     }
     // Its mtime is its last use, which `cache gc` and the bound go by.
@@ -73,7 +119,7 @@ pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<(
     filetime::set_file_mtime(&path, now)?;
     let kept = KeptTree { path, _lock: lock };
     evict(store, &kept.path, keep());
-    Ok((kept, made))
+    Ok((kept, came))
 }
 
 /// Remove the least recently used kept trees beyond `keep` (besides
@@ -92,6 +138,7 @@ fn evict(store: &Store, in_use: &Path, keep: usize) {
     for (_, tree) in trees.into_iter().take(excess) {
         if let Ok(Some(_alone)) = crate::fileops::try_lock_file(&tree.with_extension("lock")) {
             let _ = remove_tree(&tree);
+            let _ = fs_err::remove_file(tree.with_extension("record"));
         }
     }
 }
@@ -131,13 +178,13 @@ mod tests {
     #[test]
     fn a_kept_tree_is_made_once_and_then_reused() {
         let (_dir, store) = store();
-        let (kept, made) =
+        let (kept, came) =
             ensure(&store, &id(1), |tree| Ok(fs_err::write(tree.join("etc-hostname"), "kept\n")?)).unwrap();
-        assert!(made);
+        assert_eq!(came, Came::Made);
         assert_eq!(std::fs::read_to_string(kept.path().join("etc-hostname")).unwrap(), "kept\n");
         drop(kept);
-        let (kept, made) = ensure(&store, &id(1), |_| panic!("made twice")).unwrap();
-        assert!(!made && kept.path().join("etc-hostname").is_file());
+        let (kept, came) = ensure(&store, &id(1), |_| panic!("made twice")).unwrap();
+        assert!(came == Came::Reused && kept.path().join("etc-hostname").is_file());
     }
 
     #[test]
@@ -184,5 +231,47 @@ mod tests {
         drop(in_use);
         let _ = ensure(&store, &id(5), |_| Ok(())).unwrap();
         assert!(!store.layout().kept_tree(&id(1)).exists(), "no longer in use, the oldest goes");
+    }
+
+    #[test]
+    fn a_kept_tree_changed_in_place_is_discarded_and_made_again() {
+        let (_dir, store) = store();
+        let fill = |tree: &Path| -> Result<()> {
+            fs_err::create_dir(tree.join("etc"))?;
+            Ok(fs_err::write(tree.join("etc/motd"), "clean\n")?)
+        };
+        drop(ensure(&store, &id(3), fill).unwrap());
+        // Changed in place, its mtime set back: only the ctime tells.
+        let motd = store.layout().kept_tree(&id(3)).join("etc/motd");
+        let mtime = filetime::FileTime::from_last_modification_time(&fs_err::metadata(&motd).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs_err::write(&motd, "dirty\n").unwrap();
+        filetime::set_file_mtime(&motd, mtime).unwrap();
+        let (kept, came) = ensure(&store, &id(3), fill).unwrap();
+        assert!(matches!(&came, Came::Remade(why) if why.contains("/etc/motd")), "{came:?}");
+        assert_eq!(fs_err::read_to_string(kept.path().join("etc/motd")).unwrap(), "clean\n");
+        drop(kept);
+        assert_eq!(ensure(&store, &id(3), |_| panic!("made again")).unwrap().1, Came::Reused);
+
+        // Replaced by a symlink while another build uses it: not used, not removed.
+        let held = ensure(&store, &id(3), |_| panic!("made again")).unwrap().0;
+        fs_err::remove_file(&motd).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", &motd).unwrap();
+        let error = ensure(&store, &id(3), |_| panic!("made under a user")).unwrap_err();
+        assert!(error.to_string().contains("differs from its record"), "{error}");
+        drop(held);
+        let (kept, came) = ensure(&store, &id(3), fill).unwrap();
+        assert!(matches!(came, Came::Remade(_)));
+        assert!(fs_err::symlink_metadata(kept.path().join("etc/motd")).unwrap().is_file());
+    }
+
+    #[test]
+    fn a_kept_tree_without_its_record_is_not_used() {
+        let (_dir, store) = store();
+        drop(ensure(&store, &id(4), |tree| Ok(fs_err::write(tree.join("a"), "a")?)).unwrap());
+        fs_err::remove_file(store.layout().kept_tree_record(&id(4))).unwrap();
+        let (_kept, came) = ensure(&store, &id(4), |tree| Ok(fs_err::write(tree.join("a"), "a")?)).unwrap();
+        assert!(matches!(came, Came::Remade(_)), "{came:?}");
+        assert!(store.layout().kept_tree_record(&id(4)).is_file());
     }
 }

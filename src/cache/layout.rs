@@ -23,6 +23,7 @@
 //! CACHE/v1/tarball/memo/RECIPE.LEVEL the tarball writer's memo of a recipe's entries (stamps → lengths, groups → frames)
 //! CACHE/v1/logs/KEY.log             the log of each stage's last run
 //! CACHE/v1/trees/ID/                 kept trees (the tree after some stages, by tree id) that work trees overlay
+//! CACHE/v1/trees/ID.record           what a kept tree held when it was made (stamps and contents)
 //! CACHE/v1/tmp/                      work trees and partial files of running builds
 //! ```
 
@@ -253,6 +254,11 @@ impl Layout {
 
     pub fn kept_tree(&self, tree_id: &str) -> PathBuf {
         self.kept_trees().join(component(tree_id))
+    }
+
+    /// What a kept tree held when it was made ([`super::tree_record`]).
+    pub fn kept_tree_record(&self, tree_id: &str) -> PathBuf {
+        self.kept_trees().join(format!("{}.record", component(tree_id)))
     }
 
     pub fn tmp(&self) -> PathBuf {

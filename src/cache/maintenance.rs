@@ -55,6 +55,7 @@ pub struct VerifyReport {
     pub checked_blobs: usize,
     pub checked_stages: usize,
     pub checked_outputs: usize,
+    pub checked_trees: usize,
     pub problems: Vec<String>,
     /// What `--repair` removes.
     #[serde(skip)]
@@ -111,7 +112,13 @@ impl Store {
                 let path = child.path();
                 let name = child.file_name().to_string_lossy().into_owned();
                 // Lock files, apt's own `lock` and `partial/`, and half-made entries are not entries.
-                if name.ends_with(".lock") || name == "lock" || name == "partial" || name.starts_with('.') {
+                // A kept tree's record goes with its tree.
+                if name.ends_with(".lock")
+                    || name.ends_with(".record")
+                    || name == "lock"
+                    || name == "partial"
+                    || name.starts_with('.')
+                {
                     continue;
                 }
                 let Ok(metadata) = fs_err::symlink_metadata(&path) else { continue };
@@ -249,6 +256,7 @@ impl Store {
                     } else {
                         fs_err::remove_file(&path)?;
                     }
+                    let _ = fs_err::remove_file(path.with_extension("record"));
                     *report.removed_other.entry(area.to_string()).or_default() += 1;
                     report.freed_bytes += candidate.size;
                 }
@@ -344,6 +352,7 @@ impl Store {
                 report.broken.push(CorruptEntry::Record(stored_as));
             }
         }
+        self.verify_kept_trees(&mut report);
         for (record, _) in self.output_headers() {
             report.checked_outputs += 1;
             for (file, digest) in &record.files {
@@ -360,6 +369,24 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Every kept tree against its record, contents and all (a tree a build
+    /// is making has no name of its own yet and is not looked at).
+    fn verify_kept_trees(&self, report: &mut VerifyReport) {
+        let Ok(entries) = fs_err::read_dir(self.layout().kept_trees()) else { return };
+        for entry in entries.flatten() {
+            let tree_id = entry.file_name().to_string_lossy().into_owned();
+            if !crate::digest::is_sha256_hex(&tree_id) || !entry.path().is_dir() {
+                continue;
+            }
+            report.checked_trees += 1;
+            let record = self.layout().kept_tree_record(&tree_id);
+            if let Err(difference) = super::tree_record::check_contents(&entry.path(), &record) {
+                report.problems.push(format!("kept tree {}: {difference}", &tree_id[..12]));
+                report.broken.push(CorruptEntry::KeptTree(tree_id));
+            }
+        }
     }
 
     /// Remove every broken entry `verify` found; returns how many.

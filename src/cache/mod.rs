@@ -12,6 +12,7 @@ pub mod key;
 pub mod layout;
 mod maintenance;
 pub mod store;
+pub mod tree_record;
 
 pub use key::{tree_id, FileDigest, KeyInputs, CACHE_FORMAT};
 pub use layout::{Area, Collect, Layout};

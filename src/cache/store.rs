@@ -91,6 +91,8 @@ pub enum CorruptEntry {
     Record(String),
     /// A file of a content-addressed area other than the layers (a pulled OCI blob).
     File(std::path::PathBuf),
+    /// A kept tree that is no longer what its record says, by tree id.
+    KeptTree(String),
 }
 
 /// A stage's products: a directory in the layout's products area, and the
@@ -256,6 +258,26 @@ impl Store {
 
     /// Remove a corrupt entry: a blob and every record that uses it, or an
     /// output directory.
+    /// Remove the kept tree `tree_id` and its record unless a build is using
+    /// it (its lock is held): `true` when it is gone.
+    pub fn discard_kept_tree(&self, tree_id: &str) -> Result<bool> {
+        let path = self.layout.kept_tree(tree_id);
+        let lock = path.with_extension("lock");
+        let _alone = if lock.exists() {
+            match crate::fileops::try_lock_file(&lock)? {
+                Some(alone) => Some(alone),
+                None => return Ok(false),
+            }
+        } else {
+            None
+        };
+        if fs_err::symlink_metadata(&path).is_ok() {
+            remove_tree(&path)?;
+        }
+        let _ = fs_err::remove_file(self.layout.kept_tree_record(tree_id));
+        Ok(true)
+    }
+
     pub fn discard(&self, entry: &CorruptEntry) -> Result<()> {
         match entry {
             CorruptEntry::Blob(digest) => {
@@ -281,6 +303,11 @@ impl Store {
             CorruptEntry::File(path) => {
                 if path.starts_with(self.layout.root()) {
                     let _ = fs_err::remove_file(path);
+                }
+            }
+            CorruptEntry::KeptTree(tree_id) => {
+                if crate::digest::is_sha256_hex(tree_id) {
+                    self.discard_kept_tree(tree_id)?;
                 }
             }
         }

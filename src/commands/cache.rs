@@ -99,10 +99,11 @@ pub fn run(args: &CacheArgs, action: &CacheAction) -> Result<()> {
         CacheAction::Verify { repair } => {
             let report = store.verify()?;
             outln!(
-                "checked {} layers, {} stage records, {} outputs",
+                "checked {} layers, {} stage records, {} outputs, {} kept trees",
                 report.checked_blobs,
                 report.checked_stages,
-                report.checked_outputs
+                report.checked_outputs,
+                report.checked_trees
             );
             for problem in &report.problems {
                 outln!("problem: {problem}");
