@@ -4,17 +4,30 @@
 //! compressed once and copied afterwards, so a small change compresses
 //! only what changed. The bytes are a clean write's: a frame is the
 //! compression of its bytes at its level, whoever asks for it.
+//!
+//! A frame that decompresses to the right bytes is not enough: the same bytes
+//! compressed at another level, or by another zstd, are as valid and would
+//! give another tarball than a clean build. So each entry ends with a tag,
+//! an HMAC-SHA-256 under the cache's own secret key (`CACHE/v1/key`, 0600)
+//! of the settings label, the bytes' digest and the frame: an entry only this
+//! cache's writer made carries a tag that verifies, and any other is
+//! compressed again and replaced.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// The frames' writer and version, in the label of every frame (and so in
 /// the output keys): bump it when the same bytes would give another frame.
-pub const WRITER: &str = "rootsmith-tar-frames 1";
+/// (2: entries end with their tag.)
+pub const WRITER: &str = "rootsmith-tar-frames 2";
+
+/// The length of an entry's tag (HMAC-SHA-256).
+const TAG_LEN: usize = 32;
 
 /// Where a frame cache keeps a frame: (settings label, SHA-256 hex of the
 /// bytes it holds) → its path. The cache's layout decides.
@@ -29,6 +42,8 @@ pub type FramePath = dyn Fn(&str, &str) -> PathBuf + Send + Sync;
 /// stored is counted, never fatal.
 pub struct FrameCache {
     path: Box<FramePath>,
+    /// The key of the entries' tags (the cache's secret).
+    key: [u8; 32],
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub corrupt: AtomicU64,
@@ -39,9 +54,12 @@ pub struct FrameCache {
 }
 
 impl FrameCache {
-    pub fn new(path: Box<FramePath>) -> FrameCache {
+    /// The frames at `path`, their tags under `key` (the cache's
+    /// `Store::entry_key`).
+    pub fn new(path: Box<FramePath>, key: [u8; 32]) -> FrameCache {
         FrameCache {
             path,
+            key,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
@@ -70,7 +88,7 @@ impl FrameCache {
             return None;
         }
         let bytes = crate::fileops::read_regular_no_follow(&path, max_frame_len(group.len() as u64)).ok();
-        match bytes.filter(|frame| decodes_to(frame, group)) {
+        match bytes.and_then(|bytes| self.untagged(label, hex, bytes)).filter(|frame| decodes_to(frame, group)) {
             Some(frame) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 self.marked.mark(&path);
@@ -84,6 +102,25 @@ impl FrameCache {
         }
     }
 
+    /// The tag's HMAC over the label, the bytes' digest and `frame`.
+    fn tag(&self, label: &str, hex: &str, frame: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes a key of any length");
+        for part in [WRITER.as_bytes(), label.as_bytes(), hex.as_bytes()] {
+            mac.update(part);
+            mac.update(b"\0");
+        }
+        mac.update(frame);
+        mac
+    }
+
+    /// The frame of the entry `bytes` when its tag verifies (in constant time).
+    fn untagged(&self, label: &str, hex: &str, mut bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let frame_len = bytes.len().checked_sub(TAG_LEN)?;
+        self.tag(label, hex, &bytes[..frame_len]).verify_slice(&bytes[frame_len..]).ok()?;
+        bytes.truncate(frame_len);
+        Some(bytes)
+    }
+
     pub fn put(&self, label: &str, hex: &str, frame: &[u8]) {
         let path = (self.path)(label, hex);
         let stored = (|| -> Result<()> {
@@ -91,6 +128,7 @@ impl FrameCache {
             fs_err::create_dir_all(parent)?;
             let mut temp = tempfile::NamedTempFile::new_in(parent)?;
             temp.write_all(frame)?;
+            temp.write_all(&self.tag(label, hex, frame).finalize().into_bytes())?;
             temp.persist(&path)?;
             Ok(())
         })();
@@ -156,15 +194,15 @@ impl FrameCache {
         Ok((frame, digest, frame_digest))
     }
 
-    /// The frame of the bytes with SHA-256 `digest` when the entry's bytes
-    /// hash to `frame` (what a memo recorded once the frame was checked
-    /// against those bytes), read no further than `at_most`; nothing otherwise.
-    pub fn get_trusted(&self, label: &str, digest: &[u8; 32], frame: &[u8; 32], len: u64) -> Option<Vec<u8>> {
-        let path = (self.path)(label, &hex::encode(digest));
+    /// The frame of the bytes with SHA-256 `digest` (of `len` bytes, as a
+    /// memo recorded them) when its tag verifies: only this cache's writer
+    /// made it, from those bytes, so it is not decompressed again. Read no
+    /// further than such a frame can be; nothing otherwise.
+    pub fn get_trusted(&self, label: &str, digest: &[u8; 32], len: u64) -> Option<Vec<u8>> {
+        let hex = hex::encode(digest);
+        let path = (self.path)(label, &hex);
         let bytes = crate::fileops::read_regular_no_follow(&path, max_frame_len(len)).ok()?;
-        if Sha256::digest(&bytes).as_slice() != frame {
-            return None;
-        }
+        let bytes = self.untagged(label, &hex, bytes)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         self.marked.mark(&path);
         Some(bytes)
@@ -193,7 +231,7 @@ impl UsedMark {
 /// is read no further, so a huge file planted there is never read whole.
 /// One bound for both lookups.
 fn max_frame_len(len: u64) -> u64 {
-    len + len / 128 + 4096
+    len + len / 128 + 4096 + TAG_LEN as u64
 }
 
 #[cfg(test)]
@@ -202,7 +240,7 @@ mod tests {
 
     fn cache(dir: &std::path::Path) -> FrameCache {
         let dir = dir.to_path_buf();
-        FrameCache::new(Box::new(move |label, hex| dir.join(label).join(hex)))
+        FrameCache::new(Box::new(move |label, hex| dir.join(label).join(hex)), [7; 32])
     }
 
     #[test]
@@ -215,23 +253,50 @@ mod tests {
         let warm = cache(dir.path());
         assert_eq!(warm.frame(&label, &bytes, 1).unwrap(), frame);
         assert_eq!((warm.hits.load(Ordering::Relaxed), warm.corrupt.load(Ordering::Relaxed)), (1, 0));
-        assert_eq!(warm.get_trusted(&label, &digest, &frame_digest, bytes.len() as u64), Some(frame));
-        // An entry that does not hash as the memo says is not used.
-        assert_eq!(warm.get_trusted(&label, &digest, &[0; 32], bytes.len() as u64), None);
+        assert_eq!(frame_digest, <[u8; 32]>::from(Sha256::digest(&frame)));
+        assert_eq!(warm.get_trusted(&label, &digest, bytes.len() as u64), Some(frame));
     }
 
     #[test]
     fn a_frame_found_through_a_memo_marks_its_directory_used() {
         let dir = tempfile::tempdir().unwrap();
         let label = label(3).unwrap();
-        let (_, digest, frame_digest) = cache(dir.path()).frame_and_digests(&label, b"some bytes", 3).unwrap();
+        let (_, digest, _) = cache(dir.path()).frame_and_digests(&label, b"some bytes", 3).unwrap();
         let settings = dir.path().join(&label);
         let old = filetime::FileTime::from_unix_time(1_000_000, 0);
         filetime::set_file_mtime(&settings, old).unwrap();
-        assert!(cache(dir.path()).get_trusted(&label, &digest, &frame_digest, 10).is_some());
+        assert!(cache(dir.path()).get_trusted(&label, &digest, 10).is_some());
         assert!(
             filetime::FileTime::from_last_modification_time(&fs_err::metadata(&settings).unwrap()) > old,
             "cache gc would take the directory as unused"
         );
+    }
+
+    #[test]
+    fn a_valid_frame_of_the_same_bytes_at_another_level_is_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = b"rootsmith frame ".iter().cycle().take(300_000).copied().collect();
+        let label = label(9).unwrap();
+        let (clean, digest, _) = cache(dir.path()).frame_and_digests(&label, &bytes, 9).unwrap();
+        let entry = dir.path().join(&label).join(hex::encode(digest));
+        // Re-encoded at level 1 (valid, the same content), with and without
+        // the old entry's tag, and tagged under another cache's key.
+        let other = compress(&bytes, 1).unwrap();
+        assert_ne!(other, clean);
+        let old_tag = fs_err::read(&entry).unwrap()[clean.len()..].to_vec();
+        let foreign = {
+            let mut entry = other.clone();
+            let stranger = FrameCache::new(Box::new(|_, _| std::path::PathBuf::new()), [8; 32]);
+            entry.extend_from_slice(&stranger.tag(&label, &hex::encode(digest), &other).finalize().into_bytes());
+            entry
+        };
+        for planted in [other.clone(), [&other[..], &old_tag[..]].concat(), foreign] {
+            fs_err::write(&entry, &planted).unwrap();
+            let warm = cache(dir.path());
+            assert_eq!(warm.get_trusted(&label, &digest, bytes.len() as u64), None, "through a memo");
+            assert_eq!(warm.frame(&label, &bytes, 9).unwrap(), clean, "the clean frame is made again");
+            assert_eq!(warm.corrupt.load(Ordering::Relaxed), 1);
+        }
+        assert_eq!(cache(dir.path()).get_trusted(&label, &digest, bytes.len() as u64), Some(clean));
     }
 }

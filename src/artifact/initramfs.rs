@@ -497,7 +497,7 @@ mod tests {
     fn the_fixed_part_comes_from_the_frame_cache_and_a_new_rootfs_changes_only_the_second_archive() {
         let dir = tempfile::tempdir().unwrap();
         let frames_dir = dir.path().join("frames");
-        let cache = FrameCache::new(Box::new(move |label, hex| frames_dir.join(label).join(hex)));
+        let cache = FrameCache::new(Box::new(move |label, hex| frames_dir.join(label).join(hex)), [1; 32]);
         let zstd = Compression { algorithm: Algorithm::Zstd, level: Some(19) };
         let (clean, first, second) = (dir.path().join("clean"), dir.path().join("first"), dir.path().join("second"));
         write(&contents(), zstd, 0, &clean, None).unwrap();

@@ -376,9 +376,7 @@ impl<'a, W: Write + 'a> Groups<'a, W> {
             .then(|| group_identity(self.group.iter().filter_map(|(_, key)| key.as_ref())));
         let found = match (self.known_len, identity, &self.memo, self.frames) {
             (Some(length), Some(identity), Some(memo), Some(frames)) => memo.group(&identity).and_then(|known| {
-                frames
-                    .get_trusted(&self.label, &known.group, &known.frame, length)
-                    .map(|frame| (identity, known, frame))
+                frames.get_trusted(&self.label, &known.group, length).map(|frame| (identity, known, frame))
             }),
             _ => None,
         };
@@ -512,7 +510,7 @@ mod tests {
 
     fn cache(dir: &Path) -> FrameCache {
         let dir = dir.to_path_buf();
-        FrameCache::new(Box::new(move |label, hex| dir.join(label).join(hex)))
+        FrameCache::new(Box::new(move |label, hex| dir.join(label).join(hex)), [1; 32])
     }
 
     #[test]

@@ -171,7 +171,10 @@ pub fn outputs(
     let staged = work.dir.path().join("initramfs-output");
     fs_err::create_dir(&staged)?;
     let layout = runner.store.layout().clone();
-    let frames = artifact::frames::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
+    let frames = artifact::frames::FrameCache::new(
+        Box::new(move |settings, hex| layout.tarball_frame(settings, hex)),
+        runner.store.entry_key()?,
+    );
     let kernels = kernels
         .iter()
         .map(|kernel| KernelFiles {
@@ -305,7 +308,10 @@ fn build_rootfs(runner: &mut StageRunner<'_>, fast: bool, key: &str) -> Result<(
         blocks = blocks.with_memo(Box::new(move |settings| memos.squashfs_memo(&recipe, settings)));
     }
     let layout = runner.store.layout().clone();
-    let frames = artifact::frames::FrameCache::new(Box::new(move |settings, hex| layout.tarball_frame(settings, hex)));
+    let frames = artifact::frames::FrameCache::new(
+        Box::new(move |settings, hex| layout.tarball_frame(settings, hex)),
+        runner.store.entry_key()?,
+    );
     let tarball_name = format!("rootfs.{}", tarball::extension(tarball_compression));
     let tarball_path = staged.join(&tarball_name);
     let epoch = runner.plan.source_date_epoch;

@@ -25,6 +25,7 @@
 //! CACHE/v1/trees/ID/                 kept trees (the tree after some stages, by tree id) that work trees overlay
 //! CACHE/v1/trees/ID.record           what a kept tree held when it was made (stamps and contents)
 //! CACHE/v1/tmp/                      work trees and partial files of running builds
+//! CACHE/v1/key                       32 random bytes (0600): the key of the frame cache's entry tags
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -259,6 +260,12 @@ impl Layout {
     /// What a kept tree held when it was made ([`super::tree_record`]).
     pub fn kept_tree_record(&self, tree_id: &str) -> PathBuf {
         self.kept_trees().join(format!("{}.record", component(tree_id)))
+    }
+
+    /// The cache's own secret: the key of the tags its frame cache entries
+    /// carry (made once, readable by the cache's owner only).
+    pub fn entry_key(&self) -> PathBuf {
+        self.root.join("key")
     }
 
     pub fn tmp(&self) -> PathBuf {

@@ -208,6 +208,29 @@ impl Store {
     }
 
     /// A temp file in the cache for a blob being written.
+    /// The cache's secret key ([`Layout::entry_key`]), made on first use:
+    /// 32 random bytes, mode 0600. Two builds making it at once agree (the
+    /// first rename wins, both read what stands).
+    pub fn entry_key(&self) -> Result<[u8; 32]> {
+        let path = self.layout.entry_key();
+        if fs_err::symlink_metadata(&path).is_err() {
+            let mut key = [0u8; 32];
+            std::io::Read::read_exact(&mut fs_err::File::open("/dev/urandom")?, &mut key)?;
+            let mut temp = self.temp_file()?;
+            std::io::Write::write_all(&mut temp, &key)?;
+            // tempfile makes it 0600.
+            let _ = temp.persist_noclobber(&path);
+        }
+        let bytes = crate::fileops::read_regular_no_follow(&path, 64)
+            .with_context(|| format!("reading the cache's key {}", path.display()))?;
+        bytes.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a cache key (32 bytes)\nhint: remove it; the next build makes a new one",
+                path.display()
+            )
+        })
+    }
+
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
         Ok(tempfile::NamedTempFile::new_in(self.session.path())?)
     }
