@@ -160,6 +160,56 @@ pub fn hard_link_regular(from: &Path, to: &Path) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// How [`clone_or_copy`] made its copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    /// A reflink (FICLONE): the file system shares the blocks until either
+    /// file is written, and a write to one never shows in the other.
+    Reflinked,
+    /// The bytes copied.
+    Copied,
+}
+
+/// Make the new file `to` a copy of the regular file `from` (a symlink is
+/// refused) that shares no inode with it: a reflink where the file system
+/// can make one (btrfs, XFS), else a copy of the bytes.
+pub fn clone_or_copy(from: &Path, to: &Path) -> std::io::Result<Copied> {
+    use std::os::fd::AsRawFd;
+    let source = open_regular_no_follow(from)?;
+    let mut target = fs_err::OpenOptions::new().write(true).create_new(true).open(to)?;
+    // SAFETY: FICLONE takes the source's descriptor as its argument; both
+    // descriptors are open for the duration of the call.
+    let cloned = unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) } == 0;
+    if cloned {
+        return Ok(Copied::Reflinked);
+    }
+    let mut source = source;
+    std::io::copy(&mut source, &mut target).map_err(|error| {
+        std::io::Error::new(error.kind(), format!("copying {} to {}: {error}", from.display(), to.display()))
+    })?;
+    Ok(Copied::Copied)
+}
+
+/// Whether `path` and every directory above it up to and including `top`
+/// belong to this process's user and none can be written by its group or
+/// by others: nobody else can change or replace what is there.
+pub fn owner_only(path: &Path, top: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut current = Some(path);
+    while let Some(dir) = current {
+        match fs_err::symlink_metadata(dir) {
+            Ok(metadata) if metadata.uid() == me && metadata.mode() & 0o022 == 0 => {}
+            _ => return false,
+        }
+        if dir == top {
+            return true;
+        }
+        current = dir.parent();
+    }
+    false
+}
+
 fn open_checked(path: &Path, follow: bool) -> std::io::Result<File> {
     use fs_err::os::unix::fs::OpenOptionsExt;
     use std::os::unix::fs::MetadataExt;
@@ -332,5 +382,43 @@ mod tests {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut open_regular_no_follow(&regular).unwrap(), &mut text).unwrap();
         assert_eq!(text, "x");
+    }
+
+    #[test]
+    fn a_copy_shares_no_inode_and_refuses_a_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        fs_err::write(&from, "bundle bytes").unwrap();
+        let to = dir.path().join("to");
+        clone_or_copy(&from, &to).unwrap();
+        assert_eq!(fs_err::read(&to).unwrap(), b"bundle bytes");
+        assert_ne!(fs_err::metadata(&to).unwrap().ino(), fs_err::metadata(&from).unwrap().ino());
+        fs_err::write(&from, "changed in the cache").unwrap();
+        assert_eq!(fs_err::read(&to).unwrap(), b"bundle bytes", "the copy changed with its source");
+        assert!(clone_or_copy(&from, &to).is_err(), "an existing file is never written into");
+        std::os::unix::fs::symlink(&from, dir.path().join("link")).unwrap();
+        assert!(clone_or_copy(&dir.path().join("link"), &dir.path().join("via-link")).is_err());
+    }
+
+    #[test]
+    fn owner_only_needs_every_directory_up_to_the_top_to_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("cache");
+        let entry = top.join("v1/outputs/key");
+        fs_err::create_dir_all(&entry).unwrap();
+        for path in [&top, &top.join("v1"), &top.join("v1/outputs"), &entry] {
+            fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert!(owner_only(&entry, &top));
+        assert!(!owner_only(&entry, Path::new("/nonexistent")), "not under the top");
+        fs_err::set_permissions(top.join("v1"), std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(!owner_only(&entry, &top), "a group-writable directory on the way");
+        fs_err::set_permissions(top.join("v1"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&top, Some(65534), None).unwrap();
+            assert!(!owner_only(&entry, &top), "the top belongs to another user");
+        }
     }
 }

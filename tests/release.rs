@@ -297,6 +297,38 @@ fn a_bundle_changed_in_place_heals_the_cache_it_shares() {
     assert_eq!(code, 1, "the bundle changed in place still fails: {output}");
 }
 
+/// A cache another user owns: the bundle shares no inode with it, so that
+/// user cannot rewrite the published release through a link, and a byte
+/// flipped in the cache leaves the bundle as it was.
+#[test]
+fn a_bundle_shares_no_inode_with_a_cache_another_user_owns() {
+    use std::os::unix::fs::MetadataExt;
+    if !needs_root("a_bundle_shares_no_inode_with_a_cache_another_user_owns") {
+        return;
+    }
+    let lab = Lab::new();
+    let cache = lab.dir.path().join("theirs");
+    std::fs::create_dir(&cache).unwrap();
+    std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
+    let bundle = lab.build_into("3.0.0", "theirs", &[], "theirs", &lab.out());
+    for file in ["rel-3.0.0-rootfs.img", "rel-3.0.0-rootfs.tar.zst"] {
+        assert_eq!(std::fs::metadata(bundle.join(file)).unwrap().nlink(), 1, "{file} is linked to the cache's");
+    }
+    // Every cached copy of the image changed: the bundle is not.
+    let mut changed = 0;
+    for entry in walkdir::WalkDir::new(cache.join("v1/outputs")).into_iter().flatten() {
+        if entry.file_name() == "rootfs.img" {
+            let mut bytes = std::fs::read(entry.path()).unwrap();
+            bytes[200] ^= 0xff;
+            std::fs::write(entry.path(), bytes).unwrap();
+            changed += 1;
+        }
+    }
+    assert!(changed > 0);
+    let (code, output) = verify(&lab, &bundle);
+    assert_eq!(code, 0, "the published release changed with the cache: {output}");
+}
+
 /// Give a built bundle a kernel entry and config, as a kernel stage would.
 fn add_kernel_config(bundle: &Path, config: &str) {
     std::fs::create_dir_all(bundle.join("kernel")).unwrap();

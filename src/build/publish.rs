@@ -104,6 +104,11 @@ pub fn publish(
     // the tarball are hundreds of megabytes each.
     let outputs = record.all_files();
     let layout = runner.store.layout();
+    // The bundle may share the cache's inodes only where nobody else can
+    // write either: another user who owns the cache (or may write into it)
+    // could otherwise rewrite a published release through the link.
+    let linkable = crate::fileops::owner_only(&layout.output(&record.rootfs.key), &options.cache_dir)
+        && crate::fileops::owner_only(staging.path(), &options.out_dir);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let copied: Vec<Result<ManifestArtifact>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..std::thread::available_parallelism().map_or(1, |n| n.get()).min(outputs.len()))
@@ -113,7 +118,7 @@ pub fn publish(
                     while let Some(&(entry, file, digest)) =
                         outputs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                     {
-                        let link = entry == record.rootfs.key;
+                        let link = linkable && entry == record.rootfs.key;
                         let check = !made_here.iter().any(|made| made == entry);
                         done.push((
                             file,
@@ -288,7 +293,8 @@ pub fn publish(
 /// way (an entry this build wrote was hashed as it was written). With
 /// `link`, the bundle's file is a hard link to the cache's where the file
 /// system allows: the rootfs image and tarball are hundreds of megabytes,
-/// and a published bundle is never changed in place (docs/releases.md). A
+/// and a published bundle is never changed in place (docs/releases.md).
+/// Otherwise it shares no inode with the cache: a reflink, or a copy. A
 /// cached entry is checked again each time it is published.
 #[allow(clippy::too_many_arguments)]
 fn copy_output(
@@ -305,7 +311,7 @@ fn copy_output(
     let target = staging.join(names.output(file));
     let source = layout.output(entry).join(file);
     if !(link && crate::fileops::hard_link_regular(&source, &target)?) {
-        fs_err::copy(&source, &target)?;
+        crate::fileops::clone_or_copy(&source, &target)?;
     }
     let actual = if check { crate::digest::hash_file_no_follow(&target)? } else { digest.to_string() };
     if actual != digest {
