@@ -252,6 +252,54 @@ impl SecureBootSigner {
         })
     }
 
+    /// Whether the key opens (its passphrase is right) and is the
+    /// certificate's: the public key of each, through openssl, before any
+    /// stage runs (signing would otherwise fail only at publish). A failure
+    /// quotes openssl's words, never a passphrase, and names no log.
+    pub fn check_pair(&self, host: &dyn Host) -> Result<()> {
+        let openssl = crate::tools::require("openssl", "to check the Secure Boot key against its certificate")?;
+        let scratch = tempfile::tempdir()?;
+        let log = scratch.path().join("log");
+        let public = |args: Vec<std::ffi::OsString>, what: &str| -> Result<Vec<u8>> {
+            let (code, stdout) = host.output(&Command::on_host(&openssl, args, &log))?;
+            if code != 0 {
+                let said = fs_err::read_to_string(&log).unwrap_or_default();
+                let said = said.lines().find(|line| !line.trim().is_empty()).unwrap_or("").trim().to_string();
+                bail!("{what} ({said})");
+            }
+            Ok(stdout)
+        };
+        let mut key_args: Vec<std::ffi::OsString> =
+            vec!["pkey".into(), "-pubout".into(), "-in".into(), self.key.clone().into()];
+        // The passphrase through a file only this process can read, not the argv.
+        if let Some(passphrase) = &self.passphrase {
+            let secret = scratch.path().join("secret");
+            fs_err::write(&secret, passphrase)?;
+            key_args.extend(["-passin".into(), format!("file:{}", secret.display()).into()]);
+        } else {
+            // An encrypted key is refused before this; never wait for a prompt.
+            key_args.extend(["-passin".into(), "pass:".into()]);
+        }
+        let from_key = public(
+            key_args,
+            &format!(
+                "the Secure Boot key {} cannot be opened (a wrong passphrase in {KEY_PASSPHRASE_ENV}?)",
+                self.key.display()
+            ),
+        )?;
+        let cert_args = vec!["x509".into(), "-noout".into(), "-pubkey".into(), "-in".into(), self.cert.clone().into()];
+        let from_cert =
+            public(cert_args, &format!("the Secure Boot certificate {} cannot be read", self.cert.display()))?;
+        if from_key != from_cert {
+            bail!(
+                "the Secure Boot key {} is not the key of the certificate {}\nhint: give the certificate made for this key (openssl x509 -noout -pubkey -in CERT and openssl pkey -pubout -in KEY print the same)",
+                self.key.display(),
+                self.cert.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Sign the PE image `input` into `output` (Authenticode, SHA-256),
     /// dated `epoch`.
     pub fn sign(&self, host: &dyn Host, input: &Path, output: &Path, epoch: i64, log: &Path) -> Result<()> {
@@ -615,6 +663,24 @@ mod tests {
             String::from_utf8_lossy(&openssl.stdout).trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
         assert_eq!(signer.cert_sha256, fingerprint);
         let host = crate::host::RealHost { echo: false };
+        signer.check_pair(&host).unwrap();
+        // A wrong passphrase, and a key that is not the certificate's, are
+        // found before anything is built.
+        let wrong =
+            SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), Path::new(SNAKEOIL_CERT), Some("not it".into()))
+                .unwrap();
+        let error = format!("{:#}", wrong.check_pair(&host).unwrap_err());
+        assert!(error.contains("cannot be opened") && !error.contains("not it"), "{error}");
+        let other_key = dir.path().join("other.key");
+        let made = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&other_key)
+            .output()
+            .unwrap();
+        assert!(made.status.success());
+        let mismatched = SecureBootSigner::open_with(&other_key, Path::new(SNAKEOIL_CERT), None).unwrap();
+        let error = format!("{:#}", mismatched.check_pair(&host).unwrap_err());
+        assert!(error.contains("is not the key of the certificate"), "{error}");
         let log = dir.path().join("log");
         let (first, second) = (dir.path().join("a.efi"), dir.path().join("b.efi"));
         signer.sign(&host, Path::new(STUB), &first, 1_700_000_000, &log).unwrap();

@@ -38,7 +38,7 @@ pub fn build(
     let started = Instant::now();
     crate::names::check_version(&options.version)
         .map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
-    publish::preflight(recipe, plan, options)?;
+    publish::preflight(recipe, plan, options, host)?;
     healing(&options.cache_dir, progress, || build_once(recipe, plan, options, host, progress, started))
 }
 

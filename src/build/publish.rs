@@ -27,7 +27,12 @@ use crate::stage::kernel::kernels_of;
 /// is not already published from another recipe or with other settings (a
 /// published version is never overwritten, so such a build could only fail
 /// at its end).
-pub fn preflight(recipe: &Recipe, plan: &crate::plan::Plan, options: &BuildOptions) -> Result<()> {
+pub fn preflight(
+    recipe: &Recipe,
+    plan: &crate::plan::Plan,
+    options: &BuildOptions,
+    host: &dyn crate::host::Host,
+) -> Result<()> {
     let parent = options.out_dir.join(&plan.recipe);
     fs_err::create_dir_all(&parent)
         .with_context(|| format!("the out directory {} cannot be made", options.out_dir.display()))?;
@@ -35,7 +40,9 @@ pub fn preflight(recipe: &Recipe, plan: &crate::plan::Plan, options: &BuildOptio
         .with_context(|| format!("the out directory {} cannot be written", parent.display()))?;
     // A Secure Boot key that cannot sign stops the build before any stage runs.
     if let Some(sign) = plan.outputs.uki.as_ref().and_then(|uki| uki.sign.as_ref()) {
-        uki::SecureBootSigner::open(&sign.key.resolved, &sign.cert.resolved).context("outputs.uki.sign")?;
+        uki::SecureBootSigner::open(&sign.key.resolved, &sign.cert.resolved)
+            .and_then(|signer| signer.check_pair(host))
+            .context("outputs.uki.sign")?;
     }
     let bundle = parent.join(&options.version);
     let Ok(bytes) = fs_err::read(bundle.join("manifest.json")) else { return Ok(()) };

@@ -45,8 +45,9 @@ pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, stage: Option<&str>
         },
     )?;
     if status != 0 {
-        // The command's own status is the shell's: `rootsmith shell … -- false` exits 1.
-        return Err(super::PassOn(status).into());
+        // The command's own status is the shell's: `rootsmith shell … -- false`
+        // exits 1; one killed by signal N exits 128 + N, as a shell reports it.
+        return Err(super::PassOn(if status < 0 { 128 - status } else { status }).into());
     }
     Ok(())
 }

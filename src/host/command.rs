@@ -188,8 +188,9 @@ pub struct CommandError {
 /// Every process rootsmith starts goes through a `Host`: the real one, or a
 /// recording one in tests (which can also make a chosen call fail).
 pub trait Host {
-    /// Run the command to completion and return its exit code (128 + N when
-    /// signal N killed it). Its output is appended to its log.
+    /// Run the command to completion and return its exit status, or −N when
+    /// signal N killed it (an exit status of 200 is not a signal). Its output
+    /// is appended to its log.
     fn status(&self, command: &Command) -> anyhow::Result<i32>;
 
     /// Run the command and return its exit code and standard output (its
@@ -221,7 +222,7 @@ fn check_exit(command: &Command, code: i32) -> anyhow::Result<()> {
     if code == 0 {
         return Ok(());
     }
-    let status = if code > 128 { format!("signal {}", code - 128) } else { format!("exit status {code}") };
+    let status = if code < 0 { format!("signal {}", -code) } else { format!("exit status {code}") };
     Err(CommandError {
         command: command.shown(),
         status,

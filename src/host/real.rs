@@ -119,8 +119,9 @@ impl RealHost {
         // outlives the build. (Ordinary users only run host probes here.)
         let pid_namespace = nix::unistd::geteuid().is_root();
         // SAFETY: the closure only makes async-signal-safe system calls
-        // (umask, prctl, unshare, fork, waitpid, close_range, mount, chroot,
-        // chdir, _exit) on data prepared above; no allocation, no locks.
+        // (umask, prctl, unshare, fork, waitpid, close_range, setrlimit,
+        // signal, kill, mount, chroot, chdir, _exit) on data prepared above;
+        // no allocation, no locks.
         unsafe {
             process.pre_exec(move || {
                 // Every command makes files with the same modes, whatever
@@ -163,12 +164,17 @@ impl RealHost {
                                     libc::_exit(125);
                                 }
                             }
-                            let code = if libc::WIFEXITED(status) {
-                                libc::WEXITSTATUS(status)
-                            } else {
-                                128 + libc::WTERMSIG(status)
-                            };
-                            libc::_exit(code);
+                            if libc::WIFSIGNALED(status) {
+                                // Ended the same way, so the spawner tells a
+                                // signal from an exit status above 128.
+                                let signal = libc::WTERMSIG(status);
+                                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                                libc::signal(signal, libc::SIG_DFL);
+                                libc::kill(libc::getpid(), signal);
+                                libc::_exit(128 + signal);
+                            }
+                            libc::_exit(libc::WEXITSTATUS(status));
                         }
                     }
                 }
@@ -268,6 +274,38 @@ impl RealHost {
             // A command that exits without reading its input is judged by its exit status.
             let _ = feeder.join();
         }
-        Ok((status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)), stdout))
+        Ok((status.code().unwrap_or_else(|| -status.signal().unwrap_or(0)), stdout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_status_above_128_is_not_a_signal_and_a_signal_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let host = RealHost { echo: false };
+        let status = |script: &str| host.status(&Command::on_host("/bin/sh", ["-c", script], &log)).unwrap();
+        assert_eq!(status("exit 200"), 200);
+        assert_eq!(status("exit 255"), 255);
+        // A crash (as root the command is its PID namespace's first process,
+        // which only a fault's signal ends).
+        let crash = "exec python3 -c 'import ctypes; ctypes.string_at(0)'";
+        assert_eq!(status(crash), -libc::SIGSEGV);
+        let error = host.run(&Command::on_host("/bin/sh", ["-c", "exit 200"], &log)).unwrap_err().to_string();
+        assert!(error.contains("failed with exit status 200"), "{error}");
+        let error = host.run(&Command::on_host("/bin/sh", ["-c", crash], &log)).unwrap_err().to_string();
+        assert!(error.contains("failed with signal 11"), "{error}");
+    }
+
+    #[test]
+    fn every_command_starts_with_umask_022() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let (code, stdout) =
+            RealHost { echo: false }.output(&Command::on_host("/bin/sh", ["-c", "umask"], &log)).unwrap();
+        assert_eq!((code, String::from_utf8_lossy(&stdout).trim()), (0, "0022"));
     }
 }
