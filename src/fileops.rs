@@ -160,6 +160,36 @@ pub fn hard_link_regular(from: &Path, to: &Path) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// A directory of this user's own under the system's temporary directory
+/// (`/tmp/rootsmith-UID`, mode 0700), made when missing. One that stands
+/// there as anything else (a symlink, another user's directory, one others
+/// may enter) is refused: names in it cannot be planted by anyone else.
+pub fn private_temp_dir() -> std::io::Result<std::path::PathBuf> {
+    private_dir_in(&std::env::temp_dir())
+}
+
+fn private_dir_in(base: &Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let me = nix::unistd::geteuid().as_raw();
+    let dir = base.join(format!("rootsmith-{me}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(std::io::Error::new(error.kind(), format!("{}: {error}", dir.display()))),
+    }
+    let metadata = fs_err::symlink_metadata(&dir)?;
+    if !metadata.is_dir() || metadata.uid() != me || metadata.mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private directory of uid {me} (a symlink, another user's, or open to others)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(dir)
+}
+
 /// How [`clone_or_copy`] made its copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Copied {
@@ -420,5 +450,24 @@ mod tests {
             std::os::unix::fs::chown(&top, Some(65534), None).unwrap();
             assert!(!owner_only(&entry, &top), "the top belongs to another user");
         }
+    }
+
+    #[test]
+    fn a_private_directory_is_made_once_and_a_planted_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = private_dir_in(base.path()).unwrap();
+        assert_eq!(fs_err::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(private_dir_in(base.path()).unwrap(), dir);
+        // Open to others, or a symlink planted in its place.
+        fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir_in(base.path()).is_err());
+        fs_err::remove_dir(&dir).unwrap();
+        let elsewhere = base.path().join("elsewhere");
+        fs_err::create_dir(&elsewhere).unwrap();
+        fs_err::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        let error = private_dir_in(base.path()).unwrap_err();
+        assert!(error.to_string().contains("not a private directory"), "{error}");
     }
 }

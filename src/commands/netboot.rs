@@ -68,17 +68,28 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
     let expect = boottest::expected_line(&prepared.manifest, args.expect.as_deref());
     let via = format!("{:?}", args.options.via).to_lowercase();
     let shown_via = if prepared.secure_boot { format!("{via} (Secure Boot enforced)") } else { via.clone() };
-    let log_path = args.log.clone().unwrap_or_else(|| {
-        std::env::temp_dir()
-            .join(format!("rootsmith-boot-test-{}-{}-{via}.log", prepared.manifest.name, prepared.manifest.version))
-    });
+    // The default log: a new file of an unpredictable name in a directory of
+    // the user's own, made with O_EXCL, so no one else's symlink is followed.
+    let log_path = match &args.log {
+        Some(path) => path.clone(),
+        None => {
+            let prefix = format!("boot-test-{}-{}-{via}-", prepared.manifest.name, prepared.manifest.version);
+            let (_, path) = tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(".log")
+                .tempfile_in(rootsmith::fileops::private_temp_dir()?)?
+                .keep()
+                .map_err(|error| error.error)?;
+            path
+        }
+    };
     if !args.json {
         eprintln!(
-            "booting {} {} (kernel {}) via {shown_via} with {:?}, waiting up to {} s for {expect:?}; console log: {}",
+            "booting {} {} (kernel {}) via {shown_via} with {}, waiting up to {} s for {expect:?}; console log: {}",
             prepared.manifest.name,
             prepared.manifest.version,
             prepared.kernel.name,
-            prepared.guest.accel,
+            format!("{:?}", prepared.guest.accel).to_uppercase(),
             args.timeout.as_secs(),
             log_path.display()
         );

@@ -263,10 +263,12 @@ pub fn probe_kvm_remembered(kvm_argv: &[String], expect: &str, probe_timeout: Du
         return Accel::Tcg;
     }
     let boot_id = fs_err::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let memo = std::env::temp_dir().join(format!("rootsmith-kvm-verdict-{}", boot_id.trim()));
-    match fs_err::read_to_string(&memo).as_deref() {
-        Ok("kvm") => return Accel::Kvm,
-        Ok("tcg") => return Accel::Tcg,
+    // Kept in a directory of the user's own: a verdict nobody else can plant.
+    let Ok(dir) = crate::fileops::private_temp_dir() else { return probe_kvm(kvm_argv, expect, probe_timeout) };
+    let memo = dir.join(format!("kvm-verdict-{}", boot_id.trim()));
+    match crate::fileops::read_regular_no_follow(&memo, 16).as_deref() {
+        Ok(b"kvm") => return Accel::Kvm,
+        Ok(b"tcg") => return Accel::Tcg,
         _ => {}
     }
     let accel = probe_kvm(kvm_argv, expect, probe_timeout);
