@@ -52,9 +52,13 @@ pub struct Report {
     pub from: String,
 }
 
+#[derive(Debug, Clone)]
 pub struct StateStore {
     pub dir: PathBuf,
 }
+
+/// A hosts state is read no further than this: a few kilobytes per host.
+pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
 impl StateStore {
     /// `lab/hosts.yaml` keeps its state in `lab/hosts.state/`. The inventory a
@@ -76,8 +80,14 @@ impl StateStore {
         self.dir.join("state.json")
     }
 
+    /// The state as the file holds it: a regular file only (a FIFO would
+    /// never end, a symlink lead elsewhere), read no further than
+    /// [`MAX_STATE_BYTES`].
     pub fn load(&self) -> Result<State> {
-        match fs_err::read(self.file()) {
+        match crate::fileops::read_regular_no_follow(&self.file(), MAX_STATE_BYTES + 1) {
+            Ok(bytes) if bytes.len() as u64 > MAX_STATE_BYTES => {
+                anyhow::bail!("{} is larger than {MAX_STATE_BYTES} bytes: not a hosts state", self.file().display())
+            }
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a rootsmith hosts state", self.file().display())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),

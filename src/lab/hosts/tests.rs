@@ -322,3 +322,20 @@ fn an_arm64_inventory_has_no_pxelinux_files() {
         "{paths:?}"
     );
 }
+
+#[test]
+fn a_state_file_that_is_a_fifo_or_a_symlink_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = state::StateStore::for_inventory(&dir.path().join("hosts.yaml"));
+    let file = dir.path().join("hosts.state/state.json");
+    fs_err::create_dir_all(file.parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let load = store.clone();
+    std::thread::spawn(move || sender.send(load.load().map(|_| ()).map_err(|error| format!("{error:#}"))));
+    let error = receiver.recv_timeout(std::time::Duration::from_secs(10)).expect("loading a FIFO hung").unwrap_err();
+    assert!(error.contains("is a FIFO, not a regular file"), "{error}");
+    fs_err::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &file).unwrap();
+    assert!(store.load().is_err(), "a symlink was followed");
+}
