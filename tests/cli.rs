@@ -20,6 +20,26 @@ fn recipe_errors_print_file_line_column_caret_and_hint() {
 }
 
 #[test]
+fn a_version_that_is_not_one_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("r.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - tarball: { path: base.tar }\n")
+        .unwrap();
+    for version in ["v2", "../../evil"] {
+        let (code, _, stderr) = run(rootsmith()
+            .args(["build", "--cache"])
+            .arg(dir.path().join("cache"))
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .args(["--version", version])
+            .arg(&recipe));
+        assert_eq!(code, 2, "{version}: {stderr}");
+        assert!(stderr.contains(&format!("--version `{version}` is not a valid version")), "{stderr}");
+    }
+    assert!(!dir.path().join("out").exists() && !dir.path().join("evil").exists());
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = dir.path().join("bad.yaml");

@@ -183,8 +183,9 @@ fn serve_gives_each_host_its_files_and_a_report_ends_a_one_shot_entry() {
 #[test]
 fn hosts_set_names_what_exists() {
     let lab = lab();
+    // A host the inventory does not have is a usage error.
     let (code, _, stderr) = hosts(&lab.inventory, &["set", "rack7", "local"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no host `rack7`") && stderr.contains("rack1-a, rack1-b"), "{stderr}");
     let (code, _, stderr) = hosts(&lab.inventory, &["set", "rack1-a", "big-http"]);
     assert_eq!(code, 1);

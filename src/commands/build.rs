@@ -51,6 +51,11 @@ fn error_object(error: &anyhow::Error) -> serde_json::Value {
 }
 
 fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings) -> Result<()> {
+    // `--version` becomes a path under --out: a bad one is a usage error (exit 2).
+    if let Some(version) = &settings.version {
+        rootsmith::names::check_version(version)
+            .map_err(|why| super::UsageError(format!("--version `{version}` is not a valid version: {why}")))?;
+    }
     let recipe = super::load_recipe(recipe_args)?;
     let rebuild_from = match &settings.rebuild {
         Some(name) => Some(

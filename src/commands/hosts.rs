@@ -81,10 +81,13 @@ fn write(
     Ok(())
 }
 
+/// The host the command line names: a name, MAC or IP of the inventory, or
+/// a usage error (exit 2).
 fn find<'a>(inventory: &'a Inventory, key: &str) -> Result<&'a hosts::Host> {
-    inventory.host(key).with_context(|| {
+    inventory.host(key).ok_or_else(|| {
         let names: Vec<&str> = inventory.hosts.iter().map(|host| host.name.as_str()).collect();
-        format!("no host `{key}` in {} (it has: {})", inventory.file.display(), names.join(", "))
+        super::UsageError(format!("no host `{key}` in {} (it has: {})", inventory.file.display(), names.join(", ")))
+            .into()
     })
 }
 
