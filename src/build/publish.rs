@@ -34,8 +34,13 @@ pub fn preflight(
     host: &dyn crate::host::Host,
 ) -> Result<()> {
     let parent = options.out_dir.join(&plan.recipe);
-    fs_err::create_dir_all(&parent)
+    fs_err::create_dir_all(&options.out_dir)
         .with_context(|| format!("the out directory {} cannot be made", options.out_dir.display()))?;
+    no_link_under_out(&options.out_dir, &format!("{}/{}", plan.recipe, options.version))?;
+    if fs_err::symlink_metadata(&parent).is_err() {
+        fs_err::create_dir(&parent)
+            .with_context(|| format!("the out directory {} cannot be made", parent.display()))?;
+    }
     tempfile::tempfile_in(&parent)
         .with_context(|| format!("the out directory {} cannot be written", parent.display()))?;
     // A Secure Boot key that cannot sign stops the build before any stage runs.
@@ -71,6 +76,30 @@ pub fn preflight(
     )
 }
 
+/// Under `--out` nothing is a symlink: `OUT/NAME` or `OUT/NAME/VERSION`
+/// planted as one (by another user of a shared directory, say) would send
+/// the bundle where it points. `--out` itself is the user's to choose.
+fn no_link_under_out(out: &Path, relative: &str) -> Result<()> {
+    let mut path = out.to_path_buf();
+    for part in relative.split('/') {
+        path.push(part);
+        match fs_err::symlink_metadata(&path) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                let target = fs_err::read_link(&path).map(|t| t.display().to_string()).unwrap_or_default();
+                bail!(
+                    "{} is a symlink (to {target}); rootsmith follows no link under --out, so nothing was published there\nhint: remove the link, or give --out the directory it points to",
+                    path.display()
+                );
+            }
+            Ok(metadata) if !metadata.is_dir() => {
+                bail!("{} is not a directory; a bundle cannot be published under it", path.display())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Write `OUT/NAME/VERSION` aside and rename it into place. An existing
 /// version is never overwritten: identical contents are "up to date",
 /// anything else is an error.
@@ -87,8 +116,14 @@ pub fn publish(
     let version = &options.version;
     let names = BundleNames::new(name, version);
     let parent = options.out_dir.join(name);
-    fs_err::create_dir_all(&parent)?;
+    fs_err::create_dir_all(&options.out_dir)?;
+    no_link_under_out(&options.out_dir, name)?;
+    if fs_err::symlink_metadata(&parent).is_err() {
+        fs_err::create_dir(&parent)?;
+    }
+    no_link_under_out(&options.out_dir, name)?;
     let bundle = parent.join(version);
+    no_link_under_out(&options.out_dir, &format!("{name}/{version}"))?;
     // One publisher of this bundle at a time; whatever partial copy of it
     // is left is from a build that died while publishing.
     let _lock = runner.store.lock(&format!("publish-{}", sha256_hex(bundle.as_os_str().as_encoded_bytes())))?;

@@ -194,6 +194,31 @@ fn an_unwritable_out_dir_or_a_clashing_version_stops_the_build_before_any_stage(
     assert!(!crate::cache::Layout::new(&cache).stages().exists(), "a stage was cached");
 }
 
+#[test]
+fn a_symlink_planted_under_the_out_dir_is_never_followed() {
+    use crate::build::{build, BuildOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let host = RecordingHost::default();
+    let plan = plan(&recipe, &options(), &host).unwrap();
+    let cache = dir.path().join("cache");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("1.0.0")).unwrap();
+    for (planted, link) in [("out-a", "unit"), ("out-b", "unit/1.0.0")] {
+        let out = dir.path().join(planted);
+        std::fs::create_dir_all(out.join("unit")).unwrap();
+        let at = out.join(link);
+        let _ = std::fs::remove_dir(&at);
+        let target = if link == "unit" { elsewhere.clone() } else { elsewhere.join("1.0.0") };
+        std::os::unix::fs::symlink(&target, &at).unwrap();
+        let options = BuildOptions { out_dir: out, ..BuildOptions::stages_only(cache.clone(), "1.0.0".into()) };
+        let error = format!("{:#}", build(&recipe, &plan, &options, &host, &Silent).unwrap_err());
+        assert!(error.contains("is a symlink") && error.contains("follows no link under --out"), "{error}");
+    }
+    assert!(host.programs().is_empty(), "a stage ran: {:?}", host.programs());
+    assert_eq!(std::fs::read_dir(elsewhere.join("1.0.0")).unwrap().count(), 0, "something was written through a link");
+}
+
 /// Two recipes with the same tree but other names do not share outputs: the
 /// rootfs image's build id, the initramfs and the SBOM name the recipe.
 #[test]
