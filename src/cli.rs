@@ -56,46 +56,55 @@ impl PrivilegeArgs {
     }
 }
 
+/// `rootsmith build`: what the command line says; `commands::build` turns it
+/// into the library's `BuildOptions`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Where bundles go
+    #[arg(long = "out", env = "ROOTSMITH_OUT", value_name = "DIR", default_value = "out")]
+    pub out: PathBuf,
+    /// The bundle's version [default: the recipe's]
+    #[arg(long = "version", value_name = "V")]
+    pub version: Option<String>,
+    /// Rebuild this stage and every stage after it, even when cached
+    #[arg(long, value_name = "STAGE")]
+    pub rebuild: Option<String>,
+    /// Developer loop: low compression (recorded in the manifest)
+    #[arg(long)]
+    pub fast: bool,
+    /// Fail instead of building a stage that is not cached (locally or in --cache-remote)
+    #[arg(long)]
+    pub cache_only: bool,
+    /// Share the stage cache through this registry repository (HOST[:PORT]/REPO)
+    #[arg(long, env = "ROOTSMITH_CACHE_REMOTE", value_name = "REF")]
+    pub cache_remote: Option<String>,
+    /// Install exactly the package versions of RECIPE.lock (see `lock`)
+    #[arg(long)]
+    pub locked: bool,
+    /// Print a JSON summary on stdout instead of progress (an error object on failure)
+    #[arg(long)]
+    pub json: bool,
+    /// Replace VERSION when it is published already with other contents, if
+    /// it is neither signed nor promoted (the developer loop)
+    #[arg(long)]
+    pub replace: bool,
+    /// Sign the bundle with this OpenSSH private key (see `release sign`)
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub privileges: PrivilegeArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build a recipe into OUT/NAME/VERSION
-    Build {
-        #[command(flatten)]
-        recipe: RecipeArgs,
-        #[command(flatten)]
-        cache: CacheArgs,
-        /// Where bundles go
-        #[arg(long = "out", env = "ROOTSMITH_OUT", value_name = "DIR", default_value = "out")]
-        out: PathBuf,
-        /// The bundle's version [default: the recipe's]
-        #[arg(long = "version", value_name = "V")]
-        version: Option<String>,
-        /// Rebuild this stage and every stage after it, even when cached
-        #[arg(long, value_name = "STAGE")]
-        rebuild: Option<String>,
-        /// Developer loop: low compression (recorded in the manifest)
-        #[arg(long)]
-        fast: bool,
-        /// Fail instead of building a stage that is not cached (locally or in --cache-remote)
-        #[arg(long)]
-        cache_only: bool,
-        /// Share the stage cache through this registry repository (HOST[:PORT]/REPO)
-        #[arg(long, env = "ROOTSMITH_CACHE_REMOTE", value_name = "REF")]
-        cache_remote: Option<String>,
-        /// Install exactly the package versions of RECIPE.lock (see `lock`)
-        #[arg(long)]
-        locked: bool,
-        /// Print a JSON summary on stdout instead of progress (an error object on failure)
-        #[arg(long)]
-        json: bool,
-        /// Sign the bundle with this OpenSSH private key (see `release sign`)
-        #[arg(long, value_name = "KEY")]
-        sign: Option<PathBuf>,
-        #[command(flatten)]
-        output: OutputArgs,
-        #[command(flatten)]
-        privileges: PrivilegeArgs,
-    },
+    Build(BuildArgs),
     /// Check a recipe without running anything
     Check {
         #[command(flatten)]

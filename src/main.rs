@@ -44,9 +44,7 @@ use commands::{RecipeError, EXIT_FAILURE, EXIT_RECIPE};
 fn privileges_needed(command: &Command) -> Option<(&cli::PrivilegeArgs, Vec<(&'static str, std::path::PathBuf)>)> {
     let cache = |args: &cli::CacheArgs| ("cache directory", commands::cache_dir(args));
     match command {
-        Command::Build { privileges, cache: args, out, .. } => {
-            Some((privileges, vec![cache(args), ("out directory", out.clone())]))
-        }
+        Command::Build(args) => Some((&args.privileges, vec![cache(&args.cache), ("out directory", args.out.clone())])),
         Command::Shell { privileges, cache: args, .. } | Command::Lock { privileges, cache: args, .. } => {
             Some((privileges, vec![cache(args)]))
         }
@@ -91,36 +89,7 @@ fn main() {
         }
     }
     let result = match &cli.command {
-        Command::Build {
-            recipe,
-            cache,
-            out,
-            version,
-            rebuild,
-            fast,
-            cache_only,
-            cache_remote,
-            locked,
-            json,
-            sign,
-            output,
-            privileges: _,
-        } => commands::build::run(
-            recipe,
-            cache,
-            commands::build::Settings {
-                out: out.clone(),
-                version: version.clone(),
-                rebuild: rebuild.clone(),
-                fast: *fast,
-                cache_only: *cache_only,
-                cache_remote: cache_remote.clone(),
-                locked: *locked,
-                json: *json,
-                sign: sign.clone(),
-                output: output.clone(),
-            },
-        ),
+        Command::Build(args) => commands::build::run(args),
         Command::Check { recipe } => commands::check::run(recipe),
         Command::Plan { recipe, cache, explain, fast, json } => {
             commands::plan::run(recipe, cache, *explain, *fast, *json)

@@ -329,6 +329,56 @@ fn a_bundle_shares_no_inode_with_a_cache_another_user_owns() {
     assert_eq!(code, 0, "the published release changed with the cache: {output}");
 }
 
+/// The developer loop: a file changed, the same version built again. Without
+/// `--replace` the build stops before any stage (it could only fail at its
+/// end); with it the version is replaced, unless it is signed.
+#[test]
+fn a_changed_file_and_the_same_version_stop_early_or_replace() {
+    if !needs_root("a_changed_file_and_the_same_version_stop_early_or_replace") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.build("4.0.0", "first");
+    let dir = lab.dir.path();
+    let recipe = dir.join("loop.yaml");
+    std::fs::create_dir_all(dir.join("loop/etc")).unwrap();
+    std::fs::write(dir.join("loop/etc/motd"), "one\n").unwrap();
+    std::fs::write(&recipe, "rootsmith: 1\nname: loop\nversion: 0.1.0\nsource_date_epoch: 1700000000\nstages:\n  - tarball: { path: base.tar }\n  - files: { src: loop, dest: / }\n").unwrap();
+    let build = |extra: &[&str]| {
+        let mut command = rootsmith();
+        command.arg("build").arg("--fast").arg("--cache").arg(dir.join("cache")).arg("--out").arg(lab.out());
+        command.args(extra).arg(&recipe);
+        run(&mut command)
+    };
+    let (code, _, stderr) = build(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    let manifest = lab.out().join("loop/0.1.0/manifest.json");
+    let first = std::fs::read(&manifest).unwrap();
+    std::fs::write(dir.join("loop/etc/motd"), "two\n").unwrap();
+    let (code, _, stderr) = build(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("stage `files` has other inputs") && stderr.contains("nothing was built"), "{stderr}");
+    assert!(!stderr.contains("building"), "a stage ran: {stderr}");
+    assert_eq!(std::fs::read(&manifest).unwrap(), first);
+    let (code, _, stderr) = build(&["--replace"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_ne!(std::fs::read(&manifest).unwrap(), first, "not replaced");
+    let (code, output) = verify(&lab, &lab.out().join("loop/0.1.0"));
+    assert_eq!(code, 0, "{output}");
+    let leftovers: Vec<_> = std::fs::read_dir(lab.out().join("loop"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, ["0.1.0"], "the old bundle was left beside the new one");
+    // A signed version is never replaced.
+    std::fs::write(lab.out().join("loop/0.1.0/manifest.json.sig"), "signed").unwrap();
+    std::fs::write(dir.join("loop/etc/motd"), "three\n").unwrap();
+    let (code, _, stderr) = build(&["--replace"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot be replaced: it is signed"), "{stderr}");
+}
+
 /// Give a built bundle a kernel entry and config, as a kernel stage would.
 fn add_kernel_config(bundle: &Path, config: &str) {
     std::fs::create_dir_all(bundle.join("kernel")).unwrap();

@@ -19,6 +19,9 @@ pub struct BuildOptions {
     pub lock: Option<LockedBuild>,
     /// `--cache-remote`: a registry repository sharing the stage cache.
     pub cache_remote: Option<String>,
+    /// `--replace`: a version published already with other contents is
+    /// replaced, when it is neither signed nor promoted.
+    pub replace: bool,
 }
 
 impl BuildOptions {
@@ -33,6 +36,7 @@ impl BuildOptions {
             cache_only: false,
             lock: None,
             cache_remote: None,
+            replace: false,
         }
     }
 }

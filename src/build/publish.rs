@@ -66,14 +66,68 @@ pub fn preflight(
     if existing.source_date_epoch != plan.source_date_epoch {
         differences.push(format!("SOURCE_DATE_EPOCH {}", existing.source_date_epoch));
     }
+    differences.extend(stage_differences(plan, options, &existing)?);
     if differences.is_empty() {
         return Ok(());
     }
+    if options.replace {
+        return replaceable(&bundle, &existing).map_err(|why| {
+            anyhow::anyhow!(
+                "{} cannot be replaced: {why}; nothing was built\nhint: build another version with `--version`",
+                bundle.display()
+            )
+        });
+    }
     bail!(
-        "{} already exists with different contents ({}), and a published version is never overwritten; nothing was built\nhint: build another version with `--version`, or remove that directory if it was never released",
+        "{} already exists with different contents ({}), and a published version is never overwritten; nothing was built\nhint: `--replace` replaces a version that is neither signed nor promoted (the developer loop); `--version` builds another",
         bundle.display(),
         differences.join(", ")
     )
+}
+
+/// The stages whose key the plan knows now (every cached one, and the first
+/// that is not) and that differ from those the published manifest records:
+/// the bundle this build makes would not be that one.
+fn stage_differences(plan: &crate::plan::Plan, options: &BuildOptions, existing: &Manifest) -> Result<Vec<String>> {
+    if existing.stages.len() != plan.stages.len() {
+        return Ok(vec![format!("{} stages instead of {}", plan.stages.len(), existing.stages.len())]);
+    }
+    let store = crate::cache::Store::open(&options.cache_dir)?;
+    let mut differences = Vec::new();
+    for (index, status) in plan.statuses(&store, options.rebuild_from).iter().enumerate() {
+        let key = match status {
+            crate::plan::StageStatus::Hit(record) => &record.key,
+            crate::plan::StageStatus::Miss { key, .. } => key,
+            crate::plan::StageStatus::Pending => break,
+        };
+        if &existing.stages[index].key != key {
+            differences.push(format!("stage `{}` has other inputs", plan.stages[index].name));
+            break;
+        }
+    }
+    Ok(differences)
+}
+
+/// Whether the published `bundle` may be replaced by `--replace`: it is not
+/// signed, not a promotion, and no other version was promoted from it.
+fn replaceable(bundle: &Path, existing: &Manifest) -> std::result::Result<(), String> {
+    if fs_err::symlink_metadata(bundle.join(crate::bundle::names::SIGNATURE)).is_ok() {
+        return Err("it is signed".into());
+    }
+    if let Some(from) = &existing.promoted_from {
+        return Err(format!("it was promoted from {}", from.version));
+    }
+    let parent = bundle.parent().unwrap_or(Path::new("."));
+    for sibling in fs_err::read_dir(parent).map_err(|error| error.to_string())?.flatten() {
+        let Ok(text) = crate::fileops::read_regular_no_follow(&sibling.path().join(MANIFEST_FILE), 16 << 20) else {
+            continue;
+        };
+        let Ok(other) = serde_json::from_slice::<Manifest>(&text) else { continue };
+        if other.promoted_from.as_ref().is_some_and(|from| from.version == existing.version) {
+            return Err(format!("version {} was promoted from it", other.version));
+        }
+    }
+    Ok(())
 }
 
 /// Under `--out` nothing is a symlink: `OUT/NAME` or `OUT/NAME/VERSION`
@@ -98,6 +152,33 @@ fn no_link_under_out(out: &Path, relative: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+const MANIFEST_FILE: &str = crate::bundle::names::MANIFEST;
+
+/// Put `staging` where `bundle` is, in one step (renameat2 RENAME_EXCHANGE:
+/// a reader sees the old bundle or the new one, never neither), then remove
+/// the old one; where the file system cannot exchange, move the old aside
+/// first.
+fn replace_bundle(staging: &Path, bundle: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |path: &Path| std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path");
+    let (from, to) = (c(staging), c(bundle));
+    // SAFETY: both are NUL-terminated paths that live across the call.
+    let exchanged =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_EXCHANGE) }
+            == 0;
+    if !exchanged {
+        // Named as a partial of this version: a build that dies here leaves
+        // what the next publish sweeps.
+        let mut name = staging.file_name().unwrap_or_default().to_os_string();
+        name.push(".old");
+        let aside = staging.with_file_name(name);
+        fs_err::rename(bundle, &aside)?;
+        fs_err::rename(staging, bundle)?;
+        return Ok(remove_tree(&aside)?);
+    }
+    Ok(remove_tree(staging)?)
 }
 
 /// Write `OUT/NAME/VERSION` aside and rename it into place. An existing
@@ -317,7 +398,17 @@ pub fn publish(
         write_image(image, oci, version, runner.progress)?;
     }
     if bundle.exists() {
-        return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
+        let existing = fs_err::read(bundle.join(MANIFEST_FILE)).unwrap_or_default();
+        if existing == manifest_bytes || !options.replace {
+            return same_bundle(&bundle, &manifest_bytes).map(|()| (bundle, true));
+        }
+        let old: Manifest =
+            serde_json::from_slice(&existing).with_context(|| format!("reading {}", bundle.display()))?;
+        replaceable(&bundle, &old).map_err(|why| anyhow::anyhow!("{} cannot be replaced: {why}", bundle.display()))?;
+        let staging = staging.keep();
+        replace_bundle(&staging, &bundle).with_context(|| format!("replacing {}", bundle.display()))?;
+        runner.progress.note(&format!("replaced {} (--replace)", bundle.display()));
+        return Ok((bundle, false));
     }
     let staging = staging.keep();
     if let Err(error) = fs_err::rename(&staging, &bundle) {

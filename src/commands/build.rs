@@ -1,30 +1,14 @@
 //! `rootsmith build RECIPE`: plan, build, publish, print where the bundle is.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
 
-use crate::cli::{CacheArgs, RecipeArgs};
+use crate::cli::{BuildArgs, CacheArgs, RecipeArgs};
 use rootsmith::build::{build, BuildOptions};
 use rootsmith::plan::{plan, PlanOptions};
 
-pub struct Settings {
-    pub out: PathBuf,
-    pub version: Option<String>,
-    pub rebuild: Option<String>,
-    pub fast: bool,
-    pub cache_only: bool,
-    pub cache_remote: Option<String>,
-    pub locked: bool,
-    pub json: bool,
-    /// `--sign KEY`: the private key to sign the bundle with.
-    pub sign: Option<PathBuf>,
-    pub output: crate::cli::OutputArgs,
-}
-
-pub fn run(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings) -> Result<()> {
+pub fn run(settings: &BuildArgs) -> Result<()> {
     let json = settings.json;
-    let result = build_and_report(recipe_args, cache_args, settings);
+    let result = build_and_report(&settings.recipe, &settings.cache, settings);
     if json {
         if let Err(error) = &result {
             // Machines get the failure on stdout too: what failed, where its log is.
@@ -50,7 +34,7 @@ fn error_object(error: &anyhow::Error) -> serde_json::Value {
     })
 }
 
-fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: Settings) -> Result<()> {
+fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: &BuildArgs) -> Result<()> {
     // `--version` becomes a path under --out: a bad one is a usage error (exit 2).
     if let Some(version) = &settings.version {
         rootsmith::names::check_version(version)
@@ -110,13 +94,14 @@ fn build_and_report(recipe_args: &RecipeArgs, cache_args: &CacheArgs, settings: 
     }
     let options = BuildOptions {
         cache_dir: super::cache_dir(cache_args),
-        out_dir: settings.out,
-        version: settings.version.unwrap_or_else(|| recipe.version.clone()),
+        out_dir: settings.out.clone(),
+        version: settings.version.clone().unwrap_or_else(|| recipe.version.clone()),
         rebuild_from,
         fast: settings.fast,
         cache_only: settings.cache_only,
         lock: locked,
-        cache_remote: match settings.cache_remote {
+        replace: settings.replace,
+        cache_remote: match settings.cache_remote.clone() {
             Some(remote) => Some(remote),
             None => rootsmith::config::load()?.cache_remote,
         },

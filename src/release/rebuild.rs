@@ -67,6 +67,7 @@ pub fn rebuild_and_compare(bundle: &Bundle, recipe: &Recipe) -> Result<Rebuilt> 
         cache_only: false,
         lock: None,
         cache_remote: None,
+        replace: false,
     };
     let progress = crate::progress::for_terminal(true);
     let summary = build(recipe, &plan, &build_options, &RealHost::default(), progress.as_ref())
