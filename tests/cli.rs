@@ -193,6 +193,15 @@ fn init_writes_a_starter_recipe_that_checks_and_overwrites_nothing() {
     let (code, stdout, stderr) = run(rootsmith().args(["check", "my-image.yaml"]).current_dir(dir.path()));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("my-image.yaml: ok (my-image 0.1.0"), "{stdout}");
+    // The name is replaced where it stands for the recipe, not inside other words.
+    let recipe = std::fs::read_to_string(dir.path().join("my-image.yaml")).unwrap();
+    assert!(recipe.contains("env: { HOSTNAME: my-image }") && !recipe.contains("HOSTmy-image"), "{recipe}");
+    // It netboots: a kernel, the initramfs's drivers, a command line and a marker.
+    assert!(
+        recipe.contains("kernel: { name: debian") && recipe.contains("marker: \"my-image: rootfs is up\""),
+        "{recipe}"
+    );
+    assert!(dir.path().join("my-image/overlay/etc/systemd/system/rootsmith-marker.service").is_file());
 
     // Again: refused, nothing changed.
     std::fs::write(dir.path().join("my-image/configure.sh"), "edited\n").unwrap();

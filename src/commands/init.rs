@@ -1,5 +1,6 @@
 //! `rootsmith init NAME`: a starter recipe NAME.yaml and the files it uses
-//! (NAME/overlay/etc/motd, NAME/configure.sh), in the current directory.
+//! (NAME/overlay/etc/motd, a marker service, NAME/configure.sh), in the
+//! current directory: a recipe that builds a bundle that netboots.
 
 use std::path::{Path, PathBuf};
 
@@ -7,13 +8,18 @@ use anyhow::Result;
 
 use super::UsageError;
 
-/// The recipe: a small Debian from the host's mirror, an overlay and a
-/// script, so each kind of stage a first recipe needs is there to edit.
+/// The recipe: a small Debian from the host's mirror with Debian's kernel,
+/// an overlay and a script, and what a netboot needs (the initramfs's
+/// drivers, a command line, a marker `boot-test` waits for), so each kind of
+/// stage a first recipe needs is there to edit and the bundle boots.
+/// `@NAME@` stands for the recipe's name (a plain `NAME` would also match
+/// inside `HOSTNAME`).
 const RECIPE: &str = r#"# A starter recipe from `rootsmith init`; docs/recipe.md lists every key.
-# Check it with `rootsmith check NAME.yaml`, build it (as root) with
-# `rootsmith build NAME.yaml`: the bundle is written to out/NAME/0.1.0/.
+# Check it with `rootsmith check @NAME@.yaml`, build it with
+# `rootsmith build @NAME@.yaml` (the bundle is written to out/@NAME@/0.1.0/),
+# boot it in QEMU with `rootsmith boot-test out/@NAME@/0.1.0`.
 rootsmith: 1
-name: NAME
+name: @NAME@
 version: 0.1.0
 arch: amd64
 # Every mtime in the outputs is clamped to this; `SOURCE_DATE_EPOCH` overrides it.
@@ -30,22 +36,46 @@ stages:
   - name: tools
     packages:
       install: [iproute2, procps, less]
-  # Files copied into the tree as they are under NAME/overlay/.
+  # Debian's packaged kernel: its vmlinuz goes in the bundle beside the rootfs.
+  - kernel: { name: debian, package: "linux-image-${arch}" }
+  # Files copied into the tree as they are under @NAME@/overlay/.
   - name: overlay
     files:
-      src: NAME/overlay
+      src: @NAME@/overlay
       dest: /
   # A script run chrooted in the tree (sh -e).
   - name: configure
     run:
-      script: NAME/configure.sh
-      env: { HOSTNAME: NAME }
+      script: @NAME@/configure.sh
+      env: { HOSTNAME: @NAME@ }
+outputs:
+  initramfs:
+    # What the thin initramfs loads to reach the network and mount the rootfs.
+    modules: [virtio_pci, virtio_net, virtio_blk, e1000]
+boot:
+  cmdline: "console=ttyS0"
+  # Printed on the console by rootsmith-marker.service once systemd is up.
+  marker: "@NAME@: rootfs is up"
 "#;
 
-const MOTD: &str = "This system was built by rootsmith from NAME.yaml.\n";
+const MOTD: &str = "This system was built by rootsmith from @NAME@.yaml.\n";
+
+const MARKER_SERVICE: &str = r#"# Tells the console (and `rootsmith boot-test`) that the rootfs booted.
+[Unit]
+Description=Print the boot marker on the console
+After=basic.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "$(hostname): rootfs is up" > /dev/console'
+
+[Install]
+WantedBy=multi-user.target
+"#;
 
 const CONFIGURE: &str = r#"# Runs chrooted in the tree after the overlay stage (sh -e).
 echo "$HOSTNAME" > /etc/hostname
+systemctl enable rootsmith-marker.service
 # A machine id is made at first boot, not baked into every copy of the image.
 : > /etc/machine-id
 "#;
@@ -57,10 +87,11 @@ pub fn run(name: &str) -> Result<()> {
     let files: Vec<(PathBuf, String)> = [
         (format!("{name}.yaml"), RECIPE),
         (format!("{name}/overlay/etc/motd"), MOTD),
+        (format!("{name}/overlay/etc/systemd/system/rootsmith-marker.service"), MARKER_SERVICE),
         (format!("{name}/configure.sh"), CONFIGURE),
     ]
     .into_iter()
-    .map(|(path, text)| (PathBuf::from(path), text.replace("NAME", name)))
+    .map(|(path, text)| (PathBuf::from(path), text.replace("@NAME@", name)))
     .collect();
     // Nothing is written when any of them is there: no half-made starter.
     for (path, _) in &files {
@@ -77,7 +108,7 @@ pub fn run(name: &str) -> Result<()> {
         create_new(path, text)?;
     }
     outln!("wrote {}", files.iter().map(|(path, _)| path.display().to_string()).collect::<Vec<_>>().join(", "));
-    outln!("next: rootsmith check {name}.yaml, then (as root) rootsmith build {name}.yaml");
+    outln!("next: rootsmith check {name}.yaml, rootsmith build {name}.yaml, rootsmith boot-test out/{name}/0.1.0");
     Ok(())
 }
 
