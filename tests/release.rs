@@ -771,10 +771,25 @@ fn signed_releases_are_checked_before_anything_else() {
 
     // build --sign: the bundle verifies with the key, and unsigned checks still pass.
     let recipe_bundle = lab.build("2.0.0-rc1", "signed");
+    let listed = |field: &str| {
+        let (code, stdout, stderr) = lab.release(&["ls", "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+        rows.into_iter().find(|row| row["version"] == "2.0.0-rc1").unwrap()[field].clone()
+    };
+    let published = listed("published");
+    assert_eq!(listed("signed_by"), serde_json::Value::Null);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let (code, stdout, stderr) =
         run(rootsmith().args(["release", "sign", "rel", "2.0.0-rc1", "--key"]).arg(&key).arg("--out").arg(lab.out()));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("signed rel 2.0.0-rc1 with SHA256:"), "{stdout}");
+    // Signing changes neither when it was published, and ls and show name the key.
+    assert_eq!(listed("published"), published, "signing moved the version's time");
+    let fingerprint = stdout.split(" with ").nth(1).and_then(|rest| rest.split(": ").next()).unwrap().to_string();
+    assert_eq!(listed("signed_by").as_str(), Some(fingerprint.as_str()), "{stdout}");
+    let (_, shown, _) = lab.release(&["show", "rel", "2.0.0-rc1"]);
+    assert!(shown.contains("signed by SHA256:"), "{shown}");
     let signature = recipe_bundle.join("manifest.json.sig");
     let first = std::fs::read(&signature).unwrap();
     let (code, output) = verify_with(&recipe_bundle, &public);

@@ -143,6 +143,28 @@ pub fn check_bundle(dir: &Path, key: &PublicKey) -> Result<String, String> {
     Ok(format!("manifest.json signed by {}", key.fingerprint(HashAlg::Sha256)))
 }
 
+/// Who signed the bundle in `dir`, as its signature file says: `None` when it
+/// has none, else the fingerprint of the key the signature carries when it
+/// holds for manifest.json under that key, or why not. (That key is only the
+/// signature's own claim: `release verify --key` says whether it is the one
+/// expected.)
+pub fn signer(dir: &Path) -> Option<Result<String, String>> {
+    let signature = match files::read(dir, SIGNATURE, MAX_SIGNATURE_BYTES) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => return Some(Err(format!("{SIGNATURE}: {error}"))),
+    };
+    Some((|| {
+        let manifest =
+            files::read(dir, MANIFEST, files::MAX_INDEX_BYTES).map_err(|error| format!("{MANIFEST}: {error}"))?;
+        let parsed = SshSig::from_pem(&signature)
+            .map_err(|error| SignatureProblem::Unreadable(error.to_string()).to_string())?;
+        let key = PublicKey::from(parsed.public_key().clone());
+        check(&manifest, Some(&signature), &key).map_err(|problem| problem.to_string())?;
+        Ok(key.fingerprint(HashAlg::Sha256).to_string())
+    })())
+}
+
 /// A key file, read only if it is a regular file and no larger than `limit`.
 fn read_small(path: &Path, limit: u64) -> std::io::Result<String> {
     let file = crate::fileops::open_regular(path)?;

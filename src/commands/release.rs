@@ -10,11 +10,24 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
-/// The bundle directory's mtime: when it was published.
+/// When the bundle was published: its manifest.json's mtime (written once,
+/// when the bundle was renamed into place; signing it later changes the
+/// directory, not the manifest).
 fn published(bundle: &Bundle) -> String {
-    let Ok(modified) = fs_err::metadata(&bundle.dir).and_then(|m| m.modified()) else { return "-".into() };
+    let manifest = bundle.dir.join(rootsmith::bundle::names::MANIFEST);
+    let Ok(modified) = fs_err::symlink_metadata(manifest).and_then(|m| m.modified()) else { return "-".into() };
     let seconds = modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     rootsmith::time::utc_string(seconds)
+}
+
+/// Who signed it: the key's fingerprint, "-" when unsigned, or why the
+/// signature does not hold.
+fn signed(bundle: &Bundle) -> (serde_json::Value, String) {
+    match rootsmith::bundle::signature::signer(&bundle.dir) {
+        None => (serde_json::Value::Null, "-".into()),
+        Some(Ok(fingerprint)) => (serde_json::json!(fingerprint), fingerprint),
+        Some(Err(why)) => (serde_json::json!(format!("invalid: {why}")), "invalid signature".into()),
+    }
 }
 
 fn kernels(bundle: &Bundle) -> String {
@@ -37,7 +50,7 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
     if json {
         let mut rows: Vec<_> = bundles
             .iter()
-            .map(|b| serde_json::json!({ "name": b.manifest.name, "version": b.manifest.version, "arch": b.manifest.arch, "published": published(b), "size": b.size(), "kernels": b.manifest.kernels.iter().map(|k| &k.release).collect::<Vec<_>>(), "state": b.state(), "promoted_from": b.manifest.promoted_from.as_ref().map(|p| &p.version), "dir": b.dir }))
+            .map(|b| serde_json::json!({ "name": b.manifest.name, "version": b.manifest.version, "arch": b.manifest.arch, "published": published(b), "size": b.size(), "kernels": b.manifest.kernels.iter().map(|k| &k.release).collect::<Vec<_>>(), "state": b.state(), "promoted_from": b.manifest.promoted_from.as_ref().map(|p| &p.version), "signed_by": signed(b).0, "dir": b.dir }))
             .collect();
         rows.extend(listing.broken.iter().map(|broken| {
             let (name, version) = place(&broken.dir);
@@ -50,13 +63,14 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
         outln!("no bundles in {}", out.display());
     } else {
         outln!(
-            "{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} kernels",
+            "{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} {:<20} kernels",
             "name",
             "version",
             "arch",
             "published (UTC)",
             "size",
-            "state"
+            "state",
+            "signed by"
         );
     }
     for bundle in bundles {
@@ -64,14 +78,19 @@ pub fn ls(out: &Path, json: bool) -> Result<()> {
             Some(from) => format!("{} (from {})", bundle.state(), from.version),
             None => bundle.state().to_string(),
         };
+        let signer = signed(bundle).1;
+        // A fingerprint is long: its first characters tell keys apart.
+        let signer =
+            if signer.starts_with("SHA256:") { format!("{}…", &signer[..19.min(signer.len())]) } else { signer };
         outln!(
-            "{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} {}",
+            "{:<20} {:<14} {:<6} {:<20} {:>11}  {:<10} {:<20} {}",
             bundle.manifest.name,
             bundle.manifest.version,
             bundle.manifest.arch,
             published(bundle),
             mib(bundle.size()),
             state,
+            signer,
             kernels(bundle)
         );
     }
@@ -99,6 +118,11 @@ pub fn show(out: &Path, name: &str, version: &str, json: bool) -> Result<()> {
     );
     if let Some(from) = &m.promoted_from {
         outln!("promoted from {} (manifest sha256 {})", from.version, from.manifest_sha256);
+    }
+    match rootsmith::bundle::signature::signer(&bundle.dir) {
+        None => outln!("not signed"),
+        Some(Ok(key)) => outln!("signed by {key} (release verify --key KEY checks it is the key you expect)"),
+        Some(Err(why)) => outln!("signature does not hold: {why}"),
     }
     outln!("built by {}, SOURCE_DATE_EPOCH {}, recipe sha256 {}", m.tool, m.source_date_epoch, m.recipe_sha256);
     outln!("\nstages:");
