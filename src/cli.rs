@@ -459,7 +459,7 @@ pub enum ReleaseAction {
         #[command(flatten)]
         out: OutArgs,
     },
-    /// What changed from version A to B: packages, kernels, artifact sizes, stage keys
+    /// What changed from version A to B: a summary, then packages, kernels, artifact sizes, stage keys, files
     Diff {
         name: String,
         a: String,
@@ -468,6 +468,12 @@ pub enum ReleaseAction {
         out: OutArgs,
         #[arg(long)]
         json: bool,
+        /// Every line of every section (a long section is otherwise summed up)
+        #[arg(long)]
+        full: bool,
+        /// Only this section, every line of it
+        #[arg(long, value_name = "SECTION", value_parser = clap::builder::PossibleValuesParser::new(rootsmith::release::diff::SECTIONS))]
+        section: Option<String>,
     },
     /// Check a bundle: SHA256SUMS, chunk list, cookies, squashfs, manifest
     Verify {

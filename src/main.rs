@@ -128,7 +128,10 @@ fn main() {
             ReleaseAction::Verify { dir, rebuild, key, json, privileges: _ } => {
                 commands::release::verify(dir, rebuild.as_deref(), key.as_deref(), *json)
             }
-            ReleaseAction::Diff { name, a, b, out, json } => commands::release::diff(&out.out, name, a, b, *json),
+            ReleaseAction::Diff { name, a, b, out, json, full, section } => {
+                let view = rootsmith::release::diff::View { full: *full, section: section.clone() };
+                commands::release::diff(&out.out, name, a, b, *json, &view)
+            }
         },
         Command::Init { name } => commands::init::run(name),
         Command::Completions { shell } => {

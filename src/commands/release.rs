@@ -235,7 +235,7 @@ pub fn verify(dir: &Path, rebuild: Option<&Path>, key: Option<&Path>, json: bool
     Ok(())
 }
 
-pub fn diff(out: &Path, name: &str, a: &str, b: &str, json: bool) -> Result<()> {
+pub fn diff(out: &Path, name: &str, a: &str, b: &str, json: bool, view: &release::diff::View) -> Result<()> {
     super::must_be_bundle(&out.join(name).join(a))?;
     super::must_be_bundle(&out.join(name).join(b))?;
     let (from, to) = (Bundle::open_in(out, name, a)?, Bundle::open_in(out, name, b)?);
@@ -243,7 +243,7 @@ pub fn diff(out: &Path, name: &str, a: &str, b: &str, json: bool) -> Result<()> 
     if json {
         outln!("{}", serde_json::to_string_pretty(&diff)?);
     } else {
-        out!("{}", diff.render());
+        out!("{}", diff.render(view));
     }
     Ok(())
 }

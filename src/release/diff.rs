@@ -180,103 +180,203 @@ pub fn diff(a: &Bundle, b: &Bundle) -> anyhow::Result<Diff> {
 }
 
 impl Diff {
-    pub fn render(&self) -> String {
+    /// The diff as text: the versions, a summary line with each section's
+    /// count, then each section. A section's lines are shown when they are
+    /// few (at most [`SHOWN_LINES`]), or when `view` asks for them all
+    /// (`--full`) or for that section (`--section NAME`); a longer one says
+    /// how many it holds and how to see them.
+    pub fn render(&self, view: &View) -> String {
+        let sections = self.sections();
         let mut out = format!("{} → {}\n", self.from, self.to);
-        let short = |key: &Option<String>| {
-            key.as_deref().map(|k| k[..12.min(k.len())].to_string()).unwrap_or_else(|| "-".into())
-        };
-        if self.packages_added.is_empty() && self.packages_removed.is_empty() && self.packages_changed.is_empty() {
-            out.push_str("packages: no change\n");
-        } else {
-            out.push_str("packages:\n");
-            for (name, version) in &self.packages_added {
-                out.push_str(&format!("  + {name} {version}\n"));
+        let counts: Vec<String> =
+            sections.iter().map(|section| format!("{} {}", section.name, section.count)).collect();
+        out.push_str(&format!("summary: {}\n", counts.join(", ")));
+        for section in &sections {
+            if view.section.as_deref().is_some_and(|only| only != section.name) {
+                continue;
             }
-            for (name, version) in &self.packages_removed {
-                out.push_str(&format!("  - {name} {version}\n"));
-            }
-            for (name, (from, to)) in &self.packages_changed {
-                out.push_str(&format!("  ~ {name} {from} → {to}\n"));
-            }
-        }
-        for kernel in &self.kernels {
-            let release = |r: &Option<String>| r.clone().unwrap_or_else(|| "-".into());
-            out.push_str(&format!(
-                "kernel {}: {} → {}\n",
-                kernel.name,
-                release(&kernel.release.0),
-                release(&kernel.release.1)
-            ));
-            for (option, (from, to)) in &kernel.options {
-                out.push_str(&format!("  {option}: {from} → {to}\n"));
-            }
-        }
-        if !self.artifacts.is_empty() {
-            out.push_str("artifacts:\n");
-            for delta in &self.artifacts {
-                let size = |s: Option<u64>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-                let change = match (delta.from, delta.to) {
-                    (Some(a), Some(b)) => format!(" ({:+})", b as i64 - a as i64),
-                    _ => String::new(),
-                };
-                out.push_str(&format!("  {}: {} → {} bytes{change}\n", delta.name, size(delta.from), size(delta.to)));
-            }
-        }
-        if !self.stages.is_empty() {
-            out.push_str("stage keys:\n");
-            for (name, (from, to)) in &self.stages {
-                out.push_str(&format!("  {name}: {} → {}\n", short(from), short(to)));
-            }
-        }
-        let files = &self.files;
-        if files.added.is_empty() && files.removed.is_empty() && files.changed.is_empty() {
-            out.push_str("files: no change\n");
-        } else {
-            out.push_str(&format!(
-                "files: {} added, {} removed, {} changed\n",
-                files.added.len(),
-                files.removed.len(),
-                files.changed.len()
-            ));
-            let describe = |entry: &Entry| match entry.kind {
-                "file" => format!("{} {} {}:{} {} B", entry.kind, entry.mode, entry.uid, entry.gid, entry.size),
-                "symlink" => format!("symlink → {}", entry.content),
-                _ => format!("{} {} {}:{}", entry.kind, entry.mode, entry.uid, entry.gid),
-            };
-            for (path, entry) in &files.added {
-                out.push_str(&format!("  + {path} ({})\n", describe(entry)));
-            }
-            for (path, entry) in &files.removed {
-                out.push_str(&format!("  - {path} ({})\n", describe(entry)));
-            }
-            for (path, (from, to)) in &files.changed {
-                let mut what = Vec::new();
-                if from.kind != to.kind {
-                    what.push(format!("{} → {}", from.kind, to.kind));
+            out.push_str(&section.header);
+            out.push('\n');
+            let all = view.full || view.section.is_some();
+            if all || section.lines.len() <= SHOWN_LINES {
+                for line in &section.lines {
+                    out.push_str(&format!("  {line}\n"));
                 }
-                if from.content != to.content {
-                    what.push(if to.kind == "file" {
-                        format!("content, {} → {} B", from.size, to.size)
-                    } else {
-                        format!("{} → {}", from.content, to.content)
-                    });
-                }
-                if from.mode != to.mode {
-                    what.push(format!("mode {} → {}", from.mode, to.mode));
-                }
-                if (from.uid, from.gid) != (to.uid, to.gid) {
-                    what.push(format!("owner {}:{} → {}:{}", from.uid, from.gid, to.uid, to.gid));
-                }
-                out.push_str(&format!("  ~ {path} ({})\n", what.join(", ")));
+            } else {
+                out.push_str(&format!(
+                    "  ({} lines: release diff … --section {} shows them, --full shows every section)\n",
+                    section.lines.len(),
+                    section.name
+                ));
             }
         }
         out
     }
+
+    /// Every section of the text, in order.
+    fn sections(&self) -> Vec<Section> {
+        let short = |key: &Option<String>| {
+            key.as_deref().map(|k| k[..12.min(k.len())].to_string()).unwrap_or_else(|| "-".into())
+        };
+        let mut sections = Vec::new();
+        let mut packages: Vec<String> = Vec::new();
+        packages.extend(self.packages_added.iter().map(|(name, version)| format!("+ {name} {version}")));
+        packages.extend(self.packages_removed.iter().map(|(name, version)| format!("- {name} {version}")));
+        packages.extend(self.packages_changed.iter().map(|(name, (from, to))| format!("~ {name} {from} → {to}")));
+        let header = if packages.is_empty() { "packages: no change".to_string() } else { "packages:".to_string() };
+        let count =
+            format!("+{} -{} ~{}", self.packages_added.len(), self.packages_removed.len(), self.packages_changed.len());
+        sections.push(Section { name: "packages", count, header, lines: packages });
+        for kernel in &self.kernels {
+            let release = |r: &Option<String>| r.clone().unwrap_or_else(|| "-".into());
+            let lines: Vec<String> =
+                kernel.options.iter().map(|(option, (from, to))| format!("{option}: {from} → {to}")).collect();
+            sections.push(Section {
+                name: "kernel",
+                count: format!("{} {} options", kernel.name, lines.len()),
+                header: format!(
+                    "kernel {}: {} → {}",
+                    kernel.name,
+                    release(&kernel.release.0),
+                    release(&kernel.release.1)
+                ),
+                lines,
+            });
+        }
+        if !self.artifacts.is_empty() {
+            let lines = self
+                .artifacts
+                .iter()
+                .map(|delta| {
+                    let size = |s: Option<u64>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                    let change = match (delta.from, delta.to) {
+                        (Some(a), Some(b)) => format!(" ({:+})", b as i64 - a as i64),
+                        _ => String::new(),
+                    };
+                    format!("{}: {} → {} bytes{change}", delta.name, size(delta.from), size(delta.to))
+                })
+                .collect::<Vec<_>>();
+            sections.push(Section {
+                name: "artifacts",
+                count: lines.len().to_string(),
+                header: "artifacts:".into(),
+                lines,
+            });
+        }
+        if !self.stages.is_empty() {
+            let lines = self
+                .stages
+                .iter()
+                .map(|(name, (from, to))| format!("{name}: {} → {}", short(from), short(to)))
+                .collect::<Vec<_>>();
+            sections.push(Section {
+                name: "stages",
+                count: lines.len().to_string(),
+                header: "stage keys:".into(),
+                lines,
+            });
+        }
+        sections.push(self.files_section());
+        sections
+    }
+
+    fn files_section(&self) -> Section {
+        let files = &self.files;
+        let count = format!("+{} -{} ~{}", files.added.len(), files.removed.len(), files.changed.len());
+        if files.added.is_empty() && files.removed.is_empty() && files.changed.is_empty() {
+            return Section { name: "files", count, header: "files: no change".into(), lines: Vec::new() };
+        }
+        let header = format!(
+            "files: {} added, {} removed, {} changed",
+            files.added.len(),
+            files.removed.len(),
+            files.changed.len()
+        );
+        let describe = |entry: &Entry| match entry.kind {
+            "file" => format!("{} {} {}:{} {} B", entry.kind, entry.mode, entry.uid, entry.gid, entry.size),
+            "symlink" => format!("symlink → {}", entry.content),
+            _ => format!("{} {} {}:{}", entry.kind, entry.mode, entry.uid, entry.gid),
+        };
+        let mut lines = Vec::new();
+        lines.extend(files.added.iter().map(|(path, entry)| format!("+ {path} ({})", describe(entry))));
+        lines.extend(files.removed.iter().map(|(path, entry)| format!("- {path} ({})", describe(entry))));
+        for (path, (from, to)) in &files.changed {
+            let mut what = Vec::new();
+            if from.kind != to.kind {
+                what.push(format!("{} → {}", from.kind, to.kind));
+            }
+            if from.content != to.content {
+                what.push(if to.kind == "file" {
+                    format!("content, {} → {} B", from.size, to.size)
+                } else {
+                    format!("{} → {}", from.content, to.content)
+                });
+            }
+            if from.mode != to.mode {
+                what.push(format!("mode {} → {}", from.mode, to.mode));
+            }
+            if (from.uid, from.gid) != (to.uid, to.gid) {
+                what.push(format!("owner {}:{} → {}:{}", from.uid, from.gid, to.uid, to.gid));
+            }
+            lines.push(format!("~ {path} ({})", what.join(", ")));
+        }
+        Section { name: "files", count, header, lines }
+    }
+}
+
+/// A section is shown whole when it has at most this many lines.
+pub const SHOWN_LINES: usize = 40;
+
+/// The sections `release diff --section` names.
+pub const SECTIONS: [&str; 5] = ["packages", "kernel", "artifacts", "stages", "files"];
+
+/// What the text shows: every line (`--full`), or one section's.
+#[derive(Debug, Default, Clone)]
+pub struct View {
+    pub full: bool,
+    pub section: Option<String>,
+}
+
+/// One section of the text: its name, its count for the summary, its header
+/// line and its lines.
+struct Section {
+    name: &'static str,
+    count: String,
+    header: String,
+    lines: Vec<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_section_is_summed_up_unless_asked_for() {
+        let options: BTreeMap<String, (String, String)> =
+            (0..11_823).map(|n| (format!("CONFIG_{n:05}"), ("n".to_string(), "y".to_string()))).collect();
+        let mut diff = Diff {
+            from: "1.0.0".into(),
+            to: "1.1.0".into(),
+            packages_added: BTreeMap::from([("jq:amd64".to_string(), "1.6-2.1".to_string())]),
+            packages_removed: BTreeMap::new(),
+            packages_changed: BTreeMap::new(),
+            kernels: vec![KernelDiff { name: "debian".into(), release: (None, Some("6.1.0".into())), options }],
+            artifacts: Vec::new(),
+            stages: BTreeMap::new(),
+            files: FilesDiff::default(),
+        };
+        let text = diff.render(&View::default());
+        assert!(text.lines().count() < 12, "{text}");
+        assert!(text.contains("summary: packages +1 -0 ~0, kernel debian 11823 options, files +0 -0 ~0\n"), "{text}");
+        assert!(text.contains("  + jq:amd64 1.6-2.1\n"), "a short section is shown whole: {text}");
+        assert!(text.contains("(11823 lines: release diff … --section kernel shows them"), "{text}");
+        let kernel = diff.render(&View { full: false, section: Some("kernel".into()) });
+        assert_eq!(kernel.lines().filter(|line| line.starts_with("  CONFIG_")).count(), 11_823);
+        assert!(!kernel.contains("jq:amd64"), "only the section asked for");
+        assert_eq!(diff.render(&View { full: true, section: None }).lines().count(), text.lines().count() + 11_822);
+        diff.kernels.clear();
+        assert!(diff.render(&View::default()).contains("packages:\n  + jq"));
+    }
 
     #[test]
     fn config_options_read_set_and_unset() {
