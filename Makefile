@@ -16,7 +16,7 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                openssh-client ipxe osslsigncode sbsigntool openssl
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps init build install install-built demo lint test bench clean
+.PHONY: all deps init build install install-built demo lint test test-slow bench clean
 
 # cargo's output directory (CARGO_TARGET_DIR when set).
 TARGET_DIR  ?= $(or $(CARGO_TARGET_DIR),target)
@@ -112,8 +112,13 @@ lint:
 test: deps init
 	$(CARGO) test --locked --workspace
 
+# The tests too slow for CI's hour (a kernel built from source with ccache
+# and booted): built only with the slow-tests feature. `make bench` runs them.
+test-slow: deps init
+	$(CARGO) test --locked --features slow-tests --test kernel
+
 bench: APT_PACKAGES += tftpd-hpa python3 python3-yaml mkosi debos
-bench: deps build
+bench: deps build test-slow
 	bench/run.sh
 
 clean:
