@@ -17,14 +17,16 @@ use crate::stage::Resolved;
 
 /// Versions of each stage kind's implementation: bump one when the same inputs
 /// would now give a different tree, so old cached layers stop matching.
-/// (2: build-time noise is scrubbed after every stage.)
+/// (2: build-time noise is scrubbed after every stage. 3: a kernel package
+/// installed by these stages makes no initramfs in the tree, and apt's
+/// partial directories no longer depend on where the cache is.)
 fn kind_version(kind: &StageKind) -> u32 {
     match kind {
-        StageKind::Debootstrap(_) => 2,
+        StageKind::Debootstrap(_) => 3,
         StageKind::Tarball(_) => 2,
-        StageKind::Packages(_) => 2,
+        StageKind::Packages(_) => 3,
         StageKind::Files(_) => 2,
-        StageKind::Run(_) => 2,
+        StageKind::Run(_) => 3,
         // 3: the products hold the kernel's device trees.
         StageKind::Kernel(_) => 3,
         StageKind::Release(_) => 1,

@@ -66,7 +66,10 @@ pub fn preflight(
     if existing.source_date_epoch != plan.source_date_epoch {
         differences.push(format!("SOURCE_DATE_EPOCH {}", existing.source_date_epoch));
     }
-    differences.extend(stage_differences(plan, options, &existing)?);
+    // The same recipe and settings: the stages' inputs may still differ.
+    if differences.is_empty() {
+        differences.extend(stage_differences(plan, options, &existing)?);
+    }
     if differences.is_empty() {
         return Ok(());
     }

@@ -67,10 +67,19 @@ pub fn clean_environment(source_date_epoch: i64, extra: &BTreeMap<String, String
         ("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string()),
         ("DEBCONF_NONINTERACTIVE_SEEN".to_string(), "true".to_string()),
         ("SOURCE_DATE_EPOCH".to_string(), source_date_epoch.to_string()),
+        // A kernel package installed by any stage (packages, a script's
+        // apt-get) builds no initramfs in the tree: Debian's kernel hook
+        // (/etc/kernel/postinst.d/initramfs-tools) skips it for INITRD=No.
+        // rootsmith ships its own thin initramfs; the distro's would be dead
+        // weight in the rootfs (and take most of an hour under emulation).
+        (NO_INITRD.0.to_string(), NO_INITRD.1.to_string()),
     ]);
     env.extend(extra.clone());
     env
 }
+
+/// The variable that keeps Debian's kernel hooks from making an initramfs.
+pub const NO_INITRD: (&str, &str) = ("INITRD", "No");
 
 /// A command to run: chrooted into `root` with `mounts`, or on the host (in a
 /// private mount namespace) when `root` is `None`.
@@ -258,6 +267,7 @@ mod tests {
         let env = clean_environment(42, &BTreeMap::from([("X".to_string(), "1".to_string())]));
         assert_eq!(env["DEBIAN_FRONTEND"], "noninteractive");
         assert_eq!(env["SOURCE_DATE_EPOCH"], "42");
+        assert_eq!(env["INITRD"], "No", "a kernel package would build an initramfs in the tree");
         assert_eq!(env["X"], "1");
         assert!(!env.contains_key("USER"));
     }

@@ -11,6 +11,8 @@ mod real;
 mod recording;
 pub mod userns;
 
-pub use command::{chroot_mounts, clean_environment, log_tail, Command, CommandError, Host, Mount, MountKind};
+pub use command::{
+    chroot_mounts, clean_environment, log_tail, Command, CommandError, Host, Mount, MountKind, NO_INITRD,
+};
 pub use real::RealHost;
 pub use recording::RecordingHost;

@@ -161,6 +161,9 @@ pub fn run(stage: &Debootstrap, context: &StageContext<'_>) -> Result<()> {
         ("SOURCE_DATE_EPOCH", context.source_date_epoch.to_string()),
         ("LC_ALL", "C.UTF-8".to_string()),
         ("TMPDIR", context.scratch.display().to_string()),
+        // A kernel in `include:` builds no initramfs in the tree (mmdebstrap
+        // and debootstrap pass the environment to the packages' scripts).
+        (crate::host::NO_INITRD.0, crate::host::NO_INITRD.1.to_string()),
     ];
     let command = Command {
         argv,
