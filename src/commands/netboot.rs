@@ -31,7 +31,14 @@ pub fn serve(
     let mut server = Server::bind(dir, addr, max_connections, log.clone())?;
     let local = server.local_addr();
     let public_url = public_url.or_else(|| (!local.ip().is_unspecified()).then(|| format!("http://{local}/")));
-    let hosts = hosts.map(|file| ServedInventory::open(file, dir, public_url).map(Arc::new)).transpose()?;
+    let hosts = hosts
+        .map(|file| {
+            let log = log.clone();
+            ServedInventory::open(file, dir, public_url)
+                .map(|served| served.with_log(Box::new(move |line: &str| log(line))))
+                .map(Arc::new)
+        })
+        .transpose()?;
     let mut tftp =
         tftp.map(|tftp| rootsmith::lab::tftp::TftpServer::bind(dir, tftp, max_connections, log)).transpose()?;
     if let Some(hosts) = &hosts {

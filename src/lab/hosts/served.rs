@@ -1,5 +1,6 @@
 //! An inventory as `serve --hosts` uses it: re-read at every request for a
-//! host file (so edits and `hosts set` need no restart), the generated files
+//! host file (so edits and `hosts set` need no restart; an edit that does
+//! not check leaves the last inventory that did in service), the generated files
 //! (each host's with its report token), the agents' reports (taken only with
 //! the host's token), and its state directory, which is never served.
 
@@ -25,6 +26,10 @@ pub struct ServedInventory {
     /// The server's root URL for loaders that do not say which address they used (TFTP).
     public_url: Option<String>,
     pub store: StateStore,
+    /// The last inventory that checked, served while the file does not, and
+    /// the error of the file as it is now (logged once per change).
+    last_good: std::sync::Mutex<(Option<Inventory>, Option<String>)>,
+    log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 impl ServedInventory {
@@ -44,7 +49,21 @@ impl ServedInventory {
             bundle_path,
             public_url,
             store: StateStore::for_inventory(file),
+            last_good: std::sync::Mutex::new((Some(inventory), None)),
+            log: Box::new(|line| eprintln!("{line}")),
         })
+    }
+
+    /// Where the inventory's errors are logged (serve's log).
+    pub fn with_log(mut self, log: Box<dyn Fn(&str) + Send + Sync>) -> ServedInventory {
+        self.log = log;
+        self
+    }
+
+    /// The error of the inventory file as it is now, when it does not check
+    /// (the last one that did is being served).
+    pub fn current_error(&self) -> Option<String> {
+        self.last_good.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).1.clone()
     }
 
     pub fn summary(&self) -> String {
@@ -56,8 +75,32 @@ impl ServedInventory {
         )
     }
 
+    /// The inventory as the file says now; when it does not check (a typo in
+    /// a live file), the last one that did, so one mistake does not take the
+    /// whole lab down. The error is logged, with its file:line:column, once
+    /// each time it changes.
     fn inventory(&self) -> Result<Inventory> {
-        super::load(&self.file, Some(&self.root))
+        let loaded = super::load(&self.file, Some(&self.root));
+        let mut last = self.last_good.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match loaded {
+            Ok(inventory) => {
+                if last.1.take().is_some() {
+                    (self.log)(&format!("{}: checks again; serving it", self.file.display()));
+                }
+                last.0 = Some(inventory.clone());
+                Ok(inventory)
+            }
+            Err(error) => {
+                let text = format!("{error:#}");
+                if last.1.as_deref() != Some(text.as_str()) {
+                    let serving =
+                        if last.0.is_some() { "serving the last inventory that checked" } else { "nothing to serve" };
+                    (self.log)(&format!("{}: does not check ({serving}):\n{text}", self.file.display()));
+                    last.1 = Some(text);
+                }
+                last.0.clone().ok_or(error)
+            }
+        }
     }
 
     /// The root URL to write into files: the address the client used, else `--public-url`.

@@ -339,3 +339,29 @@ fn a_state_file_that_is_a_fifo_or_a_symlink_is_refused_at_once() {
     std::os::unix::fs::symlink("/etc/passwd", &file).unwrap();
     assert!(store.load().is_err(), "a symlink was followed");
 }
+
+#[test]
+fn a_typo_in_a_live_inventory_keeps_the_last_one_that_checked_in_service() {
+    let (dir, served) = served();
+    let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = logged.clone();
+    let served = served.with_log(Box::new(move |line| sink.lock().unwrap().push(line.to_string())));
+    let file = dir.path().join("root/lab.yaml");
+    let before = served.file("lab/1.0.0/hosts/52-54-00-00-00-11.ipxe", None).unwrap().unwrap();
+    // A second host named as the first, added while serve runs.
+    let typo = format!("bundle: lab/1.0.0\n{LAB}  - name: rack1-a\n    mac: 52:54:00:00:00:99\n");
+    fs_err::write(&file, &typo).unwrap();
+    for _ in 0..3 {
+        let served_now = served.file("lab/1.0.0/hosts/52-54-00-00-00-11.ipxe", None).unwrap().unwrap();
+        assert_eq!(served_now, before, "the fleet is served from the last inventory that checked");
+        assert!(served.file("lab/1.0.0/hosts/default.ipxe", None).unwrap().is_ok());
+    }
+    let error = served.current_error().expect("the error is kept");
+    let line = typo.lines().position(|line| line.contains("52:54:00:00:00:99")).unwrap();
+    assert!(error.contains("duplicate name rack1-a") && error.contains(&format!("lab.yaml:{line}:")), "{error}");
+    assert_eq!(logged.lock().unwrap().len(), 1, "logged once per change: {:?}", logged.lock().unwrap());
+    fs_err::write(&file, format!("bundle: lab/1.0.0\n{LAB}")).unwrap();
+    assert!(served.file("lab/1.0.0/hosts/52-54-00-00-00-11.ipxe", None).unwrap().is_ok());
+    assert_eq!(served.current_error(), None);
+    assert!(logged.lock().unwrap()[1].contains("checks again"), "{:?}", logged.lock().unwrap());
+}
