@@ -378,3 +378,40 @@ fn what_a_user_build_needs_is_named_before_anything_runs() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("--privileges root, but this is uid"), "{stderr}");
 }
+
+/// A tarball entry owned by an id the user's namespace does not map (uid
+/// 70000, past the 65536 ids mapped) is named with its owner and the map,
+/// and what to do; nothing is cached.
+#[test]
+fn an_entry_owned_by_an_unmapped_id_is_named_with_the_map() {
+    if !needs_root("an_entry_owned_by_an_unmapped_id_is_named_with_the_map") {
+        return;
+    }
+    let user = ordinary_user();
+    let place = Place::new(&user);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_uid(70000);
+    header.set_gid(70000);
+    header.set_size(3);
+    builder.append_data(&mut header, "etc/far-away", &b"hi\n"[..]).unwrap();
+    std::fs::write(place.path("user/far.tar"), builder.into_inner().unwrap()).unwrap();
+    let recipe = place.path("user/far.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: far\nversion: 1.0.0\nstages:\n  - tarball: { path: far.tar }\n")
+        .unwrap();
+    for path in [place.path("user/far.tar"), recipe.clone()] {
+        std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let mut command = place.rootsmith("user", &user, &["build", "--fast", "--out"]);
+    let (code, _, stderr) = run(command.arg(place.path("user/out")).arg(&recipe));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("etc/far-away")
+            && stderr.contains("owned by uid 70000")
+            && stderr.contains("does not map (uids 0-"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: build as root"), "{stderr}");
+    assert!(!stderr.contains("os error 22"), "{stderr}");
+}

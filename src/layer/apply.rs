@@ -358,6 +358,10 @@ impl Applier<'_> {
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         );
         if let Err(errno) = chown {
+            if errno == nix::errno::Errno::EINVAL {
+                // An id the user namespace does not map (a rootless build).
+                return Err(self.error(&shown, unmapped_owner(uid, gid)));
+            }
             if self.is_root {
                 return Err(io(errno.into()));
             }
@@ -368,7 +372,20 @@ impl Applier<'_> {
             fs_err::set_permissions(&destination, std::fs::Permissions::from_mode(mode)).map_err(io)?;
         }
         for (key, value) in &xattrs {
-            xattr::set(&destination, key, value).map_err(io)?;
+            xattr::set(&destination, key, value).map_err(|error| {
+                let on_symlink = kind == EntryType::Symlink && key.to_string_lossy().starts_with("user.");
+                if on_symlink && error.raw_os_error() == Some(libc::EPERM) {
+                    self.error(
+                        &shown,
+                        format!(
+                            "its extended attribute {} cannot be set: Linux allows no user.* attribute on a symlink",
+                            key.to_string_lossy()
+                        ),
+                    )
+                } else {
+                    self.error(&shown, format!("its extended attribute {}: {error}", key.to_string_lossy()))
+                }
+            })?;
         }
         let mtime = header.mtime().unwrap_or(0) as i64;
         if kind == EntryType::Directory {
@@ -496,4 +513,25 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
     }
+}
+/// Why an entry owned by `uid:gid` cannot be made here: this process's user
+/// namespace maps no such id. Names the map and what to do.
+fn unmapped_owner(uid: u32, gid: u32) -> String {
+    let map = |file: &str| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<u64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+                (fields.len() == 3).then(|| format!("{}-{}", fields[0], fields[0] + fields[2].saturating_sub(1)))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "it is owned by uid {uid}, gid {gid}, which this build's user namespace does not map (uids {}, gids {}): a build without root gives files only the ids its subordinate range maps\nhint: build as root, or give the user a range that covers the id (usermod --add-subuids/--add-subgids with at least {} ids)",
+        map("/proc/self/uid_map"),
+        map("/proc/self/gid_map"),
+        u64::from(uid.max(gid)) + 1
+    )
 }

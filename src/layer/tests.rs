@@ -203,6 +203,26 @@ fn xattrs_survive_a_layer_round_trip() {
     assert_eq!(xattr::get(replica.join("ping"), name).unwrap().as_deref(), Some(value));
 }
 
+#[test]
+fn a_user_xattr_on_a_symlink_is_an_error_that_names_the_entry_and_the_attribute() {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_pax_extensions([("SCHILY.xattr.user.comment", &b"hello"[..])]).unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_mode(0o777);
+    header.set_size(0);
+    builder.append_link(&mut header, "etc/link", "target").unwrap();
+    let archive = builder.into_inner().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let error = apply_layer(archive.as_slice(), root.path(), "xattr", &Devices::default()).unwrap_err().to_string();
+    assert!(
+        error.contains("etc/link")
+            && error.contains("user.comment")
+            && error.contains("no user.* attribute on a symlink"),
+        "{error}"
+    );
+}
+
 /// A reader that counts what was taken from it.
 struct Counting<R> {
     inner: R,
