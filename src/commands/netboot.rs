@@ -123,7 +123,9 @@ pub fn boot_test(args: &BootTestArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let tail: Vec<&str> = result.console.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+    // The guest's console as text: its escape sequences would drive this terminal.
+    let console = rootsmith::lab::hosts::state::log_text(result.console.as_bytes());
+    let tail: Vec<&str> = console.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
     if let Some(line) = &result.refused {
         bail!("the boot was refused after {:.0} s: {}\n(the image's signature is not one the firmware's db accepts, or it is not a bootable image); the console's last lines:\n{}\n(whole log: {})", result.seconds, line.trim(), tail.join("\n"), log_path.display());
     }

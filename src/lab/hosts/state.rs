@@ -163,10 +163,67 @@ pub fn single_line(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).collect()
 }
 
-/// A report's log as text: invalid UTF-8 replaced, control characters other
-/// than newline and tab removed (a carriage return too: it redraws a line).
+/// A report's log (or a console) as text: invalid UTF-8 replaced, terminal
+/// escape sequences removed whole (`ESC [ … m` colours, `ESC ] … BEL`
+/// titles, two-character escapes), and every other control character but
+/// newline and tab (a carriage return too: it redraws a line).
 pub fn log_text(log: &[u8]) -> String {
-    String::from_utf8_lossy(log).chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect()
+    let text = String::from_utf8_lossy(log);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // C1's one-character CSI.
+            '\u{9b}' => skip_csi(&mut chars),
+            '\u{1b}' => match chars.peek() {
+                Some('[') => {
+                    chars.next();
+                    skip_csi(&mut chars);
+                }
+                // OSC: printable text up to BEL or ESC \ (a line break or
+                // any other control character ends it too, and stays).
+                Some(']') => {
+                    chars.next();
+                    while let Some(&c) = chars.peek() {
+                        if c == '\u{7}' {
+                            chars.next();
+                            break;
+                        }
+                        if c == '\u{1b}' {
+                            chars.next();
+                            chars.next_if_eq(&'\\');
+                            break;
+                        }
+                        if c.is_control() {
+                            break;
+                        }
+                        chars.next();
+                    }
+                }
+                // nF escapes (ESC ( B): intermediates, then a final byte.
+                Some(' '..='/') => {
+                    while chars.next_if(|c| (' '..='/').contains(c)).is_some() {}
+                    chars.next_if(|c| ('0'..='~').contains(c));
+                }
+                // A two-character escape (ESC 7, ESC =, …).
+                Some(c) if ('0'..='~').contains(c) => {
+                    chars.next();
+                }
+                _ => {}
+            },
+            c if !c.is_control() || c == '\n' || c == '\t' => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Skip a control sequence's parameter and intermediate bytes and its final
+/// byte; anything else ends it (and is kept), so a stray introducer never
+/// hides the rest of the text.
+fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while chars.next_if(|c| ('0'..='?').contains(c) || (' '..='/').contains(c)).is_some() {}
+    chars.next_if(|c| ('@'..='~').contains(c));
 }
 
 /// Record a report; a successful one ends the host's one-shot entry. Returns

@@ -216,10 +216,11 @@ fn report_tokens_are_random_per_host_and_made_once() {
 #[test]
 fn control_characters_are_removed_from_what_reports_bring() {
     assert_eq!(state::single_line("\x1b]0;title\x07\x1b[2Jverify\r\n\t\u{9b}1m\x7f"), "]0;title[2Jverify1m");
-    assert_eq!(
-        state::log_text(b"\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\xc2\x9b\xff"),
-        "[31mred[0m\nline\ttab\nend\u{fffd}"
-    );
+    // Escape sequences go whole, not only their ESC.
+    assert_eq!(state::log_text(b"\x1b[31mred\x1b[0m\r\nline\ttab\n\x07end\xc2\x9b\xff"), "red\nline\ttab\nend\u{fffd}");
+    assert_eq!(state::log_text(b"\x1b]0;pwned\x07a\x1b]2;t\x1b\\b\x1b[?25l\x1b(Bc\x1b["), "abc");
+    // A stray introducer hides nothing after it.
+    assert_eq!(state::log_text(b"a\x1b[\xff kept\n\x1b]title\nnext"), "a\u{fffd} kept\n\nnext");
 
     let inventory = inventory(LAB).unwrap();
     let bench = inventory.host("bench").unwrap().clone();
@@ -298,7 +299,8 @@ fn a_report_without_the_hosts_token_changes_nothing() {
     assert_eq!(reply, "recorded; rack1-a boots debian-http next\n");
     let state = served.store.load().unwrap();
     assert!(state.set.is_empty() && state.reports["rack1-a"].step.as_deref() == Some("[2Jdone"), "{state:?}");
-    assert_eq!(fs_err::read_to_string(served.store.dir.join("reports/rack1-a.log")).unwrap(), "[2Jlog\n");
+    // The log's escape sequence is removed whole.
+    assert_eq!(fs_err::read_to_string(served.store.dir.join("reports/rack1-a.log")).unwrap(), "log\n");
 
     // The state is the server's own: never served.
     let root = dir.path().join("root").canonicalize().unwrap();
