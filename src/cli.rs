@@ -109,6 +109,9 @@ pub enum Command {
     Check {
         #[command(flatten)]
         recipe: RecipeArgs,
+        /// Print the result as JSON on stdout: each error with file, line, column, message and hint
+        #[arg(long)]
+        json: bool,
     },
     /// Show each stage's key and whether the cache has it
     Plan {

@@ -90,7 +90,7 @@ fn main() {
     }
     let result = match &cli.command {
         Command::Build(args) => commands::build::run(args),
-        Command::Check { recipe } => commands::check::run(recipe),
+        Command::Check { recipe, json } => commands::check::run(recipe, *json),
         Command::Plan { recipe, cache, explain, fast, json } => {
             commands::plan::run(recipe, cache, *explain, *fast, *json)
         }

@@ -40,6 +40,29 @@ fn a_version_that_is_not_one_is_a_usage_error() {
 }
 
 #[test]
+fn check_json_gives_each_error_as_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("bad.yaml");
+    std::fs::write(&recipe, "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: bookworm }\n  - packages: { instal: [curl] }\n").unwrap();
+    let (code, stdout, stderr) = run(rootsmith().args(["check", "--json"]).arg(&recipe));
+    assert_eq!(code, 2, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(value["ok"], false);
+    let error = &value["errors"][0];
+    assert_eq!((error["line"].as_u64(), error["column"].as_u64()), (Some(6), Some(17)), "{value}");
+    assert!(error["message"].as_str().unwrap().contains("instal") && error["hint"].is_string(), "{value}");
+    std::fs::write(
+        &recipe,
+        "rootsmith: 1\nname: demo\nversion: 1.0.0\nstages:\n  - debootstrap: { suite: bookworm }\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(rootsmith().args(["check", "--json"]).arg(&recipe));
+    assert_eq!(code, 0, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((value["ok"].as_bool(), value["name"].as_str()), (Some(true), Some("demo")), "{value}");
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = dir.path().join("bad.yaml");

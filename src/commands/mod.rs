@@ -40,9 +40,14 @@ pub struct UsageError(pub String);
 pub struct RecipeError(pub Diagnostics);
 
 pub fn load_recipe(args: &RecipeArgs) -> Result<Recipe> {
+    load_recipe_checked(args).map_err(|diagnostics| RecipeError(diagnostics).into())
+}
+
+/// The recipe the arguments name, or every problem found in it.
+pub fn load_recipe_checked(args: &RecipeArgs) -> std::result::Result<Recipe, Diagnostics> {
     let mut sets = args.sets.clone();
     sets.extend(args.arch.iter().map(|arch| ("arch".to_string(), arch.clone())));
-    rootsmith::recipe::load(&args.recipe, &LoadOptions { sets }).map_err(|diagnostics| RecipeError(diagnostics).into())
+    rootsmith::recipe::load(&args.recipe, &LoadOptions { sets })
 }
 
 pub fn cache_dir(args: &CacheArgs) -> PathBuf {
