@@ -27,6 +27,8 @@ impl From<Marker> for Position {
 pub struct SpanIndex {
     keys: HashMap<String, Position>,
     values: HashMap<String, Position>,
+    /// The first key given twice in one mapping, where it is given again.
+    duplicate: Option<(String, Position)>,
 }
 
 impl SpanIndex {
@@ -45,6 +47,12 @@ impl SpanIndex {
     /// closest ancestor that has a position).
     pub fn value(&self, path: &str) -> Position {
         self.lookup(path, true)
+    }
+
+    /// The first key given a second time in one mapping (its path) and
+    /// where the second one is: serde reports a duplicate with no place.
+    pub fn first_duplicate(&self) -> Option<&(String, Position)> {
+        self.duplicate.as_ref()
     }
 
     /// Where the key of `path` starts (the value for sequence items).
@@ -122,7 +130,12 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, ..) => match self.next_value_path() {
                 None => {
                     if let Some(Frame::Mapping { path, key }) = self.stack.last_mut() {
-                        self.index.keys.insert(join(path, &text), marker.into());
+                        let full = join(path, &text);
+                        if self.index.keys.contains_key(&full) {
+                            self.index.duplicate.get_or_insert((full.clone(), marker.into()));
+                        } else {
+                            self.index.keys.insert(full, marker.into());
+                        }
                         *key = Some(text);
                     }
                 }
@@ -171,6 +184,14 @@ mod tests {
         assert_eq!(index.key("stages[0].packages"), Position { line: 3, column: 5 });
         assert_eq!(index.value("stages[0].packages.install[1]"), Position { line: 4, column: 20 });
         assert_eq!(index.value("stages[1].run.sh"), Position { line: 5, column: 16 });
+    }
+
+    #[test]
+    fn a_key_given_twice_is_found_where_it_is_given_again() {
+        let index = SpanIndex::build("name: a\nversion: 1\nstages:\n  - run: { sh: x, sh: y }\nname: b\n");
+        assert_eq!(index.first_duplicate(), Some(&("stages[0].run.sh".to_string(), Position { line: 4, column: 19 })));
+        assert_eq!(index.key("name"), Position { line: 1, column: 1 }, "the first one keeps its place");
+        assert!(SpanIndex::build("a: 1\nb: { a: 2 }\n").first_duplicate().is_none(), "one key per mapping");
     }
 
     #[test]

