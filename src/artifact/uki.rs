@@ -207,6 +207,68 @@ fn read_pem(path: &Path, what: &str) -> Result<String> {
     Ok(text)
 }
 
+/// Whether the PE image `file` carries an Authenticode signature made with
+/// the certificate whose DER has SHA-256 `cert_sha256` (what a bundle's
+/// manifest records), and valid for the image's bytes: the signature is
+/// extracted (osslsigncode), the certificate with that digest taken from it
+/// (openssl), and the image verified against that certificate (sbverify).
+/// `scratch` is an empty directory of the caller's.
+pub fn check_signed_by(host: &dyn Host, file: &Path, cert_sha256: &str, scratch: &Path) -> Result<()> {
+    use std::ffi::OsStr;
+    let shown = file.display();
+    let log = scratch.join("log");
+    let tool = |name: &str, why: &str| crate::tools::require(name, why);
+    let signature = scratch.join("signature.p7");
+    let extract = Command::on_host(
+        tool("osslsigncode", "to check a UKI's Secure Boot signature")?,
+        [
+            OsStr::new("extract-signature"),
+            OsStr::new("-in"),
+            file.as_os_str(),
+            OsStr::new("-out"),
+            signature.as_os_str(),
+        ],
+        &log,
+    );
+    if host.status(&extract)? != 0 {
+        bail!("{shown} has no Authenticode signature, but the manifest says it is signed (certificate sha256 {cert_sha256})");
+    }
+    let certificates = scratch.join("certificates.pem");
+    let print = Command::on_host(
+        tool("openssl", "to read a UKI's Secure Boot signature")?,
+        [
+            OsStr::new("pkcs7"),
+            OsStr::new("-inform"),
+            OsStr::new("DER"),
+            OsStr::new("-print_certs"),
+            OsStr::new("-in"),
+            signature.as_os_str(),
+            OsStr::new("-out"),
+            certificates.as_os_str(),
+        ],
+        &log,
+    );
+    host.run(&print).with_context(|| format!("reading the signature of {shown}"))?;
+    let text = fs_err::read_to_string(&certificates)?;
+    let signer = text
+        .split_inclusive("-----END CERTIFICATE-----")
+        .find(|block| pem_block(block, "CERTIFICATE").is_some_and(|der| crate::digest::sha256_hex(&der) == cert_sha256))
+        .with_context(|| {
+            format!("{shown} is not signed with the certificate the manifest records (sha256 {cert_sha256})")
+        })?;
+    let signer_file = scratch.join("signer.pem");
+    fs_err::write(&signer_file, signer.trim_start())?;
+    let verify = Command::on_host(
+        tool("sbverify", "to check a UKI's Secure Boot signature")?,
+        [OsStr::new("--cert"), signer_file.as_os_str(), file.as_os_str()],
+        &log,
+    );
+    if host.status(&verify)? != 0 {
+        bail!("{shown}: its Authenticode signature does not hold for its bytes (sbverify with the recorded certificate fails)");
+    }
+    Ok(())
+}
+
 /// The DER bytes of the first `label` block of a PEM text.
 pub fn pem_block(text: &str, label: &str) -> Option<Vec<u8>> {
     use base64::Engine;
@@ -231,6 +293,15 @@ impl SecureBootSigner {
         let cert_text = read_pem(cert, "certificate")?;
         let der = pem_block(&cert_text, "CERTIFICATE")
             .with_context(|| format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cert.display()))?;
+        // One certificate: the manifest records the one that signs (with a
+        // CA bundle the first would be recorded while the leaf signs).
+        let certificates = cert_text.matches("-----BEGIN CERTIFICATE-----").count();
+        if certificates > 1 {
+            bail!(
+                "{} holds {certificates} certificates; give the signing certificate alone (the one made for the key)",
+                cert.display()
+            );
+        }
         let key_text = read_pem(key, "key")?;
         if !key_text.contains("-----BEGIN") || !key_text.contains("PRIVATE KEY-----") {
             bail!("{} holds no PEM private key", key.display());
@@ -664,6 +735,15 @@ mod tests {
         assert_eq!(signer.cert_sha256, fingerprint);
         let host = crate::host::RealHost { echo: false };
         signer.check_pair(&host).unwrap();
+        // A certificate file of two certificates (a CA bundle) is refused.
+        let two = dir.path().join("two.pem");
+        let cert_text = fs_err::read_to_string(SNAKEOIL_CERT).unwrap();
+        fs_err::write(&two, format!("{cert_text}{cert_text}")).unwrap();
+        let error = format!(
+            "{:#}",
+            SecureBootSigner::open_with(Path::new(SNAKEOIL_KEY), &two, Some("snakeoil".into())).unwrap_err()
+        );
+        assert!(error.contains("holds 2 certificates"), "{error}");
         // A wrong passphrase, and a key that is not the certificate's, are
         // found before anything is built.
         let wrong =
@@ -693,6 +773,29 @@ mod tests {
         let verified =
             std::process::Command::new("sbverify").args(["--cert", SNAKEOIL_CERT]).arg(&first).output().unwrap();
         assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+        // Signed with the recorded certificate; not once its signature is
+        // removed, nor for another certificate's digest.
+        let scratch = |name: &str| {
+            let path = dir.path().join(name);
+            fs_err::create_dir(&path).unwrap();
+            path
+        };
+        check_signed_by(&host, &first, &signer.cert_sha256, &scratch("check-a")).unwrap();
+        let error = format!("{:#}", check_signed_by(&host, &first, &"0".repeat(64), &scratch("check-b")).unwrap_err());
+        assert!(error.contains("not signed with the certificate the manifest records"), "{error}");
+        let stripped = dir.path().join("stripped.efi");
+        let removed = std::process::Command::new("osslsigncode")
+            .arg("remove-signature")
+            .arg("-in")
+            .arg(&first)
+            .arg("-out")
+            .arg(&stripped)
+            .output()
+            .unwrap();
+        assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+        let error =
+            format!("{:#}", check_signed_by(&host, &stripped, &signer.cert_sha256, &scratch("check-c")).unwrap_err());
+        assert!(error.contains("has no Authenticode signature"), "{error}");
         // Another date, another signature (the time is the one given).
         signer.sign(&host, Path::new(STUB), &second, 1_700_000_001, &log).unwrap();
         assert!(fs_err::read(&first).unwrap() != fs_err::read(&second).unwrap());

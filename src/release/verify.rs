@@ -161,6 +161,25 @@ fn open_artifact(bundle: &Bundle, name: &str) -> Result<(BundleFile, u64), Strin
     Ok((file, size))
 }
 
+/// Each UKI of a bundle whose manifest records a Secure Boot certificate
+/// carries an Authenticode signature of that certificate, valid for its
+/// bytes (a signature removed, or made by another key, fails). `None` for a
+/// bundle without signed UKIs.
+fn check_uki_signatures(bundle: &Bundle) -> Option<Result<String, String>> {
+    let cert = bundle.manifest.boot.uki.as_ref()?.signed_cert_sha256.as_ref()?;
+    let ukis: Vec<&String> = bundle.manifest.kernels.iter().filter_map(|kernel| kernel.uki.as_ref()).collect();
+    Some((|| {
+        let host = crate::host::RealHost::default();
+        for name in &ukis {
+            let (file, _) = open_artifact(bundle, name)?;
+            let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
+            crate::artifact::uki::check_signed_by(&host, &file.path, cert, scratch.path())
+                .map_err(|error| format!("{error:#}"))?;
+        }
+        Ok(format!("{} UKIs signed with the recorded certificate (sha256 {})", ukis.len(), &cert[..16.min(cert.len())]))
+    })())
+}
+
 fn read_contract(bundle: &Bundle) -> Contract {
     let (file, size) = open_artifact(bundle, &bundle.manifest.boot.initramfs)?;
     let bytes = file.read_within(size).map_err(|error| error.to_string())?;
@@ -262,6 +281,9 @@ pub fn verify_bundle(bundle: &Bundle) -> Report {
     report.add("chunk list", check_chunks(&contract, bundle));
     report.add("cookie", check_cookies(&contract, &image, &bundle.manifest));
     report.add("squashfs", check_squashfs(&image, bundle));
+    if let Some(signatures) = check_uki_signatures(bundle) {
+        report.add("UKI signatures", signatures);
+    }
     report
 }
 
