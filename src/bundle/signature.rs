@@ -43,7 +43,13 @@ impl SigningKey {
     pub fn read(path: &Path) -> Result<SigningKey> {
         let text =
             read_small(path, MAX_KEY_BYTES).with_context(|| format!("reading the signing key {}", path.display()))?;
+        if let Some(other) = other_algorithm_of_private_key(&text) {
+            bail!("{}", unsupported_key(path, other));
+        }
         let key = PrivateKey::from_openssh(&text).map_err(|error| anyhow::anyhow!("{} is not an OpenSSH private key ({error})\nhint: make one with `ssh-keygen -t ed25519 -f release-key`", path.display()))?;
+        if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+            bail!("{}", unsupported_key(path, key.algorithm().as_str()));
+        }
         let key = if key.is_encrypted() {
             let Some(passphrase) = std::env::var_os(PASSPHRASE_VARIABLE) else {
                 bail!(
@@ -91,9 +97,58 @@ impl SigningKey {
     }
 }
 
+/// The algorithms OpenSSH keys and signatures name, other than Ed25519.
+const OTHER_ALGORITHMS: [&str; 9] = [
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ssh-rsa",
+    "ssh-dss",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// Why a key of `algorithm` is refused, for the key file `path`.
+fn unsupported_key(path: &Path, algorithm: &str) -> String {
+    let kind = match algorithm {
+        a if a.starts_with("ecdsa") => "an ECDSA",
+        a if a.contains("rsa") => "an RSA",
+        "ssh-dss" => "a DSA",
+        _ => "a security-key (FIDO)",
+    };
+    format!(
+        "{} is {kind} key ({algorithm}); rootsmith signs and checks releases with Ed25519 keys only, whose signatures are the same bytes for the same manifest (ECDSA's are random, RSA's need another library)\nhint: make one with `ssh-keygen -t ed25519 -f release-key`",
+        path.display()
+    )
+}
+
+/// The algorithm an OpenSSH private key names, when it is not Ed25519 (the
+/// key's public part names it in the clear, inside the base64).
+fn other_algorithm_of_private_key(text: &str) -> Option<&'static str> {
+    use base64::Engine;
+    let body = text.split_once("-----BEGIN OPENSSH PRIVATE KEY-----")?.1.split_once("-----END")?.0;
+    let joined: String = body.split_whitespace().collect();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(joined).ok()?;
+    // The first algorithm name in the key: the public key's.
+    OTHER_ALGORITHMS
+        .iter()
+        .filter_map(|name| bytes.windows(name.len()).position(|window| window == name.as_bytes()).map(|at| (at, *name)))
+        .min()
+        .map(|(_, name)| name)
+        .filter(|_| {
+            let ed25519 = b"ssh-ed25519";
+            !bytes.windows(ed25519.len()).any(|window| window == ed25519)
+        })
+}
+
 /// Read a public key file: `KEY.pub` as ssh-keygen writes it.
 pub fn read_public_key(path: &Path) -> Result<PublicKey> {
     let text = read_small(path, MAX_KEY_BYTES).with_context(|| format!("reading the public key {}", path.display()))?;
+    if let Some(other) = OTHER_ALGORITHMS.iter().find(|name| text.trim_start().starts_with(&format!("{name} "))) {
+        bail!("{}", unsupported_key(path, other));
+    }
     PublicKey::from_openssh(text.trim()).map_err(|error| anyhow::anyhow!("{} is not an OpenSSH public key ({error})\nhint: give the `.pub` file ssh-keygen wrote beside the private key", path.display()))
 }
 
@@ -110,12 +165,20 @@ pub enum SignatureProblem {
     Namespace(String),
     #[error("manifest.json does not match its signature: it changed after it was signed")]
     Mismatch,
+    #[error("{SIGNATURE} was made with {0}, and rootsmith checks Ed25519 signatures only (sign with an Ed25519 key: ssh-keygen -t ed25519)")]
+    Algorithm(String),
 }
 
 /// Check the signature of `manifest` (manifest.json's bytes) against the
 /// text of its signature file (`None` when there is none) and `key`.
 pub fn check(manifest: &[u8], signature: Option<&[u8]>, key: &PublicKey) -> Result<(), SignatureProblem> {
     let Some(signature) = signature else { return Err(SignatureProblem::Missing) };
+    // A signature of another algorithm is named as such, never as a manifest changed.
+    if let Ok(text) = std::str::from_utf8(signature) {
+        if let Some(other) = signature_algorithm(text).filter(|algorithm| *algorithm != "ssh-ed25519") {
+            return Err(SignatureProblem::Algorithm(other.to_string()));
+        }
+    }
     let signature = SshSig::from_pem(signature).map_err(|error| SignatureProblem::Unreadable(error.to_string()))?;
     if signature.public_key() != key.key_data() {
         return Err(SignatureProblem::OtherKey {
@@ -127,6 +190,20 @@ pub fn check(manifest: &[u8], signature: Option<&[u8]>, key: &PublicKey) -> Resu
         return Err(SignatureProblem::Namespace(signature.namespace().to_string()));
     }
     key.verify(NAMESPACE, manifest, &signature).map_err(|_| SignatureProblem::Mismatch)
+}
+
+/// The algorithm an SSH signature's PEM text names (its key's, or the
+/// signature's own when that is an RSA hash variant).
+fn signature_algorithm(text: &str) -> Option<&'static str> {
+    use base64::Engine;
+    let body = text.split_once("-----BEGIN SSH SIGNATURE-----")?.1.split_once("-----END")?.0;
+    let joined: String = body.split_whitespace().collect();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(joined).ok()?;
+    let names = OTHER_ALGORITHMS.iter().copied().chain(["ssh-ed25519"]);
+    names
+        .filter_map(|name| bytes.windows(name.len()).position(|window| window == name.as_bytes()).map(|at| (at, name)))
+        .min()
+        .map(|(_, name)| name)
 }
 
 /// Check the bundle in `dir` against `key`: its manifest.json and signature
@@ -279,5 +356,43 @@ mod tests {
         let error = read_public_key(&path).unwrap_err().to_string();
         assert!(error.contains("is not an OpenSSH public key"), "{error}");
         assert!(SigningKey::read(Path::new("/dev/zero")).is_err(), "a device is never read as a key");
+    }
+
+    #[test]
+    fn keys_and_signatures_of_other_algorithms_are_named_never_taken_for_a_changed_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, public) = key_pair(dir.path(), "release");
+        for (kind, algorithm, named) in
+            [("ecdsa", "ecdsa-sha2-nistp256", "an ECDSA key"), ("rsa", "rsa-sha2-512", "an RSA key")]
+        {
+            let path = dir.path().join(kind);
+            let status = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", kind, "-N", "", "-f"])
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let error = SigningKey::read(&path).unwrap_err().to_string();
+            assert!(error.contains(named) && error.contains("Ed25519 keys only"), "{error}");
+            let error = read_public_key(&path.with_extension("pub")).unwrap_err().to_string();
+            assert!(error.contains(named), "{error}");
+            // A valid signature of that key, by ssh-keygen -Y sign.
+            let manifest = dir.path().join(format!("{kind}.json"));
+            fs_err::write(&manifest, br#"{"name":"r"}"#).unwrap();
+            let signed = std::process::Command::new("ssh-keygen")
+                .args(["-Y", "sign", "-n", NAMESPACE, "-f"])
+                .arg(&path)
+                .arg(&manifest)
+                .output()
+                .unwrap();
+            assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
+            let signature = fs_err::read(manifest.with_extension("json.sig")).unwrap();
+            let problem = check(&fs_err::read(&manifest).unwrap(), Some(&signature), &public).unwrap_err();
+            assert!(
+                matches!(&problem, SignatureProblem::Algorithm(a) if a.contains(algorithm.split('-').next().unwrap())),
+                "{problem:?}"
+            );
+            assert!(!problem.to_string().contains("changed after it was signed"), "{problem}");
+        }
     }
 }
