@@ -379,6 +379,32 @@ fn a_changed_file_and_the_same_version_stop_early_or_replace() {
     assert!(stderr.contains("cannot be replaced: it is signed"), "{stderr}");
 }
 
+/// `out/NAME/stable -> 2.0.0-rc1`: not a version. ls names it once (it does
+/// not list 2.0.0-rc1 twice), and verify refuses it with or without a
+/// trailing `/`, the same way.
+#[test]
+fn a_symlinked_version_is_refused_the_same_way_everywhere() {
+    if !needs_root("a_symlinked_version_is_refused_the_same_way_everywhere") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.build("2.0.0-rc1", "linked");
+    std::os::unix::fs::symlink("2.0.0-rc1", lab.out().join("rel/stable")).unwrap();
+    let (code, stdout, stderr) = lab.release(&["ls", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows.iter().filter(|row| row["version"] == "2.0.0-rc1").count(), 1, "{stdout}");
+    let link = rows.iter().find(|row| row["version"] == "stable").unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(link["state"], "broken");
+    assert!(link["error"].as_str().unwrap().contains("a symlink (to 2.0.0-rc1), not a version"), "{link}");
+    for path in ["rel/stable", "rel/stable/"] {
+        let (code, _, stderr) =
+            run(rootsmith().args(["release", "verify"]).arg(format!("{}/{path}", lab.out().display())));
+        assert_eq!(code, 2, "{path}: {stderr}");
+        assert!(stderr.contains("is a symlink (to 2.0.0-rc1)"), "{path}: {stderr}");
+    }
+}
+
 /// Give a built bundle a kernel entry and config, as a kernel stage would.
 fn add_kernel_config(bundle: &Path, config: &str) {
     std::fs::create_dir_all(bundle.join("kernel")).unwrap();

@@ -157,6 +157,13 @@ pub fn list(out: &Path) -> Result<Listing> {
         for version in versions {
             let version = version?;
             let dir = version.path();
+            // A link is no version (`stable -> 2.0.0-rc1` would list that
+            // version twice): named, not followed.
+            if version.file_type()?.is_symlink() && !hidden(&version) {
+                let target = fs_err::read_link(&dir).map(|t| t.display().to_string()).unwrap_or_default();
+                listing.broken.push(Broken { dir, error: anyhow::anyhow!("a symlink (to {target}), not a version: rootsmith lists, verifies and promotes versions where they are") });
+                continue;
+            }
             // Not a bundle at all (no manifest.json): not listed, not broken.
             if hidden(&version) || fs_err::symlink_metadata(dir.join(MANIFEST)).is_err() {
                 continue;

@@ -71,9 +71,21 @@ pub fn must_exist(path: &std::path::Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A bundle directory the command line names: there, with a manifest.
+/// A bundle directory the command line names: there, with a manifest, and
+/// not a symlink (with or without a trailing `/`): a version is opened
+/// where it is, so `out/NAME/stable -> 2.0.0-rc1` is refused, not followed.
 pub fn must_be_bundle(dir: &std::path::Path) -> Result<()> {
     must_exist(dir, "the bundle")?;
+    let text = dir.as_os_str().to_string_lossy();
+    let bare = std::path::Path::new(text.trim_end_matches('/'));
+    if !bare.as_os_str().is_empty() && std::fs::symlink_metadata(bare).is_ok_and(|m| m.file_type().is_symlink()) {
+        let target = std::fs::read_link(bare).map(|t| t.display().to_string()).unwrap_or_default();
+        return Err(UsageError(format!(
+            "{} is a symlink (to {target}); rootsmith opens a version where it is: give {target} itself",
+            bare.display()
+        ))
+        .into());
+    }
     if !dir.join("manifest.json").is_file() {
         return Err(UsageError(format!("{} is not a bundle (it has no manifest.json)", dir.display())).into());
     }
