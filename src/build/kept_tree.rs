@@ -24,8 +24,9 @@ use crate::cache::Store;
 use crate::fileops::remove_tree;
 
 /// How many kept trees stay by default (`ROOTSMITH_KEPT_TREES` sets it): a
-/// developer iterates on one stage of one or two recipes at a time.
-const DEFAULT_KEEP: usize = 2;
+/// developer switches between a few recipes, and each keeps one (its
+/// newest), so switching evicts none of them.
+const DEFAULT_KEEP: usize = 4;
 
 /// A kept tree in use: its lock is held shared until this is dropped.
 #[derive(Debug)]
@@ -49,8 +50,9 @@ fn keep() -> usize {
 pub enum Came {
     /// It was there and matches its record.
     Reused,
-    /// It was not there: made now.
-    Made,
+    /// It was not there: made now; with why it was evicted, when an
+    /// earlier build evicted it.
+    Made(Option<String>),
     /// It was there but differed from its record (said how): discarded
     /// and made again now.
     Remade(String),
@@ -73,7 +75,15 @@ fn lock_shared(path: &Path) -> Result<File> {
 /// The kept tree `tree_id`, made with `fill` (which writes the whole tree
 /// into the empty directory it is given) when it is not there yet, or when
 /// the one there differs from its record. The second value says which.
-pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(KeptTree, Came)> {
+/// `recipe` is the recipe it is for: each recipe keeps one kept tree (its
+/// newest), and the bound evicts the least recently used of the others. The
+/// third value names the trees this call evicted and why.
+pub fn ensure(
+    store: &Store,
+    tree_id: &str,
+    recipe: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<(KeptTree, Came, Vec<String>)> {
     let path = store.layout().kept_tree(tree_id);
     let record = store.layout().kept_tree_record(tree_id);
     let mut lock = lock_shared(&path)?;
@@ -109,8 +119,12 @@ pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<(
             fs_err::write(&written, &listing)?;
             fs_err::rename(&written, &record)?;
             fs_err::rename(&tree, &path)?;
+            let _ = fs_err::write(store.layout().kept_tree_owner(tree_id), recipe);
+            let evicted = store.layout().kept_tree_evicted(tree_id);
+            let why = fs_err::read_to_string(&evicted).ok().map(|text| text.trim().to_string());
+            let _ = fs_err::remove_file(&evicted);
             if came == Came::Reused {
-                came = Came::Made;
+                came = Came::Made(why);
             }
         }
     }
@@ -118,29 +132,59 @@ pub fn ensure(store: &Store, tree_id: &str, fill: impl FnOnce(&Path) -> Result<(
     let now = filetime::FileTime::now();
     filetime::set_file_mtime(&path, now)?;
     let kept = KeptTree { path, _lock: lock };
-    evict(store, &kept.path, keep());
-    Ok((kept, came))
+    let evicted = evict(store, tree_id, recipe, keep());
+    Ok((kept, came, evicted))
 }
 
-/// Remove the least recently used kept trees beyond `keep` (besides
-/// `in_use`), skipping any a build is using.
-fn evict(store: &Store, in_use: &Path, keep: usize) {
-    let Ok(entries) = fs_err::read_dir(store.layout().kept_trees()) else { return };
-    let mut trees: Vec<(std::time::SystemTime, PathBuf)> = entries
+/// Make room: first the other kept trees of `recipe` (an earlier state of
+/// the same recipe, not the one it builds on now), then the least recently
+/// used beyond `keep` (besides `in_use`); never one a build is using. Each
+/// evicted tree leaves a note of why, for the build that needs it again.
+/// Returns what it evicted, as lines for the build's output.
+fn evict(store: &Store, in_use: &str, recipe: &str, keep: usize) -> Vec<String> {
+    let Ok(entries) = fs_err::read_dir(store.layout().kept_trees()) else { return Vec::new() };
+    let layout = store.layout();
+    let mut trees: Vec<(std::time::SystemTime, String, String)> = entries
         .flatten()
-        .filter(|entry| {
-            !entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() && entry.path() != in_use
+        .filter(|entry| entry.path().is_dir())
+        .filter_map(|entry| {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !crate::digest::is_sha256_hex(&id) || id == in_use {
+                return None;
+            }
+            let owner = fs_err::read_to_string(layout.kept_tree_owner(&id)).unwrap_or_default();
+            Some((entry.metadata().ok()?.modified().ok()?, id, owner.trim().to_string()))
         })
-        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
         .collect();
     trees.sort();
-    let excess = (trees.len() + 1).saturating_sub(keep.max(1));
-    for (_, tree) in trees.into_iter().take(excess) {
-        if let Ok(Some(_alone)) = crate::fileops::try_lock_file(&tree.with_extension("lock")) {
-            let _ = remove_tree(&tree);
-            let _ = fs_err::remove_file(tree.with_extension("record"));
+    let (same, others): (Vec<_>, Vec<_>) = trees.into_iter().partition(|(_, _, owner)| owner == recipe);
+    let excess = (others.len() + 1).saturating_sub(keep.max(1));
+    let now = crate::time::utc_string(crate::time::now_seconds() as i64);
+    let mut evicted = Vec::new();
+    let mut discard = |id: &str, owner: &str, why: String| -> bool {
+        if !matches!(store.discard_kept_tree(id), Ok(true)) {
+            return false; // a build is using it
+        }
+        let _ = fs_err::write(layout.kept_tree_evicted(id), &why);
+        let of = if owner.is_empty() { String::new() } else { format!(" of {owner}") };
+        evicted.push(format!("the kept tree {}{of} was {why}", &id[..12]));
+        true
+    };
+    for (_, id, owner) in &same {
+        discard(id, owner, format!("replaced by a newer kept tree of {recipe} at {now}"));
+    }
+    // The least recently used first, past any a build is using.
+    let mut excess = excess;
+    for (_, id, owner) in &others {
+        if excess == 0 {
+            break;
+        }
+        let why = format!("evicted at {now} by a build of {recipe}: at most {keep} kept trees stay (ROOTSMITH_KEPT_TREES), the least recently used go");
+        if discard(id, owner, why) {
+            excess -= 1;
         }
     }
+    evicted
 }
 
 /// Remove the leftovers of kept trees whose making died: `.partial-ID-*`
@@ -178,19 +222,19 @@ mod tests {
     #[test]
     fn a_kept_tree_is_made_once_and_then_reused() {
         let (_dir, store) = store();
-        let (kept, came) =
-            ensure(&store, &id(1), |tree| Ok(fs_err::write(tree.join("etc-hostname"), "kept\n")?)).unwrap();
-        assert_eq!(came, Came::Made);
+        let (kept, came, _) =
+            ensure(&store, &id(1), "r", |tree| Ok(fs_err::write(tree.join("etc-hostname"), "kept\n")?)).unwrap();
+        assert_eq!(came, Came::Made(None));
         assert_eq!(std::fs::read_to_string(kept.path().join("etc-hostname")).unwrap(), "kept\n");
         drop(kept);
-        let (kept, came) = ensure(&store, &id(1), |_| panic!("made twice")).unwrap();
+        let (kept, came, _) = ensure(&store, &id(1), "r", |_| panic!("made twice")).unwrap();
         assert!(came == Came::Reused && kept.path().join("etc-hostname").is_file());
     }
 
     #[test]
     fn a_failed_fill_leaves_no_kept_tree() {
         let (_dir, store) = store();
-        let error = ensure(&store, &id(2), |tree| {
+        let error = ensure(&store, &id(2), "r", |tree| {
             fs_err::write(tree.join("half"), "")?;
             anyhow::bail!("layer 3 is corrupt")
         })
@@ -211,26 +255,39 @@ mod tests {
             std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
         }
         let _making = store.lock(&format!("tree-{}", id(8))).unwrap();
-        ensure(&store, &id(9), |_| Ok(())).unwrap();
+        ensure(&store, &id(9), "r", |_| Ok(())).unwrap();
         assert!(!dead.exists() && live.exists());
     }
 
     #[test]
-    fn the_least_recently_used_go_beyond_the_bound_but_not_one_in_use() {
+    fn each_recipe_keeps_its_newest_and_the_least_recently_used_go_beyond_the_bound() {
         let (_dir, store) = store();
-        let in_use = ensure(&store, &id(1), |_| Ok(())).unwrap().0;
+        let in_use = ensure(&store, &id(1), "a", |_| Ok(())).unwrap().0;
         // Older than anything made after it.
         filetime::set_file_mtime(in_use.path(), filetime::FileTime::from_unix_time(1000, 0)).unwrap();
-        for n in 2..=4 {
-            let (kept, _) = ensure(&store, &id(n), |_| Ok(())).unwrap();
+        let make = |n: u8, recipe: &str| {
+            let (kept, came, evicted) = ensure(&store, &id(n), recipe, |_| Ok(())).unwrap();
             filetime::set_file_mtime(kept.path(), filetime::FileTime::from_unix_time(2000 + n as i64, 0)).unwrap();
+            (came, evicted)
+        };
+        let left = |count: u8| (1..=count).map(|n| store.layout().kept_tree(&id(n)).is_dir()).collect::<Vec<_>>();
+        // Switching between recipes within the bound (4) evicts none of them.
+        for n in 2..=4 {
+            assert!(make(n, &format!("r{n}")).1.is_empty());
         }
-        let left: Vec<bool> = (1..=4).map(|n| store.layout().kept_tree(&id(n)).is_dir()).collect();
-        // Bound 2: tree 4 (just used) and tree 3 stay; 2 goes; 1 is in use and stays.
-        assert_eq!(left, [true, false, true, true]);
+        assert_eq!(left(4), [true; 4]);
+        // One more: the least recently used that no build uses (2; 1 is in use) goes.
+        let (_, evicted) = make(5, "r5");
+        assert_eq!(left(5), [true, false, true, true, true]);
+        assert!(evicted[0].contains(&id(2)[..12]) && evicted[0].contains("of r2 was evicted"), "{evicted:?}");
         drop(in_use);
-        let _ = ensure(&store, &id(5), |_| Ok(())).unwrap();
-        assert!(!store.layout().kept_tree(&id(1)).exists(), "no longer in use, the oldest goes");
+        // A recipe's newer tree replaces its older one first.
+        let (_, evicted) = make(6, "r5");
+        assert!(!store.layout().kept_tree(&id(5)).exists(), "r5's older tree stays");
+        assert!(evicted.iter().any(|line| line.contains("replaced by a newer kept tree of r5")), "{evicted:?}");
+        // The build that needs an evicted tree again is told why it is made.
+        let (came, _) = make(2, "r2");
+        assert!(matches!(&came, Came::Made(Some(why)) if why.contains("evicted at")), "{came:?}");
     }
 
     #[test]
@@ -240,27 +297,27 @@ mod tests {
             fs_err::create_dir(tree.join("etc"))?;
             Ok(fs_err::write(tree.join("etc/motd"), "clean\n")?)
         };
-        drop(ensure(&store, &id(3), fill).unwrap());
+        drop(ensure(&store, &id(3), "r", fill).unwrap());
         // Changed in place, its mtime set back: only the ctime tells.
         let motd = store.layout().kept_tree(&id(3)).join("etc/motd");
         let mtime = filetime::FileTime::from_last_modification_time(&fs_err::metadata(&motd).unwrap());
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs_err::write(&motd, "dirty\n").unwrap();
         filetime::set_file_mtime(&motd, mtime).unwrap();
-        let (kept, came) = ensure(&store, &id(3), fill).unwrap();
+        let (kept, came, _) = ensure(&store, &id(3), "r", fill).unwrap();
         assert!(matches!(&came, Came::Remade(why) if why.contains("/etc/motd")), "{came:?}");
         assert_eq!(fs_err::read_to_string(kept.path().join("etc/motd")).unwrap(), "clean\n");
         drop(kept);
-        assert_eq!(ensure(&store, &id(3), |_| panic!("made again")).unwrap().1, Came::Reused);
+        assert_eq!(ensure(&store, &id(3), "r", |_| panic!("made again")).unwrap().1, Came::Reused);
 
         // Replaced by a symlink while another build uses it: not used, not removed.
-        let held = ensure(&store, &id(3), |_| panic!("made again")).unwrap().0;
+        let held = ensure(&store, &id(3), "r", |_| panic!("made again")).unwrap().0;
         fs_err::remove_file(&motd).unwrap();
         std::os::unix::fs::symlink("/etc/shadow", &motd).unwrap();
-        let error = ensure(&store, &id(3), |_| panic!("made under a user")).unwrap_err();
+        let error = ensure(&store, &id(3), "r", |_| panic!("made under a user")).unwrap_err();
         assert!(error.to_string().contains("differs from its record"), "{error}");
         drop(held);
-        let (kept, came) = ensure(&store, &id(3), fill).unwrap();
+        let (kept, came, _) = ensure(&store, &id(3), "r", fill).unwrap();
         assert!(matches!(came, Came::Remade(_)));
         assert!(fs_err::symlink_metadata(kept.path().join("etc/motd")).unwrap().is_file());
     }
@@ -268,9 +325,9 @@ mod tests {
     #[test]
     fn a_kept_tree_without_its_record_is_not_used() {
         let (_dir, store) = store();
-        drop(ensure(&store, &id(4), |tree| Ok(fs_err::write(tree.join("a"), "a")?)).unwrap());
+        drop(ensure(&store, &id(4), "r", |tree| Ok(fs_err::write(tree.join("a"), "a")?)).unwrap());
         fs_err::remove_file(store.layout().kept_tree_record(&id(4))).unwrap();
-        let (_kept, came) = ensure(&store, &id(4), |tree| Ok(fs_err::write(tree.join("a"), "a")?)).unwrap();
+        let (_kept, came, _) = ensure(&store, &id(4), "r", |tree| Ok(fs_err::write(tree.join("a"), "a")?)).unwrap();
         assert!(matches!(came, Came::Remade(_)), "{came:?}");
         assert!(store.layout().kept_tree_record(&id(4)).is_file());
     }

@@ -382,7 +382,7 @@ impl<'a> StageRunner<'a> {
     /// there is none).
     fn overlay_tree(&self, dir: &WorkDir, index: usize) -> Result<(OverlayMount, KeptTree)> {
         let tree_id = &self.records[index - 1].tree;
-        let (kept, came) = kept_tree::ensure(&self.store, tree_id, |tree| {
+        let (kept, came, evicted) = kept_tree::ensure(&self.store, tree_id, &self.plan.recipe, |tree| {
             let devices = self.extract(tree, index)?;
             // As root every device is a real node; a placeholder would need
             // its Devices kept beside the tree.
@@ -394,12 +394,16 @@ impl<'a> StageRunner<'a> {
             kept_tree::Came::Reused => self
                 .progress
                 .note(&format!("the tree after {index} stages: the kept tree {short} (an overlay, nothing extracted)")),
-            kept_tree::Came::Made => self.progress.note(&format!(
-                "the tree after {index} stages: extracted once into the kept tree {short}, which later builds overlay"
+            kept_tree::Came::Made(why) => self.progress.note(&format!(
+                "the tree after {index} stages: extracted once into the kept tree {short}, which later builds overlay{}",
+                why.map(|why| format!(" (it had been {why})")).unwrap_or_default()
             )),
             kept_tree::Came::Remade(why) => self.progress.warn(&format!(
                 "the kept tree {short} differed from its record ({why}); it was discarded and extracted again"
             )),
+        }
+        for line in evicted {
+            self.progress.note(&line);
         }
         let (tree, upper, scratch) = (dir.path().join("tree"), dir.path().join("upper"), dir.path().join("overlay"));
         for new in [&tree, &upper, &scratch] {

@@ -24,6 +24,7 @@
 //! CACHE/v1/logs/KEY.log             the log of each stage's last run
 //! CACHE/v1/trees/ID/                 kept trees (the tree after some stages, by tree id) that work trees overlay
 //! CACHE/v1/trees/ID.record           what a kept tree held when it was made (stamps and contents)
+//! CACHE/v1/trees/ID.recipe, ID.evicted the recipe a kept tree is for; why one was evicted
 //! CACHE/v1/tmp/                      work trees and partial files of running builds
 //! CACHE/v1/key                       32 random bytes (0600): the key of the frame cache's entry tags
 //! ```
@@ -260,6 +261,16 @@ impl Layout {
     /// What a kept tree held when it was made ([`super::tree_record`]).
     pub fn kept_tree_record(&self, tree_id: &str) -> PathBuf {
         self.kept_trees().join(format!("{}.record", component(tree_id)))
+    }
+
+    /// The recipe a kept tree was made for (its eviction goes by it).
+    pub fn kept_tree_owner(&self, tree_id: &str) -> PathBuf {
+        self.kept_trees().join(format!("{}.recipe", component(tree_id)))
+    }
+
+    /// Why a kept tree was evicted, so the build that needs it again can say.
+    pub fn kept_tree_evicted(&self, tree_id: &str) -> PathBuf {
+        self.kept_trees().join(format!("{}.evicted", component(tree_id)))
     }
 
     /// The cache's own secret: the key of the tags its frame cache entries

@@ -115,6 +115,8 @@ impl Store {
                 // A kept tree's record goes with its tree.
                 if name.ends_with(".lock")
                     || name.ends_with(".record")
+                    || name.ends_with(".recipe")
+                    || name.ends_with(".evicted")
                     || name == "lock"
                     || name == "partial"
                     || name.starts_with('.')
@@ -256,7 +258,9 @@ impl Store {
                     } else {
                         fs_err::remove_file(&path)?;
                     }
-                    let _ = fs_err::remove_file(path.with_extension("record"));
+                    for sidecar in ["record", "recipe"] {
+                        let _ = fs_err::remove_file(path.with_extension(sidecar));
+                    }
                     *report.removed_other.entry(area.to_string()).or_default() += 1;
                     report.freed_bytes += candidate.size;
                 }

@@ -298,6 +298,7 @@ impl Store {
             remove_tree(&path)?;
         }
         let _ = fs_err::remove_file(self.layout.kept_tree_record(tree_id));
+        let _ = fs_err::remove_file(self.layout.kept_tree_owner(tree_id));
         Ok(true)
     }
 
