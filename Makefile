@@ -98,8 +98,10 @@ install-built:
 	$(BIN) completions fish > $(SHAREDIR)/fish/vendor_completions.d/rootsmith.fish
 	$(BIN) man --dir $(SHAREDIR)/man/man1
 
+# The checkout may be another user's (`sudo make demo` in a home directory):
+# its out/ is shared with that user on purpose, so the build is told so.
 demo: deps build
-	$(SUDO) $(BIN) build $(RECIPE) --out $(OUT)
+	$(SUDO) env ROOTSMITH_SHARED_DIRS=1 $(BIN) build $(RECIPE) --out $(OUT)
 	bundle=$(OUT)/$$(sed -n 's/^name: *//p' $(RECIPE))/$$(sed -n 's/^version: *//p' $(RECIPE)); \
 	  $(SUDO) $(BIN) boot-test $$bundle --via http && \
 	  echo && echo "The bundle is in $$bundle/; boot it yourself with: $(BIN) qemu $$bundle"

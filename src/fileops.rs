@@ -190,6 +190,47 @@ fn private_dir_in(base: &Path) -> std::io::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// Why another user could change what is under `dir` (a cache or an out
+/// directory), as OpenSSH asks of a key's directory: `dir`, or its nearest
+/// existing parent, writable by others, or any directory above it (to `/`)
+/// that belongs to another user (not root) or that others may write without
+/// the sticky bit. `None` when only this user and root can. Links above
+/// `dir` are followed (a `/home` that is a link is the directory it leads to).
+pub fn shared_directory(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let absolute = std::path::absolute(dir).ok()?;
+    // The directory itself when it is there (one still to be made is this
+    // user's), then every directory above it.
+    let mut first = true;
+    let mut current = Some(absolute.as_path());
+    while let Some(path) = current {
+        current = path.parent();
+        let Ok(metadata) = fs_err::metadata(path) else {
+            first = false;
+            continue;
+        };
+        let mode = metadata.mode();
+        let owner = metadata.uid();
+        let others_write = mode & 0o002 != 0;
+        let sticky = mode & 0o1000 != 0;
+        let named = |why: &str| Some(format!("{} {why}", path.display()));
+        if first {
+            first = false;
+            if others_write {
+                return named(&format!("can be written by every user (mode {:o})", mode & 0o7777));
+            }
+        } else if others_write && !sticky {
+            return named(&format!("can be written by every user, without the sticky bit (mode {:o})", mode & 0o7777));
+        }
+        if owner != me && owner != 0 {
+            let user = nix::unistd::User::from_uid(owner.into()).ok().flatten().map(|user| user.name);
+            return named(&format!("belongs to {} (uid {owner})", user.unwrap_or_else(|| "another user".into())));
+        }
+    }
+    None
+}
+
 /// How [`clone_or_copy`] made its copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Copied {
@@ -469,5 +510,33 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
         let error = private_dir_in(base.path()).unwrap_err();
         assert!(error.to_string().contains("not a private directory"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_others_can_change_is_named_with_why() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let cache = base.path().join("cache");
+        fs_err::create_dir(&cache).unwrap();
+        assert_eq!(shared_directory(&cache), None);
+        assert_eq!(shared_directory(&cache.join("not-yet/made")), None, "judged by what exists");
+        // A cache still to be made in a sticky directory others write (as /tmp).
+        fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(shared_directory(&cache.join("mine")), None);
+        fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+        fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let why = shared_directory(&cache).unwrap();
+        assert!(why.contains("can be written by every user (mode 777)"), "{why}");
+        // A parent others may write without the sticky bit.
+        fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+        fs_err::set_permissions(base.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(shared_directory(&cache).unwrap().contains("without the sticky bit"));
+        // With the sticky bit (as /tmp), a parent is fine.
+        fs_err::set_permissions(base.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(shared_directory(&cache), None);
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&cache, Some(65534), None).unwrap();
+            assert!(shared_directory(&cache).unwrap().contains("(uid 65534)"));
+        }
     }
 }

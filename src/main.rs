@@ -35,6 +35,10 @@ fn stdout_failed(error: std::io::Error) -> ! {
     std::process::exit(EXIT_FAILURE);
 }
 
+/// `ROOTSMITH_SHARED_DIRS=1`: a cache or out directory other users can
+/// write is used all the same.
+const SHARED_DIRS_ENV: &str = "ROOTSMITH_SHARED_DIRS";
+
 use clap::Parser;
 use cli::{Cli, Command, ReleaseAction};
 use commands::{RecipeError, EXIT_FAILURE, EXIT_RECIPE};
@@ -69,6 +73,23 @@ fn main() {
     if let Some((privileges, writable)) = privileges_needed(&cli.command) {
         let writable: Vec<(&str, &std::path::Path)> =
             writable.iter().map(|(what, path)| (*what, path.as_path())).collect();
+        // Before anything else (and before a user namespace, where the host's
+        // owners show as unmapped ids): a cache or out directory another user
+        // can change is refused, as OpenSSH refuses such a key's directory.
+        // (Inside the namespace it was checked already, by the process outside.)
+        let inside = rootsmith::host::userns::standing() == rootsmith::host::userns::Standing::NamespaceRoot;
+        if !inside && std::env::var_os(SHARED_DIRS_ENV).is_none_or(|value| value != "1") {
+            for (what, path) in
+                writable.iter().filter(|(what, _)| what.ends_with(" directory") && *what != "temporary directory")
+            {
+                if let Some(why) = rootsmith::fileops::shared_directory(path) {
+                    eprintln!("error: the {what} {} is not safe: {why}, so another user could change what rootsmith builds or publishes there\nhint: use a directory only you (and root) can write, or set {SHARED_DIRS_ENV}=1 if sharing it is intended", path.display());
+                    eprintln!("nothing was built");
+                    std::process::exit(EXIT_FAILURE);
+                }
+            }
+        }
+
         match rootsmith::host::userns::enter(privileges.mode(), &writable) {
             Ok(None) => {
                 // As root: a mount namespace of its own, where work trees may

@@ -310,7 +310,26 @@ fn a_bundle_shares_no_inode_with_a_cache_another_user_owns() {
     let cache = lab.dir.path().join("theirs");
     std::fs::create_dir(&cache).unwrap();
     std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
-    let bundle = lab.build_into("3.0.0", "theirs", &[], "theirs", &lab.out());
+    // Refused, unless told that sharing it is intended.
+    let recipe = lab.dir.path().join("theirs.yaml");
+    std::fs::create_dir_all(lab.dir.path().join("overlay-theirs/etc")).unwrap();
+    std::fs::write(lab.dir.path().join("overlay-theirs/etc/motd"), "theirs\n").unwrap();
+    std::fs::write(&recipe, "rootsmith: 1\nname: rel\nversion: 3.0.0\nsource_date_epoch: 1700000000\nstages:\n  - tarball: { path: base.tar }\n  - files: { src: overlay-theirs, dest: / }\n").unwrap();
+    let build = |shared: bool| {
+        let mut command = rootsmith();
+        command.arg("build").arg("--fast").arg("--cache").arg(&cache).arg("--out").arg(lab.out()).arg(&recipe);
+        if shared {
+            command.env("ROOTSMITH_SHARED_DIRS", "1");
+        }
+        run(&mut command)
+    };
+    let (code, _, stderr) = build(false);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is not safe") && stderr.contains("belongs to nobody (uid 65534)"), "{stderr}");
+    assert!(!lab.out().join("rel/3.0.0").exists() && !cache.join("v1").exists(), "something was built");
+    let (code, _, stderr) = build(true);
+    assert_eq!(code, 0, "{stderr}");
+    let bundle = lab.out().join("rel/3.0.0");
     for file in ["rel-3.0.0-rootfs.img", "rel-3.0.0-rootfs.tar.zst"] {
         assert_eq!(std::fs::metadata(bundle.join(file)).unwrap().nlink(), 1, "{file} is linked to the cache's");
     }

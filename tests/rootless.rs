@@ -60,11 +60,15 @@ impl Place {
         if who == "user" {
             user.command(&mut command);
         } else {
+            // Root builds in the user's place on purpose (to compare the
+            // two): a directory of another user's above root's cache is
+            // otherwise refused.
             command
                 .env_clear()
                 .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
                 .env("LANG", "C.UTF-8")
-                .env("HOME", "/root");
+                .env("HOME", "/root")
+                .env("ROOTSMITH_SHARED_DIRS", "1");
         }
         command.current_dir(self.dir.path());
         command
@@ -334,6 +338,8 @@ fn what_a_user_build_needs_is_named_before_anything_runs() {
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", &open)
+        // The place is the test user's: a shared directory for nobody, on purpose.
+        .env("ROOTSMITH_SHARED_DIRS", "1")
         .uid(nobody.uid.as_raw())
         .gid(nobody.gid.as_raw());
     let (code, _, stderr) = run(&mut command);
