@@ -130,11 +130,13 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, ..) => match self.next_value_path() {
                 None => {
                     if let Some(Frame::Mapping { path, key }) = self.stack.last_mut() {
-                        let full = join(path, &text);
-                        if self.index.keys.contains_key(&full) {
-                            self.index.duplicate.get_or_insert((full.clone(), marker.into()));
-                        } else {
-                            self.index.keys.insert(full, marker.into());
+                        match self.index.keys.entry(join(path, &text)) {
+                            std::collections::hash_map::Entry::Occupied(first) => {
+                                self.index.duplicate.get_or_insert((first.key().clone(), marker.into()));
+                            }
+                            std::collections::hash_map::Entry::Vacant(slot) => {
+                                slot.insert(marker.into());
+                            }
                         }
                         *key = Some(text);
                     }
