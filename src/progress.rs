@@ -22,6 +22,43 @@ pub trait Progress: Sync {
     }
 }
 
+/// Another progress, with every warning also kept (a build's summary lists
+/// them for machines: `build --json`).
+pub struct KeepingWarnings<'a> {
+    inner: &'a dyn Progress,
+    pub warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl<'a> KeepingWarnings<'a> {
+    pub fn new(inner: &'a dyn Progress) -> KeepingWarnings<'a> {
+        KeepingWarnings { inner, warnings: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// The warnings so far, in order.
+    pub fn taken(&self) -> Vec<String> {
+        self.warnings.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+impl Progress for KeepingWarnings<'_> {
+    fn start(&self, label: &str, what: &str) {
+        self.inner.start(label, what)
+    }
+    fn done(&self, label: &str, state: &str, seconds: f64) {
+        self.inner.done(label, state, seconds)
+    }
+    fn note(&self, message: &str) {
+        self.inner.note(message)
+    }
+    fn fail(&self, label: &str, why: &str) {
+        self.inner.fail(label, why)
+    }
+    fn warn(&self, message: &str) {
+        self.warnings.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(message.to_string());
+        self.inner.warn(message)
+    }
+}
+
 /// How a build shows its progress (`--progress`, `-q`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

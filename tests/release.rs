@@ -424,6 +424,34 @@ fn a_symlinked_version_is_refused_the_same_way_everywhere() {
     }
 }
 
+/// `build --json` for CI: the warnings it gave (an unreachable remote cache)
+/// and the bundle's artifacts with their sizes and digests.
+#[test]
+fn the_json_summary_has_the_warnings_and_the_artifacts() {
+    if !needs_root("the_json_summary_has_the_warnings_and_the_artifacts") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.build("5.0.0", "json");
+    let recipe = lab.dir.path().join("rel-5.0.0.yaml");
+    let mut command = rootsmith();
+    command.args(["build", "--fast", "--json", "--cache"]).arg(lab.dir.path().join("cache"));
+    command
+        .arg("--out")
+        .arg(lab.out())
+        .args(["--version", "5.0.1", "--cache-remote", "127.0.0.1:9/nowhere"])
+        .arg(&recipe);
+    let (code, stdout, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let warnings = summary["warnings"].as_array().unwrap();
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("remote cache 127.0.0.1:9/nowhere")), "{summary}");
+    let artifacts = summary["artifacts"].as_array().unwrap();
+    let image = artifacts.iter().find(|a| a["name"] == "rel-5.0.1-rootfs.img").unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(image["sha256"].as_str().unwrap(), sha256(&lab.out().join("rel/5.0.1/rel-5.0.1-rootfs.img")));
+    assert!(image["size"].as_u64().unwrap() > 0);
+}
+
 /// Give a built bundle a kernel entry and config, as a kernel stage would.
 fn add_kernel_config(bundle: &Path, config: &str) {
     std::fs::create_dir_all(bundle.join("kernel")).unwrap();

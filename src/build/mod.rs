@@ -39,7 +39,11 @@ pub fn build(
     crate::names::check_version(&options.version)
         .map_err(|why| anyhow::anyhow!("invalid version `{}`: {why}", options.version))?;
     publish::preflight(recipe, plan, options, host)?;
-    healing(&options.cache_dir, progress, || build_once(recipe, plan, options, host, progress, started))
+    let keeping = crate::progress::KeepingWarnings::new(progress);
+    let mut summary =
+        healing(&options.cache_dir, &keeping, || build_once(recipe, plan, options, host, &keeping, started))?;
+    summary.warnings = plan.warnings.iter().cloned().chain(keeping.taken()).collect();
+    Ok(summary)
 }
 
 /// Run `work`; when it meets a corrupt cache entry, discard that entry (with
@@ -76,6 +80,7 @@ fn build_once(
     let (outputs, record, made_here) = outputs::outputs(&mut runner, options.fast, options.cache_only)
         .inspect_err(|error| progress.fail("outputs", &format!("{error:#}")))?;
     let (bundle, up_to_date) = publish::publish(&runner, options, recipe, &record, &made_here)?;
+    let artifacts = crate::bundle::Bundle::open(&bundle).map(|published| published.manifest.artifacts)?;
     Ok(BuildSummary {
         name: plan.recipe.clone(),
         version: options.version.clone(),
@@ -84,6 +89,8 @@ fn build_once(
         outputs,
         up_to_date,
         seconds: started.elapsed().as_secs_f64(),
+        warnings: Vec::new(),
+        artifacts,
     })
 }
 

@@ -67,6 +67,11 @@ pub struct BuildSummary {
     /// The version already existed with exactly these contents.
     pub up_to_date: bool,
     pub seconds: f64,
+    /// What the user was warned of (an unreachable remote cache, a mirror
+    /// reached only through a remembered digest).
+    pub warnings: Vec<String>,
+    /// The bundle's artifacts, with their sizes and SHA-256 (its manifest's).
+    pub artifacts: Vec<crate::bundle::manifest::ManifestArtifact>,
 }
 
 /// A stage whose work failed: which one, and where its log is (in the cache:
