@@ -199,6 +199,18 @@ fn hosts_set_names_what_exists() {
 }
 
 #[test]
+fn serve_of_an_inventory_whose_bundle_is_outside_the_directory_is_a_usage_error() {
+    let lab = lab();
+    let elsewhere = lab.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let mut command = rootsmith();
+    command.arg("serve").arg(&elsewhere).args(["--addr", "127.0.0.1:0", "--hosts"]).arg(&lab.inventory);
+    let (code, _, stderr) = run_within(&mut command, std::time::Duration::from_secs(20));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("is not inside the directory served"), "{stderr}");
+}
+
+#[test]
 fn a_bad_inventory_stops_serve_with_line_and_column() {
     let lab = lab();
     std::fs::write(

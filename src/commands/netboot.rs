@@ -22,6 +22,15 @@ pub fn serve(
     super::must_exist(dir, "the directory to serve")?;
     if let Some(hosts) = hosts {
         super::must_exist(hosts, "the inventory")?;
+        // What the command line names must fit together: a usage error (exit 2).
+        if rootsmith::lab::hosts::served::bundle_under(hosts, dir)?.is_none() {
+            return Err(super::UsageError(format!(
+                "the bundle of the inventory {} is not inside the directory served, {}: serve the directory that holds it",
+                hosts.display(),
+                dir.display()
+            ))
+            .into());
+        }
     }
     // A closed stderr must not take the server down with it.
     let log: rootsmith::lab::serve::AccessLog = Arc::new(|line: &str| {

@@ -32,6 +32,15 @@ pub struct ServedInventory {
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
+/// Where the inventory `file`'s bundle is under the served directory `root`
+/// (both canonical), or `None` when it is outside: a usage error for `serve`.
+pub fn bundle_under(file: &Path, root: &Path) -> Result<Option<PathBuf>> {
+    let root = root.canonicalize()?;
+    let inventory = super::load(file, Some(&root))?;
+    let bundle = inventory.bundle.canonicalize()?;
+    Ok(bundle.strip_prefix(&root).ok().map(Path::to_path_buf))
+}
+
 impl ServedInventory {
     /// Check the inventory once, and that its bundle is inside `root`.
     pub fn open(file: &Path, root: &Path, public_url: Option<String>) -> Result<ServedInventory> {
