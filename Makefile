@@ -13,7 +13,7 @@ APT_PACKAGES = mmdebstrap debootstrap squashfs-tools cpio zstd xz-utils tar \
                pxelinux syslinux-common umoci skopeo docker-registry busybox-static \
                uidmap binutils systemd-boot-efi ovmf gcc-aarch64-linux-gnu \
                libc6-dev-arm64-cross qemu-user-static binfmt-support arch-test qemu-system-arm \
-               openssh-client ipxe osslsigncode sbsigntool openssl
+               openssh-client ipxe osslsigncode sbsigntool openssl python3
 SUDO        := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: all deps init build install install-built demo lint test test-slow bench clean
@@ -119,7 +119,7 @@ test: deps init
 test-slow: deps init
 	$(CARGO) test --locked --features slow-tests --test kernel
 
-bench: APT_PACKAGES += tftpd-hpa python3 python3-yaml mkosi debos
+bench: APT_PACKAGES += tftpd-hpa python3-yaml mkosi debos
 bench: deps build test-slow
 	bench/run.sh
 
