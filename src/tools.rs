@@ -23,6 +23,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("linuxx64.efi.stub", "systemd-boot-efi"),
     ("osslsigncode", "osslsigncode"),
     ("sbverify", "sbsigntool"),
+    ("openssl", "openssl"),
     // Files: iPXE's EFI build and OVMF's firmware for `boot-test --via uki`.
     ("ipxe.efi", "ipxe"),
     ("OVMF_CODE_4M.fd", "ovmf"),
@@ -56,5 +57,9 @@ mod tests {
         let error = super::require("mksquashfs-that-does-not-exist", "to write squashfs").unwrap_err().to_string();
         assert!(error.contains("is not installed"), "{error}");
         assert_eq!(super::package_of("mksquashfs"), "squashfs-tools");
+        // Every tool a Secure Boot check runs is named with its package.
+        for tool in ["osslsigncode", "sbverify", "openssl"] {
+            assert_ne!(super::package_of(tool), "(unknown)", "{tool}");
+        }
     }
 }

@@ -121,7 +121,7 @@ pub fn ensure(
             fs_err::rename(&tree, &path)?;
             let _ = fs_err::write(store.layout().kept_tree_owner(tree_id), recipe);
             let evicted = store.layout().kept_tree_evicted(tree_id);
-            let why = fs_err::read_to_string(&evicted).ok().map(|text| text.trim().to_string());
+            let why = small_note(&evicted);
             let _ = fs_err::remove_file(&evicted);
             if came == Came::Reused {
                 came = Came::Made(why);
@@ -134,6 +134,14 @@ pub fn ensure(
     let kept = KeptTree { path, _lock: lock };
     let evicted = evict(store, tree_id, recipe, keep());
     Ok((kept, came, evicted))
+}
+
+/// A note beside a kept tree (whose it is, why it was evicted): a regular
+/// file read no further than a line's worth, control characters dropped (a
+/// FIFO or a planted escape sequence in the cache never reaches the build).
+fn small_note(path: &Path) -> Option<String> {
+    let bytes = crate::fileops::read_regular_no_follow(path, 4096).ok()?;
+    Some(String::from_utf8_lossy(&bytes).chars().filter(|c| !c.is_control()).collect::<String>().trim().to_string())
 }
 
 /// Make room: first the other kept trees of `recipe` (an earlier state of
@@ -152,8 +160,8 @@ fn evict(store: &Store, in_use: &str, recipe: &str, keep: usize) -> Vec<String> 
             if !crate::digest::is_sha256_hex(&id) || id == in_use {
                 return None;
             }
-            let owner = fs_err::read_to_string(layout.kept_tree_owner(&id)).unwrap_or_default();
-            Some((entry.metadata().ok()?.modified().ok()?, id, owner.trim().to_string()))
+            let owner = small_note(&layout.kept_tree_owner(&id)).unwrap_or_default();
+            Some((entry.metadata().ok()?.modified().ok()?, id, owner))
         })
         .collect();
     trees.sort();
@@ -330,5 +338,16 @@ mod tests {
         let (_kept, came, _) = ensure(&store, &id(4), "r", |tree| Ok(fs_err::write(tree.join("a"), "a")?)).unwrap();
         assert!(matches!(came, Came::Remade(_)), "{came:?}");
         assert!(store.layout().kept_tree_record(&id(4)).is_file());
+    }
+
+    #[test]
+    fn a_note_beside_a_kept_tree_is_read_as_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert_eq!(small_note(&fifo), None, "a FIFO is never opened for reading");
+        let note = dir.path().join("note");
+        fs_err::write(&note, "lab\x1b]0;pwned\x07\n").unwrap();
+        assert_eq!(small_note(&note).as_deref(), Some("lab]0;pwned"));
     }
 }
